@@ -1,0 +1,601 @@
+//! Accounts: sign-up, password sign-in, bearer authentication and user
+//! updates, following GoTrue's order of checks. Stateless and parallel per
+//! user; sessions are created and ended through the `SessionManager`.
+
+use std::sync::Arc;
+
+use castellan_core::crypto::jwt::{self, IncomingClaims};
+use castellan_core::models::{AuditAction, Identity, User, audit_payload, merge_metadata};
+use castellan_core::store::{NewUser, SessionScope};
+use castellan_core::validate;
+use castellan_core::{ApiError, ApiResult};
+use chrono::Utc;
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use crate::context::Ctx;
+use crate::session_manager::{SessionManager, TokenGrant};
+
+/// The `POST /signup` request, as parsed by the handler.
+#[derive(Debug, Default)]
+pub struct SignupRequest {
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub password: Option<String>,
+    pub data: Map<String, Value>,
+    pub channel: Option<String>,
+    pub has_code_challenge: bool,
+    pub aud: String,
+}
+
+#[derive(Debug)]
+pub enum SignupOutcome {
+    /// Confirmed: a session.
+    Session(Box<TokenGrant>),
+    /// Needs confirmation: the bare user, no session.
+    User(Box<User>, Vec<Identity>),
+    /// The address is taken: a made-up user that reveals nothing.
+    Obfuscated(Value),
+}
+
+/// A verified bearer token.
+#[derive(Debug, Clone)]
+pub enum Principal {
+    /// A user token whose user (and session, when it names one) exists.
+    User {
+        user: Box<User>,
+        session_id: Option<Uuid>,
+        aud: Option<String>,
+    },
+    /// A token whose role is an admin role (e.g. the `service_role` key).
+    Admin { role: String },
+}
+
+/// Credentials of a password grant.
+#[derive(Debug, Default)]
+pub struct PasswordGrant {
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub password: String,
+    pub aud: String,
+}
+
+/// The `PUT /user` request.
+#[derive(Debug, Default)]
+pub struct UserUpdate {
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub password: Option<String>,
+    pub data: Option<Map<String, Value>>,
+    pub app_metadata: Option<Map<String, Value>>,
+}
+
+#[derive(Clone)]
+pub struct Accounts {
+    ctx: Arc<Ctx>,
+    sessions: SessionManager,
+}
+
+fn non_empty(s: &Option<String>) -> Option<&str> {
+    s.as_deref().filter(|s| !s.is_empty())
+}
+
+impl Accounts {
+    pub fn new(ctx: Arc<Ctx>, sessions: SessionManager) -> Self {
+        Self { ctx, sessions }
+    }
+
+    pub fn ctx(&self) -> &Ctx {
+        &self.ctx
+    }
+
+    pub async fn signup(&self, req: SignupRequest) -> ApiResult<SignupOutcome> {
+        let cfg = &self.ctx.config;
+        if cfg.disable_signup {
+            return Err(ApiError::unprocessable(
+                "signup_disabled",
+                "Signups not allowed for this instance",
+            ));
+        }
+        let email = non_empty(&req.email);
+        let phone = non_empty(&req.phone);
+        let provider = if email.is_some() { "email" } else { "phone" };
+        let Some(password) = non_empty(&req.password) else {
+            return Err(ApiError::validation("Signup requires a valid password"));
+        };
+        validate::require_strong_password(&cfg.password, password)?;
+        if email.is_some() && phone.is_some() {
+            return Err(ApiError::validation(
+                "Only an email address or phone number should be provided on signup.",
+            ));
+        }
+        if provider == "phone" {
+            let channel = req.channel.as_deref().unwrap_or("sms");
+            let whatsapp_ok = matches!(cfg.sms_provider.as_str(), "twilio" | "twilio_verify");
+            if !(channel == "sms" || (channel == "whatsapp" && whatsapp_ok)) {
+                return Err(ApiError::validation(
+                    "Invalid channel, supported values are 'sms' or 'whatsapp'. 'whatsapp' is only supported if Twilio or Twilio Verify is used as the provider.",
+                ));
+            }
+            if req.has_code_challenge {
+                return Err(ApiError::validation("PKCE not supported for phone signups"));
+            }
+        }
+        if provider == "email" && !cfg.external_email_enabled {
+            return Err(ApiError::bad_request(
+                "email_provider_disabled",
+                "Email signups are disabled",
+            ));
+        }
+        if provider == "phone" && !cfg.external_phone_enabled {
+            return Err(ApiError::bad_request(
+                "phone_provider_disabled",
+                "Phone signups are disabled",
+            ));
+        }
+        let (email, phone) = match provider {
+            "email" => (Some(validate::email(email.unwrap_or_default())?), None),
+            _ => (None, Some(validate::phone(phone.unwrap_or_default())?)),
+        };
+        // Hash before looking the address up, so a taken address answers in
+        // the same time as a free one.
+        let hash = self.ctx.hasher.hash(password).await?;
+        let now = Utc::now();
+        let autoconfirm = if provider == "email" {
+            cfg.mailer_autoconfirm
+        } else {
+            cfg.sms_autoconfirm
+        };
+
+        let mut tx = self.ctx.store.begin().await?;
+        let existing = match (&email, &phone) {
+            (Some(e), _) => tx.user_by_email(e, &req.aud).await?,
+            (_, Some(p)) => tx.user_by_phone(p, &req.aud).await?,
+            _ => None,
+        };
+        let user = match existing {
+            Some(u) => {
+                let confirmed = if provider == "email" {
+                    u.email_confirmed_at.is_some()
+                } else {
+                    u.phone_confirmed_at.is_some()
+                };
+                if confirmed {
+                    tx.insert_audit(
+                        &audit_payload(&u, AuditAction::UserRepeatedSignup, None),
+                        "",
+                        now,
+                    )
+                    .await?;
+                    tx.commit().await?;
+                    if cfg.mailer_autoconfirm || cfg.sms_autoconfirm {
+                        return Err(ApiError::unprocessable(
+                            "user_already_exists",
+                            "User already registered",
+                        ));
+                    }
+                    return Ok(SignupOutcome::Obfuscated(obfuscate(
+                        &u, provider, &req, now,
+                    )));
+                }
+                // An unconfirmed user is not modified by a second sign-up.
+                if !autoconfirm {
+                    tx.commit().await?;
+                    let ids = self.ctx.store.identities_of(u.id).await?;
+                    return Ok(SignupOutcome::User(Box::new(u), ids));
+                }
+                tx.confirm(u.id, provider, now).await?;
+                tx.insert_audit(&audit_payload(&u, AuditAction::UserSignedUp, None), "", now)
+                    .await?;
+                tx.user_by_id(u.id)
+                    .await?
+                    .ok_or_else(|| ApiError::internal("signup", "user vanished"))?
+            }
+            None => {
+                let id = Uuid::new_v4();
+                let mut user_metadata = Value::Object(req.data.clone());
+                if autoconfirm && provider == "email" {
+                    user_metadata["email_verified"] = json!(true);
+                }
+                let new = NewUser {
+                    id,
+                    aud: &req.aud,
+                    role: cfg.jwt.default_group_name.trim(),
+                    email: email.as_deref(),
+                    phone: phone.as_deref(),
+                    encrypted_password: Some(&hash),
+                    email_confirmed_at: (autoconfirm && provider == "email").then_some(now),
+                    phone_confirmed_at: (autoconfirm && provider == "phone").then_some(now),
+                    app_metadata: json!({"provider": provider, "providers": [provider]}),
+                    user_metadata,
+                    is_anonymous: false,
+                    now,
+                };
+                tx.insert_user(&new).await?;
+                let mut data = json!({"sub": id.to_string(), "email_verified": false, "phone_verified": false});
+                if let Some(e) = &email {
+                    data["email"] = json!(e);
+                }
+                for (k, v) in &req.data {
+                    if data.get(k).is_none() {
+                        data[k] = v.clone();
+                    }
+                }
+                tx.insert_identity(&Identity {
+                    id: Uuid::new_v4(),
+                    provider_id: id.to_string(),
+                    user_id: id,
+                    identity_data: sqlx_json(data),
+                    provider: provider.into(),
+                    last_sign_in_at: Some(now),
+                    created_at: Some(now),
+                    updated_at: Some(now),
+                })
+                .await?;
+                let user = tx
+                    .user_by_id(id)
+                    .await?
+                    .ok_or_else(|| ApiError::internal("signup", "user vanished"))?;
+                if autoconfirm {
+                    tx.insert_audit(
+                        &audit_payload(&user, AuditAction::UserSignedUp, None),
+                        "",
+                        now,
+                    )
+                    .await?;
+                }
+                user
+            }
+        };
+        tx.commit().await?;
+        metrics::counter!("castellan_signups_total", "provider" => provider, "confirmed" => autoconfirm.to_string()).increment(1);
+        if autoconfirm {
+            let grant = self
+                .sessions
+                .issue(user, "password", vec![(AuditAction::Login, None)])
+                .await?;
+            Ok(SignupOutcome::Session(Box::new(grant)))
+        } else {
+            let ids = self.ctx.store.identities_of(user.id).await?;
+            Ok(SignupOutcome::User(Box::new(user), ids))
+        }
+    }
+
+    pub async fn anonymous(&self, data: Map<String, Value>, aud: &str) -> ApiResult<TokenGrant> {
+        let cfg = &self.ctx.config;
+        if cfg.disable_signup {
+            return Err(ApiError::unprocessable(
+                "signup_disabled",
+                "Signups not allowed for this instance",
+            ));
+        }
+        let now = Utc::now();
+        let id = Uuid::new_v4();
+        let mut tx = self.ctx.store.begin().await?;
+        tx.insert_user(&NewUser {
+            id,
+            aud,
+            role: cfg.jwt.default_group_name.trim(),
+            email: None,
+            phone: None,
+            encrypted_password: None,
+            email_confirmed_at: None,
+            phone_confirmed_at: None,
+            app_metadata: json!({}),
+            user_metadata: Value::Object(data),
+            is_anonymous: true,
+            now,
+        })
+        .await?;
+        let user = tx
+            .user_by_id(id)
+            .await?
+            .ok_or_else(|| ApiError::internal("anonymous", "user vanished"))?;
+        tx.commit().await?;
+        metrics::counter!("castellan_signups_total", "provider" => "anonymous", "confirmed" => "true").increment(1);
+        self.sessions.issue(user, "anonymous", vec![]).await
+    }
+
+    /// `grant_type=password`. Every way of being wrong costs one password
+    /// verification and answers `invalid_credentials`.
+    pub async fn password_grant(&self, g: PasswordGrant) -> ApiResult<(TokenGrant, Vec<String>)> {
+        let cfg = &self.ctx.config;
+        let email = non_empty(&g.email);
+        let phone = non_empty(&g.phone);
+        let (user, provider) = match (email, phone) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::validation(
+                    "Only an email address or phone number should be provided on login.",
+                ));
+            }
+            (Some(e), None) => {
+                if !cfg.external_email_enabled {
+                    return Err(ApiError::unprocessable(
+                        "email_provider_disabled",
+                        "Email logins are disabled",
+                    ));
+                }
+                (
+                    self.ctx
+                        .store
+                        .user_by_email(&e.trim().to_lowercase(), &g.aud)
+                        .await?,
+                    "email",
+                )
+            }
+            (None, Some(p)) => {
+                if !cfg.external_phone_enabled {
+                    return Err(ApiError::unprocessable(
+                        "phone_provider_disabled",
+                        "Phone logins are disabled",
+                    ));
+                }
+                (
+                    self.ctx
+                        .store
+                        .user_by_phone(&validate::normalize_phone(p), &g.aud)
+                        .await?,
+                    "phone",
+                )
+            }
+            (None, None) => return Err(ApiError::validation("missing email or phone")),
+        };
+        let stored = user.as_ref().and_then(|u| u.encrypted_password.clone());
+        let verified = self
+            .ctx
+            .hasher
+            .verify(&g.password, stored.as_deref())
+            .await?;
+        let outcome = |o: &'static str| {
+            metrics::counter!("castellan_signins_total", "method" => "password", "outcome" => o)
+                .increment(1)
+        };
+        let Some(user) = user.filter(|_| verified.ok) else {
+            outcome("invalid_credentials");
+            return Err(ApiError::invalid_credentials());
+        };
+        if user.is_banned(Utc::now()) {
+            outcome("banned");
+            return Err(ApiError::bad_request("user_banned", "User is banned"));
+        }
+        if provider == "email" && user.email_confirmed_at.is_none() {
+            outcome("not_confirmed");
+            return Err(ApiError::bad_request(
+                "email_not_confirmed",
+                "Email not confirmed",
+            ));
+        }
+        if provider == "phone" && user.phone_confirmed_at.is_none() {
+            outcome("not_confirmed");
+            return Err(ApiError::bad_request(
+                "phone_not_confirmed",
+                "Phone not confirmed",
+            ));
+        }
+        if verified.needs_rehash
+            && let Some(old) = &stored
+        {
+            let new = self.ctx.hasher.hash(&g.password).await?;
+            if self
+                .ctx
+                .store
+                .upgrade_password_hash(user.id, old, &new)
+                .await?
+            {
+                metrics::counter!("castellan_password_rehash_total").increment(1);
+            }
+        }
+        let weak = validate::password_strength(&cfg.password, &g.password).unwrap_or_default();
+        let grant = self
+            .sessions
+            .issue(
+                user,
+                "password",
+                vec![(AuditAction::Login, Some(json!({"provider": provider})))],
+            )
+            .await?;
+        outcome("ok");
+        Ok((grant, weak))
+    }
+
+    /// Verifies a bearer token and loads who it speaks for, as GoTrue's
+    /// `requireAuthentication` does.
+    pub async fn authenticate(&self, token: &str) -> ApiResult<Principal> {
+        let claims: IncomingClaims = self.ctx.jwt.verify(token)?;
+        let aud = claims
+            .aud
+            .as_ref()
+            .and_then(|a| a.first())
+            .map(str::to_string);
+        let is_admin = claims
+            .role
+            .as_deref()
+            .is_some_and(|r| self.ctx.config.jwt.admin_roles.iter().any(|a| a == r));
+        if is_admin && claims.sub.as_deref().is_none_or(str::is_empty) {
+            return Ok(Principal::Admin {
+                role: claims.role.unwrap_or_default(),
+            });
+        }
+        let user_id = jwt::parse_sub(claims.sub.as_deref())?;
+        let session_id = match claims.session_id.as_deref() {
+            None | Some("") | Some("00000000-0000-0000-0000-000000000000") => None,
+            Some(s) => Some(Uuid::parse_str(s).map_err(|_| {
+                ApiError::forbidden("bad_jwt", "invalid claim: session_id claim must be a UUID")
+            })?),
+        };
+        let Some((user, session_ok)) = self
+            .ctx
+            .store
+            .user_with_session(user_id, session_id)
+            .await?
+        else {
+            return Err(ApiError::forbidden(
+                "user_not_found",
+                "User from sub claim in JWT does not exist",
+            ));
+        };
+        if !session_ok {
+            return Err(ApiError::forbidden(
+                "session_not_found",
+                "Session from session_id claim in JWT does not exist",
+            ));
+        }
+        if user.is_banned(Utc::now()) {
+            return Err(ApiError::forbidden("user_banned", "User is banned"));
+        }
+        Ok(Principal::User {
+            user: Box::new(user),
+            session_id,
+            aud,
+        })
+    }
+
+    pub async fn identities(&self, user_id: Uuid) -> ApiResult<Vec<Identity>> {
+        Ok(self.ctx.store.identities_of(user_id).await?)
+    }
+
+    /// `PUT /user`: metadata and password. Email and phone changes need the
+    /// mail and SMS flows and are refused until those exist.
+    pub async fn update_user(
+        &self,
+        user: User,
+        session_id: Option<Uuid>,
+        up: UserUpdate,
+    ) -> ApiResult<(User, Vec<Identity>)> {
+        let cfg = &self.ctx.config;
+        let new_email = match non_empty(&up.email) {
+            Some(e) => Some(validate::email(e)?).filter(|e| e != user.email_str()),
+            None => None,
+        };
+        let new_phone = match non_empty(&up.phone) {
+            Some(p) => Some(validate::phone(p)?).filter(|p| p != user.phone_str()),
+            None => None,
+        };
+        if let Some(p) = &up.password {
+            validate::require_strong_password(&cfg.password, p)?;
+        }
+        if up.app_metadata.is_some() {
+            let legacy_admin = user.aud.as_deref() == Some(cfg.jwt.aud.as_str())
+                && user.role.as_deref() == Some(cfg.jwt.admin_group_name.as_str());
+            if !legacy_admin {
+                return Err(ApiError::forbidden(
+                    "not_admin",
+                    "Updating app_metadata requires admin privileges",
+                ));
+            }
+        }
+        if up.password.is_some()
+            && user.is_anonymous
+            && user.email.is_none()
+            && user.phone.is_none()
+        {
+            return Err(ApiError::unprocessable(
+                "validation_failed",
+                "Updating password of an anonymous user without an email or phone is not allowed",
+            ));
+        }
+        if new_email.is_some() || new_phone.is_some() {
+            return Err(ApiError::unprocessable(
+                "feature_disabled",
+                "Changing the email address or phone number is not available on this server yet",
+            ));
+        }
+        let now = Utc::now();
+        let new_hash = match non_empty(&up.password) {
+            Some(p) => {
+                if user.has_password()
+                    && self
+                        .ctx
+                        .hasher
+                        .verify(p, user.encrypted_password.as_deref())
+                        .await?
+                        .ok
+                {
+                    return Err(ApiError::unprocessable(
+                        "same_password",
+                        "New password should be different from the old password.",
+                    ));
+                }
+                Some(self.ctx.hasher.hash(p).await?)
+            }
+            None => None,
+        };
+        let mut tx = self.ctx.store.begin().await?;
+        // Re-read under the transaction: metadata merges apply to the latest row.
+        let current = tx
+            .user_by_id(user.id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("user_not_found", "User not found"))?;
+        if let Some(hash) = &new_hash {
+            tx.set_password(user.id, hash, now).await?;
+            let scope = session_id.map_or(SessionScope::All, SessionScope::AllBut);
+            tx.delete_sessions(user.id, scope).await?;
+            tx.insert_audit(
+                &audit_payload(&current, AuditAction::UserUpdatedPassword, None),
+                "",
+                now,
+            )
+            .await?;
+        }
+        if up.data.is_some() || up.app_metadata.is_some() {
+            let mut um = current.user_metadata();
+            let mut am = current.app_metadata();
+            if let Some(d) = &up.data {
+                merge_metadata(&mut um, d);
+            }
+            if let Some(a) = &up.app_metadata {
+                merge_metadata(&mut am, a);
+            }
+            tx.update_metadata(user.id, &um, &am, now).await?;
+        }
+        tx.insert_audit(
+            &audit_payload(&current, AuditAction::UserModified, None),
+            "",
+            now,
+        )
+        .await?;
+        let updated = tx
+            .user_by_id(user.id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("user_not_found", "User not found"))?;
+        tx.commit().await?;
+        let ids = self.ctx.store.identities_of(user.id).await?;
+        Ok((updated, ids))
+    }
+}
+
+fn sqlx_json(v: Value) -> castellan_core::store::sqlx_types::Json<Value> {
+    castellan_core::store::sqlx_types::Json(v)
+}
+
+/// GoTrue's stand-in for a repeated sign-up: a fresh id, no confirmations, the
+/// request's metadata; nothing that tells the caller the address is taken.
+fn obfuscate(
+    real: &User,
+    provider: &str,
+    req: &SignupRequest,
+    now: chrono::DateTime<Utc>,
+) -> Value {
+    let mut u = real.clone();
+    u.id = Uuid::new_v4();
+    u.role = Some(String::new());
+    u.aud = Some(req.aud.clone());
+    u.email_change = None;
+    u.created_at = Some(now);
+    u.updated_at = Some(now);
+    u.confirmation_sent_at = Some(now);
+    u.email_confirmed_at = None;
+    u.phone_confirmed_at = None;
+    u.last_sign_in_at = None;
+    u.email_change_sent_at = None;
+    u.raw_user_meta_data = Some(sqlx_json(Value::Object(req.data.clone())));
+    u.raw_app_meta_data = Some(sqlx_json(
+        json!({"provider": provider, "providers": [provider]}),
+    ));
+    if provider == "email" {
+        u.phone = None;
+    } else {
+        u.email = None;
+    }
+    u.to_json(&[])
+}

@@ -1,0 +1,219 @@
+//! The `RateLimiter` actor: owns per-key token buckets (governor) and the
+//! live limit settings. The hot path (`RateLimits::check`) reads the buckets
+//! the actor publishes through an `ArcSwap`, so a check costs no mailbox
+//! round trip; every change of settings goes through the actor.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use castellan_core::ApiError;
+use castellan_core::config::{RateLimit, RateLimits as Settings};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+/// The limited endpoint families, named after the variable that sizes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bucket {
+    TokenRefresh,
+    SignUps,
+    AnonymousUsers,
+    Verify,
+    Otp,
+}
+
+impl Bucket {
+    pub fn variable(self) -> &'static str {
+        match self {
+            Bucket::TokenRefresh => "GOTRUE_RATE_LIMIT_TOKEN_REFRESH",
+            Bucket::SignUps => "GOTRUE_RATE_LIMIT_OTP (sign-ups)",
+            Bucket::AnonymousUsers => "GOTRUE_RATE_LIMIT_ANONYMOUS_USERS",
+            Bucket::Verify => "GOTRUE_RATE_LIMIT_VERIFY",
+            Bucket::Otp => "GOTRUE_RATE_LIMIT_OTP",
+        }
+    }
+    fn label(self) -> &'static str {
+        match self {
+            Bucket::TokenRefresh => "token_refresh",
+            Bucket::SignUps => "sign_ups",
+            Bucket::AnonymousUsers => "anonymous_users",
+            Bucket::Verify => "verify",
+            Bucket::Otp => "otp",
+        }
+    }
+}
+
+/// A bucket set built from one version of the settings. `None` = limit 0: refuse all.
+struct Limiter {
+    limit: RateLimit,
+    buckets: Option<DefaultKeyedRateLimiter<String>>,
+}
+
+impl Limiter {
+    fn new(limit: RateLimit) -> Self {
+        let buckets = (limit.events > 0).then(|| {
+            let period = limit.per / limit.events;
+            let burst = NonZeroU32::new(limit.burst.max(1)).expect("max(1)");
+            let quota = Quota::with_period(period.max(Duration::from_nanos(1)))
+                .expect("non-zero period")
+                .allow_burst(burst);
+            DefaultKeyedRateLimiter::keyed(quota)
+        });
+        Self { limit, buckets }
+    }
+}
+
+pub struct Limiters {
+    pub settings: Settings,
+    token_refresh: Limiter,
+    sign_ups: Limiter,
+    anonymous_users: Limiter,
+    verify: Limiter,
+    otp: Limiter,
+}
+
+impl Limiters {
+    fn new(settings: Settings) -> Self {
+        Self {
+            token_refresh: Limiter::new(settings.token_refresh),
+            sign_ups: Limiter::new(settings.sign_ups),
+            anonymous_users: Limiter::new(settings.anonymous_users),
+            verify: Limiter::new(settings.verify),
+            otp: Limiter::new(settings.otp),
+            settings,
+        }
+    }
+    fn get(&self, b: Bucket) -> &Limiter {
+        match b {
+            Bucket::TokenRefresh => &self.token_refresh,
+            Bucket::SignUps => &self.sign_ups,
+            Bucket::AnonymousUsers => &self.anonymous_users,
+            Bucket::Verify => &self.verify,
+            Bucket::Otp => &self.otp,
+        }
+    }
+    fn sweep(&self) {
+        for b in [
+            &self.token_refresh,
+            &self.sign_ups,
+            &self.anonymous_users,
+            &self.verify,
+            &self.otp,
+        ] {
+            if let Some(l) = &b.buckets {
+                l.retain_recent();
+            }
+        }
+    }
+}
+
+/// What handlers hold: the published buckets.
+#[derive(Clone)]
+pub struct RateLimits {
+    shared: Arc<ArcSwap<Limiters>>,
+}
+
+impl RateLimits {
+    pub fn new(settings: Settings) -> Self {
+        Self {
+            shared: Arc::new(ArcSwap::from_pointee(Limiters::new(settings))),
+        }
+    }
+
+    pub fn settings(&self) -> Settings {
+        self.shared.load().settings.clone()
+    }
+
+    /// Takes one token from `key`'s bucket, or answers 429 with `Retry-After`.
+    pub fn check(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        key_source: &'static str,
+    ) -> Result<(), ApiError> {
+        let all = self.shared.load();
+        let limiter = all.get(bucket);
+        let wait = match &limiter.buckets {
+            None => Some(limiter.limit.per),
+            Some(l) => l
+                .check_key(&key.to_string())
+                .err()
+                .map(|n| n.wait_time_from(DefaultClock::default().now())),
+        };
+        match wait {
+            None => Ok(()),
+            Some(wait) => {
+                metrics::counter!("castellan_rate_limit_rejections_total", "bucket" => bucket.label(), "key" => key_source)
+                    .increment(1);
+                let l = limiter.limit;
+                Err(ApiError::too_many_requests(
+                    "over_request_rate_limit",
+                    format!(
+                        "Request rate limit reached: {} allows {} requests per {}s (burst {})",
+                        bucket.variable(),
+                        l.events,
+                        l.per.as_secs(),
+                        l.burst
+                    ),
+                    wait.as_secs_f64().ceil() as u64,
+                ))
+            }
+        }
+    }
+}
+
+pub enum RateLimiterMsg {
+    /// Replace the settings; the buckets start afresh when they change.
+    SetLimits(Settings, RpcReplyPort<()>),
+    GetLimits(RpcReplyPort<Settings>),
+    /// Drop idle keys so memory stays bounded.
+    Sweep,
+}
+
+pub struct RateLimiter;
+
+impl Actor for RateLimiter {
+    type Msg = RateLimiterMsg;
+    type State = RateLimits;
+    type Arguments = RateLimits;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        limits: RateLimits,
+    ) -> Result<RateLimits, ActorProcessingErr> {
+        myself.send_interval(Duration::from_secs(60), || RateLimiterMsg::Sweep);
+        Ok(limits)
+    }
+
+    async fn handle(
+        &self,
+        _me: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        limits: &mut RateLimits,
+    ) -> Result<(), ActorProcessingErr> {
+        let kind = match &msg {
+            RateLimiterMsg::SetLimits(..) => "set_limits",
+            RateLimiterMsg::GetLimits(_) => "get_limits",
+            RateLimiterMsg::Sweep => "sweep",
+        };
+        let start = std::time::Instant::now();
+        match msg {
+            RateLimiterMsg::SetLimits(settings, reply) => {
+                // New settings start with fresh buckets; equal settings keep the counts.
+                if limits.settings() != settings {
+                    limits.shared.store(Arc::new(Limiters::new(settings)));
+                }
+                let _ = reply.send(());
+            }
+            RateLimiterMsg::GetLimits(reply) => {
+                let _ = reply.send(limits.settings());
+            }
+            RateLimiterMsg::Sweep => limits.shared.load().sweep(),
+        }
+        crate::supervisor::record_message("rate_limiter", kind, "ok", start);
+        Ok(())
+    }
+}

@@ -1,0 +1,503 @@
+//! The `SessionManager`: a ractor factory whose workers own sessions,
+//! refresh-token rotation and reuse detection, access-token minting and
+//! logout. Jobs are routed by session id, so the operations on one session
+//! run one at a time, in order, while different sessions run in parallel. On
+//! PostgreSQL each rotation also holds the session's row lock, so two
+//! castellan processes sharing one database are serialized too.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use castellan_core::crypto::jwt::{AmrEntry, Claims};
+use castellan_core::crypto::random_base32;
+use castellan_core::models::{AuditAction, Identity, RefreshToken, User, audit_payload};
+use castellan_core::store::{SessionScope, Tx};
+use castellan_core::{ApiError, ApiResult};
+use chrono::{DateTime, Utc};
+use ractor::factory::{FactoryMessage, FactoryRef, Job, Worker, WorkerId};
+use ractor::rpc::CallResult;
+use ractor::{ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::context::Ctx;
+use crate::supervisor::record_message;
+
+/// A session's tokens and the user they belong to.
+#[derive(Debug, Clone)]
+pub struct TokenGrant {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub expires_at: i64,
+    pub user: User,
+    pub identities: Vec<Identity>,
+    pub session_id: Uuid,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogoutScope {
+    Global,
+    Local,
+    Others,
+}
+
+/// An audit entry to write with the change it describes.
+pub type Audit = (AuditAction, Option<Value>);
+
+pub enum SessionMsg {
+    /// Start a session for a user who just proved who they are.
+    Issue {
+        user: Box<User>,
+        method: &'static str,
+        audits: Vec<Audit>,
+        reply: RpcReplyPort<ApiResult<TokenGrant>>,
+    },
+    /// Rotate a refresh token of this session.
+    Refresh {
+        token: String,
+        reply: RpcReplyPort<ApiResult<TokenGrant>>,
+    },
+    Logout {
+        user: Box<User>,
+        session_id: Option<Uuid>,
+        scope: LogoutScope,
+        reply: RpcReplyPort<ApiResult<()>>,
+    },
+    /// Fails the worker that receives it, to exercise supervision.
+    Crash,
+}
+
+impl SessionMsg {
+    fn kind(&self) -> &'static str {
+        match self {
+            SessionMsg::Issue { .. } => "issue",
+            SessionMsg::Refresh { .. } => "refresh",
+            SessionMsg::Logout { .. } => "logout",
+            SessionMsg::Crash => "crash",
+        }
+    }
+}
+
+pub struct SessionWorker;
+
+impl Worker for SessionWorker {
+    type Key = Uuid;
+    type Message = SessionMsg;
+    type Arguments = Arc<Ctx>;
+    type State = Arc<Ctx>;
+
+    async fn pre_start(
+        &self,
+        _wid: WorkerId,
+        _factory: &ActorRef<FactoryMessage<Uuid, SessionMsg>>,
+        ctx: Arc<Ctx>,
+    ) -> Result<Arc<Ctx>, ActorProcessingErr> {
+        Ok(ctx)
+    }
+
+    async fn handle(
+        &self,
+        _wid: WorkerId,
+        _factory: &ActorRef<FactoryMessage<Uuid, SessionMsg>>,
+        Job { key, msg, .. }: Job<Uuid, SessionMsg>,
+        ctx: &mut Arc<Ctx>,
+    ) -> Result<Uuid, ActorProcessingErr> {
+        let start = Instant::now();
+        let kind = msg.kind();
+        let ok = match msg {
+            SessionMsg::Issue {
+                user,
+                method,
+                audits,
+                reply,
+            } => {
+                let r = issue(ctx, key, *user, method, &audits).await;
+                let ok = r.is_ok();
+                let _ = reply.send(r);
+                ok
+            }
+            SessionMsg::Refresh { token, reply } => {
+                let r = refresh(ctx, key, &token).await;
+                let ok = r.is_ok();
+                let _ = reply.send(r);
+                ok
+            }
+            SessionMsg::Logout {
+                user,
+                session_id,
+                scope,
+                reply,
+            } => {
+                let r = logout(ctx, &user, session_id, scope).await;
+                let ok = r.is_ok();
+                let _ = reply.send(r);
+                ok
+            }
+            SessionMsg::Crash => {
+                record_message("session_manager", kind, "crash", start);
+                return Err("crash requested".into());
+            }
+        };
+        record_message(
+            "session_manager",
+            kind,
+            if ok { "ok" } else { "error" },
+            start,
+        );
+        Ok(key)
+    }
+}
+
+/// Builds GoTrue's claims for a user and session.
+pub fn claims_for(
+    ctx: &Ctx,
+    user: &User,
+    session_id: Uuid,
+    amr: Vec<AmrEntry>,
+    now: i64,
+) -> Claims {
+    Claims {
+        aud: user.aud.clone().unwrap_or_default(),
+        exp: now + ctx.jwt.exp_seconds,
+        iat: now,
+        iss: ctx.jwt.issuer.clone(),
+        sub: user.id.to_string(),
+        email: user.email_str().to_string(),
+        phone: user.phone_str().to_string(),
+        app_metadata: user.app_metadata(),
+        user_metadata: user.user_metadata(),
+        role: user.role.clone().unwrap_or_default(),
+        aal: "aal1".into(),
+        amr,
+        session_id: Some(session_id.to_string()),
+        is_anonymous: user.is_anonymous,
+    }
+}
+
+fn grant(
+    ctx: &Ctx,
+    user: User,
+    identities: Vec<Identity>,
+    session_id: Uuid,
+    refresh_token: String,
+    amr: Vec<AmrEntry>,
+    now: DateTime<Utc>,
+) -> ApiResult<TokenGrant> {
+    let claims = claims_for(ctx, &user, session_id, amr, now.timestamp());
+    let access_token = ctx.jwt.sign(&claims)?;
+    Ok(TokenGrant {
+        access_token,
+        refresh_token,
+        expires_at: claims.exp,
+        user,
+        identities,
+        session_id,
+    })
+}
+
+async fn write_audits(
+    tx: &mut Tx,
+    user: &User,
+    audits: &[Audit],
+    now: DateTime<Utc>,
+) -> ApiResult<()> {
+    for (action, traits) in audits {
+        tx.insert_audit(&audit_payload(user, *action, traits.clone()), "", now)
+            .await?;
+    }
+    Ok(())
+}
+
+async fn issue(
+    ctx: &Ctx,
+    session_id: Uuid,
+    mut user: User,
+    method: &'static str,
+    audits: &[Audit],
+) -> ApiResult<TokenGrant> {
+    let now = Utc::now();
+    let token = random_base32(12);
+    let mut tx = ctx.store.begin().await?;
+    write_audits(&mut tx, &user, audits, now).await?;
+    tx.insert_session(session_id, user.id, method, now).await?;
+    tx.insert_refresh_token(&token, user.id, None, session_id, now)
+        .await?;
+    tx.set_last_sign_in(user.id, now).await?;
+    tx.commit().await?;
+    user.last_sign_in_at = Some(now);
+    user.updated_at = Some(now);
+    let identities = ctx.store.identities_of(user.id).await?;
+    let amr = vec![AmrEntry {
+        method: method.into(),
+        timestamp: now.timestamp(),
+    }];
+    grant(ctx, user, identities, session_id, token, amr, now)
+}
+
+fn not_found() -> ApiError {
+    ApiError::bad_request(
+        "refresh_token_not_found",
+        "Invalid Refresh Token: Refresh Token Not Found",
+    )
+}
+
+/// What to do with a presented refresh token, decided under the session lock.
+enum Rotation {
+    /// Revoke it and issue a child.
+    Rotate,
+    /// A retry of a refresh whose answer was lost: hand back the active child.
+    ReturnActive(RefreshToken),
+    /// Reuse within the grace interval: fork a new child of the revoked token.
+    Fork,
+    /// Reuse outside the interval.
+    Reject,
+}
+
+fn decide(
+    ctx: &Ctx,
+    token: &RefreshToken,
+    active: Option<RefreshToken>,
+    now: DateTime<Utc>,
+) -> Rotation {
+    if token.revoked != Some(true) {
+        return Rotation::Rotate;
+    }
+    if let Some(active) = active
+        && active.parent.is_some()
+        && active.parent == token.token
+    {
+        return Rotation::ReturnActive(active);
+    }
+    let interval =
+        chrono::Duration::from_std(ctx.config.refresh_token_reuse_interval).unwrap_or_default();
+    match token.updated_at {
+        Some(t) if now <= t + interval => Rotation::Fork,
+        _ => Rotation::Reject,
+    }
+}
+
+fn check_session_validity(
+    ctx: &Ctx,
+    s: &castellan_core::models::Session,
+    now: DateTime<Utc>,
+) -> ApiResult<()> {
+    let expired = |m: &str| Err(ApiError::bad_request("session_expired", m.to_string()));
+    if s.not_after.is_some_and(|t| now > t) {
+        return expired("Invalid Refresh Token: Session Expired");
+    }
+    if let (Some(timebox), Some(created)) = (ctx.config.sessions_timebox, s.created_at)
+        && now > created + chrono::Duration::from_std(timebox).unwrap_or_default()
+    {
+        return expired("Invalid Refresh Token: Session Expired");
+    }
+    if let Some(idle) = ctx.config.sessions_inactivity_timeout {
+        let last = s.refreshed_at.map(|t| t.and_utc()).or(s.created_at);
+        if last.is_some_and(|l| now > l + chrono::Duration::from_std(idle).unwrap_or_default()) {
+            return expired("Invalid Refresh Token: Session Expired (Inactivity)");
+        }
+    }
+    Ok(())
+}
+
+async fn refresh(ctx: &Ctx, session_id: Uuid, presented: &str) -> ApiResult<TokenGrant> {
+    let now = Utc::now();
+    let mut tx = ctx.store.begin().await?;
+    let Some(session) = tx.lock_session(session_id).await? else {
+        return Err(not_found());
+    };
+    let Some(token) = tx.refresh_token(presented).await? else {
+        return Err(not_found());
+    };
+    if token.session_id != Some(session_id) {
+        return Err(not_found());
+    }
+    let Some(user) = tx.user_by_id(session.user_id).await? else {
+        return Err(not_found());
+    };
+    if user.is_banned(now) {
+        return Err(ApiError::bad_request(
+            "user_banned",
+            "Invalid Refresh Token: User Banned",
+        ));
+    }
+    check_session_validity(ctx, &session, now)?;
+    let active = if token.revoked == Some(true) {
+        tx.active_refresh_token(session_id).await?
+    } else {
+        None
+    };
+    let issued = match decide(ctx, &token, active, now) {
+        Rotation::ReturnActive(active) => active.token.unwrap_or_default(),
+        Rotation::Reject => {
+            if ctx.config.refresh_token_rotation_enabled {
+                // The revocation is committed even though the request fails.
+                let revoked = tx.revoke_session_tokens(session_id, now).await?;
+                tx.commit().await?;
+                metrics::counter!("castellan_refresh_token_reuse_total", "outcome" => "family_revoked").increment(1);
+                tracing::warn!(%session_id, revoked, "refresh token reused; session's tokens revoked");
+            } else {
+                metrics::counter!("castellan_refresh_token_reuse_total", "outcome" => "refused")
+                    .increment(1);
+            }
+            return Err(ApiError::bad_request(
+                "refresh_token_already_used",
+                "Invalid Refresh Token: Already Used",
+            ));
+        }
+        rotation => {
+            if matches!(rotation, Rotation::Rotate) {
+                tx.revoke_refresh_token(token.id, now).await?;
+            }
+            let child = random_base32(12);
+            tx.insert_refresh_token(&child, user.id, token.token.as_deref(), session_id, now)
+                .await?;
+            write_audits(
+                &mut tx,
+                &user,
+                &[
+                    (AuditAction::TokenRefreshed, None),
+                    (AuditAction::TokenRevoked, None),
+                ],
+                now,
+            )
+            .await?;
+            child
+        }
+    };
+    tx.touch_session(session_id, now).await?;
+    let amr = tx.amr_of(session_id).await?;
+    tx.commit().await?;
+    let amr = amr
+        .into_iter()
+        .map(|(method, t)| AmrEntry {
+            method,
+            timestamp: t.timestamp(),
+        })
+        .collect();
+    let identities = ctx.store.identities_of(user.id).await?;
+    grant(ctx, user, identities, session_id, issued, amr, now)
+}
+
+async fn logout(
+    ctx: &Ctx,
+    user: &User,
+    session_id: Option<Uuid>,
+    scope: LogoutScope,
+) -> ApiResult<()> {
+    let now = Utc::now();
+    let scope = match (scope, session_id) {
+        // A token without a session always logs out everywhere.
+        (_, None) | (LogoutScope::Global, _) => SessionScope::All,
+        (LogoutScope::Local, Some(s)) => SessionScope::Only(s),
+        (LogoutScope::Others, Some(s)) => SessionScope::AllBut(s),
+    };
+    let mut tx = ctx.store.begin().await?;
+    write_audits(&mut tx, user, &[(AuditAction::Logout, None)], now).await?;
+    tx.delete_sessions(user.id, scope).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// What callers hold: the current factory (swapped by the supervisor when it
+/// restarts one) and the call timeout.
+#[derive(Clone)]
+pub struct SessionManager {
+    factory: Arc<ArcSwapOption<FactoryRef<Uuid, SessionMsg>>>,
+    ctx: Arc<Ctx>,
+    timeout: Duration,
+}
+
+impl SessionManager {
+    pub(crate) fn new(
+        factory: Arc<ArcSwapOption<FactoryRef<Uuid, SessionMsg>>>,
+        ctx: Arc<Ctx>,
+    ) -> Self {
+        let timeout = ctx.config.actor_call_timeout;
+        Self {
+            factory,
+            ctx,
+            timeout,
+        }
+    }
+
+    async fn call<T: Send + 'static>(
+        &self,
+        key: Uuid,
+        build: impl FnOnce(RpcReplyPort<ApiResult<T>>) -> SessionMsg,
+    ) -> ApiResult<T> {
+        let Some(factory) = self.factory.load_full() else {
+            return Err(ApiError::unavailable("session_manager", "restarting"));
+        };
+        match factory.call_job(key, build, Some(self.timeout)).await {
+            Ok(CallResult::Success(r)) => r,
+            Ok(CallResult::Timeout) => {
+                Err(ApiError::unavailable("session_manager", "call timed out"))
+            }
+            Ok(CallResult::SenderError) => Err(ApiError::unavailable(
+                "session_manager",
+                "worker stopped before replying",
+            )),
+            Err(e) => Err(ApiError::unavailable("session_manager", e)),
+        }
+    }
+
+    pub async fn issue(
+        &self,
+        user: User,
+        method: &'static str,
+        audits: Vec<Audit>,
+    ) -> ApiResult<TokenGrant> {
+        let session_id = Uuid::new_v4();
+        self.call(session_id, |reply| SessionMsg::Issue {
+            user: Box::new(user),
+            method,
+            audits,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn refresh(&self, token: &str) -> ApiResult<TokenGrant> {
+        // GoTrue's syntax rule for legacy tokens: at least 12 characters.
+        if token.len() < 12 {
+            return Err(ApiError::validation("Refresh token is not valid"));
+        }
+        let Some(session_id) = self.ctx.store.refresh_token_session(token).await? else {
+            return Err(not_found());
+        };
+        let token = token.to_string();
+        self.call(session_id, |reply| SessionMsg::Refresh { token, reply })
+            .await
+    }
+
+    pub async fn logout(
+        &self,
+        user: User,
+        session_id: Option<Uuid>,
+        scope: LogoutScope,
+    ) -> ApiResult<()> {
+        let key = session_id.unwrap_or(user.id);
+        self.call(key, |reply| SessionMsg::Logout {
+            user: Box::new(user),
+            session_id,
+            scope,
+            reply,
+        })
+        .await
+    }
+
+    /// Makes the worker that owns `key` fail (tests and chaos drills).
+    pub fn crash_worker(&self, key: Uuid) {
+        if let Some(f) = self.factory.load_full() {
+            let _ = f.dispatch(key, SessionMsg::Crash);
+        }
+    }
+
+    /// Kills the whole factory; the supervisor starts a new one.
+    pub fn kill(&self) {
+        if let Some(f) = self.factory.load_full() {
+            f.kill();
+        }
+    }
+}

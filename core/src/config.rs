@@ -1,0 +1,431 @@
+//! Configuration read from GoTrue's environment variable names, with GoTrue's
+//! defaults, so an existing GoTrue deployment's environment runs castellan
+//! unchanged. castellan's own additions use the `CASTELLAN_` prefix.
+//!
+//! A wrong value is an error that names the variable; start-up stops on it.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::duration::parse_go_duration;
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {var}: {msg}")]
+pub struct ConfigError {
+    pub var: String,
+    pub msg: String,
+}
+
+/// Where the users live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    Postgres(String),
+    /// Path of the SQLite file.
+    Sqlite(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct JwtConfig {
+    /// `None` when unset: the embedded SQLite default then generates one.
+    pub secret: Option<String>,
+    pub exp: u64,
+    pub aud: String,
+    pub default_group_name: String,
+    pub admin_roles: Vec<String>,
+    pub admin_group_name: String,
+    pub issuer: Option<String>,
+    pub key_id: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PasswordConfig {
+    pub min_length: usize,
+    /// Each set must contribute at least one character.
+    pub required_characters: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Argon2Config {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+    /// How many hashes may run at once (the bounded blocking pool).
+    pub pool_size: usize,
+}
+
+/// One per-key token bucket: `per` is the refill window of `events` tokens.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub events: u32,
+    pub per: Duration,
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimits {
+    pub token_refresh: RateLimit,
+    pub sign_ups: RateLimit,
+    pub anonymous_users: RateLimit,
+    pub verify: RateLimit,
+    pub otp: RateLimit,
+    /// The header whose first value keys the limits; peer address otherwise.
+    pub header: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: DatabaseUrl,
+    pub host: String,
+    pub port: u16,
+    pub site_url: String,
+    pub api_external_url: String,
+    pub max_request_duration: Duration,
+    pub jwt: JwtConfig,
+    pub disable_signup: bool,
+    pub mailer_autoconfirm: bool,
+    pub sms_autoconfirm: bool,
+    pub external_email_enabled: bool,
+    pub external_phone_enabled: bool,
+    pub anonymous_users_enabled: bool,
+    pub sms_provider: String,
+    pub password: PasswordConfig,
+    pub argon2: Argon2Config,
+    pub refresh_token_rotation_enabled: bool,
+    pub refresh_token_reuse_interval: Duration,
+    pub sessions_timebox: Option<Duration>,
+    pub sessions_inactivity_timeout: Option<Duration>,
+    pub rate_limits: RateLimits,
+    /// How long a handler waits for an actor before answering 503.
+    pub actor_call_timeout: Duration,
+    /// Workers in the `SessionManager` factory.
+    pub session_workers: usize,
+}
+
+/// Reads variables from a map (process environment merged with `.env`), so
+/// configuration parsing is a pure function and testable.
+struct Vars<'a>(&'a HashMap<String, String>);
+
+impl Vars<'_> {
+    /// The first of `names` that is set and non-empty.
+    fn get<'n>(&self, names: &[&'n str]) -> Option<(&'n str, String)> {
+        names.iter().find_map(|n| {
+            self.0
+                .get(*n)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+                .map(|v| (*n, v))
+        })
+    }
+
+    fn string(&self, names: &[&str], default: &str) -> String {
+        self.get(names)
+            .map(|(_, v)| v)
+            .unwrap_or_else(|| default.to_string())
+    }
+
+    fn opt_string(&self, names: &[&str]) -> Option<String> {
+        self.get(names).map(|(_, v)| v)
+    }
+
+    fn parse<T>(
+        &self,
+        names: &[&str],
+        default: T,
+        what: &str,
+        f: impl Fn(&str) -> Option<T>,
+    ) -> Result<T, ConfigError> {
+        match self.get(names) {
+            None => Ok(default),
+            Some((name, v)) => f(&v).ok_or_else(|| ConfigError {
+                var: name.to_string(),
+                msg: format!("{v:?} is not {what}"),
+            }),
+        }
+    }
+
+    fn bool(&self, names: &[&str], default: bool) -> Result<bool, ConfigError> {
+        // Go's strconv.ParseBool.
+        self.parse(names, default, "a boolean", |v| match v {
+            "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+            "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+            _ => None,
+        })
+    }
+
+    fn num<T: std::str::FromStr>(&self, names: &[&str], default: T) -> Result<T, ConfigError> {
+        self.parse(names, default, "a whole number", |v| v.parse().ok())
+    }
+
+    fn duration(&self, names: &[&str], default: Duration) -> Result<Duration, ConfigError> {
+        self.parse(names, default, "a duration (like 10s, 5m, 24h)", |v| {
+            parse_go_duration(v).ok()
+        })
+    }
+
+    fn opt_duration(&self, names: &[&str]) -> Result<Option<Duration>, ConfigError> {
+        self.parse(names, None, "a duration (like 10s, 5m, 24h)", |v| {
+            parse_go_duration(v).ok().map(Some)
+        })
+        .map(|d| d.filter(|d| !d.is_zero()))
+    }
+
+    fn list(&self, names: &[&str], default: &[&str]) -> Vec<String> {
+        match self.get(names) {
+            None => default.iter().map(|s| s.to_string()).collect(),
+            Some((_, v)) => v
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
+        }
+    }
+}
+
+/// `GOTRUE_PASSWORD_REQUIRED_CHARACTERS`: colon-separated sets, `\:` escapes a colon.
+fn parse_required_characters(v: &str) -> Vec<String> {
+    let mut sets = Vec::new();
+    let mut cur = String::new();
+    let mut chars = v.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek() == Some(&':') => {
+                cur.push(':');
+                chars.next();
+            }
+            ':' => sets.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+    }
+    sets.push(cur);
+    sets.into_iter().filter(|s| !s.is_empty()).collect()
+}
+
+fn database_url(v: Option<(&str, String)>) -> Result<DatabaseUrl, ConfigError> {
+    let Some((name, url)) = v else {
+        return Ok(DatabaseUrl::Sqlite("castellan.db".into()));
+    };
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(DatabaseUrl::Postgres(url))
+    } else if let Some(path) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    {
+        let path = path.split('?').next().unwrap_or_default();
+        if path.is_empty() {
+            return Err(ConfigError {
+                var: name.into(),
+                msg: "sqlite URL has no file path".into(),
+            });
+        }
+        Ok(DatabaseUrl::Sqlite(path.to_string()))
+    } else {
+        Err(ConfigError {
+            var: name.into(),
+            msg: "must start with postgres://, postgresql:// or sqlite://".into(),
+        })
+    }
+}
+
+fn rate(
+    vars: &Vars,
+    names: &[&str],
+    default: u32,
+    per: Duration,
+    burst: Option<u32>,
+) -> Result<RateLimit, ConfigError> {
+    // GoTrue accepts floats here ("150.0"); a fraction of an event is meaningless, so round.
+    let events = vars.parse(names, default as f64, "a number", |v| {
+        v.parse::<f64>().ok().filter(|f| *f >= 0.0)
+    })?;
+    let events = events.round() as u32;
+    Ok(RateLimit {
+        events,
+        per,
+        burst: burst.unwrap_or(events),
+    })
+}
+
+impl Config {
+    /// Reads the process environment, after loading `.env` when present
+    /// (process variables win, as with GoTrue's env files).
+    pub fn from_process_env() -> Result<Self, ConfigError> {
+        let vars: HashMap<String, String> = std::env::vars().collect();
+        Self::from_vars(&vars)
+    }
+
+    pub fn from_vars(map: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let v = Vars(map);
+        let five_min = Duration::from_secs(300);
+        let min_length = v.num(&["GOTRUE_PASSWORD_MIN_LENGTH"], 6usize)?.max(6);
+        let argon2 = Argon2Config {
+            memory_kib: v.num(&["CASTELLAN_ARGON2_MEMORY_KIB"], 19456)?,
+            iterations: v.num(&["CASTELLAN_ARGON2_ITERATIONS"], 2)?,
+            parallelism: v.num(&["CASTELLAN_ARGON2_PARALLELISM"], 1)?,
+            pool_size: v.num(
+                &["CASTELLAN_HASH_POOL_SIZE"],
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(2),
+            )?,
+        };
+        if argon2.pool_size == 0 {
+            return Err(ConfigError {
+                var: "CASTELLAN_HASH_POOL_SIZE".into(),
+                msg: "must be at least 1".into(),
+            });
+        }
+        if argon2::Params::new(
+            argon2.memory_kib,
+            argon2.iterations,
+            argon2.parallelism,
+            None,
+        )
+        .is_err()
+        {
+            return Err(ConfigError {
+                var: "CASTELLAN_ARGON2_MEMORY_KIB".into(),
+                msg: "argon2 parameters out of range (memory >= 8 x parallelism KiB, iterations >= 1)".into(),
+            });
+        }
+        let otp = rate(&v, &["GOTRUE_RATE_LIMIT_OTP"], 30, five_min, Some(30))?;
+        let cfg = Config {
+            database_url: database_url(v.get(&["DATABASE_URL", "GOTRUE_DB_DATABASE_URL"]))?,
+            host: v.string(&["GOTRUE_API_HOST"], "0.0.0.0"),
+            port: v.num(&["PORT", "GOTRUE_API_PORT"], 8081u16)?,
+            site_url: v.string(&["GOTRUE_SITE_URL"], "http://localhost:3000"),
+            api_external_url: v.string(
+                &["API_EXTERNAL_URL", "GOTRUE_API_EXTERNAL_URL"],
+                "http://localhost:8081",
+            ),
+            max_request_duration: v.duration(
+                &["GOTRUE_API_MAX_REQUEST_DURATION"],
+                Duration::from_secs(10),
+            )?,
+            jwt: JwtConfig {
+                secret: v.opt_string(&["GOTRUE_JWT_SECRET"]),
+                exp: v.num(&["GOTRUE_JWT_EXP"], 3600u64)?,
+                aud: v.string(&["GOTRUE_JWT_AUD"], "authenticated"),
+                default_group_name: v.string(&["GOTRUE_JWT_DEFAULT_GROUP_NAME"], "authenticated"),
+                admin_roles: v.list(
+                    &["GOTRUE_JWT_ADMIN_ROLES"],
+                    &["service_role", "supabase_admin"],
+                ),
+                admin_group_name: v.string(&["GOTRUE_JWT_ADMIN_GROUP_NAME"], "admin"),
+                issuer: v.opt_string(&["GOTRUE_JWT_ISSUER"]),
+                key_id: v.opt_string(&["GOTRUE_JWT_KEY_ID"]),
+            },
+            disable_signup: v.bool(&["GOTRUE_DISABLE_SIGNUP"], false)?,
+            mailer_autoconfirm: v.bool(&["GOTRUE_MAILER_AUTOCONFIRM"], false)?,
+            sms_autoconfirm: v.bool(&["GOTRUE_SMS_AUTOCONFIRM"], false)?,
+            external_email_enabled: v.bool(&["GOTRUE_EXTERNAL_EMAIL_ENABLED"], true)?,
+            external_phone_enabled: v.bool(&["GOTRUE_EXTERNAL_PHONE_ENABLED"], false)?,
+            anonymous_users_enabled: v.bool(&["GOTRUE_EXTERNAL_ANONYMOUS_USERS_ENABLED"], false)?,
+            sms_provider: v.string(&["GOTRUE_SMS_PROVIDER"], ""),
+            password: PasswordConfig {
+                min_length,
+                required_characters: v
+                    .opt_string(&["GOTRUE_PASSWORD_REQUIRED_CHARACTERS"])
+                    .map(|s| parse_required_characters(&s))
+                    .unwrap_or_default(),
+            },
+            argon2,
+            refresh_token_rotation_enabled: v
+                .bool(&["GOTRUE_SECURITY_REFRESH_TOKEN_ROTATION_ENABLED"], true)?,
+            refresh_token_reuse_interval: Duration::from_secs(
+                v.num(&["GOTRUE_SECURITY_REFRESH_TOKEN_REUSE_INTERVAL"], 0u64)?,
+            ),
+            sessions_timebox: v.opt_duration(&["GOTRUE_SESSIONS_TIMEBOX"])?,
+            sessions_inactivity_timeout: v.opt_duration(&["GOTRUE_SESSIONS_INACTIVITY_TIMEOUT"])?,
+            rate_limits: RateLimits {
+                token_refresh: rate(
+                    &v,
+                    &["GOTRUE_RATE_LIMIT_TOKEN_REFRESH"],
+                    150,
+                    five_min,
+                    Some(30),
+                )?,
+                // GoTrue sizes the sign-up bucket by the OTP limit; it has no variable of its own.
+                sign_ups: otp,
+                anonymous_users: rate(
+                    &v,
+                    &["GOTRUE_RATE_LIMIT_ANONYMOUS_USERS"],
+                    30,
+                    Duration::from_secs(3600),
+                    None,
+                )?,
+                verify: rate(&v, &["GOTRUE_RATE_LIMIT_VERIFY"], 30, five_min, Some(30))?,
+                otp,
+                header: v.opt_string(&["GOTRUE_RATE_LIMIT_HEADER"]),
+            },
+            actor_call_timeout: v
+                .duration(&["CASTELLAN_ACTOR_CALL_TIMEOUT"], Duration::from_secs(5))?,
+            session_workers: v.num(&["CASTELLAN_SESSION_WORKERS"], 8usize)?.max(1),
+        };
+        Ok(cfg)
+    }
+
+    /// Settings for tests and tools: the defaults, with a fixed secret.
+    pub fn for_tests(database_url: DatabaseUrl) -> Self {
+        let mut cfg = Self::from_vars(&HashMap::new()).expect("defaults are valid");
+        cfg.database_url = database_url;
+        cfg.jwt.secret = Some("test-secret-with-at-least-32-characters".into());
+        cfg
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_vars(&map)
+    }
+
+    #[test]
+    fn defaults_match_gotrue() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c.database_url, DatabaseUrl::Sqlite("castellan.db".into()));
+        assert_eq!(c.jwt.exp, 3600);
+        assert_eq!(c.jwt.admin_roles, vec!["service_role", "supabase_admin"]);
+        assert!(c.external_email_enabled && !c.external_phone_enabled);
+        assert!(c.refresh_token_rotation_enabled);
+        assert_eq!(c.refresh_token_reuse_interval, Duration::ZERO);
+        assert_eq!(c.rate_limits.token_refresh.events, 150);
+        assert_eq!(c.password.min_length, 6);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let e = cfg(&[("GOTRUE_JWT_EXP", "soon")]).unwrap_err();
+        assert_eq!(e.var, "GOTRUE_JWT_EXP");
+        let e = cfg(&[("GOTRUE_MAILER_AUTOCONFIRM", "yes")]).unwrap_err();
+        assert_eq!(e.var, "GOTRUE_MAILER_AUTOCONFIRM");
+        let e = cfg(&[("DATABASE_URL", "mysql://x")]).unwrap_err();
+        assert_eq!(e.var, "DATABASE_URL");
+        assert!(e.to_string().contains("DATABASE_URL"));
+    }
+
+    #[test]
+    fn parses_urls_lists_and_character_sets() {
+        let c = cfg(&[
+            ("DATABASE_URL", "sqlite:///tmp/x.db"),
+            ("GOTRUE_JWT_ADMIN_ROLES", "a, b"),
+            ("GOTRUE_PASSWORD_REQUIRED_CHARACTERS", "abc:ABC:\\:!"),
+            ("GOTRUE_PASSWORD_MIN_LENGTH", "3"),
+        ])
+        .unwrap();
+        assert_eq!(c.database_url, DatabaseUrl::Sqlite("/tmp/x.db".into()));
+        assert_eq!(c.jwt.admin_roles, vec!["a", "b"]);
+        assert_eq!(c.password.required_characters, vec!["abc", "ABC", ":!"]);
+        assert_eq!(c.password.min_length, 6, "GoTrue never goes below 6");
+        let c = cfg(&[("DATABASE_URL", "postgres://u@h/db")]).unwrap();
+        assert_eq!(
+            c.database_url,
+            DatabaseUrl::Postgres("postgres://u@h/db".into())
+        );
+    }
+}

@@ -1,0 +1,17 @@
+//! castellan-core: everything that knows nothing about HTTP, actors or queues.
+//!
+//! Domain types, GoTrue-compatible configuration, the error type with GoTrue's
+//! `error_code`s, crypto (passwords, tokens, JWTs) and the `Store` with its two
+//! backends (PostgreSQL in GoTrue's `auth` schema, SQLite as the embedded default).
+
+pub mod config;
+pub mod crypto;
+pub mod duration;
+pub mod error;
+pub mod models;
+pub mod store;
+pub mod validate;
+
+pub use config::Config;
+pub use error::{ApiError, ApiResult};
+pub use store::Store;

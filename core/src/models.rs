@@ -1,0 +1,294 @@
+//! Domain types, as stored (GoTrue's columns) and as shown (GoTrue's JSON).
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+/// Every GoTrue row carries the nil instance id; GoTrue's queries filter on it.
+pub const INSTANCE_ID: Uuid = Uuid::nil();
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct User {
+    pub id: Uuid,
+    pub aud: Option<String>,
+    pub role: Option<String>,
+    pub email: Option<String>,
+    pub encrypted_password: Option<String>,
+    pub email_confirmed_at: Option<DateTime<Utc>>,
+    pub invited_at: Option<DateTime<Utc>>,
+    pub confirmation_sent_at: Option<DateTime<Utc>>,
+    pub recovery_sent_at: Option<DateTime<Utc>>,
+    pub email_change: Option<String>,
+    pub email_change_sent_at: Option<DateTime<Utc>>,
+    pub last_sign_in_at: Option<DateTime<Utc>>,
+    pub raw_app_meta_data: Option<sqlx::types::Json<Value>>,
+    pub raw_user_meta_data: Option<sqlx::types::Json<Value>>,
+    pub created_at: Option<DateTime<Utc>>,
+    pub updated_at: Option<DateTime<Utc>>,
+    pub phone: Option<String>,
+    pub phone_confirmed_at: Option<DateTime<Utc>>,
+    pub phone_change: Option<String>,
+    pub phone_change_sent_at: Option<DateTime<Utc>>,
+    pub reauthentication_sent_at: Option<DateTime<Utc>>,
+    pub banned_until: Option<DateTime<Utc>>,
+    pub deleted_at: Option<DateTime<Utc>>,
+    pub is_sso_user: bool,
+    pub is_anonymous: bool,
+}
+
+fn object(v: &Option<sqlx::types::Json<Value>>) -> Value {
+    match v {
+        Some(sqlx::types::Json(v @ Value::Object(_))) => v.clone(),
+        _ => Value::Object(Map::new()),
+    }
+}
+
+impl User {
+    pub fn email_str(&self) -> &str {
+        self.email.as_deref().unwrap_or("")
+    }
+    pub fn phone_str(&self) -> &str {
+        self.phone.as_deref().unwrap_or("")
+    }
+    pub fn app_metadata(&self) -> Value {
+        object(&self.raw_app_meta_data)
+    }
+    pub fn user_metadata(&self) -> Value {
+        object(&self.raw_user_meta_data)
+    }
+    pub fn has_password(&self) -> bool {
+        self.encrypted_password
+            .as_deref()
+            .is_some_and(|p| !p.is_empty())
+    }
+    pub fn is_banned(&self, now: DateTime<Utc>) -> bool {
+        self.banned_until.is_some_and(|b| b > now)
+    }
+    pub fn confirmed_at(&self) -> Option<DateTime<Utc>> {
+        match (self.email_confirmed_at, self.phone_confirmed_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// GoTrue's user JSON: nullable timestamps omitted, `email`/`phone`
+    /// always present, `identities` always present.
+    pub fn to_json(&self, identities: &[Identity]) -> Value {
+        let mut m = Map::new();
+        let mut put = |k: &str, v: Value| {
+            m.insert(k.to_string(), v);
+        };
+        let ts = |t: &Option<DateTime<Utc>>| t.map(|t| json!(t));
+        put("id", json!(self.id));
+        put("aud", json!(self.aud.clone().unwrap_or_default()));
+        put("role", json!(self.role.clone().unwrap_or_default()));
+        put("email", json!(self.email_str()));
+        let optional = [
+            ("email_confirmed_at", ts(&self.email_confirmed_at)),
+            ("invited_at", ts(&self.invited_at)),
+        ];
+        for (k, v) in optional {
+            if let Some(v) = v {
+                put(k, v);
+            }
+        }
+        put("phone", json!(self.phone_str()));
+        let optional = [
+            ("phone_confirmed_at", ts(&self.phone_confirmed_at)),
+            ("confirmation_sent_at", ts(&self.confirmation_sent_at)),
+            ("confirmed_at", ts(&self.confirmed_at())),
+            ("recovery_sent_at", ts(&self.recovery_sent_at)),
+            (
+                "new_email",
+                self.email_change
+                    .clone()
+                    .filter(|s| !s.is_empty())
+                    .map(Value::String),
+            ),
+            ("email_change_sent_at", ts(&self.email_change_sent_at)),
+            (
+                "new_phone",
+                self.phone_change
+                    .clone()
+                    .filter(|s| !s.is_empty())
+                    .map(Value::String),
+            ),
+            ("phone_change_sent_at", ts(&self.phone_change_sent_at)),
+            (
+                "reauthentication_sent_at",
+                ts(&self.reauthentication_sent_at),
+            ),
+            ("last_sign_in_at", ts(&self.last_sign_in_at)),
+        ];
+        for (k, v) in optional {
+            if let Some(v) = v {
+                put(k, v);
+            }
+        }
+        put("app_metadata", self.app_metadata());
+        put("user_metadata", self.user_metadata());
+        put(
+            "identities",
+            json!(identities.iter().map(Identity::to_json).collect::<Vec<_>>()),
+        );
+        put("created_at", json!(self.created_at));
+        put("updated_at", json!(self.updated_at));
+        if let Some(b) = ts(&self.banned_until) {
+            put("banned_until", b);
+        }
+        if let Some(d) = ts(&self.deleted_at) {
+            put("deleted_at", d);
+        }
+        put("is_anonymous", json!(self.is_anonymous));
+        Value::Object(m)
+    }
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Identity {
+    pub id: Uuid,
+    pub provider_id: String,
+    pub user_id: Uuid,
+    pub identity_data: sqlx::types::Json<Value>,
+    pub provider: String,
+    pub last_sign_in_at: Option<DateTime<Utc>>,
+    pub created_at: Option<DateTime<Utc>>,
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+impl Identity {
+    pub fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("identity_id".into(), json!(self.id));
+        m.insert("id".into(), json!(self.provider_id));
+        m.insert("user_id".into(), json!(self.user_id));
+        let data = &self.identity_data.0;
+        if data.as_object().is_some_and(|o| !o.is_empty()) {
+            m.insert("identity_data".into(), data.clone());
+        }
+        m.insert("provider".into(), json!(self.provider));
+        if let Some(t) = self.last_sign_in_at {
+            m.insert("last_sign_in_at".into(), json!(t));
+        }
+        m.insert("created_at".into(), json!(self.created_at));
+        m.insert("updated_at".into(), json!(self.updated_at));
+        if let Some(e) = data.get("email").and_then(Value::as_str) {
+            m.insert("email".into(), json!(e.to_lowercase()));
+        }
+        Value::Object(m)
+    }
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Session {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub created_at: Option<DateTime<Utc>>,
+    pub updated_at: Option<DateTime<Utc>>,
+    pub refreshed_at: Option<NaiveDateTime>,
+    pub not_after: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RefreshToken {
+    pub id: i64,
+    pub token: Option<String>,
+    pub user_id: Option<String>,
+    pub revoked: Option<bool>,
+    pub created_at: Option<DateTime<Utc>>,
+    pub updated_at: Option<DateTime<Utc>>,
+    pub parent: Option<String>,
+    pub session_id: Option<Uuid>,
+}
+
+/// The kinds of audit entries (GoTrue's `action` and `log_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum AuditAction {
+    Login,
+    Logout,
+    UserSignedUp,
+    UserRepeatedSignup,
+    UserModified,
+    UserUpdatedPassword,
+    TokenRefreshed,
+    TokenRevoked,
+}
+
+impl AuditAction {
+    pub fn action(self) -> &'static str {
+        match self {
+            Self::Login => "login",
+            Self::Logout => "logout",
+            Self::UserSignedUp => "user_signedup",
+            Self::UserRepeatedSignup => "user_repeated_signup",
+            Self::UserModified => "user_modified",
+            Self::UserUpdatedPassword => "user_updated_password",
+            Self::TokenRefreshed => "token_refreshed",
+            Self::TokenRevoked => "token_revoked",
+        }
+    }
+    pub fn log_type(self) -> &'static str {
+        match self {
+            Self::Login | Self::Logout => "account",
+            Self::UserSignedUp => "team",
+            Self::UserRepeatedSignup | Self::UserModified | Self::UserUpdatedPassword => "user",
+            Self::TokenRefreshed | Self::TokenRevoked => "token",
+        }
+    }
+}
+
+/// An audit entry's payload, built from the acting user.
+pub fn audit_payload(actor: &User, action: AuditAction, traits: Option<Value>) -> Value {
+    let username = if actor.phone_str().is_empty() {
+        actor.email_str()
+    } else {
+        actor.phone_str()
+    };
+    let mut p = json!({
+        "actor_id": actor.id,
+        "actor_via_sso": actor.is_sso_user,
+        "actor_username": username,
+        "action": action.action(),
+        "log_type": action.log_type(),
+    });
+    if let Some(name) = actor
+        .user_metadata()
+        .get("full_name")
+        .and_then(Value::as_str)
+    {
+        p["actor_name"] = json!(name);
+    }
+    if let Some(t) = traits {
+        p["traits"] = t;
+    }
+    p
+}
+
+/// Merges `patch` into `target`: `null` deletes a key, anything else sets it.
+pub fn merge_metadata(target: &mut Value, patch: &Map<String, Value>) {
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    let obj = target.as_object_mut().expect("made an object above");
+    for (k, v) in patch {
+        if v.is_null() {
+            obj.remove(k);
+        } else {
+            obj.insert(k.clone(), v.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_deletes_nulls() {
+        let mut t = json!({"a": 1, "b": 2});
+        let patch = json!({"b": null, "c": 3});
+        merge_metadata(&mut t, patch.as_object().unwrap());
+        assert_eq!(t, json!({"a": 1, "c": 3}));
+    }
+}

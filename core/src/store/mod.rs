@@ -1,0 +1,166 @@
+//! The `Store`: one API over two backends.
+//!
+//! PostgreSQL runs in GoTrue's `auth` schema (the connection's `search_path`
+//! starts with `auth`, so the SQL names tables unqualified); SQLite is the
+//! embedded default. The SQL text is shared: both accept `$n` placeholders,
+//! and the `on!` macro compiles each statement once per backend, so every
+//! value is bound with the backend's own types. Where the dialects differ
+//! (row locks, enum casts) a method spells out both.
+
+mod queries;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, Postgres, Sqlite, SqlitePool, Transaction};
+
+use crate::config::DatabaseUrl;
+
+pub use queries::*;
+
+#[derive(Clone, Debug)]
+pub enum Pool {
+    Pg(PgPool),
+    Lite(SqlitePool),
+}
+
+/// A handle to the database; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: Pool,
+}
+
+/// One transaction. On SQLite it is `BEGIN IMMEDIATE`: the write lock is
+/// taken up front, so two writers queue instead of failing on upgrade.
+pub enum Tx {
+    Pg(Transaction<'static, Postgres>),
+    Lite(Transaction<'static, Sqlite>),
+}
+
+/// Runs `$body` with `$c` bound to the backend's connection (or pool); the
+/// body is compiled once per backend.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! on {
+    (tx $tx:expr, $c:ident => $body:expr) => {
+        match $tx {
+            $crate::store::Tx::Pg(t) => {
+                let $c: &mut sqlx::PgConnection = &mut *t;
+                $body
+            }
+            $crate::store::Tx::Lite(t) => {
+                let $c: &mut sqlx::SqliteConnection = &mut *t;
+                $body
+            }
+        }
+    };
+    (pool $pool:expr, $c:ident => $body:expr) => {
+        match $pool {
+            $crate::store::Pool::Pg(p) => {
+                let $c = p;
+                $body
+            }
+            $crate::store::Pool::Lite(p) => {
+                let $c = p;
+                $body
+            }
+        }
+    };
+}
+
+impl Store {
+    /// Connects and applies pending migrations.
+    pub async fn open(url: &DatabaseUrl, max_connections: u32) -> Result<Store, sqlx::Error> {
+        let store = Self::connect(url, max_connections).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Connects without migrating.
+    pub async fn connect(url: &DatabaseUrl, max_connections: u32) -> Result<Store, sqlx::Error> {
+        let pool = match url {
+            DatabaseUrl::Postgres(u) => {
+                let opts = PgConnectOptions::from_str(u)?.options([("search_path", "auth,public")]);
+                Pool::Pg(
+                    PgPoolOptions::new()
+                        .max_connections(max_connections)
+                        .acquire_timeout(Duration::from_secs(5))
+                        .connect_with(opts)
+                        .await?,
+                )
+            }
+            DatabaseUrl::Sqlite(path) => {
+                let opts = SqliteConnectOptions::new()
+                    .filename(path)
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .foreign_keys(true)
+                    .busy_timeout(Duration::from_secs(10));
+                Pool::Lite(
+                    SqlitePoolOptions::new()
+                        .max_connections(max_connections)
+                        .acquire_timeout(Duration::from_secs(10))
+                        .connect_with(opts)
+                        .await?,
+                )
+            }
+        };
+        Ok(Store { pool })
+    }
+
+    /// Applies the migrations of this backend. On PostgreSQL the `auth`
+    /// schema is created first so the migration history lives in it.
+    pub async fn migrate(&self) -> Result<(), sqlx::Error> {
+        match &self.pool {
+            Pool::Pg(p) => {
+                sqlx::query("CREATE SCHEMA IF NOT EXISTS auth")
+                    .execute(p)
+                    .await?;
+                sqlx::migrate!("../migrations/postgres").run(p).await?;
+            }
+            Pool::Lite(p) => sqlx::migrate!("../migrations/sqlite").run(p).await?,
+        }
+        Ok(())
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self.pool {
+            Pool::Pg(_) => "postgres",
+            Pool::Lite(_) => "sqlite",
+        }
+    }
+
+    pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
+        metrics::counter!("castellan_db_transactions_total").increment(1);
+        Ok(match &self.pool {
+            Pool::Pg(p) => Tx::Pg(p.begin().await?),
+            Pool::Lite(p) => Tx::Lite(p.begin_with("BEGIN IMMEDIATE").await?),
+        })
+    }
+
+    pub async fn close(&self) {
+        match &self.pool {
+            Pool::Pg(p) => p.close().await,
+            Pool::Lite(p) => p.close().await,
+        }
+    }
+}
+
+impl Tx {
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        match self {
+            Tx::Pg(t) => t.commit().await,
+            Tx::Lite(t) => t.commit().await,
+        }
+    }
+}
+
+/// sqlx's value wrappers (`Json`), re-exported so callers need no sqlx dependency.
+pub use sqlx::types as sqlx_types;

@@ -1,0 +1,179 @@
+//! Input rules shared by every endpoint: emails, phones, passwords.
+
+use crate::config::PasswordConfig;
+use crate::error::ApiError;
+
+/// Lower-cases and checks an email the way GoTrue does (length, then syntax).
+pub fn email(raw: &str) -> Result<String, ApiError> {
+    let e = raw.trim();
+    if e.is_empty() {
+        return Err(ApiError::validation("An email address is required"));
+    }
+    if e.len() > 255 {
+        return Err(ApiError::validation("An email address is too long"));
+    }
+    if let Err(reason) = email_syntax(e) {
+        return Err(ApiError::validation(format!(
+            "Unable to validate email address: {reason}"
+        )));
+    }
+    Ok(e.to_lowercase())
+}
+
+/// The format rules of checkmail.ValidateFormat: a local part of atext and
+/// dots, an `@`, and a domain of dot-separated labels.
+fn email_syntax(e: &str) -> Result<(), &'static str> {
+    let (local, domain) = e.rsplit_once('@').ok_or("invalid format")?;
+    let atext =
+        |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c) || !c.is_ascii();
+    if local.is_empty()
+        || local.len() > 64
+        || !local.chars().all(atext)
+        || local.starts_with('.')
+        || local.ends_with('.')
+        || local.contains("..")
+    {
+        return Err("invalid format");
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || !c.is_ascii())
+    };
+    if domain.is_empty() || !domain.split('.').all(label_ok) {
+        return Err("invalid format");
+    }
+    Ok(())
+}
+
+/// Strips `+` and spaces (GoTrue stores phones as digits only).
+pub fn normalize_phone(raw: &str) -> String {
+    raw.trim()
+        .trim_start_matches('+')
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect()
+}
+
+/// Normalises and checks E.164: a non-zero first digit and 2 to 15 digits in all.
+pub fn phone(raw: &str) -> Result<String, ApiError> {
+    let p = normalize_phone(raw);
+    let ok =
+        (2..=15).contains(&p.len()) && p.chars().all(|c| c.is_ascii_digit()) && !p.starts_with('0');
+    if ok {
+        Ok(p)
+    } else {
+        Err(ApiError::validation(
+            "Invalid phone number format (E.164 required)",
+        ))
+    }
+}
+
+/// The 72-byte bcrypt limit is a hard error (400); the strength rules give
+/// the reasons of a `weak_password` error, empty when the password is strong.
+pub fn password_strength(cfg: &PasswordConfig, password: &str) -> Result<Vec<String>, ApiError> {
+    if password.len() > 72 {
+        return Err(ApiError::validation(
+            "Password cannot be longer than 72 characters",
+        ));
+    }
+    let mut reasons = Vec::new();
+    if password.chars().count() < cfg.min_length {
+        reasons.push("length".to_string());
+    }
+    if cfg
+        .required_characters
+        .iter()
+        .any(|set| !password.chars().any(|c| set.contains(c)))
+    {
+        reasons.push("characters".to_string());
+    }
+    Ok(reasons)
+}
+
+/// The message GoTrue gives for the reasons found.
+pub fn weak_password_message(cfg: &PasswordConfig, reasons: &[String]) -> String {
+    let mut parts = Vec::new();
+    if reasons.iter().any(|r| r == "length") {
+        parts.push(format!(
+            "Password should be at least {} characters.",
+            cfg.min_length
+        ));
+    }
+    if reasons.iter().any(|r| r == "characters") {
+        parts.push(format!(
+            "Password should contain at least one character of each: {}.",
+            cfg.required_characters
+                .iter()
+                .map(|s| format!("{s:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    parts.join(" ")
+}
+
+/// Checks a new password, failing with 422 `weak_password` when it breaks a rule.
+pub fn require_strong_password(cfg: &PasswordConfig, password: &str) -> Result<(), ApiError> {
+    let reasons = password_strength(cfg, password)?;
+    if reasons.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::weak_password(
+            weak_password_message(cfg, &reasons),
+            reasons,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails() {
+        assert_eq!(email(" Alice@Example.COM ").unwrap(), "alice@example.com");
+        for bad in ["", "no-at", "a@", "@b.c", "a..b@c.d", "a@-b.c", "a b@c.d"] {
+            let e = email(bad).unwrap_err();
+            assert_eq!(e.code, "validation_failed", "{bad:?}");
+        }
+        assert!(
+            email(&format!("{}@x.io", "a".repeat(250)))
+                .unwrap_err()
+                .message
+                .contains("too long")
+        );
+    }
+
+    #[test]
+    fn phones() {
+        assert_eq!(phone("+1 555 0100").unwrap(), "15550100");
+        assert!(phone("0123").is_err());
+        assert!(phone("+1").is_err());
+        assert!(phone("1234567890123456").is_err());
+        assert!(phone("12ab").is_err());
+    }
+
+    #[test]
+    fn passwords() {
+        let cfg = PasswordConfig {
+            min_length: 8,
+            required_characters: vec!["0123456789".into(), "ABC".into()],
+        };
+        assert_eq!(
+            password_strength(&cfg, "short").unwrap(),
+            vec!["length", "characters"]
+        );
+        assert!(password_strength(&cfg, "longenough1A").unwrap().is_empty());
+        assert_eq!(
+            password_strength(&cfg, &"a".repeat(73)).unwrap_err().code,
+            "validation_failed"
+        );
+        let e = require_strong_password(&cfg, "abc").unwrap_err();
+        assert_eq!((e.status, e.code), (422, "weak_password"));
+        assert_eq!(e.weak_password.unwrap(), vec!["length", "characters"]);
+    }
+}

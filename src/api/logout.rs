@@ -1,0 +1,37 @@
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use castellan_actors::session_manager::LogoutScope;
+use castellan_core::ApiError;
+use serde::Deserialize;
+
+use crate::error::HttpResult;
+use crate::extract::AuthUser;
+use crate::server::AppState;
+
+#[derive(Deserialize)]
+pub struct ScopeQuery {
+    scope: Option<String>,
+}
+
+/// `POST /logout?scope=global|local|others` → 204.
+pub async fn logout(
+    State(st): State<AppState>,
+    Query(q): Query<ScopeQuery>,
+    auth: AuthUser,
+) -> HttpResult {
+    let scope = match q.scope.as_deref().unwrap_or("") {
+        "" | "global" => LogoutScope::Global,
+        "local" => LogoutScope::Local,
+        "others" => LogoutScope::Others,
+        other => {
+            return Err(ApiError::validation(format!("Unsupported logout scope {other:?}")).into());
+        }
+    };
+    st.actors
+        .sessions
+        .logout(auth.user, auth.session_id, scope)
+        .await?;
+    let resp: Response = StatusCode::NO_CONTENT.into_response();
+    Ok(resp)
+}

@@ -1,0 +1,66 @@
+use axum::Json;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use castellan_actors::accounts::{SignupOutcome, SignupRequest};
+use castellan_actors::rate_limiter::Bucket;
+use castellan_core::ApiError;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::api::token_response;
+use crate::error::HttpResult;
+use crate::extract::{ClientKey, JsonBody, RequestAud};
+use crate::server::AppState;
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct SignupBody {
+    email: Option<String>,
+    phone: Option<String>,
+    password: Option<String>,
+    data: Option<Map<String, Value>>,
+    channel: Option<String>,
+    code_challenge: Option<String>,
+}
+
+pub async fn signup(
+    State(st): State<AppState>,
+    client: ClientKey,
+    RequestAud(aud): RequestAud,
+    JsonBody(b): JsonBody<SignupBody>,
+) -> HttpResult {
+    let empty = |s: &Option<String>| s.as_deref().is_none_or(str::is_empty);
+    let data = b.data.unwrap_or_default();
+    if empty(&b.email) && empty(&b.phone) {
+        if !st.ctx.config.anonymous_users_enabled {
+            return Err(ApiError::unprocessable(
+                "anonymous_provider_disabled",
+                "Anonymous sign-ins are disabled",
+            )
+            .into());
+        }
+        st.actors
+            .rate_limits
+            .check(Bucket::AnonymousUsers, &client.key, client.source)?;
+        let grant = st.accounts.anonymous(data, &aud).await?;
+        return Ok(Json(token_response(&grant, None)).into_response());
+    }
+    st.actors
+        .rate_limits
+        .check(Bucket::SignUps, &client.key, client.source)?;
+    let req = SignupRequest {
+        email: b.email,
+        phone: b.phone,
+        password: b.password,
+        data,
+        channel: b.channel,
+        has_code_challenge: !empty(&b.code_challenge),
+        aud,
+    };
+    let body: Response = match st.accounts.signup(req).await? {
+        SignupOutcome::Session(g) => Json(token_response(&g, None)).into_response(),
+        SignupOutcome::User(u, ids) => Json(u.to_json(&ids)).into_response(),
+        SignupOutcome::Obfuscated(v) => Json(v).into_response(),
+    };
+    Ok(body)
+}

@@ -1,0 +1,75 @@
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use castellan_actors::accounts::PasswordGrant;
+use castellan_actors::rate_limiter::Bucket;
+use castellan_core::{ApiError, validate};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::api::token_response;
+use crate::error::HttpResult;
+use crate::extract::{ClientKey, RawBody, RequestAud, parse_json};
+use crate::server::AppState;
+
+#[derive(Deserialize)]
+pub struct GrantQuery {
+    grant_type: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct PasswordBody {
+    email: Option<String>,
+    phone: Option<String>,
+    password: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RefreshBody {
+    refresh_token: Option<String>,
+}
+
+/// `POST /token?grant_type=…`. The grant type comes from the query string;
+/// the body is JSON. Errors use the standard bodies, not OAuth's.
+pub async fn token(
+    State(st): State<AppState>,
+    Query(q): Query<GrantQuery>,
+    client: ClientKey,
+    RequestAud(aud): RequestAud,
+    RawBody(body): RawBody,
+) -> HttpResult {
+    let grant = q.grant_type.unwrap_or_default();
+    if !matches!(grant.as_str(), "password" | "refresh_token") {
+        return Err(ApiError::bad_request("invalid_credentials", "unsupported_grant_type").into());
+    }
+    st.actors
+        .rate_limits
+        .check(Bucket::TokenRefresh, &client.key, client.source)?;
+    let resp: Response = match grant.as_str() {
+        "password" => {
+            let b: PasswordBody = parse_json(&body)?;
+            let (g, weak) = st
+                .accounts
+                .password_grant(PasswordGrant {
+                    email: b.email,
+                    phone: b.phone,
+                    password: b.password.unwrap_or_default(),
+                    aud,
+                })
+                .await?;
+            let weak = (!weak.is_empty()).then(|| {
+                json!({"message": validate::weak_password_message(&st.ctx.config.password, &weak), "reasons": weak})
+            });
+            Json(token_response(&g, weak)).into_response()
+        }
+        _ => {
+            let b: RefreshBody = parse_json(&body)?;
+            let token = b.refresh_token.unwrap_or_default();
+            let g = st.actors.sessions.refresh(&token).await?;
+            Json(token_response(&g, None)).into_response()
+        }
+    };
+    Ok(resp)
+}

@@ -1,0 +1,62 @@
+use axum::Json;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use castellan_actors::accounts::UserUpdate;
+use castellan_actors::rate_limiter::Bucket;
+use castellan_core::ApiError;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::error::HttpResult;
+use crate::extract::{AuthUser, ClientKey, JsonBody, header_aud};
+use crate::server::AppState;
+
+/// `GET /user`. The request audience (`X-JWT-AUD`) must match the token's.
+pub async fn get_user(
+    State(st): State<AppState>,
+    auth: AuthUser,
+    headers: HeaderMap,
+) -> HttpResult {
+    if let (Some(req_aud), Some(tok_aud)) = (header_aud(&headers), &auth.token_aud)
+        && &req_aud != tok_aud
+    {
+        return Err(ApiError::validation("Token audience doesn't match request audience").into());
+    }
+    let ids = st.accounts.identities(auth.user.id).await?;
+    Ok(Json(auth.user.to_json(&ids)).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct UpdateBody {
+    email: Option<String>,
+    phone: Option<String>,
+    password: Option<String>,
+    data: Option<Map<String, Value>>,
+    app_metadata: Option<Map<String, Value>>,
+}
+
+pub async fn update_user(
+    State(st): State<AppState>,
+    client: ClientKey,
+    auth: AuthUser,
+    JsonBody(b): JsonBody<UpdateBody>,
+) -> HttpResult {
+    st.actors
+        .rate_limits
+        .check(Bucket::Otp, &client.key, client.source)?;
+    let up = UserUpdate {
+        email: b.email,
+        phone: b.phone,
+        password: b.password,
+        data: b.data,
+        app_metadata: b.app_metadata,
+    };
+    let (user, ids): (_, _) = st
+        .accounts
+        .update_user(auth.user, auth.session_id, up)
+        .await?;
+    let resp: Response = Json(user.to_json(&ids)).into_response();
+    Ok(resp)
+}

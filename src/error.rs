@@ -1,0 +1,128 @@
+//! Rendering `ApiError` in GoTrue's two JSON dialects.
+//!
+//! Handlers answer the legacy dialect and leave the error in the response's
+//! extensions; `dialect` (a middleware) re-renders it as the 2024-01-01
+//! dialect when the request asked for it, and adds `error_id` to 5xx bodies.
+
+use axum::Json;
+use axum::extract::Request;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use castellan_core::ApiError;
+use serde_json::{Value, json};
+
+pub const API_VERSION_HEADER: &str = "x-supabase-api-version";
+const API_VERSION_2024: &str = "2024-01-01";
+
+/// An `ApiError` on its way out of a handler.
+#[derive(Debug)]
+pub struct HttpError(pub ApiError);
+
+impl From<ApiError> for HttpError {
+    fn from(e: ApiError) -> Self {
+        HttpError(e)
+    }
+}
+
+pub type HttpResult<T = Response> = Result<T, HttpError>;
+
+fn with_weak_password(mut body: Value, e: &ApiError) -> Value {
+    if let Some(reasons) = &e.weak_password {
+        body["weak_password"] = json!({ "reasons": reasons });
+    }
+    body
+}
+
+fn legacy_body(e: &ApiError) -> Value {
+    with_weak_password(
+        json!({"code": e.status, "error_code": e.code, "msg": e.message}),
+        e,
+    )
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let e = self.0;
+        let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut resp = (status, Json(legacy_body(&e))).into_response();
+        let h = resp.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(e.code) {
+            h.insert("x-sb-error-code", v);
+        }
+        if let Some(secs) = e.retry_after {
+            h.insert("retry-after", HeaderValue::from(secs));
+        }
+        resp.extensions_mut().insert(e);
+        resp
+    }
+}
+
+/// True when the request asks for the 2024-01-01 dialect (any valid date on
+/// or after it; an unparsable value means the legacy dialect).
+fn wants_2024(headers: &HeaderMap) -> bool {
+    headers
+        .get(API_VERSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| chrono::NaiveDate::parse_from_str(v.trim(), "%Y-%m-%d").ok())
+        .is_some_and(|d| d >= chrono::NaiveDate::from_ymd_opt(2024, 1, 1).expect("valid date"))
+}
+
+pub async fn dialect(req: Request, next: Next) -> Response {
+    let modern = wants_2024(req.headers());
+    let request_id = uuid::Uuid::new_v4();
+    let mut resp = next.run(req).await;
+    let Some(e) = resp.extensions_mut().remove::<ApiError>() else {
+        return resp;
+    };
+    if modern {
+        let status = resp.status();
+        let mut headers = std::mem::take(resp.headers_mut());
+        headers.remove(axum::http::header::CONTENT_LENGTH);
+        headers.insert(
+            API_VERSION_HEADER,
+            HeaderValue::from_static(API_VERSION_2024),
+        );
+        if e.weak_password.is_some() {
+            headers.remove("x-sb-error-code");
+        }
+        let body = with_weak_password(json!({"code": e.code, "message": e.message}), &e);
+        let mut out = (status, Json(body)).into_response();
+        out.headers_mut().extend(headers);
+        out
+    } else if e.status >= 500 {
+        let status = resp.status();
+        let headers = std::mem::take(resp.headers_mut());
+        let mut body = legacy_body(&e);
+        body["error_id"] = json!(request_id);
+        tracing::error!(error_id = %request_id, code = e.code, "answered with a server error");
+        let mut out = (status, Json(body)).into_response();
+        for (k, v) in headers.iter() {
+            if k != axum::http::header::CONTENT_LENGTH {
+                out.headers_mut().insert(k.clone(), v.clone());
+            }
+        }
+        out
+    } else {
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_header_parsing() {
+        let mut h = HeaderMap::new();
+        assert!(!wants_2024(&h));
+        h.insert(API_VERSION_HEADER, HeaderValue::from_static("2024-01-01"));
+        assert!(wants_2024(&h));
+        h.insert(API_VERSION_HEADER, HeaderValue::from_static("2025-06-30"));
+        assert!(wants_2024(&h));
+        h.insert(API_VERSION_HEADER, HeaderValue::from_static("2023-12-31"));
+        assert!(!wants_2024(&h));
+        h.insert(API_VERSION_HEADER, HeaderValue::from_static("soon"));
+        assert!(!wants_2024(&h));
+    }
+}

@@ -1,0 +1,199 @@
+//! Extractors: JSON bodies with GoTrue's errors, bearer authentication, the
+//! rate-limit key and the request audience.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use castellan_actors::accounts::Principal;
+use castellan_core::ApiError;
+use castellan_core::models::User;
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+
+use crate::error::HttpError;
+use crate::server::AppState;
+
+/// The request body's bytes, at most 1 MiB.
+pub struct RawBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = HttpError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, HttpError> {
+        Bytes::from_request(req, state)
+            .await
+            .map(RawBody)
+            .map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(
+                        413,
+                        "request_entity_too_large",
+                        "Request body too large (max 1048576 bytes)",
+                    )
+                    .into()
+                } else {
+                    ApiError::bad_request("bad_json", format!("Could not read request body: {e}"))
+                        .into()
+                }
+            })
+    }
+}
+
+/// Parses JSON, answering 400 `bad_json` for anything that is not the shape expected.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, HttpError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::bad_request(
+            "bad_json",
+            format!("Could not parse request body as JSON: {e}"),
+        )
+        .into()
+    })
+}
+
+/// A JSON body (see [`RawBody`] and [`parse_json`]).
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = HttpError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, HttpError> {
+        let RawBody(bytes) = RawBody::from_request(req, state).await?;
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+/// The bearer token of `Authorization`, matched as GoTrue does: `(?i)^bearer (\S+)$`.
+pub fn bearer(parts: &Parts) -> Result<&str, HttpError> {
+    let missing = || {
+        HttpError(ApiError::unauthorized(
+            "no_authorization",
+            "This endpoint requires a valid Bearer token",
+        ))
+    };
+    let value = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(missing)?;
+    let (scheme, token) = value.split_at_checked(7).ok_or_else(missing)?;
+    if !scheme.eq_ignore_ascii_case("bearer ")
+        || token.is_empty()
+        || token.contains(char::is_whitespace)
+    {
+        return Err(missing());
+    }
+    Ok(token)
+}
+
+/// An authenticated user (GoTrue's `requireAuthentication`).
+pub struct AuthUser {
+    pub user: User,
+    pub session_id: Option<Uuid>,
+    pub token_aud: Option<String>,
+}
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, HttpError> {
+        let token = bearer(parts)?;
+        match st.accounts.authenticate(token).await? {
+            Principal::User {
+                user,
+                session_id,
+                aud,
+            } => Ok(AuthUser {
+                user: *user,
+                session_id,
+                token_aud: aud,
+            }),
+            Principal::Admin { .. } => {
+                Err(ApiError::forbidden("bad_jwt", "invalid claim: missing sub claim").into())
+            }
+        }
+    }
+}
+
+/// The audience of a request: `X-JWT-AUD`, else the configured one.
+pub struct RequestAud(pub String);
+
+impl FromRequestParts<AppState> for RequestAud {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, HttpError> {
+        Ok(RequestAud(
+            header_aud(&parts.headers).unwrap_or_else(|| st.ctx.config.jwt.aud.clone()),
+        ))
+    }
+}
+
+pub fn header_aud(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get("x-jwt-aud")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .filter(|s| !s.is_empty())
+}
+
+/// Who a rate limit counts: the configured header's first value; else, when
+/// the peer is a local proxy, the right-most public `X-Forwarded-For` entry;
+/// else the peer address. `source` names which (for metrics, never the value).
+pub struct ClientKey {
+    pub key: String,
+    pub source: &'static str,
+}
+
+fn is_local(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback() || v4.is_private() || v4.is_link_local(),
+        IpAddr::V6(v6) => v6.is_loopback() || v6.is_unique_local() || v6.is_unicast_link_local(),
+    }
+}
+
+impl FromRequestParts<AppState> for ClientKey {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, HttpError> {
+        let limits = st.actors.rate_limits.settings();
+        if let Some(name) = &limits.header
+            && let Some(v) = parts
+                .headers
+                .get(name.as_str())
+                .and_then(|v| v.to_str().ok())
+            && let Some(first) = v.split(',').map(str::trim).find(|s| !s.is_empty())
+        {
+            return Ok(ClientKey {
+                key: first.to_string(),
+                source: "header",
+            });
+        }
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        if let Some(peer) = peer
+            && is_local(peer)
+            && let Some(xff) = parts
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            && let Some(client) = xff
+                .split(',')
+                .rev()
+                .filter_map(|s| s.trim().parse::<IpAddr>().ok())
+                .find(|ip| !is_local(*ip))
+        {
+            return Ok(ClientKey {
+                key: client.to_string(),
+                source: "forwarded",
+            });
+        }
+        Ok(ClientKey {
+            key: peer.map(|p| p.to_string()).unwrap_or_default(),
+            source: "peer",
+        })
+    }
+}

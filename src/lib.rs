@@ -1,0 +1,11 @@
+//! castellan: an authentication server that speaks the Supabase Auth
+//! (GoTrue) HTTP API. This crate is the HTTP edge: the router, extractors,
+//! error rendering and metrics; decisions live in `castellan-actors`.
+
+pub mod api;
+pub mod error;
+pub mod extract;
+pub mod observability;
+pub mod server;
+
+pub use server::{Server, start};

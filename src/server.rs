@@ -1,0 +1,224 @@
+//! Building and running the server: store, actors, router, listener.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use castellan_actors::accounts::Accounts;
+use castellan_actors::{Actors, Ctx};
+use castellan_core::config::DatabaseUrl;
+use castellan_core::{ApiError, Config, Store};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::oneshot;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::error::HttpError;
+use crate::{api, error, observability};
+
+pub const BODY_LIMIT: usize = 1024 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub ctx: Arc<Ctx>,
+    pub accounts: Accounts,
+    pub actors: Actors,
+    pub metrics: PrometheusHandle,
+}
+
+/// A running server.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    /// Stops accepting, finishes in-flight requests, stops the actors.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.task).await;
+        self.state.actors.shutdown().await;
+        self.state.ctx.store.close().await;
+    }
+
+    /// Resolves when the server stops on its own (e.g. a listener error).
+    pub async fn wait(&mut self) {
+        let _ = (&mut self.task).await;
+    }
+}
+
+/// The JWT secret: configured, or for the embedded SQLite default one that
+/// is generated once and kept beside the database file.
+fn resolve_secret(cfg: &Config) -> anyhow::Result<String> {
+    if let Some(s) = &cfg.jwt.secret {
+        return Ok(s.clone());
+    }
+    let DatabaseUrl::Sqlite(db) = &cfg.database_url else {
+        anyhow::bail!(
+            "invalid configuration: GOTRUE_JWT_SECRET: required when DATABASE_URL is PostgreSQL"
+        );
+    };
+    let path = PathBuf::from(format!("{db}.jwt-secret"));
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        let s = s.trim().to_string();
+        if !s.is_empty() {
+            tracing::info!(path = %path.display(), "using the JWT secret generated earlier (set GOTRUE_JWT_SECRET to choose one)");
+            return Ok(s);
+        }
+    }
+    let secret = castellan_core::crypto::random_base32(48);
+    write_private(&path, &secret)
+        .with_context(|| format!("writing the generated JWT secret to {}", path.display()))?;
+    tracing::warn!(path = %path.display(), "GOTRUE_JWT_SECRET is not set: generated a secret and stored it beside the database");
+    Ok(secret)
+}
+
+fn write_private(path: &std::path::Path, content: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    opts.open(path)?.write_all(content.as_bytes())
+}
+
+pub fn router(state: AppState) -> Router {
+    let timeout = state.ctx.config.max_request_duration;
+    let api = api::routes();
+    Router::new()
+        .merge(api.clone())
+        .nest("/auth/v1", api)
+        .route("/metrics", get(observability::metrics_endpoint))
+        .fallback(|| async { HttpError(ApiError::not_found("not_found", "Not found")) })
+        .method_not_allowed_fallback(|| async {
+            HttpError(ApiError::new(
+                405,
+                "method_not_allowed",
+                "Method not allowed",
+            ))
+        })
+        .layer(axum::middleware::from_fn(move |req, next| {
+            request_timeout(timeout, req, next)
+        }))
+        .layer(axum::middleware::from_fn(observability::http_metrics))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(error::dialect))
+        .layer(CatchPanicLayer::custom(|_| {
+            metrics::counter!("castellan_panics_total").increment(1);
+            HttpError(ApiError::internal(
+                "handler panic",
+                "a request handler panicked",
+            ))
+            .into_response()
+        }))
+        .layer(cors())
+        .with_state(state)
+}
+
+fn cors() -> CorsLayer {
+    let h = |s: &'static str| HeaderName::from_static(s);
+    CorsLayer::new()
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        ])
+        .allow_headers([
+            h("accept"),
+            h("authorization"),
+            h("content-type"),
+            h("x-client-ip"),
+            h("x-client-info"),
+            h("x-jwt-aud"),
+            h("x-use-cookie"),
+            h("x-supabase-api-version"),
+            h("apikey"),
+        ])
+        .expose_headers([h("x-total-count"), h("link"), h("x-supabase-api-version")])
+        .allow_credentials(true)
+        .allow_origin(AllowOrigin::mirror_request())
+}
+
+async fn request_timeout(
+    limit: std::time::Duration,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if limit.is_zero() {
+        return next.run(req).await;
+    }
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => HttpError(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT.as_u16(),
+            "request_timeout",
+            "Processing this request timed out, please retry after a moment.",
+        ))
+        .into_response(),
+    }
+}
+
+/// Opens the store (migrating it), starts the actors and serves on
+/// `GOTRUE_API_HOST:PORT` (port 0 picks a free one).
+pub async fn start(config: Config) -> anyhow::Result<Server> {
+    let metrics = observability::recorder();
+    let secret = resolve_secret(&config)?;
+    let store = Store::open(&config.database_url, 16)
+        .await
+        .context("opening the database")?;
+    tracing::info!(backend = store.backend_name(), "database ready");
+    let addr: SocketAddr = format!("{}:{}", config.host, config.port)
+        .parse()
+        .with_context(|| {
+            format!(
+                "invalid configuration: GOTRUE_API_HOST/PORT: {}:{}",
+                config.host, config.port
+            )
+        })?;
+    let ctx = Ctx::new(config, store, &secret);
+    let actors = castellan_actors::start(ctx.clone())
+        .await
+        .context("starting the actors")?;
+    let accounts = Accounts::new(ctx.clone(), actors.sessions.clone());
+    let state = AppState {
+        ctx,
+        accounts,
+        actors,
+        metrics,
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    let addr = listener.local_addr()?;
+    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let r = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::error!(%e, "server stopped");
+        }
+    });
+    tracing::info!(%addr, "castellan listening");
+    Ok(Server {
+        addr,
+        state,
+        shutdown: Some(tx),
+        task,
+    })
+}
