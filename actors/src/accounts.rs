@@ -583,7 +583,8 @@ fn obfuscate(
     u.email_change = None;
     u.created_at = Some(now);
     u.updated_at = Some(now);
-    u.confirmation_sent_at = Some(now);
+    // Mirrors a real unconfirmed sign-up, which has sent nothing yet.
+    u.confirmation_sent_at = None;
     u.email_confirmed_at = None;
     u.phone_confirmed_at = None;
     u.last_sign_in_at = None;

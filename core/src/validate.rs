@@ -141,7 +141,7 @@ mod tests {
             assert_eq!(e.code, "validation_failed", "{bad:?}");
         }
         assert!(
-            email(&format!("{}@x.io", "a".repeat(250)))
+            email(&format!("{}@x.io", "a".repeat(251)))
                 .unwrap_err()
                 .message
                 .contains("too long")

@@ -1,0 +1,292 @@
+//! The test harness: a real castellan server on 127.0.0.1:0 over a fresh
+//! SQLite file or a fresh PostgreSQL database, and an HTTP client.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use castellan::Server;
+use castellan_core::config::DatabaseUrl;
+use castellan_core::models::User;
+use castellan_core::store::Pool;
+use castellan_core::{Config, on};
+use reqwest::{Method, Response, StatusCode};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The PostgreSQL server tests create their databases on.
+pub fn pg_admin_url() -> String {
+    std::env::var("CASTELLAN_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A fresh, empty database of the backend.
+pub async fn fresh_database(backend: Backend) -> (DatabaseUrl, Option<tempfile::TempDir>) {
+    match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("castellan.db");
+            (
+                DatabaseUrl::Sqlite(path.to_string_lossy().into_owned()),
+                Some(dir),
+            )
+        }
+        Backend::Postgres => {
+            use sqlx::Connection;
+            let admin = pg_admin_url();
+            let mut conn = sqlx::PgConnection::connect(&admin)
+                .await
+                .unwrap_or_else(|e| panic!("PostgreSQL is required for the tests ({admin}): {e}"));
+            let name = format!("castellan_test_{}", Uuid::new_v4().simple());
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(&mut conn)
+                .await
+                .expect("create database");
+            let base = admin
+                .rsplit_once('/')
+                .map(|(b, _)| b.to_string())
+                .unwrap_or(admin);
+            (DatabaseUrl::Postgres(format!("{base}/{name}")), None)
+        }
+    }
+}
+
+pub struct TestServer {
+    pub server: Server,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub backend: Backend,
+    pub db: DatabaseUrl,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// Settings for tests: fast hashing, generous rate limits, autoconfirm on.
+pub fn test_config(db: DatabaseUrl) -> Config {
+    let mut cfg = Config::for_tests(db);
+    cfg.host = "127.0.0.1".into();
+    cfg.port = 0;
+    cfg.argon2.memory_kib = 4096;
+    cfg.argon2.iterations = 1;
+    cfg.mailer_autoconfirm = true;
+    for l in [
+        &mut cfg.rate_limits.token_refresh,
+        &mut cfg.rate_limits.sign_ups,
+        &mut cfg.rate_limits.otp,
+        &mut cfg.rate_limits.anonymous_users,
+        &mut cfg.rate_limits.verify,
+    ] {
+        l.events = 100_000;
+        l.burst = 100_000;
+    }
+    cfg
+}
+
+pub async fn spawn(backend: Backend, tweak: impl FnOnce(&mut Config)) -> TestServer {
+    let (db, dir) = fresh_database(backend).await;
+    let mut cfg = test_config(db.clone());
+    tweak(&mut cfg);
+    let server = castellan::start(cfg).await.expect("server starts");
+    let base = format!("http://{}", server.addr);
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    TestServer {
+        server,
+        base,
+        http,
+        backend,
+        db,
+        _dir: dir,
+    }
+}
+
+/// A response read whole: status, headers, JSON body (Null when empty).
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    /// Asserts a legacy-dialect error.
+    pub fn assert_error(&self, status: u16, code: &str) {
+        assert_eq!(self.status.as_u16(), status, "status of {}", self.text);
+        assert_eq!(self.body["error_code"], code, "error_code of {}", self.text);
+        assert_eq!(self.body["code"], status, "code of {}", self.text);
+        assert!(self.body["msg"].is_string(), "msg of {}", self.text);
+        assert_eq!(self.header("x-sb-error-code"), Some(code));
+    }
+}
+
+pub async fn read(r: Response) -> Reply {
+    let status = r.status();
+    let headers = r.headers().clone();
+    let text = r.text().await.unwrap();
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    };
+    Reply {
+        status,
+        headers,
+        body,
+        text,
+    }
+}
+
+impl TestServer {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
+        let mut req = self.http.request(method, self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        read(req.send().await.unwrap()).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Reply {
+        self.request(Method::POST, path, None, Some(body)).await
+    }
+
+    pub async fn signup(&self, email: &str, password: &str) -> Reply {
+        self.post("/signup", json!({"email": email, "password": password}))
+            .await
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> Reply {
+        self.post(
+            "/token?grant_type=password",
+            json!({"email": email, "password": password}),
+        )
+        .await
+    }
+
+    pub async fn refresh(&self, token: &str) -> Reply {
+        self.post(
+            "/token?grant_type=refresh_token",
+            json!({"refresh_token": token}),
+        )
+        .await
+    }
+
+    /// Signs a user up (autoconfirm) and returns the token response.
+    pub async fn new_session(&self, email: &str, password: &str) -> Value {
+        let r = self.signup(email, password).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        r.body
+    }
+
+    pub fn pool(&self) -> &Pool {
+        self.server.state.ctx.store.pool()
+    }
+
+    pub async fn user(&self, id: &str) -> User {
+        self.server
+            .state
+            .ctx
+            .store
+            .user_by_id(id.parse().unwrap())
+            .await
+            .unwrap()
+            .expect("user row")
+    }
+
+    /// `SELECT count(*) … WHERE … = $1` with one bound UUID.
+    pub async fn count_by_uuid(&self, sql: &'static str, id: Uuid) -> i64 {
+        on!(pool self.pool(), p => sqlx::query_scalar::<_, i64>(sql).bind(id).fetch_one(p).await.unwrap())
+    }
+
+    /// `SELECT count(*) … WHERE … = $1` with one bound string.
+    pub async fn count_by_str(&self, sql: &'static str, v: &str) -> i64 {
+        on!(pool self.pool(), p => sqlx::query_scalar::<_, i64>(sql).bind(v).fetch_one(p).await.unwrap())
+    }
+
+    /// The audit actions written for a user, oldest first.
+    pub async fn audit_actions(&self, user_id: &str) -> Vec<String> {
+        let rows: Vec<sqlx::types::Json<Value>> = on!(pool self.pool(), p => sqlx::query_scalar(
+            "SELECT payload FROM audit_log_entries ORDER BY created_at, id").fetch_all(p).await.unwrap());
+        rows.into_iter()
+            .filter(|p| p.0["actor_id"] == user_id)
+            .map(|p| p.0["action"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    pub async fn stop(self) {
+        let db = self.db.clone();
+        self.server.stop().await;
+        drop_database(&db).await;
+    }
+}
+
+pub async fn drop_database(db: &DatabaseUrl) {
+    if let DatabaseUrl::Postgres(url) = db {
+        use sqlx::Connection;
+        let name = url.rsplit('/').next().unwrap().to_string();
+        if let Ok(mut conn) = sqlx::PgConnection::connect(&pg_admin_url()).await {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .execute(&mut conn)
+            .await;
+        }
+    }
+}
+
+/// The claims of a JWT, unverified (the tests check their shape).
+pub fn claims(jwt: &str) -> Value {
+    use base64::Engine;
+    let part = jwt.split('.').nth(1).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(part)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+/// Defines one test per backend: `name::sqlite` and `name::postgres`.
+#[macro_export]
+macro_rules! both {
+    ($name:ident, $tweak:expr, |$t:ident| $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            async fn run(backend: $crate::common::Backend) {
+                let $t = $crate::common::spawn(backend, $tweak).await;
+                $body
+                $t.stop().await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                run($crate::common::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                run($crate::common::Backend::Postgres).await
+            }
+        }
+    };
+}

@@ -1,0 +1,237 @@
+use reqwest::Method;
+use serde_json::json;
+
+use crate::both;
+use crate::common::read;
+
+both!(
+    health_and_settings_on_both_prefixes,
+    |c| c.anonymous_users_enabled = true,
+    |t| {
+        for prefix in ["", "/auth/v1"] {
+            let h = t
+                .request(Method::GET, &format!("{prefix}/health"), None, None)
+                .await;
+            assert_eq!(h.status, 200);
+            assert_eq!(h.body["name"], "GoTrue");
+            assert!(h.body["version"].is_string() && h.body["description"].is_string());
+            let s = t
+                .request(Method::GET, &format!("{prefix}/settings"), None, None)
+                .await;
+            assert_eq!(s.status, 200);
+            assert_eq!(s.body["external"]["email"], true);
+            assert_eq!(s.body["external"]["phone"], false);
+            assert_eq!(s.body["external"]["anonymous_users"], true);
+            assert_eq!(s.body["mailer_autoconfirm"], true);
+            let keys: Vec<_> = s.body.as_object().unwrap().keys().cloned().collect();
+            assert_eq!(
+                keys,
+                [
+                    "external",
+                    "disable_signup",
+                    "mailer_autoconfirm",
+                    "phone_autoconfirm",
+                    "sms_provider",
+                    "saml_enabled",
+                    "saml_private_key_next_configured",
+                    "passkeys_enabled"
+                ]
+            );
+            assert_eq!(s.body["external"].as_object().unwrap().len(), 26);
+        }
+    }
+);
+
+both!(error_dialects, |_| {}, |t| {
+    let legacy = t.login("nobody@example.com", "secret123").await;
+    legacy.assert_error(400, "invalid_credentials");
+    assert!(legacy.header("x-supabase-api-version").is_none());
+
+    let modern = read(
+        t.http
+            .post(t.url("/token?grant_type=password"))
+            .header("X-Supabase-Api-Version", "2024-01-01")
+            .json(&json!({"email": "nobody@example.com", "password": "secret123"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(modern.status, 400);
+    assert_eq!(
+        modern.body,
+        json!({"code": "invalid_credentials", "message": "Invalid login credentials"})
+    );
+    assert_eq!(modern.header("x-supabase-api-version"), Some("2024-01-01"));
+    assert_eq!(
+        modern.header("x-sb-error-code"),
+        Some("invalid_credentials")
+    );
+
+    let weak = read(
+        t.http
+            .post(t.url("/signup"))
+            .header("X-Supabase-Api-Version", "2024-01-01")
+            .json(&json!({"email": "w@example.com", "password": "abc"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(weak.status, 422);
+    assert_eq!(weak.body["code"], "weak_password");
+    assert_eq!(weak.body["weak_password"]["reasons"], json!(["length"]));
+    assert!(weak.body["message"].is_string());
+
+    // An unparsable version is the legacy dialect.
+    let odd = read(
+        t.http
+            .post(t.url("/signup"))
+            .header("X-Supabase-Api-Version", "latest")
+            .json(&json!({"email": "w@example.com", "password": "abc"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    odd.assert_error(422, "weak_password");
+    assert_eq!(odd.body["weak_password"]["reasons"], json!(["length"]));
+});
+
+both!(bad_bodies_and_paths, |_| {}, |t| {
+    let empty = read(t.http.post(t.url("/signup")).send().await.unwrap()).await;
+    empty.assert_error(400, "bad_json");
+    let broken = read(
+        t.http
+            .post(t.url("/signup"))
+            .body("{\"email\":")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    broken.assert_error(400, "bad_json");
+    let wrong_type = t
+        .post("/signup", json!({"email": 5, "password": "x"}))
+        .await;
+    wrong_type.assert_error(400, "bad_json");
+    let huge = "x".repeat(1024 * 1024 + 10);
+    let big = read(
+        t.http
+            .post(t.url("/signup"))
+            .body(format!("{{\"email\":\"{huge}\"}}"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    big.assert_error(413, "request_entity_too_large");
+    assert_eq!(
+        t.count_by_str("SELECT count(*) FROM users WHERE $1 = $1", "x")
+            .await,
+        0,
+        "nothing stored"
+    );
+    let missing = t.request(Method::GET, "/nope", None, None).await;
+    assert_eq!(missing.status, 404);
+    assert!(missing.body.is_object());
+    let wrong_method = t.request(Method::DELETE, "/signup", None, None).await;
+    assert_eq!(wrong_method.status, 405);
+});
+
+both!(
+    rate_limit_answers_429_with_retry_after,
+    |c| {
+        c.rate_limits.token_refresh = castellan_core::config::RateLimit {
+            events: 2,
+            per: std::time::Duration::from_secs(300),
+            burst: 2,
+        };
+    },
+    |t| {
+        for _ in 0..2 {
+            t.login("x@example.com", "secret123")
+                .await
+                .assert_error(400, "invalid_credentials");
+        }
+        let r = t.login("x@example.com", "secret123").await;
+        r.assert_error(429, "over_request_rate_limit");
+        assert!(
+            r.body["msg"]
+                .as_str()
+                .unwrap()
+                .contains("GOTRUE_RATE_LIMIT_TOKEN_REFRESH")
+        );
+        let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+        assert!((1..=150).contains(&retry), "{retry}");
+        // Another client (as the local proxy reports it) has its own bucket.
+        let other = read(
+            t.http
+                .post(t.url("/token?grant_type=password"))
+                .header("X-Forwarded-For", "203.0.113.9")
+                .json(&json!({"email": "x@example.com", "password": "secret123"}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        other.assert_error(400, "invalid_credentials");
+        let metrics = t.request(Method::GET, "/metrics", None, None).await.text;
+        assert!(
+            metrics.contains(
+                "castellan_rate_limit_rejections_total{bucket=\"token_refresh\",key=\"peer\"}"
+            ),
+            "{metrics}"
+        );
+    }
+);
+
+both!(
+    rate_limit_keyed_by_configured_header,
+    |c| {
+        c.rate_limits.header = Some("x-real-client".into());
+        c.rate_limits.sign_ups = castellan_core::config::RateLimit {
+            events: 1,
+            per: std::time::Duration::from_secs(300),
+            burst: 1,
+        };
+    },
+    |t| {
+        let send = |who: &'static str, email: &'static str| {
+            let req = t
+                .http
+                .post(t.url("/signup"))
+                .header("x-real-client", who)
+                .json(&json!({"email": email, "password": "secret123"}));
+            async move { read(req.send().await.unwrap()).await }
+        };
+        assert_eq!(send("a", "ra@example.com").await.status, 200);
+        send("a", "rb@example.com")
+            .await
+            .assert_error(429, "over_request_rate_limit");
+        assert_eq!(send("b", "rc@example.com").await.status, 200);
+        assert_eq!(
+            t.count_by_str(
+                "SELECT count(*) FROM users WHERE email = $1",
+                "rb@example.com"
+            )
+            .await,
+            0
+        );
+    }
+);
+
+both!(metrics_are_exported, |_| {}, |t| {
+    t.new_session("y@example.com", "secret123").await;
+    let m = t.request(Method::GET, "/metrics", None, None).await;
+    assert_eq!(m.status, 200);
+    for needle in [
+        "castellan_http_requests_total{route=\"/signup\",method=\"POST\",status=\"200\"}",
+        "castellan_http_request_duration_seconds_bucket{route=\"/signup\",method=\"POST\"",
+        "castellan_actor_messages_total{actor=\"session_manager\",message=\"issue\",outcome=\"ok\"}",
+        "castellan_actor_handling_seconds_bucket{actor=\"session_manager\",message=\"issue\"",
+        "castellan_db_queries_total",
+    ] {
+        assert!(m.text.contains(needle), "missing {needle}");
+    }
+});

@@ -1,0 +1,11 @@
+//! Black-box tests of the spine: the real server over HTTP, on a fresh
+//! SQLite file and a fresh PostgreSQL database per test.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod http;
+mod resilience;
+mod signup;
+mod token;
+mod user;

@@ -1,0 +1,147 @@
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::both;
+use crate::common::{self, Backend, read};
+
+fn restarts(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with("castellan_actor_restarts_total{actor=\"session_manager\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+both!(a_killed_session_manager_is_restarted, |_| {}, |t| {
+    let s = t.new_session("z@example.com", "secret123").await;
+    let before = restarts(
+        &t.request(reqwest::Method::GET, "/metrics", None, None)
+            .await
+            .text,
+    );
+    let sessions = &t.server.state.actors.sessions;
+
+    // A worker that crashes mid-job: its caller is answered, not left hanging.
+    sessions.crash_worker(uuid::Uuid::new_v4());
+    // The whole factory killed: the supervisor replaces it.
+    sessions.kill();
+    let r = t.refresh(s["refresh_token"].as_str().unwrap()).await;
+    assert!(
+        r.status == 200 || r.status == 503,
+        "answered while restarting: {} {}",
+        r.status,
+        r.text
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut token = s["refresh_token"].as_str().unwrap().to_string();
+    loop {
+        let r = t.refresh(&token).await;
+        if r.status == 200 {
+            token = r.body["refresh_token"].as_str().unwrap().to_string();
+            break;
+        }
+        assert_eq!(r.status, 503, "{}", r.text);
+        assert!(
+            Instant::now() < deadline,
+            "the session manager never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(t.refresh(&token).await.status, 200);
+    let after = restarts(
+        &t.request(reqwest::Method::GET, "/metrics", None, None)
+            .await
+            .text,
+    );
+    assert!(after > before, "restart counted: {before} -> {after}");
+});
+
+/// Two castellan processes on one PostgreSQL database refresh the same
+/// session at once: the row lock serializes them and the family rules hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_share_one_postgres() {
+    let (db, _) = common::fresh_database(Backend::Postgres).await;
+    let castellan_core::config::DatabaseUrl::Postgres(url) = &db else {
+        unreachable!()
+    };
+    let mut children = Vec::new();
+    let mut bases = Vec::new();
+    for port in [free_port(), free_port()] {
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_castellan"))
+            .arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", url)
+            .env("GOTRUE_JWT_SECRET", "two-process-secret-two-process-secret")
+            .env("GOTRUE_MAILER_AUTOCONFIRM", "true")
+            .env("GOTRUE_API_HOST", "127.0.0.1")
+            .env("PORT", port.to_string())
+            .env("CASTELLAN_ARGON2_MEMORY_KIB", "4096")
+            .env("CASTELLAN_ARGON2_ITERATIONS", "1")
+            .env("GOTRUE_RATE_LIMIT_TOKEN_REFRESH", "100000")
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start castellan");
+        children.push(child);
+        bases.push(format!("http://127.0.0.1:{port}"));
+    }
+    let http = reqwest::Client::new();
+    for base in &bases {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http.get(format!("{base}/health")).send().await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "castellan at {base} did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let s = read(
+        http.post(format!("{}/signup", bases[0]))
+            .json(&json!({"email": "two@example.com", "password": "secret123"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s.status, 200, "{}", s.text);
+    let t0 = s.body["refresh_token"].as_str().unwrap().to_string();
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let url = format!("{}/token?grant_type=refresh_token", bases[i % 2]);
+        let req = http.post(url).json(&json!({"refresh_token": t0}));
+        tasks.push(tokio::spawn(async move {
+            read(req.send().await.unwrap()).await
+        }));
+    }
+    let mut issued = std::collections::HashSet::new();
+    for task in tasks {
+        let r = task.await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text);
+        issued.insert(r.body["refresh_token"].as_str().unwrap().to_string());
+    }
+    assert_eq!(
+        issued.len(),
+        1,
+        "both processes handed out the same single child"
+    );
+    let store = castellan_core::Store::connect(&db, 2).await.unwrap();
+    let live: i64 = castellan_core::on!(pool store.pool(), p => sqlx::query_scalar(
+        "SELECT count(*) FROM refresh_tokens WHERE revoked = false").fetch_one(p).await.unwrap());
+    assert_eq!(live, 1);
+    store.close().await;
+    for mut c in children {
+        let _ = c.kill().await;
+    }
+    common::drop_database(&db).await;
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -1,0 +1,309 @@
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::both;
+use crate::common::claims;
+
+both!(autoconfirmed_signup_returns_a_session, |_| {}, |t| {
+    let r = t.post("/signup", json!({"email": "Alice@Example.com", "password": "secret123", "data": {"name": "Alice"}})).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let b = &r.body;
+    assert_eq!(b["token_type"], "bearer");
+    assert!(b["expires_in"].as_i64().unwrap() > 3500);
+    assert_eq!(b["refresh_token"].as_str().unwrap().len(), 12);
+    let user = &b["user"];
+    assert_eq!(user["email"], "alice@example.com");
+    assert_eq!(user["role"], "authenticated");
+    assert_eq!(user["aud"], "authenticated");
+    assert_eq!(
+        user["app_metadata"],
+        json!({"provider": "email", "providers": ["email"]})
+    );
+    assert_eq!(
+        user["user_metadata"],
+        json!({"name": "Alice", "email_verified": true})
+    );
+    assert_eq!(user["identities"][0]["provider"], "email");
+    assert_eq!(
+        user["identities"][0]["identity_data"]["email_verified"],
+        false
+    );
+    assert_eq!(user["is_anonymous"], false);
+    assert!(user["email_confirmed_at"].is_string());
+    let c = claims(b["access_token"].as_str().unwrap());
+    assert_eq!(c["sub"], user["id"]);
+    assert_eq!(c["aud"], "authenticated");
+    assert_eq!(c["amr"][0]["method"], "password");
+    assert!(c["amr"][0]["timestamp"].is_i64());
+    assert_eq!(c["aal"], "aal1");
+    assert_eq!(c["email"], "alice@example.com");
+    assert_eq!(c["phone"], "");
+    assert!(c.get("iss").is_none());
+    assert!(c["session_id"].is_string());
+
+    let id = user["id"].as_str().unwrap();
+    let row = t.user(id).await;
+    assert_eq!(row.email.as_deref(), Some("alice@example.com"));
+    assert!(
+        row.encrypted_password
+            .as_deref()
+            .unwrap()
+            .starts_with("$argon2id$")
+    );
+    assert!(row.last_sign_in_at.is_some());
+    let uid: Uuid = id.parse().unwrap();
+    assert_eq!(
+        t.count_by_uuid("SELECT count(*) FROM identities WHERE user_id = $1", uid)
+            .await,
+        1
+    );
+    assert_eq!(
+        t.count_by_uuid("SELECT count(*) FROM sessions WHERE user_id = $1", uid)
+            .await,
+        1
+    );
+    assert_eq!(
+        t.count_by_str(
+            "SELECT count(*) FROM refresh_tokens WHERE token = $1 AND revoked = false",
+            b["refresh_token"].as_str().unwrap()
+        )
+        .await,
+        1
+    );
+    assert_eq!(t.audit_actions(id).await, vec!["user_signedup", "login"]);
+});
+
+both!(
+    signup_needing_confirmation_returns_the_bare_user,
+    |c| c.mailer_autoconfirm = false,
+    |t| {
+        let r = t.signup("bob@example.com", "secret123").await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert!(
+            r.body.get("access_token").is_none(),
+            "no session without confirmation"
+        );
+        assert_eq!(r.body["email"], "bob@example.com");
+        assert!(r.body.get("email_confirmed_at").is_none());
+        assert_eq!(r.body["identities"].as_array().unwrap().len(), 1);
+        let uid: Uuid = r.body["id"].as_str().unwrap().parse().unwrap();
+        assert_eq!(
+            t.count_by_uuid("SELECT count(*) FROM sessions WHERE user_id = $1", uid)
+                .await,
+            0
+        );
+        assert!(t.user(&uid.to_string()).await.email_confirmed_at.is_none());
+
+        // Signing in before confirming: only a correct password learns "not confirmed".
+        t.login("bob@example.com", "wrong-password")
+            .await
+            .assert_error(400, "invalid_credentials");
+        t.login("bob@example.com", "secret123")
+            .await
+            .assert_error(400, "email_not_confirmed");
+
+        // A second sign-up of an unconfirmed address changes nothing.
+        let again = t
+            .post(
+                "/signup",
+                json!({"email": "bob@example.com", "password": "another-pw", "data": {"x": 1}}),
+            )
+            .await;
+        assert_eq!(again.status, 200);
+        assert_eq!(again.body["id"], r.body["id"]);
+        assert_eq!(again.body["user_metadata"], json!({}));
+    }
+);
+
+both!(
+    repeated_signup_of_a_confirmed_address_is_obfuscated,
+    |c| c.mailer_autoconfirm = false,
+    |t| {
+        let r = t.signup("carol@example.com", "secret123").await;
+        let id = r.body["id"].as_str().unwrap().to_string();
+        // Confirm the address directly (the email flow is another issue).
+        castellan_core::on!(pool t.pool(), p => sqlx::query("UPDATE users SET email_confirmed_at = $2 WHERE id = $1")
+        .bind(Uuid::parse_str(&id).unwrap()).bind(chrono::Utc::now()).execute(p).await.unwrap().rows_affected());
+        let fake = t
+            .post(
+                "/signup",
+                json!({"email": "carol@example.com", "password": "whatever1", "data": {"k": "v"}}),
+            )
+            .await;
+        assert_eq!(fake.status, 200, "{}", fake.text);
+        assert_ne!(fake.body["id"], id.as_str(), "a fresh id, not the real one");
+        assert_eq!(fake.body["identities"], json!([]));
+        assert_eq!(fake.body["user_metadata"], json!({"k": "v"}));
+        assert_eq!(fake.body["role"], "");
+        assert!(fake.body.get("email_confirmed_at").is_none());
+        assert!(fake.body.get("confirmed_at").is_none());
+        assert!(fake.body.get("access_token").is_none());
+        // Same shape as a real unconfirmed sign-up.
+        let real = t.signup("dave@example.com", "secret123").await;
+        let keys =
+            |v: &serde_json::Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+        assert_eq!(keys(&fake.body), keys(&real.body));
+        assert_eq!(t.audit_actions(&id).await, vec!["user_repeated_signup"]);
+        assert_eq!(
+            t.count_by_str(
+                "SELECT count(*) FROM users WHERE email = $1",
+                "carol@example.com"
+            )
+            .await,
+            1
+        );
+    }
+);
+
+both!(repeated_signup_with_autoconfirm_is_refused, |_| {}, |t| {
+    t.new_session("erin@example.com", "secret123").await;
+    t.signup("ERIN@example.com", "secret123")
+        .await
+        .assert_error(422, "user_already_exists");
+});
+
+both!(
+    signup_validation,
+    |c| {
+        c.password.min_length = 8;
+        c.password.required_characters = vec!["0123456789".into()];
+    },
+    |t| {
+        let weak = t.signup("f@example.com", "short").await;
+        weak.assert_error(422, "weak_password");
+        assert_eq!(
+            weak.body["weak_password"]["reasons"],
+            json!(["length", "characters"])
+        );
+        t.signup("f@example.com", &"a1".repeat(37))
+            .await
+            .assert_error(400, "validation_failed");
+        t.signup("not-an-email", "longenough1")
+            .await
+            .assert_error(400, "validation_failed");
+        t.post("/signup", json!({"email": "f@example.com", "password": ""}))
+            .await
+            .assert_error(400, "validation_failed");
+        t.post(
+            "/signup",
+            json!({"email": "f@example.com", "phone": "15550100", "password": "longenough1"}),
+        )
+        .await
+        .assert_error(400, "validation_failed");
+        t.post(
+            "/signup",
+            json!({"phone": "15550100", "password": "longenough1"}),
+        )
+        .await
+        .assert_error(400, "phone_provider_disabled");
+        // Nothing was stored by any of these.
+        assert_eq!(
+            t.count_by_str("SELECT count(*) FROM users WHERE email = $1 OR $1 = ''", "")
+                .await,
+            0
+        );
+        // The client sends null PKCE fields and gotrue_meta_security; both are accepted.
+        let ok = t
+            .post(
+                "/signup",
+                json!({"email": "f@example.com", "password": "longenough1", "code_challenge": null,
+        "code_challenge_method": null, "gotrue_meta_security": {}, "data": {}}),
+            )
+            .await;
+        assert_eq!(ok.status, 200, "{}", ok.text);
+    }
+);
+
+both!(
+    phone_signup_stores_digits_only,
+    |c| {
+        c.external_phone_enabled = true;
+        c.sms_autoconfirm = true;
+    },
+    |t| {
+        let r = t
+            .post(
+                "/signup",
+                json!({"phone": "+1 555 010 0999", "password": "secret123"}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.body["user"]["phone"], "15550100999");
+        assert_eq!(r.body["user"]["email"], "");
+        assert_eq!(r.body["user"]["app_metadata"]["provider"], "phone");
+        assert!(
+            r.body["user"]["identities"][0]["identity_data"]
+                .get("phone")
+                .is_none()
+        );
+        assert_eq!(
+            t.count_by_str("SELECT count(*) FROM users WHERE phone = $1", "15550100999")
+                .await,
+            1
+        );
+        t.post("/signup", json!({"phone": "0123", "password": "secret123"}))
+            .await
+            .assert_error(400, "validation_failed");
+        let login = t
+            .post(
+                "/token?grant_type=password",
+                json!({"phone": "+15550100999", "password": "secret123"}),
+            )
+            .await;
+        assert_eq!(login.status, 200, "{}", login.text);
+        assert_eq!(
+            claims(login.body["access_token"].as_str().unwrap())["phone"],
+            "15550100999"
+        );
+    }
+);
+
+both!(
+    disabled_signup_is_refused,
+    |c| c.disable_signup = true,
+    |t| {
+        t.signup("g@example.com", "secret123")
+            .await
+            .assert_error(422, "signup_disabled");
+        assert_eq!(
+            t.count_by_str(
+                "SELECT count(*) FROM users WHERE email = $1",
+                "g@example.com"
+            )
+            .await,
+            0
+        );
+    }
+);
+
+both!(
+    anonymous_sign_in,
+    |c| c.anonymous_users_enabled = true,
+    |t| {
+        let r = t.post("/signup", json!({"data": {"theme": "dark"}})).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let c = claims(r.body["access_token"].as_str().unwrap());
+        assert_eq!(c["is_anonymous"], true);
+        assert_eq!(c["amr"][0]["method"], "anonymous");
+        assert_eq!(r.body["user"]["app_metadata"], json!({}));
+        assert_eq!(r.body["user"]["identities"], json!([]));
+        let row = t.user(r.body["user"]["id"].as_str().unwrap()).await;
+        assert!(row.is_anonymous && row.email.is_none() && row.encrypted_password.is_none());
+        // An anonymous user cannot set a password without an email or phone.
+        let up = t
+            .request(
+                reqwest::Method::PUT,
+                "/user",
+                r.body["access_token"].as_str(),
+                Some(json!({"password": "secret123"})),
+            )
+            .await;
+        up.assert_error(422, "validation_failed");
+    }
+);
+
+both!(anonymous_sign_in_disabled, |_| {}, |t| {
+    t.post("/signup", json!({}))
+        .await
+        .assert_error(422, "anonymous_provider_disabled");
+});

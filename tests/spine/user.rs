@@ -1,0 +1,231 @@
+use reqwest::Method;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::both;
+use crate::common::claims;
+
+both!(get_user_and_bearer_rules, |_| {}, |t| {
+    let s = t.new_session("p@example.com", "secret123").await;
+    let at = s["access_token"].as_str().unwrap();
+    let r = t.request(Method::GET, "/user", Some(at), None).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["id"], s["user"]["id"]);
+    assert_eq!(r.body["identities"].as_array().unwrap().len(), 1);
+    let same_prefix = t
+        .request(Method::GET, "/auth/v1/user", Some(at), None)
+        .await;
+    assert_eq!(same_prefix.body, r.body);
+
+    t.request(Method::GET, "/user", None, None)
+        .await
+        .assert_error(401, "no_authorization");
+    t.request(Method::GET, "/user", Some("not.a.jwt"), None)
+        .await
+        .assert_error(403, "bad_jwt");
+    let other_key =
+        castellan_core::crypto::jwt::JwtKeys::new(&t.server.state.ctx.config.jwt, "another-secret");
+    let now = chrono::Utc::now().timestamp();
+    let mut forged =
+        castellan_core::crypto::jwt::role_claims("authenticated", "authenticated", now, 60, None);
+    forged.sub = s["user"]["id"].as_str().unwrap().into();
+    t.request(
+        Method::GET,
+        "/user",
+        Some(&other_key.sign(&forged).unwrap()),
+        None,
+    )
+    .await
+    .assert_error(403, "bad_jwt");
+    let r = t
+        .http
+        .get(t.url("/user"))
+        .bearer_auth(at)
+        .header("X-JWT-AUD", "other")
+        .send()
+        .await
+        .unwrap();
+    crate::common::read(r)
+        .await
+        .assert_error(400, "validation_failed");
+});
+
+both!(update_user_merges_metadata, |_| {}, |t| {
+    let s = t
+        .post(
+            "/signup",
+            json!({"email": "q@example.com", "password": "secret123", "data": {"a": 1, "b": 2}}),
+        )
+        .await
+        .body;
+    let at = s["access_token"].as_str().unwrap();
+    let r = t
+        .request(
+            Method::PUT,
+            "/user",
+            Some(at),
+            Some(json!({"data": {"b": null, "c": 3}})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        r.body["user_metadata"],
+        json!({"a": 1, "c": 3, "email_verified": true})
+    );
+    let row = t.user(s["user"]["id"].as_str().unwrap()).await;
+    assert_eq!(
+        row.user_metadata(),
+        json!({"a": 1, "c": 3, "email_verified": true})
+    );
+    let r = t
+        .request(
+            Method::PUT,
+            "/user",
+            Some(at),
+            Some(json!({"app_metadata": {"plan": "pro"}})),
+        )
+        .await;
+    r.assert_error(403, "not_admin");
+    assert_eq!(
+        t.user(s["user"]["id"].as_str().unwrap())
+            .await
+            .app_metadata()["provider"],
+        "email"
+    );
+    assert!(
+        t.audit_actions(s["user"]["id"].as_str().unwrap())
+            .await
+            .contains(&"user_modified".to_string())
+    );
+});
+
+both!(
+    password_change_keeps_this_session_and_ends_the_others,
+    |_| {},
+    |t| {
+        let a = t.new_session("r@example.com", "secret123").await;
+        let b = t.login("r@example.com", "secret123").await.body;
+        let at = a["access_token"].as_str().unwrap();
+        t.request(
+            Method::PUT,
+            "/user",
+            Some(at),
+            Some(json!({"password": "secret123"})),
+        )
+        .await
+        .assert_error(422, "same_password");
+        t.request(
+            Method::PUT,
+            "/user",
+            Some(at),
+            Some(json!({"password": "abc"})),
+        )
+        .await
+        .assert_error(422, "weak_password");
+        let r = t
+            .request(
+                Method::PUT,
+                "/user",
+                Some(at),
+                Some(json!({"password": "new-secret-456"})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let uid: Uuid = a["user"]["id"].as_str().unwrap().parse().unwrap();
+        assert_eq!(
+            t.count_by_uuid("SELECT count(*) FROM sessions WHERE user_id = $1", uid)
+                .await,
+            1
+        );
+        assert_eq!(
+            t.request(Method::GET, "/user", Some(at), None).await.status,
+            200,
+            "this session lives on"
+        );
+        t.request(Method::GET, "/user", b["access_token"].as_str(), None)
+            .await
+            .assert_error(403, "session_not_found");
+        t.refresh(b["refresh_token"].as_str().unwrap())
+            .await
+            .assert_error(400, "refresh_token_not_found");
+        t.login("r@example.com", "secret123")
+            .await
+            .assert_error(400, "invalid_credentials");
+        assert_eq!(t.login("r@example.com", "new-secret-456").await.status, 200);
+        assert!(
+            t.audit_actions(&uid.to_string())
+                .await
+                .contains(&"user_updated_password".to_string())
+        );
+    }
+);
+
+both!(logout_scopes, |_| {}, |t| {
+    let a = t.new_session("s@example.com", "secret123").await;
+    let b = t.login("s@example.com", "secret123").await.body;
+    let c = t.login("s@example.com", "secret123").await.body;
+    let uid: Uuid = a["user"]["id"].as_str().unwrap().parse().unwrap();
+    let sessions = || t.count_by_uuid("SELECT count(*) FROM sessions WHERE user_id = $1", uid);
+
+    let bad = t
+        .request(
+            Method::POST,
+            "/logout?scope=everything",
+            a["access_token"].as_str(),
+            None,
+        )
+        .await;
+    bad.assert_error(400, "validation_failed");
+
+    let r = t
+        .request(
+            Method::POST,
+            "/logout?scope=local",
+            c["access_token"].as_str(),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    assert_eq!(r.text, "");
+    assert_eq!(sessions().await, 2);
+    t.request(Method::GET, "/user", c["access_token"].as_str(), None)
+        .await
+        .assert_error(403, "session_not_found");
+    t.refresh(c["refresh_token"].as_str().unwrap())
+        .await
+        .assert_error(400, "refresh_token_not_found");
+
+    let r = t
+        .request(
+            Method::POST,
+            "/logout?scope=others",
+            a["access_token"].as_str(),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    assert_eq!(sessions().await, 1);
+    t.request(Method::GET, "/user", b["access_token"].as_str(), None)
+        .await
+        .assert_error(403, "session_not_found");
+
+    let r = t
+        .request(
+            Method::POST,
+            "/auth/v1/logout",
+            a["access_token"].as_str(),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    assert_eq!(sessions().await, 0);
+    t.request(Method::POST, "/logout", a["access_token"].as_str(), None)
+        .await
+        .assert_error(403, "session_not_found");
+    let actions = t.audit_actions(&uid.to_string()).await;
+    assert_eq!(actions.iter().filter(|a| *a == "logout").count(), 3);
+    assert_eq!(
+        claims(a["access_token"].as_str().unwrap())["sub"],
+        uid.to_string()
+    );
+});
