@@ -65,6 +65,20 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     }
 }
 
+/// Query parameters; a malformed query string is 400 `validation_failed` (JSON).
+pub struct QueryParams<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, HttpError> {
+        let q = parts.uri.query().unwrap_or_default();
+        serde_urlencoded::from_str(q)
+            .map(QueryParams)
+            .map_err(|e| ApiError::validation(format!("Invalid query parameters: {e}")).into())
+    }
+}
+
 /// The bearer token of `Authorization`, matched as GoTrue does: `(?i)^bearer (\S+)$`.
 pub fn bearer(parts: &Parts) -> Result<&str, HttpError> {
     let missing = || {

@@ -81,10 +81,18 @@ impl Supervisor {
         let id = match child {
             Child::SessionManager => {
                 let ctx = st.args.ctx.clone();
+                // The factory replaces a failed worker itself by building it
+                // again; a second build for the same worker id is a restart.
+                let mut built = std::collections::HashSet::new();
+                let builder = move |wid| {
+                    if !built.insert(wid) {
+                        metrics::counter!("castellan_actor_restarts_total", "actor" => "session_manager_worker").increment(1);
+                        tracing::error!(worker = wid, "session manager worker failed; replaced");
+                    }
+                    (SessionWorker, ctx.clone())
+                };
                 let args = FactoryArguments::builder()
-                    .worker_builder(Box::new(worker_builder(move |_wid| {
-                        (SessionWorker, ctx.clone())
-                    })))
+                    .worker_builder(Box::new(worker_builder(builder)))
                     .queue(DefaultQueue::default())
                     .router(KeyPersistentRouting::default())
                     .num_initial_workers(st.args.ctx.config.session_workers)

@@ -1,4 +1,4 @@
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use castellan_actors::session_manager::LogoutScope;
@@ -6,7 +6,7 @@ use castellan_core::ApiError;
 use serde::Deserialize;
 
 use crate::error::HttpResult;
-use crate::extract::AuthUser;
+use crate::extract::{AuthUser, QueryParams};
 use crate::server::AppState;
 
 #[derive(Deserialize)]
@@ -17,7 +17,7 @@ pub struct ScopeQuery {
 /// `POST /logout?scope=global|local|others` → 204.
 pub async fn logout(
     State(st): State<AppState>,
-    Query(q): Query<ScopeQuery>,
+    QueryParams(q): QueryParams<ScopeQuery>,
     auth: AuthUser,
 ) -> HttpResult {
     let scope = match q.scope.as_deref().unwrap_or("") {

@@ -1,5 +1,5 @@
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use castellan_actors::accounts::PasswordGrant;
 use castellan_actors::rate_limiter::Bucket;
@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::api::token_response;
 use crate::error::HttpResult;
-use crate::extract::{ClientKey, RawBody, RequestAud, parse_json};
+use crate::extract::{ClientKey, QueryParams, RawBody, RequestAud, parse_json};
 use crate::server::AppState;
 
 #[derive(Deserialize)]
@@ -35,7 +35,7 @@ struct RefreshBody {
 /// the body is JSON. Errors use the standard bodies, not OAuth's.
 pub async fn token(
     State(st): State<AppState>,
-    Query(q): Query<GrantQuery>,
+    QueryParams(q): QueryParams<GrantQuery>,
     client: ClientKey,
     RequestAud(aud): RequestAud,
     RawBody(body): RawBody,

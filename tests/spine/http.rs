@@ -135,6 +135,10 @@ both!(bad_bodies_and_paths, |_| {}, |t| {
     let missing = t.request(Method::GET, "/nope", None, None).await;
     assert_eq!(missing.status, 404);
     assert!(missing.body.is_object());
+    let dup = t
+        .post("/token?grant_type=password&grant_type=pkce", json!({}))
+        .await;
+    dup.assert_error(400, "validation_failed");
     let wrong_method = t.request(Method::DELETE, "/signup", None, None).await;
     assert_eq!(wrong_method.status, 405);
 });

@@ -5,10 +5,11 @@ use serde_json::json;
 use crate::both;
 use crate::common::{self, Backend, read};
 
-fn restarts(metrics: &str) -> u64 {
+fn restarts(metrics: &str, actor: &str) -> u64 {
+    let prefix = format!("castellan_actor_restarts_total{{actor=\"{actor}\"}}");
     metrics
         .lines()
-        .find(|l| l.starts_with("castellan_actor_restarts_total{actor=\"session_manager\"}"))
+        .find(|l| l.starts_with(&prefix))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
@@ -16,26 +17,57 @@ fn restarts(metrics: &str) -> u64 {
 
 both!(a_killed_session_manager_is_restarted, |_| {}, |t| {
     let s = t.new_session("z@example.com", "secret123").await;
-    let before = restarts(
-        &t.request(reqwest::Method::GET, "/metrics", None, None)
+    let metrics = || async {
+        t.request(reqwest::Method::GET, "/metrics", None, None)
             .await
-            .text,
-    );
+            .text
+    };
+    let before = restarts(&metrics().await, "session_manager");
+    let workers_before = restarts(&metrics().await, "session_manager_worker");
     let sessions = &t.server.state.actors.sessions;
+    let session_id = crate::common::claims(s["access_token"].as_str().unwrap())["session_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
 
-    // A worker that crashes mid-job: its caller is answered, not left hanging.
-    sessions.crash_worker(uuid::Uuid::new_v4());
+    // The worker that owns this session crashes with a refresh queued behind
+    // the crash: the caller is answered (a 503 or, once replaced, a 200), never left hanging.
+    sessions.crash_worker(session_id);
+    let r = t.refresh(s["refresh_token"].as_str().unwrap()).await;
+    assert!(
+        r.status == 200 || r.status == 503,
+        "answered across the crash: {} {}",
+        r.status,
+        r.text
+    );
+    let mut token = if r.status == 200 {
+        r.body["refresh_token"].as_str().unwrap().to_string()
+    } else {
+        s["refresh_token"].as_str().unwrap().to_string()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while restarts(&metrics().await, "session_manager_worker") <= workers_before {
+        assert!(
+            Instant::now() < deadline,
+            "the worker's replacement was not counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
     // The whole factory killed: the supervisor replaces it.
     sessions.kill();
-    let r = t.refresh(s["refresh_token"].as_str().unwrap()).await;
+    let r = t.refresh(&token).await;
     assert!(
         r.status == 200 || r.status == 503,
         "answered while restarting: {} {}",
         r.status,
         r.text
     );
+    if r.status == 200 {
+        token = r.body["refresh_token"].as_str().unwrap().to_string();
+    }
     let deadline = Instant::now() + Duration::from_secs(10);
-    let mut token = s["refresh_token"].as_str().unwrap().to_string();
     loop {
         let r = t.refresh(&token).await;
         if r.status == 200 {
@@ -50,11 +82,7 @@ both!(a_killed_session_manager_is_restarted, |_| {}, |t| {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(t.refresh(&token).await.status, 200);
-    let after = restarts(
-        &t.request(reqwest::Method::GET, "/metrics", None, None)
-            .await
-            .text,
-    );
+    let after = restarts(&metrics().await, "session_manager");
     assert!(after > before, "restart counted: {before} -> {after}");
 });
 
