@@ -192,6 +192,13 @@ impl TestServer {
         .await
     }
 
+    /// Refreshes, expecting success, and returns the new refresh token.
+    pub async fn rotate(&self, token: &str) -> String {
+        let r = self.refresh(token).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        r.body["refresh_token"].as_str().unwrap().to_string()
+    }
+
     /// Signs a user up (autoconfirm) and returns the token response.
     pub async fn new_session(&self, email: &str, password: &str) -> Value {
         let r = self.signup(email, password).await;

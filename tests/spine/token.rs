@@ -209,14 +209,8 @@ both!(
     |t| {
         let s = t.new_session("m@example.com", "secret123").await;
         let t0 = s["refresh_token"].as_str().unwrap().to_string();
-        let t1 = t.refresh(&t0).await.body["refresh_token"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        let t2 = t.refresh(&t1).await.body["refresh_token"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let t1 = t.rotate(&t0).await;
+        let t2 = t.rotate(&t1).await;
         let fork = t.refresh(&t0).await;
         assert_eq!(fork.status, 200, "{}", fork.text);
         let f = fork.body["refresh_token"].as_str().unwrap();
@@ -238,14 +232,8 @@ both!(
     |t| {
         let s = t.new_session("n@example.com", "secret123").await;
         let t0 = s["refresh_token"].as_str().unwrap().to_string();
-        let t1 = t.refresh(&t0).await.body["refresh_token"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        let t2 = t.refresh(&t1).await.body["refresh_token"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let t1 = t.rotate(&t0).await;
+        let t2 = t.rotate(&t1).await;
         t.refresh(&t0)
             .await
             .assert_error(400, "refresh_token_already_used");
