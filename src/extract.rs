@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use castellan_actors::accounts::Principal;
 use castellan_core::ApiError;
-use castellan_core::models::User;
+use castellan_core::models::{AuditActor, User};
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
@@ -128,6 +128,36 @@ impl FromRequestParts<AppState> for AuthUser {
                 Err(ApiError::forbidden("bad_jwt", "invalid claim: missing sub claim").into())
             }
         }
+    }
+}
+
+/// An admin: a token whose `role` is in `GOTRUE_JWT_ADMIN_ROLES` (GoTrue's
+/// `requireAdminCredentials`). A token naming a session needs that session alive.
+pub struct AdminAuth {
+    pub actor: AuditActor,
+}
+
+impl FromRequestParts<AppState> for AdminAuth {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, HttpError> {
+        let token = bearer(parts)?;
+        let claims = st.ctx.jwt.verify(token)?;
+        let role = claims.role.clone().unwrap_or_default();
+        if !st.ctx.config.jwt.admin_roles.contains(&role) {
+            return Err(ApiError::forbidden("not_admin", "User not allowed").into());
+        }
+        if claims
+            .session_id
+            .as_deref()
+            .is_some_and(|s| !s.is_empty() && s != "00000000-0000-0000-0000-000000000000")
+        {
+            // A user token that carries an admin role: its session must still exist.
+            st.accounts.authenticate(token).await?;
+        }
+        Ok(AdminAuth {
+            actor: AuditActor::admin(&role),
+        })
     }
 }
 

@@ -21,6 +21,32 @@ enum Command {
     Serve,
     /// Apply pending migrations and exit.
     Migrate,
+    /// Operator tools for when there is no admin token yet.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Create a user directly in the database.
+    CreateUser {
+        #[arg(long)]
+        email: String,
+        /// Without one the account gets a random password nobody knows.
+        #[arg(long)]
+        password: Option<String>,
+        /// Mark the email as confirmed.
+        #[arg(long)]
+        confirm: bool,
+    },
+    /// Mint a JWT with the configured secret, e.g. a `service_role` key.
+    Token {
+        #[arg(long, default_value = "service_role")]
+        role: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 10 * 365 * 24 * 3600)]
+        expires_in: i64,
+    },
 }
 
 #[tokio::main]
@@ -28,6 +54,10 @@ async fn main() {
     // A `.env` file is read when present; variables already set win.
     let _ = dotenvy::dotenv();
     tracing_subscriber::fmt()
+        .with_ansi(
+            std::env::var_os("NO_COLOR").is_none()
+                && std::io::IsTerminal::is_terminal(&std::io::stdout()),
+        )
         .with_env_filter(
             EnvFilter::try_from_env("CASTELLAN_LOG")
                 .or_else(|_| EnvFilter::try_from_env("GOTRUE_LOG_LEVEL"))
@@ -49,6 +79,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("migrations applied ({})", store.backend_name());
             Ok(())
         }
+        Command::Admin(cmd) => admin(config, cmd).await,
         Command::Serve => {
             let mut server = castellan::start(config).await?;
             tokio::select! {
@@ -58,6 +89,53 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 _ = server.wait() => {}
             }
+            Ok(())
+        }
+    }
+}
+
+async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
+    use castellan_core::crypto::jwt::{JwtKeys, role_claims};
+    let secret = castellan::server::resolve_secret(&config)?;
+    match cmd {
+        AdminCommand::Token { role, expires_in } => {
+            let keys = JwtKeys::new(&config.jwt, &secret);
+            let now = chrono::Utc::now().timestamp();
+            let claims = role_claims(
+                &role,
+                &config.jwt.aud,
+                now,
+                expires_in,
+                config.jwt.issuer.clone(),
+            );
+            println!(
+                "{}",
+                keys.sign(&claims).map_err(|e| anyhow::anyhow!("{e}"))?
+            );
+            Ok(())
+        }
+        AdminCommand::CreateUser {
+            email,
+            password,
+            confirm,
+        } => {
+            let store = Store::open(&config.database_url, 2).await?;
+            let aud = config.jwt.aud.clone();
+            let ctx = castellan_actors::Ctx::new(config, store, &secret);
+            let admin = castellan_actors::admin::Admin::new(ctx.clone());
+            let attrs = castellan_actors::admin::UserAttributes {
+                email: Some(email),
+                password,
+                email_confirm: confirm,
+                ..Default::default()
+            };
+            let actor = castellan_core::models::AuditActor::admin("castellan-cli");
+            let (user, ids) = admin
+                .create_user(&actor, attrs, &aud)
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+            println!("{}", serde_json::to_string_pretty(&user.to_json(&ids))?);
+            ctx.store.close().await;
             Ok(())
         }
     }

@@ -11,6 +11,7 @@ use axum::http::{HeaderName, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use castellan_actors::accounts::Accounts;
+use castellan_actors::admin::Admin;
 use castellan_actors::{Actors, Ctx};
 use castellan_core::config::DatabaseUrl;
 use castellan_core::{ApiError, Config, Store};
@@ -28,6 +29,7 @@ pub const BODY_LIMIT: usize = 1024 * 1024;
 pub struct AppState {
     pub ctx: Arc<Ctx>,
     pub accounts: Accounts,
+    pub admin: Admin,
     pub actors: Actors,
     pub metrics: PrometheusHandle,
 }
@@ -59,7 +61,7 @@ impl Server {
 
 /// The JWT secret: configured, or for the embedded SQLite default one that
 /// is generated once and kept beside the database file.
-fn resolve_secret(cfg: &Config) -> anyhow::Result<String> {
+pub fn resolve_secret(cfg: &Config) -> anyhow::Result<String> {
     if let Some(s) = &cfg.jwt.secret {
         return Ok(s.clone());
     }
@@ -192,9 +194,11 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         .await
         .context("starting the actors")?;
     let accounts = Accounts::new(ctx.clone(), actors.sessions.clone());
+    let admin = Admin::new(ctx.clone());
     let state = AppState {
         ctx,
         accounts,
+        admin,
         actors,
         metrics,
     };

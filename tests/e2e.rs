@@ -6,7 +6,8 @@ mod common;
 
 use common::Backend;
 
-async fn run_client(backend: Backend) {
+/// Runs one scenario script of tests/e2e against a fresh server.
+async fn run_client(backend: Backend, script: &str) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e");
     assert!(
         dir.join("node_modules/@supabase/auth-js").exists(),
@@ -14,8 +15,9 @@ async fn run_client(backend: Backend) {
     );
     let t = common::spawn(backend, |c| c.anonymous_users_enabled = true).await;
     let out = tokio::process::Command::new("node")
-        .arg("spine.mjs")
+        .arg(script)
         .arg(&t.base)
+        .arg(t.service_key())
         .current_dir(&dir)
         .output()
         .await
@@ -34,11 +36,21 @@ async fn run_client(backend: Backend) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn auth_js_on_sqlite() {
-    run_client(Backend::Sqlite).await
+async fn spine_on_sqlite() {
+    run_client(Backend::Sqlite, "spine.mjs").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn auth_js_on_postgres() {
-    run_client(Backend::Postgres).await
+async fn spine_on_postgres() {
+    run_client(Backend::Postgres, "spine.mjs").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_on_sqlite() {
+    run_client(Backend::Sqlite, "admin.mjs").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_on_postgres() {
+    run_client(Backend::Postgres, "admin.mjs").await
 }

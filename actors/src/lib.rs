@@ -10,6 +10,7 @@
 //!   through the `SessionManager`.
 
 pub mod accounts;
+pub mod admin;
 pub mod context;
 pub mod rate_limiter;
 pub mod session_manager;

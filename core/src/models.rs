@@ -75,6 +75,12 @@ impl User {
     /// GoTrue's user JSON: nullable timestamps omitted, `email`/`phone`
     /// always present, `identities` always present.
     pub fn to_json(&self, identities: &[Identity]) -> Value {
+        self.to_json_with(Some(identities))
+    }
+
+    /// As `to_json`; `None` renders `"identities": null` (not loaded, as in
+    /// GoTrue's admin list).
+    pub fn to_json_with(&self, identities: Option<&[Identity]>) -> Value {
         let mut m = Map::new();
         let mut put = |k: &str, v: Value| {
             m.insert(k.to_string(), v);
@@ -128,10 +134,10 @@ impl User {
         }
         put("app_metadata", self.app_metadata());
         put("user_metadata", self.user_metadata());
-        put(
-            "identities",
-            json!(identities.iter().map(Identity::to_json).collect::<Vec<_>>()),
-        );
+        let identities = identities.map_or(Value::Null, |ids| {
+            json!(ids.iter().map(Identity::to_json).collect::<Vec<_>>())
+        });
+        put("identities", identities);
         put("created_at", json!(self.created_at));
         put("updated_at", json!(self.updated_at));
         if let Some(b) = ts(&self.banned_until) {
@@ -213,6 +219,7 @@ pub enum AuditAction {
     UserUpdatedPassword,
     TokenRefreshed,
     TokenRevoked,
+    UserDeleted,
 }
 
 impl AuditAction {
@@ -226,37 +233,75 @@ impl AuditAction {
             Self::UserUpdatedPassword => "user_updated_password",
             Self::TokenRefreshed => "token_refreshed",
             Self::TokenRevoked => "token_revoked",
+            Self::UserDeleted => "user_deleted",
         }
     }
     pub fn log_type(self) -> &'static str {
         match self {
             Self::Login | Self::Logout => "account",
-            Self::UserSignedUp => "team",
+            Self::UserSignedUp | Self::UserDeleted => "team",
             Self::UserRepeatedSignup | Self::UserModified | Self::UserUpdatedPassword => "user",
             Self::TokenRefreshed | Self::TokenRevoked => "token",
         }
     }
 }
 
-/// An audit entry's payload, built from the acting user.
-pub fn audit_payload(actor: &User, action: AuditAction, traits: Option<Value>) -> Value {
-    let username = if actor.phone_str().is_empty() {
-        actor.email_str()
-    } else {
-        actor.phone_str()
-    };
+/// Who did something, as the audit log names them.
+#[derive(Debug, Clone)]
+pub struct AuditActor {
+    pub id: Uuid,
+    pub username: String,
+    pub name: Option<String>,
+    pub via_sso: bool,
+}
+
+impl AuditActor {
+    /// An admin token: GoTrue's pseudo-user with the nil id, named by its role.
+    pub fn admin(role: &str) -> Self {
+        Self {
+            id: Uuid::nil(),
+            username: role.to_string(),
+            name: None,
+            via_sso: false,
+        }
+    }
+}
+
+impl From<&User> for AuditActor {
+    fn from(u: &User) -> Self {
+        let username = if u.phone_str().is_empty() {
+            u.email_str()
+        } else {
+            u.phone_str()
+        };
+        Self {
+            id: u.id,
+            username: username.to_string(),
+            name: u
+                .user_metadata()
+                .get("full_name")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            via_sso: u.is_sso_user,
+        }
+    }
+}
+
+/// An audit entry's payload.
+pub fn audit_payload(
+    actor: impl Into<AuditActor>,
+    action: AuditAction,
+    traits: Option<Value>,
+) -> Value {
+    let actor = actor.into();
     let mut p = json!({
         "actor_id": actor.id,
-        "actor_via_sso": actor.is_sso_user,
-        "actor_username": username,
+        "actor_via_sso": actor.via_sso,
+        "actor_username": actor.username,
         "action": action.action(),
         "log_type": action.log_type(),
     });
-    if let Some(name) = actor
-        .user_metadata()
-        .get("full_name")
-        .and_then(Value::as_str)
-    {
+    if let Some(name) = actor.name {
         p["actor_name"] = json!(name);
     }
     if let Some(t) = traits {

@@ -1,6 +1,7 @@
 //! The routes, one module per endpoint family. Every route is served at `/`
 //! and under `/auth/v1` (where supabase-js and supabase-py call it).
 
+mod admin;
 mod health;
 mod logout;
 mod settings;
@@ -23,6 +24,7 @@ pub fn routes() -> Router<AppState> {
         .route("/token", post(token::token))
         .route("/user", get(user::get_user).put(user::update_user))
         .route("/logout", post(logout::logout))
+        .merge(admin::routes())
 }
 
 /// GoTrue's token response.

@@ -206,6 +206,27 @@ impl TestServer {
         r.body
     }
 
+    /// A `service_role` key signed with the server's secret.
+    pub fn service_key(&self) -> String {
+        self.role_key("service_role")
+    }
+
+    pub fn role_key(&self, role: &str) -> String {
+        let cfg = &self.server.state.ctx.config.jwt;
+        let keys = castellan_core::crypto::jwt::JwtKeys::new(cfg, cfg.secret.as_deref().unwrap());
+        let now = chrono::Utc::now().timestamp();
+        keys.sign(&castellan_core::crypto::jwt::role_claims(
+            role, &cfg.aud, now, 3600, None,
+        ))
+        .unwrap()
+    }
+
+    /// A request with the service key.
+    pub async fn admin(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
+        let key = self.service_key();
+        self.request(method, path, Some(&key), body).await
+    }
+
     pub fn pool(&self) -> &Pool {
         self.server.state.ctx.store.pool()
     }

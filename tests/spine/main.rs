@@ -4,6 +4,8 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod admin;
+mod cli;
 mod http;
 mod resilience;
 mod signup;

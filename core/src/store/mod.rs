@@ -7,6 +7,28 @@
 //! value is bound with the backend's own types. Where the dialects differ
 //! (row locks, enum casts) a method spells out both.
 
+// Column lists shared by the statements of both query modules.
+macro_rules! user_cols {
+    () => {
+        "id, aud, role, email, encrypted_password, email_confirmed_at, invited_at, \
+         confirmation_sent_at, recovery_sent_at, email_change, email_change_sent_at, \
+         last_sign_in_at, raw_app_meta_data, raw_user_meta_data, created_at, updated_at, \
+         phone, phone_confirmed_at, phone_change, phone_change_sent_at, \
+         reauthentication_sent_at, banned_until, deleted_at, is_sso_user, is_anonymous"
+    };
+}
+macro_rules! identity_cols {
+    () => {
+        "id, provider_id, user_id, identity_data, provider, last_sign_in_at, created_at, updated_at"
+    };
+}
+macro_rules! token_cols {
+    () => {
+        "id, token, user_id, revoked, created_at, updated_at, parent, session_id"
+    };
+}
+
+mod admin;
 mod queries;
 
 use std::str::FromStr;
@@ -18,6 +40,7 @@ use sqlx::{PgPool, Postgres, Sqlite, SqlitePool, Transaction};
 
 use crate::config::DatabaseUrl;
 
+pub use admin::*;
 pub use queries::*;
 
 #[derive(Clone, Debug)]
@@ -70,6 +93,9 @@ macro_rules! on {
     };
 }
 
+/// The advisory lock key that serializes migrations ("castella" in ASCII).
+const MIGRATION_LOCK: i64 = 0x6361_7374_656c_6c61;
+
 impl Store {
     /// Connects and applies pending migrations.
     pub async fn open(url: &DatabaseUrl, max_connections: u32) -> Result<Store, sqlx::Error> {
@@ -116,10 +142,28 @@ impl Store {
     pub async fn migrate(&self) -> Result<(), sqlx::Error> {
         match &self.pool {
             Pool::Pg(p) => {
-                sqlx::query("CREATE SCHEMA IF NOT EXISTS auth")
-                    .execute(p)
+                // Several processes may start at once on a fresh database:
+                // one migrates while the others wait on this lock.
+                let mut conn = p.acquire().await?;
+                sqlx::query("SELECT pg_advisory_lock($1)")
+                    .bind(MIGRATION_LOCK)
+                    .execute(&mut *conn)
                     .await?;
-                sqlx::migrate!("../migrations/postgres").run(p).await?;
+                let result = async {
+                    sqlx::query("CREATE SCHEMA IF NOT EXISTS auth")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::migrate!("../migrations/postgres")
+                        .run(&mut *conn)
+                        .await?;
+                    Ok::<_, sqlx::Error>(())
+                }
+                .await;
+                sqlx::query("SELECT pg_advisory_unlock($1)")
+                    .bind(MIGRATION_LOCK)
+                    .execute(&mut *conn)
+                    .await?;
+                result?;
             }
             Pool::Lite(p) => sqlx::migrate!("../migrations/sqlite").run(p).await?,
         }

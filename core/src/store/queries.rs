@@ -10,28 +10,8 @@ use super::{Store, Tx};
 use crate::models::{INSTANCE_ID, Identity, RefreshToken, Session, User};
 use crate::on;
 
-macro_rules! user_cols {
-    () => {
-        "id, aud, role, email, encrypted_password, email_confirmed_at, invited_at, \
-         confirmation_sent_at, recovery_sent_at, email_change, email_change_sent_at, \
-         last_sign_in_at, raw_app_meta_data, raw_user_meta_data, created_at, updated_at, \
-         phone, phone_confirmed_at, phone_change, phone_change_sent_at, \
-         reauthentication_sent_at, banned_until, deleted_at, is_sso_user, is_anonymous"
-    };
-}
-macro_rules! identity_cols {
-    () => {
-        "id, provider_id, user_id, identity_data, provider, last_sign_in_at, created_at, updated_at"
-    };
-}
-macro_rules! token_cols {
-    () => {
-        "id, token, user_id, revoked, created_at, updated_at, parent, session_id"
-    };
-}
-
 /// Counts round trips, so benchmarks can report queries per operation.
-fn count() {
+pub(super) fn count() {
     metrics::counter!("castellan_db_queries_total").increment(1);
 }
 

@@ -1,0 +1,490 @@
+//! The admin API's decisions: creating, editing, banning and deleting users,
+//! and reading the audit log. Callers have already proven an admin role.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use castellan_core::duration::parse_go_duration;
+use castellan_core::models::{
+    AuditAction, AuditActor, Identity, User, audit_payload, merge_metadata,
+};
+use castellan_core::store::{AuditRow, AuditScope, FactorRow, NewUser, Page, SessionScope, Tx};
+use castellan_core::{ApiError, ApiResult, validate};
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value, json};
+use sha2::Digest;
+use uuid::Uuid;
+
+use crate::context::Ctx;
+
+/// The attributes of `POST /admin/users` and `PUT /admin/users/{id}`.
+#[derive(Debug, Default, Clone)]
+pub struct UserAttributes {
+    pub id: Option<String>,
+    pub aud: Option<String>,
+    pub role: Option<String>,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub password: Option<String>,
+    pub password_hash: Option<String>,
+    pub email_confirm: bool,
+    pub phone_confirm: bool,
+    pub user_metadata: Option<Map<String, Value>>,
+    pub app_metadata: Option<Map<String, Value>>,
+    pub ban_duration: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct Admin {
+    ctx: Arc<Ctx>,
+}
+
+/// `ban_duration`: a Go duration, or `none` to lift a ban.
+fn banned_until(spec: &str, now: DateTime<Utc>) -> ApiResult<Option<DateTime<Utc>>> {
+    if spec == "none" {
+        return Ok(None);
+    }
+    let d = parse_go_duration(spec)
+        .map_err(|e| ApiError::validation(format!("invalid format for ban duration: {e}")))?;
+    if d.is_zero() {
+        return Ok(None);
+    }
+    let d = chrono::Duration::from_std(d)
+        .map_err(|_| ApiError::validation("invalid format for ban duration: too long"))?;
+    now.checked_add_signed(d)
+        .map(Some)
+        .ok_or_else(|| ApiError::validation("invalid format for ban duration: too long"))
+}
+
+/// Accepts the hash kinds sign-in verifies: bcrypt and argon2i/argon2id PHC strings.
+fn check_imported_hash(h: &str) -> ApiResult<()> {
+    let bcrypt_ok = ["$2a$", "$2b$", "$2y$"].iter().any(|p| h.starts_with(p)) && h.len() == 60;
+    let argon_ok = (h.starts_with("$argon2id$") || h.starts_with("$argon2i$"))
+        && argon2::password_hash::phc::PasswordHash::new(h).is_ok();
+    if bcrypt_ok || argon_ok {
+        Ok(())
+    } else {
+        Err(ApiError::validation(
+            "Invalid password hash: expected a bcrypt ($2a$/$2b$) or argon2 PHC string",
+        ))
+    }
+}
+
+/// GoTrue's obfuscation of a soft-deleted identifier: base64url(SHA-256(id + value)).
+fn obfuscated(user_id: Uuid, value: &str) -> String {
+    let digest = sha2::Sha256::digest(format!("{user_id}{value}").as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest)
+}
+
+fn identity_data(user_id: Uuid, provider: &str, value: &str, verified: bool) -> Value {
+    let mut d =
+        json!({"sub": user_id.to_string(), "email_verified": false, "phone_verified": false});
+    d[provider] = json!(value);
+    d[if provider == "email" {
+        "email_verified"
+    } else {
+        "phone_verified"
+    }] = json!(verified);
+    d
+}
+
+impl Admin {
+    pub fn new(ctx: Arc<Ctx>) -> Self {
+        Self { ctx }
+    }
+
+    async fn load(&self, tx: &mut Tx, id: Uuid) -> ApiResult<User> {
+        tx.user_by_id(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("user_not_found", "User not found"))
+    }
+
+    pub async fn get_user(&self, id: Uuid) -> ApiResult<(User, Vec<Identity>)> {
+        let user = self
+            .ctx
+            .store
+            .user_by_id(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("user_not_found", "User not found"))?;
+        let ids = self.ctx.store.identities_of(id).await?;
+        Ok((user, ids))
+    }
+
+    pub async fn factors(&self, id: Uuid) -> ApiResult<Vec<FactorRow>> {
+        self.get_user(id).await?;
+        Ok(self.ctx.store.factors_of(id).await?)
+    }
+
+    pub async fn list_users(
+        &self,
+        aud: &str,
+        filter: Option<&str>,
+        newest_first: bool,
+        page: Page,
+    ) -> ApiResult<(Vec<User>, i64)> {
+        Ok(self
+            .ctx
+            .store
+            .list_users(aud, filter, newest_first, page)
+            .await?)
+    }
+
+    pub async fn audit(
+        &self,
+        search: Option<(AuditScope, &str)>,
+        page: Page,
+    ) -> ApiResult<(Vec<AuditRow>, i64)> {
+        Ok(self.ctx.store.list_audit(search, page).await?)
+    }
+
+    pub async fn create_user(
+        &self,
+        actor: &AuditActor,
+        a: UserAttributes,
+        request_aud: &str,
+    ) -> ApiResult<(User, Vec<Identity>)> {
+        let cfg = &self.ctx.config;
+        let id = match a.id.as_deref() {
+            None | Some("") => Uuid::new_v4(),
+            Some(s) => {
+                let id = Uuid::parse_str(s)
+                    .map_err(|_| ApiError::validation("ID must conform to the uuid v4 format"))?;
+                if id.is_nil() {
+                    return Err(ApiError::validation("ID cannot be a nil uuid"));
+                }
+                id
+            }
+        };
+        let email = a
+            .email
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(validate::email)
+            .transpose()?;
+        let phone = a
+            .phone
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(validate::phone)
+            .transpose()?;
+        if email.is_none() && phone.is_none() {
+            return Err(ApiError::validation(
+                "Cannot create a user without either an email or phone",
+            ));
+        }
+        let password = a.password.as_deref().filter(|s| !s.is_empty());
+        let imported = a.password_hash.as_deref().filter(|s| !s.is_empty());
+        if password.is_some() && imported.is_some() {
+            return Err(ApiError::validation(
+                "Only a password or a password hash should be provided",
+            ));
+        }
+        let hash = match (password, imported) {
+            (_, Some(h)) => {
+                check_imported_hash(h)?;
+                h.to_string()
+            }
+            (Some(p), None) => {
+                validate::password_strength(&cfg.password, p)?; // only the 72-byte limit is enforced here
+                self.ctx.hasher.hash(p).await?
+            }
+            // GoTrue gives such accounts a random password nobody knows.
+            (None, None) => {
+                self.ctx
+                    .hasher
+                    .hash(&castellan_core::crypto::random_base32(64))
+                    .await?
+            }
+        };
+        let now = Utc::now();
+        let banned = a
+            .ban_duration
+            .as_deref()
+            .map(|b| banned_until(b, now))
+            .transpose()?
+            .flatten();
+        let providers: Vec<&str> = [
+            email.as_ref().map(|_| "email"),
+            phone.as_ref().map(|_| "phone"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let mut app_metadata = json!({"provider": providers[0], "providers": providers});
+        if let Some(m) = &a.app_metadata {
+            merge_metadata(&mut app_metadata, m);
+        }
+        let mut user_metadata = Value::Object(a.user_metadata.clone().unwrap_or_default());
+        if a.email_confirm && email.is_some() {
+            user_metadata["email_verified"] = json!(true);
+        }
+        let aud = a
+            .aud
+            .clone()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| request_aud.to_string());
+        let role = a
+            .role
+            .clone()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| cfg.jwt.default_group_name.trim().to_string());
+
+        let mut tx = self.ctx.store.begin().await?;
+        if let Some(e) = &email
+            && tx.email_taken(e, id).await?
+        {
+            return Err(ApiError::unprocessable(
+                "email_exists",
+                "A user with this email address has already been registered",
+            ));
+        }
+        if let Some(p) = &phone
+            && tx.phone_taken(p, id).await?
+        {
+            return Err(ApiError::unprocessable(
+                "phone_exists",
+                "Phone number already registered by another user",
+            ));
+        }
+        if tx.user_by_id(id).await?.is_some() {
+            return Err(ApiError::unprocessable(
+                "user_already_exists",
+                "User already registered",
+            ));
+        }
+        tx.insert_user(&NewUser {
+            id,
+            aud: &aud,
+            role: &role,
+            email: email.as_deref(),
+            phone: phone.as_deref(),
+            encrypted_password: Some(&hash),
+            email_confirmed_at: (a.email_confirm && email.is_some()).then_some(now),
+            phone_confirmed_at: (a.phone_confirm && phone.is_some()).then_some(now),
+            app_metadata,
+            user_metadata,
+            is_anonymous: false,
+            now,
+        })
+        .await?;
+        if let Some(e) = &email {
+            tx.upsert_identity(
+                id,
+                "email",
+                &identity_data(id, "email", e, a.email_confirm),
+                now,
+            )
+            .await?;
+        }
+        if let Some(p) = &phone {
+            tx.upsert_identity(
+                id,
+                "phone",
+                &identity_data(id, "phone", p, a.phone_confirm),
+                now,
+            )
+            .await?;
+        }
+        if banned.is_some() {
+            tx.set_banned_until(id, banned, now).await?;
+        }
+        let traits = json!({"user_id": id, "user_email": email.clone().unwrap_or_default(), "user_phone": phone.clone().unwrap_or_default(), "provider": providers[0]});
+        tx.insert_audit(
+            &audit_payload(actor.clone(), AuditAction::UserSignedUp, Some(traits)),
+            "",
+            now,
+        )
+        .await?;
+        let user = self.load(&mut tx, id).await?;
+        tx.commit().await?;
+        let ids = self.ctx.store.identities_of(id).await?;
+        Ok((user, ids))
+    }
+
+    pub async fn update_user(
+        &self,
+        actor: &AuditActor,
+        id: Uuid,
+        a: UserAttributes,
+    ) -> ApiResult<(User, Vec<Identity>)> {
+        let cfg = &self.ctx.config;
+        let email = a
+            .email
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(validate::email)
+            .transpose()?;
+        let phone = a
+            .phone
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(validate::phone)
+            .transpose()?;
+        let password = a.password.as_deref().filter(|s| !s.is_empty());
+        if let Some(p) = password {
+            validate::require_strong_password(&cfg.password, p)?;
+        }
+        let now = Utc::now();
+        let banned = a
+            .ban_duration
+            .as_deref()
+            .map(|b| banned_until(b, now))
+            .transpose()?;
+        let hash = match password {
+            Some(p) => Some(self.ctx.hasher.hash(p).await?),
+            None => None,
+        };
+
+        let mut tx = self.ctx.store.begin().await?;
+        let user = self.load(&mut tx, id).await?;
+        if let Some(e) = &email
+            && tx.email_taken(e, id).await?
+        {
+            return Err(ApiError::unprocessable(
+                "email_exists",
+                "A user with this email address has already been registered",
+            ));
+        }
+        if let Some(p) = &phone
+            && tx.phone_taken(p, id).await?
+        {
+            return Err(ApiError::unprocessable(
+                "phone_exists",
+                "Phone number already registered by another user",
+            ));
+        }
+        if let Some(role) = a.role.as_deref().filter(|r| !r.is_empty()) {
+            tx.set_role(id, role, now).await?;
+        }
+        for (provider, value, confirm) in [
+            ("email", &email, a.email_confirm),
+            ("phone", &phone, a.phone_confirm),
+        ] {
+            if let Some(v) = value {
+                tx.set_contact(id, provider, v, now).await?;
+                tx.upsert_identity(id, provider, &identity_data(id, provider, v, confirm), now)
+                    .await?;
+                if confirm {
+                    tx.clear_anonymous(id).await?;
+                }
+            }
+        }
+        if a.email_confirm
+            && user.email_confirmed_at.is_none()
+            && (email.is_some() || user.email.is_some())
+        {
+            tx.confirm(id, "email", now).await?;
+        }
+        if a.phone_confirm
+            && user.phone_confirmed_at.is_none()
+            && (phone.is_some() || user.phone.is_some())
+        {
+            tx.confirm(id, "phone", now).await?;
+        }
+        if let Some(hash) = &hash {
+            // An admin password change ends every session of the user.
+            tx.set_password(id, hash, now).await?;
+            tx.delete_sessions(id, SessionScope::All).await?;
+        }
+        if let Some(b) = banned {
+            tx.set_banned_until(id, b, now).await?;
+        }
+        if a.user_metadata.is_some() || a.app_metadata.is_some() {
+            // Re-read: `confirm` may have just touched the metadata.
+            let current = self.load(&mut tx, id).await?;
+            let (mut um, mut am) = (current.user_metadata(), current.app_metadata());
+            if let Some(m) = &a.user_metadata {
+                merge_metadata(&mut um, m);
+            }
+            if let Some(m) = &a.app_metadata {
+                merge_metadata(&mut am, m);
+            }
+            tx.update_metadata(id, &um, &am, now).await?;
+        }
+        tx.insert_audit(
+            &audit_payload(
+                actor.clone(),
+                AuditAction::UserModified,
+                Some(json!({"user_id": id})),
+            ),
+            "",
+            now,
+        )
+        .await?;
+        let updated = self.load(&mut tx, id).await?;
+        tx.commit().await?;
+        let ids = self.ctx.store.identities_of(id).await?;
+        Ok((updated, ids))
+    }
+
+    pub async fn delete_user(&self, actor: &AuditActor, id: Uuid, soft: bool) -> ApiResult<()> {
+        let now = Utc::now();
+        let mut tx = self.ctx.store.begin().await?;
+        let user = self.load(&mut tx, id).await?;
+        let traits =
+            json!({"user_id": id, "user_email": user.email_str(), "user_phone": user.phone_str()});
+        tx.insert_audit(
+            &audit_payload(actor.clone(), AuditAction::UserDeleted, Some(traits)),
+            "",
+            now,
+        )
+        .await?;
+        if soft {
+            let email = user.email.as_deref().map(|e| obfuscated(id, e));
+            let phone = user
+                .phone
+                .as_deref()
+                .map(|p| obfuscated(id, p).chars().take(15).collect::<String>());
+            tx.soft_delete_user(id, email.as_deref(), phone.as_deref(), now)
+                .await?;
+        } else {
+            tx.delete_user(id).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ban_durations() {
+        let now = Utc::now();
+        assert_eq!(banned_until("none", now).unwrap(), None);
+        assert_eq!(banned_until("0", now).unwrap(), None);
+        assert_eq!(
+            banned_until("1h30m", now).unwrap(),
+            Some(now + chrono::Duration::minutes(90))
+        );
+        assert_eq!(
+            banned_until("24h", now).unwrap(),
+            Some(now + chrono::Duration::hours(24))
+        );
+        assert_eq!(
+            banned_until("forever", now).unwrap_err().code,
+            "validation_failed"
+        );
+    }
+
+    #[test]
+    fn imported_hashes() {
+        assert!(check_imported_hash(&bcrypt::hash("x", 4).unwrap()).is_ok());
+        assert!(
+            check_imported_hash(
+                "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHQ$RdescudvJCsgt3ub+b+dWRWJTmaaJObG"
+            )
+            .is_ok()
+        );
+        assert!(check_imported_hash("plain").is_err());
+        assert!(check_imported_hash("$2a$10$short").is_err());
+    }
+
+    #[test]
+    fn obfuscation_is_stable_and_opaque() {
+        let id = Uuid::nil();
+        assert_eq!(obfuscated(id, "a@b.c"), obfuscated(id, "a@b.c"));
+        assert!(!obfuscated(id, "a@b.c").contains('@'));
+    }
+}

@@ -1,0 +1,298 @@
+//! The statements of the admin API: listing, direct edits, deletion, the
+//! audit log.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use super::queries::count;
+use super::{Pool, Store, Tx};
+use crate::models::User;
+use crate::on;
+
+/// A page request: `limit` rows after `offset`.
+#[derive(Debug, Clone, Copy)]
+pub struct Page {
+    pub limit: i64,
+    pub offset: i64,
+}
+
+/// One audit log row as the admin API shows it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AuditRow {
+    pub id: Uuid,
+    pub payload: Option<Json<Value>>,
+    pub created_at: Option<DateTime<Utc>>,
+    pub ip_address: String,
+}
+
+/// Which audit field a search matches (GoTrue's `query=<scope>:<text>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditScope {
+    Author,
+    Action,
+    Type,
+}
+
+/// A `LIKE` pattern matching `text` anywhere, with its wildcards escaped.
+pub fn contains_pattern(text: &str) -> String {
+    let escaped = text
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    format!("%{escaped}%")
+}
+
+/// One factor row, as the admin API shows it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct FactorRow {
+    pub id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub status: String,
+    pub friendly_name: Option<String>,
+    pub factor_type: String,
+    pub phone: Option<String>,
+    pub last_challenged_at: Option<DateTime<Utc>>,
+}
+
+impl Store {
+    /// Users of an audience, newest (or oldest) first, optionally filtered by
+    /// a substring of the email or of `user_metadata.full_name`; with the total.
+    pub async fn list_users(
+        &self,
+        aud: &str,
+        filter: Option<&str>,
+        newest_first: bool,
+        page: Page,
+    ) -> Result<(Vec<User>, i64), sqlx::Error> {
+        let pattern = filter.map(contains_pattern);
+        count();
+        // Four spellings: two dialects of JSON access × two sort orders.
+        macro_rules! list {
+            ($order:literal) => {
+                match &self.pool {
+                    Pool::Pg(p) => sqlx::query_as(concat!("SELECT ", user_cols!(), " FROM users WHERE aud = $1 AND ($2::text IS NULL OR email ILIKE $2 ESCAPE '\\' OR raw_user_meta_data->>'full_name' ILIKE $2 ESCAPE '\\') ORDER BY created_at ", $order, ", id ", $order, " LIMIT $3 OFFSET $4"))
+                        .bind(aud).bind(&pattern).bind(page.limit).bind(page.offset).fetch_all(p).await?,
+                    Pool::Lite(p) => sqlx::query_as(concat!("SELECT ", user_cols!(), " FROM users WHERE aud = $1 AND ($2 IS NULL OR email LIKE $2 ESCAPE '\\' OR json_extract(raw_user_meta_data, '$.full_name') LIKE $2 ESCAPE '\\') ORDER BY created_at ", $order, ", id ", $order, " LIMIT $3 OFFSET $4"))
+                        .bind(aud).bind(&pattern).bind(page.limit).bind(page.offset).fetch_all(p).await?,
+                }
+            };
+        }
+        let users: Vec<User> = if newest_first {
+            list!("DESC")
+        } else {
+            list!("ASC")
+        };
+        count();
+        let total: i64 = match &self.pool {
+            Pool::Pg(p) => sqlx::query_scalar("SELECT count(*) FROM users WHERE aud = $1 AND ($2::text IS NULL OR email ILIKE $2 ESCAPE '\\' OR raw_user_meta_data->>'full_name' ILIKE $2 ESCAPE '\\')")
+                .bind(aud).bind(&pattern).fetch_one(p).await?,
+            Pool::Lite(p) => sqlx::query_scalar("SELECT count(*) FROM users WHERE aud = $1 AND ($2 IS NULL OR email LIKE $2 ESCAPE '\\' OR json_extract(raw_user_meta_data, '$.full_name') LIKE $2 ESCAPE '\\')")
+                .bind(aud).bind(&pattern).fetch_one(p).await?,
+        };
+        Ok((users, total))
+    }
+
+    /// The audit log, newest first, optionally searched.
+    pub async fn list_audit(
+        &self,
+        search: Option<(AuditScope, &str)>,
+        page: Page,
+    ) -> Result<(Vec<AuditRow>, i64), sqlx::Error> {
+        let scope = search.map(|(s, _)| match s {
+            AuditScope::Author => "author",
+            AuditScope::Action => "action",
+            AuditScope::Type => "type",
+        });
+        let pattern = search.map(|(_, t)| contains_pattern(t));
+        macro_rules! audit_where {
+            (pg) => {
+                " WHERE ($1::text IS NULL \
+                  OR ($1 = 'author' AND ((payload->>'actor_username') ILIKE $2 ESCAPE '\\' OR (payload->>'actor_name') ILIKE $2 ESCAPE '\\')) \
+                  OR ($1 = 'action' AND (payload->>'action') ILIKE $2 ESCAPE '\\') \
+                  OR ($1 = 'type' AND (payload->>'log_type') ILIKE $2 ESCAPE '\\'))"
+            };
+            (lite) => {
+                " WHERE ($1 IS NULL \
+                  OR ($1 = 'author' AND (json_extract(payload, '$.actor_username') LIKE $2 ESCAPE '\\' OR json_extract(payload, '$.actor_name') LIKE $2 ESCAPE '\\')) \
+                  OR ($1 = 'action' AND json_extract(payload, '$.action') LIKE $2 ESCAPE '\\') \
+                  OR ($1 = 'type' AND json_extract(payload, '$.log_type') LIKE $2 ESCAPE '\\'))"
+            };
+        }
+        count();
+        count();
+        Ok(match &self.pool {
+            Pool::Pg(p) => (
+                sqlx::query_as(concat!(
+                    "SELECT id, payload, created_at, ip_address FROM audit_log_entries",
+                    audit_where!(pg),
+                    " ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4"
+                ))
+                .bind(scope)
+                .bind(&pattern)
+                .bind(page.limit)
+                .bind(page.offset)
+                .fetch_all(p)
+                .await?,
+                sqlx::query_scalar(concat!(
+                    "SELECT count(*) FROM audit_log_entries",
+                    audit_where!(pg)
+                ))
+                .bind(scope)
+                .bind(&pattern)
+                .fetch_one(p)
+                .await?,
+            ),
+            Pool::Lite(p) => (
+                sqlx::query_as(concat!(
+                    "SELECT id, payload, created_at, ip_address FROM audit_log_entries",
+                    audit_where!(lite),
+                    " ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4"
+                ))
+                .bind(scope)
+                .bind(&pattern)
+                .bind(page.limit)
+                .bind(page.offset)
+                .fetch_all(p)
+                .await?,
+                sqlx::query_scalar(concat!(
+                    "SELECT count(*) FROM audit_log_entries",
+                    audit_where!(lite)
+                ))
+                .bind(scope)
+                .bind(&pattern)
+                .fetch_one(p)
+                .await?,
+            ),
+        })
+    }
+
+    pub async fn factors_of(&self, user_id: Uuid) -> Result<Vec<FactorRow>, sqlx::Error> {
+        count();
+        match &self.pool {
+            Pool::Pg(p) => sqlx::query_as("SELECT id, created_at, updated_at, status::text AS status, friendly_name, factor_type::text AS factor_type, phone, last_challenged_at FROM mfa_factors WHERE user_id = $1 ORDER BY created_at")
+                .bind(user_id).fetch_all(p).await,
+            Pool::Lite(p) => sqlx::query_as("SELECT id, created_at, updated_at, status, friendly_name, factor_type, phone, last_challenged_at FROM mfa_factors WHERE user_id = $1 ORDER BY created_at")
+                .bind(user_id).fetch_all(p).await,
+        }
+    }
+}
+
+impl Tx {
+    /// Whether another user holds this (lower-cased) email.
+    pub async fn email_taken(&mut self, email: &str, except: Uuid) -> Result<bool, sqlx::Error> {
+        count();
+        on!(tx self, c => sqlx::query_scalar::<_, i64>("SELECT count(*) FROM users WHERE lower(email) = $1 AND is_sso_user = false AND id <> $2")
+            .bind(email).bind(except).fetch_one(&mut *c).await.map(|n| n > 0))
+    }
+
+    pub async fn phone_taken(&mut self, phone: &str, except: Uuid) -> Result<bool, sqlx::Error> {
+        count();
+        on!(tx self, c => sqlx::query_scalar::<_, i64>("SELECT count(*) FROM users WHERE phone = $1 AND id <> $2")
+            .bind(phone).bind(except).fetch_one(&mut *c).await.map(|n| n > 0))
+    }
+
+    pub async fn set_banned_until(
+        &mut self,
+        user_id: Uuid,
+        until: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<(), sqlx::Error> {
+        count();
+        on!(tx self, c => sqlx::query("UPDATE users SET banned_until = $2, updated_at = $3 WHERE id = $1")
+            .bind(user_id).bind(until).bind(now).execute(&mut *c).await.map(drop))
+    }
+
+    pub async fn set_role(
+        &mut self,
+        user_id: Uuid,
+        role: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), sqlx::Error> {
+        count();
+        on!(tx self, c => sqlx::query("UPDATE users SET role = $2, updated_at = $3 WHERE id = $1")
+            .bind(user_id).bind(role).bind(now).execute(&mut *c).await.map(drop))
+    }
+
+    /// Sets the email or phone column directly (admin edits; no confirmation flow).
+    pub async fn set_contact(
+        &mut self,
+        user_id: Uuid,
+        provider: &str,
+        value: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), sqlx::Error> {
+        count();
+        if provider == "email" {
+            on!(tx self, c => sqlx::query("UPDATE users SET email = $2, updated_at = $3 WHERE id = $1")
+                .bind(user_id).bind(value).bind(now).execute(&mut *c).await.map(drop))
+        } else {
+            on!(tx self, c => sqlx::query("UPDATE users SET phone = $2, updated_at = $3 WHERE id = $1")
+                .bind(user_id).bind(value).bind(now).execute(&mut *c).await.map(drop))
+        }
+    }
+
+    pub async fn clear_anonymous(&mut self, user_id: Uuid) -> Result<(), sqlx::Error> {
+        count();
+        on!(tx self, c => sqlx::query("UPDATE users SET is_anonymous = false WHERE id = $1")
+            .bind(user_id).execute(&mut *c).await.map(drop))
+    }
+
+    /// Creates or replaces the email/phone identity of a user (provider id = user id).
+    pub async fn upsert_identity(
+        &mut self,
+        user_id: Uuid,
+        provider: &str,
+        data: &Value,
+        now: DateTime<Utc>,
+    ) -> Result<(), sqlx::Error> {
+        count();
+        on!(tx self, c => sqlx::query(
+            "INSERT INTO identities (id, provider_id, user_id, identity_data, provider, last_sign_in_at, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6, $6) \
+             ON CONFLICT (provider_id, provider) DO UPDATE SET identity_data = excluded.identity_data, updated_at = excluded.updated_at")
+            .bind(Uuid::new_v4()).bind(user_id.to_string()).bind(user_id).bind(Json(data)).bind(provider).bind(now)
+            .execute(&mut *c).await.map(drop))
+    }
+
+    /// Hard delete; identities, sessions, refresh tokens, factors and
+    /// one-time tokens go with the row (foreign keys cascade).
+    pub async fn delete_user(&mut self, user_id: Uuid) -> Result<(), sqlx::Error> {
+        count();
+        on!(tx self, c => sqlx::query("DELETE FROM users WHERE id = $1").bind(user_id).execute(&mut *c).await.map(drop))
+    }
+
+    /// Soft delete: identifying fields replaced by the given obfuscated
+    /// values, secrets and metadata cleared, sessions, factors and one-time
+    /// tokens deleted, identities emptied.
+    pub async fn soft_delete_user(
+        &mut self,
+        user_id: Uuid,
+        email: Option<&str>,
+        phone: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<(), sqlx::Error> {
+        let empty = serde_json::json!({});
+        count();
+        on!(tx self, c => sqlx::query(
+            "UPDATE users SET email = $2, phone = $3, email_change = '', phone_change = '', encrypted_password = '', \
+             confirmation_token = '', recovery_token = '', email_change_token_new = '', email_change_token_current = '', \
+             phone_change_token = '', reauthentication_token = '', raw_user_meta_data = $4, raw_app_meta_data = $4, \
+             deleted_at = $5, updated_at = $5 WHERE id = $1")
+            .bind(user_id).bind(email).bind(phone).bind(Json(&empty)).bind(now).execute(&mut *c).await.map(drop))?;
+        count();
+        on!(tx self, c => sqlx::query("UPDATE identities SET identity_data = $2, provider_id = $3 || ':' || provider, updated_at = $4 WHERE user_id = $1")
+            .bind(user_id).bind(Json(&empty)).bind(format!("deleted:{}", Uuid::new_v4())).bind(now).execute(&mut *c).await.map(drop))?;
+        for sql in [
+            "DELETE FROM sessions WHERE user_id = $1",
+            "DELETE FROM mfa_factors WHERE user_id = $1",
+            "DELETE FROM one_time_tokens WHERE user_id = $1",
+        ] {
+            count();
+            on!(tx self, c => sqlx::query(sql).bind(user_id).execute(&mut *c).await.map(drop))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,83 @@
+// The admin API through the official client: node admin.mjs <base-url> <service-key>
+import assert from 'node:assert/strict';
+import { AuthClient, GoTrueAdminApi, AuthApiError } from '@supabase/auth-js';
+
+const [base, serviceKey] = process.argv.slice(2);
+if (!base || !serviceKey) {
+  console.error('usage: node admin.mjs <base-url> <service-key>');
+  process.exit(2);
+}
+
+async function scenarios(url, tag) {
+  const admin = new GoTrueAdminApi({ url, headers: { Authorization: `Bearer ${serviceKey}`, apikey: serviceKey } });
+  const email = (n) => `admin-${tag}-${n}@example.com`;
+
+  // createUser.
+  const created = [];
+  for (const n of [1, 2, 3]) {
+    const { data, error } = await admin.createUser({ email: email(n), password: 'secret123', email_confirm: true, user_metadata: { n } });
+    assert.equal(error, null, String(error));
+    assert.equal(data.user.email, email(n));
+    created.push(data.user);
+  }
+
+  // listUsers, paging through the Link header.
+  const first = await admin.listUsers({ page: 1, perPage: 2 });
+  assert.equal(first.error, null, String(first.error));
+  assert.equal(first.data.users.length, 2);
+  assert.ok(first.data.total >= 3, `total ${first.data.total}`);
+  assert.equal(first.data.nextPage, 2);
+  assert.ok(first.data.lastPage >= 2);
+  const second = await admin.listUsers({ page: first.data.nextPage, perPage: 2 });
+  assert.equal(second.error, null);
+  assert.ok(second.data.users.length >= 1);
+  const all = await admin.listUsers();
+  assert.equal(all.error, null, String(all.error));
+  const ids = all.data.users.map((u) => u.id);
+  for (const u of created) assert.ok(ids.includes(u.id));
+
+  // getUserById, updateUserById.
+  const got = await admin.getUserById(created[0].id);
+  assert.equal(got.error, null);
+  assert.equal(got.data.user.email, email(1));
+  const upd = await admin.updateUserById(created[0].id, { user_metadata: { n: null, role: 'lead' }, ban_duration: '1h' });
+  assert.equal(upd.error, null, String(upd.error));
+  assert.deepEqual(upd.data.user.user_metadata, { role: 'lead', email_verified: true });
+  assert.ok(upd.data.user.banned_until);
+  const banned = await new AuthClient({ url, autoRefreshToken: false }).signInWithPassword({ email: email(1), password: 'secret123' });
+  assert.equal(banned.error?.code, 'user_banned');
+
+  // deleteUser, hard and soft.
+  const hard = await admin.deleteUser(created[1].id);
+  assert.equal(hard.error, null, String(hard.error));
+  const gone = await admin.getUserById(created[1].id);
+  assert.ok(gone.error instanceof AuthApiError);
+  assert.equal(gone.error.code, 'user_not_found');
+  const soft = await admin.deleteUser(created[2].id, true);
+  assert.equal(soft.error, null, String(soft.error));
+  const ghost = await admin.getUserById(created[2].id);
+  assert.ok(ghost.data.user.deleted_at, 'soft-deleted user keeps its row');
+  assert.notEqual(ghost.data.user.email, email(3));
+
+  // A non-admin key is refused.
+  const user = new AuthClient({ url, autoRefreshToken: false });
+  const s = await user.signUp({ email: email(4), password: 'secret123' });
+  assert.equal(s.error, null, String(s.error));
+  const notAdmin = new GoTrueAdminApi({ url, headers: { Authorization: `Bearer ${s.data.session.access_token}` } });
+  const refused = await notAdmin.listUsers();
+  assert.ok(refused.error instanceof AuthApiError);
+  assert.equal(refused.error.code, 'not_admin');
+  assert.equal(refused.error.status, 403);
+}
+
+let failed = false;
+for (const [url, tag] of [[base, 'root'], [`${base}/auth/v1`, 'prefixed']]) {
+  try {
+    await scenarios(url, tag);
+    console.log(`ok ${tag} (${url})`);
+  } catch (e) {
+    failed = true;
+    console.error(`FAILED ${tag} (${url}):`, e);
+  }
+}
+process.exit(failed ? 1 : 0);

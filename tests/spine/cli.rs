@@ -1,0 +1,105 @@
+use reqwest::Method;
+use serde_json::Value;
+
+use crate::common;
+
+fn castellan(db: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_castellan"))
+        .args(args)
+        .env_clear()
+        .env("DATABASE_URL", format!("sqlite://{db}"))
+        .env(
+            "GOTRUE_JWT_SECRET",
+            "test-secret-with-at-least-32-characters",
+        )
+        .env("CASTELLAN_ARGON2_MEMORY_KIB", "4096")
+        .env("CASTELLAN_ARGON2_ITERATIONS", "1")
+        .output()
+        .expect("run castellan")
+}
+
+/// The operator's door: create a user and mint a service key from the
+/// command line, then use both against the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_commands_create_a_user_and_mint_a_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("cli.db").to_string_lossy().into_owned();
+
+    let migrate = castellan(&db, &["migrate"]);
+    assert!(
+        migrate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrate.stderr)
+    );
+    let out = castellan(
+        &db,
+        &[
+            "admin",
+            "create-user",
+            "--email",
+            "Op@Example.com",
+            "--password",
+            "operator-pw",
+            "--confirm",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let user: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(user["email"], "op@example.com");
+    assert!(user["email_confirmed_at"].is_string());
+    let dup = castellan(&db, &["admin", "create-user", "--email", "op@example.com"]);
+    assert!(!dup.status.success());
+    assert!(String::from_utf8_lossy(&dup.stderr).contains("already been registered"));
+
+    let token = castellan(&db, &["admin", "token", "--role", "service_role"]);
+    assert!(token.status.success());
+    let key = String::from_utf8(token.stdout).unwrap().trim().to_string();
+    assert_eq!(common::claims(&key)["role"], "service_role");
+
+    let mut cfg = common::test_config(castellan_core::config::DatabaseUrl::Sqlite(db.clone()));
+    cfg.mailer_autoconfirm = false;
+    let server = castellan::start(cfg).await.unwrap();
+    let base = format!("http://{}", server.addr);
+    let http = reqwest::Client::new();
+    let list = common::read(
+        http.request(Method::GET, format!("{base}/admin/users"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(list.status, 200, "{}", list.text);
+    assert_eq!(list.body["users"][0]["email"], "op@example.com");
+    let login = common::read(
+        http.post(format!("{base}/token?grant_type=password"))
+            .json(&serde_json::json!({"email": "op@example.com", "password": "operator-pw"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(login.status, 200, "{}", login.text);
+    server.stop().await;
+}
+
+/// A bad value stops start-up with a message that names the variable.
+#[test]
+fn bad_configuration_names_the_variable() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_castellan"))
+        .arg("migrate")
+        .env_clear()
+        .env("GOTRUE_JWT_EXP", "an hour")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("GOTRUE_JWT_EXP"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
