@@ -46,6 +46,8 @@ pub enum Principal {
         user: Box<User>,
         session_id: Option<Uuid>,
         aud: Option<String>,
+        /// Loaded only when asked for (`authenticate_loading`).
+        identities: Option<Vec<Identity>>,
     },
     /// A token whose role is an admin role (e.g. the `service_role` key).
     Admin { role: String },
@@ -401,6 +403,16 @@ impl Accounts {
     /// Verifies a bearer token and loads who it speaks for, as GoTrue's
     /// `requireAuthentication` does.
     pub async fn authenticate(&self, token: &str) -> ApiResult<Principal> {
+        self.authenticate_loading(token, false).await
+    }
+
+    /// As `authenticate`; with `with_identities` the user's identities come
+    /// back too, in the same database round trip.
+    pub async fn authenticate_loading(
+        &self,
+        token: &str,
+        with_identities: bool,
+    ) -> ApiResult<Principal> {
         let claims: IncomingClaims = self.ctx.jwt.verify(token)?;
         let aud = claims
             .aud
@@ -423,12 +435,20 @@ impl Accounts {
                 ApiError::forbidden("bad_jwt", "invalid claim: session_id claim must be a UUID")
             })?),
         };
-        let Some((user, session_ok)) = self
-            .ctx
-            .store
-            .user_with_session(user_id, session_id)
-            .await?
-        else {
+        let found = if with_identities {
+            self.ctx
+                .store
+                .user_with_session_and_identities(user_id, session_id)
+                .await?
+                .map(|(u, ok, ids)| (u, ok, Some(ids)))
+        } else {
+            self.ctx
+                .store
+                .user_with_session(user_id, session_id)
+                .await?
+                .map(|(u, ok)| (u, ok, None))
+        };
+        let Some((user, session_ok, identities)) = found else {
             return Err(ApiError::forbidden(
                 "user_not_found",
                 "User from sub claim in JWT does not exist",
@@ -447,6 +467,7 @@ impl Accounts {
             user: Box::new(user),
             session_id,
             aud,
+            identities,
         })
     }
 

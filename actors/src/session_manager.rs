@@ -202,10 +202,11 @@ async fn write_audits(
     audits: &[Audit],
     now: DateTime<Utc>,
 ) -> ApiResult<()> {
-    for (action, traits) in audits {
-        tx.insert_audit(&audit_payload(user, *action, traits.clone()), "", now)
-            .await?;
-    }
+    let payloads: Vec<Value> = audits
+        .iter()
+        .map(|(action, traits)| audit_payload(user, *action, traits.clone()))
+        .collect();
+    tx.insert_audits(&payloads, "", now).await?;
     Ok(())
 }
 
@@ -303,31 +304,22 @@ fn check_session_validity(
 async fn refresh(ctx: &Ctx, session_id: Uuid, presented: &str) -> ApiResult<TokenGrant> {
     let now = Utc::now();
     let mut tx = ctx.store.begin().await?;
-    let Some(session) = tx.lock_session(session_id).await? else {
+    let Some(c) = tx.refresh_context(session_id, presented).await? else {
         return Err(not_found());
     };
-    let Some(token) = tx.refresh_token(presented).await? else {
-        return Err(not_found());
-    };
-    if token.session_id != Some(session_id) {
-        return Err(not_found());
-    }
-    let Some(user) = tx.user_by_id(session.user_id).await? else {
-        return Err(not_found());
-    };
-    if user.is_banned(now) {
+    if c.user.is_banned(now) {
         return Err(ApiError::bad_request(
             "user_banned",
             "Invalid Refresh Token: User Banned",
         ));
     }
-    check_session_validity(ctx, &session, now)?;
-    let active = if token.revoked == Some(true) {
+    check_session_validity(ctx, &c.session, now)?;
+    let active = if c.token.revoked == Some(true) {
         tx.active_refresh_token(session_id).await?
     } else {
         None
     };
-    let issued = match decide(ctx, &token, active, now) {
+    let issued = match decide(ctx, &c.token, active, now) {
         Rotation::ReturnActive(active) => active.token.unwrap_or_default(),
         Rotation::Reject => {
             if ctx.config.refresh_token_rotation_enabled {
@@ -347,14 +339,14 @@ async fn refresh(ctx: &Ctx, session_id: Uuid, presented: &str) -> ApiResult<Toke
         }
         rotation => {
             if matches!(rotation, Rotation::Rotate) {
-                tx.revoke_refresh_token(token.id, now).await?;
+                tx.revoke_refresh_token(c.token.id, now).await?;
             }
             let child = random_base32(12);
-            tx.insert_refresh_token(&child, user.id, token.token.as_deref(), session_id, now)
+            tx.insert_refresh_token(&child, c.user.id, c.token.token.as_deref(), session_id, now)
                 .await?;
             write_audits(
                 &mut tx,
-                &user,
+                &c.user,
                 &[
                     (AuditAction::TokenRefreshed, None),
                     (AuditAction::TokenRevoked, None),
@@ -366,17 +358,16 @@ async fn refresh(ctx: &Ctx, session_id: Uuid, presented: &str) -> ApiResult<Toke
         }
     };
     tx.touch_session(session_id, now).await?;
-    let amr = tx.amr_of(session_id).await?;
     tx.commit().await?;
-    let amr = amr
+    let amr = c
+        .amr
         .into_iter()
         .map(|(method, t)| AmrEntry {
             method,
             timestamp: t.timestamp(),
         })
         .collect();
-    let identities = ctx.store.identities_of(user.id).await?;
-    grant(ctx, user, identities, session_id, issued, amr, now)
+    grant(ctx, c.user, c.identities, session_id, issued, amr, now)
 }
 
 async fn logout(

@@ -151,7 +151,7 @@ impl User {
     }
 }
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Deserialize)]
 pub struct Identity {
     pub id: Uuid,
     pub provider_id: String,

@@ -9,13 +9,13 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::error::HttpResult;
-use crate::extract::{AuthUser, ClientKey, JsonBody, header_aud};
+use crate::extract::{AuthUser, AuthUserWithIdentities, ClientKey, JsonBody, header_aud};
 use crate::server::AppState;
 
 /// `GET /user`. The request audience (`X-JWT-AUD`) must match the token's.
+/// User, session check and identities come in one database round trip.
 pub async fn get_user(
-    State(st): State<AppState>,
-    auth: AuthUser,
+    AuthUserWithIdentities(auth, ids): AuthUserWithIdentities,
     headers: HeaderMap,
 ) -> HttpResult {
     if let (Some(req_aud), Some(tok_aud)) = (header_aud(&headers), &auth.token_aud)
@@ -23,7 +23,6 @@ pub async fn get_user(
     {
         return Err(ApiError::validation("Token audience doesn't match request audience").into());
     }
-    let ids = st.accounts.identities(auth.user.id).await?;
     Ok(Json(auth.user.to_json(&ids)).into_response())
 }
 

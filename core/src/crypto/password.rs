@@ -1,21 +1,22 @@
-//! Password hashing on a bounded blocking pool.
+//! Password hashing on a fixed pool of hashing threads.
 //!
 //! New hashes are argon2id with the configured (OWASP) parameters. bcrypt
 //! (`$2a$`/`$2b$`/`$2y$`, as GoTrue writes them) and argon2 PHC strings verify;
 //! a hash that is not argon2id with the current parameters is reported as
 //! needing a re-hash so the caller can upgrade it after a successful sign-in.
 //!
-//! Hashing is CPU-bound: at most `pool_size` run at once on tokio's blocking
-//! threads, the rest queue on a semaphore, so overload grows latency by
-//! queueing, not by thrashing the async workers.
+//! Hashing is CPU- and memory-bound. `pool_size` dedicated threads each own
+//! one argon2 memory block, allocated once and reused for every hash: memory
+//! stays at `pool_size` × m_cost however long the server runs, no time goes
+//! to allocating and zeroing 19 MiB per sign-in, and overload queues on a
+//! channel (latency grows, throughput holds) instead of thrashing.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use argon2::password_hash::phc::PasswordHash;
-use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
-use argon2::{Algorithm, Argon2, Params, Version};
-use tokio::sync::Semaphore;
+use argon2::password_hash::phc::{Output, PasswordHash, Salt};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Argon2Config;
 use crate::error::ApiError;
@@ -27,95 +28,105 @@ pub struct Verified {
     pub needs_rehash: bool,
 }
 
+/// Work for a hashing thread; it gets the thread's memory block.
+type Job = Box<dyn FnOnce(&mut Vec<Block>) + Send>;
+
 #[derive(Clone)]
 pub struct PasswordHasher {
     params: Params,
-    permits: Arc<Semaphore>,
+    jobs: mpsc::Sender<(Instant, Job)>,
     /// A real hash of a random password, verified when a user is unknown so
     /// that an unknown user costs the same as a wrong password.
     dummy: Arc<String>,
 }
 
-impl PasswordHasher {
-    pub fn new(cfg: &Argon2Config) -> Self {
-        let params = Params::new(cfg.memory_kib, cfg.iterations, cfg.parallelism, None)
-            .expect("argon2 parameters are checked when the configuration is read");
-        let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
-        let random: [u8; 16] = rand::random();
-        let dummy = argon
-            .hash_password(&random)
-            .expect("hashing random bytes")
-            .to_string();
-        Self {
-            params,
-            permits: Arc::new(Semaphore::new(cfg.pool_size)),
-            dummy: Arc::new(dummy),
-        }
-    }
+const OUTPUT_LEN: usize = 32;
 
-    fn argon(&self) -> Argon2<'static> {
-        Argon2::new(Algorithm::Argon2id, Version::V0x13, self.params.clone())
-    }
-
-    /// Runs `f` on the blocking pool once a permit is free.
-    async fn run<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, ApiError> {
-        let wait = Instant::now();
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|e| ApiError::internal("hash pool", e))?;
-        metrics::histogram!("castellan_hash_pool_wait_seconds")
-            .record(wait.elapsed().as_secs_f64());
-        let start = Instant::now();
-        let out = tokio::task::spawn_blocking(f)
-            .await
-            .map_err(|e| ApiError::internal("hash pool", e))?;
-        metrics::histogram!("castellan_hash_duration_seconds")
-            .record(start.elapsed().as_secs_f64());
-        Ok(out)
-    }
-
-    pub async fn hash(&self, password: &str) -> Result<String, ApiError> {
-        let argon = self.argon();
-        let pw = password.as_bytes().to_vec();
-        self.run(move || argon.hash_password(&pw).map(|h| h.to_string()))
-            .await?
-            .map_err(|e| ApiError::internal("password hash", e))
-    }
-
-    /// Verifies against a stored hash. `None` (a user without a password, or
-    /// an unknown user) verifies against the dummy hash and fails.
-    pub async fn verify(&self, password: &str, stored: Option<&str>) -> Result<Verified, ApiError> {
-        let real = stored.filter(|s| !s.is_empty());
-        let hash = real.unwrap_or(&self.dummy).to_string();
-        let pw = password.to_string();
-        let params = self.params.clone();
-        let argon = self.argon();
-        let has_real = real.is_some();
-        self.run(move || {
-            let ok = verify_any(&argon, &pw, &hash);
-            Verified {
-                ok: ok && has_real,
-                needs_rehash: ok && has_real && !is_current(&hash, &params),
-            }
-        })
-        .await
-    }
+fn argon(algorithm: Algorithm, version: Version, params: Params) -> Argon2<'static> {
+    Argon2::new(algorithm, version, params)
 }
 
-fn verify_any(argon: &Argon2<'_>, password: &str, hash: &str) -> bool {
+/// Runs argon2 into `out`, growing the thread's block only for a hash whose
+/// parameters ask for more memory than the configured ones (an import).
+fn run_argon(
+    a: &Argon2<'_>,
+    params: &Params,
+    pw: &[u8],
+    salt: &[u8],
+    out: &mut [u8],
+    mem: &mut Vec<Block>,
+) -> bool {
+    let need = params.block_count();
+    if mem.len() < need {
+        mem.resize(need, Block::default());
+    }
+    let ok = a
+        .hash_password_into_with_memory(pw, salt, out, &mut mem[..need])
+        .is_ok();
+    if mem.len() > need.max(1) * 2 {
+        // Give back memory taken for an unusually large imported hash.
+        mem.truncate(need);
+        mem.shrink_to_fit();
+    }
+    ok
+}
+
+/// A new argon2id PHC string.
+fn hash_with(params: &Params, pw: &[u8], mem: &mut Vec<Block>) -> Option<String> {
+    let salt_bytes: [u8; 16] = rand::random();
+    let mut out = [0u8; OUTPUT_LEN];
+    let a = argon(Algorithm::Argon2id, Version::V0x13, params.clone());
+    if !run_argon(&a, params, pw, &salt_bytes, &mut out, mem) {
+        return None;
+    }
+    let salt = Salt::new(&salt_bytes).ok()?;
+    let output = Output::new(&out).ok()?;
+    let mut buf = [0u8; 64];
+    let hash_b64 = output.encode(&mut buf).ok()?;
+    Some(format!(
+        "$argon2id$v=19$m={},t={},p={}${salt}${hash_b64}",
+        params.m_cost(),
+        params.t_cost(),
+        params.p_cost()
+    ))
+}
+
+fn verify_argon(pw: &[u8], hash: &str, mem: &mut Vec<Block>) -> bool {
+    let Ok(parsed) = PasswordHash::new(hash) else {
+        return false;
+    };
+    let algorithm = match parsed.algorithm.as_str() {
+        "argon2id" => Algorithm::Argon2id,
+        "argon2i" => Algorithm::Argon2i,
+        "argon2d" => Algorithm::Argon2d,
+        _ => return false,
+    };
+    let version = match parsed.version {
+        None | Some(0x13) => Version::V0x13,
+        Some(0x10) => Version::V0x10,
+        _ => return false,
+    };
+    let (Some(salt), Some(expected)) = (&parsed.salt, &parsed.hash) else {
+        return false;
+    };
+    let Ok(params) = Params::try_from(&parsed) else {
+        return false;
+    };
+    // GoTrue's limits on imported hashes: m ≤ 1 GiB, t ≤ 20, p ≤ 16.
+    if params.m_cost() > 1024 * 1024 || params.t_cost() > 20 || params.p_cost() > 16 {
+        return false;
+    }
+    let mut out = vec![0u8; expected.len()];
+    let a = argon(algorithm, version, params.clone());
+    run_argon(&a, &params, pw, salt.as_ref(), &mut out, mem)
+        && super::secure_eq(&out, expected.as_bytes())
+}
+
+fn verify_any(pw: &str, hash: &str, mem: &mut Vec<Block>) -> bool {
     if hash.starts_with("$argon2") {
-        match PasswordHash::new(hash) {
-            // The parameters come from the PHC string, not from `argon`.
-            Ok(parsed) => argon.verify_password(password.as_bytes(), &parsed).is_ok(),
-            Err(_) => false,
-        }
+        verify_argon(pw.as_bytes(), hash, mem)
     } else if hash.starts_with("$2") {
-        bcrypt::verify(password, hash).unwrap_or(false)
+        bcrypt::verify(pw, hash).unwrap_or(false)
     } else {
         false
     }
@@ -138,9 +149,98 @@ fn is_current(hash: &str, params: &Params) -> bool {
     }
 }
 
+impl PasswordHasher {
+    /// Starts `pool_size` hashing threads. Queued work waits on a bounded
+    /// channel; callers wait asynchronously.
+    pub fn new(cfg: &Argon2Config) -> Self {
+        let params = Params::new(
+            cfg.memory_kib,
+            cfg.iterations,
+            cfg.parallelism,
+            Some(OUTPUT_LEN),
+        )
+        .expect("argon2 parameters are checked when the configuration is read");
+        let (tx, rx) = mpsc::channel::<(Instant, Job)>(4096);
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..cfg.pool_size {
+            let rx = rx.clone();
+            let blocks = params.block_count();
+            std::thread::Builder::new()
+                .name(format!("castellan-hash-{i}"))
+                .spawn(move || {
+                    let mut mem = vec![Block::default(); blocks];
+                    loop {
+                        // One thread waits on the channel at a time; the others wait for the lock.
+                        let next = rx.lock().map(|mut r| r.blocking_recv()).unwrap_or(None);
+                        let Some((queued, job)) = next else { return };
+                        metrics::histogram!("castellan_hash_pool_wait_seconds")
+                            .record(queued.elapsed().as_secs_f64());
+                        let start = Instant::now();
+                        job(&mut mem);
+                        metrics::histogram!("castellan_hash_duration_seconds")
+                            .record(start.elapsed().as_secs_f64());
+                    }
+                })
+                .expect("spawn a hashing thread");
+        }
+        let mut mem = Vec::new();
+        let random: [u8; 16] = rand::random();
+        let dummy = hash_with(&params, &random, &mut mem).expect("hashing random bytes");
+        Self {
+            params,
+            jobs: tx,
+            dummy: Arc::new(dummy),
+        }
+    }
+
+    /// Runs `f` on a hashing thread and waits for its answer.
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Vec<Block>) -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |mem| {
+            let _ = tx.send(f(mem));
+        });
+        self.jobs
+            .send((Instant::now(), job))
+            .await
+            .map_err(|_| ApiError::internal("hash pool", "hashing threads stopped"))?;
+        rx.await
+            .map_err(|_| ApiError::internal("hash pool", "a hashing thread dropped its job"))
+    }
+
+    pub async fn hash(&self, password: &str) -> Result<String, ApiError> {
+        let params = self.params.clone();
+        let pw = password.as_bytes().to_vec();
+        self.run(move |mem| hash_with(&params, &pw, mem))
+            .await?
+            .ok_or_else(|| ApiError::internal("password hash", "argon2 failed"))
+    }
+
+    /// Verifies against a stored hash. `None` (a user without a password, or
+    /// an unknown user) verifies against the dummy hash and fails.
+    pub async fn verify(&self, password: &str, stored: Option<&str>) -> Result<Verified, ApiError> {
+        let real = stored.filter(|s| !s.is_empty());
+        let hash = real.unwrap_or(&self.dummy).to_string();
+        let pw = password.to_string();
+        let params = self.params.clone();
+        let has_real = real.is_some();
+        self.run(move |mem| {
+            let ok = verify_any(&pw, &hash, mem);
+            Verified {
+                ok: ok && has_real,
+                needs_rehash: ok && has_real && !is_current(&hash, &params),
+            }
+        })
+        .await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use argon2::password_hash::PasswordHasher as _;
 
     fn hasher() -> PasswordHasher {
         PasswordHasher::new(&Argon2Config {
@@ -155,7 +255,10 @@ mod tests {
     async fn argon2id_round_trip() {
         let h = hasher();
         let stored = h.hash("correct horse").await.unwrap();
-        assert!(stored.starts_with("$argon2id$v=19$m=1024,t=1,p=1$"));
+        assert!(
+            stored.starts_with("$argon2id$v=19$m=1024,t=1,p=1$"),
+            "{stored}"
+        );
         assert_eq!(
             h.verify("correct horse", Some(&stored)).await.unwrap(),
             Verified {
@@ -164,10 +267,15 @@ mod tests {
             }
         );
         assert!(!h.verify("wrong", Some(&stored)).await.unwrap().ok);
+        // The PHC string is standard: the argon2 crate verifies it too.
+        use argon2::password_hash::PasswordVerifier;
+        Argon2::default()
+            .verify_password(b"correct horse", &PasswordHash::new(&stored).unwrap())
+            .unwrap();
     }
 
     #[tokio::test]
-    async fn bcrypt_and_old_argon_need_rehash() {
+    async fn foreign_hashes_verify_and_need_rehash() {
         let h = hasher();
         let b = bcrypt::hash("secret1", 4)
             .unwrap()
@@ -179,20 +287,20 @@ mod tests {
                 needs_rehash: true
             }
         );
-        let other = PasswordHasher::new(&Argon2Config {
-            memory_kib: 2048,
-            iterations: 1,
-            parallelism: 1,
-            pool_size: 1,
-        });
-        let old = other.hash("secret1").await.unwrap();
-        assert_eq!(
-            h.verify("secret1", Some(&old)).await.unwrap(),
-            Verified {
-                ok: true,
-                needs_rehash: true
-            }
-        );
+        // argon2id with other parameters, and argon2i, made by the argon2 crate itself.
+        for (alg, m) in [(Algorithm::Argon2id, 2048), (Algorithm::Argon2i, 1024)] {
+            let other = Argon2::new(alg, Version::V0x13, Params::new(m, 1, 1, None).unwrap());
+            let old = other.hash_password(b"secret1").unwrap().to_string();
+            assert_eq!(
+                h.verify("secret1", Some(&old)).await.unwrap(),
+                Verified {
+                    ok: true,
+                    needs_rehash: true
+                },
+                "{old}"
+            );
+            assert!(!h.verify("secret2", Some(&old)).await.unwrap().ok);
+        }
     }
 
     #[tokio::test]
@@ -201,5 +309,14 @@ mod tests {
         assert!(!h.verify("anything", None).await.unwrap().ok);
         assert!(!h.verify("anything", Some("")).await.unwrap().ok);
         assert!(!h.verify("anything", Some("plain-text")).await.unwrap().ok);
+        assert!(
+            !h.verify(
+                "anything",
+                Some("$argon2id$v=19$m=99999999,t=1,p=1$c2FsdHNhbHQ$aGFzaA")
+            )
+            .await
+            .unwrap()
+            .ok
+        );
     }
 }

@@ -53,13 +53,20 @@ pub enum Pool {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: Pool,
+    /// SQLite has one writer at a time. Writers queue here, in FIFO order,
+    /// instead of spinning in SQLite's busy handler (whose sleeps make the
+    /// tail latency of contended writes explode).
+    writer: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
+
+/// The write turn a SQLite transaction holds until it ends.
+pub type WriteTurn = tokio::sync::OwnedMutexGuard<()>;
 
 /// One transaction. On SQLite it is `BEGIN IMMEDIATE`: the write lock is
 /// taken up front, so two writers queue instead of failing on upgrade.
 pub enum Tx {
     Pg(Transaction<'static, Postgres>),
-    Lite(Transaction<'static, Sqlite>),
+    Lite(Transaction<'static, Sqlite>, WriteTurn),
 }
 
 /// Runs `$body` with `$c` bound to the backend's connection (or pool); the
@@ -73,7 +80,7 @@ macro_rules! on {
                 let $c: &mut sqlx::PgConnection = &mut *t;
                 $body
             }
-            $crate::store::Tx::Lite(t) => {
+            $crate::store::Tx::Lite(t, _) => {
                 let $c: &mut sqlx::SqliteConnection = &mut *t;
                 $body
             }
@@ -134,7 +141,10 @@ impl Store {
                 )
             }
         };
-        Ok(Store { pool })
+        Ok(Store {
+            pool,
+            writer: Default::default(),
+        })
     }
 
     /// Applies the migrations of this backend. On PostgreSQL the `auth`
@@ -185,7 +195,10 @@ impl Store {
         metrics::counter!("castellan_db_transactions_total").increment(1);
         Ok(match &self.pool {
             Pool::Pg(p) => Tx::Pg(p.begin().await?),
-            Pool::Lite(p) => Tx::Lite(p.begin_with("BEGIN IMMEDIATE").await?),
+            Pool::Lite(p) => {
+                let turn = self.writer.clone().lock_owned().await;
+                Tx::Lite(p.begin_with("BEGIN IMMEDIATE").await?, turn)
+            }
         })
     }
 
@@ -201,7 +214,7 @@ impl Tx {
     pub async fn commit(self) -> Result<(), sqlx::Error> {
         match self {
             Tx::Pg(t) => t.commit().await,
-            Tx::Lite(t) => t.commit().await,
+            Tx::Lite(t, _turn) => t.commit().await,
         }
     }
 }

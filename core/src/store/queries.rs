@@ -31,6 +31,24 @@ pub struct NewUser<'a> {
     pub now: DateTime<Utc>,
 }
 
+/// Everything a refresh decides on, read in one statement under the
+/// session's lock: the session, the presented token, the user, the
+/// session's authentication methods and the user's identities.
+#[derive(Debug, Clone)]
+pub struct RefreshContext {
+    pub session: Session,
+    pub token: RefreshToken,
+    pub user: User,
+    pub amr: Vec<(String, DateTime<Utc>)>,
+    pub identities: Vec<Identity>,
+}
+
+#[derive(serde::Deserialize)]
+struct AmrJson {
+    method: String,
+    at: DateTime<Utc>,
+}
+
 /// Which sessions of a user to delete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionScope {
@@ -70,6 +88,55 @@ impl Store {
                 }
             }
         })
+    }
+
+    /// As `user_with_session`, with the user's identities, still in one round
+    /// trip (the identities come back as a JSON array).
+    pub async fn user_with_session_and_identities(
+        &self,
+        id: Uuid,
+        session: Option<Uuid>,
+    ) -> Result<Option<(User, bool, Vec<Identity>)>, sqlx::Error> {
+        count();
+        macro_rules! q {
+            ($identities:literal) => {
+                concat!(
+                    "SELECT ", user_cols!(),
+                    ", ($2 IS NULL OR EXISTS (SELECT 1 FROM sessions s WHERE s.id = $2 AND s.user_id = users.id)) AS session_ok, ",
+                    $identities, " AS identities_json FROM users WHERE id = $1"
+                )
+            };
+        }
+        macro_rules! decode {
+            ($row:expr) => {
+                match $row {
+                    None => Ok(None),
+                    Some(r) => {
+                        let user = <User as sqlx::FromRow<_>>::from_row(&r)?;
+                        let ids: Json<Vec<Identity>> = r.try_get("identities_json")?;
+                        Ok(Some((user, r.try_get::<bool, _>("session_ok")?, ids.0)))
+                    }
+                }
+            };
+        }
+        match &self.pool {
+            super::Pool::Pg(p) => {
+                let row = sqlx::query(q!("(SELECT coalesce(json_agg(json_build_object('id', i.id, 'provider_id', i.provider_id, \
+                    'user_id', i.user_id, 'identity_data', i.identity_data, 'provider', i.provider, 'last_sign_in_at', i.last_sign_in_at, \
+                    'created_at', i.created_at, 'updated_at', i.updated_at) ORDER BY i.created_at, i.id), '[]'::json) \
+                    FROM identities i WHERE i.user_id = users.id)"))
+                    .bind(id).bind(session).fetch_optional(p).await?;
+                decode!(row)
+            }
+            super::Pool::Lite(p) => {
+                let row = sqlx::query(q!("(SELECT coalesce(json_group_array(json_object('id', lower(hex(i.id)), 'provider_id', i.provider_id, \
+                    'user_id', lower(hex(i.user_id)), 'identity_data', json(i.identity_data), 'provider', i.provider, \
+                    'last_sign_in_at', i.last_sign_in_at, 'created_at', i.created_at, 'updated_at', i.updated_at)), '[]') \
+                    FROM (SELECT * FROM identities WHERE user_id = users.id ORDER BY created_at, id) i)"))
+                    .bind(id).bind(session).fetch_optional(p).await?;
+                decode!(row)
+            }
+        }
     }
 
     /// Password sign-in lookup: by lower-cased email and audience, SSO users excluded.
@@ -175,11 +242,8 @@ impl Tx {
         ip: &str,
         now: DateTime<Utc>,
     ) -> Result<(), sqlx::Error> {
-        count();
-        on!(tx self, c => sqlx::query(
-            "INSERT INTO audit_log_entries (instance_id, id, payload, created_at, ip_address) VALUES ($1, $2, $3, $4, $5)")
-            .bind(INSTANCE_ID).bind(Uuid::now_v7()).bind(Json(payload)).bind(now).bind(ip)
-            .execute(&mut *c).await.map(drop))
+        self.insert_audits(std::slice::from_ref(payload), ip, now)
+            .await
     }
 
     /// A new aal1 session with its first authentication method.
@@ -195,7 +259,7 @@ impl Tx {
             Tx::Pg(t) => sqlx::query(
                 "INSERT INTO sessions (id, user_id, created_at, updated_at, aal) VALUES ($1, $2, $3, $3, 'aal1'::auth.aal_level)")
                 .bind(id).bind(user_id).bind(now).execute(&mut **t).await.map(drop)?,
-            Tx::Lite(t) => sqlx::query(
+            Tx::Lite(t, _) => sqlx::query(
                 "INSERT INTO sessions (id, user_id, created_at, updated_at, aal) VALUES ($1, $2, $3, $3, 'aal1')")
                 .bind(id).bind(user_id).bind(now).execute(&mut **t).await.map(drop)?,
         };
@@ -217,17 +281,6 @@ impl Tx {
             .execute(&mut *c).await.map(drop))
     }
 
-    /// A session's methods with their times, newest first.
-    pub async fn amr_of(
-        &mut self,
-        session_id: Uuid,
-    ) -> Result<Vec<(String, DateTime<Utc>)>, sqlx::Error> {
-        count();
-        on!(tx self, c => sqlx::query_as(
-            "SELECT authentication_method, updated_at FROM mfa_amr_claims WHERE session_id = $1 ORDER BY updated_at DESC")
-            .bind(session_id).fetch_all(&mut *c).await)
-    }
-
     pub async fn insert_refresh_token(
         &mut self,
         token: &str,
@@ -244,28 +297,116 @@ impl Tx {
             .execute(&mut *c).await.map(drop))
     }
 
-    /// Locks the session row for the rest of the transaction (PostgreSQL; on
-    /// SQLite the immediate transaction already holds the write lock), so
-    /// refreshes of one session are serialized across processes.
-    pub async fn lock_session(&mut self, id: Uuid) -> Result<Option<Session>, sqlx::Error> {
+    /// Reads a refresh's whole context and locks the session and token rows
+    /// (PostgreSQL; on SQLite the immediate transaction already holds the
+    /// write lock). Locking the token row too matters: a second refresh that
+    /// waited on the lock re-reads the locked rows as the first one left them
+    /// (already revoked), where a joined row it did not lock would be stale.
+    pub async fn refresh_context(
+        &mut self,
+        session_id: Uuid,
+        token: &str,
+    ) -> Result<Option<RefreshContext>, sqlx::Error> {
         count();
+        macro_rules! q {
+            ($amr:literal, $identities:literal, $lock:literal) => {
+                concat!(
+                    "SELECT u.*, s.created_at AS s_created_at, s.updated_at AS s_updated_at, s.refreshed_at AS s_refreshed_at, \
+                     s.not_after AS s_not_after, t.id AS t_id, t.token AS t_token, t.user_id AS t_user_id, t.revoked AS t_revoked, \
+                     t.created_at AS t_created_at, t.updated_at AS t_updated_at, t.parent AS t_parent, ",
+                    $amr, " AS amr_json, ", $identities, " AS identities_json \
+                     FROM sessions s JOIN users u ON u.id = s.user_id JOIN refresh_tokens t ON t.session_id = s.id AND t.token = $2 \
+                     WHERE s.id = $1", $lock
+                )
+            };
+        }
+        macro_rules! decode {
+            ($row:expr) => {{
+                let Some(r) = $row else { return Ok(None) };
+                let user = <User as sqlx::FromRow<_>>::from_row(&r)?;
+                let amr: Json<Vec<AmrJson>> = r.try_get("amr_json")?;
+                let identities: Json<Vec<Identity>> = r.try_get("identities_json")?;
+                Ok(Some(RefreshContext {
+                    session: Session {
+                        id: session_id,
+                        user_id: user.id,
+                        created_at: r.try_get("s_created_at")?,
+                        updated_at: r.try_get("s_updated_at")?,
+                        refreshed_at: r.try_get("s_refreshed_at")?,
+                        not_after: r.try_get("s_not_after")?,
+                    },
+                    token: RefreshToken {
+                        id: r.try_get("t_id")?,
+                        token: r.try_get("t_token")?,
+                        user_id: r.try_get("t_user_id")?,
+                        revoked: r.try_get("t_revoked")?,
+                        created_at: r.try_get("t_created_at")?,
+                        updated_at: r.try_get("t_updated_at")?,
+                        parent: r.try_get("t_parent")?,
+                        session_id: Some(session_id),
+                    },
+                    user,
+                    amr: amr.0.into_iter().map(|a| (a.method, a.at)).collect(),
+                    identities: identities.0,
+                }))
+            }};
+        }
         match self {
-            Tx::Pg(t) => sqlx::query_as(
-                "SELECT id, user_id, created_at, updated_at, refreshed_at, not_after FROM sessions WHERE id = $1 FOR UPDATE")
-                .bind(id).fetch_optional(&mut **t).await,
-            Tx::Lite(t) => sqlx::query_as(
-                "SELECT id, user_id, created_at, updated_at, refreshed_at, not_after FROM sessions WHERE id = $1")
-                .bind(id).fetch_optional(&mut **t).await,
+            Tx::Pg(t) => {
+                let row = sqlx::query(q!(
+                    "(SELECT coalesce(json_agg(json_build_object('method', a.authentication_method, 'at', a.updated_at) \
+                      ORDER BY a.updated_at DESC), '[]'::json) FROM mfa_amr_claims a WHERE a.session_id = s.id)",
+                    "(SELECT coalesce(json_agg(json_build_object('id', i.id, 'provider_id', i.provider_id, \
+                      'user_id', i.user_id, 'identity_data', i.identity_data, 'provider', i.provider, 'last_sign_in_at', i.last_sign_in_at, \
+                      'created_at', i.created_at, 'updated_at', i.updated_at) ORDER BY i.created_at, i.id), '[]'::json) \
+                      FROM identities i WHERE i.user_id = u.id)",
+                    " FOR UPDATE OF s, t"
+                ))
+                .bind(session_id).bind(token).fetch_optional(&mut **t).await?;
+                decode!(row)
+            }
+            Tx::Lite(t, _) => {
+                let row = sqlx::query(q!(
+                    "(SELECT coalesce(json_group_array(json_object('method', a.authentication_method, 'at', a.updated_at)), '[]') \
+                      FROM (SELECT * FROM mfa_amr_claims WHERE session_id = s.id ORDER BY updated_at DESC) a)",
+                    "(SELECT coalesce(json_group_array(json_object('id', lower(hex(i.id)), 'provider_id', i.provider_id, \
+                      'user_id', lower(hex(i.user_id)), 'identity_data', json(i.identity_data), 'provider', i.provider, \
+                      'last_sign_in_at', i.last_sign_in_at, 'created_at', i.created_at, 'updated_at', i.updated_at)), '[]') \
+                      FROM (SELECT * FROM identities WHERE user_id = u.id ORDER BY created_at, id) i)",
+                    ""
+                ))
+                .bind(session_id).bind(token).fetch_optional(&mut **t).await?;
+                decode!(row)
+            }
         }
     }
 
-    pub async fn refresh_token(
+    /// Several audit entries in one statement.
+    pub async fn insert_audits(
         &mut self,
-        token: &str,
-    ) -> Result<Option<RefreshToken>, sqlx::Error> {
+        payloads: &[Value],
+        ip: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), sqlx::Error> {
+        if payloads.is_empty() {
+            return Ok(());
+        }
         count();
-        on!(tx self, c => sqlx::query_as(concat!("SELECT ", token_cols!(), " FROM refresh_tokens WHERE token = $1"))
-            .bind(token).fetch_optional(&mut *c).await)
+        // Only placeholders are generated; every value is bound.
+        let rows: Vec<String> = (0..payloads.len())
+            .map(|i| format!("($1, $2, $3, ${}, ${})", 4 + 2 * i, 5 + 2 * i))
+            .collect();
+        let sql = format!(
+            "INSERT INTO audit_log_entries (instance_id, created_at, ip_address, id, payload) VALUES {}",
+            rows.join(", ")
+        );
+        on!(tx self, c => {
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(INSTANCE_ID).bind(now).bind(ip);
+            for p in payloads {
+                q = q.bind(Uuid::now_v7()).bind(Json(p));
+            }
+            q.execute(&mut *c).await.map(drop)
+        })
     }
 
     /// The newest non-revoked token of a session.

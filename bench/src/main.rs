@@ -1,0 +1,430 @@
+//! `cargo run --release -p castellan-bench -- --db sqlite|postgres`
+//!
+//! Builds castellan in release mode, starts it, seeds users and measures, in
+//! one run on this machine: the argon2id ceiling, the HTTP floor, password
+//! sign-in, refresh chains, user look-ups and sign-ups, at 1 000 and at
+//! 1 000 000 users, with peak RSS and database round trips per operation.
+//! Prints a table and writes `bench/results/latest-<db>.json`.
+
+mod load;
+mod seed;
+mod server;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use serde_json::{Value, json};
+
+use load::Measured;
+use server::Server;
+
+#[derive(Parser)]
+struct Args {
+    /// `sqlite` or `postgres`.
+    #[arg(long, default_value = "sqlite")]
+    db: String,
+    /// Seconds per scenario.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Users in the large-table runs.
+    #[arg(long, default_value_t = 1_000_000)]
+    big_users: u64,
+    /// PostgreSQL server on which a throwaway database is created.
+    #[arg(
+        long,
+        env = "CASTELLAN_TEST_PG_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    pg_url: String,
+}
+
+const SMALL_USERS: u64 = 1000;
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .build()
+        .expect("http client")
+}
+
+async fn login(http: &reqwest::Client, base: &str, i: u64) -> anyhow::Result<Value> {
+    let r = http
+        .post(format!("{base}/token?grant_type=password"))
+        .json(&json!({"email": seed::email(i), "password": seed::PASSWORD}))
+        .send()
+        .await?;
+    anyhow::ensure!(r.status() == 200, "login failed: {}", r.status());
+    Ok(r.json().await?)
+}
+
+/// The argon2id ceiling: verifications per second on every core, in-process,
+/// with the server's parameters.
+fn argon2_limit(duration: Duration) -> f64 {
+    use argon2::password_hash::phc::PasswordHash;
+    use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+    let argon = argon2::Argon2::default();
+    let hash = argon
+        .hash_password(seed::PASSWORD.as_bytes())
+        .unwrap()
+        .to_string();
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let count = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            let (count, hash) = (count.clone(), hash.clone());
+            s.spawn(move || {
+                let argon = argon2::Argon2::default();
+                let parsed = PasswordHash::new(&hash).unwrap();
+                while start.elapsed() < duration {
+                    argon
+                        .verify_password(seed::PASSWORD.as_bytes(), &parsed)
+                        .unwrap();
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+struct Bench {
+    srv: Server,
+    http: reqwest::Client,
+    duration: Duration,
+    connections: usize,
+    results: Vec<(String, Measured, f64, f64)>,
+}
+
+impl Bench {
+    /// Runs a scenario and records it with its database statements and
+    /// transactions per successful operation.
+    async fn measure<S, I, IF, F, Fut>(&mut self, name: &str, init: I, step: F) -> Measured
+    where
+        S: Send + 'static,
+        I: Fn(usize) -> IF,
+        IF: std::future::Future<Output = S>,
+        F: Fn(S) -> Fut + Send + Sync + Clone + 'static,
+        Fut: std::future::Future<Output = (S, bool)> + Send,
+    {
+        let q0 = self
+            .srv
+            .counter(&self.http, "castellan_db_queries_total")
+            .await;
+        let t0 = self
+            .srv
+            .counter(&self.http, "castellan_db_transactions_total")
+            .await;
+        let m = load::run(self.connections, self.duration, init, step).await;
+        let q1 = self
+            .srv
+            .counter(&self.http, "castellan_db_queries_total")
+            .await;
+        let t1 = self
+            .srv
+            .counter(&self.http, "castellan_db_transactions_total")
+            .await;
+        let ok = (m.requests - m.errors).max(1) as f64;
+        let (qpo, tpo) = ((q1 - q0) / ok, (t1 - t0) / ok);
+        eprintln!(
+            "{name:<28} {:>9.0}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {:>5}  statements/op {qpo:.2}  transactions/op {tpo:.2}",
+            m.per_second, m.p50_ms, m.p99_ms, m.errors
+        );
+        self.results.push((name.to_string(), m.clone(), qpo, tpo));
+        self.srv.wait_idle().await;
+        m
+    }
+
+    async fn get_user(&mut self, name: &str) -> anyhow::Result<Measured> {
+        let base = self.srv.base.clone();
+        let mut tokens = Vec::new();
+        for i in 0..self.connections as u64 {
+            tokens.push(
+                login(&self.http, &base, 1 + i % SMALL_USERS).await?["access_token"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            );
+        }
+        let url = format!("{base}/user");
+        Ok(self
+            .measure(name, |i| { let t = tokens[i].clone(); async move { (client(), t) } }, move |(c, t): (reqwest::Client, String)| {
+                let url = url.clone();
+                async move {
+                    let ok = matches!(c.get(&url).bearer_auth(&t).send().await, Ok(r) if r.status() == 200);
+                    ((c, t), ok)
+                }
+            })
+            .await)
+    }
+
+    async fn refresh(&mut self, name: &str) -> anyhow::Result<Measured> {
+        let base = self.srv.base.clone();
+        let mut tokens = Vec::new();
+        for i in 0..self.connections as u64 {
+            tokens.push(
+                login(&self.http, &base, 1 + i % SMALL_USERS).await?["refresh_token"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            );
+        }
+        let url = format!("{base}/token?grant_type=refresh_token");
+        Ok(self
+            .measure(
+                name,
+                |i| {
+                    let t = tokens[i].clone();
+                    async move { (client(), t) }
+                },
+                move |(c, t): (reqwest::Client, String)| {
+                    let url = url.clone();
+                    async move {
+                        match c.post(&url).json(&json!({"refresh_token": t})).send().await {
+                            Ok(r) if r.status() == 200 => {
+                                let v: Value = r.json().await.unwrap_or_default();
+                                let next = v["refresh_token"].as_str().unwrap_or(&t).to_string();
+                                ((c, next), true)
+                            }
+                            _ => ((c, t), false),
+                        }
+                    }
+                },
+            )
+            .await)
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let duration = Duration::from_secs(args.duration);
+    eprintln!("building castellan (release)…");
+    let bin = server::build_release()?;
+
+    let tmp = std::env::temp_dir().join(format!("castellan-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+    let pg_db = format!("castellan_bench_{}", std::process::id());
+    let database_url = match args.db.as_str() {
+        "sqlite" => format!("sqlite://{}", tmp.join("bench.db").display()),
+        "postgres" => {
+            use sqlx::Connection;
+            let mut c = sqlx::PgConnection::connect(&args.pg_url)
+                .await
+                .context("PostgreSQL for the benchmark")?;
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {pg_db}")))
+                .execute(&mut c)
+                .await?;
+            let base = args
+                .pg_url
+                .rsplit_once('/')
+                .map(|(b, _)| b.to_string())
+                .unwrap_or_default();
+            format!("{base}/{pg_db}")
+        }
+        other => anyhow::bail!("--db must be sqlite or postgres, not {other}"),
+    };
+
+    eprintln!("measuring the argon2id ceiling…");
+    let argon = argon2_limit(duration);
+    eprintln!("{:<28} {argon:>9.1}/s", "argon2id verify (all cores)");
+
+    let srv = server::start(&bin, &database_url).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (idle_rss, _) = srv.rss_mib();
+    let hash = {
+        use argon2::password_hash::PasswordHasher;
+        argon2::Argon2::default()
+            .hash_password(seed::PASSWORD.as_bytes())
+            .unwrap()
+            .to_string()
+    };
+    seed::users(&database_url, &hash, 1, SMALL_USERS).await?;
+    let mut b = Bench {
+        srv,
+        http: client(),
+        duration,
+        connections: args.connections,
+        results: Vec::new(),
+    };
+
+    let health_url = format!("{}/health", b.srv.base);
+    let health = b
+        .measure(
+            "GET /health",
+            |_| async { client() },
+            move |c: reqwest::Client| {
+                let url = health_url.clone();
+                async move {
+                    let ok = matches!(c.get(&url).send().await, Ok(r) if r.status() == 200);
+                    (c, ok)
+                }
+            },
+        )
+        .await;
+
+    b.srv.reset_peak();
+    let login_url = format!("{}/token?grant_type=password", b.srv.base);
+    let logins = b
+        .measure(
+            "POST /token password",
+            |i| async move { (client(), i as u64) },
+            move |(c, n): (reqwest::Client, u64)| {
+                let url = login_url.clone();
+                async move {
+                    let user = 1 + (n * 7919) % SMALL_USERS;
+                    let body = json!({"email": seed::email(user), "password": seed::PASSWORD});
+                    let ok =
+                        matches!(c.post(&url).json(&body).send().await, Ok(r) if r.status() == 200);
+                    ((c, n + 64), ok)
+                }
+            },
+        )
+        .await;
+    let (_, login_peak_rss) = b.srv.rss_mib();
+
+    let user_small = b.get_user("GET /user (1k users)").await?;
+    let refresh_small = b.refresh("POST /token refresh (1k)").await?;
+
+    let signup_url = format!("{}/signup", b.srv.base);
+    let signups = b
+        .measure("POST /signup", |i| async move { (client(), i, 0u64) }, move |(c, w, n): (reqwest::Client, usize, u64)| {
+            let url = signup_url.clone();
+            async move {
+                let body = json!({"email": format!("signup-{w}-{n}@example.com"), "password": "bench-signup-pw"});
+                let ok = matches!(c.post(&url).json(&body).send().await, Ok(r) if r.status() == 200);
+                ((c, w, n + 1), ok)
+            }
+        })
+        .await;
+
+    eprintln!("seeding up to {} users…", args.big_users);
+    let t = Instant::now();
+    seed::users(&database_url, &hash, SMALL_USERS + 1, args.big_users).await?;
+    eprintln!("seeded in {:.1} s", t.elapsed().as_secs_f64());
+    let user_big = b.get_user("GET /user (big)").await?;
+    let refresh_big = b.refresh("POST /token refresh (big)").await?;
+    let (_, peak_rss) = b.srv.rss_mib();
+
+    let pool = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2) as f64;
+    let rss_budget = 64.0 + pool * 19456.0 / 1024.0;
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+    let targets = vec![
+        (
+            "password sign-in / argon2id limit",
+            ratio(logins.per_second, argon),
+            0.9,
+            true,
+        ),
+        (
+            "GET /user / GET /health",
+            ratio(user_small.per_second, health.per_second),
+            0.4,
+            true,
+        ),
+        (
+            "refresh / GET /user",
+            ratio(refresh_small.per_second, user_small.per_second),
+            0.3,
+            true,
+        ),
+        (
+            "GET /user p99 / p50",
+            ratio(user_small.p99_ms, user_small.p50_ms),
+            4.0,
+            false,
+        ),
+        (
+            "refresh p99 / p50",
+            ratio(refresh_small.p99_ms, refresh_small.p50_ms),
+            4.0,
+            false,
+        ),
+        (
+            "GET /user big / 1k",
+            ratio(user_big.per_second, user_small.per_second),
+            0.8,
+            true,
+        ),
+        (
+            "refresh big / 1k",
+            ratio(refresh_big.per_second, refresh_small.per_second),
+            0.8,
+            true,
+        ),
+        ("idle RSS MiB", idle_rss, 30.0, false),
+        (
+            "peak RSS under sign-in MiB",
+            login_peak_rss,
+            rss_budget,
+            false,
+        ),
+    ];
+    println!(
+        "\ncastellan benchmark: {} connections, {} s per scenario, {} on {} cores",
+        args.connections, args.duration, args.db, pool
+    );
+    println!("| scenario | ops/s | p50 ms | p99 ms | errors | statements/op | transactions/op |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("| argon2id verify, in-process, all cores | {argon:.1} | | | | | |");
+    for (name, m, q, t) in &b.results {
+        println!(
+            "| {name} | {:.0} | {:.2} | {:.2} | {} | {q:.2} | {t:.2} |",
+            m.per_second, m.p50_ms, m.p99_ms, m.errors
+        );
+    }
+    println!("\n| target | measured | bound | met |");
+    println!("|---|---:|---:|---|");
+    for (name, v, bound, at_least) in &targets {
+        let met = if *at_least { v >= bound } else { v <= bound };
+        println!(
+            "| {name} | {v:.2} | {} {bound:.2} | {} |",
+            if *at_least { "≥" } else { "≤" },
+            if met { "yes" } else { "**no**" }
+        );
+    }
+    let _ = signups;
+    println!("\npeak RSS over the whole run: {peak_rss:.1} MiB; idle {idle_rss:.1} MiB");
+
+    let report = json!({
+        "db": args.db,
+        "connections": args.connections,
+        "seconds_per_scenario": args.duration,
+        "cores": pool,
+        "big_users": args.big_users,
+        "argon2id_verifications_per_second": argon,
+        "idle_rss_mib": idle_rss,
+        "peak_rss_under_password_load_mib": login_peak_rss,
+        "peak_rss_mib": peak_rss,
+        "scenarios": b.results.iter().map(|(n, m, q, t)| json!({"name": n, "measured": m, "statements_per_op": q, "transactions_per_op": t})).collect::<Vec<_>>(),
+        "targets": targets.iter().map(|(n, v, bound, at_least)| json!({"target": n, "measured": v, "bound": bound, "at_least": at_least,
+            "met": if *at_least { v >= bound } else { v <= bound }})).collect::<Vec<_>>(),
+    });
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("results/latest-{}.json", args.db));
+    std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
+    println!("wrote {}", out.display());
+
+    b.srv.stop().await;
+    if args.db == "postgres" {
+        use sqlx::Connection;
+        let mut c = sqlx::PgConnection::connect(&args.pg_url).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {pg_db} WITH (FORCE)"
+        )))
+        .execute(&mut c)
+        .await?;
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}

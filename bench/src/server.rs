@@ -1,0 +1,135 @@
+//! The server under test: built in release mode, started as its own process,
+//! observed through `/metrics` and `/proc`.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tokio::io::AsyncBufReadExt;
+use tokio::process::{Child, Command};
+
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+    pub pid: u32,
+}
+
+pub const SECRET: &str = "benchmark-secret-benchmark-secret-0123";
+
+/// Builds `castellan` in release mode (a no-op when it is up to date).
+pub fn build_release() -> anyhow::Result<std::path::PathBuf> {
+    let status = std::process::Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "castellan",
+            "--bin",
+            "castellan",
+        ])
+        .status()
+        .context("cargo build --release")?;
+    if !status.success() {
+        bail!("building castellan in release mode failed");
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or(root.join("target"));
+    Ok(target.join("release/castellan"))
+}
+
+pub async fn start(bin: &std::path::Path, database_url: &str) -> anyhow::Result<Server> {
+    let huge = "1000000000";
+    let mut child = Command::new(bin)
+        .arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", database_url)
+        .env("GOTRUE_JWT_SECRET", SECRET)
+        .env("GOTRUE_MAILER_AUTOCONFIRM", "true")
+        .env("GOTRUE_API_HOST", "127.0.0.1")
+        .env("PORT", "0")
+        .env("NO_COLOR", "1")
+        .env("CASTELLAN_LOG", "info")
+        .env("GOTRUE_RATE_LIMIT_TOKEN_REFRESH", huge)
+        .env("GOTRUE_RATE_LIMIT_OTP", huge)
+        .env("GOTRUE_RATE_LIMIT_VERIFY", huge)
+        .env("GOTRUE_RATE_LIMIT_ANONYMOUS_USERS", huge)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting castellan")?;
+    let pid = child.id().context("castellan pid")?;
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(rest) = line.split("castellan listening addr=").nth(1) {
+                return Ok(rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string());
+            }
+        }
+        bail!("castellan exited before listening")
+    })
+    .await
+    .context("castellan did not start within 60 s")??;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok(Server {
+        child,
+        base: format!("http://{addr}"),
+        pid,
+    })
+}
+
+impl Server {
+    /// Resident memory now and at its peak, in MiB (`VmRSS`, `VmHWM`).
+    pub fn rss_mib(&self) -> (f64, f64) {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+                .map(|kib| kib / 1024.0)
+                .unwrap_or(0.0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    /// Resets the peak-RSS mark (writing 5 to clear_refs), so a scenario's peak is its own.
+    pub fn reset_peak(&self) {
+        let _ = std::fs::write(format!("/proc/{}/clear_refs", self.pid), "5");
+    }
+
+    /// The value of an unlabelled counter in `/metrics`.
+    pub async fn counter(&self, http: &reqwest::Client, name: &str) -> f64 {
+        let text = match http.get(format!("{}/metrics", self.base)).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => return 0.0,
+        };
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    pub async fn wait_idle(&self) {
+        let until = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
