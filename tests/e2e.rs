@@ -26,7 +26,7 @@ async fn run_client(backend: Backend, script: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "auth-js scenarios failed on {backend:?}:\n{stdout}\n{stderr}"
+        "{script} failed on {backend:?}:\n{stdout}\n{stderr}"
     );
     assert!(
         stdout.contains("ok root") && stdout.contains("ok prefixed"),

@@ -12,7 +12,7 @@ use arc_swap::ArcSwapOption;
 use castellan_core::crypto::jwt::{AmrEntry, Claims};
 use castellan_core::crypto::random_base32;
 use castellan_core::models::{AuditAction, Identity, RefreshToken, User, audit_payload};
-use castellan_core::store::{SessionScope, Tx};
+use castellan_core::store::{self, SessionScope, Tx};
 use castellan_core::{ApiError, ApiResult};
 use chrono::{DateTime, Utc};
 use ractor::factory::{FactoryMessage, FactoryRef, Job, Worker, WorkerId};
@@ -320,7 +320,10 @@ async fn refresh(ctx: &Ctx, session_id: Uuid, presented: &str) -> ApiResult<Toke
         None
     };
     let issued = match decide(ctx, &c.token, active, now) {
-        Rotation::ReturnActive(active) => active.token.unwrap_or_default(),
+        Rotation::ReturnActive(active) => {
+            tx.touch_session(session_id, now).await?;
+            active.token.unwrap_or_default()
+        }
         Rotation::Reject => {
             if ctx.config.refresh_token_rotation_enabled {
                 // The revocation is committed even though the request fails.
@@ -338,26 +341,22 @@ async fn refresh(ctx: &Ctx, session_id: Uuid, presented: &str) -> ApiResult<Toke
             ));
         }
         rotation => {
-            if matches!(rotation, Rotation::Rotate) {
-                tx.revoke_refresh_token(c.token.id, now).await?;
-            }
             let child = random_base32(12);
-            tx.insert_refresh_token(&child, c.user.id, c.token.token.as_deref(), session_id, now)
-                .await?;
-            write_audits(
-                &mut tx,
-                &c.user,
-                &[
-                    (AuditAction::TokenRefreshed, None),
-                    (AuditAction::TokenRevoked, None),
-                ],
+            let refreshed = audit_payload(&c.user, AuditAction::TokenRefreshed, None);
+            let revoked = audit_payload(&c.user, AuditAction::TokenRevoked, None);
+            tx.record_rotation(&store::Rotation {
+                session_id,
+                user_id: c.user.id,
+                revoke: matches!(rotation, Rotation::Rotate).then_some(c.token.id),
+                child: &child,
+                parent: c.token.token.as_deref(),
+                audits: [&refreshed, &revoked],
                 now,
-            )
+            })
             .await?;
             child
         }
     };
-    tx.touch_session(session_id, now).await?;
     tx.commit().await?;
     let amr = c
         .amr

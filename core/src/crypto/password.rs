@@ -6,7 +6,8 @@
 //! needing a re-hash so the caller can upgrade it after a successful sign-in.
 //!
 //! Hashing is CPU- and memory-bound. `pool_size` dedicated threads each own
-//! one argon2 memory block, allocated once and reused for every hash: memory
+//! one argon2 memory block, allocated at its first hash and reused for every
+//! later one: memory
 //! stays at `pool_size` × m_cost however long the server runs, no time goes
 //! to allocating and zeroing 19 MiB per sign-in, and overload queues on a
 //! channel (latency grows, throughput holds) instead of thrashing.
@@ -164,11 +165,11 @@ impl PasswordHasher {
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..cfg.pool_size {
             let rx = rx.clone();
-            let blocks = params.block_count();
             std::thread::Builder::new()
                 .name(format!("castellan-hash-{i}"))
                 .spawn(move || {
-                    let mut mem = vec![Block::default(); blocks];
+                    // Allocated by the first hash, then kept: an idle server holds none.
+                    let mut mem = Vec::new();
                     loop {
                         // One thread waits on the channel at a time; the others wait for the lock.
                         let next = rx.lock().map(|mut r| r.blocking_recv()).unwrap_or(None);

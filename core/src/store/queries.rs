@@ -49,6 +49,19 @@ struct AmrJson {
     at: DateTime<Utc>,
 }
 
+/// The writes of one rotation: revoke the presented token (unless it was
+/// already revoked), add its child, audit both, mark the session refreshed.
+pub struct Rotation<'a> {
+    pub session_id: Uuid,
+    pub user_id: Uuid,
+    pub revoke: Option<i64>,
+    pub child: &'a str,
+    pub parent: Option<&'a str>,
+    /// The `token_refreshed` and `token_revoked` audit payloads.
+    pub audits: [&'a Value; 2],
+    pub now: DateTime<Utc>,
+}
+
 /// Which sessions of a user to delete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionScope {
@@ -377,6 +390,50 @@ impl Tx {
                 ))
                 .bind(session_id).bind(token).fetch_optional(&mut **t).await?;
                 decode!(row)
+            }
+        }
+    }
+
+    /// Writes a rotation: one statement on PostgreSQL (a data-modifying CTE),
+    /// four on SQLite (which has no writes in CTEs, and no network to cross).
+    pub async fn record_rotation(&mut self, r: &Rotation<'_>) -> Result<(), sqlx::Error> {
+        match self {
+            Tx::Pg(t) => {
+                count();
+                sqlx::query(
+                    "WITH revoked AS (UPDATE refresh_tokens SET revoked = true, updated_at = $1 WHERE id = $2::bigint), \
+                     child AS (INSERT INTO refresh_tokens (instance_id, token, user_id, revoked, created_at, updated_at, parent, session_id) \
+                               VALUES ($3, $4, $5, false, $1, $1, $6, $7)), \
+                     audit AS (INSERT INTO audit_log_entries (instance_id, id, payload, created_at, ip_address) \
+                               VALUES ($3, $8, $9, $1, ''), ($3, $10, $11, $1, '')), \
+                     touched AS (UPDATE sessions SET refreshed_at = $12, updated_at = $1 WHERE id = $7) \
+                     SELECT 1",
+                )
+                .bind(r.now)
+                .bind(r.revoke)
+                .bind(INSTANCE_ID)
+                .bind(r.child)
+                .bind(r.user_id.to_string())
+                .bind(r.parent)
+                .bind(r.session_id)
+                .bind(Uuid::now_v7())
+                .bind(Json(r.audits[0]))
+                .bind(Uuid::now_v7())
+                .bind(Json(r.audits[1]))
+                .bind(r.now.naive_utc())
+                .execute(&mut **t)
+                .await
+                .map(drop)
+            }
+            Tx::Lite(..) => {
+                if let Some(id) = r.revoke {
+                    self.revoke_refresh_token(id, r.now).await?;
+                }
+                self.insert_refresh_token(r.child, r.user_id, r.parent, r.session_id, r.now)
+                    .await?;
+                self.insert_audits(&[r.audits[0].clone(), r.audits[1].clone()], "", r.now)
+                    .await?;
+                self.touch_session(r.session_id, r.now).await
             }
         }
     }
