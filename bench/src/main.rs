@@ -47,8 +47,23 @@ struct Args {
 const SMALL_USERS: u64 = 1000;
 
 fn client() -> reqwest::Client {
+    client_at(0)
+}
+
+/// A client with one connection that presents itself (through
+/// `X-Forwarded-For`, as a proxy in front of the server would) as its own
+/// public address, so each load worker has its own rate-limit bucket like
+/// the distinct users it stands for.
+fn client_at(worker: usize) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let addr = format!("203.0.{}.{}", 113 + worker / 250, 1 + worker % 250);
+    headers.insert(
+        "x-forwarded-for",
+        addr.parse().expect("an address is a header value"),
+    );
     reqwest::Client::builder()
         .pool_max_idle_per_host(1)
+        .default_headers(headers)
         .build()
         .expect("http client")
 }
@@ -156,7 +171,7 @@ impl Bench {
         }
         let url = format!("{base}/user");
         Ok(self
-            .measure(name, |i| { let t = tokens[i].clone(); async move { (client(), t) } }, move |(c, t): (reqwest::Client, String)| {
+            .measure(name, |i| { let t = tokens[i].clone(); async move { (client_at(i), t) } }, move |(c, t): (reqwest::Client, String)| {
                 let url = url.clone();
                 async move {
                     let ok = matches!(c.get(&url).bearer_auth(&t).send().await, Ok(r) if r.status() == 200);
@@ -183,7 +198,7 @@ impl Bench {
                 name,
                 |i| {
                     let t = tokens[i].clone();
-                    async move { (client(), t) }
+                    async move { (client_at(i), t) }
                 },
                 move |(c, t): (reqwest::Client, String)| {
                     let url = url.clone();
@@ -194,7 +209,18 @@ impl Bench {
                                 let next = v["refresh_token"].as_str().unwrap_or(&t).to_string();
                                 ((c, next), true)
                             }
-                            _ => ((c, t), false),
+                            Ok(r) => {
+                                let status = r.status();
+                                eprintln!(
+                                    "refresh failed: {status} {}",
+                                    r.text().await.unwrap_or_default()
+                                );
+                                ((c, t), false)
+                            }
+                            Err(e) => {
+                                eprintln!("refresh failed: {e}");
+                                ((c, t), false)
+                            }
                         }
                     }
                 },
@@ -260,7 +286,7 @@ async fn main() -> anyhow::Result<()> {
     let health = b
         .measure(
             "GET /health",
-            |_| async { client() },
+            |i| async move { client_at(i) },
             move |c: reqwest::Client| {
                 let url = health_url.clone();
                 async move {
@@ -276,7 +302,7 @@ async fn main() -> anyhow::Result<()> {
     let logins = b
         .measure(
             "POST /token password",
-            |i| async move { (client(), i as u64) },
+            |i| async move { (client_at(i), i as u64) },
             move |(c, n): (reqwest::Client, u64)| {
                 let url = login_url.clone();
                 async move {
@@ -296,7 +322,7 @@ async fn main() -> anyhow::Result<()> {
 
     let signup_url = format!("{}/signup", b.srv.base);
     let signups = b
-        .measure("POST /signup", |i| async move { (client(), i, 0u64) }, move |(c, w, n): (reqwest::Client, usize, u64)| {
+        .measure("POST /signup", |i| async move { (client_at(i), i, 0u64) }, move |(c, w, n): (reqwest::Client, usize, u64)| {
             let url = signup_url.clone();
             async move {
                 let body = json!({"email": format!("signup-{w}-{n}@example.com"), "password": "bench-signup-pw"});
