@@ -269,3 +269,26 @@ impl FromRequestParts<AppState> for ClientKey {
         })
     }
 }
+
+/// Where a browser flow returns to: the `redirect_to` header, the
+/// `redirect_to` query parameter or `Referer`, the first that is allowed
+/// (site URL origin, loopback, or `GOTRUE_URI_ALLOW_LIST`); else the site URL.
+pub struct RedirectTo(pub String);
+
+impl FromRequestParts<AppState> for RedirectTo {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, HttpError> {
+        let query: Vec<(String, String)> =
+            serde_urlencoded::from_str(parts.uri.query().unwrap_or_default()).unwrap_or_default();
+        let candidate = query
+            .into_iter()
+            .find(|(k, _)| k == "redirect_to")
+            .map(|(_, v)| v);
+        Ok(RedirectTo(crate::api::redirect_target(
+            st,
+            &parts.headers,
+            candidate.as_deref(),
+        )))
+    }
+}

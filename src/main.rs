@@ -17,8 +17,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Apply pending migrations, then serve the API (the default).
-    Serve,
+    /// Apply pending migrations, then serve the API and run the job workers (the default).
+    Serve {
+        /// Serve the API only; run the workers as `castellan worker` processes.
+        #[arg(long)]
+        no_workers: bool,
+    },
+    /// Run only the job workers (email delivery).
+    Worker,
     /// Apply pending migrations and exit.
     Migrate,
     /// Operator tools for when there is no admin token yet.
@@ -72,7 +78,7 @@ async fn main() {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::from_process_env()?;
-    match cli.command.unwrap_or(Command::Serve) {
+    match cli.command.unwrap_or(Command::Serve { no_workers: false }) {
         Command::Migrate => {
             let store = Store::connect(&config.database_url, 2).await?;
             store.migrate().await?;
@@ -80,8 +86,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Admin(cmd) => admin(config, cmd).await,
-        Command::Serve => {
-            let mut server = castellan::start(config).await?;
+        Command::Worker => {
+            let store = Store::open(&config.database_url, 4).await?;
+            castellan_jobs::queue::setup(&store)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            let mut workers = castellan::server::Workers::spawn(store, config);
+            tracing::info!("castellan workers running");
+            tokio::select! {
+                _ = shutdown_signal() => workers.stop().await,
+                _ = workers.wait() => {}
+            }
+            Ok(())
+        }
+        Command::Serve { no_workers } => {
+            let mut server = castellan::server::start_with(config, !no_workers).await?;
             tokio::select! {
                 _ = shutdown_signal() => {
                     tracing::info!("shutting down");

@@ -40,6 +40,44 @@ pub struct Server {
     pub state: AppState,
     shutdown: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
+    workers: Option<Workers>,
+}
+
+/// The job workers running beside the API (unless `--no-workers`).
+pub struct Workers {
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Workers {
+    /// Starts the email workers on the store until `stop` is called.
+    pub fn spawn(store: Store, config: Config) -> Workers {
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let signal = async move {
+                let _ = rx.await;
+            };
+            if let Err(e) = castellan_jobs::worker::run(store, &config, signal).await {
+                tracing::error!(error = %e, "job workers stopped");
+            }
+        });
+        Workers {
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(15), &mut self.task).await;
+    }
+
+    /// Resolves when the workers stop on their own.
+    pub async fn wait(&mut self) {
+        let _ = (&mut self.task).await;
+    }
 }
 
 impl Server {
@@ -49,6 +87,9 @@ impl Server {
             let _ = tx.send(());
         }
         let _ = (&mut self.task).await;
+        if let Some(w) = self.workers.take() {
+            w.stop().await;
+        }
         self.state.actors.shutdown().await;
         self.state.ctx.store.close().await;
     }
@@ -175,11 +216,19 @@ async fn request_timeout(
 /// Opens the store (migrating it), starts the actors and serves on
 /// `GOTRUE_API_HOST:PORT` (port 0 picks a free one).
 pub async fn start(config: Config) -> anyhow::Result<Server> {
+    start_with(config, true).await
+}
+
+/// As `start`; `workers` also runs the job workers in this process.
+pub async fn start_with(config: Config, workers: bool) -> anyhow::Result<Server> {
     let metrics = observability::recorder();
     let secret = resolve_secret(&config)?;
     let store = Store::open(&config.database_url, 16)
         .await
         .context("opening the database")?;
+    castellan_jobs::queue::setup(&store)
+        .await
+        .map_err(anyhow::Error::msg)?;
     tracing::info!(backend = store.backend_name(), "database ready");
     let addr: SocketAddr = format!("{}:{}", config.host, config.port)
         .parse()
@@ -189,11 +238,12 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
                 config.host, config.port
             )
         })?;
+    let workers = workers.then(|| Workers::spawn(store.clone(), config.clone()));
     let ctx = Ctx::new(config, store, &secret);
     let actors = castellan_actors::start(ctx.clone())
         .await
         .context("starting the actors")?;
-    let accounts = Accounts::new(ctx.clone(), actors.sessions.clone());
+    let accounts = Accounts::new(ctx.clone(), actors.sessions.clone(), actors.otp.clone());
     let admin = Admin::new(ctx.clone());
     let state = AppState {
         ctx,
@@ -224,5 +274,6 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         state,
         shutdown: Some(tx),
         task,
+        workers,
     })
 }

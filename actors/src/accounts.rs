@@ -14,7 +14,10 @@ use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use crate::context::Ctx;
+use crate::otp_issuer::{OtpIssuer, SendRequest};
 use crate::session_manager::{SessionManager, TokenGrant};
+use castellan_core::models::Pkce;
+use castellan_jobs::EmailKind;
 
 /// The `POST /signup` request, as parsed by the handler.
 #[derive(Debug, Default)]
@@ -24,7 +27,9 @@ pub struct SignupRequest {
     pub password: Option<String>,
     pub data: Map<String, Value>,
     pub channel: Option<String>,
-    pub has_code_challenge: bool,
+    pub pkce: Option<Pkce>,
+    /// Where the confirmation link leads (already validated).
+    pub redirect_to: String,
     pub aud: String,
 }
 
@@ -76,6 +81,7 @@ pub struct UserUpdate {
 pub struct Accounts {
     ctx: Arc<Ctx>,
     sessions: SessionManager,
+    otp: OtpIssuer,
 }
 
 fn non_empty(s: &Option<String>) -> Option<&str> {
@@ -83,8 +89,90 @@ fn non_empty(s: &Option<String>) -> Option<&str> {
 }
 
 impl Accounts {
-    pub fn new(ctx: Arc<Ctx>, sessions: SessionManager) -> Self {
-        Self { ctx, sessions }
+    pub fn new(ctx: Arc<Ctx>, sessions: SessionManager, otp: OtpIssuer) -> Self {
+        Self { ctx, sessions, otp }
+    }
+
+    /// Sends the confirmation email of an unconfirmed sign-up.
+    async fn send_confirmation(&self, user: &User, req: &SignupRequest) -> ApiResult<()> {
+        let send = SendRequest {
+            user_id: user.id,
+            kind: EmailKind::Confirmation,
+            redirect_to: req.redirect_to.clone(),
+            pkce: req.pkce.clone(),
+            actor: None,
+        };
+        self.otp.send(send).await
+    }
+
+    /// `grant_type=pkce`: exchanges the code of a verified link for a session, once.
+    pub async fn pkce_grant(&self, auth_code: &str, verifier: &str) -> ApiResult<TokenGrant> {
+        if auth_code.is_empty() || verifier.is_empty() {
+            return Err(ApiError::validation(
+                "invalid request: both auth code and code verifier should be non-empty",
+            ));
+        }
+        let not_found = || {
+            ApiError::not_found(
+                "flow_state_not_found",
+                "invalid flow state, no valid flow state found",
+            )
+        };
+        let now = Utc::now();
+        let mut tx = self.ctx.store.begin().await?;
+        let flow = tx.take_flow_state(auth_code).await?.ok_or_else(not_found)?;
+        tx.commit().await?;
+        let user_id = flow.user_id.ok_or_else(not_found)?;
+        let since = if flow.authentication_method == "magiclink" {
+            flow.auth_code_issued_at
+        } else {
+            flow.created_at
+        };
+        let expiry =
+            chrono::Duration::from_std(self.ctx.config.flow_state_expiry).unwrap_or_default();
+        if since.is_none_or(|t| now > t + expiry) {
+            return Err(ApiError::unprocessable(
+                "flow_state_expired",
+                "invalid flow state, flow state has expired",
+            ));
+        }
+        let challenge = flow.code_challenge.unwrap_or_default();
+        let computed = match flow.code_challenge_method.as_deref() {
+            Some("plain") => verifier.to_string(),
+            _ => {
+                use base64::Engine;
+                use sha2::Digest;
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .encode(sha2::Sha256::digest(verifier.as_bytes()))
+            }
+        };
+        if !castellan_core::crypto::secure_eq(computed.as_bytes(), challenge.as_bytes()) {
+            return Err(ApiError::bad_request(
+                "bad_code_verifier",
+                "code challenge does not match previously saved code verifier",
+            ));
+        }
+        let user = self
+            .ctx
+            .store
+            .user_by_id(user_id)
+            .await?
+            .ok_or_else(not_found)?;
+        if user.is_banned(now) {
+            return Err(ApiError::bad_request("user_banned", "User is banned"));
+        }
+        let method: &'static str = match flow.authentication_method.as_str() {
+            "email/signup" => "email/signup",
+            "recovery" => "recovery",
+            "magiclink" => "magiclink",
+            "invite" => "invite",
+            "email_change" => "email_change",
+            _ => "otp",
+        };
+        let traits = Some(json!({"provider_type": "email"}));
+        self.sessions
+            .issue(user, method, vec![(AuditAction::Login, traits)])
+            .await
     }
 
     pub fn ctx(&self) -> &Ctx {
@@ -119,7 +207,7 @@ impl Accounts {
                     "Invalid channel, supported values are 'sms' or 'whatsapp'. 'whatsapp' is only supported if Twilio or Twilio Verify is used as the provider.",
                 ));
             }
-            if req.has_code_challenge {
+            if req.pkce.is_some() {
                 return Err(ApiError::validation("PKCE not supported for phone signups"));
             }
         }
@@ -180,9 +268,14 @@ impl Accounts {
                         &u, provider, &req, now,
                     )));
                 }
-                // An unconfirmed user is not modified by a second sign-up.
+                // An unconfirmed user is not modified by a second sign-up;
+                // the confirmation is sent again.
                 if !autoconfirm {
                     tx.commit().await?;
+                    if provider == "email" {
+                        self.send_confirmation(&u, &req).await?;
+                    }
+                    let u = self.ctx.store.user_by_id(u.id).await?.unwrap_or(u);
                     let ids = self.ctx.store.identities_of(u.id).await?;
                     return Ok(SignupOutcome::User(Box::new(u), ids));
                 }
@@ -258,6 +351,10 @@ impl Accounts {
                 .await?;
             Ok(SignupOutcome::Session(Box::new(grant)))
         } else {
+            if provider == "email" {
+                self.send_confirmation(&user, &req).await?;
+            }
+            let user = self.ctx.store.user_by_id(user.id).await?.unwrap_or(user);
             let ids = self.ctx.store.identities_of(user.id).await?;
             Ok(SignupOutcome::User(Box::new(user), ids))
         }
@@ -604,8 +701,8 @@ fn obfuscate(
     u.email_change = None;
     u.created_at = Some(now);
     u.updated_at = Some(now);
-    // Mirrors a real unconfirmed sign-up, which has sent nothing yet.
-    u.confirmation_sent_at = None;
+    // Mirrors a real unconfirmed sign-up, whose confirmation was just sent.
+    u.confirmation_sent_at = Some(now);
     u.email_confirmed_at = None;
     u.phone_confirmed_at = None;
     u.last_sign_in_at = None;

@@ -12,6 +12,7 @@
 pub mod accounts;
 pub mod admin;
 pub mod context;
+pub mod otp_issuer;
 pub mod rate_limiter;
 pub mod session_manager;
 pub mod supervisor;

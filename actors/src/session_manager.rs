@@ -16,7 +16,6 @@ use castellan_core::store::{self, SessionScope, Tx};
 use castellan_core::{ApiError, ApiResult};
 use chrono::{DateTime, Utc};
 use ractor::factory::{FactoryMessage, FactoryRef, Job, Worker, WorkerId};
-use ractor::rpc::CallResult;
 use ractor::{ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde_json::Value;
 use uuid::Uuid;
@@ -416,20 +415,8 @@ impl SessionManager {
         key: Uuid,
         build: impl FnOnce(RpcReplyPort<ApiResult<T>>) -> SessionMsg,
     ) -> ApiResult<T> {
-        let Some(factory) = self.factory.load_full() else {
-            return Err(ApiError::unavailable("session_manager", "restarting"));
-        };
-        match factory.call_job(key, build, Some(self.timeout)).await {
-            Ok(CallResult::Success(r)) => r,
-            Ok(CallResult::Timeout) => {
-                Err(ApiError::unavailable("session_manager", "call timed out"))
-            }
-            Ok(CallResult::SenderError) => Err(ApiError::unavailable(
-                "session_manager",
-                "worker stopped before replying",
-            )),
-            Err(e) => Err(ApiError::unavailable("session_manager", e)),
-        }
+        crate::supervisor::call_keyed(&self.factory, "session_manager", key, self.timeout, build)
+            .await
     }
 
     pub async fn issue(

@@ -15,8 +15,34 @@ use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SpawnErr, 
 use uuid::Uuid;
 
 use crate::context::Ctx;
+use crate::otp_issuer::{OtpIssuer, OtpMsg, OtpWorker};
 use crate::rate_limiter::{RateLimiter, RateLimiterMsg, RateLimits};
 use crate::session_manager::{SessionManager, SessionMsg, SessionWorker};
+
+/// Calls the worker of `key` in the factory held by `slot`: the reply, or a
+/// 503 when the factory is restarting, the worker died, or time ran out.
+pub(crate) async fn call_keyed<M: ractor::Message, T: Send + 'static>(
+    slot: &ArcSwapOption<FactoryRef<Uuid, M>>,
+    actor: &'static str,
+    key: Uuid,
+    timeout: Duration,
+    build: impl FnOnce(ractor::RpcReplyPort<castellan_core::ApiResult<T>>) -> M,
+) -> castellan_core::ApiResult<T> {
+    use castellan_core::ApiError;
+    use ractor::rpc::CallResult;
+    let Some(factory) = slot.load_full() else {
+        return Err(ApiError::unavailable(actor, "restarting"));
+    };
+    match factory.call_job(key, build, Some(timeout)).await {
+        Ok(CallResult::Success(r)) => r,
+        Ok(CallResult::Timeout) => Err(ApiError::unavailable(actor, "call timed out")),
+        Ok(CallResult::SenderError) => Err(ApiError::unavailable(
+            actor,
+            "worker stopped before replying",
+        )),
+        Err(e) => Err(ApiError::unavailable(actor, e)),
+    }
+}
 
 /// Counts one handled message of an actor, with its outcome and time.
 pub fn record_message(
@@ -34,6 +60,7 @@ pub fn record_message(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Child {
     SessionManager,
+    OtpIssuer,
     RateLimiter,
 }
 
@@ -41,11 +68,20 @@ impl Child {
     fn name(self) -> &'static str {
         match self {
             Child::SessionManager => "session_manager",
+            Child::OtpIssuer => "otp_issuer",
             Child::RateLimiter => "rate_limiter",
         }
     }
 }
 
+type OtpFactory = Factory<
+    Uuid,
+    OtpMsg,
+    Arc<Ctx>,
+    OtpWorker,
+    KeyPersistentRouting<Uuid, OtpMsg>,
+    DefaultQueue<Uuid, OtpMsg>,
+>;
 type SessionFactory = Factory<
     Uuid,
     SessionMsg,
@@ -59,6 +95,7 @@ type SessionFactory = Factory<
 #[derive(Clone)]
 pub struct Slots {
     sessions: Arc<ArcSwapOption<FactoryRef<Uuid, SessionMsg>>>,
+    otp: Arc<ArcSwapOption<FactoryRef<Uuid, OtpMsg>>>,
     limiter: Arc<ArcSwapOption<ActorRef<RateLimiterMsg>>>,
 }
 
@@ -102,6 +139,21 @@ impl Supervisor {
                 st.args.slots.sessions.store(Some(Arc::new(r)));
                 id
             }
+            Child::OtpIssuer => {
+                let ctx = st.args.ctx.clone();
+                let args = FactoryArguments::builder()
+                    .worker_builder(Box::new(worker_builder(move |_wid| {
+                        (OtpWorker, ctx.clone())
+                    })))
+                    .queue(DefaultQueue::default())
+                    .router(KeyPersistentRouting::default())
+                    .num_initial_workers(st.args.ctx.config.session_workers)
+                    .build();
+                let (r, _) = Actor::spawn_linked(None, OtpFactory::default(), args, me).await?;
+                let id = r.get_id();
+                st.args.slots.otp.store(Some(Arc::new(r)));
+                id
+            }
             Child::RateLimiter => {
                 let (r, _) =
                     Actor::spawn_linked(None, RateLimiter, st.args.limits.clone(), me).await?;
@@ -126,6 +178,7 @@ impl Supervisor {
         };
         match child {
             Child::SessionManager => st.args.slots.sessions.store(None),
+            Child::OtpIssuer => st.args.slots.otp.store(None),
             Child::RateLimiter => st.args.slots.limiter.store(None),
         }
         let n = st.restarts.entry(child.name()).or_insert(0);
@@ -156,6 +209,7 @@ impl Actor for Supervisor {
             restarts: HashMap::new(),
         };
         Self::spawn(Child::SessionManager, me.get_cell(), &mut st).await?;
+        Self::spawn(Child::OtpIssuer, me.get_cell(), &mut st).await?;
         Self::spawn(Child::RateLimiter, me.get_cell(), &mut st).await?;
         Ok(st)
     }
@@ -197,6 +251,7 @@ impl Actor for Supervisor {
 #[derive(Clone)]
 pub struct Actors {
     pub sessions: SessionManager,
+    pub otp: OtpIssuer,
     pub rate_limits: RateLimits,
     slots: Slots,
     root: ActorRef<()>,
@@ -217,6 +272,7 @@ pub async fn start(ctx: Arc<Ctx>) -> Result<Actors, SpawnErr> {
     let limits = RateLimits::new(ctx.config.rate_limits.clone());
     let slots = Slots {
         sessions: Arc::new(ArcSwapOption::empty()),
+        otp: Arc::new(ArcSwapOption::empty()),
         limiter: Arc::new(ArcSwapOption::empty()),
     };
     let args = SupervisorArgs {
@@ -225,9 +281,11 @@ pub async fn start(ctx: Arc<Ctx>) -> Result<Actors, SpawnErr> {
         slots: slots.clone(),
     };
     let (root, _) = Actor::spawn(None, Supervisor, args).await?;
-    let sessions = SessionManager::new(slots.sessions.clone(), ctx);
+    let sessions = SessionManager::new(slots.sessions.clone(), ctx.clone());
+    let otp = OtpIssuer::new(slots.otp.clone(), ctx);
     Ok(Actors {
         sessions,
+        otp,
         rate_limits: limits,
         slots,
         root,

@@ -72,6 +72,48 @@ pub struct RateLimits {
     pub header: Option<String>,
 }
 
+/// SMTP delivery (`GOTRUE_SMTP_*`). No host: mail goes to the server log.
+#[derive(Debug, Clone)]
+pub struct SmtpConfig {
+    pub host: Option<String>,
+    pub port: u16,
+    pub user: Option<String>,
+    pub pass: Option<String>,
+    pub admin_email: Option<String>,
+    pub sender_name: Option<String>,
+    /// The per-user window between two emails of a kind.
+    pub max_frequency: Duration,
+}
+
+/// The global email budget (`GOTRUE_RATE_LIMIT_EMAIL_SENT`): `events` per `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EmailBudget {
+    pub events: u32,
+    pub per: Duration,
+}
+
+/// What the emails say and how they are delivered (`GOTRUE_MAILER_*`).
+#[derive(Debug, Clone)]
+pub struct MailerConfig {
+    pub otp_exp: Duration,
+    pub otp_length: usize,
+    /// Link paths by kind (`confirmation`, `invite`, `recovery`, `email_change`).
+    pub url_paths: HashMap<String, String>,
+    /// Subjects by kind (`confirmation`, `invite`, `magic_link`, `recovery`, `email_change`, `reauthentication`).
+    pub subjects: HashMap<String, String>,
+    /// Custom template sources (a file path or an http(s) URL) by kind.
+    pub templates: HashMap<String, String>,
+    pub secure_email_change_enabled: bool,
+    pub magic_link_enabled: bool,
+    pub email_sent: EmailBudget,
+    /// Delivery attempts before a message is dead, and the backoff between them.
+    pub max_attempts: usize,
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+    /// How often idle workers look for queued jobs.
+    pub poll_interval: Duration,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub database_url: DatabaseUrl,
@@ -95,6 +137,10 @@ pub struct Config {
     pub sessions_timebox: Option<Duration>,
     pub sessions_inactivity_timeout: Option<Duration>,
     pub rate_limits: RateLimits,
+    pub smtp: SmtpConfig,
+    pub mailer: MailerConfig,
+    pub uri_allow_list: Vec<String>,
+    pub flow_state_expiry: Duration,
     /// How long a handler waits for an actor before answering 503.
     pub actor_call_timeout: Duration,
     /// Workers in the `SessionManager` factory.
@@ -224,6 +270,81 @@ fn database_url(v: Option<(&str, String)>) -> Result<DatabaseUrl, ConfigError> {
             msg: "must start with postgres://, postgresql:// or sqlite://".into(),
         })
     }
+}
+
+const MAIL_KINDS: [&str; 6] = [
+    "confirmation",
+    "invite",
+    "magic_link",
+    "recovery",
+    "email_change",
+    "reauthentication",
+];
+
+/// `N` (per hour) or `N/duration`, as GoTrue reads `GOTRUE_RATE_LIMIT_EMAIL_SENT`.
+fn email_budget(vars: &Vars) -> Result<EmailBudget, ConfigError> {
+    let default = EmailBudget {
+        events: 30,
+        per: Duration::from_secs(3600),
+    };
+    vars.parse(
+        &["GOTRUE_RATE_LIMIT_EMAIL_SENT"],
+        default,
+        "a number or N/duration (like 30/1h)",
+        |v| {
+            let (n, per) = match v.split_once('/') {
+                Some((n, d)) => (n, parse_go_duration(d).ok()?),
+                None => (v, Duration::from_secs(3600)),
+            };
+            let events = n.trim().parse::<f64>().ok().filter(|f| *f >= 0.0)?.round() as u32;
+            (!per.is_zero()).then_some(EmailBudget { events, per })
+        },
+    )
+}
+
+fn mailer(v: &Vars) -> Result<MailerConfig, ConfigError> {
+    let upper = |k: &str| k.to_ascii_uppercase();
+    let mut url_paths = HashMap::new();
+    for kind in ["confirmation", "invite", "recovery", "email_change"] {
+        let var = format!("GOTRUE_MAILER_URLPATHS_{}", upper(kind));
+        url_paths.insert(kind.to_string(), v.string(&[var.as_str()], "/verify"));
+    }
+    let mut subjects = HashMap::new();
+    let mut templates = HashMap::new();
+    for kind in MAIL_KINDS {
+        let var = format!("GOTRUE_MAILER_SUBJECTS_{}", upper(kind));
+        if let Some(s) = v.opt_string(&[var.as_str()]) {
+            subjects.insert(kind.to_string(), s);
+        }
+        let var = format!("GOTRUE_MAILER_TEMPLATES_{}", upper(kind));
+        if let Some(t) = v.opt_string(&[var.as_str()]) {
+            templates.insert(kind.to_string(), t);
+        }
+    }
+    let otp_length = v.num(&["GOTRUE_MAILER_OTP_LENGTH"], 6usize)?;
+    Ok(MailerConfig {
+        otp_exp: Duration::from_secs(v.num(&["GOTRUE_MAILER_OTP_EXP"], 86400u64)?),
+        // GoTrue replaces a length outside 6..=10 by 6 rather than clamping it.
+        otp_length: if (6..=10).contains(&otp_length) {
+            otp_length
+        } else {
+            6
+        },
+        url_paths,
+        subjects,
+        templates,
+        secure_email_change_enabled: v
+            .bool(&["GOTRUE_MAILER_SECURE_EMAIL_CHANGE_ENABLED"], true)?,
+        magic_link_enabled: v.bool(&["GOTRUE_EXTERNAL_EMAIL_MAGIC_LINK_ENABLED"], true)?,
+        email_sent: email_budget(v)?,
+        max_attempts: v.num(&["CASTELLAN_EMAIL_MAX_ATTEMPTS"], 8usize)?.max(1),
+        retry_min: v.duration(&["CASTELLAN_EMAIL_RETRY_MIN"], Duration::from_secs(1))?,
+        retry_max: v.duration(&["CASTELLAN_EMAIL_RETRY_MAX"], Duration::from_secs(300))?,
+        poll_interval: v.duration(
+            &["CASTELLAN_QUEUE_POLL_INTERVAL"],
+            Duration::from_millis(500),
+        )?,
+    })
 }
 
 fn rate(
@@ -357,6 +478,28 @@ impl Config {
                 otp,
                 header: v.opt_string(&["GOTRUE_RATE_LIMIT_HEADER"]),
             },
+            smtp: SmtpConfig {
+                host: v.opt_string(&["GOTRUE_SMTP_HOST"]),
+                port: v.num(&["GOTRUE_SMTP_PORT"], 587u16)?,
+                user: v.opt_string(&["GOTRUE_SMTP_USER"]),
+                pass: v.opt_string(&["GOTRUE_SMTP_PASS"]),
+                admin_email: v.opt_string(&["GOTRUE_SMTP_ADMIN_EMAIL"]),
+                sender_name: v.opt_string(&["GOTRUE_SMTP_SENDER_NAME"]),
+                max_frequency: match v
+                    .duration(&["GOTRUE_SMTP_MAX_FREQUENCY"], Duration::from_secs(60))?
+                {
+                    d if d.is_zero() => Duration::from_secs(60),
+                    d => d,
+                },
+            },
+            mailer: mailer(&v)?,
+            uri_allow_list: v.list(&["GOTRUE_URI_ALLOW_LIST"], &[]),
+            flow_state_expiry: v
+                .duration(
+                    &["GOTRUE_EXTERNAL_FLOW_STATE_EXPIRY_DURATION"],
+                    Duration::from_secs(300),
+                )?
+                .max(Duration::from_secs(300)),
             actor_call_timeout: v
                 .duration(&["CASTELLAN_ACTOR_CALL_TIMEOUT"], Duration::from_secs(5))?,
             session_workers: v.num(&["CASTELLAN_SESSION_WORKERS"], 8usize)?.max(1),

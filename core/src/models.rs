@@ -220,6 +220,10 @@ pub enum AuditAction {
     TokenRefreshed,
     TokenRevoked,
     UserDeleted,
+    UserConfirmationRequested,
+    UserRecoveryRequested,
+    UserInvited,
+    UserReauthenticateRequested,
 }
 
 impl AuditAction {
@@ -234,12 +238,19 @@ impl AuditAction {
             Self::TokenRefreshed => "token_refreshed",
             Self::TokenRevoked => "token_revoked",
             Self::UserDeleted => "user_deleted",
+            Self::UserConfirmationRequested => "user_confirmation_requested",
+            Self::UserRecoveryRequested => "user_recovery_requested",
+            Self::UserInvited => "user_invited",
+            Self::UserReauthenticateRequested => "user_reauthenticate_requested",
         }
     }
     pub fn log_type(self) -> &'static str {
         match self {
             Self::Login | Self::Logout => "account",
-            Self::UserSignedUp | Self::UserDeleted => "team",
+            Self::UserSignedUp | Self::UserDeleted | Self::UserInvited => "team",
+            Self::UserConfirmationRequested
+            | Self::UserRecoveryRequested
+            | Self::UserReauthenticateRequested => "user",
             Self::UserRepeatedSignup | Self::UserModified | Self::UserUpdatedPassword => "user",
             Self::TokenRefreshed | Self::TokenRevoked => "token",
         }
@@ -336,4 +347,11 @@ mod tests {
         merge_metadata(&mut t, patch.as_object().unwrap());
         assert_eq!(t, json!({"a": 1, "c": 3}));
     }
+}
+
+/// A PKCE challenge (`s256` or `plain`, lower-cased).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pkce {
+    pub challenge: String,
+    pub method: String,
 }

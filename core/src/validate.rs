@@ -129,6 +129,53 @@ pub fn require_strong_password(cfg: &PasswordConfig, password: &str) -> Result<(
     }
 }
 
+/// PKCE parameters: both or neither; the challenge 43 to 128 characters of
+/// `[A-Za-z0-9._~-]`; the method `s256` or `plain` (any case, kept lower-cased).
+pub fn pkce(
+    challenge: Option<&str>,
+    method: Option<&str>,
+) -> Result<Option<crate::models::Pkce>, ApiError> {
+    let challenge = challenge.filter(|s| !s.is_empty());
+    let method = method.filter(|s| !s.is_empty());
+    match (challenge, method) {
+        (None, None) => Ok(None),
+        (Some(c), Some(m)) => {
+            let m = m.to_ascii_lowercase();
+            if m != "s256" && m != "plain" {
+                return Err(ApiError::validation(format!(
+                    "code challenge method not supported: {m}"
+                )));
+            }
+            let ok = (43..=128).contains(&c.len())
+                && c.chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || "._~-".contains(ch));
+            if !ok {
+                return Err(ApiError::validation(
+                    "code challenge has to be between 43 and 128 characters of [A-Za-z0-9._~-]",
+                ));
+            }
+            Ok(Some(crate::models::Pkce {
+                challenge: c.to_string(),
+                method: m,
+            }))
+        }
+        _ => Err(ApiError::validation(
+            "PKCE flow requires code_challenge_method and code_challenge",
+        )),
+    }
+}
+
+/// A random password that meets the rules (for accounts created without one).
+pub fn random_password(cfg: &PasswordConfig) -> String {
+    let mut p = crate::crypto::random_base32(33);
+    for set in &cfg.required_characters {
+        if let Some(c) = set.chars().next() {
+            p.push(c);
+        }
+    }
+    p
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,5 +222,19 @@ mod tests {
         let e = require_strong_password(&cfg, "abc").unwrap_err();
         assert_eq!((e.status, e.code), (422, "weak_password"));
         assert_eq!(e.weak_password.unwrap(), vec!["length", "characters"]);
+    }
+
+    #[test]
+    fn pkce_parameters() {
+        let c = "a".repeat(43);
+        assert_eq!(pkce(None, None).unwrap(), None);
+        assert_eq!(
+            pkce(Some(&c), Some("S256")).unwrap().unwrap().method,
+            "s256"
+        );
+        assert!(pkce(Some(&c), None).is_err());
+        assert!(pkce(Some("short"), Some("plain")).is_err());
+        assert!(pkce(Some(&c), Some("md5")).is_err());
+        assert!(pkce(Some(&"a+b".repeat(20)), Some("plain")).is_err());
     }
 }

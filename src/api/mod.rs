@@ -4,10 +4,12 @@
 mod admin;
 mod health;
 mod logout;
+mod mail;
 mod settings;
 mod signup;
 mod token;
 mod user;
+mod verify;
 
 use axum::Router;
 use axum::routing::{get, post};
@@ -24,6 +26,13 @@ pub fn routes() -> Router<AppState> {
         .route("/token", post(token::token))
         .route("/user", get(user::get_user).put(user::update_user))
         .route("/logout", post(logout::logout))
+        .route(
+            "/verify",
+            get(verify::verify_link).post(verify::verify_json),
+        )
+        .route("/recover", post(mail::recover))
+        .route("/otp", post(mail::otp))
+        .route("/magiclink", post(mail::otp))
         .merge(admin::routes())
 }
 
@@ -42,4 +51,31 @@ pub fn token_response(g: &TokenGrant, weak_password: Option<Value>) -> Value {
         body["weak_password"] = w;
     }
     body
+}
+
+/// GoTrue's `redirect_to` resolution: the `redirect_to` header, else the
+/// `redirect_to` query parameter (`candidate`), else `Referer`, each only
+/// when allowed; else the site URL.
+pub fn redirect_target(
+    st: &AppState,
+    headers: &axum::http::HeaderMap,
+    candidate: Option<&str>,
+) -> String {
+    let cfg = &st.ctx.config;
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .filter(|s| !s.is_empty())
+    };
+    let query = candidate.map(str::to_string);
+    [
+        header("redirect_to").map(str::to_string),
+        query,
+        header("referer").map(str::to_string),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|c| castellan_core::redirect::is_allowed(c, &cfg.site_url, &cfg.uri_allow_list))
+    .unwrap_or_else(|| cfg.site_url.clone())
 }

@@ -3,13 +3,13 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use castellan_actors::accounts::{SignupOutcome, SignupRequest};
 use castellan_actors::rate_limiter::Bucket;
-use castellan_core::ApiError;
+use castellan_core::{ApiError, validate};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::api::token_response;
 use crate::error::HttpResult;
-use crate::extract::{ClientKey, JsonBody, RequestAud};
+use crate::extract::{ClientKey, JsonBody, RedirectTo, RequestAud};
 use crate::server::AppState;
 
 #[derive(Deserialize, Default)]
@@ -21,12 +21,14 @@ pub struct SignupBody {
     data: Option<Map<String, Value>>,
     channel: Option<String>,
     code_challenge: Option<String>,
+    code_challenge_method: Option<String>,
 }
 
 pub async fn signup(
     State(st): State<AppState>,
     client: ClientKey,
     RequestAud(aud): RequestAud,
+    RedirectTo(redirect_to): RedirectTo,
     JsonBody(b): JsonBody<SignupBody>,
 ) -> HttpResult {
     let empty = |s: &Option<String>| s.as_deref().is_none_or(str::is_empty);
@@ -54,7 +56,11 @@ pub async fn signup(
         password: b.password,
         data,
         channel: b.channel,
-        has_code_challenge: !empty(&b.code_challenge),
+        pkce: validate::pkce(
+            b.code_challenge.as_deref(),
+            b.code_challenge_method.as_deref(),
+        )?,
+        redirect_to,
         aud,
     };
     let body: Response = match st.accounts.signup(req).await? {

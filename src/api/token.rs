@@ -27,6 +27,13 @@ struct PasswordBody {
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
+struct PkceBody {
+    auth_code: Option<String>,
+    code_verifier: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
 struct RefreshBody {
     refresh_token: Option<String>,
 }
@@ -41,7 +48,7 @@ pub async fn token(
     RawBody(body): RawBody,
 ) -> HttpResult {
     let grant = q.grant_type.unwrap_or_default();
-    if !matches!(grant.as_str(), "password" | "refresh_token") {
+    if !matches!(grant.as_str(), "password" | "refresh_token" | "pkce") {
         return Err(ApiError::bad_request("invalid_credentials", "unsupported_grant_type").into());
     }
     st.actors
@@ -63,6 +70,17 @@ pub async fn token(
                 json!({"message": validate::weak_password_message(&st.ctx.config.password, &weak), "reasons": weak})
             });
             Json(token_response(&g, weak)).into_response()
+        }
+        "pkce" => {
+            let b: PkceBody = parse_json(&body)?;
+            let g = st
+                .accounts
+                .pkce_grant(
+                    b.auth_code.as_deref().unwrap_or_default(),
+                    b.code_verifier.as_deref().unwrap_or_default(),
+                )
+                .await?;
+            Json(token_response(&g, None)).into_response()
         }
         _ => {
             let b: RefreshBody = parse_json(&body)?;

@@ -73,6 +73,7 @@ pub fn test_config(db: DatabaseUrl) -> Config {
     cfg.argon2.memory_kib = 4096;
     cfg.argon2.iterations = 1;
     cfg.mailer_autoconfirm = true;
+    cfg.mailer.poll_interval = std::time::Duration::from_millis(50);
     for l in [
         &mut cfg.rate_limits.token_refresh,
         &mut cfg.rate_limits.sign_ups,
@@ -87,6 +88,13 @@ pub fn test_config(db: DatabaseUrl) -> Config {
 }
 
 pub async fn spawn(backend: Backend, tweak: impl FnOnce(&mut Config)) -> TestServer {
+    // CASTELLAN_TEST_LOG=debug (a tracing filter) shows the servers' logs.
+    if let Ok(filter) = std::env::var("CASTELLAN_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
     let (db, dir) = fresh_database(backend).await;
     let mut cfg = test_config(db.clone());
     tweak(&mut cfg);

@@ -3,9 +3,12 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "../common/smtp_sink.rs"]
+mod smtp_sink;
 
 mod admin;
 mod cli;
+mod email;
 mod http;
 mod resilience;
 mod signup;

@@ -102,16 +102,18 @@ both!(
             .await
             .assert_error(400, "email_not_confirmed");
 
-        // A second sign-up of an unconfirmed address changes nothing.
+        // A second sign-up of an unconfirmed address re-sends the confirmation,
+        // which the per-user window refuses this soon; the user is unchanged.
         let again = t
             .post(
                 "/signup",
                 json!({"email": "bob@example.com", "password": "another-pw", "data": {"x": 1}}),
             )
             .await;
-        assert_eq!(again.status, 200);
-        assert_eq!(again.body["id"], r.body["id"]);
-        assert_eq!(again.body["user_metadata"], json!({}));
+        again.assert_error(429, "over_email_send_rate_limit");
+        let row = t.user(r.body["id"].as_str().unwrap()).await;
+        assert_eq!(row.user_metadata(), json!({}));
+        assert_eq!(t.login("bob@example.com", "another-pw").await.status, 400);
     }
 );
 
@@ -143,7 +145,10 @@ both!(
         let keys =
             |v: &serde_json::Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
         assert_eq!(keys(&fake.body), keys(&real.body));
-        assert_eq!(t.audit_actions(&id).await, vec!["user_repeated_signup"]);
+        assert_eq!(
+            t.audit_actions(&id).await,
+            vec!["user_confirmation_requested", "user_repeated_signup"]
+        );
         assert_eq!(
             t.count_by_str(
                 "SELECT count(*) FROM users WHERE email = $1",

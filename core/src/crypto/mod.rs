@@ -15,6 +15,22 @@ pub fn random_base32(n: usize) -> String {
         .collect()
 }
 
+/// A one-time code of `len` decimal digits, uniform and zero-padded.
+pub fn otp(len: usize) -> String {
+    let mut rng = rand::rng();
+    (0..len)
+        .map(|_| char::from(b'0' + rng.random_range(0..10u8)))
+        .collect()
+}
+
+/// GoTrue's one-time-token hash: lowercase hex of SHA-224(identifier + otp),
+/// where the identifier is the lower-cased email or the digits-only phone.
+pub fn token_hash(identifier: &str, otp: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha224::digest(format!("{identifier}{otp}").as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Constant-time equality of two secrets.
 pub fn secure_eq(a: &[u8], b: &[u8]) -> bool {
     use subtle::ConstantTimeEq;
@@ -34,6 +50,18 @@ mod tests {
                 .all(|c| c.is_ascii_lowercase() || ('2'..='7').contains(&c))
         );
         assert_ne!(random_base32(12), random_base32(12));
+    }
+
+    #[test]
+    fn otps_and_hashes() {
+        let o = otp(8);
+        assert_eq!(o.len(), 8);
+        assert!(o.chars().all(|c| c.is_ascii_digit()));
+        // hex(SHA-224("a@b.co123456")), as GoTrue stores it.
+        let h = token_hash("a@b.co", "123456");
+        assert_eq!(h.len(), 56);
+        assert_eq!(h, token_hash("a@b.co", "123456"));
+        assert_ne!(h, token_hash("a@b.co", "123457"));
     }
 
     #[test]

@@ -29,6 +29,7 @@ macro_rules! token_cols {
 }
 
 mod admin;
+mod otp;
 mod queries;
 
 use std::str::FromStr;
@@ -41,6 +42,7 @@ use sqlx::{PgPool, Postgres, Sqlite, SqlitePool, Transaction};
 use crate::config::DatabaseUrl;
 
 pub use admin::*;
+pub use otp::*;
 pub use queries::*;
 
 #[derive(Clone, Debug)]
@@ -175,7 +177,12 @@ impl Store {
                     .await?;
                 result?;
             }
-            Pool::Lite(p) => sqlx::migrate!("../migrations/sqlite").run(p).await?,
+            Pool::Lite(p) => {
+                // apalis's migrations share this file's history table.
+                let mut m = sqlx::migrate!("../migrations/sqlite");
+                m.set_ignore_missing(true);
+                m.run(p).await?
+            }
         }
         Ok(())
     }

@@ -1,0 +1,495 @@
+//! The `OtpIssuer`: a ractor factory keyed by user that creates one-time
+//! tokens, sends them by email and verifies them. A token, its
+//! `one_time_tokens` row and the email job that carries it commit in one
+//! transaction, or none of them does. Verification consumes a token in one
+//! statement, so a link or code used twice at the same moment works once.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use castellan_core::crypto::{otp, secure_eq, token_hash};
+use castellan_core::models::{AuditAction, AuditActor, Pkce, User, audit_payload};
+use castellan_core::store::TokenType;
+use castellan_core::{ApiError, ApiResult};
+use castellan_jobs::{EmailJob, EmailKind};
+use chrono::Utc;
+use ractor::factory::{FactoryMessage, FactoryRef, Job, Worker, WorkerId};
+use ractor::{ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::context::Ctx;
+use crate::supervisor::record_message;
+
+#[derive(Debug, Clone)]
+pub struct SendRequest {
+    pub user_id: Uuid,
+    pub kind: EmailKind,
+    pub redirect_to: String,
+    pub pkce: Option<Pkce>,
+    /// Who asked (the user themself unless an admin invited).
+    pub actor: Option<AuditActor>,
+}
+
+/// What a verification presents.
+#[derive(Debug, Clone)]
+pub enum Presented {
+    /// The hash from a link (`token_hash`), possibly `pkce_`-prefixed.
+    Hash(String),
+    /// The code from an email, with the address it went to.
+    Code { email: String, code: String },
+}
+
+/// The `type` of a verification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyType {
+    Signup,
+    Invite,
+    Recovery,
+    MagicLink,
+    Email,
+}
+
+impl VerifyType {
+    pub fn parse(s: &str) -> Option<VerifyType> {
+        Some(match s {
+            "signup" => VerifyType::Signup,
+            "invite" => VerifyType::Invite,
+            "recovery" => VerifyType::Recovery,
+            "magiclink" => VerifyType::MagicLink,
+            "email" => VerifyType::Email,
+            _ => return None,
+        })
+    }
+    fn token_types(self) -> &'static [TokenType] {
+        match self {
+            VerifyType::Signup | VerifyType::Invite => &[TokenType::ConfirmationToken],
+            VerifyType::Recovery | VerifyType::MagicLink => &[TokenType::RecoveryToken],
+            VerifyType::Email => &[TokenType::ConfirmationToken, TokenType::RecoveryToken],
+        }
+    }
+    /// The type reported back (for `email`, the kind of token it matched).
+    fn resolved(self, tt: TokenType) -> &'static str {
+        match (self, tt) {
+            (VerifyType::Signup, _) => "signup",
+            (VerifyType::Invite, _) => "invite",
+            (VerifyType::Recovery, _) => "recovery",
+            (VerifyType::MagicLink, _) => "magiclink",
+            (VerifyType::Email, TokenType::ConfirmationToken) => "signup",
+            (VerifyType::Email, _) => "magiclink",
+        }
+    }
+}
+
+/// A successful verification.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub user: User,
+    /// `signup`, `invite`, `recovery` or `magiclink`.
+    pub vtype: &'static str,
+    /// For a PKCE token: the code to exchange at `/token?grant_type=pkce`.
+    pub code: Option<String>,
+}
+
+pub enum OtpMsg {
+    Send(Box<SendRequest>, RpcReplyPort<ApiResult<()>>),
+    Verify {
+        vtype: VerifyType,
+        presented: Presented,
+        reply: RpcReplyPort<ApiResult<Verified>>,
+    },
+}
+
+/// Per kind: token type, link path key, link `type`, PKCE method, audit.
+fn kind_facts(
+    kind: EmailKind,
+) -> (
+    TokenType,
+    &'static str,
+    &'static str,
+    &'static str,
+    AuditAction,
+) {
+    match kind {
+        EmailKind::Confirmation => (
+            TokenType::ConfirmationToken,
+            "confirmation",
+            "signup",
+            "email/signup",
+            AuditAction::UserConfirmationRequested,
+        ),
+        EmailKind::Invite => (
+            TokenType::ConfirmationToken,
+            "invite",
+            "invite",
+            "invite",
+            AuditAction::UserInvited,
+        ),
+        EmailKind::MagicLink => (
+            TokenType::RecoveryToken,
+            "recovery",
+            "magiclink",
+            "magiclink",
+            AuditAction::UserRecoveryRequested,
+        ),
+        EmailKind::Recovery => (
+            TokenType::RecoveryToken,
+            "recovery",
+            "recovery",
+            "recovery",
+            AuditAction::UserRecoveryRequested,
+        ),
+        EmailKind::EmailChange => (
+            TokenType::EmailChangeTokenNew,
+            "email_change",
+            "email_change",
+            "email_change",
+            AuditAction::UserModified,
+        ),
+        EmailKind::Reauthentication => (
+            TokenType::ReauthenticationToken,
+            "",
+            "",
+            "",
+            AuditAction::UserReauthenticateRequested,
+        ),
+    }
+}
+
+/// `redirect_to` is query-escaped only when it would break the query (GoTrue).
+fn link(ctx: &Ctx, path_key: &str, hash: &str, link_type: &str, redirect_to: &str) -> String {
+    let path = ctx
+        .config
+        .mailer
+        .url_paths
+        .get(path_key)
+        .map(String::as_str)
+        .unwrap_or("/verify");
+    let base = url::Url::parse(&ctx.config.api_external_url)
+        .and_then(|u| u.join(path))
+        .map(|u| u.to_string())
+        .unwrap_or_else(|_| {
+            format!(
+                "{}{}",
+                ctx.config.api_external_url.trim_end_matches('/'),
+                path
+            )
+        });
+    let r = if redirect_to.contains(['&', '=', '#']) {
+        url::form_urlencoded::byte_serialize(redirect_to.as_bytes()).collect::<String>()
+    } else {
+        redirect_to.to_string()
+    };
+    format!("{base}?token={hash}&type={link_type}&redirect_to={r}")
+}
+
+async fn send(ctx: &Ctx, req: &SendRequest) -> ApiResult<()> {
+    let now = Utc::now();
+    let (tt, path_key, link_type, flow_method, audit) = kind_facts(req.kind);
+    let mut tx = ctx.store.begin().await?;
+    let user = tx
+        .lock_user(req.user_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user_not_found", "User not found"))?;
+    let to = user
+        .email
+        .clone()
+        .filter(|e| !e.is_empty())
+        .ok_or_else(|| ApiError::validation("The user has no email address"))?;
+    // The per-user window (invites have none).
+    if req.kind != EmailKind::Invite
+        && let Some(sent) = tt.sent_at(&user)
+    {
+        let window = chrono::Duration::from_std(ctx.config.smtp.max_frequency).unwrap_or_default();
+        let left = (sent + window - now).num_seconds();
+        if left > 0 {
+            let code = "over_email_send_rate_limit";
+            return Err(ApiError::too_many_requests(
+                code,
+                format!("For security purposes, you can only request this after {left} seconds."),
+                left as u64,
+            ));
+        }
+    }
+    let budget = ctx.config.mailer.email_sent;
+    if (budget.events == 0 || !ctx.config.mailer_autoconfirm)
+        && !tx.take_email_budget(budget.events, budget.per, now).await?
+    {
+        metrics::counter!("castellan_email_budget_exhausted_total").increment(1);
+        return Err(ApiError::too_many_requests(
+            "over_email_send_rate_limit",
+            "email rate limit exceeded",
+            budget.per.as_secs(),
+        ));
+    }
+    let code = otp(ctx.config.mailer.otp_length);
+    let plain = token_hash(&to, &code);
+    let stored = match &req.pkce {
+        Some(p) if req.kind != EmailKind::Invite => {
+            tx.insert_flow_state(user.id, flow_method, &p.challenge, &p.method, now)
+                .await?;
+            format!("pkce_{plain}")
+        }
+        _ => plain.clone(),
+    };
+    tx.set_one_time_token(user.id, tt, &stored, &to, now)
+        .await?;
+    if req.kind == EmailKind::Invite {
+        tx.set_invited(user.id, now).await?;
+    }
+    let job = EmailJob {
+        id: Uuid::new_v4(),
+        kind: req.kind,
+        to: to.clone(),
+        token: code,
+        token_hash: stored.clone(),
+        confirmation_url: if path_key.is_empty() {
+            String::new()
+        } else {
+            link(ctx, path_key, &stored, link_type, &req.redirect_to)
+        },
+        site_url: ctx.config.site_url.clone(),
+        redirect_to: req.redirect_to.clone(),
+        email: to,
+        new_email: String::new(),
+        data: user.user_metadata(),
+    };
+    castellan_jobs::queue::enqueue_email(&mut tx, &job, ctx.config.mailer.max_attempts).await?;
+    let actor = req.actor.clone().unwrap_or_else(|| AuditActor::from(&user));
+    tx.insert_audit(
+        &audit_payload(
+            actor,
+            audit,
+            Some(json!({"user_id": user.id, "user_email": user.email_str()})),
+        ),
+        "",
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+fn expired() -> ApiError {
+    ApiError::forbidden("otp_expired", "Email link is invalid or has expired")
+}
+
+async fn verify(
+    ctx: &Ctx,
+    user_id: Uuid,
+    vtype: VerifyType,
+    presented: &Presented,
+) -> ApiResult<Verified> {
+    let now = Utc::now();
+    let mut tx = ctx.store.begin().await?;
+    let (tt, pkce) = match presented {
+        Presented::Hash(hash) => match tx.take_token_hash(hash, vtype.token_types()).await? {
+            Some((owner, tt)) if owner == user_id => (tt, hash.starts_with("pkce_")),
+            _ => return Err(expired()),
+        },
+        Presented::Code { email, code } => {
+            let hash = token_hash(email, code);
+            let mut found = None;
+            for &tt in vtype.token_types() {
+                let stored = tx.token_column(user_id, tt).await?.unwrap_or_default();
+                let pkce_hash = format!("pkce_{hash}");
+                // Constant-time, against both spellings.
+                let matches = !stored.is_empty()
+                    && (secure_eq(stored.as_bytes(), hash.as_bytes())
+                        | secure_eq(stored.as_bytes(), pkce_hash.as_bytes()));
+                if matches && tx.take_token_column(user_id, tt, &stored).await? {
+                    found = Some(tt);
+                    break;
+                }
+            }
+            let Some(tt) = found else {
+                return Err(ApiError::forbidden(
+                    "otp_expired",
+                    "Token has expired or is invalid",
+                ));
+            };
+            // A typed code always yields a session, even for a PKCE token.
+            (tt, false)
+        }
+    };
+    let user = tx.lock_user(user_id).await?.ok_or_else(expired)?;
+    let exp = chrono::Duration::from_std(ctx.config.mailer.otp_exp).unwrap_or_default();
+    if tt.sent_at(&user).is_none_or(|sent| now > sent + exp) {
+        tx.commit().await?; // the expired token stays consumed
+        return Err(expired());
+    }
+    if user.is_banned(now) {
+        return Err(ApiError::forbidden("user_banned", "User is banned"));
+    }
+    let resolved = vtype.resolved(tt);
+    let email = user.email_str().to_string();
+    let audit = match tt {
+        TokenType::ConfirmationToken => {
+            tx.confirm(user.id, "email", now).await?;
+            tx.verify_email_identities(user.id, &email, now).await?;
+            AuditAction::UserSignedUp
+        }
+        _ if user.email_confirmed_at.is_none() => {
+            tx.confirm(user.id, "email", now).await?;
+            AuditAction::UserSignedUp
+        }
+        _ => AuditAction::Login,
+    };
+    if resolved == "invite" && !user.has_password() {
+        // GoTrue's invited users get a random password until they set one.
+        let hash = ctx
+            .hasher
+            .hash(&castellan_core::crypto::random_base32(64))
+            .await?;
+        tx.set_password(user.id, &hash, now).await?;
+    }
+    tx.clear_one_time_tokens(user.id).await?;
+    tx.insert_audit(
+        &audit_payload(&user, audit, Some(json!({"provider": "email"}))),
+        "",
+        now,
+    )
+    .await?;
+    let code = if pkce {
+        let method = match resolved {
+            "signup" => "email/signup",
+            other => other,
+        };
+        Some(
+            tx.issue_flow_code(user.id, method, now)
+                .await?
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "flow_state_not_found",
+                        "invalid flow state, no valid flow state found",
+                    )
+                })?,
+        )
+    } else {
+        None
+    };
+    let user = tx.user_by_id(user.id).await?.ok_or_else(expired)?;
+    tx.commit().await?;
+    Ok(Verified {
+        user,
+        vtype: resolved,
+        code,
+    })
+}
+
+pub struct OtpWorker;
+
+impl Worker for OtpWorker {
+    type Key = Uuid;
+    type Message = OtpMsg;
+    type Arguments = Arc<Ctx>;
+    type State = Arc<Ctx>;
+
+    async fn pre_start(
+        &self,
+        _wid: WorkerId,
+        _f: &ActorRef<FactoryMessage<Uuid, OtpMsg>>,
+        ctx: Arc<Ctx>,
+    ) -> Result<Arc<Ctx>, ActorProcessingErr> {
+        Ok(ctx)
+    }
+
+    async fn handle(
+        &self,
+        _wid: WorkerId,
+        _f: &ActorRef<FactoryMessage<Uuid, OtpMsg>>,
+        Job { key, msg, .. }: Job<Uuid, OtpMsg>,
+        ctx: &mut Arc<Ctx>,
+    ) -> Result<Uuid, ActorProcessingErr> {
+        let start = Instant::now();
+        let (kind, ok) = match msg {
+            OtpMsg::Send(req, reply) => {
+                let r = send(ctx, &req).await;
+                let ok = r.is_ok();
+                let _ = reply.send(r);
+                ("send", ok)
+            }
+            OtpMsg::Verify {
+                vtype,
+                presented,
+                reply,
+            } => {
+                let r = verify(ctx, key, vtype, &presented).await;
+                let ok = r.is_ok();
+                let _ = reply.send(r);
+                ("verify", ok)
+            }
+        };
+        record_message("otp_issuer", kind, if ok { "ok" } else { "error" }, start);
+        Ok(key)
+    }
+}
+
+/// What callers hold.
+#[derive(Clone)]
+pub struct OtpIssuer {
+    factory: Arc<ArcSwapOption<FactoryRef<Uuid, OtpMsg>>>,
+    ctx: Arc<Ctx>,
+    timeout: Duration,
+}
+
+impl OtpIssuer {
+    pub(crate) fn new(
+        factory: Arc<ArcSwapOption<FactoryRef<Uuid, OtpMsg>>>,
+        ctx: Arc<Ctx>,
+    ) -> Self {
+        let timeout = ctx.config.actor_call_timeout;
+        Self {
+            factory,
+            ctx,
+            timeout,
+        }
+    }
+
+    async fn call<T: Send + 'static>(
+        &self,
+        key: Uuid,
+        build: impl FnOnce(RpcReplyPort<ApiResult<T>>) -> OtpMsg,
+    ) -> ApiResult<T> {
+        crate::supervisor::call_keyed(&self.factory, "otp_issuer", key, self.timeout, build).await
+    }
+
+    pub async fn send(&self, req: SendRequest) -> ApiResult<()> {
+        let key = req.user_id;
+        self.call(key, |reply| OtpMsg::Send(Box::new(req), reply))
+            .await
+    }
+
+    /// Verifies a link's hash or a typed code; `email` finds the user for a code.
+    pub async fn verify(
+        &self,
+        vtype: VerifyType,
+        presented: Presented,
+        aud: &str,
+    ) -> ApiResult<Verified> {
+        let user_id = match &presented {
+            Presented::Hash(h) => self.ctx.store.token_owner(h).await?,
+            Presented::Code { email, .. } => self
+                .ctx
+                .store
+                .user_by_email(email, aud)
+                .await?
+                .map(|u| u.id),
+        };
+        let Some(user_id) = user_id else {
+            return Err(match presented {
+                Presented::Hash(_) => expired(),
+                Presented::Code { .. } => {
+                    ApiError::forbidden("otp_expired", "Token has expired or is invalid")
+                }
+            });
+        };
+        self.call(user_id, |reply| OtpMsg::Verify {
+            vtype,
+            presented,
+            reply,
+        })
+        .await
+    }
+}

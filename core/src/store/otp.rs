@@ -1,0 +1,340 @@
+//! One-time tokens (email links and codes), PKCE flow states and the global
+//! email budget.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::Tx;
+use super::queries::count;
+use crate::models::User;
+use crate::on;
+
+/// GoTrue's `one_time_token_type`s, each with the users column that holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenType {
+    ConfirmationToken,
+    RecoveryToken,
+    EmailChangeTokenNew,
+    EmailChangeTokenCurrent,
+    ReauthenticationToken,
+}
+
+impl TokenType {
+    pub fn name(self) -> &'static str {
+        match self {
+            TokenType::ConfirmationToken => "confirmation_token",
+            TokenType::RecoveryToken => "recovery_token",
+            TokenType::EmailChangeTokenNew => "email_change_token_new",
+            TokenType::EmailChangeTokenCurrent => "email_change_token_current",
+            TokenType::ReauthenticationToken => "reauthentication_token",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<TokenType> {
+        [
+            TokenType::ConfirmationToken,
+            TokenType::RecoveryToken,
+            TokenType::EmailChangeTokenNew,
+            TokenType::EmailChangeTokenCurrent,
+            TokenType::ReauthenticationToken,
+        ]
+        .into_iter()
+        .find(|t| t.name() == s)
+    }
+
+    /// When the token of this type was sent, per the user row.
+    pub fn sent_at(self, u: &User) -> Option<DateTime<Utc>> {
+        match self {
+            TokenType::ConfirmationToken => u.confirmation_sent_at,
+            TokenType::RecoveryToken => u.recovery_sent_at,
+            TokenType::EmailChangeTokenNew | TokenType::EmailChangeTokenCurrent => {
+                u.email_change_sent_at
+            }
+            TokenType::ReauthenticationToken => u.reauthentication_sent_at,
+        }
+    }
+}
+
+/// One statement per token type, written out: column names cannot be bound.
+macro_rules! per_type {
+    ($tt:expr, |$col:ident, $sent:ident| $sql:expr) => {
+        match $tt {
+            TokenType::ConfirmationToken => {
+                let ($col, $sent) = ("confirmation_token", "confirmation_sent_at");
+                $sql
+            }
+            TokenType::RecoveryToken => {
+                let ($col, $sent) = ("recovery_token", "recovery_sent_at");
+                $sql
+            }
+            TokenType::EmailChangeTokenNew => {
+                let ($col, $sent) = ("email_change_token_new", "email_change_sent_at");
+                $sql
+            }
+            TokenType::EmailChangeTokenCurrent => {
+                let ($col, $sent) = ("email_change_token_current", "email_change_sent_at");
+                $sql
+            }
+            TokenType::ReauthenticationToken => {
+                let ($col, $sent) = ("reauthentication_token", "reauthentication_sent_at");
+                $sql
+            }
+        }
+    };
+}
+
+/// A PKCE flow waiting for its code exchange.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct FlowState {
+    pub id: Uuid,
+    pub user_id: Option<Uuid>,
+    pub auth_code: Option<String>,
+    pub code_challenge_method: Option<String>,
+    pub code_challenge: Option<String>,
+    pub authentication_method: String,
+    pub created_at: Option<DateTime<Utc>>,
+    pub auth_code_issued_at: Option<DateTime<Utc>>,
+}
+
+impl Tx {
+    /// The user row, locked for the rest of the transaction on PostgreSQL
+    /// (sends to one user are serialized across processes).
+    pub async fn lock_user(&mut self, id: Uuid) -> Result<Option<User>, sqlx::Error> {
+        count();
+        match self {
+            Tx::Pg(t) => {
+                sqlx::query_as(concat!(
+                    "SELECT ",
+                    user_cols!(),
+                    " FROM users WHERE id = $1 FOR UPDATE"
+                ))
+                .bind(id)
+                .fetch_optional(&mut **t)
+                .await
+            }
+            Tx::Lite(t, _) => {
+                sqlx::query_as(concat!(
+                    "SELECT ",
+                    user_cols!(),
+                    " FROM users WHERE id = $1"
+                ))
+                .bind(id)
+                .fetch_optional(&mut **t)
+                .await
+            }
+        }
+    }
+
+    /// Stores a token: the users column and its `*_sent_at`, and the
+    /// `one_time_tokens` row of that type (replacing the previous one).
+    pub async fn set_one_time_token(
+        &mut self,
+        user_id: Uuid,
+        tt: TokenType,
+        hash: &str,
+        relates_to: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), sqlx::Error> {
+        count();
+        per_type!(tt, |col, sent| {
+            let sql =
+                format!("UPDATE users SET {col} = $2, {sent} = $3, updated_at = $3 WHERE id = $1");
+            on!(tx self, c => sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(user_id).bind(hash).bind(now).execute(&mut *c).await.map(drop))?;
+        });
+        count();
+        match self {
+            Tx::Pg(t) => sqlx::query("DELETE FROM one_time_tokens WHERE user_id = $1 AND token_type = $2::auth.one_time_token_type")
+                .bind(user_id).bind(tt.name()).execute(&mut **t).await.map(drop)?,
+            Tx::Lite(t, _) => sqlx::query("DELETE FROM one_time_tokens WHERE user_id = $1 AND token_type = $2")
+                .bind(user_id).bind(tt.name()).execute(&mut **t).await.map(drop)?,
+        }
+        count();
+        let naive = now.naive_utc();
+        match self {
+            Tx::Pg(t) => sqlx::query("INSERT INTO one_time_tokens (id, user_id, token_type, token_hash, relates_to, created_at, updated_at) \
+                VALUES ($1, $2, $3::auth.one_time_token_type, $4, $5, $6, $6)")
+                .bind(Uuid::new_v4()).bind(user_id).bind(tt.name()).bind(hash).bind(relates_to).bind(naive)
+                .execute(&mut **t).await.map(drop),
+            Tx::Lite(t, _) => sqlx::query("INSERT INTO one_time_tokens (id, user_id, token_type, token_hash, relates_to, created_at, updated_at) \
+                VALUES ($1, $2, $3, $4, $5, $6, $6)")
+                .bind(Uuid::new_v4()).bind(user_id).bind(tt.name()).bind(hash).bind(relates_to).bind(naive)
+                .execute(&mut **t).await.map(drop),
+        }
+    }
+
+    pub async fn set_invited(
+        &mut self,
+        user_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<(), sqlx::Error> {
+        count();
+        on!(tx self, c => sqlx::query("UPDATE users SET invited_at = $2 WHERE id = $1").bind(user_id).bind(now).execute(&mut *c).await.map(drop))
+    }
+
+    /// Takes the one-time token with this hash and one of these types, if
+    /// any: the row is deleted in the same statement, so of two concurrent
+    /// verifications only one gets it.
+    pub async fn take_token_hash(
+        &mut self,
+        hash: &str,
+        types: &[TokenType],
+    ) -> Result<Option<(Uuid, TokenType)>, sqlx::Error> {
+        count();
+        let names: Vec<&str> = types.iter().map(|t| t.name()).collect();
+        let names = names.join(",");
+        let found: Option<(Uuid, String)> = match self {
+            Tx::Pg(t) => sqlx::query_as("DELETE FROM one_time_tokens WHERE token_hash = $1 AND token_type::text = ANY(string_to_array($2, ',')) \
+                RETURNING user_id, token_type::text")
+                .bind(hash).bind(&names).fetch_optional(&mut **t).await?,
+            Tx::Lite(t, _) => sqlx::query_as("DELETE FROM one_time_tokens WHERE token_hash = $1 AND instr(',' || $2 || ',', ',' || token_type || ',') > 0 \
+                RETURNING user_id, token_type")
+                .bind(hash).bind(&names).fetch_optional(&mut **t).await?,
+        };
+        Ok(found.and_then(|(user, tt)| TokenType::from_name(&tt).map(|t| (user, t))))
+    }
+
+    /// Clears a token column if it still holds `expected` (an OTP typed into
+    /// a form): one statement, so a code is accepted once.
+    pub async fn take_token_column(
+        &mut self,
+        user_id: Uuid,
+        tt: TokenType,
+        expected: &str,
+    ) -> Result<bool, sqlx::Error> {
+        count();
+        per_type!(tt, |col, _sent| {
+            let sql = format!("UPDATE users SET {col} = '' WHERE id = $1 AND {col} = $2");
+            on!(tx self, c => sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(user_id).bind(expected).execute(&mut *c).await.map(|r| r.rows_affected() == 1))
+        })
+    }
+
+    /// The users column value of a token type.
+    pub async fn token_column(
+        &mut self,
+        user_id: Uuid,
+        tt: TokenType,
+    ) -> Result<Option<String>, sqlx::Error> {
+        count();
+        per_type!(tt, |col, _sent| {
+            let sql = format!("SELECT {col} FROM users WHERE id = $1");
+            on!(tx self, c => sqlx::query_scalar::<_, Option<String>>(sqlx::AssertSqlSafe(sql.clone())).bind(user_id).fetch_optional(&mut *c).await.map(Option::flatten))
+        })
+    }
+
+    /// Confirmation side effects clear every pending one-time token of the user.
+    pub async fn clear_one_time_tokens(&mut self, user_id: Uuid) -> Result<(), sqlx::Error> {
+        count();
+        on!(tx self, c => sqlx::query("DELETE FROM one_time_tokens WHERE user_id = $1").bind(user_id).execute(&mut *c).await.map(drop))?;
+        count();
+        on!(tx self, c => sqlx::query("UPDATE users SET confirmation_token = '', recovery_token = '' WHERE id = $1")
+            .bind(user_id).execute(&mut *c).await.map(drop))
+    }
+
+    /// Marks the user's email identities verified.
+    pub async fn verify_email_identities(
+        &mut self,
+        user_id: Uuid,
+        email: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), sqlx::Error> {
+        count();
+        match self {
+            Tx::Pg(t) => sqlx::query("UPDATE identities SET identity_data = jsonb_set(identity_data, '{email_verified}', 'true'), updated_at = $3 \
+                WHERE user_id = $1 AND lower(identity_data->>'email') = $2")
+                .bind(user_id).bind(email).bind(now).execute(&mut **t).await.map(drop),
+            Tx::Lite(t, _) => sqlx::query("UPDATE identities SET identity_data = json_set(identity_data, '$.email_verified', json('true')), updated_at = $3 \
+                WHERE user_id = $1 AND lower(json_extract(identity_data, '$.email')) = $2")
+                .bind(user_id).bind(email).bind(now).execute(&mut **t).await.map(drop),
+        }
+    }
+
+    /// Draws one email from the global budget (a fixed window of `events` per
+    /// `per`, shared by every process on this database). False when spent.
+    pub async fn take_email_budget(
+        &mut self,
+        events: u32,
+        per: std::time::Duration,
+        now: DateTime<Utc>,
+    ) -> Result<bool, sqlx::Error> {
+        count();
+        let row: (DateTime<Utc>, i64) = match self {
+            Tx::Pg(t) => sqlx::query_as("SELECT window_start, sent::bigint FROM castellan_email_budget WHERE id = 1 FOR UPDATE").fetch_one(&mut **t).await?,
+            Tx::Lite(t, _) => sqlx::query_as("SELECT window_start, sent FROM castellan_email_budget WHERE id = 1").fetch_one(&mut **t).await?,
+        };
+        let per = chrono::Duration::from_std(per).unwrap_or(chrono::Duration::hours(1));
+        let (start, sent) = if now >= row.0 + per {
+            (now, 0)
+        } else {
+            (row.0, row.1)
+        };
+        if sent >= i64::from(events) {
+            return Ok(false);
+        }
+        count();
+        on!(tx self, c => sqlx::query("UPDATE castellan_email_budget SET window_start = $1, sent = $2 WHERE id = 1")
+            .bind(start).bind((sent + 1) as i32).execute(&mut *c).await.map(drop))?;
+        Ok(true)
+    }
+
+    pub async fn insert_flow_state(
+        &mut self,
+        user_id: Uuid,
+        method: &str,
+        challenge: &str,
+        challenge_method: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), sqlx::Error> {
+        count();
+        let code = Uuid::new_v4().to_string();
+        match self {
+            Tx::Pg(t) => sqlx::query("INSERT INTO flow_state (id, user_id, auth_code, code_challenge_method, code_challenge, provider_type, \
+                authentication_method, created_at, updated_at) VALUES ($1, $2, $3, $4::auth.code_challenge_method, $5, 'email', $6, $7, $7)")
+                .bind(Uuid::new_v4()).bind(user_id).bind(code).bind(challenge_method).bind(challenge).bind(method).bind(now)
+                .execute(&mut **t).await.map(drop),
+            Tx::Lite(t, _) => sqlx::query("INSERT INTO flow_state (id, user_id, auth_code, code_challenge_method, code_challenge, provider_type, \
+                authentication_method, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, 'email', $6, $7, $7)")
+                .bind(Uuid::new_v4()).bind(user_id).bind(code).bind(challenge_method).bind(challenge).bind(method).bind(now)
+                .execute(&mut **t).await.map(drop),
+        }
+    }
+
+    /// Issues the code of the newest flow of (user, method): its `auth_code`.
+    pub async fn issue_flow_code(
+        &mut self,
+        user_id: Uuid,
+        method: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<String>, sqlx::Error> {
+        count();
+        on!(tx self, c => sqlx::query_scalar::<_, Option<String>>(
+            "UPDATE flow_state SET auth_code_issued_at = $3, updated_at = $3 WHERE id = \
+             (SELECT id FROM flow_state WHERE user_id = $1 AND authentication_method = $2 ORDER BY created_at DESC LIMIT 1) RETURNING auth_code")
+            .bind(user_id).bind(method).bind(now).fetch_optional(&mut *c).await.map(Option::flatten))
+    }
+
+    /// Takes the flow state of an auth code (deleting it, so a code is exchanged once).
+    pub async fn take_flow_state(
+        &mut self,
+        auth_code: &str,
+    ) -> Result<Option<FlowState>, sqlx::Error> {
+        count();
+        match self {
+            Tx::Pg(t) => sqlx::query_as("DELETE FROM flow_state WHERE auth_code = $1 RETURNING id, user_id, auth_code, \
+                code_challenge_method::text AS code_challenge_method, code_challenge, authentication_method, created_at, auth_code_issued_at")
+                .bind(auth_code).fetch_optional(&mut **t).await,
+            Tx::Lite(t, _) => sqlx::query_as("DELETE FROM flow_state WHERE auth_code = $1 RETURNING id, user_id, auth_code, \
+                code_challenge_method, code_challenge, authentication_method, created_at, auth_code_issued_at")
+                .bind(auth_code).fetch_optional(&mut **t).await,
+        }
+    }
+}
+
+impl super::Store {
+    /// Whose one-time token this hash is (for routing a verification).
+    pub async fn token_owner(&self, hash: &str) -> Result<Option<Uuid>, sqlx::Error> {
+        count();
+        on!(pool &self.pool, p => sqlx::query_scalar("SELECT user_id FROM one_time_tokens WHERE token_hash = $1 LIMIT 1")
+            .bind(hash).fetch_optional(p).await)
+    }
+}

@@ -1,0 +1,141 @@
+//! The email job and its delivery.
+
+use std::time::Duration;
+
+use castellan_core::config::SmtpConfig;
+use lettre::message::{Mailbox, MultiPart};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// What an email is for; picks its template, subject and link type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EmailKind {
+    Confirmation,
+    Invite,
+    MagicLink,
+    Recovery,
+    EmailChange,
+    Reauthentication,
+}
+
+impl EmailKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            EmailKind::Confirmation => "confirmation",
+            EmailKind::Invite => "invite",
+            EmailKind::MagicLink => "magic_link",
+            EmailKind::Recovery => "recovery",
+            EmailKind::EmailChange => "email_change",
+            EmailKind::Reauthentication => "reauthentication",
+        }
+    }
+}
+
+/// Everything a worker needs to render and send one email. Rendering happens
+/// at delivery, so template changes apply to queued mail too.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmailJob {
+    /// Unique per email (for logs and tracing).
+    pub id: Uuid,
+    pub kind: EmailKind,
+    pub to: String,
+    /// The one-time code.
+    pub token: String,
+    /// The hash the link carries (with `pkce_` for PKCE flows).
+    pub token_hash: String,
+    /// The link to click (empty for reauthentication).
+    pub confirmation_url: String,
+    pub site_url: String,
+    pub redirect_to: String,
+    /// The user's email (differs from `to` for the new address of an email change).
+    pub email: String,
+    pub new_email: String,
+    /// The user's metadata.
+    pub data: Value,
+}
+
+/// Where mail goes.
+#[derive(Clone)]
+pub enum Mailer {
+    Smtp {
+        transport: AsyncSmtpTransport<Tokio1Executor>,
+        from: Mailbox,
+    },
+    /// No SMTP host: the message (with its link and code) goes to the log,
+    /// so a newcomer can follow a magic link without a mail server.
+    Log,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("invalid address: {0}")]
+    Address(String),
+    #[error("smtp: {0}")]
+    Smtp(#[from] lettre::transport::smtp::Error),
+    #[error("message: {0}")]
+    Message(#[from] lettre::error::Error),
+}
+
+impl Mailer {
+    pub fn from_config(cfg: &SmtpConfig) -> Result<Mailer, String> {
+        let Some(host) = cfg.host.clone() else {
+            return Ok(Mailer::Log);
+        };
+        let from_addr = cfg
+            .admin_email
+            .clone()
+            .unwrap_or_else(|| format!("noreply@{host}"));
+        let from: Mailbox = match &cfg.sender_name {
+            Some(name) => format!("{name} <{from_addr}>").parse(),
+            None => from_addr.parse(),
+        }
+        .map_err(|e| format!("GOTRUE_SMTP_ADMIN_EMAIL: {e}"))?;
+        // The port says how to talk: 465 is implicit TLS, 587 STARTTLS, anything
+        // else (a local relay, a test sink) plain.
+        let builder = match cfg.port {
+            465 => AsyncSmtpTransport::<Tokio1Executor>::relay(&host).map_err(|e| e.to_string())?,
+            587 => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&host)
+                .map_err(|e| e.to_string())?,
+            _ => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&host),
+        };
+        let mut builder = builder
+            .port(cfg.port)
+            .timeout(Some(Duration::from_secs(10)));
+        if let (Some(u), Some(p)) = (&cfg.user, &cfg.pass) {
+            builder = builder.credentials(Credentials::new(u.clone(), p.clone()));
+        }
+        Ok(Mailer::Smtp {
+            transport: builder.build(),
+            from,
+        })
+    }
+
+    pub async fn send(
+        &self,
+        to: &str,
+        subject: &str,
+        html: String,
+        text: String,
+    ) -> Result<(), SendError> {
+        match self {
+            Mailer::Log => {
+                tracing::info!(target: "castellan::mail", %to, %subject, body = %text, "email (no SMTP host configured: delivered to the log)");
+                Ok(())
+            }
+            Mailer::Smtp { transport, from } => {
+                let to: Mailbox = to.parse().map_err(|_| SendError::Address(to.to_string()))?;
+                let msg = Message::builder()
+                    .from(from.clone())
+                    .to(to)
+                    .subject(subject)
+                    .multipart(MultiPart::alternative_plain_html(text, html))?;
+                transport.send(msg).await?;
+                Ok(())
+            }
+        }
+    }
+}

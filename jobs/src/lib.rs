@@ -1,0 +1,14 @@
+//! castellan-jobs: durable job queues on the users' own database (apalis).
+//!
+//! - [`email`]: the email job, its templates and its delivery (SMTP through
+//!   lettre, or the server log when no SMTP host is configured).
+//! - [`queue`]: enqueueing inside the caller's transaction, so a token and
+//!   the email that carries it commit together or not at all.
+//! - [`worker`]: the workers that deliver, with retries and metrics.
+
+pub mod email;
+pub mod queue;
+pub mod templates;
+pub mod worker;
+
+pub use email::{EmailJob, EmailKind};

@@ -1,0 +1,51 @@
+//! Putting jobs on the queue, inside the caller's transaction.
+
+use apalis::prelude::TaskBuilder;
+use castellan_core::ApiError;
+use castellan_core::store::{Pool, Store, Tx};
+
+use crate::email::EmailJob;
+
+/// The queue's name in the database (pinned, so moving the Rust type never
+/// orphans queued jobs).
+pub const EMAIL_QUEUE: &str = "castellan_email";
+
+/// Creates the queue's tables: apalis's own migrations, in the `apalis`
+/// schema on PostgreSQL and beside the users' tables on SQLite.
+pub async fn setup(store: &Store) -> Result<(), String> {
+    match store.pool() {
+        Pool::Pg(p) => apalis_postgres::PostgresStorage::setup(p)
+            .await
+            .map_err(|e| format!("job queue setup: {e}")),
+        // Not `SqliteStorage::setup`: that would switch the shared file's
+        // connections to `synchronous=OFF`. The migrations alone, sharing the
+        // history table with castellan's (each ignores the other's rows).
+        Pool::Lite(p) => {
+            let mut m = apalis_sqlite::SqliteStorage::migrations();
+            m.set_ignore_missing(true);
+            m.run(p).await.map_err(|e| format!("job queue setup: {e}"))
+        }
+    }
+}
+
+/// Queues an email in `tx`: it is delivered only if `tx` commits.
+pub async fn enqueue_email(
+    tx: &mut Tx,
+    job: &EmailJob,
+    max_attempts: usize,
+) -> Result<(), ApiError> {
+    let bytes = serde_json::to_vec(job).map_err(|e| ApiError::internal("email job", e))?;
+    // apalis gives the task its own ULID id; the job's id travels in the payload.
+    let task = TaskBuilder::new(bytes).max_attempts(max_attempts).build();
+    let r = match tx {
+        Tx::Pg(t) => apalis_postgres::queries::push_tasks(&mut **t, EMAIL_QUEUE, vec![task])
+            .await
+            .map_err(|e| e.to_string()),
+        Tx::Lite(t, _) => apalis_sqlite::queries::push_tasks(&mut **t, EMAIL_QUEUE, &[task])
+            .await
+            .map_err(|e| e.to_string()),
+    };
+    r.map_err(|e| ApiError::internal("email queue", e))?;
+    metrics::counter!("castellan_queue_enqueued_total", "queue" => "email", "kind" => job.kind.name()).increment(1);
+    Ok(())
+}

@@ -1,0 +1,144 @@
+//! The workers: deliver queued email with retries and exponential backoff.
+//! A message that fails every attempt stays in the queue table marked
+//! failed and is counted as dead; it is never dropped silently.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use apalis::layers::retry::HasherRng;
+use apalis::layers::retry::backoff::{ExponentialBackoffMaker, MakeBackoff};
+use apalis::prelude::*;
+use castellan_core::config::Config;
+use castellan_core::store::{Pool, Store};
+
+use crate::email::{EmailJob, Mailer};
+use crate::queue::EMAIL_QUEUE;
+use crate::templates::Templates;
+
+/// The workers' heartbeat. Besides marking them alive, each beat makes an
+/// idle worker look for jobs again: under load an interval poll's wake-up is
+/// occasionally lost (seen in the test suite), and the beat bounds that delay.
+const HEARTBEAT: Duration = Duration::from_secs(3);
+
+pub struct EmailDeps {
+    pub mailer: Mailer,
+    pub templates: Templates,
+    pub attempts: usize,
+}
+
+async fn deliver(
+    job: EmailJob,
+    deps: Data<Arc<EmailDeps>>,
+    attempt: Attempt,
+) -> Result<(), BoxDynError> {
+    let start = Instant::now();
+    let rendered = deps.templates.render(&job);
+    let result = deps
+        .mailer
+        .send(&job.to, &rendered.subject, rendered.html, rendered.text)
+        .await;
+    metrics::histogram!("castellan_queue_job_duration_seconds", "queue" => "email")
+        .record(start.elapsed().as_secs_f64());
+    match result {
+        Ok(()) => {
+            metrics::counter!("castellan_queue_succeeded_total", "queue" => "email", "kind" => job.kind.name()).increment(1);
+            Ok(())
+        }
+        Err(e) => {
+            let n = attempt.current();
+            if n + 1 >= deps.attempts {
+                metrics::counter!("castellan_queue_dead_total", "queue" => "email").increment(1);
+                tracing::error!(job = %job.id, attempt = n, error = %e, "email failed its last attempt; marked failed in the queue");
+            } else {
+                metrics::counter!("castellan_queue_retried_total", "queue" => "email").increment(1);
+                tracing::warn!(job = %job.id, attempt = n, error = %e, "email delivery failed; will retry");
+            }
+            Err(e.into())
+        }
+    }
+}
+
+/// A worker whose backend failed (the database went away, say) is started
+/// again, and counted.
+fn restart_worker(worker: &WorkerContext, error: &WorkerError) -> bool {
+    metrics::counter!("castellan_queue_worker_restarts_total", "queue" => "email").increment(1);
+    tracing::error!(restarts = worker.restarts(), %error, "email worker failed; restarting");
+    true
+}
+
+/// Runs the email workers until `shutdown` resolves.
+pub async fn run(
+    store: Store,
+    config: &Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    let mailer = Mailer::from_config(&config.smtp)?;
+    let templates = Templates::load(&config.mailer).await?;
+    let attempts = config.mailer.max_attempts.max(1);
+    let deps = Arc::new(EmailDeps {
+        mailer,
+        templates,
+        attempts,
+    });
+    let backoff = ExponentialBackoffMaker::new(
+        config.mailer.retry_min,
+        config.mailer.retry_max,
+        0.2,
+        HasherRng::default(),
+    )
+    .map_err(|e| format!("email retry backoff: {e}"))?;
+    // Names must be unique per process: a reused name stalls for 30 s.
+    let name = format!("castellan-email-{}", uuid::Uuid::new_v4().simple());
+    let signal = async move {
+        shutdown.await;
+        Ok(())
+    };
+    let poll = config.mailer.poll_interval;
+    let policy = RetryPolicy::retries(attempts - 1).with_backoff(backoff.clone().make_backoff());
+    // The same monitor over either backend (their storage types differ).
+    macro_rules! monitor {
+        ($storage:expr) => {{
+            let storage = $storage.poll_with_interval(poll);
+            Monitor::new()
+                .should_restart(restart_worker)
+                .register(move |restarts| {
+                    // A fresh name per run: a name reused within the heartbeat window stalls.
+                    WorkerBuilder::new(format!("{name}-{restarts}"))
+                        .backend(storage.clone())
+                        .retry(policy.clone())
+                        .data(deps.clone())
+                        .build(deliver)
+                })
+                .run_with_signal(signal)
+                .await
+                .map_err(|e| e.to_string())
+        }};
+    }
+    match store.pool() {
+        Pool::Pg(p) => monitor!(
+            apalis_postgres::PostgresStorage::<EmailJob>::new(p).with_config(
+                apalis_postgres::Config::default()
+                    .queue(EMAIL_QUEUE)
+                    .heartbeat_interval(HEARTBEAT)
+            )
+        ),
+        Pool::Lite(p) => monitor!(
+            apalis_sqlite::SqliteStorage::<EmailJob>::new(p).with_config(
+                apalis_sqlite::Config::default()
+                    .queue(EMAIL_QUEUE)
+                    .heartbeat_interval(HEARTBEAT)
+            )
+        ),
+    }
+}
+
+/// How long a delivery may be retried before it is dead, for the README.
+pub fn retry_window(config: &Config) -> Duration {
+    let mut total = Duration::ZERO;
+    let mut d = config.mailer.retry_min;
+    for _ in 1..config.mailer.max_attempts {
+        total += d;
+        d = (d * 2).min(config.mailer.retry_max);
+    }
+    total
+}

@@ -1,0 +1,198 @@
+//! The endpoints that send an email: `/recover`, `/otp` and `/magiclink`.
+//! They answer `{}` whether or not the address has an account.
+
+use axum::Json;
+use axum::extract::State;
+use axum::response::IntoResponse;
+use castellan_actors::accounts::{SignupOutcome, SignupRequest};
+use castellan_actors::otp_issuer::SendRequest;
+use castellan_actors::rate_limiter::Bucket;
+use castellan_core::{ApiError, validate};
+use castellan_jobs::EmailKind;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::error::HttpResult;
+use crate::extract::{ClientKey, JsonBody, RedirectTo, RequestAud};
+use crate::server::AppState;
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct RecoverBody {
+    email: Option<String>,
+    code_challenge: Option<String>,
+    code_challenge_method: Option<String>,
+}
+
+/// `POST /recover`: a password-recovery link for a known address.
+pub async fn recover(
+    State(st): State<AppState>,
+    client: ClientKey,
+    RedirectTo(redirect_to): RedirectTo,
+    RequestAud(aud): RequestAud,
+    JsonBody(b): JsonBody<RecoverBody>,
+) -> HttpResult {
+    st.actors
+        .rate_limits
+        .check(Bucket::Otp, &client.key, client.source)?;
+    if !st.ctx.config.external_email_enabled {
+        return Err(
+            ApiError::bad_request("email_provider_disabled", "Email logins are disabled").into(),
+        );
+    }
+    let raw = b.email.unwrap_or_default();
+    if raw.trim().is_empty() {
+        return Err(ApiError::validation("Password recovery requires an email").into());
+    }
+    let email = validate::email(&raw)?;
+    let pkce = validate::pkce(
+        b.code_challenge.as_deref(),
+        b.code_challenge_method.as_deref(),
+    )?;
+    if let Some(user) = st
+        .ctx
+        .store
+        .user_by_email(&email, &aud)
+        .await
+        .map_err(ApiError::from)?
+    {
+        st.actors
+            .otp
+            .send(SendRequest {
+                user_id: user.id,
+                kind: EmailKind::Recovery,
+                redirect_to,
+                pkce,
+                actor: None,
+            })
+            .await?;
+    }
+    Ok(Json(json!({})).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct OtpBody {
+    email: Option<String>,
+    phone: Option<String>,
+    create_user: Option<bool>,
+    data: Option<Map<String, Value>>,
+    channel: Option<String>,
+    code_challenge: Option<String>,
+    code_challenge_method: Option<String>,
+}
+
+/// `POST /otp` (and `/magiclink`): a sign-in link and code by email. An
+/// unknown or unconfirmed address is signed up first (unless `create_user`
+/// is false), so it receives the confirmation email instead.
+pub async fn otp(
+    State(st): State<AppState>,
+    client: ClientKey,
+    RedirectTo(redirect_to): RedirectTo,
+    RequestAud(aud): RequestAud,
+    JsonBody(b): JsonBody<OtpBody>,
+) -> HttpResult {
+    st.actors
+        .rate_limits
+        .check(Bucket::Otp, &client.key, client.source)?;
+    let empty = |s: &Option<String>| s.as_deref().is_none_or(str::is_empty);
+    if !empty(&b.email) && !empty(&b.phone) {
+        return Err(ApiError::validation(
+            "Only an email address or phone number should be provided",
+        )
+        .into());
+    }
+    if !empty(&b.email) && !empty(&b.channel) {
+        return Err(ApiError::validation("Channel should only be specified with Phone OTP").into());
+    }
+    let pkce = validate::pkce(
+        b.code_challenge.as_deref(),
+        b.code_challenge_method.as_deref(),
+    )?;
+    if !empty(&b.phone) {
+        return Err(
+            ApiError::bad_request("phone_provider_disabled", "Unsupported phone provider").into(),
+        );
+    }
+    if empty(&b.email) {
+        return Err(ApiError::validation("One of email or phone must be set").into());
+    }
+    let cfg = &st.ctx.config;
+    if !cfg.external_email_enabled {
+        return Err(ApiError::unprocessable(
+            "email_provider_disabled",
+            "Email logins are disabled",
+        )
+        .into());
+    }
+    if !cfg.mailer.magic_link_enabled {
+        return Err(ApiError::unprocessable(
+            "email_provider_disabled",
+            "Login with magic link is disabled",
+        )
+        .into());
+    }
+    let create_user = b.create_user.unwrap_or(true);
+    let email = match validate::email(b.email.as_deref().unwrap_or_default()) {
+        Ok(e) => e,
+        // GoTrue answers a bad address with `otp_disabled` when it may not create users.
+        Err(_) if !create_user => {
+            return Err(
+                ApiError::unprocessable("otp_disabled", "Signups not allowed for otp").into(),
+            );
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let user = st
+        .ctx
+        .store
+        .user_by_email(&email, &aud)
+        .await
+        .map_err(ApiError::from)?;
+    match user {
+        Some(u) if u.email_confirmed_at.is_some() => {
+            st.actors
+                .otp
+                .send(SendRequest {
+                    user_id: u.id,
+                    kind: EmailKind::MagicLink,
+                    redirect_to,
+                    pkce,
+                    actor: None,
+                })
+                .await?;
+        }
+        None if !create_user => {
+            return Err(
+                ApiError::unprocessable("otp_disabled", "Signups not allowed for otp").into(),
+            );
+        }
+        _ => {
+            // Sign up (or re-send the confirmation) with a password nobody knows.
+            let password = validate::random_password(&cfg.password);
+            let req = SignupRequest {
+                email: Some(email),
+                password: Some(password),
+                data: b.data.unwrap_or_default(),
+                pkce: pkce.clone(),
+                redirect_to: redirect_to.clone(),
+                aud,
+                ..Default::default()
+            };
+            if let SignupOutcome::Session(g) = st.accounts.signup(req).await? {
+                // Autoconfirm made a confirmed user: it gets the magic link.
+                st.actors
+                    .otp
+                    .send(SendRequest {
+                        user_id: g.user.id,
+                        kind: EmailKind::MagicLink,
+                        redirect_to,
+                        pkce,
+                        actor: None,
+                    })
+                    .await?;
+            }
+        }
+    }
+    Ok(Json(json!({})).into_response())
+}

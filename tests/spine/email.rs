@@ -1,0 +1,403 @@
+use reqwest::Method;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::common::{self, Backend, TestServer, claims, read};
+use crate::smtp_sink::SmtpSink;
+
+/// A server that sends real email to a sink on loopback, confirmation on.
+async fn mail_server(
+    backend: Backend,
+    tweak: impl FnOnce(&mut castellan_core::Config),
+) -> (TestServer, SmtpSink) {
+    let sink = SmtpSink::start().await;
+    let port = sink.port;
+    let t = common::spawn(backend, move |c| {
+        c.mailer_autoconfirm = false;
+        c.smtp.host = Some("127.0.0.1".into());
+        c.smtp.port = port;
+        c.smtp.admin_email = Some("auth@castellan.test".into());
+        c.site_url = "http://localhost:3000".into();
+        c.uri_allow_list = vec!["https://*.example.com/**".into()];
+        c.api_external_url = "http://127.0.0.1:1".into();
+        c.mailer.email_sent.events = 1000;
+        tweak(c);
+    })
+    .await;
+    (t, sink)
+}
+
+/// Follows a mailed link to this server (the link names API_EXTERNAL_URL).
+async fn open_link(t: &TestServer, link: &str) -> common::Reply {
+    let path = link
+        .split_once("/verify")
+        .map(|(_, rest)| format!("/verify{rest}"))
+        .unwrap();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    read(http.get(t.url(&path)).send().await.unwrap()).await
+}
+
+fn fragment(location: &str) -> std::collections::HashMap<String, String> {
+    let frag = location.split_once('#').map(|(_, f)| f).unwrap_or_default();
+    serde_urlencoded::from_str(frag).unwrap()
+}
+
+macro_rules! both_mail {
+    ($name:ident, $tweak:expr, |$t:ident, $sink:ident| $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            async fn run(backend: Backend) {
+                let ($t, $sink) = mail_server(backend, $tweak).await;
+                $body
+                $t.stop().await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                run(Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                run(Backend::Postgres).await
+            }
+        }
+    };
+}
+
+both_mail!(signup_confirmation_link, |_| {}, |t, sink| {
+    let r = t.signup("conf@example.com", "secret123").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.body["confirmation_sent_at"].is_string());
+    assert!(r.body.get("access_token").is_none());
+    let mail = sink.wait_for("conf@example.com", 1).await;
+    assert_eq!(mail.subject(), "Confirm your email address");
+    let link = mail.link();
+    assert!(
+        link.starts_with("http://127.0.0.1:1/verify?token="),
+        "{link}"
+    );
+    assert!(
+        link.ends_with("&type=signup&redirect_to=http://localhost:3000"),
+        "{link}"
+    );
+    let code = mail.code();
+    assert_eq!(code.len(), 6);
+    let uid: Uuid = r.body["id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        t.count_by_uuid(
+            "SELECT count(*) FROM one_time_tokens WHERE user_id = $1",
+            uid
+        )
+        .await,
+        1
+    );
+
+    let opened = open_link(&t, &link).await;
+    assert_eq!(opened.status, 303);
+    let location = opened.header("location").unwrap().to_string();
+    assert!(location.starts_with("http://localhost:3000#"), "{location}");
+    let f = fragment(&location);
+    assert_eq!(f["type"], "signup");
+    assert_eq!(f["token_type"], "bearer");
+    assert_eq!(f["sb"], "");
+    assert_eq!(claims(&f["access_token"])["amr"][0]["method"], "otp");
+    let row = t.user(&uid.to_string()).await;
+    assert!(row.email_confirmed_at.is_some());
+    assert_eq!(row.user_metadata()["email_verified"], true);
+    assert_eq!(
+        t.count_by_uuid(
+            "SELECT count(*) FROM one_time_tokens WHERE user_id = $1",
+            uid
+        )
+        .await,
+        0
+    );
+    assert!(
+        t.audit_actions(&uid.to_string())
+            .await
+            .contains(&"user_signedup".to_string())
+    );
+    // The refresh token from the fragment works.
+    assert_eq!(t.refresh(&f["refresh_token"]).await.status, 200);
+
+    // A used link redirects with the error.
+    let again = open_link(&t, &link).await;
+    assert_eq!(again.status, 303);
+    let f = fragment(again.header("location").unwrap());
+    assert_eq!(f["error_code"], "otp_expired");
+    assert_eq!(f["error"], "access_denied");
+    assert_eq!(
+        f["error_description"],
+        "Email link is invalid or has expired"
+    );
+    // The code from the same mail is spent too.
+    let code_again = t
+        .post(
+            "/verify",
+            json!({"type": "signup", "email": "conf@example.com", "token": code}),
+        )
+        .await;
+    code_again.assert_error(403, "otp_expired");
+});
+
+both_mail!(signup_confirmation_code, |_| {}, |t, sink| {
+    t.signup("code@example.com", "secret123").await;
+    let mail = sink.wait_for("code@example.com", 1).await;
+    t.post(
+        "/verify",
+        json!({"type": "signup", "email": "code@example.com", "token": "000000"}),
+    )
+    .await
+    .assert_error(403, "otp_expired");
+    t.post(
+        "/verify",
+        json!({"type": "signup", "email": "code@example.com"}),
+    )
+    .await
+    .assert_error(400, "validation_failed");
+    t.post(
+        "/verify",
+        json!({"type": "bogus", "email": "code@example.com", "token": mail.code()}),
+    )
+    .await
+    .assert_error(400, "validation_failed");
+    let r = t.post("/verify", json!({"type": "email", "email": "Code@Example.com", "token": mail.code(), "options": {}})).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.body["user"]["email_confirmed_at"].is_string());
+    assert_eq!(t.login("code@example.com", "secret123").await.status, 200);
+    // Concurrent use of one code: exactly one succeeds.
+    t.signup("race@example.com", "secret123").await;
+    let m = sink.wait_for("race@example.com", 1).await;
+    let body = json!({"type": "signup", "email": "race@example.com", "token": m.code()});
+    let (a, b) = tokio::join!(t.post("/verify", body.clone()), t.post("/verify", body));
+    let ok = [a.status.as_u16(), b.status.as_u16()];
+    assert!(ok.contains(&200) && ok.contains(&403), "{ok:?}");
+});
+
+both_mail!(recovery_then_new_password, |_| {}, |t, sink| {
+    let s = t.signup("rec@example.com", "secret123").await;
+    let first = sink.wait_for("rec@example.com", 1).await;
+    t.post(
+        "/verify",
+        json!({"type": "signup", "email": "rec@example.com", "token": first.code()}),
+    )
+    .await;
+    let before = sink.all().len();
+    let unknown = t
+        .post("/recover", json!({"email": "nobody@example.com"}))
+        .await;
+    assert_eq!((unknown.status.as_u16(), &unknown.body), (200, &json!({})));
+    let r = t
+        .post(
+            "/recover?redirect_to=https://app.example.com/reset",
+            json!({"email": "rec@example.com"}),
+        )
+        .await;
+    assert_eq!((r.status.as_u16(), &r.body), (200, &json!({})));
+    let mail = sink.wait_for("rec@example.com", 2).await;
+    assert_eq!(mail.subject(), "Reset your password");
+    assert!(
+        mail.link()
+            .contains("&type=recovery&redirect_to=https://app.example.com/reset"),
+        "{}",
+        mail.link()
+    );
+    assert_eq!(
+        sink.all().len(),
+        before + 1,
+        "nothing was sent to the unknown address"
+    );
+    // The send window: a second request inside 60 s is refused.
+    let again = t
+        .post("/recover", json!({"email": "rec@example.com"}))
+        .await;
+    again.assert_error(429, "over_email_send_rate_limit");
+    assert!(
+        again.body["msg"]
+            .as_str()
+            .unwrap()
+            .starts_with("For security purposes, you can only request this after")
+    );
+    let v = t
+        .post(
+            "/verify",
+            json!({"type": "recovery", "email": "rec@example.com", "token": mail.code()}),
+        )
+        .await;
+    assert_eq!(v.status, 200, "{}", v.text);
+    let at = v.body["access_token"].as_str().unwrap();
+    let up = t
+        .request(
+            Method::PUT,
+            "/user",
+            Some(at),
+            Some(json!({"password": "brand-new-pw"})),
+        )
+        .await;
+    assert_eq!(up.status, 200, "{}", up.text);
+    assert_eq!(t.login("rec@example.com", "brand-new-pw").await.status, 200);
+    assert!(s.body["id"].is_string());
+});
+
+both_mail!(magic_link_and_otp_rules, |_| {}, |t, sink| {
+    t.signup("ml@example.com", "secret123").await;
+    let m = sink.wait_for("ml@example.com", 1).await;
+    t.post(
+        "/verify",
+        json!({"type": "signup", "email": "ml@example.com", "token": m.code()}),
+    )
+    .await;
+    let r = t
+        .post(
+            "/otp?redirect_to=https://evil.test/steal",
+            json!({"email": "ml@example.com", "create_user": false}),
+        )
+        .await;
+    assert_eq!((r.status.as_u16(), &r.body), (200, &json!({})));
+    let mail = sink.wait_for("ml@example.com", 2).await;
+    assert_eq!(mail.subject(), "Your sign-in link");
+    assert!(
+        mail.link()
+            .ends_with("&type=magiclink&redirect_to=http://localhost:3000"),
+        "a foreign redirect falls back: {}",
+        mail.link()
+    );
+    let opened = open_link(&t, &mail.link()).await;
+    assert_eq!(opened.status, 303);
+    assert_eq!(
+        fragment(opened.header("location").unwrap())["type"],
+        "magiclink"
+    );
+
+    t.post(
+        "/otp",
+        json!({"email": "new@example.com", "create_user": false}),
+    )
+    .await
+    .assert_error(422, "otp_disabled");
+    t.post("/otp", json!({"email": "a@b.co", "phone": "15550100"}))
+        .await
+        .assert_error(400, "validation_failed");
+    t.post("/otp", json!({}))
+        .await
+        .assert_error(400, "validation_failed");
+    // An unknown address is signed up and gets the confirmation mail.
+    let r = t
+        .post(
+            "/magiclink",
+            json!({"email": "fresh@example.com", "data": {"plan": "free"}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let mail = sink.wait_for("fresh@example.com", 1).await;
+    assert!(mail.link().contains("&type=signup&"), "{}", mail.link());
+    assert_eq!(
+        t.count_by_str(
+            "SELECT count(*) FROM users WHERE email = $1 AND email_confirmed_at IS NULL",
+            "fresh@example.com"
+        )
+        .await,
+        1
+    );
+});
+
+both_mail!(pkce_flow, |_| {}, |t, sink| {
+    use base64::Engine;
+    use sha2::Digest;
+    let verifier = "a".repeat(40) + "-verifier-0123456789abcdef";
+    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(sha2::Sha256::digest(verifier.as_bytes()));
+    let r = t
+        .post(
+            "/signup?redirect_to=https://app.example.com/cb",
+            json!({"email": "pkce@example.com", "password": "secret123",
+        "code_challenge": challenge, "code_challenge_method": "s256"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let mail = sink.wait_for("pkce@example.com", 1).await;
+    assert!(mail.link().contains("token=pkce_"), "{}", mail.link());
+    let opened = open_link(&t, &mail.link()).await;
+    assert_eq!(opened.status, 303);
+    let location = opened.header("location").unwrap().to_string();
+    let code = location
+        .strip_prefix("https://app.example.com/cb?code=")
+        .unwrap_or_else(|| panic!("{location}"))
+        .to_string();
+    assert!(Uuid::parse_str(&code).is_ok());
+    t.post(
+        "/token?grant_type=pkce",
+        json!({"auth_code": code, "code_verifier": "wrong"}),
+    )
+    .await
+    .assert_error(400, "bad_code_verifier");
+    // The failed attempt spent the code: codes are single-use.
+    t.post(
+        "/token?grant_type=pkce",
+        json!({"auth_code": code, "code_verifier": verifier}),
+    )
+    .await
+    .assert_error(404, "flow_state_not_found");
+    t.post(
+        "/token?grant_type=pkce",
+        json!({"auth_code": "", "code_verifier": verifier}),
+    )
+    .await
+    .assert_error(400, "validation_failed");
+
+    // A second flow, exchanged correctly, then refused the second time.
+    let r = t
+        .post(
+            "/otp?redirect_to=https://app.example.com/cb",
+            json!({"email": "pkce@example.com", "create_user": false,
+        "code_challenge": challenge, "code_challenge_method": "S256"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let mail = sink.wait_for("pkce@example.com", 2).await;
+    let location = open_link(&t, &mail.link())
+        .await
+        .header("location")
+        .unwrap()
+        .to_string();
+    let code = location.split("code=").nth(1).unwrap().to_string();
+    let ok = t
+        .post(
+            "/token?grant_type=pkce",
+            json!({"auth_code": code, "code_verifier": verifier}),
+        )
+        .await;
+    assert_eq!(ok.status, 200, "{}", ok.text);
+    assert_eq!(
+        claims(ok.body["access_token"].as_str().unwrap())["amr"][0]["method"],
+        "magiclink"
+    );
+    t.post(
+        "/token?grant_type=pkce",
+        json!({"auth_code": code, "code_verifier": verifier}),
+    )
+    .await
+    .assert_error(404, "flow_state_not_found");
+    t.post(
+        "/signup",
+        json!({"email": "x@example.com", "password": "secret123", "code_challenge": challenge}),
+    )
+    .await
+    .assert_error(400, "validation_failed");
+});
+
+both_mail!(
+    global_email_budget,
+    |c| c.mailer.email_sent.events = 1,
+    |t, sink| {
+        assert_eq!(t.signup("b1@example.com", "secret123").await.status, 200);
+        sink.wait_for("b1@example.com", 1).await;
+        let r = t.signup("b2@example.com", "secret123").await;
+        r.assert_error(429, "over_email_send_rate_limit");
+        assert_eq!(r.body["msg"], "email rate limit exceeded");
+        assert_eq!(sink.count_to("b2@example.com"), 0);
+    }
+);
