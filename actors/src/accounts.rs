@@ -75,6 +75,8 @@ pub struct UserUpdate {
     pub password: Option<String>,
     pub data: Option<Map<String, Value>>,
     pub app_metadata: Option<Map<String, Value>>,
+    /// The code from `GET /reauthenticate`.
+    pub nonce: Option<String>,
 }
 
 #[derive(Clone)]
@@ -91,6 +93,93 @@ fn non_empty(s: &Option<String>) -> Option<&str> {
 impl Accounts {
     pub fn new(ctx: Arc<Ctx>, sessions: SessionManager, otp: OtpIssuer) -> Self {
         Self { ctx, sessions, otp }
+    }
+
+    /// `GET /reauthenticate`: a code by email, to confirm a password change.
+    pub async fn reauthenticate(&self, user: &User) -> ApiResult<()> {
+        if user.email.as_deref().is_none_or(str::is_empty) {
+            if user.phone.as_deref().is_none_or(str::is_empty) {
+                return Err(ApiError::validation(
+                    "Reauthentication requires the user to have an email or a phone number",
+                ));
+            }
+            if user.phone_confirmed_at.is_none() {
+                return Err(ApiError::unprocessable(
+                    "phone_not_confirmed",
+                    "Please verify your phone first.",
+                ));
+            }
+            return Err(ApiError::unprocessable(
+                "sms_send_failed",
+                "SMS delivery is not available on this server yet",
+            ));
+        }
+        if user.email_confirmed_at.is_none() {
+            return Err(ApiError::unprocessable(
+                "email_not_confirmed",
+                "Please verify your email first.",
+            ));
+        }
+        let send = SendRequest {
+            user_id: user.id,
+            kind: EmailKind::Reauthentication,
+            redirect_to: String::new(),
+            pkce: None,
+            actor: None,
+        };
+        self.otp.send(send).await
+    }
+
+    /// With `GOTRUE_SECURITY_UPDATE_PASSWORD_REQUIRE_REAUTHENTICATION`, a
+    /// password change needs a nonce unless the session is under 24 h old.
+    async fn needs_reauthentication(
+        &self,
+        session_id: Option<Uuid>,
+        now: chrono::DateTime<Utc>,
+    ) -> ApiResult<bool> {
+        if !self.ctx.config.update_password_require_reauthentication {
+            return Ok(false);
+        }
+        let Some(sid) = session_id else {
+            return Ok(true);
+        };
+        let created = self.ctx.store.session_created_at(sid).await?;
+        Ok(created.is_none_or(|c| now - c > chrono::Duration::hours(24)))
+    }
+
+    /// Checks and spends a reauthentication nonce (once, in constant time).
+    async fn consume_nonce(&self, user: &User, nonce: &str) -> ApiResult<()> {
+        use castellan_core::store::TokenType;
+        let invalid = || {
+            ApiError::unprocessable(
+                "reauthentication_not_valid",
+                "Nonce has expired or is invalid",
+            )
+        };
+        let hash = castellan_core::crypto::token_hash(user.email_str(), nonce);
+        let now = Utc::now();
+        let mut tx = self.ctx.store.begin().await?;
+        let stored = tx
+            .token_column(user.id, TokenType::ReauthenticationToken)
+            .await?
+            .unwrap_or_default();
+        let fresh = user.reauthentication_sent_at.is_some_and(|t| {
+            now <= t + chrono::Duration::from_std(self.ctx.config.mailer.otp_exp)
+                .unwrap_or_default()
+        });
+        let matches = !stored.is_empty()
+            && castellan_core::crypto::secure_eq(stored.as_bytes(), hash.as_bytes());
+        if !(matches
+            && fresh
+            && tx
+                .take_token_column(user.id, TokenType::ReauthenticationToken, &stored)
+                .await?)
+        {
+            return Err(invalid());
+        }
+        tx.clear_one_time_tokens(user.id).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Sends the confirmation email of an unconfirmed sign-up.
@@ -619,6 +708,18 @@ impl Accounts {
             ));
         }
         let now = Utc::now();
+        if non_empty(&up.password).is_some() {
+            match non_empty(&up.nonce) {
+                Some(nonce) => self.consume_nonce(&user, nonce).await?,
+                None if self.needs_reauthentication(session_id, now).await? => {
+                    return Err(ApiError::bad_request(
+                        "reauthentication_needed",
+                        "Password update requires reauthentication",
+                    ));
+                }
+                None => {}
+            }
+        }
         let new_hash = match non_empty(&up.password) {
             Some(p) => {
                 if user.has_password()

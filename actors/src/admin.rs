@@ -99,6 +99,50 @@ impl Admin {
             .ok_or_else(|| ApiError::not_found("user_not_found", "User not found"))
     }
 
+    /// The user an invitation goes to: created (without a password) when
+    /// new, reused when still unconfirmed; a confirmed address is taken.
+    pub async fn invitee(
+        &self,
+        email: &str,
+        data: Map<String, Value>,
+        aud: &str,
+    ) -> ApiResult<User> {
+        let email = validate::email(email)?;
+        let now = Utc::now();
+        let mut tx = self.ctx.store.begin().await?;
+        if let Some(u) = tx.user_by_email(&email, aud).await? {
+            if u.email_confirmed_at.is_some() {
+                return Err(ApiError::unprocessable(
+                    "email_exists",
+                    "A user with this email address has already been registered",
+                ));
+            }
+            tx.commit().await?;
+            return Ok(u);
+        }
+        let id = Uuid::new_v4();
+        tx.insert_user(&NewUser {
+            id,
+            aud,
+            role: self.ctx.config.jwt.default_group_name.trim(),
+            email: Some(&email),
+            phone: None,
+            encrypted_password: None,
+            email_confirmed_at: None,
+            phone_confirmed_at: None,
+            app_metadata: json!({"provider": "email", "providers": ["email"]}),
+            user_metadata: Value::Object(data),
+            is_anonymous: false,
+            now,
+        })
+        .await?;
+        tx.upsert_identity(id, "email", &identity_data(id, "email", &email, false), now)
+            .await?;
+        let user = self.load(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(user)
+    }
+
     pub async fn get_user(&self, id: Uuid) -> ApiResult<(User, Vec<Identity>)> {
         let user = self
             .ctx

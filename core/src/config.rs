@@ -134,6 +134,7 @@ pub struct Config {
     pub argon2: Argon2Config,
     pub refresh_token_rotation_enabled: bool,
     pub refresh_token_reuse_interval: Duration,
+    pub update_password_require_reauthentication: bool,
     pub sessions_timebox: Option<Duration>,
     pub sessions_inactivity_timeout: Option<Duration>,
     pub rate_limits: RateLimits,
@@ -452,6 +453,10 @@ impl Config {
             argon2,
             refresh_token_rotation_enabled: v
                 .bool(&["GOTRUE_SECURITY_REFRESH_TOKEN_ROTATION_ENABLED"], true)?,
+            update_password_require_reauthentication: v.bool(
+                &["GOTRUE_SECURITY_UPDATE_PASSWORD_REQUIRE_REAUTHENTICATION"],
+                false,
+            )?,
             refresh_token_reuse_interval: Duration::from_secs(
                 v.num(&["GOTRUE_SECURITY_REFRESH_TOKEN_REUSE_INTERVAL"], 0u64)?,
             ),

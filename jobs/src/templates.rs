@@ -58,7 +58,7 @@ fn default_body(kind: EmailKind) -> (&'static str, &'static str) {
         ),
         EmailKind::Reauthentication => (
             "Confirm it is you",
-            "Enter this code to confirm it is you: {{ .Token }}",
+            "Confirm it is you with this code: {{ .Token }}",
         ),
     }
 }

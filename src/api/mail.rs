@@ -196,3 +196,112 @@ pub async fn otp(
     }
     Ok(Json(json!({})).into_response())
 }
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct ResendBody {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    email: Option<String>,
+    phone: Option<String>,
+    code_challenge: Option<String>,
+    code_challenge_method: Option<String>,
+}
+
+/// `POST /resend`: the signup confirmation again. `{}` when there is
+/// nothing to resend (unknown user, already confirmed, no pending change).
+pub async fn resend(
+    State(st): State<AppState>,
+    client: ClientKey,
+    RedirectTo(redirect_to): RedirectTo,
+    RequestAud(aud): RequestAud,
+    JsonBody(b): JsonBody<ResendBody>,
+) -> HttpResult {
+    st.actors
+        .rate_limits
+        .check(Bucket::Otp, &client.key, client.source)?;
+    let kind = b.kind.as_deref().unwrap_or_default();
+    if !matches!(kind, "signup" | "email_change" | "sms" | "phone_change") {
+        return Err(ApiError::validation(
+            "Missing one of these types: signup, email_change, sms, phone_change",
+        )
+        .into());
+    }
+    let empty = |s: &Option<String>| s.as_deref().is_none_or(str::is_empty);
+    let pkce = match kind {
+        "signup" | "email_change" => validate::pkce(
+            b.code_challenge.as_deref(),
+            b.code_challenge_method.as_deref(),
+        )?,
+        _ => None,
+    };
+    if kind == "signup" && empty(&b.email) {
+        return Err(ApiError::validation("Type provided requires an email address").into());
+    }
+    if kind == "sms" && empty(&b.phone) {
+        return Err(ApiError::validation("Type provided requires a phone number").into());
+    }
+    if !empty(&b.email) && !empty(&b.phone) {
+        return Err(ApiError::validation(
+            "Only an email address or phone number should be provided.",
+        )
+        .into());
+    }
+    let cfg = &st.ctx.config;
+    let user = if !empty(&b.email) {
+        if !cfg.external_email_enabled {
+            return Err(ApiError::bad_request(
+                "email_provider_disabled",
+                "Email logins are disabled",
+            )
+            .into());
+        }
+        let email = validate::email(b.email.as_deref().unwrap_or_default())?;
+        st.ctx
+            .store
+            .user_by_email(&email, &aud)
+            .await
+            .map_err(ApiError::from)?
+    } else if !empty(&b.phone) {
+        if !cfg.external_phone_enabled {
+            return Err(ApiError::bad_request(
+                "phone_provider_disabled",
+                "Phone logins are disabled",
+            )
+            .into());
+        }
+        let phone = validate::phone(b.phone.as_deref().unwrap_or_default())?;
+        st.ctx
+            .store
+            .user_by_phone(&phone, &aud)
+            .await
+            .map_err(ApiError::from)?
+    } else {
+        return Err(ApiError::validation("Missing email address or phone number").into());
+    };
+    match (kind, user) {
+        ("signup", Some(u)) if u.email_confirmed_at.is_none() => {
+            st.actors
+                .otp
+                .send(SendRequest {
+                    user_id: u.id,
+                    kind: EmailKind::Confirmation,
+                    redirect_to,
+                    pkce,
+                    actor: None,
+                })
+                .await?;
+        }
+        ("sms", Some(u)) if u.phone_confirmed_at.is_none() => {
+            return Err(ApiError::unprocessable(
+                "sms_send_failed",
+                "SMS delivery is not available on this server yet",
+            )
+            .into());
+        }
+        // Unknown user, already confirmed, or no change pending (email and
+        // phone changes are not available yet, so none ever is).
+        _ => {}
+    }
+    Ok(Json(json!({})).into_response())
+}

@@ -3,6 +3,7 @@
 
 mod admin;
 mod health;
+mod invite;
 mod logout;
 mod mail;
 mod settings;
@@ -33,6 +34,9 @@ pub fn routes() -> Router<AppState> {
         .route("/recover", post(mail::recover))
         .route("/otp", post(mail::otp))
         .route("/magiclink", post(mail::otp))
+        .route("/resend", post(mail::resend))
+        .route("/reauthenticate", get(user::reauthenticate))
+        .route("/invite", post(invite::invite))
         .merge(admin::routes())
 }
 

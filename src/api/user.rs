@@ -34,6 +34,13 @@ pub struct UpdateBody {
     password: Option<String>,
     data: Option<Map<String, Value>>,
     app_metadata: Option<Map<String, Value>>,
+    nonce: Option<String>,
+}
+
+/// `GET /reauthenticate`: a code by email for a password change.
+pub async fn reauthenticate(State(st): State<AppState>, auth: AuthUser) -> HttpResult {
+    st.accounts.reauthenticate(&auth.user).await?;
+    Ok(Json(serde_json::json!({})).into_response())
 }
 
 pub async fn update_user(
@@ -51,6 +58,7 @@ pub async fn update_user(
         password: b.password,
         data: b.data,
         app_metadata: b.app_metadata,
+        nonce: b.nonce,
     };
     let (user, ids): (_, _) = st
         .accounts

@@ -27,7 +27,13 @@ impl Mail {
 
     /// The first link to `/verify` in the message.
     pub fn link(&self) -> String {
-        let start = self.data.find("http").expect("a link in the mail");
+        let verify = self
+            .data
+            .find("/verify?")
+            .expect("a /verify link in the mail");
+        let start = self.data[..verify]
+            .rfind("http")
+            .expect("a link in the mail");
         let rest = &self.data[start..];
         let end = rest
             .find(|c: char| c.is_whitespace() || c == '<' || c == '"')

@@ -401,3 +401,204 @@ both_mail!(
         assert_eq!(sink.count_to("b2@example.com"), 0);
     }
 );
+
+both_mail!(
+    smtp_down_then_back_delivers_once,
+    |c| {
+        c.mailer.retry_min = std::time::Duration::from_millis(200);
+        c.mailer.retry_max = std::time::Duration::from_millis(800);
+    },
+    |t, sink| {
+        sink.refuse(true);
+        let r = t.signup("down@example.com", "secret123").await;
+        assert_eq!(
+            r.status, 200,
+            "the request is answered while the mail server is down: {}",
+            r.text
+        );
+        let metrics = || async { t.request(Method::GET, "/metrics", None, None).await.text };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !metrics()
+            .await
+            .contains("castellan_queue_retried_total{queue=\"email\"}")
+        {
+            assert!(std::time::Instant::now() < deadline, "no retry was counted");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(sink.count_to("down@example.com"), 0);
+        sink.refuse(false);
+        let mail = sink.wait_for("down@example.com", 1).await;
+        assert_eq!(mail.subject(), "Confirm your email address");
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        assert_eq!(
+            sink.count_to("down@example.com"),
+            1,
+            "delivered exactly once"
+        );
+        let ok = t
+            .post(
+                "/verify",
+                json!({"type": "signup", "email": "down@example.com", "token": mail.code()}),
+            )
+            .await;
+        assert_eq!(ok.status, 200, "{}", ok.text);
+    }
+);
+
+both_mail!(
+    resend_confirmation,
+    |c| c.smtp.max_frequency = std::time::Duration::from_secs(4),
+    |t, sink| {
+        t.signup("again@example.com", "secret123").await;
+        let first = sink.wait_for("again@example.com", 1).await;
+        t.post(
+            "/resend",
+            json!({"type": "signup", "email": "again@example.com"}),
+        )
+        .await
+        .assert_error(429, "over_email_send_rate_limit");
+        tokio::time::sleep(std::time::Duration::from_millis(4100)).await;
+        let r = t
+            .post(
+                "/resend",
+                json!({"type": "signup", "email": "again@example.com"}),
+            )
+            .await;
+        assert_eq!((r.status.as_u16(), &r.body), (200, &json!({})));
+        let second = sink.wait_for("again@example.com", 2).await;
+        assert_ne!(first.code(), second.code());
+        // The first code was replaced by the second.
+        t.post(
+            "/verify",
+            json!({"type": "signup", "email": "again@example.com", "token": first.code()}),
+        )
+        .await
+        .assert_error(403, "otp_expired");
+        assert_eq!(
+            t.post(
+                "/verify",
+                json!({"type": "signup", "email": "again@example.com", "token": second.code()})
+            )
+            .await
+            .status,
+            200
+        );
+        // Nothing to resend: confirmed, or unknown. Still `{}`, still no mail.
+        let before = sink.all().len();
+        for email in ["again@example.com", "ghost@example.com"] {
+            let r = t
+                .post("/resend", json!({"type": "signup", "email": email}))
+                .await;
+            assert_eq!((r.status.as_u16(), &r.body), (200, &json!({})));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert_eq!(sink.all().len(), before);
+        t.post(
+            "/resend",
+            json!({"type": "recovery", "email": "again@example.com"}),
+        )
+        .await
+        .assert_error(400, "validation_failed");
+        t.post("/resend", json!({"type": "signup"}))
+            .await
+            .assert_error(400, "validation_failed");
+    }
+);
+
+both_mail!(invite_by_admin, |_| {}, |t, sink| {
+    let user: Option<String> = None;
+    let r = t
+        .admin(
+            Method::POST,
+            "/invite?redirect_to=https://app.example.com/welcome",
+            Some(json!({"email": "Guest@Example.com", "data": {"team": "red"}})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.body["invited_at"].is_string());
+    assert_eq!(r.body["user_metadata"], json!({"team": "red"}));
+    let mail = sink.wait_for("guest@example.com", 1).await;
+    assert_eq!(mail.subject(), "You've been invited");
+    assert!(
+        mail.link()
+            .contains("&type=invite&redirect_to=https://app.example.com/welcome"),
+        "{}",
+        mail.link()
+    );
+    let opened = open_link(&t, &mail.link()).await;
+    let location = opened.header("location").unwrap().to_string();
+    assert!(
+        location.starts_with("https://app.example.com/welcome#"),
+        "{location}"
+    );
+    assert_eq!(fragment(&location)["type"], "invite");
+    let row = t.user(r.body["id"].as_str().unwrap()).await;
+    assert!(
+        row.email_confirmed_at.is_some() && row.has_password(),
+        "confirmed, with a password nobody knows"
+    );
+    let audit = t
+        .admin(Method::GET, "/admin/audit?query=action:user_invited", None)
+        .await;
+    assert_eq!(audit.body[0]["payload"]["actor_username"], "service_role");
+    t.admin(
+        Method::POST,
+        "/invite",
+        Some(json!({"email": "guest@example.com"})),
+    )
+    .await
+    .assert_error(422, "email_exists");
+    t.request(
+        Method::POST,
+        "/invite",
+        user.as_deref(),
+        Some(json!({"email": "x@example.com"})),
+    )
+    .await
+    .assert_error(401, "no_authorization");
+});
+
+both_mail!(
+    reauthentication_nonce,
+    |c| c.update_password_require_reauthentication = true,
+    |t, sink| {
+        t.signup("re@example.com", "secret123").await;
+        let m = sink.wait_for("re@example.com", 1).await;
+        let s = t
+            .post(
+                "/verify",
+                json!({"type": "signup", "email": "re@example.com", "token": m.code()}),
+            )
+            .await
+            .body;
+        let at = s["access_token"].as_str().unwrap().to_string();
+        // A session older than a day must reauthenticate to change the password.
+        let sid: Uuid = claims(&at)["session_id"].as_str().unwrap().parse().unwrap();
+        castellan_core::on!(pool t.pool(), p => sqlx::query("UPDATE sessions SET created_at = $2 WHERE id = $1")
+        .bind(sid).bind(chrono::Utc::now() - chrono::Duration::hours(25)).execute(p).await.unwrap().rows_affected());
+        let put = |body: serde_json::Value| t.request(Method::PUT, "/user", Some(&at), Some(body));
+        put(json!({"password": "changed-pw-1"}))
+            .await
+            .assert_error(400, "reauthentication_needed");
+        let r = t
+            .request(Method::GET, "/reauthenticate", Some(&at), None)
+            .await;
+        assert_eq!((r.status.as_u16(), &r.body), (200, &json!({})));
+        let mail = sink.wait_for("re@example.com", 2).await;
+        let code = mail.code();
+        assert_eq!(mail.subject(), format!("{code} is your verification code"));
+        put(json!({"password": "changed-pw-1", "nonce": "000000"}))
+            .await
+            .assert_error(422, "reauthentication_not_valid");
+        assert_eq!(
+            put(json!({"password": "changed-pw-1", "nonce": code}))
+                .await
+                .status,
+            200
+        );
+        put(json!({"password": "changed-pw-2", "nonce": code}))
+            .await
+            .assert_error(422, "reauthentication_not_valid");
+        assert_eq!(t.login("re@example.com", "changed-pw-1").await.status, 200);
+    }
+);

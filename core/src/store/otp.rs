@@ -331,6 +331,12 @@ impl Tx {
 }
 
 impl super::Store {
+    pub async fn session_created_at(&self, id: Uuid) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+        count();
+        on!(pool &self.pool, p => sqlx::query_scalar::<_, Option<DateTime<Utc>>>("SELECT created_at FROM sessions WHERE id = $1")
+            .bind(id).fetch_optional(p).await.map(Option::flatten))
+    }
+
     /// Whose one-time token this hash is (for routing a verification).
     pub async fn token_owner(&self, hash: &str) -> Result<Option<Uuid>, sqlx::Error> {
         count();
