@@ -142,6 +142,8 @@ pub struct Config {
     pub mailer: MailerConfig,
     pub uri_allow_list: Vec<String>,
     pub flow_state_expiry: Duration,
+    /// The expiry sweep's cron schedule (seconds first).
+    pub expiry_schedule: String,
     /// How long a handler waits for an actor before answering 503.
     pub actor_call_timeout: Duration,
     /// Workers in the `SessionManager` factory.
@@ -505,6 +507,7 @@ impl Config {
                     Duration::from_secs(300),
                 )?
                 .max(Duration::from_secs(300)),
+            expiry_schedule: v.string(&["CASTELLAN_EXPIRY_SCHEDULE"], "0 * * * * *"),
             actor_call_timeout: v
                 .duration(&["CASTELLAN_ACTOR_CALL_TIMEOUT"], Duration::from_secs(5))?,
             session_workers: v.num(&["CASTELLAN_SESSION_WORKERS"], 8usize)?.max(1),

@@ -2,6 +2,7 @@
 //! A message that fails every attempt stays in the queue table marked
 //! failed and is counted as dead; it is never dropped silently.
 
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -66,7 +67,27 @@ fn restart_worker(worker: &WorkerContext, error: &WorkerError) -> bool {
     true
 }
 
-/// Runs the email workers until `shutdown` resolves.
+/// The expiry sweep, on its cron schedule: one batch of each kind per tick.
+async fn sweep(
+    _tick: apalis_cron::Tick,
+    store: Data<Store>,
+    otp_exp: Data<Duration>,
+) -> Result<(), BoxDynError> {
+    let swept = store
+        .sweep_expired(chrono::Utc::now(), *otp_exp, 100)
+        .await?;
+    for (kind, n) in [
+        ("one_time_tokens", swept.one_time_tokens),
+        ("flow_states", swept.flow_states),
+        ("refresh_tokens", swept.refresh_tokens),
+        ("sessions", swept.sessions),
+    ] {
+        metrics::counter!("castellan_expiry_swept_total", "kind" => kind).increment(n);
+    }
+    Ok(())
+}
+
+/// Runs the email workers (and the expiry cron) until `shutdown` resolves.
 pub async fn run(
     store: Store,
     config: &Config,
@@ -94,6 +115,11 @@ pub async fn run(
         Ok(())
     };
     let poll = config.mailer.poll_interval;
+    let schedule = cron::Schedule::from_str(&config.expiry_schedule)
+        .map_err(|e| format!("CASTELLAN_EXPIRY_SCHEDULE: {e}"))?;
+    let sweep_store = store.clone();
+    let otp_exp = config.mailer.otp_exp;
+    let cron_name = format!("castellan-expiry-{}", uuid::Uuid::new_v4().simple());
     let policy = RetryPolicy::retries(attempts - 1).with_backoff(backoff.clone().make_backoff());
     // The same monitor over either backend (their storage types differ).
     macro_rules! monitor {
@@ -108,6 +134,13 @@ pub async fn run(
                         .retry(policy.clone())
                         .data(deps.clone())
                         .build(deliver)
+                })
+                .register(move |restarts| {
+                    WorkerBuilder::new(format!("{cron_name}-{restarts}"))
+                        .backend(apalis_cron::CronScheduler::new(schedule.clone()))
+                        .data(sweep_store.clone())
+                        .data(otp_exp)
+                        .build(sweep)
                 })
                 .run_with_signal(signal)
                 .await

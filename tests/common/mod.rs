@@ -326,3 +326,60 @@ macro_rules! both {
         }
     };
 }
+
+/// A castellan process (the real binary) on a database: its child handle and,
+/// for `serve`, its base URL (it listens on a free port and logs it); for
+/// `worker`, an empty string once it runs.
+pub async fn castellan_process(
+    args: &[&str],
+    database_url: &str,
+    env: &[(&str, &str)],
+) -> (tokio::process::Child, String) {
+    use tokio::io::AsyncBufReadExt;
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_castellan"));
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", database_url)
+        .env(
+            "GOTRUE_JWT_SECRET",
+            "process-test-secret-process-test-secret",
+        )
+        .env("GOTRUE_API_HOST", "127.0.0.1")
+        .env("PORT", "0")
+        .env("NO_COLOR", "1")
+        .env("CASTELLAN_ARGON2_MEMORY_KIB", "4096")
+        .env("CASTELLAN_ARGON2_ITERATIONS", "1")
+        .env("CASTELLAN_QUEUE_POLL_INTERVAL", "50ms")
+        .env("GOTRUE_RATE_LIMIT_TOKEN_REFRESH", "100000")
+        .env("GOTRUE_RATE_LIMIT_OTP", "100000")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("start castellan");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let marker = if args.first() == Some(&"worker") {
+        "castellan workers running"
+    } else {
+        "castellan listening addr="
+    };
+    let base = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.split(marker).nth(1) {
+                return rest
+                    .split_whitespace()
+                    .next()
+                    .map(|a| format!("http://{a}"))
+                    .unwrap_or_default();
+            }
+        }
+        panic!("castellan exited before it was ready");
+    })
+    .await
+    .expect("castellan was not ready within 30 s");
+    // Keep draining its output so the process never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, base)
+}

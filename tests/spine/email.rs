@@ -602,3 +602,51 @@ both_mail!(
         assert_eq!(t.login("re@example.com", "changed-pw-1").await.status, 200);
     }
 );
+
+both_mail!(
+    expiry_sweep_removes_dead_rows,
+    |c| c.expiry_schedule = "* * * * * *".into(),
+    |t, sink| {
+        let r = t.signup("old@example.com", "secret123").await;
+        sink.wait_for("old@example.com", 1).await;
+        let uid: Uuid = r.body["id"].as_str().unwrap().parse().unwrap();
+        t.admin(Method::POST, "/admin/users", Some(json!({"email": "live@example.com", "password": "secret123", "email_confirm": true}))).await;
+        let s = t.login("live@example.com", "secret123").await.body;
+        let first = s["refresh_token"].as_str().unwrap().to_string();
+        let live = t.rotate(&first).await;
+        let long_ago = chrono::Utc::now() - chrono::Duration::days(3);
+        castellan_core::on!(pool t.pool(), p => {
+            sqlx::query("UPDATE one_time_tokens SET created_at = $1").bind(long_ago.naive_utc()).execute(p).await.unwrap();
+            sqlx::query("UPDATE refresh_tokens SET updated_at = $1 WHERE revoked = true").bind(long_ago).execute(p).await.unwrap().rows_affected()
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            let tokens = t
+                .count_by_uuid(
+                    "SELECT count(*) FROM one_time_tokens WHERE user_id = $1",
+                    uid,
+                )
+                .await;
+            let revoked = t
+                .count_by_str(
+                    "SELECT count(*) FROM refresh_tokens WHERE token = $1",
+                    &first,
+                )
+                .await;
+            if tokens == 0 && revoked == 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the sweep did not run: {tokens} tokens, {revoked} revoked"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        assert_eq!(t.refresh(&live).await.status, 200, "live tokens are kept");
+        let m = t.request(Method::GET, "/metrics", None, None).await.text;
+        assert!(
+            m.contains("castellan_expiry_swept_total{kind=\"one_time_tokens\"}"),
+            "swept rows are counted"
+        );
+    }
+);

@@ -8,6 +8,7 @@ mod smtp_sink;
 
 mod admin;
 mod cli;
+mod durability;
 mod email;
 mod http;
 mod resilience;

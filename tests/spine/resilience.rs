@@ -1,7 +1,6 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tokio::io::AsyncBufReadExt;
 
 use crate::both;
 use crate::common::{self, Backend, read};
@@ -98,39 +97,11 @@ async fn two_processes_share_one_postgres() {
     let mut children = Vec::new();
     let mut bases = Vec::new();
     for _ in 0..2 {
-        // Port 0: each process picks a free port and logs it.
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_castellan"))
-            .arg("serve")
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("DATABASE_URL", url)
-            .env("GOTRUE_JWT_SECRET", "two-process-secret-two-process-secret")
-            .env("GOTRUE_MAILER_AUTOCONFIRM", "true")
-            .env("GOTRUE_API_HOST", "127.0.0.1")
-            .env("PORT", "0")
-            .env("NO_COLOR", "1")
-            .env("CASTELLAN_ARGON2_MEMORY_KIB", "4096")
-            .env("CASTELLAN_ARGON2_ITERATIONS", "1")
-            .env("GOTRUE_RATE_LIMIT_TOKEN_REFRESH", "100000")
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start castellan");
-        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let addr = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(line) = lines.next_line().await.unwrap() {
-                if let Some(rest) = line.split("castellan listening addr=").nth(1) {
-                    return rest.split_whitespace().next().unwrap().to_string();
-                }
-            }
-            panic!("castellan exited before listening");
-        })
-        .await
-        .expect("castellan did not start within 30 s");
-        // Keep draining its output so the process never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let (child, base) =
+            common::castellan_process(&["serve"], url, &[("GOTRUE_MAILER_AUTOCONFIRM", "true")])
+                .await;
         children.push(child);
-        bases.push(format!("http://{addr}"));
+        bases.push(base);
     }
     let http = reqwest::Client::new();
     let s = read(

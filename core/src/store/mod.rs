@@ -31,6 +31,7 @@ macro_rules! token_cols {
 mod admin;
 mod otp;
 mod queries;
+mod sweep;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -44,6 +45,7 @@ use crate::config::DatabaseUrl;
 pub use admin::*;
 pub use otp::*;
 pub use queries::*;
+pub use sweep::*;
 
 #[derive(Clone, Debug)]
 pub enum Pool {

@@ -1,0 +1,101 @@
+//! The expiry sweep: deletes what can no longer be used, in small batches
+//! that skip rows another process holds (PostgreSQL), so it never waits on
+//! a lock and never holds one long.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::queries::count;
+use super::{Pool, Store};
+
+/// What one sweep removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Swept {
+    pub one_time_tokens: u64,
+    pub flow_states: u64,
+    pub refresh_tokens: u64,
+    pub sessions: u64,
+}
+
+/// One batched delete, spelled for each backend.
+macro_rules! batch_delete {
+    ($pool:expr, $table:literal, $cond:literal, $cutoff:expr, $limit:expr) => {{
+        count();
+        match $pool {
+            Pool::Pg(p) => sqlx::query(concat!(
+                "DELETE FROM ",
+                $table,
+                " WHERE id IN (SELECT id FROM ",
+                $table,
+                " WHERE ",
+                $cond,
+                " LIMIT $2 FOR UPDATE SKIP LOCKED)"
+            ))
+            .bind($cutoff)
+            .bind($limit)
+            .execute(p)
+            .await?
+            .rows_affected(),
+            Pool::Lite(p) => sqlx::query(concat!(
+                "DELETE FROM ",
+                $table,
+                " WHERE id IN (SELECT id FROM ",
+                $table,
+                " WHERE ",
+                $cond,
+                " LIMIT $2)"
+            ))
+            .bind($cutoff)
+            .bind($limit)
+            .execute(p)
+            .await?
+            .rows_affected(),
+        }
+    }};
+}
+
+impl Store {
+    /// Deletes one batch of each kind of dead row: one-time tokens past
+    /// `otp_exp`, flow states and revoked refresh tokens older than a day,
+    /// sessions whose `not_after` passed three days ago (GoTrue's cleanup rules).
+    pub async fn sweep_expired(
+        &self,
+        now: DateTime<Utc>,
+        otp_exp: Duration,
+        batch: i64,
+    ) -> Result<Swept, sqlx::Error> {
+        let day = chrono::Duration::hours(24);
+        let token_cutoff = (now - chrono::Duration::from_std(otp_exp).unwrap_or(day)).naive_utc();
+        Ok(Swept {
+            one_time_tokens: batch_delete!(
+                &self.pool,
+                "one_time_tokens",
+                "created_at < $1",
+                token_cutoff,
+                batch
+            ),
+            flow_states: batch_delete!(
+                &self.pool,
+                "flow_state",
+                "created_at < $1",
+                now - day,
+                batch
+            ),
+            refresh_tokens: batch_delete!(
+                &self.pool,
+                "refresh_tokens",
+                "revoked = true AND updated_at < $1",
+                now - day,
+                batch
+            ),
+            sessions: batch_delete!(
+                &self.pool,
+                "sessions",
+                "not_after < $1",
+                now - day * 3,
+                batch
+            ),
+        })
+    }
+}

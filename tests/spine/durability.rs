@@ -1,0 +1,91 @@
+//! Email delivery across processes on one PostgreSQL database: separate
+//! workers, a killed server, a budget shared by every process.
+
+use serde_json::json;
+
+use crate::common::{self, Backend, read};
+use crate::smtp_sink::SmtpSink;
+
+async fn pg() -> (castellan_core::config::DatabaseUrl, String) {
+    let (db, _) = common::fresh_database(Backend::Postgres).await;
+    let castellan_core::config::DatabaseUrl::Postgres(url) = &db else {
+        unreachable!()
+    };
+    let url = url.clone();
+    (db, url)
+}
+
+async fn signup(http: &reqwest::Client, base: &str, email: &str) -> common::Reply {
+    read(
+        http.post(format!("{base}/signup"))
+            .json(&json!({"email": email, "password": "secret123"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+/// Jobs queued by a server that is then killed are delivered by the workers
+/// started afterwards, and two workers deliver each message once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_mail_survives_a_kill_and_two_workers_send_each_once() {
+    let sink = SmtpSink::start().await;
+    let port = sink.port.to_string();
+    let (db, url) = pg().await;
+    let smtp = [
+        ("GOTRUE_SMTP_HOST", "127.0.0.1"),
+        ("GOTRUE_SMTP_PORT", port.as_str()),
+        ("GOTRUE_SMTP_ADMIN_EMAIL", "auth@castellan.test"),
+    ];
+    let (mut api, base) = common::castellan_process(&["serve", "--no-workers"], &url, &smtp).await;
+    let http = reqwest::Client::new();
+    let emails: Vec<String> = (0..12).map(|i| format!("queued{i}@example.com")).collect();
+    for e in &emails {
+        assert_eq!(signup(&http, &base, e).await.status, 200);
+    }
+    api.kill().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(sink.all().is_empty(), "no worker ran: nothing was sent yet");
+    let (_w1, _) = common::castellan_process(&["worker"], &url, &smtp).await;
+    let (_w2, _) = common::castellan_process(&["worker"], &url, &smtp).await;
+    for e in &emails {
+        sink.wait_for(e, 1).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    for e in &emails {
+        assert_eq!(sink.count_to(e), 1, "{e} got exactly one mail");
+    }
+    common::drop_database(&db).await;
+}
+
+/// GOTRUE_RATE_LIMIT_EMAIL_SENT holds across processes sharing the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_budget_is_shared_by_processes() {
+    let sink = SmtpSink::start().await;
+    let port = sink.port.to_string();
+    let (db, url) = pg().await;
+    let env = [
+        ("GOTRUE_SMTP_HOST", "127.0.0.1"),
+        ("GOTRUE_SMTP_PORT", port.as_str()),
+        ("GOTRUE_RATE_LIMIT_EMAIL_SENT", "3"),
+    ];
+    let (_a, a) = common::castellan_process(&["serve"], &url, &env).await;
+    let (_b, b) = common::castellan_process(&["serve"], &url, &env).await;
+    let http = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for (i, base) in [&a, &b, &a, &b].iter().enumerate() {
+        statuses.push(signup(&http, base, &format!("budget{i}@example.com")).await);
+    }
+    let codes: Vec<u16> = statuses.iter().map(|r| r.status.as_u16()).collect();
+    assert_eq!(
+        codes,
+        [200, 200, 200, 429],
+        "the fourth email exceeds the shared budget of 3"
+    );
+    statuses[3].assert_error(429, "over_email_send_rate_limit");
+    for i in 0..3 {
+        sink.wait_for(&format!("budget{i}@example.com"), 1).await;
+    }
+    common::drop_database(&db).await;
+}
