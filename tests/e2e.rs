@@ -3,21 +3,75 @@
 //! which the README's test command does.
 
 mod common;
+#[path = "common/smtp_sink.rs"]
+mod smtp_sink;
 
 use common::Backend;
+use smtp_sink::SmtpSink;
 
-/// Runs one scenario script of tests/e2e against a fresh server.
+/// Serves the sink's messages as JSON over HTTP (`GET /` → `[{to, data}]`),
+/// so a Node script can read links and codes out of the delivered mail.
+async fn mailbox(sink: SmtpSink) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let sink = sink.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let mails: Vec<serde_json::Value> = sink
+                    .all()
+                    .iter()
+                    .map(|m| serde_json::json!({"to": m.to, "data": m.data}))
+                    .collect();
+                let body = serde_json::to_string(&mails).unwrap();
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// Runs one scenario script of tests/e2e against a fresh server (autoconfirm
+/// on, or, with `mail`, confirmations sent to a loopback SMTP server whose
+/// messages the script reads from a mailbox URL).
 async fn run_client(backend: Backend, script: &str) {
+    run_client_with(backend, script, false).await
+}
+
+async fn run_client_with(backend: Backend, script: &str, mail: bool) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e");
     assert!(
         dir.join("node_modules/@supabase/auth-js").exists(),
         "@supabase/auth-js is not installed: run `npm ci` in tests/e2e (scripts/test.sh does)"
     );
-    let t = common::spawn(backend, |c| c.anonymous_users_enabled = true).await;
+    let sink = SmtpSink::start().await;
+    let port = sink.port;
+    let t = common::spawn(backend, |c| {
+        c.anonymous_users_enabled = true;
+        if mail {
+            c.mailer_autoconfirm = false;
+            c.smtp.host = Some("127.0.0.1".into());
+            c.smtp.port = port;
+            c.mailer.email_sent.events = 1000;
+            // The scenarios send several mails of a kind to one user in a row.
+            c.smtp.max_frequency = std::time::Duration::from_millis(1);
+            c.uri_allow_list = vec!["http://app.test/**".into()];
+        }
+    })
+    .await;
+    let mailbox = mailbox(sink).await;
     let out = tokio::process::Command::new("node")
         .arg(script)
         .arg(&t.base)
         .arg(t.service_key())
+        .arg(mailbox)
         .current_dir(&dir)
         .output()
         .await
@@ -53,4 +107,14 @@ async fn admin_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_on_postgres() {
     run_client(Backend::Postgres, "admin.mjs").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_on_sqlite() {
+    run_client_with(Backend::Sqlite, "email.mjs", true).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_on_postgres() {
+    run_client_with(Backend::Postgres, "email.mjs", true).await
 }
