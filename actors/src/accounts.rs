@@ -126,8 +126,9 @@ impl Accounts {
             redirect_to: String::new(),
             pkce: None,
             actor: None,
+            generate_only: false,
         };
-        self.otp.send(send).await
+        self.otp.send(send).await.map(drop)
     }
 
     /// With `GOTRUE_SECURITY_UPDATE_PASSWORD_REQUIRE_REAUTHENTICATION`, a
@@ -190,8 +191,9 @@ impl Accounts {
             redirect_to: req.redirect_to.clone(),
             pkce: req.pkce.clone(),
             actor: None,
+            generate_only: false,
         };
-        self.otp.send(send).await
+        self.otp.send(send).await.map(drop)
     }
 
     /// `grant_type=pkce`: exchanges the code of a verified link for a session, once.

@@ -15,6 +15,8 @@ use serde_json::{Map, Value, json};
 use sha2::Digest;
 use uuid::Uuid;
 
+use castellan_jobs::EmailKind;
+
 use crate::context::Ctx;
 
 /// The attributes of `POST /admin/users` and `PUT /admin/users/{id}`.
@@ -99,6 +101,40 @@ impl Admin {
             .ok_or_else(|| ApiError::not_found("user_not_found", "User not found"))
     }
 
+    /// A new unconfirmed email user (with a password hash, or none), with
+    /// its email identity.
+    async fn create_unconfirmed(
+        &self,
+        email: &str,
+        hash: Option<&str>,
+        data: Map<String, Value>,
+        aud: &str,
+    ) -> ApiResult<User> {
+        let now = Utc::now();
+        let id = Uuid::new_v4();
+        let mut tx = self.ctx.store.begin().await?;
+        tx.insert_user(&NewUser {
+            id,
+            aud,
+            role: self.ctx.config.jwt.default_group_name.trim(),
+            email: Some(email),
+            phone: None,
+            encrypted_password: hash,
+            email_confirmed_at: None,
+            phone_confirmed_at: None,
+            app_metadata: json!({"provider": "email", "providers": ["email"]}),
+            user_metadata: Value::Object(data),
+            is_anonymous: false,
+            now,
+        })
+        .await?;
+        tx.upsert_identity(id, "email", &identity_data(id, "email", email, false), now)
+            .await?;
+        let user = self.load(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(user)
+    }
+
     /// The user an invitation goes to: created (without a password) when
     /// new, reused when still unconfirmed; a confirmed address is taken.
     pub async fn invitee(
@@ -108,39 +144,90 @@ impl Admin {
         aud: &str,
     ) -> ApiResult<User> {
         let email = validate::email(email)?;
-        let now = Utc::now();
-        let mut tx = self.ctx.store.begin().await?;
-        if let Some(u) = tx.user_by_email(&email, aud).await? {
-            if u.email_confirmed_at.is_some() {
-                return Err(ApiError::unprocessable(
-                    "email_exists",
-                    "A user with this email address has already been registered",
-                ));
-            }
-            tx.commit().await?;
-            return Ok(u);
+        match self.ctx.store.user_by_email(&email, aud).await? {
+            Some(u) if u.email_confirmed_at.is_some() => Err(ApiError::unprocessable(
+                "email_exists",
+                "A user with this email address has already been registered",
+            )),
+            Some(u) => Ok(u),
+            None => self.create_unconfirmed(&email, None, data, aud).await,
         }
-        let id = Uuid::new_v4();
-        tx.insert_user(&NewUser {
-            id,
-            aud,
-            role: self.ctx.config.jwt.default_group_name.trim(),
-            email: Some(&email),
-            phone: None,
-            encrypted_password: None,
-            email_confirmed_at: None,
-            phone_confirmed_at: None,
-            app_metadata: json!({"provider": "email", "providers": ["email"]}),
-            user_metadata: Value::Object(data),
-            is_anonymous: false,
-            now,
-        })
-        .await?;
-        tx.upsert_identity(id, "email", &identity_data(id, "email", &email, false), now)
-            .await?;
-        let user = self.load(&mut tx, id).await?;
-        tx.commit().await?;
-        Ok(user)
+    }
+
+    /// The user and the kind of token an `/admin/generate_link` request
+    /// makes, creating the user where GoTrue does. Returns the user, the
+    /// reported `verification_type` and the token's kind.
+    pub async fn link_user(
+        &self,
+        link_type: &str,
+        email: &str,
+        password: Option<&str>,
+        data: Map<String, Value>,
+        aud: &str,
+    ) -> ApiResult<(User, &'static str, EmailKind)> {
+        let email = validate::email(email)?;
+        let existing = self.ctx.store.user_by_email(&email, aud).await?;
+        let cfg = &self.ctx.config;
+        match (link_type, existing) {
+            ("signup", Some(u)) if u.email_confirmed_at.is_some() => Err(ApiError::unprocessable(
+                "email_exists",
+                "A user with this email address has already been registered",
+            )),
+            ("signup", Some(u)) => {
+                let mut tx = self.ctx.store.begin().await?;
+                let mut meta = u.user_metadata();
+                merge_metadata(&mut meta, &data);
+                tx.update_metadata(u.id, &meta, &u.app_metadata(), Utc::now())
+                    .await?;
+                let u = self.load(&mut tx, u.id).await?;
+                tx.commit().await?;
+                Ok((u, "signup", EmailKind::Confirmation))
+            }
+            ("signup", None) => {
+                let password = password
+                    .filter(|p| !p.is_empty())
+                    .ok_or_else(|| ApiError::validation("Signup requires a valid password"))?;
+                validate::require_strong_password(&cfg.password, password)?;
+                let hash = self.ctx.hasher.hash(password).await?;
+                Ok((
+                    self.create_unconfirmed(&email, Some(&hash), data, aud)
+                        .await?,
+                    "signup",
+                    EmailKind::Confirmation,
+                ))
+            }
+            ("invite", _) => Ok((
+                self.invitee(&email, data, aud).await?,
+                "invite",
+                EmailKind::Invite,
+            )),
+            ("magiclink", Some(u)) => Ok((u, "magiclink", EmailKind::MagicLink)),
+            // GoTrue turns a magic link for an unknown address into a signup.
+            ("magiclink", None) => {
+                let hash = self
+                    .ctx
+                    .hasher
+                    .hash(&castellan_core::crypto::random_base32(64))
+                    .await?;
+                Ok((
+                    self.create_unconfirmed(&email, Some(&hash), data, aud)
+                        .await?,
+                    "signup",
+                    EmailKind::Confirmation,
+                ))
+            }
+            ("recovery", Some(u)) => Ok((u, "recovery", EmailKind::Recovery)),
+            ("recovery" | "email_change_current" | "email_change_new", None) => Err(
+                ApiError::not_found("user_not_found", "User with this email not found"),
+            ),
+            ("email_change_current" | "email_change_new", Some(_)) => Err(ApiError::unprocessable(
+                "feature_disabled",
+                "Email change links are not available on this server yet",
+            )),
+            (other, _) => Err(ApiError::validation(format!(
+                "Invalid email action link type requested: {other}"
+            ))),
+        }
     }
 
     pub async fn get_user(&self, id: Uuid) -> ApiResult<(User, Vec<Identity>)> {

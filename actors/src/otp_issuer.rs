@@ -30,6 +30,17 @@ pub struct SendRequest {
     pub pkce: Option<Pkce>,
     /// Who asked (the user themself unless an admin invited).
     pub actor: Option<AuditActor>,
+    /// Only make the token and link (`/admin/generate_link`): no email, no
+    /// window, no budget.
+    pub generate_only: bool,
+}
+
+/// A token that was issued: what the email carried.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub otp: String,
+    pub hashed_token: String,
+    pub action_link: String,
 }
 
 /// What a verification presents.
@@ -93,7 +104,7 @@ pub struct Verified {
 }
 
 pub enum OtpMsg {
-    Send(Box<SendRequest>, RpcReplyPort<ApiResult<()>>),
+    Send(Box<SendRequest>, RpcReplyPort<ApiResult<Issued>>),
     Verify {
         vtype: VerifyType,
         presented: Presented,
@@ -184,7 +195,7 @@ fn link(ctx: &Ctx, path_key: &str, hash: &str, link_type: &str, redirect_to: &st
     format!("{base}?token={hash}&type={link_type}&redirect_to={r}")
 }
 
-async fn send(ctx: &Ctx, req: &SendRequest) -> ApiResult<()> {
+async fn send(ctx: &Ctx, req: &SendRequest) -> ApiResult<Issued> {
     let now = Utc::now();
     let (tt, path_key, link_type, flow_method, audit) = kind_facts(req.kind);
     let mut tx = ctx.store.begin().await?;
@@ -197,8 +208,9 @@ async fn send(ctx: &Ctx, req: &SendRequest) -> ApiResult<()> {
         .clone()
         .filter(|e| !e.is_empty())
         .ok_or_else(|| ApiError::validation("The user has no email address"))?;
-    // The per-user window (invites have none).
+    // The per-user window (invites and generated links have none).
     if req.kind != EmailKind::Invite
+        && !req.generate_only
         && let Some(sent) = tt.sent_at(&user)
     {
         let window = chrono::Duration::from_std(ctx.config.smtp.max_frequency).unwrap_or_default();
@@ -213,7 +225,8 @@ async fn send(ctx: &Ctx, req: &SendRequest) -> ApiResult<()> {
         }
     }
     let budget = ctx.config.mailer.email_sent;
-    if (budget.events == 0 || !ctx.config.mailer_autoconfirm)
+    if !req.generate_only
+        && (budget.events == 0 || !ctx.config.mailer_autoconfirm)
         && !tx.take_email_budget(budget.events, budget.per, now).await?
     {
         metrics::counter!("castellan_email_budget_exhausted_total").increment(1);
@@ -255,7 +268,14 @@ async fn send(ctx: &Ctx, req: &SendRequest) -> ApiResult<()> {
         new_email: String::new(),
         data: user.user_metadata(),
     };
-    castellan_jobs::queue::enqueue_email(&mut tx, &job, ctx.config.mailer.max_attempts).await?;
+    let issued = Issued {
+        otp: job.token.clone(),
+        hashed_token: plain,
+        action_link: job.confirmation_url.clone(),
+    };
+    if !req.generate_only {
+        castellan_jobs::queue::enqueue_email(&mut tx, &job, ctx.config.mailer.max_attempts).await?;
+    }
     let actor = req.actor.clone().unwrap_or_else(|| AuditActor::from(&user));
     tx.insert_audit(
         &audit_payload(
@@ -268,7 +288,7 @@ async fn send(ctx: &Ctx, req: &SendRequest) -> ApiResult<()> {
     )
     .await?;
     tx.commit().await?;
-    Ok(())
+    Ok(issued)
 }
 
 fn expired() -> ApiError {
@@ -455,7 +475,7 @@ impl OtpIssuer {
         crate::supervisor::call_keyed(&self.factory, "otp_issuer", key, self.timeout, build).await
     }
 
-    pub async fn send(&self, req: SendRequest) -> ApiResult<()> {
+    pub async fn send(&self, req: SendRequest) -> ApiResult<Issued> {
         let key = req.user_id;
         self.call(key, |reply| OtpMsg::Send(Box::new(req), reply))
             .await

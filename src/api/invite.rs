@@ -43,6 +43,7 @@ pub async fn invite(
             redirect_to,
             pkce: None,
             actor: Some(admin.actor),
+            generate_only: false,
         })
         .await?;
     let (user, ids) = st.admin.get_user(user.id).await?;

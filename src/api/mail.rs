@@ -64,6 +64,7 @@ pub async fn recover(
                 redirect_to,
                 pkce,
                 actor: None,
+                generate_only: false,
             })
             .await?;
     }
@@ -159,6 +160,7 @@ pub async fn otp(
                     redirect_to,
                     pkce,
                     actor: None,
+                    generate_only: false,
                 })
                 .await?;
         }
@@ -189,6 +191,7 @@ pub async fn otp(
                         redirect_to,
                         pkce,
                         actor: None,
+                        generate_only: false,
                     })
                     .await?;
             }
@@ -289,6 +292,7 @@ pub async fn resend(
                     redirect_to,
                     pkce,
                     actor: None,
+                    generate_only: false,
                 })
                 .await?;
         }

@@ -72,6 +72,14 @@ async function scenarios(url, tag) {
   assert.equal(iv.error, null, String(iv.error));
   assert.equal(iv.data.user.user_metadata.team, 'blue');
 
+  // generateLink: nothing is sent; the returned code works.
+  const gl = await admin.generateLink({ type: 'magiclink', email: email(1) });
+  assert.equal(gl.error, null, String(gl.error));
+  assert.equal(gl.data.properties.verification_type, 'magiclink');
+  assert.ok(gl.data.properties.action_link.includes('type=magiclink'));
+  const gv = await client(url).verifyOtp({ email: email(1), token: gl.data.properties.email_otp, type: 'magiclink' });
+  assert.equal(gv.error, null, String(gv.error));
+
   // PKCE: the link answers 303 to ?code=, exchanged once.
   const p = client(url, { flowType: 'pkce' });
   const po = await p.signInWithOtp({ email: email(1), options: { shouldCreateUser: false, emailRedirectTo: 'http://app.test/cb' } });

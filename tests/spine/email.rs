@@ -650,3 +650,111 @@ both_mail!(
         );
     }
 );
+
+both_mail!(
+    generate_link_makes_links_without_sending,
+    |_| {},
+    |t, sink| {
+        let signup = t
+            .admin(
+                Method::POST,
+                "/admin/generate_link",
+                Some(
+                    json!({"type": "signup", "email": "Gen@Example.com", "password": "secret123",
+        "redirect_to": "https://app.example.com/in"}),
+                ),
+            )
+            .await;
+        assert_eq!(signup.status, 200, "{}", signup.text);
+        let b = &signup.body;
+        assert_eq!(b["email"], "gen@example.com");
+        assert_eq!(b["verification_type"], "signup");
+        assert_eq!(b["redirect_to"], "https://app.example.com/in");
+        let otp = b["email_otp"].as_str().unwrap();
+        let hashed = b["hashed_token"].as_str().unwrap();
+        assert_eq!(
+            hashed,
+            castellan_core::crypto::token_hash("gen@example.com", otp)
+        );
+        let link = b["action_link"].as_str().unwrap();
+        assert_eq!(
+            link,
+            format!(
+                "http://127.0.0.1:1/verify?token={hashed}&type=signup&redirect_to=https://app.example.com/in"
+            )
+        );
+        let opened = open_link(&t, link).await;
+        assert_eq!(opened.status, 303);
+        assert_eq!(
+            fragment(opened.header("location").unwrap())["type"],
+            "signup"
+        );
+
+        // An unknown address asking for a magic link gets a signup link.
+        let ml = t
+            .admin(
+                Method::POST,
+                "/admin/generate_link",
+                Some(json!({"type": "magiclink", "email": "newgen@example.com"})),
+            )
+            .await;
+        assert_eq!(ml.body["verification_type"], "signup");
+        let otp = ml.body["email_otp"].as_str().unwrap();
+        let v = t
+            .post(
+                "/verify",
+                json!({"type": "signup", "email": "newgen@example.com", "token": otp}),
+            )
+            .await;
+        assert_eq!(v.status, 200, "{}", v.text);
+        // A known, confirmed address gets a magic link; twice in a row is fine (no window).
+        for _ in 0..2 {
+            let r = t
+                .admin(
+                    Method::POST,
+                    "/admin/generate_link",
+                    Some(json!({"type": "magiclink", "email": "gen@example.com"})),
+                )
+                .await;
+            assert_eq!(r.body["verification_type"], "magiclink", "{}", r.text);
+        }
+        let inv = t
+            .admin(
+                Method::POST,
+                "/admin/generate_link",
+                Some(json!({"type": "invite", "email": "invgen@example.com"})),
+            )
+            .await;
+        assert_eq!(inv.body["verification_type"], "invite");
+        assert!(inv.body["invited_at"].is_string());
+        t.admin(
+            Method::POST,
+            "/admin/generate_link",
+            Some(json!({"type": "recovery", "email": "nobody@example.com"})),
+        )
+        .await
+        .assert_error(404, "user_not_found");
+        t.admin(
+            Method::POST,
+            "/admin/generate_link",
+            Some(json!({"type": "signup", "email": "gen@example.com", "password": "secret123"})),
+        )
+        .await
+        .assert_error(422, "email_exists");
+        t.admin(
+            Method::POST,
+            "/admin/generate_link",
+            Some(json!({"type": "bogus", "email": "gen@example.com"})),
+        )
+        .await
+        .assert_error(400, "validation_failed");
+        t.post(
+            "/admin/generate_link",
+            json!({"type": "signup", "email": "x@example.com"}),
+        )
+        .await
+        .assert_error(401, "no_authorization");
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(sink.all().is_empty(), "generate_link sends nothing");
+    }
+);

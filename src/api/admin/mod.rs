@@ -1,6 +1,7 @@
 //! The admin API (`requireAdminCredentials` in GoTrue): users and the audit log.
 
 mod audit;
+mod generate_link;
 mod paging;
 mod users;
 
@@ -18,4 +19,8 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/admin/users/{user_id}/factors", get(users::factors))
         .route("/admin/audit", get(audit::list))
+        .route(
+            "/admin/generate_link",
+            axum::routing::post(generate_link::generate_link),
+        )
 }
