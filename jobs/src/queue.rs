@@ -28,6 +28,16 @@ pub async fn setup(store: &Store) -> Result<(), String> {
     }
 }
 
+/// How many email jobs wait to run (pending, or failed with attempts left).
+pub async fn pending(store: &Store) -> Result<i64, sqlx::Error> {
+    match store.pool() {
+        Pool::Pg(p) => sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE job_type = $1 AND (status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts))")
+            .bind(EMAIL_QUEUE).fetch_one(p).await,
+        Pool::Lite(p) => sqlx::query_scalar("SELECT count(*) FROM Jobs WHERE job_type = $1 AND (status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts))")
+            .bind(EMAIL_QUEUE).fetch_one(p).await,
+    }
+}
+
 /// Queues an email in `tx`: it is delivered only if `tx` commits.
 pub async fn enqueue_email(
     tx: &mut Tx,

@@ -84,6 +84,9 @@ async fn sweep(
     ] {
         metrics::counter!("castellan_expiry_swept_total", "kind" => kind).increment(n);
     }
+    // The same tick samples the queue's backlog.
+    let pending = crate::queue::pending(&store).await?;
+    metrics::gauge!("castellan_queue_pending", "queue" => "email").set(pending as f64);
     Ok(())
 }
 

@@ -648,6 +648,10 @@ both_mail!(
             m.contains("castellan_expiry_swept_total{kind=\"one_time_tokens\"}"),
             "swept rows are counted"
         );
+        assert!(
+            m.contains("castellan_queue_pending{queue=\"email\"} 0"),
+            "the backlog is sampled: {m}"
+        );
     }
 );
 
