@@ -77,6 +77,9 @@ pub struct UserUpdate {
     pub app_metadata: Option<Map<String, Value>>,
     /// The code from `GET /reauthenticate`.
     pub nonce: Option<String>,
+    /// For an email change: PKCE and where its links lead.
+    pub pkce: Option<Pkce>,
+    pub redirect_to: String,
 }
 
 #[derive(Clone)]
@@ -127,6 +130,7 @@ impl Accounts {
             pkce: None,
             actor: None,
             generate_only: false,
+            new_email: None,
         };
         self.otp.send(send).await.map(drop)
     }
@@ -192,6 +196,7 @@ impl Accounts {
             pkce: req.pkce.clone(),
             actor: None,
             generate_only: false,
+            new_email: None,
         };
         self.otp.send(send).await.map(drop)
     }
@@ -703,10 +708,23 @@ impl Accounts {
                 "Updating password of an anonymous user without an email or phone is not allowed",
             ));
         }
-        if new_email.is_some() || new_phone.is_some() {
+        if new_phone.is_some() {
             return Err(ApiError::unprocessable(
                 "feature_disabled",
-                "Changing the email address or phone number is not available on this server yet",
+                "Changing the phone number is not available on this server yet",
+            ));
+        }
+        if let Some(e) = &new_email
+            && let Some(other) = self
+                .ctx
+                .store
+                .user_by_email(e, user.aud.as_deref().unwrap_or_default())
+                .await?
+            && other.id != user.id
+        {
+            return Err(ApiError::unprocessable(
+                "email_exists",
+                "A user with this email address has already been registered",
             ));
         }
         let now = Utc::now();
@@ -780,6 +798,23 @@ impl Accounts {
             .await?
             .ok_or_else(|| ApiError::not_found("user_not_found", "User not found"))?;
         tx.commit().await?;
+        let updated = match new_email {
+            // The change is confirmed by mail (to both addresses with secure change).
+            Some(new_email) => {
+                let send = SendRequest {
+                    user_id: user.id,
+                    kind: EmailKind::EmailChange,
+                    redirect_to: up.redirect_to.clone(),
+                    pkce: up.pkce.clone(),
+                    actor: None,
+                    generate_only: false,
+                    new_email: Some(new_email),
+                };
+                self.otp.send(send).await?;
+                self.ctx.store.user_by_id(user.id).await?.unwrap_or(updated)
+            }
+            None => updated,
+        };
         let ids = self.ctx.store.identities_of(user.id).await?;
         Ok((updated, ids))
     }

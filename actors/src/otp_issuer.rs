@@ -33,6 +33,8 @@ pub struct SendRequest {
     /// Only make the token and link (`/admin/generate_link`): no email, no
     /// window, no budget.
     pub generate_only: bool,
+    /// For an email change: the address to change to.
+    pub new_email: Option<String>,
 }
 
 /// A token that was issued: what the email carried.
@@ -60,6 +62,7 @@ pub enum VerifyType {
     Recovery,
     MagicLink,
     Email,
+    EmailChange,
 }
 
 impl VerifyType {
@@ -70,6 +73,7 @@ impl VerifyType {
             "recovery" => VerifyType::Recovery,
             "magiclink" => VerifyType::MagicLink,
             "email" => VerifyType::Email,
+            "email_change" => VerifyType::EmailChange,
             _ => return None,
         })
     }
@@ -78,6 +82,10 @@ impl VerifyType {
             VerifyType::Signup | VerifyType::Invite => &[TokenType::ConfirmationToken],
             VerifyType::Recovery | VerifyType::MagicLink => &[TokenType::RecoveryToken],
             VerifyType::Email => &[TokenType::ConfirmationToken, TokenType::RecoveryToken],
+            VerifyType::EmailChange => &[
+                TokenType::EmailChangeTokenCurrent,
+                TokenType::EmailChangeTokenNew,
+            ],
         }
     }
     /// The type reported back (for `email`, the kind of token it matched).
@@ -89,6 +97,7 @@ impl VerifyType {
             (VerifyType::MagicLink, _) => "magiclink",
             (VerifyType::Email, TokenType::ConfirmationToken) => "signup",
             (VerifyType::Email, _) => "magiclink",
+            (VerifyType::EmailChange, _) => "email_change",
         }
     }
 }
@@ -101,7 +110,14 @@ pub struct Verified {
     pub vtype: &'static str,
     /// For a PKCE token: the code to exchange at `/token?grant_type=pkce`.
     pub code: Option<String>,
+    /// The first of an email change's two confirmations: nothing to sign in
+    /// with yet, only this message.
+    pub pending: Option<&'static str>,
 }
+
+/// What GoTrue answers to the first half of a secure email change.
+pub const EMAIL_CHANGE_HALF: &str =
+    "Confirmation link accepted. Please proceed to confirm link sent to the other email";
 
 pub enum OtpMsg {
     Send(Box<SendRequest>, RpcReplyPort<ApiResult<Issued>>),
@@ -236,46 +252,76 @@ async fn send(ctx: &Ctx, req: &SendRequest) -> ApiResult<Issued> {
             budget.per.as_secs(),
         ));
     }
-    let code = otp(ctx.config.mailer.otp_length);
-    let plain = token_hash(&to, &code);
-    let stored = match &req.pkce {
-        Some(p) if req.kind != EmailKind::Invite => {
-            tx.insert_flow_state(user.id, flow_method, &p.challenge, &p.method, now)
-                .await?;
-            format!("pkce_{plain}")
+    // An email change mails the new address and, with secure change on, the
+    // current one too; everything else mails the user's address once.
+    let mut deliveries = vec![(tt, to.clone())];
+    if req.kind == EmailKind::EmailChange {
+        let new_email = req
+            .new_email
+            .clone()
+            .ok_or_else(|| ApiError::validation("An email change needs the new address"))?;
+        tx.set_email_change(user.id, &new_email, now).await?;
+        deliveries = vec![(TokenType::EmailChangeTokenNew, new_email)];
+        if ctx.config.mailer.secure_email_change_enabled {
+            deliveries.push((TokenType::EmailChangeTokenCurrent, to.clone()));
         }
-        _ => plain.clone(),
-    };
-    tx.set_one_time_token(user.id, tt, &stored, &to, now)
-        .await?;
+        if !req.generate_only
+            && budget.events > 0
+            && !ctx.config.mailer_autoconfirm
+            && !tx.take_email_budget(budget.events, budget.per, now).await?
+        {
+            return Err(ApiError::too_many_requests(
+                "over_email_send_rate_limit",
+                "email rate limit exceeded",
+                budget.per.as_secs(),
+            ));
+        }
+    }
+    if let (Some(p), true) = (&req.pkce, req.kind != EmailKind::Invite) {
+        tx.insert_flow_state(user.id, flow_method, &p.challenge, &p.method, now)
+            .await?;
+    }
+    let mut issued = None;
+    for (tt, address) in deliveries {
+        let code = otp(ctx.config.mailer.otp_length);
+        let plain = token_hash(&address, &code);
+        let stored = match &req.pkce {
+            Some(_) if req.kind != EmailKind::Invite => format!("pkce_{plain}"),
+            _ => plain.clone(),
+        };
+        tx.set_one_time_token(user.id, tt, &stored, &address, now)
+            .await?;
+        let job = EmailJob {
+            id: Uuid::new_v4(),
+            kind: req.kind,
+            to: address.clone(),
+            token: code,
+            token_hash: stored.clone(),
+            confirmation_url: if path_key.is_empty() {
+                String::new()
+            } else {
+                link(ctx, path_key, &stored, link_type, &req.redirect_to)
+            },
+            site_url: ctx.config.site_url.clone(),
+            redirect_to: req.redirect_to.clone(),
+            email: to.clone(),
+            new_email: req.new_email.clone().unwrap_or_default(),
+            data: user.user_metadata(),
+        };
+        if !req.generate_only {
+            castellan_jobs::queue::enqueue_email(&mut tx, &job, ctx.config.mailer.max_attempts)
+                .await?;
+        }
+        issued.get_or_insert(Issued {
+            otp: job.token.clone(),
+            hashed_token: plain,
+            action_link: job.confirmation_url.clone(),
+        });
+    }
     if req.kind == EmailKind::Invite {
         tx.set_invited(user.id, now).await?;
     }
-    let job = EmailJob {
-        id: Uuid::new_v4(),
-        kind: req.kind,
-        to: to.clone(),
-        token: code,
-        token_hash: stored.clone(),
-        confirmation_url: if path_key.is_empty() {
-            String::new()
-        } else {
-            link(ctx, path_key, &stored, link_type, &req.redirect_to)
-        },
-        site_url: ctx.config.site_url.clone(),
-        redirect_to: req.redirect_to.clone(),
-        email: to,
-        new_email: String::new(),
-        data: user.user_metadata(),
-    };
-    let issued = Issued {
-        otp: job.token.clone(),
-        hashed_token: plain,
-        action_link: job.confirmation_url.clone(),
-    };
-    if !req.generate_only {
-        castellan_jobs::queue::enqueue_email(&mut tx, &job, ctx.config.mailer.max_attempts).await?;
-    }
+    let issued = issued.expect("at least one delivery");
     let actor = req.actor.clone().unwrap_or_else(|| AuditActor::from(&user));
     tx.insert_audit(
         &audit_payload(
@@ -289,6 +335,85 @@ async fn send(ctx: &Ctx, req: &SendRequest) -> ApiResult<Issued> {
     .await?;
     tx.commit().await?;
     Ok(issued)
+}
+
+/// One of an email change's confirmations. With secure change, the first
+/// of the two only records itself; the second (or the only one) moves the
+/// pending address into place.
+async fn email_change_verified(
+    ctx: &Ctx,
+    mut tx: castellan_core::store::Tx,
+    user: User,
+    tt: TokenType,
+    pkce: bool,
+    now: chrono::DateTime<Utc>,
+) -> ApiResult<Verified> {
+    tx.clear_token_column(user.id, tt).await?;
+    let other = if tt == TokenType::EmailChangeTokenNew {
+        TokenType::EmailChangeTokenCurrent
+    } else {
+        TokenType::EmailChangeTokenNew
+    };
+    let other_pending = !tx
+        .token_column(user.id, other)
+        .await?
+        .unwrap_or_default()
+        .is_empty();
+    let secure = ctx.config.mailer.secure_email_change_enabled && !ctx.config.mailer_autoconfirm;
+    if secure
+        && other_pending
+        && tx.email_change_status(user.id).await? == 0
+        && !user.email_str().is_empty()
+    {
+        tx.set_email_change_status(user.id, 1).await?;
+        tx.commit().await?;
+        return Ok(Verified {
+            user,
+            vtype: "email_change",
+            code: None,
+            pending: Some(EMAIL_CHANGE_HALF),
+        });
+    }
+    let new_email = user.email_change.clone().unwrap_or_default();
+    if new_email.is_empty() {
+        return Err(expired());
+    }
+    tx.apply_email_change(user.id, now).await?;
+    let data = json!({"sub": user.id.to_string(), "email": new_email, "email_verified": true, "phone_verified": false});
+    tx.upsert_identity(user.id, "email", &data, now).await?;
+    tx.clear_one_time_tokens(user.id).await?;
+    tx.insert_audit(
+        &audit_payload(
+            &user,
+            AuditAction::UserModified,
+            Some(json!({"new_email": new_email})),
+        ),
+        "",
+        now,
+    )
+    .await?;
+    let code = if pkce {
+        Some(
+            tx.issue_flow_code(user.id, "email_change", now)
+                .await?
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "flow_state_not_found",
+                        "invalid flow state, no valid flow state found",
+                    )
+                })?,
+        )
+    } else {
+        None
+    };
+    let user = tx.user_by_id(user.id).await?.ok_or_else(expired)?;
+    tx.commit().await?;
+    Ok(Verified {
+        user,
+        vtype: "email_change",
+        code,
+        pending: None,
+    })
 }
 
 fn expired() -> ApiError {
@@ -341,6 +466,12 @@ async fn verify(
     }
     if user.is_banned(now) {
         return Err(ApiError::forbidden("user_banned", "User is banned"));
+    }
+    if matches!(
+        tt,
+        TokenType::EmailChangeTokenCurrent | TokenType::EmailChangeTokenNew
+    ) {
+        return email_change_verified(ctx, tx, user, tt, pkce, now).await;
     }
     let resolved = vtype.resolved(tt);
     let email = user.email_str().to_string();
@@ -395,6 +526,7 @@ async fn verify(
         user,
         vtype: resolved,
         code,
+        pending: None,
     })
 }
 
@@ -490,6 +622,15 @@ impl OtpIssuer {
     ) -> ApiResult<Verified> {
         let user_id = match &presented {
             Presented::Hash(h) => self.ctx.store.token_owner(h).await?,
+            // An email change's code may have gone to the new address, which
+            // no user holds yet: find the user by the token instead.
+            Presented::Code { email, code } if vtype == VerifyType::EmailChange => {
+                let hash = token_hash(email, code);
+                match self.ctx.store.token_owner(&hash).await? {
+                    Some(id) => Some(id),
+                    None => self.ctx.store.token_owner(&format!("pkce_{hash}")).await?,
+                }
+            }
             Presented::Code { email, .. } => self
                 .ctx
                 .store

@@ -44,6 +44,7 @@ pub async fn invite(
             pkce: None,
             actor: Some(admin.actor),
             generate_only: false,
+            new_email: None,
         })
         .await?;
     let (user, ids) = st.admin.get_user(user.id).await?;

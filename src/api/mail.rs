@@ -65,6 +65,7 @@ pub async fn recover(
                 pkce,
                 actor: None,
                 generate_only: false,
+                new_email: None,
             })
             .await?;
     }
@@ -161,6 +162,7 @@ pub async fn otp(
                     pkce,
                     actor: None,
                     generate_only: false,
+                    new_email: None,
                 })
                 .await?;
         }
@@ -192,6 +194,7 @@ pub async fn otp(
                         pkce,
                         actor: None,
                         generate_only: false,
+                        new_email: None,
                     })
                     .await?;
             }
@@ -293,6 +296,23 @@ pub async fn resend(
                     pkce,
                     actor: None,
                     generate_only: false,
+                    new_email: None,
+                })
+                .await?;
+        }
+        // A pending email change: both confirmations again, from the start.
+        ("email_change", Some(u)) if u.email_change.as_deref().is_some_and(|e| !e.is_empty()) => {
+            let new_email = u.email_change.clone();
+            st.actors
+                .otp
+                .send(SendRequest {
+                    user_id: u.id,
+                    kind: EmailKind::EmailChange,
+                    redirect_to,
+                    pkce,
+                    actor: None,
+                    generate_only: false,
+                    new_email,
                 })
                 .await?;
         }
@@ -303,8 +323,8 @@ pub async fn resend(
             )
             .into());
         }
-        // Unknown user, already confirmed, or no change pending (email and
-        // phone changes are not available yet, so none ever is).
+        // Unknown user, already confirmed, or no change pending (phone
+        // changes are not available yet, so none ever is).
         _ => {}
     }
     Ok(Json(json!({})).into_response())

@@ -4,12 +4,14 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use castellan_actors::accounts::UserUpdate;
 use castellan_actors::rate_limiter::Bucket;
-use castellan_core::ApiError;
+use castellan_core::{ApiError, validate};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::error::HttpResult;
-use crate::extract::{AuthUser, AuthUserWithIdentities, ClientKey, JsonBody, header_aud};
+use crate::extract::{
+    AuthUser, AuthUserWithIdentities, ClientKey, JsonBody, RedirectTo, header_aud,
+};
 use crate::server::AppState;
 
 /// `GET /user`. The request audience (`X-JWT-AUD`) must match the token's.
@@ -35,6 +37,8 @@ pub struct UpdateBody {
     data: Option<Map<String, Value>>,
     app_metadata: Option<Map<String, Value>>,
     nonce: Option<String>,
+    code_challenge: Option<String>,
+    code_challenge_method: Option<String>,
 }
 
 /// `GET /reauthenticate`: a code by email for a password change.
@@ -47,6 +51,7 @@ pub async fn update_user(
     State(st): State<AppState>,
     client: ClientKey,
     auth: AuthUser,
+    RedirectTo(redirect_to): RedirectTo,
     JsonBody(b): JsonBody<UpdateBody>,
 ) -> HttpResult {
     st.actors
@@ -59,6 +64,11 @@ pub async fn update_user(
         data: b.data,
         app_metadata: b.app_metadata,
         nonce: b.nonce,
+        pkce: validate::pkce(
+            b.code_challenge.as_deref(),
+            b.code_challenge_method.as_deref(),
+        )?,
+        redirect_to,
     };
     let (user, ids): (_, _) = st
         .accounts

@@ -92,6 +92,20 @@ pub async fn verify_link(
         Ok(v) => v,
         Err(e) => return Ok(error_redirect(&to, &e, pkce)),
     };
+    if let Some(message) = verified.pending {
+        let mut pairs: Vec<(&str, String)> =
+            vec![("message", message.to_string()), ("sb", String::new())];
+        let fragment = encode(&mut pairs);
+        let mut url = to.clone();
+        if pkce {
+            let sep = if url.contains('?') { '&' } else { '?' };
+            url = format!(
+                "{url}{sep}{}",
+                encode(&mut vec![("message", message.to_string())])
+            );
+        }
+        return Ok(see_other(format!("{url}#{fragment}")));
+    }
     if let Some(code) = verified.code {
         let sep = if to.contains('?') { '&' } else { '?' };
         return Ok(see_other(format!("{to}{sep}code={code}")));
@@ -163,6 +177,10 @@ pub async fn verify_json(
         return Err(ApiError::validation("Invalid email verification type").into());
     };
     let v = st.actors.otp.verify(vt, presented, &aud).await?;
+    if let Some(message) = v.pending {
+        // GoTrue's answer to the first half of a secure email change (`code` is a string here).
+        return Ok(Json(serde_json::json!({"msg": message, "code": "200"})).into_response());
+    }
     let g = st.actors.sessions.issue(v.user, "otp", vec![]).await?;
     Ok(Json(token_response(&g, None)).into_response())
 }

@@ -77,6 +77,8 @@ pub struct SmtpSink {
     mails: Arc<Mutex<Vec<Mail>>>,
     /// While set, the server answers every MAIL FROM with a temporary failure.
     refusing: Arc<Mutex<bool>>,
+    /// Recipients refused for good (550).
+    rejected: Arc<Mutex<Vec<String>>>,
 }
 
 impl SmtpSink {
@@ -87,6 +89,7 @@ impl SmtpSink {
             port,
             mails: Default::default(),
             refusing: Default::default(),
+            rejected: Default::default(),
         };
         let s = sink.clone();
         tokio::spawn(async move {
@@ -115,8 +118,12 @@ impl SmtpSink {
                                 .trim()
                                 .trim_matches(|c| c == '<' || c == '>')
                                 .to_string();
-                            to.push(addr);
-                            b"250 ok\r\n"
+                            if s.rejected.lock().unwrap().contains(&addr) {
+                                b"550 no such mailbox\r\n"
+                            } else {
+                                to.push(addr);
+                                b"250 ok\r\n"
+                            }
                         } else if upper == "DATA" {
                             let _ = w.write_all(b"354 go ahead\r\n").await;
                             let mut data = String::new();
@@ -146,6 +153,11 @@ impl SmtpSink {
             }
         });
         sink
+    }
+
+    /// Refuses mail to `addr` permanently.
+    pub fn reject(&self, addr: &str) {
+        self.rejected.lock().unwrap().push(addr.to_string());
     }
 
     pub fn refuse(&self, on: bool) {

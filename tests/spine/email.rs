@@ -762,3 +762,242 @@ both_mail!(
         assert!(sink.all().is_empty(), "generate_link sends nothing");
     }
 );
+
+both_mail!(secure_email_change, |_| {}, |t, sink| {
+    t.signup("ec@example.com", "secret123").await;
+    let m = sink.wait_for("ec@example.com", 1).await;
+    let s = t
+        .post(
+            "/verify",
+            json!({"type": "signup", "email": "ec@example.com", "token": m.code()}),
+        )
+        .await
+        .body;
+    let at = s["access_token"].as_str().unwrap().to_string();
+    t.signup("taken@example.com", "secret123").await;
+    t.request(
+        Method::PUT,
+        "/user",
+        Some(&at),
+        Some(json!({"email": "taken@example.com"})),
+    )
+    .await
+    .assert_error(422, "email_exists");
+
+    let r = t
+        .request(
+            Method::PUT,
+            "/user",
+            Some(&at),
+            Some(json!({"email": "New-EC@example.com"})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        r.body["email"], "ec@example.com",
+        "the old address until confirmed"
+    );
+    assert_eq!(r.body["new_email"], "new-ec@example.com");
+    assert!(r.body["email_change_sent_at"].is_string());
+    let to_new = sink.wait_for("new-ec@example.com", 1).await;
+    let to_current = sink.wait_for("ec@example.com", 2).await;
+    // Re-sending the pending change is subject to the same window.
+    let resend = t
+        .post(
+            "/resend",
+            json!({"type": "email_change", "email": "ec@example.com"}),
+        )
+        .await;
+    resend.assert_error(429, "over_email_send_rate_limit");
+    assert_eq!(to_new.subject(), "Confirm your new email address");
+    assert!(
+        to_current.link().contains("&type=email_change&"),
+        "{}",
+        to_current.link()
+    );
+
+    // First confirmation: accepted, nothing changes yet.
+    let half = t
+        .post(
+            "/verify",
+            json!({"type": "email_change", "email": "new-ec@example.com", "token": to_new.code()}),
+        )
+        .await;
+    assert_eq!(half.status, 200, "{}", half.text);
+    assert_eq!(
+        half.body,
+        json!({"msg": "Confirmation link accepted. Please proceed to confirm link sent to the other email", "code": "200"})
+    );
+    assert_eq!(
+        t.user(s["user"]["id"].as_str().unwrap())
+            .await
+            .email
+            .as_deref(),
+        Some("ec@example.com")
+    );
+
+    // Second confirmation (the link to the current address) completes it.
+    let done = open_link(&t, &to_current.link()).await;
+    assert_eq!(done.status, 303);
+    let f = fragment(done.header("location").unwrap());
+    assert_eq!(f["type"], "email_change");
+    let row = t.user(s["user"]["id"].as_str().unwrap()).await;
+    assert_eq!(row.email.as_deref(), Some("new-ec@example.com"));
+    assert!(row.email_change.as_deref().unwrap_or_default().is_empty());
+    let ids = t
+        .server
+        .state
+        .ctx
+        .store
+        .identities_of(row.id)
+        .await
+        .unwrap();
+    assert_eq!(ids[0].identity_data.0["email"], "new-ec@example.com");
+    assert_eq!(t.login("new-ec@example.com", "secret123").await.status, 200);
+    t.login("ec@example.com", "secret123")
+        .await
+        .assert_error(400, "invalid_credentials");
+    assert!(
+        t.audit_actions(&row.id.to_string())
+            .await
+            .contains(&"user_modified".to_string())
+    );
+});
+
+both_mail!(
+    a_failing_message_neither_blocks_others_nor_vanishes,
+    |c| {
+        c.mailer.max_attempts = 3;
+        c.mailer.retry_min = std::time::Duration::from_millis(300);
+        c.mailer.retry_max = std::time::Duration::from_millis(600);
+    },
+    |t, sink| {
+        sink.reject("bounce@example.com");
+        assert_eq!(
+            t.signup("bounce@example.com", "secret123").await.status,
+            200
+        );
+        let start = std::time::Instant::now();
+        assert_eq!(t.signup("fine@example.com", "secret123").await.status, 200);
+        sink.wait_for("fine@example.com", 1).await;
+        assert!(
+            start.elapsed() < std::time::Duration::from_millis(800),
+            "the good mail was not held up behind the failing one"
+        );
+        let metrics = || async { t.request(Method::GET, "/metrics", None, None).await.text };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !metrics()
+            .await
+            .contains("castellan_queue_dead_total{queue=\"email\"}")
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the failing message was never counted dead"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        // It stays in the queue table, marked failed: never dropped silently.
+        let statuses = loop {
+            let statuses: Vec<(String, i64)> = match t.pool() {
+                castellan_core::store::Pool::Pg(p) => sqlx::query_as(
+                    "SELECT status, attempts::bigint FROM apalis.jobs ORDER BY status",
+                )
+                .fetch_all(p)
+                .await
+                .unwrap(),
+                castellan_core::store::Pool::Lite(p) => {
+                    sqlx::query_as("SELECT status, attempts FROM Jobs ORDER BY status")
+                        .fetch_all(p)
+                        .await
+                        .unwrap()
+                }
+            };
+            if statuses.iter().any(|(s, _)| s == "Failed") || std::time::Instant::now() > deadline {
+                break statuses;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
+        assert_eq!(
+            statuses,
+            vec![("Done".to_string(), 1), ("Failed".to_string(), 3)],
+            "{statuses:?}"
+        );
+        assert_eq!(sink.count_to("bounce@example.com"), 0);
+    }
+);
+
+both_mail!(
+    expired_links_and_codes,
+    |c| c.mailer.otp_exp = std::time::Duration::from_secs(1),
+    |t, sink| {
+        t.signup("late@example.com", "secret123").await;
+        let m = sink.wait_for("late@example.com", 1).await;
+        tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+        t.post(
+            "/verify",
+            json!({"type": "signup", "email": "late@example.com", "token": m.code()}),
+        )
+        .await
+        .assert_error(403, "otp_expired");
+        let opened = open_link(&t, &m.link()).await;
+        assert_eq!(
+            fragment(opened.header("location").unwrap())["error_code"],
+            "otp_expired"
+        );
+        assert!(
+            t.user(
+                &t.server
+                    .state
+                    .ctx
+                    .store
+                    .user_by_email("late@example.com", "authenticated")
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .id
+                    .to_string()
+            )
+            .await
+            .email_confirmed_at
+            .is_none()
+        );
+        // A link of the wrong type does not verify either.
+        t.signup("wrongtype@example.com", "secret123").await;
+        let m = sink.wait_for("wrongtype@example.com", 1).await;
+        let wrong = open_link(&t, &m.link().replace("type=signup", "type=recovery")).await;
+        assert_eq!(
+            fragment(wrong.header("location").unwrap())["error_code"],
+            "otp_expired"
+        );
+    }
+);
+
+both_mail!(
+    custom_template_and_subject,
+    |c| {
+        let dir =
+            std::env::temp_dir().join(format!("castellan-tpl-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("confirm.html");
+        std::fs::write(&path, "<p>Hello {{ .Data.name }}, confirm at {{ .ConfirmationURL }} or type {{ .Token }} ({{ .SiteURL }})</p>").unwrap();
+        c.mailer
+            .templates
+            .insert("confirmation".into(), path.to_string_lossy().into_owned());
+        c.mailer
+            .subjects
+            .insert("confirmation".into(), "Welcome, please confirm".into());
+    },
+    |t, sink| {
+        t.post("/signup", json!({"email": "tpl@example.com", "password": "secret123", "data": {"name": "Ada <Lovelace>"}})).await;
+        let m = sink.wait_for("tpl@example.com", 1).await;
+        assert_eq!(m.subject(), "Welcome, please confirm");
+        assert!(
+            m.data.contains(
+                "Hello Ada &lt;Lovelace&gt;, confirm at http://127.0.0.1:1/verify?token="
+            ),
+            "{}",
+            m.data
+        );
+        assert!(m.data.contains("(http://localhost:3000)"), "{}", m.data);
+    }
+);

@@ -194,6 +194,63 @@ impl Tx {
         Ok(found.and_then(|(user, tt)| TokenType::from_name(&tt).map(|t| (user, t))))
     }
 
+    /// Starts an email change to `new_email` (nothing confirmed yet).
+    pub async fn set_email_change(
+        &mut self,
+        user_id: Uuid,
+        new_email: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), sqlx::Error> {
+        count();
+        on!(tx self, c => sqlx::query("UPDATE users SET email_change = $2, email_change_confirm_status = 0, updated_at = $3 WHERE id = $1")
+            .bind(user_id).bind(new_email).bind(now).execute(&mut *c).await.map(drop))
+    }
+
+    /// How many of an email change's confirmations arrived (0 or 1).
+    pub async fn email_change_status(&mut self, user_id: Uuid) -> Result<i64, sqlx::Error> {
+        count();
+        on!(tx self, c => sqlx::query_scalar::<_, Option<i16>>("SELECT email_change_confirm_status FROM users WHERE id = $1")
+            .bind(user_id).fetch_one(&mut *c).await.map(|v| i64::from(v.unwrap_or(0))))
+    }
+
+    pub async fn set_email_change_status(
+        &mut self,
+        user_id: Uuid,
+        status: i16,
+    ) -> Result<(), sqlx::Error> {
+        count();
+        on!(tx self, c => sqlx::query("UPDATE users SET email_change_confirm_status = $2 WHERE id = $1")
+            .bind(user_id).bind(status).execute(&mut *c).await.map(drop))
+    }
+
+    /// Completes an email change: the pending address becomes the email
+    /// (confirmed), every trace of the change is cleared.
+    pub async fn apply_email_change(
+        &mut self,
+        user_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<(), sqlx::Error> {
+        count();
+        on!(tx self, c => sqlx::query(
+            "UPDATE users SET email = email_change, email_change = '', email_change_token_new = '', email_change_token_current = '', \
+             email_change_confirm_status = 0, email_confirmed_at = coalesce(email_confirmed_at, $2), is_anonymous = false, updated_at = $2 \
+             WHERE id = $1 AND email_change <> ''")
+            .bind(user_id).bind(now).execute(&mut *c).await.map(drop))
+    }
+
+    /// Empties a token column.
+    pub async fn clear_token_column(
+        &mut self,
+        user_id: Uuid,
+        tt: TokenType,
+    ) -> Result<(), sqlx::Error> {
+        count();
+        per_type!(tt, |col, _sent| {
+            let sql = format!("UPDATE users SET {col} = '' WHERE id = $1");
+            on!(tx self, c => sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(user_id).execute(&mut *c).await.map(drop))
+        })
+    }
+
     /// Clears a token column if it still holds `expected` (an OTP typed into
     /// a form): one statement, so a code is accepted once.
     pub async fn take_token_column(

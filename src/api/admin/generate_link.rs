@@ -59,6 +59,7 @@ pub async fn generate_link(
         pkce: None,
         actor: Some(admin.actor),
         generate_only: true,
+        new_email: None,
     };
     let issued = st.actors.otp.send(send).await?;
     let (user, ids) = st.admin.get_user(user.id).await?;
