@@ -220,10 +220,15 @@ impl Admin {
             ("recovery" | "email_change_current" | "email_change_new", None) => Err(
                 ApiError::not_found("user_not_found", "User with this email not found"),
             ),
-            ("email_change_current" | "email_change_new", Some(_)) => Err(ApiError::unprocessable(
-                "feature_disabled",
-                "Email change links are not available on this server yet",
-            )),
+            ("email_change_current", Some(_)) if !cfg.mailer.secure_email_change_enabled => {
+                Err(ApiError::validation(
+                    "Enable secure email change to generate link for current email",
+                ))
+            }
+            ("email_change_current", Some(u)) => {
+                Ok((u, "email_change_current", EmailKind::EmailChange))
+            }
+            ("email_change_new", Some(u)) => Ok((u, "email_change_new", EmailKind::EmailChange)),
             (other, _) => Err(ApiError::validation(format!(
                 "Invalid email action link type requested: {other}"
             ))),

@@ -40,6 +40,8 @@ pub struct SendRequest {
 /// A token that was issued: what the email carried.
 #[derive(Debug, Clone)]
 pub struct Issued {
+    /// Which token this is (an email change issues two).
+    pub token_type: TokenType,
     pub otp: String,
     pub hashed_token: String,
     pub action_link: String,
@@ -120,7 +122,7 @@ pub const EMAIL_CHANGE_HALF: &str =
     "Confirmation link accepted. Please proceed to confirm link sent to the other email";
 
 pub enum OtpMsg {
-    Send(Box<SendRequest>, RpcReplyPort<ApiResult<Issued>>),
+    Send(Box<SendRequest>, RpcReplyPort<ApiResult<Vec<Issued>>>),
     Verify {
         vtype: VerifyType,
         presented: Presented,
@@ -211,7 +213,7 @@ fn link(ctx: &Ctx, path_key: &str, hash: &str, link_type: &str, redirect_to: &st
     format!("{base}?token={hash}&type={link_type}&redirect_to={r}")
 }
 
-async fn send(ctx: &Ctx, req: &SendRequest) -> ApiResult<Issued> {
+async fn send(ctx: &Ctx, req: &SendRequest) -> ApiResult<Vec<Issued>> {
     let now = Utc::now();
     let (tt, path_key, link_type, flow_method, audit) = kind_facts(req.kind);
     let mut tx = ctx.store.begin().await?;
@@ -281,7 +283,7 @@ async fn send(ctx: &Ctx, req: &SendRequest) -> ApiResult<Issued> {
         tx.insert_flow_state(user.id, flow_method, &p.challenge, &p.method, now)
             .await?;
     }
-    let mut issued = None;
+    let mut issued = Vec::new();
     for (tt, address) in deliveries {
         let code = otp(ctx.config.mailer.otp_length);
         let plain = token_hash(&address, &code);
@@ -312,7 +314,8 @@ async fn send(ctx: &Ctx, req: &SendRequest) -> ApiResult<Issued> {
             castellan_jobs::queue::enqueue_email(&mut tx, &job, ctx.config.mailer.max_attempts)
                 .await?;
         }
-        issued.get_or_insert(Issued {
+        issued.push(Issued {
+            token_type: tt,
             otp: job.token.clone(),
             hashed_token: plain,
             action_link: job.confirmation_url.clone(),
@@ -321,7 +324,6 @@ async fn send(ctx: &Ctx, req: &SendRequest) -> ApiResult<Issued> {
     if req.kind == EmailKind::Invite {
         tx.set_invited(user.id, now).await?;
     }
-    let issued = issued.expect("at least one delivery");
     let actor = req.actor.clone().unwrap_or_else(|| AuditActor::from(&user));
     tx.insert_audit(
         &audit_payload(
@@ -607,7 +609,7 @@ impl OtpIssuer {
         crate::supervisor::call_keyed(&self.factory, "otp_issuer", key, self.timeout, build).await
     }
 
-    pub async fn send(&self, req: SendRequest) -> ApiResult<Issued> {
+    pub async fn send(&self, req: SendRequest) -> ApiResult<Vec<Issued>> {
         let key = req.user_id;
         self.call(key, |reply| OtpMsg::Send(Box::new(req), reply))
             .await

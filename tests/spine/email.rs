@@ -758,6 +758,30 @@ both_mail!(
         )
         .await
         .assert_error(401, "no_authorization");
+        // Email change links: the new address's one is the first of two confirmations.
+        let ec = t.admin(Method::POST, "/admin/generate_link", Some(json!({"type": "email_change_new", "email": "gen@example.com", "new_email": "gen2@example.com"}))).await;
+        assert_eq!(ec.status, 200, "{}", ec.text);
+        assert_eq!(ec.body["verification_type"], "email_change_new");
+        assert_eq!(ec.body["new_email"], "gen2@example.com");
+        let link = ec.body["action_link"].as_str().unwrap();
+        assert!(link.contains("&type=email_change&"), "{link}");
+        assert_eq!(
+            ec.body["hashed_token"],
+            castellan_core::crypto::token_hash(
+                "gen2@example.com",
+                ec.body["email_otp"].as_str().unwrap()
+            )
+        );
+        let half = open_link(&t, link).await;
+        assert!(
+            half.header("location")
+                .unwrap()
+                .contains("#message=Confirmation+link+accepted"),
+            "{:?}",
+            half.header("location")
+        );
+        t.admin(Method::POST, "/admin/generate_link", Some(json!({"type": "email_change_new", "email": "gen@example.com", "new_email": "invgen@example.com"}))).await.assert_error(422, "email_exists");
+        t.admin(Method::POST, "/admin/generate_link", Some(json!({"type": "email_change_current", "email": "gen@example.com", "new_email": "bad"}))).await.assert_error(400, "validation_failed");
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         assert!(sink.all().is_empty(), "generate_link sends nothing");
     }

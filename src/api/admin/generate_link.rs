@@ -6,6 +6,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::IntoResponse;
 use castellan_actors::otp_issuer::SendRequest;
+use castellan_core::store::TokenType;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -21,6 +22,7 @@ pub struct LinkBody {
     link_type: Option<String>,
     email: Option<String>,
     password: Option<String>,
+    new_email: Option<String>,
     data: Option<Map<String, Value>>,
     redirect_to: Option<String>,
 }
@@ -52,6 +54,28 @@ pub async fn generate_link(
             &aud,
         )
         .await?;
+    // An email change link needs the new address, checked like PUT /user's.
+    let new_email = match kind {
+        castellan_jobs::EmailKind::EmailChange => {
+            let e = castellan_core::validate::email(b.new_email.as_deref().unwrap_or_default())?;
+            if st
+                .ctx
+                .store
+                .user_by_email(&e, &aud)
+                .await
+                .map_err(castellan_core::ApiError::from)?
+                .is_some_and(|o| o.id != user.id)
+            {
+                return Err(castellan_core::ApiError::unprocessable(
+                    "email_exists",
+                    "A user with this email address has already been registered",
+                )
+                .into());
+            }
+            Some(e)
+        }
+        _ => None,
+    };
     let send = SendRequest {
         user_id: user.id,
         kind,
@@ -59,9 +83,21 @@ pub async fn generate_link(
         pkce: None,
         actor: Some(admin.actor),
         generate_only: true,
-        new_email: None,
+        new_email,
     };
-    let issued = st.actors.otp.send(send).await?;
+    let tokens = st.actors.otp.send(send).await?;
+    // The token the requested link carries (for email changes: the current or the new address's).
+    let wanted = if verification_type == "email_change_current" {
+        TokenType::EmailChangeTokenCurrent
+    } else {
+        TokenType::EmailChangeTokenNew
+    };
+    let issued = tokens
+        .iter()
+        .find(|i| i.token_type == wanted)
+        .or(tokens.first())
+        .cloned()
+        .ok_or_else(|| castellan_core::ApiError::internal("generate_link", "no token issued"))?;
     let (user, ids) = st.admin.get_user(user.id).await?;
     let mut body = user.to_json(&ids);
     body["action_link"] = json!(issued.action_link);
