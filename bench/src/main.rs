@@ -7,8 +7,11 @@
 //! Prints a table and writes `bench/results/latest-<db>.json`.
 
 mod load;
+// The same loopback SMTP server the tests use.
 mod seed;
 mod server;
+#[path = "../../tests/common/smtp_sink.rs"]
+mod smtp_sink;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -76,6 +79,39 @@ async fn login(http: &reqwest::Client, base: &str, i: u64) -> anyhow::Result<Val
         .await?;
     anyhow::ensure!(r.status() == 200, "login failed: {}", r.status());
     Ok(r.json().await?)
+}
+
+/// What lettre alone sends to the sink: 8 concurrent senders on one pooled transport.
+async fn lettre_alone(port: u16, duration: Duration) -> anyhow::Result<f64> {
+    use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+    let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
+        .port(port)
+        .build();
+    let sent = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let (transport, sent) = (transport.clone(), sent.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0;
+            while start.elapsed() < duration {
+                let msg = Message::builder()
+                    .from("bench@castellan.test".parse().unwrap())
+                    .to(format!("lettre-{w}-{n}@example.com").parse().unwrap())
+                    .subject("Your sign-in link")
+                    .body(String::from("Follow this link to sign in: http://127.0.0.1/verify?token=x&type=magiclink\nOr enter this code: 123456"))
+                    .unwrap();
+                if transport.send(msg).await.is_ok() {
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+                n += 1;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    Ok(sent.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
 }
 
 /// The argon2id ceiling: verifications per second on every core, in-process,
@@ -263,7 +299,8 @@ async fn main() -> anyhow::Result<()> {
     let argon = argon2_limit(duration);
     eprintln!("{:<28} {argon:>9.1}/s", "argon2id verify (all cores)");
 
-    let srv = server::start(&bin, &database_url).await?;
+    let sink = smtp_sink::SmtpSink::start().await;
+    let srv = server::start(&bin, &database_url, sink.port).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (idle_rss, _) = srv.rss_mib();
     let hash = {
@@ -332,6 +369,42 @@ async fn main() -> anyhow::Result<()> {
         })
         .await;
 
+    // Email end to end: POST /otp for fresh addresses (each one email)
+    // through the queue to the loopback SMTP server, against lettre alone
+    // sending to the same server.
+    let lettre_rate = lettre_alone(sink.port, duration).await?;
+    eprintln!("{:<28} {lettre_rate:>9.0}/s", "lettre alone -> SMTP sink");
+    let before = sink.all().len();
+    let otp_url = format!("{}/otp", b.srv.base);
+    let start = Instant::now();
+    let otps = b
+        .measure(
+            "POST /otp (accepted)",
+            |i| async move { (client_at(i), i, 0u64) },
+            move |(c, w, n): (reqwest::Client, usize, u64)| {
+                let url = otp_url.clone();
+                async move {
+                    let body = json!({"email": format!("otp-{w}-{n}@example.com")});
+                    let ok =
+                        matches!(c.post(&url).json(&body).send().await, Ok(r) if r.status() == 200);
+                    ((c, w, n + 1), ok)
+                }
+            },
+        )
+        .await;
+    let expected = before + (otps.requests - otps.errors) as usize;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while sink.all().len() < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let delivered = sink.all().len() - before;
+    let email_rate = delivered as f64 / start.elapsed().as_secs_f64();
+    eprintln!(
+        "{:<28} {email_rate:>9.0}/s  ({delivered} of {} accepted, end to end)",
+        "emails delivered",
+        expected - before
+    );
+
     eprintln!("seeding up to {} users…", args.big_users);
     let t = Instant::now();
     seed::users(&database_url, &hash, SMALL_USERS + 1, args.big_users).await?;
@@ -346,6 +419,12 @@ async fn main() -> anyhow::Result<()> {
     let rss_budget = 64.0 + pool * 19456.0 / 1024.0;
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
     let targets = vec![
+        (
+            "emails delivered / lettre alone",
+            ratio(email_rate, lettre_rate),
+            0.5,
+            true,
+        ),
         (
             "password sign-in / argon2id limit",
             ratio(logins.per_second, argon),
@@ -429,6 +508,8 @@ async fn main() -> anyhow::Result<()> {
         "cores": pool,
         "big_users": args.big_users,
         "argon2id_verifications_per_second": argon,
+        "lettre_alone_per_second": lettre_rate,
+        "emails_delivered_per_second": email_rate,
         "idle_rss_mib": idle_rss,
         "peak_rss_under_password_load_mib": login_peak_rss,
         "peak_rss_mib": peak_rss,

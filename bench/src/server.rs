@@ -42,7 +42,11 @@ pub fn build_release() -> anyhow::Result<std::path::PathBuf> {
     Ok(target.join("release/castellan"))
 }
 
-pub async fn start(bin: &std::path::Path, database_url: &str) -> anyhow::Result<Server> {
+pub async fn start(
+    bin: &std::path::Path,
+    database_url: &str,
+    smtp_port: u16,
+) -> anyhow::Result<Server> {
     let huge = "1000000000";
     let mut child = Command::new(bin)
         .arg("serve")
@@ -59,6 +63,11 @@ pub async fn start(bin: &std::path::Path, database_url: &str) -> anyhow::Result<
         .env("GOTRUE_RATE_LIMIT_OTP", huge)
         .env("GOTRUE_RATE_LIMIT_VERIFY", huge)
         .env("GOTRUE_RATE_LIMIT_ANONYMOUS_USERS", huge)
+        .env("GOTRUE_RATE_LIMIT_EMAIL_SENT", huge)
+        .env("GOTRUE_SMTP_HOST", "127.0.0.1")
+        .env("GOTRUE_SMTP_PORT", smtp_port.to_string())
+        .env("GOTRUE_SMTP_ADMIN_EMAIL", "bench@castellan.test")
+        .env("CASTELLAN_QUEUE_POLL_INTERVAL", "50ms")
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
