@@ -123,15 +123,7 @@ impl Accounts {
                 "Please verify your email first.",
             ));
         }
-        let send = SendRequest {
-            user_id: user.id,
-            kind: EmailKind::Reauthentication,
-            redirect_to: String::new(),
-            pkce: None,
-            actor: None,
-            generate_only: false,
-            new_email: None,
-        };
+        let send = SendRequest::new(user.id, EmailKind::Reauthentication, String::new(), None);
         self.otp.send(send).await.map(drop)
     }
 
@@ -189,15 +181,12 @@ impl Accounts {
 
     /// Sends the confirmation email of an unconfirmed sign-up.
     async fn send_confirmation(&self, user: &User, req: &SignupRequest) -> ApiResult<()> {
-        let send = SendRequest {
-            user_id: user.id,
-            kind: EmailKind::Confirmation,
-            redirect_to: req.redirect_to.clone(),
-            pkce: req.pkce.clone(),
-            actor: None,
-            generate_only: false,
-            new_email: None,
-        };
+        let send = SendRequest::new(
+            user.id,
+            EmailKind::Confirmation,
+            req.redirect_to.clone(),
+            req.pkce.clone(),
+        );
         self.otp.send(send).await.map(drop)
     }
 

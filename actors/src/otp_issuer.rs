@@ -37,6 +37,21 @@ pub struct SendRequest {
     pub new_email: Option<String>,
 }
 
+impl SendRequest {
+    /// An email the user asked for themself: no PKCE, no generated-only link.
+    pub fn new(user_id: Uuid, kind: EmailKind, redirect_to: String, pkce: Option<Pkce>) -> Self {
+        Self {
+            user_id,
+            kind,
+            redirect_to,
+            pkce,
+            actor: None,
+            generate_only: false,
+            new_email: None,
+        }
+    }
+}
+
 /// A token that was issued: what the email carried.
 #[derive(Debug, Clone)]
 pub struct Issued {

@@ -58,15 +58,12 @@ pub async fn recover(
     {
         st.actors
             .otp
-            .send(SendRequest {
-                user_id: user.id,
-                kind: EmailKind::Recovery,
+            .send(SendRequest::new(
+                user.id,
+                EmailKind::Recovery,
                 redirect_to,
                 pkce,
-                actor: None,
-                generate_only: false,
-                new_email: None,
-            })
+            ))
             .await?;
     }
     Ok(Json(json!({})).into_response())
@@ -155,15 +152,12 @@ pub async fn otp(
         Some(u) if u.email_confirmed_at.is_some() => {
             st.actors
                 .otp
-                .send(SendRequest {
-                    user_id: u.id,
-                    kind: EmailKind::MagicLink,
+                .send(SendRequest::new(
+                    u.id,
+                    EmailKind::MagicLink,
                     redirect_to,
                     pkce,
-                    actor: None,
-                    generate_only: false,
-                    new_email: None,
-                })
+                ))
                 .await?;
         }
         None if !create_user => {
@@ -187,15 +181,12 @@ pub async fn otp(
                 // Autoconfirm made a confirmed user: it gets the magic link.
                 st.actors
                     .otp
-                    .send(SendRequest {
-                        user_id: g.user.id,
-                        kind: EmailKind::MagicLink,
+                    .send(SendRequest::new(
+                        g.user.id,
+                        EmailKind::MagicLink,
                         redirect_to,
                         pkce,
-                        actor: None,
-                        generate_only: false,
-                        new_email: None,
-                    })
+                    ))
                     .await?;
             }
         }
@@ -289,15 +280,12 @@ pub async fn resend(
         ("signup", Some(u)) if u.email_confirmed_at.is_none() => {
             st.actors
                 .otp
-                .send(SendRequest {
-                    user_id: u.id,
-                    kind: EmailKind::Confirmation,
+                .send(SendRequest::new(
+                    u.id,
+                    EmailKind::Confirmation,
                     redirect_to,
                     pkce,
-                    actor: None,
-                    generate_only: false,
-                    new_email: None,
-                })
+                ))
                 .await?;
         }
         // A pending email change: both confirmations again, from the start.

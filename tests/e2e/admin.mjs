@@ -1,5 +1,6 @@
 // The admin API through the official client: node admin.mjs <base-url> <service-key>
 import assert from 'node:assert/strict';
+import { runEverywhere } from './harness.mjs';
 import { AuthClient, GoTrueAdminApi, AuthApiError } from '@supabase/auth-js';
 
 const [base, serviceKey] = process.argv.slice(2);
@@ -70,14 +71,4 @@ async function scenarios(url, tag) {
   assert.equal(refused.error.status, 403);
 }
 
-let failed = false;
-for (const [url, tag] of [[base, 'root'], [`${base}/auth/v1`, 'prefixed']]) {
-  try {
-    await scenarios(url, tag);
-    console.log(`ok ${tag} (${url})`);
-  } catch (e) {
-    failed = true;
-    console.error(`FAILED ${tag} (${url}):`, e);
-  }
-}
-process.exit(failed ? 1 : 0);
+await runEverywhere(base, scenarios);

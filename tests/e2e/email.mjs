@@ -1,6 +1,7 @@
 // The email flows through the official client:
 // node email.mjs <base-url> <service-key> <mailbox-url>
 import assert from 'node:assert/strict';
+import { runEverywhere } from './harness.mjs';
 import { AuthClient, GoTrueAdminApi, AuthApiError } from '@supabase/auth-js';
 
 const [base, serviceKey, mailbox] = process.argv.slice(2);
@@ -98,14 +99,4 @@ async function scenarios(url, tag) {
   assert.ok(ex2.error, 'a code is exchanged once');
 }
 
-let failed = false;
-for (const [url, tag] of [[base, 'root'], [`${base}/auth/v1`, 'prefixed']]) {
-  try {
-    await scenarios(url, tag);
-    console.log(`ok ${tag} (${url})`);
-  } catch (e) {
-    failed = true;
-    console.error(`FAILED ${tag} (${url}):`, e);
-  }
-}
-process.exit(failed ? 1 : 0);
+await runEverywhere(base, scenarios);

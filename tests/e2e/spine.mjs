@@ -1,6 +1,7 @@
 // The spine through the official client: node spine.mjs <base-url>
 // Runs every scenario against <base-url> and <base-url>/auth/v1.
 import assert from 'node:assert/strict';
+import { runEverywhere } from './harness.mjs';
 import { AuthClient, AuthApiError, AuthWeakPasswordError, isAuthApiError } from '@supabase/auth-js';
 
 const base = process.argv[2];
@@ -81,14 +82,4 @@ async function scenarios(url, tag) {
   assert.equal(anu.data.user.id, an.data.user.id);
 }
 
-let failed = false;
-for (const [url, tag] of [[base, 'root'], [`${base}/auth/v1`, 'prefixed']]) {
-  try {
-    await scenarios(url, tag);
-    console.log(`ok ${tag} (${url})`);
-  } catch (e) {
-    failed = true;
-    console.error(`FAILED ${tag} (${url}):`, e);
-  }
-}
-process.exit(failed ? 1 : 0);
+await runEverywhere(base, scenarios);
