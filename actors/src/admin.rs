@@ -41,6 +41,32 @@ pub struct Admin {
     ctx: Arc<Ctx>,
 }
 
+/// 422 when another user already holds this email or phone.
+async fn ensure_free(
+    tx: &mut Tx,
+    email: Option<&str>,
+    phone: Option<&str>,
+    id: Uuid,
+) -> ApiResult<()> {
+    if let Some(e) = email
+        && tx.email_taken(e, id).await?
+    {
+        return Err(ApiError::unprocessable(
+            "email_exists",
+            "A user with this email address has already been registered",
+        ));
+    }
+    if let Some(p) = phone
+        && tx.phone_taken(p, id).await?
+    {
+        return Err(ApiError::unprocessable(
+            "phone_exists",
+            "Phone number already registered by another user",
+        ));
+    }
+    Ok(())
+}
+
 /// `ban_duration`: a Go duration, or `none` to lift a ban.
 fn banned_until(spec: &str, now: DateTime<Utc>) -> ApiResult<Option<DateTime<Utc>>> {
     if spec == "none" {
@@ -366,22 +392,7 @@ impl Admin {
             .unwrap_or_else(|| cfg.jwt.default_group_name.trim().to_string());
 
         let mut tx = self.ctx.store.begin().await?;
-        if let Some(e) = &email
-            && tx.email_taken(e, id).await?
-        {
-            return Err(ApiError::unprocessable(
-                "email_exists",
-                "A user with this email address has already been registered",
-            ));
-        }
-        if let Some(p) = &phone
-            && tx.phone_taken(p, id).await?
-        {
-            return Err(ApiError::unprocessable(
-                "phone_exists",
-                "Phone number already registered by another user",
-            ));
-        }
+        ensure_free(&mut tx, email.as_deref(), phone.as_deref(), id).await?;
         if tx.user_by_id(id).await?.is_some() {
             return Err(ApiError::unprocessable(
                 "user_already_exists",
@@ -473,22 +484,7 @@ impl Admin {
 
         let mut tx = self.ctx.store.begin().await?;
         let user = self.load(&mut tx, id).await?;
-        if let Some(e) = &email
-            && tx.email_taken(e, id).await?
-        {
-            return Err(ApiError::unprocessable(
-                "email_exists",
-                "A user with this email address has already been registered",
-            ));
-        }
-        if let Some(p) = &phone
-            && tx.phone_taken(p, id).await?
-        {
-            return Err(ApiError::unprocessable(
-                "phone_exists",
-                "Phone number already registered by another user",
-            ));
-        }
+        ensure_free(&mut tx, email.as_deref(), phone.as_deref(), id).await?;
         if let Some(role) = a.role.as_deref().filter(|r| !r.is_empty()) {
             tx.set_role(id, role, now).await?;
         }

@@ -410,16 +410,7 @@ async fn email_change_verified(
     )
     .await?;
     let code = if pkce {
-        Some(
-            tx.issue_flow_code(user.id, "email_change", now)
-                .await?
-                .ok_or_else(|| {
-                    ApiError::bad_request(
-                        "flow_state_not_found",
-                        "invalid flow state, no valid flow state found",
-                    )
-                })?,
-        )
+        Some(issue_code(&mut tx, user.id, "email_change", now).await?)
     } else {
         None
     };
@@ -431,6 +422,23 @@ async fn email_change_verified(
         code,
         pending: None,
     })
+}
+
+/// The code of the newest PKCE flow of (user, method), issued now.
+async fn issue_code(
+    tx: &mut castellan_core::store::Tx,
+    user_id: Uuid,
+    method: &str,
+    now: chrono::DateTime<Utc>,
+) -> ApiResult<String> {
+    tx.issue_flow_code(user_id, method, now)
+        .await?
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "flow_state_not_found",
+                "invalid flow state, no valid flow state found",
+            )
+        })
 }
 
 fn expired() -> ApiError {
@@ -524,16 +532,7 @@ async fn verify(
             "signup" => "email/signup",
             other => other,
         };
-        Some(
-            tx.issue_flow_code(user.id, method, now)
-                .await?
-                .ok_or_else(|| {
-                    ApiError::bad_request(
-                        "flow_state_not_found",
-                        "invalid flow state, no valid flow state found",
-                    )
-                })?,
-        )
+        Some(issue_code(&mut tx, user.id, method, now).await?)
     } else {
         None
     };
