@@ -27,6 +27,21 @@ async fn mail_server(
     (t, sink)
 }
 
+/// Signs `email` up (password `secret123`) and confirms it with the mailed
+/// code; the session.
+async fn confirmed(t: &TestServer, sink: &SmtpSink, email: &str) -> serde_json::Value {
+    t.signup(email, "secret123").await;
+    let m = sink.wait_for(email, 1).await;
+    let r = t
+        .post(
+            "/verify",
+            json!({"type": "signup", "email": email, "token": m.code()}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.body
+}
+
 /// Follows a mailed link to this server (the link names API_EXTERNAL_URL).
 async fn open_link(t: &TestServer, link: &str) -> common::Reply {
     let path = link
@@ -243,13 +258,7 @@ both_mail!(recovery_then_new_password, |_| {}, |t, sink| {
 });
 
 both_mail!(magic_link_and_otp_rules, |_| {}, |t, sink| {
-    t.signup("ml@example.com", "secret123").await;
-    let m = sink.wait_for("ml@example.com", 1).await;
-    t.post(
-        "/verify",
-        json!({"type": "signup", "email": "ml@example.com", "token": m.code()}),
-    )
-    .await;
+    confirmed(&t, &sink, "ml@example.com").await;
     let r = t
         .post(
             "/otp?redirect_to=https://evil.test/steal",
@@ -562,15 +571,7 @@ both_mail!(
     reauthentication_nonce,
     |c| c.update_password_require_reauthentication = true,
     |t, sink| {
-        t.signup("re@example.com", "secret123").await;
-        let m = sink.wait_for("re@example.com", 1).await;
-        let s = t
-            .post(
-                "/verify",
-                json!({"type": "signup", "email": "re@example.com", "token": m.code()}),
-            )
-            .await
-            .body;
+        let s = confirmed(&t, &sink, "re@example.com").await;
         let at = s["access_token"].as_str().unwrap().to_string();
         // A session older than a day must reauthenticate to change the password.
         let sid: Uuid = claims(&at)["session_id"].as_str().unwrap().parse().unwrap();
@@ -788,15 +789,7 @@ both_mail!(
 );
 
 both_mail!(secure_email_change, |_| {}, |t, sink| {
-    t.signup("ec@example.com", "secret123").await;
-    let m = sink.wait_for("ec@example.com", 1).await;
-    let s = t
-        .post(
-            "/verify",
-            json!({"type": "signup", "email": "ec@example.com", "token": m.code()}),
-        )
-        .await
-        .body;
+    let s = confirmed(&t, &sink, "ec@example.com").await;
     let at = s["access_token"].as_str().unwrap().to_string();
     t.signup("taken@example.com", "secret123").await;
     t.request(
