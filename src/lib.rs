@@ -5,6 +5,7 @@
 pub mod api;
 pub mod error;
 pub mod extract;
+pub mod limit;
 pub mod observability;
 pub mod server;
 

@@ -137,7 +137,7 @@ fn write_private(path: &std::path::Path, content: &str) -> std::io::Result<()> {
 
 pub fn router(state: AppState) -> Router {
     let timeout = state.ctx.config.max_request_duration;
-    let api = api::routes();
+    let api = api::routes(state.clone());
     Router::new()
         .merge(api.clone())
         .nest("/auth/v1", api)

@@ -1,6 +1,6 @@
 //! Accounts: sign-up, password sign-in, bearer authentication and user
 //! updates, following GoTrue's order of checks. Stateless and parallel per
-//! user; sessions are created and ended through the `SessionManager`.
+//! user; sessions are created and ended through `sessions`.
 
 use std::sync::Arc;
 
@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::context::Ctx;
 use crate::otp_issuer::{OtpIssuer, SendRequest};
-use crate::session_manager::{SessionManager, TokenGrant};
+use crate::sessions::{self, Sessions, TokenGrant};
 use castellan_core::models::Pkce;
 use castellan_jobs::EmailKind;
 
@@ -85,7 +85,7 @@ pub struct UserUpdate {
 #[derive(Clone)]
 pub struct Accounts {
     ctx: Arc<Ctx>,
-    sessions: SessionManager,
+    sessions: Sessions,
     otp: OtpIssuer,
 }
 
@@ -94,7 +94,7 @@ fn non_empty(s: &Option<String>) -> Option<&str> {
 }
 
 impl Accounts {
-    pub fn new(ctx: Arc<Ctx>, sessions: SessionManager, otp: OtpIssuer) -> Self {
+    pub fn new(ctx: Arc<Ctx>, sessions: Sessions, otp: OtpIssuer) -> Self {
         Self { ctx, sessions, otp }
     }
 
@@ -617,31 +617,20 @@ impl Accounts {
                 ApiError::forbidden("bad_jwt", "invalid claim: session_id claim must be a UUID")
             })?),
         };
-        let found = if with_identities {
-            self.ctx
-                .store
-                .user_with_session_and_identities(user_id, session_id)
-                .await?
-                .map(|(u, ok, ids)| (u, ok, Some(ids)))
-        } else {
-            self.ctx
-                .store
-                .user_with_session(user_id, session_id)
-                .await?
-                .map(|(u, ok)| (u, ok, None))
-        };
-        let Some((user, session_ok, identities)) = found else {
+        let Some(live) = self.sessions.live(user_id, session_id).await? else {
             return Err(ApiError::forbidden(
                 "user_not_found",
                 "User from sub claim in JWT does not exist",
             ));
         };
-        if !session_ok {
+        if session_id.is_some() && live.session.is_none() {
             return Err(ApiError::forbidden(
                 "session_not_found",
                 "Session from session_id claim in JWT does not exist",
             ));
         }
+        let user = live.user.clone();
+        let identities = with_identities.then(|| live.identities.clone());
         if user.is_banned(Utc::now()) {
             return Err(ApiError::forbidden("user_banned", "User is banned"));
         }
@@ -757,7 +746,7 @@ impl Accounts {
         if let Some(hash) = &new_hash {
             tx.set_password(user.id, hash, now).await?;
             let scope = session_id.map_or(SessionScope::All, SessionScope::AllBut);
-            tx.delete_sessions(user.id, scope).await?;
+            sessions::end(&mut tx, user.id, scope).await?;
             tx.insert_audit(
                 &audit_payload(&current, AuditAction::UserUpdatedPassword, None),
                 "",

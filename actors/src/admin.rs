@@ -516,7 +516,7 @@ impl Admin {
         if let Some(hash) = &hash {
             // An admin password change ends every session of the user.
             tx.set_password(id, hash, now).await?;
-            tx.delete_sessions(id, SessionScope::All).await?;
+            crate::sessions::end(&mut tx, id, SessionScope::All).await?;
         }
         if let Some(b) = banned {
             tx.set_banned_until(id, b, now).await?;

@@ -1,13 +1,18 @@
-//! castellan-actors: the supervision tree and the services handlers call.
+//! castellan-actors: the supervision tree, the actors and the services
+//! handlers call.
 //!
-//! - [`supervisor`]: the root supervisor; restarts a crashed child and counts it.
-//! - [`session_manager`]: a ractor factory keyed by session id that owns
-//!   session issue, refresh-token rotation and logout.
-//! - [`rate_limiter`]: owns the per-key limits and publishes them for the hot path.
-//! - [`accounts`]: sign-up, password sign-in and user updates. These are
-//!   stateless and parallel per user, so they run in the caller's task with the
-//!   password pool bounding the CPU; every session they create or end goes
-//!   through the `SessionManager`.
+//! Actors exist because they own state:
+//! - [`session_manager`]: the live-session cache, kept true across processes.
+//! - [`rate_limiter`]: the per-key limits and their live settings.
+//!
+//! Services hold no state of their own and run in the caller's task, with
+//! the database serializing what must be serialized and the password pool
+//! bounding the CPU:
+//! - [`sessions`]: session start, refresh-token rotation, logout. Every
+//!   session ends through it.
+//! - [`otp_issuer`]: one-time tokens, their emails, their verification.
+//! - [`accounts`]: sign-up, password sign-in, user updates.
+//! - [`admin`]: the admin API.
 
 pub mod accounts;
 pub mod admin;
@@ -15,6 +20,7 @@ pub mod context;
 pub mod otp_issuer;
 pub mod rate_limiter;
 pub mod session_manager;
+pub mod sessions;
 pub mod supervisor;
 
 pub use context::Ctx;

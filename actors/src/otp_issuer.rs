@@ -1,26 +1,22 @@
-//! The `OtpIssuer`: a ractor factory keyed by user that creates one-time
-//! tokens, sends them by email and verifies them. A token, its
+//! The `OtpIssuer`: creates one-time tokens, sends them by email and
+//! verifies them. A token, its
 //! `one_time_tokens` row and the email job that carries it commit in one
 //! transaction, or none of them does. Verification consumes a token in one
 //! statement, so a link or code used twice at the same moment works once.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use arc_swap::ArcSwapOption;
 use castellan_core::crypto::{otp, secure_eq, token_hash};
 use castellan_core::models::{AuditAction, AuditActor, Pkce, User, audit_payload};
 use castellan_core::store::TokenType;
 use castellan_core::{ApiError, ApiResult};
 use castellan_jobs::{EmailJob, EmailKind};
 use chrono::Utc;
-use ractor::factory::{FactoryMessage, FactoryRef, Job, Worker, WorkerId};
-use ractor::{ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde_json::json;
 use uuid::Uuid;
 
 use crate::context::Ctx;
-use crate::supervisor::record_message;
 
 #[derive(Debug, Clone)]
 pub struct SendRequest {
@@ -135,15 +131,6 @@ pub struct Verified {
 /// What GoTrue answers to the first half of a secure email change.
 pub const EMAIL_CHANGE_HALF: &str =
     "Confirmation link accepted. Please proceed to confirm link sent to the other email";
-
-pub enum OtpMsg {
-    Send(Box<SendRequest>, RpcReplyPort<ApiResult<Vec<Issued>>>),
-    Verify {
-        vtype: VerifyType,
-        presented: Presented,
-        reply: RpcReplyPort<ApiResult<Verified>>,
-    },
-}
 
 /// Per kind: token type, link path key, link `type`, PKCE method, audit.
 fn kind_facts(
@@ -546,87 +533,31 @@ async fn verify(
     })
 }
 
-pub struct OtpWorker;
-
-impl Worker for OtpWorker {
-    type Key = Uuid;
-    type Message = OtpMsg;
-    type Arguments = Arc<Ctx>;
-    type State = Arc<Ctx>;
-
-    async fn pre_start(
-        &self,
-        _wid: WorkerId,
-        _f: &ActorRef<FactoryMessage<Uuid, OtpMsg>>,
-        ctx: Arc<Ctx>,
-    ) -> Result<Arc<Ctx>, ActorProcessingErr> {
-        Ok(ctx)
-    }
-
-    async fn handle(
-        &self,
-        _wid: WorkerId,
-        _f: &ActorRef<FactoryMessage<Uuid, OtpMsg>>,
-        Job { key, msg, .. }: Job<Uuid, OtpMsg>,
-        ctx: &mut Arc<Ctx>,
-    ) -> Result<Uuid, ActorProcessingErr> {
-        let start = Instant::now();
-        let (kind, ok) = match msg {
-            OtpMsg::Send(req, reply) => {
-                let r = send(ctx, &req).await;
-                let ok = r.is_ok();
-                let _ = reply.send(r);
-                ("send", ok)
-            }
-            OtpMsg::Verify {
-                vtype,
-                presented,
-                reply,
-            } => {
-                let r = verify(ctx, key, vtype, &presented).await;
-                let ok = r.is_ok();
-                let _ = reply.send(r);
-                ("verify", ok)
-            }
-        };
-        record_message("otp_issuer", kind, if ok { "ok" } else { "error" }, start);
-        Ok(key)
-    }
-}
-
-/// What callers hold.
+/// What callers hold. Issuing and verifying run in the caller's task: the
+/// database serializes what must be (the user's row lock, the single-use
+/// consumption of a token), so no mailbox sits in front of them.
 #[derive(Clone)]
 pub struct OtpIssuer {
-    factory: Arc<ArcSwapOption<FactoryRef<Uuid, OtpMsg>>>,
     ctx: Arc<Ctx>,
-    timeout: Duration,
 }
 
 impl OtpIssuer {
-    pub(crate) fn new(
-        factory: Arc<ArcSwapOption<FactoryRef<Uuid, OtpMsg>>>,
-        ctx: Arc<Ctx>,
-    ) -> Self {
-        let timeout = ctx.config.actor_call_timeout;
-        Self {
-            factory,
-            ctx,
-            timeout,
-        }
+    pub(crate) fn new(ctx: Arc<Ctx>) -> Self {
+        Self { ctx }
     }
 
-    async fn call<T: Send + 'static>(
-        &self,
-        key: Uuid,
-        build: impl FnOnce(RpcReplyPort<ApiResult<T>>) -> OtpMsg,
-    ) -> ApiResult<T> {
-        crate::supervisor::call_keyed(&self.factory, "otp_issuer", key, self.timeout, build).await
+    fn record<T>(kind: &'static str, start: Instant, r: &ApiResult<T>) {
+        metrics::counter!("castellan_otp_total", "op" => kind, "outcome" => if r.is_ok() { "ok" } else { "error" })
+            .increment(1);
+        metrics::histogram!("castellan_otp_seconds", "op" => kind)
+            .record(start.elapsed().as_secs_f64());
     }
 
     pub async fn send(&self, req: SendRequest) -> ApiResult<Vec<Issued>> {
-        let key = req.user_id;
-        self.call(key, |reply| OtpMsg::Send(Box::new(req), reply))
-            .await
+        let start = Instant::now();
+        let r = send(&self.ctx, &req).await;
+        Self::record("send", start, &r);
+        r
     }
 
     /// Verifies a link's hash or a typed code; `email` finds the user for a code.
@@ -662,11 +593,9 @@ impl OtpIssuer {
                 }
             });
         };
-        self.call(user_id, |reply| OtpMsg::Verify {
-            vtype,
-            presented,
-            reply,
-        })
-        .await
+        let start = Instant::now();
+        let r = verify(&self.ctx, user_id, vtype, &presented).await;
+        Self::record("verify", start, &r);
+        r
     }
 }

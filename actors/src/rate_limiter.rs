@@ -14,7 +14,8 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
-/// The limited endpoint families, named after the variable that sizes them.
+/// One bucket per limited route family, as GoTrue keeps one limiter per
+/// route; each is sized by the variable `setting` names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bucket {
     TokenRefresh,
@@ -22,25 +23,66 @@ pub enum Bucket {
     AnonymousUsers,
     Verify,
     Otp,
+    MagicLink,
+    Recover,
+    Resend,
+    UserUpdate,
 }
 
 impl Bucket {
+    pub const ALL: [Bucket; 9] = [
+        Bucket::TokenRefresh,
+        Bucket::SignUps,
+        Bucket::AnonymousUsers,
+        Bucket::Verify,
+        Bucket::Otp,
+        Bucket::MagicLink,
+        Bucket::Recover,
+        Bucket::Resend,
+        Bucket::UserUpdate,
+    ];
+
+    /// The variable that sizes this bucket.
     pub fn variable(self) -> &'static str {
         match self {
             Bucket::TokenRefresh => "GOTRUE_RATE_LIMIT_TOKEN_REFRESH",
-            Bucket::SignUps => "GOTRUE_RATE_LIMIT_OTP (sign-ups)",
             Bucket::AnonymousUsers => "GOTRUE_RATE_LIMIT_ANONYMOUS_USERS",
             Bucket::Verify => "GOTRUE_RATE_LIMIT_VERIFY",
-            Bucket::Otp => "GOTRUE_RATE_LIMIT_OTP",
+            Bucket::SignUps
+            | Bucket::Otp
+            | Bucket::MagicLink
+            | Bucket::Recover
+            | Bucket::Resend
+            | Bucket::UserUpdate => "GOTRUE_RATE_LIMIT_OTP",
         }
     }
-    fn label(self) -> &'static str {
+
+    /// The metric label (a closed set).
+    pub fn label(self) -> &'static str {
         match self {
             Bucket::TokenRefresh => "token_refresh",
             Bucket::SignUps => "sign_ups",
             Bucket::AnonymousUsers => "anonymous_users",
             Bucket::Verify => "verify",
             Bucket::Otp => "otp",
+            Bucket::MagicLink => "magic_link",
+            Bucket::Recover => "recover",
+            Bucket::Resend => "resend",
+            Bucket::UserUpdate => "user_update",
+        }
+    }
+
+    fn setting(self, s: &Settings) -> RateLimit {
+        match self {
+            Bucket::TokenRefresh => s.token_refresh,
+            Bucket::SignUps => s.sign_ups,
+            Bucket::AnonymousUsers => s.anonymous_users,
+            Bucket::Verify => s.verify,
+            Bucket::Otp
+            | Bucket::MagicLink
+            | Bucket::Recover
+            | Bucket::Resend
+            | Bucket::UserUpdate => s.otp,
         }
     }
 }
@@ -67,44 +109,24 @@ impl Limiter {
 
 pub struct Limiters {
     pub settings: Settings,
-    token_refresh: Limiter,
-    sign_ups: Limiter,
-    anonymous_users: Limiter,
-    verify: Limiter,
-    otp: Limiter,
+    /// Indexed like `Bucket::ALL`.
+    limiters: Vec<Limiter>,
 }
 
 impl Limiters {
     fn new(settings: Settings) -> Self {
-        Self {
-            token_refresh: Limiter::new(settings.token_refresh),
-            sign_ups: Limiter::new(settings.sign_ups),
-            anonymous_users: Limiter::new(settings.anonymous_users),
-            verify: Limiter::new(settings.verify),
-            otp: Limiter::new(settings.otp),
-            settings,
-        }
+        let limiters = Bucket::ALL
+            .iter()
+            .map(|b| Limiter::new(b.setting(&settings)))
+            .collect();
+        Self { settings, limiters }
     }
     fn get(&self, b: Bucket) -> &Limiter {
-        match b {
-            Bucket::TokenRefresh => &self.token_refresh,
-            Bucket::SignUps => &self.sign_ups,
-            Bucket::AnonymousUsers => &self.anonymous_users,
-            Bucket::Verify => &self.verify,
-            Bucket::Otp => &self.otp,
-        }
+        &self.limiters[b as usize]
     }
     fn sweep(&self) {
-        for b in [
-            &self.token_refresh,
-            &self.sign_ups,
-            &self.anonymous_users,
-            &self.verify,
-            &self.otp,
-        ] {
-            if let Some(l) = &b.buckets {
-                l.retain_recent();
-            }
+        for l in self.limiters.iter().filter_map(|l| l.buckets.as_ref()) {
+            l.retain_recent();
         }
     }
 }

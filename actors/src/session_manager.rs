@@ -1,480 +1,283 @@
-//! The `SessionManager`: a ractor factory whose workers own sessions,
-//! refresh-token rotation and reuse detection, access-token minting and
-//! logout. Jobs are routed by session id, so the operations on one session
-//! run one at a time, in order, while different sessions run in parallel. On
-//! PostgreSQL each rotation also holds the session's row lock, so two
-//! castellan processes sharing one database are serialized too.
+//! The `SessionManager`: owns the live-session cache, the in-memory answer
+//! to "is this access token's user and session still good?".
+//!
+//! Reads never touch the mailbox: handlers read the published
+//! [`SessionCache`] directly, and a miss is loaded by the caller (concurrent
+//! misses for one key share one load). What the actor owns is keeping the
+//! cache true: it follows the changes other processes commit (PostgreSQL
+//! `LISTEN`, or the SQLite change log), invalidates what they name, and when
+//! that feed is lost it empties the cache and lets reads go to the store
+//! until the feed is back. Changes made in this process are invalidated by
+//! the store at commit, before the response.
+//!
+//! Invalidation is lock-free: every user hashes to one of a fixed set of
+//! counters (stripes); an entry remembers the counters it was loaded under,
+//! and an entry whose counter moved is stale. A load that raced a change can
+//! therefore never be served after it.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwapOption;
-use castellan_core::crypto::jwt::{AmrEntry, Claims};
-use castellan_core::crypto::random_base32;
-use castellan_core::models::{AuditAction, Identity, RefreshToken, User, audit_payload};
-use castellan_core::store::{self, SessionScope, Tx};
+use castellan_core::store::{ChangeEvent, LiveUser, Store};
 use castellan_core::{ApiError, ApiResult};
-use chrono::{DateTime, Utc};
-use ractor::factory::{FactoryMessage, FactoryRef, Job, Worker, WorkerId};
-use ractor::{ActorProcessingErr, ActorRef, RpcReplyPort};
-use serde_json::Value;
+use moka::future::Cache;
+use moka::notification::RemovalCause;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::context::Ctx;
 use crate::supervisor::record_message;
 
-/// A session's tokens and the user they belong to.
-#[derive(Debug, Clone)]
-pub struct TokenGrant {
-    pub access_token: String,
-    pub refresh_token: String,
-    pub expires_at: i64,
-    pub user: User,
-    pub identities: Vec<Identity>,
-    pub session_id: Uuid,
+const STRIPES: usize = 4096;
+
+type Key = (Uuid, Option<Uuid>);
+
+struct Cached {
+    live: Option<Arc<LiveUser>>,
+    stamp: (u64, u64),
+}
+
+/// The published cache: read by every authenticated request.
+pub struct SessionCache {
+    entries: Cache<Key, Arc<Cached>>,
+    stripes: Box<[AtomicU64]>,
+    /// Bumped by a flush, so loads in flight across it are stale too.
+    epoch: AtomicU64,
+    /// False until the change feed follows, and whenever it is lost: reads
+    /// then go to the store.
+    following: AtomicBool,
+    enabled: bool,
+}
+
+fn stripe(user: Uuid) -> usize {
+    let v = user.as_u128();
+    ((v as u64) ^ ((v >> 64) as u64)) as usize % STRIPES
+}
+
+impl SessionCache {
+    pub fn new(capacity: u64) -> Arc<Self> {
+        let entries = Cache::builder()
+            .max_capacity(capacity)
+            .eviction_listener(|_k, _v, cause| {
+                if cause == RemovalCause::Size {
+                    metrics::counter!("castellan_session_cache_evictions_total").increment(1);
+                }
+            })
+            .build();
+        Arc::new(Self {
+            entries,
+            stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            epoch: AtomicU64::new(0),
+            following: AtomicBool::new(false),
+            enabled: capacity > 0,
+        })
+    }
+
+    fn stamp(&self, user: Uuid) -> (u64, u64) {
+        (
+            self.epoch.load(Ordering::SeqCst),
+            self.stripes[stripe(user)].load(Ordering::SeqCst),
+        )
+    }
+
+    /// The cached answer for (user, session), loading it with `load` on a
+    /// miss or when the entry went stale.
+    pub async fn get<F, Fut>(
+        &self,
+        user: Uuid,
+        session: Option<Uuid>,
+        load: F,
+    ) -> ApiResult<Option<Arc<LiveUser>>>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = ApiResult<Option<LiveUser>>>,
+    {
+        if !self.enabled || !self.following.load(Ordering::SeqCst) {
+            metrics::counter!("castellan_session_cache_bypass_total").increment(1);
+            return load().await.map(|o| o.map(Arc::new));
+        }
+        let key = (user, session);
+        for _ in 0..2 {
+            let stamp = self.stamp(user);
+            let loaded = AtomicBool::new(false);
+            let got = self
+                .entries
+                .try_get_with(key, async {
+                    loaded.store(true, Ordering::Relaxed);
+                    let live = load().await?;
+                    Ok::<_, ApiError>(Arc::new(Cached {
+                        live: live.map(Arc::new),
+                        stamp,
+                    }))
+                })
+                .await
+                .map_err(|e| (*e).clone())?;
+            if got.stamp == self.stamp(user) {
+                let outcome = if loaded.load(Ordering::Relaxed) {
+                    "castellan_session_cache_misses_total"
+                } else {
+                    "castellan_session_cache_hits_total"
+                };
+                metrics::counter!(outcome).increment(1);
+                return Ok(got.live.clone());
+            }
+            // Loaded before a change to this user: drop it and load again.
+            self.entries.invalidate(&key).await;
+        }
+        // The user keeps changing under us: answer from the store.
+        load().await.map(|o| o.map(Arc::new))
+    }
+
+    /// Makes every entry of these users stale, at once.
+    pub fn invalidate(&self, users: &[Uuid]) {
+        for u in users {
+            self.stripes[stripe(*u)].fetch_add(1, Ordering::SeqCst);
+        }
+        metrics::counter!("castellan_session_cache_invalidations_total")
+            .increment(users.len() as u64);
+    }
+
+    /// Empties the cache.
+    pub fn flush(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.entries.invalidate_all();
+        metrics::counter!("castellan_session_cache_flushes_total").increment(1);
+    }
+
+    /// Whether the cache may serve: only while changes are followed.
+    pub fn set_following(&self, on: bool) {
+        self.flush();
+        self.following.store(on, Ordering::SeqCst);
+        metrics::gauge!("castellan_session_cache_following").set(if on { 1.0 } else { 0.0 });
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            entries: self.entries.entry_count(),
+            following: self.following.load(Ordering::SeqCst),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogoutScope {
-    Global,
-    Local,
-    Others,
+pub struct CacheStats {
+    pub entries: u64,
+    /// Whether changes from other processes are being followed (the cache serves).
+    pub following: bool,
 }
 
-/// An audit entry to write with the change it describes.
-pub type Audit = (AuditAction, Option<Value>);
-
 pub enum SessionMsg {
-    /// Start a session for a user who just proved who they are.
-    Issue {
-        user: Box<User>,
-        method: &'static str,
-        audits: Vec<Audit>,
-        reply: RpcReplyPort<ApiResult<TokenGrant>>,
-    },
-    /// Rotate a refresh token of this session.
-    Refresh {
-        token: String,
-        reply: RpcReplyPort<ApiResult<TokenGrant>>,
-    },
-    Logout {
-        user: Box<User>,
-        session_id: Option<Uuid>,
-        scope: LogoutScope,
-        reply: RpcReplyPort<ApiResult<()>>,
-    },
-    /// Fails the worker that receives it, to exercise supervision.
-    Crash,
+    /// What the change feed saw.
+    Feed(ChangeEvent),
+    Invalidate(Vec<Uuid>),
+    Flush,
+    Stats(RpcReplyPort<CacheStats>),
+    /// Publishes the size gauge.
+    Tick,
 }
 
 impl SessionMsg {
     fn kind(&self) -> &'static str {
         match self {
-            SessionMsg::Issue { .. } => "issue",
-            SessionMsg::Refresh { .. } => "refresh",
-            SessionMsg::Logout { .. } => "logout",
-            SessionMsg::Crash => "crash",
+            SessionMsg::Feed(ChangeEvent::Following) => "feed_following",
+            SessionMsg::Feed(ChangeEvent::Changed(_)) => "feed_changed",
+            SessionMsg::Feed(ChangeEvent::Lost(_)) => "feed_lost",
+            SessionMsg::Invalidate(_) => "invalidate",
+            SessionMsg::Flush => "flush",
+            SessionMsg::Stats(_) => "stats",
+            SessionMsg::Tick => "tick",
         }
     }
 }
 
-pub struct SessionWorker;
+pub struct SessionManagerArgs {
+    pub cache: Arc<SessionCache>,
+    pub store: Store,
+    pub poll: Duration,
+}
 
-impl Worker for SessionWorker {
-    type Key = Uuid;
-    type Message = SessionMsg;
-    type Arguments = Arc<Ctx>;
-    type State = Arc<Ctx>;
+/// The actor's state: the cache it keeps true, and the feed task (stopped
+/// when the actor stops, whatever the reason).
+pub struct SessionManagerState {
+    cache: Arc<SessionCache>,
+    feed: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SessionManagerState {
+    fn drop(&mut self) {
+        self.feed.abort();
+    }
+}
+
+pub struct SessionManager;
+
+impl Actor for SessionManager {
+    type Msg = SessionMsg;
+    type State = SessionManagerState;
+    type Arguments = SessionManagerArgs;
 
     async fn pre_start(
         &self,
-        _wid: WorkerId,
-        _factory: &ActorRef<FactoryMessage<Uuid, SessionMsg>>,
-        ctx: Arc<Ctx>,
-    ) -> Result<Arc<Ctx>, ActorProcessingErr> {
-        Ok(ctx)
+        me: ActorRef<SessionMsg>,
+        args: SessionManagerArgs,
+    ) -> Result<SessionManagerState, ActorProcessingErr> {
+        // Whatever an earlier incarnation cached may have missed changes.
+        args.cache.set_following(false);
+        let (tx, mut rx) = mpsc::channel(256);
+        let store = args.store.clone();
+        let poll = args.poll;
+        let me2 = me.clone();
+        let feed = tokio::spawn(async move {
+            let follow = store.follow_changes(poll, tx);
+            let forward = async move {
+                while let Some(ev) = rx.recv().await {
+                    if me2.cast(SessionMsg::Feed(ev)).is_err() {
+                        return;
+                    }
+                }
+            };
+            tokio::join!(follow, forward);
+        });
+        me.send_interval(Duration::from_secs(5), || SessionMsg::Tick);
+        Ok(SessionManagerState {
+            cache: args.cache,
+            feed,
+        })
     }
 
     async fn handle(
         &self,
-        _wid: WorkerId,
-        _factory: &ActorRef<FactoryMessage<Uuid, SessionMsg>>,
-        Job { key, msg, .. }: Job<Uuid, SessionMsg>,
-        ctx: &mut Arc<Ctx>,
-    ) -> Result<Uuid, ActorProcessingErr> {
+        _me: ActorRef<SessionMsg>,
+        msg: SessionMsg,
+        st: &mut SessionManagerState,
+    ) -> Result<(), ActorProcessingErr> {
         let start = Instant::now();
         let kind = msg.kind();
-        let ok = match msg {
-            SessionMsg::Issue {
-                user,
-                method,
-                audits,
-                reply,
-            } => {
-                let r = issue(ctx, key, *user, method, &audits).await;
-                let ok = r.is_ok();
-                let _ = reply.send(r);
-                ok
+        match msg {
+            SessionMsg::Feed(ChangeEvent::Following) => {
+                tracing::info!("session cache: following changes from other processes");
+                st.cache.set_following(true);
             }
-            SessionMsg::Refresh { token, reply } => {
-                let r = refresh(ctx, key, &token).await;
-                let ok = r.is_ok();
-                let _ = reply.send(r);
-                ok
+            SessionMsg::Feed(ChangeEvent::Changed(users)) | SessionMsg::Invalidate(users) => {
+                st.cache.invalidate(&users)
             }
-            SessionMsg::Logout {
-                user,
-                session_id,
-                scope,
-                reply,
-            } => {
-                let r = logout(ctx, &user, session_id, scope).await;
-                let ok = r.is_ok();
-                let _ = reply.send(r);
-                ok
+            SessionMsg::Feed(ChangeEvent::Lost(why)) => {
+                tracing::warn!(%why, "session cache: change feed lost; serving from the database until it is back");
+                metrics::counter!("castellan_session_cache_feed_lost_total").increment(1);
+                st.cache.set_following(false);
             }
-            SessionMsg::Crash => {
-                record_message("session_manager", kind, "crash", start);
-                return Err("crash requested".into());
+            SessionMsg::Flush => st.cache.flush(),
+            SessionMsg::Stats(reply) => {
+                let _ = reply.send(st.cache.stats());
             }
-        };
-        record_message(
-            "session_manager",
-            kind,
-            if ok { "ok" } else { "error" },
-            start,
-        );
-        Ok(key)
-    }
-}
-
-/// Builds GoTrue's claims for a user and session.
-pub fn claims_for(
-    ctx: &Ctx,
-    user: &User,
-    session_id: Uuid,
-    amr: Vec<AmrEntry>,
-    now: i64,
-) -> Claims {
-    Claims {
-        aud: user.aud.clone().unwrap_or_default(),
-        exp: now + ctx.jwt.exp_seconds,
-        iat: now,
-        iss: ctx.jwt.issuer.clone(),
-        sub: user.id.to_string(),
-        email: user.email_str().to_string(),
-        phone: user.phone_str().to_string(),
-        app_metadata: user.app_metadata(),
-        user_metadata: user.user_metadata(),
-        role: user.role.clone().unwrap_or_default(),
-        aal: "aal1".into(),
-        amr,
-        session_id: Some(session_id.to_string()),
-        is_anonymous: user.is_anonymous,
-    }
-}
-
-fn grant(
-    ctx: &Ctx,
-    user: User,
-    identities: Vec<Identity>,
-    session_id: Uuid,
-    refresh_token: String,
-    amr: Vec<AmrEntry>,
-    now: DateTime<Utc>,
-) -> ApiResult<TokenGrant> {
-    let claims = claims_for(ctx, &user, session_id, amr, now.timestamp());
-    let access_token = ctx.jwt.sign(&claims)?;
-    Ok(TokenGrant {
-        access_token,
-        refresh_token,
-        expires_at: claims.exp,
-        user,
-        identities,
-        session_id,
-    })
-}
-
-async fn write_audits(
-    tx: &mut Tx,
-    user: &User,
-    audits: &[Audit],
-    now: DateTime<Utc>,
-) -> ApiResult<()> {
-    let payloads: Vec<Value> = audits
-        .iter()
-        .map(|(action, traits)| audit_payload(user, *action, traits.clone()))
-        .collect();
-    tx.insert_audits(&payloads, "", now).await?;
-    Ok(())
-}
-
-async fn issue(
-    ctx: &Ctx,
-    session_id: Uuid,
-    mut user: User,
-    method: &'static str,
-    audits: &[Audit],
-) -> ApiResult<TokenGrant> {
-    let now = Utc::now();
-    let token = random_base32(12);
-    let mut tx = ctx.store.begin().await?;
-    write_audits(&mut tx, &user, audits, now).await?;
-    tx.insert_session(session_id, user.id, method, now).await?;
-    tx.insert_refresh_token(&token, user.id, None, session_id, now)
-        .await?;
-    tx.set_last_sign_in(user.id, now).await?;
-    tx.commit().await?;
-    user.last_sign_in_at = Some(now);
-    user.updated_at = Some(now);
-    let identities = ctx.store.identities_of(user.id).await?;
-    let amr = vec![AmrEntry {
-        method: method.into(),
-        timestamp: now.timestamp(),
-    }];
-    grant(ctx, user, identities, session_id, token, amr, now)
-}
-
-fn not_found() -> ApiError {
-    ApiError::bad_request(
-        "refresh_token_not_found",
-        "Invalid Refresh Token: Refresh Token Not Found",
-    )
-}
-
-/// What to do with a presented refresh token, decided under the session lock.
-enum Rotation {
-    /// Revoke it and issue a child.
-    Rotate,
-    /// A retry of a refresh whose answer was lost: hand back the active child.
-    ReturnActive(RefreshToken),
-    /// Reuse within the grace interval: fork a new child of the revoked token.
-    Fork,
-    /// Reuse outside the interval.
-    Reject,
-}
-
-fn decide(
-    ctx: &Ctx,
-    token: &RefreshToken,
-    active: Option<RefreshToken>,
-    now: DateTime<Utc>,
-) -> Rotation {
-    if token.revoked != Some(true) {
-        return Rotation::Rotate;
-    }
-    if let Some(active) = active
-        && active.parent.is_some()
-        && active.parent == token.token
-    {
-        return Rotation::ReturnActive(active);
-    }
-    let interval =
-        chrono::Duration::from_std(ctx.config.refresh_token_reuse_interval).unwrap_or_default();
-    match token.updated_at {
-        Some(t) if now <= t + interval => Rotation::Fork,
-        _ => Rotation::Reject,
-    }
-}
-
-fn check_session_validity(
-    ctx: &Ctx,
-    s: &castellan_core::models::Session,
-    now: DateTime<Utc>,
-) -> ApiResult<()> {
-    let expired = |m: &str| Err(ApiError::bad_request("session_expired", m.to_string()));
-    if s.not_after.is_some_and(|t| now > t) {
-        return expired("Invalid Refresh Token: Session Expired");
-    }
-    if let (Some(timebox), Some(created)) = (ctx.config.sessions_timebox, s.created_at)
-        && now > created + chrono::Duration::from_std(timebox).unwrap_or_default()
-    {
-        return expired("Invalid Refresh Token: Session Expired");
-    }
-    if let Some(idle) = ctx.config.sessions_inactivity_timeout {
-        let last = s.refreshed_at.map(|t| t.and_utc()).or(s.created_at);
-        if last.is_some_and(|l| now > l + chrono::Duration::from_std(idle).unwrap_or_default()) {
-            return expired("Invalid Refresh Token: Session Expired (Inactivity)");
-        }
-    }
-    Ok(())
-}
-
-async fn refresh(ctx: &Ctx, session_id: Uuid, presented: &str) -> ApiResult<TokenGrant> {
-    let now = Utc::now();
-    let mut tx = ctx.store.begin().await?;
-    let Some(c) = tx.refresh_context(session_id, presented).await? else {
-        return Err(not_found());
-    };
-    if c.user.is_banned(now) {
-        return Err(ApiError::bad_request(
-            "user_banned",
-            "Invalid Refresh Token: User Banned",
-        ));
-    }
-    check_session_validity(ctx, &c.session, now)?;
-    let active = if c.token.revoked == Some(true) {
-        tx.active_refresh_token(session_id).await?
-    } else {
-        None
-    };
-    let issued = match decide(ctx, &c.token, active, now) {
-        Rotation::ReturnActive(active) => {
-            tx.touch_session(session_id, now).await?;
-            active.token.unwrap_or_default()
-        }
-        Rotation::Reject => {
-            if ctx.config.refresh_token_rotation_enabled {
-                // The revocation is committed even though the request fails.
-                let revoked = tx.revoke_session_tokens(session_id, now).await?;
-                tx.commit().await?;
-                metrics::counter!("castellan_refresh_token_reuse_total", "outcome" => "family_revoked").increment(1);
-                tracing::warn!(%session_id, revoked, "refresh token reused; session's tokens revoked");
-            } else {
-                metrics::counter!("castellan_refresh_token_reuse_total", "outcome" => "refused")
-                    .increment(1);
+            SessionMsg::Tick => {
+                metrics::gauge!("castellan_session_cache_entries")
+                    .set(st.cache.entries.entry_count() as f64);
             }
-            return Err(ApiError::bad_request(
-                "refresh_token_already_used",
-                "Invalid Refresh Token: Already Used",
-            ));
         }
-        rotation => {
-            let child = random_base32(12);
-            let refreshed = audit_payload(&c.user, AuditAction::TokenRefreshed, None);
-            let revoked = audit_payload(&c.user, AuditAction::TokenRevoked, None);
-            tx.record_rotation(&store::Rotation {
-                session_id,
-                user_id: c.user.id,
-                revoke: matches!(rotation, Rotation::Rotate).then_some(c.token.id),
-                child: &child,
-                parent: c.token.token.as_deref(),
-                audits: [&refreshed, &revoked],
-                now,
-            })
-            .await?;
-            child
-        }
-    };
-    tx.commit().await?;
-    let amr = c
-        .amr
-        .into_iter()
-        .map(|(method, t)| AmrEntry {
-            method,
-            timestamp: t.timestamp(),
-        })
-        .collect();
-    grant(ctx, c.user, c.identities, session_id, issued, amr, now)
-}
-
-async fn logout(
-    ctx: &Ctx,
-    user: &User,
-    session_id: Option<Uuid>,
-    scope: LogoutScope,
-) -> ApiResult<()> {
-    let now = Utc::now();
-    let scope = match (scope, session_id) {
-        // A token without a session always logs out everywhere.
-        (_, None) | (LogoutScope::Global, _) => SessionScope::All,
-        (LogoutScope::Local, Some(s)) => SessionScope::Only(s),
-        (LogoutScope::Others, Some(s)) => SessionScope::AllBut(s),
-    };
-    let mut tx = ctx.store.begin().await?;
-    write_audits(&mut tx, user, &[(AuditAction::Logout, None)], now).await?;
-    tx.delete_sessions(user.id, scope).await?;
-    tx.commit().await?;
-    Ok(())
-}
-
-/// What callers hold: the current factory (swapped by the supervisor when it
-/// restarts one) and the call timeout.
-#[derive(Clone)]
-pub struct SessionManager {
-    factory: Arc<ArcSwapOption<FactoryRef<Uuid, SessionMsg>>>,
-    ctx: Arc<Ctx>,
-    timeout: Duration,
-}
-
-impl SessionManager {
-    pub(crate) fn new(
-        factory: Arc<ArcSwapOption<FactoryRef<Uuid, SessionMsg>>>,
-        ctx: Arc<Ctx>,
-    ) -> Self {
-        let timeout = ctx.config.actor_call_timeout;
-        Self {
-            factory,
-            ctx,
-            timeout,
-        }
-    }
-
-    async fn call<T: Send + 'static>(
-        &self,
-        key: Uuid,
-        build: impl FnOnce(RpcReplyPort<ApiResult<T>>) -> SessionMsg,
-    ) -> ApiResult<T> {
-        crate::supervisor::call_keyed(&self.factory, "session_manager", key, self.timeout, build)
-            .await
-    }
-
-    pub async fn issue(
-        &self,
-        user: User,
-        method: &'static str,
-        audits: Vec<Audit>,
-    ) -> ApiResult<TokenGrant> {
-        let session_id = Uuid::new_v4();
-        self.call(session_id, |reply| SessionMsg::Issue {
-            user: Box::new(user),
-            method,
-            audits,
-            reply,
-        })
-        .await
-    }
-
-    pub async fn refresh(&self, token: &str) -> ApiResult<TokenGrant> {
-        // GoTrue's syntax rule for legacy tokens: at least 12 characters.
-        if token.len() < 12 {
-            return Err(ApiError::validation("Refresh token is not valid"));
-        }
-        let Some(session_id) = self.ctx.store.refresh_token_session(token).await? else {
-            return Err(not_found());
-        };
-        let token = token.to_string();
-        self.call(session_id, |reply| SessionMsg::Refresh { token, reply })
-            .await
-    }
-
-    pub async fn logout(
-        &self,
-        user: User,
-        session_id: Option<Uuid>,
-        scope: LogoutScope,
-    ) -> ApiResult<()> {
-        let key = session_id.unwrap_or(user.id);
-        self.call(key, |reply| SessionMsg::Logout {
-            user: Box::new(user),
-            session_id,
-            scope,
-            reply,
-        })
-        .await
-    }
-
-    /// Makes the worker that owns `key` fail (tests and chaos drills).
-    pub fn crash_worker(&self, key: Uuid) {
-        if let Some(f) = self.factory.load_full() {
-            let _ = f.dispatch(key, SessionMsg::Crash);
-        }
-    }
-
-    /// Kills the whole factory; the supervisor starts a new one.
-    pub fn kill(&self) {
-        if let Some(f) = self.factory.load_full() {
-            f.kill();
-        }
+        record_message("session_manager", kind, "ok", start);
+        Ok(())
     }
 }

@@ -1,48 +1,21 @@
 //! The root supervisor. It starts every actor linked to itself; when one
 //! fails or is killed it starts a replacement after a short backoff, swaps
-//! it into the handle callers use, and counts the restart. While a child is
-//! down, callers get a 503 answer at once instead of waiting.
+//! it into the handle callers use, and counts the restart. Hot reads never
+//! wait on a child: they read what it publishes, so a restart costs at most
+//! a few reads served from the database.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
-use ractor::factory::queues::DefaultQueue;
-use ractor::factory::routing::KeyPersistentRouting;
-use ractor::factory::{Factory, FactoryArguments, FactoryRef, worker_builder};
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SpawnErr, SupervisionEvent};
-use uuid::Uuid;
 
 use crate::context::Ctx;
-use crate::otp_issuer::{OtpIssuer, OtpMsg, OtpWorker};
+use crate::otp_issuer::OtpIssuer;
 use crate::rate_limiter::{RateLimiter, RateLimiterMsg, RateLimits};
-use crate::session_manager::{SessionManager, SessionMsg, SessionWorker};
-
-/// Calls the worker of `key` in the factory held by `slot`: the reply, or a
-/// 503 when the factory is restarting, the worker died, or time ran out.
-pub(crate) async fn call_keyed<M: ractor::Message, T: Send + 'static>(
-    slot: &ArcSwapOption<FactoryRef<Uuid, M>>,
-    actor: &'static str,
-    key: Uuid,
-    timeout: Duration,
-    build: impl FnOnce(ractor::RpcReplyPort<castellan_core::ApiResult<T>>) -> M,
-) -> castellan_core::ApiResult<T> {
-    use castellan_core::ApiError;
-    use ractor::rpc::CallResult;
-    let Some(factory) = slot.load_full() else {
-        return Err(ApiError::unavailable(actor, "restarting"));
-    };
-    match factory.call_job(key, build, Some(timeout)).await {
-        Ok(CallResult::Success(r)) => r,
-        Ok(CallResult::Timeout) => Err(ApiError::unavailable(actor, "call timed out")),
-        Ok(CallResult::SenderError) => Err(ApiError::unavailable(
-            actor,
-            "worker stopped before replying",
-        )),
-        Err(e) => Err(ApiError::unavailable(actor, e)),
-    }
-}
+use crate::session_manager::{SessionCache, SessionManager, SessionManagerArgs, SessionMsg};
+use crate::sessions::Sessions;
 
 /// Counts one handled message of an actor, with its outcome and time.
 pub fn record_message(
@@ -60,7 +33,6 @@ pub fn record_message(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Child {
     SessionManager,
-    OtpIssuer,
     RateLimiter,
 }
 
@@ -68,39 +40,21 @@ impl Child {
     fn name(self) -> &'static str {
         match self {
             Child::SessionManager => "session_manager",
-            Child::OtpIssuer => "otp_issuer",
             Child::RateLimiter => "rate_limiter",
         }
     }
 }
 
-type OtpFactory = Factory<
-    Uuid,
-    OtpMsg,
-    Arc<Ctx>,
-    OtpWorker,
-    KeyPersistentRouting<Uuid, OtpMsg>,
-    DefaultQueue<Uuid, OtpMsg>,
->;
-type SessionFactory = Factory<
-    Uuid,
-    SessionMsg,
-    Arc<Ctx>,
-    SessionWorker,
-    KeyPersistentRouting<Uuid, SessionMsg>,
-    DefaultQueue<Uuid, SessionMsg>,
->;
-
 /// The slots the supervisor fills with the current actor of each kind.
 #[derive(Clone)]
 pub struct Slots {
-    sessions: Arc<ArcSwapOption<FactoryRef<Uuid, SessionMsg>>>,
-    otp: Arc<ArcSwapOption<FactoryRef<Uuid, OtpMsg>>>,
+    sessions: Arc<ArcSwapOption<ActorRef<SessionMsg>>>,
     limiter: Arc<ArcSwapOption<ActorRef<RateLimiterMsg>>>,
 }
 
 pub struct SupervisorArgs {
     ctx: Arc<Ctx>,
+    cache: Arc<SessionCache>,
     limits: RateLimits,
     slots: Slots,
 }
@@ -117,41 +71,14 @@ impl Supervisor {
     async fn spawn(child: Child, me: ActorCell, st: &mut SupervisorState) -> Result<(), SpawnErr> {
         let id = match child {
             Child::SessionManager => {
-                let ctx = st.args.ctx.clone();
-                // The factory replaces a failed worker itself by building it
-                // again; a second build for the same worker id is a restart.
-                let mut built = std::collections::HashSet::new();
-                let builder = move |wid| {
-                    if !built.insert(wid) {
-                        metrics::counter!("castellan_actor_restarts_total", "actor" => "session_manager_worker").increment(1);
-                        tracing::error!(worker = wid, "session manager worker failed; replaced");
-                    }
-                    (SessionWorker, ctx.clone())
+                let args = SessionManagerArgs {
+                    cache: st.args.cache.clone(),
+                    store: st.args.ctx.store.clone(),
+                    poll: st.args.ctx.config.cache_poll_interval,
                 };
-                let args = FactoryArguments::builder()
-                    .worker_builder(Box::new(worker_builder(builder)))
-                    .queue(DefaultQueue::default())
-                    .router(KeyPersistentRouting::default())
-                    .num_initial_workers(st.args.ctx.config.session_workers)
-                    .build();
-                let (r, _) = Actor::spawn_linked(None, SessionFactory::default(), args, me).await?;
+                let (r, _) = Actor::spawn_linked(None, SessionManager, args, me).await?;
                 let id = r.get_id();
                 st.args.slots.sessions.store(Some(Arc::new(r)));
-                id
-            }
-            Child::OtpIssuer => {
-                let ctx = st.args.ctx.clone();
-                let args = FactoryArguments::builder()
-                    .worker_builder(Box::new(worker_builder(move |_wid| {
-                        (OtpWorker, ctx.clone())
-                    })))
-                    .queue(DefaultQueue::default())
-                    .router(KeyPersistentRouting::default())
-                    .num_initial_workers(st.args.ctx.config.session_workers)
-                    .build();
-                let (r, _) = Actor::spawn_linked(None, OtpFactory::default(), args, me).await?;
-                let id = r.get_id();
-                st.args.slots.otp.store(Some(Arc::new(r)));
                 id
             }
             Child::RateLimiter => {
@@ -177,8 +104,12 @@ impl Supervisor {
             return Ok(());
         };
         match child {
-            Child::SessionManager => st.args.slots.sessions.store(None),
-            Child::OtpIssuer => st.args.slots.otp.store(None),
+            Child::SessionManager => {
+                // Nobody follows changes until the successor does: serve
+                // from the store meanwhile.
+                st.args.cache.set_following(false);
+                st.args.slots.sessions.store(None)
+            }
             Child::RateLimiter => st.args.slots.limiter.store(None),
         }
         let n = st.restarts.entry(child.name()).or_insert(0);
@@ -209,7 +140,6 @@ impl Actor for Supervisor {
             restarts: HashMap::new(),
         };
         Self::spawn(Child::SessionManager, me.get_cell(), &mut st).await?;
-        Self::spawn(Child::OtpIssuer, me.get_cell(), &mut st).await?;
         Self::spawn(Child::RateLimiter, me.get_cell(), &mut st).await?;
         Ok(st)
     }
@@ -247,12 +177,13 @@ impl Actor for Supervisor {
     }
 }
 
-/// The running actor system, as handlers see it.
+/// The running actor system and the services beside it, as handlers see them.
 #[derive(Clone)]
 pub struct Actors {
-    pub sessions: SessionManager,
+    pub sessions: Sessions,
     pub otp: OtpIssuer,
     pub rate_limits: RateLimits,
+    pub session_cache: Arc<SessionCache>,
     slots: Slots,
     root: ActorRef<()>,
 }
@@ -263,6 +194,11 @@ impl Actors {
         self.slots.limiter.load_full().map(|r| (*r).clone())
     }
 
+    /// The current `SessionManager` actor (`None` while it restarts).
+    pub fn session_manager(&self) -> Option<ActorRef<SessionMsg>> {
+        self.slots.sessions.load_full().map(|r| (*r).clone())
+    }
+
     pub async fn shutdown(&self) {
         self.root.stop(None);
     }
@@ -270,23 +206,27 @@ impl Actors {
 
 pub async fn start(ctx: Arc<Ctx>) -> Result<Actors, SpawnErr> {
     let limits = RateLimits::new(ctx.config.rate_limits.clone());
+    let cache = SessionCache::new(ctx.config.session_cache_size);
+    // Changes committed in this process reach the cache before the response.
+    let published = cache.clone();
+    ctx.store
+        .on_change(Box::new(move |users| published.invalidate(users)));
     let slots = Slots {
         sessions: Arc::new(ArcSwapOption::empty()),
-        otp: Arc::new(ArcSwapOption::empty()),
         limiter: Arc::new(ArcSwapOption::empty()),
     };
     let args = SupervisorArgs {
         ctx: ctx.clone(),
+        cache: cache.clone(),
         limits: limits.clone(),
         slots: slots.clone(),
     };
     let (root, _) = Actor::spawn(None, Supervisor, args).await?;
-    let sessions = SessionManager::new(slots.sessions.clone(), ctx.clone());
-    let otp = OtpIssuer::new(slots.otp.clone(), ctx);
     Ok(Actors {
-        sessions,
-        otp,
+        sessions: Sessions::new(ctx.clone(), cache.clone()),
+        otp: OtpIssuer::new(ctx),
         rate_limits: limits,
+        session_cache: cache,
         slots,
         root,
     })

@@ -146,8 +146,11 @@ pub struct Config {
     pub expiry_schedule: String,
     /// How long a handler waits for an actor before answering 503.
     pub actor_call_timeout: Duration,
-    /// Workers in the `SessionManager` factory.
-    pub session_workers: usize,
+    /// Live sessions the `SessionManager` keeps in memory.
+    pub session_cache_size: u64,
+    /// How often a SQLite server looks for changes other processes made
+    /// (PostgreSQL pushes them instead).
+    pub cache_poll_interval: Duration,
 }
 
 /// Reads variables from a map (process environment merged with `.env`), so
@@ -510,7 +513,13 @@ impl Config {
             expiry_schedule: v.string(&["CASTELLAN_EXPIRY_SCHEDULE"], "0 * * * * *"),
             actor_call_timeout: v
                 .duration(&["CASTELLAN_ACTOR_CALL_TIMEOUT"], Duration::from_secs(5))?,
-            session_workers: v.num(&["CASTELLAN_SESSION_WORKERS"], 8usize)?.max(1),
+            session_cache_size: v.num(&["CASTELLAN_SESSION_CACHE_SIZE"], 10_000u64)?,
+            cache_poll_interval: v
+                .duration(
+                    &["CASTELLAN_CACHE_POLL_INTERVAL"],
+                    Duration::from_millis(50),
+                )?
+                .max(Duration::from_millis(5)),
         };
         Ok(cfg)
     }

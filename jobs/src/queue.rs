@@ -2,7 +2,7 @@
 
 use apalis::prelude::TaskBuilder;
 use castellan_core::ApiError;
-use castellan_core::store::{Pool, Store, Tx};
+use castellan_core::store::{Conn, Pool, Store, Tx};
 
 use crate::email::EmailJob;
 
@@ -47,11 +47,11 @@ pub async fn enqueue_email(
     let bytes = serde_json::to_vec(job).map_err(|e| ApiError::internal("email job", e))?;
     // apalis gives the task its own ULID id; the job's id travels in the payload.
     let task = TaskBuilder::new(bytes).max_attempts(max_attempts).build();
-    let r = match tx {
-        Tx::Pg(t) => apalis_postgres::queries::push_tasks(&mut **t, EMAIL_QUEUE, vec![task])
+    let r = match &mut tx.conn {
+        Conn::Pg(t) => apalis_postgres::queries::push_tasks(&mut **t, EMAIL_QUEUE, vec![task])
             .await
             .map_err(|e| e.to_string()),
-        Tx::Lite(t, _) => apalis_sqlite::queries::push_tasks(&mut **t, EMAIL_QUEUE, &[task])
+        Conn::Lite(t, _) => apalis_sqlite::queries::push_tasks(&mut **t, EMAIL_QUEUE, &[task])
             .await
             .map_err(|e| e.to_string()),
     };

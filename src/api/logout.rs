@@ -1,7 +1,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use castellan_actors::session_manager::LogoutScope;
+use castellan_actors::sessions::LogoutScope;
 use castellan_core::ApiError;
 use serde::Deserialize;
 
@@ -30,7 +30,7 @@ pub async fn logout(
     };
     st.actors
         .sessions
-        .logout(auth.user, auth.session_id, scope)
+        .logout(&auth.user, auth.session_id, scope)
         .await?;
     let resp: Response = StatusCode::NO_CONTENT.into_response();
     Ok(resp)

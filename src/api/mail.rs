@@ -6,14 +6,13 @@ use axum::extract::State;
 use axum::response::IntoResponse;
 use castellan_actors::accounts::{SignupOutcome, SignupRequest};
 use castellan_actors::otp_issuer::SendRequest;
-use castellan_actors::rate_limiter::Bucket;
 use castellan_core::{ApiError, validate};
 use castellan_jobs::EmailKind;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::error::HttpResult;
-use crate::extract::{ClientKey, JsonBody, RedirectTo, RequestAud};
+use crate::extract::{JsonBody, RedirectTo, RequestAud};
 use crate::server::AppState;
 
 #[derive(Deserialize, Default)]
@@ -27,14 +26,10 @@ pub struct RecoverBody {
 /// `POST /recover`: a password-recovery link for a known address.
 pub async fn recover(
     State(st): State<AppState>,
-    client: ClientKey,
     RedirectTo(redirect_to): RedirectTo,
     RequestAud(aud): RequestAud,
     JsonBody(b): JsonBody<RecoverBody>,
 ) -> HttpResult {
-    st.actors
-        .rate_limits
-        .check(Bucket::Otp, &client.key, client.source)?;
     if !st.ctx.config.external_email_enabled {
         return Err(
             ApiError::bad_request("email_provider_disabled", "Email logins are disabled").into(),
@@ -86,14 +81,10 @@ pub struct OtpBody {
 /// is false), so it receives the confirmation email instead.
 pub async fn otp(
     State(st): State<AppState>,
-    client: ClientKey,
     RedirectTo(redirect_to): RedirectTo,
     RequestAud(aud): RequestAud,
     JsonBody(b): JsonBody<OtpBody>,
 ) -> HttpResult {
-    st.actors
-        .rate_limits
-        .check(Bucket::Otp, &client.key, client.source)?;
     let empty = |s: &Option<String>| s.as_deref().is_none_or(str::is_empty);
     if !empty(&b.email) && !empty(&b.phone) {
         return Err(ApiError::validation(
@@ -209,14 +200,10 @@ pub struct ResendBody {
 /// nothing to resend (unknown user, already confirmed, no pending change).
 pub async fn resend(
     State(st): State<AppState>,
-    client: ClientKey,
     RedirectTo(redirect_to): RedirectTo,
     RequestAud(aud): RequestAud,
     JsonBody(b): JsonBody<ResendBody>,
 ) -> HttpResult {
-    st.actors
-        .rate_limits
-        .check(Bucket::Otp, &client.key, client.source)?;
     let kind = b.kind.as_deref().unwrap_or_default();
     if !matches!(kind, "signup" | "email_change" | "sms" | "phone_change") {
         return Err(ApiError::validation(

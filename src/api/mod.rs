@@ -13,13 +13,32 @@ mod user;
 mod verify;
 
 use axum::Router;
+use axum::http::Method;
 use axum::routing::{get, post};
+use castellan_actors::rate_limiter::Bucket;
 use serde_json::{Value, json};
 
+use crate::limit::{Pick, RouteLimit};
 use crate::server::AppState;
-use castellan_actors::session_manager::TokenGrant;
+use castellan_actors::sessions::TokenGrant;
 
-pub fn routes() -> Router<AppState> {
+/// Every rate-limited route, in one place (GoTrue declares each limit beside
+/// its route). The `limit` layer looks each request up here by its matched
+/// route and method; a test walks this table.
+pub const RATE_LIMITS: &[RouteLimit] = &[
+    // Anonymous sign-ins (neither email nor phone) have a bucket of their own.
+    RouteLimit::new("/signup", Method::POST, Pick::SignUp),
+    RouteLimit::new("/token", Method::POST, Pick::Fixed(Bucket::TokenRefresh)),
+    RouteLimit::new("/verify", Method::GET, Pick::Fixed(Bucket::Verify)),
+    RouteLimit::new("/verify", Method::POST, Pick::Fixed(Bucket::Verify)),
+    RouteLimit::new("/otp", Method::POST, Pick::Fixed(Bucket::Otp)),
+    RouteLimit::new("/magiclink", Method::POST, Pick::Fixed(Bucket::MagicLink)),
+    RouteLimit::new("/recover", Method::POST, Pick::Fixed(Bucket::Recover)),
+    RouteLimit::new("/resend", Method::POST, Pick::Fixed(Bucket::Resend)),
+    RouteLimit::new("/user", Method::PUT, Pick::Fixed(Bucket::UserUpdate)),
+];
+
+pub fn routes(state: AppState) -> Router<AppState> {
     Router::new()
         .route("/health", get(health::health))
         .route("/settings", get(settings::settings))
@@ -38,6 +57,10 @@ pub fn routes() -> Router<AppState> {
         .route("/reauthenticate", get(user::reauthenticate))
         .route("/invite", post(invite::invite))
         .merge(admin::routes())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state,
+            crate::limit::limit,
+        ))
 }
 
 /// GoTrue's token response.

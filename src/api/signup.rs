@@ -2,14 +2,13 @@ use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use castellan_actors::accounts::{SignupOutcome, SignupRequest};
-use castellan_actors::rate_limiter::Bucket;
 use castellan_core::{ApiError, validate};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::api::token_response;
 use crate::error::HttpResult;
-use crate::extract::{ClientKey, JsonBody, RedirectTo, RequestAud};
+use crate::extract::{JsonBody, RedirectTo, RequestAud};
 use crate::server::AppState;
 
 #[derive(Deserialize, Default)]
@@ -26,7 +25,6 @@ pub struct SignupBody {
 
 pub async fn signup(
     State(st): State<AppState>,
-    client: ClientKey,
     RequestAud(aud): RequestAud,
     RedirectTo(redirect_to): RedirectTo,
     JsonBody(b): JsonBody<SignupBody>,
@@ -41,15 +39,9 @@ pub async fn signup(
             )
             .into());
         }
-        st.actors
-            .rate_limits
-            .check(Bucket::AnonymousUsers, &client.key, client.source)?;
         let grant = st.accounts.anonymous(data, &aud).await?;
         return Ok(Json(token_response(&grant, None)).into_response());
     }
-    st.actors
-        .rate_limits
-        .check(Bucket::SignUps, &client.key, client.source)?;
     let req = SignupRequest {
         email: b.email,
         phone: b.phone,

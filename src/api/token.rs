@@ -2,14 +2,13 @@ use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use castellan_actors::accounts::PasswordGrant;
-use castellan_actors::rate_limiter::Bucket;
 use castellan_core::{ApiError, validate};
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::api::token_response;
 use crate::error::HttpResult;
-use crate::extract::{ClientKey, QueryParams, RawBody, RequestAud, parse_json};
+use crate::extract::{QueryParams, RawBody, RequestAud, parse_json};
 use crate::server::AppState;
 
 #[derive(Deserialize)]
@@ -43,7 +42,6 @@ struct RefreshBody {
 pub async fn token(
     State(st): State<AppState>,
     QueryParams(q): QueryParams<GrantQuery>,
-    client: ClientKey,
     RequestAud(aud): RequestAud,
     RawBody(body): RawBody,
 ) -> HttpResult {
@@ -51,9 +49,6 @@ pub async fn token(
     if !matches!(grant.as_str(), "password" | "refresh_token" | "pkce") {
         return Err(ApiError::bad_request("invalid_credentials", "unsupported_grant_type").into());
     }
-    st.actors
-        .rate_limits
-        .check(Bucket::TokenRefresh, &client.key, client.source)?;
     let resp: Response = match grant.as_str() {
         "password" => {
             let b: PasswordBody = parse_json(&body)?;

@@ -3,15 +3,12 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use castellan_actors::accounts::UserUpdate;
-use castellan_actors::rate_limiter::Bucket;
 use castellan_core::{ApiError, validate};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::error::HttpResult;
-use crate::extract::{
-    AuthUser, AuthUserWithIdentities, ClientKey, JsonBody, RedirectTo, header_aud,
-};
+use crate::extract::{AuthUser, AuthUserWithIdentities, JsonBody, RedirectTo, header_aud};
 use crate::server::AppState;
 
 /// `GET /user`. The request audience (`X-JWT-AUD`) must match the token's.
@@ -49,14 +46,10 @@ pub async fn reauthenticate(State(st): State<AppState>, auth: AuthUser) -> HttpR
 
 pub async fn update_user(
     State(st): State<AppState>,
-    client: ClientKey,
     auth: AuthUser,
     RedirectTo(redirect_to): RedirectTo,
     JsonBody(b): JsonBody<UpdateBody>,
 ) -> HttpResult {
-    st.actors
-        .rate_limits
-        .check(Bucket::Otp, &client.key, client.source)?;
     let up = UserUpdate {
         email: b.email,
         phone: b.phone,

@@ -99,6 +99,16 @@ pub async fn spawn(backend: Backend, tweak: impl FnOnce(&mut Config)) -> TestSer
     let mut cfg = test_config(db.clone());
     tweak(&mut cfg);
     let server = castellan::start(cfg).await.expect("server starts");
+    // Tests start once the session cache follows changes (it serves from
+    // the database until then), so cache behaviour is deterministic.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !server.state.actors.session_cache.stats().following {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the session cache never followed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let base = format!("http://{}", server.addr);
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
@@ -198,6 +208,11 @@ impl TestServer {
             json!({"refresh_token": token}),
         )
         .await
+    }
+
+    pub async fn get_user(&self, access_token: &str) -> Reply {
+        self.request(Method::GET, "/user", Some(access_token), None)
+            .await
     }
 
     /// Refreshes, expecting success, and returns the new refresh token.

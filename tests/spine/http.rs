@@ -226,14 +226,19 @@ both!(
 );
 
 both!(metrics_are_exported, |_| {}, |t| {
-    t.new_session("y@example.com", "secret123").await;
+    let s = t.new_session("y@example.com", "secret123").await;
+    let access = s["access_token"].as_str().unwrap();
+    assert_eq!(t.get_user(access).await.status, 200);
+    assert_eq!(t.get_user(access).await.status, 200);
     let m = t.request(Method::GET, "/metrics", None, None).await;
     assert_eq!(m.status, 200);
     for needle in [
         "castellan_http_requests_total{route=\"/signup\",method=\"POST\",status=\"200\"}",
         "castellan_http_request_duration_seconds_bucket{route=\"/signup\",method=\"POST\"",
-        "castellan_actor_messages_total{actor=\"session_manager\",message=\"issue\",outcome=\"ok\"}",
-        "castellan_actor_handling_seconds_bucket{actor=\"session_manager\",message=\"issue\"",
+        "castellan_actor_messages_total{actor=\"session_manager\",message=\"feed_following\",outcome=\"ok\"}",
+        "castellan_actor_handling_seconds_bucket{actor=\"session_manager\",message=\"feed_following\"",
+        "castellan_session_cache_misses_total",
+        "castellan_session_cache_hits_total",
         "castellan_db_queries_total",
     ] {
         assert!(m.text.contains(needle), "missing {needle}");

@@ -17,73 +17,47 @@ fn restarts(metrics: &str, actor: &str) -> u64 {
 
 both!(a_killed_session_manager_is_restarted, |_| {}, |t| {
     let s = t.new_session("z@example.com", "secret123").await;
+    let access = s["access_token"].as_str().unwrap().to_string();
     let metrics = || async {
         t.request(reqwest::Method::GET, "/metrics", None, None)
             .await
             .text
     };
-    let before = restarts(&metrics().await, "session_manager");
-    let workers_before = restarts(&metrics().await, "session_manager_worker");
-    let sessions = &t.server.state.actors.sessions;
-    let session_id = crate::common::claims(s["access_token"].as_str().unwrap())["session_id"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-
-    // The worker that owns this session crashes with a refresh queued behind
-    // the crash: the caller is answered (a 503 or, once replaced, a 200), never left hanging.
-    sessions.crash_worker(session_id);
-    let r = t.refresh(s["refresh_token"].as_str().unwrap()).await;
-    assert!(
-        r.status == 200 || r.status == 503,
-        "answered across the crash: {} {}",
-        r.status,
-        r.text
-    );
-    let mut token = if r.status == 200 {
-        r.body["refresh_token"].as_str().unwrap().to_string()
-    } else {
-        s["refresh_token"].as_str().unwrap().to_string()
-    };
+    let actors = &t.server.state.actors;
+    let following = || actors.session_cache.stats().following;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while restarts(&metrics().await, "session_manager_worker") <= workers_before {
+    while !following() {
         assert!(
             Instant::now() < deadline,
-            "the worker's replacement was not counted"
+            "the cache never followed changes"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let before = restarts(&metrics().await, "session_manager");
+    assert_eq!(t.get_user(&access).await.status, 200);
 
-    // The whole factory killed: the supervisor replaces it.
-    sessions.kill();
-    let r = t.refresh(&token).await;
-    assert!(
-        r.status == 200 || r.status == 503,
-        "answered while restarting: {} {}",
-        r.status,
-        r.text
-    );
-    if r.status == 200 {
-        token = r.body["refresh_token"].as_str().unwrap().to_string();
-    }
+    // Killed: reads do not wait on it, and are served from the database.
+    actors.session_manager().expect("running").kill();
+    let r = t.get_user(&access).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = t.refresh(s["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+
+    // The supervisor starts a successor, which follows changes again.
     let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = t.refresh(&token).await;
-        if r.status == 200 {
-            token = r.body["refresh_token"].as_str().unwrap().to_string();
-            break;
-        }
-        assert_eq!(r.status, 503, "{}", r.text);
+    while restarts(&metrics().await, "session_manager") <= before || !following() {
         assert!(
             Instant::now() < deadline,
             "the session manager never came back"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(t.refresh(&token).await.status, 200);
-    let after = restarts(&metrics().await, "session_manager");
-    assert!(after > before, "restart counted: {before} -> {after}");
+    // A logout after the restart is seen at once.
+    let r = t
+        .request(reqwest::Method::POST, "/logout", Some(&access), None)
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    assert_eq!(t.get_user(&access).await.status, 403);
 });
 
 /// Two castellan processes on one PostgreSQL database refresh the same

@@ -200,6 +200,7 @@ impl Tx {
         until: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<(), sqlx::Error> {
+        self.touch(user_id);
         count();
         on!(tx self, c => sqlx::query("UPDATE users SET banned_until = $2, updated_at = $3 WHERE id = $1")
             .bind(user_id).bind(until).bind(now).execute(&mut *c).await.map(drop))
@@ -211,6 +212,7 @@ impl Tx {
         role: &str,
         now: DateTime<Utc>,
     ) -> Result<(), sqlx::Error> {
+        self.touch(user_id);
         count();
         on!(tx self, c => sqlx::query("UPDATE users SET role = $2, updated_at = $3 WHERE id = $1")
             .bind(user_id).bind(role).bind(now).execute(&mut *c).await.map(drop))
@@ -224,6 +226,7 @@ impl Tx {
         value: &str,
         now: DateTime<Utc>,
     ) -> Result<(), sqlx::Error> {
+        self.touch(user_id);
         count();
         if provider == "email" {
             on!(tx self, c => sqlx::query("UPDATE users SET email = $2, updated_at = $3 WHERE id = $1")
@@ -235,6 +238,7 @@ impl Tx {
     }
 
     pub async fn clear_anonymous(&mut self, user_id: Uuid) -> Result<(), sqlx::Error> {
+        self.touch(user_id);
         count();
         on!(tx self, c => sqlx::query("UPDATE users SET is_anonymous = false WHERE id = $1")
             .bind(user_id).execute(&mut *c).await.map(drop))
@@ -248,6 +252,7 @@ impl Tx {
         data: &Value,
         now: DateTime<Utc>,
     ) -> Result<(), sqlx::Error> {
+        self.touch(user_id);
         count();
         on!(tx self, c => sqlx::query(
             "INSERT INTO identities (id, provider_id, user_id, identity_data, provider, last_sign_in_at, created_at, updated_at) \
@@ -260,6 +265,7 @@ impl Tx {
     /// Hard delete; identities, sessions, refresh tokens, factors and
     /// one-time tokens go with the row (foreign keys cascade).
     pub async fn delete_user(&mut self, user_id: Uuid) -> Result<(), sqlx::Error> {
+        self.touch(user_id);
         count();
         on!(tx self, c => sqlx::query("DELETE FROM users WHERE id = $1").bind(user_id).execute(&mut *c).await.map(drop))
     }
@@ -274,6 +280,7 @@ impl Tx {
         phone: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<(), sqlx::Error> {
+        self.touch(user_id);
         let empty = serde_json::json!({});
         count();
         on!(tx self, c => sqlx::query(

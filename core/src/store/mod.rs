@@ -29,12 +29,16 @@ macro_rules! token_cols {
 }
 
 mod admin;
+mod changes;
 mod otp;
 mod queries;
 mod sweep;
 
 use std::str::FromStr;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use uuid::Uuid;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -43,6 +47,7 @@ use sqlx::{PgPool, Postgres, Sqlite, SqlitePool, Transaction};
 use crate::config::DatabaseUrl;
 
 pub use admin::*;
+pub use changes::*;
 pub use otp::*;
 pub use queries::*;
 pub use sweep::*;
@@ -54,23 +59,43 @@ pub enum Pool {
 }
 
 /// A handle to the database; cheap to clone.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Store {
     pool: Pool,
     /// SQLite has one writer at a time. Writers queue here, in FIFO order,
     /// instead of spinning in SQLite's busy handler (whose sleeps make the
     /// tail latency of contended writes explode).
     writer: std::sync::Arc<tokio::sync::Mutex<()>>,
+    listener: Arc<OnceLock<ChangeListener>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("pool", &self.pool).finish()
+    }
 }
 
 /// The write turn a SQLite transaction holds until it ends.
 pub type WriteTurn = tokio::sync::OwnedMutexGuard<()>;
 
-/// One transaction. On SQLite it is `BEGIN IMMEDIATE`: the write lock is
-/// taken up front, so two writers queue instead of failing on upgrade.
-pub enum Tx {
+/// The connection of a transaction. On SQLite it is `BEGIN IMMEDIATE`: the
+/// write lock is taken up front, so two writers queue instead of failing on
+/// upgrade.
+pub enum Conn {
     Pg(Transaction<'static, Postgres>),
     Lite(Transaction<'static, Sqlite>, WriteTurn),
+}
+
+/// Told, right after a commit, which users the transaction changed (their
+/// rows, identities or sessions), so caches in this process drop them before
+/// the response goes out. Other processes learn it from the database.
+pub type ChangeListener = Box<dyn Fn(&[Uuid]) + Send + Sync>;
+
+/// One transaction, and the users its writes touched.
+pub struct Tx {
+    pub conn: Conn,
+    touched: Vec<Uuid>,
+    listener: Arc<OnceLock<ChangeListener>>,
 }
 
 /// Runs `$body` with `$c` bound to the backend's connection (or pool); the
@@ -79,12 +104,12 @@ pub enum Tx {
 #[doc(hidden)]
 macro_rules! on {
     (tx $tx:expr, $c:ident => $body:expr) => {
-        match $tx {
-            $crate::store::Tx::Pg(t) => {
+        match &mut $tx.conn {
+            $crate::store::Conn::Pg(t) => {
                 let $c: &mut sqlx::PgConnection = &mut *t;
                 $body
             }
-            $crate::store::Tx::Lite(t, _) => {
+            $crate::store::Conn::Lite(t, _) => {
                 let $c: &mut sqlx::SqliteConnection = &mut *t;
                 $body
             }
@@ -148,6 +173,7 @@ impl Store {
         Ok(Store {
             pool,
             writer: Default::default(),
+            listener: Default::default(),
         })
     }
 
@@ -202,13 +228,24 @@ impl Store {
 
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
         metrics::counter!("castellan_db_transactions_total").increment(1);
-        Ok(match &self.pool {
-            Pool::Pg(p) => Tx::Pg(p.begin().await?),
+        let conn = match &self.pool {
+            Pool::Pg(p) => Conn::Pg(p.begin().await?),
             Pool::Lite(p) => {
                 let turn = self.writer.clone().lock_owned().await;
-                Tx::Lite(p.begin_with("BEGIN IMMEDIATE").await?, turn)
+                Conn::Lite(p.begin_with("BEGIN IMMEDIATE").await?, turn)
             }
+        };
+        Ok(Tx {
+            conn,
+            touched: Vec::new(),
+            listener: self.listener.clone(),
         })
+    }
+
+    /// Sets the one listener told of every committed change (the session
+    /// cache). Later calls are ignored.
+    pub fn on_change(&self, listener: ChangeListener) {
+        let _ = self.listener.set(listener);
     }
 
     pub async fn close(&self) {
@@ -221,9 +258,22 @@ impl Store {
 
 impl Tx {
     pub async fn commit(self) -> Result<(), sqlx::Error> {
-        match self {
-            Tx::Pg(t) => t.commit().await,
-            Tx::Lite(t, _turn) => t.commit().await,
+        match self.conn {
+            Conn::Pg(t) => t.commit().await?,
+            Conn::Lite(t, _turn) => t.commit().await?,
+        }
+        if !self.touched.is_empty()
+            && let Some(listener) = self.listener.get()
+        {
+            listener(&self.touched);
+        }
+        Ok(())
+    }
+
+    /// Notes that this transaction changes what a cache holds for `user`.
+    pub fn touch(&mut self, user: Uuid) {
+        if !self.touched.contains(&user) {
+            self.touched.push(user);
         }
     }
 }

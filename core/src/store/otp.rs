@@ -4,8 +4,8 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::Tx;
 use super::queries::count;
+use super::{Conn, Tx};
 use crate::models::User;
 use crate::on;
 
@@ -102,8 +102,8 @@ impl Tx {
     /// (sends to one user are serialized across processes).
     pub async fn lock_user(&mut self, id: Uuid) -> Result<Option<User>, sqlx::Error> {
         count();
-        match self {
-            Tx::Pg(t) => {
+        match &mut self.conn {
+            Conn::Pg(t) => {
                 sqlx::query_as(concat!(
                     "SELECT ",
                     user_cols!(),
@@ -113,7 +113,7 @@ impl Tx {
                 .fetch_optional(&mut **t)
                 .await
             }
-            Tx::Lite(t, _) => {
+            Conn::Lite(t, _) => {
                 sqlx::query_as(concat!(
                     "SELECT ",
                     user_cols!(),
@@ -136,6 +136,7 @@ impl Tx {
         relates_to: &str,
         now: DateTime<Utc>,
     ) -> Result<(), sqlx::Error> {
+        self.touch(user_id);
         count();
         per_type!(tt, |col, sent| {
             let sql =
@@ -143,20 +144,20 @@ impl Tx {
             on!(tx self, c => sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(user_id).bind(hash).bind(now).execute(&mut *c).await.map(drop))?;
         });
         count();
-        match self {
-            Tx::Pg(t) => sqlx::query("DELETE FROM one_time_tokens WHERE user_id = $1 AND token_type = $2::auth.one_time_token_type")
+        match &mut self.conn {
+            Conn::Pg(t) => sqlx::query("DELETE FROM one_time_tokens WHERE user_id = $1 AND token_type = $2::auth.one_time_token_type")
                 .bind(user_id).bind(tt.name()).execute(&mut **t).await.map(drop)?,
-            Tx::Lite(t, _) => sqlx::query("DELETE FROM one_time_tokens WHERE user_id = $1 AND token_type = $2")
+            Conn::Lite(t, _) => sqlx::query("DELETE FROM one_time_tokens WHERE user_id = $1 AND token_type = $2")
                 .bind(user_id).bind(tt.name()).execute(&mut **t).await.map(drop)?,
         }
         count();
         let naive = now.naive_utc();
-        match self {
-            Tx::Pg(t) => sqlx::query("INSERT INTO one_time_tokens (id, user_id, token_type, token_hash, relates_to, created_at, updated_at) \
+        match &mut self.conn {
+            Conn::Pg(t) => sqlx::query("INSERT INTO one_time_tokens (id, user_id, token_type, token_hash, relates_to, created_at, updated_at) \
                 VALUES ($1, $2, $3::auth.one_time_token_type, $4, $5, $6, $6)")
                 .bind(Uuid::new_v4()).bind(user_id).bind(tt.name()).bind(hash).bind(relates_to).bind(naive)
                 .execute(&mut **t).await.map(drop),
-            Tx::Lite(t, _) => sqlx::query("INSERT INTO one_time_tokens (id, user_id, token_type, token_hash, relates_to, created_at, updated_at) \
+            Conn::Lite(t, _) => sqlx::query("INSERT INTO one_time_tokens (id, user_id, token_type, token_hash, relates_to, created_at, updated_at) \
                 VALUES ($1, $2, $3, $4, $5, $6, $6)")
                 .bind(Uuid::new_v4()).bind(user_id).bind(tt.name()).bind(hash).bind(relates_to).bind(naive)
                 .execute(&mut **t).await.map(drop),
@@ -168,6 +169,7 @@ impl Tx {
         user_id: Uuid,
         now: DateTime<Utc>,
     ) -> Result<(), sqlx::Error> {
+        self.touch(user_id);
         count();
         on!(tx self, c => sqlx::query("UPDATE users SET invited_at = $2 WHERE id = $1").bind(user_id).bind(now).execute(&mut *c).await.map(drop))
     }
@@ -183,11 +185,11 @@ impl Tx {
         count();
         let names: Vec<&str> = types.iter().map(|t| t.name()).collect();
         let names = names.join(",");
-        let found: Option<(Uuid, String)> = match self {
-            Tx::Pg(t) => sqlx::query_as("DELETE FROM one_time_tokens WHERE token_hash = $1 AND token_type::text = ANY(string_to_array($2, ',')) \
+        let found: Option<(Uuid, String)> = match &mut self.conn {
+            Conn::Pg(t) => sqlx::query_as("DELETE FROM one_time_tokens WHERE token_hash = $1 AND token_type::text = ANY(string_to_array($2, ',')) \
                 RETURNING user_id, token_type::text")
                 .bind(hash).bind(&names).fetch_optional(&mut **t).await?,
-            Tx::Lite(t, _) => sqlx::query_as("DELETE FROM one_time_tokens WHERE token_hash = $1 AND instr(',' || $2 || ',', ',' || token_type || ',') > 0 \
+            Conn::Lite(t, _) => sqlx::query_as("DELETE FROM one_time_tokens WHERE token_hash = $1 AND instr(',' || $2 || ',', ',' || token_type || ',') > 0 \
                 RETURNING user_id, token_type")
                 .bind(hash).bind(&names).fetch_optional(&mut **t).await?,
         };
@@ -201,6 +203,7 @@ impl Tx {
         new_email: &str,
         now: DateTime<Utc>,
     ) -> Result<(), sqlx::Error> {
+        self.touch(user_id);
         count();
         on!(tx self, c => sqlx::query("UPDATE users SET email_change = $2, email_change_confirm_status = 0, updated_at = $3 WHERE id = $1")
             .bind(user_id).bind(new_email).bind(now).execute(&mut *c).await.map(drop))
@@ -218,6 +221,7 @@ impl Tx {
         user_id: Uuid,
         status: i16,
     ) -> Result<(), sqlx::Error> {
+        self.touch(user_id);
         count();
         on!(tx self, c => sqlx::query("UPDATE users SET email_change_confirm_status = $2 WHERE id = $1")
             .bind(user_id).bind(status).execute(&mut *c).await.map(drop))
@@ -230,6 +234,7 @@ impl Tx {
         user_id: Uuid,
         now: DateTime<Utc>,
     ) -> Result<(), sqlx::Error> {
+        self.touch(user_id);
         count();
         on!(tx self, c => sqlx::query(
             "UPDATE users SET email = email_change, email_change = '', email_change_token_new = '', email_change_token_current = '', \
@@ -295,12 +300,13 @@ impl Tx {
         email: &str,
         now: DateTime<Utc>,
     ) -> Result<(), sqlx::Error> {
+        self.touch(user_id);
         count();
-        match self {
-            Tx::Pg(t) => sqlx::query("UPDATE identities SET identity_data = jsonb_set(identity_data, '{email_verified}', 'true'), updated_at = $3 \
+        match &mut self.conn {
+            Conn::Pg(t) => sqlx::query("UPDATE identities SET identity_data = jsonb_set(identity_data, '{email_verified}', 'true'), updated_at = $3 \
                 WHERE user_id = $1 AND lower(identity_data->>'email') = $2")
                 .bind(user_id).bind(email).bind(now).execute(&mut **t).await.map(drop),
-            Tx::Lite(t, _) => sqlx::query("UPDATE identities SET identity_data = json_set(identity_data, '$.email_verified', json('true')), updated_at = $3 \
+            Conn::Lite(t, _) => sqlx::query("UPDATE identities SET identity_data = json_set(identity_data, '$.email_verified', json('true')), updated_at = $3 \
                 WHERE user_id = $1 AND lower(json_extract(identity_data, '$.email')) = $2")
                 .bind(user_id).bind(email).bind(now).execute(&mut **t).await.map(drop),
         }
@@ -315,9 +321,9 @@ impl Tx {
         now: DateTime<Utc>,
     ) -> Result<bool, sqlx::Error> {
         count();
-        let row: (DateTime<Utc>, i64) = match self {
-            Tx::Pg(t) => sqlx::query_as("SELECT window_start, sent::bigint FROM castellan_email_budget WHERE id = 1 FOR UPDATE").fetch_one(&mut **t).await?,
-            Tx::Lite(t, _) => sqlx::query_as("SELECT window_start, sent FROM castellan_email_budget WHERE id = 1").fetch_one(&mut **t).await?,
+        let row: (DateTime<Utc>, i64) = match &mut self.conn {
+            Conn::Pg(t) => sqlx::query_as("SELECT window_start, sent::bigint FROM castellan_email_budget WHERE id = 1 FOR UPDATE").fetch_one(&mut **t).await?,
+            Conn::Lite(t, _) => sqlx::query_as("SELECT window_start, sent FROM castellan_email_budget WHERE id = 1").fetch_one(&mut **t).await?,
         };
         let per = chrono::Duration::from_std(per).unwrap_or(chrono::Duration::hours(1));
         let (start, sent) = if now >= row.0 + per {
@@ -344,12 +350,12 @@ impl Tx {
     ) -> Result<(), sqlx::Error> {
         count();
         let code = Uuid::new_v4().to_string();
-        match self {
-            Tx::Pg(t) => sqlx::query("INSERT INTO flow_state (id, user_id, auth_code, code_challenge_method, code_challenge, provider_type, \
+        match &mut self.conn {
+            Conn::Pg(t) => sqlx::query("INSERT INTO flow_state (id, user_id, auth_code, code_challenge_method, code_challenge, provider_type, \
                 authentication_method, created_at, updated_at) VALUES ($1, $2, $3, $4::auth.code_challenge_method, $5, 'email', $6, $7, $7)")
                 .bind(Uuid::new_v4()).bind(user_id).bind(code).bind(challenge_method).bind(challenge).bind(method).bind(now)
                 .execute(&mut **t).await.map(drop),
-            Tx::Lite(t, _) => sqlx::query("INSERT INTO flow_state (id, user_id, auth_code, code_challenge_method, code_challenge, provider_type, \
+            Conn::Lite(t, _) => sqlx::query("INSERT INTO flow_state (id, user_id, auth_code, code_challenge_method, code_challenge, provider_type, \
                 authentication_method, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, 'email', $6, $7, $7)")
                 .bind(Uuid::new_v4()).bind(user_id).bind(code).bind(challenge_method).bind(challenge).bind(method).bind(now)
                 .execute(&mut **t).await.map(drop),
@@ -376,11 +382,11 @@ impl Tx {
         auth_code: &str,
     ) -> Result<Option<FlowState>, sqlx::Error> {
         count();
-        match self {
-            Tx::Pg(t) => sqlx::query_as("DELETE FROM flow_state WHERE auth_code = $1 RETURNING id, user_id, auth_code, \
+        match &mut self.conn {
+            Conn::Pg(t) => sqlx::query_as("DELETE FROM flow_state WHERE auth_code = $1 RETURNING id, user_id, auth_code, \
                 code_challenge_method::text AS code_challenge_method, code_challenge, authentication_method, created_at, auth_code_issued_at")
                 .bind(auth_code).fetch_optional(&mut **t).await,
-            Tx::Lite(t, _) => sqlx::query_as("DELETE FROM flow_state WHERE auth_code = $1 RETURNING id, user_id, auth_code, \
+            Conn::Lite(t, _) => sqlx::query_as("DELETE FROM flow_state WHERE auth_code = $1 RETURNING id, user_id, auth_code, \
                 code_challenge_method, code_challenge, authentication_method, created_at, auth_code_issued_at")
                 .bind(auth_code).fetch_optional(&mut **t).await,
         }

@@ -6,7 +6,7 @@ use sqlx::Row;
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use super::{Store, Tx};
+use super::{Conn, Store, Tx};
 use crate::models::{INSTANCE_ID, Identity, RefreshToken, Session, User};
 use crate::on;
 
@@ -62,6 +62,21 @@ pub struct Rotation<'a> {
     pub now: DateTime<Utc>,
 }
 
+/// A user as an access token sees them: identities, and the session the
+/// token names (`None`: it names none, or that session is gone).
+#[derive(Debug, Clone)]
+pub struct LiveUser {
+    pub user: User,
+    pub identities: Vec<Identity>,
+    pub session: Option<LiveSession>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LiveSession {
+    pub not_after: Option<DateTime<Utc>>,
+    pub aal: Option<String>,
+}
+
 /// Which sessions of a user to delete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionScope {
@@ -79,43 +94,21 @@ impl Store {
             .bind(id).fetch_optional(p).await)
     }
 
-    /// The user behind an access token, and whether its session still exists
-    /// (`true` when the token names no session), in one round trip.
-    pub async fn user_with_session(
+    /// What an access token needs checked, in one round trip: the user, their
+    /// identities (as a JSON array) and, when the token names one, its session.
+    pub async fn live_user(
         &self,
         id: Uuid,
         session: Option<Uuid>,
-    ) -> Result<Option<(User, bool)>, sqlx::Error> {
-        count();
-        on!(pool &self.pool, p => {
-            let row = sqlx::query(concat!(
-                "SELECT ", user_cols!(),
-                ", ($2 IS NULL OR EXISTS (SELECT 1 FROM sessions s WHERE s.id = $2 AND s.user_id = users.id)) AS session_ok",
-                " FROM users WHERE id = $1"))
-                .bind(id).bind(session).fetch_optional(p).await?;
-            match row {
-                None => Ok(None),
-                Some(r) => {
-                    let user = <User as sqlx::FromRow<_>>::from_row(&r)?;
-                    Ok(Some((user, r.try_get::<bool, _>("session_ok")?)))
-                }
-            }
-        })
-    }
-
-    /// As `user_with_session`, with the user's identities, still in one round
-    /// trip (the identities come back as a JSON array).
-    pub async fn user_with_session_and_identities(
-        &self,
-        id: Uuid,
-        session: Option<Uuid>,
-    ) -> Result<Option<(User, bool, Vec<Identity>)>, sqlx::Error> {
+    ) -> Result<Option<LiveUser>, sqlx::Error> {
         count();
         macro_rules! q {
-            ($identities:literal) => {
+            ($identities:literal, $aal:literal) => {
                 concat!(
                     "SELECT ", user_cols!(),
-                    ", ($2 IS NULL OR EXISTS (SELECT 1 FROM sessions s WHERE s.id = $2 AND s.user_id = users.id)) AS session_ok, ",
+                    ", (SELECT s.id FROM sessions s WHERE s.id = $2 AND s.user_id = users.id) AS s_id, \
+                     (SELECT s.not_after FROM sessions s WHERE s.id = $2 AND s.user_id = users.id) AS s_not_after, \
+                     (SELECT ", $aal, " FROM sessions s WHERE s.id = $2 AND s.user_id = users.id) AS s_aal, ",
                     $identities, " AS identities_json FROM users WHERE id = $1"
                 )
             };
@@ -127,7 +120,19 @@ impl Store {
                     Some(r) => {
                         let user = <User as sqlx::FromRow<_>>::from_row(&r)?;
                         let ids: Json<Vec<Identity>> = r.try_get("identities_json")?;
-                        Ok(Some((user, r.try_get::<bool, _>("session_ok")?, ids.0)))
+                        let found: Option<Uuid> = r.try_get("s_id")?;
+                        let session = match found {
+                            None => None,
+                            Some(_) => Some(LiveSession {
+                                not_after: r.try_get("s_not_after")?,
+                                aal: r.try_get("s_aal")?,
+                            }),
+                        };
+                        Ok(Some(LiveUser {
+                            user,
+                            identities: ids.0,
+                            session,
+                        }))
                     }
                 }
             };
@@ -137,7 +142,7 @@ impl Store {
                 let row = sqlx::query(q!("(SELECT coalesce(json_agg(json_build_object('id', i.id, 'provider_id', i.provider_id, \
                     'user_id', i.user_id, 'identity_data', i.identity_data, 'provider', i.provider, 'last_sign_in_at', i.last_sign_in_at, \
                     'created_at', i.created_at, 'updated_at', i.updated_at) ORDER BY i.created_at, i.id), '[]'::json) \
-                    FROM identities i WHERE i.user_id = users.id)"))
+                    FROM identities i WHERE i.user_id = users.id)", "s.aal::text"))
                     .bind(id).bind(session).fetch_optional(p).await?;
                 decode!(row)
             }
@@ -145,7 +150,7 @@ impl Store {
                 let row = sqlx::query(q!("(SELECT coalesce(json_group_array(json_object('id', lower(hex(i.id)), 'provider_id', i.provider_id, \
                     'user_id', lower(hex(i.user_id)), 'identity_data', json(i.identity_data), 'provider', i.provider, \
                     'last_sign_in_at', i.last_sign_in_at, 'created_at', i.created_at, 'updated_at', i.updated_at)), '[]') \
-                    FROM (SELECT * FROM identities WHERE user_id = users.id ORDER BY created_at, id) i)"))
+                    FROM (SELECT * FROM identities WHERE user_id = users.id ORDER BY created_at, id) i)", "s.aal"))
                     .bind(id).bind(session).fetch_optional(p).await?;
                 decode!(row)
             }
@@ -172,13 +177,6 @@ impl Store {
         on!(pool &self.pool, p => sqlx::query_as(concat!("SELECT ", identity_cols!(),
             " FROM identities WHERE user_id = $1 ORDER BY created_at, id"))
             .bind(user_id).fetch_all(p).await)
-    }
-
-    /// The session a refresh token belongs to (for routing refreshes).
-    pub async fn refresh_token_session(&self, token: &str) -> Result<Option<Uuid>, sqlx::Error> {
-        count();
-        on!(pool &self.pool, p => sqlx::query_scalar::<_, Option<Uuid>>("SELECT session_id FROM refresh_tokens WHERE token = $1")
-            .bind(token).fetch_optional(p).await.map(Option::flatten))
     }
 
     /// Replaces a password hash only if it is still the one that was verified
@@ -240,6 +238,7 @@ impl Tx {
     }
 
     pub async fn insert_identity(&mut self, i: &Identity) -> Result<(), sqlx::Error> {
+        self.touch(i.user_id);
         count();
         on!(tx self, c => sqlx::query(
             "INSERT INTO identities (id, provider_id, user_id, identity_data, provider, last_sign_in_at, created_at, updated_at) \
@@ -267,12 +266,13 @@ impl Tx {
         method: &str,
         now: DateTime<Utc>,
     ) -> Result<(), sqlx::Error> {
+        self.touch(user_id);
         count();
-        match self {
-            Tx::Pg(t) => sqlx::query(
+        match &mut self.conn {
+            Conn::Pg(t) => sqlx::query(
                 "INSERT INTO sessions (id, user_id, created_at, updated_at, aal) VALUES ($1, $2, $3, $3, 'aal1'::auth.aal_level)")
                 .bind(id).bind(user_id).bind(now).execute(&mut **t).await.map(drop)?,
-            Tx::Lite(t, _) => sqlx::query(
+            Conn::Lite(t, _) => sqlx::query(
                 "INSERT INTO sessions (id, user_id, created_at, updated_at, aal) VALUES ($1, $2, $3, $3, 'aal1')")
                 .bind(id).bind(user_id).bind(now).execute(&mut **t).await.map(drop)?,
         };
@@ -317,19 +317,18 @@ impl Tx {
     /// (already revoked), where a joined row it did not lock would be stale.
     pub async fn refresh_context(
         &mut self,
-        session_id: Uuid,
         token: &str,
     ) -> Result<Option<RefreshContext>, sqlx::Error> {
         count();
         macro_rules! q {
             ($amr:literal, $identities:literal, $lock:literal) => {
                 concat!(
-                    "SELECT u.*, s.created_at AS s_created_at, s.updated_at AS s_updated_at, s.refreshed_at AS s_refreshed_at, \
+                    "SELECT u.*, s.id AS s_id, s.created_at AS s_created_at, s.updated_at AS s_updated_at, s.refreshed_at AS s_refreshed_at, \
                      s.not_after AS s_not_after, t.id AS t_id, t.token AS t_token, t.user_id AS t_user_id, t.revoked AS t_revoked, \
                      t.created_at AS t_created_at, t.updated_at AS t_updated_at, t.parent AS t_parent, ",
                     $amr, " AS amr_json, ", $identities, " AS identities_json \
-                     FROM sessions s JOIN users u ON u.id = s.user_id JOIN refresh_tokens t ON t.session_id = s.id AND t.token = $2 \
-                     WHERE s.id = $1", $lock
+                     FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id JOIN users u ON u.id = s.user_id \
+                     WHERE t.token = $1", $lock
                 )
             };
         }
@@ -339,6 +338,7 @@ impl Tx {
                 let user = <User as sqlx::FromRow<_>>::from_row(&r)?;
                 let amr: Json<Vec<AmrJson>> = r.try_get("amr_json")?;
                 let identities: Json<Vec<Identity>> = r.try_get("identities_json")?;
+                let session_id: Uuid = r.try_get("s_id")?;
                 Ok(Some(RefreshContext {
                     session: Session {
                         id: session_id,
@@ -364,8 +364,8 @@ impl Tx {
                 }))
             }};
         }
-        match self {
-            Tx::Pg(t) => {
+        match &mut self.conn {
+            Conn::Pg(t) => {
                 let row = sqlx::query(q!(
                     "(SELECT coalesce(json_agg(json_build_object('method', a.authentication_method, 'at', a.updated_at) \
                       ORDER BY a.updated_at DESC), '[]'::json) FROM mfa_amr_claims a WHERE a.session_id = s.id)",
@@ -375,10 +375,10 @@ impl Tx {
                       FROM identities i WHERE i.user_id = u.id)",
                     " FOR UPDATE OF s, t"
                 ))
-                .bind(session_id).bind(token).fetch_optional(&mut **t).await?;
+                .bind(token).fetch_optional(&mut **t).await?;
                 decode!(row)
             }
-            Tx::Lite(t, _) => {
+            Conn::Lite(t, _) => {
                 let row = sqlx::query(q!(
                     "(SELECT coalesce(json_group_array(json_object('method', a.authentication_method, 'at', a.updated_at)), '[]') \
                       FROM (SELECT * FROM mfa_amr_claims WHERE session_id = s.id ORDER BY updated_at DESC) a)",
@@ -388,7 +388,7 @@ impl Tx {
                       FROM (SELECT * FROM identities WHERE user_id = u.id ORDER BY created_at, id) i)",
                     ""
                 ))
-                .bind(session_id).bind(token).fetch_optional(&mut **t).await?;
+                .bind(token).fetch_optional(&mut **t).await?;
                 decode!(row)
             }
         }
@@ -397,8 +397,8 @@ impl Tx {
     /// Writes a rotation: one statement on PostgreSQL (a data-modifying CTE),
     /// four on SQLite (which has no writes in CTEs, and no network to cross).
     pub async fn record_rotation(&mut self, r: &Rotation<'_>) -> Result<(), sqlx::Error> {
-        match self {
-            Tx::Pg(t) => {
+        match &mut self.conn {
+            Conn::Pg(t) => {
                 count();
                 sqlx::query(
                     "WITH revoked AS (UPDATE refresh_tokens SET revoked = true, updated_at = $1 WHERE id = $2::bigint), \
@@ -425,7 +425,7 @@ impl Tx {
                 .await
                 .map(drop)
             }
-            Tx::Lite(..) => {
+            Conn::Lite(..) => {
                 if let Some(id) = r.revoke {
                     self.revoke_refresh_token(id, r.now).await?;
                 }
@@ -510,6 +510,7 @@ impl Tx {
         user_id: Uuid,
         now: DateTime<Utc>,
     ) -> Result<(), sqlx::Error> {
+        self.touch(user_id);
         count();
         on!(tx self, c => sqlx::query("UPDATE users SET last_sign_in_at = $2, updated_at = $2 WHERE id = $1")
             .bind(user_id).bind(now).execute(&mut *c).await.map(drop))
@@ -520,6 +521,7 @@ impl Tx {
         user_id: Uuid,
         scope: SessionScope,
     ) -> Result<u64, sqlx::Error> {
+        self.touch(user_id);
         count();
         let r = match scope {
             SessionScope::Only(s) => {
@@ -545,6 +547,7 @@ impl Tx {
         app_metadata: &Value,
         now: DateTime<Utc>,
     ) -> Result<(), sqlx::Error> {
+        self.touch(user_id);
         count();
         on!(tx self, c => sqlx::query("UPDATE users SET raw_user_meta_data = $2, raw_app_meta_data = $3, updated_at = $4 WHERE id = $1")
             .bind(user_id).bind(Json(user_metadata)).bind(Json(app_metadata)).bind(now)
@@ -559,6 +562,7 @@ impl Tx {
         hash: &str,
         now: DateTime<Utc>,
     ) -> Result<(), sqlx::Error> {
+        self.touch(user_id);
         count();
         on!(tx self, c => sqlx::query(
             "UPDATE users SET encrypted_password = $2, updated_at = $3, confirmation_token = '', recovery_token = '', \
@@ -578,6 +582,7 @@ impl Tx {
         provider: &str,
         now: DateTime<Utc>,
     ) -> Result<(), sqlx::Error> {
+        self.touch(user_id);
         count();
         if provider == "email" {
             let user = self.user_by_id(user_id).await?;

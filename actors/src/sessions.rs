@@ -1,0 +1,336 @@
+//! Sessions: starting one, rotating its refresh tokens (with reuse
+//! detection), minting access tokens and ending sessions. This is a plain
+//! service, run in the caller's task: the order of one session's refreshes
+//! is kept by the database (the row lock on PostgreSQL, the single writer on
+//! SQLite), not by a mailbox. Every session ends here (`end`), inside the
+//! transaction that ends it, so the `SessionManager`'s cache hears of it at
+//! commit.
+
+use std::sync::Arc;
+
+use castellan_core::crypto::jwt::{AmrEntry, Claims};
+use castellan_core::crypto::random_base32;
+use castellan_core::models::{AuditAction, Identity, RefreshToken, User, audit_payload};
+use castellan_core::store::{self, LiveUser, SessionScope, Tx};
+use castellan_core::{ApiError, ApiResult};
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::context::Ctx;
+use crate::session_manager::SessionCache;
+
+/// A session's tokens and the user they belong to.
+#[derive(Debug, Clone)]
+pub struct TokenGrant {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub expires_at: i64,
+    pub user: User,
+    pub identities: Vec<Identity>,
+    pub session_id: Uuid,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogoutScope {
+    Global,
+    Local,
+    Others,
+}
+
+/// An audit entry to write with the change it describes.
+pub type Audit = (AuditAction, Option<Value>);
+
+/// Builds GoTrue's claims for a user and session.
+pub fn claims_for(
+    ctx: &Ctx,
+    user: &User,
+    session_id: Uuid,
+    amr: Vec<AmrEntry>,
+    now: i64,
+) -> Claims {
+    Claims {
+        aud: user.aud.clone().unwrap_or_default(),
+        exp: now + ctx.jwt.exp_seconds,
+        iat: now,
+        iss: ctx.jwt.issuer.clone(),
+        sub: user.id.to_string(),
+        email: user.email_str().to_string(),
+        phone: user.phone_str().to_string(),
+        app_metadata: user.app_metadata(),
+        user_metadata: user.user_metadata(),
+        role: user.role.clone().unwrap_or_default(),
+        aal: "aal1".into(),
+        amr,
+        session_id: Some(session_id.to_string()),
+        is_anonymous: user.is_anonymous,
+    }
+}
+
+fn grant(
+    ctx: &Ctx,
+    user: User,
+    identities: Vec<Identity>,
+    session_id: Uuid,
+    refresh_token: String,
+    amr: Vec<AmrEntry>,
+    now: DateTime<Utc>,
+) -> ApiResult<TokenGrant> {
+    let claims = claims_for(ctx, &user, session_id, amr, now.timestamp());
+    let access_token = ctx.jwt.sign(&claims)?;
+    Ok(TokenGrant {
+        access_token,
+        refresh_token,
+        expires_at: claims.exp,
+        user,
+        identities,
+        session_id,
+    })
+}
+
+async fn write_audits(
+    tx: &mut Tx,
+    user: &User,
+    audits: &[Audit],
+    now: DateTime<Utc>,
+) -> ApiResult<()> {
+    let payloads: Vec<Value> = audits
+        .iter()
+        .map(|(action, traits)| audit_payload(user, *action, traits.clone()))
+        .collect();
+    tx.insert_audits(&payloads, "", now).await?;
+    Ok(())
+}
+
+async fn issue(
+    ctx: &Ctx,
+    session_id: Uuid,
+    mut user: User,
+    method: &'static str,
+    audits: &[Audit],
+) -> ApiResult<TokenGrant> {
+    let now = Utc::now();
+    let token = random_base32(12);
+    let mut tx = ctx.store.begin().await?;
+    write_audits(&mut tx, &user, audits, now).await?;
+    tx.insert_session(session_id, user.id, method, now).await?;
+    tx.insert_refresh_token(&token, user.id, None, session_id, now)
+        .await?;
+    tx.set_last_sign_in(user.id, now).await?;
+    tx.commit().await?;
+    user.last_sign_in_at = Some(now);
+    user.updated_at = Some(now);
+    let identities = ctx.store.identities_of(user.id).await?;
+    let amr = vec![AmrEntry {
+        method: method.into(),
+        timestamp: now.timestamp(),
+    }];
+    grant(ctx, user, identities, session_id, token, amr, now)
+}
+
+fn not_found() -> ApiError {
+    ApiError::bad_request(
+        "refresh_token_not_found",
+        "Invalid Refresh Token: Refresh Token Not Found",
+    )
+}
+
+/// What to do with a presented refresh token, decided under the session lock.
+enum Rotation {
+    /// Revoke it and issue a child.
+    Rotate,
+    /// A retry of a refresh whose answer was lost: hand back the active child.
+    ReturnActive(RefreshToken),
+    /// Reuse within the grace interval: fork a new child of the revoked token.
+    Fork,
+    /// Reuse outside the interval.
+    Reject,
+}
+
+fn decide(
+    ctx: &Ctx,
+    token: &RefreshToken,
+    active: Option<RefreshToken>,
+    now: DateTime<Utc>,
+) -> Rotation {
+    if token.revoked != Some(true) {
+        return Rotation::Rotate;
+    }
+    if let Some(active) = active
+        && active.parent.is_some()
+        && active.parent == token.token
+    {
+        return Rotation::ReturnActive(active);
+    }
+    let interval =
+        chrono::Duration::from_std(ctx.config.refresh_token_reuse_interval).unwrap_or_default();
+    match token.updated_at {
+        Some(t) if now <= t + interval => Rotation::Fork,
+        _ => Rotation::Reject,
+    }
+}
+
+fn check_session_validity(
+    ctx: &Ctx,
+    s: &castellan_core::models::Session,
+    now: DateTime<Utc>,
+) -> ApiResult<()> {
+    let expired = |m: &str| Err(ApiError::bad_request("session_expired", m.to_string()));
+    if s.not_after.is_some_and(|t| now > t) {
+        return expired("Invalid Refresh Token: Session Expired");
+    }
+    if let (Some(timebox), Some(created)) = (ctx.config.sessions_timebox, s.created_at)
+        && now > created + chrono::Duration::from_std(timebox).unwrap_or_default()
+    {
+        return expired("Invalid Refresh Token: Session Expired");
+    }
+    if let Some(idle) = ctx.config.sessions_inactivity_timeout {
+        let last = s.refreshed_at.map(|t| t.and_utc()).or(s.created_at);
+        if last.is_some_and(|l| now > l + chrono::Duration::from_std(idle).unwrap_or_default()) {
+            return expired("Invalid Refresh Token: Session Expired (Inactivity)");
+        }
+    }
+    Ok(())
+}
+
+async fn refresh(ctx: &Ctx, presented: &str) -> ApiResult<TokenGrant> {
+    let now = Utc::now();
+    let mut tx = ctx.store.begin().await?;
+    let Some(c) = tx.refresh_context(presented).await? else {
+        return Err(not_found());
+    };
+    let session_id = c.session.id;
+    if c.user.is_banned(now) {
+        return Err(ApiError::bad_request(
+            "user_banned",
+            "Invalid Refresh Token: User Banned",
+        ));
+    }
+    check_session_validity(ctx, &c.session, now)?;
+    let active = if c.token.revoked == Some(true) {
+        tx.active_refresh_token(session_id).await?
+    } else {
+        None
+    };
+    let issued = match decide(ctx, &c.token, active, now) {
+        Rotation::ReturnActive(active) => {
+            tx.touch_session(session_id, now).await?;
+            active.token.unwrap_or_default()
+        }
+        Rotation::Reject => {
+            if ctx.config.refresh_token_rotation_enabled {
+                // The revocation is committed even though the request fails.
+                let revoked = tx.revoke_session_tokens(session_id, now).await?;
+                tx.commit().await?;
+                metrics::counter!("castellan_refresh_token_reuse_total", "outcome" => "family_revoked").increment(1);
+                tracing::warn!(%session_id, revoked, "refresh token reused; session's tokens revoked");
+            } else {
+                metrics::counter!("castellan_refresh_token_reuse_total", "outcome" => "refused")
+                    .increment(1);
+            }
+            return Err(ApiError::bad_request(
+                "refresh_token_already_used",
+                "Invalid Refresh Token: Already Used",
+            ));
+        }
+        rotation => {
+            let child = random_base32(12);
+            let refreshed = audit_payload(&c.user, AuditAction::TokenRefreshed, None);
+            let revoked = audit_payload(&c.user, AuditAction::TokenRevoked, None);
+            tx.record_rotation(&store::Rotation {
+                session_id,
+                user_id: c.user.id,
+                revoke: matches!(rotation, Rotation::Rotate).then_some(c.token.id),
+                child: &child,
+                parent: c.token.token.as_deref(),
+                audits: [&refreshed, &revoked],
+                now,
+            })
+            .await?;
+            child
+        }
+    };
+    tx.commit().await?;
+    let amr = c
+        .amr
+        .into_iter()
+        .map(|(method, t)| AmrEntry {
+            method,
+            timestamp: t.timestamp(),
+        })
+        .collect();
+    grant(ctx, c.user, c.identities, session_id, issued, amr, now)
+}
+
+/// Ends the sessions of `user` that `scope` names, inside `tx`: every session
+/// ends here, so the cache hears of it when `tx` commits.
+pub async fn end(tx: &mut Tx, user: Uuid, scope: SessionScope) -> ApiResult<u64> {
+    Ok(tx.delete_sessions(user, scope).await?)
+}
+
+/// What handlers and services hold.
+#[derive(Clone)]
+pub struct Sessions {
+    ctx: Arc<Ctx>,
+    cache: Arc<SessionCache>,
+}
+
+impl Sessions {
+    pub fn new(ctx: Arc<Ctx>, cache: Arc<SessionCache>) -> Self {
+        Self { ctx, cache }
+    }
+
+    /// Starts a session for a user who just proved who they are.
+    pub async fn issue(
+        &self,
+        user: User,
+        method: &'static str,
+        audits: Vec<Audit>,
+    ) -> ApiResult<TokenGrant> {
+        issue(&self.ctx, Uuid::new_v4(), user, method, &audits).await
+    }
+
+    /// Rotates a refresh token.
+    pub async fn refresh(&self, token: &str) -> ApiResult<TokenGrant> {
+        // GoTrue's syntax rule for legacy tokens: at least 12 characters.
+        if token.len() < 12 {
+            return Err(ApiError::validation("Refresh token is not valid"));
+        }
+        refresh(&self.ctx, token).await
+    }
+
+    /// `POST /logout`. A token without a session always logs out everywhere.
+    pub async fn logout(
+        &self,
+        user: &User,
+        session_id: Option<Uuid>,
+        scope: LogoutScope,
+    ) -> ApiResult<()> {
+        let now = Utc::now();
+        let scope = match (scope, session_id) {
+            (_, None) | (LogoutScope::Global, _) => SessionScope::All,
+            (LogoutScope::Local, Some(s)) => SessionScope::Only(s),
+            (LogoutScope::Others, Some(s)) => SessionScope::AllBut(s),
+        };
+        let mut tx = self.ctx.store.begin().await?;
+        write_audits(&mut tx, user, &[(AuditAction::Logout, None)], now).await?;
+        end(&mut tx, user.id, scope).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The user and session an access token names, from the live-session
+    /// cache (one store read on a miss).
+    pub async fn live(
+        &self,
+        user: Uuid,
+        session: Option<Uuid>,
+    ) -> ApiResult<Option<Arc<LiveUser>>> {
+        let store = &self.ctx.store;
+        self.cache
+            .get(user, session, || async move {
+                Ok(store.live_user(user, session).await?)
+            })
+            .await
+    }
+}
