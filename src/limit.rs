@@ -115,4 +115,24 @@ mod tests {
         assert!(lookup("/user", &Method::GET).is_none());
         assert!(lookup("/health", &Method::GET).is_none());
     }
+
+    #[test]
+    fn every_route_gotrue_limits_is_in_the_table() {
+        for (path, method) in [
+            ("/signup", Method::POST),
+            ("/token", Method::POST),
+            ("/verify", Method::GET),
+            ("/verify", Method::POST),
+            ("/otp", Method::POST),
+            ("/magiclink", Method::POST),
+            ("/recover", Method::POST),
+            ("/resend", Method::POST),
+            ("/user", Method::PUT),
+        ] {
+            assert!(
+                lookup(path, &method).is_some(),
+                "{method} {path} has no limit"
+            );
+        }
+    }
 }

@@ -45,6 +45,11 @@ enum AdminCommand {
         #[arg(long)]
         confirm: bool,
     },
+    /// End every session of a user, in every process sharing the database.
+    SignOut {
+        #[arg(long)]
+        email: String,
+    },
     /// Mint a JWT with the configured secret, e.g. a `service_role` key.
     Token {
         #[arg(long, default_value = "service_role")]
@@ -154,6 +159,20 @@ async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
                 .await
                 .map_err(|e| anyhow::anyhow!("{}", e.message))?;
             println!("{}", serde_json::to_string_pretty(&user.to_json(&ids))?);
+            ctx.store.close().await;
+            Ok(())
+        }
+        AdminCommand::SignOut { email } => {
+            let store = Store::open(&config.database_url, 2).await?;
+            let aud = config.jwt.aud.clone();
+            let ctx = castellan_actors::Ctx::new(config, store, &secret);
+            let admin = castellan_actors::admin::Admin::new(ctx.clone());
+            let actor = castellan_core::models::AuditActor::admin("castellan-cli");
+            let ended = admin
+                .sign_out(&actor, &email, &aud)
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+            println!("{}", serde_json::json!({ "sessions_ended": ended }));
             ctx.store.close().await;
             Ok(())
         }

@@ -549,6 +549,31 @@ impl Admin {
         Ok((updated, ids))
     }
 
+    /// Ends every session of the user with this email (an operator's sign-out).
+    pub async fn sign_out(&self, actor: &AuditActor, email: &str, aud: &str) -> ApiResult<u64> {
+        let email = castellan_core::validate::email(email)?;
+        let user = self
+            .ctx
+            .store
+            .user_by_email(&email, aud)
+            .await?
+            .ok_or_else(|| ApiError::not_found("user_not_found", "User not found"))?;
+        let mut tx = self.ctx.store.begin().await?;
+        tx.insert_audit(
+            &audit_payload(
+                actor.clone(),
+                AuditAction::Logout,
+                Some(json!({"user_id": user.id})),
+            ),
+            "",
+            Utc::now(),
+        )
+        .await?;
+        let ended = crate::sessions::end(&mut tx, user.id, SessionScope::All).await?;
+        tx.commit().await?;
+        Ok(ended)
+    }
+
     pub async fn delete_user(&self, actor: &AuditActor, id: Uuid, soft: bool) -> ApiResult<()> {
         let now = Utc::now();
         let mut tx = self.ctx.store.begin().await?;

@@ -1,5 +1,5 @@
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::both;
 use crate::common::read;
@@ -244,3 +244,81 @@ both!(metrics_are_exported, |_| {}, |t| {
         assert!(m.text.contains(needle), "missing {needle}");
     }
 });
+
+/// Walks the route table: every limited route answers 429 with
+/// `Retry-After` past its limit, for that client only, and nothing else
+/// happens (no user is created by a refused sign-up).
+both!(
+    every_route_in_the_limit_table_is_limited,
+    |c| {
+        c.rate_limits.header = Some("x-test-client".into());
+        let two = castellan_core::config::RateLimit {
+            events: 2,
+            per: std::time::Duration::from_secs(300),
+            burst: 2,
+        };
+        c.rate_limits.token_refresh = two;
+        c.rate_limits.sign_ups = two;
+        c.rate_limits.anonymous_users = two;
+        c.rate_limits.verify = two;
+        c.rate_limits.otp = two;
+    },
+    |t| {
+        let send = |method: Method, path: &str, client: &str, body: Value| {
+            let mut req = t
+                .http
+                .request(method.clone(), t.url(path))
+                .header("x-test-client", client);
+            if method != Method::GET {
+                req = req.json(&body);
+            }
+            async move { read(req.send().await.unwrap()).await }
+        };
+        // Anonymous sign-ins and sign-ups share the route, not the bucket.
+        let mut cases: Vec<(Method, String, Value)> = vec![(
+            Method::POST,
+            "/signup".into(),
+            json!({"email": "limited@example.com", "password": "secret123"}),
+        )];
+        for row in castellan::api::RATE_LIMITS {
+            let method = Method::from_bytes(row.method.as_str().as_bytes()).unwrap();
+            // Served under /auth/v1 too, with the same buckets.
+            let path = if row.path == "/verify" && method == Method::GET {
+                format!("/auth/v1{}", row.path)
+            } else {
+                row.path.to_string()
+            };
+            cases.push((method, path, json!({})));
+        }
+        for (i, (method, path, body)) in cases.iter().enumerate() {
+            let client = format!("client-{i}");
+            for n in 0..2 {
+                let r = send(method.clone(), path, &client, body.clone()).await;
+                assert_ne!(r.status, 429, "{method} {path} #{n}: {}", r.text);
+            }
+            let r = send(method.clone(), path, &client, body.clone()).await;
+            r.assert_error(429, "over_request_rate_limit");
+            let retry: u64 = r
+                .header("retry-after")
+                .expect("Retry-After")
+                .parse()
+                .unwrap();
+            assert!(retry >= 1, "{method} {path}: Retry-After {retry}");
+            let other = send(method.clone(), path, &format!("other-{i}"), body.clone()).await;
+            assert_ne!(
+                other.status, 429,
+                "{method} {path} for another client: {}",
+                other.text
+            );
+        }
+        // The refused third sign-up created nobody; the other client's did.
+        assert_eq!(
+            t.count_by_str(
+                "SELECT count(*) FROM users WHERE email = $1",
+                "limited@example.com"
+            )
+            .await,
+            1
+        );
+    }
+);

@@ -7,6 +7,7 @@ mod common;
 mod smtp_sink;
 
 mod admin;
+mod cache;
 mod cli;
 mod durability;
 mod email;

@@ -1,0 +1,267 @@
+//! The live-session cache across processes: a revocation made by one
+//! process is refused by every other one sharing the database, and a lost
+//! notification channel never leaves a stale answer behind.
+
+use std::time::{Duration, Instant};
+
+use castellan_core::config::DatabaseUrl;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::common::{self, Backend, Reply, read};
+
+const SECRET: &str = "process-test-secret-process-test-secret";
+
+fn service_key() -> String {
+    use castellan_core::crypto::jwt::{JwtKeys, role_claims};
+    let cfg = castellan_core::Config::for_tests(DatabaseUrl::Sqlite("unused".into()));
+    let now = chrono::Utc::now().timestamp();
+    JwtKeys::new(&cfg.jwt, SECRET)
+        .sign(&role_claims("service_role", &cfg.jwt.aud, now, 3600, None))
+        .unwrap()
+}
+
+async fn call(base: &str, method: Method, path: &str, token: &str, body: Option<Value>) -> Reply {
+    let mut req = reqwest::Client::new()
+        .request(method, format!("{base}{path}"))
+        .bearer_auth(token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    read(req.send().await.unwrap()).await
+}
+
+async fn signup(base: &str, email: &str) -> Value {
+    let r = read(
+        reqwest::Client::new()
+            .post(format!("{base}/signup"))
+            .json(&json!({"email": email, "password": "secret123"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.body
+}
+
+/// Polls `GET /user` on `base` until it is refused; returns how long that took.
+async fn refused_after(base: &str, access: &str, since: Instant) -> Duration {
+    loop {
+        let r = call(base, Method::GET, "/user", access, None).await;
+        if r.status == 403 {
+            return since.elapsed();
+        }
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert!(
+            since.elapsed() < Duration::from_secs(5),
+            "still served 5 s after the revocation"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Signs a user up on `a`, and warms `b`'s cache with their token.
+async fn warmed(a: &str, b: &str, email: &str) -> (Value, String) {
+    let s = signup(a, email).await;
+    let access = s["access_token"].as_str().unwrap().to_string();
+    for _ in 0..2 {
+        assert_eq!(
+            call(b, Method::GET, "/user", &access, None).await.status,
+            200
+        );
+    }
+    (s, access)
+}
+
+async fn metrics(base: &str) -> String {
+    reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocations_reach_every_process_on_postgres() {
+    let (db, _) = common::fresh_database(Backend::Postgres).await;
+    let DatabaseUrl::Postgres(url) = &db else {
+        unreachable!()
+    };
+    let env = [("GOTRUE_MAILER_AUTOCONFIRM", "true")];
+    let (_ca, a) = common::castellan_process(&["serve"], url, &env).await;
+    let (_cb, b) = common::castellan_process(&["serve"], url, &env).await;
+    let key = service_key();
+
+    // Logout.
+    let (_, access) = warmed(&a, &b, "logout@example.com").await;
+    let t = Instant::now();
+    assert_eq!(
+        call(&a, Method::POST, "/logout", &access, None)
+            .await
+            .status,
+        204
+    );
+    println!(
+        "logout refused by the other process after {:?}",
+        refused_after(&b, &access, t).await
+    );
+
+    // Ban.
+    let (s, access) = warmed(&a, &b, "ban@example.com").await;
+    let id = s["user"]["id"].as_str().unwrap();
+    let t = Instant::now();
+    let r = call(
+        &a,
+        Method::PUT,
+        &format!("/admin/users/{id}"),
+        &key,
+        Some(json!({"ban_duration": "24h"})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    println!(
+        "ban refused by the other process after {:?}",
+        refused_after(&b, &access, t).await
+    );
+
+    // Delete.
+    let (s, access) = warmed(&a, &b, "delete@example.com").await;
+    let id = s["user"]["id"].as_str().unwrap();
+    let t = Instant::now();
+    let r = call(
+        &a,
+        Method::DELETE,
+        &format!("/admin/users/{id}"),
+        &key,
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    println!(
+        "delete refused by the other process after {:?}",
+        refused_after(&b, &access, t).await
+    );
+
+    // A password change ends the user's other sessions.
+    let (s, keep) = warmed(&a, &b, "password@example.com").await;
+    let login = read(
+        reqwest::Client::new()
+            .post(format!("{a}/token?grant_type=password"))
+            .json(&json!({"email": "password@example.com", "password": "secret123"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(login.status, 200, "{}", login.text);
+    let other = login.body["access_token"].as_str().unwrap().to_string();
+    assert_eq!(
+        call(&b, Method::GET, "/user", &other, None).await.status,
+        200
+    );
+    let t = Instant::now();
+    let r = call(
+        &a,
+        Method::PUT,
+        "/user",
+        &keep,
+        Some(json!({"password": "another-secret"})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    println!(
+        "password change refused by the other process after {:?}",
+        refused_after(&b, &other, t).await
+    );
+    assert_eq!(
+        call(&b, Method::GET, "/user", &keep, None).await.status,
+        200
+    );
+    drop(s);
+
+    // The notification connections are killed: nothing stale is served
+    // while they are down, and once they are back notifications work again.
+    let (_, access) = warmed(&a, &b, "listener@example.com").await;
+    let admin = castellan_core::Store::connect(&db, 1).await.unwrap();
+    let killed: i64 = castellan_core::on!(pool admin.pool(), p => sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND query ILIKE 'LISTEN%') k").fetch_one(p).await.unwrap());
+    assert!(killed >= 2, "both processes listen ({killed})");
+    let t = Instant::now();
+    assert_eq!(
+        call(&a, Method::POST, "/logout", &access, None)
+            .await
+            .status,
+        204
+    );
+    println!(
+        "logout with the listener killed refused after {:?}",
+        refused_after(&b, &access, t).await
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !metrics(&b)
+        .await
+        .contains("castellan_session_cache_following 1")
+    {
+        assert!(Instant::now() < deadline, "the listener never came back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        metrics(&b)
+            .await
+            .contains("castellan_session_cache_feed_lost_total")
+    );
+    let (_, access) = warmed(&a, &b, "again@example.com").await;
+    let t = Instant::now();
+    assert_eq!(
+        call(&a, Method::POST, "/logout", &access, None)
+            .await
+            .status,
+        204
+    );
+    println!(
+        "logout after the listener came back refused after {:?}",
+        refused_after(&b, &access, t).await
+    );
+    admin.close().await;
+    common::drop_database(&db).await;
+}
+
+/// On SQLite the CLI writes from another process; the server sees it
+/// through the change log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cli_sign_out_reaches_the_sqlite_server() {
+    let t = common::spawn(Backend::Sqlite, |_| {}).await;
+    let s = t.new_session("cli@example.com", "secret123").await;
+    let access = s["access_token"].as_str().unwrap().to_string();
+    assert_eq!(t.get_user(&access).await.status, 200);
+    assert_eq!(t.get_user(&access).await.status, 200);
+    let DatabaseUrl::Sqlite(path) = &t.db else {
+        unreachable!()
+    };
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_castellan"))
+        .args(["admin", "sign-out", "--email", "cli@example.com"])
+        .env_clear()
+        .env("DATABASE_URL", format!("sqlite://{path}"))
+        .env(
+            "GOTRUE_JWT_SECRET",
+            t.server.state.ctx.config.jwt.secret.clone().unwrap(),
+        )
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ended: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ended["sessions_ended"], 1);
+    let since = Instant::now();
+    println!(
+        "CLI sign-out refused by the server after {:?}",
+        refused_after(&t.base, &access, since).await
+    );
+    t.stop().await;
+}
