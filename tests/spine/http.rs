@@ -245,9 +245,9 @@ both!(metrics_are_exported, |_| {}, |t| {
     }
 });
 
-/// Walks the route table: every limited route answers 429 with
-/// `Retry-After` past its limit, for that client only, and nothing else
-/// happens (no user is created by a refused sign-up).
+// Walks the route table: every limited route answers 429 with
+// `Retry-After` past its limit, for that client only, and nothing else
+// happens (no user is created by a refused sign-up).
 both!(
     every_route_in_the_limit_table_is_limited,
     |c| {
