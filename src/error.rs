@@ -68,17 +68,40 @@ fn wants_2024(headers: &HeaderMap) -> bool {
         .is_some_and(|d| d >= chrono::NaiveDate::from_ymd_opt(2024, 1, 1).expect("valid date"))
 }
 
+/// The id `SetRequestIdLayer` gave this request.
+fn request_id(req: &Request) -> String {
+    req.extensions()
+        .get::<tower_http::request_id::RequestId>()
+        .and_then(|id| id.header_value().to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Renders errors in the dialect the request asked for, and logs every 5xx
+/// once, here, with the request id its body carries as `error_id`.
 pub async fn dialect(req: Request, next: Next) -> Response {
     let modern = wants_2024(req.headers());
-    let request_id = uuid::Uuid::new_v4();
+    let request_id = request_id(&req);
     let mut resp = next.run(req).await;
     let Some(e) = resp.extensions_mut().remove::<ApiError>() else {
         return resp;
     };
-    if modern {
-        let status = resp.status();
-        let mut headers = std::mem::take(resp.headers_mut());
-        headers.remove(axum::http::header::CONTENT_LENGTH);
+    if e.status < 500 && !modern {
+        return resp;
+    }
+    if e.status >= 500 {
+        tracing::error!(
+            error_id = %request_id,
+            status = e.status,
+            code = e.code,
+            detail = e.detail.as_deref().unwrap_or(""),
+            "answered with a server error"
+        );
+    }
+    let status = resp.status();
+    let mut headers = std::mem::take(resp.headers_mut());
+    headers.remove(axum::http::header::CONTENT_LENGTH);
+    let mut body = if modern {
         headers.insert(
             API_VERSION_HEADER,
             HeaderValue::from_static(API_VERSION_2024),
@@ -86,26 +109,16 @@ pub async fn dialect(req: Request, next: Next) -> Response {
         if e.weak_password.is_some() {
             headers.remove("x-sb-error-code");
         }
-        let body = with_weak_password(json!({"code": e.code, "message": e.message}), &e);
-        let mut out = (status, Json(body)).into_response();
-        out.headers_mut().extend(headers);
-        out
-    } else if e.status >= 500 {
-        let status = resp.status();
-        let headers = std::mem::take(resp.headers_mut());
-        let mut body = legacy_body(&e);
-        body["error_id"] = json!(request_id);
-        tracing::error!(error_id = %request_id, code = e.code, "answered with a server error");
-        let mut out = (status, Json(body)).into_response();
-        for (k, v) in headers.iter() {
-            if k != axum::http::header::CONTENT_LENGTH {
-                out.headers_mut().insert(k.clone(), v.clone());
-            }
-        }
-        out
+        with_weak_password(json!({"code": e.code, "message": e.message}), &e)
     } else {
-        resp
+        legacy_body(&e)
+    };
+    if e.status >= 500 {
+        body["error_id"] = json!(request_id);
     }
+    let mut out = (status, Json(body)).into_response();
+    out.headers_mut().extend(headers);
+    out
 }
 
 #[cfg(test)]

@@ -19,6 +19,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::oneshot;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
 use crate::error::HttpError;
 use crate::{api, error, observability};
@@ -155,7 +157,6 @@ pub fn router(state: AppState) -> Router {
         }))
         .layer(axum::middleware::from_fn(observability::http_metrics))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(axum::middleware::from_fn(error::dialect))
         .layer(CatchPanicLayer::custom(|_| {
             metrics::counter!("castellan_panics_total").increment(1);
             HttpError(ApiError::internal(
@@ -164,8 +165,32 @@ pub fn router(state: AppState) -> Router {
             ))
             .into_response()
         }))
+        .layer(axum::middleware::from_fn(error::dialect))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &axum::extract::Request| {
+                    let id = req
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default();
+                    tracing::info_span!("request", id, method = %req.method(), path = req.uri().path())
+                })
+                .on_request(())
+                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO))
+                .on_failure(()),
+        )
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        // Ids are ours: a client's `X-Request-Id` would otherwise reach the log.
+        .layer(axum::middleware::map_request(strip_request_id))
         .layer(cors())
         .with_state(state)
+}
+
+async fn strip_request_id(mut req: axum::extract::Request) -> axum::extract::Request {
+    req.headers_mut().remove("x-request-id");
+    req
 }
 
 fn cors() -> CorsLayer {

@@ -265,6 +265,17 @@ impl Accounts {
     }
 
     pub async fn signup(&self, req: SignupRequest) -> ApiResult<SignupOutcome> {
+        // A sign-up that lost a race for its address gets the answer a later
+        // one would: the address is taken.
+        self.signup_once(req).await.map_err(|e| match e.code {
+            "email_exists" | "phone_exists" => {
+                ApiError::unprocessable("user_already_exists", "User already registered")
+            }
+            _ => e,
+        })
+    }
+
+    async fn signup_once(&self, req: SignupRequest) -> ApiResult<SignupOutcome> {
         let cfg = &self.ctx.config;
         if cfg.disable_signup {
             return Err(ApiError::unprocessable(

@@ -44,7 +44,7 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
         rest = &rest[unit_len..];
         total += value * factor;
     }
-    Ok(Duration::from_secs_f64(total))
+    Duration::try_from_secs_f64(total).map_err(|_| format!("duration {s:?} is too long"))
 }
 
 #[cfg(test)]
@@ -74,7 +74,16 @@ mod tests {
 
     #[test]
     fn refuses_garbage() {
-        for bad in ["", "10", "h", "5x", "-1s", "1h-2m"] {
+        for bad in [
+            "",
+            "10",
+            "h",
+            "5x",
+            "-1s",
+            "1h-2m",
+            "9999999999999999h",
+            "1e400s",
+        ] {
             assert!(parse_go_duration(bad).is_err(), "{bad:?} should fail");
         }
     }

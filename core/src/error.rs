@@ -13,6 +13,8 @@ pub struct ApiError {
     pub weak_password: Option<Vec<String>>,
     /// Seconds for a `Retry-After` header (429).
     pub retry_after: Option<u64>,
+    /// What went wrong inside, for the log line of a 5xx (never sent).
+    pub detail: Option<String>,
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
@@ -25,6 +27,7 @@ impl ApiError {
             message: message.into(),
             weak_password: None,
             retry_after: None,
+            detail: None,
         }
     }
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -64,27 +67,30 @@ impl ApiError {
             ..Self::unprocessable("weak_password", message)
         }
     }
-    /// An internal failure: the details go to the log, never to the client.
-    pub fn internal(context: &str, err: impl fmt::Display) -> Self {
-        tracing::error!(%err, context, "internal error");
-        metrics::counter!("castellan_internal_errors_total", "context" => context.to_string())
-            .increment(1);
-        Self::new(
-            500,
-            "unexpected_failure",
-            "Unexpected failure, please check server logs for more information",
-        )
+    /// An internal failure: the details go to the log (once, with the
+    /// request id, where the response is made), never to the client.
+    pub fn internal(context: &'static str, err: impl fmt::Display) -> Self {
+        metrics::counter!("castellan_internal_errors_total", "context" => context).increment(1);
+        Self {
+            detail: Some(format!("{context}: {err}")),
+            ..Self::new(
+                500,
+                "unexpected_failure",
+                "Unexpected failure, please check server logs for more information",
+            )
+        }
     }
     /// A component (an actor, the database) is unavailable for now; safe to retry.
-    pub fn unavailable(context: &str, err: impl fmt::Display) -> Self {
-        tracing::warn!(%err, context, "service unavailable");
-        metrics::counter!("castellan_unavailable_total", "context" => context.to_string())
-            .increment(1);
-        Self::new(
-            503,
-            "unexpected_failure",
-            "Service temporarily unavailable, please retry",
-        )
+    pub fn unavailable(context: &'static str, err: impl fmt::Display) -> Self {
+        metrics::counter!("castellan_unavailable_total", "context" => context).increment(1);
+        Self {
+            detail: Some(format!("{context}: {err}")),
+            ..Self::new(
+                503,
+                "unexpected_failure",
+                "Service temporarily unavailable, please retry",
+            )
+        }
     }
 }
 
@@ -96,9 +102,36 @@ impl fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
+/// A unique index refused a write: someone else holds this address (two
+/// requests raced past the check that would have said so). GoTrue's 422s.
+fn unique_violation(db: &dyn sqlx::error::DatabaseError) -> ApiError {
+    // PostgreSQL names the constraint; SQLite names the column in its message.
+    let what = db
+        .constraint()
+        .map(str::to_string)
+        .unwrap_or_else(|| db.message().to_string());
+    let (code, msg) = if what.contains("phone") {
+        (
+            "phone_exists",
+            "Phone number already registered by another user",
+        )
+    } else if what.contains("email") {
+        (
+            "email_exists",
+            "A user with this email address has already been registered",
+        )
+    } else if what.contains("identities") || what.contains("provider") {
+        ("identity_already_exists", "Identity is already linked")
+    } else {
+        return ApiError::new(409, "conflict", "This was changed at the same time; retry");
+    };
+    ApiError::unprocessable(code, msg)
+}
+
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         match e {
+            sqlx::Error::Database(db) if db.is_unique_violation() => unique_violation(&*db),
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
                 ApiError::unavailable("database", e)
             }

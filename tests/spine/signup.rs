@@ -312,3 +312,68 @@ both!(anonymous_sign_in_disabled, |_| {}, |t| {
         .await
         .assert_error(422, "anonymous_provider_disabled");
 });
+
+// Fifty sign-ups of one new address at once: one succeeds, the others get
+// GoTrue's 422, none a 500, and one user row exists.
+both!(concurrent_signups_of_one_address, |_| {}, |t| {
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let req = t
+            .http
+            .post(t.url("/signup"))
+            .json(&serde_json::json!({"email": "race@example.com", "password": "secret123"}));
+        tasks.push(tokio::spawn(async move {
+            crate::common::read(req.send().await.unwrap()).await
+        }));
+    }
+    let mut ok = 0;
+    for task in tasks {
+        let r = task.await.unwrap();
+        if r.status == 200 {
+            ok += 1;
+        } else {
+            r.assert_error(422, "user_already_exists");
+        }
+    }
+    assert_eq!(ok, 1);
+    assert_eq!(
+        t.count_by_str(
+            "SELECT count(*) FROM users WHERE email = $1",
+            "race@example.com"
+        )
+        .await,
+        1
+    );
+});
+
+// A server error carries the request id as `error_id`, the same id as the
+// `x-request-id` header; a client cannot choose it.
+both!(server_errors_carry_the_request_id, |_| {}, |t| {
+    let s = t.new_session("err@example.com", "secret123").await;
+    let access = s["access_token"].as_str().unwrap().to_string();
+    // Break the identities table under the server: reading the user fails.
+    castellan_core::on!(pool t.pool(), p => sqlx::query("ALTER TABLE identities RENAME TO identities_gone")
+        .execute(p).await.map(drop).unwrap());
+    let r = crate::common::read(
+        t.http
+            .post(t.url("/token?grant_type=password"))
+            .header("x-request-id", "client-chosen")
+            .json(&serde_json::json!({"email": "err@example.com", "password": "secret123"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    r.assert_error(500, "unexpected_failure");
+    let id = r.header("x-request-id").expect("x-request-id").to_string();
+    assert_ne!(id, "client-chosen");
+    assert_eq!(r.body["error_id"], id.as_str());
+    assert!(
+        !r.text.contains("identities"),
+        "no internals leak: {}",
+        r.text
+    );
+    castellan_core::on!(pool t.pool(), p => sqlx::query("ALTER TABLE identities_gone RENAME TO identities")
+        .execute(p).await.map(drop).unwrap());
+    assert_eq!(t.get_user(&access).await.status, 200);
+});
