@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use castellan_actors::accounts::Accounts;
 use castellan_actors::admin::Admin;
+use castellan_actors::links::Links;
 use castellan_actors::{Actors, Ctx};
 use castellan_core::config::DatabaseUrl;
 use castellan_core::{ApiError, Config, Store};
@@ -27,10 +28,12 @@ use crate::{api, error, observability};
 
 pub const BODY_LIMIT: usize = 1024 * 1024;
 
+/// What handlers hold: configuration, services and actors; never the store.
 #[derive(Clone)]
 pub struct AppState {
-    pub ctx: Arc<Ctx>,
+    pub config: Arc<Config>,
     pub accounts: Accounts,
+    pub links: Links,
     pub admin: Admin,
     pub actors: Actors,
     pub metrics: PrometheusHandle,
@@ -40,6 +43,7 @@ pub struct AppState {
 pub struct Server {
     pub addr: SocketAddr,
     pub state: AppState,
+    pub store: Store,
     shutdown: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
     workers: Option<Workers>,
@@ -93,7 +97,7 @@ impl Server {
             w.stop().await;
         }
         self.state.actors.shutdown().await;
-        self.state.ctx.store.close().await;
+        self.store.close().await;
     }
 
     /// Resolves when the server stops on its own (e.g. a listener error).
@@ -138,7 +142,7 @@ fn write_private(path: &std::path::Path, content: &str) -> std::io::Result<()> {
 }
 
 pub fn router(state: AppState) -> Router {
-    let timeout = state.ctx.config.max_request_duration;
+    let timeout = state.config.max_request_duration;
     let api = api::routes(state.clone());
     Router::new()
         .merge(api.clone())
@@ -269,14 +273,15 @@ pub async fn start_with(config: Config, workers: bool) -> anyhow::Result<Server>
         .await
         .context("starting the actors")?;
     let accounts = Accounts::new(ctx.clone(), actors.sessions.clone(), actors.otp.clone());
-    let admin = Admin::new(ctx.clone());
     let state = AppState {
-        ctx,
+        config: Arc::new(ctx.config.clone()),
+        links: Links::new(accounts.clone(), actors.otp.clone()),
         accounts,
-        admin,
+        admin: Admin::new(ctx.clone()),
         actors,
         metrics,
     };
+    let store = ctx.store.clone();
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr}"))?;
@@ -297,6 +302,7 @@ pub async fn start_with(config: Config, workers: bool) -> anyhow::Result<Server>
     Ok(Server {
         addr,
         state,
+        store,
         shutdown: Some(tx),
         task,
         workers,

@@ -593,6 +593,25 @@ impl Accounts {
         Ok((grant, weak))
     }
 
+    /// The admin role a token carries (GoTrue's `requireAdminCredentials`):
+    /// its `role` must be in `GOTRUE_JWT_ADMIN_ROLES`, and a token naming a
+    /// session needs that session alive.
+    pub async fn admin_role(&self, token: &str) -> ApiResult<String> {
+        let claims: IncomingClaims = self.ctx.jwt.verify(token)?;
+        let role = claims.role.clone().unwrap_or_default();
+        if !self.ctx.config.jwt.admin_roles.contains(&role) {
+            return Err(ApiError::forbidden("not_admin", "User not allowed"));
+        }
+        if claims
+            .session_id
+            .as_deref()
+            .is_some_and(|s| !s.is_empty() && s != "00000000-0000-0000-0000-000000000000")
+        {
+            self.authenticate(token).await?;
+        }
+        Ok(role)
+    }
+
     /// Verifies a bearer token and loads who it speaks for, as GoTrue's
     /// `requireAuthentication` does.
     pub async fn authenticate(&self, token: &str) -> ApiResult<Principal> {

@@ -8,12 +8,16 @@ use castellan_core::duration::parse_go_duration;
 use castellan_core::models::{
     AuditAction, AuditActor, Identity, User, audit_payload, merge_metadata,
 };
-use castellan_core::store::{AuditRow, AuditScope, FactorRow, NewUser, Page, SessionScope, Tx};
+use castellan_core::store::{
+    AuditRow, AuditScope, FactorRow, NewUser, Page, SessionScope, TokenType, Tx,
+};
 use castellan_core::{ApiError, ApiResult, validate};
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
 use sha2::Digest;
 use uuid::Uuid;
+
+use crate::otp_issuer::{Issued, OtpIssuer, SendRequest};
 
 use castellan_jobs::EmailKind;
 
@@ -39,6 +43,27 @@ pub struct UserAttributes {
 #[derive(Clone)]
 pub struct Admin {
     ctx: Arc<Ctx>,
+    otp: OtpIssuer,
+}
+
+/// An `/admin/generate_link` request, as parsed.
+#[derive(Debug, Default)]
+pub struct LinkRequest {
+    pub link_type: String,
+    pub email: String,
+    pub password: Option<String>,
+    pub new_email: Option<String>,
+    pub data: Map<String, Value>,
+    pub redirect_to: String,
+}
+
+/// A link made and returned, never sent.
+#[derive(Debug)]
+pub struct GeneratedLink {
+    pub user: User,
+    pub identities: Vec<Identity>,
+    pub issued: Issued,
+    pub verification_type: &'static str,
 }
 
 /// 422 when another user already holds this email or phone.
@@ -118,7 +143,94 @@ fn identity_data(user_id: Uuid, provider: &str, value: &str, verified: bool) -> 
 
 impl Admin {
     pub fn new(ctx: Arc<Ctx>) -> Self {
-        Self { ctx }
+        let otp = OtpIssuer::new(ctx.clone());
+        Self { ctx, otp }
+    }
+
+    /// `POST /invite`: an invitation email, to a new or still unconfirmed
+    /// address. Invitations are implicit (no PKCE) and have no window.
+    pub async fn invite(
+        &self,
+        actor: AuditActor,
+        email: &str,
+        data: Map<String, Value>,
+        aud: &str,
+        redirect_to: String,
+    ) -> ApiResult<(User, Vec<Identity>)> {
+        let user = self.invitee(email, data, aud).await?;
+        self.otp
+            .send(SendRequest {
+                actor: Some(actor),
+                ..SendRequest::new(user.id, EmailKind::Invite, redirect_to, None)
+            })
+            .await?;
+        self.get_user(user.id).await
+    }
+
+    /// `POST /admin/generate_link`: makes the token and link a request asks
+    /// for, creating the user where GoTrue does, and sends nothing.
+    pub async fn generate_link(
+        &self,
+        actor: AuditActor,
+        req: LinkRequest,
+        aud: &str,
+    ) -> ApiResult<GeneratedLink> {
+        let (user, verification_type, kind) = self
+            .link_user(
+                &req.link_type,
+                &req.email,
+                req.password.as_deref(),
+                req.data,
+                aud,
+            )
+            .await?;
+        // An email change link needs the new address, checked like PUT /user's.
+        let new_email = match kind {
+            EmailKind::EmailChange => {
+                let e = validate::email(req.new_email.as_deref().unwrap_or_default())?;
+                if self
+                    .ctx
+                    .store
+                    .user_by_email(&e, aud)
+                    .await?
+                    .is_some_and(|o| o.id != user.id)
+                {
+                    return Err(ApiError::unprocessable(
+                        "email_exists",
+                        "A user with this email address has already been registered",
+                    ));
+                }
+                Some(e)
+            }
+            _ => None,
+        };
+        let send = SendRequest {
+            actor: Some(actor),
+            generate_only: true,
+            new_email,
+            ..SendRequest::new(user.id, kind, req.redirect_to, None)
+        };
+        let tokens = self.otp.send(send).await?;
+        // The token the requested link carries (for email changes: the
+        // current or the new address's).
+        let wanted = if verification_type == "email_change_current" {
+            TokenType::EmailChangeTokenCurrent
+        } else {
+            TokenType::EmailChangeTokenNew
+        };
+        let issued = tokens
+            .iter()
+            .find(|i| i.token_type == wanted)
+            .or(tokens.first())
+            .cloned()
+            .ok_or_else(|| ApiError::internal("generate_link", "no token issued"))?;
+        let (user, identities) = self.get_user(user.id).await?;
+        Ok(GeneratedLink {
+            user,
+            identities,
+            issued,
+            verification_type,
+        })
     }
 
     async fn load(&self, tx: &mut Tx, id: Uuid) -> ApiResult<User> {
@@ -163,12 +275,7 @@ impl Admin {
 
     /// The user an invitation goes to: created (without a password) when
     /// new, reused when still unconfirmed; a confirmed address is taken.
-    pub async fn invitee(
-        &self,
-        email: &str,
-        data: Map<String, Value>,
-        aud: &str,
-    ) -> ApiResult<User> {
+    async fn invitee(&self, email: &str, data: Map<String, Value>, aud: &str) -> ApiResult<User> {
         let email = validate::email(email)?;
         match self.ctx.store.user_by_email(&email, aud).await? {
             Some(u) if u.email_confirmed_at.is_some() => Err(ApiError::unprocessable(
@@ -183,7 +290,7 @@ impl Admin {
     /// The user and the kind of token an `/admin/generate_link` request
     /// makes, creating the user where GoTrue does. Returns the user, the
     /// reported `verification_type` and the token's kind.
-    pub async fn link_user(
+    async fn link_user(
         &self,
         link_type: &str,
         email: &str,

@@ -3,8 +3,6 @@
 use axum::Json;
 use axum::extract::State;
 use axum::response::IntoResponse;
-use castellan_actors::otp_issuer::SendRequest;
-use castellan_jobs::EmailKind;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -26,27 +24,15 @@ pub async fn invite(
     RedirectTo(redirect_to): RedirectTo,
     JsonBody(b): JsonBody<InviteBody>,
 ) -> HttpResult {
-    let user = st
+    let (user, ids) = st
         .admin
-        .invitee(
+        .invite(
+            admin.actor,
             b.email.as_deref().unwrap_or_default(),
             b.data.unwrap_or_default(),
             &aud,
+            redirect_to,
         )
         .await?;
-    // Invitations are always implicit (no PKCE) and have no per-user window.
-    st.actors
-        .otp
-        .send(SendRequest {
-            user_id: user.id,
-            kind: EmailKind::Invite,
-            redirect_to,
-            pkce: None,
-            actor: Some(admin.actor),
-            generate_only: false,
-            new_email: None,
-        })
-        .await?;
-    let (user, ids) = st.admin.get_user(user.id).await?;
     Ok(Json(user.to_json(&ids)).into_response())
 }

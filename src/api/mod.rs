@@ -88,7 +88,7 @@ pub fn redirect_target(
     headers: &axum::http::HeaderMap,
     candidate: Option<&str>,
 ) -> String {
-    let cfg = &st.ctx.config;
+    let cfg = &st.config;
     let header = |name: &str| {
         headers
             .get(name)

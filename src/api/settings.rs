@@ -32,7 +32,7 @@ const OAUTH_PROVIDERS: [&str; 22] = [
 ];
 
 pub async fn settings(State(st): State<AppState>) -> Json<Value> {
-    let c = &st.ctx.config;
+    let c = &st.config;
     let mut external = serde_json::Map::new();
     external.insert("anonymous_users".into(), json!(c.anonymous_users_enabled));
     for p in OAUTH_PROVIDERS {

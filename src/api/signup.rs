@@ -32,7 +32,7 @@ pub async fn signup(
     let empty = |s: &Option<String>| s.as_deref().is_none_or(str::is_empty);
     let data = b.data.unwrap_or_default();
     if empty(&b.email) && empty(&b.phone) {
-        if !st.ctx.config.anonymous_users_enabled {
+        if !st.config.anonymous_users_enabled {
             return Err(ApiError::unprocessable(
                 "anonymous_provider_disabled",
                 "Anonymous sign-ins are disabled",

@@ -62,7 +62,7 @@ pub async fn token(
                 })
                 .await?;
             let weak = (!weak.is_empty()).then(|| {
-                json!({"message": validate::weak_password_message(&st.ctx.config.password, &weak), "reasons": weak})
+                json!({"message": validate::weak_password_message(&st.config.password, &weak), "reasons": weak})
             });
             Json(token_response(&g, weak)).into_response()
         }

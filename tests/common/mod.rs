@@ -235,7 +235,7 @@ impl TestServer {
     }
 
     pub fn role_key(&self, role: &str) -> String {
-        let cfg = &self.server.state.ctx.config.jwt;
+        let cfg = &self.server.state.config.jwt;
         let keys = castellan_core::crypto::jwt::JwtKeys::new(cfg, cfg.secret.as_deref().unwrap());
         let now = chrono::Utc::now().timestamp();
         keys.sign(&castellan_core::crypto::jwt::role_claims(
@@ -251,13 +251,11 @@ impl TestServer {
     }
 
     pub fn pool(&self) -> &Pool {
-        self.server.state.ctx.store.pool()
+        self.server.store.pool()
     }
 
     pub async fn user(&self, id: &str) -> User {
         self.server
-            .state
-            .ctx
             .store
             .user_by_id(id.parse().unwrap())
             .await

@@ -434,7 +434,7 @@ both!(hard_and_soft_delete, |_| {}, |t| {
             .await,
         0
     );
-    let ids = t.server.state.ctx.store.identities_of(sid).await.unwrap();
+    let ids = t.server.store.identities_of(sid).await.unwrap();
     assert!(
         ids.iter()
             .all(|i| i.identity_data.0 == json!({}) && !i.provider_id.contains(&sid.to_string()))

@@ -247,7 +247,7 @@ async fn a_cli_sign_out_reaches_the_sqlite_server() {
         .env("DATABASE_URL", format!("sqlite://{path}"))
         .env(
             "GOTRUE_JWT_SECRET",
-            t.server.state.ctx.config.jwt.secret.clone().unwrap(),
+            t.server.state.config.jwt.secret.clone().unwrap(),
         )
         .output()
         .unwrap();

@@ -861,14 +861,7 @@ both_mail!(secure_email_change, |_| {}, |t, sink| {
     let row = t.user(s["user"]["id"].as_str().unwrap()).await;
     assert_eq!(row.email.as_deref(), Some("new-ec@example.com"));
     assert!(row.email_change.as_deref().unwrap_or_default().is_empty());
-    let ids = t
-        .server
-        .state
-        .ctx
-        .store
-        .identities_of(row.id)
-        .await
-        .unwrap();
+    let ids = t.server.store.identities_of(row.id).await.unwrap();
     assert_eq!(ids[0].identity_data.0["email"], "new-ec@example.com");
     assert_eq!(t.login("new-ec@example.com", "secret123").await.status, 200);
     t.login("ec@example.com", "secret123")
@@ -964,8 +957,6 @@ both_mail!(
         assert!(
             t.user(
                 &t.server
-                    .state
-                    .ctx
                     .store
                     .user_by_email("late@example.com", "authenticated")
                     .await

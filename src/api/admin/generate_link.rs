@@ -5,8 +5,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::IntoResponse;
-use castellan_actors::otp_issuer::SendRequest;
-use castellan_core::store::TokenType;
+use castellan_actors::admin::{GeneratedLink, LinkRequest};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -43,62 +42,20 @@ pub async fn generate_link(
         }
         None => fallback,
     };
-    let link_type = b.link_type.as_deref().unwrap_or_default();
-    let (user, verification_type, kind) = st
-        .admin
-        .link_user(
-            link_type,
-            b.email.as_deref().unwrap_or_default(),
-            b.password.as_deref(),
-            b.data.unwrap_or_default(),
-            &aud,
-        )
-        .await?;
-    // An email change link needs the new address, checked like PUT /user's.
-    let new_email = match kind {
-        castellan_jobs::EmailKind::EmailChange => {
-            let e = castellan_core::validate::email(b.new_email.as_deref().unwrap_or_default())?;
-            if st
-                .ctx
-                .store
-                .user_by_email(&e, &aud)
-                .await
-                .map_err(castellan_core::ApiError::from)?
-                .is_some_and(|o| o.id != user.id)
-            {
-                return Err(castellan_core::ApiError::unprocessable(
-                    "email_exists",
-                    "A user with this email address has already been registered",
-                )
-                .into());
-            }
-            Some(e)
-        }
-        _ => None,
-    };
-    let send = SendRequest {
-        user_id: user.id,
-        kind,
+    let req = LinkRequest {
+        link_type: b.link_type.unwrap_or_default(),
+        email: b.email.unwrap_or_default(),
+        password: b.password,
+        new_email: b.new_email,
+        data: b.data.unwrap_or_default(),
         redirect_to: redirect_to.clone(),
-        pkce: None,
-        actor: Some(admin.actor),
-        generate_only: true,
-        new_email,
     };
-    let tokens = st.actors.otp.send(send).await?;
-    // The token the requested link carries (for email changes: the current or the new address's).
-    let wanted = if verification_type == "email_change_current" {
-        TokenType::EmailChangeTokenCurrent
-    } else {
-        TokenType::EmailChangeTokenNew
-    };
-    let issued = tokens
-        .iter()
-        .find(|i| i.token_type == wanted)
-        .or(tokens.first())
-        .cloned()
-        .ok_or_else(|| castellan_core::ApiError::internal("generate_link", "no token issued"))?;
-    let (user, ids) = st.admin.get_user(user.id).await?;
+    let GeneratedLink {
+        user,
+        identities: ids,
+        issued,
+        verification_type,
+    } = st.admin.generate_link(admin.actor, req, &aud).await?;
     let mut body = user.to_json(&ids);
     body["action_link"] = json!(issued.action_link);
     body["email_otp"] = json!(issued.otp);

@@ -1,0 +1,201 @@
+//! Links: the flows a user starts by asking for an email — password
+//! recovery, a magic link or code (`/otp`, `/magiclink`), a resend. Each
+//! decides whom to send what, and answers the same whether or not the
+//! address has an account, so none of them tells who is registered.
+
+use castellan_core::models::Pkce;
+use castellan_core::{ApiError, ApiResult, validate};
+use castellan_jobs::EmailKind;
+use serde_json::{Map, Value};
+
+use crate::accounts::{Accounts, SignupOutcome, SignupRequest};
+use crate::otp_issuer::{OtpIssuer, SendRequest};
+
+/// A request for a magic link or code by email (`/otp`, `/magiclink`).
+#[derive(Debug, Default)]
+pub struct MagicLinkRequest {
+    pub email: String,
+    pub create_user: bool,
+    pub data: Map<String, Value>,
+    pub pkce: Option<Pkce>,
+    pub redirect_to: String,
+    pub aud: String,
+}
+
+/// What `/resend` may send again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resend {
+    Signup,
+    EmailChange,
+    Sms,
+    PhoneChange,
+}
+
+impl Resend {
+    pub fn parse(s: &str) -> Option<Resend> {
+        Some(match s {
+            "signup" => Resend::Signup,
+            "email_change" => Resend::EmailChange,
+            "sms" => Resend::Sms,
+            "phone_change" => Resend::PhoneChange,
+            _ => return None,
+        })
+    }
+}
+
+/// Who a resend is for: an email address or a phone number, as given.
+#[derive(Debug, Clone)]
+pub enum Recipient {
+    Email(String),
+    Phone(String),
+}
+
+#[derive(Clone)]
+pub struct Links {
+    accounts: Accounts,
+    otp: OtpIssuer,
+}
+
+impl Links {
+    pub fn new(accounts: Accounts, otp: OtpIssuer) -> Self {
+        Self { accounts, otp }
+    }
+
+    fn email_enabled(&self, status: u16) -> ApiResult<()> {
+        if self.accounts.ctx().config.external_email_enabled {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                status,
+                "email_provider_disabled",
+                "Email logins are disabled",
+            ))
+        }
+    }
+
+    /// `POST /recover`: a recovery link for a known address; nothing otherwise.
+    pub async fn recover(
+        &self,
+        email: &str,
+        aud: &str,
+        redirect_to: String,
+        pkce: Option<Pkce>,
+    ) -> ApiResult<()> {
+        self.email_enabled(400)?;
+        if email.trim().is_empty() {
+            return Err(ApiError::validation("Password recovery requires an email"));
+        }
+        let email = validate::email(email)?;
+        let store = &self.accounts.ctx().store;
+        if let Some(user) = store.user_by_email(&email, aud).await? {
+            let send = SendRequest::new(user.id, EmailKind::Recovery, redirect_to, pkce);
+            self.otp.send(send).await?;
+        }
+        Ok(())
+    }
+
+    /// `POST /otp` by email: a confirmed user gets a magic link; an unknown
+    /// or unconfirmed address is signed up first (unless `create_user` is
+    /// false), so it receives the confirmation instead.
+    pub async fn magic_link(&self, req: MagicLinkRequest) -> ApiResult<()> {
+        let cfg = &self.accounts.ctx().config;
+        self.email_enabled(422)?;
+        if !cfg.mailer.magic_link_enabled {
+            return Err(ApiError::unprocessable(
+                "email_provider_disabled",
+                "Login with magic link is disabled",
+            ));
+        }
+        let signups_off = || ApiError::unprocessable("otp_disabled", "Signups not allowed for otp");
+        let email = match validate::email(&req.email) {
+            Ok(e) => e,
+            // GoTrue answers a bad address with `otp_disabled` when it may not create users.
+            Err(_) if !req.create_user => return Err(signups_off()),
+            Err(e) => return Err(e),
+        };
+        let store = &self.accounts.ctx().store;
+        let magic = |user_id| {
+            SendRequest::new(
+                user_id,
+                EmailKind::MagicLink,
+                req.redirect_to.clone(),
+                req.pkce.clone(),
+            )
+        };
+        match store.user_by_email(&email, &req.aud).await? {
+            Some(u) if u.email_confirmed_at.is_some() => {
+                self.otp.send(magic(u.id)).await?;
+            }
+            None if !req.create_user => return Err(signups_off()),
+            _ => {
+                // Sign up (or re-send the confirmation) with a password nobody knows.
+                let signup = SignupRequest {
+                    email: Some(email),
+                    password: Some(validate::random_password(&cfg.password)),
+                    data: req.data.clone(),
+                    pkce: req.pkce.clone(),
+                    redirect_to: req.redirect_to.clone(),
+                    aud: req.aud.clone(),
+                    ..Default::default()
+                };
+                if let SignupOutcome::Session(g) = self.accounts.signup(signup).await? {
+                    // Autoconfirm made a confirmed user: it gets the magic link.
+                    self.otp.send(magic(g.user.id)).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `POST /resend`: the signup confirmation or a pending email change's
+    /// confirmations again; nothing when there is nothing to resend.
+    pub async fn resend(
+        &self,
+        what: Resend,
+        to: Recipient,
+        aud: &str,
+        redirect_to: String,
+        pkce: Option<Pkce>,
+    ) -> ApiResult<()> {
+        let cfg = &self.accounts.ctx().config;
+        let store = &self.accounts.ctx().store;
+        let user = match to {
+            Recipient::Email(e) => {
+                self.email_enabled(400)?;
+                store.user_by_email(&validate::email(&e)?, aud).await?
+            }
+            Recipient::Phone(p) => {
+                if !cfg.external_phone_enabled {
+                    return Err(ApiError::bad_request(
+                        "phone_provider_disabled",
+                        "Phone logins are disabled",
+                    ));
+                }
+                store.user_by_phone(&validate::phone(&p)?, aud).await?
+            }
+        };
+        let Some(u) = user else { return Ok(()) };
+        let send = match what {
+            Resend::Signup if u.email_confirmed_at.is_none() => {
+                SendRequest::new(u.id, EmailKind::Confirmation, redirect_to, pkce)
+            }
+            // A pending email change: both confirmations again, from the start.
+            Resend::EmailChange if u.email_change.as_deref().is_some_and(|e| !e.is_empty()) => {
+                SendRequest {
+                    new_email: u.email_change.clone(),
+                    ..SendRequest::new(u.id, EmailKind::EmailChange, redirect_to, pkce)
+                }
+            }
+            Resend::Sms if u.phone_confirmed_at.is_none() => {
+                return Err(ApiError::unprocessable(
+                    "sms_send_failed",
+                    "SMS delivery is not available on this server yet",
+                ));
+            }
+            // Already confirmed, or no change pending (phone changes are not
+            // available yet, so none ever is).
+            _ => return Ok(()),
+        };
+        self.otp.send(send).await.map(drop)
+    }
+}
