@@ -154,7 +154,7 @@ impl Accounts {
             )
         };
         let hash = castellan_core::crypto::token_hash(user.email_str(), nonce);
-        let now = Utc::now();
+        let now = self.ctx.config.clock.now();
         let mut tx = self.ctx.store.begin().await?;
         let stored = tx
             .token_column(user.id, TokenType::ReauthenticationToken)
@@ -203,7 +203,7 @@ impl Accounts {
                 "invalid flow state, no valid flow state found",
             )
         };
-        let now = Utc::now();
+        let now = self.ctx.config.clock.now();
         let mut tx = self.ctx.store.begin().await?;
         let flow = tx.take_flow_state(auth_code).await?.ok_or_else(not_found)?;
         tx.commit().await?;
@@ -326,7 +326,7 @@ impl Accounts {
         // Hash before looking the address up, so a taken address answers in
         // the same time as a free one.
         let hash = self.ctx.hasher.hash(password).await?;
-        let now = Utc::now();
+        let now = self.ctx.config.clock.now();
         let autoconfirm = if provider == "email" {
             cfg.mailer_autoconfirm
         } else {
@@ -464,7 +464,7 @@ impl Accounts {
                 "Signups not allowed for this instance",
             ));
         }
-        let now = Utc::now();
+        let now = self.ctx.config.clock.now();
         let id = Uuid::new_v4();
         let mut tx = self.ctx.store.begin().await?;
         tx.insert_user(&NewUser {
@@ -549,7 +549,7 @@ impl Accounts {
             outcome("invalid_credentials");
             return Err(ApiError::invalid_credentials());
         };
-        if user.is_banned(Utc::now()) {
+        if user.is_banned(self.ctx.config.clock.now()) {
             outcome("banned");
             return Err(ApiError::bad_request("user_banned", "User is banned"));
         }
@@ -597,7 +597,10 @@ impl Accounts {
     /// its `role` must be in `GOTRUE_JWT_ADMIN_ROLES`, and a token naming a
     /// session needs that session alive.
     pub async fn admin_role(&self, token: &str) -> ApiResult<String> {
-        let claims: IncomingClaims = self.ctx.jwt.verify(token)?;
+        let claims: IncomingClaims = self
+            .ctx
+            .jwt
+            .verify(token, self.ctx.config.clock.now().timestamp())?;
         let role = claims.role.clone().unwrap_or_default();
         if !self.ctx.config.jwt.admin_roles.contains(&role) {
             return Err(ApiError::forbidden("not_admin", "User not allowed"));
@@ -625,7 +628,10 @@ impl Accounts {
         token: &str,
         with_identities: bool,
     ) -> ApiResult<Principal> {
-        let claims: IncomingClaims = self.ctx.jwt.verify(token)?;
+        let claims: IncomingClaims = self
+            .ctx
+            .jwt
+            .verify(token, self.ctx.config.clock.now().timestamp())?;
         let aud = claims
             .aud
             .as_ref()
@@ -661,7 +667,7 @@ impl Accounts {
         }
         let user = live.user.clone();
         let identities = with_identities.then(|| live.identities.clone());
-        if user.is_banned(Utc::now()) {
+        if user.is_banned(self.ctx.config.clock.now()) {
             return Err(ApiError::forbidden("user_banned", "User is banned"));
         }
         Ok(Principal::User {
@@ -735,7 +741,7 @@ impl Accounts {
                 "A user with this email address has already been registered",
             ));
         }
-        let now = Utc::now();
+        let now = self.ctx.config.clock.now();
         if non_empty(&up.password).is_some() {
             match non_empty(&up.nonce) {
                 Some(nonce) => self.consume_nonce(&user, nonce).await?,

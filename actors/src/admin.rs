@@ -248,7 +248,7 @@ impl Admin {
         data: Map<String, Value>,
         aud: &str,
     ) -> ApiResult<User> {
-        let now = Utc::now();
+        let now = self.ctx.config.clock.now();
         let id = Uuid::new_v4();
         let mut tx = self.ctx.store.begin().await?;
         tx.insert_user(&NewUser {
@@ -310,7 +310,7 @@ impl Admin {
                 let mut tx = self.ctx.store.begin().await?;
                 let mut meta = u.user_metadata();
                 merge_metadata(&mut meta, &data);
-                tx.update_metadata(u.id, &meta, &u.app_metadata(), Utc::now())
+                tx.update_metadata(u.id, &meta, &u.app_metadata(), self.ctx.config.clock.now())
                     .await?;
                 let u = self.load(&mut tx, u.id).await?;
                 tx.commit().await?;
@@ -465,7 +465,7 @@ impl Admin {
                     .await?
             }
         };
-        let now = Utc::now();
+        let now = self.ctx.config.clock.now();
         let banned = a
             .ban_duration
             .as_deref()
@@ -578,7 +578,7 @@ impl Admin {
         if let Some(p) = password {
             validate::require_strong_password(&cfg.password, p)?;
         }
-        let now = Utc::now();
+        let now = self.ctx.config.clock.now();
         let banned = a
             .ban_duration
             .as_deref()
@@ -673,7 +673,7 @@ impl Admin {
                 Some(json!({"user_id": user.id})),
             ),
             "",
-            Utc::now(),
+            self.ctx.config.clock.now(),
         )
         .await?;
         let ended = crate::sessions::end(&mut tx, user.id, SessionScope::All).await?;
@@ -682,7 +682,7 @@ impl Admin {
     }
 
     pub async fn delete_user(&self, actor: &AuditActor, id: Uuid, soft: bool) -> ApiResult<()> {
-        let now = Utc::now();
+        let now = self.ctx.config.clock.now();
         let mut tx = self.ctx.store.begin().await?;
         let user = self.load(&mut tx, id).await?;
         let traits =

@@ -216,7 +216,7 @@ fn link(ctx: &Ctx, path_key: &str, hash: &str, link_type: &str, redirect_to: &st
 }
 
 async fn send(ctx: &Ctx, req: &SendRequest) -> ApiResult<Vec<Issued>> {
-    let now = Utc::now();
+    let now = ctx.config.clock.now();
     let (tt, path_key, link_type, flow_method, audit) = kind_facts(req.kind);
     let mut tx = ctx.store.begin().await?;
     let user = tx
@@ -438,7 +438,7 @@ async fn verify(
     vtype: VerifyType,
     presented: &Presented,
 ) -> ApiResult<Verified> {
-    let now = Utc::now();
+    let now = ctx.config.clock.now();
     let mut tx = ctx.store.begin().await?;
     let (tt, pkce) = match presented {
         Presented::Hash(hash) => match tx.take_token_hash(hash, vtype.token_types()).await? {

@@ -26,6 +26,8 @@ pub struct TokenGrant {
     pub access_token: String,
     pub refresh_token: String,
     pub expires_at: i64,
+    /// Seconds the access token lives (GoTrue's `expires_in`).
+    pub expires_in: i64,
     pub user: User,
     pub identities: Vec<Identity>,
     pub session_id: Uuid,
@@ -82,6 +84,7 @@ fn grant(
         access_token,
         refresh_token,
         expires_at: claims.exp,
+        expires_in: claims.exp - claims.iat,
         user,
         identities,
         session_id,
@@ -109,7 +112,7 @@ async fn issue(
     method: &'static str,
     audits: &[Audit],
 ) -> ApiResult<TokenGrant> {
-    let now = Utc::now();
+    let now = ctx.config.clock.now();
     let token = random_base32(12);
     let mut tx = ctx.store.begin().await?;
     write_audits(&mut tx, &user, audits, now).await?;
@@ -194,7 +197,7 @@ fn check_session_validity(
 }
 
 async fn refresh(ctx: &Ctx, presented: &str) -> ApiResult<TokenGrant> {
-    let now = Utc::now();
+    let now = ctx.config.clock.now();
     let mut tx = ctx.store.begin().await?;
     let Some(c) = tx.refresh_context(presented).await? else {
         return Err(not_found());
@@ -306,7 +309,7 @@ impl Sessions {
         session_id: Option<Uuid>,
         scope: LogoutScope,
     ) -> ApiResult<()> {
-        let now = Utc::now();
+        let now = self.ctx.config.clock.now();
         let scope = match (scope, session_id) {
             (_, None) | (LogoutScope::Global, _) => SessionScope::All,
             (LogoutScope::Local, Some(s)) => SessionScope::Only(s),

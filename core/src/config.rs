@@ -148,6 +148,8 @@ pub struct Config {
     pub actor_call_timeout: Duration,
     /// Live sessions the `SessionManager` keeps in memory.
     pub session_cache_size: u64,
+    /// Not a setting: the time source every decision reads (see `Clock`).
+    pub clock: crate::Clock,
     /// How often a SQLite server looks for changes other processes made
     /// (PostgreSQL pushes them instead).
     pub cache_poll_interval: Duration,
@@ -513,6 +515,7 @@ impl Config {
             expiry_schedule: v.string(&["CASTELLAN_EXPIRY_SCHEDULE"], "0 * * * * *"),
             actor_call_timeout: v
                 .duration(&["CASTELLAN_ACTOR_CALL_TIMEOUT"], Duration::from_secs(5))?,
+            clock: crate::Clock::default(),
             session_cache_size: v.num(&["CASTELLAN_SESSION_CACHE_SIZE"], 10_000u64)?,
             cache_poll_interval: v
                 .duration(

@@ -4,6 +4,7 @@
 //! `error_code`s, crypto (passwords, tokens, JWTs) and the `Store` with its two
 //! backends (PostgreSQL in GoTrue's `auth` schema, SQLite as the embedded default).
 
+pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod duration;
@@ -13,6 +14,7 @@ pub mod redirect;
 pub mod store;
 pub mod validate;
 
+pub use clock::Clock;
 pub use config::Config;
 pub use error::{ApiError, ApiResult};
 pub use store::Store;

@@ -72,9 +72,13 @@ async fn sweep(
     _tick: apalis_cron::Tick,
     store: Data<Store>,
     otp_exp: Data<Duration>,
+    clock: Data<castellan_core::Clock>,
 ) -> Result<(), BoxDynError> {
-    let swept = store
-        .sweep_expired(chrono::Utc::now(), *otp_exp, 100)
+    let now = clock.now();
+    let swept = store.sweep_expired(now, *otp_exp, 100).await?;
+    // Change records every server has long since read (SQLite's change log).
+    store
+        .prune_changes(now - chrono::Duration::minutes(10))
         .await?;
     for (kind, n) in [
         ("one_time_tokens", swept.one_time_tokens),
@@ -122,6 +126,7 @@ pub async fn run(
         .map_err(|e| format!("CASTELLAN_EXPIRY_SCHEDULE: {e}"))?;
     let sweep_store = store.clone();
     let otp_exp = config.mailer.otp_exp;
+    let clock = config.clock.clone();
     let cron_name = format!("castellan-expiry-{}", uuid::Uuid::new_v4().simple());
     let policy = RetryPolicy::retries(attempts - 1).with_backoff(backoff.clone().make_backoff());
     // The same monitor over either backend (their storage types differ).
@@ -143,6 +148,7 @@ pub async fn run(
                         .backend(apalis_cron::CronScheduler::new(schedule.clone()))
                         .data(sweep_store.clone())
                         .data(otp_exp)
+                        .data(clock.clone())
                         .build(sweep)
                 })
                 .run_with_signal(signal)

@@ -65,11 +65,10 @@ pub fn routes(state: AppState) -> Router<AppState> {
 
 /// GoTrue's token response.
 pub fn token_response(g: &TokenGrant, weak_password: Option<Value>) -> Value {
-    let now = chrono::Utc::now().timestamp();
     let mut body = json!({
         "access_token": g.access_token,
         "token_type": "bearer",
-        "expires_in": g.expires_at - now,
+        "expires_in": g.expires_in,
         "expires_at": g.expires_at,
         "refresh_token": g.refresh_token,
         "user": g.user.to_json(&g.identities),

@@ -115,11 +115,10 @@ pub async fn verify_link(
         Ok(g) => g,
         Err(e) => return Ok(error_redirect(&to, &e, false)),
     };
-    let now = chrono::Utc::now().timestamp();
     let mut pairs: Vec<(&str, String)> = vec![
         ("access_token", g.access_token),
         ("expires_at", g.expires_at.to_string()),
-        ("expires_in", (g.expires_at - now).to_string()),
+        ("expires_in", g.expires_in.to_string()),
         ("refresh_token", g.refresh_token),
         ("sb", String::new()),
         ("token_type", "bearer".into()),

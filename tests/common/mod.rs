@@ -210,6 +210,31 @@ impl TestServer {
         .await
     }
 
+    /// The server's clock: tests move it instead of sleeping.
+    pub fn clock(&self) -> &castellan_core::Clock {
+        &self.server.state.config.clock
+    }
+
+    /// Every email job ever queued (whatever its state). A job commits with
+    /// the token it carries, so this is exact as soon as a response is in.
+    pub async fn email_jobs(&self) -> i64 {
+        let q = castellan_jobs::queue::EMAIL_QUEUE;
+        match self.pool() {
+            Pool::Pg(p) => {
+                sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE job_type = $1")
+                    .bind(q)
+                    .fetch_one(p)
+                    .await
+                    .unwrap()
+            }
+            Pool::Lite(p) => sqlx::query_scalar("SELECT count(*) FROM Jobs WHERE job_type = $1")
+                .bind(q)
+                .fetch_one(p)
+                .await
+                .unwrap(),
+        }
+    }
+
     pub async fn get_user(&self, access_token: &str) -> Reply {
         self.request(Method::GET, "/user", Some(access_token), None)
             .await

@@ -60,6 +60,9 @@ pub struct IncomingClaims {
     pub session_id: Option<String>,
     #[serde(default)]
     pub is_anonymous: bool,
+    /// Expiry (seconds since the epoch), checked against the caller's clock.
+    #[serde(default)]
+    pub exp: Option<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -105,21 +108,28 @@ impl JwtKeys {
             .map_err(|e| ApiError::internal("jwt sign", e))
     }
 
-    /// Checks signature and (when present) expiry, as GoTrue does; `aud` and
-    /// `iss` are not checked here.
-    pub fn verify(&self, token: &str) -> Result<IncomingClaims, ApiError> {
+    /// Checks signature and (when present) expiry at `now` (seconds), as
+    /// GoTrue does; `aud` and `iss` are not checked here.
+    pub fn verify(&self, token: &str, now: i64) -> Result<IncomingClaims, ApiError> {
         let mut v = Validation::new(Algorithm::HS256);
         v.validate_aud = false;
-        v.leeway = 0;
+        v.validate_exp = false;
         v.required_spec_claims.clear();
-        jsonwebtoken::decode::<IncomingClaims>(token, &self.decoding, &v)
+        let claims = jsonwebtoken::decode::<IncomingClaims>(token, &self.decoding, &v)
             .map(|d| d.claims)
             .map_err(|e| {
                 ApiError::forbidden(
                     "bad_jwt",
                     format!("invalid JWT: unable to parse or verify signature, {e}"),
                 )
-            })
+            })?;
+        if claims.exp.is_some_and(|exp| exp <= now as f64) {
+            return Err(ApiError::forbidden(
+                "bad_jwt",
+                "invalid JWT: unable to parse or verify signature, token has invalid claims: token is expired",
+            ));
+        }
+        Ok(claims)
     }
 }
 
@@ -172,7 +182,7 @@ mod tests {
         let t = k
             .sign(&role_claims("service_role", "authenticated", now, 60, None))
             .unwrap();
-        let c = k.verify(&t).unwrap();
+        let c = k.verify(&t, now).unwrap();
         assert_eq!(c.role.as_deref(), Some("service_role"));
         let raw: Value = serde_json::from_slice(
             &base64::Engine::decode(
@@ -192,12 +202,16 @@ mod tests {
         let k = keys();
         let now = chrono::Utc::now().timestamp();
         let t = k.sign(&role_claims("x", "a", now - 100, 10, None)).unwrap();
-        assert_eq!(k.verify(&t).unwrap_err().code, "bad_jwt");
+        assert_eq!(k.verify(&t, now).unwrap_err().code, "bad_jwt");
+        // Expiry is judged by the caller's clock, to the second.
+        let t = k.sign(&role_claims("x", "a", now, 60, None)).unwrap();
+        assert!(k.verify(&t, now + 59).is_ok());
+        assert_eq!(k.verify(&t, now + 60).unwrap_err().code, "bad_jwt");
         let other = JwtKeys::new(
             &crate::Config::for_tests(crate::config::DatabaseUrl::Sqlite("x".into())).jwt,
             "other",
         );
         let t = other.sign(&role_claims("x", "a", now, 60, None)).unwrap();
-        assert_eq!(k.verify(&t).unwrap_err().status, 403);
+        assert_eq!(k.verify(&t, now).unwrap_err().status, 403);
     }
 }
