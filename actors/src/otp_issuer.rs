@@ -295,6 +295,7 @@ async fn send(ctx: &Ctx, req: &SendRequest) -> ApiResult<Vec<Issued>> {
         };
         tx.set_one_time_token(user.id, tt, &stored, &address, now)
             .await?;
+        tx.forget_wrong_guesses(user.id, tt).await?;
         let job = EmailJob {
             id: Uuid::new_v4(),
             kind: req.kind,
@@ -428,6 +429,26 @@ async fn issue_code(
         })
 }
 
+/// A wrong code: counted against each token the code could have matched;
+/// a token guessed at too often is void, so the right code no longer works
+/// either. The count is in the database, so it holds across processes.
+async fn wrong_guess(
+    ctx: &Ctx,
+    mut tx: castellan_core::store::Tx,
+    user_id: Uuid,
+    vtype: VerifyType,
+) -> ApiResult<()> {
+    for &tt in vtype.token_types() {
+        if tx.count_wrong_guess(user_id, tt).await? >= ctx.config.mailer.otp_max_guesses {
+            tx.void_token(user_id, tt).await?;
+            metrics::counter!("castellan_otp_voided_total", "reason" => "too_many_guesses")
+                .increment(1);
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
 fn expired() -> ApiError {
     ApiError::forbidden("otp_expired", "Email link is invalid or has expired")
 }
@@ -461,6 +482,7 @@ async fn verify(
                 }
             }
             let Some(tt) = found else {
+                wrong_guess(ctx, tx, user_id, vtype).await?;
                 return Err(ApiError::forbidden(
                     "otp_expired",
                     "Token has expired or is invalid",

@@ -97,6 +97,8 @@ pub struct EmailBudget {
 pub struct MailerConfig {
     pub otp_exp: Duration,
     pub otp_length: usize,
+    /// Wrong codes typed against one outstanding token before it is void.
+    pub otp_max_guesses: i64,
     /// Link paths by kind (`confirmation`, `invite`, `recovery`, `email_change`).
     pub url_paths: HashMap<String, String>,
     /// Subjects by kind (`confirmation`, `invite`, `magic_link`, `recovery`, `email_change`, `reauthentication`).
@@ -338,6 +340,7 @@ fn mailer(v: &Vars) -> Result<MailerConfig, ConfigError> {
         } else {
             6
         },
+        otp_max_guesses: v.num(&["CASTELLAN_OTP_MAX_GUESSES"], 5i64)?.max(1),
         url_paths,
         subjects,
         templates,

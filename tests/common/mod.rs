@@ -289,6 +289,11 @@ impl TestServer {
     }
 
     /// `SELECT count(*) … WHERE … = $1` with one bound UUID.
+    pub async fn user_id_by_email(&self, email: &str) -> Uuid {
+        on!(pool self.pool(), p => sqlx::query_scalar::<_, Uuid>("SELECT id FROM users WHERE email = $1")
+            .bind(email).fetch_one(p).await.unwrap())
+    }
+
     pub async fn count_by_uuid(&self, sql: &'static str, id: Uuid) -> i64 {
         on!(pool self.pool(), p => sqlx::query_scalar::<_, i64>(sql).bind(id).fetch_one(p).await.unwrap())
     }

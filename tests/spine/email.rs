@@ -1009,3 +1009,54 @@ both_mail!(
         assert!(m.data.contains("(http://localhost:3000)"), "{}", m.data);
     }
 );
+
+// Guessing codes: after CASTELLAN_OTP_MAX_GUESSES wrong codes the
+// outstanding code is void (the right one fails too), counted in the
+// database; a new code starts the count again.
+both_mail!(wrong_codes_void_the_outstanding_code, |_| {}, |t, sink| {
+    t.post("/otp", json!({"email": "guess@example.com"})).await;
+    let m = sink.wait_for("guess@example.com", 1).await;
+    let code = m.code();
+    let wrong = |i: u32| format!("{:06}", (code.parse::<u32>().unwrap() + 1 + i) % 1_000_000);
+    for i in 0..5 {
+        t.post(
+            "/verify",
+            json!({"type": "signup", "email": "guess@example.com", "token": wrong(i)}),
+        )
+        .await
+        .assert_error(403, "otp_expired");
+    }
+    let user = t.user_id_by_email("guess@example.com").await;
+    assert_eq!(
+        t.count_by_uuid(
+            "SELECT coalesce(sum(failures), 0) FROM castellan_otp_guesses WHERE user_id = $1",
+            user
+        )
+        .await,
+        5
+    );
+    t.post(
+        "/verify",
+        json!({"type": "signup", "email": "guess@example.com", "token": code}),
+    )
+    .await
+    .assert_error(403, "otp_expired");
+    assert!(t.user(&user.to_string()).await.email_confirmed_at.is_none());
+    // A fresh code (after the send window) works, and the count starts again.
+    t.clock().advance(std::time::Duration::from_secs(61));
+    let r = t
+        .post(
+            "/resend",
+            json!({"type": "signup", "email": "guess@example.com"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let fresh = sink.wait_for("guess@example.com", 2).await;
+    let r = t
+        .post(
+            "/verify",
+            json!({"type": "signup", "email": "guess@example.com", "token": fresh.code()}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+});

@@ -284,6 +284,44 @@ impl Tx {
         })
     }
 
+    /// Counts one wrong code against the user's token of this type and
+    /// returns the count so far (one statement, so concurrent guesses all count).
+    pub async fn count_wrong_guess(
+        &mut self,
+        user_id: Uuid,
+        tt: TokenType,
+    ) -> Result<i64, sqlx::Error> {
+        count();
+        on!(tx self, c => sqlx::query_scalar::<_, i64>(
+            "INSERT INTO castellan_otp_guesses (user_id, token_type, failures) VALUES ($1, $2, 1) \
+             ON CONFLICT (user_id, token_type) DO UPDATE SET failures = castellan_otp_guesses.failures + 1 \
+             RETURNING CAST(failures AS BIGINT)")
+            .bind(user_id).bind(tt.name()).fetch_one(&mut *c).await)
+    }
+
+    /// Forgets the wrong guesses against a token type (a new token was issued).
+    pub async fn forget_wrong_guesses(
+        &mut self,
+        user_id: Uuid,
+        tt: TokenType,
+    ) -> Result<(), sqlx::Error> {
+        count();
+        on!(tx self, c => sqlx::query("DELETE FROM castellan_otp_guesses WHERE user_id = $1 AND token_type = $2")
+            .bind(user_id).bind(tt.name()).execute(&mut *c).await.map(drop))
+    }
+
+    /// Voids the user's outstanding token of this type: column and row.
+    pub async fn void_token(&mut self, user_id: Uuid, tt: TokenType) -> Result<(), sqlx::Error> {
+        self.clear_token_column(user_id, tt).await?;
+        count();
+        match &mut self.conn {
+            Conn::Pg(t) => sqlx::query("DELETE FROM one_time_tokens WHERE user_id = $1 AND token_type = $2::auth.one_time_token_type")
+                .bind(user_id).bind(tt.name()).execute(&mut **t).await.map(drop),
+            Conn::Lite(t, _) => sqlx::query("DELETE FROM one_time_tokens WHERE user_id = $1 AND token_type = $2")
+                .bind(user_id).bind(tt.name()).execute(&mut **t).await.map(drop),
+        }
+    }
+
     /// Confirmation side effects clear every pending one-time token of the user.
     pub async fn clear_one_time_tokens(&mut self, user_id: Uuid) -> Result<(), sqlx::Error> {
         count();
