@@ -114,16 +114,24 @@ async fn issue(
 ) -> ApiResult<TokenGrant> {
     let now = ctx.config.clock.now();
     let token = random_base32(12);
+    let payloads: Vec<Value> = audits
+        .iter()
+        .map(|(action, traits)| audit_payload(&user, *action, traits.clone()))
+        .collect();
     let mut tx = ctx.store.begin().await?;
-    write_audits(&mut tx, &user, audits, now).await?;
-    tx.insert_session(session_id, user.id, method, now).await?;
-    tx.insert_refresh_token(&token, user.id, None, session_id, now)
+    let identities = tx
+        .start_session(&store::NewSession {
+            id: session_id,
+            user_id: user.id,
+            method,
+            refresh_token: &token,
+            audits: &payloads,
+            now,
+        })
         .await?;
-    tx.set_last_sign_in(user.id, now).await?;
     tx.commit().await?;
     user.last_sign_in_at = Some(now);
     user.updated_at = Some(now);
-    let identities = ctx.store.identities_of(user.id).await?;
     let amr = vec![AmrEntry {
         method: method.into(),
         timestamp: now.timestamp(),

@@ -77,6 +77,17 @@ pub struct LiveSession {
     pub aal: Option<String>,
 }
 
+/// A session to start: its row, first authentication method, first
+/// refresh token, the user's last sign-in, and the audit entries.
+pub struct NewSession<'a> {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub method: &'a str,
+    pub refresh_token: &'a str,
+    pub audits: &'a [Value],
+    pub now: DateTime<Utc>,
+}
+
 /// Which sessions of a user to delete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionScope {
@@ -256,6 +267,57 @@ impl Tx {
     ) -> Result<(), sqlx::Error> {
         self.insert_audits(std::slice::from_ref(payload), ip, now)
             .await
+    }
+
+    /// Starts a session and returns the user's identities: one statement on
+    /// PostgreSQL (a data-modifying CTE; foreign keys are checked at its end),
+    /// a few local ones on SQLite.
+    pub async fn start_session(
+        &mut self,
+        s: &NewSession<'_>,
+    ) -> Result<Vec<Identity>, sqlx::Error> {
+        self.touch(s.user_id);
+        if let Conn::Pg(t) = &mut self.conn {
+            count();
+            let row = sqlx::query(
+                "WITH session AS (INSERT INTO sessions (id, user_id, created_at, updated_at, aal) \
+                                  VALUES ($1, $2, $3, $3, 'aal1'::auth.aal_level)), \
+                 amr AS (INSERT INTO mfa_amr_claims (id, session_id, authentication_method, created_at, updated_at) \
+                         VALUES ($4, $1, $5, $3, $3)), \
+                 refresh AS (INSERT INTO refresh_tokens (instance_id, token, user_id, revoked, created_at, updated_at, parent, session_id) \
+                             VALUES ($6, $7, $8, false, $3, $3, NULL, $1)), \
+                 signed_in AS (UPDATE users SET last_sign_in_at = $3, updated_at = $3 WHERE id = $2), \
+                 audit AS (INSERT INTO audit_log_entries (instance_id, id, payload, created_at, ip_address) \
+                           SELECT $6, gen_random_uuid(), a.payload, $3, '' FROM jsonb_array_elements($9::jsonb) AS a(payload)) \
+                 SELECT (SELECT coalesce(json_agg(json_build_object('id', i.id, 'provider_id', i.provider_id, \
+                    'user_id', i.user_id, 'identity_data', i.identity_data, 'provider', i.provider, 'last_sign_in_at', i.last_sign_in_at, \
+                    'created_at', i.created_at, 'updated_at', i.updated_at) ORDER BY i.created_at, i.id), '[]'::json) \
+                    FROM identities i WHERE i.user_id = $2) AS identities_json",
+            )
+            .bind(s.id)
+            .bind(s.user_id)
+            .bind(s.now)
+            .bind(Uuid::now_v7())
+            .bind(s.method)
+            .bind(INSTANCE_ID)
+            .bind(s.refresh_token)
+            .bind(s.user_id.to_string())
+            .bind(Json(s.audits))
+            .fetch_one(&mut **t)
+            .await?;
+            let ids: Json<Vec<Identity>> = row.try_get("identities_json")?;
+            return Ok(ids.0);
+        }
+        self.insert_audits(s.audits, "", s.now).await?;
+        self.insert_session(s.id, s.user_id, s.method, s.now)
+            .await?;
+        self.insert_refresh_token(s.refresh_token, s.user_id, None, s.id, s.now)
+            .await?;
+        self.set_last_sign_in(s.user_id, s.now).await?;
+        count();
+        on!(tx self, c => sqlx::query_as(concat!("SELECT ", identity_cols!(),
+            " FROM identities WHERE user_id = $1 ORDER BY created_at, id"))
+            .bind(s.user_id).fetch_all(&mut *c).await)
     }
 
     /// A new aal1 session with its first authentication method.
