@@ -1,11 +1,14 @@
-//! `cargo run --release -p castellan-bench -- --db sqlite|postgres`
+//! `cargo build --release -p castellan -p castellan-bench && target/release/castellan-bench --db sqlite|postgres`
 //!
-//! Builds castellan in release mode, starts it, seeds users and measures, in
+//! (One cargo invocation for both, so they share one feature resolution and
+//! nothing is compiled twice.) Starts castellan in release mode, seeds users and measures, in
 //! one run on this machine: the argon2id ceiling, the HTTP floor, password
 //! sign-in, refresh chains, user look-ups and sign-ups, at 1 000 and at
 //! 1 000 000 users, with peak RSS and database round trips per operation.
 //! Prints a table and writes `bench/results/latest-<db>.json`.
 
+mod cache;
+mod floor;
 mod load;
 // The same loopback SMTP server the tests use.
 mod seed;
@@ -153,6 +156,7 @@ struct Bench {
     duration: Duration,
     connections: usize,
     results: Vec<(String, Measured, f64, f64)>,
+    hit_rates: Vec<(String, f64)>,
 }
 
 impl Bench {
@@ -206,7 +210,13 @@ impl Bench {
             );
         }
         let url = format!("{base}/user");
-        Ok(self
+        let hits = "castellan_session_cache_hits_total";
+        let misses = "castellan_session_cache_misses_total";
+        let (h0, m0) = (
+            self.srv.counter(&self.http, hits).await,
+            self.srv.counter(&self.http, misses).await,
+        );
+        let m = self
             .measure(name, |i| { let t = tokens[i].clone(); async move { (client_at(i), t) } }, move |(c, t): (reqwest::Client, String)| {
                 let url = url.clone();
                 async move {
@@ -214,7 +224,45 @@ impl Bench {
                     ((c, t), ok)
                 }
             })
-            .await)
+            .await;
+        let (h, ms) = (
+            self.srv.counter(&self.http, hits).await - h0,
+            self.srv.counter(&self.http, misses).await - m0,
+        );
+        let rate = if h + ms > 0.0 { h / (h + ms) } else { 0.0 };
+        eprintln!(
+            "{:<28} {:>9.4} ({h} hits, {ms} misses)",
+            "  session cache hit rate", rate
+        );
+        self.hit_rates.push((name.to_string(), rate));
+        Ok(m)
+    }
+
+    /// Presents `tokens` once each (filling the session cache).
+    async fn present_all(&self, tokens: Vec<String>) -> usize {
+        let url = format!("{}/user", self.srv.base);
+        let tokens = Arc::new(tokens);
+        let next = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for w in 0..self.connections {
+            let (tokens, next, url, c) = (tokens.clone(), next.clone(), url.clone(), client_at(w));
+            tasks.push(tokio::spawn(async move {
+                let mut ok = 0;
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    let Some(t) = tokens.get(i) else { return ok };
+                    if matches!(c.get(&url).bearer_auth(t).send().await, Ok(r) if r.status() == 200)
+                    {
+                        ok += 1;
+                    }
+                }
+            }));
+        }
+        let mut ok = 0;
+        for t in tasks {
+            ok += t.await.unwrap_or(0);
+        }
+        ok
     }
 
     async fn refresh(&mut self, name: &str) -> anyhow::Result<Measured> {
@@ -317,6 +365,7 @@ async fn main() -> anyhow::Result<()> {
         duration,
         connections: args.connections,
         results: Vec::new(),
+        hit_rates: Vec::new(),
     };
 
     let health_url = format!("{}/health", b.srv.base);
@@ -356,6 +405,24 @@ async fn main() -> anyhow::Result<()> {
 
     let user_small = b.get_user("GET /user (1k users)").await?;
     let refresh_small = b.refresh("POST /token refresh (1k)").await?;
+    let db_url = if args.db == "sqlite" {
+        castellan_core::config::DatabaseUrl::Sqlite(
+            database_url.trim_start_matches("sqlite://").to_string(),
+        )
+    } else {
+        castellan_core::config::DatabaseUrl::Postgres(database_url.clone())
+    };
+    let floor = floor::run(&db_url, args.connections, duration).await?;
+    eprintln!(
+        "{:<28} {:>9.0}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {:>5}",
+        "floor: write transaction", floor.per_second, floor.p50_ms, floor.p99_ms, floor.errors
+    );
+    b.results.push((
+        "floor: write transaction (locked read, update, insert, commit)".into(),
+        floor.clone(),
+        3.0,
+        1.0,
+    ));
 
     let signup_url = format!("{}/signup", b.srv.base);
     let signups = b
@@ -417,6 +484,17 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("seeded in {:.1} s", t.elapsed().as_secs_f64());
     let user_big = b.get_user("GET /user (big)").await?;
     let refresh_big = b.refresh("POST /token refresh (big)").await?;
+    // The session cache at its default size (one live session per user).
+    let cache_size = 10_000.min(args.big_users);
+    let tokens = cache::sessions(&database_url, server::SECRET, cache_size).await?;
+    let (rss_before_fill, _) = b.srv.rss_mib();
+    let t = Instant::now();
+    let presented = b.present_all(tokens).await;
+    let (rss_cache_full, _) = b.srv.rss_mib();
+    eprintln!(
+        "cache filled with {presented} sessions in {:.1} s: RSS {rss_before_fill:.1} -> {rss_cache_full:.1} MiB",
+        t.elapsed().as_secs_f64()
+    );
     let (_, peak_rss) = b.srv.rss_mib();
 
     let pool = std::thread::available_parallelism()
@@ -440,14 +518,32 @@ async fn main() -> anyhow::Result<()> {
         (
             "GET /user / GET /health",
             ratio(user_small.per_second, health.per_second),
-            0.4,
+            0.5,
             true,
         ),
         (
-            "refresh / GET /user",
-            ratio(refresh_small.per_second, user_small.per_second),
-            0.3,
+            "refresh / write-transaction floor",
+            ratio(refresh_small.per_second, floor.per_second),
+            0.7,
             true,
+        ),
+        (
+            "password sign-in statements/op",
+            b.results
+                .iter()
+                .find(|r| r.0 == "POST /token password")
+                .map_or(0.0, |r| r.2),
+            3.0,
+            false,
+        ),
+        (
+            "refresh statements/op",
+            b.results
+                .iter()
+                .find(|r| r.0 == "POST /token refresh (1k)")
+                .map_or(0.0, |r| r.2),
+            3.0,
+            false,
         ),
         (
             "GET /user p99 / p50",
@@ -505,7 +601,12 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     let _ = signups;
-    println!("\npeak RSS over the whole run: {peak_rss:.1} MiB; idle {idle_rss:.1} MiB");
+    for (name, rate) in &b.hit_rates {
+        println!("\nsession cache hit rate during {name}: {rate:.4}");
+    }
+    println!(
+        "\npeak RSS over the whole run: {peak_rss:.1} MiB; idle {idle_rss:.1} MiB; with the session cache full ({cache_size} sessions): {rss_cache_full:.1} MiB (before filling {rss_before_fill:.1} MiB)"
+    );
 
     let report = json!({
         "db": args.db,
@@ -519,6 +620,11 @@ async fn main() -> anyhow::Result<()> {
         "idle_rss_mib": idle_rss,
         "peak_rss_under_password_load_mib": login_peak_rss,
         "peak_rss_mib": peak_rss,
+        "rss_cache_full_mib": rss_cache_full,
+        "rss_before_cache_fill_mib": rss_before_fill,
+        "cache_sessions": cache_size,
+        "floor": floor,
+        "cache_hit_rates": b.hit_rates.iter().map(|(n, r)| json!({"scenario": n, "hit_rate": r})).collect::<Vec<_>>(),
         "scenarios": b.results.iter().map(|(n, m, q, t)| json!({"name": n, "measured": m, "statements_per_op": q, "transactions_per_op": t})).collect::<Vec<_>>(),
         "targets": targets.iter().map(|(n, v, bound, at_least)| json!({"target": n, "measured": v, "bound": bound, "at_least": at_least,
             "met": if *at_least { v >= bound } else { v <= bound }})).collect::<Vec<_>>(),
