@@ -277,7 +277,7 @@ pub async fn start_with(config: Config, workers: bool) -> anyhow::Result<Server>
         config: Arc::new(ctx.config.clone()),
         links: Links::new(accounts.clone(), actors.otp.clone()),
         accounts,
-        admin: Admin::new(ctx.clone()),
+        admin: Admin::with_otp(ctx.clone(), actors.otp.clone()),
         actors,
         metrics,
     };

@@ -142,8 +142,13 @@ fn identity_data(user_id: Uuid, provider: &str, value: &str, verified: bool) -> 
 }
 
 impl Admin {
+    /// Without `otp`, sends read every window from the database (tools).
     pub fn new(ctx: Arc<Ctx>) -> Self {
-        let otp = OtpIssuer::new(ctx.clone());
+        let otp = OtpIssuer::standalone(ctx.clone());
+        Self { ctx, otp }
+    }
+
+    pub fn with_otp(ctx: Arc<Ctx>, otp: OtpIssuer) -> Self {
         Self { ctx, otp }
     }
 

@@ -7,12 +7,15 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use arc_swap::ArcSwapOption;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
 use castellan_core::crypto::{otp, secure_eq, token_hash};
 use castellan_core::models::{AuditAction, AuditActor, Pkce, User, audit_payload};
 use castellan_core::store::TokenType;
 use castellan_core::{ApiError, ApiResult};
 use castellan_jobs::{EmailJob, EmailKind};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -215,6 +218,24 @@ fn link(ctx: &Ctx, path_key: &str, hash: &str, link_type: &str, redirect_to: &st
     format!("{base}?token={hash}&type={link_type}&redirect_to={r}")
 }
 
+fn has_window(req: &SendRequest) -> bool {
+    req.kind != EmailKind::Invite && !req.generate_only
+}
+
+/// 429 while the window since the last email of this kind is still open.
+fn window_open(ctx: &Ctx, sent: DateTime<Utc>, now: DateTime<Utc>) -> ApiResult<()> {
+    let window = chrono::Duration::from_std(ctx.config.smtp.max_frequency).unwrap_or_default();
+    let left = (sent + window - now).num_seconds();
+    if left > 0 {
+        return Err(ApiError::too_many_requests(
+            "over_email_send_rate_limit",
+            format!("For security purposes, you can only request this after {left} seconds."),
+            left as u64,
+        ));
+    }
+    Ok(())
+}
+
 async fn send(ctx: &Ctx, req: &SendRequest) -> ApiResult<Vec<Issued>> {
     let now = ctx.config.clock.now();
     let (tt, path_key, link_type, flow_method, audit) = kind_facts(req.kind);
@@ -229,20 +250,10 @@ async fn send(ctx: &Ctx, req: &SendRequest) -> ApiResult<Vec<Issued>> {
         .filter(|e| !e.is_empty())
         .ok_or_else(|| ApiError::validation("The user has no email address"))?;
     // The per-user window (invites and generated links have none).
-    if req.kind != EmailKind::Invite
-        && !req.generate_only
+    if has_window(req)
         && let Some(sent) = tt.sent_at(&user)
     {
-        let window = chrono::Duration::from_std(ctx.config.smtp.max_frequency).unwrap_or_default();
-        let left = (sent + window - now).num_seconds();
-        if left > 0 {
-            let code = "over_email_send_rate_limit";
-            return Err(ApiError::too_many_requests(
-                code,
-                format!("For security purposes, you can only request this after {left} seconds."),
-                left as u64,
-            ));
-        }
+        window_open(ctx, sent, now)?;
     }
     let budget = ctx.config.mailer.email_sent;
     if !req.generate_only
@@ -555,17 +566,105 @@ async fn verify(
     })
 }
 
+/// The send windows this process has seen: when each user was last sent
+/// each kind of token. The database stays the authority (other processes
+/// send too); a window seen here is a lower bound on the real one, so a
+/// request inside it is refused without opening a transaction or taking
+/// the user's row lock (on SQLite, the one writer's turn).
+pub struct SendWindows {
+    sent: moka::sync::Cache<(Uuid, TokenType), DateTime<Utc>>,
+}
+
+impl SendWindows {
+    pub fn new(window: std::time::Duration) -> Arc<Self> {
+        Arc::new(Self {
+            sent: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(window.max(std::time::Duration::from_secs(1)))
+                .build(),
+        })
+    }
+
+    fn last(&self, user: Uuid, tt: TokenType) -> Option<DateTime<Utc>> {
+        self.sent.get(&(user, tt))
+    }
+}
+
+pub enum OtpMsg {
+    /// Tokens of these kinds went to this user at this time (committed).
+    Sent {
+        user: Uuid,
+        kinds: Vec<TokenType>,
+        at: DateTime<Utc>,
+    },
+}
+
+/// The `OtpIssuer` actor: owns the send windows; issuing and verifying run
+/// in the callers' tasks and read the windows it publishes.
+pub struct OtpIssuerActor;
+
+impl Actor for OtpIssuerActor {
+    type Msg = OtpMsg;
+    type State = Arc<SendWindows>;
+    type Arguments = Arc<SendWindows>;
+
+    async fn pre_start(
+        &self,
+        _me: ActorRef<OtpMsg>,
+        windows: Arc<SendWindows>,
+    ) -> Result<Arc<SendWindows>, ActorProcessingErr> {
+        Ok(windows)
+    }
+
+    async fn handle(
+        &self,
+        _me: ActorRef<OtpMsg>,
+        msg: OtpMsg,
+        windows: &mut Arc<SendWindows>,
+    ) -> Result<(), ActorProcessingErr> {
+        let start = Instant::now();
+        match msg {
+            OtpMsg::Sent { user, kinds, at } => {
+                for tt in kinds {
+                    // Only ever later: a window never moves back.
+                    if windows.last(user, tt).is_none_or(|t| t < at) {
+                        windows.sent.insert((user, tt), at);
+                    }
+                }
+            }
+        }
+        crate::supervisor::record_message("otp_issuer", "sent", "ok", start);
+        Ok(())
+    }
+}
+
 /// What callers hold. Issuing and verifying run in the caller's task: the
 /// database serializes what must be (the user's row lock, the single-use
 /// consumption of a token), so no mailbox sits in front of them.
 #[derive(Clone)]
 pub struct OtpIssuer {
     ctx: Arc<Ctx>,
+    windows: Arc<SendWindows>,
+    actor: Arc<ArcSwapOption<ActorRef<OtpMsg>>>,
 }
 
 impl OtpIssuer {
-    pub(crate) fn new(ctx: Arc<Ctx>) -> Self {
-        Self { ctx }
+    pub fn new(
+        ctx: Arc<Ctx>,
+        windows: Arc<SendWindows>,
+        actor: Arc<ArcSwapOption<ActorRef<OtpMsg>>>,
+    ) -> Self {
+        Self {
+            ctx,
+            windows,
+            actor,
+        }
+    }
+
+    /// A handle without the actor (tools): every window is read from the database.
+    pub fn standalone(ctx: Arc<Ctx>) -> Self {
+        let windows = SendWindows::new(ctx.config.smtp.max_frequency);
+        Self::new(ctx, windows, Arc::new(ArcSwapOption::empty()))
     }
 
     fn record<T>(kind: &'static str, start: Instant, r: &ApiResult<T>) {
@@ -577,8 +676,30 @@ impl OtpIssuer {
 
     pub async fn send(&self, req: SendRequest) -> ApiResult<Vec<Issued>> {
         let start = Instant::now();
+        let (tt, ..) = kind_facts(req.kind);
+        let now = self.ctx.config.clock.now();
+        if has_window(&req)
+            && let Some(sent) = self.windows.last(req.user_id, tt)
+        {
+            let r = window_open(&self.ctx, sent, now);
+            if r.is_err() {
+                metrics::counter!("castellan_otp_window_refusals_total", "seen" => "memory")
+                    .increment(1);
+            }
+            r?;
+        }
         let r = send(&self.ctx, &req).await;
         Self::record("send", start, &r);
+        if let (Ok(issued), Some(actor)) = (&r, self.actor.load_full())
+            && has_window(&req)
+        {
+            let kinds = issued.iter().map(|i| i.token_type).collect();
+            let _ = actor.cast(OtpMsg::Sent {
+                user: req.user_id,
+                kinds,
+                at: now,
+            });
+        }
         r
     }
 

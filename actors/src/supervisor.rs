@@ -12,7 +12,7 @@ use arc_swap::ArcSwapOption;
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SpawnErr, SupervisionEvent};
 
 use crate::context::Ctx;
-use crate::otp_issuer::OtpIssuer;
+use crate::otp_issuer::{OtpIssuer, OtpIssuerActor, OtpMsg, SendWindows};
 use crate::rate_limiter::{RateLimiter, RateLimiterMsg, RateLimits};
 use crate::session_manager::{SessionCache, SessionManager, SessionManagerArgs, SessionMsg};
 use crate::sessions::Sessions;
@@ -33,6 +33,7 @@ pub fn record_message(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Child {
     SessionManager,
+    OtpIssuer,
     RateLimiter,
 }
 
@@ -40,6 +41,7 @@ impl Child {
     fn name(self) -> &'static str {
         match self {
             Child::SessionManager => "session_manager",
+            Child::OtpIssuer => "otp_issuer",
             Child::RateLimiter => "rate_limiter",
         }
     }
@@ -49,12 +51,14 @@ impl Child {
 #[derive(Clone)]
 pub struct Slots {
     sessions: Arc<ArcSwapOption<ActorRef<SessionMsg>>>,
+    otp: Arc<ArcSwapOption<ActorRef<OtpMsg>>>,
     limiter: Arc<ArcSwapOption<ActorRef<RateLimiterMsg>>>,
 }
 
 pub struct SupervisorArgs {
     ctx: Arc<Ctx>,
     cache: Arc<SessionCache>,
+    windows: Arc<SendWindows>,
     limits: RateLimits,
     slots: Slots,
 }
@@ -79,6 +83,13 @@ impl Supervisor {
                 let (r, _) = Actor::spawn_linked(None, SessionManager, args, me).await?;
                 let id = r.get_id();
                 st.args.slots.sessions.store(Some(Arc::new(r)));
+                id
+            }
+            Child::OtpIssuer => {
+                let windows = st.args.windows.clone();
+                let (r, _) = Actor::spawn_linked(None, OtpIssuerActor, windows, me).await?;
+                let id = r.get_id();
+                st.args.slots.otp.store(Some(Arc::new(r)));
                 id
             }
             Child::RateLimiter => {
@@ -110,6 +121,7 @@ impl Supervisor {
                 st.args.cache.set_following(false);
                 st.args.slots.sessions.store(None)
             }
+            Child::OtpIssuer => st.args.slots.otp.store(None),
             Child::RateLimiter => st.args.slots.limiter.store(None),
         }
         let n = st.restarts.entry(child.name()).or_insert(0);
@@ -140,6 +152,7 @@ impl Actor for Supervisor {
             restarts: HashMap::new(),
         };
         Self::spawn(Child::SessionManager, me.get_cell(), &mut st).await?;
+        Self::spawn(Child::OtpIssuer, me.get_cell(), &mut st).await?;
         Self::spawn(Child::RateLimiter, me.get_cell(), &mut st).await?;
         Ok(st)
     }
@@ -211,20 +224,23 @@ pub async fn start(ctx: Arc<Ctx>) -> Result<Actors, SpawnErr> {
     let published = cache.clone();
     ctx.store
         .on_change(Box::new(move |users| published.invalidate(users)));
+    let windows = SendWindows::new(ctx.config.smtp.max_frequency);
     let slots = Slots {
         sessions: Arc::new(ArcSwapOption::empty()),
+        otp: Arc::new(ArcSwapOption::empty()),
         limiter: Arc::new(ArcSwapOption::empty()),
     };
     let args = SupervisorArgs {
         ctx: ctx.clone(),
         cache: cache.clone(),
+        windows: windows.clone(),
         limits: limits.clone(),
         slots: slots.clone(),
     };
     let (root, _) = Actor::spawn(None, Supervisor, args).await?;
     Ok(Actors {
         sessions: Sessions::new(ctx.clone(), cache.clone()),
-        otp: OtpIssuer::new(ctx),
+        otp: OtpIssuer::new(ctx, windows, slots.otp.clone()),
         rate_limits: limits,
         session_cache: cache,
         slots,

@@ -10,7 +10,7 @@ use crate::models::User;
 use crate::on;
 
 /// GoTrue's `one_time_token_type`s, each with the users column that holds it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TokenType {
     ConfirmationToken,
