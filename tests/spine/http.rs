@@ -322,3 +322,19 @@ both!(
         );
     }
 );
+
+// Metric labels come from closed sets: invented methods and paths do not
+// become labels.
+both!(metric_labels_are_bounded, |_| {}, |t| {
+    for i in 0..20 {
+        let method = Method::from_bytes(format!("INVENTED{i}").as_bytes()).unwrap();
+        let r = t
+            .request(method, &format!("/nowhere-{i}"), None, None)
+            .await;
+        assert_eq!(r.status, 404, "{}", r.text);
+    }
+    let m = t.request(Method::GET, "/metrics", None, None).await.text;
+    assert!(!m.contains("INVENTED"), "{m}");
+    assert!(!m.contains("nowhere"), "{m}");
+    assert!(m.contains("method=\"other\""), "{m}");
+});
