@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use castellan_actors::accounts::Principal;
 use castellan_core::ApiError;
-use castellan_core::models::{AuditActor, Identity, User};
+use castellan_core::models::{AuditActor, User};
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
@@ -109,32 +109,31 @@ pub struct AuthUser {
     pub token_aud: Option<String>,
 }
 
-async fn auth_user(
-    parts: &Parts,
-    st: &AppState,
-    with_identities: bool,
-) -> Result<(AuthUser, Option<Vec<Identity>>), HttpError> {
-    let token = bearer(parts)?;
-    match st
-        .accounts
-        .authenticate_loading(token, with_identities)
-        .await?
-    {
-        Principal::User {
-            user,
-            session_id,
-            aud,
-            identities,
-        } => Ok((
-            AuthUser {
-                user: *user,
+/// The live entry behind a user token, shared with the session cache.
+pub struct AuthLive {
+    pub live: std::sync::Arc<castellan_core::store::LiveUser>,
+    pub session_id: Option<Uuid>,
+    pub token_aud: Option<String>,
+}
+
+impl FromRequestParts<AppState> for AuthLive {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, HttpError> {
+        let token = bearer(parts)?;
+        match st.accounts.authenticate(token).await? {
+            Principal::User {
+                live,
+                session_id,
+                aud,
+            } => Ok(AuthLive {
+                live,
                 session_id,
                 token_aud: aud,
-            },
-            identities,
-        )),
-        Principal::Admin { .. } => {
-            Err(ApiError::forbidden("bad_jwt", "invalid claim: missing sub claim").into())
+            }),
+            Principal::Admin { .. } => {
+                Err(ApiError::forbidden("bad_jwt", "invalid claim: missing sub claim").into())
+            }
         }
     }
 }
@@ -143,19 +142,12 @@ impl FromRequestParts<AppState> for AuthUser {
     type Rejection = HttpError;
 
     async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, HttpError> {
-        auth_user(parts, st, false).await.map(|(a, _)| a)
-    }
-}
-
-/// An authenticated user with their identities, loaded in the same round trip.
-pub struct AuthUserWithIdentities(pub AuthUser, pub Vec<Identity>);
-
-impl FromRequestParts<AppState> for AuthUserWithIdentities {
-    type Rejection = HttpError;
-
-    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, HttpError> {
-        let (a, ids) = auth_user(parts, st, true).await?;
-        Ok(AuthUserWithIdentities(a, ids.unwrap_or_default()))
+        let a = AuthLive::from_request_parts(parts, st).await?;
+        Ok(AuthUser {
+            user: a.live.user.clone(),
+            session_id: a.session_id,
+            token_aud: a.token_aud,
+        })
     }
 }
 

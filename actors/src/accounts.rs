@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use castellan_core::crypto::jwt::{self, IncomingClaims};
 use castellan_core::models::{AuditAction, Identity, User, audit_payload, merge_metadata};
-use castellan_core::store::{NewUser, SessionScope};
+use castellan_core::store::{LiveUser, NewUser, SessionScope};
 use castellan_core::validate;
 use castellan_core::{ApiError, ApiResult};
 use chrono::Utc;
@@ -46,13 +46,12 @@ pub enum SignupOutcome {
 /// A verified bearer token.
 #[derive(Debug, Clone)]
 pub enum Principal {
-    /// A user token whose user (and session, when it names one) exists.
+    /// A user token whose user (and session, when it names one) exists:
+    /// the live entry, shared with the session cache.
     User {
-        user: Box<User>,
+        live: Arc<LiveUser>,
         session_id: Option<Uuid>,
         aud: Option<String>,
-        /// Loaded only when asked for (`authenticate_loading`).
-        identities: Option<Vec<Identity>>,
     },
     /// A token whose role is an admin role (e.g. the `service_role` key).
     Admin { role: String },
@@ -615,19 +614,9 @@ impl Accounts {
         Ok(role)
     }
 
-    /// Verifies a bearer token and loads who it speaks for, as GoTrue's
-    /// `requireAuthentication` does.
+    /// Verifies a bearer token and finds who it speaks for, as GoTrue's
+    /// `requireAuthentication` does, through the live-session cache.
     pub async fn authenticate(&self, token: &str) -> ApiResult<Principal> {
-        self.authenticate_loading(token, false).await
-    }
-
-    /// As `authenticate`; with `with_identities` the user's identities come
-    /// back too, in the same database round trip.
-    pub async fn authenticate_loading(
-        &self,
-        token: &str,
-        with_identities: bool,
-    ) -> ApiResult<Principal> {
         let claims: IncomingClaims = self
             .ctx
             .jwt
@@ -665,16 +654,13 @@ impl Accounts {
                 "Session from session_id claim in JWT does not exist",
             ));
         }
-        let user = live.user.clone();
-        let identities = with_identities.then(|| live.identities.clone());
-        if user.is_banned(self.ctx.config.clock.now()) {
+        if live.user.is_banned(self.ctx.config.clock.now()) {
             return Err(ApiError::forbidden("user_banned", "User is banned"));
         }
         Ok(Principal::User {
-            user: Box::new(user),
+            live,
             session_id,
             aud,
-            identities,
         })
     }
 

@@ -8,21 +8,23 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::error::HttpResult;
-use crate::extract::{AuthUser, AuthUserWithIdentities, JsonBody, RedirectTo, header_aud};
+use crate::extract::{AuthLive, AuthUser, JsonBody, RedirectTo, header_aud};
 use crate::server::AppState;
 
 /// `GET /user`. The request audience (`X-JWT-AUD`) must match the token's.
-/// User, session check and identities come in one database round trip.
-pub async fn get_user(
-    AuthUserWithIdentities(auth, ids): AuthUserWithIdentities,
-    headers: HeaderMap,
-) -> HttpResult {
+/// The body is the live entry's rendering, made once per cache entry.
+pub async fn get_user(auth: AuthLive, headers: HeaderMap) -> HttpResult {
     if let (Some(req_aud), Some(tok_aud)) = (header_aud(&headers), &auth.token_aud)
         && &req_aud != tok_aud
     {
         return Err(ApiError::validation("Token audience doesn't match request audience").into());
     }
-    Ok(Json(auth.user.to_json(&ids)).into_response())
+    let body = auth.live.rendered().to_owned();
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response())
 }
 
 #[derive(Deserialize, Default)]

@@ -69,6 +69,17 @@ pub struct LiveUser {
     pub user: User,
     pub identities: Vec<Identity>,
     pub session: Option<LiveSession>,
+    /// The user as `GET /user` renders it, made once per cached entry.
+    rendered: std::sync::OnceLock<String>,
+}
+
+impl LiveUser {
+    /// The user and identities as GoTrue's JSON (rendered once, then reused).
+    pub fn rendered(&self) -> &str {
+        self.rendered.get_or_init(|| {
+            serde_json::to_string(&self.user.to_json(&self.identities)).unwrap_or_default()
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -143,6 +154,7 @@ impl Store {
                             user,
                             identities: ids.0,
                             session,
+                            rendered: Default::default(),
                         }))
                     }
                 }
