@@ -61,6 +61,24 @@ async fn refused_after(base: &str, access: &str, since: Instant) -> Duration {
     }
 }
 
+/// Sends `revocation` (to the other process), expecting `status`, then
+/// reports how long `b` kept serving `access` after it was sent.
+async fn revoked(
+    what: &str,
+    b: &str,
+    access: &str,
+    status: u16,
+    revocation: impl std::future::Future<Output = Reply>,
+) {
+    let t = Instant::now();
+    let r = revocation.await;
+    assert_eq!(r.status, status, "{what}: {}", r.text);
+    println!(
+        "{what} refused by the other process after {:?}",
+        refused_after(b, access, t).await
+    );
+}
+
 /// Signs a user up on `a`, and warms `b`'s cache with their token.
 async fn warmed(a: &str, b: &str, email: &str) -> (Value, String) {
     let s = signup(a, email).await;
@@ -96,56 +114,42 @@ async fn revocations_reach_every_process_on_postgres() {
 
     // Logout.
     let (_, access) = warmed(&a, &b, "logout@example.com").await;
-    let t = Instant::now();
-    assert_eq!(
-        call(&a, Method::POST, "/logout", &access, None)
-            .await
-            .status,
-        204
-    );
-    println!(
-        "logout refused by the other process after {:?}",
-        refused_after(&b, &access, t).await
-    );
+    revoked(
+        "logout",
+        &b,
+        &access,
+        204,
+        call(&a, Method::POST, "/logout", &access, None),
+    )
+    .await;
 
     // Ban.
     let (s, access) = warmed(&a, &b, "ban@example.com").await;
-    let id = s["user"]["id"].as_str().unwrap();
-    let t = Instant::now();
-    let r = call(
-        &a,
-        Method::PUT,
-        &format!("/admin/users/{id}"),
-        &key,
-        Some(json!({"ban_duration": "24h"})),
+    let path = format!("/admin/users/{}", s["user"]["id"].as_str().unwrap());
+    let ban = Some(json!({"ban_duration": "24h"}));
+    revoked(
+        "ban",
+        &b,
+        &access,
+        200,
+        call(&a, Method::PUT, &path, &key, ban),
     )
     .await;
-    assert_eq!(r.status, 200, "{}", r.text);
-    println!(
-        "ban refused by the other process after {:?}",
-        refused_after(&b, &access, t).await
-    );
 
     // Delete.
     let (s, access) = warmed(&a, &b, "delete@example.com").await;
-    let id = s["user"]["id"].as_str().unwrap();
-    let t = Instant::now();
-    let r = call(
-        &a,
-        Method::DELETE,
-        &format!("/admin/users/{id}"),
-        &key,
-        None,
+    let path = format!("/admin/users/{}", s["user"]["id"].as_str().unwrap());
+    revoked(
+        "delete",
+        &b,
+        &access,
+        200,
+        call(&a, Method::DELETE, &path, &key, None),
     )
     .await;
-    assert_eq!(r.status, 200, "{}", r.text);
-    println!(
-        "delete refused by the other process after {:?}",
-        refused_after(&b, &access, t).await
-    );
 
     // A password change ends the user's other sessions.
-    let (s, keep) = warmed(&a, &b, "password@example.com").await;
+    let (_, keep) = warmed(&a, &b, "password@example.com").await;
     let login = read(
         reqwest::Client::new()
             .post(format!("{a}/token?grant_type=password"))
@@ -161,25 +165,13 @@ async fn revocations_reach_every_process_on_postgres() {
         call(&b, Method::GET, "/user", &other, None).await.status,
         200
     );
-    let t = Instant::now();
-    let r = call(
-        &a,
-        Method::PUT,
-        "/user",
-        &keep,
-        Some(json!({"password": "another-secret"})),
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", r.text);
-    println!(
-        "password change refused by the other process after {:?}",
-        refused_after(&b, &other, t).await
-    );
+    let password = Some(json!({"password": "another-secret"}));
+    let change = call(&a, Method::PUT, "/user", &keep, password);
+    revoked("password change", &b, &other, 200, change).await;
     assert_eq!(
         call(&b, Method::GET, "/user", &keep, None).await.status,
         200
     );
-    drop(s);
 
     // The notification connections are killed: nothing stale is served
     // while they are down, and once they are back notifications work again.
@@ -189,17 +181,8 @@ async fn revocations_reach_every_process_on_postgres() {
         "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
          WHERE datname = current_database() AND query ILIKE 'LISTEN%') k").fetch_one(p).await.unwrap());
     assert!(killed >= 2, "both processes listen ({killed})");
-    let t = Instant::now();
-    assert_eq!(
-        call(&a, Method::POST, "/logout", &access, None)
-            .await
-            .status,
-        204
-    );
-    println!(
-        "logout with the listener killed refused after {:?}",
-        refused_after(&b, &access, t).await
-    );
+    let logout = call(&a, Method::POST, "/logout", &access, None);
+    revoked("logout with the listener killed", &b, &access, 204, logout).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while !metrics(&b)
         .await
@@ -214,17 +197,15 @@ async fn revocations_reach_every_process_on_postgres() {
             .contains("castellan_session_cache_feed_lost_total")
     );
     let (_, access) = warmed(&a, &b, "again@example.com").await;
-    let t = Instant::now();
-    assert_eq!(
-        call(&a, Method::POST, "/logout", &access, None)
-            .await
-            .status,
-        204
-    );
-    println!(
-        "logout after the listener came back refused after {:?}",
-        refused_after(&b, &access, t).await
-    );
+    let logout = call(&a, Method::POST, "/logout", &access, None);
+    revoked(
+        "logout after the listener came back",
+        &b,
+        &access,
+        204,
+        logout,
+    )
+    .await;
     admin.close().await;
     common::drop_database(&db).await;
 }
