@@ -42,15 +42,51 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
     }
 }
 
-/// Parses JSON, answering 400 `bad_json` for anything that is not the shape expected.
+/// PostgreSQL cannot store NUL in text, so a NUL anywhere a client sends a
+/// string is refused the same way on both databases.
+fn nul_refused() -> ApiError {
+    ApiError::validation("Strings may not contain NUL characters")
+}
+
+/// Whether JSON text escapes a NUL (`\u0000`; a raw NUL is not valid JSON).
+/// An escaped backslash followed by `u0000` is text, not an escape.
+fn escapes_nul(json: &[u8]) -> bool {
+    let mut i = 0;
+    while i < json.len() {
+        if json[i] == b'\\' {
+            if json[i + 1..].starts_with(b"u0000") {
+                return true;
+            }
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    false
+}
+
+/// Parses JSON, answering 400 `bad_json` for anything that is not the shape
+/// expected and 400 `validation_failed` for a NUL in any string.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, HttpError> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        ApiError::bad_request(
+    let parsed = serde_json::from_slice(bytes).map_err(|e| {
+        HttpError(ApiError::bad_request(
             "bad_json",
             format!("Could not parse request body as JSON: {e}"),
-        )
-        .into()
-    })
+        ))
+    })?;
+    if escapes_nul(bytes) {
+        return Err(nul_refused().into());
+    }
+    Ok(parsed)
+}
+
+/// Parses a query string; malformed is 400 `validation_failed`, and so is a NUL.
+pub fn parse_query<T: DeserializeOwned>(q: &str) -> Result<T, ApiError> {
+    if q.contains("%00") {
+        return Err(nul_refused());
+    }
+    serde_urlencoded::from_str(q)
+        .map_err(|e| ApiError::validation(format!("Invalid query parameters: {e}")))
 }
 
 /// A JSON body (see [`RawBody`] and [`parse_json`]).
@@ -72,10 +108,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T>
     type Rejection = HttpError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, HttpError> {
-        let q = parts.uri.query().unwrap_or_default();
-        serde_urlencoded::from_str(q)
+        parse_query(parts.uri.query().unwrap_or_default())
             .map(QueryParams)
-            .map_err(|e| ApiError::validation(format!("Invalid query parameters: {e}")).into())
+            .map_err(HttpError)
     }
 }
 
@@ -270,5 +305,21 @@ impl FromRequestParts<AppState> for RedirectTo {
             &parts.headers,
             candidate.as_deref(),
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escapes_nul;
+
+    #[test]
+    fn finds_escaped_nuls_only() {
+        assert!(escapes_nul(br#"{"email":"a\u0000@b.co"}"#));
+        assert!(escapes_nul(br#"{"data":{"k\u0000":1}}"#));
+        assert!(escapes_nul(br#"{"a":"\\\u0000"}"#));
+        // An escaped backslash, then the text "u0000".
+        assert!(!escapes_nul(br#"{"a":"\\u0000"}"#));
+        assert!(!escapes_nul(br#"{"a":"\u0001 and \n"}"#));
+        assert!(!escapes_nul(b"\\"));
     }
 }

@@ -338,3 +338,65 @@ both!(metric_labels_are_bounded, |_| {}, |t| {
     assert!(!m.contains("nowhere"), "{m}");
     assert!(m.contains("method=\"other\""), "{m}");
 });
+
+// A NUL in any string a client sends is a 400 on both databases
+// (PostgreSQL cannot store one in text), never a 500, and changes nothing.
+both!(nul_characters_are_refused, |_| {}, |t| {
+    let s = t.new_session("nul@example.com", "secret123").await;
+    let access = s["access_token"].as_str().unwrap();
+    let bodies = [
+        (
+            "/signup",
+            json!({"email": "a\u{0}b@example.com", "password": "secret123"}),
+        ),
+        (
+            "/signup",
+            json!({"email": "c@example.com", "password": "secret\u{0}123"}),
+        ),
+        (
+            "/signup",
+            json!({"email": "d@example.com", "password": "secret123", "data": {"k\u{0}": "v"}}),
+        ),
+        (
+            "/token?grant_type=refresh_token",
+            json!({"refresh_token": "abcdefghijk\u{0}l"}),
+        ),
+        (
+            "/token?grant_type=pkce",
+            json!({"auth_code": "a\u{0}", "code_verifier": "v"}),
+        ),
+        (
+            "/verify",
+            json!({"type": "signup", "token_hash": "x\u{0}y"}),
+        ),
+        ("/otp", json!({"email": "e\u{0}@example.com"})),
+    ];
+    for (path, body) in bodies {
+        t.post(path, body.clone())
+            .await
+            .assert_error(400, "validation_failed");
+    }
+    t.request(
+        Method::PUT,
+        "/user",
+        Some(access),
+        Some(json!({"data": {"name": "x\u{0}y"}})),
+    )
+    .await
+    .assert_error(400, "validation_failed");
+    t.admin(Method::GET, "/admin/users?filter=a%00b", None)
+        .await
+        .assert_error(400, "validation_failed");
+    assert_eq!(
+        t.count_by_str(
+            "SELECT count(*) FROM users WHERE email <> $1",
+            "nul@example.com"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        t.get_user(access).await.body["user_metadata"].get("name"),
+        None
+    );
+});

@@ -16,9 +16,7 @@ pub struct Query {
 
 impl Query {
     pub fn parse(raw: Option<&str>) -> Result<Self, ApiError> {
-        serde_urlencoded::from_str(raw.unwrap_or_default())
-            .map(|pairs| Query { pairs })
-            .map_err(|e| ApiError::validation(format!("Invalid query parameters: {e}")))
+        crate::extract::parse_query(raw.unwrap_or_default()).map(|pairs| Query { pairs })
     }
 
     /// The first value of `key`; an empty value counts as absent, as the
