@@ -760,9 +760,10 @@ impl Accounts {
             None => None,
         };
         let mut tx = self.ctx.store.begin().await?;
-        // Re-read under the transaction: metadata merges apply to the latest row.
+        // Re-read under the row lock: a merge applies to the latest row, and
+        // a concurrent update waits for this one instead of overwriting it.
         let current = tx
-            .user_by_id(user.id)
+            .lock_user(user.id)
             .await?
             .ok_or_else(|| ApiError::not_found("user_not_found", "User not found"))?;
         if let Some(hash) = &new_hash {

@@ -238,8 +238,10 @@ impl Admin {
         })
     }
 
+    /// The user row, locked for the rest of the transaction (every caller
+    /// writes it next: concurrent updates wait instead of overwriting).
     async fn load(&self, tx: &mut Tx, id: Uuid) -> ApiResult<User> {
-        tx.user_by_id(id)
+        tx.lock_user(id)
             .await?
             .ok_or_else(|| ApiError::not_found("user_not_found", "User not found"))
     }

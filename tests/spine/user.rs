@@ -229,3 +229,40 @@ both!(logout_scopes, |_| {}, |t| {
         uid.to_string()
     );
 });
+
+// Thirty concurrent metadata updates of one user (by the user and by an
+// admin) all survive: every merge happens under the row lock.
+both!(concurrent_metadata_updates_are_not_lost, |_| {}, |t| {
+    let s = t.new_session("merge@example.com", "secret123").await;
+    let access = s["access_token"].as_str().unwrap().to_string();
+    let id = s["user"]["id"].as_str().unwrap().to_string();
+    let key = t.service_key();
+    let mut tasks = Vec::new();
+    for i in 0..30 {
+        let (path, token, body) = if i % 2 == 0 {
+            (
+                "/user".to_string(),
+                access.clone(),
+                json!({"data": {format!("k{i}"): i}}),
+            )
+        } else {
+            (
+                format!("/admin/users/{id}"),
+                key.clone(),
+                json!({"user_metadata": {format!("k{i}"): i}}),
+            )
+        };
+        let req = t.http.put(t.url(&path)).bearer_auth(token).json(&body);
+        tasks.push(tokio::spawn(async move {
+            crate::common::read(req.send().await.unwrap()).await
+        }));
+    }
+    for task in tasks {
+        let r = task.await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    let meta = t.user(&id).await.user_metadata();
+    for i in 0..30 {
+        assert_eq!(meta[format!("k{i}")], i, "k{i} lost: {meta}");
+    }
+});
