@@ -3,6 +3,7 @@
 use castellan_core::{Config, Store};
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 #[derive(Parser)]
 #[command(
@@ -64,18 +65,31 @@ enum AdminCommand {
 async fn main() {
     // A `.env` file is read when present; variables already set win.
     let _ = dotenvy::dotenv();
-    tracing_subscriber::fmt()
-        .with_ansi(
-            std::env::var_os("NO_COLOR").is_none()
-                && std::io::IsTerminal::is_terminal(&std::io::stdout()),
+    let cli = Cli::parse();
+    // An admin command's stdout is its answer (`KEY=$(castellan admin token)`):
+    // its log lines go to stderr.
+    let admin = matches!(cli.command, Some(Command::Admin(_)));
+    let (writer, terminal) = if admin {
+        (
+            BoxMakeWriter::new(std::io::stderr),
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
         )
+    } else {
+        (
+            BoxMakeWriter::new(std::io::stdout),
+            std::io::IsTerminal::is_terminal(&std::io::stdout()),
+        )
+    };
+    tracing_subscriber::fmt()
+        .with_writer(writer)
+        .with_ansi(std::env::var_os("NO_COLOR").is_none() && terminal)
         .with_env_filter(
             EnvFilter::try_from_env("CASTELLAN_LOG")
                 .or_else(|_| EnvFilter::try_from_env("GOTRUE_LOG_LEVEL"))
                 .unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
-    if let Err(e) = run(Cli::parse()).await {
+    if let Err(e) = run(cli).await {
         eprintln!("castellan: {e:#}");
         std::process::exit(1);
     }

@@ -103,3 +103,32 @@ fn bad_configuration_names_the_variable() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// On the embedded default (no GOTRUE_JWT_SECRET: one is generated and
+/// logged about), `castellan admin token` prints the token and nothing else
+/// on stdout, so `KEY=$(castellan admin token)` works.
+#[test]
+fn admin_token_alone_on_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("fresh.db").to_string_lossy().into_owned();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_castellan"))
+        .args(["admin", "token"])
+        .env_clear()
+        .env("DATABASE_URL", format!("sqlite://{db}"))
+        .output()
+        .expect("run castellan");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "only the token on stdout: {stdout:?}");
+    assert_eq!(lines[0].split('.').count(), 3, "a JWT: {stdout:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("generated a secret"),
+        "the log line went to stderr"
+    );
+    assert!(std::path::Path::new(&format!("{db}.jwt-secret")).exists());
+}
