@@ -24,7 +24,7 @@ use castellan_core::store::{ChangeEvent, LiveUser, Store};
 use castellan_core::{ApiError, ApiResult};
 use moka::future::Cache;
 use moka::notification::RemovalCause;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
@@ -171,9 +171,6 @@ pub struct CacheStats {
 pub enum SessionMsg {
     /// What the change feed saw.
     Feed(ChangeEvent),
-    Invalidate(Vec<Uuid>),
-    Flush,
-    Stats(RpcReplyPort<CacheStats>),
     /// Publishes the size gauge.
     Tick,
 }
@@ -184,9 +181,6 @@ impl SessionMsg {
             SessionMsg::Feed(ChangeEvent::Following) => "feed_following",
             SessionMsg::Feed(ChangeEvent::Changed(_)) => "feed_changed",
             SessionMsg::Feed(ChangeEvent::Lost(_)) => "feed_lost",
-            SessionMsg::Invalidate(_) => "invalidate",
-            SessionMsg::Flush => "flush",
-            SessionMsg::Stats(_) => "stats",
             SessionMsg::Tick => "tick",
         }
     }
@@ -260,17 +254,11 @@ impl Actor for SessionManager {
                 tracing::info!("session cache: following changes from other processes");
                 st.cache.set_following(true);
             }
-            SessionMsg::Feed(ChangeEvent::Changed(users)) | SessionMsg::Invalidate(users) => {
-                st.cache.invalidate(&users)
-            }
+            SessionMsg::Feed(ChangeEvent::Changed(users)) => st.cache.invalidate(&users),
             SessionMsg::Feed(ChangeEvent::Lost(why)) => {
                 tracing::warn!(%why, "session cache: change feed lost; serving from the database until it is back");
                 metrics::counter!("castellan_session_cache_feed_lost_total").increment(1);
                 st.cache.set_following(false);
-            }
-            SessionMsg::Flush => st.cache.flush(),
-            SessionMsg::Stats(reply) => {
-                let _ = reply.send(st.cache.stats());
             }
             SessionMsg::Tick => {
                 metrics::gauge!("castellan_session_cache_entries")

@@ -91,18 +91,11 @@ fn grant(
     })
 }
 
-async fn write_audits(
-    tx: &mut Tx,
-    user: &User,
-    audits: &[Audit],
-    now: DateTime<Utc>,
-) -> ApiResult<()> {
-    let payloads: Vec<Value> = audits
+fn audit_payloads(user: &User, audits: &[Audit]) -> Vec<Value> {
+    audits
         .iter()
         .map(|(action, traits)| audit_payload(user, *action, traits.clone()))
-        .collect();
-    tx.insert_audits(&payloads, "", now).await?;
-    Ok(())
+        .collect()
 }
 
 async fn issue(
@@ -114,10 +107,7 @@ async fn issue(
 ) -> ApiResult<TokenGrant> {
     let now = ctx.config.clock.now();
     let token = random_base32(12);
-    let payloads: Vec<Value> = audits
-        .iter()
-        .map(|(action, traits)| audit_payload(&user, *action, traits.clone()))
-        .collect();
+    let payloads = audit_payloads(&user, audits);
     let mut tx = ctx.store.begin().await?;
     let identities = tx
         .start_session(&store::NewSession {
@@ -324,7 +314,8 @@ impl Sessions {
             (LogoutScope::Others, Some(s)) => SessionScope::AllBut(s),
         };
         let mut tx = self.ctx.store.begin().await?;
-        write_audits(&mut tx, user, &[(AuditAction::Logout, None)], now).await?;
+        let audits = audit_payloads(user, &[(AuditAction::Logout, None)]);
+        tx.insert_audits(&audits, "", now).await?;
         end(&mut tx, user.id, scope).await?;
         tx.commit().await?;
         Ok(())

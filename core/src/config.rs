@@ -146,8 +146,6 @@ pub struct Config {
     pub flow_state_expiry: Duration,
     /// The expiry sweep's cron schedule (seconds first).
     pub expiry_schedule: String,
-    /// How long a handler waits for an actor before answering 503.
-    pub actor_call_timeout: Duration,
     /// Live sessions the `SessionManager` keeps in memory.
     pub session_cache_size: u64,
     /// Not a setting: the time source every decision reads (see `Clock`).
@@ -516,8 +514,6 @@ impl Config {
                 )?
                 .max(Duration::from_secs(300)),
             expiry_schedule: v.string(&["CASTELLAN_EXPIRY_SCHEDULE"], "0 * * * * *"),
-            actor_call_timeout: v
-                .duration(&["CASTELLAN_ACTOR_CALL_TIMEOUT"], Duration::from_secs(5))?,
             clock: crate::Clock::default(),
             session_cache_size: v.num(&["CASTELLAN_SESSION_CACHE_SIZE"], 10_000u64)?,
             cache_poll_interval: v

@@ -71,25 +71,28 @@ impl ApiError {
     /// request id, where the response is made), never to the client.
     pub fn internal(context: &'static str, err: impl fmt::Display) -> Self {
         metrics::counter!("castellan_internal_errors_total", "context" => context).increment(1);
-        Self {
-            detail: Some(format!("{context}: {err}")),
-            ..Self::new(
-                500,
-                "unexpected_failure",
-                "Unexpected failure, please check server logs for more information",
-            )
-        }
+        Self::new(
+            500,
+            "unexpected_failure",
+            "Unexpected failure, please check server logs for more information",
+        )
+        .with_detail(context, err)
     }
     /// A component (an actor, the database) is unavailable for now; safe to retry.
     pub fn unavailable(context: &'static str, err: impl fmt::Display) -> Self {
         metrics::counter!("castellan_unavailable_total", "context" => context).increment(1);
+        Self::new(
+            503,
+            "unexpected_failure",
+            "Service temporarily unavailable, please retry",
+        )
+        .with_detail(context, err)
+    }
+
+    fn with_detail(self, context: &str, err: impl fmt::Display) -> Self {
         Self {
             detail: Some(format!("{context}: {err}")),
-            ..Self::new(
-                503,
-                "unexpected_failure",
-                "Service temporarily unavailable, please retry",
-            )
+            ..self
         }
     }
 }

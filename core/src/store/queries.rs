@@ -10,6 +10,13 @@ use super::{Conn, Store, Tx};
 use crate::models::{INSTANCE_ID, Identity, RefreshToken, Session, User};
 use crate::on;
 
+/// A user's identities, oldest first.
+const IDENTITIES_OF: &str = concat!(
+    "SELECT ",
+    identity_cols!(),
+    " FROM identities WHERE user_id = $1 ORDER BY created_at, id"
+);
+
 /// Counts round trips, so benchmarks can report queries per operation.
 pub(super) fn count() {
     metrics::counter!("castellan_db_queries_total").increment(1);
@@ -197,8 +204,7 @@ impl Store {
 
     pub async fn identities_of(&self, user_id: Uuid) -> Result<Vec<Identity>, sqlx::Error> {
         count();
-        on!(pool &self.pool, p => sqlx::query_as(concat!("SELECT ", identity_cols!(),
-            " FROM identities WHERE user_id = $1 ORDER BY created_at, id"))
+        on!(pool &self.pool, p => sqlx::query_as(IDENTITIES_OF)
             .bind(user_id).fetch_all(p).await)
     }
 
@@ -327,8 +333,7 @@ impl Tx {
             .await?;
         self.set_last_sign_in(s.user_id, s.now).await?;
         count();
-        on!(tx self, c => sqlx::query_as(concat!("SELECT ", identity_cols!(),
-            " FROM identities WHERE user_id = $1 ORDER BY created_at, id"))
+        on!(tx self, c => sqlx::query_as(IDENTITIES_OF)
             .bind(s.user_id).fetch_all(&mut *c).await)
     }
 
