@@ -41,9 +41,29 @@ fn is_local_name(host: &str) -> bool {
 
 /// Whether `candidate` is an allowed redirect target.
 pub fn is_allowed(candidate: &str, site_url: &str, allow_list: &[String]) -> bool {
-    let Ok(url) = Url::parse(candidate) else {
-        return false;
-    };
+    allowed(candidate, site_url, allow_list).is_some()
+}
+
+/// The URL to send the browser to when `candidate` is allowed: the very
+/// URL that was validated, so a client that parses it by other rules (a
+/// `\` read as userinfo, say) cannot land on a host other than the one
+/// checked. A candidate already in normal form is echoed as given.
+pub fn allowed(candidate: &str, site_url: &str, allow_list: &[String]) -> Option<String> {
+    let url = Url::parse(candidate).ok()?;
+    if !permits(&url, candidate, site_url, allow_list) {
+        return None;
+    }
+    let normal = url.as_str();
+    let same = normal == candidate || normal.strip_suffix('/') == Some(candidate);
+    Some(if same {
+        candidate.to_string()
+    } else {
+        normal.to_string()
+    })
+}
+
+fn permits(url: &Url, candidate: &str, site_url: &str, allow_list: &[String]) -> bool {
+    let web = matches!(url.scheme(), "http" | "https");
     if let Ok(site) = Url::parse(site_url) {
         let host = url.host_str().unwrap_or_default();
         let same_host = url.scheme() == site.scheme() && url.host_str() == site.host_str();
@@ -53,9 +73,11 @@ pub fn is_allowed(candidate: &str, site_url: &str, allow_list: &[String]) -> boo
             return true;
         }
     }
+    // The loopback exception is for web pages on this machine, never
+    // `javascript:`, `data:` or `file:` URLs that merely name a loopback host.
     match url.host() {
-        Some(Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
-        Some(Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        Some(Host::Ipv4(ip)) => web && IpAddr::V4(ip).is_loopback(),
+        Some(Host::Ipv6(ip)) => web && IpAddr::V6(ip).is_loopback(),
         Some(Host::Domain(d)) => {
             let plain = d
                 .chars()
@@ -63,7 +85,7 @@ pub fn is_allowed(candidate: &str, site_url: &str, allow_list: &[String]) -> boo
                 && !d.starts_with(['.', '-'])
                 && !d.ends_with(['.', '-'])
                 && !d.chars().all(|c| c.is_ascii_digit());
-            if !plain && matches!(url.scheme(), "http" | "https") {
+            if !plain && web {
                 return false;
             }
             let mut bare = url.clone();
@@ -88,10 +110,45 @@ pub fn is_allowed(candidate: &str, site_url: &str, allow_list: &[String]) -> boo
 
 /// The redirect to use: the candidate when allowed, else the site URL.
 pub fn resolve(candidate: Option<&str>, site_url: &str, allow_list: &[String]) -> String {
-    match candidate.filter(|c| !c.is_empty()) {
-        Some(c) if is_allowed(c, site_url, allow_list) => c.to_string(),
-        _ => site_url.to_string(),
+    candidate
+        .filter(|c| !c.is_empty())
+        .and_then(|c| allowed(c, site_url, allow_list))
+        .unwrap_or_else(|| site_url.to_string())
+}
+
+/// `base` with `query` pairs added to its query and its fragment replaced
+/// by `fragment` pairs (none: left as it is). A fragment already on `base`
+/// is dropped rather than followed by a second `#`, which no client reads.
+pub fn with_params(base: &str, query: &[(&str, String)], fragment: &[(&str, String)]) -> String {
+    let (mut out, old_fragment) = match base.split_once('#') {
+        Some((b, f)) => (b.to_string(), Some(f)),
+        None => (base.to_string(), None),
+    };
+    if !query.is_empty() {
+        out.push(if out.contains('?') { '&' } else { '?' });
+        out.push_str(&encode(query));
     }
+    match (fragment.is_empty(), old_fragment) {
+        (false, _) => {
+            out.push('#');
+            out.push_str(&encode(fragment));
+        }
+        (true, Some(f)) => {
+            out.push('#');
+            out.push_str(f);
+        }
+        (true, None) => {}
+    }
+    out
+}
+
+/// Go's `url.Values.Encode`: keys sorted, spaces as `+`.
+pub fn encode(pairs: &[(&str, String)]) -> String {
+    let mut sorted = pairs.to_vec();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(sorted)
+        .finish()
 }
 
 #[cfg(test)]
@@ -152,11 +209,41 @@ mod tests {
             "non-loopback IP literal"
         );
         assert!(!is_allowed("not a url", site, &allow));
+        assert!(!is_allowed("javascript://[::1]/%0aalert(1)", site, &[]));
+        assert!(!is_allowed("file://127.0.0.1/etc/passwd", site, &[]));
         assert_eq!(resolve(Some("https://evil.com"), site, &allow), site);
+        assert_eq!(
+            resolve(Some("https://app.example.com\\@evil.com/cb"), site, &allow),
+            "https://app.example.com/@evil.com/cb",
+            "echo the URL whose host was checked"
+        );
+        assert_eq!(resolve(Some(site), site, &allow), site, "kept as given");
         assert_eq!(resolve(None, site, &allow), site);
         assert_eq!(
             resolve(Some("https://app.example.com/x"), site, &allow),
             "https://app.example.com/x"
+        );
+    }
+}
+
+#[cfg(test)]
+mod params {
+    use super::*;
+
+    #[test]
+    fn fragments_are_replaced_and_queries_extended() {
+        let f = [("a", "1 2".to_string())];
+        assert_eq!(
+            with_params("https://x.test/cb#old", &[], &f),
+            "https://x.test/cb#a=1+2"
+        );
+        assert_eq!(
+            with_params("https://x.test/cb?k=v#keep", &[("code", "c".into())], &[]),
+            "https://x.test/cb?k=v&code=c#keep"
+        );
+        assert_eq!(
+            with_params("https://x.test", &f, &f),
+            "https://x.test?a=1+2#a=1+2"
         );
     }
 }

@@ -102,6 +102,6 @@ pub fn redirect_target(
     ]
     .into_iter()
     .flatten()
-    .find(|c| castellan_core::redirect::is_allowed(c, &cfg.site_url, &cfg.uri_allow_list))
+    .find_map(|c| castellan_core::redirect::allowed(&c, &cfg.site_url, &cfg.uri_allow_list))
     .unwrap_or_else(|| cfg.site_url.clone())
 }

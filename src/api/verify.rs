@@ -6,6 +6,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use castellan_actors::otp_issuer::{Presented, Verified, VerifyType};
+use castellan_core::redirect::with_params;
 use castellan_core::{ApiError, validate};
 use serde::Deserialize;
 
@@ -21,12 +22,6 @@ pub struct VerifyQuery {
     #[serde(rename = "type")]
     vtype: Option<String>,
     redirect_to: Option<String>,
-}
-
-/// Go's `url.Values.Encode`: keys sorted, spaces as `+`.
-fn encode(pairs: &mut Vec<(&str, String)>) -> String {
-    pairs.sort_by(|a, b| a.0.cmp(b.0));
-    serde_urlencoded::to_string(&*pairs).unwrap_or_default()
 }
 
 fn see_other(location: String) -> Response {
@@ -54,15 +49,11 @@ fn error_redirect(to: &str, e: &ApiError, pkce: bool) -> Response {
     if let Some(err) = oauth_error(e.status) {
         pairs.push(("error", err.to_string()));
     }
-    let fragment = encode(&mut pairs);
-    let mut url = to.to_string();
-    if pkce {
-        pairs.retain(|(k, _)| *k != "sb");
-        let q = encode(&mut pairs);
-        url.push(if url.contains('?') { '&' } else { '?' });
-        url.push_str(&q);
-    }
-    see_other(format!("{url}#{fragment}"))
+    let query: Vec<_> = match pkce {
+        true => pairs.iter().filter(|(k, _)| *k != "sb").cloned().collect(),
+        false => vec![],
+    };
+    see_other(with_params(to, &query, &pairs))
 }
 
 /// `GET /verify?token=<hash>&type=…&redirect_to=…`: 303 to `redirect_to`
@@ -93,29 +84,20 @@ pub async fn verify_link(
         Err(e) => return Ok(error_redirect(&to, &e, pkce)),
     };
     if let Some(message) = verified.pending {
-        let mut pairs: Vec<(&str, String)> =
-            vec![("message", message.to_string()), ("sb", String::new())];
-        let fragment = encode(&mut pairs);
-        let mut url = to.clone();
-        if pkce {
-            let sep = if url.contains('?') { '&' } else { '?' };
-            url = format!(
-                "{url}{sep}{}",
-                encode(&mut vec![("message", message.to_string())])
-            );
-        }
-        return Ok(see_other(format!("{url}#{fragment}")));
+        let message = ("message", message.to_string());
+        let query = if pkce { vec![message.clone()] } else { vec![] };
+        let fragment = [message, ("sb", String::new())];
+        return Ok(see_other(with_params(&to, &query, &fragment)));
     }
     if let Some(code) = verified.code {
-        let sep = if to.contains('?') { '&' } else { '?' };
-        return Ok(see_other(format!("{to}{sep}code={code}")));
+        return Ok(see_other(with_params(&to, &[("code", code)], &[])));
     }
     let Verified { user, vtype, .. } = verified;
     let g = match st.actors.sessions.issue(user, "otp", vec![]).await {
         Ok(g) => g,
         Err(e) => return Ok(error_redirect(&to, &e, false)),
     };
-    let mut pairs: Vec<(&str, String)> = vec![
+    let pairs: Vec<(&str, String)> = vec![
         ("access_token", g.access_token),
         ("expires_at", g.expires_at.to_string()),
         ("expires_in", g.expires_in.to_string()),
@@ -124,7 +106,7 @@ pub async fn verify_link(
         ("token_type", "bearer".into()),
         ("type", vtype.to_string()),
     ];
-    Ok(see_other(format!("{to}#{}", encode(&mut pairs))))
+    Ok(see_other(with_params(&to, &[], &pairs)))
 }
 
 #[derive(Deserialize, Default)]

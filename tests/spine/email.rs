@@ -1081,3 +1081,45 @@ both_mail!(wrong_codes_void_the_outstanding_code, |_| {}, |t, sink| {
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
 });
+
+// Issue 9, defects 11 and 12: the browser goes to the URL that was checked,
+// with one fragment, and the loopback exception is for web pages only.
+both_mail!(redirects_are_the_validated_urls, |_| {}, |t, sink| {
+    let cases = [
+        // (redirect_to, where the session lands)
+        (
+            "https://app.example.com/cb#frag",
+            "https://app.example.com/cb#",
+        ),
+        (
+            "https://app.example.com\\@evil.com/cb",
+            "https://app.example.com/@evil.com/cb#",
+        ),
+        ("javascript://[::1]/%0aalert(1)", "http://localhost:3000#"),
+        ("data://127.0.0.1/text", "http://localhost:3000#"),
+        ("file://localhost/etc/passwd", "http://localhost:3000#"),
+        ("http://[::1]:8080/cb", "http://[::1]:8080/cb#"),
+    ];
+    for (i, (to, lands)) in cases.iter().enumerate() {
+        let email = format!("redir{i}@example.com");
+        let path = format!(
+            "/signup?{}",
+            serde_urlencoded::to_string([("redirect_to", to)]).unwrap()
+        );
+        let r = t
+            .post(&path, json!({"email": email, "password": "secret123"}))
+            .await;
+        assert_eq!(r.status, 200, "{to}: {}", r.text);
+        let mail = sink.wait_for(&email, 1).await;
+        assert!(!mail.link().contains('\\'), "{}", mail.link());
+        let opened = open_link(&t, &mail.link()).await;
+        assert_eq!(opened.status, 303, "{to}");
+        let location = opened.header("location").unwrap();
+        assert!(location.starts_with(lands), "{to} -> {location}");
+        assert_eq!(location.matches('#').count(), 1, "{location}");
+        assert!(
+            fragment(location).contains_key("access_token"),
+            "{location}"
+        );
+    }
+});
