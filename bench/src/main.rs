@@ -198,6 +198,46 @@ impl Bench {
         m
     }
 
+    /// Password sign-ins spread over the `count` seeded users from `first`.
+    async fn password(&mut self, name: &str, first: u64, count: u64) -> Measured {
+        let url = format!("{}/token?grant_type=password", self.srv.base);
+        self.measure(
+            name,
+            |i| async move { (client_at(i), i as u64) },
+            move |(c, n): (reqwest::Client, u64)| {
+                let url = url.clone();
+                async move {
+                    let user = first + (n * 7919) % count;
+                    let body = json!({"email": seed::email(user), "password": seed::PASSWORD});
+                    let ok =
+                        matches!(c.post(&url).json(&body).send().await, Ok(r) if r.status() == 200);
+                    ((c, n + 64), ok)
+                }
+            },
+        )
+        .await
+    }
+
+    /// `/recover` for addresses no user has: the lookup alone, with no
+    /// email sent and no per-address window in the way.
+    async fn recover(&mut self, name: &str) -> Measured {
+        let url = format!("{}/recover", self.srv.base);
+        self.measure(
+            name,
+            |i| async move { (client_at(i), i as u64) },
+            move |(c, n): (reqwest::Client, u64)| {
+                let url = url.clone();
+                async move {
+                    let body = json!({"email": format!("nobody-{n}@example.com")});
+                    let ok =
+                        matches!(c.post(&url).json(&body).send().await, Ok(r) if r.status() == 200);
+                    ((c, n + 64), ok)
+                }
+            },
+        )
+        .await
+    }
+
     async fn get_user(&mut self, name: &str) -> anyhow::Result<Measured> {
         let base = self.srv.base.clone();
         let mut tokens = Vec::new();
@@ -384,23 +424,7 @@ async fn main() -> anyhow::Result<()> {
         .await;
 
     b.srv.reset_peak();
-    let login_url = format!("{}/token?grant_type=password", b.srv.base);
-    let logins = b
-        .measure(
-            "POST /token password",
-            |i| async move { (client_at(i), i as u64) },
-            move |(c, n): (reqwest::Client, u64)| {
-                let url = login_url.clone();
-                async move {
-                    let user = 1 + (n * 7919) % SMALL_USERS;
-                    let body = json!({"email": seed::email(user), "password": seed::PASSWORD});
-                    let ok =
-                        matches!(c.post(&url).json(&body).send().await, Ok(r) if r.status() == 200);
-                    ((c, n + 64), ok)
-                }
-            },
-        )
-        .await;
+    let logins = b.password("POST /token password", 1, SMALL_USERS).await;
     let (_, login_peak_rss) = b.srv.rss_mib();
 
     let user_small = b.get_user("GET /user (1k users)").await?;
@@ -482,7 +506,16 @@ async fn main() -> anyhow::Result<()> {
     let t = Instant::now();
     seed::users(&database_url, &hash, SMALL_USERS + 1, args.big_users).await?;
     eprintln!("seeded in {:.1} s", t.elapsed().as_secs_f64());
+    let recover_small = b.recover("POST /recover unknown address (1k)").await;
     let user_big = b.get_user("GET /user (big)").await?;
+    let logins_big = b
+        .password(
+            "POST /token password (big)",
+            SMALL_USERS + 1,
+            args.big_users - SMALL_USERS,
+        )
+        .await;
+    let recover_big = b.recover("POST /recover unknown address (big)").await;
     let refresh_big = b.refresh("POST /token refresh (big)").await?;
     // The session cache at its default size (one live session per user).
     let cache_size = 10_000.min(args.big_users);
@@ -566,6 +599,18 @@ async fn main() -> anyhow::Result<()> {
         (
             "refresh big / 1k",
             ratio(refresh_big.per_second, refresh_small.per_second),
+            0.8,
+            true,
+        ),
+        (
+            "password sign-in big / 1k",
+            ratio(logins_big.per_second, logins.per_second),
+            0.8,
+            true,
+        ),
+        (
+            "/recover big / 1k",
+            ratio(recover_big.per_second, recover_small.per_second),
             0.8,
             true,
         ),

@@ -12,6 +12,7 @@ mod cli;
 mod durability;
 mod email;
 mod http;
+mod indexes;
 mod resilience;
 mod signup;
 mod token;
