@@ -334,8 +334,8 @@ impl Accounts {
 
         let mut tx = self.ctx.store.begin().await?;
         let existing = match (&email, &phone) {
-            (Some(e), _) => tx.user_by_email(e, &req.aud).await?,
-            (_, Some(p)) => tx.user_by_phone(p, &req.aud).await?,
+            (Some(e), _) => tx.holder_of_email(e).await?,
+            (_, Some(p)) => tx.holder_of_phone(p).await?,
             _ => None,
         };
         let user = match existing {
@@ -345,7 +345,10 @@ impl Accounts {
                 } else {
                     u.phone_confirmed_at.is_some()
                 };
-                if confirmed {
+                // An address held in another audience (`X-JWT-AUD`) is taken
+                // here too, and answered like a confirmed one: that user is
+                // never touched, and the answer tells nothing about it.
+                if confirmed || u.aud.as_deref() != Some(req.aud.as_str()) {
                     tx.insert_audit(
                         &audit_payload(&u, AuditAction::UserRepeatedSignup, None),
                         "",
@@ -846,6 +849,15 @@ fn obfuscate(
     u.phone_confirmed_at = None;
     u.last_sign_in_at = None;
     u.email_change_sent_at = None;
+    // Beyond GoTrue, which keeps these: each would tell the caller what the
+    // real user has been through (an invitation, a recovery, a ban).
+    u.invited_at = None;
+    u.recovery_sent_at = None;
+    u.phone_change = None;
+    u.phone_change_sent_at = None;
+    u.reauthentication_sent_at = None;
+    u.banned_until = None;
+    u.is_anonymous = false;
     u.raw_user_meta_data = Some(sqlx_json(Value::Object(req.data.clone())));
     u.raw_app_meta_data = Some(sqlx_json(
         json!({"provider": provider, "providers": [provider]}),

@@ -1,4 +1,4 @@
-use reqwest::Method;
+use reqwest::{Method, StatusCode};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -1123,3 +1123,163 @@ both_mail!(redirects_are_the_validated_urls, |_| {}, |t, sink| {
         );
     }
 });
+
+/// A POST with `X-JWT-AUD: aud`.
+async fn post_in(t: &TestServer, aud: &str, path: &str, body: serde_json::Value) -> common::Reply {
+    let http = reqwest::Client::new();
+    let r = http.post(t.url(path)).header("x-jwt-aud", aud).json(&body);
+    read(r.send().await.unwrap()).await
+}
+
+// Issue 9, defect 6: an address registered under an invented audience
+// leaves the real owner's sign-up and magic link answering as for any taken
+// address, never 5xx, and the other audience's user untouched.
+both_mail!(another_audience_holds_the_address, |_| {}, |t, sink| {
+    let r = post_in(
+        &t,
+        "junk",
+        "/signup",
+        json!({"email": "victim@example.com", "password": "attacker1"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["aud"], "junk");
+    sink.wait_for("victim@example.com", 1).await;
+    let taken = confirmed(&t, &sink, "owner@example.com").await;
+    assert!(taken["access_token"].is_string());
+
+    let victim = t.signup("victim@example.com", "secret123").await;
+    let owner = t.signup("owner@example.com", "secret123").await;
+    assert_eq!(
+        (victim.status, owner.status),
+        (StatusCode::OK, StatusCode::OK),
+        "{} {}",
+        victim.text,
+        owner.text
+    );
+    let keys = |b: &serde_json::Value| b.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&victim.body), keys(&owner.body));
+    assert_eq!(victim.body["aud"], "authenticated");
+    assert_ne!(victim.body["id"], r.body["id"]);
+    let otp = t.post("/otp", json!({"email": "victim@example.com"})).await;
+    assert_eq!(otp.status, 200, "{}", otp.text);
+
+    let holder = t.user(r.body["id"].as_str().unwrap()).await;
+    assert_eq!(holder.aud.as_deref(), Some("junk"));
+    assert!(holder.email_confirmed_at.is_none());
+    assert_eq!(
+        t.count_by_str(
+            "SELECT count(*) FROM users WHERE email = $1",
+            "victim@example.com"
+        )
+        .await,
+        1
+    );
+    // Nothing more went to the address than the attacker's own confirmation.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(sink.count_to("victim@example.com"), 1);
+});
+
+// The same with autoconfirm on: sign-up says the address is taken (as for
+// any taken address), `/otp` answers 200 and sends nothing.
+crate::both!(
+    another_audience_holds_the_address_autoconfirmed,
+    |_| {},
+    |t| {
+        let r = post_in(
+            &t,
+            "junk",
+            "/signup",
+            json!({"email": "victim@example.com", "password": "attacker1"}),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        t.signup("victim@example.com", "secret123")
+            .await
+            .assert_error(422, "user_already_exists");
+        let otp = t.post("/otp", json!({"email": "victim@example.com"})).await;
+        assert_eq!(otp.status, 200, "{}", otp.text);
+        assert_eq!(t.email_jobs().await, 0);
+        let login = post_in(
+            &t,
+            "junk",
+            "/token?grant_type=password",
+            json!({"email": "victim@example.com", "password": "attacker1"}),
+        )
+        .await;
+        assert_eq!(login.status, 200, "{}", login.text);
+        assert_eq!(
+            claims(login.body["access_token"].as_str().unwrap())["aud"],
+            "junk"
+        );
+    }
+);
+
+// Issue 9, defect 8: twenty simultaneous `/otp` for one new address get
+// what GoTrue answers each in turn, 200 for the first and 200 or the send
+// window's 429 for the rest -- never `user_already_exists` -- and one user
+// exists after.
+crate::both!(concurrent_otp_for_a_new_address, |_| {}, |t| {
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let req = t
+                .http
+                .post(t.url("/otp"))
+                .json(&json!({"email": "race@example.com"}));
+            tokio::spawn(async move { read(req.send().await.unwrap()).await })
+        })
+        .collect();
+    let mut ok = 0;
+    for task in tasks {
+        let r = task.await.unwrap();
+        if r.status == 200 {
+            ok += 1;
+        } else {
+            r.assert_error(429, "over_email_send_rate_limit");
+        }
+    }
+    assert!(ok >= 1);
+    assert_eq!(
+        t.count_by_str(
+            "SELECT count(*) FROM users WHERE email = $1",
+            "race@example.com"
+        )
+        .await,
+        1
+    );
+});
+
+// Issue 9, defect 8: two users confirming a change to one new address: the
+// first wins, the second is GoTrue's 422 `email_exists`, never a 500.
+both_mail!(
+    two_users_confirm_one_new_address,
+    |c| c.mailer.secure_email_change_enabled = false,
+    |t, sink| {
+        for who in ["first@example.com", "second@example.com"] {
+            let s = confirmed(&t, &sink, who).await;
+            let at = s["access_token"].as_str().unwrap();
+            let body = json!({"email": "wanted@example.com"});
+            let r = t.request(Method::PUT, "/user", Some(at), Some(body)).await;
+            assert_eq!(r.status, 200, "{}", r.text);
+        }
+        sink.wait_for("wanted@example.com", 2).await;
+        let mut answers = Vec::new();
+        for mail in sink
+            .all()
+            .iter()
+            .filter(|m| m.to.iter().any(|a| a.contains("wanted@example.com")))
+        {
+            let body = json!({"type": "email_change", "email": "wanted@example.com", "token": mail.code()});
+            answers.push(t.post("/verify", body).await);
+        }
+        assert_eq!(answers[0].status, 200, "{}", answers[0].text);
+        answers[1].assert_error(422, "email_exists");
+        let holders = "SELECT count(*) FROM users WHERE email = $1";
+        assert_eq!(t.count_by_str(holders, "wanted@example.com").await, 1);
+        assert_eq!(
+            t.count_by_str(holders, "first@example.com").await
+                + t.count_by_str(holders, "second@example.com").await,
+            1
+        );
+    }
+);

@@ -229,26 +229,20 @@ impl Tx {
             .bind(id).fetch_optional(&mut *c).await)
     }
 
-    pub async fn user_by_email(
-        &mut self,
-        email: &str,
-        aud: &str,
-    ) -> Result<Option<User>, sqlx::Error> {
+    /// The user holding an address in any audience: the unique index's view,
+    /// which a sign-up must respect whatever audience it asks for.
+    pub async fn holder_of_email(&mut self, email: &str) -> Result<Option<User>, sqlx::Error> {
         count();
         on!(tx self, c => sqlx::query_as(concat!("SELECT ", user_cols!(),
-            " FROM users WHERE lower(email) = $1 AND aud = $2 AND is_sso_user = false"))
-            .bind(email).bind(aud).fetch_optional(&mut *c).await)
+            " FROM users WHERE lower(email) = $1 AND is_sso_user = false"))
+            .bind(email).fetch_optional(&mut *c).await)
     }
 
-    pub async fn user_by_phone(
-        &mut self,
-        phone: &str,
-        aud: &str,
-    ) -> Result<Option<User>, sqlx::Error> {
+    pub async fn holder_of_phone(&mut self, phone: &str) -> Result<Option<User>, sqlx::Error> {
         count();
         on!(tx self, c => sqlx::query_as(concat!("SELECT ", user_cols!(),
-            " FROM users WHERE phone = $1 AND aud = $2 AND is_sso_user = false"))
-            .bind(phone).bind(aud).fetch_optional(&mut *c).await)
+            " FROM users WHERE phone = $1"))
+            .bind(phone).fetch_optional(&mut *c).await)
     }
 
     pub async fn insert_user(&mut self, u: &NewUser<'_>) -> Result<(), sqlx::Error> {
