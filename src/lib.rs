@@ -6,6 +6,7 @@ pub mod api;
 pub mod error;
 pub mod extract;
 pub mod limit;
+pub mod listener;
 pub mod observability;
 pub mod server;
 

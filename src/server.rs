@@ -286,18 +286,12 @@ pub async fn start_with(config: Config, workers: bool) -> anyhow::Result<Server>
         .await
         .with_context(|| format!("binding {addr}"))?;
     let addr = listener.local_addr()?;
-    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let app = router(state.clone());
     let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let r = axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = rx.await;
-            })
-            .await;
-        if let Err(e) = r {
-            tracing::error!(%e, "server stopped");
-        }
-    });
+    let limits = state.config.listen.clone();
+    let task = tokio::spawn(crate::listener::serve(listener, app, limits, async {
+        let _ = rx.await;
+    }));
     tracing::info!(%addr, "castellan listening");
     Ok(Server {
         addr,

@@ -116,6 +116,17 @@ pub struct MailerConfig {
     pub poll_interval: Duration,
 }
 
+/// Bounds on what clients may hold open, against slow or stalled clients.
+#[derive(Debug, Clone)]
+pub struct Listen {
+    /// Connections served at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// A request's headers must arrive within this, or the connection closes.
+    pub header_read_timeout: Duration,
+    /// How long a shutdown waits for open connections before closing them.
+    pub shutdown_grace: Duration,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub database_url: DatabaseUrl,
@@ -124,6 +135,8 @@ pub struct Config {
     pub site_url: String,
     pub api_external_url: String,
     pub max_request_duration: Duration,
+    /// What the accept loop allows a client: see `Listen`.
+    pub listen: Listen,
     pub jwt: JwtConfig,
     pub disable_signup: bool,
     pub mailer_autoconfirm: bool,
@@ -431,6 +444,14 @@ impl Config {
                 &["GOTRUE_API_MAX_REQUEST_DURATION"],
                 Duration::from_secs(10),
             )?,
+            listen: Listen {
+                max_connections: v.num(&["CASTELLAN_MAX_CONNECTIONS"], 1024usize)?.max(1),
+                header_read_timeout: v
+                    .duration(&["CASTELLAN_HEADER_READ_TIMEOUT"], Duration::from_secs(10))?
+                    .max(Duration::from_millis(100)),
+                shutdown_grace: v
+                    .duration(&["CASTELLAN_SHUTDOWN_GRACE"], Duration::from_secs(10))?,
+            },
             jwt: JwtConfig {
                 secret: v.opt_string(&["GOTRUE_JWT_SECRET"]),
                 exp: v.num(&["GOTRUE_JWT_EXP"], 3600u64)?,

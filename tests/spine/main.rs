@@ -13,6 +13,7 @@ mod durability;
 mod email;
 mod http;
 mod indexes;
+mod listener;
 mod resilience;
 mod signup;
 mod token;
