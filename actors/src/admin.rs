@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use base64::Engine;
+use castellan_core::crypto::password::CostCap;
 use castellan_core::duration::parse_go_duration;
 use castellan_core::models::{
     AuditAction, AuditActor, Identity, User, audit_payload, merge_metadata,
@@ -109,17 +110,14 @@ fn banned_until(spec: &str, now: DateTime<Utc>) -> ApiResult<Option<DateTime<Utc
         .ok_or_else(|| ApiError::validation("invalid format for ban duration: too long"))
 }
 
-/// Accepts the hash kinds sign-in verifies: bcrypt and argon2i/argon2id PHC strings.
-fn check_imported_hash(h: &str) -> ApiResult<()> {
-    let bcrypt_ok = ["$2a$", "$2b$", "$2y$"].iter().any(|p| h.starts_with(p)) && h.len() == 60;
-    let argon_ok = (h.starts_with("$argon2id$") || h.starts_with("$argon2i$"))
-        && argon2::password_hash::phc::PasswordHash::new(h).is_ok();
-    if bcrypt_ok || argon_ok {
-        Ok(())
-    } else {
-        Err(ApiError::validation(
-            "Invalid password hash: expected a bcrypt ($2a$/$2b$) or argon2 PHC string",
-        ))
+/// Accepts what sign-in will verify: bcrypt and argon2i/argon2id PHC
+/// strings within the hashing pool's cost cap.
+fn check_imported_hash(cap: CostCap, h: &str) -> ApiResult<()> {
+    match cap.refuse(h) {
+        None => Ok(()),
+        Some(why) => Err(ApiError::validation(format!(
+            "Invalid password hash: {why}"
+        ))),
     }
 }
 
@@ -457,7 +455,7 @@ impl Admin {
         }
         let hash = match (password, imported) {
             (_, Some(h)) => {
-                check_imported_hash(h)?;
+                check_imported_hash(self.ctx.hasher.cap(), h)?;
                 h.to_string()
             }
             (Some(p), None) => {
@@ -741,15 +739,21 @@ mod tests {
 
     #[test]
     fn imported_hashes() {
-        assert!(check_imported_hash(&bcrypt::hash("x", 4).unwrap()).is_ok());
+        let cap = CostCap {
+            max_memory_kib: 65_536,
+        };
+        let check = |h: &str| check_imported_hash(cap, h);
+        assert!(check(&bcrypt::hash("x", 4).unwrap()).is_ok());
         assert!(
-            check_imported_hash(
-                "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHQ$RdescudvJCsgt3ub+b+dWRWJTmaaJObG"
-            )
-            .is_ok()
+            check("$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHQ$RdescudvJCsgt3ub+b+dWRWJTmaaJObG")
+                .is_ok()
         );
-        assert!(check_imported_hash("plain").is_err());
-        assert!(check_imported_hash("$2a$10$short").is_err());
+        assert!(
+            check("$argon2d$v=19$m=19456,t=2,p=1$c29tZXNhbHQ$RdescudvJCsgt3ub+b+dWRWJTmaaJObG")
+                .is_err()
+        );
+        assert!(check("plain").is_err());
+        assert!(check("$2a$10$short").is_err());
     }
 
     #[test]

@@ -51,6 +51,10 @@ pub struct Argon2Config {
     pub parallelism: u32,
     /// How many hashes may run at once (the bounded blocking pool).
     pub pool_size: usize,
+    /// Hashes waiting for a thread; past it a sign-in answers 503 at once.
+    pub queue: usize,
+    /// The most memory one verification may take (an imported argon2 hash).
+    pub max_memory_kib: u32,
 }
 
 /// One per-key token bucket: `per` is the refill window of `events` tokens.
@@ -400,7 +404,7 @@ impl Config {
         let v = Vars(map);
         let five_min = Duration::from_secs(300);
         let min_length = v.num(&["GOTRUE_PASSWORD_MIN_LENGTH"], 6usize)?.max(6);
-        let argon2 = Argon2Config {
+        let mut argon2 = Argon2Config {
             memory_kib: v.num(&["CASTELLAN_ARGON2_MEMORY_KIB"], 19456)?,
             iterations: v.num(&["CASTELLAN_ARGON2_ITERATIONS"], 2)?,
             parallelism: v.num(&["CASTELLAN_ARGON2_PARALLELISM"], 1)?,
@@ -410,7 +414,15 @@ impl Config {
                     .map(|n| n.get())
                     .unwrap_or(2),
             )?,
+            queue: 0,
+            max_memory_kib: v.num(&["CASTELLAN_HASH_MAX_MEMORY_KIB"], 65_536)?,
         };
+        // A couple of seconds of work at the default parameters: a request
+        // queued behind more would mostly wait out its deadline.
+        argon2.max_memory_kib = argon2.max_memory_kib.max(argon2.memory_kib);
+        argon2.queue = v
+            .num(&["CASTELLAN_HASH_QUEUE"], 64 * argon2.pool_size)?
+            .max(1);
         if argon2.pool_size == 0 {
             return Err(ConfigError {
                 var: "CASTELLAN_HASH_POOL_SIZE".into(),

@@ -78,14 +78,18 @@ impl ApiError {
         )
         .with_detail(context, err)
     }
-    /// A component (an actor, the database) is unavailable for now; safe to retry.
+    /// A component (an actor, the database) is unavailable for now; safe to
+    /// retry, and `Retry-After` says when (the official clients retry 503s).
     pub fn unavailable(context: &'static str, err: impl fmt::Display) -> Self {
         metrics::counter!("castellan_unavailable_total", "context" => context).increment(1);
-        Self::new(
-            503,
-            "unexpected_failure",
-            "Service temporarily unavailable, please retry",
-        )
+        Self {
+            retry_after: Some(1),
+            ..Self::new(
+                503,
+                "unexpected_failure",
+                "Service temporarily unavailable, please retry",
+            )
+        }
         .with_detail(context, err)
     }
 
@@ -131,13 +135,31 @@ fn unique_violation(db: &dyn sqlx::error::DatabaseError) -> ApiError {
     ApiError::unprocessable(code, msg)
 }
 
+/// A database error that says the database is away or overloaded for now,
+/// not that this request is wrong: PostgreSQL's SQLSTATE classes for
+/// connection exceptions (08), rolled-back transactions such as deadlocks
+/// (40), insufficient resources (53) and operator intervention (57: shut
+/// down, restarting, cancelled); SQLite's busy, locked, I/O and full errors
+/// (primary codes, the low byte of its extended codes).
+fn transient(db: &dyn sqlx::error::DatabaseError) -> bool {
+    let code = db.code().unwrap_or_default();
+    if code.len() == 5 {
+        return ["08", "40", "53", "57"].iter().any(|c| code.starts_with(c));
+    }
+    code.parse::<u32>()
+        .is_ok_and(|n| matches!(n & 0xff, 5 | 6 | 10 | 13))
+}
+
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         match e {
             sqlx::Error::Database(db) if db.is_unique_violation() => unique_violation(&*db),
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-                ApiError::unavailable("database", e)
-            }
+            sqlx::Error::Database(db) if transient(&*db) => ApiError::unavailable("database", db),
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed => ApiError::unavailable("database", e),
             e => ApiError::internal("database", e),
         }
     }

@@ -32,9 +32,68 @@ pub struct Verified {
 /// Work for a hashing thread; it gets the thread's memory block.
 type Job = Box<dyn FnOnce(&mut Vec<Block>) + Send>;
 
+/// What one verification may cost a hashing thread. A stored hash beyond
+/// these fails sign-in rather than hold a thread for seconds, and an import
+/// beyond them is refused. Memory is configured
+/// (`CASTELLAN_HASH_MAX_MEMORY_KIB`); the rest are fixed.
+#[derive(Debug, Clone, Copy)]
+pub struct CostCap {
+    pub max_memory_kib: u32,
+}
+
+const MAX_ARGON2_PASSES: u32 = 10;
+const MAX_ARGON2_LANES: u32 = 16;
+/// 2¹⁴ bcrypt rounds: about a second; GoTrue writes cost 10.
+const MAX_BCRYPT_COST: u32 = 14;
+
+impl CostCap {
+    /// Why `hash` may not be stored, if it may not: not a kind sign-in
+    /// verifies, or costlier than the cap.
+    pub fn refuse(&self, hash: &str) -> Option<String> {
+        if let Some(rest) = ["$2a$", "$2b$", "$2y$"]
+            .iter()
+            .find_map(|p| hash.strip_prefix(p))
+        {
+            let cost = rest.get(..2).and_then(|c| c.parse::<u32>().ok());
+            return match (hash.len() == 60, cost) {
+                (true, Some(c)) if c <= MAX_BCRYPT_COST => None,
+                (true, Some(c)) => Some(format!("bcrypt cost {c} is above {MAX_BCRYPT_COST}")),
+                _ => Some("not a bcrypt hash".into()),
+            };
+        }
+        let parsed = PasswordHash::new(hash).ok();
+        let params = parsed.as_ref().and_then(|p| {
+            matches!(p.algorithm.as_str(), "argon2id" | "argon2i")
+                .then(|| Params::try_from(p).ok())
+                .flatten()
+        });
+        let Some(params) = params else {
+            return Some("expected a bcrypt ($2a$/$2b$) or argon2 PHC string".into());
+        };
+        self.argon2_over(&params)
+    }
+
+    fn argon2_over(&self, p: &Params) -> Option<String> {
+        let max_m = self.max_memory_kib;
+        (p.m_cost() > max_m || p.t_cost() > MAX_ARGON2_PASSES || p.p_cost() > MAX_ARGON2_LANES)
+            .then(|| {
+                format!(
+                    "argon2 cost above the cap (m ≤ {max_m} KiB, t ≤ {MAX_ARGON2_PASSES}, p ≤ {MAX_ARGON2_LANES})"
+                )
+            })
+    }
+
+    fn bcrypt_over(&self, hash: &str) -> bool {
+        hash.get(4..6)
+            .and_then(|c| c.parse::<u32>().ok())
+            .is_none_or(|cost| cost > MAX_BCRYPT_COST)
+    }
+}
+
 #[derive(Clone)]
 pub struct PasswordHasher {
     params: Params,
+    cap: CostCap,
     jobs: mpsc::Sender<(Instant, Job)>,
     /// A real hash of a random password, verified when a user is unknown so
     /// that an unknown user costs the same as a wrong password.
@@ -92,7 +151,7 @@ fn hash_with(params: &Params, pw: &[u8], mem: &mut Vec<Block>) -> Option<String>
     ))
 }
 
-fn verify_argon(pw: &[u8], hash: &str, mem: &mut Vec<Block>) -> bool {
+fn verify_argon(pw: &[u8], hash: &str, cap: CostCap, mem: &mut Vec<Block>) -> bool {
     let Ok(parsed) = PasswordHash::new(hash) else {
         return false;
     };
@@ -113,8 +172,8 @@ fn verify_argon(pw: &[u8], hash: &str, mem: &mut Vec<Block>) -> bool {
     let Ok(params) = Params::try_from(&parsed) else {
         return false;
     };
-    // GoTrue's limits on imported hashes: m ≤ 1 GiB, t ≤ 20, p ≤ 16.
-    if params.m_cost() > 1024 * 1024 || params.t_cost() > 20 || params.p_cost() > 16 {
+    if cap.argon2_over(&params).is_some() {
+        metrics::counter!("castellan_hash_over_cap_total").increment(1);
         return false;
     }
     let mut out = vec![0u8; expected.len()];
@@ -123,10 +182,14 @@ fn verify_argon(pw: &[u8], hash: &str, mem: &mut Vec<Block>) -> bool {
         && super::secure_eq(&out, expected.as_bytes())
 }
 
-fn verify_any(pw: &str, hash: &str, mem: &mut Vec<Block>) -> bool {
+fn verify_any(pw: &str, hash: &str, cap: CostCap, mem: &mut Vec<Block>) -> bool {
     if hash.starts_with("$argon2") {
-        verify_argon(pw.as_bytes(), hash, mem)
+        verify_argon(pw.as_bytes(), hash, cap, mem)
     } else if hash.starts_with("$2") {
+        if cap.bcrypt_over(hash) {
+            metrics::counter!("castellan_hash_over_cap_total").increment(1);
+            return false;
+        }
         bcrypt::verify(pw, hash).unwrap_or(false)
     } else {
         false
@@ -161,7 +224,7 @@ impl PasswordHasher {
             Some(OUTPUT_LEN),
         )
         .expect("argon2 parameters are checked when the configuration is read");
-        let (tx, rx) = mpsc::channel::<(Instant, Job)>(4096);
+        let (tx, rx) = mpsc::channel::<(Instant, Job)>(cfg.queue.max(1));
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..cfg.pool_size {
             let rx = rx.clone();
@@ -189,9 +252,16 @@ impl PasswordHasher {
         let dummy = hash_with(&params, &random, &mut mem).expect("hashing random bytes");
         Self {
             params,
+            cap: CostCap {
+                max_memory_kib: cfg.max_memory_kib.max(cfg.memory_kib),
+            },
             jobs: tx,
             dummy: Arc::new(dummy),
         }
+    }
+
+    pub fn cap(&self) -> CostCap {
+        self.cap
     }
 
     /// Runs `f` on a hashing thread and waits for its answer.
@@ -199,14 +269,33 @@ impl PasswordHasher {
         &self,
         f: impl FnOnce(&mut Vec<Block>) -> T + Send + 'static,
     ) -> Result<T, ApiError> {
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = oneshot::channel::<T>();
         let job: Job = Box::new(move |mem| {
+            // Whoever asked has gone (its request timed out): skip the work.
+            if tx.is_closed() {
+                metrics::counter!("castellan_hash_abandoned_total").increment(1);
+                return;
+            }
             let _ = tx.send(f(mem));
         });
+        // A full queue answers at once: waiting for a place would only move
+        // the wait where no deadline sees it.
         self.jobs
-            .send((Instant::now(), job))
-            .await
-            .map_err(|_| ApiError::internal("hash pool", "hashing threads stopped"))?;
+            .try_send((Instant::now(), job))
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    metrics::counter!("castellan_hash_queue_full_total").increment(1);
+                    let busy = ApiError::unavailable("hash pool", "the queue is full");
+                    ApiError {
+                        message: "Too many password checks are waiting; please retry in a moment"
+                            .into(),
+                        ..busy
+                    }
+                }
+                mpsc::error::TrySendError::Closed(_) => {
+                    ApiError::internal("hash pool", "hashing threads stopped")
+                }
+            })?;
         rx.await
             .map_err(|_| ApiError::internal("hash pool", "a hashing thread dropped its job"))
     }
@@ -227,8 +316,9 @@ impl PasswordHasher {
         let pw = password.to_string();
         let params = self.params.clone();
         let has_real = real.is_some();
+        let cap = self.cap;
         self.run(move |mem| {
-            let ok = verify_any(&pw, &hash, mem);
+            let ok = verify_any(&pw, &hash, cap, mem);
             Verified {
                 ok: ok && has_real,
                 needs_rehash: ok && has_real && !is_current(&hash, &params),
@@ -249,6 +339,8 @@ mod tests {
             iterations: 1,
             parallelism: 1,
             pool_size: 2,
+            queue: 64,
+            max_memory_kib: 65_536,
         })
     }
 
