@@ -289,10 +289,13 @@ fn database_url(v: Option<(&str, String)>) -> Result<DatabaseUrl, ConfigError> {
             });
         }
         Ok(DatabaseUrl::Sqlite(path.to_string()))
+    } else if !url.contains("://") && !url.trim().is_empty() {
+        // A bare file path, as the README gives the default (`./castellan.db`).
+        Ok(DatabaseUrl::Sqlite(url))
     } else {
         Err(ConfigError {
             var: name.into(),
-            msg: "must start with postgres://, postgresql:// or sqlite://".into(),
+            msg: "must be postgres://…, postgresql://…, sqlite://PATH or a file path".into(),
         })
     }
 }
@@ -622,5 +625,10 @@ mod tests {
             c.database_url,
             DatabaseUrl::Postgres("postgres://u@h/db".into())
         );
+        // A bare path, as the README writes the default.
+        for path in ["./other.db", "/var/lib/castellan/auth.db", "auth.db"] {
+            let c = cfg(&[("DATABASE_URL", path)]).unwrap();
+            assert_eq!(c.database_url, DatabaseUrl::Sqlite(path.into()));
+        }
     }
 }

@@ -378,8 +378,27 @@ pub async fn castellan_process(
     database_url: &str,
     env: &[(&str, &str)],
 ) -> (tokio::process::Child, String) {
+    castellan_process_in(&[], args, database_url, env).await
+}
+
+/// As `castellan_process`, the binary run by `wrapper` (a command and its
+/// arguments, the binary's path and `args` appended) when one is given.
+pub async fn castellan_process_in(
+    wrapper: &[&str],
+    args: &[&str],
+    database_url: &str,
+    env: &[(&str, &str)],
+) -> (tokio::process::Child, String) {
     use tokio::io::AsyncBufReadExt;
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_castellan"));
+    let binary = env!("CARGO_BIN_EXE_castellan");
+    let mut cmd = match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut c = tokio::process::Command::new(program);
+            c.args(rest).arg(binary);
+            c
+        }
+        None => tokio::process::Command::new(binary),
+    };
     cmd.args(args)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -422,7 +441,15 @@ pub async fn castellan_process(
     })
     .await
     .expect("castellan was not ready within 30 s");
-    // Keep draining its output so the process never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    // Keep draining its output so the process never blocks on a full pipe
+    // (shown with CASTELLAN_TEST_LOG set, as the in-process servers' logs are).
+    let show = std::env::var_os("CASTELLAN_TEST_LOG").is_some();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if show {
+                eprintln!("{line}");
+            }
+        }
+    });
     (child, base)
 }

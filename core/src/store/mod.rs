@@ -165,6 +165,7 @@ impl Store {
                     SqlitePoolOptions::new()
                         .max_connections(max_connections)
                         .acquire_timeout(Duration::from_secs(10))
+                        .after_release(|conn, _| Box::pin(discard_if_stuck(conn)))
                         .connect_with(opts)
                         .await?,
                 )
@@ -280,3 +281,18 @@ impl Tx {
 
 /// sqlx's value wrappers (`Json`), re-exported so callers need no sqlx dependency.
 pub use sqlx::types as sqlx_types;
+
+/// Whether a released SQLite connection may go back to the pool. On a full
+/// disk (or an I/O error) SQLite rolls the transaction back by itself; the
+/// ROLLBACK sqlx then sends fails, and sqlx still counts the transaction as
+/// open, so every later `BEGIN` on that connection would fail. The ping
+/// waits until that queued ROLLBACK has run; a connection still counting a
+/// transaction is closed rather than reused.
+async fn discard_if_stuck(conn: &mut sqlx::SqliteConnection) -> Result<bool, sqlx::Error> {
+    use sqlx::Connection;
+    let reusable = conn.ping().await.is_ok() && !conn.is_in_transaction();
+    if !reusable {
+        metrics::counter!("castellan_db_connections_discarded_total").increment(1);
+    }
+    Ok(reusable)
+}
