@@ -44,8 +44,11 @@ pub struct Server {
     pub addr: SocketAddr,
     pub state: AppState,
     pub store: Store,
-    shutdown: Option<oneshot::Sender<()>>,
+    /// Where `/metrics` is served when it has an address of its own.
+    pub metrics_addr: Option<SocketAddr>,
+    shutdown: Vec<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
+    metrics_task: Option<tokio::task::JoinHandle<()>>,
     workers: Option<Workers>,
 }
 
@@ -89,10 +92,13 @@ impl Workers {
 impl Server {
     /// Stops accepting, finishes in-flight requests, stops the actors.
     pub async fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
+        for tx in self.shutdown.drain(..) {
             let _ = tx.send(());
         }
         let _ = (&mut self.task).await;
+        if let Some(t) = self.metrics_task.take() {
+            let _ = t.await;
+        }
         if let Some(w) = self.workers.take() {
             w.stop().await;
         }
@@ -144,10 +150,11 @@ fn write_private(path: &std::path::Path, content: &str) -> std::io::Result<()> {
 pub fn router(state: AppState) -> Router {
     let timeout = state.config.max_request_duration;
     let api = api::routes(state.clone());
-    Router::new()
-        .merge(api.clone())
-        .nest("/auth/v1", api)
-        .route("/metrics", get(observability::metrics_endpoint))
+    let mut router = Router::new().merge(api.clone()).nest("/auth/v1", api);
+    if state.config.metrics_addr.is_none() {
+        router = router.route("/metrics", get(observability::metrics_endpoint));
+    }
+    router
         .fallback(|| async { HttpError(ApiError::not_found("not_found", "Not found")) })
         .method_not_allowed_fallback(|| async {
             HttpError(ApiError::new(
@@ -289,16 +296,44 @@ pub async fn start_with(config: Config, workers: bool) -> anyhow::Result<Server>
     let app = router(state.clone());
     let (tx, rx) = oneshot::channel::<()>();
     let limits = state.config.listen.clone();
-    let task = tokio::spawn(crate::listener::serve(listener, app, limits, async {
-        let _ = rx.await;
-    }));
+    let task = tokio::spawn(crate::listener::serve(
+        listener,
+        app,
+        limits.clone(),
+        async {
+            let _ = rx.await;
+        },
+    ));
+    let mut shutdown = vec![tx];
+    let (metrics_addr, metrics_task) = match &state.config.metrics_addr {
+        Some(at) => {
+            let l = tokio::net::TcpListener::bind(at).await.with_context(|| {
+                format!("invalid configuration: CASTELLAN_METRICS_ADDR: cannot listen on {at}")
+            })?;
+            let bound = l.local_addr()?;
+            let app = Router::new()
+                .route("/metrics", get(observability::metrics_endpoint))
+                .with_state(state.clone());
+            let (tx, rx) = oneshot::channel::<()>();
+            shutdown.push(tx);
+            let stop = async {
+                let _ = rx.await;
+            };
+            tracing::info!(addr = %bound, "metrics listening");
+            let task = tokio::spawn(crate::listener::serve(l, app, limits, stop));
+            (Some(bound), Some(task))
+        }
+        None => (None, None),
+    };
     tracing::info!(%addr, "castellan listening");
     Ok(Server {
         addr,
         state,
         store,
-        shutdown: Some(tx),
+        metrics_addr,
+        shutdown,
         task,
+        metrics_task,
         workers,
     })
 }

@@ -141,6 +141,8 @@ pub struct Config {
     pub max_request_duration: Duration,
     /// What the accept loop allows a client: see `Listen`.
     pub listen: Listen,
+    /// `host:port` serving `/metrics` alone; when set the API port has none.
+    pub metrics_addr: Option<String>,
     pub jwt: JwtConfig,
     pub disable_signup: bool,
     pub mailer_autoconfirm: bool,
@@ -459,6 +461,7 @@ impl Config {
                 &["GOTRUE_API_MAX_REQUEST_DURATION"],
                 Duration::from_secs(10),
             )?,
+            metrics_addr: v.opt_string(&["CASTELLAN_METRICS_ADDR"]),
             listen: Listen {
                 max_connections: v.num(&["CASTELLAN_MAX_CONNECTIONS"], 1024usize)?.max(1),
                 header_read_timeout: v

@@ -400,3 +400,36 @@ both!(nul_characters_are_refused, |_| {}, |t| {
         None
     );
 });
+
+// Issue 9: `/metrics` on an address of its own, and then not on the API port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_on_their_own_address() {
+    let t = crate::common::spawn(crate::common::Backend::Sqlite, |c| {
+        c.metrics_addr = Some("127.0.0.1:0".into());
+    })
+    .await;
+    assert_eq!(
+        t.request(Method::GET, "/health", None, None).await.status,
+        200
+    );
+    let public = t.request(Method::GET, "/metrics", None, None).await;
+    public.assert_error(404, "not_found");
+    let at = t.server.metrics_addr.expect("a metrics address");
+    let r = t
+        .http
+        .get(format!("http://{at}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("castellan_http_requests_total"), "{text}");
+    let other = t
+        .http
+        .get(format!("http://{at}/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 404, "only /metrics there");
+    t.stop().await;
+}
