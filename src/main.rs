@@ -159,7 +159,9 @@ async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
         } => {
             let store = Store::open(&config.database_url, 2).await?;
             let aud = config.jwt.aud.clone();
-            let ctx = castellan_actors::Ctx::new(config, store, &secret);
+            let ctx = castellan_actors::Ctx::load(config, store, &secret)
+                .await
+                .map_err(anyhow::Error::msg)?;
             let admin = castellan_actors::admin::Admin::new(ctx.clone());
             let attrs = castellan_actors::admin::UserAttributes {
                 email: Some(email),
@@ -179,7 +181,9 @@ async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
         AdminCommand::SignOut { email } => {
             let store = Store::open(&config.database_url, 2).await?;
             let aud = config.jwt.aud.clone();
-            let ctx = castellan_actors::Ctx::new(config, store, &secret);
+            let ctx = castellan_actors::Ctx::load(config, store, &secret)
+                .await
+                .map_err(anyhow::Error::msg)?;
             let admin = castellan_actors::admin::Admin::new(ctx.clone());
             let actor = castellan_core::models::AuditActor::admin("castellan-cli");
             let ended = admin

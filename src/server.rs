@@ -275,7 +275,10 @@ pub async fn start_with(config: Config, workers: bool) -> anyhow::Result<Server>
             )
         })?;
     let workers = workers.then(|| Workers::spawn(store.clone(), config.clone()));
-    let ctx = Ctx::new(config, store, &secret);
+    let ctx = Ctx::load(config, store, &secret)
+        .await
+        .map_err(anyhow::Error::msg)
+        .context("loading the email templates")?;
     let actors = castellan_actors::start(ctx.clone())
         .await
         .context("starting the actors")?;

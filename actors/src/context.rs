@@ -5,24 +5,30 @@ use std::sync::Arc;
 use castellan_core::crypto::jwt::JwtKeys;
 use castellan_core::crypto::password::PasswordHasher;
 use castellan_core::{Config, Store};
+use castellan_jobs::templates::Templates;
 
 pub struct Ctx {
     pub config: Config,
     pub store: Store,
     pub hasher: PasswordHasher,
     pub jwt: JwtKeys,
+    /// Email templates: messages are rendered when they are queued.
+    pub templates: Templates,
 }
 
 impl Ctx {
-    /// `secret` is the resolved JWT secret (configured or generated).
-    pub fn new(config: Config, store: Store, secret: &str) -> Arc<Self> {
+    /// `secret` is the resolved JWT secret (configured or generated); the
+    /// configured email templates are read (files or URLs).
+    pub async fn load(config: Config, store: Store, secret: &str) -> Result<Arc<Self>, String> {
+        let templates = Templates::load(&config.mailer).await?;
         let hasher = PasswordHasher::new(&config.argon2);
         let jwt = JwtKeys::new(&config.jwt, secret);
-        Arc::new(Ctx {
+        Ok(Arc::new(Ctx {
             config,
             store,
             hasher,
             jwt,
-        })
+            templates,
+        }))
     }
 }

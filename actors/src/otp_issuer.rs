@@ -307,7 +307,7 @@ async fn send(ctx: &Ctx, req: &SendRequest) -> ApiResult<Vec<Issued>> {
         tx.set_one_time_token(user.id, tt, &stored, &address, now)
             .await?;
         tx.forget_wrong_guesses(user.id, tt).await?;
-        let job = EmailJob {
+        let mut job = EmailJob {
             id: Uuid::new_v4(),
             kind: req.kind,
             to: address.clone(),
@@ -323,8 +323,10 @@ async fn send(ctx: &Ctx, req: &SendRequest) -> ApiResult<Vec<Issued>> {
             email: to.clone(),
             new_email: req.new_email.clone().unwrap_or_default(),
             data: user.user_metadata(),
+            message: None,
         };
         if !req.generate_only {
+            job.message = Some(ctx.templates.render(&job));
             castellan_jobs::queue::enqueue_email(&mut tx, &job, ctx.config.mailer.max_attempts)
                 .await?;
         }

@@ -35,8 +35,9 @@ impl EmailKind {
     }
 }
 
-/// Everything a worker needs to render and send one email. Rendering happens
-/// at delivery, so template changes apply to queued mail too.
+/// Everything a worker needs to send one email. The message is rendered
+/// where it is queued, with that process's templates, so whichever worker
+/// takes the job sends the same message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EmailJob {
     /// Unique per email (for logs and tracing).
@@ -56,6 +57,10 @@ pub struct EmailJob {
     pub new_email: String,
     /// The user's metadata.
     pub data: Value,
+    /// The rendered message (absent in jobs queued by older versions, which
+    /// the worker renders itself).
+    #[serde(default)]
+    pub message: Option<crate::templates::Rendered>,
 }
 
 /// Where mail goes.

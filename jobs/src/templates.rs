@@ -64,7 +64,7 @@ fn default_body(kind: EmailKind) -> (&'static str, &'static str) {
 }
 
 /// One rendered message.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Rendered {
     pub subject: String,
     pub html: String,
@@ -209,6 +209,7 @@ mod tests {
             email: "a@b.co".into(),
             new_email: String::new(),
             data: json!({"name": "<Al>", "n": 3}),
+            message: None,
         }
     }
 

@@ -33,7 +33,10 @@ async fn deliver(
     attempt: Attempt,
 ) -> Result<(), BoxDynError> {
     let start = Instant::now();
-    let rendered = deps.templates.render(&job);
+    let rendered = match &job.message {
+        Some(m) => m.clone(),
+        None => deps.templates.render(&job),
+    };
     let result = deps
         .mailer
         .send(&job.to, &rendered.subject, rendered.html, rendered.text)

@@ -89,3 +89,34 @@ async fn email_budget_is_shared_by_processes() {
     }
     common::drop_database(&db).await;
 }
+
+/// A message is rendered where it is queued: a worker configured with other
+/// templates sends the queuing server's message (issue 9).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_send_the_message_the_server_rendered() {
+    let sink = SmtpSink::start().await;
+    let port = sink.port.to_string();
+    let (db, url) = pg().await;
+    let smtp = |subject: &'static str| {
+        [
+            ("GOTRUE_SMTP_HOST", "127.0.0.1"),
+            ("GOTRUE_SMTP_PORT", port.as_str()),
+            ("GOTRUE_SMTP_ADMIN_EMAIL", "auth@castellan.test"),
+            ("GOTRUE_MAILER_SUBJECTS_CONFIRMATION", subject),
+        ]
+    };
+    let server_env = smtp("Welcome from the server");
+    let (mut api, base) =
+        common::castellan_process(&["serve", "--no-workers"], &url, &server_env).await;
+    let http = reqwest::Client::new();
+    assert_eq!(
+        signup(&http, &base, "rendered@example.com").await.status,
+        200
+    );
+    api.kill().await.unwrap();
+    let worker_env = smtp("Welcome from a worker");
+    let (_w, _) = common::castellan_process(&["worker"], &url, &worker_env).await;
+    let mail = sink.wait_for("rendered@example.com", 1).await;
+    assert_eq!(mail.subject(), "Welcome from the server");
+    common::drop_database(&db).await;
+}
