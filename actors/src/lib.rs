@@ -17,6 +17,7 @@
 pub mod accounts;
 pub mod admin;
 pub mod context;
+pub mod even_timing;
 pub mod links;
 pub mod otp_issuer;
 pub mod rate_limiter;

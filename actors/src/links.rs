@@ -3,12 +3,16 @@
 //! decides whom to send what, and answers the same whether or not the
 //! address has an account, so none of them tells who is registered.
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use castellan_core::models::Pkce;
 use castellan_core::{ApiError, ApiResult, validate};
 use castellan_jobs::EmailKind;
 use serde_json::{Map, Value};
 
 use crate::accounts::{Accounts, SignupOutcome, SignupRequest};
+use crate::even_timing::{Branch, EvenTiming};
 use crate::otp_issuer::{OtpIssuer, SendRequest};
 
 /// A request for a magic link or code by email (`/otp`, `/magiclink`).
@@ -54,11 +58,18 @@ pub enum Recipient {
 pub struct Links {
     accounts: Accounts,
     otp: OtpIssuer,
+    recover_timing: Arc<EvenTiming>,
+    otp_timing: Arc<EvenTiming>,
 }
 
 impl Links {
     pub fn new(accounts: Accounts, otp: OtpIssuer) -> Self {
-        Self { accounts, otp }
+        Self {
+            accounts,
+            otp,
+            recover_timing: Arc::default(),
+            otp_timing: Arc::default(),
+        }
     }
 
     fn email_enabled(&self, status: u16) -> ApiResult<()> {
@@ -86,12 +97,17 @@ impl Links {
             return Err(ApiError::validation("Password recovery requires an email"));
         }
         let email = validate::email(email)?;
+        let start = Instant::now();
         let store = &self.accounts.ctx().store;
-        if let Some(user) = store.user_by_email(&email, aud).await? {
-            let send = SendRequest::new(user.id, EmailKind::Recovery, redirect_to, pkce);
-            self.otp.send(send).await?;
-        }
-        Ok(())
+        let (branch, sent) = match store.user_by_email(&email, aud).await? {
+            Some(user) => {
+                let send = SendRequest::new(user.id, EmailKind::Recovery, redirect_to, pkce);
+                (Branch::Known, self.otp.send(send).await.map(drop))
+            }
+            None => (Branch::Unknown, Ok(())),
+        };
+        self.recover_timing.settle(start, branch).await;
+        sent
     }
 
     /// `POST /otp` by email: a confirmed user gets a magic link; an unknown
@@ -116,17 +132,25 @@ impl Links {
         // A lost race for a new address sees the winner's user the second
         // time; an address still taken then is held in another audience,
         // whose user gets nothing and whose existence the answer hides.
+        let start = Instant::now();
         for _ in 0..2 {
             match self.magic_link_once(&req, &email).await {
                 Err(e) if e.code == "user_already_exists" => continue,
-                done => return done,
+                Ok(branch) => {
+                    self.otp_timing.settle(start, branch).await;
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
             }
         }
         metrics::counter!("castellan_otp_other_audience_total").increment(1);
+        self.otp_timing.settle(start, Branch::Known).await;
         Ok(())
     }
 
-    async fn magic_link_once(&self, req: &MagicLinkRequest, email: &str) -> ApiResult<()> {
+    /// Whether the address had a confirmed user (a magic link) or not (a
+    /// sign-up and its confirmation).
+    async fn magic_link_once(&self, req: &MagicLinkRequest, email: &str) -> ApiResult<Branch> {
         let cfg = &self.accounts.ctx().config;
         let store = &self.accounts.ctx().store;
         let magic = |user_id| {
@@ -140,13 +164,12 @@ impl Links {
         match store.user_by_email(email, &req.aud).await? {
             Some(u) if u.email_confirmed_at.is_some() => {
                 self.otp.send(magic(u.id)).await?;
+                Ok(Branch::Known)
             }
-            None if !req.create_user => {
-                return Err(ApiError::unprocessable(
-                    "otp_disabled",
-                    "Signups not allowed for otp",
-                ));
-            }
+            None if !req.create_user => Err(ApiError::unprocessable(
+                "otp_disabled",
+                "Signups not allowed for otp",
+            )),
             _ => {
                 // Sign up (or re-send the confirmation) with a password nobody knows.
                 let signup = SignupRequest {
@@ -162,9 +185,9 @@ impl Links {
                     // Autoconfirm made a confirmed user: it gets the magic link.
                     self.otp.send(magic(g.user.id)).await?;
                 }
+                Ok(Branch::Unknown)
             }
         }
-        Ok(())
     }
 
     /// `POST /resend`: the signup confirmation or a pending email change's

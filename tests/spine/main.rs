@@ -19,5 +19,6 @@ mod listener;
 mod outage;
 mod resilience;
 mod signup;
+mod timing;
 mod token;
 mod user;
