@@ -120,7 +120,10 @@ impl JwtKeys {
             .map_err(|e| {
                 ApiError::forbidden(
                     "bad_jwt",
-                    format!("invalid JWT: unable to parse or verify signature, {e}"),
+                    format!(
+                        "invalid JWT: unable to parse or verify signature, {}",
+                        reason(e.kind())
+                    ),
                 )
             })?;
         if claims.exp.is_some_and(|exp| exp <= now as f64) {
@@ -130,6 +133,22 @@ impl JwtKeys {
             ));
         }
         Ok(claims)
+    }
+}
+
+/// Why a token was refused, in words (GoTrue's, from golang-jwt), never a
+/// library's enum name.
+fn reason(kind: &jsonwebtoken::errors::ErrorKind) -> &'static str {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match kind {
+        K::InvalidToken => "token is malformed: token contains an invalid number of segments",
+        K::Base64(_) | K::Utf8(_) => "token is malformed: could not base64 decode it",
+        K::Json(_) | K::InvalidClaimFormat(_) => "token is malformed: could not JSON decode it",
+        K::InvalidSignature => "token signature is invalid: signature is invalid",
+        K::InvalidAlgorithm | K::InvalidAlgorithmName | K::UnsupportedAlgorithm => {
+            "token is unverifiable: signing method is invalid"
+        }
+        _ => "token is malformed",
     }
 }
 
@@ -213,5 +232,26 @@ mod tests {
         );
         let t = other.sign(&role_claims("x", "a", now, 60, None)).unwrap();
         assert_eq!(k.verify(&t, now).unwrap_err().status, 403);
+    }
+
+    #[test]
+    fn refusals_are_worded_for_people() {
+        let k = keys();
+        let now = chrono::Utc::now().timestamp();
+        let foreign = JwtKeys::new(
+            &crate::Config::for_tests(crate::config::DatabaseUrl::Sqlite("x".into())).jwt,
+            "other",
+        )
+        .sign(&role_claims("x", "a", now, 60, None))
+        .unwrap();
+        for (token, says) in [
+            ("garbage", "invalid number of segments"),
+            ("a.b.c", "could not base64 decode"),
+            (foreign.as_str(), "signature is invalid"),
+        ] {
+            let msg = k.verify(token, now).unwrap_err().message;
+            assert!(msg.contains(says), "{token}: {msg}");
+            assert!(msg.chars().all(|c| c != '(') && !msg.contains("Invalid"), "{msg}");
+        }
     }
 }
