@@ -1,6 +1,6 @@
 //! The `castellan` command: `serve` (the default) and `migrate`.
 
-use castellan_core::{Config, Store};
+use castellan_core::Config;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
@@ -99,14 +99,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::from_process_env()?;
     match cli.command.unwrap_or(Command::Serve { no_workers: false }) {
         Command::Migrate => {
-            let store = Store::connect(&config.database_url, 2).await?;
-            store.migrate().await?;
+            let store = castellan::server::open_store(&config, 2, true).await?;
             println!("migrations applied ({})", store.backend_name());
             Ok(())
         }
         Command::Admin(cmd) => admin(config, cmd).await,
         Command::Worker => {
-            let store = Store::open(&config.database_url, 4).await?;
+            let store = castellan::server::open_store(&config, 4, true).await?;
             castellan_jobs::queue::setup(&store)
                 .await
                 .map_err(anyhow::Error::msg)?;
@@ -157,7 +156,7 @@ async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
             password,
             confirm,
         } => {
-            let store = Store::open(&config.database_url, 2).await?;
+            let store = castellan::server::open_store(&config, 2, true).await?;
             let aud = config.jwt.aud.clone();
             let ctx = castellan_actors::Ctx::load(config, store, &secret)
                 .await
@@ -179,7 +178,7 @@ async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
             Ok(())
         }
         AdminCommand::SignOut { email } => {
-            let store = Store::open(&config.database_url, 2).await?;
+            let store = castellan::server::open_store(&config, 2, true).await?;
             let aud = config.jwt.aud.clone();
             let ctx = castellan_actors::Ctx::load(config, store, &secret)
                 .await

@@ -112,10 +112,34 @@ impl Server {
     }
 }
 
+/// Connects to the configured database (and migrates it when `migrate`),
+/// explaining a failure in words that name `DATABASE_URL` and the fix.
+pub async fn open_store(config: &Config, max: u32, migrate: bool) -> anyhow::Result<Store> {
+    let url = &config.database_url;
+    let store = Store::connect(url, max)
+        .await
+        .map_err(|e| anyhow::anyhow!(castellan_core::store::explain_open_error(url, &e)))?;
+    if migrate {
+        store
+            .migrate()
+            .await
+            .context("applying the database migrations")?;
+    }
+    Ok(store)
+}
+
 /// The JWT secret: configured, or for the embedded SQLite default one that
 /// is generated once and kept beside the database file.
 pub fn resolve_secret(cfg: &Config) -> anyhow::Result<String> {
     if let Some(s) = &cfg.jwt.secret {
+        // GoTrue accepts any length, and existing deployments' keys must keep
+        // working: warn rather than refuse.
+        if s.len() < 32 {
+            tracing::warn!(
+                bytes = s.len(),
+                "GOTRUE_JWT_SECRET is shorter than 32 bytes: a short HS256 secret can be guessed, and whoever guesses it can mint admin tokens; use 32 or more random bytes"
+            );
+        }
         return Ok(s.clone());
     }
     let DatabaseUrl::Sqlite(db) = &cfg.database_url else {
@@ -259,9 +283,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
 pub async fn start_with(config: Config, workers: bool) -> anyhow::Result<Server> {
     let metrics = observability::recorder();
     let secret = resolve_secret(&config)?;
-    let store = Store::open(&config.database_url, 16)
-        .await
-        .context("opening the database")?;
+    let store = open_store(&config, 16, true).await?;
     castellan_jobs::queue::setup(&store)
         .await
         .map_err(anyhow::Error::msg)?;

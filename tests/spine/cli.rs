@@ -132,3 +132,90 @@ fn admin_token_alone_on_stdout() {
     );
     assert!(std::path::Path::new(&format!("{db}.jwt-secret")).exists());
 }
+
+/// Runs `castellan migrate` with `env` alone; its stderr, after a failure.
+fn failing(env: &[(&str, &str)]) -> String {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_castellan"));
+    cmd.arg("migrate").env_clear();
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{env:?} was accepted: {stderr}");
+    stderr
+}
+
+/// Each bad configuration a newcomer meets stops start-up with one
+/// sentence that names the variable, the address or file, and the fix
+/// (issue 15).
+#[test]
+fn start_up_errors_say_what_to_fix() {
+    let pg = common::pg_admin_url();
+    let (base, _) = pg.rsplit_once('/').unwrap();
+    let host_port = base.rsplit_once('@').map_or(base, |(_, h)| h).to_string();
+    let no_role = format!("postgres://castellan_no_such_role@{host_port}/postgres");
+    let no_db = format!("{base}/castellan_no_such_database");
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        (
+            "postgres://postgres@127.0.0.1:1/x".into(),
+            vec![
+                "refused the connection",
+                "127.0.0.1:1",
+                "DATABASE_URL",
+                "running",
+            ],
+        ),
+        (
+            no_role,
+            vec![
+                "role \"castellan_no_such_role\" does not exist",
+                "user and password in DATABASE_URL",
+            ],
+        ),
+        (no_db, vec!["castellan_no_such_database", "createdb"]),
+        (
+            "postgres://u@h h/x".into(),
+            vec![
+                "DATABASE_URL is not a valid PostgreSQL URL",
+                "postgres://USER",
+            ],
+        ),
+        (
+            "/nonexistent/castellan/auth.db".into(),
+            vec!["/nonexistent/castellan", "does not exist", "DATABASE_URL"],
+        ),
+        ("mysql://x".into(), vec!["DATABASE_URL", "postgres://"]),
+    ];
+    for (url, says) in cases {
+        let env = [
+            ("DATABASE_URL", url.as_str()),
+            ("GOTRUE_JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+        ];
+        let stderr = failing(&env);
+        for s in says {
+            assert!(stderr.contains(s), "{url}: {stderr:?} does not say {s:?}");
+        }
+        // One sentence, said once, with no source locations in it.
+        assert_eq!(stderr.lines().count(), 1, "{url}: {stderr:?}");
+        assert!(!stderr.contains(" at line "), "{url}: {stderr:?}");
+    }
+}
+
+/// A short GOTRUE_JWT_SECRET is accepted (existing keys keep working) and
+/// warned about at start-up.
+#[test]
+fn a_short_jwt_secret_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("short.db").to_string_lossy().into_owned();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_castellan"))
+        .args(["admin", "token"])
+        .env_clear()
+        .env("DATABASE_URL", &db)
+        .env("GOTRUE_JWT_SECRET", "12345")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("shorter than 32 bytes"), "{stderr}");
+}

@@ -251,7 +251,10 @@ mod tests {
         ] {
             let msg = k.verify(token, now).unwrap_err().message;
             assert!(msg.contains(says), "{token}: {msg}");
-            assert!(msg.chars().all(|c| c != '(') && !msg.contains("Invalid"), "{msg}");
+            assert!(
+                msg.chars().all(|c| c != '(') && !msg.contains("Invalid"),
+                "{msg}"
+            );
         }
     }
 }

@@ -28,8 +28,11 @@ macro_rules! token_cols {
     };
 }
 
+pub use opening::explain as explain_open_error;
+
 mod admin;
 mod changes;
+mod opening;
 mod otp;
 mod queries;
 mod sweep;
@@ -145,6 +148,14 @@ impl Store {
         let pool = match url {
             DatabaseUrl::Postgres(u) => {
                 let opts = PgConnectOptions::from_str(u)?.options([("search_path", "auth,public")]);
+                // One connection first: the pool would report any failure
+                // as a time-out, and the real cause is what a person needs.
+                use sqlx::Connection;
+                let probe = sqlx::PgConnection::connect_with(&opts);
+                match tokio::time::timeout(Duration::from_secs(5), probe).await {
+                    Ok(c) => c?.close().await?,
+                    Err(_) => return Err(sqlx::Error::PoolTimedOut),
+                }
                 Pool::Pg(
                     PgPoolOptions::new()
                         .max_connections(max_connections)
