@@ -308,6 +308,28 @@ impl FromRequestParts<AppState> for RedirectTo {
     }
 }
 
+/// Serves the request as from its client (the address the rate limits
+/// count, and the user agent), which the store records on audit entries
+/// and sessions.
+pub async fn with_client(
+    axum::extract::State(st): axum::extract::State<AppState>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let (mut parts, body) = req.into_parts();
+    let address = match ClientKey::from_request_parts(&mut parts, &st).await {
+        Ok(k) => k.key,
+        Err(_) => String::new(),
+    };
+    let agent = parts
+        .headers
+        .get(axum::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok());
+    let client = castellan_core::client::Client::new(&address, agent);
+    let req = Request::from_parts(parts, body);
+    castellan_core::client::serving(client, next.run(req)).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::escapes_nul;

@@ -190,6 +190,10 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(move |req, next| {
             request_timeout(timeout, req, next)
         }))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::extract::with_client,
+        ))
         .layer(axum::middleware::from_fn(observability::http_metrics))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(CatchPanicLayer::custom(|_| {

@@ -351,7 +351,6 @@ impl Accounts {
                 if confirmed || u.aud.as_deref() != Some(req.aud.as_str()) {
                     tx.insert_audit(
                         &audit_payload(&u, AuditAction::UserRepeatedSignup, None),
-                        "",
                         now,
                     )
                     .await?;
@@ -378,7 +377,7 @@ impl Accounts {
                     return Ok(SignupOutcome::User(Box::new(u), ids));
                 }
                 tx.confirm(u.id, provider, now).await?;
-                tx.insert_audit(&audit_payload(&u, AuditAction::UserSignedUp, None), "", now)
+                tx.insert_audit(&audit_payload(&u, AuditAction::UserSignedUp, None), now)
                     .await?;
                 tx.user_by_id(u.id)
                     .await?
@@ -430,12 +429,8 @@ impl Accounts {
                     .await?
                     .ok_or_else(|| ApiError::internal("signup", "user vanished"))?;
                 if autoconfirm {
-                    tx.insert_audit(
-                        &audit_payload(&user, AuditAction::UserSignedUp, None),
-                        "",
-                        now,
-                    )
-                    .await?;
+                    tx.insert_audit(&audit_payload(&user, AuditAction::UserSignedUp, None), now)
+                        .await?;
                 }
                 user
             }
@@ -775,7 +770,6 @@ impl Accounts {
             sessions::end(&mut tx, user.id, scope).await?;
             tx.insert_audit(
                 &audit_payload(&current, AuditAction::UserUpdatedPassword, None),
-                "",
                 now,
             )
             .await?;
@@ -793,7 +787,6 @@ impl Accounts {
         }
         tx.insert_audit(
             &audit_payload(&current, AuditAction::UserModified, None),
-            "",
             now,
         )
         .await?;

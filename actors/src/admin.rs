@@ -550,7 +550,6 @@ impl Admin {
         let traits = json!({"user_id": id, "user_email": email.clone().unwrap_or_default(), "user_phone": phone.clone().unwrap_or_default(), "provider": providers[0]});
         tx.insert_audit(
             &audit_payload(actor.clone(), AuditAction::UserSignedUp, Some(traits)),
-            "",
             now,
         )
         .await?;
@@ -651,7 +650,6 @@ impl Admin {
                 AuditAction::UserModified,
                 Some(json!({"user_id": id})),
             ),
-            "",
             now,
         )
         .await?;
@@ -677,7 +675,6 @@ impl Admin {
                 AuditAction::Logout,
                 Some(json!({"user_id": user.id})),
             ),
-            "",
             self.ctx.config.clock.now(),
         )
         .await?;
@@ -694,7 +691,6 @@ impl Admin {
             json!({"user_id": id, "user_email": user.email_str(), "user_phone": user.phone_str()});
         tx.insert_audit(
             &audit_payload(actor.clone(), AuditAction::UserDeleted, Some(traits)),
-            "",
             now,
         )
         .await?;

@@ -347,7 +347,6 @@ async fn send(ctx: &Ctx, req: &SendRequest) -> ApiResult<Vec<Issued>> {
             audit,
             Some(json!({"user_id": user.id, "user_email": user.email_str()})),
         ),
-        "",
         now,
     )
     .await?;
@@ -406,7 +405,6 @@ async fn email_change_verified(
             AuditAction::UserModified,
             Some(json!({"new_email": new_email})),
         ),
-        "",
         now,
     )
     .await?;
@@ -545,7 +543,6 @@ async fn verify(
     tx.clear_one_time_tokens(user.id).await?;
     tx.insert_audit(
         &audit_payload(&user, audit, Some(json!({"provider": "email"}))),
-        "",
         now,
     )
     .await?;

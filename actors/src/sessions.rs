@@ -315,7 +315,7 @@ impl Sessions {
         };
         let mut tx = self.ctx.store.begin().await?;
         let audits = audit_payloads(user, &[(AuditAction::Logout, None)]);
-        tx.insert_audits(&audits, "", now).await?;
+        tx.insert_audits(&audits, now).await?;
         end(&mut tx, user.id, scope).await?;
         tx.commit().await?;
         Ok(())

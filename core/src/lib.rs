@@ -4,6 +4,7 @@
 //! `error_code`s, crypto (passwords, tokens, JWTs) and the `Store` with its two
 //! backends (PostgreSQL in GoTrue's `auth` schema, SQLite as the embedded default).
 
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod crypto;

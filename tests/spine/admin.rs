@@ -491,7 +491,7 @@ both!(audit_log_queries, |_| {}, |t| {
     assert!(
         all.body[0]["id"].is_string()
             && all.body[0]["created_at"].is_string()
-            && all.body[0]["ip_address"] == ""
+            && all.body[0]["ip_address"] == "127.0.0.1"
     );
     let logins = t
         .admin(Method::GET, "/admin/audit?query=action:login", None)

@@ -377,3 +377,51 @@ both!(server_errors_carry_the_request_id, |_| {}, |t| {
         .execute(p).await.map(drop).unwrap());
     assert_eq!(t.get_user(&access).await.status, 200);
 });
+
+// Issue 15: the client's address and user agent on sessions and audit
+// entries, as GoTrue records them; a refresh records the latest client.
+both!(sessions_and_audit_entries_record_the_client, |_| {}, |t| {
+    let post = |path: &str, agent: &str, body: serde_json::Value| {
+        let req = t
+            .http
+            .post(t.url(path))
+            .header("user-agent", agent)
+            .json(&body);
+        async move { crate::common::read(req.send().await.unwrap()).await }
+    };
+    let body = json!({"email": "client@example.com", "password": "secret123"});
+    let r = post("/signup", "castellan-test/1.0", body).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let sid: Uuid = claims(r.body["access_token"].as_str().unwrap())["session_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let session = || async {
+        castellan_core::on!(pool t.pool(), p => sqlx::query_as::<_, (Option<String>, Option<String>)>(
+            "SELECT CAST(ip AS TEXT), user_agent FROM sessions WHERE id = $1")
+            .bind(sid).fetch_one(p).await.unwrap())
+    };
+    let (ip, agent) = session().await;
+    assert_eq!(
+        ip.as_deref().map(|s| s.trim_end_matches("/32")),
+        Some("127.0.0.1")
+    );
+    assert_eq!(agent.as_deref(), Some("castellan-test/1.0"));
+    let audit = t.admin(reqwest::Method::GET, "/admin/audit", None).await;
+    let entries = audit.body.as_array().unwrap();
+    assert!(!entries.is_empty());
+    for e in entries {
+        assert_eq!(e["ip_address"], "127.0.0.1", "{e}");
+    }
+
+    let refresh = json!({"refresh_token": r.body["refresh_token"]});
+    let r = post(
+        "/token?grant_type=refresh_token",
+        "castellan-test/2.0",
+        refresh,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(session().await.1.as_deref(), Some("castellan-test/2.0"));
+});

@@ -271,14 +271,13 @@ impl Tx {
             .execute(&mut *c).await.map(drop))
     }
 
+    /// An audit entry, with the current client's address.
     pub async fn insert_audit(
         &mut self,
         payload: &Value,
-        ip: &str,
         now: DateTime<Utc>,
     ) -> Result<(), sqlx::Error> {
-        self.insert_audits(std::slice::from_ref(payload), ip, now)
-            .await
+        self.insert_audits(std::slice::from_ref(payload), now).await
     }
 
     /// Starts a session and returns the user's identities: one statement on
@@ -291,16 +290,17 @@ impl Tx {
         self.touch(s.user_id);
         if let Conn::Pg(t) = &mut self.conn {
             count();
+            let client = crate::client::current();
             let row = sqlx::query(
-                "WITH session AS (INSERT INTO sessions (id, user_id, created_at, updated_at, aal) \
-                                  VALUES ($1, $2, $3, $3, 'aal1'::auth.aal_level)), \
+                "WITH session AS (INSERT INTO sessions (id, user_id, created_at, updated_at, aal, ip, user_agent) \
+                                  VALUES ($1, $2, $3, $3, 'aal1'::auth.aal_level, $11::inet, $12)), \
                  amr AS (INSERT INTO mfa_amr_claims (id, session_id, authentication_method, created_at, updated_at) \
                          VALUES ($4, $1, $5, $3, $3)), \
                  refresh AS (INSERT INTO refresh_tokens (instance_id, token, user_id, revoked, created_at, updated_at, parent, session_id) \
                              VALUES ($6, $7, $8, false, $3, $3, NULL, $1)), \
                  signed_in AS (UPDATE users SET last_sign_in_at = $3, updated_at = $3 WHERE id = $2), \
                  audit AS (INSERT INTO audit_log_entries (instance_id, id, payload, created_at, ip_address) \
-                           SELECT $6, gen_random_uuid(), a.payload, $3, '' FROM jsonb_array_elements($9::jsonb) AS a(payload)) \
+                           SELECT $6, gen_random_uuid(), a.payload, $3, $10 FROM jsonb_array_elements($9::jsonb) AS a(payload)) \
                  SELECT (SELECT coalesce(json_agg(json_build_object('id', i.id, 'provider_id', i.provider_id, \
                     'user_id', i.user_id, 'identity_data', i.identity_data, 'provider', i.provider, 'last_sign_in_at', i.last_sign_in_at, \
                     'created_at', i.created_at, 'updated_at', i.updated_at) ORDER BY i.created_at, i.id), '[]'::json) \
@@ -315,12 +315,15 @@ impl Tx {
             .bind(s.refresh_token)
             .bind(s.user_id.to_string())
             .bind(Json(s.audits))
+            .bind(&client.address)
+            .bind(client.ip.map(|ip| ip.to_string()))
+            .bind(&client.user_agent)
             .fetch_one(&mut **t)
             .await?;
             let ids: Json<Vec<Identity>> = row.try_get("identities_json")?;
             return Ok(ids.0);
         }
-        self.insert_audits(s.audits, "", s.now).await?;
+        self.insert_audits(s.audits, s.now).await?;
         self.insert_session(s.id, s.user_id, s.method, s.now)
             .await?;
         self.insert_refresh_token(s.refresh_token, s.user_id, None, s.id, s.now)
@@ -341,13 +344,15 @@ impl Tx {
     ) -> Result<(), sqlx::Error> {
         self.touch(user_id);
         count();
+        let client = crate::client::current();
+        let ip = client.ip.map(|ip| ip.to_string());
         match &mut self.conn {
             Conn::Pg(t) => sqlx::query(
-                "INSERT INTO sessions (id, user_id, created_at, updated_at, aal) VALUES ($1, $2, $3, $3, 'aal1'::auth.aal_level)")
-                .bind(id).bind(user_id).bind(now).execute(&mut **t).await.map(drop)?,
+                "INSERT INTO sessions (id, user_id, created_at, updated_at, aal, ip, user_agent) VALUES ($1, $2, $3, $3, 'aal1'::auth.aal_level, $4::inet, $5)")
+                .bind(id).bind(user_id).bind(now).bind(ip).bind(&client.user_agent).execute(&mut **t).await.map(drop)?,
             Conn::Lite(t, _) => sqlx::query(
-                "INSERT INTO sessions (id, user_id, created_at, updated_at, aal) VALUES ($1, $2, $3, $3, 'aal1')")
-                .bind(id).bind(user_id).bind(now).execute(&mut **t).await.map(drop)?,
+                "INSERT INTO sessions (id, user_id, created_at, updated_at, aal, ip, user_agent) VALUES ($1, $2, $3, $3, 'aal1', $4, $5)")
+                .bind(id).bind(user_id).bind(now).bind(ip).bind(&client.user_agent).execute(&mut **t).await.map(drop)?,
         };
         self.add_amr(id, method, now).await
     }
@@ -470,6 +475,7 @@ impl Tx {
     /// Writes a rotation: one statement on PostgreSQL (a data-modifying CTE),
     /// four on SQLite (which has no writes in CTEs, and no network to cross).
     pub async fn record_rotation(&mut self, r: &Rotation<'_>) -> Result<(), sqlx::Error> {
+        let client = crate::client::current();
         match &mut self.conn {
             Conn::Pg(t) => {
                 count();
@@ -478,8 +484,9 @@ impl Tx {
                      child AS (INSERT INTO refresh_tokens (instance_id, token, user_id, revoked, created_at, updated_at, parent, session_id) \
                                VALUES ($3, $4, $5, false, $1, $1, $6, $7)), \
                      audit AS (INSERT INTO audit_log_entries (instance_id, id, payload, created_at, ip_address) \
-                               VALUES ($3, $8, $9, $1, ''), ($3, $10, $11, $1, '')), \
-                     touched AS (UPDATE sessions SET refreshed_at = $12, updated_at = $1 WHERE id = $7) \
+                               VALUES ($3, $8, $9, $1, $13), ($3, $10, $11, $1, $13)), \
+                     touched AS (UPDATE sessions SET refreshed_at = $12, updated_at = $1, \
+                                 ip = coalesce($14::inet, ip), user_agent = coalesce($15, user_agent) WHERE id = $7) \
                      SELECT 1",
                 )
                 .bind(r.now)
@@ -494,6 +501,9 @@ impl Tx {
                 .bind(Uuid::now_v7())
                 .bind(Json(r.audits[1]))
                 .bind(r.now.naive_utc())
+                .bind(&client.address)
+                .bind(client.ip.map(|ip| ip.to_string()))
+                .bind(&client.user_agent)
                 .execute(&mut **t)
                 .await
                 .map(drop)
@@ -504,20 +514,20 @@ impl Tx {
                 }
                 self.insert_refresh_token(r.child, r.user_id, r.parent, r.session_id, r.now)
                     .await?;
-                self.insert_audits(&[r.audits[0].clone(), r.audits[1].clone()], "", r.now)
+                self.insert_audits(&[r.audits[0].clone(), r.audits[1].clone()], r.now)
                     .await?;
                 self.touch_session(r.session_id, r.now).await
             }
         }
     }
 
-    /// Several audit entries in one statement.
+    /// Several audit entries in one statement, with the current client's address.
     pub async fn insert_audits(
         &mut self,
         payloads: &[Value],
-        ip: &str,
         now: DateTime<Utc>,
     ) -> Result<(), sqlx::Error> {
+        let ip = crate::client::current().address;
         if payloads.is_empty() {
             return Ok(());
         }
@@ -531,7 +541,7 @@ impl Tx {
             rows.join(", ")
         );
         on!(tx self, c => {
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(INSTANCE_ID).bind(now).bind(ip);
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(INSTANCE_ID).bind(now).bind(&ip);
             for p in payloads {
                 q = q.bind(Uuid::now_v7()).bind(Json(p));
             }
@@ -571,11 +581,22 @@ impl Tx {
             .bind(session_id).bind(now).execute(&mut *c).await.map(|r| r.rows_affected()))
     }
 
+    /// A refresh: when, and from where (GoTrue keeps the latest client).
     pub async fn touch_session(&mut self, id: Uuid, now: DateTime<Utc>) -> Result<(), sqlx::Error> {
         count();
         let refreshed: NaiveDateTime = now.naive_utc();
-        on!(tx self, c => sqlx::query("UPDATE sessions SET refreshed_at = $2, updated_at = $3 WHERE id = $1")
-            .bind(id).bind(refreshed).bind(now).execute(&mut *c).await.map(drop))
+        let client = crate::client::current();
+        let ip = client.ip.map(|ip| ip.to_string());
+        let sql = match self.conn {
+            Conn::Pg(_) => {
+                "UPDATE sessions SET refreshed_at = $2, updated_at = $3, ip = coalesce($4::inet, ip), user_agent = coalesce($5, user_agent) WHERE id = $1"
+            }
+            Conn::Lite(..) => {
+                "UPDATE sessions SET refreshed_at = $2, updated_at = $3, ip = coalesce($4, ip), user_agent = coalesce($5, user_agent) WHERE id = $1"
+            }
+        };
+        on!(tx self, c => sqlx::query(sql)
+            .bind(id).bind(refreshed).bind(now).bind(&ip).bind(&client.user_agent).execute(&mut *c).await.map(drop))
     }
 
     pub async fn set_last_sign_in(
