@@ -453,3 +453,25 @@ pub async fn castellan_process_in(
     });
     (child, base)
 }
+
+/// Sends every request at once; the replies, in order.
+pub async fn at_once(requests: impl IntoIterator<Item = reqwest::RequestBuilder>) -> Vec<Reply> {
+    let tasks: Vec<_> = requests
+        .into_iter()
+        .map(|req| tokio::spawn(async move { read(req.send().await.unwrap()).await }))
+        .collect();
+    let mut replies = Vec::new();
+    for task in tasks {
+        replies.push(task.await.unwrap());
+    }
+    replies
+}
+
+/// How many replies are 200; every other one must be `status` `code`.
+pub fn successes_else(replies: &[Reply], status: u16, code: &str) -> usize {
+    let ok = replies.iter().filter(|r| r.status == 200).count();
+    for r in replies.iter().filter(|r| r.status != 200) {
+        r.assert_error(status, code);
+    }
+    ok
+}

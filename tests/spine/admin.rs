@@ -533,26 +533,18 @@ both!(audit_log_queries, |_| {}, |t| {
 // user, nineteen clean 422 `email_exists`.
 both!(concurrent_admin_creates_of_one_address, |_| {}, |t| {
     let key = t.service_key();
-    let tasks: Vec<_> = (0..20)
-        .map(|_| {
-            let req = t
-                .http
-                .post(t.url("/admin/users"))
-                .bearer_auth(&key)
-                .json(&json!({"email": "dup@example.com", "password": "secret123"}));
-            tokio::spawn(async move { crate::common::read(req.send().await.unwrap()).await })
-        })
-        .collect();
-    let mut ok = 0;
-    for task in tasks {
-        let r = task.await.unwrap();
-        if r.status == 200 {
-            ok += 1;
-        } else {
-            r.assert_error(422, "email_exists");
-        }
-    }
-    assert_eq!(ok, 1);
+    let body = json!({"email": "dup@example.com", "password": "secret123"});
+    let creates = (0..20).map(|_| {
+        t.http
+            .post(t.url("/admin/users"))
+            .bearer_auth(&key)
+            .json(&body)
+    });
+    let replies = crate::common::at_once(creates).await;
+    assert_eq!(
+        crate::common::successes_else(&replies, 422, "email_exists"),
+        1
+    );
     let holders = "SELECT count(*) FROM users WHERE email = $1";
     assert_eq!(t.count_by_str(holders, "dup@example.com").await, 1);
 });

@@ -8,7 +8,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use crate::both;
-use crate::common::{self, Backend, read};
+use crate::common::{self, Backend};
 
 /// An argon2id PHC string with the given costs (salt and output are only
 /// well-formed: verifying it would run argon2 with these costs).
@@ -86,20 +86,9 @@ fn slow_hashing(c: &mut castellan_core::Config) {
 async fn burst(t: &common::TestServer, n: usize) -> Vec<common::Reply> {
     let r = t.signup("pool@example.com", "secret123").await;
     assert_eq!(r.status, 200, "{}", r.text);
-    let tasks: Vec<_> = (0..n)
-        .map(|_| {
-            let req = t
-                .http
-                .post(t.url("/token?grant_type=password"))
-                .json(&json!({"email": "pool@example.com", "password": "secret123"}));
-            tokio::spawn(async move { read(req.send().await.unwrap()).await })
-        })
-        .collect();
-    let mut out = Vec::new();
-    for task in tasks {
-        out.push(task.await.unwrap());
-    }
-    out
+    let body = json!({"email": "pool@example.com", "password": "secret123"});
+    let url = t.url("/token?grant_type=password");
+    common::at_once((0..n).map(|_| t.http.post(&url).json(&body))).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

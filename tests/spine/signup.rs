@@ -316,25 +316,10 @@ both!(anonymous_sign_in_disabled, |_| {}, |t| {
 // Fifty sign-ups of one new address at once: one succeeds, the others get
 // GoTrue's 422, none a 500, and one user row exists.
 both!(concurrent_signups_of_one_address, |_| {}, |t| {
-    let mut tasks = Vec::new();
-    for _ in 0..50 {
-        let req = t
-            .http
-            .post(t.url("/signup"))
-            .json(&serde_json::json!({"email": "race@example.com", "password": "secret123"}));
-        tasks.push(tokio::spawn(async move {
-            crate::common::read(req.send().await.unwrap()).await
-        }));
-    }
-    let mut ok = 0;
-    for task in tasks {
-        let r = task.await.unwrap();
-        if r.status == 200 {
-            ok += 1;
-        } else {
-            r.assert_error(422, "user_already_exists");
-        }
-    }
+    let body = json!({"email": "race@example.com", "password": "secret123"});
+    let signups = (0..50).map(|_| t.http.post(t.url("/signup")).json(&body));
+    let replies = crate::common::at_once(signups).await;
+    let ok = crate::common::successes_else(&replies, 422, "user_already_exists");
     assert_eq!(ok, 1);
     assert_eq!(
         t.count_by_str(
