@@ -194,20 +194,74 @@ fn check_session_validity(
     Ok(())
 }
 
+/// A refresh. The common case, an unrevoked token, is decided on an
+/// unlocked read and written in one guarded step; when the guard finds the
+/// token already revoked (a concurrent refresh of it won), or it was
+/// revoked to begin with, the decision is taken again under the lock.
 async fn refresh(ctx: &Ctx, presented: &str) -> ApiResult<TokenGrant> {
     let now = ctx.config.clock.now();
-    let mut tx = ctx.store.begin().await?;
-    let Some(c) = tx.refresh_context(presented).await? else {
+    let Some(c) = ctx.store.peek_refresh(presented).await? else {
         return Err(not_found());
     };
-    let session_id = c.session.id;
+    check_usable(ctx, &c, now)?;
+    if c.token.revoked == Some(true) {
+        return refresh_locked(ctx, presented, now).await;
+    }
+    let child = random_base32(12);
+    let refreshed = audit_payload(&c.user, AuditAction::TokenRefreshed, None);
+    let revoked = audit_payload(&c.user, AuditAction::TokenRevoked, None);
+    let rotation = store::Rotation {
+        session_id: c.session.id,
+        user_id: c.user.id,
+        revoke: Some(c.token.id),
+        child: &child,
+        parent: c.token.token.as_deref(),
+        audits: [&refreshed, &revoked],
+        now,
+    };
+    if !ctx.store.rotate_if_current(&rotation).await? {
+        return refresh_locked(ctx, presented, now).await;
+    }
+    grant(
+        ctx,
+        c.user,
+        c.identities,
+        c.session.id,
+        child,
+        amr_entries(c.amr),
+        now,
+    )
+}
+
+/// A banned user or an ended session refreshes nothing.
+fn check_usable(ctx: &Ctx, c: &store::RefreshContext, now: DateTime<Utc>) -> ApiResult<()> {
     if c.user.is_banned(now) {
         return Err(ApiError::bad_request(
             "user_banned",
             "Invalid Refresh Token: User Banned",
         ));
     }
-    check_session_validity(ctx, &c.session, now)?;
+    check_session_validity(ctx, &c.session, now)
+}
+
+fn amr_entries(amr: Vec<(String, DateTime<Utc>)>) -> Vec<AmrEntry> {
+    amr.into_iter()
+        .map(|(method, t)| AmrEntry {
+            method,
+            timestamp: t.timestamp(),
+        })
+        .collect()
+}
+
+/// The decision under the session's lock: the rules for a token presented
+/// again (a lost answer, reuse within the interval, reuse beyond it).
+async fn refresh_locked(ctx: &Ctx, presented: &str, now: DateTime<Utc>) -> ApiResult<TokenGrant> {
+    let mut tx = ctx.store.begin().await?;
+    let Some(c) = tx.refresh_context(presented).await? else {
+        return Err(not_found());
+    };
+    let session_id = c.session.id;
+    check_usable(ctx, &c, now)?;
     let active = if c.token.revoked == Some(true) {
         tx.active_refresh_token(session_id).await?
     } else {
@@ -252,15 +306,15 @@ async fn refresh(ctx: &Ctx, presented: &str) -> ApiResult<TokenGrant> {
         }
     };
     tx.commit().await?;
-    let amr = c
-        .amr
-        .into_iter()
-        .map(|(method, t)| AmrEntry {
-            method,
-            timestamp: t.timestamp(),
-        })
-        .collect();
-    grant(ctx, c.user, c.identities, session_id, issued, amr, now)
+    grant(
+        ctx,
+        c.user,
+        c.identities,
+        session_id,
+        issued,
+        amr_entries(c.amr),
+        now,
+    )
 }
 
 /// Ends the sessions of `user` that `scope` names, inside `tx`: every session

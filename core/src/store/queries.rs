@@ -6,7 +6,7 @@ use sqlx::Row;
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use super::{Conn, Store, Tx};
+use super::{Conn, Pool, Store, Tx};
 use crate::models::{INSTANCE_ID, Identity, RefreshToken, Session, User};
 use crate::on;
 
@@ -116,6 +116,103 @@ pub enum SessionScope {
     All,
 }
 
+/// The guarded rotation on PostgreSQL: every write keys off `revoked`, the
+/// row the guard updated, so a lost race writes nothing.
+const ROTATE_PG: &str = "WITH revoked AS (UPDATE refresh_tokens SET revoked = true, updated_at = $1 \
+                          WHERE id = $2::bigint AND coalesce(revoked, false) = false RETURNING id), \
+     child AS (INSERT INTO refresh_tokens (instance_id, token, user_id, revoked, created_at, updated_at, parent, session_id) \
+               SELECT $3, $4, $5, false, $1, $1, $6, $7 FROM revoked), \
+     audit AS (INSERT INTO audit_log_entries (instance_id, id, payload, created_at, ip_address) \
+               SELECT $3, a.id, a.payload, $1, $13 FROM revoked, \
+               (VALUES ($8::uuid, $9::jsonb::json), ($10::uuid, $11::jsonb::json)) AS a(id, payload)), \
+     touched AS (UPDATE sessions SET refreshed_at = $12, updated_at = $1, ip = coalesce($14::inet, ip), \
+                 user_agent = coalesce($15, user_agent) WHERE id = $7 AND EXISTS (SELECT 1 FROM revoked)) \
+     SELECT count(*) FROM revoked";
+
+/// The same on SQLite, which has no writes in CTEs: each statement runs
+/// only if the one before changed what it should (`changes()`), so a lost
+/// race changes no row at all.
+const ROTATE_LITE: &str = "UPDATE refresh_tokens SET revoked = true, updated_at = $1 WHERE id = $2 AND coalesce(revoked, false) = false; \
+     INSERT INTO refresh_tokens (instance_id, token, user_id, revoked, created_at, updated_at, parent, session_id) \
+         SELECT $3, $4, $5, false, $1, $1, $6, $7 WHERE changes() = 1; \
+     INSERT INTO audit_log_entries (instance_id, id, payload, created_at, ip_address) \
+         SELECT $3, $8, $9, $1, $13 WHERE changes() = 1 UNION ALL SELECT $3, $10, $11, $1, $13 WHERE changes() = 1; \
+     UPDATE sessions SET refreshed_at = $12, updated_at = $1, ip = coalesce($14, ip), \
+         user_agent = coalesce($15, user_agent) WHERE id = $7 AND changes() = 2";
+
+// The refresh context query and its decoding, shared by the locked read
+// (`Tx::refresh_context`) and the unlocked one (`Store::peek_refresh`).
+macro_rules! refresh_sql {
+    ($amr:literal, $identities:literal, $lock:literal) => {
+        concat!(
+            "SELECT u.*, s.id AS s_id, s.created_at AS s_created_at, s.updated_at AS s_updated_at, s.refreshed_at AS s_refreshed_at, \
+             s.not_after AS s_not_after, t.id AS t_id, t.token AS t_token, t.user_id AS t_user_id, t.revoked AS t_revoked, \
+             t.created_at AS t_created_at, t.updated_at AS t_updated_at, t.parent AS t_parent, ",
+            $amr, " AS amr_json, ", $identities, " AS identities_json \
+             FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id JOIN users u ON u.id = s.user_id \
+             WHERE t.token = $1", $lock
+        )
+    };
+}
+macro_rules! pg_refresh_sql {
+    ($lock:literal) => {
+        refresh_sql!(
+            "(SELECT coalesce(json_agg(json_build_object('method', a.authentication_method, 'at', a.updated_at) \
+              ORDER BY a.updated_at DESC), '[]'::json) FROM mfa_amr_claims a WHERE a.session_id = s.id)",
+            "(SELECT coalesce(json_agg(json_build_object('id', i.id, 'provider_id', i.provider_id, \
+              'user_id', i.user_id, 'identity_data', i.identity_data, 'provider', i.provider, 'last_sign_in_at', i.last_sign_in_at, \
+              'created_at', i.created_at, 'updated_at', i.updated_at) ORDER BY i.created_at, i.id), '[]'::json) \
+              FROM identities i WHERE i.user_id = u.id)",
+            $lock
+        )
+    };
+}
+macro_rules! lite_refresh_sql {
+    () => {
+        refresh_sql!(
+            "(SELECT coalesce(json_group_array(json_object('method', a.authentication_method, 'at', a.updated_at)), '[]') \
+              FROM (SELECT * FROM mfa_amr_claims WHERE session_id = s.id ORDER BY updated_at DESC) a)",
+            "(SELECT coalesce(json_group_array(json_object('id', lower(hex(i.id)), 'provider_id', i.provider_id, \
+              'user_id', lower(hex(i.user_id)), 'identity_data', json(i.identity_data), 'provider', i.provider, \
+              'last_sign_in_at', i.last_sign_in_at, 'created_at', i.created_at, 'updated_at', i.updated_at)), '[]') \
+              FROM (SELECT * FROM identities WHERE user_id = u.id ORDER BY created_at, id) i)",
+            ""
+        )
+    };
+}
+macro_rules! decode_refresh {
+    ($row:expr) => {{
+        let Some(r) = $row else { return Ok(None) };
+        let user = <User as sqlx::FromRow<_>>::from_row(&r)?;
+        let amr: Json<Vec<AmrJson>> = r.try_get("amr_json")?;
+        let identities: Json<Vec<Identity>> = r.try_get("identities_json")?;
+        let session_id: Uuid = r.try_get("s_id")?;
+        Ok(Some(RefreshContext {
+            session: Session {
+                id: session_id,
+                user_id: user.id,
+                created_at: r.try_get("s_created_at")?,
+                updated_at: r.try_get("s_updated_at")?,
+                refreshed_at: r.try_get("s_refreshed_at")?,
+                not_after: r.try_get("s_not_after")?,
+            },
+            token: RefreshToken {
+                id: r.try_get("t_id")?,
+                token: r.try_get("t_token")?,
+                user_id: r.try_get("t_user_id")?,
+                revoked: r.try_get("t_revoked")?,
+                created_at: r.try_get("t_created_at")?,
+                updated_at: r.try_get("t_updated_at")?,
+                parent: r.try_get("t_parent")?,
+                session_id: Some(session_id),
+            },
+            user,
+            amr: amr.0.into_iter().map(|a| (a.method, a.at)).collect(),
+            identities: identities.0,
+        }))
+    }};
+}
+
 impl Store {
     pub async fn user_by_id(&self, id: Uuid) -> Result<Option<User>, sqlx::Error> {
         count();
@@ -206,6 +303,84 @@ impl Store {
         count();
         on!(pool &self.pool, p => sqlx::query_as(IDENTITIES_OF)
             .bind(user_id).fetch_all(p).await)
+    }
+
+    /// A refresh's context read without a lock: the common case decides on
+    /// it and writes with `rotate_if_current`, whose guard catches a race.
+    pub async fn peek_refresh(&self, token: &str) -> Result<Option<RefreshContext>, sqlx::Error> {
+        count();
+        match &self.pool {
+            Pool::Pg(p) => {
+                let row = sqlx::query(pg_refresh_sql!(""))
+                    .bind(token)
+                    .fetch_optional(p)
+                    .await?;
+                decode_refresh!(row)
+            }
+            Pool::Lite(p) => {
+                let row = sqlx::query(lite_refresh_sql!())
+                    .bind(token)
+                    .fetch_optional(p)
+                    .await?;
+                decode_refresh!(row)
+            }
+        }
+    }
+
+    /// Revokes `r.revoke` and writes its child, the audit entries and the
+    /// session's refresh time, all only if the token was still unrevoked:
+    /// false when another refresh of it got there first (nothing written).
+    /// One statement on PostgreSQL (its own transaction); one batch in one
+    /// immediate transaction on SQLite, so the write lock is held for three
+    /// round trips to SQLite's thread, not one per statement.
+    pub async fn rotate_if_current(&self, r: &Rotation<'_>) -> Result<bool, sqlx::Error> {
+        let Some(revoke) = r.revoke else {
+            return Ok(false);
+        };
+        let client = crate::client::current();
+        let ip = client.ip.map(|ip| ip.to_string());
+        count();
+        macro_rules! bind_all {
+            ($q:expr) => {
+                $q.bind(r.now)
+                    .bind(revoke)
+                    .bind(INSTANCE_ID)
+                    .bind(r.child)
+                    .bind(r.user_id.to_string())
+                    .bind(r.parent)
+                    .bind(r.session_id)
+                    .bind(Uuid::now_v7())
+                    .bind(Json(r.audits[0]))
+                    .bind(Uuid::now_v7())
+                    .bind(Json(r.audits[1]))
+                    .bind(r.now.naive_utc())
+                    .bind(&client.address)
+                    .bind(&ip)
+                    .bind(&client.user_agent)
+            };
+        }
+        match &self.pool {
+            Pool::Pg(p) => {
+                let won: i64 = bind_all!(sqlx::query_scalar(ROTATE_PG))
+                    .fetch_one(p)
+                    .await?;
+                Ok(won == 1)
+            }
+            Pool::Lite(_) => {
+                let mut tx = self.begin().await?;
+                let Conn::Lite(t, _) = &mut tx.conn else {
+                    unreachable!("a SQLite store begins SQLite transactions")
+                };
+                let changed = bind_all!(sqlx::query(ROTATE_LITE))
+                    .execute(&mut **t)
+                    .await?;
+                if changed.rows_affected() == 0 {
+                    return Ok(false);
+                }
+                tx.commit().await?;
+                Ok(true)
+            }
+        }
     }
 
     /// Replaces a password hash only if it is still the one that was verified
@@ -398,76 +573,20 @@ impl Tx {
         token: &str,
     ) -> Result<Option<RefreshContext>, sqlx::Error> {
         count();
-        macro_rules! q {
-            ($amr:literal, $identities:literal, $lock:literal) => {
-                concat!(
-                    "SELECT u.*, s.id AS s_id, s.created_at AS s_created_at, s.updated_at AS s_updated_at, s.refreshed_at AS s_refreshed_at, \
-                     s.not_after AS s_not_after, t.id AS t_id, t.token AS t_token, t.user_id AS t_user_id, t.revoked AS t_revoked, \
-                     t.created_at AS t_created_at, t.updated_at AS t_updated_at, t.parent AS t_parent, ",
-                    $amr, " AS amr_json, ", $identities, " AS identities_json \
-                     FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id JOIN users u ON u.id = s.user_id \
-                     WHERE t.token = $1", $lock
-                )
-            };
-        }
-        macro_rules! decode {
-            ($row:expr) => {{
-                let Some(r) = $row else { return Ok(None) };
-                let user = <User as sqlx::FromRow<_>>::from_row(&r)?;
-                let amr: Json<Vec<AmrJson>> = r.try_get("amr_json")?;
-                let identities: Json<Vec<Identity>> = r.try_get("identities_json")?;
-                let session_id: Uuid = r.try_get("s_id")?;
-                Ok(Some(RefreshContext {
-                    session: Session {
-                        id: session_id,
-                        user_id: user.id,
-                        created_at: r.try_get("s_created_at")?,
-                        updated_at: r.try_get("s_updated_at")?,
-                        refreshed_at: r.try_get("s_refreshed_at")?,
-                        not_after: r.try_get("s_not_after")?,
-                    },
-                    token: RefreshToken {
-                        id: r.try_get("t_id")?,
-                        token: r.try_get("t_token")?,
-                        user_id: r.try_get("t_user_id")?,
-                        revoked: r.try_get("t_revoked")?,
-                        created_at: r.try_get("t_created_at")?,
-                        updated_at: r.try_get("t_updated_at")?,
-                        parent: r.try_get("t_parent")?,
-                        session_id: Some(session_id),
-                    },
-                    user,
-                    amr: amr.0.into_iter().map(|a| (a.method, a.at)).collect(),
-                    identities: identities.0,
-                }))
-            }};
-        }
         match &mut self.conn {
             Conn::Pg(t) => {
-                let row = sqlx::query(q!(
-                    "(SELECT coalesce(json_agg(json_build_object('method', a.authentication_method, 'at', a.updated_at) \
-                      ORDER BY a.updated_at DESC), '[]'::json) FROM mfa_amr_claims a WHERE a.session_id = s.id)",
-                    "(SELECT coalesce(json_agg(json_build_object('id', i.id, 'provider_id', i.provider_id, \
-                      'user_id', i.user_id, 'identity_data', i.identity_data, 'provider', i.provider, 'last_sign_in_at', i.last_sign_in_at, \
-                      'created_at', i.created_at, 'updated_at', i.updated_at) ORDER BY i.created_at, i.id), '[]'::json) \
-                      FROM identities i WHERE i.user_id = u.id)",
-                    " FOR UPDATE OF s, t"
-                ))
-                .bind(token).fetch_optional(&mut **t).await?;
-                decode!(row)
+                let row = sqlx::query(pg_refresh_sql!(" FOR UPDATE OF s, t"))
+                    .bind(token)
+                    .fetch_optional(&mut **t)
+                    .await?;
+                decode_refresh!(row)
             }
             Conn::Lite(t, _) => {
-                let row = sqlx::query(q!(
-                    "(SELECT coalesce(json_group_array(json_object('method', a.authentication_method, 'at', a.updated_at)), '[]') \
-                      FROM (SELECT * FROM mfa_amr_claims WHERE session_id = s.id ORDER BY updated_at DESC) a)",
-                    "(SELECT coalesce(json_group_array(json_object('id', lower(hex(i.id)), 'provider_id', i.provider_id, \
-                      'user_id', lower(hex(i.user_id)), 'identity_data', json(i.identity_data), 'provider', i.provider, \
-                      'last_sign_in_at', i.last_sign_in_at, 'created_at', i.created_at, 'updated_at', i.updated_at)), '[]') \
-                      FROM (SELECT * FROM identities WHERE user_id = u.id ORDER BY created_at, id) i)",
-                    ""
-                ))
-                .bind(token).fetch_optional(&mut **t).await?;
-                decode!(row)
+                let row = sqlx::query(lite_refresh_sql!())
+                    .bind(token)
+                    .fetch_optional(&mut **t)
+                    .await?;
+                decode_refresh!(row)
             }
         }
     }
