@@ -131,14 +131,20 @@ const ROTATE_PG: &str = "WITH revoked AS (UPDATE refresh_tokens SET revoked = tr
 
 /// The same on SQLite, which has no writes in CTEs: each statement runs
 /// only if the one before changed what it should (`changes()`), so a lost
-/// race changes no row at all.
-const ROTATE_LITE: &str = "UPDATE refresh_tokens SET revoked = true, updated_at = $1 WHERE id = $2 AND coalesce(revoked, false) = false; \
+/// race changes no row at all; its own transaction, begun and committed in
+/// the same call. It answers whether the last step ran (`rows_affected`
+/// cannot tell: SQLite reports BEGIN and COMMIT with the count of the
+/// connection's previous change).
+const ROTATE_LITE: &str = "BEGIN IMMEDIATE; \
+     UPDATE refresh_tokens SET revoked = true, updated_at = $1 WHERE id = $2 AND coalesce(revoked, false) = false; \
      INSERT INTO refresh_tokens (instance_id, token, user_id, revoked, created_at, updated_at, parent, session_id) \
          SELECT $3, $4, $5, false, $1, $1, $6, $7 WHERE changes() = 1; \
      INSERT INTO audit_log_entries (instance_id, id, payload, created_at, ip_address) \
          SELECT $3, $8, $9, $1, $13 WHERE changes() = 1 UNION ALL SELECT $3, $10, $11, $1, $13 WHERE changes() = 1; \
      UPDATE sessions SET refreshed_at = $12, updated_at = $1, ip = coalesce($14, ip), \
-         user_agent = coalesce($15, user_agent) WHERE id = $7 AND changes() = 2";
+         user_agent = coalesce($15, user_agent) WHERE id = $7 AND changes() = 2; \
+     SELECT changes(); \
+     COMMIT";
 
 // The refresh context query and its decoding, shared by the locked read
 // (`Tx::refresh_context`) and the unlocked one (`Store::peek_refresh`).
@@ -330,55 +336,72 @@ impl Store {
     /// Revokes `r.revoke` and writes its child, the audit entries and the
     /// session's refresh time, all only if the token was still unrevoked:
     /// false when another refresh of it got there first (nothing written).
-    /// One statement on PostgreSQL (its own transaction); one batch in one
-    /// immediate transaction on SQLite, so the write lock is held for three
-    /// round trips to SQLite's thread, not one per statement.
+    /// One statement on PostgreSQL (its own transaction); one batch with its
+    /// own BEGIN and COMMIT on SQLite.
     pub async fn rotate_if_current(&self, r: &Rotation<'_>) -> Result<bool, sqlx::Error> {
         let Some(revoke) = r.revoke else {
             return Ok(false);
         };
         let client = crate::client::current();
-        let ip = client.ip.map(|ip| ip.to_string());
         count();
+        // Owned, so the SQLite write can run to its end on a task of its own.
+        let args = (
+            r.now,
+            revoke,
+            r.child.to_string(),
+            r.user_id.to_string(),
+            r.parent.map(str::to_string),
+            r.session_id,
+            [Json(r.audits[0].clone()), Json(r.audits[1].clone())],
+            client,
+        );
         macro_rules! bind_all {
-            ($q:expr) => {
-                $q.bind(r.now)
+            ($q:expr, $a:expr) => {{
+                let (now, revoke, child, user, parent, session, [a0, a1], client) = $a;
+                $q.bind(now)
                     .bind(revoke)
                     .bind(INSTANCE_ID)
-                    .bind(r.child)
-                    .bind(r.user_id.to_string())
-                    .bind(r.parent)
-                    .bind(r.session_id)
+                    .bind(child)
+                    .bind(user)
+                    .bind(parent)
+                    .bind(session)
                     .bind(Uuid::now_v7())
-                    .bind(Json(r.audits[0]))
+                    .bind(a0)
                     .bind(Uuid::now_v7())
-                    .bind(Json(r.audits[1]))
-                    .bind(r.now.naive_utc())
-                    .bind(&client.address)
-                    .bind(&ip)
-                    .bind(&client.user_agent)
-            };
+                    .bind(a1)
+                    .bind(now.naive_utc())
+                    .bind(client.address)
+                    .bind(client.ip.map(|ip| ip.to_string()))
+                    .bind(client.user_agent)
+            }};
         }
         match &self.pool {
             Pool::Pg(p) => {
-                let won: i64 = bind_all!(sqlx::query_scalar(ROTATE_PG))
+                let won: i64 = bind_all!(sqlx::query_scalar(ROTATE_PG), args)
                     .fetch_one(p)
                     .await?;
                 Ok(won == 1)
             }
-            Pool::Lite(_) => {
-                let mut tx = self.begin().await?;
-                let Conn::Lite(t, _) = &mut tx.conn else {
-                    unreachable!("a SQLite store begins SQLite transactions")
-                };
-                let changed = bind_all!(sqlx::query(ROTATE_LITE))
-                    .execute(&mut **t)
-                    .await?;
-                if changed.rows_affected() == 0 {
-                    return Ok(false);
-                }
-                tx.commit().await?;
-                Ok(true)
+            Pool::Lite(p) => {
+                // BEGIN, the batch and COMMIT in one call to SQLite's thread:
+                // the write lock is never held across a wait for this task to
+                // be scheduled again. The task of its own finishes it (and
+                // rolls back a failure) even if the request is abandoned, so
+                // no connection goes back to the pool inside a transaction.
+                let (pool, turn) = (p.clone(), self.writer.clone());
+                let write = tokio::spawn(async move {
+                    let _turn = turn.lock_owned().await;
+                    let mut conn = pool.acquire().await?;
+                    // Every row, so every statement (COMMIT too) runs.
+                    let q = sqlx::query_scalar::<_, i64>(ROTATE_LITE);
+                    let done = bind_all!(q, args).fetch_all(&mut *conn).await;
+                    if done.is_err() {
+                        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                    }
+                    done
+                });
+                let done = write.await.map_err(|_| sqlx::Error::WorkerCrashed)??;
+                Ok(done.first() == Some(&1))
             }
         }
     }
