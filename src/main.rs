@@ -31,6 +31,18 @@ enum Command {
     /// Operator tools for when there is no admin token yet.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// The configuration: every variable castellan reads.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Check the environment (and `.env`) and print the effective
+    /// configuration, secrets masked; exit 1 when a value is refused.
+    Check,
+    /// Print a commented `.env` with every variable and its default.
+    Example,
 }
 
 #[derive(Subcommand)]
@@ -96,6 +108,9 @@ async fn main() {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(Command::Config(cmd)) = &cli.command {
+        return config_command(cmd);
+    }
     let config = Config::from_process_env()?;
     match cli.command.unwrap_or(Command::Serve { no_workers: false }) {
         Command::Migrate => {
@@ -104,6 +119,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Admin(cmd) => admin(config, cmd).await,
+        Command::Config(_) => unreachable!("answered before the configuration is read"),
         Command::Worker => {
             let store = castellan::server::open_store(&config, 4, true).await?;
             castellan_jobs::queue::setup(&store)
@@ -209,4 +225,46 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// `castellan config example|check`: the list of settings is the one the
+/// configuration is read with, so it never drifts from it.
+fn config_command(cmd: &ConfigCommand) -> anyhow::Result<()> {
+    let env: std::collections::HashMap<String, String> = match cmd {
+        ConfigCommand::Example => Default::default(),
+        ConfigCommand::Check => std::env::vars().collect(),
+    };
+    use std::fmt::Write as _;
+    let (settings, parsed) = Config::settings(&env);
+    let mut out = String::new();
+    match cmd {
+        ConfigCommand::Example => {
+            out.push_str("# castellan: every variable it reads, with its default (`castellan config example`).\n");
+            out.push_str("# Uncomment and change what you need.\n");
+            for s in &settings {
+                if s.names.len() > 1 {
+                    let _ = writeln!(out, "# (also read as {})", s.names[1..].join(", "));
+                }
+                let _ = writeln!(out, "# {}={}", s.names[0], s.default);
+            }
+        }
+        ConfigCommand::Check => {
+            for s in &settings {
+                let shown = match (&s.value, s.is_secret()) {
+                    (Some(_), true) => "******** (set)".to_string(),
+                    (Some(v), false) => castellan_core::config::mask_url_password(v),
+                    (None, _) if s.default.is_empty() => "(unset)".to_string(),
+                    (None, _) => format!("{} (default)", s.default),
+                };
+                let _ = writeln!(out, "{}={shown}", s.names[0]);
+            }
+        }
+    }
+    // A closed pipe (`| head`) is not an error worth a panic.
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
+    if matches!(cmd, ConfigCommand::Check) {
+        parsed?;
+        eprintln!("castellan: the configuration is valid");
+    }
+    Ok(())
 }

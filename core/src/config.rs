@@ -90,10 +90,17 @@ pub struct SmtpConfig {
 }
 
 /// The global email budget (`GOTRUE_RATE_LIMIT_EMAIL_SENT`): `events` per `per`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct EmailBudget {
     pub events: u32,
     pub per: Duration,
+}
+
+/// As the variable is written (`30/3600s`), so the settings list shows it so.
+impl std::fmt::Debug for EmailBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{:?}", self.events, self.per)
+    }
 }
 
 /// What the emails say and how they are delivered (`GOTRUE_MAILER_*`).
@@ -176,13 +183,67 @@ pub struct Config {
 
 /// Reads variables from a map (process environment merged with `.env`), so
 /// configuration parsing is a pure function and testable.
-struct Vars<'a>(&'a HashMap<String, String>);
+/// Every variable read is also noted with its default, so the list of
+/// settings (`castellan config example|check`) comes from this same code
+/// and cannot drift from it.
+struct Vars<'a> {
+    map: &'a HashMap<String, String>,
+    read: std::cell::RefCell<Vec<Setting>>,
+}
 
-impl Vars<'_> {
+/// One variable the configuration reads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Setting {
+    /// The variable, then the other names it may be given by.
+    pub names: Vec<String>,
+    /// Its default, as written in the environment (empty: unset).
+    pub default: String,
+    /// Its value in the environment read, when set.
+    pub value: Option<String>,
+}
+
+impl Setting {
+    /// Holds a secret: shown masked.
+    pub fn is_secret(&self) -> bool {
+        let n = &self.names[0];
+        n.contains("SECRET")
+            || n.contains("AUTH_TOKEN")
+            || ["_PASS", "_PASSWORD", "_KEY", "_KEYS"]
+                .iter()
+                .any(|s| n.ends_with(s))
+    }
+}
+
+impl<'a> Vars<'a> {
+    fn new(map: &'a HashMap<String, String>) -> Self {
+        Vars {
+            map,
+            read: Default::default(),
+        }
+    }
+
+    fn note(&self, names: &[&str], default: impl std::fmt::Debug) {
+        let default = format!("{default:?}");
+        let default = default.trim_matches('"').to_string();
+        let default = match default.as_str() {
+            "None" | "[]" => String::new(),
+            _ => default,
+        };
+        let mut read = self.read.borrow_mut();
+        if read.iter().any(|s| s.names[0] == names[0]) {
+            return;
+        }
+        read.push(Setting {
+            names: names.iter().map(|n| n.to_string()).collect(),
+            default,
+            value: self.get(names).map(|(_, v)| v),
+        });
+    }
+
     /// The first of `names` that is set and non-empty.
     fn get<'n>(&self, names: &[&'n str]) -> Option<(&'n str, String)> {
         names.iter().find_map(|n| {
-            self.0
+            self.map
                 .get(*n)
                 .map(|v| v.trim().to_string())
                 .filter(|v| !v.is_empty())
@@ -191,22 +252,25 @@ impl Vars<'_> {
     }
 
     fn string(&self, names: &[&str], default: &str) -> String {
+        self.note(names, default);
         self.get(names)
             .map(|(_, v)| v)
             .unwrap_or_else(|| default.to_string())
     }
 
     fn opt_string(&self, names: &[&str]) -> Option<String> {
+        self.note(names, "");
         self.get(names).map(|(_, v)| v)
     }
 
-    fn parse<T>(
+    fn parse<T: std::fmt::Debug>(
         &self,
         names: &[&str],
         default: T,
         what: &str,
         f: impl Fn(&str) -> Option<T>,
     ) -> Result<T, ConfigError> {
+        self.note(names, &default);
         match self.get(names) {
             None => Ok(default),
             Some((name, v)) => f(&v).ok_or_else(|| ConfigError {
@@ -225,7 +289,11 @@ impl Vars<'_> {
         })
     }
 
-    fn num<T: std::str::FromStr>(&self, names: &[&str], default: T) -> Result<T, ConfigError> {
+    fn num<T: std::str::FromStr + std::fmt::Debug>(
+        &self,
+        names: &[&str],
+        default: T,
+    ) -> Result<T, ConfigError> {
         self.parse(names, default, "a whole number", |v| v.parse().ok())
     }
 
@@ -243,6 +311,7 @@ impl Vars<'_> {
     }
 
     fn list(&self, names: &[&str], default: &[&str]) -> Vec<String> {
+        self.note(names, default.join(","));
         match self.get(names) {
             None => default.iter().map(|s| s.to_string()).collect(),
             Some((_, v)) => v
@@ -251,6 +320,21 @@ impl Vars<'_> {
                 .filter(|s| !s.is_empty())
                 .collect(),
         }
+    }
+}
+
+/// `postgres://user:password@host/db` with the password masked; anything
+/// else as it is.
+pub fn mask_url_password(v: &str) -> String {
+    let Some((scheme, rest)) = v.split_once("://") else {
+        return v.to_string();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return v.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:********@{host}"),
+        None => v.to_string(),
     }
 }
 
@@ -406,7 +490,18 @@ impl Config {
     }
 
     pub fn from_vars(map: &HashMap<String, String>) -> Result<Self, ConfigError> {
-        let v = Vars(map);
+        Self::read(&Vars::new(map))
+    }
+
+    /// Every variable the configuration reads, with its default and its
+    /// value in `map`; and the configuration, or why `map` is refused.
+    pub fn settings(map: &HashMap<String, String>) -> (Vec<Setting>, Result<Self, ConfigError>) {
+        let v = Vars::new(map);
+        let cfg = Self::read(&v);
+        (v.read.into_inner(), cfg)
+    }
+
+    fn read(v: &Vars<'_>) -> Result<Self, ConfigError> {
         let five_min = Duration::from_secs(300);
         let min_length = v.num(&["GOTRUE_PASSWORD_MIN_LENGTH"], 6usize)?.max(6);
         let mut argon2 = Argon2Config {
@@ -447,9 +542,13 @@ impl Config {
                 msg: "argon2 parameters out of range (memory >= 8 x parallelism KiB, iterations >= 1)".into(),
             });
         }
-        let otp = rate(&v, &["GOTRUE_RATE_LIMIT_OTP"], 30, five_min, Some(30))?;
+        let otp = rate(v, &["GOTRUE_RATE_LIMIT_OTP"], 30, five_min, Some(30))?;
         let cfg = Config {
-            database_url: database_url(v.get(&["DATABASE_URL", "GOTRUE_DB_DATABASE_URL"]))?,
+            database_url: {
+                let names = ["DATABASE_URL", "GOTRUE_DB_DATABASE_URL"];
+                v.note(&names, "castellan.db");
+                database_url(v.get(&names))?
+            },
             host: v.string(&["GOTRUE_API_HOST"], "0.0.0.0"),
             port: v.num(&["PORT", "GOTRUE_API_PORT"], 8081u16)?,
             site_url: v.string(&["GOTRUE_SITE_URL"], "http://localhost:3000"),
@@ -511,7 +610,7 @@ impl Config {
             sessions_inactivity_timeout: v.opt_duration(&["GOTRUE_SESSIONS_INACTIVITY_TIMEOUT"])?,
             rate_limits: RateLimits {
                 token_refresh: rate(
-                    &v,
+                    v,
                     &["GOTRUE_RATE_LIMIT_TOKEN_REFRESH"],
                     150,
                     five_min,
@@ -520,13 +619,13 @@ impl Config {
                 // GoTrue sizes the sign-up bucket by the OTP limit; it has no variable of its own.
                 sign_ups: otp,
                 anonymous_users: rate(
-                    &v,
+                    v,
                     &["GOTRUE_RATE_LIMIT_ANONYMOUS_USERS"],
                     30,
                     Duration::from_secs(3600),
                     None,
                 )?,
-                verify: rate(&v, &["GOTRUE_RATE_LIMIT_VERIFY"], 30, five_min, Some(30))?,
+                verify: rate(v, &["GOTRUE_RATE_LIMIT_VERIFY"], 30, five_min, Some(30))?,
                 otp,
                 header: v.opt_string(&["GOTRUE_RATE_LIMIT_HEADER"]),
             },
@@ -544,7 +643,7 @@ impl Config {
                     d => d,
                 },
             },
-            mailer: mailer(&v)?,
+            mailer: mailer(v)?,
             uri_allow_list: v.list(&["GOTRUE_URI_ALLOW_LIST"], &[]),
             flow_state_expiry: v
                 .duration(
@@ -584,6 +683,58 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Config::from_vars(&map)
+    }
+
+    #[test]
+    fn the_settings_list_reads_back_as_the_defaults() {
+        let (defaults, cfg) = Config::settings(&HashMap::new());
+        assert!(cfg.is_ok());
+        assert!(
+            defaults.len() > 60,
+            "every variable is listed: {}",
+            defaults.len()
+        );
+        for name in [
+            "DATABASE_URL",
+            "GOTRUE_JWT_SECRET",
+            "CASTELLAN_METRICS_ADDR",
+            "GOTRUE_RATE_LIMIT_VERIFY",
+        ] {
+            assert!(defaults.iter().any(|s| s.names[0] == name), "{name}");
+        }
+        // `config example` written out and read back changes nothing.
+        let written: HashMap<String, String> = defaults
+            .iter()
+            .filter(|s| !s.default.is_empty())
+            .map(|s| (s.names[0].clone(), s.default.clone()))
+            .collect();
+        let (again, cfg) = Config::settings(&written);
+        let cfg = cfg.unwrap();
+        assert_eq!(
+            format!("{:?}", cfg.rate_limits),
+            format!("{:?}", cfg_defaults().rate_limits)
+        );
+        for s in &again {
+            assert_eq!(
+                s.value.as_deref().unwrap_or_default(),
+                s.default,
+                "{}",
+                s.names[0]
+            );
+        }
+        let secret = again
+            .iter()
+            .find(|s| s.names[0] == "GOTRUE_JWT_SECRET")
+            .unwrap();
+        assert!(secret.is_secret());
+        assert_eq!(
+            mask_url_password("postgres://u:pw@h:5432/db"),
+            "postgres://u:********@h:5432/db"
+        );
+    }
+
+    fn cfg_defaults() -> Config {
+        cfg(&[]).unwrap()
     }
 
     #[test]

@@ -219,3 +219,69 @@ fn a_short_jwt_secret_is_warned_about() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("shorter than 32 bytes"), "{stderr}");
 }
+
+/// `castellan config example` lists every variable with its default, and
+/// `config check` shows the effective configuration with secrets masked,
+/// refusing a bad value by name (issue 15).
+#[test]
+fn config_example_and_check() {
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_castellan"));
+        cmd.args(args).env_clear();
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    let example = run(&["config", "example"], &[]);
+    assert!(example.status.success());
+    let example = String::from_utf8(example.stdout).unwrap();
+    for line in [
+        "# DATABASE_URL=castellan.db",
+        "# GOTRUE_JWT_EXP=3600",
+        "# CASTELLAN_SHUTDOWN_GRACE=10s",
+        "# GOTRUE_SMTP_PORT=587",
+    ] {
+        assert!(
+            example.lines().any(|l| l == line),
+            "{line} missing from:\n{example}"
+        );
+    }
+
+    let env = [
+        (
+            "DATABASE_URL",
+            "postgres://castellan:hunter2@db.internal:5432/auth",
+        ),
+        ("GOTRUE_JWT_SECRET", "a-secret-nobody-may-see-0123456789"),
+        ("GOTRUE_SMTP_PASS", "smtp-password-123"),
+        ("GOTRUE_JWT_EXP", "600"),
+    ];
+    let check = run(&["config", "check"], &env);
+    let stdout = String::from_utf8(check.stdout).unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(
+        stdout.contains("DATABASE_URL=postgres://castellan:********@db.internal:5432/auth"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("GOTRUE_JWT_SECRET=******** (set)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("GOTRUE_JWT_EXP=600\n"), "{stdout}");
+    assert!(
+        stdout.contains("GOTRUE_SITE_URL=http://localhost:3000 (default)"),
+        "{stdout}"
+    );
+    for secret in ["hunter2", "a-secret-nobody", "smtp-password"] {
+        assert!(!stdout.contains(secret), "{secret} shown:\n{stdout}");
+    }
+
+    let bad = run(&["config", "check"], &[("GOTRUE_JWT_EXP", "an hour")]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("GOTRUE_JWT_EXP"));
+}
