@@ -43,7 +43,7 @@ pub fn recorder() -> PrometheusHandle {
 
 /// The method as a metric label: a closed set, so invented methods cannot
 /// grow the exporter's memory without bound.
-fn method_label(m: &axum::http::Method) -> &'static str {
+pub fn method_label(m: &axum::http::Method) -> &'static str {
     use axum::http::Method;
     match *m {
         Method::GET => "GET",

@@ -213,7 +213,14 @@ pub fn router(state: AppState) -> Router {
                         .get("x-request-id")
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or_default();
-                    tracing::info_span!("request", id, method = %req.method(), path = req.uri().path())
+                    // The route template, never the raw path; the method from
+                    // a closed set: the access log carries no client's text.
+                    let route = req
+                        .extensions()
+                        .get::<axum::extract::MatchedPath>()
+                        .map_or("unmatched", |p| p.as_str());
+                    let method = observability::method_label(req.method());
+                    tracing::info_span!("request", id, method, route)
                 })
                 .on_request(())
                 .on_response(DefaultOnResponse::new().level(tracing::Level::INFO))

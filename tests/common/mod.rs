@@ -378,8 +378,12 @@ pub async fn castellan_process(
     database_url: &str,
     env: &[(&str, &str)],
 ) -> (tokio::process::Child, String) {
-    castellan_process_in(&[], args, database_url, env).await
+    let (child, base, _) = castellan_process_in(&[], args, database_url, env).await;
+    (child, base)
 }
+
+/// What a castellan process has written to stdout so far (its log).
+pub type ProcessLog = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
 
 /// As `castellan_process`, the binary run by `wrapper` (a command and its
 /// arguments, the binary's path and `args` appended) when one is given.
@@ -388,7 +392,7 @@ pub async fn castellan_process_in(
     args: &[&str],
     database_url: &str,
     env: &[(&str, &str)],
-) -> (tokio::process::Child, String) {
+) -> (tokio::process::Child, String, ProcessLog) {
     use tokio::io::AsyncBufReadExt;
     let binary = env!("CARGO_BIN_EXE_castellan");
     let mut cmd = match wrapper.split_first() {
@@ -444,14 +448,20 @@ pub async fn castellan_process_in(
     // Keep draining its output so the process never blocks on a full pipe
     // (shown with CASTELLAN_TEST_LOG set, as the in-process servers' logs are).
     let show = std::env::var_os("CASTELLAN_TEST_LOG").is_some();
+    let log = ProcessLog::default();
+    let kept = log.clone();
     tokio::spawn(async move {
         while let Ok(Some(line)) = lines.next_line().await {
             if show {
                 eprintln!("{line}");
             }
+            let mut kept = kept.lock().unwrap();
+            if kept.len() < 100_000 {
+                kept.push(line);
+            }
         }
     });
-    (child, base)
+    (child, base, log)
 }
 
 /// Sends every request at once; the replies, in order.

@@ -166,11 +166,12 @@ fn start_up_errors_say_what_to_fix() {
                 "running",
             ],
         ),
+        // "does not exist" (trust) or "password authentication failed".
         (
             no_role,
             vec![
-                "role \"castellan_no_such_role\" does not exist",
-                "user and password in DATABASE_URL",
+                "\"castellan_no_such_role\"",
+                "check the user and password in DATABASE_URL",
             ],
         ),
         (no_db, vec!["castellan_no_such_database", "createdb"]),
@@ -284,4 +285,60 @@ fn config_example_and_check() {
     let bad = run(&["config", "check"], &[("GOTRUE_JWT_EXP", "an hour")]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("GOTRUE_JWT_EXP"));
+}
+
+/// One access-log line per request at the default level: method, route
+/// template, status, latency and request id, and nothing a client sent
+/// (issue 15).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_access_log_line_per_request_without_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("log.db").to_string_lossy().into_owned();
+    let (_child, base, log) = common::castellan_process_in(&[], &["serve"], &db, &[]).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let secret = "tok3n-that-must-never-be-logged";
+    let user = uuid::Uuid::new_v4();
+    let r = http
+        .get(format!("{base}/verify?token={secret}&type=signup"))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_client_error() || r.status().is_redirection());
+    let r = http
+        .get(format!("{base}/admin/users/{user}"))
+        .bearer_auth(secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let lines = log.lock().unwrap().clone();
+    let access: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("finished processing request"))
+        .collect();
+    assert_eq!(access.len(), 2, "{lines:#?}");
+    let admin = access
+        .iter()
+        .find(|l| l.contains(&id))
+        .expect("the line carries the request id");
+    for part in [
+        "INFO",
+        "method=\"GET\"",
+        "route=\"/admin/users/{user_id}\"",
+        "status=403",
+        "latency=",
+    ] {
+        assert!(admin.contains(part), "{part} missing: {admin}");
+    }
+    assert!(
+        lines
+            .iter()
+            .all(|l| !l.contains(secret) && !l.contains(&user.to_string())),
+        "{lines:#?}"
+    );
 }

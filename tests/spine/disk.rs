@@ -51,7 +51,7 @@ async fn sqlite_recovers_from_a_full_disk() {
         ("CASTELLAN_DISK", d.as_str()),
         ("GOTRUE_MAILER_AUTOCONFIRM", "true"),
     ];
-    let (child, base) = common::castellan_process_in(&wrapper, &["serve"], &db, &env).await;
+    let (child, base, _) = common::castellan_process_in(&wrapper, &["serve"], &db, &env).await;
     let http = reqwest::Client::new();
     let padding = "x".repeat(100_000);
     assert_eq!(signup(&http, &base, 0, &padding).await.status, 200);
