@@ -9,7 +9,14 @@ use tracing_subscriber::fmt::writer::BoxMakeWriter;
 #[command(
     name = "castellan",
     version,
-    about = "A self-hostable authentication server speaking the Supabase Auth (GoTrue) API"
+    about = "A self-hostable authentication server speaking the Supabase Auth (GoTrue) API",
+    after_help = "Configuration comes from the environment (and a .env file), with GoTrue's names:\n  \
+    DATABASE_URL         postgres://… or a SQLite file path (default ./castellan.db)\n  \
+    GOTRUE_JWT_SECRET    the HS256 secret (generated beside a SQLite database when unset)\n  \
+    GOTRUE_API_HOST, PORT  where to listen (default 0.0.0.0:8081)\n  \
+    GOTRUE_SITE_URL, API_EXTERNAL_URL, GOTRUE_SMTP_HOST, GOTRUE_MAILER_AUTOCONFIRM, …\n\n\
+    `castellan config example` lists every variable with its default;\n\
+    `castellan config check` shows the effective configuration, secrets masked."
 )]
 struct Cli {
     #[command(subcommand)]

@@ -282,6 +282,15 @@ fn config_example_and_check() {
         assert!(!stdout.contains(secret), "{secret} shown:\n{stdout}");
     }
 
+    let help = String::from_utf8(run(&["--help"], &[]).stdout).unwrap();
+    for says in [
+        "DATABASE_URL",
+        "GOTRUE_JWT_SECRET",
+        "castellan config example",
+    ] {
+        assert!(help.contains(says), "--help does not name {says}:\n{help}");
+    }
+
     let bad = run(&["config", "check"], &[("GOTRUE_JWT_EXP", "an hour")]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("GOTRUE_JWT_EXP"));
