@@ -90,7 +90,15 @@ pub async fn start(
     })
     .await
     .context("castellan did not start within 60 s")??;
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    // The server's warnings and errors go to the benchmark's stderr: a run
+    // whose numbers look wrong says why.
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains(" WARN ") || line.contains(" ERROR ") {
+                eprintln!("server: {line}");
+            }
+        }
+    });
     Ok(Server {
         child,
         base: format!("http://{addr}"),

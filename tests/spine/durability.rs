@@ -120,3 +120,35 @@ async fn workers_send_the_message_the_server_rendered() {
     assert_eq!(mail.subject(), "Welcome from the server");
     common::drop_database(&db).await;
 }
+
+/// The embedded default as a process: `castellan serve` on a SQLite file,
+/// after sign-ins have started sessions, delivers the magic links it queues.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_server_process_delivers_its_mail() {
+    let sink = SmtpSink::start().await;
+    let port = sink.port.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("mail.db").to_string_lossy().into_owned();
+    let env = [
+        ("GOTRUE_SMTP_HOST", "127.0.0.1"),
+        ("GOTRUE_SMTP_PORT", port.as_str()),
+        ("GOTRUE_SMTP_ADMIN_EMAIL", "auth@castellan.test"),
+        ("GOTRUE_RATE_LIMIT_EMAIL_SENT", "1000"),
+        ("GOTRUE_MAILER_AUTOCONFIRM", "true"),
+    ];
+    let (_api, base) = common::castellan_process(&["serve"], &db, &env).await;
+    let http = reqwest::Client::new();
+    let emails: Vec<String> = (0..20).map(|i| format!("lite{i}@example.com")).collect();
+    for e in &emails {
+        assert_eq!(signup(&http, &base, e).await.status, 200);
+    }
+    for e in &emails {
+        let r = http
+            .post(format!("{base}/otp"))
+            .json(&json!({"email": e, "create_user": false}));
+        assert_eq!(read(r.send().await.unwrap()).await.status, 200);
+    }
+    for e in &emails {
+        sink.wait_for(e, 1).await;
+    }
+}

@@ -146,6 +146,24 @@ const ROTATE_LITE: &str = "BEGIN IMMEDIATE; \
      SELECT changes(); \
      COMMIT";
 
+/// A new session on SQLite, in one call to SQLite's thread: the session,
+/// its first method, its refresh token, the user's sign-in time, the audit
+/// entries (one per element of the JSON array `$9`), then the identities.
+const START_SESSION_LITE: &str = concat!(
+    "INSERT INTO sessions (id, user_id, created_at, updated_at, aal, ip, user_agent) \
+         VALUES ($1, $2, $3, $3, 'aal1', $10, $11); \
+     INSERT INTO mfa_amr_claims (id, session_id, authentication_method, created_at, updated_at) \
+         VALUES ($4, $1, $5, $3, $3); \
+     INSERT INTO refresh_tokens (instance_id, token, user_id, revoked, created_at, updated_at, parent, session_id) \
+         VALUES ($6, $7, $8, false, $3, $3, NULL, $1); \
+     UPDATE users SET last_sign_in_at = $3, updated_at = $3 WHERE id = $2; \
+     INSERT INTO audit_log_entries (instance_id, id, payload, created_at, ip_address) \
+         SELECT $6, randomblob(16), a.value, $3, $12 FROM json_each($9) AS a; \
+     SELECT ",
+    identity_cols!(),
+    " FROM identities WHERE user_id = $2 ORDER BY created_at, id"
+);
+
 // The refresh context query and its decoding, shared by the locked read
 // (`Tx::refresh_context`) and the unlocked one (`Store::peek_refresh`).
 macro_rules! refresh_sql {
@@ -521,15 +539,26 @@ impl Tx {
             let ids: Json<Vec<Identity>> = row.try_get("identities_json")?;
             return Ok(ids.0);
         }
-        self.insert_audits(s.audits, s.now).await?;
-        self.insert_session(s.id, s.user_id, s.method, s.now)
-            .await?;
-        self.insert_refresh_token(s.refresh_token, s.user_id, None, s.id, s.now)
-            .await?;
-        self.set_last_sign_in(s.user_id, s.now).await?;
+        let Conn::Lite(t, _) = &mut self.conn else {
+            unreachable!("PostgreSQL answered above")
+        };
         count();
-        on!(tx self, c => sqlx::query_as(IDENTITIES_OF)
-            .bind(s.user_id).fetch_all(&mut *c).await)
+        let client = crate::client::current();
+        sqlx::query_as(START_SESSION_LITE)
+            .bind(s.id)
+            .bind(s.user_id)
+            .bind(s.now)
+            .bind(Uuid::now_v7())
+            .bind(s.method)
+            .bind(INSTANCE_ID)
+            .bind(s.refresh_token)
+            .bind(s.user_id.to_string())
+            .bind(Json(s.audits))
+            .bind(client.ip.map(|ip| ip.to_string()))
+            .bind(&client.user_agent)
+            .bind(&client.address)
+            .fetch_all(&mut **t)
+            .await
     }
 
     /// A new aal1 session with its first authentication method.
