@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on SQLite and on PostgreSQL: unit tests, the black-box
-# HTTP tests and the official @supabase/auth-js client.
+# HTTP tests and the official clients (@supabase/auth-js, supabase-js and
+# supabase-py for the README's examples).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,5 +11,9 @@ echo "tests use PostgreSQL at $CASTELLAN_TEST_PG_URL"
 
 command -v node >/dev/null 2>&1 || { echo "Node.js is required for tests/e2e (the official client)"; exit 1; }
 (cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error)
+# supabase-py, for the README's Python example.
+command -v python3 >/dev/null 2>&1 || { echo "Python 3 is required for the README's supabase-py example test"; exit 1; }
+[ -x tests/e2e/.venv/bin/python ] || python3 -m venv tests/e2e/.venv
+tests/e2e/.venv/bin/pip install --quiet --disable-pip-version-check -r tests/e2e/requirements.txt
 
 cargo test --workspace "$@"

@@ -127,8 +127,13 @@ async fn readme_examples_run() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
     let js = std::fs::read_to_string(root.join("examples/supabase-js.mjs")).unwrap();
+    let py = std::fs::read_to_string(root.join("examples/supabase-py.py")).unwrap();
     let sh = std::fs::read_to_string(root.join("examples/curl.sh")).unwrap();
-    for (name, text) in [("examples/supabase-js.mjs", &js), ("examples/curl.sh", &sh)] {
+    for (name, text) in [
+        ("examples/supabase-js.mjs", &js),
+        ("examples/supabase-py.py", &py),
+        ("examples/curl.sh", &sh),
+    ] {
         assert!(
             readme.contains(text.as_str()),
             "the README does not include {name} as it is"
@@ -161,6 +166,29 @@ async fn readme_examples_run() {
         "refreshed true",
         "signed out",
     ] {
+        assert!(stdout.contains(line), "{line} missing:\n{stdout}");
+    }
+
+    // supabase-py, from the virtual environment scripts/test.sh makes.
+    let python = e2e.join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "supabase-py is not installed: scripts/test.sh makes tests/e2e/.venv"
+    );
+    let out = tokio::process::Command::new(python)
+        .arg(root.join("examples/supabase-py.py"))
+        .arg(&t.base)
+        .arg(t.role_key("anon"))
+        .output()
+        .await
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in ["signed in as py-reader-", "plan free", "signed out"] {
         assert!(stdout.contains(line), "{line} missing:\n{stdout}");
     }
 
