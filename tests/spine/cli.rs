@@ -351,3 +351,23 @@ async fn one_access_log_line_per_request_without_secrets() {
         "{lines:#?}"
     );
 }
+
+/// The generated secret beside the database, and the database itself, are
+/// ignored by git, so a newcomer cannot commit them by accident (issue 15).
+#[test]
+fn the_generated_secret_is_git_ignored() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    for path in [
+        "castellan.db",
+        "castellan.db.jwt-secret",
+        "other.db.jwt-secret",
+        ".env",
+    ] {
+        let out = std::process::Command::new("git")
+            .args(["check-ignore", "--no-index", "-q", path])
+            .current_dir(root)
+            .status()
+            .expect("git runs");
+        assert!(out.success(), "{path} is not ignored by .gitignore");
+    }
+}
