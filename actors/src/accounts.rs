@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use castellan_core::crypto::jwt::{self, IncomingClaims};
 use castellan_core::models::{AuditAction, Identity, User, audit_payload, merge_metadata};
-use castellan_core::store::{LiveUser, NewUser, SessionScope};
+use castellan_core::store::{LiveUser, NewUser, SessionScope, Tx};
 use castellan_core::validate;
 use castellan_core::{ApiError, ApiResult};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
@@ -276,181 +276,113 @@ impl Accounts {
 
     async fn signup_once(&self, req: SignupRequest) -> ApiResult<SignupOutcome> {
         let cfg = &self.ctx.config;
-        if cfg.disable_signup {
-            return Err(ApiError::unprocessable(
-                "signup_disabled",
-                "Signups not allowed for this instance",
-            ));
-        }
-        let email = non_empty(&req.email);
-        let phone = non_empty(&req.phone);
-        let provider = if email.is_some() { "email" } else { "phone" };
-        let Some(password) = non_empty(&req.password) else {
-            return Err(ApiError::validation("Signup requires a valid password"));
-        };
-        validate::require_strong_password(&cfg.password, password)?;
-        if email.is_some() && phone.is_some() {
-            return Err(ApiError::validation(
-                "Only an email address or phone number should be provided on signup.",
-            ));
-        }
-        if provider == "phone" {
-            let channel = req.channel.as_deref().unwrap_or("sms");
-            let whatsapp_ok = matches!(cfg.sms_provider.as_str(), "twilio" | "twilio_verify");
-            if !(channel == "sms" || (channel == "whatsapp" && whatsapp_ok)) {
-                return Err(ApiError::validation(
-                    "Invalid channel, supported values are 'sms' or 'whatsapp'. 'whatsapp' is only supported if Twilio or Twilio Verify is used as the provider.",
-                ));
-            }
-            if req.pkce.is_some() {
-                return Err(ApiError::validation("PKCE not supported for phone signups"));
-            }
-        }
-        if provider == "email" && !cfg.external_email_enabled {
-            return Err(ApiError::bad_request(
-                "email_provider_disabled",
-                "Email signups are disabled",
-            ));
-        }
-        if provider == "phone" && !cfg.external_phone_enabled {
-            return Err(ApiError::bad_request(
-                "phone_provider_disabled",
-                "Phone signups are disabled",
-            ));
-        }
-        let (email, phone) = match provider {
-            "email" => (Some(validate::email(email.unwrap_or_default())?), None),
-            _ => (None, Some(validate::phone(phone.unwrap_or_default())?)),
-        };
+        let (addr, password) = check_signup(cfg, &req)?;
         // Hash before looking the address up, so a taken address answers in
         // the same time as a free one.
         let hash = self.ctx.hasher.hash(password).await?;
         let now = self.ctx.config.clock.now();
-        let autoconfirm = if provider == "email" {
+        let autoconfirm = if addr.provider == "email" {
             cfg.mailer_autoconfirm
         } else {
             cfg.sms_autoconfirm
         };
-
         let mut tx = self.ctx.store.begin().await?;
-        let existing = match (&email, &phone) {
+        let existing = match (&addr.email, &addr.phone) {
             (Some(e), _) => tx.holder_of_email(e).await?,
             (_, Some(p)) => tx.holder_of_phone(p).await?,
             _ => None,
         };
         let user = match existing {
-            Some(u) => {
-                let confirmed = if provider == "email" {
-                    u.email_confirmed_at.is_some()
-                } else {
-                    u.phone_confirmed_at.is_some()
-                };
-                // An address held in another audience (`X-JWT-AUD`) is taken
-                // here too, and answered like a confirmed one: that user is
-                // never touched, and the answer tells nothing about it.
-                if confirmed || u.aud.as_deref() != Some(req.aud.as_str()) {
-                    tx.insert_audit(
-                        &audit_payload(&u, AuditAction::UserRepeatedSignup, None),
-                        now,
-                    )
-                    .await?;
-                    tx.commit().await?;
-                    if cfg.mailer_autoconfirm || cfg.sms_autoconfirm {
-                        return Err(ApiError::unprocessable(
-                            "user_already_exists",
-                            "User already registered",
-                        ));
-                    }
-                    return Ok(SignupOutcome::Obfuscated(obfuscate(
-                        &u, provider, &req, now,
-                    )));
+            Some(u) => match self
+                .signup_again(tx, u, &req, &addr, autoconfirm, now)
+                .await?
+            {
+                Again::Answered(outcome) => return Ok(outcome),
+                Again::Confirmed(open) => {
+                    let (tx_back, user) = *open;
+                    tx = tx_back;
+                    user
                 }
-                // An unconfirmed user is not modified by a second sign-up;
-                // the confirmation is sent again.
-                if !autoconfirm {
-                    tx.commit().await?;
-                    if provider == "email" {
-                        self.send_confirmation(&u, &req).await?;
-                    }
-                    let u = self.ctx.store.user_by_id(u.id).await?.unwrap_or(u);
-                    let ids = self.ctx.store.identities_of(u.id).await?;
-                    return Ok(SignupOutcome::User(Box::new(u), ids));
-                }
-                tx.confirm(u.id, provider, now).await?;
-                tx.insert_audit(&audit_payload(&u, AuditAction::UserSignedUp, None), now)
-                    .await?;
-                tx.user_by_id(u.id)
-                    .await?
-                    .ok_or_else(|| ApiError::internal("signup", "user vanished"))?
-            }
-            None => {
-                let id = Uuid::new_v4();
-                let mut user_metadata = Value::Object(req.data.clone());
-                if autoconfirm && provider == "email" {
-                    user_metadata["email_verified"] = json!(true);
-                }
-                let new = NewUser {
-                    id,
-                    aud: &req.aud,
-                    role: cfg.jwt.default_group_name.trim(),
-                    email: email.as_deref(),
-                    phone: phone.as_deref(),
-                    encrypted_password: Some(&hash),
-                    email_confirmed_at: (autoconfirm && provider == "email").then_some(now),
-                    phone_confirmed_at: (autoconfirm && provider == "phone").then_some(now),
-                    app_metadata: json!({"provider": provider, "providers": [provider]}),
-                    user_metadata,
-                    is_anonymous: false,
-                    now,
-                };
-                tx.insert_user(&new).await?;
-                let mut data = json!({"sub": id.to_string(), "email_verified": false, "phone_verified": false});
-                if let Some(e) = &email {
-                    data["email"] = json!(e);
-                }
-                for (k, v) in &req.data {
-                    if data.get(k).is_none() {
-                        data[k] = v.clone();
-                    }
-                }
-                tx.insert_identity(&Identity {
-                    id: Uuid::new_v4(),
-                    provider_id: id.to_string(),
-                    user_id: id,
-                    identity_data: sqlx_json(data),
-                    provider: provider.into(),
-                    last_sign_in_at: Some(now),
-                    created_at: Some(now),
-                    updated_at: Some(now),
-                })
-                .await?;
-                let user = tx
-                    .user_by_id(id)
-                    .await?
-                    .ok_or_else(|| ApiError::internal("signup", "user vanished"))?;
-                if autoconfirm {
-                    tx.insert_audit(&audit_payload(&user, AuditAction::UserSignedUp, None), now)
-                        .await?;
-                }
-                user
-            }
+            },
+            None => insert_signup(&mut tx, cfg, &req, &addr, &hash, autoconfirm, now).await?,
         };
         tx.commit().await?;
-        metrics::counter!("castellan_signups_total", "provider" => provider, "confirmed" => autoconfirm.to_string()).increment(1);
+        metrics::counter!("castellan_signups_total", "provider" => addr.provider, "confirmed" => autoconfirm.to_string()).increment(1);
         if autoconfirm {
             let grant = self
                 .sessions
                 .issue(user, "password", vec![(AuditAction::Login, None)])
                 .await?;
-            Ok(SignupOutcome::Session(Box::new(grant)))
-        } else {
-            if provider == "email" {
-                self.send_confirmation(&user, &req).await?;
-            }
-            let user = self.ctx.store.user_by_id(user.id).await?.unwrap_or(user);
-            let ids = self.ctx.store.identities_of(user.id).await?;
-            Ok(SignupOutcome::User(Box::new(user), ids))
+            return Ok(SignupOutcome::Session(Box::new(grant)));
         }
+        self.unconfirmed(user, &req, addr.provider).await
+    }
+
+    /// A sign-up of an address that already has a user: a confirmed one
+    /// (or one in another audience) gets the stand-in answer; an unconfirmed
+    /// one its confirmation again, or, with autoconfirm, is confirmed now.
+    async fn signup_again(
+        &self,
+        mut tx: Tx,
+        u: User,
+        req: &SignupRequest,
+        addr: &SignupAddress,
+        autoconfirm: bool,
+        now: DateTime<Utc>,
+    ) -> ApiResult<Again> {
+        let cfg = &self.ctx.config;
+        let confirmed = if addr.provider == "email" {
+            u.email_confirmed_at.is_some()
+        } else {
+            u.phone_confirmed_at.is_some()
+        };
+        // An address held in another audience (`X-JWT-AUD`) is taken here
+        // too, and answered like a confirmed one: that user is never
+        // touched, and the answer tells nothing about it.
+        if confirmed || u.aud.as_deref() != Some(req.aud.as_str()) {
+            let repeated = audit_payload(&u, AuditAction::UserRepeatedSignup, None);
+            tx.insert_audit(&repeated, now).await?;
+            tx.commit().await?;
+            if cfg.mailer_autoconfirm || cfg.sms_autoconfirm {
+                return Err(ApiError::unprocessable(
+                    "user_already_exists",
+                    "User already registered",
+                ));
+            }
+            let stand_in = obfuscate(&u, addr.provider, req, now);
+            return Ok(Again::Answered(SignupOutcome::Obfuscated(stand_in)));
+        }
+        // An unconfirmed user is not modified by a second sign-up; the
+        // confirmation is sent again.
+        if !autoconfirm {
+            tx.commit().await?;
+            let outcome = self.unconfirmed(u, req, addr.provider).await?;
+            return Ok(Again::Answered(outcome));
+        }
+        tx.confirm(u.id, addr.provider, now).await?;
+        tx.insert_audit(&audit_payload(&u, AuditAction::UserSignedUp, None), now)
+            .await?;
+        let user = tx
+            .user_by_id(u.id)
+            .await?
+            .ok_or_else(|| ApiError::internal("signup", "user vanished"))?;
+        Ok(Again::Confirmed(Box::new((tx, user))))
+    }
+
+    /// The answer for a user who must confirm first: the confirmation is
+    /// sent (by email; SMS is not here yet) and the user returned as stored.
+    async fn unconfirmed(
+        &self,
+        user: User,
+        req: &SignupRequest,
+        provider: &str,
+    ) -> ApiResult<SignupOutcome> {
+        if provider == "email" {
+            self.send_confirmation(&user, req).await?;
+        }
+        let user = self.ctx.store.user_by_id(user.id).await?.unwrap_or(user);
+        let ids = self.ctx.store.identities_of(user.id).await?;
+        Ok(SignupOutcome::User(Box::new(user), ids))
     }
 
     pub async fn anonymous(&self, data: Map<String, Value>, aud: &str) -> ApiResult<TokenGrant> {
@@ -815,6 +747,150 @@ impl Accounts {
         let ids = self.ctx.store.identities_of(user.id).await?;
         Ok((updated, ids))
     }
+}
+
+/// What a repeated sign-up came to: answered already, or a user just
+/// confirmed inside the still open transaction.
+enum Again {
+    Answered(SignupOutcome),
+    Confirmed(Box<(Tx, User)>),
+}
+
+/// The address a sign-up is for, checked and normalized.
+struct SignupAddress {
+    provider: &'static str,
+    email: Option<String>,
+    phone: Option<String>,
+}
+
+/// GoTrue's checks of a sign-up, in its order: the address and the
+/// password it gives, or the first refusal.
+fn check_signup<'r>(
+    cfg: &castellan_core::Config,
+    req: &'r SignupRequest,
+) -> ApiResult<(SignupAddress, &'r str)> {
+    if cfg.disable_signup {
+        return Err(ApiError::unprocessable(
+            "signup_disabled",
+            "Signups not allowed for this instance",
+        ));
+    }
+    let email = non_empty(&req.email);
+    let phone = non_empty(&req.phone);
+    let provider = if email.is_some() { "email" } else { "phone" };
+    let Some(password) = non_empty(&req.password) else {
+        return Err(ApiError::validation("Signup requires a valid password"));
+    };
+    validate::require_strong_password(&cfg.password, password)?;
+    if email.is_some() && phone.is_some() {
+        return Err(ApiError::validation(
+            "Only an email address or phone number should be provided on signup.",
+        ));
+    }
+    if provider == "phone" {
+        check_phone_signup(cfg, req)?;
+    }
+    if provider == "email" && !cfg.external_email_enabled {
+        return Err(ApiError::bad_request(
+            "email_provider_disabled",
+            "Email signups are disabled",
+        ));
+    }
+    if provider == "phone" && !cfg.external_phone_enabled {
+        return Err(ApiError::bad_request(
+            "phone_provider_disabled",
+            "Phone signups are disabled",
+        ));
+    }
+    let addr = match provider {
+        "email" => SignupAddress {
+            provider,
+            email: Some(validate::email(email.unwrap_or_default())?),
+            phone: None,
+        },
+        _ => SignupAddress {
+            provider,
+            email: None,
+            phone: Some(validate::phone(phone.unwrap_or_default())?),
+        },
+    };
+    Ok((addr, password))
+}
+
+fn check_phone_signup(cfg: &castellan_core::Config, req: &SignupRequest) -> ApiResult<()> {
+    let channel = req.channel.as_deref().unwrap_or("sms");
+    let whatsapp_ok = matches!(cfg.sms_provider.as_str(), "twilio" | "twilio_verify");
+    if !(channel == "sms" || (channel == "whatsapp" && whatsapp_ok)) {
+        return Err(ApiError::validation(
+            "Invalid channel, supported values are 'sms' or 'whatsapp'. 'whatsapp' is only supported if Twilio or Twilio Verify is used as the provider.",
+        ));
+    }
+    if req.pkce.is_some() {
+        return Err(ApiError::validation("PKCE not supported for phone signups"));
+    }
+    Ok(())
+}
+
+/// A new user for a sign-up, with the identity of its address.
+async fn insert_signup(
+    tx: &mut Tx,
+    cfg: &castellan_core::Config,
+    req: &SignupRequest,
+    addr: &SignupAddress,
+    hash: &str,
+    autoconfirm: bool,
+    now: DateTime<Utc>,
+) -> ApiResult<User> {
+    let provider = addr.provider;
+    let id = Uuid::new_v4();
+    let mut user_metadata = Value::Object(req.data.clone());
+    if autoconfirm && provider == "email" {
+        user_metadata["email_verified"] = json!(true);
+    }
+    tx.insert_user(&NewUser {
+        id,
+        aud: &req.aud,
+        role: cfg.jwt.default_group_name.trim(),
+        email: addr.email.as_deref(),
+        phone: addr.phone.as_deref(),
+        encrypted_password: Some(hash),
+        email_confirmed_at: (autoconfirm && provider == "email").then_some(now),
+        phone_confirmed_at: (autoconfirm && provider == "phone").then_some(now),
+        app_metadata: json!({"provider": provider, "providers": [provider]}),
+        user_metadata,
+        is_anonymous: false,
+        now,
+    })
+    .await?;
+    let mut data = json!({"sub": id.to_string(), "email_verified": false, "phone_verified": false});
+    if let Some(e) = &addr.email {
+        data["email"] = json!(e);
+    }
+    for (k, v) in &req.data {
+        if data.get(k).is_none() {
+            data[k] = v.clone();
+        }
+    }
+    tx.insert_identity(&Identity {
+        id: Uuid::new_v4(),
+        provider_id: id.to_string(),
+        user_id: id,
+        identity_data: sqlx_json(data),
+        provider: provider.into(),
+        last_sign_in_at: Some(now),
+        created_at: Some(now),
+        updated_at: Some(now),
+    })
+    .await?;
+    let user = tx
+        .user_by_id(id)
+        .await?
+        .ok_or_else(|| ApiError::internal("signup", "user vanished"))?;
+    if autoconfirm {
+        tx.insert_audit(&audit_payload(&user, AuditAction::UserSignedUp, None), now)
+            .await?;
+    }
+    Ok(user)
 }
 
 fn sqlx_json(v: Value) -> castellan_core::store::sqlx_types::Json<Value> {
