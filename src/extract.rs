@@ -228,6 +228,7 @@ pub fn header_aud(headers: &axum::http::HeaderMap) -> Option<String> {
 /// Who a rate limit counts: the configured header's first value; else, when
 /// the peer is a local proxy, the right-most public `X-Forwarded-For` entry;
 /// else the peer address. `source` names which (for metrics, never the value).
+#[derive(Clone)]
 pub struct ClientKey {
     pub key: String,
     pub source: &'static str,
@@ -244,6 +245,10 @@ impl FromRequestParts<AppState> for ClientKey {
     type Rejection = HttpError;
 
     async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, HttpError> {
+        // Worked out once per request, by `with_client`.
+        if let Some(known) = parts.extensions.get::<ClientKey>() {
+            return Ok(known.clone());
+        }
         let limits = st.actors.rate_limits.settings();
         if let Some(name) = &limits.header
             && let Some(v) = parts
@@ -317,10 +322,12 @@ pub async fn with_client(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     let (mut parts, body) = req.into_parts();
-    let address = match ClientKey::from_request_parts(&mut parts, &st).await {
-        Ok(k) => k.key,
-        Err(_) => String::new(),
-    };
+    let key = ClientKey::from_request_parts(&mut parts, &st).await.ok();
+    let address = key.as_ref().map(|k| k.key.clone()).unwrap_or_default();
+    if let Some(key) = key {
+        // The rate limits count the same client without working it out again.
+        parts.extensions.insert(key);
+    }
     let agent = parts
         .headers
         .get(axum::http::header::USER_AGENT)

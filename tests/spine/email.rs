@@ -1131,17 +1131,17 @@ async fn post_in(t: &TestServer, aud: &str, path: &str, body: serde_json::Value)
     read(r.send().await.unwrap()).await
 }
 
+/// The attacker's move: `victim@example.com` signed up under audience `junk`.
+async fn junk_signup(t: &TestServer) -> common::Reply {
+    let body = json!({"email": "victim@example.com", "password": "attacker1"});
+    post_in(t, "junk", "/signup", body).await
+}
+
 // Issue 9, defect 6: an address registered under an invented audience
 // leaves the real owner's sign-up and magic link answering as for any taken
 // address, never 5xx, and the other audience's user untouched.
 both_mail!(another_audience_holds_the_address, |_| {}, |t, sink| {
-    let r = post_in(
-        &t,
-        "junk",
-        "/signup",
-        json!({"email": "victim@example.com", "password": "attacker1"}),
-    )
-    .await;
+    let r = junk_signup(&t).await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body["aud"], "junk");
     sink.wait_for("victim@example.com", 1).await;
@@ -1186,13 +1186,7 @@ crate::both!(
     another_audience_holds_the_address_autoconfirmed,
     |_| {},
     |t| {
-        let r = post_in(
-            &t,
-            "junk",
-            "/signup",
-            json!({"email": "victim@example.com", "password": "attacker1"}),
-        )
-        .await;
+        let r = junk_signup(&t).await;
         assert_eq!(r.status, 200, "{}", r.text);
         t.signup("victim@example.com", "secret123")
             .await

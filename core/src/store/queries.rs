@@ -146,19 +146,35 @@ const ROTATE_LITE: &str = "BEGIN IMMEDIATE; \
      SELECT changes(); \
      COMMIT";
 
+/// A new session on PostgreSQL in one statement (a data-modifying CTE;
+/// foreign keys are checked at its end), answering with the identities.
+const START_SESSION_PG: &str = "WITH session AS (INSERT INTO sessions (id, user_id, created_at, updated_at, aal, ip, user_agent) \
+                                  VALUES ($1, $2, $3, $3, 'aal1'::auth.aal_level, $11::inet, $12)), \
+                 amr AS (INSERT INTO mfa_amr_claims (id, session_id, authentication_method, created_at, updated_at) \
+                         VALUES ($4, $1, $5, $3, $3)), \
+                 refresh AS (INSERT INTO refresh_tokens (instance_id, token, user_id, revoked, created_at, updated_at, parent, session_id) \
+                             VALUES ($6, $7, $8, false, $3, $3, NULL, $1)), \
+                 signed_in AS (UPDATE users SET last_sign_in_at = $3, updated_at = $3 WHERE id = $2), \
+                 audit AS (INSERT INTO audit_log_entries (instance_id, id, payload, created_at, ip_address) \
+                           SELECT $6, gen_random_uuid(), a.payload, $3, $10 FROM jsonb_array_elements($9::jsonb) AS a(payload)) \
+                 SELECT (SELECT coalesce(json_agg(json_build_object('id', i.id, 'provider_id', i.provider_id, \
+                    'user_id', i.user_id, 'identity_data', i.identity_data, 'provider', i.provider, 'last_sign_in_at', i.last_sign_in_at, \
+                    'created_at', i.created_at, 'updated_at', i.updated_at) ORDER BY i.created_at, i.id), '[]'::json) \
+                    FROM identities i WHERE i.user_id = $2) AS identities_json";
+
 /// A new session on SQLite, in one call to SQLite's thread: the session,
 /// its first method, its refresh token, the user's sign-in time, the audit
 /// entries (one per element of the JSON array `$9`), then the identities.
 const START_SESSION_LITE: &str = concat!(
     "INSERT INTO sessions (id, user_id, created_at, updated_at, aal, ip, user_agent) \
-         VALUES ($1, $2, $3, $3, 'aal1', $10, $11); \
+         VALUES ($1, $2, $3, $3, 'aal1', $11, $12); \
      INSERT INTO mfa_amr_claims (id, session_id, authentication_method, created_at, updated_at) \
          VALUES ($4, $1, $5, $3, $3); \
      INSERT INTO refresh_tokens (instance_id, token, user_id, revoked, created_at, updated_at, parent, session_id) \
          VALUES ($6, $7, $8, false, $3, $3, NULL, $1); \
      UPDATE users SET last_sign_in_at = $3, updated_at = $3 WHERE id = $2; \
      INSERT INTO audit_log_entries (instance_id, id, payload, created_at, ip_address) \
-         SELECT $6, randomblob(16), a.value, $3, $12 FROM json_each($9) AS a; \
+         SELECT $6, randomblob(16), a.value, $3, $10 FROM json_each($9) AS a; \
      SELECT ",
     identity_cols!(),
     " FROM identities WHERE user_id = $2 ORDER BY created_at, id"
@@ -497,91 +513,45 @@ impl Tx {
     }
 
     /// Starts a session and returns the user's identities: one statement on
-    /// PostgreSQL (a data-modifying CTE; foreign keys are checked at its end),
-    /// a few local ones on SQLite.
+    /// PostgreSQL, one batch on SQLite.
     pub async fn start_session(
         &mut self,
         s: &NewSession<'_>,
     ) -> Result<Vec<Identity>, sqlx::Error> {
         self.touch(s.user_id);
-        if let Conn::Pg(t) = &mut self.conn {
-            count();
-            let client = crate::client::current();
-            let row = sqlx::query(
-                "WITH session AS (INSERT INTO sessions (id, user_id, created_at, updated_at, aal, ip, user_agent) \
-                                  VALUES ($1, $2, $3, $3, 'aal1'::auth.aal_level, $11::inet, $12)), \
-                 amr AS (INSERT INTO mfa_amr_claims (id, session_id, authentication_method, created_at, updated_at) \
-                         VALUES ($4, $1, $5, $3, $3)), \
-                 refresh AS (INSERT INTO refresh_tokens (instance_id, token, user_id, revoked, created_at, updated_at, parent, session_id) \
-                             VALUES ($6, $7, $8, false, $3, $3, NULL, $1)), \
-                 signed_in AS (UPDATE users SET last_sign_in_at = $3, updated_at = $3 WHERE id = $2), \
-                 audit AS (INSERT INTO audit_log_entries (instance_id, id, payload, created_at, ip_address) \
-                           SELECT $6, gen_random_uuid(), a.payload, $3, $10 FROM jsonb_array_elements($9::jsonb) AS a(payload)) \
-                 SELECT (SELECT coalesce(json_agg(json_build_object('id', i.id, 'provider_id', i.provider_id, \
-                    'user_id', i.user_id, 'identity_data', i.identity_data, 'provider', i.provider, 'last_sign_in_at', i.last_sign_in_at, \
-                    'created_at', i.created_at, 'updated_at', i.updated_at) ORDER BY i.created_at, i.id), '[]'::json) \
-                    FROM identities i WHERE i.user_id = $2) AS identities_json",
-            )
-            .bind(s.id)
-            .bind(s.user_id)
-            .bind(s.now)
-            .bind(Uuid::now_v7())
-            .bind(s.method)
-            .bind(INSTANCE_ID)
-            .bind(s.refresh_token)
-            .bind(s.user_id.to_string())
-            .bind(Json(s.audits))
-            .bind(&client.address)
-            .bind(client.ip.map(|ip| ip.to_string()))
-            .bind(&client.user_agent)
-            .fetch_one(&mut **t)
-            .await?;
-            let ids: Json<Vec<Identity>> = row.try_get("identities_json")?;
-            return Ok(ids.0);
+        count();
+        let client = crate::client::current();
+        // Both statements take the same parameters, in the same order.
+        macro_rules! bind_all {
+            ($q:expr) => {
+                $q.bind(s.id)
+                    .bind(s.user_id)
+                    .bind(s.now)
+                    .bind(Uuid::now_v7())
+                    .bind(s.method)
+                    .bind(INSTANCE_ID)
+                    .bind(s.refresh_token)
+                    .bind(s.user_id.to_string())
+                    .bind(Json(s.audits))
+                    .bind(&client.address)
+                    .bind(client.ip.map(|ip| ip.to_string()))
+                    .bind(&client.user_agent)
+            };
         }
-        let Conn::Lite(t, _) = &mut self.conn else {
-            unreachable!("PostgreSQL answered above")
-        };
-        count();
-        let client = crate::client::current();
-        sqlx::query_as(START_SESSION_LITE)
-            .bind(s.id)
-            .bind(s.user_id)
-            .bind(s.now)
-            .bind(Uuid::now_v7())
-            .bind(s.method)
-            .bind(INSTANCE_ID)
-            .bind(s.refresh_token)
-            .bind(s.user_id.to_string())
-            .bind(Json(s.audits))
-            .bind(client.ip.map(|ip| ip.to_string()))
-            .bind(&client.user_agent)
-            .bind(&client.address)
-            .fetch_all(&mut **t)
-            .await
-    }
-
-    /// A new aal1 session with its first authentication method.
-    pub async fn insert_session(
-        &mut self,
-        id: Uuid,
-        user_id: Uuid,
-        method: &str,
-        now: DateTime<Utc>,
-    ) -> Result<(), sqlx::Error> {
-        self.touch(user_id);
-        count();
-        let client = crate::client::current();
-        let ip = client.ip.map(|ip| ip.to_string());
         match &mut self.conn {
-            Conn::Pg(t) => sqlx::query(
-                "INSERT INTO sessions (id, user_id, created_at, updated_at, aal, ip, user_agent) VALUES ($1, $2, $3, $3, 'aal1'::auth.aal_level, $4::inet, $5)")
-                .bind(id).bind(user_id).bind(now).bind(ip).bind(&client.user_agent).execute(&mut **t).await.map(drop)?,
-            Conn::Lite(t, _) => sqlx::query(
-                "INSERT INTO sessions (id, user_id, created_at, updated_at, aal, ip, user_agent) VALUES ($1, $2, $3, $3, 'aal1', $4, $5)")
-                .bind(id).bind(user_id).bind(now).bind(ip).bind(&client.user_agent).execute(&mut **t).await.map(drop)?,
-        };
-        self.add_amr(id, method, now).await
+            Conn::Pg(t) => {
+                let row = bind_all!(sqlx::query(START_SESSION_PG))
+                    .fetch_one(&mut **t)
+                    .await?;
+                let ids: Json<Vec<Identity>> = row.try_get("identities_json")?;
+                Ok(ids.0)
+            }
+            Conn::Lite(t, _) => {
+                bind_all!(sqlx::query_as(START_SESSION_LITE))
+                    .fetch_all(&mut **t)
+                    .await
+            }
+        }
     }
 
     /// Records (or refreshes the time of) an authentication method of a session.
@@ -768,17 +738,6 @@ impl Tx {
         };
         on!(tx self, c => sqlx::query(sql)
             .bind(id).bind(refreshed).bind(now).bind(&ip).bind(&client.user_agent).execute(&mut *c).await.map(drop))
-    }
-
-    pub async fn set_last_sign_in(
-        &mut self,
-        user_id: Uuid,
-        now: DateTime<Utc>,
-    ) -> Result<(), sqlx::Error> {
-        self.touch(user_id);
-        count();
-        on!(tx self, c => sqlx::query("UPDATE users SET last_sign_in_at = $2, updated_at = $2 WHERE id = $1")
-            .bind(user_id).bind(now).execute(&mut *c).await.map(drop))
     }
 
     pub async fn delete_sessions(
