@@ -11,7 +11,7 @@ echo "tests use PostgreSQL at $CASTELLAN_TEST_PG_URL"
 
 command -v node >/dev/null 2>&1 || { echo "Node.js is required for tests/e2e (the official client)"; exit 1; }
 (cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error)
-# supabase-py, for the README's Python example.
+# supabase-py, for the README's Python example, and schemathesis, the fuzzer.
 command -v python3 >/dev/null 2>&1 || { echo "Python 3 is required for the README's supabase-py example test"; exit 1; }
 [ -x tests/e2e/.venv/bin/python ] || python3 -m venv tests/e2e/.venv
 tests/e2e/.venv/bin/pip install --quiet --disable-pip-version-check -r tests/e2e/requirements.txt

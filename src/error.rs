@@ -10,7 +10,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use castellan_core::ApiError;
+use serde::Serialize;
 use serde_json::{Value, json};
+use utoipa::{IntoResponses, ToSchema};
 
 pub const API_VERSION_HEADER: &str = "x-supabase-api-version";
 const API_VERSION_2024: &str = "2024-01-01";
@@ -34,11 +36,79 @@ fn with_weak_password(mut body: Value, e: &ApiError) -> Value {
     body
 }
 
+/// An error in GoTrue's legacy dialect (the 2024-01-01 dialect has
+/// `code` (the error code) and `message` instead).
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody<'a> {
+    /// The HTTP status.
+    code: u16,
+    error_code: &'a str,
+    msg: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    weak_password: Option<WeakPassword<'a>>,
+    /// The request id, on 5xx answers only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error_id: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct WeakPassword<'a> {
+    reasons: &'a [String],
+}
+
 fn legacy_body(e: &ApiError) -> Value {
-    with_weak_password(
-        json!({"code": e.status, "error_code": e.code, "msg": e.message}),
-        e,
-    )
+    let body = ErrorBody {
+        code: e.status,
+        error_code: e.code,
+        msg: &e.message,
+        weak_password: e
+            .weak_password
+            .as_deref()
+            .map(|reasons| WeakPassword { reasons }),
+        error_id: None,
+    };
+    serde_json::to_value(body).unwrap_or_default()
+}
+
+/// The refusals any route may answer, each with an [`ErrorBody`]. One set
+/// for every route keeps the document honest about the shared middleware
+/// (body limit, time-outs, rate limits, a database outage).
+#[derive(IntoResponses)]
+#[allow(dead_code)] // a description for the OpenAPI document, never built
+pub enum Refusals {
+    #[response(status = 400, description = "Malformed or invalid input")]
+    BadRequest(ErrorBody<'static>),
+    #[response(status = 401, description = "Missing or invalid credentials")]
+    Unauthorized(ErrorBody<'static>),
+    #[response(
+        status = 403,
+        description = "Not allowed, or the token or code has expired"
+    )]
+    Forbidden(ErrorBody<'static>),
+    #[response(status = 404, description = "No such user or resource")]
+    NotFound(ErrorBody<'static>),
+    #[response(status = 413, description = "The body is larger than 1 MiB")]
+    TooLarge(ErrorBody<'static>),
+    #[response(
+        status = 422,
+        description = "Well-formed but refused (GoTrue's 422 codes)"
+    )]
+    Unprocessable(ErrorBody<'static>),
+    #[response(
+        status = 429,
+        description = "A rate limit was reached; see Retry-After"
+    )]
+    TooMany(ErrorBody<'static>),
+    #[response(
+        status = 503,
+        description = "The database is unavailable; see Retry-After"
+    )]
+    Unavailable(ErrorBody<'static>),
+    #[response(
+        status = 504,
+        description = "The request did not finish in time (GOTRUE_API_MAX_REQUEST_DURATION)"
+    )]
+    GatewayTimeout(ErrorBody<'static>),
 }
 
 impl IntoResponse for HttpError {

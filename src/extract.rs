@@ -295,16 +295,24 @@ impl FromRequestParts<AppState> for ClientKey {
 /// (site URL origin, loopback, or `GOTRUE_URI_ALLOW_LIST`); else the site URL.
 pub struct RedirectTo(pub String);
 
+/// The `redirect_to` query parameter and header [`RedirectTo`] reads (for
+/// the OpenAPI document).
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+pub struct RedirectQuery {
+    /// Where the link in the email (or the browser flow) returns to; the
+    /// site URL unless allowed by `GOTRUE_URI_ALLOW_LIST`.
+    #[param(required = false)]
+    redirect_to: Option<String>,
+}
+
 impl FromRequestParts<AppState> for RedirectTo {
     type Rejection = HttpError;
 
     async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, HttpError> {
-        let query: Vec<(String, String)> =
-            serde_urlencoded::from_str(parts.uri.query().unwrap_or_default()).unwrap_or_default();
-        let candidate = query
-            .into_iter()
-            .find(|(k, _)| k == "redirect_to")
-            .map(|(_, v)| v);
+        // A malformed query string (or a repeated `redirect_to`) names no target.
+        let query: Option<RedirectQuery> =
+            serde_urlencoded::from_str(parts.uri.query().unwrap_or_default()).ok();
+        let candidate = query.and_then(|q| q.redirect_to);
         Ok(RedirectTo(crate::api::redirect_target(
             st,
             &parts.headers,

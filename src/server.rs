@@ -173,7 +173,9 @@ fn write_private(path: &std::path::Path, content: &str) -> std::io::Result<()> {
 
 pub fn router(state: AppState) -> Router {
     let timeout = state.config.max_request_duration;
-    let api = api::routes(state.clone());
+    let (api, doc) = api::routes(state.clone());
+    let doc = doc.to_json().expect("the OpenAPI document serializes");
+    let api = api.route("/openapi.json", get(move || openapi(doc.clone())));
     let mut router = Router::new().merge(api.clone()).nest("/auth/v1", api);
     if state.config.metrics_addr.is_none() {
         router = router.route("/metrics", get(observability::metrics_endpoint));
@@ -263,6 +265,15 @@ fn cors() -> CorsLayer {
         .expose_headers([h("x-total-count"), h("link"), h("x-supabase-api-version")])
         .allow_credentials(true)
         .allow_origin(AllowOrigin::mirror_request())
+}
+
+/// The OpenAPI document of every route (a castellan extension).
+async fn openapi(doc: String) -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        doc,
+    )
+        .into_response()
 }
 
 async fn request_timeout(

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use castellan_core::crypto::jwt::{self, IncomingClaims};
-use castellan_core::models::{AuditAction, Identity, User, audit_payload, merge_metadata};
+use castellan_core::models::{
+    AuditAction, Identity, User, UserView, audit_payload, merge_metadata,
+};
 use castellan_core::store::{LiveUser, NewUser, SessionScope, Tx};
 use castellan_core::validate;
 use castellan_core::{ApiError, ApiResult};
@@ -40,7 +42,7 @@ pub enum SignupOutcome {
     /// Needs confirmation: the bare user, no session.
     User(Box<User>, Vec<Identity>),
     /// The address is taken: a made-up user that reveals nothing.
-    Obfuscated(Value),
+    Obfuscated(Box<UserView>),
 }
 
 /// A verified bearer token.
@@ -350,7 +352,9 @@ impl Accounts {
                 ));
             }
             let stand_in = obfuscate(&u, addr.provider, req, now);
-            return Ok(Again::Answered(SignupOutcome::Obfuscated(stand_in)));
+            return Ok(Again::Answered(SignupOutcome::Obfuscated(Box::new(
+                stand_in,
+            ))));
         }
         // An unconfirmed user is not modified by a second sign-up; the
         // confirmation is sent again.
@@ -904,7 +908,7 @@ fn obfuscate(
     provider: &str,
     req: &SignupRequest,
     now: chrono::DateTime<Utc>,
-) -> Value {
+) -> UserView {
     let mut u = real.clone();
     u.id = Uuid::new_v4();
     u.role = Some(String::new());
@@ -936,5 +940,5 @@ fn obfuscate(
     } else {
         u.email = None;
     }
-    u.to_json(&[])
+    u.view(Some(&[]))
 }

@@ -72,8 +72,7 @@ impl User {
         }
     }
 
-    /// GoTrue's user JSON: nullable timestamps omitted, `email`/`phone`
-    /// always present, `identities` always present.
+    /// GoTrue's user JSON (see [`UserView`]).
     pub fn to_json(&self, identities: &[Identity]) -> Value {
         self.to_json_with(Some(identities))
     }
@@ -81,74 +80,90 @@ impl User {
     /// As `to_json`; `None` renders `"identities": null` (not loaded, as in
     /// GoTrue's admin list).
     pub fn to_json_with(&self, identities: Option<&[Identity]>) -> Value {
-        let mut m = Map::new();
-        let mut put = |k: &str, v: Value| {
-            m.insert(k.to_string(), v);
-        };
-        let ts = |t: &Option<DateTime<Utc>>| t.map(|t| json!(t));
-        put("id", json!(self.id));
-        put("aud", json!(self.aud.clone().unwrap_or_default()));
-        put("role", json!(self.role.clone().unwrap_or_default()));
-        put("email", json!(self.email_str()));
-        let optional = [
-            ("email_confirmed_at", ts(&self.email_confirmed_at)),
-            ("invited_at", ts(&self.invited_at)),
-        ];
-        for (k, v) in optional {
-            if let Some(v) = v {
-                put(k, v);
-            }
-        }
-        put("phone", json!(self.phone_str()));
-        let optional = [
-            ("phone_confirmed_at", ts(&self.phone_confirmed_at)),
-            ("confirmation_sent_at", ts(&self.confirmation_sent_at)),
-            ("confirmed_at", ts(&self.confirmed_at())),
-            ("recovery_sent_at", ts(&self.recovery_sent_at)),
-            (
-                "new_email",
-                self.email_change
-                    .clone()
-                    .filter(|s| !s.is_empty())
-                    .map(Value::String),
-            ),
-            ("email_change_sent_at", ts(&self.email_change_sent_at)),
-            (
-                "new_phone",
-                self.phone_change
-                    .clone()
-                    .filter(|s| !s.is_empty())
-                    .map(Value::String),
-            ),
-            ("phone_change_sent_at", ts(&self.phone_change_sent_at)),
-            (
-                "reauthentication_sent_at",
-                ts(&self.reauthentication_sent_at),
-            ),
-            ("last_sign_in_at", ts(&self.last_sign_in_at)),
-        ];
-        for (k, v) in optional {
-            if let Some(v) = v {
-                put(k, v);
-            }
-        }
-        put("app_metadata", self.app_metadata());
-        put("user_metadata", self.user_metadata());
-        let identities = identities.map_or(Value::Null, |ids| {
-            json!(ids.iter().map(Identity::to_json).collect::<Vec<_>>())
-        });
-        put("identities", identities);
-        put("created_at", json!(self.created_at));
-        put("updated_at", json!(self.updated_at));
-        if let Some(b) = ts(&self.banned_until) {
-            put("banned_until", b);
-        }
-        if let Some(d) = ts(&self.deleted_at) {
-            put("deleted_at", d);
-        }
-        put("is_anonymous", json!(self.is_anonymous));
-        Value::Object(m)
+        serde_json::to_value(self.view(identities)).unwrap_or_default()
     }
+
+    pub fn view(&self, identities: Option<&[Identity]>) -> UserView {
+        let non_empty = |s: &Option<String>| s.clone().filter(|s| !s.is_empty());
+        UserView {
+            id: self.id,
+            aud: self.aud.clone().unwrap_or_default(),
+            role: self.role.clone().unwrap_or_default(),
+            email: self.email_str().to_string(),
+            email_confirmed_at: self.email_confirmed_at,
+            invited_at: self.invited_at,
+            phone: self.phone_str().to_string(),
+            phone_confirmed_at: self.phone_confirmed_at,
+            confirmation_sent_at: self.confirmation_sent_at,
+            confirmed_at: self.confirmed_at(),
+            recovery_sent_at: self.recovery_sent_at,
+            new_email: non_empty(&self.email_change),
+            email_change_sent_at: self.email_change_sent_at,
+            new_phone: non_empty(&self.phone_change),
+            phone_change_sent_at: self.phone_change_sent_at,
+            reauthentication_sent_at: self.reauthentication_sent_at,
+            last_sign_in_at: self.last_sign_in_at,
+            app_metadata: self.app_metadata(),
+            user_metadata: self.user_metadata(),
+            identities: identities.map(|ids| ids.iter().map(Identity::view).collect()),
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            banned_until: self.banned_until,
+            deleted_at: self.deleted_at,
+            is_anonymous: self.is_anonymous,
+        }
+    }
+}
+
+/// GoTrue's user JSON: nullable timestamps omitted, `email` and `phone`
+/// always present, `identities` null when not loaded (the admin list).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = User)]
+pub struct UserView {
+    pub id: Uuid,
+    pub aud: String,
+    pub role: String,
+    pub email: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email_confirmed_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub invited_at: Option<DateTime<Utc>>,
+    pub phone: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phone_confirmed_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confirmation_sent_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confirmed_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovery_sent_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_email: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email_change_sent_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_phone: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phone_change_sent_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reauthentication_sent_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_sign_in_at: Option<DateTime<Utc>>,
+    #[schema(value_type = Object)]
+    pub app_metadata: Value,
+    #[schema(value_type = Object)]
+    pub user_metadata: Value,
+    #[schema(required = true)]
+    pub identities: Option<Vec<IdentityView>>,
+    #[schema(required = true)]
+    pub created_at: Option<DateTime<Utc>>,
+    #[schema(required = true)]
+    pub updated_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub banned_until: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<DateTime<Utc>>,
+    pub is_anonymous: bool,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow, serde::Deserialize)]
@@ -164,26 +179,45 @@ pub struct Identity {
 }
 
 impl Identity {
-    pub fn to_json(&self) -> Value {
-        let mut m = Map::new();
-        m.insert("identity_id".into(), json!(self.id));
-        m.insert("id".into(), json!(self.provider_id));
-        m.insert("user_id".into(), json!(self.user_id));
+    pub fn view(&self) -> IdentityView {
         let data = &self.identity_data.0;
-        if data.as_object().is_some_and(|o| !o.is_empty()) {
-            m.insert("identity_data".into(), data.clone());
+        IdentityView {
+            identity_id: self.id,
+            id: self.provider_id.clone(),
+            user_id: self.user_id,
+            identity_data: data
+                .as_object()
+                .filter(|o| !o.is_empty())
+                .map(|_| data.clone()),
+            provider: self.provider.clone(),
+            last_sign_in_at: self.last_sign_in_at,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            email: data
+                .get("email")
+                .and_then(Value::as_str)
+                .map(str::to_lowercase),
         }
-        m.insert("provider".into(), json!(self.provider));
-        if let Some(t) = self.last_sign_in_at {
-            m.insert("last_sign_in_at".into(), json!(t));
-        }
-        m.insert("created_at".into(), json!(self.created_at));
-        m.insert("updated_at".into(), json!(self.updated_at));
-        if let Some(e) = data.get("email").and_then(Value::as_str) {
-            m.insert("email".into(), json!(e.to_lowercase()));
-        }
-        Value::Object(m)
     }
+}
+
+/// GoTrue's identity JSON: `id` is the provider's id for the user.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = Identity)]
+pub struct IdentityView {
+    pub identity_id: Uuid,
+    pub id: String,
+    pub user_id: Uuid,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub identity_data: Option<Value>,
+    pub provider: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_sign_in_at: Option<DateTime<Utc>>,
+    pub created_at: Option<DateTime<Utc>>,
+    pub updated_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]

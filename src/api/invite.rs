@@ -3,20 +3,35 @@
 use axum::Json;
 use axum::extract::State;
 use axum::response::IntoResponse;
+use castellan_core::models::UserView;
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
-use crate::error::HttpResult;
-use crate::extract::{AdminAuth, JsonBody, RedirectTo, RequestAud};
+use crate::api::AudienceHeader;
+use crate::error::{HttpResult, Refusals};
+use crate::extract::{AdminAuth, JsonBody, RedirectQuery, RedirectTo, RequestAud};
 use crate::server::AppState;
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(default)]
 pub struct InviteBody {
+    #[schema(format = Email)]
     email: Option<String>,
+    /// The invited user's `user_metadata`.
+    #[schema(value_type = Option<Object>)]
     data: Option<Map<String, Value>>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/invite",
+    tag = "admin",
+    params(AudienceHeader, RedirectQuery),
+    security(("bearer" = [])),
+    request_body = InviteBody,
+    responses((status = 200, body = UserView), Refusals)
+)]
 pub async fn invite(
     State(st): State<AppState>,
     admin: AdminAuth,
@@ -34,5 +49,5 @@ pub async fn invite(
             redirect_to,
         )
         .await?;
-    Ok(Json(user.to_json(&ids)).into_response())
+    Ok(Json(user.view(Some(&ids))).into_response())
 }

@@ -4,17 +4,28 @@ use axum::response::{IntoResponse, Response};
 use castellan_actors::sessions::LogoutScope;
 use castellan_core::ApiError;
 use serde::Deserialize;
+use utoipa::IntoParams;
 
-use crate::error::HttpResult;
+use crate::error::{HttpResult, Refusals};
 use crate::extract::{AuthUser, QueryParams};
 use crate::server::AppState;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 pub struct ScopeQuery {
+    /// `global` (every session, the default), `local` (this one) or
+    /// `others` (all but this one).
     scope: Option<String>,
 }
 
 /// `POST /logout?scope=global|local|others` → 204.
+#[utoipa::path(
+    post,
+    path = "/logout",
+    tag = "sessions",
+    params(ScopeQuery),
+    security(("bearer" = [])),
+    responses((status = 204, description = "Signed out"), Refusals)
+)]
 pub async fn logout(
     State(st): State<AppState>,
     QueryParams(q): QueryParams<ScopeQuery>,

@@ -7,21 +7,32 @@ use axum::response::IntoResponse;
 use castellan_actors::links::{MagicLinkRequest, Recipient, Resend};
 use castellan_core::{ApiError, validate};
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
-use crate::error::HttpResult;
-use crate::extract::{JsonBody, RedirectTo, RequestAud};
+use crate::api::{AudienceHeader, Empty};
+use crate::error::{HttpResult, Refusals};
+use crate::extract::{JsonBody, RedirectQuery, RedirectTo, RequestAud};
 use crate::server::AppState;
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(default)]
 pub struct RecoverBody {
+    #[schema(format = Email)]
     email: Option<String>,
     code_challenge: Option<String>,
     code_challenge_method: Option<String>,
 }
 
 /// `POST /recover`: a password-recovery link for a known address.
+#[utoipa::path(
+    post,
+    path = "/recover",
+    tag = "email",
+    params(AudienceHeader, RedirectQuery),
+    request_body = RecoverBody,
+    responses((status = 200, body = Empty), Refusals)
+)]
 pub async fn recover(
     State(st): State<AppState>,
     RedirectTo(redirect_to): RedirectTo,
@@ -40,24 +51,36 @@ pub async fn recover(
             pkce,
         )
         .await?;
-    Ok(Json(json!({})).into_response())
+    Ok(Json(Empty {}).into_response())
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(default)]
 pub struct OtpBody {
+    #[schema(format = Email)]
     email: Option<String>,
     phone: Option<String>,
+    /// Sign an unknown address up first (the default).
     create_user: Option<bool>,
+    /// `user_metadata` for a user made here.
+    #[schema(value_type = Option<Object>)]
     data: Option<Map<String, Value>>,
     channel: Option<String>,
     code_challenge: Option<String>,
     code_challenge_method: Option<String>,
 }
 
-/// `POST /otp` (and `/magiclink`): a sign-in link and code by email. An
-/// unknown or unconfirmed address is signed up first (unless `create_user`
-/// is false), so it receives the confirmation email instead.
+/// `POST /otp`: a sign-in link and code by email. An unknown or
+/// unconfirmed address is signed up first (unless `create_user` is false),
+/// so it receives the confirmation email instead.
+#[utoipa::path(
+    post,
+    path = "/otp",
+    tag = "email",
+    params(AudienceHeader, RedirectQuery),
+    request_body = OtpBody,
+    responses((status = 200, body = Empty), Refusals)
+)]
 pub async fn otp(
     State(st): State<AppState>,
     RedirectTo(redirect_to): RedirectTo,
@@ -96,14 +119,34 @@ pub async fn otp(
             aud,
         })
         .await?;
-    Ok(Json(json!({})).into_response())
+    Ok(Json(Empty {}).into_response())
 }
 
-#[derive(Deserialize, Default)]
+/// `POST /magiclink`: GoTrue's older name for `POST /otp` by email.
+#[utoipa::path(
+    post,
+    path = "/magiclink",
+    tag = "email",
+    params(AudienceHeader, RedirectQuery),
+    request_body = OtpBody,
+    responses((status = 200, body = Empty), Refusals)
+)]
+pub async fn magiclink(
+    st: State<AppState>,
+    redirect_to: RedirectTo,
+    aud: RequestAud,
+    body: JsonBody<OtpBody>,
+) -> HttpResult {
+    otp(st, redirect_to, aud, body).await
+}
+
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(default)]
 pub struct ResendBody {
+    /// `signup`, `email_change`, `sms` or `phone_change`.
     #[serde(rename = "type")]
     kind: Option<String>,
+    #[schema(format = Email)]
     email: Option<String>,
     phone: Option<String>,
     code_challenge: Option<String>,
@@ -112,6 +155,14 @@ pub struct ResendBody {
 
 /// `POST /resend`: the signup confirmation again. `{}` when there is
 /// nothing to resend (unknown user, already confirmed, no pending change).
+#[utoipa::path(
+    post,
+    path = "/resend",
+    tag = "email",
+    params(AudienceHeader, RedirectQuery),
+    request_body = ResendBody,
+    responses((status = 200, body = Empty), Refusals)
+)]
 pub async fn resend(
     State(st): State<AppState>,
     RedirectTo(redirect_to): RedirectTo,
@@ -155,5 +206,5 @@ pub async fn resend(
         }
     };
     st.links.resend(what, to, &aud, redirect_to, pkce).await?;
-    Ok(Json(json!({})).into_response())
+    Ok(Json(Empty {}).into_response())
 }

@@ -14,10 +14,17 @@ mod verify;
 
 use axum::Router;
 use axum::http::Method;
-use axum::routing::{get, post};
 use castellan_actors::rate_limiter::Bucket;
-use serde_json::{Value, json};
+use castellan_core::models::UserView;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::openapi::OpenApi as Document;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use crate::error::{ErrorBody, WeakPassword};
 use crate::limit::{Pick, RouteLimit};
 use crate::server::AppState;
 use castellan_actors::sessions::TokenGrant;
@@ -38,45 +45,96 @@ pub const RATE_LIMITS: &[RouteLimit] = &[
     RouteLimit::new("/user", Method::PUT, Pick::Fixed(Bucket::UserUpdate)),
 ];
 
-pub fn routes(state: AppState) -> Router<AppState> {
-    Router::new()
-        .route("/health", get(health::health))
-        .route("/settings", get(settings::settings))
-        .route("/signup", post(signup::signup))
-        .route("/token", post(token::token))
-        .route("/user", get(user::get_user).put(user::update_user))
-        .route("/logout", post(logout::logout))
-        .route(
-            "/verify",
-            get(verify::verify_link).post(verify::verify_json),
-        )
-        .route("/recover", post(mail::recover))
-        .route("/otp", post(mail::otp))
-        .route("/magiclink", post(mail::otp))
-        .route("/resend", post(mail::resend))
-        .route("/reauthenticate", get(user::reauthenticate))
-        .route("/invite", post(invite::invite))
+/// The routes and the OpenAPI document describing them, built from the
+/// same registrations so neither can drift from the other.
+pub fn routes(state: AppState) -> (Router<AppState>, Document) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(health::health))
+        .routes(routes!(settings::settings))
+        .routes(routes!(signup::signup))
+        .routes(routes!(token::token))
+        .routes(routes!(user::get_user, user::update_user))
+        .routes(routes!(logout::logout))
+        .routes(routes!(verify::verify_link, verify::verify_json))
+        .routes(routes!(mail::recover))
+        .routes(routes!(mail::otp))
+        .routes(routes!(mail::magiclink))
+        .routes(routes!(mail::resend))
+        .routes(routes!(user::reauthenticate))
+        .routes(routes!(invite::invite))
         .merge(admin::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state,
             crate::limit::limit,
         ))
+        .split_for_parts()
 }
 
-/// GoTrue's token response.
-pub fn token_response(g: &TokenGrant, weak_password: Option<Value>) -> Value {
-    let mut body = json!({
-        "access_token": g.access_token,
-        "token_type": "bearer",
-        "expires_in": g.expires_in,
-        "expires_at": g.expires_at,
-        "refresh_token": g.refresh_token,
-        "user": g.user.to_json(&g.identities),
-    });
-    if let Some(w) = weak_password {
-        body["weak_password"] = w;
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "castellan",
+        description = "The Supabase Auth (GoTrue) HTTP API, as castellan serves it. Every path is also served under /auth/v1."
+    ),
+    components(schemas(ErrorBody, WeakPassword)),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+/// `Authorization: Bearer <JWT>`: a user's access token, or a `service_role`
+/// token for the admin routes.
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, doc: &mut Document) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
     }
-    body
+}
+
+/// The `X-JWT-AUD` header: the audience a request acts for (GoTrue's
+/// multi-audience setups); the configured one when absent.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct AudienceHeader {
+    #[serde(rename = "X-JWT-AUD")]
+    _aud: Option<String>,
+}
+
+/// An empty JSON object, GoTrue's answer when there is nothing to say
+/// (and the same whether or not an address has an account).
+#[derive(Serialize, ToSchema)]
+pub struct Empty {}
+
+/// GoTrue's token response.
+#[derive(Serialize, ToSchema)]
+pub struct TokenResponse {
+    access_token: String,
+    token_type: &'static str,
+    expires_in: i64,
+    expires_at: i64,
+    refresh_token: String,
+    user: UserView,
+    /// Why the password is weak, when sign-in checked it (GoTrue's
+    /// `GOTRUE_PASSWORD_REQUIRED_CHARACTERS` and minimum length).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    weak_password: Option<Value>,
+}
+
+pub fn token_response(g: TokenGrant, weak_password: Option<Value>) -> TokenResponse {
+    TokenResponse {
+        user: g.user.view(Some(&g.identities)),
+        access_token: g.access_token,
+        token_type: "bearer",
+        expires_in: g.expires_in,
+        expires_at: g.expires_at,
+        refresh_token: g.refresh_token,
+        weak_password,
+    }
 }
 
 /// GoTrue's `redirect_to` resolution: the `redirect_to` header, else the

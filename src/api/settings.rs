@@ -1,6 +1,8 @@
 use axum::Json;
 use axum::extract::State;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use utoipa::ToSchema;
 
 use crate::server::AppState;
 
@@ -31,9 +33,25 @@ const OAUTH_PROVIDERS: [&str; 22] = [
     "twitter",
 ];
 
-pub async fn settings(State(st): State<AppState>) -> Json<Value> {
+/// What this server offers: GoTrue's settings document.
+#[derive(Serialize, ToSchema)]
+pub struct Settings {
+    /// Each sign-in method and whether it is enabled, in GoTrue's order.
+    #[schema(value_type = HashMap<String, bool>)]
+    external: Map<String, Value>,
+    disable_signup: bool,
+    mailer_autoconfirm: bool,
+    phone_autoconfirm: bool,
+    sms_provider: String,
+    saml_enabled: bool,
+    saml_private_key_next_configured: bool,
+    passkeys_enabled: bool,
+}
+
+#[utoipa::path(get, path = "/settings", tag = "settings", responses((status = 200, body = Settings)))]
+pub async fn settings(State(st): State<AppState>) -> Json<Settings> {
     let c = &st.config;
-    let mut external = serde_json::Map::new();
+    let mut external = Map::new();
     external.insert("anonymous_users".into(), json!(c.anonymous_users_enabled));
     for p in OAUTH_PROVIDERS {
         external.insert(p.into(), json!(false));
@@ -41,14 +59,14 @@ pub async fn settings(State(st): State<AppState>) -> Json<Value> {
     external.insert("email".into(), json!(c.external_email_enabled));
     external.insert("phone".into(), json!(c.external_phone_enabled));
     external.insert("zoom".into(), json!(false));
-    Json(json!({
-        "external": external,
-        "disable_signup": c.disable_signup,
-        "mailer_autoconfirm": c.mailer_autoconfirm,
-        "phone_autoconfirm": c.sms_autoconfirm,
-        "sms_provider": c.sms_provider,
-        "saml_enabled": false,
-        "saml_private_key_next_configured": false,
-        "passkeys_enabled": false,
-    }))
+    Json(Settings {
+        external,
+        disable_signup: c.disable_signup,
+        mailer_autoconfirm: c.mailer_autoconfirm,
+        phone_autoconfirm: c.sms_autoconfirm,
+        sms_provider: c.sms_provider.clone(),
+        saml_enabled: false,
+        saml_private_key_next_configured: false,
+        passkeys_enabled: false,
+    })
 }

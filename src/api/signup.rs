@@ -1,28 +1,55 @@
 use axum::Json;
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use castellan_actors::accounts::{SignupOutcome, SignupRequest};
+use castellan_core::models::UserView;
 use castellan_core::{ApiError, validate};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
-use crate::api::token_response;
-use crate::error::HttpResult;
-use crate::extract::{JsonBody, RedirectTo, RequestAud};
+use crate::api::{AudienceHeader, TokenResponse, token_response};
+use crate::error::{HttpResult, Refusals};
+use crate::extract::{JsonBody, RedirectQuery, RedirectTo, RequestAud};
 use crate::server::AppState;
 
-#[derive(Deserialize, Default)]
+/// A sign-up by email or phone with a password; neither makes an
+/// anonymous user.
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(default)]
 pub struct SignupBody {
+    #[schema(format = Email)]
     email: Option<String>,
     phone: Option<String>,
     password: Option<String>,
+    /// The new user's `user_metadata`.
+    #[schema(value_type = Option<Object>)]
     data: Option<Map<String, Value>>,
+    /// `sms` or `whatsapp`, for a phone.
     channel: Option<String>,
     code_challenge: Option<String>,
     code_challenge_method: Option<String>,
 }
 
+/// The answers of `POST /signup`: a session when no confirmation is
+/// needed, else the user (or, for a taken address, a stand-in that reveals
+/// nothing).
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum SignupAnswer {
+    Session(Box<TokenResponse>),
+    User(Box<UserView>),
+}
+
+/// Creates a user (GoTrue's `POST /signup`).
+#[utoipa::path(
+    post,
+    path = "/signup",
+    tag = "sign-up",
+    params(AudienceHeader, RedirectQuery),
+    request_body = SignupBody,
+    responses((status = 200, body = SignupAnswer), Refusals)
+)]
 pub async fn signup(
     State(st): State<AppState>,
     RequestAud(aud): RequestAud,
@@ -40,7 +67,7 @@ pub async fn signup(
             .into());
         }
         let grant = st.accounts.anonymous(data, &aud).await?;
-        return Ok(Json(token_response(&grant, None)).into_response());
+        return Ok(Json(token_response(grant, None)).into_response());
     }
     let req = SignupRequest {
         email: b.email,
@@ -55,10 +82,10 @@ pub async fn signup(
         redirect_to,
         aud,
     };
-    let body: Response = match st.accounts.signup(req).await? {
-        SignupOutcome::Session(g) => Json(token_response(&g, None)).into_response(),
-        SignupOutcome::User(u, ids) => Json(u.to_json(&ids)).into_response(),
-        SignupOutcome::Obfuscated(v) => Json(v).into_response(),
+    let answer = match st.accounts.signup(req).await? {
+        SignupOutcome::Session(g) => SignupAnswer::Session(Box::new(token_response(*g, None))),
+        SignupOutcome::User(u, ids) => SignupAnswer::User(Box::new(u.view(Some(&ids)))),
+        SignupOutcome::Obfuscated(stand_in) => SignupAnswer::User(stand_in),
     };
-    Ok(body)
+    Ok(Json(answer).into_response())
 }

@@ -1,18 +1,29 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use castellan_actors::accounts::UserUpdate;
+use castellan_core::models::UserView;
 use castellan_core::{ApiError, validate};
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
-use crate::error::HttpResult;
-use crate::extract::{AuthLive, AuthUser, JsonBody, RedirectTo, header_aud};
+use crate::api::{AudienceHeader, Empty};
+use crate::error::{HttpResult, Refusals};
+use crate::extract::{AuthLive, AuthUser, JsonBody, RedirectQuery, RedirectTo, header_aud};
 use crate::server::AppState;
 
 /// `GET /user`. The request audience (`X-JWT-AUD`) must match the token's.
 /// The body is the live entry's rendering, made once per cache entry.
+#[utoipa::path(
+    get,
+    path = "/user",
+    tag = "user",
+    params(AudienceHeader),
+    security(("bearer" = [])),
+    responses((status = 200, body = UserView), Refusals)
+)]
 pub async fn get_user(auth: AuthLive, headers: HeaderMap) -> HttpResult {
     if let (Some(req_aud), Some(tok_aud)) = (header_aud(&headers), &auth.token_aud)
         && &req_aud != tok_aud
@@ -27,13 +38,19 @@ pub async fn get_user(auth: AuthLive, headers: HeaderMap) -> HttpResult {
         .into_response())
 }
 
-#[derive(Deserialize, Default)]
+/// The changes to make; an email or phone change is confirmed by a code
+/// or link first, a password change may need `nonce` (reauthentication).
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(default)]
 pub struct UpdateBody {
+    #[schema(format = Email)]
     email: Option<String>,
     phone: Option<String>,
     password: Option<String>,
+    /// Merged into `user_metadata`.
+    #[schema(value_type = Option<Object>)]
     data: Option<Map<String, Value>>,
+    #[schema(value_type = Option<Object>)]
     app_metadata: Option<Map<String, Value>>,
     nonce: Option<String>,
     code_challenge: Option<String>,
@@ -41,11 +58,28 @@ pub struct UpdateBody {
 }
 
 /// `GET /reauthenticate`: a code by email for a password change.
+#[utoipa::path(
+    get,
+    path = "/reauthenticate",
+    tag = "user",
+    security(("bearer" = [])),
+    responses((status = 200, body = Empty), Refusals)
+)]
 pub async fn reauthenticate(State(st): State<AppState>, auth: AuthUser) -> HttpResult {
     st.accounts.reauthenticate(&auth.user).await?;
-    Ok(Json(serde_json::json!({})).into_response())
+    Ok(Json(Empty {}).into_response())
 }
 
+/// `PUT /user`: changes the signed-in user.
+#[utoipa::path(
+    put,
+    path = "/user",
+    tag = "user",
+    params(RedirectQuery),
+    security(("bearer" = [])),
+    request_body = UpdateBody,
+    responses((status = 200, body = UserView), Refusals)
+)]
 pub async fn update_user(
     State(st): State<AppState>,
     auth: AuthUser,
@@ -69,6 +103,5 @@ pub async fn update_user(
         .accounts
         .update_user(auth.user, auth.session_id, up)
         .await?;
-    let resp: Response = Json(user.to_json(&ids)).into_response();
-    Ok(resp)
+    Ok(Json(user.view(Some(&ids))).into_response())
 }

@@ -8,17 +8,20 @@ use axum::response::{IntoResponse, Response};
 use castellan_actors::otp_issuer::{Presented, Verified, VerifyType};
 use castellan_core::redirect::with_params;
 use castellan_core::{ApiError, validate};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
-use crate::api::{redirect_target, token_response};
-use crate::error::HttpResult;
+use crate::api::{AudienceHeader, TokenResponse, redirect_target, token_response};
+use crate::error::{HttpResult, Refusals};
 use crate::extract::{JsonBody, QueryParams, RequestAud};
 use crate::server::AppState;
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
 #[serde(default)]
 pub struct VerifyQuery {
+    /// The token hash from the email's link.
     token: Option<String>,
+    /// `signup`, `invite`, `magiclink`, `recovery` or `email_change`.
     #[serde(rename = "type")]
     vtype: Option<String>,
     redirect_to: Option<String>,
@@ -58,6 +61,17 @@ fn error_redirect(to: &str, e: &ApiError, pkce: bool) -> Response {
 
 /// `GET /verify?token=<hash>&type=…&redirect_to=…`: 303 to `redirect_to`
 /// with the session in the fragment, `?code=` for PKCE, or the error.
+#[utoipa::path(
+    get,
+    path = "/verify",
+    tag = "email",
+    params(VerifyQuery, AudienceHeader),
+    responses(
+        (status = 303, description = "To `redirect_to` with the session (or the error) in the fragment, or `?code=` for PKCE",
+         headers(("location" = String))),
+        Refusals
+    )
+)]
 pub async fn verify_link(
     State(st): State<AppState>,
     headers: HeaderMap,
@@ -109,19 +123,44 @@ pub async fn verify_link(
     Ok(see_other(with_params(&to, &[], &pairs)))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(default)]
 pub struct VerifyBody {
+    /// `signup`, `invite`, `magiclink`, `recovery`, `email_change` or `email`.
     #[serde(rename = "type")]
     vtype: Option<String>,
     token: Option<String>,
     token_hash: Option<String>,
+    #[schema(format = Email)]
     email: Option<String>,
     phone: Option<String>,
 }
 
+/// The first half of a secure email change (GoTrue's `code` is a string here).
+#[derive(Serialize, ToSchema)]
+pub struct Pending {
+    msg: &'static str,
+    code: &'static str,
+}
+
+/// The answers of `POST /verify`.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum VerifyAnswer {
+    Session(Box<TokenResponse>),
+    Pending(Pending),
+}
+
 /// `POST /verify`: a code (with the email it went to) or a token hash; a
 /// session in JSON.
+#[utoipa::path(
+    post,
+    path = "/verify",
+    tag = "email",
+    params(AudienceHeader),
+    request_body = VerifyBody,
+    responses((status = 200, body = VerifyAnswer), Refusals)
+)]
 pub async fn verify_json(
     State(st): State<AppState>,
     RequestAud(aud): RequestAud,
@@ -159,9 +198,13 @@ pub async fn verify_json(
     };
     let v = st.actors.otp.verify(vt, presented, &aud).await?;
     if let Some(message) = v.pending {
-        // GoTrue's answer to the first half of a secure email change (`code` is a string here).
-        return Ok(Json(serde_json::json!({"msg": message, "code": "200"})).into_response());
+        let pending = Pending {
+            msg: message,
+            code: "200",
+        };
+        return Ok(Json(VerifyAnswer::Pending(pending)).into_response());
     }
     let g = st.actors.sessions.issue(v.user, "otp", vec![]).await?;
-    Ok(Json(token_response(&g, None)).into_response())
+    let session = VerifyAnswer::Session(Box::new(token_response(g, None)));
+    Ok(Json(session).into_response())
 }

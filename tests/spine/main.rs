@@ -12,6 +12,7 @@ mod cli;
 mod disk;
 mod durability;
 mod email;
+mod fuzz;
 mod hashing;
 mod http;
 mod indexes;

@@ -19,9 +19,11 @@ pub struct Page {
 }
 
 /// One audit log row as the admin API shows it.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = AuditEntry)]
 pub struct AuditRow {
     pub id: Uuid,
+    #[schema(value_type = Option<Object>)]
     pub payload: Option<Json<Value>>,
     pub created_at: Option<DateTime<Utc>>,
     pub ip_address: String,
@@ -45,7 +47,8 @@ pub fn contains_pattern(text: &str) -> String {
 }
 
 /// One factor row, as the admin API shows it.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = Factor)]
 pub struct FactorRow {
     pub id: Uuid,
     pub created_at: DateTime<Utc>,
@@ -53,8 +56,15 @@ pub struct FactorRow {
     pub status: String,
     pub friendly_name: Option<String>,
     pub factor_type: String,
+    /// GoTrue shows `""` for a factor without a phone.
+    #[serde(serialize_with = "empty_if_none")]
+    #[schema(value_type = String)]
     pub phone: Option<String>,
     pub last_challenged_at: Option<DateTime<Utc>>,
+}
+
+fn empty_if_none<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(v.as_deref().unwrap_or_default())
 }
 
 impl Store {

@@ -3,15 +3,32 @@ use axum::extract::OriginalUri;
 use axum::extract::State;
 use axum::response::IntoResponse;
 use castellan_core::ApiError;
-use castellan_core::store::AuditScope;
-use serde_json::{Value, json};
+use castellan_core::store::{AuditRow, AuditScope};
+use utoipa::IntoParams;
 
-use super::paging::Query;
-use crate::error::HttpResult;
+use super::paging::{PagingParams, Query};
+use crate::error::{HttpResult, Refusals};
 use crate::extract::AdminAuth;
 use crate::server::AppState;
 
+/// The search parameter, for the OpenAPI document (read through [`Query`]).
+#[derive(IntoParams)]
+#[allow(dead_code)]
+pub struct AuditParams {
+    /// `author:…`, `action:…` or `type:…`.
+    query: Option<String>,
+}
+
 /// `GET /admin/audit?page&per_page&query=author:…|action:…|type:…`, newest first.
+#[utoipa::path(
+    get,
+    path = "/admin/audit",
+    operation_id = "admin_list_audit",
+    tag = "admin",
+    params(PagingParams, AuditParams),
+    security(("bearer" = [])),
+    responses((status = 200, body = Vec<AuditRow>, headers(("x-total-count" = u64), ("link" = String))), Refusals)
+)]
 pub async fn list(
     State(st): State<AppState>,
     _admin: AdminAuth,
@@ -40,9 +57,5 @@ pub async fn list(
     };
     let paging = q.paging()?;
     let (rows, total) = st.admin.audit(search, paging.page()).await?;
-    let body: Vec<Value> = rows
-        .iter()
-        .map(|r| json!({"id": r.id, "payload": r.payload.as_ref().map(|p| p.0.clone()), "created_at": r.created_at, "ip_address": r.ip_address}))
-        .collect();
-    Ok((paging.headers(uri.path(), &q, total), Json(body)).into_response())
+    Ok((paging.headers(uri.path(), &q, total), Json(rows)).into_response())
 }

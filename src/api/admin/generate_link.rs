@@ -6,26 +6,54 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::IntoResponse;
 use castellan_actors::admin::{GeneratedLink, LinkRequest};
-use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use castellan_core::models::UserView;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
-use crate::api::redirect_target;
-use crate::error::HttpResult;
-use crate::extract::{AdminAuth, JsonBody, RedirectTo, RequestAud};
+use crate::api::{AudienceHeader, redirect_target};
+use crate::error::{HttpResult, Refusals};
+use crate::extract::{AdminAuth, JsonBody, RedirectQuery, RedirectTo, RequestAud};
 use crate::server::AppState;
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(default)]
 pub struct LinkBody {
+    /// `signup`, `invite`, `magiclink`, `recovery`, `email_change_current`
+    /// or `email_change_new`.
     #[serde(rename = "type")]
     link_type: Option<String>,
+    #[schema(format = Email)]
     email: Option<String>,
     password: Option<String>,
+    #[schema(format = Email)]
     new_email: Option<String>,
+    #[schema(value_type = Option<Object>)]
     data: Option<Map<String, Value>>,
     redirect_to: Option<String>,
 }
 
+/// The user with the link and code made for it.
+#[derive(Serialize, ToSchema)]
+pub struct LinkAnswer {
+    #[serde(flatten)]
+    user: UserView,
+    action_link: String,
+    email_otp: String,
+    hashed_token: String,
+    verification_type: &'static str,
+    redirect_to: String,
+}
+
+#[utoipa::path(
+    post,
+    path = "/admin/generate_link",
+    tag = "admin",
+    params(AudienceHeader, RedirectQuery),
+    security(("bearer" = [])),
+    request_body = LinkBody,
+    responses((status = 200, body = LinkAnswer), Refusals)
+)]
 pub async fn generate_link(
     State(st): State<AppState>,
     admin: AdminAuth,
@@ -56,11 +84,13 @@ pub async fn generate_link(
         issued,
         verification_type,
     } = st.admin.generate_link(admin.actor, req, &aud).await?;
-    let mut body = user.to_json(&ids);
-    body["action_link"] = json!(issued.action_link);
-    body["email_otp"] = json!(issued.otp);
-    body["hashed_token"] = json!(issued.hashed_token);
-    body["verification_type"] = json!(verification_type);
-    body["redirect_to"] = json!(redirect_to);
-    Ok(Json(body).into_response())
+    Ok(Json(LinkAnswer {
+        user: user.view(Some(&ids)),
+        action_link: issued.action_link,
+        email_otp: issued.otp,
+        hashed_token: issued.hashed_token,
+        verification_type,
+        redirect_to,
+    })
+    .into_response())
 }

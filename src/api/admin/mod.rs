@@ -5,22 +5,16 @@ mod generate_link;
 mod paging;
 mod users;
 
-use axum::Router;
-use axum::routing::get;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::server::AppState;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/admin/users", get(users::list).post(users::create))
-        .route(
-            "/admin/users/{user_id}",
-            get(users::get).put(users::update).delete(users::delete),
-        )
-        .route("/admin/users/{user_id}/factors", get(users::factors))
-        .route("/admin/audit", get(audit::list))
-        .route(
-            "/admin/generate_link",
-            axum::routing::post(generate_link::generate_link),
-        )
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(users::list, users::create))
+        .routes(routes!(users::get, users::update, users::delete))
+        .routes(routes!(users::factors))
+        .routes(routes!(audit::list))
+        .routes(routes!(generate_link::generate_link))
 }

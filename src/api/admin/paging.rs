@@ -50,6 +50,17 @@ impl Query {
     }
 }
 
+/// The paging parameters, for the OpenAPI document: [`Query`] reads them
+/// itself, keeping every pair to rebuild the `Link` URLs.
+#[derive(utoipa::IntoParams)]
+#[allow(dead_code)]
+pub struct PagingParams {
+    /// From 1.
+    page: Option<u64>,
+    /// From 1 to 1000; 50 by default.
+    per_page: Option<u64>,
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct Paging {
     pub page: i64,

@@ -1,15 +1,19 @@
 use axum::Json;
 use axum::extract::OriginalUri;
 use axum::extract::{Path, State};
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use castellan_actors::admin::UserAttributes;
 use castellan_core::ApiError;
-use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use castellan_core::models::UserView;
+use castellan_core::store::FactorRow;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::paging::Query;
-use crate::error::HttpResult;
+use super::paging::{PagingParams, Query};
+use crate::api::{AudienceHeader, Empty};
+use crate::error::{HttpResult, Refusals};
 use crate::extract::{AdminAuth, JsonBody, RawBody, RequestAud, parse_json};
 use crate::server::AppState;
 
@@ -40,6 +44,40 @@ fn newest_first(sort: Option<&str>) -> Result<bool, ApiError> {
     Ok(desc)
 }
 
+/// The list's parameters, for the OpenAPI document (read through [`Query`]).
+#[derive(IntoParams)]
+#[allow(dead_code)]
+pub struct ListParams {
+    /// Part of an email address or name.
+    filter: Option<String>,
+    /// `created_at [asc|desc]`.
+    sort: Option<String>,
+}
+
+/// A page of users (`identities` not loaded: null).
+#[derive(Serialize, ToSchema)]
+pub struct UserPage {
+    users: Vec<UserView>,
+    aud: String,
+}
+
+/// The `{user_id}` path parameter.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct UserPath {
+    /// A UUID (anything else is 404).
+    user_id: String,
+}
+
+#[utoipa::path(
+    get,
+    path = "/admin/users",
+    operation_id = "admin_list_users",
+    tag = "admin",
+    params(PagingParams, ListParams, AudienceHeader),
+    security(("bearer" = [])),
+    responses((status = 200, body = UserPage, headers(("x-total-count" = u64), ("link" = String))), Refusals)
+)]
 pub async fn list(
     State(st): State<AppState>,
     _admin: AdminAuth,
@@ -53,24 +91,33 @@ pub async fn list(
         .admin
         .list_users(&aud, q.get("filter"), newest, paging.page())
         .await?;
-    let body = json!({"users": users.iter().map(|u| u.to_json_with(None)).collect::<Vec<_>>(), "aud": aud});
+    let body = UserPage {
+        users: users.iter().map(|u| u.view(None)).collect(),
+        aud,
+    };
     Ok((paging.headers(uri.path(), &q, total), Json(body)).into_response())
 }
 
-#[derive(Deserialize, Default)]
+/// A user's attributes as an admin sets them (`id`, `aud` and
+/// `password_hash` on creation only).
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(default)]
 pub struct AttributesBody {
     id: Option<String>,
     aud: Option<String>,
     role: Option<String>,
+    #[schema(format = Email)]
     email: Option<String>,
     phone: Option<String>,
     password: Option<String>,
     password_hash: Option<String>,
     email_confirm: Option<bool>,
     phone_confirm: Option<bool>,
+    #[schema(value_type = Option<Object>)]
     user_metadata: Option<Map<String, Value>>,
+    #[schema(value_type = Option<Object>)]
     app_metadata: Option<Map<String, Value>>,
+    /// A Go duration (`24h`, `1h30m`) or `none` to lift a ban.
     ban_duration: Option<String>,
 }
 
@@ -93,6 +140,16 @@ impl From<AttributesBody> for UserAttributes {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/users",
+    operation_id = "admin_create_user",
+    tag = "admin",
+    params(AudienceHeader),
+    security(("bearer" = [])),
+    request_body = AttributesBody,
+    responses((status = 200, body = UserView), Refusals)
+)]
 pub async fn create(
     State(st): State<AppState>,
     admin: AdminAuth,
@@ -100,22 +157,41 @@ pub async fn create(
     JsonBody(b): JsonBody<AttributesBody>,
 ) -> HttpResult {
     let (user, ids) = st.admin.create_user(&admin.actor, b.into(), &aud).await?;
-    Ok(Json(user.to_json(&ids)).into_response())
+    Ok(Json(user.view(Some(&ids))).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/users/{user_id}",
+    operation_id = "admin_get_user",
+    tag = "admin",
+    params(UserPath),
+    security(("bearer" = [])),
+    responses((status = 200, body = UserView), Refusals)
+)]
 pub async fn get(
     State(st): State<AppState>,
     _admin: AdminAuth,
-    Path(id): Path<String>,
+    Path(UserPath { user_id: id }): Path<UserPath>,
 ) -> HttpResult {
     let (user, ids) = st.admin.get_user(user_id(&id)?).await?;
-    Ok(Json(user.to_json(&ids)).into_response())
+    Ok(Json(user.view(Some(&ids))).into_response())
 }
 
+#[utoipa::path(
+    put,
+    path = "/admin/users/{user_id}",
+    operation_id = "admin_update_user",
+    tag = "admin",
+    params(UserPath),
+    security(("bearer" = [])),
+    request_body = AttributesBody,
+    responses((status = 200, body = UserView), Refusals)
+)]
 pub async fn update(
     State(st): State<AppState>,
     admin: AdminAuth,
-    Path(id): Path<String>,
+    Path(UserPath { user_id: id }): Path<UserPath>,
     JsonBody(b): JsonBody<AttributesBody>,
 ) -> HttpResult {
     let id = user_id(&id)?;
@@ -127,19 +203,31 @@ pub async fn update(
         ..b.into()
     };
     let (user, ids) = st.admin.update_user(&admin.actor, id, attrs).await?;
-    Ok(Json(user.to_json(&ids)).into_response())
+    Ok(Json(user.view(Some(&ids))).into_response())
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(default)]
 pub struct DeleteBody {
     should_soft_delete: bool,
 }
 
+/// Deletes a user (or marks it deleted, `should_soft_delete`); the body
+/// is optional.
+#[utoipa::path(
+    delete,
+    path = "/admin/users/{user_id}",
+    operation_id = "admin_delete_user",
+    tag = "admin",
+    params(UserPath),
+    security(("bearer" = [])),
+    request_body(content = Option<DeleteBody>),
+    responses((status = 200, body = Empty), Refusals)
+)]
 pub async fn delete(
     State(st): State<AppState>,
     admin: AdminAuth,
-    Path(id): Path<String>,
+    Path(UserPath { user_id: id }): Path<UserPath>,
     RawBody(body): RawBody,
 ) -> HttpResult {
     let id = user_id(&id)?;
@@ -152,25 +240,25 @@ pub async fn delete(
     st.admin
         .delete_user(&admin.actor, id, b.should_soft_delete)
         .await?;
-    let resp: Response = Json(json!({})).into_response();
-    Ok(resp)
+    Ok(Json(Empty {}).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/users/{user_id}/factors",
+    operation_id = "admin_list_factors",
+    tag = "admin",
+    params(UserPath),
+    security(("bearer" = [])),
+    responses((status = 200, body = Vec<FactorRow>), Refusals)
+)]
 pub async fn factors(
     State(st): State<AppState>,
     _admin: AdminAuth,
-    Path(id): Path<String>,
+    Path(UserPath { user_id: id }): Path<UserPath>,
 ) -> HttpResult {
     let rows = st.admin.factors(user_id(&id)?).await?;
-    let body: Vec<Value> = rows
-        .iter()
-        .map(|f| {
-            json!({"id": f.id, "created_at": f.created_at, "updated_at": f.updated_at, "status": f.status,
-                   "friendly_name": f.friendly_name, "factor_type": f.factor_type, "phone": f.phone.clone().unwrap_or_default(),
-                   "last_challenged_at": f.last_challenged_at})
-        })
-        .collect();
-    Ok(Json(body).into_response())
+    Ok(Json(rows).into_response())
 }
 
 #[cfg(test)]

@@ -1,0 +1,185 @@
+//! The schema-driven fuzzer (issue 9): the OpenAPI document castellan
+//! builds from its handlers' types, and schemathesis run against a live
+//! server on each database with `tests/fuzz/schemathesis.toml`.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::both;
+
+/// Every operation the API serves, as the document must list it.
+const OPERATIONS: [(&str, &str); 23] = [
+    ("/health", "get"),
+    ("/settings", "get"),
+    ("/signup", "post"),
+    ("/token", "post"),
+    ("/user", "get"),
+    ("/user", "put"),
+    ("/logout", "post"),
+    ("/verify", "get"),
+    ("/verify", "post"),
+    ("/recover", "post"),
+    ("/otp", "post"),
+    ("/magiclink", "post"),
+    ("/resend", "post"),
+    ("/reauthenticate", "get"),
+    ("/invite", "post"),
+    ("/admin/users", "get"),
+    ("/admin/users", "post"),
+    ("/admin/users/{user_id}", "get"),
+    ("/admin/users/{user_id}", "put"),
+    ("/admin/users/{user_id}", "delete"),
+    ("/admin/users/{user_id}/factors", "get"),
+    ("/admin/audit", "get"),
+    ("/admin/generate_link", "post"),
+];
+
+both!(the_openapi_document_lists_every_route, |_| {}, |t| {
+    for prefix in ["", "/auth/v1"] {
+        let r = t
+            .request(Method::GET, &format!("{prefix}/openapi.json"), None, None)
+            .await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        assert_eq!(r.body["openapi"], "3.1.0");
+        let paths = r.body["paths"].as_object().unwrap();
+        let listed: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
+        assert_eq!(listed, OPERATIONS.len(), "{:?}", paths.keys());
+        for (path, method) in OPERATIONS {
+            let op = &paths[path][method];
+            assert!(op.is_object(), "{method} {path} is not described");
+            // Every route that reads input or the database says how it refuses.
+            let refuses = op["responses"]["400"].is_object() && op["responses"]["503"].is_object();
+            assert_eq!(
+                refuses,
+                !["/health", "/settings"].contains(&path),
+                "{method} {path}"
+            );
+            // Operation ids name the operation once across the document.
+            let id = op["operationId"].as_str().unwrap();
+            let same = paths
+                .values()
+                .flat_map(|p| p.as_object().unwrap().values())
+                .filter(|o| o["operationId"] == id)
+                .count();
+            assert_eq!(same, 1, "{id} is not unique");
+        }
+        // Each rate-limited route says so, and every route needing a token says so.
+        for l in castellan::api::RATE_LIMITS {
+            let method = l.method.as_str().to_ascii_lowercase();
+            assert!(
+                paths[l.path][&method].is_object(),
+                "{} {}",
+                l.method,
+                l.path
+            );
+        }
+        assert_eq!(paths["/user"]["get"]["security"], json!([{"bearer": []}]));
+        let schemas = &r.body["components"]["schemas"];
+        for name in [
+            "User",
+            "Identity",
+            "TokenResponse",
+            "ErrorBody",
+            "SignupBody",
+        ] {
+            assert!(schemas[name].is_object(), "{name} missing");
+        }
+    }
+});
+
+/// Limits out of the fuzzer's way, so its requests reach the code behind them.
+fn unlimited(c: &mut castellan_core::Config) {
+    for l in [
+        &mut c.rate_limits.token_refresh,
+        &mut c.rate_limits.sign_ups,
+        &mut c.rate_limits.otp,
+        &mut c.rate_limits.anonymous_users,
+        &mut c.rate_limits.verify,
+    ] {
+        l.events = 1_000_000;
+        l.burst = 1_000_000;
+    }
+    c.mailer.email_sent.events = 1_000_000;
+    c.smtp.max_frequency = Duration::ZERO;
+}
+
+/// Runs schemathesis with the committed settings and `filter` (its
+/// operation-filter flags); returns how many operations and cases it ran.
+async fn schemathesis(
+    t: &crate::common::TestServer,
+    user_token: &str,
+    filter: [&str; 2],
+) -> (usize, usize) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let bin = root.join("tests/e2e/.venv/bin/schemathesis");
+    assert!(
+        bin.exists(),
+        "schemathesis is not installed: scripts/test.sh makes tests/e2e/.venv"
+    );
+    let out = tokio::process::Command::new(bin)
+        .arg("--config-file")
+        .arg(root.join("tests/fuzz/schemathesis.toml"))
+        .arg("run")
+        .args(filter)
+        .arg(t.url("/openapi.json"))
+        .env("CASTELLAN_FUZZ_USER_TOKEN", user_token)
+        .env("CASTELLAN_FUZZ_ADMIN_TOKEN", t.service_key())
+        .env("NO_COLOR", "1")
+        // Its case caches land in target/, not in the repository.
+        .current_dir(env!("CARGO_TARGET_TMPDIR"))
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("schemathesis runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let number = |prefix: &str, suffix: &str| -> usize {
+        stdout
+            .lines()
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix(prefix)?
+                    .split(suffix)
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no {prefix:?} in:\n{stdout}"))
+    };
+    (number("Tested: ", "\n"), number("", " generated"))
+}
+
+both!(
+    schemathesis_finds_no_server_error_and_no_schema_mismatch,
+    unlimited,
+    |t| {
+        let session = t.new_session("fuzz@example.com", "fuzz-password-1").await;
+        let token = session["access_token"].as_str().unwrap();
+        // Everything but sign-out first, so the user's session lives
+        // through the run; then sign-out on its own.
+        let (ops, cases) = schemathesis(&t, token, ["--exclude-path", "/logout"]).await;
+        let (last, more) = schemathesis(&t, token, ["--include-path", "/logout"]).await;
+        assert_eq!(ops + last, OPERATIONS.len());
+        // A bounded run that still tried many cases per operation.
+        assert!(
+            cases + more >= OPERATIONS.len() * 25,
+            "{cases} + {more} cases"
+        );
+
+        // The server is still healthy: it answers, signs up and signs in.
+        let h = t.request(Method::GET, "/health", None, None).await;
+        assert_eq!(h.status, 200);
+        let s = t.signup("after-fuzz@example.com", "after-fuzz-1").await;
+        assert_eq!(s.status, 200, "{}", s.text);
+        let l = t.login("after-fuzz@example.com", "after-fuzz-1").await;
+        assert_eq!(l.status, 200, "{}", l.text);
+        assert!(l.body["access_token"].is_string());
+    }
+);
