@@ -232,6 +232,45 @@ both!(logout_scopes, |_| {}, |t| {
 
 // Thirty concurrent metadata updates of one user (by the user and by an
 // admin) all survive: every merge happens under the row lock.
+// Found by the fuzzer: PostgreSQL keeps a JSON number exactly and prints
+// it in full (309 digits for the largest double), which the default
+// best-effort float parsing read back as out of range, so the user could be
+// written but never read again (500 on every read, the admin list included).
+both!(extreme_numbers_in_metadata_read_back, |_| {}, |t| {
+    let s = t.new_session("big@example.com", "secret123").await;
+    let at = s["access_token"].as_str().unwrap();
+    let data =
+        json!({"max": f64::MAX, "min": -f64::MAX, "tiny": 5e-324, "small": 1.1754943508222875e-38});
+    let r = t
+        .request(
+            Method::PUT,
+            "/user",
+            Some(at),
+            Some(json!({ "data": data })),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    for key in ["max", "min", "tiny", "small"] {
+        assert_eq!(r.body["user_metadata"][key], data[key], "{key}");
+    }
+    // A fresh read of the row, past the session cache.
+    let row = t.user(s["user"]["id"].as_str().unwrap()).await;
+    assert_eq!(row.user_metadata()["max"], data["max"]);
+    let list = t.admin(Method::GET, "/admin/users", None).await;
+    assert_eq!(list.status, 200, "{}", list.text);
+    // A number beyond a double is refused on the way in.
+    let r = t
+        .http
+        .put(t.url("/user"))
+        .bearer_auth(at)
+        .header("content-type", "application/json")
+        .body(r#"{"data": {"huge": 1e309}}"#)
+        .send()
+        .await
+        .unwrap();
+    crate::common::read(r).await.assert_error(400, "bad_json");
+});
+
 both!(concurrent_metadata_updates_are_not_lost, |_| {}, |t| {
     let s = t.new_session("merge@example.com", "secret123").await;
     let access = s["access_token"].as_str().unwrap().to_string();
