@@ -656,8 +656,10 @@ both_mail!(
             m.contains("castellan_expiry_swept_total{kind=\"one_time_tokens\"}"),
             "swept rows are counted"
         );
+        // Sampled: its value is the last sample of any server in this test
+        // process (they share one metrics recorder), so it is not asserted.
         assert!(
-            m.contains("castellan_queue_pending{queue=\"email\"} 0"),
+            m.contains("castellan_queue_pending{queue=\"email\"} "),
             "the backlog is sampled: {m}"
         );
     }
