@@ -41,6 +41,29 @@ enum Command {
     /// The configuration: every variable castellan reads.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// JWT signing keys for GOTRUE_JWT_KEYS.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Print a new private JWK (a signing key with a random kid). Put it in
+    /// GOTRUE_JWT_KEYS; to rotate, add it first with `key_ops: ["verify"]`.
+    Generate {
+        #[arg(long, value_enum, default_value = "ES256")]
+        alg: KeyAlg,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum KeyAlg {
+    #[value(name = "ES256")]
+    Es256,
+    #[value(name = "RS256")]
+    Rs256,
+    #[value(name = "EdDSA")]
+    EdDsa,
 }
 
 #[derive(Subcommand)]
@@ -70,7 +93,7 @@ enum AdminCommand {
         #[arg(long)]
         email: String,
     },
-    /// Mint a JWT with the configured secret, e.g. a `service_role` key.
+    /// Mint a JWT with the configured signing key, e.g. a `service_role` key.
     Token {
         #[arg(long, default_value = "service_role")]
         role: String,
@@ -118,6 +141,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(Command::Config(cmd)) = &cli.command {
         return config_command(cmd);
     }
+    if let Some(Command::Keys(KeysCommand::Generate { alg })) = &cli.command {
+        use castellan_core::crypto::jwk::{KeyKind, generate};
+        let kind = match alg {
+            KeyAlg::Es256 => KeyKind::Es256,
+            KeyAlg::Rs256 => KeyKind::Rs256,
+            KeyAlg::EdDsa => KeyKind::EdDsa,
+        };
+        println!("{}", generate(kind));
+        return Ok(());
+    }
     let config = Config::from_process_env()?;
     match cli.command.unwrap_or(Command::Serve { no_workers: false }) {
         Command::Migrate => {
@@ -126,7 +159,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Admin(cmd) => admin(config, cmd).await,
-        Command::Config(_) => unreachable!("answered before the configuration is read"),
+        Command::Config(_) | Command::Keys(_) => {
+            unreachable!("answered before the configuration is read")
+        }
         Command::Worker => {
             let store = castellan::server::open_store(&config, 4, true).await?;
             castellan_jobs::queue::setup(&store)
@@ -159,7 +194,7 @@ async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
     let secret = castellan::server::resolve_secret(&config)?;
     match cmd {
         AdminCommand::Token { role, expires_in } => {
-            let keys = JwtKeys::new(&config.jwt, &secret);
+            let keys = JwtKeys::new(&config.jwt, &secret).map_err(|e| anyhow::anyhow!(e))?;
             let now = chrono::Utc::now().timestamp();
             let claims = role_claims(
                 &role,

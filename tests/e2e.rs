@@ -6,6 +6,7 @@ mod common;
 #[path = "common/smtp_sink.rs"]
 mod smtp_sink;
 
+use castellan_core::crypto::jwk::{KeyKind, generate};
 use common::Backend;
 use smtp_sink::SmtpSink;
 
@@ -42,10 +43,12 @@ async fn mailbox(sink: SmtpSink) -> String {
 /// on, or, with `mail`, confirmations sent to a loopback SMTP server whose
 /// messages the script reads from a mailbox URL).
 async fn run_client(backend: Backend, script: &str) {
-    run_client_with(backend, script, false).await
+    run_client_with(backend, script, false, None).await
 }
 
-async fn run_client_with(backend: Backend, script: &str, mail: bool) {
+/// As `run_client`; `mail` sends confirmations to the sink, `key` makes a
+/// new key of that kind the signing key (`CASTELLAN_KEY_ALG` names it).
+async fn run_client_with(backend: Backend, script: &str, mail: bool, key: Option<KeyKind>) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e");
     assert!(
         dir.join("node_modules/@supabase/auth-js").exists(),
@@ -64,6 +67,9 @@ async fn run_client_with(backend: Backend, script: &str, mail: bool) {
             c.smtp.max_frequency = std::time::Duration::from_millis(1);
             c.uri_allow_list = vec!["http://app.test/**".into()];
         }
+        if let Some(kind) = key {
+            c.jwt.keys = Some(serde_json::json!([generate(kind)]).to_string());
+        }
     })
     .await;
     let mailbox = mailbox(sink).await;
@@ -72,6 +78,7 @@ async fn run_client_with(backend: Backend, script: &str, mail: bool) {
         .arg(&t.base)
         .arg(t.service_key())
         .arg(mailbox)
+        .env("CASTELLAN_KEY_ALG", key.map_or("HS256", alg_name))
         .current_dir(&dir)
         .output()
         .await
@@ -111,12 +118,36 @@ async fn admin_on_postgres() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn email_on_sqlite() {
-    run_client_with(Backend::Sqlite, "email.mjs", true).await
+    run_client_with(Backend::Sqlite, "email.mjs", true, None).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn email_on_postgres() {
-    run_client_with(Backend::Postgres, "email.mjs", true).await
+    run_client_with(Backend::Postgres, "email.mjs", true, None).await
+}
+
+fn alg_name(kind: KeyKind) -> &'static str {
+    match kind {
+        KeyKind::Es256 => "ES256",
+        KeyKind::Rs256 => "RS256",
+        KeyKind::EdDsa => "EdDSA",
+    }
+}
+
+// `getClaims()` and an independent verifier on each kind of signing key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn es256_keys_on_sqlite() {
+    run_client_with(Backend::Sqlite, "keys.mjs", false, Some(KeyKind::Es256)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rs256_keys_on_postgres() {
+    run_client_with(Backend::Postgres, "keys.mjs", false, Some(KeyKind::Rs256)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eddsa_keys_on_postgres() {
+    run_client_with(Backend::Postgres, "keys.mjs", false, Some(KeyKind::EdDsa)).await
 }
 
 /// The README's "Use it from your app" snippets are the files in examples/,

@@ -95,6 +95,11 @@ fn non_empty(s: &Option<String>) -> Option<&str> {
 }
 
 impl Accounts {
+    /// The signing keys' public halves and algorithms, for `/.well-known`.
+    pub fn keys(&self) -> &jwt::JwtKeys {
+        &self.ctx.jwt
+    }
+
     pub fn new(ctx: Arc<Ctx>, sessions: Sessions, otp: OtpIssuer) -> Self {
         Self { ctx, sessions, otp }
     }

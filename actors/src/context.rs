@@ -22,7 +22,7 @@ impl Ctx {
     pub async fn load(config: Config, store: Store, secret: &str) -> Result<Arc<Self>, String> {
         let templates = Templates::load(&config.mailer).await?;
         let hasher = PasswordHasher::new(&config.argon2);
-        let jwt = JwtKeys::new(&config.jwt, secret);
+        let jwt = JwtKeys::new(&config.jwt, secret)?;
         Ok(Arc::new(Ctx {
             config,
             store,

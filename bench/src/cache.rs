@@ -34,7 +34,7 @@ pub async fn sessions(database_url: &str, secret: &str, n: u64) -> anyhow::Resul
     let cfg = castellan_core::Config::for_tests(castellan_core::config::DatabaseUrl::Sqlite(
         "unused".into(),
     ));
-    let keys = JwtKeys::new(&cfg.jwt, secret);
+    let keys = JwtKeys::new(&cfg.jwt, secret).expect("the key ring");
     let now = chrono::Utc::now().timestamp();
     rows.into_iter()
         .map(|(session, user)| {

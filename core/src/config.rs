@@ -35,6 +35,12 @@ pub struct JwtConfig {
     pub admin_group_name: String,
     pub issuer: Option<String>,
     pub key_id: Option<String>,
+    /// `GOTRUE_JWT_KEYS`: GoTrue's JSON array of private JWKs, one of them
+    /// the signing key (checked when the configuration is read).
+    pub keys: Option<String>,
+    /// `GOTRUE_JWT_VALID_METHODS`: the algorithms accepted on incoming
+    /// tokens; empty means the algorithms of the configured keys.
+    pub valid_methods: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -396,6 +402,21 @@ const MAIL_KINDS: [&str; 6] = [
 ];
 
 /// `N` (per hour) or `N/duration`, as GoTrue reads `GOTRUE_RATE_LIMIT_EMAIL_SENT`.
+/// `GOTRUE_JWT_KEYS`, refused at start-up when any key is unusable (the
+/// message names the key, never its material).
+fn jwt_keys(v: &Vars) -> Result<Option<String>, ConfigError> {
+    let keys = v
+        .opt_string(&["GOTRUE_JWT_KEYS"])
+        .filter(|k| !k.trim().is_empty());
+    if let Some(k) = &keys {
+        crate::crypto::jwk::load_all(k).map_err(|msg| ConfigError {
+            var: "GOTRUE_JWT_KEYS".into(),
+            msg,
+        })?;
+    }
+    Ok(keys)
+}
+
 fn email_budget(vars: &Vars) -> Result<EmailBudget, ConfigError> {
     let default = EmailBudget {
         events: 30,
@@ -581,6 +602,8 @@ impl Config {
                 admin_group_name: v.string(&["GOTRUE_JWT_ADMIN_GROUP_NAME"], "admin"),
                 issuer: v.opt_string(&["GOTRUE_JWT_ISSUER"]),
                 key_id: v.opt_string(&["GOTRUE_JWT_KEY_ID"]),
+                keys: jwt_keys(v)?,
+                valid_methods: v.list(&["GOTRUE_JWT_VALID_METHODS"], &[]),
             },
             disable_signup: v.bool(&["GOTRUE_DISABLE_SIGNUP"], false)?,
             mailer_autoconfirm: v.bool(&["GOTRUE_MAILER_AUTOCONFIRM"], false)?,

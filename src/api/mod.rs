@@ -11,6 +11,7 @@ mod signup;
 mod token;
 mod user;
 mod verify;
+mod well_known;
 
 use axum::Router;
 use axum::http::Method;
@@ -62,6 +63,8 @@ pub fn routes(state: AppState) -> (Router<AppState>, Document) {
         .routes(routes!(mail::resend))
         .routes(routes!(user::reauthenticate))
         .routes(routes!(invite::invite))
+        .routes(routes!(well_known::jwks))
+        .routes(routes!(well_known::openid_configuration))
         .merge(admin::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state,

@@ -261,7 +261,8 @@ impl TestServer {
 
     pub fn role_key(&self, role: &str) -> String {
         let cfg = &self.server.state.config.jwt;
-        let keys = castellan_core::crypto::jwt::JwtKeys::new(cfg, cfg.secret.as_deref().unwrap());
+        let keys =
+            castellan_core::crypto::jwt::JwtKeys::new(cfg, cfg.secret.as_deref().unwrap()).unwrap();
         let now = chrono::Utc::now().timestamp();
         keys.sign(&castellan_core::crypto::jwt::role_claims(
             role, &cfg.aud, now, 3600, None,

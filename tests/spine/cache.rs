@@ -17,6 +17,7 @@ fn service_key() -> String {
     let cfg = castellan_core::Config::for_tests(DatabaseUrl::Sqlite("unused".into()));
     let now = chrono::Utc::now().timestamp();
     JwtKeys::new(&cfg.jwt, SECRET)
+        .unwrap()
         .sign(&role_claims("service_role", &cfg.jwt.aud, now, 3600, None))
         .unwrap()
 }

@@ -203,6 +203,78 @@ fn start_up_errors_say_what_to_fix() {
     }
 }
 
+/// A key set that cannot sign stops start-up, naming the variable and the
+/// key but never printing key material; `castellan keys generate` makes
+/// keys it accepts (issue 13).
+#[test]
+fn bad_signing_keys_stop_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("keys.db").to_string_lossy().into_owned();
+    let generate = |alg: &str| -> serde_json::Value {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_castellan"))
+            .args(["keys", "generate", "--alg", alg])
+            .env_clear()
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let (es, ed) = (generate("ES256"), generate("EdDSA"));
+    assert_eq!(
+        (es["kty"].as_str(), ed["crv"].as_str()),
+        (Some("EC"), Some("Ed25519"))
+    );
+    let mut verify_only = ed.clone();
+    verify_only["key_ops"] = serde_json::json!(["verify"]);
+    let mut public = es.clone();
+    public.as_object_mut().unwrap().remove("d");
+    let key_name = format!("key 1 (kid {:?})", es["kid"].as_str().unwrap());
+    for (keys, says) in [
+        (
+            serde_json::json!([es, ed]),
+            vec!["GOTRUE_JWT_KEYS", "2 signing keys"],
+        ),
+        (
+            serde_json::json!([verify_only]),
+            vec!["GOTRUE_JWT_KEYS", "no signing key"],
+        ),
+        (
+            serde_json::json!([public]),
+            vec!["GOTRUE_JWT_KEYS", key_name.as_str(), "private key"],
+        ),
+        (
+            serde_json::json!({"kty": "EC"}),
+            vec!["GOTRUE_JWT_KEYS", "not a JSON array"],
+        ),
+    ] {
+        let keys = keys.to_string();
+        let env = [
+            ("DATABASE_URL", db.as_str()),
+            ("GOTRUE_JWT_KEYS", keys.as_str()),
+        ];
+        let stderr = failing(&env);
+        for s in says {
+            assert!(stderr.contains(s), "{stderr:?} does not say {s:?}");
+        }
+        assert_eq!(stderr.lines().count(), 1, "{stderr:?}");
+        assert!(!stderr.contains(es["d"].as_str().unwrap()), "{stderr:?}");
+    }
+    // The generated pair is accepted: one signs, the other verifies.
+    let keys = serde_json::json!([es, verify_only]).to_string();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_castellan"))
+        .arg("migrate")
+        .env_clear()
+        .env("DATABASE_URL", &db)
+        .env("GOTRUE_JWT_KEYS", &keys)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A short GOTRUE_JWT_SECRET is accepted (existing keys keep working) and
 /// warned about at start-up.
 #[test]

@@ -16,6 +16,7 @@ mod fuzz;
 mod hashing;
 mod http;
 mod indexes;
+mod keys;
 mod listener;
 mod outage;
 mod resilience;

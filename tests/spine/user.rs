@@ -24,7 +24,8 @@ both!(get_user_and_bearer_rules, |_| {}, |t| {
         .await
         .assert_error(403, "bad_jwt");
     let other_key =
-        castellan_core::crypto::jwt::JwtKeys::new(&t.server.state.config.jwt, "another-secret");
+        castellan_core::crypto::jwt::JwtKeys::new(&t.server.state.config.jwt, "another-secret")
+            .unwrap();
     let now = chrono::Utc::now().timestamp();
     let mut forged =
         castellan_core::crypto::jwt::role_claims("authenticated", "authenticated", now, 60, None);

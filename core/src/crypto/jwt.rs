@@ -1,4 +1,5 @@
-//! Access tokens: HS256 over the secret's raw bytes, with GoTrue's claims.
+//! Access tokens with GoTrue's claims, signed by the key ring: HS256 over
+//! the secret's raw bytes by default, or the `GOTRUE_JWT_KEYS` signing key.
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -6,6 +7,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::config::JwtConfig;
+use crate::crypto::jwk::{self, Key};
 use crate::error::ApiError;
 
 /// One authentication method of a session, newest first in `amr`.
@@ -81,56 +83,141 @@ impl Audience {
     }
 }
 
+/// The key ring: every key that signs or verifies a JWT, built from
+/// `GOTRUE_JWT_KEYS` (or the secret alone), with GoTrue's rules for which
+/// key checks an incoming token.
 #[derive(Clone)]
 pub struct JwtKeys {
-    encoding: EncodingKey,
-    decoding: DecodingKey,
-    kid: Option<String>,
+    ring: std::sync::Arc<Ring>,
     pub issuer: Option<String>,
     pub exp_seconds: i64,
 }
 
+struct Ring {
+    /// The configured keys (the secret as one `oct` key when there are none).
+    keys: Vec<Key>,
+    /// Index of the signing key in `keys`.
+    signer: usize,
+    /// `GOTRUE_JWT_SECRET`: checks kid-less HS256 tokens (existing `anon`
+    /// and `service_role` keys) and tokens naming `GOTRUE_JWT_KEY_ID`.
+    secret: DecodingKey,
+    secret_kid: Option<String>,
+    /// The algorithms incoming tokens may use.
+    valid: Vec<Algorithm>,
+}
+
 impl JwtKeys {
-    pub fn new(cfg: &JwtConfig, secret: &str) -> Self {
-        Self {
-            encoding: EncodingKey::from_secret(secret.as_bytes()),
-            decoding: DecodingKey::from_secret(secret.as_bytes()),
-            kid: cfg.key_id.clone(),
+    /// The ring for `cfg` and the resolved secret; `Err` names what is wrong.
+    pub fn new(cfg: &JwtConfig, secret: &str) -> Result<Self, String> {
+        let keys = match &cfg.keys {
+            Some(json) => jwk::load_all(json).map_err(|e| format!("GOTRUE_JWT_KEYS: {e}"))?,
+            None => vec![Key {
+                kid: cfg.key_id.clone().unwrap_or_default(),
+                alg: Algorithm::HS256,
+                sign: true,
+                encoding: Some(EncodingKey::from_secret(secret.as_bytes())),
+                decoding: DecodingKey::from_secret(secret.as_bytes()),
+                public: None,
+            }],
+        };
+        let signer = keys.iter().position(|k| k.sign).ok_or("no signing key")?;
+        let valid = match cfg.valid_methods.as_slice() {
+            [] => keys.iter().map(|k| k.alg).collect(),
+            named => named
+                .iter()
+                .map(|m| {
+                    m.parse()
+                        .map_err(|_| format!("GOTRUE_JWT_VALID_METHODS: unknown method {m:?}"))
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let ring = Ring {
+            keys,
+            signer,
+            secret: DecodingKey::from_secret(secret.as_bytes()),
+            secret_kid: cfg.key_id.clone(),
+            valid,
+        };
+        Ok(Self {
+            ring: std::sync::Arc::new(ring),
             issuer: cfg.issuer.clone(),
             exp_seconds: cfg.exp as i64,
-        }
+        })
     }
 
     pub fn sign(&self, claims: &Claims) -> Result<String, ApiError> {
-        let mut header = Header::new(Algorithm::HS256);
-        header.kid = self.kid.clone();
-        jsonwebtoken::encode(&header, claims, &self.encoding)
+        let key = &self.ring.keys[self.ring.signer];
+        let mut header = Header::new(key.alg);
+        header.kid = Some(key.kid.clone()).filter(|k| !k.is_empty());
+        let encoding = key.encoding.as_ref().expect("the signing key is private");
+        jsonwebtoken::encode(&header, claims, encoding)
             .map_err(|e| ApiError::internal("jwt sign", e))
+    }
+
+    /// `{"keys": [...]}`: the public half of every asymmetric key, never a
+    /// symmetric one (GoTrue's `/.well-known/jwks.json`).
+    pub fn jwks(&self) -> Value {
+        let keys: Vec<&Value> = self
+            .ring
+            .keys
+            .iter()
+            .filter_map(|k| k.public.as_ref())
+            .collect();
+        serde_json::json!({ "keys": keys })
+    }
+
+    /// The algorithms incoming tokens may use, as JOSE names them.
+    pub fn algorithms(&self) -> Vec<String> {
+        self.ring.valid.iter().map(|a| format!("{a:?}")).collect()
+    }
+
+    /// The key that checks a token with this header, by GoTrue's rules: a
+    /// known `kid` picks its key; `GOTRUE_JWT_KEY_ID`, or no known kid with
+    /// HS256, picks the secret; anything else is refused.
+    fn key_for(&self, header: &Header) -> Result<&DecodingKey, &'static str> {
+        let ring = &self.ring;
+        if !ring.valid.contains(&header.alg) {
+            return Err("token is unverifiable: signing method is invalid");
+        }
+        if let Some(kid) = header.kid.as_deref() {
+            if let Some(k) = ring.keys.iter().find(|k| k.kid == kid) {
+                // An algorithm the key was not made for (HS256 over an RSA
+                // key's public bytes, say) never reaches a verifier.
+                return match k.alg == header.alg {
+                    true => Ok(&k.decoding),
+                    false => Err("token is unverifiable: signing method is invalid"),
+                };
+            }
+            if ring.secret_kid.as_deref() == Some(kid) {
+                return Ok(&ring.secret);
+            }
+        }
+        match header.alg {
+            Algorithm::HS256 => Ok(&ring.secret),
+            _ => Err("token is unverifiable: error while executing keyfunc: unrecognized JWT kid"),
+        }
     }
 
     /// Checks signature and (when present) expiry at `now` (seconds), as
     /// GoTrue does; `aud` and `iss` are not checked here.
     pub fn verify(&self, token: &str, now: i64) -> Result<IncomingClaims, ApiError> {
-        let mut v = Validation::new(Algorithm::HS256);
+        let refuse = |why: &str| {
+            ApiError::forbidden(
+                "bad_jwt",
+                format!("invalid JWT: unable to parse or verify signature, {why}"),
+            )
+        };
+        let header = jsonwebtoken::decode_header(token).map_err(|e| refuse(reason(e.kind())))?;
+        let key = self.key_for(&header).map_err(refuse)?;
+        let mut v = Validation::new(header.alg);
         v.validate_aud = false;
         v.validate_exp = false;
         v.required_spec_claims.clear();
-        let claims = jsonwebtoken::decode::<IncomingClaims>(token, &self.decoding, &v)
+        let claims = jsonwebtoken::decode::<IncomingClaims>(token, key, &v)
             .map(|d| d.claims)
-            .map_err(|e| {
-                ApiError::forbidden(
-                    "bad_jwt",
-                    format!(
-                        "invalid JWT: unable to parse or verify signature, {}",
-                        reason(e.kind())
-                    ),
-                )
-            })?;
+            .map_err(|e| refuse(reason(e.kind())))?;
         if claims.exp.is_some_and(|exp| exp <= now as f64) {
-            return Err(ApiError::forbidden(
-                "bad_jwt",
-                "invalid JWT: unable to parse or verify signature, token has invalid claims: token is expired",
-            ));
+            return Err(refuse("token has invalid claims: token is expired"));
         }
         Ok(claims)
     }
@@ -191,7 +278,7 @@ mod tests {
 
     fn keys() -> JwtKeys {
         let cfg = crate::Config::for_tests(crate::config::DatabaseUrl::Sqlite("x".into())).jwt;
-        JwtKeys::new(&cfg, "secret")
+        JwtKeys::new(&cfg, "secret").unwrap()
     }
 
     #[test]
@@ -229,7 +316,8 @@ mod tests {
         let other = JwtKeys::new(
             &crate::Config::for_tests(crate::config::DatabaseUrl::Sqlite("x".into())).jwt,
             "other",
-        );
+        )
+        .unwrap();
         let t = other.sign(&role_claims("x", "a", now, 60, None)).unwrap();
         assert_eq!(k.verify(&t, now).unwrap_err().status, 403);
     }
@@ -242,6 +330,7 @@ mod tests {
             &crate::Config::for_tests(crate::config::DatabaseUrl::Sqlite("x".into())).jwt,
             "other",
         )
+        .unwrap()
         .sign(&role_claims("x", "a", now, 60, None))
         .unwrap();
         for (token, says) in [
@@ -255,6 +344,195 @@ mod tests {
                 msg.chars().all(|c| c != '(') && !msg.contains("Invalid"),
                 "{msg}"
             );
+        }
+    }
+
+    use crate::crypto::jwk::{KeyKind, generate};
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    use serde_json::json;
+
+    fn ring(keys: &[Value], valid: &[&str]) -> Result<JwtKeys, String> {
+        let mut cfg = crate::Config::for_tests(crate::config::DatabaseUrl::Sqlite("x".into())).jwt;
+        cfg.keys = Some(serde_json::to_string(keys).unwrap());
+        cfg.valid_methods = valid.iter().map(|s| s.to_string()).collect();
+        JwtKeys::new(&cfg, "secret")
+    }
+
+    fn verify_only(mut k: Value) -> Value {
+        k["key_ops"] = json!(["verify"]);
+        k
+    }
+
+    fn header(token: &str) -> Value {
+        serde_json::from_slice(&B64.decode(token.split('.').next().unwrap()).unwrap()).unwrap()
+    }
+
+    fn now() -> i64 {
+        chrono::Utc::now().timestamp()
+    }
+
+    fn claims() -> Claims {
+        role_claims("service_role", "authenticated", now(), 60, None)
+    }
+
+    #[test]
+    fn each_algorithm_signs_verifies_and_publishes() {
+        for (kind, alg, kty) in [
+            (KeyKind::Es256, "ES256", "EC"),
+            (KeyKind::Rs256, "RS256", "RSA"),
+            (KeyKind::EdDsa, "EdDSA", "OKP"),
+        ] {
+            let key = generate(kind);
+            let r = ring(std::slice::from_ref(&key), &[]).unwrap();
+            let t = r.sign(&claims()).unwrap();
+            assert_eq!(header(&t)["alg"], alg);
+            assert_eq!(header(&t)["kid"], key["kid"]);
+            assert_eq!(
+                r.verify(&t, now()).unwrap().role.as_deref(),
+                Some("service_role")
+            );
+            let jwks = r.jwks();
+            let public = &jwks["keys"][0];
+            assert_eq!(
+                (public["kty"].as_str(), public["alg"].as_str()),
+                (Some(kty), Some(alg))
+            );
+            assert_eq!(public["kid"], key["kid"]);
+            assert_eq!(
+                (&public["use"], &public["key_ops"]),
+                (&json!("sig"), &json!(["verify"]))
+            );
+            for private in ["d", "p", "q"] {
+                assert!(public.get(private).is_none(), "{alg} publishes {private}");
+            }
+            // A public-only copy of the key verifies what the private one signed.
+            let mut published = public.clone();
+            published["key_ops"] = json!(["verify"]);
+            let verifier = ring(&[generate(KeyKind::Es256), published], &[]).unwrap();
+            assert!(verifier.verify(&t, now()).is_ok(), "{alg}");
+        }
+    }
+
+    #[test]
+    fn the_ring_picks_keys_by_kid_and_refuses_confusion() {
+        let es = generate(KeyKind::Es256);
+        let rsa = generate(KeyKind::Rs256);
+        let mut rsa_public = r#"{"kty":"RSA"}"#.parse::<Value>().unwrap();
+        for f in ["kid", "alg", "n", "e"] {
+            rsa_public[f] = rsa[f].clone();
+        }
+        let oct = json!({"kty": "oct", "kid": "legacy", "alg": "HS256", "k": B64.encode("secret"), "key_ops": ["verify"]});
+        let r = ring(&[es.clone(), verify_only(rsa_public), oct], &[]).unwrap();
+        let t = now();
+        // A verify-only key still verifies what it signed before its retirement as signer.
+        let by_rsa = ring(std::slice::from_ref(&rsa), &[])
+            .unwrap()
+            .sign(&claims())
+            .unwrap();
+        assert!(r.verify(&by_rsa, t).is_ok());
+        // Kid-less HS256 over the secret: existing anon and service_role keys.
+        let legacy = JwtKeys::new(
+            &crate::Config::for_tests(crate::config::DatabaseUrl::Sqlite("x".into())).jwt,
+            "secret",
+        )
+        .unwrap()
+        .sign(&claims())
+        .unwrap();
+        assert!(r.verify(&legacy, t).is_ok());
+        let refused = |token: &str, says: &str| {
+            let e = r.verify(token, t).unwrap_err();
+            assert_eq!((e.status, e.code), (403, "bad_jwt"));
+            assert!(e.message.contains(says), "{says}: {}", e.message);
+        };
+        // HS256 keyed with the RSA key's published modulus, under its kid.
+        let hs = |kid: &str, key: &[u8]| {
+            let mut h = Header::new(Algorithm::HS256);
+            h.kid = Some(kid.into());
+            jsonwebtoken::encode(&h, &claims(), &EncodingKey::from_secret(key)).unwrap()
+        };
+        let n = B64.decode(rsa["n"].as_str().unwrap()).unwrap();
+        refused(
+            &hs(rsa["kid"].as_str().unwrap(), &n),
+            "signing method is invalid",
+        );
+        refused(
+            &hs(
+                rsa["kid"].as_str().unwrap(),
+                rsa["n"].as_str().unwrap().as_bytes(),
+            ),
+            "signing method is invalid",
+        );
+        // The same without a kid falls to the secret, which it does not match.
+        let mut h = Header::new(Algorithm::HS256);
+        h.kid = None;
+        let kidless = jsonwebtoken::encode(&h, &claims(), &EncodingKey::from_secret(&n)).unwrap();
+        refused(&kidless, "signature is invalid");
+        // `alg: none`.
+        let payload = legacy.split('.').nth(1).unwrap();
+        refused(
+            &format!("{}.{payload}.", B64.encode(r#"{"alg":"none","typ":"JWT"}"#)),
+            "token is malformed",
+        );
+        // A key that is not (or no longer) in the ring.
+        let retired = ring(&[generate(KeyKind::Es256)], &[])
+            .unwrap()
+            .sign(&claims())
+            .unwrap();
+        refused(&retired, "unrecognized JWT kid");
+        // Expired, signed by the current key.
+        let old = ring(&[es], &[])
+            .unwrap()
+            .sign(&role_claims("x", "a", t - 100, 10, None))
+            .unwrap();
+        refused(&old, "token is expired");
+    }
+
+    #[test]
+    fn valid_methods_decide_whether_the_secret_still_counts() {
+        let legacy = keys().sign(&claims()).unwrap();
+        let es = generate(KeyKind::Es256);
+        let only_es = ring(std::slice::from_ref(&es), &[]).unwrap();
+        let e = only_es.verify(&legacy, now()).unwrap_err();
+        assert!(
+            e.message.contains("signing method is invalid"),
+            "{}",
+            e.message
+        );
+        let both = ring(&[es], &["ES256", "HS256"]).unwrap();
+        assert!(both.verify(&legacy, now()).is_ok());
+        assert_eq!(both.algorithms(), ["ES256", "HS256"]);
+        assert!(ring(&[generate(KeyKind::Es256)], &["HS999"]).is_err());
+    }
+
+    #[test]
+    fn bad_key_sets_are_refused_by_name() {
+        let es = generate(KeyKind::Es256);
+        let d = es["d"].as_str().unwrap().to_string();
+        let mut public = es.clone();
+        public.as_object_mut().unwrap().remove("d");
+        let mut es512 = es.clone();
+        es512["alg"] = json!("ES512");
+        let mut rs_on_ec = es.clone();
+        rs_on_ec["alg"] = json!("RS256");
+        let mut no_kid = es.clone();
+        no_kid.as_object_mut().unwrap().remove("kid");
+        for (keys, says) in [
+            (vec![verify_only(es.clone())], "no signing key"),
+            (vec![es.clone(), generate(KeyKind::EdDsa)], "2 signing keys"),
+            (vec![public], "a public key cannot be the signing key"),
+            (vec![es512], "unknown alg \"ES512\""),
+            (vec![rs_on_ec], "does not fit a EC key"),
+            (vec![no_kid], "`kid` is missing"),
+            (
+                vec![es.clone(), verify_only(es.clone())],
+                "the kid is used by another key",
+            ),
+        ] {
+            let e = ring(&keys, &[]).err().expect(says);
+            assert!(e.starts_with("GOTRUE_JWT_KEYS: "), "{e}");
+            assert!(e.contains(says), "{says}: {e}");
+            assert!(!e.contains(&d), "the key's material is never shown");
         }
     }
 }

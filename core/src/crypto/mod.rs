@@ -1,5 +1,6 @@
 //! Secrets: password hashing, random tokens, JWTs.
 
+pub mod jwk;
 pub mod jwt;
 pub mod password;
 
