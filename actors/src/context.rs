@@ -14,6 +14,8 @@ pub struct Ctx {
     pub jwt: JwtKeys,
     /// Email templates: messages are rendered when they are queued.
     pub templates: Templates,
+    /// Whether new refresh tokens are v2 (stateless, HMAC-signed).
+    pub refresh_v2: bool,
 }
 
 impl Ctx {
@@ -23,12 +25,20 @@ impl Ctx {
         let templates = Templates::load(&config.mailer).await?;
         let hasher = PasswordHasher::new(&config.argon2);
         let jwt = JwtKeys::new(&config.jwt, secret)?;
+        // GoTrue's variable decides; unset, v2 unless the database is an
+        // adopted GoTrue one (whose clients hold legacy tokens and may run
+        // GoTrue beside castellan).
+        let refresh_v2 = match config.refresh_token_algorithm_version {
+            Some(v) => v == 2,
+            None => !store.adopted_gotrue().await.map_err(|e| e.to_string())?,
+        };
         Ok(Arc::new(Ctx {
             config,
             store,
             hasher,
             jwt,
             templates,
+            refresh_v2,
         }))
     }
 }

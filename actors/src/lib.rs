@@ -21,6 +21,7 @@ pub mod even_timing;
 pub mod links;
 pub mod otp_issuer;
 pub mod rate_limiter;
+mod refresh_v2;
 pub mod session_manager;
 pub mod sessions;
 pub mod supervisor;

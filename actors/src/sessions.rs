@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use castellan_core::crypto::jwt::{AmrEntry, Claims};
-use castellan_core::crypto::random_base32;
+use castellan_core::crypto::{random_base32, refresh};
 use castellan_core::models::{AuditAction, Identity, RefreshToken, User, audit_payload};
 use castellan_core::store::{self, LiveUser, SessionScope, Tx};
 use castellan_core::{ApiError, ApiResult};
@@ -69,7 +69,7 @@ pub fn claims_for(
     }
 }
 
-fn grant(
+pub(crate) fn grant(
     ctx: &Ctx,
     user: User,
     identities: Vec<Identity>,
@@ -106,7 +106,16 @@ async fn issue(
     audits: &[Audit],
 ) -> ApiResult<TokenGrant> {
     let now = ctx.config.clock.now();
-    let token = random_base32(12);
+    // v2: the session's own key signs its tokens, and no row is written.
+    let key = ctx.refresh_v2.then(refresh::new_key);
+    let token = match &key {
+        Some(k) => refresh::encode(k, session_id, 0).expect("a new key is base64url"),
+        None => random_base32(12),
+    };
+    let first = match &key {
+        Some(k) => store::FirstToken::V2Key(k),
+        None => store::FirstToken::Legacy(&token),
+    };
     let payloads = audit_payloads(&user, audits);
     let mut tx = ctx.store.begin().await?;
     let identities = tx
@@ -114,7 +123,7 @@ async fn issue(
             id: session_id,
             user_id: user.id,
             method,
-            refresh_token: &token,
+            refresh: first,
             audits: &payloads,
             now,
         })
@@ -129,7 +138,7 @@ async fn issue(
     grant(ctx, user, identities, session_id, token, amr, now)
 }
 
-fn not_found() -> ApiError {
+pub(crate) fn not_found() -> ApiError {
     ApiError::bad_request(
         "refresh_token_not_found",
         "Invalid Refresh Token: Refresh Token Not Found",
@@ -171,7 +180,7 @@ fn decide(
     }
 }
 
-fn check_session_validity(
+pub(crate) fn check_session_validity(
     ctx: &Ctx,
     s: &castellan_core::models::Session,
     now: DateTime<Utc>,
@@ -199,12 +208,17 @@ fn check_session_validity(
 /// token already revoked (a concurrent refresh of it won), or it was
 /// revoked to begin with, the decision is taken again under the lock.
 async fn refresh(ctx: &Ctx, presented: &str) -> ApiResult<TokenGrant> {
+    if let Some(v2) = refresh::parse(presented) {
+        return crate::refresh_v2::refresh(ctx, v2).await;
+    }
     let now = ctx.config.clock.now();
     let Some(c) = ctx.store.peek_refresh(presented).await? else {
         return Err(not_found());
     };
+    let token = c.token.as_ref().ok_or_else(not_found)?;
     check_usable(ctx, &c, now)?;
-    if c.token.revoked == Some(true) {
+    // A legacy token moves its session to v2 under the lock.
+    if token.revoked == Some(true) || ctx.refresh_v2 {
         return refresh_locked(ctx, presented, now).await;
     }
     let child = random_base32(12);
@@ -213,9 +227,9 @@ async fn refresh(ctx: &Ctx, presented: &str) -> ApiResult<TokenGrant> {
     let rotation = store::Rotation {
         session_id: c.session.id,
         user_id: c.user.id,
-        revoke: Some(c.token.id),
+        revoke: Some(token.id),
         child: &child,
-        parent: c.token.token.as_deref(),
+        parent: token.token.as_deref(),
         audits: [&refreshed, &revoked],
         now,
     };
@@ -234,7 +248,11 @@ async fn refresh(ctx: &Ctx, presented: &str) -> ApiResult<TokenGrant> {
 }
 
 /// A banned user or an ended session refreshes nothing.
-fn check_usable(ctx: &Ctx, c: &store::RefreshContext, now: DateTime<Utc>) -> ApiResult<()> {
+pub(crate) fn check_usable(
+    ctx: &Ctx,
+    c: &store::RefreshContext,
+    now: DateTime<Utc>,
+) -> ApiResult<()> {
     if c.user.is_banned(now) {
         return Err(ApiError::bad_request(
             "user_banned",
@@ -244,7 +262,7 @@ fn check_usable(ctx: &Ctx, c: &store::RefreshContext, now: DateTime<Utc>) -> Api
     check_session_validity(ctx, &c.session, now)
 }
 
-fn amr_entries(amr: Vec<(String, DateTime<Utc>)>) -> Vec<AmrEntry> {
+pub(crate) fn amr_entries(amr: Vec<(String, DateTime<Utc>)>) -> Vec<AmrEntry> {
     amr.into_iter()
         .map(|(method, t)| AmrEntry {
             method,
@@ -261,21 +279,26 @@ async fn refresh_locked(ctx: &Ctx, presented: &str, now: DateTime<Utc>) -> ApiRe
         return Err(not_found());
     };
     let session_id = c.session.id;
+    let token = c.token.clone().ok_or_else(not_found)?;
     check_usable(ctx, &c, now)?;
-    let active = if c.token.revoked == Some(true) {
+    let active = if token.revoked == Some(true) {
         tx.active_refresh_token(session_id).await?
     } else {
         None
     };
-    let issued = match decide(ctx, &c.token, active, now) {
+    let issued = match decide(ctx, &token, active, now) {
         Rotation::ReturnActive(active) => {
             tx.touch_session(session_id, now).await?;
             active.token.unwrap_or_default()
         }
         Rotation::Reject => {
             if ctx.config.refresh_token_rotation_enabled {
-                // The revocation is committed even though the request fails.
-                let revoked = tx.revoke_session_tokens(session_id, now).await?;
+                // The revocation is committed even though the request fails;
+                // a session already on v2 tokens ends (as a v2 reuse does).
+                let revoked = match c.session.refresh_token_hmac_key {
+                    Some(_) => end(&mut tx, c.user.id, SessionScope::Only(session_id)).await?,
+                    None => tx.revoke_session_tokens(session_id, now).await?,
+                };
                 tx.commit().await?;
                 metrics::counter!("castellan_refresh_token_reuse_total", "outcome" => "family_revoked").increment(1);
                 tracing::warn!(%session_id, revoked, "refresh token reused; session's tokens revoked");
@@ -289,20 +312,25 @@ async fn refresh_locked(ctx: &Ctx, presented: &str, now: DateTime<Utc>) -> ApiRe
             ));
         }
         rotation => {
-            let child = random_base32(12);
+            let revoke = matches!(rotation, Rotation::Rotate).then_some(token.id);
             let refreshed = audit_payload(&c.user, AuditAction::TokenRefreshed, None);
             let revoked = audit_payload(&c.user, AuditAction::TokenRevoked, None);
-            tx.record_rotation(&store::Rotation {
-                session_id,
-                user_id: c.user.id,
-                revoke: matches!(rotation, Rotation::Rotate).then_some(c.token.id),
-                child: &child,
-                parent: c.token.token.as_deref(),
-                audits: [&refreshed, &revoked],
-                now,
-            })
-            .await?;
-            child
+            if ctx.refresh_v2 {
+                upgrade_to_v2(&mut tx, &c, revoke, [refreshed, revoked], now).await?
+            } else {
+                let child = random_base32(12);
+                tx.record_rotation(&store::Rotation {
+                    session_id,
+                    user_id: c.user.id,
+                    revoke,
+                    child: &child,
+                    parent: token.token.as_deref(),
+                    audits: [&refreshed, &revoked],
+                    now,
+                })
+                .await?;
+                child
+            }
         }
     };
     tx.commit().await?;
@@ -315,6 +343,33 @@ async fn refresh_locked(ctx: &Ctx, presented: &str, now: DateTime<Utc>) -> ApiRe
         amr_entries(c.amr),
         now,
     )
+}
+
+/// GoTrue's gradual upgrade: a legacy token is spent (revoked, unless it
+/// already was) and answered with a v2 token; the session gets its key
+/// (or keeps the one it has) and the next counter.
+async fn upgrade_to_v2(
+    tx: &mut Tx,
+    c: &store::RefreshContext,
+    revoke: Option<i64>,
+    audits: [Value; 2],
+    now: DateTime<Utc>,
+) -> ApiResult<String> {
+    let s = &c.session;
+    let key = s
+        .refresh_token_hmac_key
+        .clone()
+        .unwrap_or_else(refresh::new_key);
+    let counter = s.refresh_token_counter.map_or(0, |n| n + 1);
+    if let Some(id) = revoke {
+        tx.revoke_refresh_token(id, now).await?;
+    }
+    tx.set_refresh_v2(s.id, &key, counter).await?;
+    tx.touch_session(s.id, now).await?;
+    tx.insert_audits(&audits, now).await?;
+    metrics::counter!("castellan_refresh_token_upgrades_total").increment(1);
+    refresh::encode(&key, s.id, counter)
+        .ok_or_else(|| ApiError::internal("refresh v2", "the session's key is not base64url"))
 }
 
 /// Ends the sessions of `user` that `scope` names, inside `tx`: every session

@@ -168,6 +168,10 @@ pub struct Config {
     pub argon2: Argon2Config,
     pub refresh_token_rotation_enabled: bool,
     pub refresh_token_reuse_interval: Duration,
+    /// `GOTRUE_SECURITY_REFRESH_TOKEN_ALGORITHM_VERSION`: 2 for stateless
+    /// HMAC-signed tokens, 1 (or 0) for GoTrue's legacy rows. Unset: 2 on a
+    /// database castellan made, 1 on an adopted GoTrue database.
+    pub refresh_token_algorithm_version: Option<u8>,
     pub update_password_require_reauthentication: bool,
     pub sessions_timebox: Option<Duration>,
     pub sessions_inactivity_timeout: Option<Duration>,
@@ -629,6 +633,16 @@ impl Config {
             refresh_token_reuse_interval: Duration::from_secs(
                 v.num(&["GOTRUE_SECURITY_REFRESH_TOKEN_REUSE_INTERVAL"], 0u64)?,
             ),
+            refresh_token_algorithm_version: v.parse(
+                &["GOTRUE_SECURITY_REFRESH_TOKEN_ALGORITHM_VERSION"],
+                None,
+                "0, 1 or 2",
+                |s| match s.trim() {
+                    "0" | "1" => Some(Some(1)),
+                    "2" => Some(Some(2)),
+                    _ => None,
+                },
+            )?,
             sessions_timebox: v.opt_duration(&["GOTRUE_SESSIONS_TIMEBOX"])?,
             sessions_inactivity_timeout: v.opt_duration(&["GOTRUE_SESSIONS_INACTIVITY_TIMEOUT"])?,
             rate_limits: RateLimits {

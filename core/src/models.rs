@@ -228,6 +228,10 @@ pub struct Session {
     pub updated_at: Option<DateTime<Utc>>,
     pub refreshed_at: Option<NaiveDateTime>,
     pub not_after: Option<DateTime<Utc>>,
+    /// The v2 refresh tokens' HMAC key (base64url) and last counter issued;
+    /// `None` for a session on legacy tokens.
+    pub refresh_token_hmac_key: Option<String>,
+    pub refresh_token_counter: Option<i64>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]

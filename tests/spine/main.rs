@@ -19,6 +19,7 @@ mod indexes;
 mod keys;
 mod listener;
 mod outage;
+mod refresh_v2;
 mod resilience;
 mod signup;
 mod timing;

@@ -61,9 +61,19 @@ both!(a_killed_session_manager_is_restarted, |_| {}, |t| {
 });
 
 /// Two castellan processes on one PostgreSQL database refresh the same
-/// session at once: the row lock serializes them and the family rules hold.
+/// session at once: the row lock (legacy) or the guarded counter (v2)
+/// serializes them and the rules hold: every caller gets the one new token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_share_one_postgres() {
+    two_processes_refresh_one_session("1").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_share_one_postgres_with_v2_tokens() {
+    two_processes_refresh_one_session("2").await
+}
+
+async fn two_processes_refresh_one_session(version: &str) {
     let (db, _) = common::fresh_database(Backend::Postgres).await;
     let castellan_core::config::DatabaseUrl::Postgres(url) = &db else {
         unreachable!()
@@ -71,9 +81,15 @@ async fn two_processes_share_one_postgres() {
     let mut children = Vec::new();
     let mut bases = Vec::new();
     for _ in 0..2 {
-        let (child, base) =
-            common::castellan_process(&["serve"], url, &[("GOTRUE_MAILER_AUTOCONFIRM", "true")])
-                .await;
+        let (child, base) = common::castellan_process(
+            &["serve"],
+            url,
+            &[
+                ("GOTRUE_MAILER_AUTOCONFIRM", "true"),
+                ("GOTRUE_SECURITY_REFRESH_TOKEN_ALGORITHM_VERSION", version),
+            ],
+        )
+        .await;
         children.push(child);
         bases.push(base);
     }
@@ -108,9 +124,15 @@ async fn two_processes_share_one_postgres() {
         "both processes handed out the same single child"
     );
     let store = castellan_core::Store::connect(&db, 2).await.unwrap();
-    let live: i64 = castellan_core::on!(pool store.pool(), p => sqlx::query_scalar(
-        "SELECT count(*) FROM refresh_tokens WHERE revoked = false").fetch_one(p).await.unwrap());
-    assert_eq!(live, 1);
+    let (rows, counter): (i64, Option<i64>) = castellan_core::on!(pool store.pool(), p => sqlx::query_as(
+        "SELECT (SELECT count(*) FROM refresh_tokens WHERE revoked = false), (SELECT refresh_token_counter FROM sessions)")
+        .fetch_one(p).await.unwrap());
+    match version {
+        // One live row: the single child.
+        "1" => assert_eq!((rows, counter), (1, None)),
+        // No rows at all; the counter moved once.
+        _ => assert_eq!((rows, counter), (0, Some(1))),
+    }
     store.close().await;
     for mut c in children {
         let _ = c.kill().await;

@@ -10,7 +10,12 @@ both!(autoconfirmed_signup_returns_a_session, |_| {}, |t| {
     let b = &r.body;
     assert_eq!(b["token_type"], "bearer");
     assert!(b["expires_in"].as_i64().unwrap() > 3500);
-    assert_eq!(b["refresh_token"].as_str().unwrap().len(), 12);
+    // A fresh castellan database hands out v2 refresh tokens.
+    let refresh = b["refresh_token"].as_str().unwrap();
+    assert!(
+        castellan_core::crypto::refresh::parse(refresh).is_some(),
+        "{refresh}"
+    );
     let user = &b["user"];
     assert_eq!(user["email"], "alice@example.com");
     assert_eq!(user["role"], "authenticated");
@@ -62,13 +67,22 @@ both!(autoconfirmed_signup_returns_a_session, |_| {}, |t| {
             .await,
         1
     );
+    // v2: the session holds the token's key and counter; no token row.
     assert_eq!(
-        t.count_by_str(
-            "SELECT count(*) FROM refresh_tokens WHERE token = $1 AND revoked = false",
-            b["refresh_token"].as_str().unwrap()
+        t.count_by_uuid(
+            "SELECT count(*) FROM sessions WHERE user_id = $1 AND refresh_token_counter = 0 AND refresh_token_hmac_key IS NOT NULL",
+            uid
         )
         .await,
         1
+    );
+    assert_eq!(
+        t.count_by_str(
+            "SELECT count(*) FROM refresh_tokens WHERE user_id = $1",
+            &uid.to_string()
+        )
+        .await,
+        0
     );
     assert_eq!(t.audit_actions(id).await, vec!["user_signedup", "login"]);
 });

@@ -125,7 +125,13 @@ both!(unknown_grant_type, |_| {}, |t| {
     }
 });
 
-both!(refresh_rotates_and_detects_reuse, |_| {}, |t| {
+/// These tests are of GoTrue's legacy token rows; `refresh_v2.rs` has the
+/// same rules for v2 tokens.
+fn legacy(c: &mut castellan_core::Config) {
+    c.refresh_token_algorithm_version = Some(1);
+}
+
+both!(refresh_rotates_and_detects_reuse, legacy, |t| {
     let s = t.new_session("l@example.com", "secret123").await;
     let t0 = s["refresh_token"].as_str().unwrap().to_string();
     let sid = claims(s["access_token"].as_str().unwrap())["session_id"]
@@ -205,7 +211,10 @@ both!(refresh_rotates_and_detects_reuse, |_| {}, |t| {
 
 both!(
     reuse_interval_allows_a_fork,
-    |c| c.refresh_token_reuse_interval = std::time::Duration::from_secs(60),
+    |c| {
+        legacy(c);
+        c.refresh_token_reuse_interval = std::time::Duration::from_secs(60);
+    },
     |t| {
         let s = t.new_session("m@example.com", "secret123").await;
         let t0 = s["refresh_token"].as_str().unwrap().to_string();
@@ -228,7 +237,10 @@ both!(
 
 both!(
     reuse_without_rotation_does_not_revoke,
-    |c| c.refresh_token_rotation_enabled = false,
+    |c| {
+        legacy(c);
+        c.refresh_token_rotation_enabled = false;
+    },
     |t| {
         let s = t.new_session("n@example.com", "secret123").await;
         let t0 = s["refresh_token"].as_str().unwrap().to_string();
@@ -245,7 +257,7 @@ both!(
     }
 );
 
-both!(concurrent_refreshes_of_one_token, |_| {}, |t| {
+both!(concurrent_refreshes_of_one_token, legacy, |t| {
     let s = t.new_session("o@example.com", "secret123").await;
     let t0 = s["refresh_token"].as_str().unwrap().to_string();
     let sid: Uuid = claims(s["access_token"].as_str().unwrap())["session_id"]

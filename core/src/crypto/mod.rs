@@ -3,6 +3,7 @@
 pub mod jwk;
 pub mod jwt;
 pub mod password;
+pub mod refresh;
 
 use rand::RngExt;
 

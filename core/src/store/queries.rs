@@ -44,7 +44,8 @@ pub struct NewUser<'a> {
 #[derive(Debug, Clone)]
 pub struct RefreshContext {
     pub session: Session,
-    pub token: RefreshToken,
+    /// The presented legacy token (`None` when a v2 token was presented).
+    pub token: Option<RefreshToken>,
     pub user: User,
     pub amr: Vec<(String, DateTime<Utc>)>,
     pub identities: Vec<Identity>,
@@ -68,6 +69,34 @@ pub struct Rotation<'a> {
     pub audits: [&'a Value; 2],
     pub now: DateTime<Utc>,
 }
+
+/// The writes of one v2 refresh: move the session's counter from `from` to
+/// `to` (the same value for an allowed reuse), audit it, mark the session
+/// refreshed; all only if the counter is still `from`.
+pub struct Advance<'a> {
+    pub session_id: Uuid,
+    pub from: i64,
+    pub to: i64,
+    /// The `token_refreshed` audit payload.
+    pub audit: &'a Value,
+    pub now: DateTime<Utc>,
+}
+
+const ADVANCE_PG: &str = "WITH advanced AS (UPDATE sessions SET refresh_token_counter = $3, refreshed_at = $4, updated_at = $5, \
+                              ip = coalesce($6::inet, ip), user_agent = coalesce($7, user_agent) \
+                              WHERE id = $1 AND refresh_token_counter = $2 RETURNING id), \
+     audit AS (INSERT INTO audit_log_entries (instance_id, id, payload, created_at, ip_address) \
+               SELECT $8, $9, $10::jsonb::json, $5, $11 FROM advanced) \
+     SELECT count(*) FROM advanced";
+
+/// As `ADVANCE_PG`, as a SQLite batch with its own transaction (see `ROTATE_LITE`).
+const ADVANCE_LITE: &str = "BEGIN IMMEDIATE; \
+     UPDATE sessions SET refresh_token_counter = $3, refreshed_at = $4, updated_at = $5, ip = coalesce($6, ip), \
+         user_agent = coalesce($7, user_agent) WHERE id = $1 AND refresh_token_counter = $2; \
+     INSERT INTO audit_log_entries (instance_id, id, payload, created_at, ip_address) \
+         SELECT $8, $9, $10, $5, $11 WHERE changes() = 1; \
+     SELECT changes(); \
+     COMMIT";
 
 /// A user as an access token sees them: identities, and the session the
 /// token names (`None`: it names none, or that session is gone).
@@ -101,9 +130,17 @@ pub struct NewSession<'a> {
     pub id: Uuid,
     pub user_id: Uuid,
     pub method: &'a str,
-    pub refresh_token: &'a str,
+    /// A legacy first refresh token (a row), or for v2 tokens the
+    /// session's HMAC key (its counter starts at 0, and no row is written).
+    pub refresh: FirstToken<'a>,
     pub audits: &'a [Value],
     pub now: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum FirstToken<'a> {
+    Legacy(&'a str),
+    V2Key(&'a str),
 }
 
 /// Which sessions of a user to delete.
@@ -148,12 +185,13 @@ const ROTATE_LITE: &str = "BEGIN IMMEDIATE; \
 
 /// A new session on PostgreSQL in one statement (a data-modifying CTE;
 /// foreign keys are checked at its end), answering with the identities.
-const START_SESSION_PG: &str = "WITH session AS (INSERT INTO sessions (id, user_id, created_at, updated_at, aal, ip, user_agent) \
-                                  VALUES ($1, $2, $3, $3, 'aal1'::auth.aal_level, $11::inet, $12)), \
+const START_SESSION_PG: &str = "WITH session AS (INSERT INTO sessions (id, user_id, created_at, updated_at, aal, ip, user_agent, \
+                                  refresh_token_hmac_key, refresh_token_counter) \
+                                  VALUES ($1, $2, $3, $3, 'aal1'::auth.aal_level, $11::inet, $12, $13::text, $14::bigint)), \
                  amr AS (INSERT INTO mfa_amr_claims (id, session_id, authentication_method, created_at, updated_at) \
                          VALUES ($4, $1, $5, $3, $3)), \
                  refresh AS (INSERT INTO refresh_tokens (instance_id, token, user_id, revoked, created_at, updated_at, parent, session_id) \
-                             VALUES ($6, $7, $8, false, $3, $3, NULL, $1)), \
+                             SELECT $6, $7, $8, false, $3, $3, NULL, $1 WHERE $7::text IS NOT NULL), \
                  signed_in AS (UPDATE users SET last_sign_in_at = $3, updated_at = $3 WHERE id = $2), \
                  audit AS (INSERT INTO audit_log_entries (instance_id, id, payload, created_at, ip_address) \
                            SELECT $6, gen_random_uuid(), a.payload, $3, $10 FROM jsonb_array_elements($9::jsonb) AS a(payload)) \
@@ -166,12 +204,12 @@ const START_SESSION_PG: &str = "WITH session AS (INSERT INTO sessions (id, user_
 /// its first method, its refresh token, the user's sign-in time, the audit
 /// entries (one per element of the JSON array `$9`), then the identities.
 const START_SESSION_LITE: &str = concat!(
-    "INSERT INTO sessions (id, user_id, created_at, updated_at, aal, ip, user_agent) \
-         VALUES ($1, $2, $3, $3, 'aal1', $11, $12); \
+    "INSERT INTO sessions (id, user_id, created_at, updated_at, aal, ip, user_agent, \
+         refresh_token_hmac_key, refresh_token_counter) VALUES ($1, $2, $3, $3, 'aal1', $11, $12, $13, $14); \
      INSERT INTO mfa_amr_claims (id, session_id, authentication_method, created_at, updated_at) \
          VALUES ($4, $1, $5, $3, $3); \
      INSERT INTO refresh_tokens (instance_id, token, user_id, revoked, created_at, updated_at, parent, session_id) \
-         VALUES ($6, $7, $8, false, $3, $3, NULL, $1); \
+         SELECT $6, $7, $8, false, $3, $3, NULL, $1 WHERE $7 IS NOT NULL; \
      UPDATE users SET last_sign_in_at = $3, updated_at = $3 WHERE id = $2; \
      INSERT INTO audit_log_entries (instance_id, id, payload, created_at, ip_address) \
          SELECT $6, randomblob(16), a.value, $3, $10 FROM json_each($9) AS a; \
@@ -183,19 +221,30 @@ const START_SESSION_LITE: &str = concat!(
 // The refresh context query and its decoding, shared by the locked read
 // (`Tx::refresh_context`) and the unlocked one (`Store::peek_refresh`).
 macro_rules! refresh_sql {
-    ($amr:literal, $identities:literal, $lock:literal) => {
+    ($amr:literal, $identities:literal, $from:expr) => {
         concat!(
             "SELECT u.*, s.id AS s_id, s.created_at AS s_created_at, s.updated_at AS s_updated_at, s.refreshed_at AS s_refreshed_at, \
-             s.not_after AS s_not_after, t.id AS t_id, t.token AS t_token, t.user_id AS t_user_id, t.revoked AS t_revoked, \
+             s.not_after AS s_not_after, s.refresh_token_hmac_key AS s_key, s.refresh_token_counter AS s_counter, \
+             t.id AS t_id, t.token AS t_token, t.user_id AS t_user_id, t.revoked AS t_revoked, \
              t.created_at AS t_created_at, t.updated_at AS t_updated_at, t.parent AS t_parent, ",
-            $amr, " AS amr_json, ", $identities, " AS identities_json \
-             FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id JOIN users u ON u.id = s.user_id \
-             WHERE t.token = $1", $lock
+            $amr, " AS amr_json, ", $identities, " AS identities_json ", $from
         )
     };
 }
+/// A legacy token's row, its session and user.
+macro_rules! by_token {
+    () => {
+        "FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id JOIN users u ON u.id = s.user_id WHERE t.token = $1"
+    };
+}
+/// A v2 token's session (by id) and user; no token row.
+macro_rules! by_session {
+    () => {
+        "FROM sessions s JOIN users u ON u.id = s.user_id LEFT JOIN refresh_tokens t ON false WHERE s.id = $1"
+    };
+}
 macro_rules! pg_refresh_sql {
-    ($lock:literal) => {
+    ($from:expr) => {
         refresh_sql!(
             "(SELECT coalesce(json_agg(json_build_object('method', a.authentication_method, 'at', a.updated_at) \
               ORDER BY a.updated_at DESC), '[]'::json) FROM mfa_amr_claims a WHERE a.session_id = s.id)",
@@ -203,12 +252,12 @@ macro_rules! pg_refresh_sql {
               'user_id', i.user_id, 'identity_data', i.identity_data, 'provider', i.provider, 'last_sign_in_at', i.last_sign_in_at, \
               'created_at', i.created_at, 'updated_at', i.updated_at) ORDER BY i.created_at, i.id), '[]'::json) \
               FROM identities i WHERE i.user_id = u.id)",
-            $lock
+            $from
         )
     };
 }
 macro_rules! lite_refresh_sql {
-    () => {
+    ($from:expr) => {
         refresh_sql!(
             "(SELECT coalesce(json_group_array(json_object('method', a.authentication_method, 'at', a.updated_at)), '[]') \
               FROM (SELECT * FROM mfa_amr_claims WHERE session_id = s.id ORDER BY updated_at DESC) a)",
@@ -216,7 +265,7 @@ macro_rules! lite_refresh_sql {
               'user_id', lower(hex(i.user_id)), 'identity_data', json(i.identity_data), 'provider', i.provider, \
               'last_sign_in_at', i.last_sign_in_at, 'created_at', i.created_at, 'updated_at', i.updated_at)), '[]') \
               FROM (SELECT * FROM identities WHERE user_id = u.id ORDER BY created_at, id) i)",
-            ""
+            $from
         )
     };
 }
@@ -235,16 +284,21 @@ macro_rules! decode_refresh {
                 updated_at: r.try_get("s_updated_at")?,
                 refreshed_at: r.try_get("s_refreshed_at")?,
                 not_after: r.try_get("s_not_after")?,
+                refresh_token_hmac_key: r.try_get("s_key")?,
+                refresh_token_counter: r.try_get("s_counter")?,
             },
-            token: RefreshToken {
-                id: r.try_get("t_id")?,
-                token: r.try_get("t_token")?,
-                user_id: r.try_get("t_user_id")?,
-                revoked: r.try_get("t_revoked")?,
-                created_at: r.try_get("t_created_at")?,
-                updated_at: r.try_get("t_updated_at")?,
-                parent: r.try_get("t_parent")?,
-                session_id: Some(session_id),
+            token: match r.try_get::<Option<i64>, _>("t_id")? {
+                None => None,
+                Some(id) => Some(RefreshToken {
+                    id,
+                    token: r.try_get("t_token")?,
+                    user_id: r.try_get("t_user_id")?,
+                    revoked: r.try_get("t_revoked")?,
+                    created_at: r.try_get("t_created_at")?,
+                    updated_at: r.try_get("t_updated_at")?,
+                    parent: r.try_get("t_parent")?,
+                    session_id: Some(session_id),
+                }),
             },
             user,
             amr: amr.0.into_iter().map(|a| (a.method, a.at)).collect(),
@@ -351,20 +405,139 @@ impl Store {
         count();
         match &self.pool {
             Pool::Pg(p) => {
-                let row = sqlx::query(pg_refresh_sql!(""))
+                let row = sqlx::query(pg_refresh_sql!(by_token!()))
                     .bind(token)
                     .fetch_optional(p)
                     .await?;
                 decode_refresh!(row)
             }
             Pool::Lite(p) => {
-                let row = sqlx::query(lite_refresh_sql!())
+                let row = sqlx::query(lite_refresh_sql!(by_token!()))
                     .bind(token)
                     .fetch_optional(p)
                     .await?;
                 decode_refresh!(row)
             }
         }
+    }
+
+    /// Whether this is a GoTrue database castellan adopted: GoTrue keeps its
+    /// migrations in `auth.schema_migrations`, which castellan never makes.
+    pub async fn adopted_gotrue(&self) -> Result<bool, sqlx::Error> {
+        match &self.pool {
+            Pool::Pg(p) => {
+                sqlx::query_scalar("SELECT to_regclass('auth.schema_migrations') IS NOT NULL")
+                    .fetch_one(p)
+                    .await
+            }
+            Pool::Lite(_) => Ok(false),
+        }
+    }
+
+    /// A v2 refresh's context, read without a lock: the session the token
+    /// names, its key and counter, and its user.
+    pub async fn peek_session_refresh(
+        &self,
+        session_id: Uuid,
+    ) -> Result<Option<RefreshContext>, sqlx::Error> {
+        count();
+        match &self.pool {
+            Pool::Pg(p) => {
+                let row = sqlx::query(pg_refresh_sql!(by_session!()))
+                    .bind(session_id)
+                    .fetch_optional(p)
+                    .await?;
+                decode_refresh!(row)
+            }
+            Pool::Lite(p) => {
+                let row = sqlx::query(lite_refresh_sql!(by_session!()))
+                    .bind(session_id)
+                    .fetch_optional(p)
+                    .await?;
+                decode_refresh!(row)
+            }
+        }
+    }
+
+    /// Moves a session's v2 counter (see [`Advance`]): false when another
+    /// refresh moved it first (nothing written). One statement on
+    /// PostgreSQL, one self-contained batch on SQLite.
+    pub async fn advance_refresh_counter(&self, a: &Advance<'_>) -> Result<bool, sqlx::Error> {
+        let client = crate::client::current();
+        count();
+        let args = (
+            a.session_id,
+            a.from,
+            a.to,
+            a.now,
+            Json(a.audit.clone()),
+            client,
+        );
+        macro_rules! bind_all {
+            ($q:expr, $a:expr) => {{
+                let (session, from, to, now, audit, client) = $a;
+                $q.bind(session)
+                    .bind(from)
+                    .bind(to)
+                    .bind(now.naive_utc())
+                    .bind(now)
+                    .bind(client.ip.map(|ip| ip.to_string()))
+                    .bind(client.user_agent)
+                    .bind(INSTANCE_ID)
+                    .bind(Uuid::now_v7())
+                    .bind(audit)
+                    .bind(client.address)
+            }};
+        }
+        match &self.pool {
+            Pool::Pg(p) => {
+                let won: i64 = bind_all!(sqlx::query_scalar(ADVANCE_PG), args)
+                    .fetch_one(p)
+                    .await?;
+                Ok(won == 1)
+            }
+            Pool::Lite(p) => {
+                let done = self
+                    .lite_batch(p, move |conn| {
+                        Box::pin(async move {
+                            let q = sqlx::query_scalar::<_, i64>(ADVANCE_LITE);
+                            bind_all!(q, args).fetch_all(conn).await
+                        })
+                    })
+                    .await?;
+                Ok(done.first() == Some(&1))
+            }
+        }
+    }
+
+    /// Runs a SQLite batch that begins and commits its own transaction:
+    /// BEGIN, the batch and COMMIT in one call to SQLite's thread, so the
+    /// write lock is never held across a wait for this task to be scheduled
+    /// again. A task of its own finishes it (and rolls back a failure) even
+    /// if the request is abandoned, so no connection goes back to the pool
+    /// inside a transaction. Answers the batch's rows (every row is read, so
+    /// every statement, COMMIT too, runs).
+    async fn lite_batch(
+        &self,
+        pool: &sqlx::SqlitePool,
+        batch: impl for<'c> FnOnce(
+            &'c mut sqlx::SqliteConnection,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<Vec<i64>, sqlx::Error>> + Send + 'c>,
+        > + Send
+        + 'static,
+    ) -> Result<Vec<i64>, sqlx::Error> {
+        let (pool, turn) = (pool.clone(), self.writer.clone());
+        let write = tokio::spawn(async move {
+            let _turn = turn.lock_owned().await;
+            let mut conn = pool.acquire().await?;
+            let done = batch(&mut conn).await;
+            if done.is_err() {
+                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            }
+            done
+        });
+        write.await.map_err(|_| sqlx::Error::WorkerCrashed)?
     }
 
     /// Revokes `r.revoke` and writes its child, the audit entries and the
@@ -417,24 +590,14 @@ impl Store {
                 Ok(won == 1)
             }
             Pool::Lite(p) => {
-                // BEGIN, the batch and COMMIT in one call to SQLite's thread:
-                // the write lock is never held across a wait for this task to
-                // be scheduled again. The task of its own finishes it (and
-                // rolls back a failure) even if the request is abandoned, so
-                // no connection goes back to the pool inside a transaction.
-                let (pool, turn) = (p.clone(), self.writer.clone());
-                let write = tokio::spawn(async move {
-                    let _turn = turn.lock_owned().await;
-                    let mut conn = pool.acquire().await?;
-                    // Every row, so every statement (COMMIT too) runs.
-                    let q = sqlx::query_scalar::<_, i64>(ROTATE_LITE);
-                    let done = bind_all!(q, args).fetch_all(&mut *conn).await;
-                    if done.is_err() {
-                        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-                    }
-                    done
-                });
-                let done = write.await.map_err(|_| sqlx::Error::WorkerCrashed)??;
+                let done = self
+                    .lite_batch(p, move |conn| {
+                        Box::pin(async move {
+                            let q = sqlx::query_scalar::<_, i64>(ROTATE_LITE);
+                            bind_all!(q, args).fetch_all(conn).await
+                        })
+                    })
+                    .await?;
                 Ok(done.first() == Some(&1))
             }
         }
@@ -521,6 +684,10 @@ impl Tx {
         self.touch(s.user_id);
         count();
         let client = crate::client::current();
+        let (legacy, key, counter) = match s.refresh {
+            FirstToken::Legacy(t) => (Some(t), None, None),
+            FirstToken::V2Key(k) => (None, Some(k), Some(0i64)),
+        };
         // Both statements take the same parameters, in the same order.
         macro_rules! bind_all {
             ($q:expr) => {
@@ -530,12 +697,14 @@ impl Tx {
                     .bind(Uuid::now_v7())
                     .bind(s.method)
                     .bind(INSTANCE_ID)
-                    .bind(s.refresh_token)
+                    .bind(legacy)
                     .bind(s.user_id.to_string())
                     .bind(Json(s.audits))
                     .bind(&client.address)
                     .bind(client.ip.map(|ip| ip.to_string()))
                     .bind(&client.user_agent)
+                    .bind(key)
+                    .bind(counter)
             };
         }
         match &mut self.conn {
@@ -597,14 +766,14 @@ impl Tx {
         count();
         match &mut self.conn {
             Conn::Pg(t) => {
-                let row = sqlx::query(pg_refresh_sql!(" FOR UPDATE OF s, t"))
+                let row = sqlx::query(pg_refresh_sql!(concat!(by_token!(), " FOR UPDATE OF s, t")))
                     .bind(token)
                     .fetch_optional(&mut **t)
                     .await?;
                 decode_refresh!(row)
             }
             Conn::Lite(t, _) => {
-                let row = sqlx::query(lite_refresh_sql!())
+                let row = sqlx::query(lite_refresh_sql!(by_token!()))
                     .bind(token)
                     .fetch_optional(&mut **t)
                     .await?;
@@ -709,6 +878,19 @@ impl Tx {
         count();
         on!(tx self, c => sqlx::query("UPDATE refresh_tokens SET revoked = true, updated_at = $2 WHERE id = $1")
             .bind(id).bind(now).execute(&mut *c).await.map(drop))
+    }
+
+    /// Moves a legacy session to v2 refresh tokens: its key (kept if it
+    /// has one) and counter, and the refresh time.
+    pub async fn set_refresh_v2(
+        &mut self,
+        session_id: Uuid,
+        key: &str,
+        counter: i64,
+    ) -> Result<(), sqlx::Error> {
+        count();
+        on!(tx self, c => sqlx::query("UPDATE sessions SET refresh_token_hmac_key = $2, refresh_token_counter = $3 WHERE id = $1")
+            .bind(session_id).bind(key).bind(counter).execute(&mut *c).await.map(drop))
     }
 
     /// Family revocation: every live token of the session.

@@ -1,0 +1,113 @@
+//! Refreshing with a v2 token (GoTrue's stateless format): the token names
+//! its session and a counter, signed with the session's own key. The
+//! session's counter says what happened since: equal, the normal rotation;
+//! one ahead, the client lost the last answer and gets it again; further
+//! ahead, a reuse, allowed within the reuse interval of the last refresh
+//! (concurrent tabs) and otherwise the end of the session. The counter
+//! moves in one guarded write, so two refreshes of one token cannot both
+//! rotate: the loser reads the counter again and gets the winner's token.
+
+use castellan_core::crypto::refresh::{self, V2Token};
+use castellan_core::models::{AuditAction, audit_payload};
+use castellan_core::store::{self, RefreshContext, SessionScope};
+use castellan_core::{ApiError, ApiResult};
+use chrono::{DateTime, Utc};
+
+use crate::context::Ctx;
+use crate::sessions::{TokenGrant, amr_entries, check_usable, end, grant, not_found};
+
+/// Reads of a moving counter before giving up (each lost race means
+/// another refresh of the session succeeded in between).
+const ATTEMPTS: usize = 8;
+
+pub(crate) async fn refresh(ctx: &Ctx, token: V2Token) -> ApiResult<TokenGrant> {
+    for _ in 0..ATTEMPTS {
+        let now = ctx.config.clock.now();
+        let c = ctx
+            .store
+            .peek_session_refresh(token.session_id)
+            .await?
+            .ok_or_else(not_found)?;
+        // A token this session's key did not sign is as good as unknown.
+        let key = c.session.refresh_token_hmac_key.clone();
+        let key = key.filter(|k| token.signed_by(k)).ok_or_else(not_found)?;
+        check_usable(ctx, &c, now)?;
+        let current = c.session.refresh_token_counter.unwrap_or(0);
+        let to = match current - token.counter {
+            behind if behind < 0 => {
+                return Err(ApiError::validation(
+                    "Invalid Refresh Token: Not Issued By This Server",
+                ));
+            }
+            0 => current + 1,
+            behind if reuse_allowed(ctx, &c, behind, now) => current,
+            _ => return Err(reused(ctx, &c).await),
+        };
+        let audit = audit_payload(&c.user, AuditAction::TokenRefreshed, None);
+        let advance = store::Advance {
+            session_id: c.session.id,
+            from: current,
+            to,
+            audit: &audit,
+            now,
+        };
+        if !ctx.store.advance_refresh_counter(&advance).await? {
+            continue;
+        }
+        let issued = refresh::encode(&key, c.session.id, to).ok_or_else(|| {
+            ApiError::internal("refresh v2", "the session's key is not base64url")
+        })?;
+        return grant(
+            ctx,
+            c.user,
+            c.identities,
+            c.session.id,
+            issued,
+            amr_entries(c.amr),
+            now,
+        );
+    }
+    Err(ApiError::unavailable(
+        "refresh v2",
+        "the session's counter kept moving",
+    ))
+}
+
+/// GoTrue's allowed reuses: the token just before the current one (the
+/// client failed to save the answer), or any within the reuse interval of
+/// the session's last refresh (concurrent refreshes from several tabs).
+fn reuse_allowed(ctx: &Ctx, c: &RefreshContext, behind: i64, now: DateTime<Utc>) -> bool {
+    let interval =
+        chrono::Duration::from_std(ctx.config.refresh_token_reuse_interval).unwrap_or_default();
+    let last = c
+        .session
+        .refreshed_at
+        .map(|t| t.and_utc())
+        .or(c.session.created_at);
+    behind == 1 || last.is_some_and(|l| (now - l).abs() < interval)
+}
+
+/// A reuse outside the rules: with rotation on, the session ends (every
+/// access and refresh token of it dies), committed though the request fails.
+async fn reused(ctx: &Ctx, c: &RefreshContext) -> ApiError {
+    let outcome = if ctx.config.refresh_token_rotation_enabled {
+        let ended = async {
+            let mut tx = ctx.store.begin().await?;
+            end(&mut tx, c.user.id, SessionScope::Only(c.session.id)).await?;
+            tx.commit().await?;
+            Ok::<_, ApiError>(())
+        };
+        if let Err(e) = ended.await {
+            return e;
+        }
+        tracing::warn!(session_id = %c.session.id, "v2 refresh token reused; session ended");
+        "session_ended"
+    } else {
+        "refused"
+    };
+    metrics::counter!("castellan_refresh_token_reuse_total", "outcome" => outcome).increment(1);
+    ApiError::bad_request(
+        "refresh_token_already_used",
+        "Invalid Refresh Token: Already Used",
+    )
+}
