@@ -388,7 +388,7 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("{:<28} {argon:>9.1}/s", "argon2id verify (all cores)");
 
     let sink = smtp_sink::SmtpSink::start().await;
-    let srv = server::start(&bin, &database_url, sink.port).await?;
+    let srv = server::start(&bin, &database_url, sink.port, &[]).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (idle_rss, _) = srv.rss_mib();
     let hash = {
@@ -429,6 +429,13 @@ async fn main() -> anyhow::Result<()> {
 
     let user_small = b.get_user("GET /user (1k users)").await?;
     let refresh_small = b.refresh("POST /token refresh (1k)").await?;
+    // The same with GoTrue's legacy token rows: a second server on the same
+    // database, told to hand them out (the first one, idle, waits).
+    let legacy = [("GOTRUE_SECURITY_REFRESH_TOKEN_ALGORITHM_VERSION", "1")];
+    let legacy_srv = server::start(&bin, &database_url, sink.port, &legacy).await?;
+    let v2_srv = std::mem::replace(&mut b.srv, legacy_srv);
+    let refresh_legacy = b.refresh("POST /token refresh, legacy tokens (1k)").await?;
+    std::mem::replace(&mut b.srv, v2_srv).stop().await;
     let db_url = if args.db == "sqlite" {
         castellan_core::config::DatabaseUrl::Sqlite(
             database_url.trim_start_matches("sqlite://").to_string(),
@@ -561,6 +568,12 @@ async fn main() -> anyhow::Result<()> {
             true,
         ),
         (
+            "refresh (legacy tokens) / write-transaction floor",
+            ratio(refresh_legacy.per_second, floor.per_second),
+            0.7,
+            true,
+        ),
+        (
             "password sign-in statements/op",
             b.results
                 .iter()
@@ -574,6 +587,15 @@ async fn main() -> anyhow::Result<()> {
             b.results
                 .iter()
                 .find(|r| r.0 == "POST /token refresh (1k)")
+                .map_or(0.0, |r| r.2),
+            3.0,
+            false,
+        ),
+        (
+            "refresh (legacy tokens) statements/op",
+            b.results
+                .iter()
+                .find(|r| r.0 == "POST /token refresh, legacy tokens (1k)")
                 .map_or(0.0, |r| r.2),
             3.0,
             false,

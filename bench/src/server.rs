@@ -44,10 +44,12 @@ pub fn build_release() -> anyhow::Result<std::path::PathBuf> {
     Ok(target.join("release/castellan"))
 }
 
+/// Starts castellan on `database_url`; `extra` adds (or overrides) variables.
 pub async fn start(
     bin: &std::path::Path,
     database_url: &str,
     smtp_port: u16,
+    extra: &[(&str, &str)],
 ) -> anyhow::Result<Server> {
     let huge = "1000000000";
     let mut child = Command::new(bin)
@@ -70,6 +72,7 @@ pub async fn start(
         .env("GOTRUE_SMTP_PORT", smtp_port.to_string())
         .env("GOTRUE_SMTP_ADMIN_EMAIL", "bench@castellan.test")
         .env("CASTELLAN_QUEUE_POLL_INTERVAL", "50ms")
+        .envs(extra.iter().copied())
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
