@@ -429,13 +429,6 @@ async fn main() -> anyhow::Result<()> {
 
     let user_small = b.get_user("GET /user (1k users)").await?;
     let refresh_small = b.refresh("POST /token refresh (1k)").await?;
-    // The same with GoTrue's legacy token rows: a second server on the same
-    // database, told to hand them out (the first one, idle, waits).
-    let legacy = [("GOTRUE_SECURITY_REFRESH_TOKEN_ALGORITHM_VERSION", "1")];
-    let legacy_srv = server::start(&bin, &database_url, sink.port, &legacy).await?;
-    let v2_srv = std::mem::replace(&mut b.srv, legacy_srv);
-    let refresh_legacy = b.refresh("POST /token refresh, legacy tokens (1k)").await?;
-    std::mem::replace(&mut b.srv, v2_srv).stop().await;
     let db_url = if args.db == "sqlite" {
         castellan_core::config::DatabaseUrl::Sqlite(
             database_url.trim_start_matches("sqlite://").to_string(),
@@ -536,6 +529,14 @@ async fn main() -> anyhow::Result<()> {
         t.elapsed().as_secs_f64()
     );
     let (_, peak_rss) = b.srv.rss_mib();
+    // Refresh with GoTrue's legacy token rows, last, so nothing above is
+    // measured beside it: a second server on the same database, told to
+    // hand them out (the first one, idle, waits).
+    let legacy = [("GOTRUE_SECURITY_REFRESH_TOKEN_ALGORITHM_VERSION", "1")];
+    let legacy_srv = server::start(&bin, &database_url, sink.port, &legacy).await?;
+    let v2_srv = std::mem::replace(&mut b.srv, legacy_srv);
+    let refresh_legacy = b.refresh("POST /token refresh, legacy tokens (1k)").await?;
+    std::mem::replace(&mut b.srv, v2_srv).stop().await;
 
     let pool = std::thread::available_parallelism()
         .map(|n| n.get())
