@@ -28,9 +28,12 @@ pub(crate) async fn refresh(ctx: &Ctx, token: V2Token) -> ApiResult<TokenGrant> 
             .peek_session_refresh(token.session_id)
             .await?
             .ok_or_else(not_found)?;
+        let stored = c.session.refresh_token_hmac_key.as_deref();
+        let key = open_key(ctx, c.session.id, stored.ok_or_else(not_found)?)?;
         // A token this session's key did not sign is as good as unknown.
-        let key = c.session.refresh_token_hmac_key.clone();
-        let key = key.filter(|k| token.signed_by(k)).ok_or_else(not_found)?;
+        if !token.signed_by(&key) {
+            return Err(not_found());
+        }
         check_usable(ctx, &c, now)?;
         let current = c.session.refresh_token_counter.unwrap_or(0);
         let to = match current - token.counter {
@@ -71,6 +74,16 @@ pub(crate) async fn refresh(ctx: &Ctx, token: V2Token) -> ApiResult<TokenGrant> 
         "refresh v2",
         "the session's counter kept moving",
     ))
+}
+
+/// A session's key as stored: sealed under the database encryption key
+/// when that is on. A key that cannot be opened (its decryption key is no
+/// longer configured) is a server fault, logged with the key's id.
+pub(crate) fn open_key(ctx: &Ctx, session: uuid::Uuid, stored: &str) -> ApiResult<String> {
+    ctx.config
+        .db_encryption
+        .open(&session.to_string(), stored)
+        .map_err(|e| ApiError::internal("session refresh key", e))
 }
 
 /// GoTrue's allowed reuses: the token just before the current one (the

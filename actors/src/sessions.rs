@@ -106,13 +106,15 @@ async fn issue(
     audits: &[Audit],
 ) -> ApiResult<TokenGrant> {
     let now = ctx.config.clock.now();
-    // v2: the session's own key signs its tokens, and no row is written.
+    // v2: the session's own key signs its tokens (stored sealed when
+    // database encryption is on), and no row is written.
     let key = ctx.refresh_v2.then(refresh::new_key);
     let token = match &key {
         Some(k) => refresh::encode(k, session_id, 0).expect("a new key is base64url"),
         None => random_base32(12),
     };
-    let first = match &key {
+    let stored = key.map(|k| ctx.config.db_encryption.seal(&session_id.to_string(), &k));
+    let first = match &stored {
         Some(k) => store::FirstToken::V2Key(k),
         None => store::FirstToken::Legacy(&token),
     };
@@ -316,7 +318,7 @@ async fn refresh_locked(ctx: &Ctx, presented: &str, now: DateTime<Utc>) -> ApiRe
             let refreshed = audit_payload(&c.user, AuditAction::TokenRefreshed, None);
             let revoked = audit_payload(&c.user, AuditAction::TokenRevoked, None);
             if ctx.refresh_v2 {
-                upgrade_to_v2(&mut tx, &c, revoke, [refreshed, revoked], now).await?
+                upgrade_to_v2(ctx, &mut tx, &c, revoke, [refreshed, revoked], now).await?
             } else {
                 let child = random_base32(12);
                 tx.record_rotation(&store::Rotation {
@@ -349,6 +351,7 @@ async fn refresh_locked(ctx: &Ctx, presented: &str, now: DateTime<Utc>) -> ApiRe
 /// already was) and answered with a v2 token; the session gets its key
 /// (or keeps the one it has) and the next counter.
 async fn upgrade_to_v2(
+    ctx: &Ctx,
     tx: &mut Tx,
     c: &store::RefreshContext,
     revoke: Option<i64>,
@@ -356,15 +359,22 @@ async fn upgrade_to_v2(
     now: DateTime<Utc>,
 ) -> ApiResult<String> {
     let s = &c.session;
-    let key = s
-        .refresh_token_hmac_key
-        .clone()
-        .unwrap_or_else(refresh::new_key);
+    let (key, stored) = match &s.refresh_token_hmac_key {
+        Some(stored) => (
+            crate::refresh_v2::open_key(ctx, s.id, stored)?,
+            stored.clone(),
+        ),
+        None => {
+            let key = refresh::new_key();
+            let stored = ctx.config.db_encryption.seal(&s.id.to_string(), &key);
+            (key, stored)
+        }
+    };
     let counter = s.refresh_token_counter.map_or(0, |n| n + 1);
     if let Some(id) = revoke {
         tx.revoke_refresh_token(id, now).await?;
     }
-    tx.set_refresh_v2(s.id, &key, counter).await?;
+    tx.set_refresh_v2(s.id, &stored, counter).await?;
     tx.touch_session(s.id, now).await?;
     tx.insert_audits(&audits, now).await?;
     metrics::counter!("castellan_refresh_token_upgrades_total").increment(1);

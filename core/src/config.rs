@@ -172,6 +172,9 @@ pub struct Config {
     /// HMAC-signed tokens, 1 (or 0) for GoTrue's legacy rows. Unset: 2 on a
     /// database castellan made, 1 on an adopted GoTrue database.
     pub refresh_token_algorithm_version: Option<u8>,
+    /// `GOTRUE_SECURITY_DB_ENCRYPTION_*`: the keys that seal secrets at
+    /// rest (the v2 refresh tokens' session keys).
+    pub db_encryption: crate::crypto::at_rest::DbEncryption,
     pub update_password_require_reauthentication: bool,
     pub sessions_timebox: Option<Duration>,
     pub sessions_inactivity_timeout: Option<Duration>,
@@ -406,6 +409,48 @@ const MAIL_KINDS: [&str; 6] = [
 ];
 
 /// `N` (per hour) or `N/duration`, as GoTrue reads `GOTRUE_RATE_LIMIT_EMAIL_SENT`.
+/// GoTrue's database encryption settings. Every key is 256 bits in
+/// base64url; the encryption key also decrypts (GoTrue wants it listed in
+/// the decryption keys too; castellan adds it).
+fn db_encryption(v: &Vars) -> Result<crate::crypto::at_rest::DbEncryption, ConfigError> {
+    use crate::crypto::at_rest::{DbEncryption, parse_key};
+    const PREFIX: &str = "GOTRUE_SECURITY_DB_ENCRYPTION_";
+    let err = |var: &str, msg: String| ConfigError {
+        var: format!("{PREFIX}{var}"),
+        msg,
+    };
+    let encrypt = v.bool(&["GOTRUE_SECURITY_DB_ENCRYPTION_ENCRYPT"], false)?;
+    let key_id = v.opt_string(&["GOTRUE_SECURITY_DB_ENCRYPTION_ENCRYPTION_KEY_ID"]);
+    let key = v.opt_string(&["GOTRUE_SECURITY_DB_ENCRYPTION_ENCRYPTION_KEY"]);
+    let mut keys = std::collections::HashMap::new();
+    for pair in v.list(&["GOTRUE_SECURITY_DB_ENCRYPTION_DECRYPTION_KEYS"], &[]) {
+        let (id, k) = pair.split_once(':').ok_or_else(|| {
+            err(
+                "DECRYPTION_KEYS",
+                "expected id:key pairs, comma-separated".into(),
+            )
+        })?;
+        let k = parse_key(k).map_err(|e| err("DECRYPTION_KEYS", format!("key {id:?}: {e}")))?;
+        keys.insert(id.trim().to_string(), k);
+    }
+    if !encrypt {
+        return Ok(DbEncryption::new(None, keys));
+    }
+    let id = key_id
+        .filter(|i| !i.is_empty())
+        .ok_or_else(|| err("ENCRYPTION_KEY_ID", "required when ENCRYPT is on".into()))?;
+    let key =
+        parse_key(key.as_deref().unwrap_or_default()).map_err(|e| err("ENCRYPTION_KEY", e))?;
+    if keys.get(&id).is_some_and(|k| k != &key) {
+        return Err(err(
+            "DECRYPTION_KEYS",
+            format!("key {id:?} differs from the encryption key"),
+        ));
+    }
+    keys.insert(id.clone(), key);
+    Ok(DbEncryption::new(Some(id), keys))
+}
+
 /// `GOTRUE_JWT_KEYS`, refused at start-up when any key is unusable (the
 /// message names the key, never its material).
 fn jwt_keys(v: &Vars) -> Result<Option<String>, ConfigError> {
@@ -633,6 +678,7 @@ impl Config {
             refresh_token_reuse_interval: Duration::from_secs(
                 v.num(&["GOTRUE_SECURITY_REFRESH_TOKEN_REUSE_INTERVAL"], 0u64)?,
             ),
+            db_encryption: db_encryption(v)?,
             refresh_token_algorithm_version: v.parse(
                 &["GOTRUE_SECURITY_REFRESH_TOKEN_ALGORITHM_VERSION"],
                 None,
@@ -720,6 +766,41 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Config::from_vars(&map)
+    }
+
+    #[test]
+    fn database_encryption_keys() {
+        use base64::Engine;
+        let key = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([7u8; 32]);
+        let on = cfg(&[
+            ("GOTRUE_SECURITY_DB_ENCRYPTION_ENCRYPT", "true"),
+            ("GOTRUE_SECURITY_DB_ENCRYPTION_ENCRYPTION_KEY_ID", "k1"),
+            ("GOTRUE_SECURITY_DB_ENCRYPTION_ENCRYPTION_KEY", &key),
+        ])
+        .unwrap();
+        let sealed = on.db_encryption.seal("row", "v");
+        assert!(sealed.contains("\"k1\""), "{sealed}");
+        assert_eq!(on.db_encryption.open("row", &sealed).unwrap(), "v");
+        for (pairs, var) in [
+            (
+                vec![("GOTRUE_SECURITY_DB_ENCRYPTION_ENCRYPT", "true")],
+                "GOTRUE_SECURITY_DB_ENCRYPTION_ENCRYPTION_KEY_ID",
+            ),
+            (
+                vec![
+                    ("GOTRUE_SECURITY_DB_ENCRYPTION_ENCRYPT", "true"),
+                    ("GOTRUE_SECURITY_DB_ENCRYPTION_ENCRYPTION_KEY_ID", "k1"),
+                    ("GOTRUE_SECURITY_DB_ENCRYPTION_ENCRYPTION_KEY", "too-short"),
+                ],
+                "GOTRUE_SECURITY_DB_ENCRYPTION_ENCRYPTION_KEY",
+            ),
+            (
+                vec![("GOTRUE_SECURITY_DB_ENCRYPTION_DECRYPTION_KEYS", "nocolon")],
+                "GOTRUE_SECURITY_DB_ENCRYPTION_DECRYPTION_KEYS",
+            ),
+        ] {
+            assert_eq!(cfg(&pairs).unwrap_err().var, var);
+        }
     }
 
     #[test]

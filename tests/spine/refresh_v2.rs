@@ -170,6 +170,32 @@ both!(v2_concurrent_refreshes_of_one_token, |_| {}, |t| {
     assert_eq!(counter(&t, sid).await, Some(1));
 });
 
+both!(
+    v2_session_keys_are_sealed_at_rest,
+    |c| {
+        let keys = [("k1".to_string(), rand::random::<[u8; 32]>())].into();
+        c.db_encryption =
+            castellan_core::crypto::at_rest::DbEncryption::new(Some("k1".into()), keys);
+    },
+    |t| {
+        let s = t.new_session("sealed@example.com", "secret123").await;
+        let t0 = s["refresh_token"].as_str().unwrap().to_string();
+        let sid = session_of(s["access_token"].as_str().unwrap());
+        let stored: String = castellan_core::on!(pool t.pool(), p => sqlx::query_scalar(
+            "SELECT refresh_token_hmac_key FROM sessions WHERE id = $1").bind(sid).fetch_one(p).await.unwrap());
+        let sealed: serde_json::Value = serde_json::from_str(&stored).expect("a sealed value");
+        assert_eq!(
+            (sealed["key_id"].as_str(), sealed["alg"].as_str()),
+            (Some("k1"), Some("aes-gcm-hkdf"))
+        );
+        // What the table holds does not sign the session's tokens.
+        assert!(!refresh::parse(&t0).unwrap().signed_by(&stored));
+        let t1 = t.rotate(&t0).await;
+        let r = t.refresh(&t1).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+);
+
 /// A session started on legacy tokens moves to v2 at its next refresh once
 /// v2 is on: the legacy token is spent, later refreshes are v2.
 async fn legacy_sessions_upgrade(backend: Backend) {

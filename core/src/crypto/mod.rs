@@ -1,5 +1,6 @@
 //! Secrets: password hashing, random tokens, JWTs.
 
+pub mod at_rest;
 pub mod jwk;
 pub mod jwt;
 pub mod password;
