@@ -54,6 +54,20 @@ enum KeysCommand {
         #[arg(long, value_enum, default_value = "ES256")]
         alg: KeyAlg,
     },
+    /// Store a key in the database as verify-only (published, not signing):
+    /// a new one of --alg, or the private JWK in --jwk-file. Prints its kid.
+    Add {
+        #[arg(long, value_enum, default_value = "ES256")]
+        alg: KeyAlg,
+        #[arg(long)]
+        jwk_file: Option<std::path::PathBuf>,
+    },
+    /// Make a stored key the signing key (the current one keeps verifying).
+    Promote { kid: String },
+    /// Stop publishing and accepting a stored key (not the signing key).
+    Retire { kid: String },
+    /// The stored keys: kid, algorithm, state, when added.
+    List,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -110,7 +124,7 @@ async fn main() {
     let cli = Cli::parse();
     // An admin command's stdout is its answer (`KEY=$(castellan admin token)`):
     // its log lines go to stderr.
-    let admin = matches!(cli.command, Some(Command::Admin(_)));
+    let admin = matches!(cli.command, Some(Command::Admin(_) | Command::Keys(_)));
     let (writer, terminal) = if admin {
         (
             BoxMakeWriter::new(std::io::stderr),
@@ -142,13 +156,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         return config_command(cmd);
     }
     if let Some(Command::Keys(KeysCommand::Generate { alg })) = &cli.command {
-        use castellan_core::crypto::jwk::{KeyKind, generate};
-        let kind = match alg {
-            KeyAlg::Es256 => KeyKind::Es256,
-            KeyAlg::Rs256 => KeyKind::Rs256,
-            KeyAlg::EdDsa => KeyKind::EdDsa,
-        };
-        println!("{}", generate(kind));
+        println!("{}", castellan_core::crypto::jwk::generate(alg.kind()));
         return Ok(());
     }
     let config = Config::from_process_env()?;
@@ -159,9 +167,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Admin(cmd) => admin(config, cmd).await,
-        Command::Config(_) | Command::Keys(_) => {
-            unreachable!("answered before the configuration is read")
-        }
+        Command::Keys(cmd) => keys(config, cmd).await,
+        Command::Config(_) => unreachable!("answered before the configuration is read"),
         Command::Worker => {
             let store = castellan::server::open_store(&config, 4, true).await?;
             castellan_jobs::queue::setup(&store)
@@ -187,6 +194,69 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+impl KeyAlg {
+    fn kind(self) -> castellan_core::crypto::jwk::KeyKind {
+        use castellan_core::crypto::jwk::KeyKind;
+        match self {
+            KeyAlg::Es256 => KeyKind::Es256,
+            KeyAlg::Rs256 => KeyKind::Rs256,
+            KeyAlg::EdDsa => KeyKind::EdDsa,
+        }
+    }
+}
+
+/// The signing keys kept in the database; every server sharing it picks a
+/// change up within CASTELLAN_KEYS_POLL_INTERVAL.
+async fn keys(config: Config, cmd: KeysCommand) -> anyhow::Result<()> {
+    use castellan_actors::signing_keys;
+    use castellan_core::store::KeyState;
+    let secret = castellan::server::resolve_secret(&config)?;
+    let store = castellan::server::open_store(&config, 2, true).await?;
+    let ctx = castellan_actors::Ctx::load(config, store, &secret)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let done = match cmd {
+        KeysCommand::Generate { .. } => unreachable!("answered before the configuration is read"),
+        KeysCommand::Add { alg, jwk_file } => {
+            let jwk = match jwk_file {
+                Some(path) => std::fs::read_to_string(&path)
+                    .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?,
+                None => castellan_core::crypto::jwk::generate(alg.kind()).to_string(),
+            };
+            signing_keys::add(&ctx, &jwk)
+                .await
+                .map(|kid| println!("{kid}"))
+        }
+        KeysCommand::Promote { kid } => signing_keys::set_state(&ctx, &kid, KeyState::Sign).await,
+        KeysCommand::Retire { kid } => signing_keys::set_state(&ctx, &kid, KeyState::Retired).await,
+        KeysCommand::List => {
+            let rows = ctx.store.signing_keys().await?;
+            for r in rows {
+                let jwk = ctx
+                    .config
+                    .db_encryption
+                    .open(&r.kid, &r.jwk)
+                    .unwrap_or_default();
+                let alg = serde_json::from_str::<serde_json::Value>(&jwk).ok();
+                let alg = alg
+                    .as_ref()
+                    .and_then(|j| j["alg"].as_str())
+                    .unwrap_or("?")
+                    .to_string();
+                println!(
+                    "{}\t{alg}\t{}\t{}",
+                    r.kid,
+                    r.state,
+                    r.created_at.to_rfc3339()
+                );
+            }
+            Ok(())
+        }
+    };
+    ctx.store.close().await;
+    done.map_err(anyhow::Error::msg)
 }
 
 async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {

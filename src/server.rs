@@ -323,6 +323,13 @@ pub async fn start_with(config: Config, workers: bool) -> anyhow::Result<Server>
         .await
         .map_err(anyhow::Error::msg)
         .context("loading the email templates")?;
+    // The signing keys kept in the database, installed before the first
+    // request and followed from then on.
+    let (keys_tx, keys_rx) = oneshot::channel::<()>();
+    castellan_actors::signing_keys::follow(ctx.clone(), async {
+        let _ = keys_rx.await;
+    })
+    .await;
     let actors = castellan_actors::start(ctx.clone())
         .await
         .context("starting the actors")?;
@@ -351,7 +358,7 @@ pub async fn start_with(config: Config, workers: bool) -> anyhow::Result<Server>
             let _ = rx.await;
         },
     ));
-    let mut shutdown = vec![tx];
+    let mut shutdown = vec![tx, keys_tx];
     let (metrics_addr, metrics_task) = match &state.config.metrics_addr {
         Some(at) => {
             let l = tokio::net::TcpListener::bind(at).await.with_context(|| {

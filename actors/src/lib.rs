@@ -24,6 +24,7 @@ pub mod rate_limiter;
 mod refresh_v2;
 pub mod session_manager;
 pub mod sessions;
+pub mod signing_keys;
 pub mod supervisor;
 
 pub use context::Ctx;

@@ -192,6 +192,8 @@ pub struct Config {
     /// How often a SQLite server looks for changes other processes made
     /// (PostgreSQL pushes them instead).
     pub cache_poll_interval: Duration,
+    /// How often a server reads the signing keys kept in the database.
+    pub keys_poll_interval: Duration,
 }
 
 /// Reads variables from a map (process environment merged with `.env`), so
@@ -743,6 +745,9 @@ impl Config {
                     Duration::from_millis(50),
                 )?
                 .max(Duration::from_millis(5)),
+            keys_poll_interval: v
+                .duration(&["CASTELLAN_KEYS_POLL_INTERVAL"], Duration::from_secs(10))?
+                .max(Duration::from_millis(10)),
         };
         Ok(cfg)
     }

@@ -262,6 +262,10 @@ pub enum AuditAction {
     UserRecoveryRequested,
     UserInvited,
     UserReauthenticateRequested,
+    /// castellan's own: `castellan keys add|promote|retire` (traits: `kid`).
+    SigningKeyAdded,
+    SigningKeyPromoted,
+    SigningKeyRetired,
 }
 
 impl AuditAction {
@@ -280,6 +284,9 @@ impl AuditAction {
             Self::UserRecoveryRequested => "user_recovery_requested",
             Self::UserInvited => "user_invited",
             Self::UserReauthenticateRequested => "user_reauthenticate_requested",
+            Self::SigningKeyAdded => "signing_key_added",
+            Self::SigningKeyPromoted => "signing_key_promoted",
+            Self::SigningKeyRetired => "signing_key_retired",
         }
     }
     pub fn log_type(self) -> &'static str {
@@ -291,6 +298,7 @@ impl AuditAction {
             | Self::UserReauthenticateRequested => "user",
             Self::UserRepeatedSignup | Self::UserModified | Self::UserUpdatedPassword => "user",
             Self::TokenRefreshed | Self::TokenRevoked => "token",
+            Self::SigningKeyAdded | Self::SigningKeyPromoted | Self::SigningKeyRetired => "keys",
         }
     }
 }

@@ -231,3 +231,150 @@ async fn rotation_signs_nobody_out_on_sqlite() {
 async fn rotation_signs_nobody_out_on_postgres() {
     rotation_signs_nobody_out(Backend::Postgres).await
 }
+
+/// Runs `castellan keys …` against `db`; its stdout, or its stderr as the error.
+fn keys_cli(
+    db: &castellan_core::config::DatabaseUrl,
+    secret: &str,
+    args: &[&str],
+) -> Result<String, String> {
+    let url = match db {
+        castellan_core::config::DatabaseUrl::Sqlite(path) => path.clone(),
+        castellan_core::config::DatabaseUrl::Postgres(url) => url.clone(),
+    };
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_castellan"))
+        .arg("keys")
+        .args(args)
+        .env_clear()
+        .env("DATABASE_URL", url)
+        .env("GOTRUE_JWT_SECRET", secret)
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).trim().to_string();
+    match out.status.success() {
+        true => Ok(text(&out.stdout)),
+        false => Err(text(&out.stderr)),
+    }
+}
+
+/// Beyond GoTrue: keys kept in the database, changed with `castellan keys`
+/// while a server runs, take effect there without a restart.
+async fn stored_keys_rotate_without_restart(backend: Backend) {
+    let (db, _dir) = common::fresh_database(backend).await;
+    let mut cfg = common::test_config(db.clone());
+    cfg.keys_poll_interval = std::time::Duration::from_millis(50);
+    let secret = cfg.jwt.secret.clone().unwrap();
+    let server = castellan::start(cfg).await.expect("server starts");
+    let signup = reqwest::Client::new()
+        .post(format!("http://{}/signup", server.addr))
+        .json(&json!({"email": "stored@example.com", "password": "secret123"}))
+        .send()
+        .await
+        .unwrap();
+    let session = read(signup).await.body;
+    let hs = session["access_token"].as_str().unwrap().to_string();
+    assert_eq!(header(&hs)["alg"], "HS256");
+    let login = || async {
+        let r = reqwest::Client::new()
+            .post(format!("http://{}/token?grant_type=password", server.addr))
+            .json(&json!({"email": "stored@example.com", "password": "secret123"}))
+            .send()
+            .await
+            .unwrap();
+        read(r).await.body["access_token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    // Waits (polling) until the server's answer satisfies `ok`.
+    async fn eventually<F: std::future::Future<Output = bool>>(mut ok: impl FnMut() -> F) {
+        for _ in 0..100 {
+            if ok().await {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("the server never picked the change up");
+    }
+    let published = |kid: String| {
+        let server = &server;
+        async move {
+            call(server, Method::GET, "/.well-known/jwks.json", "", None)
+                .await
+                .body["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|k| k["kid"] == kid.as_str())
+        }
+    };
+
+    let k1 = keys_cli(&db, &secret, &["add", "--alg", "ES256"]).unwrap();
+    eventually(|| published(k1.clone())).await;
+    keys_cli(&db, &secret, &["promote", &k1]).unwrap();
+    eventually(|| async { header(&login().await)["kid"] == k1.as_str() }).await;
+    assert_eq!(
+        call(&server, Method::GET, "/user", &hs, None).await.status,
+        200,
+        "HS256 tokens still verify"
+    );
+    let es = login().await;
+    // The signer cannot be retired; an unknown kid is named.
+    let e = keys_cli(&db, &secret, &["retire", &k1]).unwrap_err();
+    assert!(e.contains(&k1) && e.contains("verify"), "{e}");
+    assert!(
+        keys_cli(&db, &secret, &["promote", "nope"])
+            .unwrap_err()
+            .contains("\"nope\"")
+    );
+
+    let k2 = keys_cli(&db, &secret, &["add", "--alg", "EdDSA"]).unwrap();
+    keys_cli(&db, &secret, &["promote", &k2]).unwrap();
+    keys_cli(&db, &secret, &["retire", &k1]).unwrap();
+    eventually(|| async { call(&server, Method::GET, "/user", &es, None).await.status == 403 })
+        .await;
+    assert!(
+        !published(k1.clone()).await,
+        "a retired key is not published"
+    );
+    assert_eq!(header(&login().await)["kid"], k2.as_str());
+    let list = keys_cli(&db, &secret, &["list"]).unwrap();
+    assert!(list.contains(&format!("{k1}\tES256\tretired")), "{list}");
+    assert!(list.contains(&format!("{k2}\tEdDSA\tsign")), "{list}");
+    let audit = call(
+        &server,
+        Method::GET,
+        "/admin/audit?query=type:keys",
+        &service_key(&server),
+        None,
+    )
+    .await;
+    assert_eq!(audit.body.as_array().unwrap().len(), 5, "{}", audit.text);
+    server.stop().await;
+    common::drop_database(&db).await;
+}
+
+fn service_key(server: &castellan::server::Server) -> String {
+    let now = chrono::Utc::now().timestamp();
+    let cfg = &server.state.config.jwt;
+    castellan_core::crypto::jwt::JwtKeys::new(cfg, cfg.secret.as_deref().unwrap())
+        .unwrap()
+        .sign(&castellan_core::crypto::jwt::role_claims(
+            "service_role",
+            &cfg.aud,
+            now,
+            60,
+            None,
+        ))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_keys_rotate_without_restart_on_sqlite() {
+    stored_keys_rotate_without_restart(Backend::Sqlite).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_keys_rotate_without_restart_on_postgres() {
+    stored_keys_rotate_without_restart(Backend::Postgres).await
+}

@@ -40,6 +40,7 @@ pub struct Jwk {
 }
 
 /// One key, ready for use.
+#[derive(Clone)]
 pub struct Key {
     pub kid: String,
     pub alg: Algorithm,
@@ -251,6 +252,24 @@ pub fn load_all(json: &str) -> Result<Vec<Key>, String> {
             "{n} signing keys: exactly one key may have `sign` in `key_ops`"
         )),
     }
+}
+
+/// A key kept in the database: its JWK (opened if sealed) in a state
+/// (`sign`, `verify` or `retired`) that overrides its `key_ops`. `None`
+/// for a retired key.
+pub fn from_stored(kid: &str, jwk: &str, state: &str) -> Result<Option<Key>, String> {
+    let ops = match state {
+        "retired" => return Ok(None),
+        "sign" => vec!["sign".to_string(), "verify".to_string()],
+        _ => vec!["verify".to_string()],
+    };
+    let mut jwk: Jwk =
+        serde_json::from_str(jwk).map_err(|e| format!("stored key {kid:?}: not a JWK: {e}"))?;
+    jwk.kid = Some(kid.to_string());
+    jwk.key_ops = ops;
+    jwk.load()
+        .map(Some)
+        .map_err(|e| format!("stored key {kid:?}: {e}"))
 }
 
 /// The key types `castellan keys generate` makes.

@@ -84,26 +84,66 @@ impl Audience {
 }
 
 /// The key ring: every key that signs or verifies a JWT, built from
-/// `GOTRUE_JWT_KEYS` (or the secret alone), with GoTrue's rules for which
-/// key checks an incoming token.
+/// `GOTRUE_JWT_KEYS` (or the secret alone) and the keys kept in the
+/// database, with GoTrue's rules for which key checks an incoming token.
+/// A change of the stored keys swaps the whole ring at once.
 #[derive(Clone)]
 pub struct JwtKeys {
-    ring: std::sync::Arc<Ring>,
+    base: std::sync::Arc<Base>,
+    ring: std::sync::Arc<arc_swap::ArcSwap<Ring>>,
     pub issuer: Option<String>,
     pub exp_seconds: i64,
 }
 
-struct Ring {
-    /// The configured keys (the secret as one `oct` key when there are none).
+/// What the environment configures, from which every ring is built.
+struct Base {
+    /// `GOTRUE_JWT_KEYS`, or the secret as one `oct` key when there are none.
     keys: Vec<Key>,
-    /// Index of the signing key in `keys`.
-    signer: usize,
     /// `GOTRUE_JWT_SECRET`: checks kid-less HS256 tokens (existing `anon`
     /// and `service_role` keys) and tokens naming `GOTRUE_JWT_KEY_ID`.
     secret: DecodingKey,
     secret_kid: Option<String>,
+    /// `GOTRUE_JWT_VALID_METHODS`; empty: the algorithms of the keys.
+    methods: Vec<Algorithm>,
+}
+
+struct Ring {
+    keys: Vec<Key>,
+    /// Index of the signing key in `keys`.
+    signer: usize,
     /// The algorithms incoming tokens may use.
     valid: Vec<Algorithm>,
+}
+
+impl Base {
+    /// The ring of these keys and `stored` (the database's): a stored key
+    /// replaces a configured one of its kid, and a stored signing key
+    /// takes over signing.
+    fn ring(&self, stored: Vec<Key>) -> Result<Ring, String> {
+        let stored_signs = stored.iter().any(|k| k.sign);
+        let mut keys: Vec<Key> = self
+            .keys
+            .iter()
+            .filter(|k| !stored.iter().any(|s| s.kid == k.kid))
+            .cloned()
+            .map(|mut k| {
+                k.sign &= !stored_signs;
+                k
+            })
+            .collect();
+        keys.extend(stored);
+        let signer = keys.iter().position(|k| k.sign).ok_or("no signing key")?;
+        let mut valid = match self.methods.as_slice() {
+            [] => keys.iter().map(|k| k.alg).collect(),
+            named => named.to_vec(),
+        };
+        valid.dedup();
+        Ok(Ring {
+            keys,
+            signer,
+            valid,
+        })
+    }
 }
 
 impl JwtKeys {
@@ -120,33 +160,46 @@ impl JwtKeys {
                 public: None,
             }],
         };
-        let signer = keys.iter().position(|k| k.sign).ok_or("no signing key")?;
-        let valid = match cfg.valid_methods.as_slice() {
-            [] => keys.iter().map(|k| k.alg).collect(),
-            named => named
-                .iter()
-                .map(|m| {
-                    m.parse()
-                        .map_err(|_| format!("GOTRUE_JWT_VALID_METHODS: unknown method {m:?}"))
-                })
-                .collect::<Result<_, _>>()?,
-        };
-        let ring = Ring {
+        let methods = cfg
+            .valid_methods
+            .iter()
+            .map(|m| {
+                m.parse()
+                    .map_err(|_| format!("GOTRUE_JWT_VALID_METHODS: unknown method {m:?}"))
+            })
+            .collect::<Result<_, _>>()?;
+        let base = Base {
             keys,
-            signer,
             secret: DecodingKey::from_secret(secret.as_bytes()),
             secret_kid: cfg.key_id.clone(),
-            valid,
+            methods,
         };
+        let ring = base.ring(vec![])?;
         Ok(Self {
-            ring: std::sync::Arc::new(ring),
+            base: std::sync::Arc::new(base),
+            ring: std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(ring)),
             issuer: cfg.issuer.clone(),
             exp_seconds: cfg.exp as i64,
         })
     }
 
+    /// Rebuilds the ring with the database's keys (`stored`, retired ones
+    /// left out); every later token is signed and checked by the new ring.
+    pub fn install(&self, stored: Vec<Key>) -> Result<(), String> {
+        let ring = self.base.ring(stored)?;
+        self.ring.store(std::sync::Arc::new(ring));
+        Ok(())
+    }
+
+    /// The kid new tokens carry.
+    pub fn signing_kid(&self) -> String {
+        let ring = self.ring.load();
+        ring.keys[ring.signer].kid.clone()
+    }
+
     pub fn sign(&self, claims: &Claims) -> Result<String, ApiError> {
-        let key = &self.ring.keys[self.ring.signer];
+        let ring = self.ring.load();
+        let key = &ring.keys[ring.signer];
         let mut header = Header::new(key.alg);
         header.kid = Some(key.kid.clone()).filter(|k| !k.is_empty());
         let encoding = key.encoding.as_ref().expect("the signing key is private");
@@ -157,25 +210,29 @@ impl JwtKeys {
     /// `{"keys": [...]}`: the public half of every asymmetric key, never a
     /// symmetric one (GoTrue's `/.well-known/jwks.json`).
     pub fn jwks(&self) -> Value {
-        let keys: Vec<&Value> = self
-            .ring
-            .keys
-            .iter()
-            .filter_map(|k| k.public.as_ref())
-            .collect();
+        let ring = self.ring.load();
+        let keys: Vec<&Value> = ring.keys.iter().filter_map(|k| k.public.as_ref()).collect();
         serde_json::json!({ "keys": keys })
     }
 
     /// The algorithms incoming tokens may use, as JOSE names them.
     pub fn algorithms(&self) -> Vec<String> {
-        self.ring.valid.iter().map(|a| format!("{a:?}")).collect()
+        self.ring
+            .load()
+            .valid
+            .iter()
+            .map(|a| format!("{a:?}"))
+            .collect()
     }
 
     /// The key that checks a token with this header, by GoTrue's rules: a
     /// known `kid` picks its key; `GOTRUE_JWT_KEY_ID`, or no known kid with
     /// HS256, picks the secret; anything else is refused.
-    fn key_for(&self, header: &Header) -> Result<&DecodingKey, &'static str> {
-        let ring = &self.ring;
+    fn key_for<'r>(
+        &'r self,
+        ring: &'r Ring,
+        header: &Header,
+    ) -> Result<&'r DecodingKey, &'static str> {
         if !ring.valid.contains(&header.alg) {
             return Err("token is unverifiable: signing method is invalid");
         }
@@ -188,12 +245,12 @@ impl JwtKeys {
                     false => Err("token is unverifiable: signing method is invalid"),
                 };
             }
-            if ring.secret_kid.as_deref() == Some(kid) {
-                return Ok(&ring.secret);
+            if self.base.secret_kid.as_deref() == Some(kid) {
+                return Ok(&self.base.secret);
             }
         }
         match header.alg {
-            Algorithm::HS256 => Ok(&ring.secret),
+            Algorithm::HS256 => Ok(&self.base.secret),
             _ => Err("token is unverifiable: error while executing keyfunc: unrecognized JWT kid"),
         }
     }
@@ -208,7 +265,8 @@ impl JwtKeys {
             )
         };
         let header = jsonwebtoken::decode_header(token).map_err(|e| refuse(reason(e.kind())))?;
-        let key = self.key_for(&header).map_err(refuse)?;
+        let ring = self.ring.load();
+        let key = self.key_for(&ring, &header).map_err(refuse)?;
         let mut v = Validation::new(header.alg);
         v.validate_aud = false;
         v.validate_exp = false;

@@ -32,6 +32,7 @@ pub use opening::explain as explain_open_error;
 
 mod admin;
 mod changes;
+mod keys;
 mod opening;
 mod otp;
 mod queries;
@@ -51,6 +52,7 @@ use crate::config::DatabaseUrl;
 
 pub use admin::*;
 pub use changes::*;
+pub use keys::*;
 pub use otp::*;
 pub use queries::*;
 pub use sweep::*;
@@ -290,6 +292,7 @@ impl Tx {
     }
 }
 
+pub use sqlx::Error as DbError;
 /// sqlx's value wrappers (`Json`), re-exported so callers need no sqlx dependency.
 pub use sqlx::types as sqlx_types;
 

@@ -1,0 +1,84 @@
+//! Signing keys kept in the database (`castellan keys add|promote|retire`):
+//! each is a private JWK in a state. A change takes effect in every process
+//! sharing the database at its next poll, and is audited.
+
+use chrono::{DateTime, Utc};
+
+use super::{Store, Tx};
+use crate::on;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StoredKey {
+    pub kid: String,
+    /// The private JWK, sealed when database encryption is on.
+    pub jwk: String,
+    pub state: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What a key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyState {
+    /// Published and checked, not used to sign.
+    Verify,
+    /// The one key new tokens are signed with.
+    Sign,
+    /// Neither published nor accepted.
+    Retired,
+}
+
+impl KeyState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyState::Verify => "verify",
+            KeyState::Sign => "sign",
+            KeyState::Retired => "retired",
+        }
+    }
+}
+
+impl Store {
+    pub async fn signing_keys(&self) -> Result<Vec<StoredKey>, sqlx::Error> {
+        on!(pool &self.pool, p => sqlx::query_as(
+            "SELECT kid, jwk, state, created_at, updated_at FROM castellan_signing_keys ORDER BY created_at, kid")
+            .fetch_all(p).await)
+    }
+}
+
+impl Tx {
+    pub async fn add_signing_key(
+        &mut self,
+        kid: &str,
+        jwk: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), sqlx::Error> {
+        on!(tx self, c => sqlx::query(
+            "INSERT INTO castellan_signing_keys (kid, jwk, state, created_at, updated_at) VALUES ($1, $2, 'verify', $3, $3)")
+            .bind(kid).bind(jwk).bind(now).execute(&mut *c).await.map(drop))
+    }
+
+    /// Moves a key to `to`: to `sign` from `verify` (the current signer
+    /// steps down to `verify`), to `retired` from `verify` (never the
+    /// signer), to `verify` from `retired`. False when `kid` is not in a
+    /// state it can move from.
+    pub async fn set_signing_key_state(
+        &mut self,
+        kid: &str,
+        to: KeyState,
+        now: DateTime<Utc>,
+    ) -> Result<bool, sqlx::Error> {
+        let from = match to {
+            KeyState::Sign | KeyState::Retired => "verify",
+            KeyState::Verify => "retired",
+        };
+        if to == KeyState::Sign {
+            on!(tx self, c => sqlx::query(
+                "UPDATE castellan_signing_keys SET state = 'verify', updated_at = $1 WHERE state = 'sign'")
+                .bind(now).execute(&mut *c).await.map(drop))?;
+        }
+        on!(tx self, c => sqlx::query(
+            "UPDATE castellan_signing_keys SET state = $2, updated_at = $3 WHERE kid = $1 AND state = $4")
+            .bind(kid).bind(to.as_str()).bind(now).bind(from).execute(&mut *c).await.map(|r| r.rows_affected() == 1))
+    }
+}
