@@ -150,6 +150,21 @@ async fn eddsa_keys_on_postgres() {
     run_client_with(Backend::Postgres, "keys.mjs", false, Some(KeyKind::EdDsa)).await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn es256_keys_on_postgres() {
+    run_client_with(Backend::Postgres, "keys.mjs", false, Some(KeyKind::Es256)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rs256_keys_on_sqlite() {
+    run_client_with(Backend::Sqlite, "keys.mjs", false, Some(KeyKind::Rs256)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eddsa_keys_on_sqlite() {
+    run_client_with(Backend::Sqlite, "keys.mjs", false, Some(KeyKind::EdDsa)).await
+}
+
 /// The README's "Use it from your app" snippets are the files in examples/,
 /// included verbatim; this runs them against a real server, so they cannot
 /// rot (issue 15).

@@ -120,6 +120,25 @@ both!(
         t.request(Method::GET, "/admin/users", Some(&forged), None)
             .await
             .assert_error(403, "bad_jwt");
+        // `alg: none`, a kid the server does not know, and an expired token.
+        let payload = at.split('.').nth(1).unwrap();
+        let none = format!("{}.{payload}.", B64.encode(r#"{"alg":"none","typ":"JWT"}"#));
+        let mut stranger = t.server.state.config.jwt.clone();
+        stranger.keys = Some(json!([generate(KeyKind::Es256)]).to_string());
+        let stranger = castellan_core::crypto::jwt::JwtKeys::new(&stranger, "unused").unwrap();
+        let unknown_kid = stranger.sign(&claims).unwrap();
+        let mut old = claims.clone();
+        (old.iat, old.exp) = (now - 120, now - 60);
+        let expired = t.server.state.accounts.keys().sign(&old).unwrap();
+        for (token, says) in [
+            (none.as_str(), "token is malformed"),
+            (unknown_kid.as_str(), "unrecognized JWT kid"),
+            (expired.as_str(), "token is expired"),
+        ] {
+            let r = t.request(Method::GET, "/user", Some(token), None).await;
+            r.assert_error(403, "bad_jwt");
+            assert!(r.body["msg"].as_str().unwrap().contains(says), "{}", r.text);
+        }
     }
 );
 
