@@ -44,6 +44,21 @@ enum Command {
     /// JWT signing keys for GOTRUE_JWT_KEYS.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Rate limits changed while castellan runs (as PUT /admin/rate_limits).
+    #[command(subcommand)]
+    Limits(LimitsCommand),
+}
+
+#[derive(Subcommand)]
+enum LimitsCommand {
+    /// The limits in force, as JSON.
+    Show,
+    /// Change limits, e.g. `token_refresh=300 otp=60`; every server sharing
+    /// the database applies them within a second.
+    Set {
+        #[arg(required = true)]
+        changes: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -124,7 +139,10 @@ async fn main() {
     let cli = Cli::parse();
     // An admin command's stdout is its answer (`KEY=$(castellan admin token)`):
     // its log lines go to stderr.
-    let admin = matches!(cli.command, Some(Command::Admin(_) | Command::Keys(_)));
+    let admin = matches!(
+        cli.command,
+        Some(Command::Admin(_) | Command::Keys(_) | Command::Limits(_))
+    );
     let (writer, terminal) = if admin {
         (
             BoxMakeWriter::new(std::io::stderr),
@@ -168,6 +186,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Admin(cmd) => admin(config, cmd).await,
         Command::Keys(cmd) => keys(config, cmd).await,
+        Command::Limits(cmd) => limits(config, cmd).await,
         Command::Config(_) => unreachable!("answered before the configuration is read"),
         Command::Worker => {
             let store = castellan::server::open_store(&config, 4, true).await?;
@@ -194,6 +213,44 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `castellan limits show|set`.
+async fn limits(config: Config, cmd: LimitsCommand) -> anyhow::Result<()> {
+    use castellan_actors::limit_settings;
+    let secret = castellan::server::resolve_secret(&config)?;
+    let store = castellan::server::open_store(&config, 2, true).await?;
+    let ctx = castellan_actors::Ctx::load(config, store, &secret)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let settings = match cmd {
+        LimitsCommand::Show => limit_settings::stored(&ctx).await,
+        LimitsCommand::Set { changes } => {
+            let mut body = serde_json::Map::new();
+            for change in changes {
+                let (name, value) = change
+                    .split_once('=')
+                    .ok_or_else(|| anyhow::anyhow!("{change:?}: expected NAME=NUMBER"))?;
+                let value: serde_json::Value = value
+                    .parse::<u64>()
+                    .map(Into::into)
+                    .unwrap_or_else(|_| value.into());
+                body.insert(name.to_string(), value);
+            }
+            let actor = castellan_core::models::AuditActor::admin("castellan limits");
+            match limit_settings::parse(&body) {
+                Ok(parsed) => limit_settings::store(&ctx, &actor, &parsed).await,
+                Err(e) => Err(e),
+            }
+        }
+    };
+    ctx.store.close().await;
+    let settings = settings.map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    println!(
+        "{}",
+        serde_json::to_string(&limit_settings::current(&settings))?
+    );
+    Ok(())
 }
 
 impl KeyAlg {

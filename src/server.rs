@@ -333,6 +333,13 @@ pub async fn start_with(config: Config, workers: bool) -> anyhow::Result<Server>
     let actors = castellan_actors::start(ctx.clone())
         .await
         .context("starting the actors")?;
+    // Rate limits changed while running, applied before the first request
+    // and followed from then on.
+    let (limits_tx, limits_rx) = oneshot::channel::<()>();
+    castellan_actors::limit_settings::follow(ctx.clone(), actors.clone(), async {
+        let _ = limits_rx.await;
+    })
+    .await;
     let accounts = Accounts::new(ctx.clone(), actors.sessions.clone(), actors.otp.clone());
     let state = AppState {
         config: Arc::new(ctx.config.clone()),
@@ -358,7 +365,7 @@ pub async fn start_with(config: Config, workers: bool) -> anyhow::Result<Server>
             let _ = rx.await;
         },
     ));
-    let mut shutdown = vec![tx, keys_tx];
+    let mut shutdown = vec![tx, keys_tx, limits_tx];
     let (metrics_addr, metrics_task) = match &state.config.metrics_addr {
         Some(at) => {
             let l = tokio::net::TcpListener::bind(at).await.with_context(|| {

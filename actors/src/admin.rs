@@ -140,6 +140,16 @@ fn identity_data(user_id: Uuid, provider: &str, value: &str, verified: bool) -> 
 }
 
 impl Admin {
+    /// Changes rate limits while running (see `limit_settings`).
+    pub async fn set_rate_limits(
+        &self,
+        actors: &crate::supervisor::Actors,
+        actor: &AuditActor,
+        changes: &[(String, u32)],
+    ) -> ApiResult<std::collections::BTreeMap<&'static str, u32>> {
+        crate::limit_settings::set(&self.ctx, actors, actor, changes).await
+    }
+
     /// Without `otp`, sends read every window from the database (tools).
     pub fn new(ctx: Arc<Ctx>) -> Self {
         let otp = OtpIssuer::standalone(ctx.clone());

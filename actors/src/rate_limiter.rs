@@ -148,6 +148,26 @@ impl RateLimits {
         self.shared.load().settings.clone()
     }
 
+    /// Replaces the settings; the buckets start afresh when they change
+    /// (equal settings keep the counts).
+    fn replace(&self, settings: Settings) {
+        if self.settings() != settings {
+            self.shared.store(Arc::new(Limiters::new(settings)));
+        }
+    }
+
+    /// Applies `settings` through the `RateLimiter` actor, which owns the
+    /// buckets (directly while it restarts).
+    pub async fn apply(&self, actor: Option<ActorRef<RateLimiterMsg>>, settings: Settings) {
+        if let Some(actor) = actor {
+            let sent = ractor::call!(actor, RateLimiterMsg::SetLimits, settings.clone());
+            if sent.is_ok() {
+                return;
+            }
+        }
+        self.replace(settings);
+    }
+
     /// Takes one token from `key`'s bucket, or answers 429 with `Retry-After`.
     pub fn check(
         &self,
@@ -224,10 +244,7 @@ impl Actor for RateLimiter {
         let start = std::time::Instant::now();
         match msg {
             RateLimiterMsg::SetLimits(settings, reply) => {
-                // New settings start with fresh buckets; equal settings keep the counts.
-                if limits.settings() != settings {
-                    limits.shared.store(Arc::new(Limiters::new(settings)));
-                }
+                limits.replace(settings);
                 let _ = reply.send(());
             }
             RateLimiterMsg::GetLimits(reply) => {

@@ -82,6 +82,49 @@ pub struct RateLimits {
     pub header: Option<String>,
 }
 
+impl RateLimits {
+    /// The limits an operator may change while castellan runs, named after
+    /// GoTrue's variables without `GOTRUE_RATE_LIMIT_`.
+    pub const NAMES: [&'static str; 4] = ["token_refresh", "verify", "otp", "anonymous_users"];
+
+    /// The number a limit allows per its GoTrue window.
+    pub fn events(&self, name: &str) -> Option<u32> {
+        Some(match name {
+            "token_refresh" => self.token_refresh.events,
+            "verify" => self.verify.events,
+            "otp" => self.otp.events,
+            "anonymous_users" => self.anonymous_users.events,
+            _ => return None,
+        })
+    }
+
+    /// These limits with `name` allowing `events` per its window (its burst
+    /// kept below a smaller fixed burst, as GoTrue's token refresh has);
+    /// `None` for an unknown name.
+    pub fn with(&self, name: &str, events: u32) -> Option<Self> {
+        let mut out = self.clone();
+        let set = |l: &mut RateLimit| {
+            l.burst = match l.burst < l.events {
+                true => l.burst.min(events),
+                false => events,
+            };
+            l.events = events;
+        };
+        match name {
+            "token_refresh" => set(&mut out.token_refresh),
+            "verify" => set(&mut out.verify),
+            // GoTrue's OTP limit also sizes the sign-up buckets.
+            "otp" => {
+                set(&mut out.otp);
+                set(&mut out.sign_ups);
+            }
+            "anonymous_users" => set(&mut out.anonymous_users),
+            _ => return None,
+        }
+        Some(out)
+    }
+}
+
 /// SMTP delivery (`GOTRUE_SMTP_*`). No host: mail goes to the server log.
 #[derive(Debug, Clone)]
 pub struct SmtpConfig {

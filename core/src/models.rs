@@ -266,6 +266,8 @@ pub enum AuditAction {
     SigningKeyAdded,
     SigningKeyPromoted,
     SigningKeyRetired,
+    /// castellan's own: `PUT /admin/rate_limits` (traits: the changes).
+    RateLimitsChanged,
 }
 
 impl AuditAction {
@@ -287,6 +289,7 @@ impl AuditAction {
             Self::SigningKeyAdded => "signing_key_added",
             Self::SigningKeyPromoted => "signing_key_promoted",
             Self::SigningKeyRetired => "signing_key_retired",
+            Self::RateLimitsChanged => "rate_limits_changed",
         }
     }
     pub fn log_type(self) -> &'static str {
@@ -299,6 +302,7 @@ impl AuditAction {
             Self::UserRepeatedSignup | Self::UserModified | Self::UserUpdatedPassword => "user",
             Self::TokenRefreshed | Self::TokenRevoked => "token",
             Self::SigningKeyAdded | Self::SigningKeyPromoted | Self::SigningKeyRetired => "keys",
+            Self::RateLimitsChanged => "limits",
         }
     }
 }

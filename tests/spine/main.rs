@@ -17,6 +17,7 @@ mod hashing;
 mod http;
 mod indexes;
 mod keys;
+mod limits;
 mod listener;
 mod outage;
 mod refresh_v2;

@@ -32,8 +32,8 @@ pub use opening::explain as explain_open_error;
 
 mod admin;
 mod changes;
-mod keys;
 mod opening;
+mod operator;
 mod otp;
 mod queries;
 mod sweep;
@@ -52,7 +52,7 @@ use crate::config::DatabaseUrl;
 
 pub use admin::*;
 pub use changes::*;
-pub use keys::*;
+pub use operator::*;
 pub use otp::*;
 pub use queries::*;
 pub use sweep::*;

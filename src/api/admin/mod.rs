@@ -3,6 +3,7 @@
 mod audit;
 mod generate_link;
 mod paging;
+mod rate_limits;
 mod users;
 
 use utoipa_axum::router::OpenApiRouter;
@@ -17,4 +18,5 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(users::factors))
         .routes(routes!(audit::list))
         .routes(routes!(generate_link::generate_link))
+        .routes(routes!(rate_limits::get, rate_limits::set))
 }

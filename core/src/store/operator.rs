@@ -1,4 +1,5 @@
-//! Signing keys kept in the database (`castellan keys add|promote|retire`):
+//! Operator settings kept in the database: signing keys (`castellan keys
+//! add|promote|retire`) and rate limits changed while running. Signing keys:
 //! each is a private JWK in a state. A change takes effect in every process
 //! sharing the database at its next poll, and is audited.
 
@@ -80,5 +81,33 @@ impl Tx {
         on!(tx self, c => sqlx::query(
             "UPDATE castellan_signing_keys SET state = $2, updated_at = $3 WHERE kid = $1 AND state = $4")
             .bind(kid).bind(to.as_str()).bind(now).bind(from).execute(&mut *c).await.map(|r| r.rows_affected() == 1))
+    }
+}
+
+/// A rate limit changed while running: its name and events per window.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct LimitOverride {
+    pub name: String,
+    pub events: i64,
+}
+
+impl Store {
+    pub async fn rate_limit_overrides(&self) -> Result<Vec<LimitOverride>, sqlx::Error> {
+        on!(pool &self.pool, p => sqlx::query_as(
+            "SELECT name, events FROM castellan_rate_limits ORDER BY name").fetch_all(p).await)
+    }
+}
+
+impl Tx {
+    pub async fn set_rate_limit(
+        &mut self,
+        name: &str,
+        events: i64,
+        now: DateTime<Utc>,
+    ) -> Result<(), sqlx::Error> {
+        on!(tx self, c => sqlx::query(
+            "INSERT INTO castellan_rate_limits (name, events, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET events = excluded.events, updated_at = excluded.updated_at")
+            .bind(name).bind(events).bind(now).execute(&mut *c).await.map(drop))
     }
 }

@@ -1,0 +1,67 @@
+//! `GET|PUT /admin/rate_limits` (a castellan extension): the limits in
+//! force, and changing them while castellan runs, in every process sharing
+//! the database.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::State;
+use axum::response::IntoResponse;
+use castellan_actors::limit_settings;
+use serde_json::{Map, Value};
+
+use crate::error::{HttpResult, Refusals};
+use crate::extract::{AdminAuth, JsonBody};
+use crate::server::AppState;
+
+/// Each limit by GoTrue's variable name without `GOTRUE_RATE_LIMIT_`, and
+/// the number it allows per its window (`token_refresh`, `verify`, `otp`:
+/// per 5 minutes; `anonymous_users`: per hour).
+#[derive(utoipa::ToSchema)]
+#[schema(as = RateLimits)]
+#[allow(dead_code)] // a description for the OpenAPI document
+pub struct RateLimitsView {
+    token_refresh: u32,
+    verify: u32,
+    otp: u32,
+    anonymous_users: u32,
+}
+
+#[utoipa::path(
+    get,
+    path = "/admin/rate_limits",
+    tag = "admin",
+    operation_id = "admin_get_rate_limits",
+    security(("bearer" = [])),
+    responses((status = 200, body = RateLimitsView), Refusals)
+)]
+pub async fn get(
+    State(st): State<AppState>,
+    _admin: AdminAuth,
+) -> Json<BTreeMap<&'static str, u32>> {
+    Json(limit_settings::current(&st.actors.rate_limits.settings()))
+}
+
+/// Changes some limits (a partial object); an unknown name or a value that
+/// is not a whole number is a 400 naming it, and nothing changes.
+#[utoipa::path(
+    put,
+    path = "/admin/rate_limits",
+    tag = "admin",
+    operation_id = "admin_set_rate_limits",
+    security(("bearer" = [])),
+    request_body(content = Object, description = "Some of the limits, e.g. `{\"token_refresh\": 300}`"),
+    responses((status = 200, body = RateLimitsView), Refusals)
+)]
+pub async fn set(
+    State(st): State<AppState>,
+    admin: AdminAuth,
+    JsonBody(body): JsonBody<Map<String, Value>>,
+) -> HttpResult {
+    let changes = limit_settings::parse(&body)?;
+    let now = st
+        .admin
+        .set_rate_limits(&st.actors, &admin.actor, &changes)
+        .await?;
+    Ok(Json(now).into_response())
+}

@@ -1,0 +1,232 @@
+//! Rate limits changed while castellan runs (issue 14): `GET|PUT
+//! /admin/rate_limits`, stored, audited, applied by every process.
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::both;
+use crate::common::{self, Backend, read};
+
+both!(rate_limits_change_while_running, |_| {}, |t| {
+    let r = t.admin(Method::GET, "/admin/rate_limits", None).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    // The environment's values until changed (the test settings: 100 000).
+    assert_eq!(
+        r.body,
+        json!({"anonymous_users": 100000, "otp": 100000, "token_refresh": 100000, "verify": 100000})
+    );
+    let user = t
+        .request(Method::GET, "/admin/rate_limits", Some("not-a-jwt"), None)
+        .await;
+    user.assert_error(403, "bad_jwt");
+
+    // Refused changes name the key, and change nothing.
+    for (body, says) in [
+        (json!({"nope": 1}), "\"nope\""),
+        (json!({"verify": -1}), "\"verify\""),
+        (json!({"verify": "10"}), "\"verify\""),
+        (json!({"verify": 1.5}), "\"verify\""),
+        (json!({"otp": 5, "verify": null}), "\"verify\""),
+    ] {
+        let r = t.admin(Method::PUT, "/admin/rate_limits", Some(body)).await;
+        r.assert_error(400, "validation_failed");
+        assert!(r.body["msg"].as_str().unwrap().contains(says), "{}", r.text);
+    }
+    assert_eq!(
+        t.count_by_str(
+            "SELECT count(*) FROM castellan_rate_limits WHERE name <> $1",
+            ""
+        )
+        .await,
+        0
+    );
+
+    let s = t.new_session("limits@example.com", "secret123").await;
+    let r = t
+        .admin(
+            Method::PUT,
+            "/admin/rate_limits",
+            Some(json!({"token_refresh": 2})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["token_refresh"], 2);
+    assert_eq!(r.body["verify"], 100000, "the others are kept");
+    // In force at once in this process: two refreshes, then 429.
+    let mut token = s["refresh_token"].as_str().unwrap().to_string();
+    for _ in 0..2 {
+        let r = t.refresh(&token).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        token = r.body["refresh_token"].as_str().unwrap().to_string();
+    }
+    let r = t.refresh(&token).await;
+    r.assert_error(429, "over_request_rate_limit");
+    assert!(r.header("retry-after").is_some());
+    // Stored, and audited with the change.
+    assert_eq!(
+        t.count_by_str(
+            "SELECT count(*) FROM castellan_rate_limits WHERE name = $1 AND events = 2",
+            "token_refresh"
+        )
+        .await,
+        1
+    );
+    let audit = t
+        .admin(Method::GET, "/admin/audit?query=type:limits", None)
+        .await;
+    let entries = audit.body.as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{}", audit.text);
+    assert_eq!(entries[0]["payload"]["traits"], json!({"token_refresh": 2}));
+});
+
+/// Two processes on one PostgreSQL: a limit lowered through one is enforced
+/// by the other within a second, and a new process starts with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lowered_limit_reaches_every_process() {
+    let (db, _) = common::fresh_database(Backend::Postgres).await;
+    let castellan_core::config::DatabaseUrl::Postgres(url) = &db else {
+        unreachable!()
+    };
+    let env = [("GOTRUE_MAILER_AUTOCONFIRM", "true")];
+    let (mut a, base_a) = common::castellan_process(&["serve"], url, &env).await;
+    let (mut b, base_b) = common::castellan_process(&["serve"], url, &env).await;
+    let http = reqwest::Client::new();
+    let admin = {
+        let mut cfg = common::test_config(db.clone());
+        cfg.jwt.secret = Some("process-test-secret-process-test-secret".into());
+        let keys =
+            castellan_core::crypto::jwt::JwtKeys::new(&cfg.jwt, cfg.jwt.secret.as_deref().unwrap())
+                .unwrap();
+        let now = chrono::Utc::now().timestamp();
+        keys.sign(&castellan_core::crypto::jwt::role_claims(
+            "service_role",
+            "authenticated",
+            now,
+            600,
+            None,
+        ))
+        .unwrap()
+    };
+    let signup = http
+        .post(format!("{base_b}/signup"))
+        .json(&json!({"email": "two-limits@example.com", "password": "secret123"}))
+        .send()
+        .await
+        .unwrap();
+    let mut token = read(signup).await.body["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let put = http
+        .put(format!("{base_a}/admin/rate_limits"))
+        .bearer_auth(&admin)
+        .json(&json!({"token_refresh": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read(put).await.status, 200);
+    let started = std::time::Instant::now();
+    // Process B picks it up within a second: one refresh, then 429.
+    let refresh = |token: String| {
+        let http = http.clone();
+        let url = format!("{base_b}/token?grant_type=refresh_token");
+        async move {
+            read(
+                http.post(url)
+                    .json(&json!({ "refresh_token": token }))
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await
+        }
+    };
+    loop {
+        let limits = read(
+            http.get(format!("{base_b}/admin/rate_limits"))
+                .bearer_auth(&admin)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        if limits.body["token_refresh"] == 1 {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "B still has {}",
+            limits.text
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let r = refresh(token.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    token = r.body["refresh_token"].as_str().unwrap().to_string();
+    refresh(token)
+        .await
+        .assert_error(429, "over_request_rate_limit");
+    let _ = a.kill().await;
+    let _ = b.kill().await;
+
+    // A restart keeps the value.
+    let (mut c, base_c) = common::castellan_process(&["serve"], url, &env).await;
+    let limits = read(
+        http.get(format!("{base_c}/admin/rate_limits"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(limits.body["token_refresh"], 1, "{}", limits.text);
+    // The command does the same, and the running server follows.
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_castellan"))
+            .arg("limits")
+            .args(args)
+            .env_clear()
+            .env("DATABASE_URL", url)
+            .env(
+                "GOTRUE_JWT_SECRET",
+                "process-test-secret-process-test-secret",
+            )
+            .output()
+            .unwrap()
+    };
+    let out = cli(&["set", "verify=7"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (shown["verify"].as_u64(), shown["token_refresh"].as_u64()),
+        (Some(7), Some(1))
+    );
+    let out = cli(&["set", "nope=1"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("\"nope\""));
+    let started = std::time::Instant::now();
+    loop {
+        let limits = read(
+            http.get(format!("{base_c}/admin/rate_limits"))
+                .bearer_auth(&admin)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        if limits.body["verify"] == 7 {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "{}",
+            limits.text
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let _ = c.kill().await;
+    common::drop_database(&db).await;
+}
