@@ -215,14 +215,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// What an operator's command works with: the store (migrated) and the
+/// services' shared context.
+async fn operator_ctx(config: Config) -> anyhow::Result<std::sync::Arc<castellan_actors::Ctx>> {
+    let secret = castellan::server::resolve_secret(&config)?;
+    let store = castellan::server::open_store(&config, 2, true).await?;
+    castellan_actors::Ctx::load(config, store, &secret)
+        .await
+        .map_err(anyhow::Error::msg)
+}
+
 /// `castellan limits show|set`.
 async fn limits(config: Config, cmd: LimitsCommand) -> anyhow::Result<()> {
     use castellan_actors::limit_settings;
-    let secret = castellan::server::resolve_secret(&config)?;
-    let store = castellan::server::open_store(&config, 2, true).await?;
-    let ctx = castellan_actors::Ctx::load(config, store, &secret)
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let ctx = operator_ctx(config).await?;
     let settings = match cmd {
         LimitsCommand::Show => limit_settings::stored(&ctx).await,
         LimitsCommand::Set { changes } => {
@@ -269,11 +275,7 @@ impl KeyAlg {
 async fn keys(config: Config, cmd: KeysCommand) -> anyhow::Result<()> {
     use castellan_actors::signing_keys;
     use castellan_core::store::KeyState;
-    let secret = castellan::server::resolve_secret(&config)?;
-    let store = castellan::server::open_store(&config, 2, true).await?;
-    let ctx = castellan_actors::Ctx::load(config, store, &secret)
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let ctx = operator_ctx(config).await?;
     let done = match cmd {
         KeysCommand::Generate { .. } => unreachable!("answered before the configuration is read"),
         KeysCommand::Add { alg, jwk_file } => {

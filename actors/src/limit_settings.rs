@@ -108,18 +108,12 @@ pub async fn follow(
     actors: Actors,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    let mut last: Option<Vec<LimitOverride>> = None;
-    sync(&ctx, &actors, &mut last).await;
-    tokio::spawn(async move {
-        tokio::pin!(stop);
-        loop {
-            tokio::select! {
-                _ = &mut stop => return,
-                _ = tokio::time::sleep(POLL) => {}
-            }
-            sync(&ctx, &actors, &mut last).await;
-        }
-    });
+    let last = std::sync::Arc::new(tokio::sync::Mutex::new(None));
+    crate::follow::every(POLL, stop, move || {
+        let (ctx, actors, last) = (ctx.clone(), actors.clone(), last.clone());
+        async move { sync(&ctx, &actors, &mut *last.lock().await).await }
+    })
+    .await;
 }
 
 async fn sync(ctx: &Ctx, actors: &Actors, last: &mut Option<Vec<LimitOverride>>) {

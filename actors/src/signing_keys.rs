@@ -63,19 +63,13 @@ pub async fn sync(ctx: &Ctx, last: &mut Option<Seen>) {
 /// Installs the stored keys now, then follows them from a task of its own
 /// until `stop` resolves.
 pub async fn follow(ctx: Arc<Ctx>, stop: impl std::future::Future<Output = ()> + Send + 'static) {
-    let mut last = None;
-    sync(&ctx, &mut last).await;
+    let last = Arc::new(tokio::sync::Mutex::new(None));
     let every: Duration = ctx.config.keys_poll_interval;
-    tokio::spawn(async move {
-        tokio::pin!(stop);
-        loop {
-            tokio::select! {
-                _ = &mut stop => return,
-                _ = tokio::time::sleep(every) => {}
-            }
-            sync(&ctx, &mut last).await;
-        }
-    });
+    crate::follow::every(every, stop, move || {
+        let (ctx, last) = (ctx.clone(), last.clone());
+        async move { sync(&ctx, &mut *last.lock().await).await }
+    })
+    .await;
 }
 
 /// Adds a key (`verify` first, so it is published before it signs); the

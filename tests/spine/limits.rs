@@ -79,6 +79,29 @@ both!(rate_limits_change_while_running, |_| {}, |t| {
     assert_eq!(entries[0]["payload"]["traits"], json!({"token_refresh": 2}));
 });
 
+/// Waits (at most a second) until `base` reports `name` at `events`.
+async fn until_reported(http: &reqwest::Client, base: &str, admin: &str, name: &str, events: u64) {
+    let started = std::time::Instant::now();
+    loop {
+        let r = http
+            .get(format!("{base}/admin/rate_limits"))
+            .bearer_auth(admin)
+            .send()
+            .await
+            .unwrap();
+        let limits = read(r).await;
+        if limits.body[name] == events {
+            return;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "{base}: {}",
+            limits.text
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Two processes on one PostgreSQL: a limit lowered through one is enforced
 /// by the other within a second, and a new process starts with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,7 +148,6 @@ async fn a_lowered_limit_reaches_every_process() {
         .await
         .unwrap();
     assert_eq!(read(put).await.status, 200);
-    let started = std::time::Instant::now();
     // Process B picks it up within a second: one refresh, then 429.
     let refresh = |token: String| {
         let http = http.clone();
@@ -141,25 +163,7 @@ async fn a_lowered_limit_reaches_every_process() {
             .await
         }
     };
-    loop {
-        let limits = read(
-            http.get(format!("{base_b}/admin/rate_limits"))
-                .bearer_auth(&admin)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
-        if limits.body["token_refresh"] == 1 {
-            break;
-        }
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(1),
-            "B still has {}",
-            limits.text
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    until_reported(&http, &base_b, &admin, "token_refresh", 1).await;
     let r = refresh(token.clone()).await;
     assert_eq!(r.status, 200, "{}", r.text);
     token = r.body["refresh_token"].as_str().unwrap().to_string();
@@ -207,26 +211,7 @@ async fn a_lowered_limit_reaches_every_process() {
     );
     let out = cli(&["set", "nope=1"]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("\"nope\""));
-    let started = std::time::Instant::now();
-    loop {
-        let limits = read(
-            http.get(format!("{base_c}/admin/rate_limits"))
-                .bearer_auth(&admin)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
-        if limits.body["verify"] == 7 {
-            break;
-        }
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(1),
-            "{}",
-            limits.text
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    until_reported(&http, &base_c, &admin, "verify", 7).await;
     let _ = c.kill().await;
     common::drop_database(&db).await;
 }
