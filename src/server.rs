@@ -37,6 +37,8 @@ pub struct AppState {
     pub admin: Admin,
     pub actors: Actors,
     pub metrics: PrometheusHandle,
+    /// The job workers' task when this process runs them (`GET /ready`).
+    pub workers: Option<tokio::task::AbortHandle>,
 }
 
 /// A running server.
@@ -348,6 +350,7 @@ pub async fn start_with(config: Config, workers: bool) -> anyhow::Result<Server>
         admin: Admin::with_otp(ctx.clone(), actors.otp.clone()),
         actors,
         metrics,
+        workers: workers.as_ref().map(|w| w.task.abort_handle()),
     };
     let store = ctx.store.clone();
     let listener = tokio::net::TcpListener::bind(addr)

@@ -140,6 +140,11 @@ fn identity_data(user_id: Uuid, provider: &str, value: &str, verified: bool) -> 
 }
 
 impl Admin {
+    /// Whether the database answers (`GET /ready`).
+    pub async fn ping(&self) -> ApiResult<()> {
+        Ok(self.ctx.store.ping().await?)
+    }
+
     /// Changes rate limits while running (see `limit_settings`).
     pub async fn set_rate_limits(
         &self,

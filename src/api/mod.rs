@@ -6,6 +6,7 @@ mod health;
 mod invite;
 mod logout;
 mod mail;
+mod ready;
 mod settings;
 mod signup;
 mod token;
@@ -51,6 +52,7 @@ pub const RATE_LIMITS: &[RouteLimit] = &[
 pub fn routes(state: AppState) -> (Router<AppState>, Document) {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::health))
+        .routes(routes!(ready::ready))
         .routes(routes!(settings::settings))
         .routes(routes!(signup::signup))
         .routes(routes!(token::token))

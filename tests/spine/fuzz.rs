@@ -10,8 +10,9 @@ use serde_json::json;
 use crate::both;
 
 /// Every operation the API serves, as the document must list it.
-const OPERATIONS: [(&str, &str); 27] = [
+const OPERATIONS: [(&str, &str); 28] = [
     ("/health", "get"),
+    ("/ready", "get"),
     ("/settings", "get"),
     ("/signup", "post"),
     ("/token", "post"),
@@ -58,7 +59,8 @@ both!(the_openapi_document_lists_every_route, |_| {}, |t| {
             let refuses = op["responses"]["400"].is_object() && op["responses"]["503"].is_object();
             assert_eq!(
                 refuses,
-                !(["/health", "/settings"].contains(&path) || path.starts_with("/.well-known")),
+                !(["/health", "/ready", "/settings"].contains(&path)
+                    || path.starts_with("/.well-known")),
                 "{method} {path}"
             );
             // Operation ids name the operation once across the document.

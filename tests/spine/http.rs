@@ -4,6 +4,20 @@ use serde_json::{Value, json};
 use crate::both;
 use crate::common::read;
 
+both!(ready_reports_what_this_process_needs, |_| {}, |t| {
+    for prefix in ["", "/auth/v1"] {
+        let r = t
+            .request(Method::GET, &format!("{prefix}/ready"), None, None)
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(
+            r.body,
+            json!({"status": "ready", "down": [], "database": "up",
+                   "actors": {"rate_limiter": "up", "session_manager": "up"}, "workers": "up"})
+        );
+    }
+});
+
 both!(
     health_and_settings_on_both_prefixes,
     |c| c.anonymous_users_enabled = true,

@@ -60,8 +60,18 @@ async fn a_database_outage_is_503_with_retry_after_and_recovers() {
     .await;
     let s = t.new_session("down@example.com", "secret123").await;
     let refresh = s["refresh_token"].as_str().unwrap().to_string();
+    let ready = t.request(reqwest::Method::GET, "/ready", None, None).await;
+    assert_eq!(ready.status, 200, "{}", ready.text);
 
     flag.send(false).unwrap();
+    // `/ready` names what is down (`/health` stays GoTrue's: 200).
+    let ready = t.request(reqwest::Method::GET, "/ready", None, None).await;
+    assert_eq!(ready.status, 503, "{}", ready.text);
+    assert_eq!(ready.header("retry-after"), Some("1"));
+    assert_eq!(ready.body["down"], serde_json::json!(["database"]));
+    assert_eq!(ready.body["database"], "down");
+    let health = t.request(reqwest::Method::GET, "/health", None, None).await;
+    assert_eq!(health.status, 200);
     let r = t.refresh(&refresh).await;
     assert_eq!(r.status, 503, "{}", r.text);
     assert_eq!(r.header("retry-after"), Some("1"));
@@ -81,6 +91,11 @@ async fn a_database_outage_is_503_with_retry_after_and_recovers() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_ne!(fresh.body["refresh_token"], refresh.as_str());
+    let ready = t.request(reqwest::Method::GET, "/ready", None, None).await;
+    assert_eq!(
+        (ready.status.as_u16(), &ready.body["status"]),
+        (200, &serde_json::json!("ready"))
+    );
     let metrics = t
         .request(reqwest::Method::GET, "/metrics", None, None)
         .await;

@@ -52,6 +52,10 @@ both!(a_killed_session_manager_is_restarted, |_| {}, |t| {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Readiness sees the successor.
+    let ready = t.request(reqwest::Method::GET, "/ready", None, None).await;
+    assert_eq!(ready.status, 200, "{}", ready.text);
+    assert_eq!(ready.body["actors"]["session_manager"], "up");
     // A logout after the restart is seen at once.
     let r = t
         .request(reqwest::Method::POST, "/logout", Some(&access), None)

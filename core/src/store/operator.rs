@@ -40,6 +40,11 @@ impl KeyState {
 }
 
 impl Store {
+    /// One round trip: whether the database answers (`GET /ready`).
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        on!(pool &self.pool, p => sqlx::query("SELECT 1").execute(p).await.map(drop))
+    }
+
     pub async fn signing_keys(&self) -> Result<Vec<StoredKey>, sqlx::Error> {
         on!(pool &self.pool, p => sqlx::query_as(
             "SELECT kid, jwk, state, created_at, updated_at FROM castellan_signing_keys ORDER BY created_at, kid")

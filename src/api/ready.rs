@@ -1,0 +1,91 @@
+//! `GET /ready` (a castellan extension; `/health` stays GoTrue's): whether
+//! this process can serve, naming what cannot — the database, an actor the
+//! supervisor is restarting, the job workers when this process runs them.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::server::AppState;
+
+/// How long the database may take to answer before it counts as down.
+const DATABASE_WAIT: Duration = Duration::from_secs(2);
+
+#[derive(Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready`, or `unavailable` with what is down in `down`.
+    status: &'static str,
+    down: Vec<&'static str>,
+    /// `up` or `down`.
+    database: &'static str,
+    /// Each supervised actor: `up`, or `down` while it restarts.
+    actors: BTreeMap<&'static str, &'static str>,
+    /// `up`, `down`, or `elsewhere` (run as `castellan worker` processes).
+    workers: &'static str,
+}
+
+fn up(ok: bool) -> &'static str {
+    if ok { "up" } else { "down" }
+}
+
+#[utoipa::path(
+    get,
+    path = "/ready",
+    tag = "health",
+    responses(
+        (status = 200, body = Readiness, description = "Everything this process needs is up"),
+        (status = 503, body = Readiness, description = "Something is down (named in `down`); see Retry-After")
+    )
+)]
+pub async fn ready(State(st): State<AppState>) -> Response {
+    let ping = tokio::time::timeout(DATABASE_WAIT, st.admin.ping()).await;
+    let database = up(matches!(ping, Ok(Ok(()))));
+    let actors = BTreeMap::from([
+        ("rate_limiter", up(st.actors.rate_limiter().is_some())),
+        ("session_manager", up(st.actors.session_manager().is_some())),
+    ]);
+    let workers = match &st.workers {
+        None => "elsewhere",
+        Some(task) => up(!task.is_finished()),
+    };
+    let mut down: Vec<&'static str> = Vec::new();
+    if database == "down" {
+        down.push("database");
+    }
+    down.extend(
+        actors
+            .iter()
+            .filter(|(_, s)| **s == "down")
+            .map(|(name, _)| *name),
+    );
+    if workers == "down" {
+        down.push("workers");
+    }
+    let body = Readiness {
+        status: if down.is_empty() {
+            "ready"
+        } else {
+            "unavailable"
+        },
+        down,
+        database,
+        actors,
+        workers,
+    };
+    if body.down.is_empty() {
+        return Json(body).into_response();
+    }
+    metrics::counter!("castellan_not_ready_total").increment(1);
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [("retry-after", "1")],
+        Json(body),
+    )
+        .into_response()
+}
