@@ -124,6 +124,18 @@ pub async fn spawn(backend: Backend, tweak: impl FnOnce(&mut Config)) -> TestSer
     }
 }
 
+/// A token for `role` (a `service_role` key, say), signed as a server with
+/// this JWT configuration signs, valid for an hour.
+pub fn role_key_for(cfg: &castellan_core::config::JwtConfig, role: &str) -> String {
+    let keys =
+        castellan_core::crypto::jwt::JwtKeys::new(cfg, cfg.secret.as_deref().unwrap()).unwrap();
+    let now = chrono::Utc::now().timestamp();
+    keys.sign(&castellan_core::crypto::jwt::role_claims(
+        role, &cfg.aud, now, 3600, None,
+    ))
+    .unwrap()
+}
+
 /// A response read whole: status, headers, JSON body (Null when empty).
 pub struct Reply {
     pub status: StatusCode,
@@ -260,14 +272,7 @@ impl TestServer {
     }
 
     pub fn role_key(&self, role: &str) -> String {
-        let cfg = &self.server.state.config.jwt;
-        let keys =
-            castellan_core::crypto::jwt::JwtKeys::new(cfg, cfg.secret.as_deref().unwrap()).unwrap();
-        let now = chrono::Utc::now().timestamp();
-        keys.sign(&castellan_core::crypto::jwt::role_claims(
-            role, &cfg.aud, now, 3600, None,
-        ))
-        .unwrap()
+        role_key_for(&self.server.state.config.jwt, role)
     }
 
     /// A request with the service key.

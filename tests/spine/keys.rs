@@ -364,28 +364,13 @@ async fn stored_keys_rotate_without_restart(backend: Backend) {
         &server,
         Method::GET,
         "/admin/audit?query=type:keys",
-        &service_key(&server),
+        &common::role_key_for(&server.state.config.jwt, "service_role"),
         None,
     )
     .await;
     assert_eq!(audit.body.as_array().unwrap().len(), 5, "{}", audit.text);
     server.stop().await;
     common::drop_database(&db).await;
-}
-
-fn service_key(server: &castellan::server::Server) -> String {
-    let now = chrono::Utc::now().timestamp();
-    let cfg = &server.state.config.jwt;
-    castellan_core::crypto::jwt::JwtKeys::new(cfg, cfg.secret.as_deref().unwrap())
-        .unwrap()
-        .sign(&castellan_core::crypto::jwt::role_claims(
-            "service_role",
-            &cfg.aud,
-            now,
-            60,
-            None,
-        ))
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

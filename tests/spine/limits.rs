@@ -115,20 +115,9 @@ async fn a_lowered_limit_reaches_every_process() {
     let (mut b, base_b) = common::castellan_process(&["serve"], url, &env).await;
     let http = reqwest::Client::new();
     let admin = {
-        let mut cfg = common::test_config(db.clone());
-        cfg.jwt.secret = Some("process-test-secret-process-test-secret".into());
-        let keys =
-            castellan_core::crypto::jwt::JwtKeys::new(&cfg.jwt, cfg.jwt.secret.as_deref().unwrap())
-                .unwrap();
-        let now = chrono::Utc::now().timestamp();
-        keys.sign(&castellan_core::crypto::jwt::role_claims(
-            "service_role",
-            "authenticated",
-            now,
-            600,
-            None,
-        ))
-        .unwrap()
+        let mut cfg = common::test_config(db.clone()).jwt;
+        cfg.secret = Some("process-test-secret-process-test-secret".into());
+        common::role_key_for(&cfg, "service_role")
     };
     let signup = http
         .post(format!("{base_b}/signup"))

@@ -98,6 +98,33 @@ const ADVANCE_LITE: &str = "BEGIN IMMEDIATE; \
      SELECT changes(); \
      COMMIT";
 
+/// Runs a guarded write in its two forms, one statement on PostgreSQL and a
+/// self-contained batch on SQLite (see `Store::lite_batch`), both bound by
+/// `$bind` from the owned `$args`: true when the guarded step ran.
+macro_rules! guarded_write {
+    ($store:expr, $pg:expr, $lite:expr, $bind:ident, $args:expr) => {
+        match &$store.pool {
+            Pool::Pg(p) => {
+                let won: i64 = $bind!(sqlx::query_scalar($pg), $args).fetch_one(p).await?;
+                Ok(won == 1)
+            }
+            Pool::Lite(p) => {
+                let args = $args;
+                let done = $store
+                    .lite_batch(p, move |conn| {
+                        Box::pin(async move {
+                            $bind!(sqlx::query_scalar::<_, i64>($lite), args)
+                                .fetch_all(conn)
+                                .await
+                        })
+                    })
+                    .await?;
+                Ok(done.first() == Some(&1))
+            }
+        }
+    };
+}
+
 /// A user as an access token sees them: identities, and the session the
 /// token names (`None`: it names none, or that session is gone).
 #[derive(Debug, Clone)]
@@ -489,25 +516,7 @@ impl Store {
                     .bind(client.address)
             }};
         }
-        match &self.pool {
-            Pool::Pg(p) => {
-                let won: i64 = bind_all!(sqlx::query_scalar(ADVANCE_PG), args)
-                    .fetch_one(p)
-                    .await?;
-                Ok(won == 1)
-            }
-            Pool::Lite(p) => {
-                let done = self
-                    .lite_batch(p, move |conn| {
-                        Box::pin(async move {
-                            let q = sqlx::query_scalar::<_, i64>(ADVANCE_LITE);
-                            bind_all!(q, args).fetch_all(conn).await
-                        })
-                    })
-                    .await?;
-                Ok(done.first() == Some(&1))
-            }
-        }
+        guarded_write!(self, ADVANCE_PG, ADVANCE_LITE, bind_all, args)
     }
 
     /// Runs a SQLite batch that begins and commits its own transaction:
@@ -582,25 +591,7 @@ impl Store {
                     .bind(client.user_agent)
             }};
         }
-        match &self.pool {
-            Pool::Pg(p) => {
-                let won: i64 = bind_all!(sqlx::query_scalar(ROTATE_PG), args)
-                    .fetch_one(p)
-                    .await?;
-                Ok(won == 1)
-            }
-            Pool::Lite(p) => {
-                let done = self
-                    .lite_batch(p, move |conn| {
-                        Box::pin(async move {
-                            let q = sqlx::query_scalar::<_, i64>(ROTATE_LITE);
-                            bind_all!(q, args).fetch_all(conn).await
-                        })
-                    })
-                    .await?;
-                Ok(done.first() == Some(&1))
-            }
-        }
+        guarded_write!(self, ROTATE_PG, ROTATE_LITE, bind_all, args)
     }
 
     /// Replaces a password hash only if it is still the one that was verified
