@@ -62,7 +62,7 @@ async fn run_client_with(backend: Backend, script: &str, mail: bool, key: Option
             c.mailer_autoconfirm = false;
             c.smtp.host = Some("127.0.0.1".into());
             c.smtp.port = port;
-            c.mailer.email_sent.events = 1000;
+            c.rate_limits.email_sent.events = 1000;
             // The scenarios send several mails of a kind to one user in a row.
             c.smtp.max_frequency = std::time::Duration::from_millis(1);
             c.uri_allow_list = vec!["http://app.test/**".into()];

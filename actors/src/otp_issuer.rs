@@ -10,6 +10,7 @@ use std::time::Instant;
 use arc_swap::ArcSwapOption;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
+use castellan_core::config::EmailBudget;
 use castellan_core::crypto::{otp, secure_eq, token_hash};
 use castellan_core::models::{AuditAction, AuditActor, Pkce, User, audit_payload};
 use castellan_core::store::TokenType;
@@ -20,6 +21,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::context::Ctx;
+use crate::rate_limiter::RateLimits;
 
 #[derive(Debug, Clone)]
 pub struct SendRequest {
@@ -236,7 +238,7 @@ fn window_open(ctx: &Ctx, sent: DateTime<Utc>, now: DateTime<Utc>) -> ApiResult<
     Ok(())
 }
 
-async fn send(ctx: &Ctx, req: &SendRequest) -> ApiResult<Vec<Issued>> {
+async fn send(ctx: &Ctx, budget: EmailBudget, req: &SendRequest) -> ApiResult<Vec<Issued>> {
     let now = ctx.config.clock.now();
     let (tt, path_key, link_type, flow_method, audit) = kind_facts(req.kind);
     let mut tx = ctx.store.begin().await?;
@@ -255,7 +257,6 @@ async fn send(ctx: &Ctx, req: &SendRequest) -> ApiResult<Vec<Issued>> {
     {
         window_open(ctx, sent, now)?;
     }
-    let budget = ctx.config.mailer.email_sent;
     if !req.generate_only
         && (budget.events == 0 || !ctx.config.mailer_autoconfirm)
         && !tx.take_email_budget(budget.events, budget.per, now).await?
@@ -645,6 +646,8 @@ pub struct OtpIssuer {
     ctx: Arc<Ctx>,
     windows: Arc<SendWindows>,
     actor: Arc<ArcSwapOption<ActorRef<OtpMsg>>>,
+    /// The limits in force, for the email budget an operator may change.
+    limits: RateLimits,
 }
 
 impl OtpIssuer {
@@ -652,18 +655,21 @@ impl OtpIssuer {
         ctx: Arc<Ctx>,
         windows: Arc<SendWindows>,
         actor: Arc<ArcSwapOption<ActorRef<OtpMsg>>>,
+        limits: RateLimits,
     ) -> Self {
         Self {
             ctx,
             windows,
             actor,
+            limits,
         }
     }
 
     /// A handle without the actor (tools): every window is read from the database.
     pub fn standalone(ctx: Arc<Ctx>) -> Self {
         let windows = SendWindows::new(ctx.config.smtp.max_frequency);
-        Self::new(ctx, windows, Arc::new(ArcSwapOption::empty()))
+        let limits = RateLimits::new(ctx.config.rate_limits.clone());
+        Self::new(ctx, windows, Arc::new(ArcSwapOption::empty()), limits)
     }
 
     fn record<T>(kind: &'static str, start: Instant, r: &ApiResult<T>) {
@@ -687,7 +693,8 @@ impl OtpIssuer {
             }
             r?;
         }
-        let r = send(&self.ctx, &req).await;
+        let budget = self.limits.settings().email_sent;
+        let r = send(&self.ctx, budget, &req).await;
         Self::record("send", start, &r);
         if let (Ok(issued), Some(actor)) = (&r, self.actor.load_full())
             && has_window(&req)

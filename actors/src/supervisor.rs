@@ -240,7 +240,7 @@ pub async fn start(ctx: Arc<Ctx>) -> Result<Actors, SpawnErr> {
     let (root, _) = Actor::spawn(None, Supervisor, args).await?;
     Ok(Actors {
         sessions: Sessions::new(ctx.clone(), cache.clone()),
-        otp: OtpIssuer::new(ctx, windows, slots.otp.clone()),
+        otp: OtpIssuer::new(ctx, windows, slots.otp.clone(), limits.clone()),
         rate_limits: limits,
         session_cache: cache,
         slots,

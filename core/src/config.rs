@@ -78,6 +78,8 @@ pub struct RateLimits {
     pub anonymous_users: RateLimit,
     pub verify: RateLimit,
     pub otp: RateLimit,
+    /// The email budget every process shares through the database.
+    pub email_sent: EmailBudget,
     /// The header whose first value keys the limits; peer address otherwise.
     pub header: Option<String>,
 }
@@ -85,7 +87,13 @@ pub struct RateLimits {
 impl RateLimits {
     /// The limits an operator may change while castellan runs, named after
     /// GoTrue's variables without `GOTRUE_RATE_LIMIT_`.
-    pub const NAMES: [&'static str; 4] = ["token_refresh", "verify", "otp", "anonymous_users"];
+    pub const NAMES: [&'static str; 5] = [
+        "email_sent",
+        "token_refresh",
+        "verify",
+        "otp",
+        "anonymous_users",
+    ];
 
     /// The number a limit allows per its GoTrue window.
     pub fn events(&self, name: &str) -> Option<u32> {
@@ -94,6 +102,7 @@ impl RateLimits {
             "verify" => self.verify.events,
             "otp" => self.otp.events,
             "anonymous_users" => self.anonymous_users.events,
+            "email_sent" => self.email_sent.events,
             _ => return None,
         })
     }
@@ -119,6 +128,8 @@ impl RateLimits {
                 set(&mut out.sign_ups);
             }
             "anonymous_users" => set(&mut out.anonymous_users),
+            // Its window stays the environment's (`N/duration`).
+            "email_sent" => out.email_sent.events = events,
             _ => return None,
         }
         Some(out)
@@ -167,7 +178,6 @@ pub struct MailerConfig {
     pub templates: HashMap<String, String>,
     pub secure_email_change_enabled: bool,
     pub magic_link_enabled: bool,
-    pub email_sent: EmailBudget,
     /// Delivery attempts before a message is dead, and the backoff between them.
     pub max_attempts: usize,
     pub retry_min: Duration,
@@ -566,7 +576,6 @@ fn mailer(v: &Vars) -> Result<MailerConfig, ConfigError> {
         secure_email_change_enabled: v
             .bool(&["GOTRUE_MAILER_SECURE_EMAIL_CHANGE_ENABLED"], true)?,
         magic_link_enabled: v.bool(&["GOTRUE_EXTERNAL_EMAIL_MAGIC_LINK_ENABLED"], true)?,
-        email_sent: email_budget(v)?,
         max_attempts: v.num(&["CASTELLAN_EMAIL_MAX_ATTEMPTS"], 8usize)?.max(1),
         retry_min: v.duration(&["CASTELLAN_EMAIL_RETRY_MIN"], Duration::from_secs(1))?,
         retry_max: v.duration(&["CASTELLAN_EMAIL_RETRY_MAX"], Duration::from_secs(300))?,
@@ -737,6 +746,7 @@ impl Config {
             sessions_timebox: v.opt_duration(&["GOTRUE_SESSIONS_TIMEBOX"])?,
             sessions_inactivity_timeout: v.opt_duration(&["GOTRUE_SESSIONS_INACTIVITY_TIMEOUT"])?,
             rate_limits: RateLimits {
+                email_sent: email_budget(v)?,
                 token_refresh: rate(
                     v,
                     &["GOTRUE_RATE_LIMIT_TOKEN_REFRESH"],

@@ -20,7 +20,7 @@ async fn mail_server(
         c.site_url = "http://localhost:3000".into();
         c.uri_allow_list = vec!["https://*.example.com/**".into()];
         c.api_external_url = "http://127.0.0.1:1".into();
-        c.mailer.email_sent.events = 1000;
+        c.rate_limits.email_sent.events = 1000;
         tweak(c);
     })
     .await;
@@ -400,7 +400,7 @@ both_mail!(pkce_flow, |_| {}, |t, sink| {
 
 both_mail!(
     global_email_budget,
-    |c| c.mailer.email_sent.events = 1,
+    |c| c.rate_limits.email_sent.events = 1,
     |t, sink| {
         assert_eq!(t.signup("b1@example.com", "secret123").await.status, 200);
         sink.wait_for("b1@example.com", 1).await;
@@ -410,6 +410,36 @@ both_mail!(
         assert_eq!(sink.count_to("b2@example.com"), 0);
     }
 );
+
+// The budget changed while running (issue 14): lowered to 1 it refuses the
+// second email at once; raised again it sends, without a restart.
+both_mail!(email_budget_changed_while_running, |_| {}, |t, sink| {
+    let r = t
+        .admin(
+            Method::PUT,
+            "/admin/rate_limits",
+            Some(json!({"email_sent": 1})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["email_sent"], 1);
+    assert_eq!(t.signup("rb1@example.com", "secret123").await.status, 200);
+    sink.wait_for("rb1@example.com", 1).await;
+    t.signup("rb2@example.com", "secret123")
+        .await
+        .assert_error(429, "over_email_send_rate_limit");
+    assert_eq!(sink.count_to("rb2@example.com"), 0);
+    let r = t
+        .admin(
+            Method::PUT,
+            "/admin/rate_limits",
+            Some(json!({"email_sent": 1000})),
+        )
+        .await;
+    assert_eq!(r.body["email_sent"], 1000, "{}", r.text);
+    assert_eq!(t.signup("rb2@example.com", "secret123").await.status, 200);
+    sink.wait_for("rb2@example.com", 1).await;
+});
 
 both_mail!(
     smtp_down_then_back_delivers_once,

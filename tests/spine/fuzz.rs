@@ -108,7 +108,7 @@ fn unlimited(c: &mut castellan_core::Config) {
         l.events = 1_000_000;
         l.burst = 1_000_000;
     }
-    c.mailer.email_sent.events = 1_000_000;
+    c.rate_limits.email_sent.events = 1_000_000;
     c.smtp.max_frequency = Duration::ZERO;
 }
 
@@ -181,7 +181,7 @@ both!(
 
         // The fuzzer may have changed the rate limits (an admin route):
         // put them back, which must still work.
-        let defaults = json!({"token_refresh": 1_000_000, "verify": 1_000_000, "otp": 1_000_000, "anonymous_users": 1_000_000});
+        let defaults = json!({"email_sent": 1_000_000, "token_refresh": 1_000_000, "verify": 1_000_000, "otp": 1_000_000, "anonymous_users": 1_000_000});
         let r = t
             .admin(Method::PUT, "/admin/rate_limits", Some(defaults))
             .await;
