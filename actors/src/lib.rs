@@ -21,6 +21,7 @@ pub mod even_timing;
 mod follow;
 pub mod limit_settings;
 pub mod links;
+pub mod mailbox;
 pub mod otp_issuer;
 pub mod rate_limiter;
 mod refresh_v2;

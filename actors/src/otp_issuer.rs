@@ -21,6 +21,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::context::Ctx;
+use crate::mailbox::Mail;
 use crate::rate_limiter::RateLimits;
 
 #[derive(Debug, Clone)]
@@ -325,6 +326,7 @@ async fn send(ctx: &Ctx, budget: EmailBudget, req: &SendRequest) -> ApiResult<Ve
             new_email: req.new_email.clone().unwrap_or_default(),
             data: user.user_metadata(),
             message: None,
+            queued_at: Some(now),
         };
         if !req.generate_only {
             job.message = Some(ctx.templates.render(&job));
@@ -604,13 +606,13 @@ pub enum OtpMsg {
 pub struct OtpIssuerActor;
 
 impl Actor for OtpIssuerActor {
-    type Msg = OtpMsg;
+    type Msg = Mail<OtpMsg>;
     type State = Arc<SendWindows>;
     type Arguments = Arc<SendWindows>;
 
     async fn pre_start(
         &self,
-        _me: ActorRef<OtpMsg>,
+        _me: ActorRef<Mail<OtpMsg>>,
         windows: Arc<SendWindows>,
     ) -> Result<Arc<SendWindows>, ActorProcessingErr> {
         Ok(windows)
@@ -618,12 +620,12 @@ impl Actor for OtpIssuerActor {
 
     async fn handle(
         &self,
-        _me: ActorRef<OtpMsg>,
-        msg: OtpMsg,
+        _me: ActorRef<Mail<OtpMsg>>,
+        msg: Mail<OtpMsg>,
         windows: &mut Arc<SendWindows>,
     ) -> Result<(), ActorProcessingErr> {
         let start = Instant::now();
-        match msg {
+        match msg.open() {
             OtpMsg::Sent { user, kinds, at } => {
                 for tt in kinds {
                     // Only ever later: a window never moves back.
@@ -645,7 +647,7 @@ impl Actor for OtpIssuerActor {
 pub struct OtpIssuer {
     ctx: Arc<Ctx>,
     windows: Arc<SendWindows>,
-    actor: Arc<ArcSwapOption<ActorRef<OtpMsg>>>,
+    actor: Arc<ArcSwapOption<ActorRef<Mail<OtpMsg>>>>,
     /// The limits in force, for the email budget an operator may change.
     limits: RateLimits,
 }
@@ -654,7 +656,7 @@ impl OtpIssuer {
     pub fn new(
         ctx: Arc<Ctx>,
         windows: Arc<SendWindows>,
-        actor: Arc<ArcSwapOption<ActorRef<OtpMsg>>>,
+        actor: Arc<ArcSwapOption<ActorRef<Mail<OtpMsg>>>>,
         limits: RateLimits,
     ) -> Self {
         Self {
@@ -700,11 +702,14 @@ impl OtpIssuer {
             && has_window(&req)
         {
             let kinds = issued.iter().map(|i| i.token_type).collect();
-            let _ = actor.cast(OtpMsg::Sent {
-                user: req.user_id,
-                kinds,
-                at: now,
-            });
+            let _ = actor.cast(Mail::new(
+                "otp_issuer",
+                OtpMsg::Sent {
+                    user: req.user_id,
+                    kinds,
+                    at: now,
+                },
+            ));
         }
         r
     }

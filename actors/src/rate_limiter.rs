@@ -7,12 +7,16 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::mailbox::Mail;
 use arc_swap::ArcSwap;
 use castellan_core::ApiError;
 use castellan_core::config::{RateLimit, RateLimits as Settings};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+/// The actor's name in logs and metrics.
+const NAME: &str = "rate_limiter";
 
 /// One bucket per limited route family, as GoTrue keeps one limiter per
 /// route; each is sized by the variable `setting` names.
@@ -158,10 +162,16 @@ impl RateLimits {
 
     /// Applies `settings` through the `RateLimiter` actor, which owns the
     /// buckets (directly while it restarts).
-    pub async fn apply(&self, actor: Option<ActorRef<RateLimiterMsg>>, settings: Settings) {
+    pub async fn apply(&self, actor: Option<ActorRef<Mail<RateLimiterMsg>>>, settings: Settings) {
         if let Some(actor) = actor {
-            let sent = ractor::call!(actor, RateLimiterMsg::SetLimits, settings.clone());
-            if sent.is_ok() {
+            let s = settings.clone();
+            let sent = actor
+                .call(
+                    |reply| Mail::new(NAME, RateLimiterMsg::SetLimits(s, reply)),
+                    None,
+                )
+                .await;
+            if matches!(sent, Ok(ractor::rpc::CallResult::Success(()))) {
                 return;
             }
         }
@@ -217,7 +227,7 @@ pub enum RateLimiterMsg {
 pub struct RateLimiter;
 
 impl Actor for RateLimiter {
-    type Msg = RateLimiterMsg;
+    type Msg = Mail<RateLimiterMsg>;
     type State = RateLimits;
     type Arguments = RateLimits;
 
@@ -226,7 +236,9 @@ impl Actor for RateLimiter {
         myself: ActorRef<Self::Msg>,
         limits: RateLimits,
     ) -> Result<RateLimits, ActorProcessingErr> {
-        myself.send_interval(Duration::from_secs(60), || RateLimiterMsg::Sweep);
+        myself.send_interval(Duration::from_secs(60), || {
+            Mail::new(NAME, RateLimiterMsg::Sweep)
+        });
         Ok(limits)
     }
 
@@ -236,6 +248,7 @@ impl Actor for RateLimiter {
         msg: Self::Msg,
         limits: &mut RateLimits,
     ) -> Result<(), ActorProcessingErr> {
+        let msg = msg.open();
         let kind = match &msg {
             RateLimiterMsg::SetLimits(..) => "set_limits",
             RateLimiterMsg::GetLimits(_) => "get_limits",
@@ -252,7 +265,7 @@ impl Actor for RateLimiter {
             }
             RateLimiterMsg::Sweep => limits.shared.load().sweep(),
         }
-        crate::supervisor::record_message("rate_limiter", kind, "ok", start);
+        crate::supervisor::record_message(NAME, kind, "ok", start);
         Ok(())
     }
 }

@@ -28,7 +28,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use crate::mailbox::Mail;
 use crate::supervisor::record_message;
+
+/// The actor's name in logs and metrics.
+const NAME: &str = "session_manager";
 
 const STRIPES: usize = 4096;
 
@@ -208,13 +212,13 @@ impl Drop for SessionManagerState {
 pub struct SessionManager;
 
 impl Actor for SessionManager {
-    type Msg = SessionMsg;
+    type Msg = Mail<SessionMsg>;
     type State = SessionManagerState;
     type Arguments = SessionManagerArgs;
 
     async fn pre_start(
         &self,
-        me: ActorRef<SessionMsg>,
+        me: ActorRef<Mail<SessionMsg>>,
         args: SessionManagerArgs,
     ) -> Result<SessionManagerState, ActorProcessingErr> {
         // Whatever an earlier incarnation cached may have missed changes.
@@ -227,14 +231,14 @@ impl Actor for SessionManager {
             let follow = store.follow_changes(poll, tx);
             let forward = async move {
                 while let Some(ev) = rx.recv().await {
-                    if me2.cast(SessionMsg::Feed(ev)).is_err() {
+                    if me2.cast(Mail::new(NAME, SessionMsg::Feed(ev))).is_err() {
                         return;
                     }
                 }
             };
             tokio::join!(follow, forward);
         });
-        me.send_interval(Duration::from_secs(5), || SessionMsg::Tick);
+        me.send_interval(Duration::from_secs(5), || Mail::new(NAME, SessionMsg::Tick));
         Ok(SessionManagerState {
             cache: args.cache,
             feed,
@@ -243,11 +247,12 @@ impl Actor for SessionManager {
 
     async fn handle(
         &self,
-        _me: ActorRef<SessionMsg>,
-        msg: SessionMsg,
+        _me: ActorRef<Mail<SessionMsg>>,
+        msg: Mail<SessionMsg>,
         st: &mut SessionManagerState,
     ) -> Result<(), ActorProcessingErr> {
         let start = Instant::now();
+        let msg = msg.open();
         let kind = msg.kind();
         match msg {
             SessionMsg::Feed(ChangeEvent::Following) => {
@@ -265,7 +270,7 @@ impl Actor for SessionManager {
                     .set(st.cache.entries.entry_count() as f64);
             }
         }
-        record_message("session_manager", kind, "ok", start);
+        record_message(NAME, kind, "ok", start);
         Ok(())
     }
 }

@@ -12,6 +12,7 @@ use arc_swap::ArcSwapOption;
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SpawnErr, SupervisionEvent};
 
 use crate::context::Ctx;
+use crate::mailbox::Mail;
 use crate::otp_issuer::{OtpIssuer, OtpIssuerActor, OtpMsg, SendWindows};
 use crate::rate_limiter::{RateLimiter, RateLimiterMsg, RateLimits};
 use crate::session_manager::{SessionCache, SessionManager, SessionManagerArgs, SessionMsg};
@@ -50,9 +51,9 @@ impl Child {
 /// The slots the supervisor fills with the current actor of each kind.
 #[derive(Clone)]
 pub struct Slots {
-    sessions: Arc<ArcSwapOption<ActorRef<SessionMsg>>>,
-    otp: Arc<ArcSwapOption<ActorRef<OtpMsg>>>,
-    limiter: Arc<ArcSwapOption<ActorRef<RateLimiterMsg>>>,
+    sessions: Arc<ArcSwapOption<ActorRef<Mail<SessionMsg>>>>,
+    otp: Arc<ArcSwapOption<ActorRef<Mail<OtpMsg>>>>,
+    limiter: Arc<ArcSwapOption<ActorRef<Mail<RateLimiterMsg>>>>,
 }
 
 pub struct SupervisorArgs {
@@ -203,12 +204,12 @@ pub struct Actors {
 
 impl Actors {
     /// The current `RateLimiter` actor (`None` while it restarts).
-    pub fn rate_limiter(&self) -> Option<ActorRef<RateLimiterMsg>> {
+    pub fn rate_limiter(&self) -> Option<ActorRef<Mail<RateLimiterMsg>>> {
         self.slots.limiter.load_full().map(|r| (*r).clone())
     }
 
     /// The current `SessionManager` actor (`None` while it restarts).
-    pub fn session_manager(&self) -> Option<ActorRef<SessionMsg>> {
+    pub fn session_manager(&self) -> Option<ActorRef<Mail<SessionMsg>>> {
         self.slots.sessions.load_full().map(|r| (*r).clone())
     }
 

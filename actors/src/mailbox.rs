@@ -1,0 +1,36 @@
+//! Mailbox metrics. ractor does not tell a mailbox's length, so every
+//! message travels in a `Mail` envelope: posting it adds one to its actor's
+//! depth gauge and stamps the time; opening it records the wait; dropping
+//! it (opened, or lost with a stopped actor) takes the one away again.
+
+use std::time::Instant;
+
+pub struct Mail<M> {
+    msg: Option<M>,
+    actor: &'static str,
+    posted: Instant,
+}
+
+impl<M> Mail<M> {
+    pub fn new(actor: &'static str, msg: M) -> Self {
+        metrics::gauge!("castellan_actor_mailbox_depth", "actor" => actor).increment(1.0);
+        Self {
+            msg: Some(msg),
+            actor,
+            posted: Instant::now(),
+        }
+    }
+
+    /// The message, once its actor takes it; records how long it waited.
+    pub fn open(mut self) -> M {
+        metrics::histogram!("castellan_actor_mailbox_wait_seconds", "actor" => self.actor)
+            .record(self.posted.elapsed().as_secs_f64());
+        self.msg.take().expect("a letter is opened once")
+    }
+}
+
+impl<M> Drop for Mail<M> {
+    fn drop(&mut self) {
+        metrics::gauge!("castellan_actor_mailbox_depth", "actor" => self.actor).decrement(1.0);
+    }
+}
