@@ -193,11 +193,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             castellan_jobs::queue::setup(&store)
                 .await
                 .map_err(anyhow::Error::msg)?;
+            let scrape = castellan::observability::Scrape {
+                handle: castellan::observability::recorder(),
+                store: store.clone(),
+            };
+            let metrics = castellan::server::MetricsServer::start(&config, scrape).await?;
             let mut workers = castellan::server::Workers::spawn(store, config);
             tracing::info!("castellan workers running");
             tokio::select! {
                 _ = shutdown_signal() => workers.stop().await,
                 _ = workers.wait() => {}
+            }
+            if let Some(m) = metrics {
+                m.stop().await;
             }
             Ok(())
         }

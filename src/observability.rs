@@ -4,12 +4,19 @@
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{FromRef, MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use castellan_core::store::Store;
+
 use crate::server::AppState;
+
+/// Delivery waits (enqueue to sent) run to minutes while SMTP is down.
+const DELIVERY_BUCKETS: [f64; 12] = [
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0,
+];
 
 const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -22,10 +29,17 @@ pub fn recorder() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let handle = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
+                .set_buckets_for_metric(
+                    Matcher::Full("castellan_queue_delivery_seconds".into()),
+                    &DELIVERY_BUCKETS,
+                )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
+                })
                 .expect("buckets are not empty")
                 .install_recorder()
                 .expect("no other metrics recorder is installed");
+            known_series();
             let upkeep = handle.clone();
             std::thread::Builder::new()
                 .name("metrics-upkeep".into())
@@ -75,13 +89,67 @@ pub async fn http_metrics(req: Request, next: Next) -> Response {
     resp
 }
 
-pub async fn metrics_endpoint(State(st): State<AppState>) -> Response {
+/// The series of events that may not have happened yet, at zero, so a
+/// dashboard shows 0 rather than nothing and `increase()` sees the first.
+fn known_series() {
+    for actor in ["session_manager", "otp_issuer", "rate_limiter"] {
+        metrics::counter!("castellan_actor_restarts_total", "actor" => actor).increment(0);
+        metrics::gauge!("castellan_actor_mailbox_depth", "actor" => actor).increment(0.0);
+    }
+    for name in [
+        "castellan_queue_retried_total",
+        "castellan_queue_dead_total",
+        "castellan_queue_worker_restarts_total",
+    ] {
+        metrics::counter!(name, "queue" => "email").increment(0);
+    }
+    for outcome in ["family_revoked", "refused"] {
+        metrics::counter!("castellan_refresh_token_reuse_total", "outcome" => outcome).increment(0);
+    }
+    for name in [
+        "castellan_session_cache_evictions_total",
+        "castellan_email_budget_exhausted_total",
+        "castellan_not_ready_total",
+        "castellan_panics_total",
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+}
+
+/// What `/metrics` reads: the recorder, and the store whose pool it samples.
+#[derive(Clone)]
+pub struct Scrape {
+    pub handle: PrometheusHandle,
+    pub store: Store,
+}
+
+impl FromRef<AppState> for Scrape {
+    fn from_ref(st: &AppState) -> Scrape {
+        st.metrics.clone()
+    }
+}
+
+pub async fn metrics_endpoint(State(scrape): State<Scrape>) -> Response {
+    // The pool is sampled when scraped: its numbers change on every query.
+    let (open, idle, max) = scrape.store.pool_stats();
+    let in_use = (open as usize).saturating_sub(idle);
+    metrics::gauge!("castellan_db_pool_connections", "state" => "idle").set(idle as f64);
+    metrics::gauge!("castellan_db_pool_connections", "state" => "in_use").set(in_use as f64);
+    metrics::gauge!("castellan_db_pool_max_connections").set(f64::from(max));
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        st.metrics.render(),
+        scrape.handle.render(),
     )
         .into_response()
+}
+
+/// `/metrics` alone, on its own address (`CASTELLAN_METRICS_ADDR`): for
+/// the API beside its port, and for worker processes, which serve nothing else.
+pub fn metrics_router(scrape: Scrape) -> axum::Router {
+    axum::Router::new()
+        .route("/metrics", axum::routing::get(metrics_endpoint))
+        .with_state(scrape)
 }

@@ -16,7 +16,6 @@ use castellan_actors::links::Links;
 use castellan_actors::{Actors, Ctx};
 use castellan_core::config::DatabaseUrl;
 use castellan_core::{ApiError, Config, Store};
-use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::oneshot;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -36,7 +35,7 @@ pub struct AppState {
     pub links: Links,
     pub admin: Admin,
     pub actors: Actors,
-    pub metrics: PrometheusHandle,
+    pub metrics: observability::Scrape,
     /// The job workers' task when this process runs them (`GET /ready`).
     pub workers: Option<tokio::task::AbortHandle>,
 }
@@ -50,8 +49,45 @@ pub struct Server {
     pub metrics_addr: Option<SocketAddr>,
     shutdown: Vec<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
-    metrics_task: Option<tokio::task::JoinHandle<()>>,
+    metrics_server: Option<MetricsServer>,
     workers: Option<Workers>,
+}
+
+/// `/metrics` on an address of its own (`CASTELLAN_METRICS_ADDR`).
+pub struct MetricsServer {
+    pub addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MetricsServer {
+    /// Listens when the configuration gives an address; `None` otherwise.
+    pub async fn start(
+        config: &Config,
+        scrape: observability::Scrape,
+    ) -> anyhow::Result<Option<MetricsServer>> {
+        let Some(at) = &config.metrics_addr else {
+            return Ok(None);
+        };
+        let l = tokio::net::TcpListener::bind(at).await.with_context(|| {
+            format!("invalid configuration: CASTELLAN_METRICS_ADDR: cannot listen on {at}")
+        })?;
+        let addr = l.local_addr()?;
+        let app = observability::metrics_router(scrape);
+        let (stop, rx) = oneshot::channel::<()>();
+        let stopped = async {
+            let _ = rx.await;
+        };
+        tracing::info!(%addr, "metrics listening");
+        let limits = config.listen.clone();
+        let task = tokio::spawn(crate::listener::serve(l, app, limits, stopped));
+        Ok(Some(MetricsServer { addr, stop, task }))
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
 }
 
 /// The job workers running beside the API (unless `--no-workers`).
@@ -98,8 +134,8 @@ impl Server {
             let _ = tx.send(());
         }
         let _ = (&mut self.task).await;
-        if let Some(t) = self.metrics_task.take() {
-            let _ = t.await;
+        if let Some(m) = self.metrics_server.take() {
+            m.stop().await;
         }
         if let Some(w) = self.workers.take() {
             w.stop().await;
@@ -349,7 +385,10 @@ pub async fn start_with(config: Config, workers: bool) -> anyhow::Result<Server>
         accounts,
         admin: Admin::with_otp(ctx.clone(), actors.otp.clone()),
         actors,
-        metrics,
+        metrics: observability::Scrape {
+            handle: metrics,
+            store: ctx.store.clone(),
+        },
         workers: workers.as_ref().map(|w| w.task.abort_handle()),
     };
     let store = ctx.store.clone();
@@ -368,36 +407,17 @@ pub async fn start_with(config: Config, workers: bool) -> anyhow::Result<Server>
             let _ = rx.await;
         },
     ));
-    let mut shutdown = vec![tx, keys_tx, limits_tx];
-    let (metrics_addr, metrics_task) = match &state.config.metrics_addr {
-        Some(at) => {
-            let l = tokio::net::TcpListener::bind(at).await.with_context(|| {
-                format!("invalid configuration: CASTELLAN_METRICS_ADDR: cannot listen on {at}")
-            })?;
-            let bound = l.local_addr()?;
-            let app = Router::new()
-                .route("/metrics", get(observability::metrics_endpoint))
-                .with_state(state.clone());
-            let (tx, rx) = oneshot::channel::<()>();
-            shutdown.push(tx);
-            let stop = async {
-                let _ = rx.await;
-            };
-            tracing::info!(addr = %bound, "metrics listening");
-            let task = tokio::spawn(crate::listener::serve(l, app, limits, stop));
-            (Some(bound), Some(task))
-        }
-        None => (None, None),
-    };
+    let shutdown = vec![tx, keys_tx, limits_tx];
+    let metrics_server = MetricsServer::start(&state.config, state.metrics.clone()).await?;
     tracing::info!(%addr, "castellan listening");
     Ok(Server {
         addr,
         state,
         store,
-        metrics_addr,
+        metrics_addr: metrics_server.as_ref().map(|m| m.addr),
         shutdown,
         task,
-        metrics_task,
+        metrics_server,
         workers,
     })
 }

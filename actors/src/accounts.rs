@@ -527,7 +527,6 @@ impl Accounts {
                 vec![(AuditAction::Login, Some(json!({"provider": provider})))],
             )
             .await?;
-        outcome("ok");
         Ok((grant, weak))
     }
 

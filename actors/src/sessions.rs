@@ -407,7 +407,11 @@ impl Sessions {
         method: &'static str,
         audits: Vec<Audit>,
     ) -> ApiResult<TokenGrant> {
-        issue(&self.ctx, Uuid::new_v4(), user, method, &audits).await
+        let grant = issue(&self.ctx, Uuid::new_v4(), user, method, &audits).await?;
+        // Every successful sign-in, whatever its method, is counted here.
+        metrics::counter!("castellan_signins_total", "method" => method, "outcome" => "ok")
+            .increment(1);
+        Ok(grant)
     }
 
     /// Rotates a refresh token.
@@ -416,7 +420,10 @@ impl Sessions {
         if token.len() < 12 {
             return Err(ApiError::validation("Refresh token is not valid"));
         }
-        refresh(&self.ctx, token).await
+        let r = refresh(&self.ctx, token).await;
+        let outcome = if r.is_ok() { "ok" } else { "refused" };
+        metrics::counter!("castellan_refreshes_total", "outcome" => outcome).increment(1);
+        r
     }
 
     /// `POST /logout`. A token without a session always logs out everywhere.

@@ -61,6 +61,9 @@ pub struct EmailJob {
     /// the worker renders itself).
     #[serde(default)]
     pub message: Option<crate::templates::Rendered>,
+    /// When it was queued, for the delivery latency (absent in older jobs).
+    #[serde(default)]
+    pub queued_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Where mail goes.

@@ -210,6 +210,7 @@ mod tests {
             new_email: String::new(),
             data: json!({"name": "<Al>", "n": 3}),
             message: None,
+            queued_at: None,
         }
     }
 

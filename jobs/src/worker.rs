@@ -25,6 +25,7 @@ pub struct EmailDeps {
     pub mailer: Mailer,
     pub templates: Templates,
     pub attempts: usize,
+    pub clock: castellan_core::Clock,
 }
 
 async fn deliver(
@@ -46,6 +47,11 @@ async fn deliver(
     match result {
         Ok(()) => {
             metrics::counter!("castellan_queue_succeeded_total", "queue" => "email", "kind" => job.kind.name()).increment(1);
+            if let Some(at) = job.queued_at {
+                let waited = (deps.clock.now() - at).to_std().unwrap_or_default();
+                metrics::histogram!("castellan_queue_delivery_seconds", "queue" => "email")
+                    .record(waited.as_secs_f64());
+            }
             Ok(())
         }
         Err(e) => {
@@ -110,6 +116,7 @@ pub async fn run(
         mailer,
         templates,
         attempts,
+        clock: config.clock.clone(),
     });
     let backoff = ExponentialBackoffMaker::new(
         config.mailer.retry_min,

@@ -240,8 +240,18 @@ impl Store {
         }
     }
 
+    /// The pool's connections: (open, idle, most allowed), for `/metrics`.
+    pub fn pool_stats(&self) -> (u32, usize, u32) {
+        match &self.pool {
+            Pool::Pg(p) => (p.size(), p.num_idle(), p.options().get_max_connections()),
+            Pool::Lite(p) => (p.size(), p.num_idle(), p.options().get_max_connections()),
+        }
+    }
+
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
         metrics::counter!("castellan_db_transactions_total").increment(1);
+        // The wait for a connection (and, on SQLite, for the writer's turn).
+        let asked = std::time::Instant::now();
         let conn = match &self.pool {
             Pool::Pg(p) => Conn::Pg(p.begin().await?),
             Pool::Lite(p) => {
@@ -249,6 +259,7 @@ impl Store {
                 Conn::Lite(p.begin_with("BEGIN IMMEDIATE").await?, turn)
             }
         };
+        metrics::histogram!("castellan_db_acquire_seconds").record(asked.elapsed().as_secs_f64());
         Ok(Tx {
             conn,
             touched: Vec::new(),
