@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # The whole test suite, on SQLite and on PostgreSQL: unit tests, the black-box
-# HTTP tests and the official clients (@supabase/auth-js, supabase-js and
-# supabase-py for the README's examples).
+# HTTP tests, the official clients (@supabase/auth-js, supabase-js and
+# supabase-py for the README's examples) and the Grafana dashboards checked
+# against a real Prometheus.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CASTELLAN_TEST_PG_URL=$(scripts/ensure-postgres.sh)
 export CASTELLAN_TEST_PG_URL
 echo "tests use PostgreSQL at $CASTELLAN_TEST_PG_URL"
+# Prometheus and promtool, for the dashboards and alert rules.
+CASTELLAN_TEST_PROMETHEUS_DIR=$(scripts/ensure-prometheus.sh)
+export CASTELLAN_TEST_PROMETHEUS_DIR
 
 command -v node >/dev/null 2>&1 || { echo "Node.js is required for tests/e2e (the official client)"; exit 1; }
 (cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error)

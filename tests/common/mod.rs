@@ -437,8 +437,10 @@ pub async fn castellan_process_in(
     } else {
         "castellan listening addr="
     };
+    let log = ProcessLog::default();
     let base = tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(line) = lines.next_line().await.unwrap() {
+            log.lock().unwrap().push(line.clone());
             if let Some(rest) = line.split(marker).nth(1) {
                 return rest
                     .split_whitespace()
@@ -454,7 +456,6 @@ pub async fn castellan_process_in(
     // Keep draining its output so the process never blocks on a full pipe
     // (shown with CASTELLAN_TEST_LOG set, as the in-process servers' logs are).
     let show = std::env::var_os("CASTELLAN_TEST_LOG").is_some();
-    let log = ProcessLog::default();
     let kept = log.clone();
     tokio::spawn(async move {
         while let Ok(Some(line)) = lines.next_line().await {

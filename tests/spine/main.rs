@@ -9,6 +9,7 @@ mod smtp_sink;
 mod admin;
 mod cache;
 mod cli;
+mod dashboards;
 mod disk;
 mod durability;
 mod email;

@@ -1,0 +1,381 @@
+//! The operator's view (issue 14): every Grafana panel's PromQL returns
+//! series from a real Prometheus scraping a real API process and a real
+//! worker process after a workload through every endpoint family; the
+//! alert rules load and evaluate there, and promtool checks and unit-tests
+//! them.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::common::{self, Backend, ProcessLog, read};
+
+/// Where `scripts/ensure-prometheus.sh` found prometheus and promtool.
+fn prometheus_dir() -> PathBuf {
+    let dir = std::env::var("CASTELLAN_TEST_PROMETHEUS_DIR").unwrap_or_else(|_| {
+        panic!("CASTELLAN_TEST_PROMETHEUS_DIR is not set: run the tests through scripts/test.sh, or set it to the directory of prometheus and promtool (scripts/ensure-prometheus.sh prints it)")
+    });
+    PathBuf::from(dir)
+}
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// Every panel's expressions, with the dashboard and panel title.
+fn panel_queries() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let dir = repo("grafana/dashboards");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    for file in files {
+        let board: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap())
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let name = file.file_name().unwrap().to_string_lossy().to_string();
+        for panel in board["panels"].as_array().expect("panels") {
+            let targets = panel["targets"].as_array().expect("targets");
+            assert!(
+                !targets.is_empty(),
+                "{name}: {} has no query",
+                panel["title"]
+            );
+            for t in targets {
+                let expr = t["expr"].as_str().expect("a PromQL expr");
+                out.push((format!("{name} · {}", panel["title"]), expr.to_string()));
+            }
+        }
+    }
+    out
+}
+
+/// The address a process logged after `marker` (e.g. its metrics port).
+async fn logged_addr(log: &ProcessLog, marker: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = log.lock().unwrap().iter().find_map(|l| {
+            l.split(marker)
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next().map(str::to_string))
+        });
+        if let Some(a) = found {
+            return a;
+        }
+        assert!(Instant::now() < deadline, "no {marker:?} in the log");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Prometheus on loopback scraping `targets` (job name, address) every
+/// second, with the shipped alert rules loaded.
+async fn start_prometheus(dir: &Path, targets: &[(&str, &str)]) -> (tokio::process::Child, String) {
+    let jobs: String = targets
+        .iter()
+        .map(|(job, at)| {
+            format!("  - job_name: {job}\n    static_configs:\n      - targets: [\"{at}\"]\n")
+        })
+        .collect();
+    let config = format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n{jobs}",
+        repo("prometheus/alerts.yml").display()
+    );
+    std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+    let port = free_port();
+    let child = tokio::process::Command::new(prometheus_dir().join("prometheus"))
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start prometheus");
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !reqwest::get(format!("{base}/-/ready"))
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(Instant::now() < deadline, "prometheus never became ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (child, base)
+}
+
+/// An instant query's result vector.
+async fn query(prom: &str, expr: &str) -> Vec<Value> {
+    let r = reqwest::Client::new()
+        .get(format!("{prom}/api/v1/query"))
+        .query(&[("query", expr)])
+        .send()
+        .await
+        .unwrap();
+    let body = read(r).await;
+    assert_eq!(body.body["status"], "success", "{expr}: {}", body.text);
+    body.body["data"]["result"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// A request through every endpoint family, the failures included, so every
+/// panel has something to show.
+async fn workload(api: &str, admin: &str) {
+    let http = reqwest::Client::new();
+    let post = |path: &str, body: Value| http.post(format!("{api}{path}")).json(&body).send();
+    // A sign-up whose confirmation the worker mails.
+    let r = read(
+        post(
+            "/signup",
+            json!({"email": "dash-new@example.com", "password": "secret123"}),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    // A confirmed user, made by an admin.
+    let r = http
+        .post(format!("{api}/admin/users"))
+        .bearer_auth(admin)
+        .json(&json!({"email": "dash@example.com", "password": "secret123", "email_confirm": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let login = |password: &'static str| {
+        post(
+            "/token?grant_type=password",
+            json!({"email": "dash@example.com", "password": password}),
+        )
+    };
+    assert_eq!(login("wrong-one").await.unwrap().status(), 400);
+    let s = read(login("secret123").await.unwrap()).await;
+    assert_eq!(s.status, 200, "{}", s.text);
+    let access = s.body["access_token"].as_str().unwrap().to_string();
+    let first = s.body["refresh_token"].as_str().unwrap().to_string();
+    for _ in 0..2 {
+        let u = http
+            .get(format!("{api}/user"))
+            .bearer_auth(&access)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(u.status(), 200);
+    }
+    let refresh = |token: String| {
+        post(
+            "/token?grant_type=refresh_token",
+            json!({"refresh_token": token}),
+        )
+    };
+    let mut token = first.clone();
+    for _ in 0..2 {
+        let r = read(refresh(token).await.unwrap()).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        token = r.body["refresh_token"].as_str().unwrap().to_string();
+    }
+    // The first token again, two rotations later: a reuse detection.
+    assert_eq!(refresh(first).await.unwrap().status(), 400);
+    // A lowered refresh limit (through the RateLimiter's mailbox), hit.
+    let limits = |body: Value| {
+        http.put(format!("{api}/admin/rate_limits"))
+            .bearer_auth(admin)
+            .json(&body)
+            .send()
+    };
+    assert_eq!(
+        limits(json!({"token_refresh": 1})).await.unwrap().status(),
+        200
+    );
+    let statuses: Vec<u16> = {
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            v.push(
+                refresh("not-a-real-token-at-all".into())
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16(),
+            );
+        }
+        v
+    };
+    assert!(statuses.contains(&429), "{statuses:?}");
+    assert_eq!(
+        limits(json!({"token_refresh": 100000}))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // A magic link (the OtpIssuer's mailbox) and a wrong code for it.
+    assert_eq!(
+        post("/otp", json!({"email": "dash@example.com"}))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let v = post(
+        "/verify",
+        json!({"type": "email", "email": "dash@example.com", "token": "000000"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(v.status(), 403);
+    let page = http
+        .get(format!("{api}/admin/users"))
+        .bearer_auth(admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    for path in ["/health", "/settings", "/ready", "/.well-known/jwks.json"] {
+        assert_eq!(
+            http.get(format!("{api}{path}"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200,
+            "{path}"
+        );
+    }
+    // The reuse ended that session: a new one logs out.
+    let again = read(login("secret123").await.unwrap()).await;
+    let access = again.body["access_token"].as_str().unwrap().to_string();
+    let out = http
+        .post(format!("{api}/logout"))
+        .bearer_auth(&access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 204);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_panel_has_series_in_a_real_prometheus() {
+    let (db, _) = common::fresh_database(Backend::Postgres).await;
+    let castellan_core::config::DatabaseUrl::Postgres(url) = &db else {
+        unreachable!()
+    };
+    let env = [
+        ("CASTELLAN_METRICS_ADDR", "127.0.0.1:0"),
+        // The sweep samples the queue's backlog: every second here.
+        ("CASTELLAN_EXPIRY_SCHEDULE", "* * * * * *"),
+        // A used refresh token is a reuse at once, not within a grace.
+        ("GOTRUE_SECURITY_REFRESH_TOKEN_REUSE_INTERVAL", "0"),
+    ];
+    let (_api, base, api_log) =
+        common::castellan_process_in(&[], &["serve", "--no-workers"], url, &env).await;
+    let (_worker, _, worker_log) = common::castellan_process_in(&[], &["worker"], url, &env).await;
+    let api_metrics = logged_addr(&api_log, "metrics listening addr=").await;
+    let worker_metrics = logged_addr(&worker_log, "metrics listening addr=").await;
+    // The API port no longer serves /metrics when it has its own address.
+    let r = reqwest::get(format!("{base}/metrics")).await.unwrap();
+    assert_eq!(r.status(), 404);
+
+    let dir = tempfile::tempdir().unwrap();
+    let (_prom, prom) = start_prometheus(
+        dir.path(),
+        &[
+            ("castellan-api", &api_metrics),
+            ("castellan-worker", &worker_metrics),
+        ],
+    )
+    .await;
+    let admin = {
+        let mut cfg = common::test_config(db.clone()).jwt;
+        cfg.secret = Some("process-test-secret-process-test-secret".into());
+        common::role_key_for(&cfg, "service_role")
+    };
+    workload(&base, &admin).await;
+
+    // Until both processes are up in Prometheus and the mail was delivered
+    // and scraped; then three more scrapes, so every rate has two samples.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let up = query(&prom, "up == 1").await.len();
+        let sent = query(&prom, "castellan_queue_delivery_seconds_count > 0")
+            .await
+            .len();
+        if up == 2 && sent > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "up: {up}, delivered: {sent}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let queries = panel_queries();
+    assert!(queries.len() >= 30, "{} panel queries", queries.len());
+    let mut empty = Vec::new();
+    for (panel, expr) in &queries {
+        let expr = expr.replace("$__rate_interval", "1m");
+        if query(&prom, &expr).await.is_empty() {
+            empty.push(format!("{panel}: {expr}"));
+        }
+    }
+    assert!(
+        empty.is_empty(),
+        "panels without series:\n{}",
+        empty.join("\n")
+    );
+
+    // Both processes are scraped, each under its own job.
+    let jobs = query(&prom, "count by (job) (castellan_db_pool_max_connections)").await;
+    assert_eq!(jobs.len(), 2, "{jobs:?}");
+    // The shipped alert rules loaded and evaluate cleanly, and none fires
+    // on a healthy pair of processes.
+    let rules = reqwest::get(format!("{prom}/api/v1/rules")).await.unwrap();
+    let rules = read(rules).await.body;
+    let group = &rules["data"]["groups"][0]["rules"];
+    let rules = group.as_array().expect("the alert rules are loaded");
+    assert!(rules.len() >= 7, "{rules:?}");
+    for rule in rules {
+        assert_eq!(rule["health"], "ok", "{rule}");
+        assert_ne!(rule["state"], "firing", "{rule}");
+    }
+}
+
+/// promtool's own checks of the shipped Prometheus files and alert tests.
+#[test]
+fn promtool_checks_the_config_and_unit_tests_the_alerts() {
+    let promtool = prometheus_dir().join("promtool");
+    for args in [
+        vec!["check", "config", "prometheus.yml"],
+        vec!["check", "rules", "alerts.yml"],
+        vec!["test", "rules", "alerts.test.yml"],
+    ] {
+        let out = std::process::Command::new(&promtool)
+            .args(&args)
+            .current_dir(repo("prometheus"))
+            .output()
+            .expect("run promtool");
+        assert!(
+            out.status.success(),
+            "promtool {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
