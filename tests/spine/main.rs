@@ -10,6 +10,7 @@ mod admin;
 mod cache;
 mod cli;
 mod dashboards;
+mod deploy;
 mod disk;
 mod durability;
 mod email;
