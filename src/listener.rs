@@ -17,6 +17,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
+/// How long open connections keep serving after the listener closes,
+/// before they are told to close.
+const SETTLE: Duration = Duration::from_millis(250);
+
 /// Serves `app` until `stop` resolves, then closes what is still open once
 /// `limits.shutdown_grace` has passed.
 pub async fn serve(
@@ -60,7 +64,21 @@ pub async fn serve(
         while open.try_join_next().is_some() {}
         metrics::gauge!("castellan_http_connections").set(open.len() as f64);
     }
+    // Connections the kernel has already completed would be reset when the
+    // listener closes: take them and answer them too.
+    while let Ok(Ok((io, remote))) = tokio::time::timeout(Duration::ZERO, listener.accept()).await {
+        open.spawn(connection(
+            builder.clone(),
+            app.clone(),
+            io,
+            remote,
+            closing_rx.clone(),
+        ));
+    }
     drop(listener);
+    // A request already sent on a fresh connection is read before the
+    // connection is told to close (closing an unread socket resets it).
+    tokio::time::sleep(SETTLE.min(limits.shutdown_grace)).await;
     drop(closing);
     let drained = tokio::time::timeout(limits.shutdown_grace, async {
         while open.join_next().await.is_some() {}

@@ -38,6 +38,21 @@ pub async fn pending(store: &Store) -> Result<i64, sqlx::Error> {
     }
 }
 
+/// Puts back the jobs a stopped worker (every run of the worker named
+/// `worker`, `worker-<n>`) still held: fetched, or cut off mid-retry by the
+/// shutdown. Without this they would wait out the heartbeat timeout of
+/// another worker before anyone delivered them.
+pub async fn release(store: &Store, worker: &str) -> Result<u64, sqlx::Error> {
+    let held = format!("{worker}-%");
+    let r = match store.pool() {
+        Pool::Pg(p) => sqlx::query("UPDATE apalis.jobs SET status = 'Pending', lock_by = NULL, lock_at = NULL, done_at = NULL WHERE job_type = $1 AND status IN ('Running', 'Queued') AND lock_by LIKE $2")
+            .bind(EMAIL_QUEUE).bind(&held).execute(p).await?.rows_affected(),
+        Pool::Lite(p) => sqlx::query("UPDATE Jobs SET status = 'Pending', lock_by = NULL, lock_at = NULL, done_at = NULL WHERE job_type = $1 AND status IN ('Running', 'Queued') AND lock_by LIKE $2")
+            .bind(EMAIL_QUEUE).bind(&held).execute(p).await?.rows_affected(),
+    };
+    Ok(r)
+}
+
 /// Queues an email in `tx`: it is delivered only if `tx` commits.
 pub async fn enqueue_email(
     tx: &mut Tx,

@@ -103,6 +103,9 @@ async fn sweep(
     Ok(())
 }
 
+/// How long a stopping worker waits for the deliveries under way.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
 /// Runs the email workers (and the expiry cron) until `shutdown` resolves.
 pub async fn run(
     store: Store,
@@ -145,6 +148,9 @@ pub async fn run(
             let storage = $storage.poll_with_interval(poll);
             Monitor::new()
                 .should_restart(restart_worker)
+                // Deliveries under way finish; one waiting out a retry
+                // backoff is put back in the queue below instead.
+                .shutdown_timeout(STOP_GRACE)
                 .register(move |restarts| {
                     // A fresh name per run: a name reused within the heartbeat window stalls.
                     WorkerBuilder::new(format!("{name}-{restarts}"))
@@ -166,7 +172,8 @@ pub async fn run(
                 .map_err(|e| e.to_string())
         }};
     }
-    match store.pool() {
+    let held_by = name.clone();
+    let ran = match store.pool() {
         Pool::Pg(p) => monitor!(
             apalis_postgres::PostgresStorage::<EmailJob>::new(p).with_config(
                 apalis_postgres::Config::default()
@@ -181,7 +188,15 @@ pub async fn run(
                     .heartbeat_interval(HEARTBEAT)
             )
         ),
+    };
+    match crate::queue::release(&store, &held_by).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(jobs = n, "stopped workers' jobs put back in the queue"),
+        Err(e) => {
+            tracing::warn!(error = %e, "putting back the stopped workers' jobs failed; they return after the heartbeat timeout")
+        }
     }
+    ran
 }
 
 /// How long a delivery may be retried before it is dead, for the README.

@@ -152,3 +152,101 @@ async fn a_sqlite_server_process_delivers_its_mail() {
         sink.wait_for(e, 1).await;
     }
 }
+
+/// SIGTERM under load: every request the server accepted is answered in
+/// full (new connections are refused once it stops accepting; none sees a
+/// reset), it exits 0, and mail it queued but could not send (SMTP down) is
+/// delivered once by the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_answers_every_request_and_loses_no_mail() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let sink = SmtpSink::start().await;
+    sink.refuse(true);
+    let port = sink.port.to_string();
+    let (db, url) = pg().await;
+    let env = [
+        ("GOTRUE_SMTP_HOST", "127.0.0.1"),
+        ("GOTRUE_SMTP_PORT", port.as_str()),
+        ("GOTRUE_SMTP_ADMIN_EMAIL", "auth@castellan.test"),
+        ("GOTRUE_RATE_LIMIT_EMAIL_SENT", "100000"),
+        ("CASTELLAN_EMAIL_RETRY_MIN", "1s"),
+        ("CASTELLAN_EMAIL_RETRY_MAX", "2s"),
+    ];
+    let (mut api, base) = common::castellan_process(&["serve"], &url, &env).await;
+    // A fresh connection per request: a refused connect then means "no
+    // longer accepting", never a request lost on a reused connection.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = tokio::task::JoinSet::new();
+    for c in 0..6 {
+        let (http, base, stop) = (http.clone(), base.clone(), stop.clone());
+        clients.spawn(async move {
+            let (mut answered, mut failed) = (Vec::new(), Vec::new());
+            for i in 0.. {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let email = format!("term{c}-{i}@example.com");
+                let sent = http
+                    .post(format!("{base}/signup"))
+                    .json(&json!({"email": email, "password": "secret123"}))
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) => {
+                        let status = r.status().as_u16();
+                        match r.text().await {
+                            Ok(_) => answered.push((email, status)),
+                            Err(e) => failed.push(format!("{email}: body: {e:?}")),
+                        }
+                    }
+                    // Refused: the listener is closed. Anything else is a
+                    // request the server took and did not answer.
+                    Err(e) if e.is_connect() => break,
+                    Err(e) => failed.push(format!("{email}: {e:?}")),
+                }
+            }
+            (answered, failed)
+        });
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let pid = api.id().expect("running").to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let exit = tokio::time::timeout(std::time::Duration::from_secs(30), api.wait())
+        .await
+        .expect("castellan stops within 30 s of SIGTERM")
+        .unwrap();
+    assert!(exit.success(), "exit status {exit:?}");
+    stop.store(true, Ordering::Relaxed);
+    let (mut answered, mut failed) = (Vec::new(), Vec::new());
+    while let Some(r) = clients.join_next().await {
+        let (a, f) = r.unwrap();
+        answered.extend(a);
+        failed.extend(f);
+    }
+    assert!(failed.is_empty(), "requests cut off: {failed:#?}");
+    assert!(answered.len() >= 6, "load ran: {} answers", answered.len());
+    let codes: std::collections::BTreeSet<u16> = answered.iter().map(|(_, s)| *s).collect();
+    assert_eq!(codes, [200].into(), "every answer a sign-up");
+    assert!(sink.all().is_empty(), "SMTP was down: nothing sent yet");
+
+    // The next start delivers every queued confirmation, once each.
+    sink.refuse(false);
+    let (_worker, _) = common::castellan_process(&["worker"], &url, &env).await;
+    for (email, _) in &answered {
+        sink.wait_for(email, 1).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    for (email, _) in &answered {
+        assert_eq!(sink.count_to(email), 1, "{email} got exactly one mail");
+    }
+    common::drop_database(&db).await;
+}
