@@ -376,6 +376,16 @@ macro_rules! both {
     };
 }
 
+/// The JWT secret of every castellan process the tests start.
+pub const PROCESS_SECRET: &str = "process-test-secret-process-test-secret";
+
+/// A `service_role` key the castellan processes on `db` accept.
+pub fn process_admin_key(db: &DatabaseUrl) -> String {
+    let mut cfg = test_config(db.clone()).jwt;
+    cfg.secret = Some(PROCESS_SECRET.into());
+    role_key_for(&cfg, "service_role")
+}
+
 /// A castellan process (the real binary) on a database: its child handle and,
 /// for `serve`, its base URL (it listens on a free port and logs it); for
 /// `worker`, an empty string once it runs.
@@ -413,10 +423,7 @@ pub async fn castellan_process_in(
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("DATABASE_URL", database_url)
-        .env(
-            "GOTRUE_JWT_SECRET",
-            "process-test-secret-process-test-secret",
-        )
+        .env("GOTRUE_JWT_SECRET", PROCESS_SECRET)
         .env("GOTRUE_API_HOST", "127.0.0.1")
         .env("PORT", "0")
         .env("NO_COLOR", "1")

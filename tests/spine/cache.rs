@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::common::{self, Backend, Reply, read};
 
-const SECRET: &str = "process-test-secret-process-test-secret";
+const SECRET: &str = common::PROCESS_SECRET;
 
 fn service_key() -> String {
     use castellan_core::crypto::jwt::{JwtKeys, role_claims};

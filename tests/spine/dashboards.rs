@@ -302,11 +302,7 @@ async fn every_panel_has_series_in_a_real_prometheus() {
         ],
     )
     .await;
-    let admin = {
-        let mut cfg = common::test_config(db.clone()).jwt;
-        cfg.secret = Some("process-test-secret-process-test-secret".into());
-        common::role_key_for(&cfg, "service_role")
-    };
+    let admin = common::process_admin_key(&db);
     workload(&base, &admin).await;
 
     // Until both processes are up in Prometheus and the mail was delivered

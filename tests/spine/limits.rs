@@ -114,11 +114,7 @@ async fn a_lowered_limit_reaches_every_process() {
     let (mut a, base_a) = common::castellan_process(&["serve"], url, &env).await;
     let (mut b, base_b) = common::castellan_process(&["serve"], url, &env).await;
     let http = reqwest::Client::new();
-    let admin = {
-        let mut cfg = common::test_config(db.clone()).jwt;
-        cfg.secret = Some("process-test-secret-process-test-secret".into());
-        common::role_key_for(&cfg, "service_role")
-    };
+    let admin = common::process_admin_key(&db);
     let signup = http
         .post(format!("{base_b}/signup"))
         .json(&json!({"email": "two-limits@example.com", "password": "secret123"}))
@@ -180,10 +176,7 @@ async fn a_lowered_limit_reaches_every_process() {
             .args(args)
             .env_clear()
             .env("DATABASE_URL", url)
-            .env(
-                "GOTRUE_JWT_SECRET",
-                "process-test-secret-process-test-secret",
-            )
+            .env("GOTRUE_JWT_SECRET", common::PROCESS_SECRET)
             .output()
             .unwrap()
     };
