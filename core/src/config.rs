@@ -78,6 +78,9 @@ pub struct RateLimits {
     pub anonymous_users: RateLimit,
     pub verify: RateLimit,
     pub otp: RateLimit,
+    /// Factor challenges and verifications (`GOTRUE_MFA_RATE_LIMIT_CHALLENGE_AND_VERIFY`,
+    /// per minute; each of the two routes has its own bucket, as in GoTrue).
+    pub mfa: RateLimit,
     /// The email budget every process shares through the database.
     pub email_sent: EmailBudget,
     /// The header whose first value keys the limits; peer address otherwise.
@@ -230,6 +233,7 @@ pub struct Config {
     pub db_encryption: crate::crypto::at_rest::DbEncryption,
     pub update_password_require_reauthentication: bool,
     pub sessions_timebox: Option<Duration>,
+    pub mfa: MfaConfig,
     pub sessions_inactivity_timeout: Option<Duration>,
     pub rate_limits: RateLimits,
     pub smtp: SmtpConfig,
@@ -586,6 +590,46 @@ fn mailer(v: &Vars) -> Result<MailerConfig, ConfigError> {
     })
 }
 
+/// Multi-factor authentication (`GOTRUE_MFA_*`), and castellan's lockout
+/// of a factor after repeated wrong codes.
+#[derive(Debug, Clone)]
+pub struct MfaConfig {
+    pub totp_enroll_enabled: bool,
+    pub totp_verify_enabled: bool,
+    pub max_enrolled_factors: usize,
+    pub max_verified_factors: usize,
+    /// How long a challenge may be verified (GoTrue: at least 300 s).
+    pub challenge_expiry: Duration,
+    /// How long an unverified, never challenged factor lives (at least 300 s).
+    pub factor_expiry: Duration,
+    /// Wrong codes in a row before a factor locks, and for how long.
+    pub max_failures: i64,
+    pub lockout: Duration,
+}
+
+fn mfa(v: &Vars) -> Result<MfaConfig, ConfigError> {
+    const FLOOR: Duration = Duration::from_secs(300);
+    // GoTrue reads the challenge expiry as (float) seconds.
+    let seconds = v.parse(
+        &["GOTRUE_MFA_CHALLENGE_EXPIRY_DURATION"],
+        300.0,
+        "a number of seconds",
+        |s| s.parse::<f64>().ok().filter(|f| f.is_finite() && *f >= 0.0),
+    )?;
+    Ok(MfaConfig {
+        totp_enroll_enabled: v.bool(&["GOTRUE_MFA_TOTP_ENROLL_ENABLED"], true)?,
+        totp_verify_enabled: v.bool(&["GOTRUE_MFA_TOTP_VERIFY_ENABLED"], true)?,
+        max_enrolled_factors: v.num(&["GOTRUE_MFA_MAX_ENROLLED_FACTORS"], 10usize)?,
+        max_verified_factors: v.num(&["GOTRUE_MFA_MAX_VERIFIED_FACTORS"], 10usize)?,
+        challenge_expiry: Duration::from_secs_f64(seconds.min(1e9)).max(FLOOR),
+        factor_expiry: v
+            .duration(&["GOTRUE_MFA_FACTOR_EXPIRY_DURATION"], FLOOR)?
+            .max(FLOOR),
+        max_failures: v.num(&["CASTELLAN_MFA_MAX_FAILURES"], 5i64)?.max(1),
+        lockout: v.duration(&["CASTELLAN_MFA_LOCKOUT"], Duration::from_secs(300))?,
+    })
+}
+
 fn rate(
     vars: &Vars,
     names: &[&str],
@@ -744,6 +788,7 @@ impl Config {
                 },
             )?,
             sessions_timebox: v.opt_duration(&["GOTRUE_SESSIONS_TIMEBOX"])?,
+            mfa: mfa(v)?,
             sessions_inactivity_timeout: v.opt_duration(&["GOTRUE_SESSIONS_INACTIVITY_TIMEOUT"])?,
             rate_limits: RateLimits {
                 email_sent: email_budget(v)?,
@@ -764,6 +809,13 @@ impl Config {
                     None,
                 )?,
                 verify: rate(v, &["GOTRUE_RATE_LIMIT_VERIFY"], 30, five_min, Some(30))?,
+                mfa: rate(
+                    v,
+                    &["GOTRUE_MFA_RATE_LIMIT_CHALLENGE_AND_VERIFY"],
+                    15,
+                    Duration::from_secs(60),
+                    Some(30),
+                )?,
                 otp,
                 header: v.opt_string(&["GOTRUE_RATE_LIMIT_HEADER"]),
             },

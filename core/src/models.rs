@@ -35,6 +35,10 @@ pub struct User {
     pub deleted_at: Option<DateTime<Utc>>,
     pub is_sso_user: bool,
     pub is_anonymous: bool,
+    /// The user's factors, where the loader read them (GoTrue lists them,
+    /// verified or not, in the user JSON).
+    #[sqlx(skip)]
+    pub factors: Vec<crate::store::FactorRow>,
 }
 
 fn object(v: &Option<sqlx::types::Json<Value>>) -> Value {
@@ -106,6 +110,7 @@ impl User {
             app_metadata: self.app_metadata(),
             user_metadata: self.user_metadata(),
             identities: identities.map(|ids| ids.iter().map(Identity::view).collect()),
+            factors: self.factors.clone(),
             created_at: self.created_at,
             updated_at: self.updated_at,
             banned_until: self.banned_until,
@@ -155,6 +160,8 @@ pub struct UserView {
     pub user_metadata: Value,
     #[schema(required = true)]
     pub identities: Option<Vec<IdentityView>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub factors: Vec<crate::store::FactorRow>,
     #[schema(required = true)]
     pub created_at: Option<DateTime<Utc>>,
     #[schema(required = true)]
@@ -268,6 +275,12 @@ pub enum AuditAction {
     SigningKeyRetired,
     /// castellan's own: `PUT /admin/rate_limits` (traits: the changes).
     RateLimitsChanged,
+    FactorInProgress,
+    ChallengeCreated,
+    VerificationAttempted,
+    FactorUnenrolled,
+    FactorDeleted,
+    FactorUpdated,
 }
 
 impl AuditAction {
@@ -290,6 +303,12 @@ impl AuditAction {
             Self::SigningKeyPromoted => "signing_key_promoted",
             Self::SigningKeyRetired => "signing_key_retired",
             Self::RateLimitsChanged => "rate_limits_changed",
+            Self::FactorInProgress => "factor_in_progress",
+            Self::ChallengeCreated => "challenge_created",
+            Self::VerificationAttempted => "verification_attempted",
+            Self::FactorUnenrolled => "factor_unenrolled",
+            Self::FactorDeleted => "factor_deleted",
+            Self::FactorUpdated => "factor_updated",
         }
     }
     pub fn log_type(self) -> &'static str {
@@ -303,6 +322,12 @@ impl AuditAction {
             Self::TokenRefreshed | Self::TokenRevoked => "token",
             Self::SigningKeyAdded | Self::SigningKeyPromoted | Self::SigningKeyRetired => "keys",
             Self::RateLimitsChanged => "limits",
+            Self::FactorInProgress
+            | Self::ChallengeCreated
+            | Self::VerificationAttempted
+            | Self::FactorUnenrolled
+            | Self::FactorDeleted
+            | Self::FactorUpdated => "factor",
         }
     }
 }

@@ -94,6 +94,8 @@ async fn sweep(
         ("flow_states", swept.flow_states),
         ("refresh_tokens", swept.refresh_tokens),
         ("sessions", swept.sessions),
+        ("mfa_challenges", swept.mfa_challenges),
+        ("mfa_factors", swept.mfa_factors),
     ] {
         metrics::counter!("castellan_expiry_swept_total", "kind" => kind).increment(n);
     }

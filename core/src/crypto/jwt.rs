@@ -17,6 +17,19 @@ pub struct AmrEntry {
     pub timestamp: i64,
 }
 
+/// The methods that prove a second factor (GoTrue's `IsAAL2Claim`).
+pub const SECOND_FACTORS: [&str; 3] = ["totp", "mfa/phone", "mfa/webauthn"];
+
+/// The assurance level a session's methods give: the one place it is
+/// decided (tokens, refreshes, the unenroll rule).
+pub fn aal<'a>(mut methods: impl Iterator<Item = &'a str>) -> &'static str {
+    if methods.any(|m| SECOND_FACTORS.contains(&m)) {
+        "aal2"
+    } else {
+        "aal1"
+    }
+}
+
 /// GoTrue's access-token claims. Optional fields are the ones GoTrue omits;
 /// everything else is always present (`email`/`phone` as `""`).
 #[derive(Debug, Clone, Serialize, Deserialize)]

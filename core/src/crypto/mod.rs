@@ -5,6 +5,7 @@ pub mod jwk;
 pub mod jwt;
 pub mod password;
 pub mod refresh;
+pub mod totp;
 
 use rand::RngExt;
 

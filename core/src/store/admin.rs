@@ -47,20 +47,26 @@ pub fn contains_pattern(text: &str) -> String {
 }
 
 /// One factor row, as the admin API shows it.
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[schema(as = Factor)]
 pub struct FactorRow {
     pub id: Uuid,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub status: String,
+    /// Left out when empty, as GoTrue does.
+    #[serde(default, skip_serializing_if = "no_name")]
     pub friendly_name: Option<String>,
     pub factor_type: String,
     /// GoTrue shows `""` for a factor without a phone.
-    #[serde(serialize_with = "empty_if_none")]
+    #[serde(default, serialize_with = "empty_if_none")]
     #[schema(value_type = String)]
     pub phone: Option<String>,
     pub last_challenged_at: Option<DateTime<Utc>>,
+}
+
+fn no_name(v: &Option<String>) -> bool {
+    v.as_deref().is_none_or(str::is_empty)
 }
 
 fn empty_if_none<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {

@@ -32,6 +32,7 @@ pub use opening::explain as explain_open_error;
 
 mod admin;
 mod changes;
+mod factors;
 mod opening;
 mod operator;
 mod otp;
@@ -52,6 +53,7 @@ use crate::config::DatabaseUrl;
 
 pub use admin::*;
 pub use changes::*;
+pub use factors::*;
 pub use operator::*;
 pub use otp::*;
 pub use queries::*;

@@ -245,16 +245,37 @@ const START_SESSION_LITE: &str = concat!(
     " FROM identities WHERE user_id = $2 ORDER BY created_at, id"
 );
 
+/// A user's factors as a JSON array (GoTrue lists them in the user JSON),
+/// for the user row named `$who`.
+macro_rules! factors_json {
+    (pg, $who:literal) => {
+        concat!(
+            "(SELECT coalesce(json_agg(json_build_object('id', f.id, 'created_at', f.created_at, 'updated_at', f.updated_at, \
+              'status', f.status, 'friendly_name', f.friendly_name, 'factor_type', f.factor_type, 'phone', f.phone, \
+              'last_challenged_at', f.last_challenged_at) ORDER BY f.created_at, f.id), '[]'::json) \
+              FROM mfa_factors f WHERE f.user_id = ", $who, ".id) AS factors_json"
+        )
+    };
+    (lite, $who:literal) => {
+        concat!(
+            "(SELECT coalesce(json_group_array(json_object('id', lower(hex(f.id)), 'created_at', f.created_at, \
+              'updated_at', f.updated_at, 'status', f.status, 'friendly_name', f.friendly_name, 'factor_type', f.factor_type, \
+              'phone', f.phone, 'last_challenged_at', f.last_challenged_at)), '[]') \
+              FROM (SELECT * FROM mfa_factors WHERE user_id = ", $who, ".id ORDER BY created_at, id) f) AS factors_json"
+        )
+    };
+}
+
 // The refresh context query and its decoding, shared by the locked read
 // (`Tx::refresh_context`) and the unlocked one (`Store::peek_refresh`).
 macro_rules! refresh_sql {
-    ($amr:literal, $identities:literal, $from:expr) => {
+    ($amr:literal, $identities:literal, $factors:expr, $from:expr) => {
         concat!(
             "SELECT u.*, s.id AS s_id, s.created_at AS s_created_at, s.updated_at AS s_updated_at, s.refreshed_at AS s_refreshed_at, \
              s.not_after AS s_not_after, s.refresh_token_hmac_key AS s_key, s.refresh_token_counter AS s_counter, \
              t.id AS t_id, t.token AS t_token, t.user_id AS t_user_id, t.revoked AS t_revoked, \
              t.created_at AS t_created_at, t.updated_at AS t_updated_at, t.parent AS t_parent, ",
-            $amr, " AS amr_json, ", $identities, " AS identities_json ", $from
+            $amr, " AS amr_json, ", $identities, " AS identities_json, ", $factors, " ", $from
         )
     };
 }
@@ -279,6 +300,7 @@ macro_rules! pg_refresh_sql {
               'user_id', i.user_id, 'identity_data', i.identity_data, 'provider', i.provider, 'last_sign_in_at', i.last_sign_in_at, \
               'created_at', i.created_at, 'updated_at', i.updated_at) ORDER BY i.created_at, i.id), '[]'::json) \
               FROM identities i WHERE i.user_id = u.id)",
+            factors_json!(pg, "u"),
             $from
         )
     };
@@ -292,6 +314,7 @@ macro_rules! lite_refresh_sql {
               'user_id', lower(hex(i.user_id)), 'identity_data', json(i.identity_data), 'provider', i.provider, \
               'last_sign_in_at', i.last_sign_in_at, 'created_at', i.created_at, 'updated_at', i.updated_at)), '[]') \
               FROM (SELECT * FROM identities WHERE user_id = u.id ORDER BY created_at, id) i)",
+            factors_json!(lite, "u"),
             $from
         )
     };
@@ -299,7 +322,9 @@ macro_rules! lite_refresh_sql {
 macro_rules! decode_refresh {
     ($row:expr) => {{
         let Some(r) = $row else { return Ok(None) };
-        let user = <User as sqlx::FromRow<_>>::from_row(&r)?;
+        let mut user = <User as sqlx::FromRow<_>>::from_row(&r)?;
+        let factors: Json<Vec<super::FactorRow>> = r.try_get("factors_json")?;
+        user.factors = factors.0;
         let amr: Json<Vec<AmrJson>> = r.try_get("amr_json")?;
         let identities: Json<Vec<Identity>> = r.try_get("identities_json")?;
         let session_id: Uuid = r.try_get("s_id")?;
@@ -350,9 +375,9 @@ impl Store {
     ) -> Result<Option<LiveUser>, sqlx::Error> {
         count();
         macro_rules! q {
-            ($identities:literal, $aal:literal) => {
+            ($identities:literal, $aal:literal, $factors:expr) => {
                 concat!(
-                    "SELECT ", user_cols!(),
+                    "SELECT ", user_cols!(), ", ", $factors,
                     ", (SELECT s.id FROM sessions s WHERE s.id = $2 AND s.user_id = users.id) AS s_id, \
                      (SELECT s.not_after FROM sessions s WHERE s.id = $2 AND s.user_id = users.id) AS s_not_after, \
                      (SELECT ", $aal, " FROM sessions s WHERE s.id = $2 AND s.user_id = users.id) AS s_aal, ",
@@ -365,7 +390,9 @@ impl Store {
                 match $row {
                     None => Ok(None),
                     Some(r) => {
-                        let user = <User as sqlx::FromRow<_>>::from_row(&r)?;
+                        let mut user = <User as sqlx::FromRow<_>>::from_row(&r)?;
+                        let factors: Json<Vec<super::FactorRow>> = r.try_get("factors_json")?;
+                        user.factors = factors.0;
                         let ids: Json<Vec<Identity>> = r.try_get("identities_json")?;
                         let found: Option<Uuid> = r.try_get("s_id")?;
                         let session = match found {
@@ -390,7 +417,7 @@ impl Store {
                 let row = sqlx::query(q!("(SELECT coalesce(json_agg(json_build_object('id', i.id, 'provider_id', i.provider_id, \
                     'user_id', i.user_id, 'identity_data', i.identity_data, 'provider', i.provider, 'last_sign_in_at', i.last_sign_in_at, \
                     'created_at', i.created_at, 'updated_at', i.updated_at) ORDER BY i.created_at, i.id), '[]'::json) \
-                    FROM identities i WHERE i.user_id = users.id)", "s.aal::text"))
+                    FROM identities i WHERE i.user_id = users.id)", "s.aal::text", factors_json!(pg, "users")))
                     .bind(id).bind(session).fetch_optional(p).await?;
                 decode!(row)
             }
@@ -398,7 +425,7 @@ impl Store {
                 let row = sqlx::query(q!("(SELECT coalesce(json_group_array(json_object('id', lower(hex(i.id)), 'provider_id', i.provider_id, \
                     'user_id', lower(hex(i.user_id)), 'identity_data', json(i.identity_data), 'provider', i.provider, \
                     'last_sign_in_at', i.last_sign_in_at, 'created_at', i.created_at, 'updated_at', i.updated_at)), '[]') \
-                    FROM (SELECT * FROM identities WHERE user_id = users.id ORDER BY created_at, id) i)", "s.aal"))
+                    FROM (SELECT * FROM identities WHERE user_id = users.id ORDER BY created_at, id) i)", "s.aal", factors_json!(lite, "users")))
                     .bind(id).bind(session).fetch_optional(p).await?;
                 decode!(row)
             }
@@ -766,6 +793,31 @@ impl Tx {
             Conn::Lite(t, _) => {
                 let row = sqlx::query(lite_refresh_sql!(by_token!()))
                     .bind(token)
+                    .fetch_optional(&mut **t)
+                    .await?;
+                decode_refresh!(row)
+            }
+        }
+    }
+
+    /// A session's refresh context by its id, the session row locked (an
+    /// MFA verification re-issuing its tokens).
+    pub async fn session_context(
+        &mut self,
+        session_id: Uuid,
+    ) -> Result<Option<RefreshContext>, sqlx::Error> {
+        count();
+        match &mut self.conn {
+            Conn::Pg(t) => {
+                let row = sqlx::query(pg_refresh_sql!(concat!(by_session!(), " FOR UPDATE OF s")))
+                    .bind(session_id)
+                    .fetch_optional(&mut **t)
+                    .await?;
+                decode_refresh!(row)
+            }
+            Conn::Lite(t, _) => {
+                let row = sqlx::query(lite_refresh_sql!(by_session!()))
+                    .bind(session_id)
                     .fetch_optional(&mut **t)
                     .await?;
                 decode_refresh!(row)

@@ -16,6 +16,8 @@ pub struct Swept {
     pub flow_states: u64,
     pub refresh_tokens: u64,
     pub sessions: u64,
+    pub mfa_challenges: u64,
+    pub mfa_factors: u64,
 }
 
 /// One batched delete, spelled for each backend.
@@ -58,7 +60,8 @@ macro_rules! batch_delete {
 impl Store {
     /// Deletes one batch of each kind of dead row: one-time tokens past
     /// `otp_exp`, flow states and revoked refresh tokens older than a day,
-    /// sessions whose `not_after` passed three days ago (GoTrue's cleanup rules).
+    /// sessions whose `not_after` passed three days ago, MFA challenges and
+    /// unverified factors older than a day (GoTrue's cleanup rules).
     pub async fn sweep_expired(
         &self,
         now: DateTime<Utc>,
@@ -94,6 +97,20 @@ impl Store {
                 "sessions",
                 "not_after < $1",
                 now - day * 3,
+                batch
+            ),
+            mfa_challenges: batch_delete!(
+                &self.pool,
+                "mfa_challenges",
+                "created_at < $1",
+                now - day,
+                batch
+            ),
+            mfa_factors: batch_delete!(
+                &self.pool,
+                "mfa_factors",
+                "status = 'unverified' AND created_at < $1",
+                now - day,
                 batch
             ),
         })
