@@ -34,6 +34,7 @@ pub struct AppState {
     pub accounts: Accounts,
     pub links: Links,
     pub admin: Admin,
+    pub factors: castellan_actors::factors::Factors,
     pub actors: Actors,
     pub metrics: observability::Scrape,
     /// The job workers' task when this process runs them (`GET /ready`).
@@ -384,6 +385,7 @@ pub async fn start_with(config: Config, workers: bool) -> anyhow::Result<Server>
         links: Links::new(accounts.clone(), actors.otp.clone()),
         accounts,
         admin: Admin::with_otp(ctx.clone(), actors.otp.clone()),
+        factors: castellan_actors::factors::Factors::new(ctx.clone()),
         actors,
         metrics: observability::Scrape {
             handle: metrics,

@@ -126,6 +126,16 @@ async fn email_on_postgres() {
     run_client_with(Backend::Postgres, "email.mjs", true, None).await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mfa_on_sqlite() {
+    run_client(Backend::Sqlite, "mfa.mjs").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mfa_on_postgres() {
+    run_client(Backend::Postgres, "mfa.mjs").await
+}
+
 fn alg_name(kind: KeyKind) -> &'static str {
     match kind {
         KeyKind::Es256 => "ES256",

@@ -18,6 +18,7 @@ pub mod accounts;
 pub mod admin;
 pub mod context;
 pub mod even_timing;
+pub mod factors;
 mod follow;
 pub mod limit_settings;
 pub mod links;

@@ -31,10 +31,12 @@ pub enum Bucket {
     Recover,
     Resend,
     UserUpdate,
+    MfaChallenge,
+    MfaVerify,
 }
 
 impl Bucket {
-    pub const ALL: [Bucket; 9] = [
+    pub const ALL: [Bucket; 11] = [
         Bucket::TokenRefresh,
         Bucket::SignUps,
         Bucket::AnonymousUsers,
@@ -44,6 +46,8 @@ impl Bucket {
         Bucket::Recover,
         Bucket::Resend,
         Bucket::UserUpdate,
+        Bucket::MfaChallenge,
+        Bucket::MfaVerify,
     ];
 
     /// The variable that sizes this bucket.
@@ -52,6 +56,9 @@ impl Bucket {
             Bucket::TokenRefresh => "GOTRUE_RATE_LIMIT_TOKEN_REFRESH",
             Bucket::AnonymousUsers => "GOTRUE_RATE_LIMIT_ANONYMOUS_USERS",
             Bucket::Verify => "GOTRUE_RATE_LIMIT_VERIFY",
+            Bucket::MfaChallenge | Bucket::MfaVerify => {
+                "GOTRUE_MFA_RATE_LIMIT_CHALLENGE_AND_VERIFY"
+            }
             Bucket::SignUps
             | Bucket::Otp
             | Bucket::MagicLink
@@ -73,6 +80,8 @@ impl Bucket {
             Bucket::Recover => "recover",
             Bucket::Resend => "resend",
             Bucket::UserUpdate => "user_update",
+            Bucket::MfaChallenge => "mfa_challenge",
+            Bucket::MfaVerify => "mfa_verify",
         }
     }
 
@@ -82,6 +91,7 @@ impl Bucket {
             Bucket::SignUps => s.sign_ups,
             Bucket::AnonymousUsers => s.anonymous_users,
             Bucket::Verify => s.verify,
+            Bucket::MfaChallenge | Bucket::MfaVerify => s.mfa,
             Bucket::Otp
             | Bucket::MagicLink
             | Bucket::Recover

@@ -62,7 +62,7 @@ pub fn claims_for(
         app_metadata: user.app_metadata(),
         user_metadata: user.user_metadata(),
         role: user.role.clone().unwrap_or_default(),
-        aal: "aal1".into(),
+        aal: castellan_core::crypto::jwt::aal(amr.iter().map(|a| a.method.as_str())).into(),
         amr,
         session_id: Some(session_id.to_string()),
         is_anonymous: user.is_anonymous,
@@ -130,6 +130,13 @@ async fn issue(
             now,
         })
         .await?;
+    // The user JSON lists the factors (auth-js reads them for the next level).
+    user.factors = tx
+        .user_factors(user.id)
+        .await?
+        .iter()
+        .map(|f| f.row())
+        .collect();
     tx.commit().await?;
     user.last_sign_in_at = Some(now);
     user.updated_at = Some(now);
@@ -380,6 +387,41 @@ async fn upgrade_to_v2(
     metrics::counter!("castellan_refresh_token_upgrades_total").increment(1);
     refresh::encode(&key, s.id, counter)
         .ok_or_else(|| ApiError::internal("refresh v2", "the session's key is not base64url"))
+}
+
+/// A new refresh token for a session whose assurance level rose (an MFA
+/// verification), inside `tx`: a v2 session skips a counter, so the token
+/// held before cannot be refreshed into the new level as "the last one";
+/// a legacy session revokes its active token for a child, as a refresh does.
+pub(crate) async fn reissue(
+    ctx: &Ctx,
+    tx: &mut Tx,
+    c: &store::RefreshContext,
+    now: DateTime<Utc>,
+) -> ApiResult<String> {
+    let s = &c.session;
+    if let Some(stored) = &s.refresh_token_hmac_key {
+        let key = crate::refresh_v2::open_key(ctx, s.id, stored)?;
+        let counter = s.refresh_token_counter.unwrap_or(0) + 2;
+        tx.set_refresh_v2(s.id, stored, counter).await?;
+        return refresh::encode(&key, s.id, counter)
+            .ok_or_else(|| ApiError::internal("refresh v2", "the session's key is not base64url"));
+    }
+    let active = tx.active_refresh_token(s.id).await?;
+    let child = random_base32(12);
+    let refreshed = audit_payload(&c.user, AuditAction::TokenRefreshed, None);
+    let revoked = audit_payload(&c.user, AuditAction::TokenRevoked, None);
+    tx.record_rotation(&store::Rotation {
+        session_id: s.id,
+        user_id: c.user.id,
+        revoke: active.as_ref().map(|t| t.id),
+        child: &child,
+        parent: active.as_ref().and_then(|t| t.token.as_deref()),
+        audits: [&refreshed, &revoked],
+        now,
+    })
+    .await?;
+    Ok(child)
 }
 
 /// Ends the sessions of `user` that `scope` names, inside `tx`: every session

@@ -2,6 +2,7 @@
 //! and under `/auth/v1` (where supabase-js and supabase-py call it).
 
 mod admin;
+pub(crate) mod factors;
 mod health;
 mod invite;
 mod logout;
@@ -45,6 +46,16 @@ pub const RATE_LIMITS: &[RouteLimit] = &[
     RouteLimit::new("/recover", Method::POST, Pick::Fixed(Bucket::Recover)),
     RouteLimit::new("/resend", Method::POST, Pick::Fixed(Bucket::Resend)),
     RouteLimit::new("/user", Method::PUT, Pick::Fixed(Bucket::UserUpdate)),
+    RouteLimit::new(
+        "/factors/{factor_id}/challenge",
+        Method::POST,
+        Pick::Fixed(Bucket::MfaChallenge),
+    ),
+    RouteLimit::new(
+        "/factors/{factor_id}/verify",
+        Method::POST,
+        Pick::Fixed(Bucket::MfaVerify),
+    ),
 ];
 
 /// The routes and the OpenAPI document describing them, built from the
@@ -58,6 +69,10 @@ pub fn routes(state: AppState) -> (Router<AppState>, Document) {
         .routes(routes!(token::token))
         .routes(routes!(user::get_user, user::update_user))
         .routes(routes!(logout::logout))
+        .routes(routes!(factors::enroll))
+        .routes(routes!(factors::challenge))
+        .routes(routes!(factors::verify))
+        .routes(routes!(factors::unenroll))
         .routes(routes!(verify::verify_link, verify::verify_json))
         .routes(routes!(mail::recover))
         .routes(routes!(mail::otp))

@@ -262,6 +262,35 @@ async fn workload(api: &str, admin: &str) {
     // The reuse ended that session: a new one logs out.
     let again = read(login("secret123").await.unwrap()).await;
     let access = again.body["access_token"].as_str().unwrap().to_string();
+    // A second factor: enrolled, challenged, a wrong code.
+    let mfa = |path: String, body: Value| {
+        http.post(format!("{api}{path}"))
+            .bearer_auth(&access)
+            .json(&body)
+            .send()
+    };
+    let f = read(
+        mfa("/factors".into(), json!({"factor_type": "totp"}))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(f.status, 200, "{}", f.text);
+    let id = f.body["id"].as_str().unwrap();
+    let ch = read(
+        mfa(format!("/factors/{id}/challenge"), json!({}))
+            .await
+            .unwrap(),
+    )
+    .await;
+    let ch = ch.body["id"].as_str().unwrap();
+    let wrong = mfa(
+        format!("/factors/{id}/verify"),
+        json!({"challenge_id": ch, "code": "12345"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(wrong.status(), 422);
     let out = http
         .post(format!("{api}/logout"))
         .bearer_auth(&access)

@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::both;
 
 /// Every operation the API serves, as the document must list it.
-const OPERATIONS: [(&str, &str); 28] = [
+const OPERATIONS: [(&str, &str); 34] = [
     ("/health", "get"),
     ("/ready", "get"),
     ("/settings", "get"),
@@ -33,6 +33,12 @@ const OPERATIONS: [(&str, &str); 28] = [
     ("/admin/users/{user_id}", "put"),
     ("/admin/users/{user_id}", "delete"),
     ("/admin/users/{user_id}/factors", "get"),
+    ("/admin/users/{user_id}/factors/{factor_id}", "put"),
+    ("/admin/users/{user_id}/factors/{factor_id}", "delete"),
+    ("/factors", "post"),
+    ("/factors/{factor_id}/challenge", "post"),
+    ("/factors/{factor_id}/verify", "post"),
+    ("/factors/{factor_id}", "delete"),
     ("/admin/audit", "get"),
     ("/admin/generate_link", "post"),
     ("/admin/rate_limits", "get"),
@@ -104,6 +110,7 @@ fn unlimited(c: &mut castellan_core::Config) {
         &mut c.rate_limits.otp,
         &mut c.rate_limits.anonymous_users,
         &mut c.rate_limits.verify,
+        &mut c.rate_limits.mfa,
     ] {
         l.events = 1_000_000;
         l.burst = 1_000_000;

@@ -21,6 +21,7 @@ mod indexes;
 mod keys;
 mod limits;
 mod listener;
+mod mfa;
 mod outage;
 mod refresh_v2;
 mod resilience;

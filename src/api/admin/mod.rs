@@ -16,6 +16,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(users::list, users::create))
         .routes(routes!(users::get, users::update, users::delete))
         .routes(routes!(users::factors))
+        .routes(routes!(users::update_factor, users::delete_factor))
         .routes(routes!(audit::list))
         .routes(routes!(generate_link::generate_link))
         .routes(routes!(rate_limits::get, rate_limits::set))

@@ -261,6 +261,72 @@ pub async fn factors(
     Ok(Json(rows).into_response())
 }
 
+/// The `{user_id}` and `{factor_id}` path parameters.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct UserFactorPath {
+    /// A UUID (anything else is 404).
+    user_id: String,
+    /// A UUID (anything else is 404).
+    factor_id: String,
+}
+
+#[derive(Deserialize, Default, ToSchema)]
+#[serde(default)]
+pub struct FactorUpdate {
+    /// A new friendly name (an empty one changes nothing).
+    friendly_name: Option<String>,
+}
+
+#[utoipa::path(
+    put,
+    path = "/admin/users/{user_id}/factors/{factor_id}",
+    operation_id = "admin_update_factor",
+    tag = "admin",
+    params(UserFactorPath),
+    request_body = FactorUpdate,
+    security(("bearer" = [])),
+    responses((status = 200, body = FactorRow), Refusals)
+)]
+pub async fn update_factor(
+    State(st): State<AppState>,
+    admin: AdminAuth,
+    Path(p): Path<UserFactorPath>,
+    JsonBody(b): JsonBody<FactorUpdate>,
+) -> HttpResult {
+    let (user, factor) = (
+        user_id(&p.user_id)?,
+        crate::api::factors::factor_id(&p.factor_id)?,
+    );
+    let row = st
+        .factors
+        .rename(&admin.actor, user, factor, b.friendly_name)
+        .await?;
+    Ok(Json(row).into_response())
+}
+
+#[utoipa::path(
+    delete,
+    path = "/admin/users/{user_id}/factors/{factor_id}",
+    operation_id = "admin_delete_factor",
+    tag = "admin",
+    params(UserFactorPath),
+    security(("bearer" = [])),
+    responses((status = 200, body = FactorRow), Refusals)
+)]
+pub async fn delete_factor(
+    State(st): State<AppState>,
+    admin: AdminAuth,
+    Path(p): Path<UserFactorPath>,
+) -> HttpResult {
+    let (user, factor) = (
+        user_id(&p.user_id)?,
+        crate::api::factors::factor_id(&p.factor_id)?,
+    );
+    let row = st.factors.delete(&admin.actor, user, factor).await?;
+    Ok(Json(row).into_response())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

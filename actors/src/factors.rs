@@ -1,0 +1,484 @@
+//! Second factors (TOTP): enrollment, challenges, verification that raises
+//! a session to aal2, unenrollment, and the admin's view of them, with
+//! GoTrue's rules and errors. Beyond GoTrue: a code is accepted once per
+//! factor (its time step is remembered), and a factor locks for a while
+//! after repeated wrong codes, counted in the database so every process
+//! sees it. The database orders what must be ordered (the factor's row
+//! and its guard are locked), so no mailbox stands in front of this.
+
+use std::sync::Arc;
+
+use castellan_core::crypto::{jwt, totp};
+use castellan_core::models::{AuditAction, AuditActor, User, audit_payload};
+use castellan_core::store::{Factor, FactorRow, Guard, Tx};
+use castellan_core::{ApiError, ApiResult};
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::context::Ctx;
+use crate::sessions::{TokenGrant, amr_entries, grant, not_found, reissue};
+
+/// What an enrollment answers.
+pub struct Enrolled {
+    pub id: Uuid,
+    pub friendly_name: String,
+    pub secret: String,
+    pub uri: String,
+    pub qr_code: String,
+}
+
+/// A new factor's request.
+pub struct Enroll {
+    pub factor_type: String,
+    pub friendly_name: String,
+    pub issuer: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct Factors {
+    ctx: Arc<Ctx>,
+}
+
+fn factor_not_found() -> ApiError {
+    ApiError::not_found("mfa_factor_not_found", "Factor not found")
+}
+
+fn record(op: &'static str, outcome: &'static str) {
+    metrics::counter!("castellan_mfa_total", "op" => op, "outcome" => outcome).increment(1);
+}
+
+/// Counts an operation by its outcome: `ok`, or the refusal's code.
+fn counted<T>(op: &'static str, r: ApiResult<T>) -> ApiResult<T> {
+    record(op, r.as_ref().map_or_else(|e| e.code, |_| "ok"));
+    r
+}
+
+impl Factors {
+    pub fn new(ctx: Arc<Ctx>) -> Self {
+        Self { ctx }
+    }
+
+    /// `POST /factors`.
+    pub async fn enroll(&self, user: &User, session: Uuid, req: Enroll) -> ApiResult<Enrolled> {
+        counted("enroll", self.enroll_once(user, session, req).await)
+    }
+
+    async fn enroll_once(&self, user: &User, session: Uuid, req: Enroll) -> ApiResult<Enrolled> {
+        let cfg = &self.ctx.config.mfa;
+        match req.factor_type.as_str() {
+            "totp" if !cfg.totp_enroll_enabled => {
+                return Err(ApiError::unprocessable(
+                    "mfa_totp_enroll_not_enabled",
+                    "MFA enroll is disabled for TOTP",
+                ));
+            }
+            "totp" => {}
+            "phone" => {
+                return Err(ApiError::unprocessable(
+                    "mfa_phone_enroll_not_enabled",
+                    "MFA enroll is disabled for Phone",
+                ));
+            }
+            "webauthn" => {
+                return Err(ApiError::unprocessable(
+                    "mfa_webauthn_enroll_not_enabled",
+                    "MFA enroll is disabled for WebAuthn",
+                ));
+            }
+            _ => {
+                return Err(ApiError::validation(
+                    "factor_type needs to be totp, phone, or webauthn",
+                ));
+            }
+        }
+        let account = user.email_str();
+        if account.is_empty() {
+            // GoTrue's TOTP label is the email; a user without one cannot enroll.
+            return Err(ApiError::unprocessable(
+                "validation_failed",
+                "A TOTP factor needs the user's email address",
+            ));
+        }
+        let issuer = match req.issuer.filter(|i| !i.is_empty()) {
+            Some(i) => i,
+            None => site_host(&self.ctx.config.site_url),
+        };
+        let now = self.ctx.config.clock.now();
+        let mut tx = self.ctx.store.begin().await?;
+        let expiry = chrono::Duration::from_std(cfg.factor_expiry).unwrap_or_default();
+        tx.purge_stale_factors(now - expiry).await?;
+        let factors = tx.user_factors(user.id).await?;
+        self.may_enroll(&mut tx, &factors, &req.friendly_name, session)
+            .await?;
+        let id = Uuid::new_v4();
+        let secret = totp::new_secret();
+        let uri = totp::uri(&issuer, account, &secret);
+        let qr_code = totp::qr_svg(&uri)
+            .ok_or_else(|| ApiError::internal("totp enroll", "the URI does not fit a QR code"))?;
+        tx.insert_factor(&Factor {
+            id,
+            user_id: user.id,
+            friendly_name: Some(req.friendly_name.clone()),
+            factor_type: "totp".into(),
+            status: "unverified".into(),
+            created_at: now,
+            updated_at: now,
+            secret: Some(self.ctx.config.db_encryption.seal(&id.to_string(), &secret)),
+            phone: None,
+            last_challenged_at: None,
+        })
+        .await?;
+        let audit = audit_payload(
+            user,
+            AuditAction::FactorInProgress,
+            Some(json!({"factor_id": id})),
+        );
+        tx.insert_audits(&[audit], now).await?;
+        tx.commit().await?;
+        Ok(Enrolled {
+            id,
+            friendly_name: req.friendly_name,
+            secret,
+            uri,
+            qr_code,
+        })
+    }
+
+    /// GoTrue's checks before a new factor, in its order.
+    async fn may_enroll(
+        &self,
+        tx: &mut Tx,
+        factors: &[Factor],
+        name: &str,
+        session: Uuid,
+    ) -> ApiResult<()> {
+        let cfg = &self.ctx.config.mfa;
+        if factors
+            .iter()
+            .any(|f| f.friendly_name.as_deref().unwrap_or_default() == name)
+        {
+            return Err(ApiError::unprocessable(
+                "mfa_factor_name_conflict",
+                format!("A factor with the friendly name {name:?} for this user already exists"),
+            ));
+        }
+        let verified = factors.iter().filter(|f| f.verified()).count();
+        if factors.len() >= cfg.max_enrolled_factors || verified >= cfg.max_verified_factors {
+            return Err(ApiError::unprocessable(
+                "too_many_enrolled_mfa_factors",
+                "Maximum number of verified factors reached, unenroll to continue",
+            ));
+        }
+        if verified > 0 && tx.session_aal(session).await? != "aal2" {
+            return Err(ApiError::forbidden(
+                "insufficient_aal",
+                "AAL2 required to enroll a new factor",
+            ));
+        }
+        Ok(())
+    }
+
+    async fn factor(&self, tx: &mut Tx, user: Uuid, factor: Uuid) -> ApiResult<Factor> {
+        tx.user_factor(user, factor)
+            .await?
+            .ok_or_else(factor_not_found)
+    }
+
+    fn verify_enabled(&self, f: &Factor) -> ApiResult<()> {
+        if f.factor_type == "totp" && self.ctx.config.mfa.totp_verify_enabled {
+            return Ok(());
+        }
+        Err(ApiError::unprocessable(
+            "mfa_totp_verify_not_enabled",
+            "MFA verification is disabled for TOTP",
+        ))
+    }
+
+    /// `POST /factors/{id}/challenge`: the challenge's id and expiry (unix seconds).
+    pub async fn challenge(&self, user: &User, factor: Uuid, ip: &str) -> ApiResult<(Uuid, i64)> {
+        counted("challenge", self.challenge_once(user, factor, ip).await)
+    }
+
+    async fn challenge_once(&self, user: &User, factor: Uuid, ip: &str) -> ApiResult<(Uuid, i64)> {
+        let now = self.ctx.config.clock.now();
+        let mut tx = self.ctx.store.begin().await?;
+        let f = self.factor(&mut tx, user.id, factor).await?;
+        self.verify_enabled(&f)?;
+        let id = Uuid::new_v4();
+        tx.insert_challenge(&f, id, ip, now).await?;
+        let audit = audit_payload(
+            user,
+            AuditAction::ChallengeCreated,
+            Some(json!({"factor_id": f.id, "factor_status": f.status})),
+        );
+        tx.insert_audits(&[audit], now).await?;
+        tx.commit().await?;
+        let expiry =
+            chrono::Duration::from_std(self.ctx.config.mfa.challenge_expiry).unwrap_or_default();
+        Ok((id, (now + expiry).timestamp()))
+    }
+
+    /// `POST /factors/{id}/verify`: on success the session is aal2 and
+    /// gets fresh tokens; the user's other aal1 sessions end.
+    pub async fn verify(&self, v: Verify<'_>) -> ApiResult<TokenGrant> {
+        counted("verify", self.verify_once(v).await)
+    }
+
+    async fn verify_once(&self, v: Verify<'_>) -> ApiResult<TokenGrant> {
+        if v.code.is_empty() {
+            return Err(ApiError::validation("Code needs to be non-empty"));
+        }
+        let now = self.ctx.config.clock.now();
+        let mut tx = self.ctx.store.begin().await?;
+        let f = self.factor(&mut tx, v.user.id, v.factor).await?;
+        self.verify_enabled(&f)?;
+        let checked = match self
+            .check_challenge(&mut tx, &f, v.challenge, v.ip, now)
+            .await?
+        {
+            Ok(()) => self.check_code(&mut tx, &f, v.code, now).await?,
+            Err(refused) => Err(refused),
+        };
+        let step = match checked {
+            Ok(step) => step,
+            Err(refused) => {
+                // What the refusal changed (an expired challenge deleted,
+                // a wrong code counted) is kept though the request fails.
+                tx.commit().await?;
+                return Err(refused);
+            }
+        };
+        tx.set_factor_guard(
+            f.id,
+            &Guard {
+                last_step: Some(step),
+                failures: 0,
+                locked_until: None,
+            },
+        )
+        .await?;
+        tx.verified(&f, v.challenge, now).await?;
+        tx.add_amr(v.session, "totp", now).await?;
+        tx.raise_session(v.user.id, v.session, f.id).await?;
+        let audit = audit_payload(
+            v.user,
+            AuditAction::VerificationAttempted,
+            Some(
+                json!({"factor_id": f.id, "challenge_id": v.challenge, "factor_type": f.factor_type}),
+            ),
+        );
+        tx.insert_audits(&[audit], now).await?;
+        // Read after the factor is verified and before the other unverified
+        // ones go: the user JSON lists what GoTrue's does.
+        let c = tx.session_context(v.session).await?.ok_or_else(not_found)?;
+        let token = reissue(&self.ctx, &mut tx, &c, now).await?;
+        tx.drop_unverified_factors(v.user.id, "totp").await?;
+        tx.commit().await?;
+        metrics::counter!("castellan_signins_total", "method" => "totp", "outcome" => "ok")
+            .increment(1);
+        grant(
+            &self.ctx,
+            c.user,
+            c.identities,
+            v.session,
+            token,
+            amr_entries(c.amr),
+            now,
+        )
+    }
+
+    /// GoTrue's challenge rules: this factor's, from the same address, not
+    /// yet used, not expired (an expired one is deleted in `tx`).
+    async fn check_challenge(
+        &self,
+        tx: &mut Tx,
+        f: &Factor,
+        challenge: Uuid,
+        ip: &str,
+        now: DateTime<Utc>,
+    ) -> ApiResult<Result<(), ApiError>> {
+        let Some(c) = tx.challenge_of(f.id, challenge).await? else {
+            return Ok(Err(ApiError::unprocessable(
+                "mfa_factor_not_found",
+                "MFA factor with the provided challenge ID not found",
+            )));
+        };
+        if c.verified_at.is_some() || c.ip_address != ip {
+            return Ok(Err(ApiError::unprocessable(
+                "mfa_ip_address_mismatch",
+                "Challenge and verify IP addresses mismatch.",
+            )));
+        }
+        let expiry =
+            chrono::Duration::from_std(self.ctx.config.mfa.challenge_expiry).unwrap_or_default();
+        if now > c.created_at + expiry {
+            tx.delete_challenge(c.id).await?;
+            return Ok(Err(ApiError::unprocessable(
+                "mfa_challenge_expired",
+                format!(
+                    "MFA challenge {} has expired, verify against another challenge or create a new challenge.",
+                    c.id
+                ),
+            )));
+        }
+        Ok(Ok(()))
+    }
+
+    /// The code against the factor's secret and guard: the matched step,
+    /// or the refusal (a wrong, replayed or locked-out code) with the
+    /// guard already updated in `tx`.
+    async fn check_code(
+        &self,
+        tx: &mut Tx,
+        f: &Factor,
+        code: &str,
+        now: DateTime<Utc>,
+    ) -> ApiResult<Result<i64, ApiError>> {
+        let cfg = &self.ctx.config.mfa;
+        let mut guard = tx.factor_guard(f.id).await?;
+        if guard.locked_until.is_some_and(|t| now < t) {
+            let left = (guard.locked_until.unwrap_or(now) - now)
+                .num_seconds()
+                .max(1) as u64;
+            return Ok(Err(ApiError::too_many_requests(
+                "mfa_verification_rejected",
+                "Too many wrong codes for this factor; try again later",
+                left,
+            )));
+        }
+        let secret = self
+            .ctx
+            .config
+            .db_encryption
+            .open(&f.id.to_string(), f.secret.as_deref().unwrap_or_default())
+            .map_err(|e| ApiError::internal("totp secret", e))?;
+        let step = totp::matching_step(&secret, code, now.timestamp().max(0) as u64)
+            .map(|s| s as i64)
+            // A code is good once: its step, or an earlier one, was used.
+            .filter(|s| guard.last_step.is_none_or(|last| *s > last));
+        if let Some(step) = step {
+            return Ok(Ok(step));
+        }
+        guard.failures += 1;
+        if guard.failures >= cfg.max_failures {
+            let lockout = chrono::Duration::from_std(cfg.lockout).unwrap_or_default();
+            guard.locked_until = Some(now + lockout);
+            guard.failures = 0;
+            record("lockout", "locked");
+        }
+        tx.set_factor_guard(f.id, &guard).await?;
+        Ok(Err(ApiError::unprocessable(
+            "mfa_verification_failed",
+            "Invalid TOTP code entered",
+        )))
+    }
+
+    /// `DELETE /factors/{id}`: a verified factor only from an aal2 session.
+    pub async fn unenroll(&self, user: &User, session: Uuid, factor: Uuid) -> ApiResult<Uuid> {
+        counted("unenroll", self.unenroll_once(user, session, factor).await)
+    }
+
+    async fn unenroll_once(&self, user: &User, session: Uuid, factor: Uuid) -> ApiResult<Uuid> {
+        let now = self.ctx.config.clock.now();
+        let mut tx = self.ctx.store.begin().await?;
+        let f = self.factor(&mut tx, user.id, factor).await?;
+        let c = tx.session_context(session).await?.ok_or_else(not_found)?;
+        let level = jwt::aal(c.amr.iter().map(|(m, _)| m.as_str()));
+        if f.verified() && level != "aal2" {
+            return Err(ApiError::unprocessable(
+                "insufficient_aal",
+                "AAL2 required to unenroll verified factor",
+            ));
+        }
+        tx.delete_factor(&f).await?;
+        let audit = audit_payload(
+            user,
+            AuditAction::FactorUnenrolled,
+            Some(json!({"factor_id": f.id, "factor_status": f.status, "session_id": session})),
+        );
+        tx.insert_audits(&[audit], now).await?;
+        tx.commit().await?;
+        Ok(f.id)
+    }
+
+    /// `PUT /admin/users/{id}/factors/{factor_id}`: a new friendly name.
+    pub async fn rename(
+        &self,
+        admin: &AuditActor,
+        user: Uuid,
+        factor: Uuid,
+        name: Option<String>,
+    ) -> ApiResult<FactorRow> {
+        let now = self.ctx.config.clock.now();
+        let mut tx = self.ctx.store.begin().await?;
+        let mut f = self.factor(&mut tx, user, factor).await?;
+        if let Some(name) = name.filter(|n| !n.is_empty()) {
+            let taken = tx
+                .user_factors(user)
+                .await?
+                .iter()
+                .any(|o| o.id != f.id && o.friendly_name.as_deref() == Some(name.as_str()));
+            if taken {
+                return Err(ApiError::unprocessable(
+                    "mfa_factor_name_conflict",
+                    format!(
+                        "A factor with the friendly name {name:?} for this user already exists"
+                    ),
+                ));
+            }
+            tx.rename_factor(&f, &name, now).await?;
+            f.friendly_name = Some(name);
+            f.updated_at = now;
+        }
+        let audit = audit_payload(
+            admin.clone(),
+            AuditAction::FactorUpdated,
+            Some(json!({"user_id": user, "factor_id": f.id, "factor_type": f.factor_type})),
+        );
+        tx.insert_audits(&[audit], now).await?;
+        tx.commit().await?;
+        Ok(f.row())
+    }
+
+    /// `DELETE /admin/users/{id}/factors/{factor_id}`: no level needed; the
+    /// sessions it raised go back to aal1. Answers the deleted factor.
+    pub async fn delete(
+        &self,
+        admin: &AuditActor,
+        user: Uuid,
+        factor: Uuid,
+    ) -> ApiResult<FactorRow> {
+        let now = self.ctx.config.clock.now();
+        let mut tx = self.ctx.store.begin().await?;
+        let f = self.factor(&mut tx, user, factor).await?;
+        tx.delete_factor(&f).await?;
+        let audit = audit_payload(
+            admin.clone(),
+            AuditAction::FactorDeleted,
+            Some(json!({"user_id": user, "factor_id": f.id})),
+        );
+        tx.insert_audits(&[audit], now).await?;
+        tx.commit().await?;
+        Ok(f.row())
+    }
+}
+
+/// A verification's inputs.
+pub struct Verify<'a> {
+    pub user: &'a User,
+    pub session: Uuid,
+    pub factor: Uuid,
+    pub challenge: Uuid,
+    pub code: &'a str,
+    pub ip: &'a str,
+}
+
+/// GoTrue's default issuer: the site URL's host (with its port).
+fn site_host(site_url: &str) -> String {
+    let rest = site_url.split_once("://").map_or(site_url, |(_, r)| r);
+    rest.split(['/', '?', '#'])
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}

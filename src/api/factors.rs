@@ -1,0 +1,214 @@
+//! `/factors`: enroll, challenge, verify and unenroll second factors (TOTP).
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::response::IntoResponse;
+use castellan_actors::factors::{Enroll, Verify};
+use castellan_core::ApiError;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::api::{TokenResponse, token_response};
+use crate::error::{HttpResult, Refusals};
+use crate::extract::{AuthLive, JsonBody};
+use crate::server::AppState;
+
+#[derive(Deserialize, Default, ToSchema)]
+#[serde(default)]
+pub struct EnrollBody {
+    /// `totp` (`phone` and `webauthn` are not enabled).
+    factor_type: Option<String>,
+    friendly_name: Option<String>,
+    /// The name authenticator apps show; the site URL's host by default.
+    issuer: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TotpView {
+    /// SVG markup (no `data:` prefix).
+    qr_code: String,
+    secret: String,
+    uri: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Enrolled {
+    id: Uuid,
+    #[serde(rename = "type")]
+    factor_type: &'static str,
+    friendly_name: String,
+    totp: TotpView,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ChallengeView {
+    id: Uuid,
+    #[serde(rename = "type")]
+    factor_type: &'static str,
+    /// Unix seconds.
+    expires_at: i64,
+}
+
+#[derive(Deserialize, Default, ToSchema)]
+#[serde(default)]
+pub struct VerifyBody {
+    challenge_id: Option<String>,
+    code: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Unenrolled {
+    id: Uuid,
+}
+
+/// The `{factor_id}` path parameter.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct FactorPath {
+    /// A UUID (anything else is 404).
+    factor_id: String,
+}
+
+pub(crate) fn factor_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw)
+        .map_err(|_| ApiError::not_found("validation_failed", "factor_id must be an UUID"))
+}
+
+/// The signed-in, non-anonymous user and the session of the token.
+fn holder(auth: &AuthLive) -> Result<(&castellan_core::models::User, Uuid), ApiError> {
+    let user = &auth.live.user;
+    if user.is_anonymous {
+        return Err(ApiError::forbidden(
+            "no_authorization",
+            "Anonymous user not allowed to perform these actions",
+        ));
+    }
+    let session = auth.session_id.ok_or_else(|| {
+        ApiError::unauthorized("no_authorization", "A valid session is required for MFA")
+    })?;
+    Ok((user, session))
+}
+
+/// The address a challenge is bound to.
+fn client_ip() -> String {
+    castellan_core::client::current()
+        .ip
+        .map_or_else(|| "0.0.0.0".into(), |ip| ip.to_string())
+}
+
+#[utoipa::path(
+    post,
+    path = "/factors",
+    tag = "mfa",
+    operation_id = "enroll_factor",
+    request_body = EnrollBody,
+    security(("bearer" = [])),
+    responses((status = 200, body = Enrolled), Refusals)
+)]
+pub async fn enroll(
+    State(st): State<AppState>,
+    auth: AuthLive,
+    JsonBody(b): JsonBody<EnrollBody>,
+) -> HttpResult {
+    let (user, session) = holder(&auth)?;
+    let req = Enroll {
+        factor_type: b.factor_type.unwrap_or_default(),
+        friendly_name: b.friendly_name.unwrap_or_default(),
+        issuer: b.issuer,
+    };
+    let e = st.factors.enroll(user, session, req).await?;
+    Ok(Json(Enrolled {
+        id: e.id,
+        factor_type: "totp",
+        friendly_name: e.friendly_name,
+        totp: TotpView {
+            qr_code: e.qr_code,
+            secret: e.secret,
+            uri: e.uri,
+        },
+    })
+    .into_response())
+}
+
+#[utoipa::path(
+    post,
+    path = "/factors/{factor_id}/challenge",
+    tag = "mfa",
+    operation_id = "challenge_factor",
+    params(FactorPath),
+    security(("bearer" = [])),
+    responses((status = 200, body = ChallengeView), Refusals)
+)]
+pub async fn challenge(
+    State(st): State<AppState>,
+    auth: AuthLive,
+    Path(FactorPath { factor_id: raw }): Path<FactorPath>,
+) -> HttpResult {
+    let (user, _) = holder(&auth)?;
+    let (id, expires_at) = st
+        .factors
+        .challenge(user, factor_id(&raw)?, &client_ip())
+        .await?;
+    Ok(Json(ChallengeView {
+        id,
+        factor_type: "totp",
+        expires_at,
+    })
+    .into_response())
+}
+
+#[utoipa::path(
+    post,
+    path = "/factors/{factor_id}/verify",
+    tag = "mfa",
+    operation_id = "verify_factor",
+    params(FactorPath),
+    request_body = VerifyBody,
+    security(("bearer" = [])),
+    responses((status = 200, body = TokenResponse), Refusals)
+)]
+pub async fn verify(
+    State(st): State<AppState>,
+    auth: AuthLive,
+    Path(FactorPath { factor_id: raw }): Path<FactorPath>,
+    JsonBody(b): JsonBody<VerifyBody>,
+) -> HttpResult {
+    let (user, session) = holder(&auth)?;
+    let factor = factor_id(&raw)?;
+    let challenge = Uuid::parse_str(b.challenge_id.as_deref().unwrap_or_default())
+        .map_err(|_| ApiError::bad_request("bad_json", "challenge_id must be an UUID"))?;
+    let code = b.code.unwrap_or_default();
+    let ip = client_ip();
+    let grant = st
+        .factors
+        .verify(Verify {
+            user,
+            session,
+            factor,
+            challenge,
+            code: &code,
+            ip: &ip,
+        })
+        .await?;
+    Ok(Json(token_response(grant, None)).into_response())
+}
+
+#[utoipa::path(
+    delete,
+    path = "/factors/{factor_id}",
+    tag = "mfa",
+    operation_id = "unenroll_factor",
+    params(FactorPath),
+    security(("bearer" = [])),
+    responses((status = 200, body = Unenrolled), Refusals)
+)]
+pub async fn unenroll(
+    State(st): State<AppState>,
+    auth: AuthLive,
+    Path(FactorPath { factor_id: raw }): Path<FactorPath>,
+) -> HttpResult {
+    let (user, session) = holder(&auth)?;
+    let id = st.factors.unenroll(user, session, factor_id(&raw)?).await?;
+    Ok(Json(Unenrolled { id }).into_response())
+}
