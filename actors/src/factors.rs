@@ -17,7 +17,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::context::Ctx;
-use crate::sessions::{TokenGrant, amr_entries, grant, not_found, reissue};
+use crate::sessions::{TokenGrant, grant_for, not_found, reissue};
 
 /// What an enrollment answers.
 pub struct Enrolled {
@@ -277,15 +277,7 @@ impl Factors {
         tx.commit().await?;
         metrics::counter!("castellan_signins_total", "method" => "totp", "outcome" => "ok")
             .increment(1);
-        grant(
-            &self.ctx,
-            c.user,
-            c.identities,
-            v.session,
-            token,
-            amr_entries(c.amr),
-            now,
-        )
+        grant_for(&self.ctx, c, token, now)
     }
 
     /// GoTrue's challenge rules: this factor's, from the same address, not

@@ -14,7 +14,7 @@ use castellan_core::{ApiError, ApiResult};
 use chrono::{DateTime, Utc};
 
 use crate::context::Ctx;
-use crate::sessions::{TokenGrant, amr_entries, check_usable, end, grant, not_found};
+use crate::sessions::{TokenGrant, check_usable, end, grant_for, not_found};
 
 /// Reads of a moving counter before giving up (each lost race means
 /// another refresh of the session succeeded in between).
@@ -60,15 +60,7 @@ pub(crate) async fn refresh(ctx: &Ctx, token: V2Token) -> ApiResult<TokenGrant> 
         let issued = refresh::encode(&key, c.session.id, to).ok_or_else(|| {
             ApiError::internal("refresh v2", "the session's key is not base64url")
         })?;
-        return grant(
-            ctx,
-            c.user,
-            c.identities,
-            c.session.id,
-            issued,
-            amr_entries(c.amr),
-            now,
-        );
+        return grant_for(ctx, c, issued, now);
     }
     Err(ApiError::unavailable(
         "refresh v2",

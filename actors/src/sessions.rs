@@ -69,16 +69,57 @@ pub fn claims_for(
     }
 }
 
+/// When a session below the user's highest possible level stops being
+/// usable (`GOTRUE_SESSIONS_ALLOW_LOW_AAL`): `None` when that is never.
+fn low_aal_deadline(
+    ctx: &Ctx,
+    user: &User,
+    aal: &str,
+    created: Option<DateTime<Utc>>,
+) -> Option<DateTime<Utc>> {
+    let allow = ctx.config.sessions_allow_low_aal?;
+    let could_be_aal2 = user.factors.iter().any(|f| f.status == "verified");
+    (aal == "aal1" && could_be_aal2)
+        .then(|| created.map(|c| c + chrono::Duration::from_std(allow).unwrap_or_default()))
+        .flatten()
+}
+
+/// Tokens for a session read with its context (a refresh, an MFA verification).
+pub(crate) fn grant_for(
+    ctx: &Ctx,
+    c: store::RefreshContext,
+    refresh_token: String,
+    now: DateTime<Utc>,
+) -> ApiResult<TokenGrant> {
+    let created = c.session.created_at;
+    let amr = amr_entries(c.amr);
+    grant(
+        ctx,
+        c.user,
+        c.identities,
+        (c.session.id, created),
+        refresh_token,
+        amr,
+        now,
+    )
+}
+
+/// Signs the access token; `session` is the session's id and start.
 pub(crate) fn grant(
     ctx: &Ctx,
     user: User,
     identities: Vec<Identity>,
-    session_id: Uuid,
+    session: (Uuid, Option<DateTime<Utc>>),
     refresh_token: String,
     amr: Vec<AmrEntry>,
     now: DateTime<Utc>,
 ) -> ApiResult<TokenGrant> {
-    let claims = claims_for(ctx, &user, session_id, amr, now.timestamp());
+    let (session_id, created) = session;
+    let mut claims = claims_for(ctx, &user, session_id, amr, now.timestamp());
+    // A low-level session of a user with a factor lives no longer than allowed.
+    if let Some(deadline) = low_aal_deadline(ctx, &user, &claims.aal, created) {
+        claims.exp = claims.exp.min(deadline.timestamp().max(claims.iat));
+    }
     let access_token = ctx.jwt.sign(&claims)?;
     Ok(TokenGrant {
         access_token,
@@ -144,7 +185,15 @@ async fn issue(
         method: method.into(),
         timestamp: now.timestamp(),
     }];
-    grant(ctx, user, identities, session_id, token, amr, now)
+    grant(
+        ctx,
+        user,
+        identities,
+        (session_id, Some(now)),
+        token,
+        amr,
+        now,
+    )
 }
 
 pub(crate) fn not_found() -> ApiError {
@@ -245,15 +294,7 @@ async fn refresh(ctx: &Ctx, presented: &str) -> ApiResult<TokenGrant> {
     if !ctx.store.rotate_if_current(&rotation).await? {
         return refresh_locked(ctx, presented, now).await;
     }
-    grant(
-        ctx,
-        c.user,
-        c.identities,
-        c.session.id,
-        child,
-        amr_entries(c.amr),
-        now,
-    )
+    grant_for(ctx, c, child, now)
 }
 
 /// A banned user or an ended session refreshes nothing.
@@ -268,7 +309,15 @@ pub(crate) fn check_usable(
             "Invalid Refresh Token: User Banned",
         ));
     }
-    check_session_validity(ctx, &c.session, now)
+    check_session_validity(ctx, &c.session, now)?;
+    let aal = castellan_core::crypto::jwt::aal(c.amr.iter().map(|(m, _)| m.as_str()));
+    if low_aal_deadline(ctx, &c.user, aal, c.session.created_at).is_some_and(|d| now > d) {
+        return Err(ApiError::bad_request(
+            "session_expired",
+            "Invalid Refresh Token: Session Expired (Low AAL: User Needs MFA Verification)",
+        ));
+    }
+    Ok(())
 }
 
 pub(crate) fn amr_entries(amr: Vec<(String, DateTime<Utc>)>) -> Vec<AmrEntry> {
@@ -343,15 +392,7 @@ async fn refresh_locked(ctx: &Ctx, presented: &str, now: DateTime<Utc>) -> ApiRe
         }
     };
     tx.commit().await?;
-    grant(
-        ctx,
-        c.user,
-        c.identities,
-        session_id,
-        issued,
-        amr_entries(c.amr),
-        now,
-    )
+    grant_for(ctx, c, issued, now)
 }
 
 /// GoTrue's gradual upgrade: a legacy token is spent (revoked, unless it

@@ -233,6 +233,8 @@ pub struct Config {
     pub db_encryption: crate::crypto::at_rest::DbEncryption,
     pub update_password_require_reauthentication: bool,
     pub sessions_timebox: Option<Duration>,
+    /// How long a session below the user's highest possible level lives.
+    pub sessions_allow_low_aal: Option<Duration>,
     pub mfa: MfaConfig,
     pub sessions_inactivity_timeout: Option<Duration>,
     pub rate_limits: RateLimits,
@@ -788,6 +790,7 @@ impl Config {
                 },
             )?,
             sessions_timebox: v.opt_duration(&["GOTRUE_SESSIONS_TIMEBOX"])?,
+            sessions_allow_low_aal: v.opt_duration(&["GOTRUE_SESSIONS_ALLOW_LOW_AAL"])?,
             mfa: mfa(v)?,
             sessions_inactivity_timeout: v.opt_duration(&["GOTRUE_SESSIONS_INACTIVITY_TIMEOUT"])?,
             rate_limits: RateLimits {

@@ -536,3 +536,94 @@ both!(
         }
     }
 );
+
+both!(
+    low_aal_sessions_of_mfa_users_are_short_lived,
+    |c| c.sessions_allow_low_aal = Some(std::time::Duration::from_secs(60)),
+    |t| {
+        let (raised, _) = aal2_session(&t, "low@example.com").await;
+        let low = t.login("low@example.com", "secret123").await.body;
+        let c = claims(low["access_token"].as_str().unwrap());
+        assert_eq!(c["aal"], "aal1");
+        let lifetime = c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap();
+        assert!(
+            lifetime <= 60,
+            "an aal1 token of an MFA user lives {lifetime} s"
+        );
+        t.clock().advance(std::time::Duration::from_secs(61));
+        t.refresh(low["refresh_token"].as_str().unwrap())
+            .await
+            .assert_error(400, "session_expired");
+        // The aal2 session is not limited.
+        let r = t.refresh(raised["refresh_token"].as_str().unwrap()).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let c = claims(r.body["access_token"].as_str().unwrap());
+        assert_eq!(
+            c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap(),
+            3600
+        );
+    }
+);
+
+both!(
+    enrolled_factors_are_bounded,
+    |c| c.mfa.max_enrolled_factors = 2,
+    |t| {
+        let s = t.new_session("bounded@example.com", "secret123").await;
+        let access = s["access_token"].as_str().unwrap();
+        enroll(&t, access, "one").await;
+        enroll(&t, access, "two").await;
+        t.request(
+            Method::POST,
+            "/factors",
+            Some(access),
+            Some(json!({"factor_type": "totp", "friendly_name": "three"})),
+        )
+        .await
+        .assert_error(422, "too_many_enrolled_mfa_factors");
+        let user = Uuid::parse_str(claims(access)["sub"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            t.count_by_uuid("SELECT count(*) FROM mfa_factors WHERE user_id = $1", user)
+                .await,
+            2
+        );
+    }
+);
+
+both!(
+    challenges_have_a_route_limit,
+    |c| {
+        c.rate_limits.mfa = castellan_core::config::RateLimit {
+            events: 2,
+            per: std::time::Duration::from_secs(60),
+            burst: 2,
+        }
+    },
+    |t| {
+        let s = t.new_session("limited-mfa@example.com", "secret123").await;
+        let access = s["access_token"].as_str().unwrap();
+        let f = enroll(&t, access, "app").await;
+        challenge(&t, access, &f.id).await;
+        challenge(&t, access, &f.id).await;
+        let r = t
+            .request(
+                Method::POST,
+                &format!("/factors/{}/challenge", f.id),
+                Some(access),
+                None,
+            )
+            .await;
+        r.assert_error(429, "over_request_rate_limit");
+        assert!(
+            r.body["msg"]
+                .as_str()
+                .unwrap()
+                .contains("GOTRUE_MFA_RATE_LIMIT_CHALLENGE_AND_VERIFY"),
+            "{}",
+            r.text
+        );
+        // Verification has a bucket of its own.
+        let v = verify(&t, access, &f.id, &Uuid::new_v4().to_string(), "123456").await;
+        v.assert_error(422, "mfa_factor_not_found");
+    }
+);
