@@ -276,6 +276,7 @@ both!(
         c.rate_limits.anonymous_users = two;
         c.rate_limits.verify = two;
         c.rate_limits.otp = two;
+        c.rate_limits.mfa = two;
     },
     |t| {
         let send = |method: Method, path: &str, client: &str, body: Value| {
