@@ -8,6 +8,7 @@
 
 pub mod email;
 pub mod queue;
+pub mod sms;
 pub mod templates;
 pub mod worker;
 

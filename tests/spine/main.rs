@@ -26,6 +26,7 @@ mod outage;
 mod refresh_v2;
 mod resilience;
 mod signup;
+mod sms;
 mod timing;
 mod token;
 mod user;

@@ -1,0 +1,290 @@
+//! SMS (and WhatsApp) delivery through the providers GoTrue supports. Each
+//! provider is one description (where to post, how to authenticate, which
+//! form fields, how to read its answer), and one sender serves them all.
+//! A provider that refuses a message (a 4xx, or a failure in its answer) is
+//! told apart from one that is down or slow, which the queue retries.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// The provider's variables (GoTrue's `GOTRUE_SMS_<PROVIDER>_<NAME>`), by `<NAME>`.
+pub type Settings = HashMap<String, String>;
+
+/// How a provider authenticates.
+enum Auth {
+    None,
+    /// HTTP basic auth with two settings.
+    Basic(&'static str, &'static str),
+    /// A header: its name, and a prefix before a setting.
+    Header(&'static str, &'static str, &'static str),
+}
+
+/// A form field's value.
+enum Field {
+    Setting(&'static str),
+    Fixed(&'static str),
+    /// The number as stored (E.164 digits, no `+`).
+    Phone,
+    /// The number with `+` (and `whatsapp:` before it on that channel).
+    PlusPhone,
+    /// The sender setting, `whatsapp:`-prefixed on that channel when it is a number.
+    Sender(&'static str),
+    Message,
+    Channel,
+    /// `unicode` when the message is not ASCII (Vonage); the field is left out otherwise.
+    UnicodeType,
+}
+
+/// Which answer is a failure, besides an HTTP error.
+enum Check {
+    /// Any 2xx answer is sent.
+    Always,
+    /// Sent only when the field holds one of these values.
+    Is(&'static str, &'static [&'static str]),
+    /// Sent unless the field holds one of these values.
+    Not(&'static str, &'static [&'static str]),
+}
+
+/// One provider's API.
+pub struct Description {
+    pub name: &'static str,
+    base: &'static str,
+    /// With `{NAME}` replaced by the setting.
+    path: &'static str,
+    auth: Auth,
+    fields: &'static [(&'static str, Field)],
+    pub channels: &'static [&'static str],
+    /// JSON pointers into the answer: the message id, and the error text.
+    id: &'static str,
+    error: &'static str,
+    check: Check,
+    /// The settings it cannot work without.
+    pub required: &'static [&'static str],
+}
+
+pub const PROVIDERS: &[Description] = &[
+    Description {
+        name: "twilio",
+        base: "https://api.twilio.com",
+        path: "/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json",
+        auth: Auth::Basic("ACCOUNT_SID", "AUTH_TOKEN"),
+        fields: &[
+            ("To", Field::PlusPhone),
+            ("Channel", Field::Channel),
+            ("From", Field::Sender("MESSAGE_SERVICE_SID")),
+            ("Body", Field::Message),
+        ],
+        channels: &["sms", "whatsapp"],
+        id: "/sid",
+        error: "/message",
+        check: Check::Not("/status", &["failed", "undelivered"]),
+        required: &["ACCOUNT_SID", "AUTH_TOKEN", "MESSAGE_SERVICE_SID"],
+    },
+    Description {
+        name: "messagebird",
+        base: "https://rest.messagebird.com",
+        path: "/messages",
+        auth: Auth::Header("Authorization", "AccessKey ", "ACCESS_KEY"),
+        fields: &[
+            ("originator", Field::Setting("ORIGINATOR")),
+            ("body", Field::Message),
+            ("recipients", Field::Phone),
+            ("type", Field::Fixed("sms")),
+            ("datacoding", Field::Fixed("unicode")),
+        ],
+        channels: &["sms"],
+        id: "/id",
+        error: "/errors/0/description",
+        check: Check::Always,
+        required: &["ACCESS_KEY", "ORIGINATOR"],
+    },
+    Description {
+        name: "textlocal",
+        base: "https://api.textlocal.in",
+        path: "/send",
+        auth: Auth::None,
+        fields: &[
+            ("sender", Field::Setting("SENDER")),
+            ("apikey", Field::Setting("API_KEY")),
+            ("message", Field::Message),
+            ("numbers", Field::Phone),
+        ],
+        channels: &["sms"],
+        id: "/messages/0/id",
+        error: "/errors/0/message",
+        check: Check::Is("/status", &["success"]),
+        required: &["API_KEY", "SENDER"],
+    },
+    Description {
+        name: "vonage",
+        base: "https://rest.nexmo.com",
+        path: "/sms/json",
+        auth: Auth::None,
+        fields: &[
+            ("from", Field::Setting("FROM")),
+            ("to", Field::Phone),
+            ("text", Field::Message),
+            ("api_key", Field::Setting("API_KEY")),
+            ("api_secret", Field::Setting("API_SECRET")),
+            ("type", Field::UnicodeType),
+        ],
+        channels: &["sms"],
+        id: "/messages/0/message-id",
+        error: "/messages/0/error-text",
+        check: Check::Is("/messages/0/status", &["0"]),
+        required: &["API_KEY", "API_SECRET", "FROM"],
+    },
+];
+
+/// The description of a provider, by GoTrue's name.
+pub fn provider(name: &str) -> Option<&'static Description> {
+    PROVIDERS.iter().find(|p| p.name == name)
+}
+
+/// Why a message was not sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The provider refused it (a 4xx, or a failure in its answer):
+    /// sending it again would not help.
+    #[error("the SMS provider refused the message: {0}")]
+    Refused(String),
+    /// The provider is down, slow or answered 5xx: worth retrying.
+    #[error("the SMS provider is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// One message to send.
+pub struct Message<'a> {
+    pub phone: &'a str,
+    pub body: &'a str,
+    pub channel: &'a str,
+}
+
+/// A provider configured: its description, settings and where its API is.
+pub struct Sender {
+    description: &'static Description,
+    settings: Settings,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Sender {
+    /// `base` replaces the provider's API address (tests point it at a stand-in).
+    pub fn new(
+        description: &'static Description,
+        settings: Settings,
+        base: Option<String>,
+        timeout: Duration,
+    ) -> Result<Self, String> {
+        let missing: Vec<_> = description
+            .required
+            .iter()
+            .filter(|k| settings.get(**k).is_none_or(|v| v.is_empty()))
+            .map(|k| format!("GOTRUE_SMS_{}_{k}", description.name.to_ascii_uppercase()))
+            .collect();
+        if !missing.is_empty() {
+            return Err(format!("{} needs {}", description.name, missing.join(", ")));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(Self {
+            description,
+            base: base.unwrap_or_else(|| description.base.to_string()),
+            settings,
+            http,
+        })
+    }
+
+    fn setting(&self, name: &str) -> &str {
+        self.settings.get(name).map_or("", String::as_str)
+    }
+
+    fn url(&self) -> String {
+        let mut path = self.description.path.to_string();
+        for (k, v) in &self.settings {
+            path = path.replace(&format!("{{{k}}}"), v);
+        }
+        format!("{}{path}", self.base.trim_end_matches('/'))
+    }
+
+    fn form(&self, m: &Message<'_>) -> Vec<(&'static str, String)> {
+        let whatsapp = m.channel == "whatsapp";
+        let on_channel = |v: String| if whatsapp { format!("whatsapp:{v}") } else { v };
+        self.description
+            .fields
+            .iter()
+            .filter_map(|(name, field)| {
+                let value = match field {
+                    Field::Setting(s) => self.setting(s).to_string(),
+                    Field::Fixed(v) => v.to_string(),
+                    Field::Phone => m.phone.to_string(),
+                    Field::PlusPhone => on_channel(format!("+{}", m.phone)),
+                    Field::Sender(s) => {
+                        let sender = self.setting(s);
+                        let numeric = sender
+                            .trim_start_matches('+')
+                            .bytes()
+                            .all(|b| b.is_ascii_digit());
+                        if numeric && !sender.is_empty() {
+                            on_channel(sender.to_string())
+                        } else {
+                            sender.to_string()
+                        }
+                    }
+                    Field::Message => m.body.to_string(),
+                    Field::Channel => m.channel.to_string(),
+                    Field::UnicodeType if !m.body.is_ascii() => "unicode".into(),
+                    Field::UnicodeType => return None,
+                };
+                Some((*name, value))
+            })
+            .collect()
+    }
+
+    /// Sends one message; the provider's message id when it gave one.
+    pub async fn send(&self, m: &Message<'_>) -> Result<Option<String>, SendError> {
+        let d = self.description;
+        if !d.channels.contains(&m.channel) {
+            return Err(SendError::Refused(format!(
+                "channel type {:?} is not supported for {}",
+                m.channel, d.name
+            )));
+        }
+        let mut req = self.http.post(self.url()).form(&self.form(m));
+        req = match d.auth {
+            Auth::None => req,
+            Auth::Basic(user, pass) => req.basic_auth(self.setting(user), Some(self.setting(pass))),
+            Auth::Header(name, prefix, s) => {
+                req.header(name, format!("{prefix}{}", self.setting(s)))
+            }
+        };
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| SendError::Unavailable(e.to_string()))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.unwrap_or_default();
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let text = |p: &str| body.pointer(p).and_then(Value::as_str).map(str::to_string);
+        let error = || text(d.error).unwrap_or_else(|| format!("HTTP {status}"));
+        if status.is_server_error() {
+            return Err(SendError::Unavailable(error()));
+        }
+        if !status.is_success() {
+            return Err(SendError::Refused(error()));
+        }
+        let sent = match &d.check {
+            Check::Always => true,
+            Check::Is(p, ok) => text(p).is_some_and(|v| ok.contains(&v.as_str())),
+            Check::Not(p, bad) => text(p).is_none_or(|v| !bad.contains(&v.as_str())),
+        };
+        if !sent {
+            return Err(SendError::Refused(error()));
+        }
+        Ok(text(d.id))
+    }
+}
