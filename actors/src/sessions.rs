@@ -280,8 +280,7 @@ async fn refresh(ctx: &Ctx, presented: &str) -> ApiResult<TokenGrant> {
         return refresh_locked(ctx, presented, now).await;
     }
     let child = random_base32(12);
-    let refreshed = audit_payload(&c.user, AuditAction::TokenRefreshed, None);
-    let revoked = audit_payload(&c.user, AuditAction::TokenRevoked, None);
+    let [refreshed, revoked] = rotation_audits(&c.user);
     let rotation = store::Rotation {
         session_id: c.session.id,
         user_id: c.user.id,
@@ -371,23 +370,10 @@ async fn refresh_locked(ctx: &Ctx, presented: &str, now: DateTime<Utc>) -> ApiRe
         }
         rotation => {
             let revoke = matches!(rotation, Rotation::Rotate).then_some(token.id);
-            let refreshed = audit_payload(&c.user, AuditAction::TokenRefreshed, None);
-            let revoked = audit_payload(&c.user, AuditAction::TokenRevoked, None);
             if ctx.refresh_v2 {
-                upgrade_to_v2(ctx, &mut tx, &c, revoke, [refreshed, revoked], now).await?
+                upgrade_to_v2(ctx, &mut tx, &c, revoke, rotation_audits(&c.user), now).await?
             } else {
-                let child = random_base32(12);
-                tx.record_rotation(&store::Rotation {
-                    session_id,
-                    user_id: c.user.id,
-                    revoke,
-                    child: &child,
-                    parent: token.token.as_deref(),
-                    audits: [&refreshed, &revoked],
-                    now,
-                })
-                .await?;
-                child
+                record_legacy(&mut tx, &c, revoke, token.token.as_deref(), now).await?
             }
         }
     };
@@ -449,15 +435,38 @@ pub(crate) async fn reissue(
             .ok_or_else(|| ApiError::internal("refresh v2", "the session's key is not base64url"));
     }
     let active = tx.active_refresh_token(s.id).await?;
+    let (revoke, parent) = match &active {
+        Some(t) => (Some(t.id), t.token.as_deref()),
+        None => (None, None),
+    };
+    record_legacy(tx, c, revoke, parent, now).await
+}
+
+/// The audit entries every rotation writes.
+fn rotation_audits(user: &User) -> [Value; 2] {
+    [
+        audit_payload(user, AuditAction::TokenRefreshed, None),
+        audit_payload(user, AuditAction::TokenRevoked, None),
+    ]
+}
+
+/// A legacy rotation inside `tx`: `revoke` revoked and a new child of
+/// `parent` issued, audited; the child.
+async fn record_legacy(
+    tx: &mut Tx,
+    c: &store::RefreshContext,
+    revoke: Option<i64>,
+    parent: Option<&str>,
+    now: DateTime<Utc>,
+) -> ApiResult<String> {
     let child = random_base32(12);
-    let refreshed = audit_payload(&c.user, AuditAction::TokenRefreshed, None);
-    let revoked = audit_payload(&c.user, AuditAction::TokenRevoked, None);
+    let [refreshed, revoked] = rotation_audits(&c.user);
     tx.record_rotation(&store::Rotation {
-        session_id: s.id,
+        session_id: c.session.id,
         user_id: c.user.id,
-        revoke: active.as_ref().map(|t| t.id),
+        revoke,
         child: &child,
-        parent: active.as_ref().and_then(|t| t.token.as_deref()),
+        parent,
         audits: [&refreshed, &revoked],
         now,
     })
