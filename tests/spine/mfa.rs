@@ -627,3 +627,90 @@ both!(
         v.assert_error(422, "mfa_factor_not_found");
     }
 );
+
+both!(
+    racing_verifications_of_one_code_let_one_through,
+    |_| {},
+    |t| {
+        let s = t.new_session("race-mfa@example.com", "secret123").await;
+        let access = s["access_token"].as_str().unwrap().to_string();
+        let f = enroll(&t, &access, "app").await;
+        let (c1, c2) = (
+            challenge(&t, &access, &f.id).await,
+            challenge(&t, &access, &f.id).await,
+        );
+        let code = code(&t, &f.secret, 0);
+        let send = |ch: &str| {
+            t.http
+                .post(t.url(&format!("/factors/{}/verify", f.id)))
+                .bearer_auth(&access)
+                .json(&json!({"challenge_id": ch, "code": code}))
+        };
+        let replies = crate::common::at_once([send(&c1), send(&c2)]).await;
+        assert_eq!(
+            crate::common::successes_else(&replies, 422, "mfa_verification_failed"),
+            1,
+            "one code, one success"
+        );
+        let verified = t
+            .count_by_str(
+                "SELECT count(*) FROM mfa_challenges WHERE verified_at IS NOT NULL AND $1 = $1",
+                "",
+            )
+            .await;
+        assert_eq!(verified, 1);
+    }
+);
+
+both!(bad_factor_input_is_a_clear_4xx, |_| {}, |t| {
+    let s = t.new_session("bad-mfa@example.com", "secret123").await;
+    let access = s["access_token"].as_str().unwrap();
+    let f = enroll(&t, access, "app").await;
+    let ch = challenge(&t, access, &f.id).await;
+    for (path, body, status, code) in [
+        (
+            "/factors".to_string(),
+            json!({"factor_type": "totp", "friendly_name": "a\u{0}b"}),
+            400,
+            "validation_failed",
+        ),
+        (
+            "/factors".to_string(),
+            json!({"factor_type": ["totp"]}),
+            400,
+            "bad_json",
+        ),
+        (
+            format!("/factors/{}/verify", f.id),
+            json!({"challenge_id": ch, "code": "12\u{0}456"}),
+            400,
+            "validation_failed",
+        ),
+        (
+            format!("/factors/{}/verify", f.id),
+            json!({"challenge_id": "nope", "code": "123456"}),
+            400,
+            "bad_json",
+        ),
+        (
+            format!("/factors/{}/verify", f.id),
+            json!({"challenge_id": ch, "code": "9".repeat(100_000)}),
+            422,
+            "mfa_verification_failed",
+        ),
+    ] {
+        t.request(Method::POST, &path, Some(access), Some(body))
+            .await
+            .assert_error(status, code);
+    }
+    // Nothing was enrolled or verified by any of it.
+    let user = Uuid::parse_str(claims(access)["sub"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        t.count_by_uuid(
+            "SELECT count(*) FROM mfa_factors WHERE user_id = $1 AND status = 'unverified'",
+            user
+        )
+        .await,
+        1
+    );
+});
