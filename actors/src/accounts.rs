@@ -16,10 +16,11 @@ use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use crate::context::Ctx;
-use crate::otp_issuer::{OtpIssuer, SendRequest};
+use crate::otp_issuer::{OtpIssuer, SendRequest, SmsRequest};
 use crate::sessions::{self, Sessions, TokenGrant};
 use castellan_core::models::Pkce;
 use castellan_jobs::EmailKind;
+use castellan_jobs::sms::SmsKind;
 
 /// The `POST /signup` request, as parsed by the handler.
 #[derive(Debug, Default)]
@@ -40,7 +41,12 @@ pub enum SignupOutcome {
     /// Confirmed: a session.
     Session(Box<TokenGrant>),
     /// Needs confirmation: the bare user, no session.
-    User(Box<User>, Vec<Identity>),
+    User {
+        user: Box<User>,
+        identities: Vec<Identity>,
+        /// The SMS provider's id of the confirmation code's message.
+        message_id: Option<String>,
+    },
     /// The address is taken: a made-up user that reveals nothing.
     Obfuscated(Box<UserView>),
 }
@@ -81,6 +87,8 @@ pub struct UserUpdate {
     /// For an email change: PKCE and where its links lead.
     pub pkce: Option<Pkce>,
     pub redirect_to: String,
+    /// For a phone change: `sms` or `whatsapp`.
+    pub channel: Option<String>,
 }
 
 #[derive(Clone)]
@@ -104,7 +112,8 @@ impl Accounts {
         Self { ctx, sessions, otp }
     }
 
-    /// `GET /reauthenticate`: a code by email, to confirm a password change.
+    /// `GET /reauthenticate`: a code by email (by SMS for a user without
+    /// one), to confirm a password change.
     pub async fn reauthenticate(&self, user: &User) -> ApiResult<()> {
         if user.email.as_deref().is_none_or(str::is_empty) {
             if user.phone.as_deref().is_none_or(str::is_empty) {
@@ -118,10 +127,13 @@ impl Accounts {
                     "Please verify your phone first.",
                 ));
             }
-            return Err(ApiError::unprocessable(
-                "sms_send_failed",
-                "SMS delivery is not available on this server yet",
-            ));
+            let sms = SmsRequest {
+                user_id: user.id,
+                kind: SmsKind::Reauthentication,
+                new_phone: None,
+                channel: "sms".into(),
+            };
+            return self.otp.send_sms(sms).await.map(drop);
         }
         if user.email_confirmed_at.is_none() {
             return Err(ApiError::unprocessable(
@@ -159,17 +171,21 @@ impl Accounts {
                 "Nonce has expired or is invalid",
             )
         };
-        let hash = castellan_core::crypto::token_hash(user.email_str(), nonce);
+        // The code went by email, or by SMS to a user without one.
+        let (address, exp) = match user.email_str() {
+            "" => (user.phone_str(), self.ctx.config.sms.otp_exp),
+            email => (email, self.ctx.config.mailer.otp_exp),
+        };
+        let hash = castellan_core::crypto::token_hash(address, nonce);
         let now = self.ctx.config.clock.now();
         let mut tx = self.ctx.store.begin().await?;
         let stored = tx
             .token_column(user.id, TokenType::ReauthenticationToken)
             .await?
             .unwrap_or_default();
-        let fresh = user.reauthentication_sent_at.is_some_and(|t| {
-            now <= t + chrono::Duration::from_std(self.ctx.config.mailer.otp_exp)
-                .unwrap_or_default()
-        });
+        let fresh = user
+            .reauthentication_sent_at
+            .is_some_and(|t| now <= t + chrono::Duration::from_std(exp).unwrap_or_default());
         let matches = !stored.is_empty()
             && castellan_core::crypto::secure_eq(stored.as_bytes(), hash.as_bytes());
         if !(matches
@@ -379,19 +395,32 @@ impl Accounts {
     }
 
     /// The answer for a user who must confirm first: the confirmation is
-    /// sent (by email; SMS is not here yet) and the user returned as stored.
+    /// sent (by email or SMS) and the user returned as stored.
     async fn unconfirmed(
         &self,
         user: User,
         req: &SignupRequest,
         provider: &str,
     ) -> ApiResult<SignupOutcome> {
+        let mut message_id = None;
         if provider == "email" {
             self.send_confirmation(&user, req).await?;
+        } else {
+            let sms = SmsRequest {
+                user_id: user.id,
+                kind: SmsKind::Confirmation,
+                new_phone: None,
+                channel: channel(&self.ctx.config, req.channel.as_deref())?,
+            };
+            message_id = self.otp.send_sms(sms).await?.message_id;
         }
         let user = self.ctx.store.user_by_id(user.id).await?.unwrap_or(user);
-        let ids = self.ctx.store.identities_of(user.id).await?;
-        Ok(SignupOutcome::User(Box::new(user), ids))
+        let identities = self.ctx.store.identities_of(user.id).await?;
+        Ok(SignupOutcome::User {
+            user: Box::new(user),
+            identities,
+            message_id,
+        })
     }
 
     pub async fn anonymous(&self, data: Map<String, Value>, aud: &str) -> ApiResult<TokenGrant> {
@@ -606,8 +635,8 @@ impl Accounts {
         Ok(self.ctx.store.identities_of(user_id).await?)
     }
 
-    /// `PUT /user`: metadata and password. Email and phone changes need the
-    /// mail and SMS flows and are refused until those exist.
+    /// `PUT /user`: metadata and password; an email or phone change is
+    /// confirmed by a code sent to the new address.
     pub async fn update_user(
         &self,
         user: User,
@@ -646,10 +675,17 @@ impl Accounts {
                 "Updating password of an anonymous user without an email or phone is not allowed",
             ));
         }
-        if new_phone.is_some() {
+        if let Some(p) = &new_phone
+            && let Some(other) = self
+                .ctx
+                .store
+                .user_by_phone(p, user.aud.as_deref().unwrap_or_default())
+                .await?
+            && other.id != user.id
+        {
             return Err(ApiError::unprocessable(
-                "feature_disabled",
-                "Changing the phone number is not available on this server yet",
+                "phone_exists",
+                "A user with this phone number has already been registered",
             ));
         }
         if let Some(e) = &new_email
@@ -752,8 +788,46 @@ impl Accounts {
             }
             None => updated,
         };
+        let updated = match new_phone {
+            Some(p) => self.change_phone(&user, p, up.channel.as_deref()).await?,
+            None => updated,
+        };
         let ids = self.ctx.store.identities_of(user.id).await?;
         Ok((updated, ids))
+    }
+
+    /// A phone change: a code to the new number (`phone_change` confirms
+    /// it), or, with SMS autoconfirm, the number changed at once.
+    async fn change_phone(
+        &self,
+        user: &User,
+        phone: String,
+        asked: Option<&str>,
+    ) -> ApiResult<User> {
+        let cfg = &self.ctx.config;
+        let gone = || ApiError::not_found("user_not_found", "User not found");
+        if cfg.sms_autoconfirm {
+            let now = cfg.clock.now();
+            let mut tx = self.ctx.store.begin().await?;
+            tx.lock_user(user.id).await?.ok_or_else(gone)?;
+            tx.set_phone_change(user.id, &phone, now).await?;
+            tx.apply_phone_change(user.id, now).await?;
+            let data = json!({"sub": user.id.to_string(), "phone": phone, "email_verified": false, "phone_verified": true});
+            tx.upsert_identity(user.id, "phone", &data, now).await?;
+            tx.insert_audit(&audit_payload(user, AuditAction::UserModified, None), now)
+                .await?;
+            let updated = tx.user_by_id(user.id).await?.ok_or_else(gone)?;
+            tx.commit().await?;
+            return Ok(updated);
+        }
+        let sms = SmsRequest {
+            user_id: user.id,
+            kind: SmsKind::PhoneChange,
+            new_phone: Some(phone),
+            channel: channel(cfg, asked)?,
+        };
+        self.otp.send_sms(sms).await?;
+        self.ctx.store.user_by_id(user.id).await?.ok_or_else(gone)
     }
 }
 
@@ -825,14 +899,21 @@ fn check_signup<'r>(
     Ok((addr, password))
 }
 
-fn check_phone_signup(cfg: &castellan_core::Config, req: &SignupRequest) -> ApiResult<()> {
-    let channel = req.channel.as_deref().unwrap_or("sms");
-    let whatsapp_ok = matches!(cfg.sms_provider.as_str(), "twilio" | "twilio_verify");
+/// The channel a phone code goes by: `sms` unless asked otherwise;
+/// WhatsApp only through Twilio (as GoTrue allows).
+pub fn channel(cfg: &castellan_core::Config, asked: Option<&str>) -> ApiResult<String> {
+    let channel = asked.filter(|c| !c.is_empty()).unwrap_or("sms");
+    let whatsapp_ok = matches!(cfg.sms.provider.as_str(), "twilio" | "twilio_verify");
     if !(channel == "sms" || (channel == "whatsapp" && whatsapp_ok)) {
         return Err(ApiError::validation(
             "Invalid channel, supported values are 'sms' or 'whatsapp'. 'whatsapp' is only supported if Twilio or Twilio Verify is used as the provider.",
         ));
     }
+    Ok(channel.to_string())
+}
+
+fn check_phone_signup(cfg: &castellan_core::Config, req: &SignupRequest) -> ApiResult<()> {
+    channel(cfg, req.channel.as_deref())?;
     if req.pkce.is_some() {
         return Err(ApiError::validation("PKCE not supported for phone signups"));
     }

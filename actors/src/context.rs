@@ -16,6 +16,8 @@ pub struct Ctx {
     pub templates: Templates,
     /// Whether new refresh tokens are v2 (stateless, HMAC-signed).
     pub refresh_v2: bool,
+    /// The SMS provider (or the log), for the sends a request makes itself.
+    pub sms: castellan_jobs::sms::Gateway,
 }
 
 impl Ctx {
@@ -25,6 +27,7 @@ impl Ctx {
         let templates = Templates::load(&config.mailer).await?;
         let hasher = PasswordHasher::new(&config.argon2);
         let jwt = JwtKeys::new(&config.jwt, secret)?;
+        let sms = castellan_jobs::sms::Gateway::from_config(&config.sms)?;
         // GoTrue's variable decides; unset, v2 unless the database is an
         // adopted GoTrue one (whose clients hold legacy tokens and may run
         // GoTrue beside castellan).
@@ -39,6 +42,7 @@ impl Ctx {
             jwt,
             templates,
             refresh_v2,
+            sms,
         }))
     }
 }

@@ -13,7 +13,8 @@ use serde_json::{Map, Value};
 
 use crate::accounts::{Accounts, SignupOutcome, SignupRequest};
 use crate::even_timing::{Branch, EvenTiming};
-use crate::otp_issuer::{OtpIssuer, SendRequest};
+use crate::otp_issuer::{OtpIssuer, SendRequest, SmsRequest, SmsSent};
+use castellan_jobs::sms::SmsKind;
 
 /// A request for a magic link or code by email (`/otp`, `/magiclink`).
 #[derive(Debug, Default)]
@@ -23,6 +24,16 @@ pub struct MagicLinkRequest {
     pub data: Map<String, Value>,
     pub pkce: Option<Pkce>,
     pub redirect_to: String,
+    pub aud: String,
+}
+
+/// A request for a code by SMS (`/otp` with a phone).
+#[derive(Debug, Default)]
+pub struct SmsOtpRequest {
+    pub phone: String,
+    pub channel: Option<String>,
+    pub create_user: bool,
+    pub data: Map<String, Value>,
     pub aud: String,
 }
 
@@ -190,8 +201,75 @@ impl Links {
         }
     }
 
-    /// `POST /resend`: the signup confirmation or a pending email change's
-    /// confirmations again; nothing when there is nothing to resend.
+    /// `POST /otp` by phone: a confirmed number gets a sign-in code; an
+    /// unknown or unconfirmed one is signed up first (unless `create_user`
+    /// is false), which sends its confirmation code.
+    pub async fn sms_otp(&self, req: SmsOtpRequest) -> ApiResult<SmsSent> {
+        let cfg = &self.accounts.ctx().config;
+        if !cfg.external_phone_enabled {
+            return Err(ApiError::bad_request(
+                "phone_provider_disabled",
+                "Unsupported phone provider",
+            ));
+        }
+        let signups_off = || ApiError::unprocessable("otp_disabled", "Signups not allowed for otp");
+        let phone = match validate::phone(&req.phone) {
+            Ok(p) => p,
+            Err(_) if !req.create_user => return Err(signups_off()),
+            Err(e) => return Err(e),
+        };
+        let channel = crate::accounts::channel(cfg, req.channel.as_deref())?;
+        let store = &self.accounts.ctx().store;
+        let start = Instant::now();
+        let (branch, sent) = match store.user_by_phone(&phone, &req.aud).await? {
+            Some(u) if u.phone_confirmed_at.is_some() => {
+                let sms = SmsRequest {
+                    user_id: u.id,
+                    kind: SmsKind::Confirmation,
+                    new_phone: None,
+                    channel,
+                };
+                (Branch::Known, self.otp.send_sms(sms).await)
+            }
+            None if !req.create_user => return Err(signups_off()),
+            _ => {
+                let signup = SignupRequest {
+                    phone: Some(phone),
+                    password: Some(validate::random_password(&cfg.password)),
+                    data: req.data.clone(),
+                    channel: Some(channel.clone()),
+                    aud: req.aud.clone(),
+                    ..Default::default()
+                };
+                let sent = match self.accounts.signup(signup).await {
+                    // Autoconfirm made a confirmed user: it gets a sign-in code.
+                    Ok(SignupOutcome::Session(g)) => {
+                        let sms = SmsRequest {
+                            user_id: g.user.id,
+                            kind: SmsKind::Confirmation,
+                            new_phone: None,
+                            channel,
+                        };
+                        self.otp.send_sms(sms).await
+                    }
+                    // The sign-up sent the confirmation code: its message id,
+                    // as a known number's answer carries one.
+                    Ok(SignupOutcome::User { message_id, .. }) => Ok(SmsSent { message_id }),
+                    Ok(SignupOutcome::Obfuscated(_)) => Ok(SmsSent::default()),
+                    // A number held in another audience: its user gets nothing.
+                    Err(e) if e.code == "user_already_exists" => Ok(SmsSent::default()),
+                    Err(e) => Err(e),
+                };
+                (Branch::Unknown, sent)
+            }
+        };
+        self.otp_timing.settle(start, branch).await;
+        sent
+    }
+
+    /// `POST /resend`: the signup confirmation, a pending email change's
+    /// confirmations, or a phone code again; nothing when there is nothing
+    /// to resend. The SMS provider's message id when it gave one.
     pub async fn resend(
         &self,
         what: Resend,
@@ -199,7 +277,7 @@ impl Links {
         aud: &str,
         redirect_to: String,
         pkce: Option<Pkce>,
-    ) -> ApiResult<()> {
+    ) -> ApiResult<Option<String>> {
         let cfg = &self.accounts.ctx().config;
         let store = &self.accounts.ctx().store;
         let user = match to {
@@ -217,7 +295,13 @@ impl Links {
                 store.user_by_phone(&validate::phone(&p)?, aud).await?
             }
         };
-        let Some(u) = user else { return Ok(()) };
+        let Some(u) = user else { return Ok(None) };
+        let sms = |kind, new_phone| SmsRequest {
+            user_id: u.id,
+            kind,
+            new_phone,
+            channel: "sms".into(),
+        };
         let send = match what {
             Resend::Signup if u.email_confirmed_at.is_none() => {
                 SendRequest::new(u.id, EmailKind::Confirmation, redirect_to, pkce)
@@ -230,15 +314,17 @@ impl Links {
                 }
             }
             Resend::Sms if u.phone_confirmed_at.is_none() => {
-                return Err(ApiError::unprocessable(
-                    "sms_send_failed",
-                    "SMS delivery is not available on this server yet",
-                ));
+                let sent = self.otp.send_sms(sms(SmsKind::Confirmation, None)).await?;
+                return Ok(sent.message_id);
             }
-            // Already confirmed, or no change pending (phone changes are not
-            // available yet, so none ever is).
-            _ => return Ok(()),
+            Resend::PhoneChange if u.phone_change.as_deref().is_some_and(|p| !p.is_empty()) => {
+                let change = sms(SmsKind::PhoneChange, u.phone_change.clone());
+                let sent = self.otp.send_sms(change).await?;
+                return Ok(sent.message_id);
+            }
+            // Already confirmed, or no change pending.
+            _ => return Ok(None),
         };
-        self.otp.send(send).await.map(drop)
+        self.otp.send(send).await.map(|_| None)
     }
 }

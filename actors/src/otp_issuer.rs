@@ -10,11 +10,13 @@ use std::time::Instant;
 use arc_swap::ArcSwapOption;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use castellan_core::config::EmailBudget;
+use castellan_core::config::SendBudget;
 use castellan_core::crypto::{otp, secure_eq, token_hash};
 use castellan_core::models::{AuditAction, AuditActor, Pkce, User, audit_payload};
-use castellan_core::store::TokenType;
+use castellan_core::store::{Budget, TokenType};
 use castellan_core::{ApiError, ApiResult};
+use castellan_jobs::queue::Queue;
+use castellan_jobs::sms::{SendError, SmsJob, SmsKind};
 use castellan_jobs::{EmailJob, EmailKind};
 use chrono::{DateTime, Utc};
 use serde_json::json;
@@ -54,6 +56,24 @@ impl SendRequest {
     }
 }
 
+/// A code to send by SMS (or WhatsApp).
+#[derive(Debug, Clone)]
+pub struct SmsRequest {
+    pub user_id: Uuid,
+    pub kind: SmsKind,
+    /// For a phone change: the number to change to (E.164 digits).
+    pub new_phone: Option<String>,
+    /// `sms` or `whatsapp`.
+    pub channel: String,
+}
+
+/// A code sent by SMS: the provider's message id when it gave one
+/// (`test-otp` for a test number).
+#[derive(Debug, Clone, Default)]
+pub struct SmsSent {
+    pub message_id: Option<String>,
+}
+
 /// A token that was issued: what the email carried.
 #[derive(Debug, Clone)]
 pub struct Issued {
@@ -69,8 +89,8 @@ pub struct Issued {
 pub enum Presented {
     /// The hash from a link (`token_hash`), possibly `pkce_`-prefixed.
     Hash(String),
-    /// The code from an email, with the address it went to.
-    Code { email: String, code: String },
+    /// A typed code, with the address (email, or phone as E.164 digits) it went to.
+    Code { address: String, code: String },
 }
 
 /// The `type` of a verification.
@@ -82,6 +102,9 @@ pub enum VerifyType {
     MagicLink,
     Email,
     EmailChange,
+    /// A code sent by SMS: sign-in or phone confirmation.
+    Sms,
+    PhoneChange,
 }
 
 impl VerifyType {
@@ -93,8 +116,14 @@ impl VerifyType {
             "magiclink" => VerifyType::MagicLink,
             "email" => VerifyType::Email,
             "email_change" => VerifyType::EmailChange,
+            "sms" => VerifyType::Sms,
+            "phone_change" => VerifyType::PhoneChange,
             _ => return None,
         })
+    }
+    /// Sent by SMS: typed codes only, with the SMS expiry.
+    pub fn by_phone(self) -> bool {
+        matches!(self, VerifyType::Sms | VerifyType::PhoneChange)
     }
     fn token_types(self) -> &'static [TokenType] {
         match self {
@@ -105,6 +134,8 @@ impl VerifyType {
                 TokenType::EmailChangeTokenCurrent,
                 TokenType::EmailChangeTokenNew,
             ],
+            VerifyType::Sms => &[TokenType::ConfirmationToken],
+            VerifyType::PhoneChange => &[TokenType::PhoneChangeToken],
         }
     }
     /// The type reported back (for `email`, the kind of token it matched).
@@ -117,6 +148,8 @@ impl VerifyType {
             (VerifyType::Email, TokenType::ConfirmationToken) => "signup",
             (VerifyType::Email, _) => "magiclink",
             (VerifyType::EmailChange, _) => "email_change",
+            (VerifyType::Sms, _) => "sms",
+            (VerifyType::PhoneChange, _) => "phone_change",
         }
     }
 }
@@ -239,7 +272,7 @@ fn window_open(ctx: &Ctx, sent: DateTime<Utc>, now: DateTime<Utc>) -> ApiResult<
     Ok(())
 }
 
-async fn send(ctx: &Ctx, budget: EmailBudget, req: &SendRequest) -> ApiResult<Vec<Issued>> {
+async fn send(ctx: &Ctx, budget: SendBudget, req: &SendRequest) -> ApiResult<Vec<Issued>> {
     let now = ctx.config.clock.now();
     let (tt, path_key, link_type, flow_method, audit) = kind_facts(req.kind);
     let mut tx = ctx.store.begin().await?;
@@ -260,7 +293,9 @@ async fn send(ctx: &Ctx, budget: EmailBudget, req: &SendRequest) -> ApiResult<Ve
     }
     if !req.generate_only
         && (budget.events == 0 || !ctx.config.mailer_autoconfirm)
-        && !tx.take_email_budget(budget.events, budget.per, now).await?
+        && !tx
+            .take_budget(Budget::Email, budget.events, budget.per, now)
+            .await?
     {
         metrics::counter!("castellan_email_budget_exhausted_total").increment(1);
         return Err(ApiError::too_many_requests(
@@ -285,7 +320,9 @@ async fn send(ctx: &Ctx, budget: EmailBudget, req: &SendRequest) -> ApiResult<Ve
         if !req.generate_only
             && budget.events > 0
             && !ctx.config.mailer_autoconfirm
-            && !tx.take_email_budget(budget.events, budget.per, now).await?
+            && !tx
+                .take_budget(Budget::Email, budget.events, budget.per, now)
+                .await?
         {
             return Err(ApiError::too_many_requests(
                 "over_email_send_rate_limit",
@@ -357,6 +394,165 @@ async fn send(ctx: &Ctx, budget: EmailBudget, req: &SendRequest) -> ApiResult<Ve
     Ok(issued)
 }
 
+fn sms_token_type(kind: SmsKind) -> TokenType {
+    match kind {
+        SmsKind::Confirmation => TokenType::ConfirmationToken,
+        SmsKind::PhoneChange => TokenType::PhoneChangeToken,
+        SmsKind::Reauthentication => TokenType::ReauthenticationToken,
+    }
+}
+
+fn sms_audit(kind: SmsKind) -> AuditAction {
+    match kind {
+        SmsKind::Confirmation => AuditAction::UserConfirmationRequested,
+        SmsKind::PhoneChange => AuditAction::UserModified,
+        SmsKind::Reauthentication => AuditAction::UserReauthenticateRequested,
+    }
+}
+
+/// An SMS code committed: the job that carries it (none for a test
+/// number), and what to undo if the provider refuses it.
+struct SmsIssued {
+    job: Option<SmsJob>,
+    user_id: Uuid,
+    tt: TokenType,
+    hash: String,
+    sent_before: Option<DateTime<Utc>>,
+}
+
+/// Issues an SMS code in one transaction: the user's window and the
+/// global budget checked, the token stored, and the job queued but held
+/// back while the request sends it itself.
+async fn issue_sms(ctx: &Ctx, budget: SendBudget, req: &SmsRequest) -> ApiResult<SmsIssued> {
+    let now = ctx.config.clock.now();
+    let tt = sms_token_type(req.kind);
+    let mut tx = ctx.store.begin().await?;
+    let user = tx
+        .lock_user(req.user_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user_not_found", "User not found"))?;
+    let phone = match req.kind {
+        SmsKind::PhoneChange => req.new_phone.clone().unwrap_or_default(),
+        _ => user.phone_str().to_string(),
+    };
+    if phone.is_empty() {
+        return Err(ApiError::validation("The user has no phone number"));
+    }
+    let sent_before = tt.sent_at(&user);
+    if let Some(sent) = sent_before {
+        let window = chrono::Duration::from_std(ctx.config.sms.max_frequency).unwrap_or_default();
+        let left = (sent + window - now).num_seconds();
+        if left > 0 {
+            return Err(ApiError::too_many_requests(
+                "over_sms_send_rate_limit",
+                format!("For security purposes, you can only request this after {left} seconds."),
+                left as u64,
+            ));
+        }
+    }
+    // Test numbers get their fixed code, send nothing and spend no budget.
+    let test = ctx.config.sms.test_otp(&phone, now).map(str::to_string);
+    if test.is_none()
+        && !ctx.config.sms_autoconfirm
+        && !tx
+            .take_budget(Budget::Sms, budget.events, budget.per, now)
+            .await?
+    {
+        metrics::counter!("castellan_sms_budget_exhausted_total").increment(1);
+        return Err(ApiError::too_many_requests(
+            "over_sms_send_rate_limit",
+            "SMS rate limit exceeded",
+            budget.per.as_secs(),
+        ));
+    }
+    let code = test
+        .clone()
+        .unwrap_or_else(|| otp(ctx.config.sms.otp_length));
+    if req.kind == SmsKind::PhoneChange {
+        tx.set_phone_change(user.id, &phone, now).await?;
+    }
+    let hash = token_hash(&phone, &code);
+    tx.set_one_time_token(user.id, tt, &hash, &phone, now)
+        .await?;
+    tx.forget_wrong_guesses(user.id, tt).await?;
+    let job = match test {
+        Some(_) => None,
+        None => {
+            let job = SmsJob {
+                id: Uuid::new_v4(),
+                kind: req.kind,
+                to: phone.clone(),
+                body: castellan_jobs::sms::render(&ctx.config.sms.template, &code),
+                channel: req.channel.clone(),
+                queued_at: now,
+            };
+            // Held past the request's own attempt, so only one of the two sends.
+            let hold = ctx.config.sms.send_timeout + std::time::Duration::from_secs(10);
+            castellan_jobs::queue::enqueue_sms(&mut tx, &job, ctx.config.mailer.max_attempts, hold)
+                .await?;
+            Some(job)
+        }
+    };
+    let traits = json!({"channel": req.channel});
+    tx.insert_audit(
+        &audit_payload(&user, sms_audit(req.kind), Some(traits)),
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(SmsIssued {
+        job,
+        user_id: user.id,
+        tt,
+        hash,
+        sent_before,
+    })
+}
+
+/// The request's own attempt at an issued SMS. Sent: the held job is
+/// withdrawn. Refused: withdrawn too, and the code taken back (422, as
+/// GoTrue answers). Provider down or slow: the job is let go at once, for
+/// the queue to retry with backoff.
+async fn deliver_first(ctx: &Ctx, issued: SmsIssued) -> ApiResult<SmsSent> {
+    let Some(job) = issued.job else {
+        return Ok(SmsSent {
+            message_id: Some("test-otp".into()),
+        });
+    };
+    let timeout = ctx.config.sms.send_timeout;
+    let sent = match tokio::time::timeout(timeout, ctx.sms.send(&job.message())).await {
+        Ok(r) => r,
+        Err(_) => Err(SendError::Unavailable("timed out".into())),
+    };
+    match sent {
+        Ok(message_id) => {
+            if !castellan_jobs::queue::withdraw(&ctx.store, Queue::Sms, job.id).await? {
+                tracing::warn!(job = %job.id, "a worker took the SMS while the request sent it: it may arrive twice");
+            }
+            Ok(SmsSent { message_id })
+        }
+        Err(SendError::Refused(reason)) => {
+            castellan_jobs::queue::withdraw(&ctx.store, Queue::Sms, job.id).await?;
+            let mut tx = ctx.store.begin().await?;
+            tx.unsend(issued.user_id, issued.tt, &issued.hash, issued.sent_before)
+                .await?;
+            tx.commit().await?;
+            Err(ApiError::unprocessable(
+                "sms_send_failed",
+                format!(
+                    "Error sending {} OTP to provider: {reason}",
+                    job.kind.as_str()
+                ),
+            ))
+        }
+        Err(SendError::Unavailable(reason)) => {
+            tracing::warn!(job = %job.id, %reason, "SMS provider unavailable; the queue retries");
+            castellan_jobs::queue::release_now(&ctx.store, Queue::Sms, job.id).await?;
+            Ok(SmsSent::default())
+        }
+    }
+}
+
 /// One of an email change's confirmations. With secure change, the first
 /// of the two only records itself; the second (or the only one) moves the
 /// pending address into place.
@@ -426,6 +622,55 @@ async fn email_change_verified(
     })
 }
 
+/// A phone code accepted: the number confirmed (`sms`), or the pending
+/// change moved into place (`phone_change`), as GoTrue's `smsVerify`.
+async fn phone_verified(
+    mut tx: castellan_core::store::Tx,
+    user: User,
+    vtype: VerifyType,
+    now: DateTime<Utc>,
+) -> ApiResult<Verified> {
+    let phone = match vtype {
+        VerifyType::PhoneChange => {
+            let new_phone = user.phone_change.clone().unwrap_or_default();
+            if !tx.apply_phone_change(user.id, now).await? {
+                return Err(ApiError::forbidden(
+                    "otp_expired",
+                    "Token has expired or is invalid",
+                ));
+            }
+            tx.insert_audit(&audit_payload(&user, AuditAction::UserModified, None), now)
+                .await?;
+            new_phone
+        }
+        _ => {
+            tx.insert_audit(
+                &audit_payload(
+                    &user,
+                    AuditAction::UserSignedUp,
+                    Some(json!({"provider": "phone"})),
+                ),
+                now,
+            )
+            .await?;
+            tx.confirm(user.id, "phone", now).await?;
+            tx.clear_anonymous(user.id).await?;
+            user.phone_str().to_string()
+        }
+    };
+    let data = json!({"sub": user.id.to_string(), "phone": phone, "email_verified": false, "phone_verified": true});
+    tx.upsert_identity(user.id, "phone", &data, now).await?;
+    tx.clear_one_time_tokens(user.id).await?;
+    let user = tx.user_by_id(user.id).await?.ok_or_else(expired)?;
+    tx.commit().await?;
+    Ok(Verified {
+        user,
+        vtype: vtype.resolved(TokenType::ConfirmationToken),
+        code: None,
+        pending: None,
+    })
+}
+
 /// The code of the newest PKCE flow of (user, method), issued now.
 async fn issue_code(
     tx: &mut castellan_core::store::Tx,
@@ -480,8 +725,8 @@ async fn verify(
             Some((owner, tt)) if owner == user_id => (tt, hash.starts_with("pkce_")),
             _ => return Err(expired()),
         },
-        Presented::Code { email, code } => {
-            let hash = token_hash(email, code);
+        Presented::Code { address, code } => {
+            let hash = token_hash(address, code);
             let mut found = None;
             for &tt in vtype.token_types() {
                 let stored = tx.token_column(user_id, tt).await?.unwrap_or_default();
@@ -507,13 +752,24 @@ async fn verify(
         }
     };
     let user = tx.lock_user(user_id).await?.ok_or_else(expired)?;
-    let exp = chrono::Duration::from_std(ctx.config.mailer.otp_exp).unwrap_or_default();
+    let exp = if vtype.by_phone() {
+        ctx.config.sms.otp_exp
+    } else {
+        ctx.config.mailer.otp_exp
+    };
+    let exp = chrono::Duration::from_std(exp).unwrap_or_default();
     if tt.sent_at(&user).is_none_or(|sent| now > sent + exp) {
         tx.commit().await?; // the expired token stays consumed
-        return Err(expired());
+        return Err(match vtype.by_phone() {
+            true => ApiError::forbidden("otp_expired", "Token has expired or is invalid"),
+            false => expired(),
+        });
     }
     if user.is_banned(now) {
         return Err(ApiError::forbidden("user_banned", "User is banned"));
+    }
+    if vtype.by_phone() {
+        return phone_verified(tx, user, vtype, now).await;
     }
     if matches!(
         tt,
@@ -714,6 +970,19 @@ impl OtpIssuer {
         r
     }
 
+    /// Sends a code by SMS: issued and queued in one transaction, then sent
+    /// by this request, with the queue as its retry.
+    pub async fn send_sms(&self, req: SmsRequest) -> ApiResult<SmsSent> {
+        let start = Instant::now();
+        let budget = self.limits.settings().sms_sent;
+        let r = match issue_sms(&self.ctx, budget, &req).await {
+            Ok(issued) => deliver_first(&self.ctx, issued).await,
+            Err(e) => Err(e),
+        };
+        Self::record("send_sms", start, &r);
+        r
+    }
+
     /// Verifies a link's hash or a typed code; `email` finds the user for a code.
     pub async fn verify(
         &self,
@@ -722,20 +991,32 @@ impl OtpIssuer {
         aud: &str,
     ) -> ApiResult<Verified> {
         let user_id = match &presented {
+            // Phone codes are typed, never linked (GoTrue's answer).
+            Presented::Hash(_) if vtype.by_phone() => {
+                return Err(ApiError::validation("Invalid email verification type"));
+            }
             Presented::Hash(h) => self.ctx.store.token_owner(h).await?,
+            Presented::Code { address, .. } if vtype == VerifyType::Sms => {
+                let user = self.ctx.store.user_by_phone(address, aud).await?;
+                user.map(|u| u.id)
+            }
+            Presented::Code { address, .. } if vtype == VerifyType::PhoneChange => {
+                let user = self.ctx.store.user_by_phone_change(address, aud).await?;
+                user.map(|u| u.id)
+            }
             // An email change's code may have gone to the new address, which
             // no user holds yet: find the user by the token instead.
-            Presented::Code { email, code } if vtype == VerifyType::EmailChange => {
-                let hash = token_hash(email, code);
+            Presented::Code { address, code } if vtype == VerifyType::EmailChange => {
+                let hash = token_hash(address, code);
                 match self.ctx.store.token_owner(&hash).await? {
                     Some(id) => Some(id),
                     None => self.ctx.store.token_owner(&format!("pkce_{hash}")).await?,
                 }
             }
-            Presented::Code { email, .. } => self
+            Presented::Code { address, .. } => self
                 .ctx
                 .store
-                .user_by_email(email, aud)
+                .user_by_email(address, aud)
                 .await?
                 .map(|u| u.id),
         };

@@ -177,7 +177,7 @@ impl RateLimits {
             let s = settings.clone();
             let sent = actor
                 .call(
-                    |reply| Mail::new(NAME, RateLimiterMsg::SetLimits(s, reply)),
+                    |reply| Mail::new(NAME, RateLimiterMsg::SetLimits(Box::new(s), reply)),
                     None,
                 )
                 .await;
@@ -228,7 +228,7 @@ impl RateLimits {
 
 pub enum RateLimiterMsg {
     /// Replace the settings; the buckets start afresh when they change.
-    SetLimits(Settings, RpcReplyPort<()>),
+    SetLimits(Box<Settings>, RpcReplyPort<()>),
     GetLimits(RpcReplyPort<Settings>),
     /// Drop idle keys so memory stays bounded.
     Sweep,
@@ -267,7 +267,7 @@ impl Actor for RateLimiter {
         let start = std::time::Instant::now();
         match msg {
             RateLimiterMsg::SetLimits(settings, reply) => {
-                limits.replace(settings);
+                limits.replace(*settings);
                 let _ = reply.send(());
             }
             RateLimiterMsg::GetLimits(reply) => {

@@ -82,7 +82,9 @@ pub struct RateLimits {
     /// per minute; each of the two routes has its own bucket, as in GoTrue).
     pub mfa: RateLimit,
     /// The email budget every process shares through the database.
-    pub email_sent: EmailBudget,
+    pub email_sent: SendBudget,
+    /// The SMS budget every process shares through the database.
+    pub sms_sent: SendBudget,
     /// The header whose first value keys the limits; peer address otherwise.
     pub header: Option<String>,
 }
@@ -90,8 +92,9 @@ pub struct RateLimits {
 impl RateLimits {
     /// The limits an operator may change while castellan runs, named after
     /// GoTrue's variables without `GOTRUE_RATE_LIMIT_`.
-    pub const NAMES: [&'static str; 5] = [
+    pub const NAMES: [&'static str; 6] = [
         "email_sent",
+        "sms_sent",
         "token_refresh",
         "verify",
         "otp",
@@ -106,6 +109,7 @@ impl RateLimits {
             "otp" => self.otp.events,
             "anonymous_users" => self.anonymous_users.events,
             "email_sent" => self.email_sent.events,
+            "sms_sent" => self.sms_sent.events,
             _ => return None,
         })
     }
@@ -133,6 +137,7 @@ impl RateLimits {
             "anonymous_users" => set(&mut out.anonymous_users),
             // Its window stays the environment's (`N/duration`).
             "email_sent" => out.email_sent.events = events,
+            "sms_sent" => out.sms_sent.events = events,
             _ => return None,
         }
         Some(out)
@@ -152,18 +157,124 @@ pub struct SmtpConfig {
     pub max_frequency: Duration,
 }
 
-/// The global email budget (`GOTRUE_RATE_LIMIT_EMAIL_SENT`): `events` per `per`.
+/// A global sending budget (`GOTRUE_RATE_LIMIT_EMAIL_SENT`, `_SMS_SENT`): `events` per `per`.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub struct EmailBudget {
+pub struct SendBudget {
     pub events: u32,
     pub per: Duration,
 }
 
 /// As the variable is written (`30/3600s`), so the settings list shows it so.
-impl std::fmt::Debug for EmailBudget {
+impl std::fmt::Debug for SendBudget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{:?}", self.events, self.per)
     }
+}
+
+/// SMS (and WhatsApp) codes: the provider and what it needs
+/// (`GOTRUE_SMS_*`). No provider: messages go to the server log.
+#[derive(Debug, Clone)]
+pub struct SmsConfig {
+    /// GoTrue's provider name (`twilio`, `messagebird`, …); empty for the log.
+    pub provider: String,
+    /// The provider's `GOTRUE_SMS_<PROVIDER>_<NAME>` variables, by `<NAME>`.
+    pub settings: HashMap<String, String>,
+    /// Replaces the provider's API address (`CASTELLAN_SMS_API_URL`).
+    pub api_url: Option<String>,
+    /// With `{{ .Code }}` where the code goes.
+    pub template: String,
+    pub otp_exp: Duration,
+    pub otp_length: usize,
+    /// The per-user window between two codes of a kind.
+    pub max_frequency: Duration,
+    /// Fixed codes by number (E.164 digits): nothing is sent to these.
+    pub test_otps: HashMap<String, String>,
+    pub test_otp_valid_until: Option<chrono::DateTime<chrono::Utc>>,
+    /// How long a request waits for the provider before leaving the
+    /// message to the queue.
+    pub send_timeout: Duration,
+}
+
+impl SmsConfig {
+    /// The fixed code of a test number, while test codes are valid.
+    pub fn test_otp(&self, phone: &str, now: chrono::DateTime<chrono::Utc>) -> Option<&str> {
+        if self.test_otp_valid_until.is_some_and(|until| now >= until) {
+            return None;
+        }
+        self.test_otps.get(phone).map(String::as_str)
+    }
+}
+
+/// Every provider setting GoTrue reads, across its providers.
+const SMS_SETTINGS: [&str; 10] = [
+    "ACCOUNT_SID",
+    "AUTH_TOKEN",
+    "MESSAGE_SERVICE_SID",
+    "CONTENT_SID",
+    "ACCESS_KEY",
+    "ORIGINATOR",
+    "API_KEY",
+    "API_SECRET",
+    "SENDER",
+    "FROM",
+];
+
+fn sms(v: &Vars) -> Result<SmsConfig, ConfigError> {
+    let provider = v.string(&["GOTRUE_SMS_PROVIDER"], "");
+    let mut settings = HashMap::new();
+    if !provider.is_empty() {
+        let prefix = format!("GOTRUE_SMS_{}_", provider.to_ascii_uppercase());
+        for name in SMS_SETTINGS {
+            let var = format!("{prefix}{name}");
+            if let Some(value) = v.opt_string(&[var.as_str()]) {
+                settings.insert(name.to_string(), value);
+            }
+        }
+    }
+    let test_otps = v
+        .list(&["GOTRUE_SMS_TEST_OTP"], &[])
+        .iter()
+        .filter_map(|pair| pair.split_once(':'))
+        .map(|(phone, code)| {
+            (
+                crate::validate::normalize_phone(phone),
+                code.trim().to_string(),
+            )
+        })
+        .collect();
+    let otp_length = v.num(&["GOTRUE_SMS_OTP_LENGTH"], 6usize)?;
+    Ok(SmsConfig {
+        provider,
+        settings,
+        api_url: v.opt_string(&["CASTELLAN_SMS_API_URL"]),
+        template: v.string(&["GOTRUE_SMS_TEMPLATE"], "Your code is {{ .Code }}"),
+        otp_exp: Duration::from_secs(match v.num(&["GOTRUE_SMS_OTP_EXP"], 60u64)? {
+            0 => 60,
+            n => n,
+        }),
+        // GoTrue's bounds: 6 to 10 digits, 6 otherwise.
+        otp_length: if (6..=10).contains(&otp_length) {
+            otp_length
+        } else {
+            6
+        },
+        max_frequency: match v.duration(&["GOTRUE_SMS_MAX_FREQUENCY"], Duration::from_secs(60))? {
+            d if d.is_zero() => Duration::from_secs(60),
+            d => d,
+        },
+        test_otps,
+        test_otp_valid_until: v.parse(
+            &["GOTRUE_SMS_TEST_OTP_VALID_UNTIL"],
+            None,
+            "a time (RFC 3339, like 2030-01-01T00:00:00Z)",
+            |s| {
+                chrono::DateTime::parse_from_rfc3339(s)
+                    .ok()
+                    .map(|t| Some(t.with_timezone(&chrono::Utc)))
+            },
+        )?,
+        send_timeout: v.duration(&["CASTELLAN_SMS_SEND_TIMEOUT"], Duration::from_secs(5))?,
+    })
 }
 
 /// What the emails say and how they are delivered (`GOTRUE_MAILER_*`).
@@ -219,7 +330,7 @@ pub struct Config {
     pub external_email_enabled: bool,
     pub external_phone_enabled: bool,
     pub anonymous_users_enabled: bool,
-    pub sms_provider: String,
+    pub sms: SmsConfig,
     pub password: PasswordConfig,
     pub argon2: Argon2Config,
     pub refresh_token_rotation_enabled: bool,
@@ -282,6 +393,7 @@ impl Setting {
         let n = &self.names[0];
         n.contains("SECRET")
             || n.contains("AUTH_TOKEN")
+            || n.contains("TEST_OTP")
             || ["_PASS", "_PASSWORD", "_KEY", "_KEYS"]
                 .iter()
                 .any(|s| n.ends_with(s))
@@ -527,13 +639,13 @@ fn jwt_keys(v: &Vars) -> Result<Option<String>, ConfigError> {
     Ok(keys)
 }
 
-fn email_budget(vars: &Vars) -> Result<EmailBudget, ConfigError> {
-    let default = EmailBudget {
+fn send_budget(vars: &Vars, name: &str) -> Result<SendBudget, ConfigError> {
+    let default = SendBudget {
         events: 30,
         per: Duration::from_secs(3600),
     };
     vars.parse(
-        &["GOTRUE_RATE_LIMIT_EMAIL_SENT"],
+        &[name],
         default,
         "a number or N/duration (like 30/1h)",
         |v| {
@@ -542,7 +654,7 @@ fn email_budget(vars: &Vars) -> Result<EmailBudget, ConfigError> {
                 None => (v, Duration::from_secs(3600)),
             };
             let events = n.trim().parse::<f64>().ok().filter(|f| *f >= 0.0)?.round() as u32;
-            (!per.is_zero()).then_some(EmailBudget { events, per })
+            (!per.is_zero()).then_some(SendBudget { events, per })
         },
     )
 }
@@ -760,7 +872,7 @@ impl Config {
             external_email_enabled: v.bool(&["GOTRUE_EXTERNAL_EMAIL_ENABLED"], true)?,
             external_phone_enabled: v.bool(&["GOTRUE_EXTERNAL_PHONE_ENABLED"], false)?,
             anonymous_users_enabled: v.bool(&["GOTRUE_EXTERNAL_ANONYMOUS_USERS_ENABLED"], false)?,
-            sms_provider: v.string(&["GOTRUE_SMS_PROVIDER"], ""),
+            sms: sms(v)?,
             password: PasswordConfig {
                 min_length,
                 required_characters: v
@@ -794,7 +906,8 @@ impl Config {
             mfa: mfa(v)?,
             sessions_inactivity_timeout: v.opt_duration(&["GOTRUE_SESSIONS_INACTIVITY_TIMEOUT"])?,
             rate_limits: RateLimits {
-                email_sent: email_budget(v)?,
+                email_sent: send_budget(v, "GOTRUE_RATE_LIMIT_EMAIL_SENT")?,
+                sms_sent: send_budget(v, "GOTRUE_RATE_LIMIT_SMS_SENT")?,
                 token_refresh: rate(
                     v,
                     &["GOTRUE_RATE_LIMIT_TOKEN_REFRESH"],

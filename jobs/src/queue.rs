@@ -1,14 +1,42 @@
-//! Putting jobs on the queue, inside the caller's transaction.
+//! Putting jobs on the queues, inside the caller's transaction.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use apalis::prelude::TaskBuilder;
+use apalis::prelude::TaskId;
 use castellan_core::ApiError;
 use castellan_core::store::{Conn, Pool, Store, Tx};
+use uuid::Uuid;
 
 use crate::email::EmailJob;
+use crate::sms::SmsJob;
 
-/// The queue's name in the database (pinned, so moving the Rust type never
-/// orphans queued jobs).
-pub const EMAIL_QUEUE: &str = "castellan_email";
+/// A queue: its name in the database is pinned, so moving the Rust type
+/// never orphans queued jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queue {
+    Email,
+    Sms,
+}
+
+impl Queue {
+    pub const ALL: [Queue; 2] = [Queue::Email, Queue::Sms];
+
+    pub fn table_name(self) -> &'static str {
+        match self {
+            Queue::Email => "castellan_email",
+            Queue::Sms => "castellan_sms",
+        }
+    }
+
+    /// The `queue` label of its metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Queue::Email => "email",
+            Queue::Sms => "sms",
+        }
+    }
+}
 
 /// Creates the queue's tables: apalis's own migrations, in the `apalis`
 /// schema on PostgreSQL and beside the users' tables on SQLite.
@@ -28,13 +56,13 @@ pub async fn setup(store: &Store) -> Result<(), String> {
     }
 }
 
-/// How many email jobs wait to run (pending, or failed with attempts left).
-pub async fn pending(store: &Store) -> Result<i64, sqlx::Error> {
+/// How many jobs of a queue wait to run (pending, or failed with attempts left).
+pub async fn pending(store: &Store, queue: Queue) -> Result<i64, sqlx::Error> {
     match store.pool() {
         Pool::Pg(p) => sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE job_type = $1 AND (status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts))")
-            .bind(EMAIL_QUEUE).fetch_one(p).await,
+            .bind(queue.table_name()).fetch_one(p).await,
         Pool::Lite(p) => sqlx::query_scalar("SELECT count(*) FROM Jobs WHERE job_type = $1 AND (status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts))")
-            .bind(EMAIL_QUEUE).fetch_one(p).await,
+            .bind(queue.table_name()).fetch_one(p).await,
     }
 }
 
@@ -42,15 +70,50 @@ pub async fn pending(store: &Store) -> Result<i64, sqlx::Error> {
 /// `worker`, `worker-<n>`) still held: fetched, or cut off mid-retry by the
 /// shutdown. Without this they would wait out the heartbeat timeout of
 /// another worker before anyone delivered them.
-pub async fn release(store: &Store, worker: &str) -> Result<u64, sqlx::Error> {
+pub async fn release(store: &Store, queue: Queue, worker: &str) -> Result<u64, sqlx::Error> {
     let held = format!("{worker}-%");
     let r = match store.pool() {
         Pool::Pg(p) => sqlx::query("UPDATE apalis.jobs SET status = 'Pending', lock_by = NULL, lock_at = NULL, done_at = NULL WHERE job_type = $1 AND status IN ('Running', 'Queued') AND lock_by LIKE $2")
-            .bind(EMAIL_QUEUE).bind(&held).execute(p).await?.rows_affected(),
+            .bind(queue.table_name()).bind(&held).execute(p).await?.rows_affected(),
         Pool::Lite(p) => sqlx::query("UPDATE Jobs SET status = 'Pending', lock_by = NULL, lock_at = NULL, done_at = NULL WHERE job_type = $1 AND status IN ('Running', 'Queued') AND lock_by LIKE $2")
-            .bind(EMAIL_QUEUE).bind(&held).execute(p).await?.rows_affected(),
+            .bind(queue.table_name()).bind(&held).execute(p).await?.rows_affected(),
     };
     Ok(r)
+}
+
+/// The queue's id of the job whose own id is `id` (a ULID of the same bits).
+fn task_id(id: Uuid) -> ulid::Ulid {
+    ulid::Ulid::from_bytes(id.into_bytes())
+}
+
+/// Pushes one job in `tx`, to run no earlier than `hold` from now.
+async fn push(
+    tx: &mut Tx,
+    queue: Queue,
+    id: Uuid,
+    bytes: Vec<u8>,
+    max_attempts: usize,
+    hold: Duration,
+) -> Result<(), ApiError> {
+    let run_at = (SystemTime::now() + hold)
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let task = TaskBuilder::new(bytes)
+        .task_id(TaskId::from(task_id(id)))
+        .max_attempts(max_attempts)
+        .run_at_timestamp(run_at)
+        .build();
+    let name = queue.table_name();
+    let r = match &mut tx.conn {
+        Conn::Pg(t) => apalis_postgres::queries::push_tasks(&mut **t, name, vec![task])
+            .await
+            .map_err(|e| e.to_string()),
+        Conn::Lite(t, _) => apalis_sqlite::queries::push_tasks(&mut **t, name, &[task])
+            .await
+            .map_err(|e| e.to_string()),
+    };
+    r.map_err(|e| ApiError::internal("job queue", e))
 }
 
 /// Queues an email in `tx`: it is delivered only if `tx` commits.
@@ -60,17 +123,65 @@ pub async fn enqueue_email(
     max_attempts: usize,
 ) -> Result<(), ApiError> {
     let bytes = serde_json::to_vec(job).map_err(|e| ApiError::internal("email job", e))?;
-    // apalis gives the task its own ULID id; the job's id travels in the payload.
-    let task = TaskBuilder::new(bytes).max_attempts(max_attempts).build();
-    let r = match &mut tx.conn {
-        Conn::Pg(t) => apalis_postgres::queries::push_tasks(&mut **t, EMAIL_QUEUE, vec![task])
-            .await
-            .map_err(|e| e.to_string()),
-        Conn::Lite(t, _) => apalis_sqlite::queries::push_tasks(&mut **t, EMAIL_QUEUE, &[task])
-            .await
-            .map_err(|e| e.to_string()),
-    };
-    r.map_err(|e| ApiError::internal("email queue", e))?;
+    push(
+        tx,
+        Queue::Email,
+        job.id,
+        bytes,
+        max_attempts,
+        Duration::ZERO,
+    )
+    .await?;
     metrics::counter!("castellan_queue_enqueued_total", "queue" => "email", "kind" => job.kind.name()).increment(1);
     Ok(())
+}
+
+/// Queues an SMS in `tx`, held back for `hold` while the request sends it
+/// itself: it is the retry if that send fails or the process dies, and is
+/// withdrawn ([`withdraw`]) once the message is out or refused.
+pub async fn enqueue_sms(
+    tx: &mut Tx,
+    job: &SmsJob,
+    max_attempts: usize,
+    hold: Duration,
+) -> Result<(), ApiError> {
+    let bytes = serde_json::to_vec(job).map_err(|e| ApiError::internal("sms job", e))?;
+    push(tx, Queue::Sms, job.id, bytes, max_attempts, hold).await?;
+    metrics::counter!("castellan_queue_enqueued_total", "queue" => "sms", "kind" => job.kind.as_str()).increment(1);
+    Ok(())
+}
+
+/// Removes a job no worker has taken yet; false when one already has.
+pub async fn withdraw(store: &Store, queue: Queue, id: Uuid) -> Result<bool, sqlx::Error> {
+    let id = task_id(id).to_string();
+    let n = match store.pool() {
+        Pool::Pg(p) => sqlx::query(
+            "DELETE FROM apalis.jobs WHERE id = $1 AND job_type = $2 AND status = 'Pending'",
+        )
+        .bind(&id)
+        .bind(queue.table_name())
+        .execute(p)
+        .await?
+        .rows_affected(),
+        Pool::Lite(p) => {
+            sqlx::query("DELETE FROM Jobs WHERE id = $1 AND job_type = $2 AND status = 'Pending'")
+                .bind(&id)
+                .bind(queue.table_name())
+                .execute(p)
+                .await?
+                .rows_affected()
+        }
+    };
+    Ok(n == 1)
+}
+
+/// Lets a held job run now (its sender could not reach the provider).
+pub async fn release_now(store: &Store, queue: Queue, id: Uuid) -> Result<(), sqlx::Error> {
+    let id = task_id(id).to_string();
+    match store.pool() {
+        Pool::Pg(p) => sqlx::query("UPDATE apalis.jobs SET run_at = now() WHERE id = $1 AND job_type = $2 AND status = 'Pending'")
+            .bind(&id).bind(queue.table_name()).execute(p).await.map(drop),
+        Pool::Lite(p) => sqlx::query("UPDATE Jobs SET run_at = strftime('%s', 'now') WHERE id = $1 AND job_type = $2 AND status = 'Pending'")
+            .bind(&id).bind(queue.table_name()).execute(p).await.map(drop),
+    }
 }

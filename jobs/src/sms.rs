@@ -7,7 +7,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use castellan_core::config::SmsConfig;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use uuid::Uuid;
 
 /// The provider's variables (GoTrue's `GOTRUE_SMS_<PROVIDER>_<NAME>`), by `<NAME>`.
 pub type Settings = HashMap<String, String>;
@@ -286,5 +289,140 @@ impl Sender {
             return Err(SendError::Refused(error()));
         }
         Ok(text(d.id))
+    }
+}
+
+/// What a code is for; GoTrue names it in a refusal ("Error sending
+/// confirmation OTP to provider: …").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SmsKind {
+    Confirmation,
+    PhoneChange,
+    Reauthentication,
+}
+
+impl SmsKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SmsKind::Confirmation => "confirmation",
+            SmsKind::PhoneChange => "phone_change",
+            SmsKind::Reauthentication => "reauthentication",
+        }
+    }
+}
+
+/// One SMS to deliver, rendered when it was queued.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SmsJob {
+    pub id: Uuid,
+    pub kind: SmsKind,
+    /// E.164 digits, no `+`.
+    pub to: String,
+    pub body: String,
+    /// `sms` or `whatsapp`.
+    pub channel: String,
+    pub queued_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl SmsJob {
+    pub fn message(&self) -> Message<'_> {
+        Message {
+            phone: &self.to,
+            body: &self.body,
+            channel: &self.channel,
+        }
+    }
+}
+
+/// The message a code goes out in: the template with `{{ .Code }}` filled.
+pub fn render(template: &str, code: &str) -> String {
+    let mut out = String::with_capacity(template.len() + code.len());
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        let Some(len) = rest[start..].find("}}") else {
+            break;
+        };
+        out.push_str(&rest[..start]);
+        if rest[start + 2..start + len].trim() == ".Code" {
+            out.push_str(code);
+        }
+        rest = &rest[start + len + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Where SMS go: a provider, or the server log when none is configured
+/// (as email goes to the log without an SMTP host).
+pub enum Gateway {
+    Provider(Sender),
+    Log,
+}
+
+impl Gateway {
+    pub fn from_config(cfg: &SmsConfig) -> Result<Gateway, String> {
+        if cfg.provider.is_empty() {
+            return Ok(Gateway::Log);
+        }
+        let description = provider(&cfg.provider).ok_or_else(|| {
+            format!(
+                "GOTRUE_SMS_PROVIDER: {:?} is not one of {}",
+                cfg.provider,
+                PROVIDERS
+                    .iter()
+                    .map(|p| p.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })?;
+        Sender::new(
+            description,
+            cfg.settings.clone(),
+            cfg.api_url.clone(),
+            cfg.send_timeout,
+        )
+        .map(Gateway::Provider)
+    }
+
+    /// The provider's name, for metrics (`log` without one).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Gateway::Provider(s) => s.description.name,
+            Gateway::Log => "log",
+        }
+    }
+
+    pub async fn send(&self, m: &Message<'_>) -> Result<Option<String>, SendError> {
+        let r = match self {
+            Gateway::Provider(s) => s.send(m).await,
+            Gateway::Log => {
+                tracing::info!(target: "castellan::sms", to = %m.phone, channel = %m.channel, body = %m.body, "SMS (no SMS provider configured: delivered to the log)");
+                Ok(None)
+            }
+        };
+        let outcome = match &r {
+            Ok(_) => "sent",
+            Err(SendError::Refused(_)) => "refused",
+            Err(SendError::Unavailable(_)) => "unavailable",
+        };
+        metrics::counter!("castellan_sms_total", "provider" => self.name(), "outcome" => outcome)
+            .increment(1);
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::render;
+
+    #[test]
+    fn the_code_fills_its_place_and_nothing_else() {
+        assert_eq!(
+            render("Your code is {{ .Code }}", "123456"),
+            "Your code is 123456"
+        );
+        assert_eq!(render("{{.Code}}-{{ .Other }}-x", "9"), "9--x");
+        assert_eq!(render("no close {{ .Code", "1"), "no close {{ .Code");
     }
 }

@@ -13,7 +13,8 @@ use castellan_core::config::Config;
 use castellan_core::store::{Pool, Store};
 
 use crate::email::{EmailJob, Mailer};
-use crate::queue::EMAIL_QUEUE;
+use crate::queue::Queue;
+use crate::sms::{Gateway, SendError, SmsJob};
 use crate::templates::Templates;
 
 /// The workers' heartbeat. Besides marking them alive, each beat makes an
@@ -68,11 +69,59 @@ async fn deliver(
     }
 }
 
+pub struct SmsDeps {
+    pub gateway: Gateway,
+    pub attempts: usize,
+    pub clock: castellan_core::Clock,
+}
+
+/// Delivers one SMS. A refusal is final: the message is counted dead and
+/// logged, not retried (the provider would refuse it again).
+async fn deliver_sms(
+    job: SmsJob,
+    deps: Data<Arc<SmsDeps>>,
+    attempt: Attempt,
+) -> Result<(), BoxDynError> {
+    let start = Instant::now();
+    let result = deps.gateway.send(&job.message()).await;
+    metrics::histogram!("castellan_queue_job_duration_seconds", "queue" => "sms")
+        .record(start.elapsed().as_secs_f64());
+    let provider = deps.gateway.name();
+    match result {
+        Ok(id) => {
+            metrics::counter!("castellan_queue_succeeded_total", "queue" => "sms", "kind" => job.kind.as_str()).increment(1);
+            let waited = (deps.clock.now() - job.queued_at)
+                .to_std()
+                .unwrap_or_default();
+            metrics::histogram!("castellan_queue_delivery_seconds", "queue" => "sms")
+                .record(waited.as_secs_f64());
+            tracing::info!(job = %job.id, provider, message_id = ?id, "SMS delivered by the queue");
+            Ok(())
+        }
+        Err(SendError::Refused(e)) => {
+            metrics::counter!("castellan_queue_dead_total", "queue" => "sms").increment(1);
+            tracing::error!(job = %job.id, provider, error = %e, "SMS refused by the provider; not retried");
+            Ok(())
+        }
+        Err(e) => {
+            let n = attempt.current();
+            if n + 1 >= deps.attempts {
+                metrics::counter!("castellan_queue_dead_total", "queue" => "sms").increment(1);
+                tracing::error!(job = %job.id, attempt = n, provider, error = %e, "SMS failed its last attempt; marked failed in the queue");
+            } else {
+                metrics::counter!("castellan_queue_retried_total", "queue" => "sms").increment(1);
+                tracing::warn!(job = %job.id, attempt = n, provider, error = %e, "SMS delivery failed; will retry");
+            }
+            Err(e.into())
+        }
+    }
+}
+
 /// A worker whose backend failed (the database went away, say) is started
 /// again, and counted.
 fn restart_worker(worker: &WorkerContext, error: &WorkerError) -> bool {
-    metrics::counter!("castellan_queue_worker_restarts_total", "queue" => "email").increment(1);
-    tracing::error!(restarts = worker.restarts(), %error, "email worker failed; restarting");
+    metrics::counter!("castellan_queue_worker_restarts_total", "queue" => "all").increment(1);
+    tracing::error!(restarts = worker.restarts(), %error, "queue worker failed; restarting");
     true
 }
 
@@ -99,16 +148,18 @@ async fn sweep(
     ] {
         metrics::counter!("castellan_expiry_swept_total", "kind" => kind).increment(n);
     }
-    // The same tick samples the queue's backlog.
-    let pending = crate::queue::pending(&store).await?;
-    metrics::gauge!("castellan_queue_pending", "queue" => "email").set(pending as f64);
+    // The same tick samples the queues' backlogs.
+    for queue in Queue::ALL {
+        let pending = crate::queue::pending(&store, queue).await?;
+        metrics::gauge!("castellan_queue_pending", "queue" => queue.label()).set(pending as f64);
+    }
     Ok(())
 }
 
 /// How long a stopping worker waits for the deliveries under way.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
-/// Runs the email workers (and the expiry cron) until `shutdown` resolves.
+/// Runs the email and SMS workers (and the expiry cron) until `shutdown` resolves.
 pub async fn run(
     store: Store,
     config: &Config,
@@ -123,6 +174,11 @@ pub async fn run(
         attempts,
         clock: config.clock.clone(),
     });
+    let sms_deps = Arc::new(SmsDeps {
+        gateway: Gateway::from_config(&config.sms)?,
+        attempts,
+        clock: config.clock.clone(),
+    });
     let backoff = ExponentialBackoffMaker::new(
         config.mailer.retry_min,
         config.mailer.retry_max,
@@ -132,6 +188,7 @@ pub async fn run(
     .map_err(|e| format!("email retry backoff: {e}"))?;
     // Names must be unique per process: a reused name stalls for 30 s.
     let name = format!("castellan-email-{}", uuid::Uuid::new_v4().simple());
+    let sms_name = format!("castellan-sms-{}", uuid::Uuid::new_v4().simple());
     let signal = async move {
         shutdown.await;
         Ok(())
@@ -146,8 +203,10 @@ pub async fn run(
     let policy = RetryPolicy::retries(attempts - 1).with_backoff(backoff.clone().make_backoff());
     // The same monitor over either backend (their storage types differ).
     macro_rules! monitor {
-        ($storage:expr) => {{
+        ($storage:expr, $sms_storage:expr) => {{
             let storage = $storage.poll_with_interval(poll);
+            let sms_storage = $sms_storage.poll_with_interval(poll);
+            let sms_policy = policy.clone();
             Monitor::new()
                 .should_restart(restart_worker)
                 // Deliveries under way finish; one waiting out a retry
@@ -162,6 +221,13 @@ pub async fn run(
                         .build(deliver)
                 })
                 .register(move |restarts| {
+                    WorkerBuilder::new(format!("{sms_name}-{restarts}"))
+                        .backend(sms_storage.clone())
+                        .retry(sms_policy.clone())
+                        .data(sms_deps.clone())
+                        .build(deliver_sms)
+                })
+                .register(move |restarts| {
                     WorkerBuilder::new(format!("{cron_name}-{restarts}"))
                         .backend(apalis_cron::CronScheduler::new(schedule.clone()))
                         .data(sweep_store.clone())
@@ -174,28 +240,46 @@ pub async fn run(
                 .map_err(|e| e.to_string())
         }};
     }
-    let held_by = name.clone();
+    let held = [(Queue::Email, name.clone()), (Queue::Sms, sms_name.clone())];
+    macro_rules! storage {
+        (pg $p:expr, $job:ty, $queue:expr) => {
+            apalis_postgres::PostgresStorage::<$job>::new($p).with_config(
+                apalis_postgres::Config::default()
+                    .queue($queue.table_name())
+                    .heartbeat_interval(HEARTBEAT),
+            )
+        };
+        (lite $p:expr, $job:ty, $queue:expr) => {
+            apalis_sqlite::SqliteStorage::<$job>::new($p).with_config(
+                apalis_sqlite::Config::default()
+                    .queue($queue.table_name())
+                    .heartbeat_interval(HEARTBEAT),
+            )
+        };
+    }
     let ran = match store.pool() {
         Pool::Pg(p) => monitor!(
-            apalis_postgres::PostgresStorage::<EmailJob>::new(p).with_config(
-                apalis_postgres::Config::default()
-                    .queue(EMAIL_QUEUE)
-                    .heartbeat_interval(HEARTBEAT)
-            )
+            storage!(pg p, EmailJob, Queue::Email),
+            storage!(pg p, SmsJob, Queue::Sms)
         ),
         Pool::Lite(p) => monitor!(
-            apalis_sqlite::SqliteStorage::<EmailJob>::new(p).with_config(
-                apalis_sqlite::Config::default()
-                    .queue(EMAIL_QUEUE)
-                    .heartbeat_interval(HEARTBEAT)
-            )
+            storage!(lite p, EmailJob, Queue::Email),
+            storage!(lite p, SmsJob, Queue::Sms)
         ),
     };
-    match crate::queue::release(&store, &held_by).await {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(jobs = n, "stopped workers' jobs put back in the queue"),
-        Err(e) => {
-            tracing::warn!(error = %e, "putting back the stopped workers' jobs failed; they return after the heartbeat timeout")
+    for (queue, worker) in held {
+        match crate::queue::release(&store, queue, &worker).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(
+                    jobs = n,
+                    queue = queue.label(),
+                    "stopped workers' jobs put back in the queue"
+                )
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "putting back the stopped workers' jobs failed; they return after the heartbeat timeout")
+            }
         }
     }
     ran

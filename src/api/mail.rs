@@ -1,12 +1,13 @@
-//! The endpoints that send an email: `/recover`, `/otp` and `/magiclink`.
-//! They answer `{}` whether or not the address has an account.
+//! The endpoints that send a code or link: `/recover`, `/otp`,
+//! `/magiclink` and `/resend`, by email or SMS. They answer alike whether
+//! or not the address has an account.
 
 use axum::Json;
 use axum::extract::State;
 use axum::response::IntoResponse;
-use castellan_actors::links::{MagicLinkRequest, Recipient, Resend};
+use castellan_actors::links::{MagicLinkRequest, Recipient, Resend, SmsOtpRequest};
 use castellan_core::{ApiError, validate};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
@@ -54,6 +55,20 @@ pub async fn recover(
     Ok(Json(Empty {}).into_response())
 }
 
+/// What a request that sends an SMS answers: the provider's message id
+/// when it gave one (`test-otp` for a test number); `{}` otherwise.
+#[derive(Serialize, ToSchema)]
+pub struct Sent {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message_id: Option<String>,
+}
+
+impl From<Option<String>> for Sent {
+    fn from(message_id: Option<String>) -> Self {
+        Sent { message_id }
+    }
+}
+
 #[derive(Deserialize, Default, ToSchema)]
 #[serde(default)]
 pub struct OtpBody {
@@ -79,7 +94,7 @@ pub struct OtpBody {
     tag = "email",
     params(AudienceHeader, RedirectQuery),
     request_body = OtpBody,
-    responses((status = 200, body = Empty), Refusals)
+    responses((status = 200, body = Sent), Refusals)
 )]
 pub async fn otp(
     State(st): State<AppState>,
@@ -102,9 +117,17 @@ pub async fn otp(
         b.code_challenge_method.as_deref(),
     )?;
     if !empty(&b.phone) {
-        return Err(
-            ApiError::bad_request("phone_provider_disabled", "Unsupported phone provider").into(),
-        );
+        let sent = st
+            .links
+            .sms_otp(SmsOtpRequest {
+                phone: b.phone.unwrap_or_default(),
+                channel: b.channel,
+                create_user: b.create_user.unwrap_or(true),
+                data: b.data.unwrap_or_default(),
+                aud,
+            })
+            .await?;
+        return Ok(Json(Sent::from(sent.message_id)).into_response());
     }
     if empty(&b.email) {
         return Err(ApiError::validation("One of email or phone must be set").into());
@@ -161,7 +184,7 @@ pub struct ResendBody {
     tag = "email",
     params(AudienceHeader, RedirectQuery),
     request_body = ResendBody,
-    responses((status = 200, body = Empty), Refusals)
+    responses((status = 200, body = Sent), Refusals)
 )]
 pub async fn resend(
     State(st): State<AppState>,
@@ -205,6 +228,6 @@ pub async fn resend(
             return Err(ApiError::validation("Missing email address or phone number").into());
         }
     };
-    st.links.resend(what, to, &aud, redirect_to, pkce).await?;
-    Ok(Json(Empty {}).into_response())
+    let message_id = st.links.resend(what, to, &aud, redirect_to, pkce).await?;
+    Ok(Json(Sent::from(message_id)).into_response())
 }

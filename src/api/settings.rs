@@ -64,7 +64,7 @@ pub async fn settings(State(st): State<AppState>) -> Json<Settings> {
         disable_signup: c.disable_signup,
         mailer_autoconfirm: c.mailer_autoconfirm,
         phone_autoconfirm: c.sms_autoconfirm,
-        sms_provider: c.sms_provider.clone(),
+        sms_provider: c.sms.provider.clone(),
         saml_enabled: false,
         saml_private_key_next_configured: false,
         passkeys_enabled: false,

@@ -84,7 +84,9 @@ pub async fn signup(
     };
     let answer = match st.accounts.signup(req).await? {
         SignupOutcome::Session(g) => SignupAnswer::Session(Box::new(token_response(*g, None))),
-        SignupOutcome::User(u, ids) => SignupAnswer::User(Box::new(u.view(Some(&ids)))),
+        SignupOutcome::User {
+            user, identities, ..
+        } => SignupAnswer::User(Box::new(user.view(Some(&identities)))),
         SignupOutcome::Obfuscated(stand_in) => SignupAnswer::User(stand_in),
     };
     Ok(Json(answer).into_response())

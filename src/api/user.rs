@@ -53,11 +53,13 @@ pub struct UpdateBody {
     #[schema(value_type = Option<Object>)]
     app_metadata: Option<Map<String, Value>>,
     nonce: Option<String>,
+    /// For a phone change: `sms` (the default) or `whatsapp`.
+    channel: Option<String>,
     code_challenge: Option<String>,
     code_challenge_method: Option<String>,
 }
 
-/// `GET /reauthenticate`: a code by email for a password change.
+/// `GET /reauthenticate`: a code by email (or SMS) for a password change.
 #[utoipa::path(
     get,
     path = "/reauthenticate",
@@ -98,6 +100,7 @@ pub async fn update_user(
             b.code_challenge_method.as_deref(),
         )?,
         redirect_to,
+        channel: b.channel,
     };
     let (user, ids): (_, _) = st
         .accounts

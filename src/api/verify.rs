@@ -126,7 +126,8 @@ pub async fn verify_link(
 #[derive(Deserialize, Default, ToSchema)]
 #[serde(default)]
 pub struct VerifyBody {
-    /// `signup`, `invite`, `magiclink`, `recovery`, `email_change` or `email`.
+    /// `signup`, `invite`, `magiclink`, `recovery`, `email_change`, `email`,
+    /// `sms` or `phone_change`.
     #[serde(rename = "type")]
     vtype: Option<String>,
     token: Option<String>,
@@ -179,17 +180,22 @@ pub async fn verify_json(
         }
         Presented::Hash(hash)
     } else {
-        if !empty(&b.phone) {
-            return Err(ApiError::bad_request(
-                "validation_failed",
-                "Phone verification is not available on this server yet",
-            )
-            .into());
-        }
-        let email = validate::email(b.email.as_deref().unwrap_or_default())
-            .map_err(|_| ApiError::unprocessable("validation_failed", "Invalid email format"))?;
+        let address = match (empty(&b.email), empty(&b.phone)) {
+            (true, false) => validate::phone(b.phone.as_deref().unwrap_or_default())?,
+            (false, true) => {
+                validate::email(b.email.as_deref().unwrap_or_default()).map_err(|_| {
+                    ApiError::unprocessable("validation_failed", "Invalid email format")
+                })?
+            }
+            _ => {
+                return Err(ApiError::validation(
+                    "Only an email address or phone number should be provided on verify",
+                )
+                .into());
+            }
+        };
         Presented::Code {
-            email,
+            address,
             code: b.token.unwrap_or_default(),
         }
     };

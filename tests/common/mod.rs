@@ -230,7 +230,7 @@ impl TestServer {
     /// Every email job ever queued (whatever its state). A job commits with
     /// the token it carries, so this is exact as soon as a response is in.
     pub async fn email_jobs(&self) -> i64 {
-        let q = castellan_jobs::queue::EMAIL_QUEUE;
+        let q = castellan_jobs::queue::Queue::Email.table_name();
         match self.pool() {
             Pool::Pg(p) => {
                 sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE job_type = $1")
@@ -361,6 +361,27 @@ macro_rules! both {
             use super::*;
             async fn run(backend: $crate::common::Backend) {
                 let $t = $crate::common::spawn(backend, $tweak).await;
+                $body
+                $t.stop().await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                run($crate::common::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                run($crate::common::Backend::Postgres).await
+            }
+        }
+    };
+    // A server started by `$start(backend, tweak)`, which gives it with a
+    // companion (an SMTP sink, a stand-in provider, …).
+    ($name:ident, $start:ident, $tweak:expr, |$t:ident, $extra:ident| $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            async fn run(backend: $crate::common::Backend) {
+                let ($t, $extra) = $start(backend, $tweak).await;
                 $body
                 $t.stop().await;
             }

@@ -62,23 +62,7 @@ fn fragment(location: &str) -> std::collections::HashMap<String, String> {
 
 macro_rules! both_mail {
     ($name:ident, $tweak:expr, |$t:ident, $sink:ident| $body:block) => {
-        mod $name {
-            #[allow(unused_imports)]
-            use super::*;
-            async fn run(backend: Backend) {
-                let ($t, $sink) = mail_server(backend, $tweak).await;
-                $body
-                $t.stop().await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                run(Backend::Sqlite).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                run(Backend::Postgres).await
-            }
-        }
+        crate::both!($name, mail_server, $tweak, |$t, $sink| $body);
     };
 }
 

@@ -23,6 +23,7 @@ mod limits;
 mod listener;
 mod mfa;
 mod outage;
+mod phone;
 mod refresh_v2;
 mod resilience;
 mod signup;

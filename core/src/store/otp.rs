@@ -18,6 +18,7 @@ pub enum TokenType {
     EmailChangeTokenNew,
     EmailChangeTokenCurrent,
     ReauthenticationToken,
+    PhoneChangeToken,
 }
 
 impl TokenType {
@@ -28,6 +29,7 @@ impl TokenType {
             TokenType::EmailChangeTokenNew => "email_change_token_new",
             TokenType::EmailChangeTokenCurrent => "email_change_token_current",
             TokenType::ReauthenticationToken => "reauthentication_token",
+            TokenType::PhoneChangeToken => "phone_change_token",
         }
     }
 
@@ -38,6 +40,7 @@ impl TokenType {
             TokenType::EmailChangeTokenNew,
             TokenType::EmailChangeTokenCurrent,
             TokenType::ReauthenticationToken,
+            TokenType::PhoneChangeToken,
         ]
         .into_iter()
         .find(|t| t.name() == s)
@@ -52,6 +55,7 @@ impl TokenType {
                 u.email_change_sent_at
             }
             TokenType::ReauthenticationToken => u.reauthentication_sent_at,
+            TokenType::PhoneChangeToken => u.phone_change_sent_at,
         }
     }
 }
@@ -80,8 +84,19 @@ macro_rules! per_type {
                 let ($col, $sent) = ("reauthentication_token", "reauthentication_sent_at");
                 $sql
             }
+            TokenType::PhoneChangeToken => {
+                let ($col, $sent) = ("phone_change_token", "phone_change_sent_at");
+                $sql
+            }
         }
     };
+}
+
+/// Which global sending budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Budget {
+    Email,
+    Sms,
 }
 
 /// A PKCE flow waiting for its code exchange.
@@ -350,18 +365,43 @@ impl Tx {
         }
     }
 
-    /// Draws one email from the global budget (a fixed window of `events` per
-    /// `per`, shared by every process on this database). False when spent.
-    pub async fn take_email_budget(
+    /// Draws one message from a global budget (a fixed window of `events`
+    /// per `per`, shared by every process on this database). False when spent.
+    pub async fn take_budget(
         &mut self,
+        budget: Budget,
         events: u32,
         per: std::time::Duration,
         now: DateTime<Utc>,
     ) -> Result<bool, sqlx::Error> {
         count();
-        let row: (DateTime<Utc>, i64) = match &mut self.conn {
-            Conn::Pg(t) => sqlx::query_as("SELECT window_start, sent::bigint FROM castellan_email_budget WHERE id = 1 FOR UPDATE").fetch_one(&mut **t).await?,
-            Conn::Lite(t, _) => sqlx::query_as("SELECT window_start, sent FROM castellan_email_budget WHERE id = 1").fetch_one(&mut **t).await?,
+        macro_rules! read {
+            ($table:literal) => {
+                match &mut self.conn {
+                    Conn::Pg(t) => {
+                        sqlx::query_as(concat!(
+                            "SELECT window_start, sent::bigint FROM ",
+                            $table,
+                            " WHERE id = 1 FOR UPDATE"
+                        ))
+                        .fetch_one(&mut **t)
+                        .await?
+                    }
+                    Conn::Lite(t, _) => {
+                        sqlx::query_as(concat!(
+                            "SELECT window_start, sent FROM ",
+                            $table,
+                            " WHERE id = 1"
+                        ))
+                        .fetch_one(&mut **t)
+                        .await?
+                    }
+                }
+            };
+        }
+        let row: (DateTime<Utc>, i64) = match budget {
+            Budget::Email => read!("castellan_email_budget"),
+            Budget::Sms => read!("castellan_sms_budget"),
         };
         let per = chrono::Duration::from_std(per).unwrap_or(chrono::Duration::hours(1));
         let (start, sent) = if now >= row.0 + per {
@@ -373,9 +413,70 @@ impl Tx {
             return Ok(false);
         }
         count();
-        on!(tx self, c => sqlx::query("UPDATE castellan_email_budget SET window_start = $1, sent = $2 WHERE id = 1")
-            .bind(start).bind((sent + 1) as i32).execute(&mut *c).await.map(drop))?;
+        let sent = (sent + 1) as i32;
+        match budget {
+            Budget::Email => {
+                on!(tx self, c => sqlx::query("UPDATE castellan_email_budget SET window_start = $1, sent = $2 WHERE id = 1")
+                .bind(start).bind(sent).execute(&mut *c).await.map(drop))?
+            }
+            Budget::Sms => {
+                on!(tx self, c => sqlx::query("UPDATE castellan_sms_budget SET window_start = $1, sent = $2 WHERE id = 1")
+                .bind(start).bind(sent).execute(&mut *c).await.map(drop))?
+            }
+        }
         Ok(true)
+    }
+
+    /// Takes back a token whose message the provider refused, as if it had
+    /// never been issued: the column emptied and its send time restored (so
+    /// the user may ask again at once), when it still holds `hash`.
+    pub async fn unsend(
+        &mut self,
+        user_id: Uuid,
+        tt: TokenType,
+        hash: &str,
+        sent_before: Option<DateTime<Utc>>,
+    ) -> Result<bool, sqlx::Error> {
+        self.touch(user_id);
+        count();
+        let taken = per_type!(tt, |col, sent| {
+            let sql =
+                format!("UPDATE users SET {col} = '', {sent} = $3 WHERE id = $1 AND {col} = $2");
+            on!(tx self, c => sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(user_id).bind(hash).bind(sent_before)
+                .execute(&mut *c).await.map(|r| r.rows_affected() == 1))?
+        });
+        if taken {
+            self.void_token(user_id, tt).await?;
+        }
+        Ok(taken)
+    }
+
+    /// Records the number a pending phone change goes to.
+    pub async fn set_phone_change(
+        &mut self,
+        user_id: Uuid,
+        phone: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), sqlx::Error> {
+        self.touch(user_id);
+        count();
+        on!(tx self, c => sqlx::query("UPDATE users SET phone_change = $2, updated_at = $3 WHERE id = $1")
+            .bind(user_id).bind(phone).bind(now).execute(&mut *c).await.map(drop))
+    }
+
+    /// Moves a confirmed phone change into place; false when none was pending.
+    pub async fn apply_phone_change(
+        &mut self,
+        user_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<bool, sqlx::Error> {
+        self.touch(user_id);
+        count();
+        on!(tx self, c => sqlx::query(
+            "UPDATE users SET phone = phone_change, phone_change = '', phone_change_token = '', \
+             phone_confirmed_at = $2, is_anonymous = false, updated_at = $2 \
+             WHERE id = $1 AND phone_change <> ''")
+            .bind(user_id).bind(now).execute(&mut *c).await.map(|r| r.rows_affected() == 1))
     }
 
     pub async fn insert_flow_state(

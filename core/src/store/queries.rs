@@ -447,6 +447,18 @@ impl Store {
             .bind(phone).bind(aud).fetch_optional(p).await)
     }
 
+    /// The user whose pending phone change goes to this number.
+    pub async fn user_by_phone_change(
+        &self,
+        phone: &str,
+        aud: &str,
+    ) -> Result<Option<User>, sqlx::Error> {
+        count();
+        on!(pool &self.pool, p => sqlx::query_as(concat!("SELECT ", user_cols!(),
+            " FROM users WHERE phone_change = $1 AND phone_change <> '' AND aud = $2 AND is_sso_user = false"))
+            .bind(phone).bind(aud).fetch_optional(p).await)
+    }
+
     pub async fn identities_of(&self, user_id: Uuid) -> Result<Vec<Identity>, sqlx::Error> {
         count();
         on!(pool &self.pool, p => sqlx::query_as(IDENTITIES_OF)

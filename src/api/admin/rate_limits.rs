@@ -16,13 +16,15 @@ use crate::server::AppState;
 
 /// Each limit by GoTrue's variable name without `GOTRUE_RATE_LIMIT_`, and
 /// the number it allows per its window (`token_refresh`, `verify`, `otp`:
-/// per 5 minutes; `anonymous_users`: per hour; `email_sent`: per the window
-/// of `GOTRUE_RATE_LIMIT_EMAIL_SENT`, an hour unless it says otherwise).
+/// per 5 minutes; `anonymous_users`: per hour; `email_sent` and `sms_sent`:
+/// per the window of `GOTRUE_RATE_LIMIT_EMAIL_SENT` or `_SMS_SENT`, an hour
+/// unless it says otherwise).
 #[derive(utoipa::ToSchema)]
 #[schema(as = RateLimits)]
 #[allow(dead_code)] // a description for the OpenAPI document
 pub struct RateLimitsView {
     email_sent: u32,
+    sms_sent: u32,
     token_refresh: u32,
     verify: u32,
     otp: u32,
