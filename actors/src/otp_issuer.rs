@@ -91,6 +91,9 @@ pub enum Presented {
     Hash(String),
     /// A typed code, with the address (email, or phone as E.164 digits) it went to.
     Code { address: String, code: String },
+    /// A phone code the SMS provider itself approved (Twilio Verify): the
+    /// outstanding token of the type is spent without comparing hashes.
+    Approved { address: String },
 }
 
 /// The `type` of a verification.
@@ -465,9 +468,14 @@ async fn issue_sms(ctx: &Ctx, budget: SendBudget, req: &SmsRequest) -> ApiResult
             budget.per.as_secs(),
         ));
     }
-    let code = test
-        .clone()
-        .unwrap_or_else(|| otp(ctx.config.sms.otp_length));
+    // A provider that makes its own codes (Twilio Verify) is sent none of
+    // ours; the token stored then only marks one as outstanding, and is
+    // too long to guess.
+    let code = match &test {
+        Some(code) => code.clone(),
+        None if ctx.sms.checks_codes() => castellan_core::crypto::random_base32(32),
+        None => otp(ctx.config.sms.otp_length),
+    };
     if req.kind == SmsKind::PhoneChange {
         tx.set_phone_change(user.id, &phone, now).await?;
     }
@@ -750,6 +758,17 @@ async fn verify(
             // A typed code always yields a session, even for a PKCE token.
             (tt, false)
         }
+        Presented::Approved { .. } => {
+            let tt = vtype.token_types()[0];
+            let stored = tx.token_column(user_id, tt).await?.unwrap_or_default();
+            if stored.is_empty() || !tx.take_token_column(user_id, tt, &stored).await? {
+                return Err(ApiError::forbidden(
+                    "otp_expired",
+                    "Token has expired or is invalid",
+                ));
+            }
+            (tt, false)
+        }
     };
     let user = tx.lock_user(user_id).await?.ok_or_else(expired)?;
     let exp = if vtype.by_phone() {
@@ -1019,18 +1038,44 @@ impl OtpIssuer {
                 .user_by_email(address, aud)
                 .await?
                 .map(|u| u.id),
+            // Made below, from a code.
+            Presented::Approved { .. } => None,
         };
         let Some(user_id) = user_id else {
             return Err(match presented {
                 Presented::Hash(_) => expired(),
-                Presented::Code { .. } => {
-                    ApiError::forbidden("otp_expired", "Token has expired or is invalid")
-                }
+                _ => ApiError::forbidden("otp_expired", "Token has expired or is invalid"),
             });
         };
         let start = Instant::now();
+        let presented = self.provider_check(vtype, presented).await?;
         let r = verify(&self.ctx, user_id, vtype, &presented).await;
         Self::record("verify", start, &r);
         r
+    }
+
+    /// With a provider that checks codes itself, a typed phone code is
+    /// asked about there (before any transaction, so no lock waits on it).
+    /// A code it refuses goes on to fail here, counted as a wrong guess.
+    async fn provider_check(
+        &self,
+        vtype: VerifyType,
+        presented: Presented,
+    ) -> ApiResult<Presented> {
+        let now = self.ctx.config.clock.now();
+        match presented {
+            Presented::Code { address, code }
+                if vtype.by_phone()
+                    && self.ctx.sms.checks_codes()
+                    && self.ctx.config.sms.test_otp(&address, now).is_none() =>
+            {
+                match self.ctx.sms.check_code(&address, &code).await {
+                    Ok(true) => Ok(Presented::Approved { address }),
+                    Ok(false) => Ok(Presented::Code { address, code }),
+                    Err(e) => Err(ApiError::unavailable("sms provider", e)),
+                }
+            }
+            other => Ok(other),
+        }
     }
 }

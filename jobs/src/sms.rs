@@ -32,6 +32,10 @@ enum Field {
     Phone,
     /// The number with `+` (and `whatsapp:` before it on that channel).
     PlusPhone,
+    /// The number with `+`, whatever the channel.
+    E164,
+    /// The code typed by the user (a provider that checks codes itself).
+    Code,
     /// The sender setting, `whatsapp:`-prefixed on that channel when it is a number.
     Sender(&'static str),
     Message,
@@ -65,6 +69,16 @@ pub struct Description {
     check: Check,
     /// The settings it cannot work without.
     pub required: &'static [&'static str],
+    /// For a provider that makes and checks the codes itself (Twilio
+    /// Verify): where a typed code is checked, and which answer approves it.
+    pub checks: Option<CodeCheck>,
+}
+
+/// A provider's API for checking a code it sent.
+pub struct CodeCheck {
+    path: &'static str,
+    fields: &'static [(&'static str, Field)],
+    approved: Check,
 }
 
 pub const PROVIDERS: &[Description] = &[
@@ -84,6 +98,26 @@ pub const PROVIDERS: &[Description] = &[
         error: "/message",
         check: Check::Not("/status", &["failed", "undelivered"]),
         required: &["ACCOUNT_SID", "AUTH_TOKEN", "MESSAGE_SERVICE_SID"],
+        checks: None,
+    },
+    // Twilio makes the code and sends it in its own words; the code a
+    // user types is checked by Twilio, never against castellan's hash.
+    Description {
+        name: "twilio_verify",
+        base: "https://verify.twilio.com",
+        path: "/v2/Services/{MESSAGE_SERVICE_SID}/Verifications",
+        auth: Auth::Basic("ACCOUNT_SID", "AUTH_TOKEN"),
+        fields: &[("To", Field::E164), ("Channel", Field::Channel)],
+        channels: &["sms", "whatsapp"],
+        id: "/sid",
+        error: "/message",
+        check: Check::Always,
+        required: &["ACCOUNT_SID", "AUTH_TOKEN", "MESSAGE_SERVICE_SID"],
+        checks: Some(CodeCheck {
+            path: "/v2/Services/{MESSAGE_SERVICE_SID}/VerificationCheck",
+            fields: &[("To", Field::E164), ("Code", Field::Code)],
+            approved: Check::Is("/status", &["approved"]),
+        }),
     },
     Description {
         name: "messagebird",
@@ -102,6 +136,7 @@ pub const PROVIDERS: &[Description] = &[
         error: "/errors/0/description",
         check: Check::Always,
         required: &["ACCESS_KEY", "ORIGINATOR"],
+        checks: None,
     },
     Description {
         name: "textlocal",
@@ -119,6 +154,7 @@ pub const PROVIDERS: &[Description] = &[
         error: "/errors/0/message",
         check: Check::Is("/status", &["success"]),
         required: &["API_KEY", "SENDER"],
+        checks: None,
     },
     Description {
         name: "vonage",
@@ -138,6 +174,7 @@ pub const PROVIDERS: &[Description] = &[
         error: "/messages/0/error-text",
         check: Check::Is("/messages/0/status", &["0"]),
         required: &["API_KEY", "API_SECRET", "FROM"],
+        checks: None,
     },
 ];
 
@@ -163,6 +200,14 @@ pub struct Message<'a> {
     pub phone: &'a str,
     pub body: &'a str,
     pub channel: &'a str,
+}
+
+/// What goes into a provider's form: a message to send, or a code to check.
+struct Form<'a> {
+    phone: &'a str,
+    body: &'a str,
+    channel: &'a str,
+    code: &'a str,
 }
 
 /// A provider configured: its description, settings and where its API is.
@@ -206,19 +251,22 @@ impl Sender {
         self.settings.get(name).map_or("", String::as_str)
     }
 
-    fn url(&self) -> String {
-        let mut path = self.description.path.to_string();
+    fn url(&self, path: &str) -> String {
+        let mut path = path.to_string();
         for (k, v) in &self.settings {
             path = path.replace(&format!("{{{k}}}"), v);
         }
         format!("{}{path}", self.base.trim_end_matches('/'))
     }
 
-    fn form(&self, m: &Message<'_>) -> Vec<(&'static str, String)> {
+    fn form(
+        &self,
+        fields: &'static [(&'static str, Field)],
+        m: &Form<'_>,
+    ) -> Vec<(&'static str, String)> {
         let whatsapp = m.channel == "whatsapp";
         let on_channel = |v: String| if whatsapp { format!("whatsapp:{v}") } else { v };
-        self.description
-            .fields
+        fields
             .iter()
             .filter_map(|(name, field)| {
                 let value = match field {
@@ -226,6 +274,8 @@ impl Sender {
                     Field::Fixed(v) => v.to_string(),
                     Field::Phone => m.phone.to_string(),
                     Field::PlusPhone => on_channel(format!("+{}", m.phone)),
+                    Field::E164 => format!("+{}", m.phone),
+                    Field::Code => m.code.to_string(),
                     Field::Sender(s) => {
                         let sender = self.setting(s);
                         let numeric = sender
@@ -257,7 +307,55 @@ impl Sender {
                 m.channel, d.name
             )));
         }
-        let mut req = self.http.post(self.url()).form(&self.form(m));
+        let form = Form {
+            phone: m.phone,
+            body: m.body,
+            channel: m.channel,
+            code: "",
+        };
+        let body = self.post(d.path, d.fields, &form, &d.check).await?;
+        Ok(body
+            .pointer(d.id)
+            .and_then(Value::as_str)
+            .map(str::to_string))
+    }
+
+    /// Whether the provider checks codes itself (Twilio Verify).
+    pub fn checks_codes(&self) -> bool {
+        self.description.checks.is_some()
+    }
+
+    /// Asks the provider whether `code` is the one it sent to `phone`.
+    pub async fn check_code(&self, phone: &str, code: &str) -> Result<bool, SendError> {
+        let Some(c) = &self.description.checks else {
+            return Ok(false);
+        };
+        let form = Form {
+            phone,
+            body: "",
+            channel: "sms",
+            code,
+        };
+        match self.post(c.path, c.fields, &form, &c.approved).await {
+            Ok(_) => Ok(true),
+            Err(SendError::Refused(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Posts a form; the answer when it is a success by `check`.
+    async fn post(
+        &self,
+        path: &str,
+        fields: &'static [(&'static str, Field)],
+        form: &Form<'_>,
+        check: &Check,
+    ) -> Result<Value, SendError> {
+        let d = self.description;
+        let mut req = self
+            .http
+            .post(self.url(path))
+            .form(&self.form(fields, form));
         req = match d.auth {
             Auth::None => req,
             Auth::Basic(user, pass) => req.basic_auth(self.setting(user), Some(self.setting(pass))),
@@ -280,15 +378,15 @@ impl Sender {
         if !status.is_success() {
             return Err(SendError::Refused(error()));
         }
-        let sent = match &d.check {
+        let ok = match check {
             Check::Always => true,
             Check::Is(p, ok) => text(p).is_some_and(|v| ok.contains(&v.as_str())),
             Check::Not(p, bad) => text(p).is_none_or(|v| !bad.contains(&v.as_str())),
         };
-        if !sent {
+        if !ok {
             return Err(SendError::Refused(error()));
         }
-        Ok(text(d.id))
+        Ok(body)
     }
 }
 
@@ -383,6 +481,19 @@ impl Gateway {
             cfg.send_timeout,
         )
         .map(Gateway::Provider)
+    }
+
+    /// Whether the provider checks the codes (so castellan's hash is not the judge).
+    pub fn checks_codes(&self) -> bool {
+        matches!(self, Gateway::Provider(s) if s.checks_codes())
+    }
+
+    /// Asks the provider whether `code` is right (Twilio Verify).
+    pub async fn check_code(&self, phone: &str, code: &str) -> Result<bool, SendError> {
+        match self {
+            Gateway::Provider(s) => s.check_code(phone, code).await,
+            Gateway::Log => Ok(false),
+        }
     }
 
     /// The provider's name, for metrics (`log` without one).

@@ -670,3 +670,44 @@ async fn one_code_raced_twice_signs_in_once() {
     assert_eq!(common::successes_else(&replies, 403, "otp_expired"), 1);
     t.stop().await;
 }
+
+both_phone!(
+    twilio_verify_makes_and_checks_the_codes,
+    |c| c.sms.provider = "twilio_verify".into(),
+    |t, fake| {
+        fake.answer(201, json!({"sid": "VE1", "status": "pending"}));
+        let r = t.post("/otp", json!({"phone": "15550015555"})).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.body, json!({"message_id": "VE1"}));
+        let sent = fake.wait_for(1).await;
+        assert_eq!(sent[0].path, "/v2/Services/MG1/Verifications");
+        let form: Vec<_> = sent[0].form.iter().collect();
+        assert_eq!(form.len(), 2, "{form:?}");
+        assert_eq!(sent[0].form["To"], "+15550015555");
+        assert_eq!(sent[0].form["Channel"], "sms");
+
+        // Twilio says no: a wrong code, counted as one.
+        fake.answer(200, json!({"status": "pending", "valid": false}));
+        verify(&t, "sms", "15550015555", "123456")
+            .await
+            .assert_error(403, "otp_expired");
+        let checked = fake.wait_for(2).await;
+        assert_eq!(checked[1].path, "/v2/Services/MG1/VerificationCheck");
+        assert_eq!(checked[1].form["To"], "+15550015555");
+        assert_eq!(checked[1].form["Code"], "123456");
+
+        // Twilio down: the check cannot be made, and nothing is spent.
+        fake.answer(503, json!({}));
+        let r = verify(&t, "sms", "15550015555", "654321").await;
+        assert_eq!(r.status, 503, "{}", r.text);
+
+        fake.answer(200, json!({"status": "approved", "valid": true}));
+        let r = verify(&t, "sms", "15550015555", "654321").await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.body["user"]["phone"], "15550015555");
+        // Approved again by Twilio, but the outstanding code was spent here.
+        verify(&t, "sms", "15550015555", "654321")
+            .await
+            .assert_error(403, "otp_expired");
+    }
+);
