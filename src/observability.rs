@@ -101,7 +101,9 @@ fn known_series() {
         "castellan_queue_dead_total",
         "castellan_queue_worker_restarts_total",
     ] {
-        metrics::counter!(name, "queue" => "email").increment(0);
+        for queue in ["email", "sms"] {
+            metrics::counter!(name, "queue" => queue).increment(0);
+        }
     }
     for outcome in ["family_revoked", "refused"] {
         metrics::counter!("castellan_refresh_token_reuse_total", "outcome" => outcome).increment(0);
@@ -109,6 +111,7 @@ fn known_series() {
     for name in [
         "castellan_session_cache_evictions_total",
         "castellan_email_budget_exhausted_total",
+        "castellan_sms_budget_exhausted_total",
         "castellan_not_ready_total",
         "castellan_panics_total",
     ] {

@@ -120,8 +120,14 @@ async fn deliver_sms(
 /// A worker whose backend failed (the database went away, say) is started
 /// again, and counted.
 fn restart_worker(worker: &WorkerContext, error: &WorkerError) -> bool {
-    metrics::counter!("castellan_queue_worker_restarts_total", "queue" => "all").increment(1);
-    tracing::error!(restarts = worker.restarts(), %error, "queue worker failed; restarting");
+    // Worker names are `castellan-<queue>-<id>-<run>`.
+    let queue = match worker.name().split('-').nth(1) {
+        Some("email") => "email",
+        Some("sms") => "sms",
+        _ => "expiry",
+    };
+    metrics::counter!("castellan_queue_worker_restarts_total", "queue" => queue).increment(1);
+    tracing::error!(queue, restarts = worker.restarts(), %error, "queue worker failed; restarting");
     true
 }
 

@@ -226,6 +226,14 @@ async fn workload(api: &str, admin: &str) {
             .status(),
         200
     );
+    // A code by SMS (to the log: no provider is configured).
+    assert_eq!(
+        post("/otp", json!({"phone": "15550030000"}))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     // A magic link (the OtpIssuer's mailbox) and a wrong code for it.
     assert_eq!(
         post("/otp", json!({"email": "dash@example.com"}))
@@ -312,6 +320,8 @@ async fn every_panel_has_series_in_a_real_prometheus() {
         ("CASTELLAN_EXPIRY_SCHEDULE", "* * * * * *"),
         // A used refresh token is a reuse at once, not within a grace.
         ("GOTRUE_SECURITY_REFRESH_TOKEN_REUSE_INTERVAL", "0"),
+        // Phone codes, delivered to the log (no SMS provider).
+        ("GOTRUE_EXTERNAL_PHONE_ENABLED", "true"),
     ];
     let (_api, base, api_log) =
         common::castellan_process_in(&[], &["serve", "--no-workers"], url, &env).await;

@@ -59,6 +59,62 @@ async fn queued_mail_survives_a_kill_and_two_workers_send_each_once() {
     common::drop_database(&db).await;
 }
 
+/// SMS a server queued while the provider was down, the server then
+/// killed, are delivered by workers started afterwards: each once, with the
+/// code the server stored. Two workers race for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_sms_survive_a_kill_and_two_workers_send_each_once() {
+    let fake = crate::sms::FakeProvider::start(503, json!({"message": "down"})).await;
+    let (db, url) = pg().await;
+    let env = [
+        ("GOTRUE_EXTERNAL_PHONE_ENABLED", "true"),
+        ("GOTRUE_SMS_PROVIDER", "twilio"),
+        ("GOTRUE_SMS_TWILIO_ACCOUNT_SID", "AC1"),
+        ("GOTRUE_SMS_TWILIO_AUTH_TOKEN", "tok"),
+        ("GOTRUE_SMS_TWILIO_MESSAGE_SERVICE_SID", "MG1"),
+        ("CASTELLAN_SMS_API_URL", fake.base.as_str()),
+        ("CASTELLAN_EMAIL_RETRY_MIN", "200ms"),
+    ];
+    let (mut api, base) = common::castellan_process(&["serve", "--no-workers"], &url, &env).await;
+    let http = reqwest::Client::new();
+    let phones: Vec<String> = (0..6).map(|i| format!("1555002000{i}")).collect();
+    for p in &phones {
+        let r = read(
+            http.post(format!("{base}/otp"))
+                .json(&json!({"phone": p}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    // Each request tried once, found the provider down, and left the rest to the queue.
+    assert_eq!(fake.wait_for(phones.len()).await.len(), phones.len());
+    api.kill().await.unwrap();
+    fake.answer(201, json!({"sid": "SM1", "status": "queued"}));
+    let (_w1, _) = common::castellan_process(&["worker"], &url, &env).await;
+    let (_w2, _) = common::castellan_process(&["worker"], &url, &env).await;
+    fake.wait_for(2 * phones.len()).await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let got = fake.received();
+    for p in &phones {
+        let to = format!("+{p}");
+        let bodies: Vec<_> = got
+            .iter()
+            .filter(|r| r.form["To"] == to)
+            .map(|r| &r.form["Body"])
+            .collect();
+        assert_eq!(
+            bodies.len(),
+            2,
+            "{p}: the server's attempt and one delivery"
+        );
+        assert_eq!(bodies[0], bodies[1], "{p}: the same code both times");
+    }
+    common::drop_database(&db).await;
+}
+
 /// GOTRUE_RATE_LIMIT_EMAIL_SENT holds across processes sharing the database.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn email_budget_is_shared_by_processes() {
