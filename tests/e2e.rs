@@ -3,11 +3,14 @@
 //! which the README's test command does.
 
 mod common;
+#[path = "common/sms_provider.rs"]
+mod sms_provider;
 #[path = "common/smtp_sink.rs"]
 mod smtp_sink;
 
 use castellan_core::crypto::jwk::{KeyKind, generate};
 use common::Backend;
+use sms_provider::FakeProvider;
 use smtp_sink::SmtpSink;
 
 /// Serves the sink's messages as JSON over HTTP (`GET /` → `[{to, data}]`),
@@ -46,8 +49,10 @@ async fn run_client(backend: Backend, script: &str) {
     run_client_with(backend, script, false, None).await
 }
 
-/// As `run_client`; `mail` sends confirmations to the sink, `key` makes a
-/// new key of that kind the signing key (`CASTELLAN_KEY_ALG` names it).
+/// As `run_client`; `mail` sends confirmations to the sink and SMS codes
+/// to a stand-in Twilio whose requests the script reads (its fourth
+/// argument, `<url>/_received`), `key` makes a new key of that kind the
+/// signing key (`CASTELLAN_KEY_ALG` names it).
 async fn run_client_with(backend: Backend, script: &str, mail: bool, key: Option<KeyKind>) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e");
     assert!(
@@ -56,9 +61,26 @@ async fn run_client_with(backend: Backend, script: &str, mail: bool, key: Option
     );
     let sink = SmtpSink::start().await;
     let port = sink.port;
+    let provider =
+        FakeProvider::start(201, serde_json::json!({"sid": "SM1", "status": "queued"})).await;
+    let provider_url = provider.base.clone();
     let t = common::spawn(backend, |c| {
         c.anonymous_users_enabled = true;
         if mail {
+            c.external_phone_enabled = true;
+            c.sms_autoconfirm = false;
+            c.sms.provider = "twilio".into();
+            c.sms.settings = [
+                ("ACCOUNT_SID", "AC1"),
+                ("AUTH_TOKEN", "tok"),
+                ("MESSAGE_SERVICE_SID", "MG1"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+            c.sms.api_url = Some(provider_url.clone());
+            c.sms.max_frequency = std::time::Duration::from_millis(1);
+            c.rate_limits.sms_sent.events = 1000;
             c.mailer_autoconfirm = false;
             c.smtp.host = Some("127.0.0.1".into());
             c.smtp.port = port;
@@ -78,6 +100,7 @@ async fn run_client_with(backend: Backend, script: &str, mail: bool, key: Option
         .arg(&t.base)
         .arg(t.service_key())
         .arg(mailbox)
+        .arg(&provider_url)
         .env("CASTELLAN_KEY_ALG", key.map_or("HS256", alg_name))
         .current_dir(&dir)
         .output()
@@ -124,6 +147,16 @@ async fn email_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn email_on_postgres() {
     run_client_with(Backend::Postgres, "email.mjs", true, None).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phone_on_sqlite() {
+    run_client_with(Backend::Sqlite, "phone.mjs", true, None).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phone_on_postgres() {
+    run_client_with(Backend::Postgres, "phone.mjs", true, None).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

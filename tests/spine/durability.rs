@@ -64,7 +64,7 @@ async fn queued_mail_survives_a_kill_and_two_workers_send_each_once() {
 /// code the server stored. Two workers race for them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_sms_survive_a_kill_and_two_workers_send_each_once() {
-    let fake = crate::sms::FakeProvider::start(503, json!({"message": "down"})).await;
+    let fake = crate::sms_provider::FakeProvider::start(503, json!({"message": "down"})).await;
     let (db, url) = pg().await;
     let env = [
         ("GOTRUE_EXTERNAL_PHONE_ENABLED", "true"),

@@ -3,6 +3,8 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "../common/sms_provider.rs"]
+mod sms_provider;
 #[path = "../common/smtp_sink.rs"]
 mod smtp_sink;
 

@@ -9,7 +9,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::common::{self, Backend, TestServer, claims};
-use crate::sms::{FakeProvider, Received};
+use crate::sms_provider::{FakeProvider, Received};
 
 const SENT: (u16, &str) = (201, r#"{"sid": "SM1", "status": "queued"}"#);
 
