@@ -711,3 +711,85 @@ both_phone!(
             .assert_error(403, "otp_expired");
     }
 );
+
+/// Every provider's message carries a code that signs in: the flow ends
+/// the same whichever API delivered it.
+async fn each_provider_signs_in(backend: Backend) {
+    let cases: [(&str, &[(&str, &str)], Value, &str); 3] = [
+        (
+            "messagebird",
+            &[("ACCESS_KEY", "k"), ("ORIGINATOR", "Castellan")],
+            json!({"id": "mb-1"}),
+            "body",
+        ),
+        (
+            "textlocal",
+            &[("API_KEY", "k"), ("SENDER", "CSTLN")],
+            json!({"status": "success", "messages": [{"id": "tl-1"}]}),
+            "message",
+        ),
+        (
+            "vonage",
+            &[("API_KEY", "k"), ("API_SECRET", "s"), ("FROM", "Castellan")],
+            json!({"messages": [{"status": "0", "message-id": "vn-1"}]}),
+            "text",
+        ),
+    ];
+    for (name, settings, answer, field) in cases {
+        let settings: std::collections::HashMap<_, _> = settings
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (t, fake) = phone_server(backend, move |c| {
+            c.sms.provider = name.into();
+            c.sms.settings = settings;
+        })
+        .await;
+        fake.answer(200, answer);
+        let r = t.post("/otp", json!({"phone": "15550016666"})).await;
+        assert_eq!(r.status, 200, "{name}: {}", r.text);
+        assert!(r.body["message_id"].is_string(), "{name}: {}", r.text);
+        let sent = fake.wait_for(1).await;
+        let body = &sent[0].form[field];
+        let code = body.rsplit(' ').next().unwrap();
+        let r = verify(&t, "sms", "15550016666", code).await;
+        assert_eq!(r.status, 200, "{name}: {}", r.text);
+        t.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_provider_signs_in_on_sqlite() {
+    each_provider_signs_in(Backend::Sqlite).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_provider_signs_in_on_postgres() {
+    each_provider_signs_in(Backend::Postgres).await
+}
+
+both_phone!(guessing_a_phone_code_voids_it, |_| {}, |t, fake| {
+    let r = t.post("/otp", json!({"phone": "15550017777"})).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let right = code(&fake.wait_for(1).await[0]);
+    let wrong = if right == "000000" {
+        "111111"
+    } else {
+        "000000"
+    };
+    // CASTELLAN_OTP_MAX_GUESSES (5) wrong codes void the outstanding one.
+    for _ in 0..5 {
+        verify(&t, "sms", "15550017777", wrong)
+            .await
+            .assert_error(403, "otp_expired");
+    }
+    verify(&t, "sms", "15550017777", &right)
+        .await
+        .assert_error(403, "otp_expired");
+    assert_eq!(
+        column(&t, "15550017777", "confirmation_token")
+            .await
+            .as_deref(),
+        Some("")
+    );
+});
