@@ -714,8 +714,16 @@ both_phone!(
 
 /// Every provider's message carries a code that signs in: the flow ends
 /// the same whichever API delivered it.
+/// A provider: its name, settings, answer, and the form field of the message.
+type ProviderCase = (
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    Value,
+    &'static str,
+);
+
 async fn each_provider_signs_in(backend: Backend) {
-    let cases: [(&str, &[(&str, &str)], Value, &str); 3] = [
+    let cases: [ProviderCase; 3] = [
         (
             "messagebird",
             &[("ACCESS_KEY", "k"), ("ORIGINATOR", "Castellan")],
