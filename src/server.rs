@@ -385,7 +385,7 @@ pub async fn start_with(config: Config, workers: bool) -> anyhow::Result<Server>
         links: Links::new(accounts.clone(), actors.otp.clone()),
         accounts,
         admin: Admin::with_otp(ctx.clone(), actors.otp.clone()),
-        factors: castellan_actors::factors::Factors::new(ctx.clone()),
+        factors: castellan_actors::factors::Factors::new(ctx.clone(), actors.rate_limits.clone()),
         actors,
         metrics: observability::Scrape {
             handle: metrics,

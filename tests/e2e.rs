@@ -81,6 +81,8 @@ async fn run_client_with(backend: Backend, script: &str, mail: bool, key: Option
             c.sms.api_url = Some(provider_url.clone());
             c.sms.max_frequency = std::time::Duration::from_millis(1);
             c.rate_limits.sms_sent.events = 1000;
+            c.mfa.phone_enroll_enabled = true;
+            c.mfa.phone_verify_enabled = true;
             c.mailer_autoconfirm = false;
             c.smtp.host = Some("127.0.0.1".into());
             c.smtp.port = port;

@@ -1,6 +1,6 @@
-//! Second factors (TOTP): enrollment, challenges, verification that raises
-//! a session to aal2, unenrollment, and the admin's view of them, with
-//! GoTrue's rules and errors. Beyond GoTrue: a code is accepted once per
+//! Second factors (TOTP, and phone codes by SMS): enrollment, challenges,
+//! verification that raises a session to aal2, unenrollment, and the
+//! admin's view of them, with GoTrue's rules and errors. Beyond GoTrue: a code is accepted once per
 //! factor (its time step is remembered), and a factor locks for a while
 //! after repeated wrong codes, counted in the database so every process
 //! sees it. The database orders what must be ordered (the factor's row
@@ -8,24 +8,36 @@
 
 use std::sync::Arc;
 
-use castellan_core::crypto::{jwt, totp};
+use castellan_core::crypto::{jwt, otp, random_base32, secure_eq, totp};
 use castellan_core::models::{AuditAction, AuditActor, User, audit_payload};
-use castellan_core::store::{Factor, FactorRow, Guard, Tx};
-use castellan_core::{ApiError, ApiResult};
+use castellan_core::store::{Challenge, Factor, FactorRow, Guard, Tx};
+use castellan_core::{ApiError, ApiResult, validate};
+use castellan_jobs::sms::SmsKind;
 use chrono::{DateTime, Utc};
 use serde_json::json;
 use uuid::Uuid;
 
 use crate::context::Ctx;
+use crate::rate_limiter::RateLimits;
 use crate::sessions::{TokenGrant, grant_for, not_found, reissue};
+use crate::sms_out::{self, FirstTry};
 
 /// What an enrollment answers.
 pub struct Enrolled {
     pub id: Uuid,
     pub friendly_name: String,
-    pub secret: String,
-    pub uri: String,
-    pub qr_code: String,
+    pub kind: EnrolledKind,
+}
+
+pub enum EnrolledKind {
+    /// What an authenticator app needs.
+    Totp {
+        secret: String,
+        uri: String,
+        qr_code: String,
+    },
+    /// The number as the request gave it (GoTrue's answer).
+    Phone { phone: String },
 }
 
 /// A new factor's request.
@@ -33,11 +45,22 @@ pub struct Enroll {
     pub factor_type: String,
     pub friendly_name: String,
     pub issuer: Option<String>,
+    /// For a phone factor.
+    pub phone: Option<String>,
+}
+
+/// A challenge made: its id, expiry (unix seconds) and factor type.
+pub struct Challenged {
+    pub id: Uuid,
+    pub expires_at: i64,
+    pub factor_type: &'static str,
 }
 
 #[derive(Clone)]
 pub struct Factors {
     ctx: Arc<Ctx>,
+    /// The limits in force, for the SMS budget a phone challenge draws on.
+    limits: RateLimits,
 }
 
 fn factor_not_found() -> ApiError {
@@ -55,8 +78,8 @@ fn counted<T>(op: &'static str, r: ApiResult<T>) -> ApiResult<T> {
 }
 
 impl Factors {
-    pub fn new(ctx: Arc<Ctx>) -> Self {
-        Self { ctx }
+    pub fn new(ctx: Arc<Ctx>, limits: RateLimits) -> Self {
+        Self { ctx, limits }
     }
 
     /// `POST /factors`.
@@ -74,12 +97,13 @@ impl Factors {
                 ));
             }
             "totp" => {}
-            "phone" => {
+            "phone" if !cfg.phone_enroll_enabled => {
                 return Err(ApiError::unprocessable(
                     "mfa_phone_enroll_not_enabled",
                     "MFA enroll is disabled for Phone",
                 ));
             }
+            "phone" => return self.enroll_phone(user, session, req).await,
             "webauthn" => {
                 return Err(ApiError::unprocessable(
                     "mfa_webauthn_enroll_not_enabled",
@@ -139,9 +163,68 @@ impl Factors {
         Ok(Enrolled {
             id,
             friendly_name: req.friendly_name,
-            secret,
-            uri,
-            qr_code,
+            kind: EnrolledKind::Totp {
+                secret,
+                uri,
+                qr_code,
+            },
+        })
+    }
+
+    /// A phone factor: GoTrue's rules (one verified factor per number; an
+    /// unverified one for the same number is replaced).
+    async fn enroll_phone(&self, user: &User, session: Uuid, req: Enroll) -> ApiResult<Enrolled> {
+        let given =
+            req.phone.clone().filter(|p| !p.is_empty()).ok_or_else(|| {
+                ApiError::validation("Phone number required to enroll Phone factor")
+            })?;
+        let phone = validate::phone(&given)?;
+        let now = self.ctx.config.clock.now();
+        let mut tx = self.ctx.store.begin().await?;
+        let expiry =
+            chrono::Duration::from_std(self.ctx.config.mfa.factor_expiry).unwrap_or_default();
+        tx.purge_stale_factors(now - expiry).await?;
+        let mut factors = tx.user_factors(user.id).await?;
+        for f in factors
+            .iter()
+            .filter(|f| f.phone.as_deref() == Some(phone.as_str()))
+        {
+            if f.verified() {
+                return Err(ApiError::unprocessable(
+                    "mfa_verified_factor_exists",
+                    "A verified phone factor already exists, unenroll the existing factor to continue",
+                ));
+            }
+            tx.delete_factor(f).await?;
+        }
+        factors.retain(|f| f.phone.as_deref() != Some(phone.as_str()));
+        self.may_enroll(&mut tx, &factors, &req.friendly_name, session)
+            .await?;
+        let id = Uuid::new_v4();
+        tx.insert_factor(&Factor {
+            id,
+            user_id: user.id,
+            friendly_name: Some(req.friendly_name.clone()),
+            factor_type: "phone".into(),
+            status: "unverified".into(),
+            created_at: now,
+            updated_at: now,
+            secret: None,
+            phone: Some(phone),
+            last_challenged_at: None,
+        })
+        .await?;
+        let audit = audit_payload(
+            user,
+            AuditAction::FactorInProgress,
+            Some(json!({"factor_id": id, "factor_type": "phone"})),
+        );
+        tx.insert_audits(&[audit], now).await?;
+        tx.commit().await?;
+        Ok(Enrolled {
+            id,
+            friendly_name: req.friendly_name,
+            kind: EnrolledKind::Phone { phone: given },
         })
     }
 
@@ -186,27 +269,54 @@ impl Factors {
     }
 
     fn verify_enabled(&self, f: &Factor) -> ApiResult<()> {
-        if f.factor_type == "totp" && self.ctx.config.mfa.totp_verify_enabled {
-            return Ok(());
+        let cfg = &self.ctx.config.mfa;
+        match f.factor_type.as_str() {
+            "totp" if cfg.totp_verify_enabled => Ok(()),
+            "phone" if cfg.phone_verify_enabled => Ok(()),
+            "phone" => Err(ApiError::unprocessable(
+                "mfa_phone_verify_not_enabled",
+                "MFA verification is disabled for Phone",
+            )),
+            _ => Err(ApiError::unprocessable(
+                "mfa_totp_verify_not_enabled",
+                "MFA verification is disabled for TOTP",
+            )),
         }
-        Err(ApiError::unprocessable(
-            "mfa_totp_verify_not_enabled",
-            "MFA verification is disabled for TOTP",
-        ))
     }
 
-    /// `POST /factors/{id}/challenge`: the challenge's id and expiry (unix seconds).
-    pub async fn challenge(&self, user: &User, factor: Uuid, ip: &str) -> ApiResult<(Uuid, i64)> {
-        counted("challenge", self.challenge_once(user, factor, ip).await)
+    /// `POST /factors/{id}/challenge`; a phone factor's code goes by SMS
+    /// (or WhatsApp, `channel`).
+    pub async fn challenge(
+        &self,
+        user: &User,
+        factor: Uuid,
+        ip: &str,
+        channel: Option<&str>,
+    ) -> ApiResult<Challenged> {
+        counted(
+            "challenge",
+            self.challenge_once(user, factor, ip, channel).await,
+        )
     }
 
-    async fn challenge_once(&self, user: &User, factor: Uuid, ip: &str) -> ApiResult<(Uuid, i64)> {
+    async fn challenge_once(
+        &self,
+        user: &User,
+        factor: Uuid,
+        ip: &str,
+        channel: Option<&str>,
+    ) -> ApiResult<Challenged> {
         let now = self.ctx.config.clock.now();
         let mut tx = self.ctx.store.begin().await?;
         let f = self.factor(&mut tx, user.id, factor).await?;
         self.verify_enabled(&f)?;
         let id = Uuid::new_v4();
-        tx.insert_challenge(&f, id, ip, now).await?;
+        let sms = match f.factor_type.as_str() {
+            "phone" => Some(self.phone_code(&mut tx, &f, id, channel, now).await?),
+            _ => None,
+        };
+        let sealed = sms.as_ref().map(|(_, sealed)| sealed.as_str());
+        tx.insert_challenge(&f, id, ip, sealed, now).await?;
         let audit = audit_payload(
             user,
             AuditAction::ChallengeCreated,
@@ -214,9 +324,76 @@ impl Factors {
         );
         tx.insert_audits(&[audit], now).await?;
         tx.commit().await?;
+        if let Some((job, _)) = sms
+            && let FirstTry::Refused(reason) = sms_out::send_first(&self.ctx, &job).await?
+        {
+            // As if never made: the challenge goes, and with it the window.
+            let mut tx = self.ctx.store.begin().await?;
+            tx.delete_challenge(id).await?;
+            tx.set_last_challenged(f.id, f.last_challenged_at).await?;
+            tx.commit().await?;
+            return Err(sms_out::refused("MFA", &reason));
+        }
         let expiry =
             chrono::Duration::from_std(self.ctx.config.mfa.challenge_expiry).unwrap_or_default();
-        Ok((id, (now + expiry).timestamp()))
+        Ok(Challenged {
+            id,
+            expires_at: (now + expiry).timestamp(),
+            factor_type: if f.factor_type == "phone" {
+                "phone"
+            } else {
+                "totp"
+            },
+        })
+    }
+
+    /// A phone challenge's code: the factor's window checked and a message
+    /// drawn from the SMS budget, then the job (held, in `tx`) and the code
+    /// sealed for the challenge row.
+    async fn phone_code(
+        &self,
+        tx: &mut Tx,
+        f: &Factor,
+        challenge: Uuid,
+        channel: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> ApiResult<(castellan_jobs::sms::SmsJob, String)> {
+        let cfg = &self.ctx.config;
+        let channel = crate::accounts::channel(cfg, channel)?;
+        if let Some(last) = f.last_challenged_at {
+            let window =
+                chrono::Duration::from_std(cfg.mfa.phone_max_frequency).unwrap_or_default();
+            let left = (last + window - now).num_seconds();
+            if left > 0 {
+                return Err(ApiError::too_many_requests(
+                    "over_sms_send_rate_limit",
+                    format!(
+                        "For security purposes, you can only request this after {left} seconds."
+                    ),
+                    left as u64,
+                ));
+            }
+        }
+        // Beyond GoTrue: factor codes count against the deployment's SMS
+        // budget, so enrolling numbers is no way to send SMS at will.
+        sms_out::spend_budget(tx, self.limits.settings().sms_sent, now).await?;
+        // A provider that checks codes itself is sent none of ours.
+        let code = match self.ctx.sms.checks_codes() {
+            true => random_base32(32),
+            false => otp(cfg.mfa.phone_otp_length),
+        };
+        let phone = f.phone.as_deref().unwrap_or_default();
+        let job = sms_out::job(
+            &self.ctx,
+            SmsKind::Mfa,
+            phone,
+            &cfg.mfa.phone_template,
+            &code,
+            &channel,
+        );
+        sms_out::hold(&self.ctx, tx, &job).await?;
+        let sealed = cfg.db_encryption.seal(&challenge.to_string(), &code);
+        Ok((job, sealed))
     }
 
     /// `POST /factors/{id}/verify`: on success the session is aal2 and
@@ -229,6 +406,7 @@ impl Factors {
         if v.code.is_empty() {
             return Err(ApiError::validation("Code needs to be non-empty"));
         }
+        let approved = self.provider_check(&v).await?;
         let now = self.ctx.config.clock.now();
         let mut tx = self.ctx.store.begin().await?;
         let f = self.factor(&mut tx, v.user.id, v.factor).await?;
@@ -237,7 +415,10 @@ impl Factors {
             .check_challenge(&mut tx, &f, v.challenge, v.ip, now)
             .await?
         {
-            Ok(()) => self.check_code(&mut tx, &f, v.code, now).await?,
+            Ok(c) => {
+                self.check_code(&mut tx, &f, &c, v.code, approved, now)
+                    .await?
+            }
             Err(refused) => Err(refused),
         };
         let step = match checked {
@@ -249,17 +430,27 @@ impl Factors {
                 return Err(refused);
             }
         };
+        let last_step = match step {
+            Some(step) => Some(step),
+            None => tx.factor_guard(f.id).await?.last_step,
+        };
         tx.set_factor_guard(
             f.id,
             &Guard {
-                last_step: Some(step),
+                last_step,
                 failures: 0,
                 locked_until: None,
             },
         )
         .await?;
         tx.verified(&f, v.challenge, now).await?;
-        tx.add_amr(v.session, "totp", now).await?;
+        // GoTrue's AMR methods: `totp`, `mfa/phone`.
+        let method = if f.factor_type == "phone" {
+            "mfa/phone"
+        } else {
+            "totp"
+        };
+        tx.add_amr(v.session, method, now).await?;
         tx.raise_session(v.user.id, v.session, f.id).await?;
         let audit = audit_payload(
             v.user,
@@ -273,9 +464,10 @@ impl Factors {
         // ones go: the user JSON lists what GoTrue's does.
         let c = tx.session_context(v.session).await?.ok_or_else(not_found)?;
         let token = reissue(&self.ctx, &mut tx, &c, now).await?;
-        tx.drop_unverified_factors(v.user.id, "totp").await?;
+        tx.drop_unverified_factors(v.user.id, &f.factor_type)
+            .await?;
         tx.commit().await?;
-        metrics::counter!("castellan_signins_total", "method" => "totp", "outcome" => "ok")
+        metrics::counter!("castellan_signins_total", "method" => method, "outcome" => "ok")
             .increment(1);
         grant_for(&self.ctx, c, token, now)
     }
@@ -289,7 +481,7 @@ impl Factors {
         challenge: Uuid,
         ip: &str,
         now: DateTime<Utc>,
-    ) -> ApiResult<Result<(), ApiError>> {
+    ) -> ApiResult<Result<Challenge, ApiError>> {
         let Some(c) = tx.challenge_of(f.id, challenge).await? else {
             return Ok(Err(ApiError::unprocessable(
                 "mfa_factor_not_found",
@@ -314,19 +506,42 @@ impl Factors {
                 ),
             )));
         }
-        Ok(Ok(()))
+        Ok(Ok(c))
     }
 
-    /// The code against the factor's secret and guard: the matched step,
-    /// or the refusal (a wrong, replayed or locked-out code) with the
-    /// guard already updated in `tx`.
+    /// With a provider that checks codes itself (Twilio Verify), a phone
+    /// factor's code is asked about there, before any transaction opens.
+    async fn provider_check(&self, v: &Verify<'_>) -> ApiResult<Option<bool>> {
+        if !self.ctx.sms.checks_codes() {
+            return Ok(None);
+        }
+        let factors = self.ctx.store.factors_of(v.user.id).await?;
+        let Some(phone) = factors
+            .iter()
+            .find(|f| f.id == v.factor && f.factor_type == "phone")
+            .and_then(|f| f.phone.clone())
+        else {
+            return Ok(None);
+        };
+        match self.ctx.sms.check_code(&phone, v.code).await {
+            Ok(approved) => Ok(Some(approved)),
+            Err(e) => Err(ApiError::unavailable("sms provider", e)),
+        }
+    }
+
+    /// The code against the factor (its TOTP secret, or the code its phone
+    /// challenge sent) and guard: the matched TOTP step (none for a phone
+    /// code), or the refusal (a wrong, replayed or locked-out code) with
+    /// the guard already updated in `tx`.
     async fn check_code(
         &self,
         tx: &mut Tx,
         f: &Factor,
+        challenge: &Challenge,
         code: &str,
+        approved: Option<bool>,
         now: DateTime<Utc>,
-    ) -> ApiResult<Result<i64, ApiError>> {
+    ) -> ApiResult<Result<Option<i64>, ApiError>> {
         let cfg = &self.ctx.config.mfa;
         let mut guard = tx.factor_guard(f.id).await?;
         if guard.locked_until.is_some_and(|t| now < t) {
@@ -339,17 +554,33 @@ impl Factors {
                 left,
             )));
         }
-        let secret = self
-            .ctx
-            .config
-            .db_encryption
-            .open(&f.id.to_string(), f.secret.as_deref().unwrap_or_default())
-            .map_err(|e| ApiError::internal("totp secret", e))?;
-        let step = totp::matching_step(&secret, code, now.timestamp().max(0) as u64)
-            .map(|s| s as i64)
-            // A code is good once: its step, or an earlier one, was used.
-            .filter(|s| guard.last_step.is_none_or(|last| *s > last));
-        if let Some(step) = step {
+        let (good, wrong) = if f.factor_type == "phone" {
+            let sent = self
+                .ctx
+                .config
+                .db_encryption
+                .open(
+                    &challenge.id.to_string(),
+                    challenge.otp_code.as_deref().unwrap_or_default(),
+                )
+                .map_err(|e| ApiError::internal("phone challenge code", e))?;
+            let good = approved
+                .unwrap_or_else(|| !sent.is_empty() && secure_eq(sent.as_bytes(), code.as_bytes()));
+            (good.then_some(None), "Invalid MFA Phone code entered")
+        } else {
+            let secret = self
+                .ctx
+                .config
+                .db_encryption
+                .open(&f.id.to_string(), f.secret.as_deref().unwrap_or_default())
+                .map_err(|e| ApiError::internal("totp secret", e))?;
+            let step = totp::matching_step(&secret, code, now.timestamp().max(0) as u64)
+                .map(|s| s as i64)
+                // A code is good once: its step, or an earlier one, was used.
+                .filter(|s| guard.last_step.is_none_or(|last| *s > last));
+            (step.map(Some), "Invalid TOTP code entered")
+        };
+        if let Some(step) = good {
             return Ok(Ok(step));
         }
         guard.failures += 1;
@@ -362,7 +593,7 @@ impl Factors {
         tx.set_factor_guard(f.id, &guard).await?;
         Ok(Err(ApiError::unprocessable(
             "mfa_verification_failed",
-            "Invalid TOTP code entered",
+            wrong,
         )))
     }
 

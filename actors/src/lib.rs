@@ -29,6 +29,7 @@ mod refresh_v2;
 pub mod session_manager;
 pub mod sessions;
 pub mod signing_keys;
+mod sms_out;
 pub mod supervisor;
 
 pub use context::Ctx;

@@ -15,8 +15,7 @@ use castellan_core::crypto::{otp, secure_eq, token_hash};
 use castellan_core::models::{AuditAction, AuditActor, Pkce, User, audit_payload};
 use castellan_core::store::{Budget, TokenType};
 use castellan_core::{ApiError, ApiResult};
-use castellan_jobs::queue::Queue;
-use castellan_jobs::sms::{SendError, SmsJob, SmsKind};
+use castellan_jobs::sms::{SmsJob, SmsKind};
 use castellan_jobs::{EmailJob, EmailKind};
 use chrono::{DateTime, Utc};
 use serde_json::json;
@@ -25,6 +24,7 @@ use uuid::Uuid;
 use crate::context::Ctx;
 use crate::mailbox::Mail;
 use crate::rate_limiter::RateLimits;
+use crate::sms_out::{self, FirstTry};
 
 #[derive(Debug, Clone)]
 pub struct SendRequest {
@@ -397,20 +397,26 @@ async fn send(ctx: &Ctx, budget: SendBudget, req: &SendRequest) -> ApiResult<Vec
     Ok(issued)
 }
 
-fn sms_token_type(kind: SmsKind) -> TokenType {
-    match kind {
-        SmsKind::Confirmation => TokenType::ConfirmationToken,
-        SmsKind::PhoneChange => TokenType::PhoneChangeToken,
-        SmsKind::Reauthentication => TokenType::ReauthenticationToken,
-    }
-}
-
-fn sms_audit(kind: SmsKind) -> AuditAction {
-    match kind {
-        SmsKind::Confirmation => AuditAction::UserConfirmationRequested,
-        SmsKind::PhoneChange => AuditAction::UserModified,
-        SmsKind::Reauthentication => AuditAction::UserReauthenticateRequested,
-    }
+/// The user's token a code is stored as, and its audit; factor codes are
+/// the factor's challenge's, not the user's.
+fn sms_token(kind: SmsKind) -> ApiResult<(TokenType, AuditAction)> {
+    Ok(match kind {
+        SmsKind::Confirmation => (
+            TokenType::ConfirmationToken,
+            AuditAction::UserConfirmationRequested,
+        ),
+        SmsKind::PhoneChange => (TokenType::PhoneChangeToken, AuditAction::UserModified),
+        SmsKind::Reauthentication => (
+            TokenType::ReauthenticationToken,
+            AuditAction::UserReauthenticateRequested,
+        ),
+        SmsKind::Mfa => {
+            return Err(ApiError::internal(
+                "sms",
+                "factor codes are sent by the factor's challenge",
+            ));
+        }
+    })
 }
 
 /// An SMS code committed: the job that carries it (none for a test
@@ -428,7 +434,7 @@ struct SmsIssued {
 /// back while the request sends it itself.
 async fn issue_sms(ctx: &Ctx, budget: SendBudget, req: &SmsRequest) -> ApiResult<SmsIssued> {
     let now = ctx.config.clock.now();
-    let tt = sms_token_type(req.kind);
+    let (tt, audit) = sms_token(req.kind)?;
     let mut tx = ctx.store.begin().await?;
     let user = tx
         .lock_user(req.user_id)
@@ -455,18 +461,8 @@ async fn issue_sms(ctx: &Ctx, budget: SendBudget, req: &SmsRequest) -> ApiResult
     }
     // Test numbers get their fixed code, send nothing and spend no budget.
     let test = ctx.config.sms.test_otp(&phone, now).map(str::to_string);
-    if test.is_none()
-        && !ctx.config.sms_autoconfirm
-        && !tx
-            .take_budget(Budget::Sms, budget.events, budget.per, now)
-            .await?
-    {
-        metrics::counter!("castellan_sms_budget_exhausted_total").increment(1);
-        return Err(ApiError::too_many_requests(
-            "over_sms_send_rate_limit",
-            "SMS rate limit exceeded",
-            budget.per.as_secs(),
-        ));
+    if test.is_none() && !ctx.config.sms_autoconfirm {
+        sms_out::spend_budget(&mut tx, budget, now).await?;
     }
     // A provider that makes its own codes (Twilio Verify) is sent none of
     // ours; the token stored then only marks one as outstanding, and is
@@ -486,27 +482,15 @@ async fn issue_sms(ctx: &Ctx, budget: SendBudget, req: &SmsRequest) -> ApiResult
     let job = match test {
         Some(_) => None,
         None => {
-            let job = SmsJob {
-                id: Uuid::new_v4(),
-                kind: req.kind,
-                to: phone.clone(),
-                body: castellan_jobs::sms::render(&ctx.config.sms.template, &code),
-                channel: req.channel.clone(),
-                queued_at: now,
-            };
-            // Held past the request's own attempt, so only one of the two sends.
-            let hold = ctx.config.sms.send_timeout + std::time::Duration::from_secs(10);
-            castellan_jobs::queue::enqueue_sms(&mut tx, &job, ctx.config.mailer.max_attempts, hold)
-                .await?;
+            let template = &ctx.config.sms.template;
+            let job = sms_out::job(ctx, req.kind, &phone, template, &code, &req.channel);
+            sms_out::hold(ctx, &mut tx, &job).await?;
             Some(job)
         }
     };
     let traits = json!({"channel": req.channel});
-    tx.insert_audit(
-        &audit_payload(&user, sms_audit(req.kind), Some(traits)),
-        now,
-    )
-    .await?;
+    tx.insert_audit(&audit_payload(&user, audit, Some(traits)), now)
+        .await?;
     tx.commit().await?;
     Ok(SmsIssued {
         job,
@@ -517,46 +501,23 @@ async fn issue_sms(ctx: &Ctx, budget: SendBudget, req: &SmsRequest) -> ApiResult
     })
 }
 
-/// The request's own attempt at an issued SMS. Sent: the held job is
-/// withdrawn. Refused: withdrawn too, and the code taken back (422, as
-/// GoTrue answers). Provider down or slow: the job is let go at once, for
-/// the queue to retry with backoff.
+/// The request's own attempt at an issued SMS; a refused message's code
+/// is taken back (with its window), as if never issued.
 async fn deliver_first(ctx: &Ctx, issued: SmsIssued) -> ApiResult<SmsSent> {
     let Some(job) = issued.job else {
         return Ok(SmsSent {
             message_id: Some("test-otp".into()),
         });
     };
-    let timeout = ctx.config.sms.send_timeout;
-    let sent = match tokio::time::timeout(timeout, ctx.sms.send(&job.message())).await {
-        Ok(r) => r,
-        Err(_) => Err(SendError::Unavailable("timed out".into())),
-    };
-    match sent {
-        Ok(message_id) => {
-            if !castellan_jobs::queue::withdraw(&ctx.store, Queue::Sms, job.id).await? {
-                tracing::warn!(job = %job.id, "a worker took the SMS while the request sent it: it may arrive twice");
-            }
-            Ok(SmsSent { message_id })
-        }
-        Err(SendError::Refused(reason)) => {
-            castellan_jobs::queue::withdraw(&ctx.store, Queue::Sms, job.id).await?;
+    match sms_out::send_first(ctx, &job).await? {
+        FirstTry::Sent(message_id) => Ok(SmsSent { message_id }),
+        FirstTry::Queued => Ok(SmsSent::default()),
+        FirstTry::Refused(reason) => {
             let mut tx = ctx.store.begin().await?;
             tx.unsend(issued.user_id, issued.tt, &issued.hash, issued.sent_before)
                 .await?;
             tx.commit().await?;
-            Err(ApiError::unprocessable(
-                "sms_send_failed",
-                format!(
-                    "Error sending {} OTP to provider: {reason}",
-                    job.kind.as_str()
-                ),
-            ))
-        }
-        Err(SendError::Unavailable(reason)) => {
-            tracing::warn!(job = %job.id, %reason, "SMS provider unavailable; the queue retries");
-            castellan_jobs::queue::release_now(&ctx.store, Queue::Sms, job.id).await?;
-            Ok(SmsSent::default())
+            Err(sms_out::refused(job.kind.as_str(), &reason))
         }
     }
 }

@@ -719,6 +719,13 @@ pub struct MfaConfig {
     /// Wrong codes in a row before a factor locks, and for how long.
     pub max_failures: i64,
     pub lockout: Duration,
+    /// Phone factors (`GOTRUE_MFA_PHONE_*`): off unless enabled, as in GoTrue.
+    pub phone_enroll_enabled: bool,
+    pub phone_verify_enabled: bool,
+    pub phone_otp_length: usize,
+    pub phone_template: String,
+    /// The window between two challenges of one phone factor.
+    pub phone_max_frequency: Duration,
 }
 
 fn mfa(v: &Vars) -> Result<MfaConfig, ConfigError> {
@@ -741,6 +748,19 @@ fn mfa(v: &Vars) -> Result<MfaConfig, ConfigError> {
             .max(FLOOR),
         max_failures: v.num(&["CASTELLAN_MFA_MAX_FAILURES"], 5i64)?.max(1),
         lockout: v.duration(&["CASTELLAN_MFA_LOCKOUT"], Duration::from_secs(300))?,
+        phone_enroll_enabled: v.bool(&["GOTRUE_MFA_PHONE_ENROLL_ENABLED"], false)?,
+        phone_verify_enabled: v.bool(&["GOTRUE_MFA_PHONE_VERIFY_ENABLED"], false)?,
+        phone_otp_length: match v.num(&["GOTRUE_MFA_PHONE_OTP_LENGTH"], 6usize)? {
+            n @ 6..=10 => n,
+            _ => 6,
+        },
+        phone_template: v.string(&["GOTRUE_MFA_PHONE_TEMPLATE"], "Your code is {{ .Code }}"),
+        phone_max_frequency: match v
+            .duration(&["GOTRUE_MFA_PHONE_MAX_FREQUENCY"], Duration::from_secs(60))?
+        {
+            d if d.is_zero() => Duration::from_secs(60),
+            d => d,
+        },
     })
 }
 

@@ -398,6 +398,8 @@ pub enum SmsKind {
     Confirmation,
     PhoneChange,
     Reauthentication,
+    /// A phone factor's challenge.
+    Mfa,
 }
 
 impl SmsKind {
@@ -406,6 +408,7 @@ impl SmsKind {
             SmsKind::Confirmation => "confirmation",
             SmsKind::PhoneChange => "phone_change",
             SmsKind::Reauthentication => "reauthentication",
+            SmsKind::Mfa => "mfa",
         }
     }
 }

@@ -1,9 +1,10 @@
-//! `/factors`: enroll, challenge, verify and unenroll second factors (TOTP).
+//! `/factors`: enroll, challenge, verify and unenroll second factors (TOTP
+//! and phone).
 
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::response::IntoResponse;
-use castellan_actors::factors::{Enroll, Verify};
+use castellan_actors::factors::{Enroll, EnrolledKind, Verify};
 use castellan_core::ApiError;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -11,17 +12,19 @@ use uuid::Uuid;
 
 use crate::api::{TokenResponse, token_response};
 use crate::error::{HttpResult, Refusals};
-use crate::extract::{AuthLive, JsonBody};
+use crate::extract::{AuthLive, JsonBody, RawBody, parse_json};
 use crate::server::AppState;
 
 #[derive(Deserialize, Default, ToSchema)]
 #[serde(default)]
 pub struct EnrollBody {
-    /// `totp` (`phone` and `webauthn` are not enabled).
+    /// `totp` or `phone` (`webauthn` is not enabled).
     factor_type: Option<String>,
     friendly_name: Option<String>,
     /// The name authenticator apps show; the site URL's host by default.
     issuer: Option<String>,
+    /// For a phone factor: the number codes go to (E.164).
+    phone: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -38,7 +41,18 @@ pub struct Enrolled {
     #[serde(rename = "type")]
     factor_type: &'static str,
     friendly_name: String,
-    totp: TotpView,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    totp: Option<TotpView>,
+    /// A phone factor's number, as given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    phone: Option<String>,
+}
+
+#[derive(Deserialize, Default, ToSchema)]
+#[serde(default)]
+pub struct ChallengeBody {
+    /// For a phone factor: `sms` (the default) or `whatsapp`.
+    channel: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -116,17 +130,31 @@ pub async fn enroll(
         factor_type: b.factor_type.unwrap_or_default(),
         friendly_name: b.friendly_name.unwrap_or_default(),
         issuer: b.issuer,
+        phone: b.phone,
     };
     let e = st.factors.enroll(user, session, req).await?;
+    let (factor_type, totp, phone) = match e.kind {
+        EnrolledKind::Totp {
+            secret,
+            uri,
+            qr_code,
+        } => (
+            "totp",
+            Some(TotpView {
+                qr_code,
+                secret,
+                uri,
+            }),
+            None,
+        ),
+        EnrolledKind::Phone { phone } => ("phone", None, Some(phone)),
+    };
     Ok(Json(Enrolled {
         id: e.id,
-        factor_type: "totp",
+        factor_type,
         friendly_name: e.friendly_name,
-        totp: TotpView {
-            qr_code: e.qr_code,
-            secret: e.secret,
-            uri: e.uri,
-        },
+        totp,
+        phone,
     })
     .into_response())
 }
@@ -137,6 +165,7 @@ pub async fn enroll(
     tag = "mfa",
     operation_id = "challenge_factor",
     params(FactorPath),
+    request_body = ChallengeBody,
     security(("bearer" = [])),
     responses((status = 200, body = ChallengeView), Refusals)
 )]
@@ -144,16 +173,22 @@ pub async fn challenge(
     State(st): State<AppState>,
     auth: AuthLive,
     Path(FactorPath { factor_id: raw }): Path<FactorPath>,
+    RawBody(bytes): RawBody,
 ) -> HttpResult {
     let (user, _) = holder(&auth)?;
-    let (id, expires_at) = st
+    // A TOTP challenge has nothing to say: no body is an empty one.
+    let b: ChallengeBody = match bytes.is_empty() {
+        true => ChallengeBody::default(),
+        false => parse_json(&bytes)?,
+    };
+    let c = st
         .factors
-        .challenge(user, factor_id(&raw)?, &client_ip())
+        .challenge(user, factor_id(&raw)?, &client_ip(), b.channel.as_deref())
         .await?;
     Ok(Json(ChallengeView {
-        id,
-        factor_type: "totp",
-        expires_at,
+        id: c.id,
+        factor_type: c.factor_type,
+        expires_at: c.expires_at,
     })
     .into_response())
 }

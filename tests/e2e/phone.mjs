@@ -71,6 +71,25 @@ async function scenarios(url, tag) {
   // The password works with the new number.
   const again = new AuthClient({ url, autoRefreshToken: false, persistSession: false });
   ok(await again.signInWithPassword({ phone: newPhone, password: 'secret123' }), 'signInWithPassword phone');
+
+  // A phone second factor: enroll, challenge by SMS, verify; the session is aal2.
+  const factorPhone = `1${tag === 'root' ? 1 : 2}8${stamp}`;
+  const enrolled = await auth.mfa.enroll({ factorType: 'phone', phone: `+${factorPhone}` });
+  ok(enrolled, 'mfa.enroll phone');
+  assert.equal(enrolled.data.type, 'phone');
+  const challenge = await auth.mfa.challenge({ factorId: enrolled.data.id, channel: 'sms' });
+  ok(challenge, 'mfa.challenge');
+  ok(
+    await auth.mfa.verify({ factorId: enrolled.data.id, challengeId: challenge.data.id, code: await code(factorPhone, 1) }),
+    'mfa.verify',
+  );
+  const aal = await auth.mfa.getAuthenticatorAssuranceLevel();
+  ok(aal, 'aal');
+  assert.equal(aal.data.currentLevel, 'aal2');
+  assert.ok(aal.data.currentAuthenticationMethods.some((m) => m.method === 'mfa/phone'));
+  const listed = await auth.mfa.listFactors();
+  ok(listed, 'listFactors');
+  assert.deepEqual(listed.data.phone.map((f) => f.id), [enrolled.data.id]);
 }
 
 await runEverywhere(base, scenarios);

@@ -801,3 +801,247 @@ both_phone!(guessing_a_phone_code_voids_it, |_| {}, |t, fake| {
         Some("")
     );
 });
+
+fn with_phone_factors(c: &mut castellan_core::Config) {
+    c.mfa.phone_enroll_enabled = true;
+    c.mfa.phone_verify_enabled = true;
+}
+
+/// A phone factor of the token's user for `phone`: its id.
+async fn phone_factor(t: &TestServer, token: &str, phone: &str) -> String {
+    let body = json!({"factor_type": "phone", "phone": phone});
+    let r = authed(t, Method::POST, "/factors", token, body).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.body["id"].as_str().unwrap().to_string()
+}
+
+async fn authed(
+    t: &TestServer,
+    method: Method,
+    path: &str,
+    token: &str,
+    body: Value,
+) -> common::Reply {
+    t.request(method, path, Some(token), Some(body)).await
+}
+
+both_phone!(
+    a_phone_factor_raises_the_session_to_aal2,
+    with_phone_factors,
+    |t, fake| {
+        let s = confirmed(&t, &fake, "15550020000").await;
+        let token = s["access_token"].as_str().unwrap().to_string();
+        let r = authed(
+            &t,
+            Method::POST,
+            "/factors",
+            &token,
+            json!({"factor_type": "phone", "phone": "+1 555 002 0001", "friendly_name": "mobile"}),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.body["type"], "phone");
+        assert_eq!(r.body["friendly_name"], "mobile");
+        assert_eq!(r.body["phone"], "+1 555 002 0001");
+        assert!(r.body.get("totp").is_none());
+        let factor = r.body["id"].as_str().unwrap().to_string();
+        let challenge_path = format!("/factors/{factor}/challenge");
+        let verify_path = format!("/factors/{factor}/verify");
+
+        let r = authed(&t, Method::POST, &challenge_path, &token, json!({})).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.body["type"], "phone");
+        assert!(r.body["expires_at"].is_i64());
+        let first = r.body["id"].as_str().unwrap().to_string();
+        let sent = fake.wait_for(2).await;
+        assert_eq!(sent[1].form["To"], "+15550020001");
+        let code1 = code(&sent[1]);
+        assert_eq!(waiting_sms(&t).await, 0);
+
+        // One challenge per factor a minute.
+        let r = authed(&t, Method::POST, &challenge_path, &token, json!({})).await;
+        r.assert_error(429, "over_sms_send_rate_limit");
+        assert_eq!(fake.received().len(), 2);
+
+        let wrong = if code1 == "000000" {
+            "111111"
+        } else {
+            "000000"
+        };
+        let r = authed(
+            &t,
+            Method::POST,
+            &verify_path,
+            &token,
+            json!({"challenge_id": first, "code": wrong}),
+        )
+        .await;
+        r.assert_error(422, "mfa_verification_failed");
+        assert_eq!(r.body["msg"], "Invalid MFA Phone code entered");
+
+        let r = authed(
+            &t,
+            Method::POST,
+            &verify_path,
+            &token,
+            json!({"challenge_id": first, "code": code1}),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let c = claims(r.body["access_token"].as_str().unwrap());
+        assert_eq!(c["aal"], "aal2");
+        let methods: Vec<_> = c["amr"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["method"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(methods[0], "mfa/phone", "{methods:?}");
+        let factors = r.body["user"]["factors"].as_array().unwrap();
+        assert_eq!(factors.len(), 1);
+        assert_eq!(factors[0]["status"], "verified");
+        assert_eq!(factors[0]["factor_type"], "phone");
+        assert_eq!(factors[0]["phone"], "15550020001");
+        let aal2 = r.body["access_token"].as_str().unwrap().to_string();
+        // A spent challenge is spent.
+        let r = authed(
+            &t,
+            Method::POST,
+            &verify_path,
+            &aal2,
+            json!({"challenge_id": first, "code": code1}),
+        )
+        .await;
+        r.assert_error(422, "mfa_ip_address_mismatch");
+
+        // A verified factor for the number already exists.
+        let r = authed(
+            &t,
+            Method::POST,
+            "/factors",
+            &aal2,
+            json!({"factor_type": "phone", "phone": "15550020001", "friendly_name": "again"}),
+        )
+        .await;
+        r.assert_error(422, "mfa_verified_factor_exists");
+    }
+);
+
+both_phone!(
+    a_refused_factor_code_takes_the_challenge_back,
+    with_phone_factors,
+    |t, fake| {
+        let s = confirmed(&t, &fake, "15550021000").await;
+        let token = s["access_token"].as_str().unwrap().to_string();
+        let factor = phone_factor(&t, &token, "15550021001").await;
+        let path = format!("/factors/{factor}/challenge");
+        fake.answer(400, json!({"message": "The 'To' number is not valid."}));
+        let r = authed(&t, Method::POST, &path, &token, json!({"channel": "sms"})).await;
+        r.assert_error(422, "sms_send_failed");
+        assert_eq!(
+            r.body["msg"],
+            "Error sending MFA OTP to provider: The 'To' number is not valid."
+        );
+        assert_eq!(
+            t.count_by_str("SELECT count(*) FROM mfa_challenges WHERE $1 = $1", "")
+                .await,
+            0
+        );
+        assert_eq!(waiting_sms(&t).await, 0);
+        // No window to wait out: it was never sent.
+        fake.answer(SENT.0, serde_json::from_str(SENT.1).unwrap());
+        let r = authed(&t, Method::POST, &path, &token, json!({})).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        // Bad input: an unknown channel, a number that is not one.
+        t.clock().advance(Duration::from_secs(61));
+        authed(&t, Method::POST, &path, &token, json!({"channel": "fax"}))
+            .await
+            .assert_error(400, "validation_failed");
+        authed(
+            &t,
+            Method::POST,
+            "/factors",
+            &token,
+            json!({"factor_type": "phone", "phone": "call me"}),
+        )
+        .await
+        .assert_error(400, "validation_failed");
+        authed(
+            &t,
+            Method::POST,
+            "/factors",
+            &token,
+            json!({"factor_type": "phone"}),
+        )
+        .await
+        .assert_error(400, "validation_failed");
+    }
+);
+
+both_phone!(phone_factors_are_off_unless_enabled, |_| {}, |t, fake| {
+    let s = confirmed(&t, &fake, "15550022000").await;
+    let token = s["access_token"].as_str().unwrap().to_string();
+    authed(
+        &t,
+        Method::POST,
+        "/factors",
+        &token,
+        json!({"factor_type": "phone", "phone": "15550022001"}),
+    )
+    .await
+    .assert_error(422, "mfa_phone_enroll_not_enabled");
+});
+
+both_phone!(
+    twilio_verify_checks_phone_factor_codes,
+    |c| {
+        with_phone_factors(c);
+        c.sms.provider = "twilio_verify".into();
+    },
+    |t, fake| {
+        fake.answer(201, json!({"sid": "VE1", "status": "pending"}));
+        let r = t.post("/otp", json!({"phone": "15550023000"})).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        fake.answer(200, json!({"status": "approved", "valid": true}));
+        let r = verify(&t, "sms", "15550023000", "123456").await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let token = r.body["access_token"].as_str().unwrap().to_string();
+        let factor = phone_factor(&t, &token, "15550023001").await;
+        let r = authed(
+            &t,
+            Method::POST,
+            &format!("/factors/{factor}/challenge"),
+            &token,
+            json!({}),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let challenge = r.body["id"].as_str().unwrap().to_string();
+        let verify_path = format!("/factors/{factor}/verify");
+        fake.answer(200, json!({"status": "pending", "valid": false}));
+        authed(
+            &t,
+            Method::POST,
+            &verify_path,
+            &token,
+            json!({"challenge_id": challenge, "code": "111111"}),
+        )
+        .await
+        .assert_error(422, "mfa_verification_failed");
+        fake.answer(200, json!({"status": "approved", "valid": true}));
+        let r = authed(
+            &t,
+            Method::POST,
+            &verify_path,
+            &token,
+            json!({"challenge_id": challenge, "code": "222222"}),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let got = fake.received();
+        let last = got.last().unwrap();
+        assert_eq!(last.path, "/v2/Services/MG1/VerificationCheck");
+        assert_eq!(last.form["To"], "+15550023001");
+        assert_eq!(last.form["Code"], "222222");
+    }
+);

@@ -51,6 +51,8 @@ pub struct Challenge {
     pub created_at: DateTime<Utc>,
     pub verified_at: Option<DateTime<Utc>>,
     pub ip_address: String,
+    /// A phone factor's code (as stored: plain or sealed).
+    pub otp_code: Option<String>,
 }
 
 /// castellan's per-factor state: the last step a code was accepted for,
@@ -142,27 +144,40 @@ impl Tx {
             .execute(&mut *c).await.map(drop))
     }
 
-    /// A new challenge of a factor from `ip`, and the factor's last challenge time.
+    /// A new challenge of a factor from `ip` (with the code a phone factor
+    /// was sent), and the factor's last challenge time.
     pub async fn insert_challenge(
         &mut self,
         factor: &Factor,
         id: Uuid,
         ip: &str,
+        otp_code: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<(), sqlx::Error> {
         self.touch(factor.user_id);
         count();
         let sql = match self.conn {
             Conn::Pg(_) => {
-                "INSERT INTO mfa_challenges (id, factor_id, created_at, ip_address) VALUES ($1, $2, $3, $4::inet)"
+                "INSERT INTO mfa_challenges (id, factor_id, created_at, ip_address, otp_code) VALUES ($1, $2, $3, $4::inet, $5)"
             }
             Conn::Lite(..) => {
-                "INSERT INTO mfa_challenges (id, factor_id, created_at, ip_address) VALUES ($1, $2, $3, $4)"
+                "INSERT INTO mfa_challenges (id, factor_id, created_at, ip_address, otp_code) VALUES ($1, $2, $3, $4, $5)"
             }
         };
-        on!(tx self, c => sqlx::query(sql).bind(id).bind(factor.id).bind(now).bind(ip).execute(&mut *c).await.map(drop))?;
+        on!(tx self, c => sqlx::query(sql).bind(id).bind(factor.id).bind(now).bind(ip).bind(otp_code).execute(&mut *c).await.map(drop))?;
         on!(tx self, c => sqlx::query("UPDATE mfa_factors SET last_challenged_at = $2 WHERE id = $1")
             .bind(factor.id).bind(now).execute(&mut *c).await.map(drop))
+    }
+
+    /// Puts a factor's last challenge time back (a challenge taken back).
+    pub async fn set_last_challenged(
+        &mut self,
+        factor_id: Uuid,
+        at: Option<DateTime<Utc>>,
+    ) -> Result<(), sqlx::Error> {
+        count();
+        on!(tx self, c => sqlx::query("UPDATE mfa_factors SET last_challenged_at = $2 WHERE id = $1")
+            .bind(factor_id).bind(at).execute(&mut *c).await.map(drop))
     }
 
     pub async fn challenge_of(
@@ -173,10 +188,10 @@ impl Tx {
         count();
         let sql = match self.conn {
             Conn::Pg(_) => {
-                "SELECT id, factor_id, created_at, verified_at, host(ip_address) AS ip_address FROM mfa_challenges WHERE id = $1 AND factor_id = $2 FOR UPDATE"
+                "SELECT id, factor_id, created_at, verified_at, host(ip_address) AS ip_address, otp_code FROM mfa_challenges WHERE id = $1 AND factor_id = $2 FOR UPDATE"
             }
             Conn::Lite(..) => {
-                "SELECT id, factor_id, created_at, verified_at, ip_address FROM mfa_challenges WHERE id = $1 AND factor_id = $2"
+                "SELECT id, factor_id, created_at, verified_at, ip_address, otp_code FROM mfa_challenges WHERE id = $1 AND factor_id = $2"
             }
         };
         on!(tx self, c => sqlx::query_as(sql).bind(id).bind(factor_id).fetch_optional(&mut *c).await)

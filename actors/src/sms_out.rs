@@ -1,0 +1,104 @@
+//! Sending an SMS from a request. The message is queued in the caller's
+//! transaction but held back; once that commits, the request sends it
+//! itself and settles the queued copy: withdrawn when the provider took or
+//! refused it, let go at once for the workers to retry when the provider
+//! is down or slow. So a request never waits on a provider beyond a short
+//! timeout, and a message survives the process dying at any point.
+
+use std::time::Duration;
+
+use castellan_core::config::SendBudget;
+use castellan_core::store::{Budget, Tx};
+use castellan_core::{ApiError, ApiResult};
+use castellan_jobs::queue::{self, Queue};
+use castellan_jobs::sms::{SendError, SmsJob, SmsKind};
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::context::Ctx;
+
+/// How a request's own attempt went.
+pub enum FirstTry {
+    /// The provider took it (with its message id, when it gave one).
+    Sent(Option<String>),
+    /// The provider could not be reached in time: the queue has it.
+    Queued,
+    /// The provider refused it: nothing more will be tried.
+    Refused(String),
+}
+
+/// A message carrying `code`, to `to` by `channel`, from `template`.
+pub fn job(
+    ctx: &Ctx,
+    kind: SmsKind,
+    to: &str,
+    template: &str,
+    code: &str,
+    channel: &str,
+) -> SmsJob {
+    SmsJob {
+        id: Uuid::new_v4(),
+        kind,
+        to: to.to_string(),
+        body: castellan_jobs::sms::render(template, code),
+        channel: channel.to_string(),
+        queued_at: ctx.config.clock.now(),
+    }
+}
+
+/// Draws one message from the deployment's SMS budget in `tx` (429 when spent).
+pub async fn spend_budget(tx: &mut Tx, budget: SendBudget, now: DateTime<Utc>) -> ApiResult<()> {
+    if tx
+        .take_budget(Budget::Sms, budget.events, budget.per, now)
+        .await?
+    {
+        return Ok(());
+    }
+    metrics::counter!("castellan_sms_budget_exhausted_total").increment(1);
+    Err(ApiError::too_many_requests(
+        "over_sms_send_rate_limit",
+        "SMS rate limit exceeded",
+        budget.per.as_secs(),
+    ))
+}
+
+/// Queues `job` in `tx`, held back past the request's own attempt so only
+/// one of the two sends it.
+pub async fn hold(ctx: &Ctx, tx: &mut Tx, job: &SmsJob) -> ApiResult<()> {
+    let hold = ctx.config.sms.send_timeout + Duration::from_secs(10);
+    queue::enqueue_sms(tx, job, ctx.config.mailer.max_attempts, hold).await
+}
+
+/// The request's own attempt at a held job (after its transaction committed).
+pub async fn send_first(ctx: &Ctx, job: &SmsJob) -> ApiResult<FirstTry> {
+    let timeout = ctx.config.sms.send_timeout;
+    let sent = match tokio::time::timeout(timeout, ctx.sms.send(&job.message())).await {
+        Ok(r) => r,
+        Err(_) => Err(SendError::Unavailable("timed out".into())),
+    };
+    Ok(match sent {
+        Ok(message_id) => {
+            if !queue::withdraw(&ctx.store, Queue::Sms, job.id).await? {
+                tracing::warn!(job = %job.id, "a worker took the SMS while the request sent it: it may arrive twice");
+            }
+            FirstTry::Sent(message_id)
+        }
+        Err(SendError::Refused(reason)) => {
+            queue::withdraw(&ctx.store, Queue::Sms, job.id).await?;
+            FirstTry::Refused(reason)
+        }
+        Err(SendError::Unavailable(reason)) => {
+            tracing::warn!(job = %job.id, %reason, "SMS provider unavailable; the queue retries");
+            queue::release_now(&ctx.store, Queue::Sms, job.id).await?;
+            FirstTry::Queued
+        }
+    })
+}
+
+/// GoTrue's answer to a refused message: 422 `sms_send_failed`.
+pub fn refused(what: &str, reason: &str) -> ApiError {
+    ApiError::unprocessable(
+        "sms_send_failed",
+        format!("Error sending {what} OTP to provider: {reason}"),
+    )
+}
