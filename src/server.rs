@@ -35,6 +35,8 @@ pub struct AppState {
     pub links: Links,
     pub admin: Admin,
     pub factors: castellan_actors::factors::Factors,
+    /// External sign-in (OAuth providers).
+    pub external: castellan_actors::external::External,
     pub actors: Actors,
     pub metrics: observability::Scrape,
     /// The job workers' task when this process runs them (`GET /ready`).
@@ -386,6 +388,16 @@ pub async fn start_with(config: Config, workers: bool) -> anyhow::Result<Server>
         accounts,
         admin: Admin::with_otp(ctx.clone(), actors.otp.clone()),
         factors: castellan_actors::factors::Factors::new(ctx.clone(), actors.rate_limits.clone()),
+        external: castellan_actors::external::External::new(
+            ctx.clone(),
+            castellan_actors::provider_broker::ProviderBroker::new(
+                &ctx.config.external,
+                std::time::Duration::from_secs(10),
+            )
+            .map_err(|e| anyhow::anyhow!(e))?,
+            actors.sessions.clone(),
+            actors.otp.clone(),
+        ),
         actors,
         metrics: observability::Scrape {
             handle: metrics,

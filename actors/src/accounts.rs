@@ -212,8 +212,13 @@ impl Accounts {
         self.otp.send(send).await.map(drop)
     }
 
-    /// `grant_type=pkce`: exchanges the code of a verified link for a session, once.
-    pub async fn pkce_grant(&self, auth_code: &str, verifier: &str) -> ApiResult<TokenGrant> {
+    /// `grant_type=pkce`: exchanges the code of a verified link (or of an
+    /// external sign-in, with the provider's tokens) for a session, once.
+    pub async fn pkce_grant(
+        &self,
+        auth_code: &str,
+        verifier: &str,
+    ) -> ApiResult<(TokenGrant, Option<(String, String)>)> {
         if auth_code.is_empty() || verifier.is_empty() {
             return Err(ApiError::validation(
                 "invalid request: both auth code and code verifier should be non-empty",
@@ -274,12 +279,22 @@ impl Accounts {
             "magiclink" => "magiclink",
             "invite" => "invite",
             "email_change" => "email_change",
+            "oauth" => "oauth",
             _ => "otp",
         };
-        let traits = Some(json!({"provider_type": "email"}));
-        self.sessions
+        let provider = flow.provider_type.clone();
+        let traits = Some(json!({"provider_type": provider}));
+        let grant = self
+            .sessions
             .issue(user, method, vec![(AuditAction::Login, traits)])
-            .await
+            .await?;
+        let tokens = (method == "oauth").then(|| {
+            (
+                flow.provider_access_token.unwrap_or_default(),
+                flow.provider_refresh_token.unwrap_or_default(),
+            )
+        });
+        Ok((grant, tokens))
     }
 
     pub fn ctx(&self) -> &Ctx {

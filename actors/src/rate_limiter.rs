@@ -33,10 +33,12 @@ pub enum Bucket {
     UserUpdate,
     MfaChallenge,
     MfaVerify,
+    /// `/authorize` (castellan's own: each request stores a flow state).
+    Authorize,
 }
 
 impl Bucket {
-    pub const ALL: [Bucket; 11] = [
+    pub const ALL: [Bucket; 12] = [
         Bucket::TokenRefresh,
         Bucket::SignUps,
         Bucket::AnonymousUsers,
@@ -48,6 +50,7 @@ impl Bucket {
         Bucket::UserUpdate,
         Bucket::MfaChallenge,
         Bucket::MfaVerify,
+        Bucket::Authorize,
     ];
 
     /// The variable that sizes this bucket.
@@ -64,7 +67,8 @@ impl Bucket {
             | Bucket::MagicLink
             | Bucket::Recover
             | Bucket::Resend
-            | Bucket::UserUpdate => "GOTRUE_RATE_LIMIT_OTP",
+            | Bucket::UserUpdate
+            | Bucket::Authorize => "GOTRUE_RATE_LIMIT_OTP",
         }
     }
 
@@ -82,6 +86,7 @@ impl Bucket {
             Bucket::UserUpdate => "user_update",
             Bucket::MfaChallenge => "mfa_challenge",
             Bucket::MfaVerify => "mfa_verify",
+            Bucket::Authorize => "authorize",
         }
     }
 
@@ -96,7 +101,8 @@ impl Bucket {
             | Bucket::MagicLink
             | Bucket::Recover
             | Bucket::Resend
-            | Bucket::UserUpdate => s.otp,
+            | Bucket::UserUpdate
+            | Bucket::Authorize => s.otp,
         }
     }
 }

@@ -171,6 +171,90 @@ impl std::fmt::Debug for SendBudget {
     }
 }
 
+/// The external sign-in providers GoTrue reports in `/settings`, in its
+/// order (`x` is configured too, and not reported, as in GoTrue).
+pub const OAUTH_PROVIDERS: [&str; 22] = [
+    "apple",
+    "azure",
+    "bitbucket",
+    "discord",
+    "facebook",
+    "snapchat",
+    "figma",
+    "fly",
+    "github",
+    "gitlab",
+    "google",
+    "keycloak",
+    "kakao",
+    "linkedin",
+    "linkedin_oidc",
+    "notion",
+    "spotify",
+    "slack",
+    "slack_oidc",
+    "workos",
+    "twitch",
+    "twitter",
+];
+
+/// One external provider's settings (`GOTRUE_EXTERNAL_<P>_*`).
+#[derive(Debug, Clone, Default)]
+pub struct OAuthProviderConfig {
+    pub enabled: bool,
+    /// `_CLIENT_ID`: comma-separated; the first is ours, all are accepted
+    /// as an id token's audience.
+    pub client_ids: Vec<String>,
+    pub secret: String,
+    /// `_REDIRECT_URI`: where the provider sends the browser back (our `/callback`).
+    pub redirect_uri: String,
+    /// `_URL`: the provider's own address (GitHub Enterprise, Keycloak, a test stand-in).
+    pub url: Option<String>,
+    pub email_optional: bool,
+    pub skip_nonce_check: bool,
+}
+
+/// External sign-in (`GOTRUE_EXTERNAL_*`).
+#[derive(Debug, Clone, Default)]
+pub struct ExternalConfig {
+    /// Every configured provider, enabled or not, by GoTrue's name.
+    pub providers: HashMap<String, OAuthProviderConfig>,
+    /// `GOTRUE_EXTERNAL_REDIRECT_URL`: where every callback ends, when set.
+    pub redirect_url: Option<String>,
+    /// `GOTRUE_SECURITY_MANUAL_LINKING_ENABLED`.
+    pub manual_linking_enabled: bool,
+}
+
+impl ExternalConfig {
+    /// An enabled provider's settings.
+    pub fn enabled(&self, name: &str) -> Option<&OAuthProviderConfig> {
+        self.providers.get(name).filter(|p| p.enabled)
+    }
+}
+
+fn external(v: &Vars, api_external_url: &str) -> Result<ExternalConfig, ConfigError> {
+    let mut providers = HashMap::new();
+    for name in OAUTH_PROVIDERS.iter().chain(&["x"]) {
+        let var = |k: &str| format!("GOTRUE_EXTERNAL_{}_{k}", name.to_ascii_uppercase());
+        let callback = format!("{}/callback", api_external_url.trim_end_matches('/'));
+        let p = OAuthProviderConfig {
+            enabled: v.bool(&[var("ENABLED").as_str()], false)?,
+            client_ids: v.list(&[var("CLIENT_ID").as_str()], &[]),
+            secret: v.string(&[var("SECRET").as_str()], ""),
+            redirect_uri: v.string(&[var("REDIRECT_URI").as_str()], &callback),
+            url: v.opt_string(&[var("URL").as_str()]),
+            email_optional: v.bool(&[var("EMAIL_OPTIONAL").as_str()], false)?,
+            skip_nonce_check: v.bool(&[var("SKIP_NONCE_CHECK").as_str()], false)?,
+        };
+        providers.insert(name.to_string(), p);
+    }
+    Ok(ExternalConfig {
+        providers,
+        redirect_url: v.opt_string(&["GOTRUE_EXTERNAL_REDIRECT_URL"]),
+        manual_linking_enabled: v.bool(&["GOTRUE_SECURITY_MANUAL_LINKING_ENABLED"], false)?,
+    })
+}
+
 /// SMS (and WhatsApp) codes: the provider and what it needs
 /// (`GOTRUE_SMS_*`). No provider: messages go to the server log.
 #[derive(Debug, Clone)]
@@ -331,6 +415,7 @@ pub struct Config {
     pub external_phone_enabled: bool,
     pub anonymous_users_enabled: bool,
     pub sms: SmsConfig,
+    pub external: ExternalConfig,
     pub password: PasswordConfig,
     pub argon2: Argon2Config,
     pub refresh_token_rotation_enabled: bool,
@@ -845,6 +930,10 @@ impl Config {
             });
         }
         let otp = rate(v, &["GOTRUE_RATE_LIMIT_OTP"], 30, five_min, Some(30))?;
+        let api_external_url = v.string(
+            &["API_EXTERNAL_URL", "GOTRUE_API_EXTERNAL_URL"],
+            "http://localhost:8081",
+        );
         let cfg = Config {
             database_url: {
                 let names = ["DATABASE_URL", "GOTRUE_DB_DATABASE_URL"];
@@ -854,10 +943,7 @@ impl Config {
             host: v.string(&["GOTRUE_API_HOST"], "0.0.0.0"),
             port: v.num(&["PORT", "GOTRUE_API_PORT"], 8081u16)?,
             site_url: v.string(&["GOTRUE_SITE_URL"], "http://localhost:3000"),
-            api_external_url: v.string(
-                &["API_EXTERNAL_URL", "GOTRUE_API_EXTERNAL_URL"],
-                "http://localhost:8081",
-            ),
+            api_external_url: api_external_url.clone(),
             max_request_duration: v.duration(
                 &["GOTRUE_API_MAX_REQUEST_DURATION"],
                 Duration::from_secs(10),
@@ -893,6 +979,7 @@ impl Config {
             external_phone_enabled: v.bool(&["GOTRUE_EXTERNAL_PHONE_ENABLED"], false)?,
             anonymous_users_enabled: v.bool(&["GOTRUE_EXTERNAL_ANONYMOUS_USERS_ENABLED"], false)?,
             sms: sms(v)?,
+            external: external(v, &api_external_url)?,
             password: PasswordConfig {
                 min_length,
                 required_characters: v

@@ -11,6 +11,7 @@ pub mod crypto;
 pub mod duration;
 pub mod error;
 pub mod models;
+pub mod oauth;
 pub mod redirect;
 pub mod store;
 pub mod validate;

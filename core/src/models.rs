@@ -281,6 +281,8 @@ pub enum AuditAction {
     FactorUnenrolled,
     FactorDeleted,
     FactorUpdated,
+    /// An external identity joined an existing user.
+    IdentityLinked,
 }
 
 impl AuditAction {
@@ -309,6 +311,7 @@ impl AuditAction {
             Self::FactorUnenrolled => "factor_unenrolled",
             Self::FactorDeleted => "factor_deleted",
             Self::FactorUpdated => "factor_updated",
+            Self::IdentityLinked => "identity_linked",
         }
     }
     pub fn log_type(self) -> &'static str {
@@ -328,6 +331,7 @@ impl AuditAction {
             | Self::FactorUnenrolled
             | Self::FactorDeleted
             | Self::FactorUpdated => "factor",
+            Self::IdentityLinked => "user",
         }
     }
 }

@@ -2,6 +2,7 @@
 //! and under `/auth/v1` (where supabase-js and supabase-py call it).
 
 mod admin;
+mod external;
 pub(crate) mod factors;
 mod health;
 mod invite;
@@ -46,6 +47,7 @@ pub const RATE_LIMITS: &[RouteLimit] = &[
     RouteLimit::new("/recover", Method::POST, Pick::Fixed(Bucket::Recover)),
     RouteLimit::new("/resend", Method::POST, Pick::Fixed(Bucket::Resend)),
     RouteLimit::new("/user", Method::PUT, Pick::Fixed(Bucket::UserUpdate)),
+    RouteLimit::new("/authorize", Method::GET, Pick::Fixed(Bucket::Authorize)),
     RouteLimit::new(
         "/factors/{factor_id}/challenge",
         Method::POST,
@@ -80,6 +82,11 @@ pub fn routes(state: AppState) -> (Router<AppState>, Document) {
         .routes(routes!(mail::resend))
         .routes(routes!(user::reauthenticate))
         .routes(routes!(invite::invite))
+        .routes(routes!(external::authorize))
+        .routes(routes!(external::callback_get, external::callback_post))
+        .routes(routes!(external::sso))
+        .routes(routes!(external::sso_metadata))
+        .routes(routes!(external::sso_acs))
         .routes(routes!(well_known::jwks))
         .routes(routes!(well_known::openid_configuration))
         .merge(admin::routes())
@@ -143,6 +150,11 @@ pub struct TokenResponse {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     weak_password: Option<Value>,
+    /// An external sign-in's provider tokens (the PKCE exchange of one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    provider_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    provider_refresh_token: Option<String>,
 }
 
 pub fn token_response(g: TokenGrant, weak_password: Option<Value>) -> TokenResponse {
@@ -154,6 +166,8 @@ pub fn token_response(g: TokenGrant, weak_password: Option<Value>) -> TokenRespo
         expires_at: g.expires_at,
         refresh_token: g.refresh_token,
         weak_password,
+        provider_token: None,
+        provider_refresh_token: None,
     }
 }
 

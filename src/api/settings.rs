@@ -6,32 +6,7 @@ use utoipa::ToSchema;
 
 use crate::server::AppState;
 
-/// The external providers GoTrue reports, in its order. OAuth providers
-/// arrive with their own issue; until then they are reported disabled.
-const OAUTH_PROVIDERS: [&str; 22] = [
-    "apple",
-    "azure",
-    "bitbucket",
-    "discord",
-    "facebook",
-    "snapchat",
-    "figma",
-    "fly",
-    "github",
-    "gitlab",
-    "google",
-    "keycloak",
-    "kakao",
-    "linkedin",
-    "linkedin_oidc",
-    "notion",
-    "spotify",
-    "slack",
-    "slack_oidc",
-    "workos",
-    "twitch",
-    "twitter",
-];
+use castellan_core::config::OAUTH_PROVIDERS;
 
 /// What this server offers: GoTrue's settings document.
 #[derive(Serialize, ToSchema)]
@@ -54,11 +29,11 @@ pub async fn settings(State(st): State<AppState>) -> Json<Settings> {
     let mut external = Map::new();
     external.insert("anonymous_users".into(), json!(c.anonymous_users_enabled));
     for p in OAUTH_PROVIDERS {
-        external.insert(p.into(), json!(false));
+        external.insert(p.into(), json!(st.external.broker().enabled(p)));
     }
     external.insert("email".into(), json!(c.external_email_enabled));
     external.insert("phone".into(), json!(c.external_phone_enabled));
-    external.insert("zoom".into(), json!(false));
+    external.insert("zoom".into(), json!(st.external.broker().enabled("zoom")));
     Json(Settings {
         external,
         disable_signup: c.disable_signup,

@@ -69,6 +69,11 @@ pub async fn token(
     RawBody(body): RawBody,
 ) -> HttpResult {
     let grant = q.grant_type.unwrap_or_default();
+    if grant == "web3" {
+        return Err(
+            ApiError::unprocessable("web3_provider_disabled", "Web3 provider is disabled").into(),
+        );
+    }
     if !matches!(grant.as_str(), "password" | "refresh_token" | "pkce") {
         return Err(ApiError::bad_request("invalid_credentials", "unsupported_grant_type").into());
     }
@@ -91,14 +96,19 @@ pub async fn token(
         }
         "pkce" => {
             let b: PkceBody = parse_json(&body)?;
-            let g = st
+            let (g, provider) = st
                 .accounts
                 .pkce_grant(
                     b.auth_code.as_deref().unwrap_or_default(),
                     b.code_verifier.as_deref().unwrap_or_default(),
                 )
                 .await?;
-            Json(token_response(g, None)).into_response()
+            let mut r = token_response(g, None);
+            if let Some((token, refresh)) = provider {
+                r.provider_token = Some(token);
+                r.provider_refresh_token = Some(refresh).filter(|t| !t.is_empty());
+            }
+            Json(r).into_response()
         }
         _ => {
             let b: RefreshBody = parse_json(&body)?;

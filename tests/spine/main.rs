@@ -3,6 +3,8 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "../common/oauth_provider.rs"]
+mod oauth_provider;
 #[path = "../common/sms_provider.rs"]
 mod sms_provider;
 #[path = "../common/smtp_sink.rs"]
@@ -24,6 +26,7 @@ mod keys;
 mod limits;
 mod listener;
 mod mfa;
+mod oauth;
 mod outage;
 mod phone;
 mod refresh_v2;

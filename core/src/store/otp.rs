@@ -110,6 +110,9 @@ pub struct FlowState {
     pub authentication_method: String,
     pub created_at: Option<DateTime<Utc>>,
     pub auth_code_issued_at: Option<DateTime<Utc>>,
+    pub provider_type: String,
+    pub provider_access_token: Option<String>,
+    pub provider_refresh_token: Option<String>,
 }
 
 impl Tx {
@@ -523,10 +526,12 @@ impl Tx {
         count();
         match &mut self.conn {
             Conn::Pg(t) => sqlx::query_as("DELETE FROM flow_state WHERE auth_code = $1 RETURNING id, user_id, auth_code, \
-                code_challenge_method::text AS code_challenge_method, code_challenge, authentication_method, created_at, auth_code_issued_at")
+                code_challenge_method::text AS code_challenge_method, code_challenge, authentication_method, created_at, auth_code_issued_at, \
+                provider_type, provider_access_token, provider_refresh_token")
                 .bind(auth_code).fetch_optional(&mut **t).await,
             Conn::Lite(t, _) => sqlx::query_as("DELETE FROM flow_state WHERE auth_code = $1 RETURNING id, user_id, auth_code, \
-                code_challenge_method, code_challenge, authentication_method, created_at, auth_code_issued_at")
+                code_challenge_method, code_challenge, authentication_method, created_at, auth_code_issued_at, \
+                provider_type, provider_access_token, provider_refresh_token")
                 .bind(auth_code).fetch_optional(&mut **t).await,
         }
     }

@@ -1,0 +1,626 @@
+//! External sign-in: the OAuth round trip (`/authorize` → provider →
+//! `/callback`) and the linking decision, in one place, with GoTrue's
+//! rules: a returning identity signs in; a *verified* provider email that
+//! exactly one user holds links to that user; otherwise a user is made. An
+//! unconfirmed account claimed this way loses its other identities and its
+//! password (GoTrue's defence against pre-account takeover), and an
+//! unverified provider email must be confirmed by mail first.
+
+use std::sync::Arc;
+
+use castellan_core::models::{AuditAction, Identity, Pkce, User, audit_payload};
+use castellan_core::oauth::ExternalUser;
+use castellan_core::store::{NewOAuthFlow, NewUser, OAuthFlow, Tx};
+use castellan_core::{ApiError, ApiResult};
+use castellan_jobs::EmailKind;
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::context::Ctx;
+use crate::otp_issuer::{OtpIssuer, SendRequest};
+use crate::provider_broker::{ProviderBroker, ProviderError, SignedIn};
+use crate::sessions::{Sessions, TokenGrant};
+
+/// `GET /authorize`, as the handler parsed it.
+pub struct Authorize {
+    pub provider: String,
+    pub scopes: Option<String>,
+    /// The request's other parameters, passed on to the provider.
+    pub params: Vec<(String, String)>,
+    /// Where the round trip ends (already checked against the allow list).
+    pub redirect_to: String,
+    pub pkce: Option<Pkce>,
+    /// Manual linking: the signed-in user the identity joins.
+    pub linking_target: Option<Uuid>,
+}
+
+/// `GET|POST /callback`, as the handler parsed it.
+pub struct Callback {
+    pub state: Option<String>,
+    pub code: Option<String>,
+    /// The provider's own `error` and `error_description`.
+    pub error: Option<(String, String)>,
+}
+
+/// How a round trip ended, and where the browser goes.
+pub enum Landing {
+    /// Tokens in the fragment, with the provider's.
+    Session {
+        grant: Box<TokenGrant>,
+        provider_token: String,
+        provider_refresh_token: String,
+    },
+    /// A code for `/token?grant_type=pkce`.
+    Code(String),
+}
+
+/// A refusal, and where to send the browser with it.
+pub struct Refused {
+    pub to: String,
+    pub error: CallbackError,
+}
+
+pub enum CallbackError {
+    /// One of ours, with its code.
+    Api(ApiError),
+    /// The provider's `error` passed on.
+    Provider { error: String, description: String },
+}
+
+/// The linking decision.
+enum Decision {
+    /// This provider knows this user already.
+    Exists { user: User, identity: Identity },
+    /// A verified email one user holds: the identity joins that user.
+    Link(User),
+    /// A new user, with this email (none when it is unverified and taken).
+    Create(Option<String>),
+}
+
+#[derive(Clone)]
+pub struct External {
+    ctx: Arc<Ctx>,
+    broker: ProviderBroker,
+    sessions: Sessions,
+    otp: OtpIssuer,
+}
+
+fn unsupported(name: &str) -> ApiError {
+    ApiError::validation(format!(
+        "Unsupported provider: Provider {name} could not be found"
+    ))
+}
+
+fn provider_failed(e: ProviderError) -> ApiError {
+    match e {
+        ProviderError::Refused(m) => ApiError::new(
+            500,
+            "unexpected_failure",
+            format!("Unable to exchange external code: {m}"),
+        ),
+        ProviderError::Unavailable(m) => ApiError::new(
+            503,
+            "unexpected_failure",
+            format!("The provider could not be reached: {m}"),
+        ),
+    }
+}
+
+impl External {
+    pub fn new(ctx: Arc<Ctx>, broker: ProviderBroker, sessions: Sessions, otp: OtpIssuer) -> Self {
+        Self {
+            ctx,
+            broker,
+            sessions,
+            otp,
+        }
+    }
+
+    pub fn broker(&self) -> &ProviderBroker {
+        &self.broker
+    }
+
+    /// `GET /authorize`: the provider's URL, with a flow state as `state`.
+    pub async fn authorize(&self, req: Authorize) -> ApiResult<String> {
+        let name = req.provider.to_ascii_lowercase();
+        let p = self.broker.get(&name).ok_or_else(|| unsupported(&name))?;
+        let id = Uuid::new_v4();
+        let (url, verifier) = self
+            .broker
+            .authorize_url(p, &id.to_string(), req.scopes.as_deref(), &req.params)
+            .map_err(provider_failed)?;
+        let now = self.ctx.config.clock.now();
+        let mut tx = self.ctx.store.begin().await?;
+        let client_state = match verifier {
+            Some(v) => {
+                let cs = Uuid::new_v4();
+                tx.insert_client_state(cs, &name, &v, now).await?;
+                Some(cs)
+            }
+            None => None,
+        };
+        tx.insert_oauth_flow(&NewOAuthFlow {
+            id,
+            provider: &name,
+            pkce: req
+                .pkce
+                .as_ref()
+                .map(|p| (p.challenge.as_str(), p.method.as_str())),
+            referrer: &req.redirect_to,
+            linking_target: req.linking_target,
+            email_optional: p.config.email_optional,
+            client_state,
+            now,
+        })
+        .await?;
+        tx.commit().await?;
+        metrics::counter!("castellan_oauth_authorize_total", "provider" => p.description.name)
+            .increment(1);
+        Ok(url)
+    }
+
+    /// Where a round trip ends: GoTrue's external redirect, else the flow
+    /// state's referrer, else the site.
+    fn landing(&self, flow: Option<&OAuthFlow>) -> String {
+        let cfg = &self.ctx.config;
+        cfg.external
+            .redirect_url
+            .clone()
+            .or_else(|| {
+                flow.and_then(|f| f.referrer.clone())
+                    .filter(|r| !r.is_empty())
+            })
+            .unwrap_or_else(|| cfg.site_url.clone())
+    }
+
+    /// `GET|POST /callback`.
+    pub async fn callback(&self, c: Callback, aud: &str) -> Result<(Landing, String), Refused> {
+        let flow = match self.load_flow(c.state.as_deref()).await {
+            Ok(f) => f,
+            Err(e) => {
+                return Err(Refused {
+                    to: self.landing(None),
+                    error: CallbackError::Api(e),
+                });
+            }
+        };
+        let to = self.landing(Some(&flow));
+        let provider = flow.provider_type.clone();
+        let r = self.finish(flow, c, aud).await;
+        let outcome = match &r {
+            Ok(_) => "ok",
+            Err(CallbackError::Api(e)) => e.code,
+            Err(CallbackError::Provider { .. }) => "provider_error",
+        };
+        if let Some(p) = self.broker.get(&provider) {
+            metrics::counter!("castellan_oauth_callbacks_total", "provider" => p.description.name, "outcome" => outcome)
+                .increment(1);
+        }
+        match r {
+            Ok(landing) => Ok((landing, to)),
+            Err(error) => Err(Refused { to, error }),
+        }
+    }
+
+    /// The flow state a callback's `state` names, if it may still be used.
+    async fn load_flow(&self, state: Option<&str>) -> ApiResult<OAuthFlow> {
+        let state = state.filter(|s| !s.is_empty()).ok_or_else(|| {
+            ApiError::bad_request("bad_oauth_callback", "OAuth state parameter missing")
+        })?;
+        let id = Uuid::parse_str(state).map_err(|_| {
+            ApiError::bad_request("bad_oauth_state", "OAuth state parameter is invalid")
+        })?;
+        let mut tx = self.ctx.store.begin().await?;
+        let flow = tx.oauth_flow(id).await?;
+        tx.commit().await?;
+        let flow = flow.ok_or_else(|| {
+            ApiError::bad_request("bad_oauth_state", "OAuth state not found or expired")
+        })?;
+        let expiry =
+            chrono::Duration::from_std(self.ctx.config.flow_state_expiry).unwrap_or_default();
+        let now = self.ctx.config.clock.now();
+        if flow.created_at.is_none_or(|t| now > t + expiry) {
+            return Err(ApiError::bad_request(
+                "bad_oauth_state",
+                "OAuth state has expired",
+            ));
+        }
+        if flow.pkce() && flow.user_id.is_some() {
+            return Err(ApiError::bad_request(
+                "flow_state_already_used",
+                "State has already been used",
+            ));
+        }
+        Ok(flow)
+    }
+
+    async fn finish(
+        &self,
+        flow: OAuthFlow,
+        c: Callback,
+        aud: &str,
+    ) -> Result<Landing, CallbackError> {
+        if let Some((error, description)) = c.error {
+            return Err(CallbackError::Provider { error, description });
+        }
+        let code = c.code.filter(|s| !s.is_empty()).ok_or_else(|| {
+            ApiError::bad_request("bad_oauth_callback", "Authorization code missing")
+        })?;
+        let p = self
+            .broker
+            .get(&flow.provider_type)
+            .ok_or_else(|| unsupported(&flow.provider_type))?;
+        let verifier = match flow.oauth_client_state_id {
+            Some(cs) => {
+                let mut tx = self.ctx.store.begin().await.map_err(ApiError::from)?;
+                let v = tx.take_client_state(cs).await.map_err(ApiError::from)?;
+                tx.commit().await.map_err(ApiError::from)?;
+                Some(v.ok_or_else(|| {
+                    ApiError::bad_request("bad_oauth_state", "OAuth PKCE code verifier missing")
+                })?)
+            }
+            None => None,
+        };
+        let signed = self
+            .broker
+            .sign_in(p, &code, verifier)
+            .await
+            .map_err(provider_failed)?;
+        if signed.user.email().is_none() && !flow.email_optional {
+            return Err(ApiError::new(
+                500,
+                "unexpected_failure",
+                "Error getting user email from external provider",
+            )
+            .into());
+        }
+        Ok(self.sign_in(flow, signed, aud).await?)
+    }
+
+    /// The user the identity belongs to (found, linked or made), then the
+    /// session or the PKCE code.
+    async fn sign_in(&self, flow: OAuthFlow, signed: SignedIn, aud: &str) -> ApiResult<Landing> {
+        let provider = flow.provider_type.as_str();
+        let now = self.ctx.config.clock.now();
+        let mut tx = self.ctx.store.begin().await?;
+        let (user, identity, candidate) = match flow.linking_target_id {
+            Some(target) => {
+                self.link_to(&mut tx, target, provider, &signed.user, now)
+                    .await?
+            }
+            None => {
+                self.account(&mut tx, provider, &signed.user, aud, now)
+                    .await?
+            }
+        };
+        if user.is_banned(now) {
+            return Err(ApiError::forbidden("user_banned", "User is banned"));
+        }
+        let has_email = !(flow.email_optional && candidate.is_none());
+        if has_email && user.email_confirmed_at.is_none() {
+            self.claim_unconfirmed(&mut tx, &user, &identity, &signed.user, now)
+                .await?;
+            let verified = signed.user.email().is_some_and(|e| e.verified)
+                || self.ctx.config.mailer_autoconfirm;
+            if !verified {
+                // GoTrue keeps what was done and answers with the refusal.
+                tx.commit().await?;
+                return Err(self.needs_verification(&user, provider, candidate).await);
+            }
+            let traits = json!({"provider": provider});
+            tx.insert_audit(
+                &audit_payload(&user, AuditAction::UserSignedUp, Some(traits)),
+                now,
+            )
+            .await?;
+            tx.confirm(user.id, "email", now).await?;
+        }
+        let user = tx
+            .user_by_id(user.id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("user_not_found", "User not found"))?;
+        if flow.pkce() {
+            let tokens = (signed.access_token.as_str(), signed.refresh_token.as_str());
+            let code = tx
+                .finish_oauth_flow(flow.id, user.id, tokens, now)
+                .await?
+                .ok_or_else(|| {
+                    ApiError::bad_request("flow_state_already_used", "State has already been used")
+                })?;
+            tx.commit().await?;
+            return Ok(Landing::Code(code));
+        }
+        if !tx.delete_flow_state(flow.id).await? {
+            return Err(ApiError::bad_request(
+                "flow_state_already_used",
+                "State has already been used",
+            ));
+        }
+        tx.commit().await?;
+        let traits = Some(json!({"provider": provider}));
+        let grant = self
+            .sessions
+            .issue(user, "oauth", vec![(AuditAction::Login, traits)])
+            .await?;
+        Ok(Landing::Session {
+            grant: Box::new(grant),
+            provider_token: signed.access_token,
+            provider_refresh_token: signed.refresh_token,
+        })
+    }
+
+    /// The linking decision, carried out: the user, the identity, and the
+    /// candidate email it was decided on.
+    async fn account(
+        &self,
+        tx: &mut Tx,
+        provider: &str,
+        ext: &ExternalUser,
+        aud: &str,
+        now: DateTime<Utc>,
+    ) -> ApiResult<(User, Identity, Option<String>)> {
+        let decision = decide(tx, provider, ext, aud).await?;
+        let candidate = ext.email().map(|e| e.email.to_lowercase());
+        let gone = || ApiError::not_found("user_not_found", "User not found");
+        Ok(match decision {
+            Decision::Exists { user, identity } => {
+                let data = Value::Object(ext.data.clone());
+                tx.refresh_identity(&identity, &data, now).await?;
+                merge_user_metadata(tx, &user, ext, now).await?;
+                tx.sync_app_providers(user.id).await?;
+                let user = tx.user_by_id(user.id).await?.ok_or_else(gone)?;
+                let email = user_email(&user);
+                (user, identity, email)
+            }
+            Decision::Link(user) => {
+                let identity = new_identity(tx, user.id, provider, ext, now).await?;
+                merge_user_metadata(tx, &user, ext, now).await?;
+                tx.sync_app_providers(user.id).await?;
+                let traits = json!({"identity_id": identity.id, "provider": provider, "provider_id": ext.sub});
+                tx.insert_audit(
+                    &audit_payload(&user, AuditAction::IdentityLinked, Some(traits)),
+                    now,
+                )
+                .await?;
+                let user = tx.user_by_id(user.id).await?.ok_or_else(gone)?;
+                (user, identity, candidate)
+            }
+            Decision::Create(email) => {
+                if self.ctx.config.disable_signup {
+                    return Err(ApiError::unprocessable(
+                        "signup_disabled",
+                        "Signups not allowed for this instance",
+                    ));
+                }
+                let id = Uuid::new_v4();
+                tx.insert_user(&NewUser {
+                    id,
+                    aud,
+                    role: self.ctx.config.jwt.default_group_name.trim(),
+                    email: email.as_deref(),
+                    phone: None,
+                    encrypted_password: None,
+                    email_confirmed_at: None,
+                    phone_confirmed_at: None,
+                    app_metadata: json!({"provider": provider, "providers": [provider]}),
+                    user_metadata: Value::Object(ext.data.clone()),
+                    is_anonymous: false,
+                    now,
+                })
+                .await?;
+                let identity = new_identity(tx, id, provider, ext, now).await?;
+                metrics::counter!("castellan_signups_total", "provider" => "oauth", "confirmed" => "false")
+                    .increment(1);
+                let user = tx.user_by_id(id).await?.ok_or_else(gone)?;
+                (user, identity, email)
+            }
+        })
+    }
+
+    /// Manual linking (`/user/identities/authorize`): the identity joins the
+    /// signed-in user, unless another user has it.
+    async fn link_to(
+        &self,
+        tx: &mut Tx,
+        target: Uuid,
+        provider: &str,
+        ext: &ExternalUser,
+        now: DateTime<Utc>,
+    ) -> ApiResult<(User, Identity, Option<String>)> {
+        let user = tx.lock_user(target).await?.ok_or_else(|| {
+            ApiError::unprocessable("user_not_found", "Linking target user not found")
+        })?;
+        if let Some(existing) = tx.identity_of(provider, &ext.sub).await? {
+            if existing.user_id != user.id {
+                return Err(ApiError::unprocessable(
+                    "identity_already_exists",
+                    "Identity is already linked to another user",
+                ));
+            }
+            return Err(ApiError::unprocessable(
+                "identity_already_exists",
+                "Identity is already linked",
+            ));
+        }
+        let identity = new_identity(tx, user.id, provider, ext, now).await?;
+        tx.sync_app_providers(user.id).await?;
+        let traits =
+            json!({"identity_id": identity.id, "provider": provider, "provider_id": ext.sub});
+        tx.insert_audit(
+            &audit_payload(&user, AuditAction::IdentityLinked, Some(traits)),
+            now,
+        )
+        .await?;
+        let email = user_email(&user);
+        Ok((user, identity, email))
+    }
+
+    /// An unconfirmed account claimed by an external identity keeps only
+    /// that identity (and, unless it is an email or phone one, no
+    /// password), with that identity's profile as its metadata.
+    async fn claim_unconfirmed(
+        &self,
+        tx: &mut Tx,
+        user: &User,
+        identity: &Identity,
+        ext: &ExternalUser,
+        now: DateTime<Utc>,
+    ) -> ApiResult<()> {
+        let keeps_password = matches!(identity.provider.as_str(), "email" | "phone");
+        tx.drop_other_identities(user.id, identity.id, !keeps_password)
+            .await?;
+        let data = Value::Object(ext.data.clone());
+        tx.update_metadata(user.id, &data, &user.app_metadata(), now)
+            .await?;
+        tx.sync_app_providers(user.id).await?;
+        Ok(())
+    }
+
+    /// GoTrue's answer to an unverified provider email: the confirmation
+    /// mail goes out when there is an address to send it to.
+    async fn needs_verification(
+        &self,
+        user: &User,
+        provider: &str,
+        email: Option<String>,
+    ) -> ApiError {
+        if email.is_some() {
+            let send = SendRequest::new(user.id, EmailKind::Confirmation, String::new(), None);
+            match self.otp.send(send).await {
+                Ok(_) => {
+                    return ApiError::unprocessable(
+                        "provider_email_needs_verification",
+                        format!(
+                            "Unverified email with {provider}. A confirmation email has been sent to your {provider} email"
+                        ),
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e.message, "confirmation email for an external sign-in not sent");
+                }
+            }
+        }
+        ApiError::unprocessable(
+            "provider_email_needs_verification",
+            format!(
+                "Unverified email with {provider}. Verify the email with {provider} in order to sign in"
+            ),
+        )
+    }
+}
+
+impl From<ApiError> for CallbackError {
+    fn from(e: ApiError) -> Self {
+        CallbackError::Api(e)
+    }
+}
+
+fn user_email(user: &User) -> Option<String> {
+    Some(user.email_str().to_string()).filter(|e| !e.is_empty())
+}
+
+async fn new_identity(
+    tx: &mut Tx,
+    user_id: Uuid,
+    provider: &str,
+    ext: &ExternalUser,
+    now: DateTime<Utc>,
+) -> ApiResult<Identity> {
+    let identity = Identity {
+        id: Uuid::new_v4(),
+        provider_id: ext.sub.clone(),
+        user_id,
+        identity_data: sqlx_json(Value::Object(ext.data.clone())),
+        provider: provider.to_string(),
+        last_sign_in_at: Some(now),
+        created_at: Some(now),
+        updated_at: Some(now),
+    };
+    tx.insert_identity(&identity).await?;
+    Ok(identity)
+}
+
+fn sqlx_json(v: Value) -> castellan_core::store::sqlx_types::Json<Value> {
+    castellan_core::store::sqlx_types::Json(v)
+}
+
+/// GoTrue's shallow merge of the identity's profile into `user_metadata`.
+async fn merge_user_metadata(
+    tx: &mut Tx,
+    user: &User,
+    ext: &ExternalUser,
+    now: DateTime<Utc>,
+) -> ApiResult<()> {
+    let mut um = user.user_metadata();
+    castellan_core::models::merge_metadata(&mut um, &ext.data);
+    tx.update_metadata(user.id, &um, &user.app_metadata(), now)
+        .await?;
+    Ok(())
+}
+
+/// GoTrue's `DetermineAccountLinking` (one linking domain).
+async fn decide(tx: &mut Tx, provider: &str, ext: &ExternalUser, aud: &str) -> ApiResult<Decision> {
+    if let Some(identity) = tx.identity_of(provider, &ext.sub).await? {
+        let user = tx
+            .user_by_id(identity.user_id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("user_not_found", "User not found"))?;
+        return Ok(Decision::Exists { user, identity });
+    }
+    let candidate = ext.email().map(|e| e.email.to_lowercase());
+    // Unlike GoTrue, an unverified provider email never links, even with
+    // mailer autoconfirm: a provider that does not check addresses would
+    // otherwise hand out other people's accounts.
+    let verified: Vec<String> = ext
+        .emails
+        .iter()
+        .filter(|e| e.verified)
+        .map(|e| e.email.to_lowercase())
+        .collect();
+    if verified.is_empty() {
+        // An unverified email someone holds is not given to a new user.
+        let taken = match &candidate {
+            Some(e) => tx
+                .holder_of_email(e)
+                .await?
+                .is_some_and(|u| u.aud.as_deref() == Some(aud)),
+            None => false,
+        };
+        return Ok(Decision::Create(candidate.filter(|_| !taken)));
+    }
+    let mut identities = Vec::new();
+    let mut users: Vec<User> = Vec::new();
+    for email in &verified {
+        let (ids, us) = tx.holders_of_email(email).await?;
+        identities.extend(ids);
+        for u in us {
+            if !users.iter().any(|x| x.id == u.id) {
+                users.push(u);
+            }
+        }
+    }
+    let multiple = || {
+        ApiError::new(
+            500,
+            "unexpected_failure",
+            "Multiple accounts with the same email address in the same linking domain detected: default",
+        )
+    };
+    let Some(first) = identities.first() else {
+        return match users.len() {
+            0 => Ok(Decision::Create(candidate)),
+            1 => Ok(Decision::Link(users.remove(0))),
+            _ => Err(multiple()),
+        };
+    };
+    let owner = first.user_id;
+    if identities.iter().any(|i| i.user_id != owner) {
+        return Err(multiple());
+    }
+    let user = tx
+        .user_by_id(owner)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user_not_found", "User not found"))?;
+    Ok(Decision::Link(user))
+}

@@ -1,0 +1,317 @@
+//! The `ProviderBroker`: the external sign-in providers this server is
+//! configured for, and the calls made to them: the authorize URL, the code
+//! exchange (the `oauth2` crate) and the profile requests. Every call runs
+//! in the caller's task with a timeout, and at most `IN_FLIGHT` at once per
+//! provider, so a slow or failing provider holds up neither the others nor
+//! any other sign-in; each call is counted and timed per provider.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use castellan_core::config::{ExternalConfig, OAuthProviderConfig};
+use castellan_core::oauth::{Credentials, ExternalUser, Provider, provider};
+use oauth2::basic::{
+    BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse,
+    BasicTokenType,
+};
+use oauth2::{
+    AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointNotSet,
+    EndpointSet, ExtraTokenFields, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl,
+    RequestTokenError, Scope, StandardRevocableToken, StandardTokenResponse, TokenResponse,
+    TokenUrl,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tokio::sync::Semaphore;
+
+/// Calls to one provider at once; more wait, up to the timeout.
+const IN_FLIGHT: usize = 32;
+
+/// The whole token answer, kept (an id token, WorkOS's profile).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Extra {
+    #[serde(flatten)]
+    pub fields: Map<String, Value>,
+}
+impl ExtraTokenFields for Extra {}
+
+type Tokens = StandardTokenResponse<Extra, BasicTokenType>;
+type Client = oauth2::Client<
+    BasicErrorResponse,
+    Tokens,
+    BasicTokenIntrospectionResponse,
+    StandardRevocableToken,
+    BasicRevocationErrorResponse,
+    EndpointSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointSet,
+>;
+
+/// Why a provider call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderError {
+    /// The provider answered no (a bad or used code, bad credentials).
+    #[error("{0}")]
+    Refused(String),
+    /// The provider is down, slow, busy or answered what cannot be read.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// An enabled provider: its description and settings.
+pub struct Configured {
+    pub description: &'static Provider,
+    pub config: OAuthProviderConfig,
+    gate: Semaphore,
+}
+
+impl Configured {
+    fn url(&self, template: &str) -> String {
+        self.description.url(template, self.config.url.as_deref())
+    }
+
+    fn client(&self) -> Result<Client, ProviderError> {
+        let bad = |e: oauth2::url::ParseError| ProviderError::Unavailable(e.to_string());
+        let d = self.description;
+        let client_id = self.config.client_ids.first().cloned().unwrap_or_default();
+        Ok(oauth2::Client::new(ClientId::new(client_id))
+            .set_client_secret(ClientSecret::new(self.config.secret.clone()))
+            .set_auth_uri(AuthUrl::new(self.url(d.authorize)).map_err(bad)?)
+            .set_token_uri(TokenUrl::new(self.url(d.token)).map_err(bad)?)
+            .set_redirect_uri(RedirectUrl::new(self.config.redirect_uri.clone()).map_err(bad)?))
+    }
+}
+
+/// What a code exchange gives: the provider's tokens and its user.
+pub struct SignedIn {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub user: ExternalUser,
+}
+
+#[derive(Clone)]
+pub struct ProviderBroker {
+    providers: Arc<HashMap<&'static str, Configured>>,
+    http: oauth2::reqwest::Client,
+    timeout: Duration,
+}
+
+fn record(provider: &'static str, op: &'static str, start: Instant, r: Result<(), &ProviderError>) {
+    let outcome = match r {
+        Ok(()) => "ok",
+        Err(ProviderError::Refused(_)) => "refused",
+        Err(ProviderError::Unavailable(_)) => "unavailable",
+    };
+    metrics::counter!("castellan_oauth_provider_calls_total", "provider" => provider, "op" => op, "outcome" => outcome)
+        .increment(1);
+    metrics::histogram!("castellan_oauth_provider_seconds", "provider" => provider, "op" => op)
+        .record(start.elapsed().as_secs_f64());
+}
+
+impl ProviderBroker {
+    /// The enabled providers; one castellan has no description for, or one
+    /// without what it needs, is refused at start with the variable to set.
+    pub fn new(cfg: &ExternalConfig, timeout: Duration) -> Result<Self, String> {
+        let mut providers = HashMap::new();
+        let mut names: Vec<_> = cfg.providers.iter().filter(|(_, p)| p.enabled).collect();
+        names.sort_by_key(|(n, _)| n.as_str());
+        for (name, config) in names {
+            let var = |k: &str| format!("GOTRUE_EXTERNAL_{}_{k}", name.to_ascii_uppercase());
+            let description = provider(name).ok_or_else(|| {
+                format!(
+                    "{}: castellan cannot sign in with {name} yet",
+                    var("ENABLED")
+                )
+            })?;
+            if config.client_ids.is_empty() || config.secret.is_empty() {
+                return Err(format!(
+                    "{name} needs {} and {}",
+                    var("CLIENT_ID"),
+                    var("SECRET")
+                ));
+            }
+            if description.needs_url && config.url.is_none() {
+                return Err(format!("{name} needs {}", var("URL")));
+            }
+            let configured = Configured {
+                description,
+                config: config.clone(),
+                gate: Semaphore::new(IN_FLIGHT),
+            };
+            configured.client().map_err(|e| format!("{name}: {e}"))?;
+            providers.insert(description.name, configured);
+        }
+        let http = oauth2::reqwest::ClientBuilder::new()
+            // A provider's redirect is never followed (SSRF).
+            .redirect(oauth2::reqwest::redirect::Policy::none())
+            .timeout(timeout)
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(Self {
+            providers: Arc::new(providers),
+            http,
+            timeout,
+        })
+    }
+
+    /// An enabled provider.
+    pub fn get(&self, name: &str) -> Option<&Configured> {
+        self.providers.get(name)
+    }
+
+    pub fn enabled(&self, name: &str) -> bool {
+        self.providers.contains_key(name)
+    }
+
+    /// The provider's authorize URL for `state`, with the scopes, the
+    /// request's other parameters, and our PKCE challenge when the provider
+    /// wants one (its verifier is returned, to be kept for the callback).
+    pub fn authorize_url(
+        &self,
+        p: &Configured,
+        state: &str,
+        scopes: Option<&str>,
+        params: &[(String, String)],
+    ) -> Result<(String, Option<String>), ProviderError> {
+        let client = p.client()?;
+        let state = state.to_string();
+        let mut req = client.authorize_url(move || CsrfToken::new(state));
+        let scope = p.description.scope(scopes);
+        if !scope.is_empty() {
+            req = req.add_scope(Scope::new(scope));
+        }
+        for (k, v) in params {
+            req = req.add_extra_param(k.clone(), v.clone());
+        }
+        let verifier = if p.description.pkce {
+            let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+            req = req.set_pkce_challenge(challenge);
+            Some(verifier.secret().clone())
+        } else {
+            None
+        };
+        let (url, _) = req.url();
+        Ok((url.to_string(), verifier))
+    }
+
+    /// Exchanges a callback's code and reads the user's profile.
+    pub async fn sign_in(
+        &self,
+        p: &Configured,
+        code: &str,
+        verifier: Option<String>,
+    ) -> Result<SignedIn, ProviderError> {
+        let name = p.description.name;
+        // Bounded per provider: a provider that hangs fills only its own gate.
+        let _permit = tokio::time::timeout(self.timeout, p.gate.acquire())
+            .await
+            .map_err(|_| ProviderError::Unavailable(format!("{name} is busy")))?
+            .map_err(|_| ProviderError::Unavailable(format!("{name} is closed")))?;
+        let start = Instant::now();
+        let tokens = self.exchange(p, code, verifier).await;
+        record(name, "token", start, tokens.as_ref().map(drop));
+        let tokens = tokens?;
+        let start = Instant::now();
+        let user = self.profile(p, &tokens).await;
+        record(name, "profile", start, user.as_ref().map(drop));
+        Ok(SignedIn {
+            access_token: tokens.access_token().secret().clone(),
+            refresh_token: tokens
+                .refresh_token()
+                .map(|t| t.secret().clone())
+                .unwrap_or_default(),
+            user: user?,
+        })
+    }
+
+    async fn exchange(
+        &self,
+        p: &Configured,
+        code: &str,
+        verifier: Option<String>,
+    ) -> Result<Tokens, ProviderError> {
+        let styles: &[AuthType] = match p.description.credentials {
+            Credentials::Either => &[AuthType::BasicAuth, AuthType::RequestBody],
+            Credentials::Body => &[AuthType::RequestBody],
+        };
+        let mut last = ProviderError::Unavailable("no attempt".into());
+        for style in styles {
+            let client = p.client()?.set_auth_type(style.clone());
+            let mut req = client.exchange_code(AuthorizationCode::new(code.to_string()));
+            if let Some(v) = &verifier {
+                req = req.set_pkce_verifier(PkceCodeVerifier::new(v.clone()));
+            }
+            match req.request_async(&self.http).await {
+                Ok(t) => return Ok(t),
+                // Refused: perhaps the credentials belong in the body.
+                Err(RequestTokenError::ServerResponse(e)) => {
+                    last = ProviderError::Refused(match e.error_description() {
+                        Some(d) => format!("{}: {d}", e.error()),
+                        None => e.error().to_string(),
+                    });
+                }
+                Err(RequestTokenError::Request(e)) => {
+                    return Err(ProviderError::Unavailable(e.to_string()));
+                }
+                Err(e) => return Err(ProviderError::Unavailable(e.to_string())),
+            }
+        }
+        Err(last)
+    }
+
+    /// The profile document (each request's answer under its key, the token
+    /// answer under `token`) mapped to an identity.
+    async fn profile(
+        &self,
+        p: &Configured,
+        tokens: &Tokens,
+    ) -> Result<ExternalUser, ProviderError> {
+        let d = p.description;
+        let access = tokens.access_token().secret();
+        let mut doc = Map::new();
+        doc.insert(
+            "token".into(),
+            Value::Object(tokens.extra_fields().fields.clone()),
+        );
+        let client_id = p.config.client_ids.first().cloned().unwrap_or_default();
+        for f in d.fetch {
+            let mut req = self.http.get(p.url(f.url)).bearer_auth(access);
+            req = req
+                .header("user-agent", "castellan")
+                .header("accept", "application/json");
+            for (k, v) in f.headers {
+                req = req.header(*k, v.replace("{client_id}", &client_id));
+            }
+            let resp = req
+                .send()
+                .await
+                .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+            let status = resp.status();
+            let bytes = resp
+                .bytes()
+                .await
+                .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+            if status.is_server_error() {
+                return Err(ProviderError::Unavailable(format!(
+                    "{} answered {status}",
+                    d.name
+                )));
+            }
+            if !status.is_success() {
+                return Err(ProviderError::Refused(format!(
+                    "{} answered {status}",
+                    d.name
+                )));
+            }
+            let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
+                ProviderError::Unavailable(format!("{}'s profile is not JSON: {e}", d.name))
+            })?;
+            doc.insert(f.key.into(), v);
+        }
+        d.map(&Value::Object(doc), p.config.url.as_deref())
+            .ok_or_else(|| ProviderError::Refused(format!("{} named no user", d.name)))
+    }
+}

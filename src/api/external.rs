@@ -1,0 +1,276 @@
+//! External sign-in: `GET /authorize` sends the browser to the provider,
+//! `GET|POST /callback` brings it back. Every answer is a redirect: to the
+//! provider, to the app with the session (or a PKCE code), or to the app
+//! with `error`, `error_code` and `error_description`, never an error page.
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use castellan_actors::external::{Authorize, Callback, CallbackError, Landing};
+use castellan_core::redirect::with_params;
+use castellan_core::{ApiError, validate};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use crate::api::redirect_target;
+use crate::error::{HttpResult, Refusals};
+use crate::extract::{RawBody, RequestAud, parse_query};
+use crate::server::AppState;
+use axum::extract::RawQuery;
+
+/// OAuth's own parameters, never passed on to the provider from a request
+/// (GoTrue's list; `nonce` is passed on).
+const RESERVED: [&str; 8] = [
+    "client_id",
+    "client_secret",
+    "redirect_uri",
+    "response_type",
+    "state",
+    "code_challenge",
+    "code_challenge_method",
+    "code_verifier",
+];
+
+#[derive(Deserialize, IntoParams, Default)]
+#[into_params(parameter_in = Query)]
+#[serde(default)]
+pub struct AuthorizeQuery {
+    /// `github`, `google`, … (an enabled one).
+    provider: Option<String>,
+    /// More scopes, comma-separated.
+    scopes: Option<String>,
+    redirect_to: Option<String>,
+    code_challenge: Option<String>,
+    code_challenge_method: Option<String>,
+}
+
+fn found(location: String) -> Response {
+    (StatusCode::FOUND, [(header::LOCATION, location)]).into_response()
+}
+
+/// The request's parameters passed on to the provider, as GoTrue passes them.
+fn passed_on(pairs: &BTreeMap<String, String>) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "provider" | "scopes"))
+        .filter(|(k, _)| !RESERVED.contains(&k.to_ascii_lowercase().as_str()))
+        .map(|(k, v)| match k.as_str() {
+            "workos_provider" => ("provider".to_string(), v.clone()),
+            _ => (k.clone(), v.clone()),
+        })
+        .collect()
+}
+
+/// `GET /authorize`: 302 to the provider.
+#[utoipa::path(
+    get,
+    path = "/authorize",
+    tag = "external",
+    params(AuthorizeQuery),
+    responses(
+        (status = 302, description = "To the provider's authorize page", headers(("location" = String))),
+        Refusals
+    )
+)]
+pub async fn authorize(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> HttpResult {
+    let raw = raw.unwrap_or_default();
+    let q: AuthorizeQuery = parse_query(&raw)?;
+    let pairs: BTreeMap<String, String> = parse_query(&raw)?;
+    let pkce = validate::pkce(
+        q.code_challenge.as_deref(),
+        q.code_challenge_method.as_deref(),
+    )?;
+    let req = Authorize {
+        provider: q.provider.unwrap_or_default(),
+        scopes: q.scopes,
+        params: passed_on(&pairs),
+        redirect_to: redirect_target(&st, &headers, q.redirect_to.as_deref()),
+        pkce,
+        linking_target: None,
+    };
+    let url = st.external.authorize(req).await?;
+    Ok(found(url))
+}
+
+#[derive(Deserialize, IntoParams, Default)]
+#[into_params(parameter_in = Query)]
+#[serde(default)]
+pub struct CallbackParams {
+    state: Option<String>,
+    code: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+/// The landing URL with the outcome: the session in the fragment, the PKCE
+/// code in the query, or the error in both (GoTrue's shape).
+fn land(outcome: Result<(Landing, String), castellan_actors::external::Refused>) -> Response {
+    match outcome {
+        Ok((Landing::Code(code), to)) => found(with_params(&to, &[("code", code)], &[])),
+        Ok((
+            Landing::Session {
+                grant,
+                provider_token,
+                provider_refresh_token,
+            },
+            to,
+        )) => {
+            let g = *grant;
+            let mut pairs: Vec<(&str, String)> = vec![
+                ("access_token", g.access_token),
+                ("expires_at", g.expires_at.to_string()),
+                ("expires_in", g.expires_in.to_string()),
+            ];
+            if !provider_refresh_token.is_empty() {
+                pairs.push(("provider_refresh_token", provider_refresh_token));
+            }
+            pairs.extend([
+                ("provider_token", provider_token),
+                ("refresh_token", g.refresh_token),
+                ("sb", String::new()),
+                ("token_type", "bearer".into()),
+            ]);
+            found(with_params(&to, &[], &pairs))
+        }
+        Err(refused) => {
+            let mut pairs: Vec<(&str, String)> = Vec::new();
+            match refused.error {
+                CallbackError::Api(e) => {
+                    let error = match e.code {
+                        "signup_disabled" | "user_banned" | "provider_email_needs_verification" => {
+                            "access_denied"
+                        }
+                        _ => match e.status {
+                            400 => "invalid_request",
+                            401 => "unauthorized_client",
+                            403 => "access_denied",
+                            503 => "temporarily_unavailable",
+                            _ => "server_error",
+                        },
+                    };
+                    if e.status >= 500 {
+                        tracing::error!(code = e.code, message = %e.message, "external sign-in failed");
+                    }
+                    pairs.push(("error", error.into()));
+                    pairs.push(("error_code", e.code.to_string()));
+                    pairs.push(("error_description", e.message));
+                }
+                CallbackError::Provider { error, description } => {
+                    pairs.push(("error", error));
+                    if !description.is_empty() {
+                        pairs.push(("error_description", description));
+                    }
+                }
+            }
+            let mut fragment = pairs.clone();
+            fragment.push(("sb", String::new()));
+            found(with_params(&refused.to, &pairs, &fragment))
+        }
+    }
+}
+
+async fn callback(st: AppState, p: CallbackParams, aud: &str) -> Response {
+    let c = Callback {
+        state: p.state,
+        code: p.code,
+        error: p
+            .error
+            .filter(|e| !e.is_empty())
+            .map(|e| (e, p.error_description.unwrap_or_default())),
+    };
+    land(st.external.callback(c, aud).await)
+}
+
+/// `GET /callback`: where the provider sends the browser back.
+#[utoipa::path(
+    get,
+    path = "/callback",
+    tag = "external",
+    params(CallbackParams),
+    responses((status = 302, description = "To the app: the session in the fragment, `?code=` for PKCE, or the error", headers(("location" = String))))
+)]
+pub async fn callback_get(
+    State(st): State<AppState>,
+    RequestAud(aud): RequestAud,
+    RawQuery(raw): RawQuery,
+) -> HttpResult {
+    let p: CallbackParams = match parse_query(&raw.unwrap_or_default()) {
+        Ok(p) => p,
+        Err(e) => return Ok(land_error(&st, e)),
+    };
+    Ok(callback(st, p, &aud).await)
+}
+
+/// `POST /callback`: the same, for providers that post the form back.
+#[utoipa::path(
+    post,
+    path = "/callback",
+    tag = "external",
+    responses((status = 302, description = "As `GET /callback`", headers(("location" = String))))
+)]
+pub async fn callback_post(
+    State(st): State<AppState>,
+    RequestAud(aud): RequestAud,
+    RawBody(bytes): RawBody,
+) -> HttpResult {
+    let p: CallbackParams = match std::str::from_utf8(&bytes)
+        .map_err(|_| ApiError::validation("The callback form is not UTF-8"))
+        .and_then(parse_query)
+    {
+        Ok(p) => p,
+        Err(e) => return Ok(land_error(&st, e)),
+    };
+    Ok(callback(st, p, &aud).await)
+}
+
+fn land_error(st: &AppState, e: ApiError) -> Response {
+    let to = st
+        .config
+        .external
+        .redirect_url
+        .clone()
+        .unwrap_or_else(|| st.config.site_url.clone());
+    land(Err(castellan_actors::external::Refused {
+        to,
+        error: CallbackError::Api(e),
+    }))
+}
+
+/// SAML single sign-on is not offered: GoTrue's answer when it is off.
+#[utoipa::path(
+    post,
+    path = "/sso",
+    tag = "external",
+    responses((status = 404, description = "`saml_provider_disabled`"))
+)]
+pub async fn sso() -> HttpResult {
+    Err(ApiError::not_found("saml_provider_disabled", "SAML 2.0 is disabled").into())
+}
+
+/// As `POST /sso`.
+#[utoipa::path(
+    get,
+    path = "/sso/saml/metadata",
+    tag = "external",
+    responses((status = 404, description = "`saml_provider_disabled`"))
+)]
+pub async fn sso_metadata() -> HttpResult {
+    sso().await
+}
+
+/// As `POST /sso`.
+#[utoipa::path(
+    post,
+    path = "/sso/saml/acs",
+    tag = "external",
+    responses((status = 404, description = "`saml_provider_disabled`"))
+)]
+pub async fn sso_acs() -> HttpResult {
+    sso().await
+}
