@@ -297,8 +297,10 @@ impl External {
         if user.is_banned(now) {
             return Err(ApiError::forbidden("user_banned", "User is banned"));
         }
+        // A signed-in user linking an identity keeps what it has.
+        let linking = flow.linking_target_id.is_some();
         let has_email = !(flow.email_optional && candidate.is_none());
-        if has_email && user.email_confirmed_at.is_none() {
+        if !linking && has_email && user.email_confirmed_at.is_none() {
             self.claim_unconfirmed(&mut tx, &user, &identity, &signed.user, now)
                 .await?;
             let verified = signed.user.email().is_some_and(|e| e.verified)
@@ -444,6 +446,22 @@ impl External {
             ));
         }
         let identity = new_identity(tx, user.id, provider, ext, now).await?;
+        // A user without an email (an anonymous one, say) takes the
+        // identity's when the provider verified it, and is anonymous no more.
+        if user.email_str().is_empty()
+            && let Some(e) = ext.email().filter(|e| e.verified)
+        {
+            let email = e.email.to_lowercase();
+            if tx.holder_of_email(&email).await?.is_some() {
+                return Err(ApiError::bad_request(
+                    "email_exists",
+                    "A user with this email address has already been registered",
+                ));
+            }
+            tx.set_email_from_identity(user.id, Some(&email), true, now)
+                .await?;
+            tx.clear_anonymous(user.id).await?;
+        }
         tx.sync_app_providers(user.id).await?;
         let traits =
             json!({"identity_id": identity.id, "provider": provider, "provider_id": ext.sub});
@@ -452,6 +470,10 @@ impl External {
             now,
         )
         .await?;
+        let user = tx
+            .user_by_id(user.id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("user_not_found", "User not found"))?;
         let email = user_email(&user);
         Ok((user, identity, email))
     }
@@ -557,6 +579,109 @@ async fn merge_user_metadata(
     tx.update_metadata(user.id, &um, &user.app_metadata(), now)
         .await?;
     Ok(())
+}
+
+impl External {
+    /// `DELETE /user/identities/{id}`: GoTrue's rules (the last identity
+    /// stays; the phone goes with the phone identity; the email follows the
+    /// identities that remain).
+    pub async fn unlink(&self, user: &User, identity_id: Uuid) -> ApiResult<()> {
+        if !self.ctx.config.external.manual_linking_enabled {
+            return Err(manual_linking_disabled());
+        }
+        let now = self.ctx.config.clock.now();
+        let mut tx = self.ctx.store.begin().await?;
+        let ids = tx.identities_of_user(user.id).await?;
+        if ids.len() <= 1 {
+            return Err(ApiError::unprocessable(
+                "single_identity_not_deletable",
+                "User must have at least 1 identity after unlinking",
+            ));
+        }
+        let Some(gone) = ids.iter().find(|i| i.id == identity_id).cloned() else {
+            return Err(ApiError::unprocessable(
+                "identity_not_found",
+                "Identity doesn't exist",
+            ));
+        };
+        tx.delete_identity(user.id, gone.id).await?;
+        let rest: Vec<&Identity> = ids.iter().filter(|i| i.id != gone.id).collect();
+        if gone.provider == "phone" {
+            tx.clear_phone(user.id, now).await?;
+        } else {
+            self.email_after_unlink(&mut tx, user, &rest, now).await?;
+        }
+        tx.sync_app_providers(user.id).await?;
+        let traits = json!({"identity_id": gone.id, "provider": gone.provider, "provider_id": gone.provider_id});
+        tx.insert_audit(
+            &audit_payload(user, AuditAction::IdentityUnlinked, Some(traits)),
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// GoTrue's `UpdateUserEmailFromIdentities`: the email stays while an
+    /// identity has it; else the best remaining one (verified first), or none.
+    async fn email_after_unlink(
+        &self,
+        tx: &mut Tx,
+        user: &User,
+        rest: &[&Identity],
+        now: DateTime<Utc>,
+    ) -> ApiResult<()> {
+        let email_of = |i: &Identity| {
+            i.identity_data
+                .0
+                .get("email")
+                .and_then(Value::as_str)
+                .map(str::to_lowercase)
+                .filter(|e| !e.is_empty())
+        };
+        let verified = |i: &Identity| i.identity_data.0.get("email_verified") == Some(&json!(true));
+        let current = user.email_str().to_lowercase();
+        if rest
+            .iter()
+            .any(|i| email_of(i).as_deref() == Some(current.as_str()))
+        {
+            return Ok(());
+        }
+        let mut ranked: Vec<&&Identity> = rest.iter().filter(|i| email_of(i).is_some()).collect();
+        ranked.sort_by_key(|i| (!verified(i), i.created_at));
+        let Some(best) = ranked.first() else {
+            tx.set_email_from_identity(user.id, None, false, now)
+                .await?;
+            return Ok(());
+        };
+        let email = email_of(best).unwrap_or_default();
+        if let Some(other) = tx.holder_of_email(&email).await?
+            && other.id != user.id
+        {
+            return Err(ApiError::unprocessable(
+                "email_conflict_identity_not_deletable",
+                "Unable to unlink identity due to email conflict",
+            ));
+        }
+        let confirmed = verified(best) || self.ctx.config.mailer_autoconfirm;
+        tx.set_email_from_identity(user.id, Some(&email), confirmed, now)
+            .await?;
+        Ok(())
+    }
+
+    /// `GET /user/identities/authorize`: the provider's URL for linking an
+    /// identity to the signed-in user.
+    pub async fn link(&self, user: &User, mut req: Authorize) -> ApiResult<String> {
+        if !self.ctx.config.external.manual_linking_enabled {
+            return Err(manual_linking_disabled());
+        }
+        req.linking_target = Some(user.id);
+        self.authorize(req).await
+    }
+}
+
+fn manual_linking_disabled() -> ApiError {
+    ApiError::not_found("manual_linking_disabled", "Manual linking is disabled")
 }
 
 /// GoTrue's `DetermineAccountLinking` (one linking domain).

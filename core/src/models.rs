@@ -283,6 +283,7 @@ pub enum AuditAction {
     FactorUpdated,
     /// An external identity joined an existing user.
     IdentityLinked,
+    IdentityUnlinked,
 }
 
 impl AuditAction {
@@ -312,6 +313,7 @@ impl AuditAction {
             Self::FactorDeleted => "factor_deleted",
             Self::FactorUpdated => "factor_updated",
             Self::IdentityLinked => "identity_linked",
+            Self::IdentityUnlinked => "identity_unlinked",
         }
     }
     pub fn log_type(self) -> &'static str {
@@ -331,7 +333,7 @@ impl AuditAction {
             | Self::FactorUnenrolled
             | Self::FactorDeleted
             | Self::FactorUpdated => "factor",
-            Self::IdentityLinked => "user",
+            Self::IdentityLinked | Self::IdentityUnlinked => "user",
         }
     }
 }

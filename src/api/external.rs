@@ -16,7 +16,7 @@ use utoipa::IntoParams;
 
 use crate::api::redirect_target;
 use crate::error::{HttpResult, Refusals};
-use crate::extract::{RawBody, RequestAud, parse_query};
+use crate::extract::{AuthUser, RawBody, RequestAud, parse_query};
 use crate::server::AppState;
 use axum::extract::RawQuery;
 
@@ -44,6 +44,8 @@ pub struct AuthorizeQuery {
     redirect_to: Option<String>,
     code_challenge: Option<String>,
     code_challenge_method: Option<String>,
+    /// `/user/identities/authorize`: `true` answers `{"url": …}` instead of a redirect.
+    skip_http_redirect: Option<String>,
 }
 
 fn found(location: String) -> Response {
@@ -54,7 +56,7 @@ fn found(location: String) -> Response {
 fn passed_on(pairs: &BTreeMap<String, String>) -> Vec<(String, String)> {
     pairs
         .iter()
-        .filter(|(k, _)| !matches!(k.as_str(), "provider" | "scopes"))
+        .filter(|(k, _)| !matches!(k.as_str(), "provider" | "scopes" | "skip_http_redirect"))
         .filter(|(k, _)| !RESERVED.contains(&k.to_ascii_lowercase().as_str()))
         .map(|(k, v)| match k.as_str() {
             "workos_provider" => ("provider".to_string(), v.clone()),
@@ -79,9 +81,19 @@ pub async fn authorize(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> HttpResult {
-    let raw = raw.unwrap_or_default();
-    let q: AuthorizeQuery = parse_query(&raw)?;
-    let pairs: BTreeMap<String, String> = parse_query(&raw)?;
+    let (req, _) = authorize_request(&st, &headers, &raw.unwrap_or_default())?;
+    let url = st.external.authorize(req).await?;
+    Ok(found(url))
+}
+
+/// An authorize request's parts, and whether to answer the URL as JSON.
+fn authorize_request(
+    st: &AppState,
+    headers: &HeaderMap,
+    raw: &str,
+) -> Result<(Authorize, bool), ApiError> {
+    let q: AuthorizeQuery = parse_query(raw)?;
+    let pairs: BTreeMap<String, String> = parse_query(raw)?;
     let pkce = validate::pkce(
         q.code_challenge.as_deref(),
         q.code_challenge_method.as_deref(),
@@ -90,12 +102,68 @@ pub async fn authorize(
         provider: q.provider.unwrap_or_default(),
         scopes: q.scopes,
         params: passed_on(&pairs),
-        redirect_to: redirect_target(&st, &headers, q.redirect_to.as_deref()),
+        redirect_to: redirect_target(st, headers, q.redirect_to.as_deref()),
         pkce,
         linking_target: None,
     };
-    let url = st.external.authorize(req).await?;
+    Ok((req, q.skip_http_redirect.as_deref() == Some("true")))
+}
+
+/// `GET /user/identities/authorize`: the provider's URL for linking an
+/// identity to the signed-in user (`GOTRUE_SECURITY_MANUAL_LINKING_ENABLED`).
+#[utoipa::path(
+    get,
+    path = "/user/identities/authorize",
+    tag = "external",
+    params(AuthorizeQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "`{\"url\": …}` with `skip_http_redirect=true`"),
+        (status = 302, description = "To the provider", headers(("location" = String))),
+        Refusals
+    )
+)]
+pub async fn link_identity(
+    State(st): State<AppState>,
+    auth: AuthUser,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> HttpResult {
+    let (req, json) = authorize_request(&st, &headers, &raw.unwrap_or_default())?;
+    let url = st.external.link(&auth.user, req).await?;
+    if json {
+        return Ok(axum::Json(serde_json::json!({ "url": url })).into_response());
+    }
     Ok(found(url))
+}
+
+/// The `{identity_id}` path parameter.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct IdentityPath {
+    /// A UUID (anything else is 404).
+    identity_id: String,
+}
+
+/// `DELETE /user/identities/{identity_id}`: unlinks one of the user's
+/// identities (never the last).
+#[utoipa::path(
+    delete,
+    path = "/user/identities/{identity_id}",
+    tag = "external",
+    params(IdentityPath),
+    security(("bearer" = [])),
+    responses((status = 200, description = "`{}`"), Refusals)
+)]
+pub async fn unlink_identity(
+    State(st): State<AppState>,
+    auth: AuthUser,
+    axum::extract::Path(IdentityPath { identity_id }): axum::extract::Path<IdentityPath>,
+) -> HttpResult {
+    let id = uuid::Uuid::parse_str(&identity_id)
+        .map_err(|_| ApiError::not_found("validation_failed", "identity_id must be an UUID"))?;
+    st.external.unlink(&auth.user, id).await?;
+    Ok(axum::Json(serde_json::json!({})).into_response())
 }
 
 #[derive(Deserialize, IntoParams, Default)]

@@ -84,6 +84,8 @@ pub fn routes(state: AppState) -> (Router<AppState>, Document) {
         .routes(routes!(invite::invite))
         .routes(routes!(external::authorize))
         .routes(routes!(external::callback_get, external::callback_post))
+        .routes(routes!(external::link_identity))
+        .routes(routes!(external::unlink_identity))
         .routes(routes!(external::sso))
         .routes(routes!(external::sso_metadata))
         .routes(routes!(external::sso_acs))

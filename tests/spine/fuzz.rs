@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::both;
 
 /// Every operation the API serves, as the document must list it.
-const OPERATIONS: [(&str, &str); 40] = [
+const OPERATIONS: [(&str, &str); 42] = [
     ("/health", "get"),
     ("/ready", "get"),
     ("/settings", "get"),
@@ -46,6 +46,8 @@ const OPERATIONS: [(&str, &str); 40] = [
     ("/authorize", "get"),
     ("/callback", "get"),
     ("/callback", "post"),
+    ("/user/identities/authorize", "get"),
+    ("/user/identities/{identity_id}", "delete"),
     ("/sso", "post"),
     ("/sso/saml/metadata", "get"),
     ("/sso/saml/acs", "post"),

@@ -490,3 +490,135 @@ async fn a_slow_provider_holds_up_no_other_sign_in() {
     );
     t.stop().await;
 }
+
+both_oauth!(manual_linking_is_off_unless_enabled, |_| {}, |t, _fake| {
+    let s = t.new_session("nolink@example.com", "secret123").await;
+    let token = s["access_token"].as_str().unwrap();
+    let r = t
+        .request(
+            reqwest::Method::GET,
+            "/user/identities/authorize?provider=github",
+            Some(token),
+            None,
+        )
+        .await;
+    r.assert_error(404, "manual_linking_disabled");
+    let id = s["user"]["identities"][0]["identity_id"].as_str().unwrap();
+    let r = t
+        .request(
+            reqwest::Method::DELETE,
+            &format!("/user/identities/{id}"),
+            Some(token),
+            None,
+        )
+        .await;
+    r.assert_error(404, "manual_linking_disabled");
+});
+
+/// The state of a linking URL, and where its round trip lands.
+async fn link(t: &TestServer, token: &str, code: &str) -> String {
+    let r = t
+        .request(
+            reqwest::Method::GET,
+            &format!("/user/identities/authorize?provider=github&skip_http_redirect=true&redirect_to={APP}"),
+            Some(token),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let state = query(r.body["url"].as_str().unwrap())["state"].clone();
+    let r = get(t, &format!("/callback?code={code}&state={state}")).await;
+    r.header("location").unwrap().to_string()
+}
+
+both_oauth!(
+    identities_are_linked_and_unlinked_by_their_user,
+    |c| c.external.manual_linking_enabled = true,
+    |t, fake| {
+        let s = t.new_session("owner@example.com", "secret123").await;
+        let token = s["access_token"].as_str().unwrap().to_string();
+        let owner = s["user"]["id"].as_str().unwrap().to_string();
+        fake.profile(
+            "l1",
+            Profile::github(500, "owner-gh", "elsewhere@example.com", true),
+        );
+        let to = link(&t, &token, "l1").await;
+        let c = claims(&fragment(&to)["access_token"]);
+        assert_eq!(c["sub"], owner);
+        assert_eq!(c["app_metadata"]["providers"], json!(["email", "github"]));
+        assert_eq!(
+            c["email"], "owner@example.com",
+            "linking keeps the user's email"
+        );
+
+        // The same GitHub account cannot join a second user.
+        let other = t.new_session("other@example.com", "secret123").await;
+        fake.profile(
+            "l2",
+            Profile::github(500, "owner-gh", "elsewhere@example.com", true),
+        );
+        let to = link(&t, other["access_token"].as_str().unwrap(), "l2").await;
+        assert_eq!(query(&to)["error_code"], "identity_already_exists", "{to}");
+
+        let u = t.get_user(&token).await;
+        let ids = u.body["identities"].as_array().unwrap().clone();
+        assert_eq!(ids.len(), 2);
+        let gh = ids.iter().find(|i| i["provider"] == "github").unwrap();
+        let email_id = ids.iter().find(|i| i["provider"] == "email").unwrap();
+        let del = |id: String| {
+            let (t, token) = (&t, token.clone());
+            async move {
+                let path = format!("/user/identities/{id}");
+                t.request(reqwest::Method::DELETE, &path, Some(&token), None)
+                    .await
+            }
+        };
+        let r = del(gh["identity_id"].as_str().unwrap().to_string()).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.body, json!({}));
+        let u = t.get_user(&token).await;
+        assert_eq!(u.body["identities"].as_array().unwrap().len(), 1);
+        assert_eq!(u.body["app_metadata"]["providers"], json!(["email"]));
+        assert_eq!(u.body["email"], "owner@example.com");
+        assert!(
+            t.audit_actions(&owner)
+                .await
+                .contains(&"identity_unlinked".to_string())
+        );
+        // The last identity stays; unknown and malformed ids are refused.
+        del(email_id["identity_id"].as_str().unwrap().to_string())
+            .await
+            .assert_error(422, "single_identity_not_deletable");
+        fake.profile(
+            "l3",
+            Profile::github(501, "again", "again@example.com", true),
+        );
+        link(&t, &token, "l3").await;
+        del(uuid::Uuid::new_v4().to_string())
+            .await
+            .assert_error(422, "identity_not_found");
+        del("not-a-uuid".into())
+            .await
+            .assert_error(404, "validation_failed");
+    }
+);
+
+both_oauth!(
+    an_anonymous_user_becomes_a_github_user,
+    |c| {
+        c.external.manual_linking_enabled = true;
+        c.anonymous_users_enabled = true;
+    },
+    |t, fake| {
+        let r = t.post("/signup", json!({})).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let token = r.body["access_token"].as_str().unwrap().to_string();
+        let anon = r.body["user"]["id"].as_str().unwrap().to_string();
+        fake.profile("a1", Profile::github(600, "anon", "anon@example.com", true));
+        let to = link(&t, &token, "a1").await;
+        let c = claims(&fragment(&to)["access_token"]);
+        assert_eq!(c["sub"], anon);
+        assert_eq!(c["is_anonymous"], false, "{c}");
+        assert_eq!(c["email"], "anon@example.com");
+    }
+);

@@ -217,6 +217,53 @@ impl Tx {
         Ok(())
     }
 
+    /// A user's identities, oldest first.
+    pub async fn identities_of_user(
+        &mut self,
+        user_id: Uuid,
+    ) -> Result<Vec<Identity>, sqlx::Error> {
+        count();
+        on!(tx self, c => sqlx::query_as(concat!("SELECT ", identity_cols!(),
+            " FROM identities WHERE user_id = $1 ORDER BY created_at, id"))
+            .bind(user_id).fetch_all(&mut *c).await)
+    }
+
+    /// Removes one identity of a user; false when the user has no such identity.
+    pub async fn delete_identity(&mut self, user_id: Uuid, id: Uuid) -> Result<bool, sqlx::Error> {
+        self.touch(user_id);
+        count();
+        on!(tx self, c => sqlx::query("DELETE FROM identities WHERE id = $1 AND user_id = $2")
+            .bind(id).bind(user_id).execute(&mut *c).await.map(|r| r.rows_affected() == 1))
+    }
+
+    /// A user's email as unlinking leaves it: `None` clears it; a confirmed
+    /// address is confirmed now.
+    pub async fn set_email_from_identity(
+        &mut self,
+        user_id: Uuid,
+        email: Option<&str>,
+        confirmed: bool,
+        now: DateTime<Utc>,
+    ) -> Result<(), sqlx::Error> {
+        self.touch(user_id);
+        count();
+        let at = confirmed.then_some(now);
+        on!(tx self, c => sqlx::query("UPDATE users SET email = $2, email_confirmed_at = $3, updated_at = $4 WHERE id = $1")
+            .bind(user_id).bind(email).bind(at).bind(now).execute(&mut *c).await.map(drop))
+    }
+
+    /// Unlinking the phone identity: the number goes with it.
+    pub async fn clear_phone(
+        &mut self,
+        user_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<(), sqlx::Error> {
+        self.touch(user_id);
+        count();
+        on!(tx self, c => sqlx::query("UPDATE users SET phone = NULL, phone_confirmed_at = NULL, updated_at = $2 WHERE id = $1")
+            .bind(user_id).bind(now).execute(&mut *c).await.map(drop))
+    }
+
     /// GoTrue's `UpdateAppMetaDataProviders`: `providers` is the user's
     /// identities' providers (oldest first), `provider` the oldest's.
     pub async fn sync_app_providers(&mut self, user_id: Uuid) -> Result<(), sqlx::Error> {
