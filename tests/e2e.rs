@@ -3,6 +3,8 @@
 //! which the README's test command does.
 
 mod common;
+#[path = "common/oauth_provider.rs"]
+mod oauth_provider;
 #[path = "common/sms_provider.rs"]
 mod sms_provider;
 #[path = "common/smtp_sink.rs"]
@@ -10,6 +12,7 @@ mod smtp_sink;
 
 use castellan_core::crypto::jwk::{KeyKind, generate};
 use common::Backend;
+use oauth_provider::{FakeOAuth, Profile};
 use sms_provider::FakeProvider;
 use smtp_sink::SmtpSink;
 
@@ -64,8 +67,26 @@ async fn run_client_with(backend: Backend, script: &str, mail: bool, key: Option
     let provider =
         FakeProvider::start(201, serde_json::json!({"sid": "SM1", "status": "queued"})).await;
     let provider_url = provider.base.clone();
+    // A GitHub stand-in for the external sign-in scenarios: it sends the
+    // browser back to castellan.test, which the scripts read as the server.
+    let github = FakeOAuth::start().await;
+    for (n, code) in ["new-root", "new-prefixed", "link-root", "link-prefixed"]
+        .into_iter()
+        .enumerate()
+    {
+        let p = Profile::github(900 + n as u64, code, &format!("{code}@example.com"), true);
+        github.profile(code, p);
+    }
     let t = common::spawn(backend, |c| {
         c.anonymous_users_enabled = true;
+        let gh = c.external.providers.get_mut("github").unwrap();
+        gh.enabled = true;
+        gh.client_ids = vec!["e2e-client".into()];
+        gh.secret = "e2e-secret".into();
+        gh.url = Some(github.base.clone());
+        gh.redirect_uri = "http://castellan.test/callback".into();
+        c.external.manual_linking_enabled = true;
+        c.uri_allow_list = vec!["http://app.test/**".into()];
         if mail {
             c.external_phone_enabled = true;
             c.sms_autoconfirm = false;
@@ -159,6 +180,16 @@ async fn phone_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn phone_on_postgres() {
     run_client_with(Backend::Postgres, "phone.mjs", true, None).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth_on_sqlite() {
+    run_client(Backend::Sqlite, "oauth.mjs").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth_on_postgres() {
+    run_client(Backend::Postgres, "oauth.mjs").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
