@@ -92,7 +92,12 @@ pub async fn http_metrics(req: Request, next: Next) -> Response {
 /// The series of events that may not have happened yet, at zero, so a
 /// dashboard shows 0 rather than nothing and `increase()` sees the first.
 fn known_series() {
-    for actor in ["session_manager", "otp_issuer", "rate_limiter"] {
+    for actor in [
+        "session_manager",
+        "otp_issuer",
+        "rate_limiter",
+        "provider_broker",
+    ] {
         metrics::counter!("castellan_actor_restarts_total", "actor" => actor).increment(0);
         metrics::gauge!("castellan_actor_mailbox_depth", "actor" => actor).increment(0.0);
     }

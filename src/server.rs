@@ -393,6 +393,8 @@ pub async fn start_with(config: Config, workers: bool) -> anyhow::Result<Server>
             castellan_actors::provider_broker::ProviderBroker::new(
                 &ctx.config.external,
                 std::time::Duration::from_secs(10),
+                actors.oidc_keys.clone(),
+                actors.broker_slot(),
             )
             .map_err(|e| anyhow::anyhow!(e))?,
             actors.sessions.clone(),

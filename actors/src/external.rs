@@ -35,6 +35,40 @@ pub struct Authorize {
     pub linking_target: Option<Uuid>,
 }
 
+/// `POST /token?grant_type=id_token`, as the handler parsed it.
+#[derive(Debug, Default)]
+pub struct IdTokenGrant {
+    pub id_token: String,
+    pub nonce: String,
+    pub provider: String,
+    pub client_id: String,
+    pub issuer: String,
+}
+
+/// The `id_token` grant's refusals: GoTrue's OAuth-shaped ones for the
+/// token's own checks, ordinary ones otherwise.
+#[derive(Debug)]
+pub enum IdTokenRefusal {
+    OAuth {
+        error: &'static str,
+        description: String,
+    },
+    Api(ApiError),
+}
+
+impl From<ApiError> for IdTokenRefusal {
+    fn from(e: ApiError) -> Self {
+        IdTokenRefusal::Api(e)
+    }
+}
+
+fn invalid(description: impl Into<String>) -> IdTokenRefusal {
+    IdTokenRefusal::OAuth {
+        error: "invalid request",
+        description: description.into(),
+    }
+}
+
 /// `GET|POST /callback`, as the handler parsed it.
 pub struct Callback {
     pub state: Option<String>,
@@ -66,6 +100,30 @@ pub enum CallbackError {
     Api(ApiError),
     /// The provider's `error` passed on.
     Provider { error: String, description: String },
+}
+
+/// Whose identity a sign-in settles: the provider, the audience, and
+/// the signed-in user it joins when linking.
+struct Whose<'a> {
+    provider: &'a str,
+    aud: &'a str,
+    linking_target: Option<Uuid>,
+    email_optional: bool,
+}
+
+/// An unverified provider email: the user must confirm it by mail first.
+struct Unverified {
+    user: User,
+    provider: String,
+    email: Option<String>,
+}
+
+impl Unverified {
+    async fn answer(self, external: &External) -> ApiError {
+        external
+            .needs_verification(&self.user, &self.provider, self.email)
+            .await
+    }
 }
 
 /// The linking decision.
@@ -284,44 +342,20 @@ impl External {
         let provider = flow.provider_type.as_str();
         let now = self.ctx.config.clock.now();
         let mut tx = self.ctx.store.begin().await?;
-        let (user, identity, candidate) = match flow.linking_target_id {
-            Some(target) => {
-                self.link_to(&mut tx, target, provider, &signed.user, now)
-                    .await?
-            }
-            None => {
-                self.account(&mut tx, provider, &signed.user, aud, now)
-                    .await?
-            }
+        let who = Whose {
+            provider,
+            aud,
+            linking_target: flow.linking_target_id,
+            email_optional: flow.email_optional,
         };
-        if user.is_banned(now) {
-            return Err(ApiError::forbidden("user_banned", "User is banned"));
-        }
-        // A signed-in user linking an identity keeps what it has.
-        let linking = flow.linking_target_id.is_some();
-        let has_email = !(flow.email_optional && candidate.is_none());
-        if !linking && has_email && user.email_confirmed_at.is_none() {
-            self.claim_unconfirmed(&mut tx, &user, &identity, &signed.user, now)
-                .await?;
-            let verified = signed.user.email().is_some_and(|e| e.verified)
-                || self.ctx.config.mailer_autoconfirm;
-            if !verified {
+        let user = match self.settle(&mut tx, &who, &signed.user, now).await? {
+            Ok(user) => user,
+            Err(refused) => {
                 // GoTrue keeps what was done and answers with the refusal.
                 tx.commit().await?;
-                return Err(self.needs_verification(&user, provider, candidate).await);
+                return Err(refused.answer(self).await);
             }
-            let traits = json!({"provider": provider});
-            tx.insert_audit(
-                &audit_payload(&user, AuditAction::UserSignedUp, Some(traits)),
-                now,
-            )
-            .await?;
-            tx.confirm(user.id, "email", now).await?;
-        }
-        let user = tx
-            .user_by_id(user.id)
-            .await?
-            .ok_or_else(|| ApiError::not_found("user_not_found", "User not found"))?;
+        };
         if flow.pkce() {
             let tokens = (signed.access_token.as_str(), signed.refresh_token.as_str());
             let code = tx
@@ -350,6 +384,53 @@ impl External {
             provider_token: signed.access_token,
             provider_refresh_token: signed.refresh_token,
         })
+    }
+
+    /// The user an external identity signs in, in `tx`: found, linked or
+    /// made, banned users refused, an unconfirmed account claimed. An
+    /// unverified email is the inner refusal: what was done is kept.
+    async fn settle(
+        &self,
+        tx: &mut Tx,
+        who: &Whose<'_>,
+        ext: &ExternalUser,
+        now: DateTime<Utc>,
+    ) -> ApiResult<Result<User, Unverified>> {
+        let provider = who.provider;
+        let (user, identity, candidate) = match who.linking_target {
+            Some(target) => self.link_to(tx, target, provider, ext, now).await?,
+            None => self.account(tx, provider, ext, who.aud, now).await?,
+        };
+        if user.is_banned(now) {
+            return Err(ApiError::forbidden("user_banned", "User is banned"));
+        }
+        // A signed-in user linking an identity keeps what it has.
+        let has_email = !(who.email_optional && candidate.is_none());
+        if who.linking_target.is_none() && has_email && user.email_confirmed_at.is_none() {
+            self.claim_unconfirmed(tx, &user, &identity, ext, now)
+                .await?;
+            let verified =
+                ext.email().is_some_and(|e| e.verified) || self.ctx.config.mailer_autoconfirm;
+            if !verified {
+                return Ok(Err(Unverified {
+                    user,
+                    provider: provider.to_string(),
+                    email: candidate,
+                }));
+            }
+            let traits = json!({"provider": provider});
+            tx.insert_audit(
+                &audit_payload(&user, AuditAction::UserSignedUp, Some(traits)),
+                now,
+            )
+            .await?;
+            tx.confirm(user.id, "email", now).await?;
+        }
+        let user = tx
+            .user_by_id(user.id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("user_not_found", "User not found"))?;
+        Ok(Ok(user))
     }
 
     /// The linking decision, carried out: the user, the identity, and the
@@ -582,6 +663,85 @@ async fn merge_user_metadata(
 }
 
 impl External {
+    /// `POST /token?grant_type=id_token`: an OpenID Connect ID token from an
+    /// enabled provider (by name or issuer), checked against the issuer's
+    /// keys, audience and nonce, signs its identity in.
+    pub async fn id_token(&self, g: IdTokenGrant, aud: &str) -> Result<TokenGrant, IdTokenRefusal> {
+        if g.id_token.is_empty() {
+            return Err(invalid("id_token required"));
+        }
+        if g.provider.is_empty() && (g.client_id.is_empty() || g.issuer.is_empty()) {
+            return Err(invalid("provider or client_id and issuer required"));
+        }
+        let Some((p, issuer)) = self.broker.id_token_provider(&g.provider, &g.issuer) else {
+            let known = castellan_core::oauth::provider(&g.provider)
+                .is_some_and(|d| d.id_token_issuer.is_some());
+            return Err(match known {
+                true => ApiError::bad_request(
+                    "provider_disabled",
+                    format!("Provider (issuer {:?}) is not enabled", g.issuer),
+                ),
+                false => ApiError::validation(format!(
+                    "Custom OIDC provider {:?} not allowed",
+                    g.provider
+                )),
+            }
+            .into());
+        };
+        let name = p.description.name;
+        let bad = |e: String| {
+            tracing::info!(provider = name, error = %e, "id token refused");
+            metrics::counter!("castellan_oauth_id_tokens_total", "provider" => name, "outcome" => "refused")
+                .increment(1);
+            invalid("Bad ID token")
+        };
+        let kid = castellan_core::crypto::id_token::kid(&g.id_token).map_err(&bad)?;
+        let keys = match self.broker.issuer_keys(name, &issuer, kid.as_deref()).await {
+            Ok(k) => k,
+            Err(ProviderError::Unavailable(e)) => {
+                return Err(ApiError::unavailable("the issuer's keys", e).into());
+            }
+            Err(ProviderError::Refused(e)) => return Err(bad(e)),
+        };
+        let claims = castellan_core::crypto::id_token::verify(&g.id_token, &keys.keys, &issuer)
+            .map_err(&bad)?;
+        let ext = castellan_core::oauth::from_id_token(&claims, &issuer)
+            .ok_or_else(|| invalid("Missing sub claim in id_token"))?;
+        let audiences = castellan_core::crypto::id_token::audiences(&claims);
+        if !audiences.iter().any(|a| p.config.client_ids.contains(a)) {
+            return Err(invalid(format!(
+                "Unacceptable audience in id_token: [{}]",
+                audiences.join(" ")
+            )));
+        }
+        if !p.config.skip_nonce_check {
+            check_nonce(&claims, &g.nonce)?;
+        }
+        let now = self.ctx.config.clock.now();
+        let who = Whose {
+            provider: name,
+            aud,
+            linking_target: None,
+            email_optional: p.config.email_optional,
+        };
+        let mut tx = self.ctx.store.begin().await.map_err(ApiError::from)?;
+        let user = match self.settle(&mut tx, &who, &ext, now).await? {
+            Ok(user) => user,
+            Err(refused) => {
+                tx.commit().await.map_err(ApiError::from)?;
+                return Err(refused.answer(self).await.into());
+            }
+        };
+        tx.commit().await.map_err(ApiError::from)?;
+        metrics::counter!("castellan_oauth_id_tokens_total", "provider" => name, "outcome" => "ok")
+            .increment(1);
+        let traits = Some(json!({"provider": name}));
+        Ok(self
+            .sessions
+            .issue(user, "oauth", vec![(AuditAction::Login, traits)])
+            .await?)
+    }
+
     /// `DELETE /user/identities/{id}`: GoTrue's rules (the last identity
     /// stays; the phone goes with the phone identity; the email follows the
     /// identities that remain).
@@ -677,6 +837,36 @@ impl External {
         }
         req.linking_target = Some(user.id);
         self.authorize(req).await
+    }
+}
+
+/// GoTrue's nonce rule: the token and the request both carry one, or
+/// neither does; the token's is the SHA-256 (hex) of the request's.
+fn check_nonce(claims: &serde_json::Map<String, Value>, given: &str) -> Result<(), IdTokenRefusal> {
+    use sha2::Digest;
+    let in_token = claims
+        .get("nonce")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty());
+    match (in_token, given.is_empty()) {
+        (None, true) => Ok(()),
+        (Some(n), false) => {
+            let hash: String = sha2::Sha256::digest(given.as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            if castellan_core::crypto::secure_eq(hash.as_bytes(), n.as_bytes()) {
+                Ok(())
+            } else {
+                Err(IdTokenRefusal::OAuth {
+                    error: "invalid nonce",
+                    description: "Nonces mismatch".into(),
+                })
+            }
+        }
+        _ => Err(invalid(
+            "Passed nonce and nonce in id_token should either both exist or not.",
+        )),
     }
 }
 

@@ -1,15 +1,20 @@
 //! The `ProviderBroker`: the external sign-in providers this server is
 //! configured for, and the calls made to them: the authorize URL, the code
-//! exchange (the `oauth2` crate) and the profile requests. Every call runs
-//! in the caller's task with a timeout, and at most `IN_FLIGHT` at once per
-//! provider, so a slow or failing provider holds up neither the others nor
-//! any other sign-in; each call is counted and timed per provider.
+//! exchange (the `oauth2` crate), the profile requests and the issuers'
+//! signing keys. Every call runs in the caller's task with a timeout, and
+//! at most `IN_FLIGHT` at once per provider, so a slow or failing provider
+//! holds up neither the others nor any other sign-in; each call is counted
+//! and timed per provider. The actor owns the keys fetched from issuers
+//! (OIDC discovery and JWKS), published for lock-free reads.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::{ArcSwap, ArcSwapOption};
 use castellan_core::config::{ExternalConfig, OAuthProviderConfig};
+use castellan_core::crypto::id_token;
+use castellan_core::crypto::jwk::Key;
 use castellan_core::oauth::{Credentials, ExternalUser, Provider, provider};
 use oauth2::basic::{
     BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse,
@@ -21,12 +26,93 @@ use oauth2::{
     RequestTokenError, Scope, StandardRevocableToken, StandardTokenResponse, TokenResponse,
     TokenUrl,
 };
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::sync::Semaphore;
 
+use crate::mailbox::Mail;
+
 /// Calls to one provider at once; more wait, up to the timeout.
 const IN_FLIGHT: usize = 32;
+/// How long an issuer's keys are used before they are fetched again.
+const KEYS_TTL: Duration = Duration::from_secs(3600);
+/// The least time between two fetches of one issuer's keys, however many
+/// tokens name a key it does not have (a forger's, say).
+const KEYS_FLOOR: Duration = Duration::from_secs(30);
+/// Issuers whose keys are kept.
+const MAX_ISSUERS: usize = 64;
+
+/// One issuer's verification keys, and when they were fetched.
+pub struct IssuerKeys {
+    pub keys: Vec<Key>,
+    pub fetched: Instant,
+}
+
+/// The keys the broker has fetched, by issuer, published for lock-free reads.
+#[derive(Default)]
+pub struct KeyRing {
+    by_issuer: ArcSwap<HashMap<String, Arc<IssuerKeys>>>,
+}
+
+impl KeyRing {
+    pub fn get(&self, issuer: &str) -> Option<Arc<IssuerKeys>> {
+        self.by_issuer.load().get(issuer).cloned()
+    }
+}
+
+pub enum BrokerMsg {
+    /// Keys fetched from an issuer (by a caller, outside the actor).
+    Keys {
+        issuer: String,
+        keys: Arc<IssuerKeys>,
+    },
+}
+
+/// The `ProviderBroker` actor: owns the key ring's changes.
+pub struct ProviderBrokerActor;
+
+impl Actor for ProviderBrokerActor {
+    type Msg = Mail<BrokerMsg>;
+    type State = Arc<KeyRing>;
+    type Arguments = Arc<KeyRing>;
+
+    async fn pre_start(
+        &self,
+        _me: ActorRef<Mail<BrokerMsg>>,
+        ring: Arc<KeyRing>,
+    ) -> Result<Arc<KeyRing>, ActorProcessingErr> {
+        Ok(ring)
+    }
+
+    async fn handle(
+        &self,
+        _me: ActorRef<Mail<BrokerMsg>>,
+        msg: Mail<BrokerMsg>,
+        ring: &mut Arc<KeyRing>,
+    ) -> Result<(), ActorProcessingErr> {
+        let start = Instant::now();
+        match msg.open() {
+            BrokerMsg::Keys { issuer, keys } => {
+                let mut next = (**ring.by_issuer.load()).clone();
+                if next.len() >= MAX_ISSUERS && !next.contains_key(&issuer) {
+                    // The longest unrefreshed goes first.
+                    if let Some(oldest) = next
+                        .iter()
+                        .min_by_key(|(_, k)| k.fetched)
+                        .map(|(i, _)| i.clone())
+                    {
+                        next.remove(&oldest);
+                    }
+                }
+                next.insert(issuer, keys);
+                ring.by_issuer.store(Arc::new(next));
+            }
+        }
+        crate::supervisor::record_message("provider_broker", "keys", "ok", start);
+        Ok(())
+    }
+}
 
 /// The whole token answer, kept (an id token, WorkOS's profile).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -97,6 +183,8 @@ pub struct ProviderBroker {
     providers: Arc<HashMap<&'static str, Configured>>,
     http: oauth2::reqwest::Client,
     timeout: Duration,
+    ring: Arc<KeyRing>,
+    actor: Arc<ArcSwapOption<ActorRef<Mail<BrokerMsg>>>>,
 }
 
 fn record(provider: &'static str, op: &'static str, start: Instant, r: Result<(), &ProviderError>) {
@@ -114,7 +202,12 @@ fn record(provider: &'static str, op: &'static str, start: Instant, r: Result<()
 impl ProviderBroker {
     /// The enabled providers; one castellan has no description for, or one
     /// without what it needs, is refused at start with the variable to set.
-    pub fn new(cfg: &ExternalConfig, timeout: Duration) -> Result<Self, String> {
+    pub fn new(
+        cfg: &ExternalConfig,
+        timeout: Duration,
+        ring: Arc<KeyRing>,
+        actor: Arc<ArcSwapOption<ActorRef<Mail<BrokerMsg>>>>,
+    ) -> Result<Self, String> {
         let mut providers = HashMap::new();
         let mut names: Vec<_> = cfg.providers.iter().filter(|(_, p)| p.enabled).collect();
         names.sort_by_key(|(n, _)| n.as_str());
@@ -154,6 +247,102 @@ impl ProviderBroker {
             providers: Arc::new(providers),
             http,
             timeout,
+            ring,
+            actor,
+        })
+    }
+
+    /// The verification keys of `issuer` that may have signed a token with
+    /// `kid`: the ring's, fetched again when they are old or lack the kid
+    /// (at most once per `KEYS_FLOOR`); the old ones if a fetch fails.
+    pub async fn issuer_keys(
+        &self,
+        provider: &'static str,
+        issuer: &str,
+        kid: Option<&str>,
+    ) -> Result<Arc<IssuerKeys>, ProviderError> {
+        let cached = self.ring.get(issuer);
+        if let Some(c) = &cached {
+            let knows = kid.is_none_or(|k| c.keys.iter().any(|key| key.kid == k));
+            let age = c.fetched.elapsed();
+            if (knows && age < KEYS_TTL) || age < KEYS_FLOOR {
+                return Ok(c.clone());
+            }
+        }
+        let start = Instant::now();
+        let fetched = self.fetch_keys(issuer).await;
+        record(provider, "keys", start, fetched.as_ref().map(drop));
+        match fetched {
+            Ok(keys) => {
+                let keys = Arc::new(IssuerKeys {
+                    keys,
+                    fetched: Instant::now(),
+                });
+                if let Some(actor) = self.actor.load_full() {
+                    let msg = BrokerMsg::Keys {
+                        issuer: issuer.to_string(),
+                        keys: keys.clone(),
+                    };
+                    let _ = actor.cast(Mail::new("provider_broker", msg));
+                }
+                Ok(keys)
+            }
+            Err(e) => cached.ok_or(e),
+        }
+    }
+
+    /// OIDC discovery, then the JWKS it names.
+    async fn fetch_keys(&self, issuer: &str) -> Result<Vec<Key>, ProviderError> {
+        let discovery = format!(
+            "{}/.well-known/openid-configuration",
+            issuer.trim_end_matches('/')
+        );
+        let doc = self.get_json(&discovery).await?;
+        if doc.get("issuer").and_then(Value::as_str) != Some(issuer) {
+            return Err(ProviderError::Refused(format!(
+                "the discovery document of {issuer} names another issuer"
+            )));
+        }
+        let jwks_uri = doc
+            .get("jwks_uri")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ProviderError::Refused(format!("{issuer} names no jwks_uri")))?;
+        let jwks = self.get_json(jwks_uri).await?;
+        Ok(id_token::keys(&jwks))
+    }
+
+    async fn get_json(&self, url: &str) -> Result<Value, ProviderError> {
+        let resp = self
+            .http
+            .get(url)
+            .header("accept", "application/json")
+            .send()
+            .await
+            .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+        if status.is_server_error() {
+            return Err(ProviderError::Unavailable(format!(
+                "{url} answered {status}"
+            )));
+        }
+        if !status.is_success() {
+            return Err(ProviderError::Refused(format!("{url} answered {status}")));
+        }
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ProviderError::Unavailable(format!("{url} is not JSON: {e}")))
+    }
+
+    /// An enabled provider that issues ID tokens, by name or by issuer:
+    /// its settings and issuer.
+    pub fn id_token_provider(&self, name: &str, issuer: &str) -> Option<(&Configured, String)> {
+        self.providers.values().find_map(|p| {
+            let iss = p.url(p.description.id_token_issuer?);
+            (p.description.name == name || (!issuer.is_empty() && iss == issuer))
+                .then_some((p, iss))
         })
     }
 

@@ -14,6 +14,7 @@ use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SpawnErr, 
 use crate::context::Ctx;
 use crate::mailbox::Mail;
 use crate::otp_issuer::{OtpIssuer, OtpIssuerActor, OtpMsg, SendWindows};
+use crate::provider_broker::{BrokerMsg, KeyRing, ProviderBrokerActor};
 use crate::rate_limiter::{RateLimiter, RateLimiterMsg, RateLimits};
 use crate::session_manager::{SessionCache, SessionManager, SessionManagerArgs, SessionMsg};
 use crate::sessions::Sessions;
@@ -36,6 +37,7 @@ enum Child {
     SessionManager,
     OtpIssuer,
     RateLimiter,
+    ProviderBroker,
 }
 
 impl Child {
@@ -44,6 +46,7 @@ impl Child {
             Child::SessionManager => "session_manager",
             Child::OtpIssuer => "otp_issuer",
             Child::RateLimiter => "rate_limiter",
+            Child::ProviderBroker => "provider_broker",
         }
     }
 }
@@ -54,6 +57,7 @@ pub struct Slots {
     sessions: Arc<ArcSwapOption<ActorRef<Mail<SessionMsg>>>>,
     otp: Arc<ArcSwapOption<ActorRef<Mail<OtpMsg>>>>,
     limiter: Arc<ArcSwapOption<ActorRef<Mail<RateLimiterMsg>>>>,
+    broker: Arc<ArcSwapOption<ActorRef<Mail<BrokerMsg>>>>,
 }
 
 pub struct SupervisorArgs {
@@ -61,6 +65,7 @@ pub struct SupervisorArgs {
     cache: Arc<SessionCache>,
     windows: Arc<SendWindows>,
     limits: RateLimits,
+    ring: Arc<KeyRing>,
     slots: Slots,
 }
 
@@ -100,6 +105,13 @@ impl Supervisor {
                 st.args.slots.limiter.store(Some(Arc::new(r)));
                 id
             }
+            Child::ProviderBroker => {
+                let ring = st.args.ring.clone();
+                let (r, _) = Actor::spawn_linked(None, ProviderBrokerActor, ring, me).await?;
+                let id = r.get_id();
+                st.args.slots.broker.store(Some(Arc::new(r)));
+                id
+            }
         };
         st.children.insert(id, child);
         Ok(())
@@ -124,6 +136,7 @@ impl Supervisor {
             }
             Child::OtpIssuer => st.args.slots.otp.store(None),
             Child::RateLimiter => st.args.slots.limiter.store(None),
+            Child::ProviderBroker => st.args.slots.broker.store(None),
         }
         let n = st.restarts.entry(child.name()).or_insert(0);
         *n += 1;
@@ -155,6 +168,7 @@ impl Actor for Supervisor {
         Self::spawn(Child::SessionManager, me.get_cell(), &mut st).await?;
         Self::spawn(Child::OtpIssuer, me.get_cell(), &mut st).await?;
         Self::spawn(Child::RateLimiter, me.get_cell(), &mut st).await?;
+        Self::spawn(Child::ProviderBroker, me.get_cell(), &mut st).await?;
         Ok(st)
     }
 
@@ -198,6 +212,8 @@ pub struct Actors {
     pub otp: OtpIssuer,
     pub rate_limits: RateLimits,
     pub session_cache: Arc<SessionCache>,
+    /// The OIDC keys the `ProviderBroker` actor owns.
+    pub oidc_keys: Arc<KeyRing>,
     slots: Slots,
     root: ActorRef<()>,
 }
@@ -206,6 +222,11 @@ impl Actors {
     /// The current `RateLimiter` actor (`None` while it restarts).
     pub fn rate_limiter(&self) -> Option<ActorRef<Mail<RateLimiterMsg>>> {
         self.slots.limiter.load_full().map(|r| (*r).clone())
+    }
+
+    /// Where the current `ProviderBroker` actor is (empty while it restarts).
+    pub fn broker_slot(&self) -> Arc<ArcSwapOption<ActorRef<Mail<BrokerMsg>>>> {
+        self.slots.broker.clone()
     }
 
     /// The current `SessionManager` actor (`None` while it restarts).
@@ -230,12 +251,15 @@ pub async fn start(ctx: Arc<Ctx>) -> Result<Actors, SpawnErr> {
         sessions: Arc::new(ArcSwapOption::empty()),
         otp: Arc::new(ArcSwapOption::empty()),
         limiter: Arc::new(ArcSwapOption::empty()),
+        broker: Arc::new(ArcSwapOption::empty()),
     };
+    let ring = Arc::new(KeyRing::default());
     let args = SupervisorArgs {
         ctx: ctx.clone(),
         cache: cache.clone(),
         windows: windows.clone(),
         limits: limits.clone(),
+        ring: ring.clone(),
         slots: slots.clone(),
     };
     let (root, _) = Actor::spawn(None, Supervisor, args).await?;
@@ -244,6 +268,7 @@ pub async fn start(ctx: Arc<Ctx>) -> Result<Actors, SpawnErr> {
         otp: OtpIssuer::new(ctx, windows, slots.otp.clone(), limits.clone()),
         rate_limits: limits,
         session_cache: cache,
+        oidc_keys: ring,
         slots,
         root,
     })

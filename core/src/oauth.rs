@@ -106,6 +106,9 @@ pub struct Provider {
     pub claims: &'static [(&'static str, Src)],
     /// `custom_claims` keys (always present when listed).
     pub custom: &'static [(&'static str, &'static str)],
+    /// The issuer of its OpenID Connect ID tokens (a template over
+    /// `{auth}`), for the `id_token` grant; `None`: it issues none.
+    pub id_token_issuer: Option<&'static str>,
 }
 
 /// What a provider says about its user, mapped as GoTrue maps it.
@@ -263,6 +266,63 @@ impl Provider {
     }
 }
 
+/// The identity an ID token's claims describe (the `id_token` grant), as
+/// GoTrue's generic OIDC mapping gives it; None without a subject.
+pub fn from_id_token(claims: &Map<String, Value>, issuer: &str) -> Option<ExternalUser> {
+    let sub = text(claims.get("sub"))?;
+    // Some providers send `email_verified` as a string.
+    let verified = match claims.get("email_verified") {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) => s == "true",
+        _ => false,
+    };
+    let emails: Vec<ProviderEmail> = text(claims.get("email"))
+        .map(|email| {
+            vec![ProviderEmail {
+                email,
+                verified,
+                primary: true,
+            }]
+        })
+        .unwrap_or_default();
+    let mut data = Map::new();
+    data.insert("iss".into(), json!(issuer));
+    data.insert("sub".into(), json!(sub));
+    data.insert("provider_id".into(), json!(sub));
+    for key in [
+        "name",
+        "given_name",
+        "family_name",
+        "middle_name",
+        "nickname",
+        "preferred_username",
+        "profile",
+        "picture",
+        "website",
+        "locale",
+    ] {
+        if let Some(v) = text(claims.get(key)) {
+            data.insert(key.into(), json!(v));
+        }
+    }
+    if let Some(name) = text(claims.get("name")) {
+        data.insert("full_name".into(), json!(name));
+    }
+    if let Some(picture) = text(claims.get("picture")) {
+        data.insert("avatar_url".into(), json!(picture));
+    }
+    let (email, verified) = emails
+        .first()
+        .map(|e| (Some(e.email.clone()), e.verified))
+        .unwrap_or((None, false));
+    if let Some(e) = email {
+        data.insert("email".into(), json!(e));
+    }
+    data.insert("email_verified".into(), json!(verified));
+    data.insert("phone_verified".into(), json!(false));
+    Some(ExternalUser { sub, emails, data })
+}
+
 /// Discord's avatar URL, as GoTrue computes it.
 fn discord_avatar(doc: &Value) -> Option<String> {
     let id = text(doc.pointer("/user/id"))?;
@@ -352,6 +412,7 @@ const BASE: Provider = Provider {
     },
     claims: &[],
     custom: &[],
+    id_token_issuer: None,
 };
 
 /// The providers castellan signs in with, by GoTrue's name.
@@ -439,6 +500,7 @@ pub const PROVIDERS: &[Provider] = &[
             ("picture", Src::At("/user/picture")),
             ("avatar_url", Src::At("/user/picture")),
         ],
+        id_token_issuer: Some("{auth}"),
         ..BASE
     },
     Provider {
@@ -554,6 +616,7 @@ pub const PROVIDERS: &[Provider] = &[
                 Src::At("/user/kakao_account/profile/profile_image_url"),
             ),
         ],
+        id_token_issuer: Some("{auth}"),
         ..BASE
     },
     Provider {
@@ -579,6 +642,7 @@ pub const PROVIDERS: &[Provider] = &[
             ("full_name", Src::At("/user/name")),
             ("preferred_username", Src::At("/user/preferred_username")),
         ],
+        id_token_issuer: Some("{auth}"),
         ..BASE
     },
     Provider {

@@ -14,7 +14,7 @@ use crate::server::AppState;
 
 #[derive(Deserialize, IntoParams)]
 pub struct GrantQuery {
-    /// `password`, `refresh_token` or `pkce`.
+    /// `password`, `refresh_token`, `pkce` or `id_token`.
     #[param(required = true)]
     grant_type: Option<String>,
 }
@@ -41,6 +41,21 @@ struct RefreshBody {
     refresh_token: Option<String>,
 }
 
+/// An OpenID Connect ID token from an enabled provider.
+#[derive(Deserialize, Default, ToSchema)]
+#[serde(default)]
+struct IdTokenBody {
+    id_token: Option<String>,
+    /// Accepted and unused, as by GoTrue when the token has no `at_hash`.
+    access_token: Option<String>,
+    /// The nonce whose SHA-256 the token carries.
+    nonce: Option<String>,
+    /// `google`, `keycloak`, `kakao`; or `client_id` and `issuer`.
+    provider: Option<String>,
+    client_id: Option<String>,
+    issuer: Option<String>,
+}
+
 /// The body of each grant type, for the OpenAPI document (the handler
 /// reads the one its grant type names; `Deserialize` carries `untagged`).
 #[derive(Deserialize, ToSchema)]
@@ -50,6 +65,7 @@ enum GrantBody {
     Password(PasswordBody),
     Pkce(PkceBody),
     Refresh(RefreshBody),
+    IdToken(IdTokenBody),
 }
 
 /// `POST /token?grant_type=…`. The grant type comes from the query string;
@@ -73,6 +89,9 @@ pub async fn token(
         return Err(
             ApiError::unprocessable("web3_provider_disabled", "Web3 provider is disabled").into(),
         );
+    }
+    if grant == "id_token" {
+        return id_token_grant(&st, &body, &aud).await;
     }
     if !matches!(grant.as_str(), "password" | "refresh_token" | "pkce") {
         return Err(ApiError::bad_request("invalid_credentials", "unsupported_grant_type").into());
@@ -118,4 +137,28 @@ pub async fn token(
         }
     };
     Ok(resp)
+}
+
+/// `grant_type=id_token`; its token checks answer in OAuth's error shape,
+/// as GoTrue's do.
+async fn id_token_grant(st: &AppState, body: &[u8], aud: &str) -> HttpResult {
+    use castellan_actors::external::{IdTokenGrant, IdTokenRefusal};
+    let b: IdTokenBody = parse_json(body)?;
+    let g = IdTokenGrant {
+        id_token: b.id_token.unwrap_or_default(),
+        nonce: b.nonce.unwrap_or_default(),
+        provider: b.provider.unwrap_or_default(),
+        client_id: b.client_id.unwrap_or_default(),
+        issuer: b.issuer.unwrap_or_default(),
+    };
+    let _ = b.access_token;
+    match st.external.id_token(g, aud).await {
+        Ok(grant) => Ok(Json(token_response(grant, None)).into_response()),
+        Err(IdTokenRefusal::Api(e)) => Err(e.into()),
+        Err(IdTokenRefusal::OAuth { error, description }) => Ok((
+            axum::http::StatusCode::BAD_REQUEST,
+            Json(json!({"error": error, "error_description": description})),
+        )
+            .into_response()),
+    }
 }

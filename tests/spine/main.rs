@@ -21,6 +21,7 @@ mod email;
 mod fuzz;
 mod hashing;
 mod http;
+mod id_token;
 mod indexes;
 mod keys;
 mod limits;

@@ -1,6 +1,7 @@
 //! Secrets: password hashing, random tokens, JWTs.
 
 pub mod at_rest;
+pub mod id_token;
 pub mod jwk;
 pub mod jwt;
 pub mod password;

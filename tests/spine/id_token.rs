@@ -1,0 +1,307 @@
+//! `POST /token?grant_type=id_token` (issue 11): OpenID Connect ID tokens
+//! from an issuer on loopback (discovery and a JWKS with a key the test
+//! holds, standing in for Keycloak), good and forged, on SQLite and
+//! PostgreSQL.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use axum::routing::get;
+use castellan_core::crypto::jwk::{Jwk, Key, KeyKind, generate};
+use serde_json::{Value, json};
+
+use crate::common::{self, Backend, TestServer, claims};
+
+/// An OIDC issuer: discovery, its JWKS, and how often the JWKS was read.
+#[derive(Clone)]
+pub struct Issuer {
+    pub url: String,
+    key: Arc<Key>,
+    jwks_reads: Arc<AtomicUsize>,
+}
+
+fn key(kind: KeyKind) -> Key {
+    serde_json::from_value::<Jwk>(generate(kind))
+        .unwrap()
+        .load()
+        .unwrap()
+}
+
+impl Issuer {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let issuer = Issuer {
+            url: url.clone(),
+            key: Arc::new(key(KeyKind::Es256)),
+            jwks_reads: Arc::default(),
+        };
+        let discovery = json!({"issuer": url, "jwks_uri": format!("{url}/jwks")});
+        let jwks = json!({"keys": [issuer.key.public.clone().unwrap()]});
+        let reads = issuer.jwks_reads.clone();
+        let app = axum::Router::new()
+            .route(
+                "/.well-known/openid-configuration",
+                get(move || async move { axum::Json(discovery) }),
+            )
+            .route(
+                "/jwks",
+                get(move || async move {
+                    reads.fetch_add(1, Ordering::SeqCst);
+                    axum::Json(jwks)
+                }),
+            );
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        issuer
+    }
+
+    /// A token with these claims over the defaults, signed by `with`.
+    fn token_by(&self, with: &Key, over: Value) -> String {
+        let now = chrono::Utc::now().timestamp();
+        let mut c = json!({
+            "iss": self.url, "sub": "kc-user-1", "aud": "kc-client",
+            "iat": now, "exp": now + 300,
+            "email": "kc@example.com", "email_verified": true, "name": "K. C."
+        });
+        for (k, v) in over.as_object().unwrap() {
+            if v.is_null() {
+                c.as_object_mut().unwrap().remove(k);
+            } else {
+                c[k] = v.clone();
+            }
+        }
+        let mut header = jsonwebtoken::Header::new(with.alg);
+        header.kid = Some(with.kid.clone());
+        jsonwebtoken::encode(&header, &c, with.encoding.as_ref().unwrap()).unwrap()
+    }
+
+    fn token(&self, over: Value) -> String {
+        self.token_by(&self.key, over)
+    }
+
+    fn reads(&self) -> usize {
+        self.jwks_reads.load(Ordering::SeqCst)
+    }
+}
+
+async fn oidc_server(
+    backend: Backend,
+    tweak: impl FnOnce(&mut castellan_core::Config),
+) -> (TestServer, Issuer) {
+    let issuer = Issuer::start().await;
+    let url = issuer.url.clone();
+    let t = common::spawn(backend, move |c| {
+        let kc = c.external.providers.get_mut("keycloak").unwrap();
+        kc.enabled = true;
+        kc.client_ids = vec!["kc-client".into(), "kc-mobile".into()];
+        kc.secret = "kc-secret".into();
+        kc.url = Some(url);
+        tweak(c);
+    })
+    .await;
+    (t, issuer)
+}
+
+macro_rules! both_oidc {
+    ($name:ident, $tweak:expr, |$t:ident, $iss:ident| $body:block) => {
+        crate::both!($name, oidc_server, $tweak, |$t, $iss| $body);
+    };
+}
+
+async fn grant(t: &TestServer, body: Value) -> common::Reply {
+    t.post("/token?grant_type=id_token", body).await
+}
+
+fn assert_oauth_error(r: &common::Reply, error: &str, description: &str) {
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert_eq!(
+        r.body,
+        json!({"error": error, "error_description": description})
+    );
+}
+
+both_oidc!(a_good_id_token_signs_in, |_| {}, |t, iss| {
+    let r = grant(
+        &t,
+        json!({"provider": "keycloak", "id_token": iss.token(json!({}))}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["user"]["email"], "kc@example.com");
+    assert!(r.body["user"]["email_confirmed_at"].is_string());
+    let ids = r.body["user"]["identities"].as_array().unwrap();
+    assert_eq!(ids[0]["provider"], "keycloak");
+    assert_eq!(ids[0]["id"], "kc-user-1");
+    assert_eq!(ids[0]["identity_data"]["iss"], iss.url);
+    let c = claims(r.body["access_token"].as_str().unwrap());
+    assert_eq!(c["amr"][0]["method"], "oauth");
+    let first = c["sub"].clone();
+
+    // The same subject again, by issuer and client id instead of name, and
+    // for the other client id: the same user; the keys were read once.
+    let body = json!({"client_id": "kc-mobile", "issuer": iss.url, "id_token": iss.token(json!({"aud": ["kc-mobile"]}))});
+    let r = grant(&t, body).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        claims(r.body["access_token"].as_str().unwrap())["sub"],
+        first
+    );
+    assert_eq!(iss.reads(), 1);
+    assert_eq!(
+        t.count_by_str("SELECT count(*) FROM users WHERE $1 = $1", "")
+            .await,
+        1
+    );
+});
+
+both_oidc!(forged_and_foreign_tokens_are_refused, |_| {}, |t, iss| {
+    let good = grant(
+        &t,
+        json!({"provider": "keycloak", "id_token": iss.token(json!({}))}),
+    )
+    .await;
+    assert_eq!(good.status, 200, "{}", good.text);
+    // Signed by a key the issuer never published (its kid unknown): one
+    // look at the JWKS is all a forger gets (not again within the floor).
+    let forger = key(KeyKind::Es256);
+    let forged = iss.token_by(&forger, json!({}));
+    for _ in 0..3 {
+        let r = grant(&t, json!({"provider": "keycloak", "id_token": forged})).await;
+        assert_oauth_error(&r, "invalid request", "Bad ID token");
+    }
+    assert_eq!(iss.reads(), 1);
+    // The issuer's kid on a forger's signature.
+    let mut header = jsonwebtoken::Header::new(forger.alg);
+    header.kid = Some(iss.key.kid.clone());
+    let body: Value = serde_json::from_slice(&base64_decode(
+        iss.token(json!({})).split('.').nth(1).unwrap(),
+    ))
+    .unwrap();
+    let spoofed = jsonwebtoken::encode(&header, &body, forger.encoding.as_ref().unwrap()).unwrap();
+    let r = grant(&t, json!({"provider": "keycloak", "id_token": spoofed})).await;
+    assert_oauth_error(&r, "invalid request", "Bad ID token");
+    // Expired, another issuer, a shared secret, not a token at all.
+    for token in [
+        iss.token(json!({"exp": chrono::Utc::now().timestamp() - 3600})),
+        iss.token(json!({"iss": "https://elsewhere.example.com"})),
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &json!({"iss": iss.url, "sub": "x", "aud": "kc-client", "exp": 9999999999u64}),
+            &jsonwebtoken::EncodingKey::from_secret(b"guess"),
+        )
+        .unwrap(),
+        "not.a.token".to_string(),
+    ] {
+        let r = grant(&t, json!({"provider": "keycloak", "id_token": token})).await;
+        assert_oauth_error(&r, "invalid request", "Bad ID token");
+    }
+    let r = grant(
+        &t,
+        json!({"provider": "keycloak", "id_token": iss.token(json!({"aud": "someone-else"}))}),
+    )
+    .await;
+    assert_oauth_error(
+        &r,
+        "invalid request",
+        "Unacceptable audience in id_token: [someone-else]",
+    );
+    let r = grant(
+        &t,
+        json!({"provider": "keycloak", "id_token": iss.token(json!({"sub": null}))}),
+    )
+    .await;
+    assert_oauth_error(&r, "invalid request", "Missing sub claim in id_token");
+    // Only the good token made a user.
+    assert_eq!(
+        t.count_by_str("SELECT count(*) FROM users WHERE $1 = $1", "")
+            .await,
+        1
+    );
+});
+
+both_oidc!(the_nonce_is_checked, |_| {}, |t, iss| {
+    use sha2::Digest;
+    let nonce = "n-0S6_WzA2Mj";
+    let hashed: String = sha2::Sha256::digest(nonce.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let token = iss.token(json!({"nonce": hashed}));
+    let r = grant(&t, json!({"provider": "keycloak", "id_token": token})).await;
+    assert_oauth_error(
+        &r,
+        "invalid request",
+        "Passed nonce and nonce in id_token should either both exist or not.",
+    );
+    let r = grant(
+        &t,
+        json!({"provider": "keycloak", "id_token": token, "nonce": "other"}),
+    )
+    .await;
+    assert_oauth_error(&r, "invalid nonce", "Nonces mismatch");
+    let r = grant(
+        &t,
+        json!({"provider": "keycloak", "id_token": iss.token(json!({})), "nonce": nonce}),
+    )
+    .await;
+    assert_oauth_error(
+        &r,
+        "invalid request",
+        "Passed nonce and nonce in id_token should either both exist or not.",
+    );
+    let r = grant(
+        &t,
+        json!({"provider": "keycloak", "id_token": token, "nonce": nonce}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+});
+
+both_oidc!(
+    skip_nonce_check_accepts_a_token_without_its_nonce,
+    |c| c
+        .external
+        .providers
+        .get_mut("keycloak")
+        .unwrap()
+        .skip_nonce_check = true,
+    |t, iss| {
+        let token = iss.token(json!({"nonce": "abc"}));
+        let r = grant(&t, json!({"provider": "keycloak", "id_token": token})).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+);
+
+both_oidc!(
+    unknown_and_disabled_issuers_are_refused,
+    |_| {},
+    |t, iss| {
+        let token = iss.token(json!({}));
+        let r = grant(&t, json!({"id_token": token})).await;
+        assert_oauth_error(
+            &r,
+            "invalid request",
+            "provider or client_id and issuer required",
+        );
+        let r = grant(&t, json!({"provider": "keycloak"})).await;
+        assert_oauth_error(&r, "invalid request", "id_token required");
+        let r = grant(&t, json!({"provider": "google", "id_token": token})).await;
+        r.assert_error(400, "provider_disabled");
+        let r = grant(&t, json!({"provider": "github", "id_token": token})).await;
+        r.assert_error(400, "validation_failed");
+        let r = grant(
+            &t,
+            json!({"client_id": "x", "issuer": "https://evil.example.com", "id_token": token}),
+        )
+        .await;
+        r.assert_error(400, "validation_failed");
+        assert_eq!(iss.reads(), 0, "no issuer was asked for keys");
+    }
+);
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .unwrap()
+}
