@@ -152,9 +152,9 @@ fn unsupported(name: &str) -> ApiError {
 
 fn provider_failed(e: ProviderError) -> ApiError {
     match e {
-        ProviderError::Refused(m) => ApiError::new(
-            500,
-            "unexpected_failure",
+        // A bad, used or expired code: the request's fault, not ours.
+        ProviderError::Refused(m) => ApiError::bad_request(
+            "bad_oauth_callback",
             format!("Unable to exchange external code: {m}"),
         ),
         ProviderError::Unavailable(m) => ApiError::new(
@@ -404,9 +404,13 @@ impl External {
         if user.is_banned(now) {
             return Err(ApiError::forbidden("user_banned", "User is banned"));
         }
-        // A signed-in user linking an identity keeps what it has.
+        // A signed-in user linking an identity keeps what it has, and so
+        // does a user who confirmed a phone and has no email (unlike GoTrue,
+        // which would strip its phone identity and password here).
         let has_email = !(who.email_optional && candidate.is_none());
-        if who.linking_target.is_none() && has_email && user.email_confirmed_at.is_none() {
+        let confirmed = user.email_confirmed_at.is_some()
+            || (user.email_str().is_empty() && user.phone_confirmed_at.is_some());
+        if who.linking_target.is_none() && has_email && !confirmed {
             self.claim_unconfirmed(tx, &user, &identity, ext, now)
                 .await?;
             let verified =
@@ -751,6 +755,8 @@ impl External {
         }
         let now = self.ctx.config.clock.now();
         let mut tx = self.ctx.store.begin().await?;
+        // Two unlinks at once must not leave the user without any identity.
+        tx.lock_user(user.id).await?;
         let ids = tx.identities_of_user(user.id).await?;
         if ids.len() <= 1 {
             return Err(ApiError::unprocessable(
@@ -823,7 +829,9 @@ impl External {
                 "Unable to unlink identity due to email conflict",
             ));
         }
-        let confirmed = verified(best) || self.ctx.config.mailer_autoconfirm;
+        // Unlike GoTrue, an address no provider verified is not confirmed
+        // by mailer autoconfirm here: it would become a verified one to link by.
+        let confirmed = verified(best);
         tx.set_email_from_identity(user.id, Some(&email), confirmed, now)
             .await?;
         Ok(())

@@ -461,7 +461,9 @@ async fn issue_sms(ctx: &Ctx, budget: SendBudget, req: &SmsRequest) -> ApiResult
     }
     // Test numbers get their fixed code, send nothing and spend no budget.
     let test = ctx.config.sms.test_otp(&phone, now).map(str::to_string);
-    if test.is_none() && !ctx.config.sms_autoconfirm {
+    // Unlike GoTrue, the budget holds with SMS autoconfirm too: every
+    // message costs, and a new number's sign-up sends one.
+    if test.is_none() {
         sms_out::spend_budget(&mut tx, budget, now).await?;
     }
     // A provider that makes its own codes (Twilio Verify) is sent none of
@@ -602,6 +604,15 @@ async fn phone_verified(
     let phone = match vtype {
         VerifyType::PhoneChange => {
             let new_phone = user.phone_change.clone().unwrap_or_default();
+            // Another user may have taken the number since it was asked for.
+            if let Some(other) = tx.holder_of_phone(&new_phone).await?
+                && other.id != user.id
+            {
+                return Err(ApiError::unprocessable(
+                    "phone_exists",
+                    "A user with this phone number has already been registered",
+                ));
+            }
             if !tx.apply_phone_change(user.id, now).await? {
                 return Err(ApiError::forbidden(
                     "otp_expired",
@@ -980,9 +991,19 @@ impl OtpIssuer {
                 let user = self.ctx.store.user_by_phone(address, aud).await?;
                 user.map(|u| u.id)
             }
-            Presented::Code { address, .. } if vtype == VerifyType::PhoneChange => {
-                let user = self.ctx.store.user_by_phone_change(address, aud).await?;
-                user.map(|u| u.id)
+            // Another user may have asked for the same number: the code's
+            // hash says whose change this is (with Twilio Verify, which
+            // approves per number, the pending number must do).
+            Presented::Code { address, code } if vtype == VerifyType::PhoneChange => {
+                if self.ctx.sms.checks_codes() {
+                    let user = self.ctx.store.user_by_phone_change(address, aud).await?;
+                    user.map(|u| u.id)
+                } else {
+                    self.ctx
+                        .store
+                        .token_owner(&token_hash(address, code))
+                        .await?
+                }
             }
             // An email change's code may have gone to the new address, which
             // no user holds yet: find the user by the token instead.

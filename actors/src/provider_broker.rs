@@ -43,10 +43,13 @@ const KEYS_FLOOR: Duration = Duration::from_secs(30);
 /// Issuers whose keys are kept.
 const MAX_ISSUERS: usize = 64;
 
-/// One issuer's verification keys, and when they were fetched.
+/// One issuer's verification keys, when they were fetched, and when a
+/// fetch was last tried (a failed one too, so an issuer that is down is
+/// not asked again for every token).
 pub struct IssuerKeys {
     pub keys: Vec<Key>,
     pub fetched: Instant,
+    pub tried: Instant,
 }
 
 /// The keys the broker has fetched, by issuer, published for lock-free reads.
@@ -264,31 +267,72 @@ impl ProviderBroker {
         let cached = self.ring.get(issuer);
         if let Some(c) = &cached {
             let knows = kid.is_none_or(|k| c.keys.iter().any(|key| key.kid == k));
-            let age = c.fetched.elapsed();
-            if (knows && age < KEYS_TTL) || age < KEYS_FLOOR {
+            if (knows && c.fetched.elapsed() < KEYS_TTL) || c.tried.elapsed() < KEYS_FLOOR {
                 return Ok(c.clone());
             }
         }
         let start = Instant::now();
         let fetched = self.fetch_keys(issuer).await;
         record(provider, "keys", start, fetched.as_ref().map(drop));
-        match fetched {
+        let now = Instant::now();
+        let (keys, answer) = match fetched {
             Ok(keys) => {
                 let keys = Arc::new(IssuerKeys {
                     keys,
-                    fetched: Instant::now(),
+                    fetched: now,
+                    tried: now,
                 });
-                if let Some(actor) = self.actor.load_full() {
-                    let msg = BrokerMsg::Keys {
-                        issuer: issuer.to_string(),
-                        keys: keys.clone(),
-                    };
-                    let _ = actor.cast(Mail::new("provider_broker", msg));
-                }
-                Ok(keys)
+                (keys.clone(), Ok(keys))
             }
-            Err(e) => cached.ok_or(e),
+            // The old keys stay in use; the failure is remembered.
+            Err(e) => {
+                let (keys, fetched) = match &cached {
+                    Some(c) => (c.keys.clone(), c.fetched),
+                    None => (Vec::new(), now.checked_sub(KEYS_TTL).unwrap_or(now)),
+                };
+                let keys = Arc::new(IssuerKeys {
+                    keys,
+                    fetched,
+                    tried: now,
+                });
+                (keys, cached.ok_or(e))
+            }
+        };
+        if let Some(actor) = self.actor.load_full() {
+            let msg = BrokerMsg::Keys {
+                issuer: issuer.to_string(),
+                keys,
+            };
+            let _ = actor.cast(Mail::new("provider_broker", msg));
         }
+        answer
+    }
+
+    /// The ID token of a token answer, checked against the issuer's keys
+    /// and our client id: the profile of providers that give no other.
+    async fn id_token_profile(
+        &self,
+        p: &Configured,
+        tokens: &Tokens,
+    ) -> Result<ExternalUser, ProviderError> {
+        let d = p.description;
+        let token = tokens
+            .extra_fields()
+            .fields
+            .get("id_token")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ProviderError::Refused(format!("{} sent no ID token", d.name)))?;
+        let issuer = p.url(d.id_token_issuer.unwrap_or("{auth}"));
+        let refused = |e: String| ProviderError::Refused(format!("{}'s ID token: {e}", d.name));
+        let kid = id_token::kid(token).map_err(refused)?;
+        let keys = self.issuer_keys(d.name, &issuer, kid.as_deref()).await?;
+        let claims = id_token::verify(token, &keys.keys, &issuer).map_err(refused)?;
+        let ours = p.config.client_ids.first().cloned().unwrap_or_default();
+        if !id_token::audiences(&claims).contains(&ours) {
+            return Err(refused("not issued to this client".into()));
+        }
+        castellan_core::oauth::from_id_token(&claims, &issuer)
+            .ok_or_else(|| refused("no subject".into()))
     }
 
     /// OIDC discovery, then the JWKS it names.
@@ -372,6 +416,9 @@ impl ProviderBroker {
         if !scope.is_empty() {
             req = req.add_scope(Scope::new(scope));
         }
+        for (k, v) in p.description.authorize_params {
+            req = req.add_extra_param(*k, *v);
+        }
         for (k, v) in params {
             req = req.add_extra_param(k.clone(), v.clone());
         }
@@ -445,6 +492,14 @@ impl ProviderBroker {
                 Err(RequestTokenError::Request(e)) => {
                     return Err(ProviderError::Unavailable(e.to_string()));
                 }
+                // GitHub answers a bad code with 200 and an `error` field.
+                Err(RequestTokenError::Parse(e, body)) => {
+                    let answer: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    return Err(match answer.get("error").and_then(Value::as_str) {
+                        Some(error) => ProviderError::Refused(error.to_string()),
+                        None => ProviderError::Unavailable(e.to_string()),
+                    });
+                }
                 Err(e) => return Err(ProviderError::Unavailable(e.to_string())),
             }
         }
@@ -459,6 +514,9 @@ impl ProviderBroker {
         tokens: &Tokens,
     ) -> Result<ExternalUser, ProviderError> {
         let d = p.description;
+        if d.profile_from_id_token {
+            return self.id_token_profile(p, tokens).await;
+        }
         let access = tokens.access_token().secret();
         let mut doc = Map::new();
         doc.insert(
@@ -467,7 +525,15 @@ impl ProviderBroker {
         );
         let client_id = p.config.client_ids.first().cloned().unwrap_or_default();
         for f in d.fetch {
-            let mut req = self.http.get(p.url(f.url)).bearer_auth(access);
+            let mut url = p.url(f.url);
+            if d.appsecret_proof {
+                let proof = castellan_core::crypto::hmac_sha256_hex(
+                    p.config.secret.as_bytes(),
+                    access.as_bytes(),
+                );
+                url.push_str(&format!("&appsecret_proof={proof}"));
+            }
+            let mut req = self.http.get(url).bearer_auth(access);
             req = req
                 .header("user-agent", "castellan")
                 .header("accept", "application/json");

@@ -33,7 +33,8 @@ pub enum Bucket {
     UserUpdate,
     MfaChallenge,
     MfaVerify,
-    /// `/authorize` (castellan's own: each request stores a flow state).
+    /// `/authorize`, `/callback` and `/user/identities/authorize`
+    /// (castellan's own: each stores a flow state or calls a provider).
     Authorize,
 }
 

@@ -109,6 +109,14 @@ pub struct Provider {
     /// The issuer of its OpenID Connect ID tokens (a template over
     /// `{auth}`), for the `id_token` grant; `None`: it issues none.
     pub id_token_issuer: Option<&'static str>,
+    /// Profile requests carry `appsecret_proof` (Facebook's HMAC of the
+    /// access token under the client secret).
+    pub appsecret_proof: bool,
+    /// The profile is the ID token the token answer carries, checked
+    /// against the issuer's keys (Apple, LinkedIn, Azure).
+    pub profile_from_id_token: bool,
+    /// Parameters every authorize URL carries.
+    pub authorize_params: &'static [(&'static str, &'static str)],
 }
 
 /// What a provider says about its user, mapped as GoTrue maps it.
@@ -413,6 +421,9 @@ const BASE: Provider = Provider {
     claims: &[],
     custom: &[],
     id_token_issuer: None,
+    appsecret_proof: false,
+    profile_from_id_token: false,
+    authorize_params: &[],
 };
 
 /// The providers castellan signs in with, by GoTrue's name.
@@ -528,6 +539,45 @@ pub const PROVIDERS: &[Provider] = &[
         custom: &[("global_name", "/user/global_name")],
         ..BASE
     },
+    // Apple posts the browser back (form_post) and says who signed in only
+    // in its ID token. Its secret is the client-secret JWT Apple's console
+    // makes, as GoTrue takes it.
+    Provider {
+        name: "apple",
+        auth: host("https://appleid.apple.com", ""),
+        api: host("https://appleid.apple.com", ""),
+        authorize: "{auth}/auth/authorize",
+        token: "{auth}/auth/token",
+        scopes: &["email", "name"],
+        id_token_issuer: Some("{auth}"),
+        profile_from_id_token: true,
+        authorize_params: &[("response_mode", "form_post")],
+        ..BASE
+    },
+    // Azure's tenant is its `_URL` (`https://login.microsoftonline.com/<tenant>`).
+    Provider {
+        name: "azure",
+        auth: host("https://login.microsoftonline.com/common", ""),
+        api: host("https://login.microsoftonline.com/common", ""),
+        authorize: "{auth}/oauth2/v2.0/authorize",
+        token: "{auth}/oauth2/v2.0/token",
+        scopes: &["openid"],
+        needs_url: true,
+        id_token_issuer: Some("{auth}/v2.0"),
+        profile_from_id_token: true,
+        ..BASE
+    },
+    Provider {
+        name: "linkedin_oidc",
+        auth: host("https://www.linkedin.com", ""),
+        api: host("https://api.linkedin.com", ""),
+        authorize: "{auth}/oauth/v2/authorization",
+        token: "{auth}/oauth/v2/accessToken",
+        scopes: &["openid", "email", "profile"],
+        id_token_issuer: Some("{auth}/oauth"),
+        profile_from_id_token: true,
+        ..BASE
+    },
     Provider {
         name: "bitbucket",
         auth: host("https://bitbucket.org", ""),
@@ -561,6 +611,37 @@ pub const PROVIDERS: &[Provider] = &[
             ("picture", Src::At("/user/avatar/href")),
             ("avatar_url", Src::At("/user/avatar/href")),
         ],
+        ..BASE
+    },
+    Provider {
+        name: "facebook",
+        auth: host("https://www.facebook.com", ""),
+        api: host("https://graph.facebook.com", ""),
+        authorize: "{auth}/dialog/oauth",
+        token: "{api}/oauth/access_token",
+        scopes: &["email"],
+        fetch: &[Fetch {
+            key: "user",
+            url: "{api}/me?fields=email,first_name,last_name,name,picture",
+            headers: BEARER,
+        }],
+        issuer: "{api}/me?fields=email,first_name,last_name,name,picture",
+        emails: Emails::One {
+            email: "/user/email",
+            verified: Verified::Always,
+        },
+        claims: &[
+            ("name", Src::Join(&["/user/first_name", "/user/last_name"])),
+            (
+                "full_name",
+                Src::Join(&["/user/first_name", "/user/last_name"]),
+            ),
+            ("nickname", Src::At("/user/name")),
+            ("slug", Src::At("/user/name")),
+            ("picture", Src::At("/user/picture/data/url")),
+            ("avatar_url", Src::At("/user/picture/data/url")),
+        ],
+        appsecret_proof: true,
         ..BASE
     },
     Provider {
@@ -890,6 +971,27 @@ mod tests {
             "https://ghe.test/api/v3/user"
         );
         assert_eq!(p.scope(Some("repo,gist")), "user:email repo gist");
+    }
+
+    #[test]
+    fn facebook_proves_the_app_secret() {
+        assert_eq!(
+            crate::crypto::hmac_sha256_hex(b"key", b"The quick brown fox jumps over the lazy dog"),
+            "f7bc83f430538424b13298e6aa6fb143ef4d59a14946175997479dbc2d1a3cd8"
+        );
+        let p = provider("facebook").unwrap();
+        assert!(p.appsecret_proof);
+        let doc = json!({"user": {"id": "10", "first_name": "Ada", "last_name": "L", "name": "ada.l",
+            "email": "ada@x.com", "picture": {"data": {"url": "https://pic"}}}});
+        let u = p.map(&doc, None).unwrap();
+        assert_eq!(u.data["name"], "Ada L");
+        assert_eq!(u.data["slug"], "ada.l");
+        assert_eq!(u.data["avatar_url"], "https://pic");
+        assert_eq!(u.data["email_verified"], true);
+        assert_eq!(
+            u.data["iss"],
+            "https://graph.facebook.com/me?fields=email,first_name,last_name,name,picture"
+        );
     }
 
     #[test]

@@ -151,6 +151,7 @@ async fn sweep(
         ("sessions", swept.sessions),
         ("mfa_challenges", swept.mfa_challenges),
         ("mfa_factors", swept.mfa_factors),
+        ("oauth_client_states", swept.oauth_client_states),
     ] {
         metrics::counter!("castellan_expiry_swept_total", "kind" => kind).increment(n);
     }

@@ -48,6 +48,13 @@ pub const RATE_LIMITS: &[RouteLimit] = &[
     RouteLimit::new("/resend", Method::POST, Pick::Fixed(Bucket::Resend)),
     RouteLimit::new("/user", Method::PUT, Pick::Fixed(Bucket::UserUpdate)),
     RouteLimit::new("/authorize", Method::GET, Pick::Fixed(Bucket::Authorize)),
+    RouteLimit::new("/callback", Method::GET, Pick::Fixed(Bucket::Authorize)),
+    RouteLimit::new("/callback", Method::POST, Pick::Fixed(Bucket::Authorize)),
+    RouteLimit::new(
+        "/user/identities/authorize",
+        Method::GET,
+        Pick::Fixed(Bucket::Authorize),
+    ),
     RouteLimit::new(
         "/factors/{factor_id}/challenge",
         Method::POST,

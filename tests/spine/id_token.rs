@@ -39,6 +39,7 @@ impl Issuer {
         let discovery = json!({"issuer": url, "jwks_uri": format!("{url}/jwks")});
         let jwks = json!({"keys": [issuer.key.public.clone().unwrap()]});
         let reads = issuer.jwks_reads.clone();
+        let minter = issuer.clone();
         let app = axum::Router::new()
             .route(
                 "/.well-known/openid-configuration",
@@ -49,6 +50,21 @@ impl Issuer {
                 get(move || async move {
                     reads.fetch_add(1, Ordering::SeqCst);
                     axum::Json(jwks)
+                }),
+            )
+            // Apple's token endpoint: the code names the user, who is
+            // described only in the ID token (`email_verified` a string, as Apple sends it).
+            .route(
+                "/auth/token",
+                axum::routing::post(move |body: String| async move {
+                    let form: std::collections::HashMap<String, String> =
+                        serde_urlencoded::from_str(&body).unwrap_or_default();
+                    let code = form.get("code").cloned().unwrap_or_default();
+                    let id_token = minter.token(json!({
+                        "sub": code, "aud": "apple-client",
+                        "email": format!("{code}@privaterelay.appleid.com"), "email_verified": "true"
+                    }));
+                    axum::Json(json!({"access_token": "apple-at", "token_type": "bearer", "id_token": id_token}))
                 }),
             );
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -296,6 +312,84 @@ both_oidc!(
         .await;
         r.assert_error(400, "validation_failed");
         assert_eq!(iss.reads(), 0, "no issuer was asked for keys");
+    }
+);
+
+async fn apple_server(
+    backend: Backend,
+    tweak: impl FnOnce(&mut castellan_core::Config),
+) -> (TestServer, Issuer) {
+    let issuer = Issuer::start().await;
+    let url = issuer.url.clone();
+    let t = common::spawn(backend, move |c| {
+        let apple = c.external.providers.get_mut("apple").unwrap();
+        apple.enabled = true;
+        apple.client_ids = vec!["apple-client".into()];
+        apple.secret = "apple-client-secret-jwt".into();
+        apple.url = Some(url);
+        tweak(c);
+    })
+    .await;
+    (t, issuer)
+}
+
+// Apple: the browser is posted back (form_post), and the user is what the
+// ID token in the token answer says, checked against Apple's keys.
+crate::both!(
+    apple_posts_back_and_its_id_token_signs_in,
+    apple_server,
+    |_| {},
+    |t, iss| {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let r = common::read(
+            http.get(t.url("/authorize?provider=apple"))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(r.status, 302, "{}", r.text);
+        let to = r.header("location").unwrap().to_string();
+        assert!(
+            to.starts_with(&format!("{}/auth/authorize?", iss.url)),
+            "{to}"
+        );
+        let q: std::collections::HashMap<String, String> =
+            serde_urlencoded::from_str(to.split_once('?').unwrap().1).unwrap();
+        assert_eq!(q["response_mode"], "form_post");
+        assert_eq!(q["scope"], "email name");
+        let form = format!("code=apple-user-7&state={}", q["state"]);
+        let r = common::read(
+            http.post(t.url("/callback"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(form)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(r.status, 302, "{}", r.text);
+        let landed = r.header("location").unwrap();
+        let fragment: std::collections::HashMap<String, String> =
+            serde_urlencoded::from_str(landed.split_once('#').unwrap().1).unwrap();
+        assert_eq!(fragment["provider_token"], "apple-at");
+        let c = claims(&fragment["access_token"]);
+        assert_eq!(c["email"], "apple-user-7@privaterelay.appleid.com");
+        assert_eq!(c["app_metadata"]["provider"], "apple");
+        assert_eq!(c["user_metadata"]["email_verified"], true);
+        assert_eq!(c["user_metadata"]["sub"], "apple-user-7");
+        assert_eq!(iss.reads(), 1);
+        // The same token's identity by the id_token grant (Apple's native apps).
+        let token = iss.token(json!({"sub": "apple-user-7", "aud": "apple-client", "email": "apple-user-7@privaterelay.appleid.com", "email_verified": "true"}));
+        let r = grant(&t, json!({"provider": "apple", "id_token": token})).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(
+            claims(r.body["access_token"].as_str().unwrap())["sub"],
+            c["sub"]
+        );
     }
 );
 

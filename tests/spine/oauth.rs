@@ -354,7 +354,7 @@ both_oauth!(
         let (_, e) = landing(&t, &format!("?state={state}&code=unknown")).await;
         assert_eq!(
             (e["error"].as_str(), e["error_code"].as_str()),
-            ("server_error", "unexpected_failure")
+            ("invalid_request", "bad_oauth_callback")
         );
         // The provider down.
         fake.failing(Some(503));
@@ -620,5 +620,31 @@ both_oauth!(
         assert_eq!(c["sub"], anon);
         assert_eq!(c["is_anonymous"], false, "{c}");
         assert_eq!(c["email"], "anon@example.com");
+    }
+);
+
+// An identity email its provider did not verify links nothing to its
+// holder: here an attacker's linked identity carrying the victim's address.
+both_oauth!(
+    an_unverified_linked_email_attracts_no_one,
+    |c| c.external.manual_linking_enabled = true,
+    |t, fake| {
+        let s = t.new_session("attacker@example.com", "secret123").await;
+        let attacker = s["user"]["id"].as_str().unwrap().to_string();
+        fake.profile(
+            "bait",
+            Profile::github(700, "bait", "victim@example.com", false),
+        );
+        let to = link(&t, s["access_token"].as_str().unwrap(), "bait").await;
+        assert!(fragment(&to).contains_key("access_token"), "{to}");
+        // The victim signs in with a verified address for the first time.
+        fake.profile(
+            "v1",
+            Profile::github(701, "victim", "victim@example.com", true),
+        );
+        let to = round_trip(&t, "v1", "").await;
+        let c = claims(&fragment(&to)["access_token"]);
+        assert_ne!(c["sub"], attacker, "{to}");
+        assert_eq!(c["email"], "victim@example.com");
     }
 );

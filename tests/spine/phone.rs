@@ -1045,3 +1045,51 @@ both_phone!(
         assert_eq!(last.form["Code"], "222222");
     }
 );
+
+// A phone code's link hash is computable by anyone who knows the number:
+// it is never accepted as a link, for any type.
+both_phone!(a_phone_code_is_never_a_link, |_| {}, |t, fake| {
+    let r = t.post("/otp", json!({"phone": "15550031000"})).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let code = code(&fake.wait_for(1).await[0]);
+    let hash = castellan_core::crypto::token_hash("15550031000", &code);
+    for kind in ["signup", "email", "magiclink", "sms"] {
+        let r = t
+            .post("/verify", json!({"type": kind, "token_hash": hash}))
+            .await;
+        assert!(r.status.is_client_error(), "{kind}: {}", r.text);
+    }
+    let r = verify(&t, "sms", "15550031000", &code).await;
+    assert_eq!(r.status, 200, "the typed code still works: {}", r.text);
+});
+
+// Two users asked for the same new number: each code changes its own
+// user's number, and the second to confirm is told the number is taken.
+both_phone!(
+    a_number_two_users_asked_for_goes_to_the_code_s_owner,
+    |_| {},
+    |t, fake| {
+        let a = confirmed(&t, &fake, "15550032001").await;
+        let b = confirmed(&t, &fake, "15550032002").await;
+        for s in [&a, &b] {
+            let r = common::read(
+                t.http
+                    .put(t.url("/user"))
+                    .bearer_auth(s["access_token"].as_str().unwrap())
+                    .json(&json!({"phone": "15550032999"}))
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await;
+            assert_eq!(r.status, 200, "{}", r.text);
+        }
+        let sent = fake.wait_for(4).await;
+        let (code_a, code_b) = (code(&sent[2]), code(&sent[3]));
+        let r = verify(&t, "phone_change", "15550032999", &code_b).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.body["user"]["id"], b["user"]["id"]);
+        let r = verify(&t, "phone_change", "15550032999", &code_a).await;
+        r.assert_error(422, "phone_exists");
+    }
+);

@@ -36,6 +36,19 @@ pub fn token_hash(identifier: &str, otp: &str) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// HMAC-SHA256 of `msg` under `key`, in lowercase hex (Facebook's
+/// `appsecret_proof`).
+pub fn hmac_sha256_hex(key: &[u8], msg: &[u8]) -> String {
+    use hmac::{KeyInit, Mac};
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("any key length");
+    mac.update(msg);
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Constant-time equality of two secrets.
 pub fn secure_eq(a: &[u8], b: &[u8]) -> bool {
     use subtle::ConstantTimeEq;

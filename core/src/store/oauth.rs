@@ -165,16 +165,23 @@ impl Tx {
             .bind(provider).bind(provider_id).fetch_optional(&mut *c).await)
     }
 
-    /// Identities (any provider) with this email, and non-SSO users with it:
+    /// Identities (any provider) whose verified email this is, and non-SSO
+    /// users with it:
     /// what an external sign-in with a verified email may link to.
     pub async fn holders_of_email(
         &mut self,
         email: &str,
     ) -> Result<(Vec<Identity>, Vec<User>), sqlx::Error> {
         count();
-        let ids: Vec<Identity> = on!(tx self, c => sqlx::query_as(concat!("SELECT ", identity_cols!(),
-            " FROM identities WHERE email = $1"))
-            .bind(email).fetch_all(&mut *c).await)?;
+        // Only identities whose provider verified the address.
+        let ids: Vec<Identity> = match &mut self.conn {
+            Conn::Pg(t) => sqlx::query_as(concat!("SELECT ", identity_cols!(),
+                " FROM identities WHERE email = $1 AND identity_data->>'email_verified' = 'true'"))
+                .bind(email).fetch_all(&mut **t).await?,
+            Conn::Lite(t, _) => sqlx::query_as(concat!("SELECT ", identity_cols!(),
+                " FROM identities WHERE email = $1 AND json_extract(identity_data, '$.email_verified') IN (1, 'true')"))
+                .bind(email).fetch_all(&mut **t).await?,
+        };
         count();
         let users: Vec<User> = on!(tx self, c => sqlx::query_as(concat!("SELECT ", user_cols!(),
             " FROM users WHERE lower(email) = $1 AND is_sso_user = false"))

@@ -193,7 +193,9 @@ impl Tx {
     }
 
     /// Takes the one-time token with this hash and one of these types, if
-    /// any: the row is deleted in the same statement, so of two concurrent
+    /// any (email tokens only: a phone code is typed with its number, never
+    /// presented as a link's hash, whose hash anyone who knows the number
+    /// could compute): the row is deleted in the same statement, so of two concurrent
     /// verifications only one gets it.
     pub async fn take_token_hash(
         &mut self,
@@ -205,10 +207,10 @@ impl Tx {
         let names = names.join(",");
         let found: Option<(Uuid, String)> = match &mut self.conn {
             Conn::Pg(t) => sqlx::query_as("DELETE FROM one_time_tokens WHERE token_hash = $1 AND token_type::text = ANY(string_to_array($2, ',')) \
-                RETURNING user_id, token_type::text")
+                AND relates_to LIKE '%@%' RETURNING user_id, token_type::text")
                 .bind(hash).bind(&names).fetch_optional(&mut **t).await?,
             Conn::Lite(t, _) => sqlx::query_as("DELETE FROM one_time_tokens WHERE token_hash = $1 AND instr(',' || $2 || ',', ',' || token_type || ',') > 0 \
-                RETURNING user_id, token_type")
+                AND relates_to LIKE '%@%' RETURNING user_id, token_type")
                 .bind(hash).bind(&names).fetch_optional(&mut **t).await?,
         };
         Ok(found.and_then(|(user, tt)| TokenType::from_name(&tt).map(|t| (user, t))))

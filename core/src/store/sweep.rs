@@ -14,6 +14,8 @@ use super::{Pool, Store};
 pub struct Swept {
     pub one_time_tokens: u64,
     pub flow_states: u64,
+    /// Code verifiers of abandoned PKCE round trips with providers.
+    pub oauth_client_states: u64,
     pub refresh_tokens: u64,
     pub sessions: u64,
     pub mfa_challenges: u64,
@@ -110,6 +112,13 @@ impl Store {
                 &self.pool,
                 "mfa_factors",
                 "status = 'unverified' AND created_at < $1",
+                now - day,
+                batch
+            ),
+            oauth_client_states: batch_delete!(
+                &self.pool,
+                "oauth_client_states",
+                "created_at < $1",
                 now - day,
                 batch
             ),
