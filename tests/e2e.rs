@@ -5,6 +5,8 @@
 mod common;
 #[path = "common/oauth_provider.rs"]
 mod oauth_provider;
+#[path = "common/oidc_issuer.rs"]
+mod oidc_issuer;
 #[path = "common/sms_provider.rs"]
 mod sms_provider;
 #[path = "common/smtp_sink.rs"]
@@ -77,8 +79,16 @@ async fn run_client_with(backend: Backend, script: &str, mail: bool, key: Option
         let p = Profile::github(900 + n as u64, code, &format!("{code}@example.com"), true);
         github.profile(code, p);
     }
+    // An OpenID Connect issuer whose ID token signInWithIdToken presents.
+    let issuer = oidc_issuer::Issuer::start().await;
+    let id_token = issuer.token(serde_json::json!({}));
     let t = common::spawn(backend, |c| {
         c.anonymous_users_enabled = true;
+        let kc = c.external.providers.get_mut("keycloak").unwrap();
+        kc.enabled = true;
+        kc.client_ids = vec!["kc-client".into()];
+        kc.secret = "kc-secret".into();
+        kc.url = Some(issuer.url.clone());
         let gh = c.external.providers.get_mut("github").unwrap();
         gh.enabled = true;
         gh.client_ids = vec!["e2e-client".into()];
@@ -125,6 +135,7 @@ async fn run_client_with(backend: Backend, script: &str, mail: bool, key: Option
         .arg(mailbox)
         .arg(&provider_url)
         .env("CASTELLAN_KEY_ALG", key.map_or("HS256", alg_name))
+        .env("CASTELLAN_E2E_ID_TOKEN", &id_token)
         .current_dir(&dir)
         .output()
         .await

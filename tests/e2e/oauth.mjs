@@ -75,6 +75,16 @@ async function scenarios(url, tag) {
   ok(await other.unlinkIdentity(github), 'unlinkIdentity');
   mine = await other.getUserIdentities();
   assert.deepEqual(mine.data.identities.map((i) => i.provider), ['email']);
+
+  // signInWithIdToken: an OpenID Connect ID token from an enabled issuer
+  // (the test's, standing in for Keycloak) signs in.
+  const native = new AuthClient({ ...opts, storage: memory() });
+  const byToken = await native.signInWithIdToken({ provider: 'keycloak', token: process.env.CASTELLAN_E2E_ID_TOKEN });
+  ok(byToken, 'signInWithIdToken');
+  assert.equal(byToken.data.user.email, 'kc@example.com');
+  assert.equal(byToken.data.user.app_metadata.provider, 'keycloak');
+  const forged = await native.signInWithIdToken({ provider: 'keycloak', token: `${process.env.CASTELLAN_E2E_ID_TOKEN}x` });
+  assert.ok(forged.error, 'a forged token is refused');
 }
 
 await runEverywhere(base, scenarios);

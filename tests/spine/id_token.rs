@@ -3,102 +3,11 @@
 //! holds, standing in for Keycloak), good and forged, on SQLite and
 //! PostgreSQL.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-use axum::routing::get;
-use castellan_core::crypto::jwk::{Jwk, Key, KeyKind, generate};
+use castellan_core::crypto::jwk::KeyKind;
 use serde_json::{Value, json};
 
 use crate::common::{self, Backend, TestServer, claims};
-
-/// An OIDC issuer: discovery, its JWKS, and how often the JWKS was read.
-#[derive(Clone)]
-pub struct Issuer {
-    pub url: String,
-    key: Arc<Key>,
-    jwks_reads: Arc<AtomicUsize>,
-}
-
-fn key(kind: KeyKind) -> Key {
-    serde_json::from_value::<Jwk>(generate(kind))
-        .unwrap()
-        .load()
-        .unwrap()
-}
-
-impl Issuer {
-    async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let issuer = Issuer {
-            url: url.clone(),
-            key: Arc::new(key(KeyKind::Es256)),
-            jwks_reads: Arc::default(),
-        };
-        let discovery = json!({"issuer": url, "jwks_uri": format!("{url}/jwks")});
-        let jwks = json!({"keys": [issuer.key.public.clone().unwrap()]});
-        let reads = issuer.jwks_reads.clone();
-        let minter = issuer.clone();
-        let app = axum::Router::new()
-            .route(
-                "/.well-known/openid-configuration",
-                get(move || async move { axum::Json(discovery) }),
-            )
-            .route(
-                "/jwks",
-                get(move || async move {
-                    reads.fetch_add(1, Ordering::SeqCst);
-                    axum::Json(jwks)
-                }),
-            )
-            // Apple's token endpoint: the code names the user, who is
-            // described only in the ID token (`email_verified` a string, as Apple sends it).
-            .route(
-                "/auth/token",
-                axum::routing::post(move |body: String| async move {
-                    let form: std::collections::HashMap<String, String> =
-                        serde_urlencoded::from_str(&body).unwrap_or_default();
-                    let code = form.get("code").cloned().unwrap_or_default();
-                    let id_token = minter.token(json!({
-                        "sub": code, "aud": "apple-client",
-                        "email": format!("{code}@privaterelay.appleid.com"), "email_verified": "true"
-                    }));
-                    axum::Json(json!({"access_token": "apple-at", "token_type": "bearer", "id_token": id_token}))
-                }),
-            );
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        issuer
-    }
-
-    /// A token with these claims over the defaults, signed by `with`.
-    fn token_by(&self, with: &Key, over: Value) -> String {
-        let now = chrono::Utc::now().timestamp();
-        let mut c = json!({
-            "iss": self.url, "sub": "kc-user-1", "aud": "kc-client",
-            "iat": now, "exp": now + 300,
-            "email": "kc@example.com", "email_verified": true, "name": "K. C."
-        });
-        for (k, v) in over.as_object().unwrap() {
-            if v.is_null() {
-                c.as_object_mut().unwrap().remove(k);
-            } else {
-                c[k] = v.clone();
-            }
-        }
-        let mut header = jsonwebtoken::Header::new(with.alg);
-        header.kid = Some(with.kid.clone());
-        jsonwebtoken::encode(&header, &c, with.encoding.as_ref().unwrap()).unwrap()
-    }
-
-    fn token(&self, over: Value) -> String {
-        self.token_by(&self.key, over)
-    }
-
-    fn reads(&self) -> usize {
-        self.jwks_reads.load(Ordering::SeqCst)
-    }
-}
+use crate::oidc_issuer::{Issuer, key};
 
 async fn oidc_server(
     backend: Backend,

@@ -5,6 +5,8 @@
 mod common;
 #[path = "../common/oauth_provider.rs"]
 mod oauth_provider;
+#[path = "../common/oidc_issuer.rs"]
+mod oidc_issuer;
 #[path = "../common/sms_provider.rs"]
 mod sms_provider;
 #[path = "../common/smtp_sink.rs"]
