@@ -356,28 +356,7 @@ impl ProviderBroker {
     }
 
     async fn get_json(&self, url: &str) -> Result<Value, ProviderError> {
-        let resp = self
-            .http
-            .get(url)
-            .header("accept", "application/json")
-            .send()
-            .await
-            .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
-        let status = resp.status();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
-        if status.is_server_error() {
-            return Err(ProviderError::Unavailable(format!(
-                "{url} answered {status}"
-            )));
-        }
-        if !status.is_success() {
-            return Err(ProviderError::Refused(format!("{url} answered {status}")));
-        }
-        serde_json::from_slice(&bytes)
-            .map_err(|e| ProviderError::Unavailable(format!("{url} is not JSON: {e}")))
+        json_answer(self.http.get(url), url).await
     }
 
     /// An enabled provider that issues ID tokens, by name or by issuer:
@@ -533,40 +512,46 @@ impl ProviderBroker {
                 );
                 url.push_str(&format!("&appsecret_proof={proof}"));
             }
-            let mut req = self.http.get(url).bearer_auth(access);
-            req = req
-                .header("user-agent", "castellan")
-                .header("accept", "application/json");
+            let mut req = self
+                .http
+                .get(&url)
+                .bearer_auth(access)
+                .header("user-agent", "castellan");
             for (k, v) in f.headers {
                 req = req.header(*k, v.replace("{client_id}", &client_id));
             }
-            let resp = req
-                .send()
-                .await
-                .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
-            let status = resp.status();
-            let bytes = resp
-                .bytes()
-                .await
-                .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
-            if status.is_server_error() {
-                return Err(ProviderError::Unavailable(format!(
-                    "{} answered {status}",
-                    d.name
-                )));
-            }
-            if !status.is_success() {
-                return Err(ProviderError::Refused(format!(
-                    "{} answered {status}",
-                    d.name
-                )));
-            }
-            let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
-                ProviderError::Unavailable(format!("{}'s profile is not JSON: {e}", d.name))
-            })?;
+            let v = json_answer(req, d.name).await?;
             doc.insert(f.key.into(), v);
         }
         d.map(&Value::Object(doc), p.config.url.as_deref())
             .ok_or_else(|| ProviderError::Refused(format!("{} named no user", d.name)))
     }
+}
+
+/// A GET's JSON answer: a 5xx, an unreadable answer or no answer is the
+/// provider unavailable; another non-2xx is a refusal. `what` names it.
+async fn json_answer(
+    req: oauth2::reqwest::RequestBuilder,
+    what: &str,
+) -> Result<Value, ProviderError> {
+    let resp = req
+        .header("accept", "application/json")
+        .send()
+        .await
+        .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+    let status = resp.status();
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+    if status.is_server_error() {
+        return Err(ProviderError::Unavailable(format!(
+            "{what} answered {status}"
+        )));
+    }
+    if !status.is_success() {
+        return Err(ProviderError::Refused(format!("{what} answered {status}")));
+    }
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ProviderError::Unavailable(format!("{what}'s answer is not JSON: {e}")))
 }
