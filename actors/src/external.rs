@@ -341,14 +341,14 @@ impl External {
     async fn sign_in(&self, flow: OAuthFlow, signed: SignedIn, aud: &str) -> ApiResult<Landing> {
         let provider = flow.provider_type.as_str();
         let now = self.ctx.config.clock.now();
-        let mut tx = self.ctx.store.begin().await?;
         let who = Whose {
             provider,
             aud,
             linking_target: flow.linking_target_id,
             email_optional: flow.email_optional,
         };
-        let user = match self.settle(&mut tx, &who, &signed.user, now).await? {
+        let (mut tx, settled) = self.settle_once_more(&who, &signed.user, now).await?;
+        let user = match settled {
             Ok(user) => user,
             Err(refused) => {
                 // GoTrue keeps what was done and answers with the refusal.
@@ -384,6 +384,31 @@ impl External {
             provider_token: signed.access_token,
             provider_refresh_token: signed.refresh_token,
         })
+    }
+
+    /// `settle` in a transaction of its own, tried once more when it lost a
+    /// race (two first sign-ins of one identity or one address at once):
+    /// the second attempt sees the winner's user and signs in to it.
+    async fn settle_once_more(
+        &self,
+        who: &Whose<'_>,
+        ext: &ExternalUser,
+        now: DateTime<Utc>,
+    ) -> ApiResult<(Tx, Result<User, Unverified>)> {
+        let mut tx = self.ctx.store.begin().await?;
+        match self.settle(&mut tx, who, ext, now).await {
+            Err(e)
+                if matches!(e.code, "email_exists" | "identity_already_exists")
+                    && who.linking_target.is_none() =>
+            {
+                drop(tx);
+                metrics::counter!("castellan_oauth_settle_retries_total").increment(1);
+                let mut tx = self.ctx.store.begin().await?;
+                let settled = self.settle(&mut tx, who, ext, now).await?;
+                Ok((tx, settled))
+            }
+            r => Ok((tx, r?)),
+        }
     }
 
     /// The user an external identity signs in, in `tx`: found, linked or
@@ -728,8 +753,8 @@ impl External {
             linking_target: None,
             email_optional: p.config.email_optional,
         };
-        let mut tx = self.ctx.store.begin().await.map_err(ApiError::from)?;
-        let user = match self.settle(&mut tx, &who, &ext, now).await? {
+        let (tx, settled) = self.settle_once_more(&who, &ext, now).await?;
+        let user = match settled {
             Ok(user) => user,
             Err(refused) => {
                 tx.commit().await.map_err(ApiError::from)?;

@@ -188,6 +188,19 @@ pub struct ProviderBroker {
     timeout: Duration,
     ring: Arc<KeyRing>,
     actor: Arc<ArcSwapOption<ActorRef<Mail<BrokerMsg>>>>,
+    /// One fetch of an issuer's keys at a time, with its last result:
+    /// tokens arriving together wait for one fetch (issuers are the
+    /// configured providers', so this stays small).
+    fetches: Arc<std::sync::Mutex<HashMap<String, KeyFetch>>>,
+}
+
+type KeyFetch = Arc<tokio::sync::Mutex<Option<Arc<IssuerKeys>>>>;
+
+/// Whether kept keys serve a token naming `kid`: fresh and knowing it,
+/// or fetched too recently to ask the issuer again.
+fn usable(c: &IssuerKeys, kid: Option<&str>) -> bool {
+    let knows = kid.is_none_or(|k| c.keys.iter().any(|key| key.kid == k));
+    (knows && c.fetched.elapsed() < KEYS_TTL) || c.tried.elapsed() < KEYS_FLOOR
 }
 
 fn record(provider: &'static str, op: &'static str, start: Instant, r: Result<(), &ProviderError>) {
@@ -252,6 +265,7 @@ impl ProviderBroker {
             timeout,
             ring,
             actor,
+            fetches: Arc::default(),
         })
     }
 
@@ -264,13 +278,19 @@ impl ProviderBroker {
         issuer: &str,
         kid: Option<&str>,
     ) -> Result<Arc<IssuerKeys>, ProviderError> {
-        let cached = self.ring.get(issuer);
-        if let Some(c) = &cached {
-            let knows = kid.is_none_or(|k| c.keys.iter().any(|key| key.kid == k));
-            if (knows && c.fetched.elapsed() < KEYS_TTL) || c.tried.elapsed() < KEYS_FLOOR {
-                return Ok(c.clone());
-            }
+        if let Some(c) = self.ring.get(issuer).filter(|c| usable(c, kid)) {
+            return Ok(c);
         }
+        let gate = {
+            let mut fetches = self.fetches.lock().unwrap_or_else(|e| e.into_inner());
+            fetches.entry(issuer.to_string()).or_default().clone()
+        };
+        let mut last = gate.lock().await;
+        // A fetch this one waited for may have brought what it needs.
+        if let Some(c) = last.as_ref().filter(|c| usable(c, kid)) {
+            return Ok(c.clone());
+        }
+        let cached = last.clone().or_else(|| self.ring.get(issuer));
         let start = Instant::now();
         let fetched = self.fetch_keys(issuer).await;
         record(provider, "keys", start, fetched.as_ref().map(drop));
@@ -298,6 +318,7 @@ impl ProviderBroker {
                 (keys, cached.ok_or(e))
             }
         };
+        *last = Some(keys.clone());
         if let Some(actor) = self.actor.load_full() {
             let msg = BrokerMsg::Keys {
                 issuer: issuer.to_string(),

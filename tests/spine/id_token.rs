@@ -308,3 +308,29 @@ fn base64_decode(s: &str) -> Vec<u8> {
         .decode(s)
         .unwrap()
 }
+
+// Tokens arriving together, before any key is kept, wait for one fetch of
+// the issuer's keys instead of each making their own. Their identities
+// share one verified address: the first sign-in makes the user, the
+// others (racing it) join that user, none fails.
+both_oidc!(
+    tokens_arriving_together_fetch_the_keys_once,
+    |_| {},
+    |t, iss| {
+        let requests = (0..8).map(|i| {
+            let token = iss.token(json!({"sub": format!("together-{i}")}));
+            t.http
+                .post(t.url("/token?grant_type=id_token"))
+                .json(&json!({"provider": "keycloak", "id_token": token}))
+        });
+        let replies = common::at_once(requests).await;
+        for r in &replies {
+            assert_eq!(r.status, 200, "{}", r.text);
+        }
+        assert_eq!(iss.reads(), 1);
+        let users = "SELECT count(*) FROM users WHERE $1 = $1";
+        assert_eq!(t.count_by_str(users, "").await, 1);
+        let ids = "SELECT count(*) FROM identities WHERE provider = $1";
+        assert_eq!(t.count_by_str(ids, "keycloak").await, 8);
+    }
+);
