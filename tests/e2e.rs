@@ -98,20 +98,8 @@ async fn run_client_with(backend: Backend, script: &str, mail: bool, key: Option
         c.external.manual_linking_enabled = true;
         c.uri_allow_list = vec!["http://app.test/**".into()];
         if mail {
-            c.external_phone_enabled = true;
-            c.sms_autoconfirm = false;
-            c.sms.provider = "twilio".into();
-            c.sms.settings = [
-                ("ACCOUNT_SID", "AC1"),
-                ("AUTH_TOKEN", "tok"),
-                ("MESSAGE_SERVICE_SID", "MG1"),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-            c.sms.api_url = Some(provider_url.clone());
+            provider.configure_twilio(c);
             c.sms.max_frequency = std::time::Duration::from_millis(1);
-            c.rate_limits.sms_sent.events = 1000;
             c.mfa.phone_enroll_enabled = true;
             c.mfa.phone_verify_enabled = true;
             c.mailer_autoconfirm = false;

@@ -46,6 +46,24 @@ impl FakeProvider {
         fake
     }
 
+    /// Points `c`'s phone sign-in at this stand-in as Twilio, phone
+    /// enabled and confirmations by SMS.
+    pub fn configure_twilio(&self, c: &mut castellan_core::Config) {
+        c.external_phone_enabled = true;
+        c.sms_autoconfirm = false;
+        c.sms.provider = "twilio".into();
+        c.sms.settings = [
+            ("ACCOUNT_SID", "AC1"),
+            ("AUTH_TOKEN", "tok"),
+            ("MESSAGE_SERVICE_SID", "MG1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        c.sms.api_url = Some(self.base.clone());
+        c.rate_limits.sms_sent.events = 1000;
+    }
+
     pub fn answer(&self, status: u16, body: Value) {
         *self.answer.lock().unwrap() = (status, body);
     }

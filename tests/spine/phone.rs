@@ -18,21 +18,9 @@ async fn phone_server(
     tweak: impl FnOnce(&mut castellan_core::Config),
 ) -> (TestServer, FakeProvider) {
     let fake = FakeProvider::start(SENT.0, serde_json::from_str(SENT.1).unwrap()).await;
-    let base = fake.base.clone();
+    let stand_in = fake.clone();
     let t = common::spawn(backend, move |c| {
-        c.external_phone_enabled = true;
-        c.sms_autoconfirm = false;
-        c.sms.provider = "twilio".into();
-        c.sms.settings = [
-            ("ACCOUNT_SID", "AC1"),
-            ("AUTH_TOKEN", "tok"),
-            ("MESSAGE_SERVICE_SID", "MG1"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        c.sms.api_url = Some(base);
-        c.rate_limits.sms_sent.events = 1000;
+        stand_in.configure_twilio(c);
         c.mailer.retry_min = Duration::from_millis(200);
         c.mailer.retry_max = Duration::from_millis(400);
         tweak(c);
@@ -95,6 +83,11 @@ async fn column(t: &TestServer, phone: &str, col: &'static str) -> Option<String
     .unwrap()
 }
 
+async fn phone_login(t: &TestServer, phone: &str, password: &str) -> common::Reply {
+    let body = json!({"phone": phone, "password": password});
+    t.post("/token?grant_type=password", body).await
+}
+
 async fn verify(t: &TestServer, kind: &str, phone: &str, token: &str) -> common::Reply {
     t.post(
         "/verify",
@@ -149,12 +142,7 @@ both_phone!(
         );
 
         // Unconfirmed: no password sign-in yet.
-        let r = t
-            .post(
-                "/token?grant_type=password",
-                json!({"phone": "15551234567", "password": "secret123"}),
-            )
-            .await;
+        let r = phone_login(&t, "15551234567", "secret123").await;
         r.assert_error(400, "phone_not_confirmed");
 
         let wrong = if code == "000000" { "111111" } else { "000000" };
@@ -193,12 +181,7 @@ both_phone!(
             .await
             .assert_error(403, "otp_expired");
 
-        let r = t
-            .post(
-                "/token?grant_type=password",
-                json!({"phone": "15551234567", "password": "secret123"}),
-            )
-            .await;
+        let r = phone_login(&t, "15551234567", "secret123").await;
         assert_eq!(r.status, 200, "{}", r.text);
     }
 );
@@ -426,19 +409,9 @@ both_phone!(
             Some("")
         );
         // The old number signs in no more; the new one does.
-        let r = t
-            .post(
-                "/token?grant_type=password",
-                json!({"phone": "15550008888", "password": "secret123"}),
-            )
-            .await;
+        let r = phone_login(&t, "15550008888", "secret123").await;
         r.assert_error(400, "invalid_credentials");
-        let r = t
-            .post(
-                "/token?grant_type=password",
-                json!({"phone": "15550009999", "password": "secret123"}),
-            )
-            .await;
+        let r = phone_login(&t, "15550009999", "secret123").await;
         assert_eq!(r.status, 200, "{}", r.text);
     }
 );
@@ -562,12 +535,7 @@ both_phone!(
         )
         .await;
         assert_eq!(r.status, 200, "{}", r.text);
-        let r = t
-            .post(
-                "/token?grant_type=password",
-                json!({"phone": "15550012222", "password": "newsecret1"}),
-            )
-            .await;
+        let r = phone_login(&t, "15550012222", "newsecret1").await;
         assert_eq!(r.status, 200, "{}", r.text);
     }
 );
