@@ -115,15 +115,14 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T>
 }
 
 /// The bearer token of `Authorization`, matched as GoTrue does: `(?i)^bearer (\S+)$`.
-pub fn bearer(parts: &Parts) -> Result<&str, HttpError> {
+pub fn bearer(headers: &axum::http::HeaderMap) -> Result<&str, HttpError> {
     let missing = || {
         HttpError(ApiError::unauthorized(
             "no_authorization",
             "This endpoint requires a valid Bearer token",
         ))
     };
-    let value = parts
-        .headers
+    let value = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .ok_or_else(missing)?;
@@ -155,7 +154,18 @@ impl FromRequestParts<AppState> for AuthLive {
     type Rejection = HttpError;
 
     async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, HttpError> {
-        let token = bearer(parts)?;
+        AuthLive::from_headers(&parts.headers, st).await
+    }
+}
+
+impl AuthLive {
+    /// The user behind `Authorization`, for a handler that needs one only
+    /// for some requests (an `id_token` grant that links).
+    pub async fn from_headers(
+        headers: &axum::http::HeaderMap,
+        st: &AppState,
+    ) -> Result<Self, HttpError> {
+        let token = bearer(headers)?;
         match st.accounts.authenticate(token).await? {
             Principal::User {
                 live,
@@ -196,7 +206,7 @@ impl FromRequestParts<AppState> for AdminAuth {
     type Rejection = HttpError;
 
     async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, HttpError> {
-        let token = bearer(parts)?;
+        let token = bearer(&parts.headers)?;
         let role = st.accounts.admin_role(token).await?;
         Ok(AdminAuth {
             actor: AuditActor::admin(&role),

@@ -82,6 +82,11 @@ async fn run_client_with(backend: Backend, script: &str, mail: bool, key: Option
     // An OpenID Connect issuer whose ID token signInWithIdToken presents.
     let issuer = oidc_issuer::Issuer::start().await;
     let id_token = issuer.token(serde_json::json!({}));
+    // And one per scenario run that linkIdentity links to a signed-in user.
+    let link_tokens = serde_json::json!({
+        "root": issuer.token(serde_json::json!({"sub": "kc-link-root", "email": "kc-link-root@example.com"})),
+        "prefixed": issuer.token(serde_json::json!({"sub": "kc-link-prefixed", "email": "kc-link-prefixed@example.com"})),
+    });
     let t = common::spawn(backend, |c| {
         c.anonymous_users_enabled = true;
         let kc = c.external.providers.get_mut("keycloak").unwrap();
@@ -124,6 +129,7 @@ async fn run_client_with(backend: Backend, script: &str, mail: bool, key: Option
         .arg(&provider_url)
         .env("CASTELLAN_KEY_ALG", key.map_or("HS256", alg_name))
         .env("CASTELLAN_E2E_ID_TOKEN", &id_token)
+        .env("CASTELLAN_E2E_LINK_ID_TOKENS", link_tokens.to_string())
         .current_dir(&dir)
         .output()
         .await

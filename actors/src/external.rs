@@ -43,6 +43,8 @@ pub struct IdTokenGrant {
     pub provider: String,
     pub client_id: String,
     pub issuer: String,
+    /// `link_identity`: the signed-in user the identity joins.
+    pub linking_target: Option<Uuid>,
 }
 
 /// The `id_token` grant's refusals: GoTrue's OAuth-shaped ones for the
@@ -702,6 +704,11 @@ impl External {
         if g.provider.is_empty() && (g.client_id.is_empty() || g.issuer.is_empty()) {
             return Err(invalid("provider or client_id and issuer required"));
         }
+        // Unlike GoTrue, linking by ID token obeys the same switch as
+        // linking through a provider's page.
+        if g.linking_target.is_some() && !self.ctx.config.external.manual_linking_enabled {
+            return Err(manual_linking_disabled().into());
+        }
         let Some((p, issuer)) = self.broker.id_token_provider(&g.provider, &g.issuer) else {
             let known = castellan_core::oauth::provider(&g.provider)
                 .is_some_and(|d| d.id_token_issuer.is_some());
@@ -750,7 +757,7 @@ impl External {
         let who = Whose {
             provider: name,
             aud,
-            linking_target: None,
+            linking_target: g.linking_target,
             email_optional: p.config.email_optional,
         };
         let (tx, settled) = self.settle_once_more(&who, &ext, now).await?;

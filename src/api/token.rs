@@ -1,5 +1,6 @@
 use axum::Json;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use castellan_actors::accounts::PasswordGrant;
 use castellan_core::{ApiError, validate};
@@ -9,7 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::api::{AudienceHeader, TokenResponse, token_response};
 use crate::error::{HttpResult, Refusals};
-use crate::extract::{QueryParams, RawBody, RequestAud, parse_json};
+use crate::extract::{AuthLive, QueryParams, RawBody, RequestAud, parse_json};
 use crate::server::AppState;
 
 #[derive(Deserialize, IntoParams)]
@@ -54,6 +55,9 @@ struct IdTokenBody {
     provider: Option<String>,
     client_id: Option<String>,
     issuer: Option<String>,
+    /// Link the token's identity to the user of `Authorization` instead
+    /// (`GOTRUE_SECURITY_MANUAL_LINKING_ENABLED`).
+    link_identity: bool,
 }
 
 /// The body of each grant type, for the OpenAPI document (the handler
@@ -82,6 +86,7 @@ pub async fn token(
     State(st): State<AppState>,
     QueryParams(q): QueryParams<GrantQuery>,
     RequestAud(aud): RequestAud,
+    headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> HttpResult {
     let grant = q.grant_type.unwrap_or_default();
@@ -91,7 +96,7 @@ pub async fn token(
         );
     }
     if grant == "id_token" {
-        return id_token_grant(&st, &body, &aud).await;
+        return id_token_grant(&st, &headers, &body, &aud).await;
     }
     if !matches!(grant.as_str(), "password" | "refresh_token" | "pkce") {
         return Err(ApiError::bad_request("invalid_credentials", "unsupported_grant_type").into());
@@ -141,10 +146,18 @@ pub async fn token(
 
 /// `grant_type=id_token`; its token checks answer in OAuth's error shape,
 /// as GoTrue's do.
-async fn id_token_grant(st: &AppState, body: &[u8], aud: &str) -> HttpResult {
+async fn id_token_grant(st: &AppState, headers: &HeaderMap, body: &[u8], aud: &str) -> HttpResult {
     use castellan_actors::external::{IdTokenGrant, IdTokenRefusal};
     let b: IdTokenBody = parse_json(body)?;
+    let linking_target = match b.link_identity {
+        true => match linking_target(st, headers).await {
+            Ok(id) => Some(id),
+            Err(refused) => return Ok(refused),
+        },
+        false => None,
+    };
     let g = IdTokenGrant {
+        linking_target,
         id_token: b.id_token.unwrap_or_default(),
         nonce: b.nonce.unwrap_or_default(),
         provider: b.provider.unwrap_or_default(),
@@ -155,10 +168,30 @@ async fn id_token_grant(st: &AppState, body: &[u8], aud: &str) -> HttpResult {
     match st.external.id_token(g, aud).await {
         Ok(grant) => Ok(Json(token_response(grant, None)).into_response()),
         Err(IdTokenRefusal::Api(e)) => Err(e.into()),
-        Err(IdTokenRefusal::OAuth { error, description }) => Ok((
-            axum::http::StatusCode::BAD_REQUEST,
-            Json(json!({"error": error, "error_description": description})),
-        )
-            .into_response()),
+        Err(IdTokenRefusal::OAuth { error, description }) => Ok(oauth_refusal(error, &description)),
+    }
+}
+
+fn oauth_refusal(error: &str, description: &str) -> Response {
+    (
+        axum::http::StatusCode::BAD_REQUEST,
+        Json(json!({"error": error, "error_description": description})),
+    )
+        .into_response()
+}
+
+/// The signed-in user an `id_token` grant links to: GoTrue refuses a
+/// request without `Authorization` in OAuth's shape, a bad token as any
+/// authenticated route does.
+async fn linking_target(st: &AppState, headers: &HeaderMap) -> Result<uuid::Uuid, Response> {
+    if !headers.contains_key(axum::http::header::AUTHORIZATION) {
+        return Err(oauth_refusal(
+            "invalid request",
+            "Linking requires a valid user access token in Authorization",
+        ));
+    }
+    match AuthLive::from_headers(headers, st).await {
+        Ok(auth) => Ok(auth.live.user.id),
+        Err(e) => Err(e.into_response()),
     }
 }

@@ -76,6 +76,18 @@ async function scenarios(url, tag) {
   mine = await other.getUserIdentities();
   assert.deepEqual(mine.data.identities.map((i) => i.provider), ['email']);
 
+  // linkIdentity with an ID token (no browser): the issuer's identity joins
+  // the signed-in user, whose email stays.
+  const linkToken = JSON.parse(process.env.CASTELLAN_E2E_LINK_ID_TOKENS)[tag];
+  const linked = await other.linkIdentity({ provider: 'keycloak', token: linkToken });
+  ok(linked, 'linkIdentity with an ID token');
+  assert.equal(linked.data.user.id, mine.data.identities[0].user_id);
+  assert.equal(linked.data.user.email, mine.data.identities[0].identity_data.email);
+  mine = await other.getUserIdentities();
+  assert.deepEqual(mine.data.identities.map((i) => i.provider).sort(), ['email', 'keycloak']);
+  const again = await other.linkIdentity({ provider: 'keycloak', token: linkToken });
+  assert.equal(again.error?.code, 'identity_already_exists', 'linked once only');
+
   // signInWithIdToken: an OpenID Connect ID token from an enabled issuer
   // (the test's, standing in for Keycloak) signs in.
   const native = new AuthClient({ ...opts, storage: memory() });

@@ -224,6 +224,113 @@ both_oidc!(
     }
 );
 
+both_oidc!(
+    an_id_token_links_its_identity_to_the_signed_in_user,
+    |c| c.external.manual_linking_enabled = true,
+    |t, iss| {
+        let s = t.new_session("owner@example.com", "secret123").await;
+        let token = s["access_token"].as_str().unwrap().to_string();
+        let owner = s["user"]["id"].as_str().unwrap().to_string();
+        let link = |bearer: Option<String>, id_token: String| {
+            let t = &t;
+            async move {
+                let body =
+                    json!({"provider": "keycloak", "id_token": id_token, "link_identity": true});
+                let path = "/token?grant_type=id_token";
+                t.request(reqwest::Method::POST, path, bearer.as_deref(), Some(body))
+                    .await
+            }
+        };
+        // Without Authorization: GoTrue's OAuth-shaped refusal; with a bad
+        // token: as any authenticated route. Nothing read from the issuer.
+        let r = link(None, iss.token(json!({}))).await;
+        assert_oauth_error(
+            &r,
+            "invalid request",
+            "Linking requires a valid user access token in Authorization",
+        );
+        link(Some("not-a-jwt".into()), iss.token(json!({})))
+            .await
+            .assert_error(403, "bad_jwt");
+        assert_eq!(iss.reads(), 0);
+
+        // The identity joins the signed-in user, whose email stays.
+        let r = link(Some(token.clone()), iss.token(json!({}))).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.body["user"]["id"], owner);
+        assert_eq!(r.body["user"]["email"], "owner@example.com");
+        let c = claims(r.body["access_token"].as_str().unwrap());
+        assert_eq!(c["sub"], owner);
+        assert_eq!(c["app_metadata"]["providers"], json!(["email", "keycloak"]));
+        let id = uuid::Uuid::parse_str(&owner).unwrap();
+        assert_eq!(
+            t.count_by_uuid(
+                "SELECT count(*) FROM identities WHERE user_id = $1 AND provider = 'keycloak'",
+                id
+            )
+            .await,
+            1
+        );
+        assert!(
+            t.audit_actions(&owner)
+                .await
+                .contains(&"identity_linked".to_string())
+        );
+        // Signing in with the token now signs in the owner.
+        let r = grant(
+            &t,
+            json!({"provider": "keycloak", "id_token": iss.token(json!({}))}),
+        )
+        .await;
+        assert_eq!(r.body["user"]["id"], owner, "{}", r.text);
+
+        // Linked already, to this user or to another.
+        link(Some(token.clone()), iss.token(json!({})))
+            .await
+            .assert_error(422, "identity_already_exists");
+        let other = t.new_session("other@example.com", "secret123").await;
+        let other_token = other["access_token"].as_str().unwrap().to_string();
+        let r = link(Some(other_token), iss.token(json!({}))).await;
+        r.assert_error(422, "identity_already_exists");
+        assert_eq!(r.body["msg"], "Identity is already linked to another user");
+        assert_eq!(
+            t.count_by_str(
+                "SELECT count(*) FROM identities WHERE provider = $1",
+                "keycloak"
+            )
+            .await,
+            1
+        );
+    }
+);
+
+both_oidc!(
+    linking_by_id_token_is_off_with_manual_linking,
+    |_| {},
+    |t, iss| {
+        let s = t.new_session("owner@example.com", "secret123").await;
+        let token = s["access_token"].as_str().unwrap();
+        let body = json!({"provider": "keycloak", "id_token": iss.token(json!({})), "link_identity": true});
+        let r = t
+            .request(
+                reqwest::Method::POST,
+                "/token?grant_type=id_token",
+                Some(token),
+                Some(body),
+            )
+            .await;
+        r.assert_error(404, "manual_linking_disabled");
+        assert_eq!(
+            t.count_by_str(
+                "SELECT count(*) FROM identities WHERE provider = $1",
+                "keycloak"
+            )
+            .await,
+            0
+        );
+    }
+);
+
 async fn apple_server(
     backend: Backend,
     tweak: impl FnOnce(&mut castellan_core::Config),
