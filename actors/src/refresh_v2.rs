@@ -14,14 +14,23 @@ use castellan_core::{ApiError, ApiResult};
 use chrono::{DateTime, Utc};
 
 use crate::context::Ctx;
+use crate::session_manager::SessionCache;
 use crate::sessions::{TokenGrant, check_usable, end, grant_for, not_found};
 
 /// Reads of a moving counter before giving up (each lost race means
 /// another refresh of the session succeeded in between).
 const ATTEMPTS: usize = 8;
 
-pub(crate) async fn refresh(ctx: &Ctx, token: V2Token) -> ApiResult<TokenGrant> {
+pub(crate) async fn refresh(
+    ctx: &Ctx,
+    cache: &SessionCache,
+    token: V2Token,
+) -> ApiResult<TokenGrant> {
+    if let Some(grant) = from_cache(ctx, cache, &token).await? {
+        return Ok(grant);
+    }
     for _ in 0..ATTEMPTS {
+        let since = cache.generation();
         let now = ctx.config.clock.now();
         let c = ctx
             .store
@@ -46,26 +55,74 @@ pub(crate) async fn refresh(ctx: &Ctx, token: V2Token) -> ApiResult<TokenGrant> 
             behind if reuse_allowed(ctx, &c, behind, now) => current,
             _ => return Err(reused(ctx, &c).await),
         };
-        let audit = audit_payload(&c.user, AuditAction::TokenRefreshed, None);
-        let advance = store::Advance {
-            session_id: c.session.id,
-            from: current,
-            to,
-            audit: &audit,
-            now,
-        };
-        if !ctx.store.advance_refresh_counter(&advance).await? {
+        if !advance(ctx, &c, current, to, now).await? {
             continue;
         }
-        let issued = refresh::encode(&key, c.session.id, to).ok_or_else(|| {
-            ApiError::internal("refresh v2", "the session's key is not base64url")
-        })?;
+        let issued = encode(&key, &c, to)?;
+        if to == current + 1 {
+            let mut kept = c.clone();
+            kept.session.refresh_token_counter = Some(to);
+            kept.session.refreshed_at = Some(now.naive_utc());
+            cache.keep_refresh(since, kept, key).await;
+        }
         return grant_for(ctx, c, issued, now);
     }
     Err(ApiError::unavailable(
         "refresh v2",
         "the session's counter kept moving",
     ))
+}
+
+/// The normal rotation (the session's current token, nothing refused),
+/// decided on what this process's last refresh of the session left;
+/// `None` sends everything else, and a lost guard, to the store.
+async fn from_cache(
+    ctx: &Ctx,
+    cache: &SessionCache,
+    token: &V2Token,
+) -> ApiResult<Option<TokenGrant>> {
+    let Some(e) = cache.refresh_entry(token.session_id).await else {
+        return Ok(None);
+    };
+    let now = ctx.config.clock.now();
+    let current = e.context.session.refresh_token_counter.unwrap_or(0);
+    if token.counter != current
+        || !token.signed_by(&e.key)
+        || check_usable(ctx, &e.context, now).is_err()
+    {
+        return Ok(None);
+    }
+    if !advance(ctx, &e.context, current, current + 1, now).await? {
+        cache.forget_refresh(token.session_id).await;
+        return Ok(None);
+    }
+    cache.advance_refresh(&e, current + 1, now).await;
+    let issued = encode(&e.key, &e.context, current + 1)?;
+    grant_for(ctx, e.context.clone(), issued, now).map(Some)
+}
+
+/// Moves the session's counter `from` → `to` (audited), if it still is `from`.
+async fn advance(
+    ctx: &Ctx,
+    c: &RefreshContext,
+    from: i64,
+    to: i64,
+    now: DateTime<Utc>,
+) -> ApiResult<bool> {
+    let audit = audit_payload(&c.user, AuditAction::TokenRefreshed, None);
+    let advance = store::Advance {
+        session_id: c.session.id,
+        from,
+        to,
+        audit: &audit,
+        now,
+    };
+    Ok(ctx.store.advance_refresh_counter(&advance).await?)
+}
+
+fn encode(key: &str, c: &RefreshContext, counter: i64) -> ApiResult<String> {
+    refresh::encode(key, c.session.id, counter)
+        .ok_or_else(|| ApiError::internal("refresh v2", "the session's key is not base64url"))
 }
 
 /// A session's key as stored: sealed under the database encryption key

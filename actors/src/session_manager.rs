@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use castellan_core::store::{ChangeEvent, LiveUser, Store};
+use castellan_core::store::{ChangeEvent, LiveUser, RefreshContext, Store};
 use castellan_core::{ApiError, ApiResult};
 use moka::future::Cache;
 use moka::notification::RemovalCause;
@@ -43,10 +43,25 @@ struct Cached {
     stamp: (u64, u64),
 }
 
+/// A v2 session as its last refresh in this process left it: what the next
+/// refresh decides on, and the session's key, opened. Only the normal
+/// rotation is served from it, and its write is guarded by the counter, so
+/// a refresh made elsewhere sends the next one here back to the store.
+pub struct RefreshEntry {
+    pub context: RefreshContext,
+    pub key: String,
+    stamp: (u64, u64),
+}
+
 /// The published cache: read by every authenticated request.
 pub struct SessionCache {
     entries: Cache<Key, Arc<Cached>>,
+    /// v2 sessions by id, for refreshes (sized like `entries`).
+    refreshes: Cache<Uuid, Arc<RefreshEntry>>,
     stripes: Box<[AtomicU64]>,
+    /// Bumped before any stripe is, so a load that saw no change of it
+    /// across its read saw every change committed before it.
+    generation: AtomicU64,
     /// Bumped by a flush, so loads in flight across it are stale too.
     epoch: AtomicU64,
     /// False until the change feed follows, and whenever it is lost: reads
@@ -72,6 +87,8 @@ impl SessionCache {
             .build();
         Arc::new(Self {
             entries,
+            refreshes: Cache::builder().max_capacity(capacity).build(),
+            generation: AtomicU64::new(0),
             stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
             epoch: AtomicU64::new(0),
             following: AtomicBool::new(false),
@@ -134,8 +151,80 @@ impl SessionCache {
         load().await.map(|o| o.map(Arc::new))
     }
 
+    /// Whether refresh entries may be served (and kept).
+    fn serving(&self) -> bool {
+        self.enabled && self.following.load(Ordering::SeqCst)
+    }
+
+    /// The generation before a load: pass it to [`Self::keep_refresh`].
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// The session's refresh entry, unless the user changed since it was kept.
+    pub async fn refresh_entry(&self, session: Uuid) -> Option<Arc<RefreshEntry>> {
+        if !self.serving() {
+            return None;
+        }
+        let hit = self
+            .refreshes
+            .get(&session)
+            .await
+            .filter(|e| e.stamp == self.stamp(e.context.user.id));
+        let outcome = match hit {
+            Some(_) => "castellan_refresh_cache_hits_total",
+            None => "castellan_refresh_cache_misses_total",
+        };
+        metrics::counter!(outcome).increment(1);
+        hit
+    }
+
+    /// Keeps what a refresh left, read after `since` (a [`Self::generation`]):
+    /// not kept if any user changed meanwhile, as the read may predate it.
+    pub async fn keep_refresh(&self, since: u64, context: RefreshContext, key: String) {
+        let stamp = self.stamp(context.user.id);
+        if !self.serving() || self.generation() != since {
+            return;
+        }
+        let id = context.session.id;
+        let entry = RefreshEntry {
+            context,
+            key,
+            stamp,
+        };
+        self.refreshes.insert(id, Arc::new(entry)).await;
+    }
+
+    /// The session moved on from what the entry says (a lost race, a refresh
+    /// elsewhere, an end): the next refresh reads the store.
+    pub async fn forget_refresh(&self, session: Uuid) {
+        self.refreshes.invalidate(&session).await;
+    }
+
+    /// The entry after a rotation it served: the next counter, refreshed
+    /// now; under the stamp it was loaded with.
+    pub async fn advance_refresh(
+        &self,
+        entry: &RefreshEntry,
+        counter: i64,
+        now: chrono::DateTime<chrono::Utc>,
+    ) {
+        let mut context = entry.context.clone();
+        context.session.refresh_token_counter = Some(counter);
+        context.session.refreshed_at = Some(now.naive_utc());
+        let next = RefreshEntry {
+            context,
+            key: entry.key.clone(),
+            stamp: entry.stamp,
+        };
+        self.refreshes
+            .insert(next.context.session.id, Arc::new(next))
+            .await;
+    }
+
     /// Makes every entry of these users stale, at once.
     pub fn invalidate(&self, users: &[Uuid]) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
         for u in users {
             self.stripes[stripe(*u)].fetch_add(1, Ordering::SeqCst);
         }
@@ -145,8 +234,10 @@ impl SessionCache {
 
     /// Empties the cache.
     pub fn flush(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
         self.epoch.fetch_add(1, Ordering::SeqCst);
         self.entries.invalidate_all();
+        self.refreshes.invalidate_all();
         metrics::counter!("castellan_session_cache_flushes_total").increment(1);
     }
 

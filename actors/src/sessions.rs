@@ -265,9 +265,9 @@ pub(crate) fn check_session_validity(
 /// unlocked read and written in one guarded step; when the guard finds the
 /// token already revoked (a concurrent refresh of it won), or it was
 /// revoked to begin with, the decision is taken again under the lock.
-async fn refresh(ctx: &Ctx, presented: &str) -> ApiResult<TokenGrant> {
+async fn refresh(ctx: &Ctx, cache: &SessionCache, presented: &str) -> ApiResult<TokenGrant> {
     if let Some(v2) = refresh::parse(presented) {
-        return crate::refresh_v2::refresh(ctx, v2).await;
+        return crate::refresh_v2::refresh(ctx, cache, v2).await;
     }
     let now = ctx.config.clock.now();
     let Some(c) = ctx.store.peek_refresh(presented).await? else {
@@ -512,7 +512,7 @@ impl Sessions {
         if token.len() < 12 {
             return Err(ApiError::validation("Refresh token is not valid"));
         }
-        let r = refresh(&self.ctx, token).await;
+        let r = refresh(&self.ctx, &self.cache, token).await;
         let outcome = if r.is_ok() { "ok" } else { "refused" };
         metrics::counter!("castellan_refreshes_total", "outcome" => outcome).increment(1);
         r

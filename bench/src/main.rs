@@ -250,12 +250,7 @@ impl Bench {
             );
         }
         let url = format!("{base}/user");
-        let hits = "castellan_session_cache_hits_total";
-        let misses = "castellan_session_cache_misses_total";
-        let (h0, m0) = (
-            self.srv.counter(&self.http, hits).await,
-            self.srv.counter(&self.http, misses).await,
-        );
+        let before = self.cache_counts("session").await;
         let m = self
             .measure(name, |i| { let t = tokens[i].clone(); async move { (client_at(i), t) } }, move |(c, t): (reqwest::Client, String)| {
                 let url = url.clone();
@@ -265,17 +260,32 @@ impl Bench {
                 }
             })
             .await;
-        let (h, ms) = (
-            self.srv.counter(&self.http, hits).await - h0,
-            self.srv.counter(&self.http, misses).await - m0,
-        );
+        self.record_hit_rate(name, "session", before).await;
+        Ok(m)
+    }
+
+    /// `castellan_{cache}_cache_hits_total` and `_misses_total` now.
+    async fn cache_counts(&self, cache: &str) -> (f64, f64) {
+        let hits = format!("castellan_{cache}_cache_hits_total");
+        let misses = format!("castellan_{cache}_cache_misses_total");
+        (
+            self.srv.counter(&self.http, &hits).await,
+            self.srv.counter(&self.http, &misses).await,
+        )
+    }
+
+    /// Records the hit rate of `cache` during scenario `name`.
+    async fn record_hit_rate(&mut self, name: &str, cache: &str, (h0, m0): (f64, f64)) {
+        let (h, ms) = self.cache_counts(cache).await;
+        let (h, ms) = (h - h0, ms - m0);
         let rate = if h + ms > 0.0 { h / (h + ms) } else { 0.0 };
         eprintln!(
             "{:<28} {:>9.4} ({h} hits, {ms} misses)",
-            "  session cache hit rate", rate
+            format!("  {cache} cache hit rate"),
+            rate
         );
-        self.hit_rates.push((name.to_string(), rate));
-        Ok(m)
+        self.hit_rates
+            .push((format!("{cache} cache, {name}"), rate));
     }
 
     /// Presents `tokens` once each (filling the session cache).
@@ -317,7 +327,8 @@ impl Bench {
             );
         }
         let url = format!("{base}/token?grant_type=refresh_token");
-        Ok(self
+        let before = self.cache_counts("refresh").await;
+        let m = self
             .measure(
                 name,
                 |i| {
@@ -349,7 +360,9 @@ impl Bench {
                     }
                 },
             )
-            .await)
+            .await;
+        self.record_hit_rate(name, "refresh", before).await;
+        Ok(m)
     }
 }
 
@@ -670,7 +683,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let _ = signups;
     for (name, rate) in &b.hit_rates {
-        println!("\nsession cache hit rate during {name}: {rate:.4}");
+        println!("\nhit rate of the {name}: {rate:.4}");
     }
     println!(
         "\npeak RSS over the whole run: {peak_rss:.1} MiB; idle {idle_rss:.1} MiB; with the session cache full ({cache_size} sessions): {rss_cache_full:.1} MiB (before filling {rss_before_fill:.1} MiB)"

@@ -211,6 +211,130 @@ async fn revocations_reach_every_process_on_postgres() {
     common::drop_database(&db).await;
 }
 
+async fn refresh(base: &str, token: &str) -> Reply {
+    read(
+        reqwest::Client::new()
+            .post(format!("{base}/token?grant_type=refresh_token"))
+            .json(&json!({"refresh_token": token}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+/// Refreshes `token` on `base`, expecting success; the next token.
+async fn rotate(base: &str, token: &str) -> String {
+    let r = refresh(base, token).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.body["refresh_token"].as_str().unwrap().to_string()
+}
+
+/// The value of a counter in `/metrics` (0 when absent).
+async fn counter(base: &str, name: &str) -> f64 {
+    metrics(base)
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A process serves a session's refreshes from what its last refresh left;
+/// another process refreshing the session, a reuse, the session's end and
+/// the user's ban elsewhere are each obeyed by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_refreshes_follow_other_processes_on_postgres() {
+    let (db, _) = common::fresh_database(Backend::Postgres).await;
+    let DatabaseUrl::Postgres(url) = &db else {
+        unreachable!()
+    };
+    let env = [("GOTRUE_MAILER_AUTOCONFIRM", "true")];
+    let (_ca, a) = common::castellan_process(&["serve"], url, &env).await;
+    let (_cb, b) = common::castellan_process(&["serve"], url, &env).await;
+    let key = service_key();
+    let hits = "castellan_refresh_cache_hits_total";
+
+    let s = signup(&a, "chain@example.com").await;
+    let r1 = rotate(&b, s["refresh_token"].as_str().unwrap()).await;
+    let before = counter(&b, hits).await;
+    let r2 = rotate(&b, &r1).await;
+    assert_eq!(
+        counter(&b, hits).await,
+        before + 1.0,
+        "served from the cache"
+    );
+    // A moves the counter; B's entry is behind, and B still rotates A's token.
+    let r3 = rotate(&a, &r2).await;
+    let r4 = rotate(&b, &r3).await;
+    let r5 = rotate(&b, &r4).await;
+    // A token two behind is a reuse, whichever process sees it: the session
+    // ends, and B's next refresh of its own latest token is refused.
+    refresh(&b, &r3)
+        .await
+        .assert_error(400, "refresh_token_already_used");
+    refresh(&b, &r5)
+        .await
+        .assert_error(400, "refresh_token_not_found");
+    assert_eq!(
+        counter(
+            &a,
+            "castellan_refresh_token_reuse_total{outcome=\"session_ended\"}"
+        )
+        .await
+            + counter(
+                &b,
+                "castellan_refresh_token_reuse_total{outcome=\"session_ended\"}"
+            )
+            .await,
+        1.0
+    );
+
+    // The session ended by the other process: B's cached entry is not used.
+    let s = signup(&a, "ended@example.com").await;
+    let access = s["access_token"].as_str().unwrap().to_string();
+    let t = rotate(&b, s["refresh_token"].as_str().unwrap()).await;
+    let t = rotate(&b, &t).await;
+    let r = call(&a, Method::POST, "/logout", &access, None).await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    refresh(&b, &t)
+        .await
+        .assert_error(400, "refresh_token_not_found");
+
+    // A ban made by the other process.
+    let s = signup(&a, "banned@example.com").await;
+    let mut t = rotate(&b, s["refresh_token"].as_str().unwrap()).await;
+    t = rotate(&b, &t).await;
+    let path = format!("/admin/users/{}", s["user"]["id"].as_str().unwrap());
+    let since = Instant::now();
+    let r = call(
+        &a,
+        Method::PUT,
+        &path,
+        &key,
+        Some(json!({"ban_duration": "24h"})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    loop {
+        let r = refresh(&b, &t).await;
+        if r.status == 400 {
+            r.assert_error(400, "user_banned");
+            break;
+        }
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert!(
+            since.elapsed() < Duration::from_secs(5),
+            "refreshed 5 s after the ban"
+        );
+        t = r.body["refresh_token"].as_str().unwrap().to_string();
+    }
+    println!(
+        "ban refused by the other process's refresh after {:?}",
+        since.elapsed()
+    );
+    common::drop_database(&db).await;
+}
+
 /// On SQLite the CLI writes from another process; the server sees it
 /// through the change log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -170,6 +170,59 @@ both!(v2_concurrent_refreshes_of_one_token, |_| {}, |t| {
     assert_eq!(counter(&t, sid).await, Some(1));
 });
 
+// Rotations after the first are decided on what the last one left in the
+// process's cache; a ban, a sign-out or an idle session is obeyed at once.
+both!(
+    cached_rotations_obey_every_change_at_once,
+    |c| c.sessions_inactivity_timeout = Some(std::time::Duration::from_secs(3600)),
+    |t| {
+        let s = t.new_session("cached@example.com", "secret123").await;
+        let sid = session_of(s["access_token"].as_str().unwrap());
+        let mut token = s["refresh_token"].as_str().unwrap().to_string();
+        for n in 1..=3 {
+            token = t.rotate(&token).await;
+            assert_eq!(refresh::parse(&token).unwrap().counter, n);
+            assert_eq!(counter(&t, sid).await, Some(n));
+        }
+        let path = format!("/admin/users/{}", s["user"]["id"].as_str().unwrap());
+        let ban = t
+            .admin(
+                reqwest::Method::PUT,
+                &path,
+                Some(json!({"ban_duration": "1h"})),
+            )
+            .await;
+        assert_eq!(ban.status, 200, "{}", ban.text);
+        t.refresh(&token).await.assert_error(400, "user_banned");
+        assert_eq!(counter(&t, sid).await, Some(3), "nothing written");
+
+        let s = t.new_session("ended@example.com", "secret123").await;
+        let access = s["access_token"].as_str().unwrap().to_string();
+        let token = t
+            .rotate(&t.rotate(s["refresh_token"].as_str().unwrap()).await)
+            .await;
+        let out = t
+            .request(reqwest::Method::POST, "/logout", Some(&access), None)
+            .await;
+        assert_eq!(out.status, 204, "{}", out.text);
+        t.refresh(&token)
+            .await
+            .assert_error(400, "refresh_token_not_found");
+
+        let s = t.new_session("idle@example.com", "secret123").await;
+        let token = t
+            .rotate(&t.rotate(s["refresh_token"].as_str().unwrap()).await)
+            .await;
+        t.clock().advance(std::time::Duration::from_secs(3601));
+        let r = t.refresh(&token).await;
+        r.assert_error(400, "session_expired");
+        assert_eq!(
+            r.body["msg"],
+            "Invalid Refresh Token: Session Expired (Inactivity)"
+        );
+    }
+);
+
 both!(
     v2_session_keys_are_sealed_at_rest,
     |c| {
