@@ -709,7 +709,10 @@ impl External {
         if g.linking_target.is_some() && !self.ctx.config.external.manual_linking_enabled {
             return Err(manual_linking_disabled().into());
         }
-        let Some((p, issuer)) = self.broker.id_token_provider(&g.provider, &g.issuer) else {
+        let found = self
+            .broker
+            .id_token_provider(&g.provider, &g.issuer, &g.id_token);
+        let Some((p, expected)) = found else {
             let known = castellan_core::oauth::provider(&g.provider)
                 .is_some_and(|d| d.id_token_issuer.is_some());
             return Err(match known {
@@ -731,17 +734,22 @@ impl External {
                 .increment(1);
             invalid("Bad ID token")
         };
+        let expected = expected.ok_or_else(|| bad("issued by none of its tenants".into()))?;
+        let issuer = expected.issuer.as_str();
         let kid = castellan_core::crypto::id_token::kid(&g.id_token).map_err(&bad)?;
-        let keys = match self.broker.issuer_keys(name, &issuer, kid.as_deref()).await {
+        let keys = match self.broker.issuer_keys(name, issuer, kid.as_deref()).await {
             Ok(k) => k,
             Err(ProviderError::Unavailable(e)) => {
                 return Err(ApiError::unavailable("the issuer's keys", e).into());
             }
             Err(ProviderError::Refused(e)) => return Err(bad(e)),
         };
-        let claims = castellan_core::crypto::id_token::verify(&g.id_token, &keys.keys, &issuer)
+        let claims = castellan_core::crypto::id_token::verify(&g.id_token, &keys.keys, issuer)
             .map_err(&bad)?;
-        let ext = castellan_core::oauth::from_id_token(&claims, &issuer)
+        if !expected.admits(&claims) {
+            return Err(bad("of another tenant".into()));
+        }
+        let ext = castellan_core::oauth::from_id_token(&claims, issuer)
             .ok_or_else(|| invalid("Missing sub claim in id_token"))?;
         let audiences = castellan_core::crypto::id_token::audiences(&claims);
         if !audiences.iter().any(|a| p.config.client_ids.contains(a)) {

@@ -15,7 +15,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use castellan_core::config::{ExternalConfig, OAuthProviderConfig};
 use castellan_core::crypto::id_token;
 use castellan_core::crypto::jwk::Key;
-use castellan_core::oauth::{Credentials, ExternalUser, Provider, provider};
+use castellan_core::oauth::{Credentials, ExpectedIssuer, ExternalUser, Provider, provider};
 use oauth2::basic::{
     BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse,
     BasicTokenType,
@@ -162,6 +162,11 @@ impl Configured {
         self.description.url(template, self.config.url.as_deref())
     }
 
+    fn expected_issuer(&self, claimed: Option<&str>) -> Option<ExpectedIssuer> {
+        self.description
+            .expected_issuer(self.config.url.as_deref(), claimed)
+    }
+
     fn client(&self) -> Result<Client, ProviderError> {
         let bad = |e: oauth2::url::ParseError| ProviderError::Unavailable(e.to_string());
         let d = self.description;
@@ -189,8 +194,8 @@ pub struct ProviderBroker {
     ring: Arc<KeyRing>,
     actor: Arc<ArcSwapOption<ActorRef<Mail<BrokerMsg>>>>,
     /// One fetch of an issuer's keys at a time, with its last result:
-    /// tokens arriving together wait for one fetch (issuers are the
-    /// configured providers', so this stays small).
+    /// tokens arriving together wait for one fetch. Bounded like the ring
+    /// (a multi-tenant provider has an issuer per tenant).
     fetches: Arc<std::sync::Mutex<HashMap<String, KeyFetch>>>,
 }
 
@@ -283,6 +288,9 @@ impl ProviderBroker {
         }
         let gate = {
             let mut fetches = self.fetches.lock().unwrap_or_else(|e| e.into_inner());
+            if fetches.len() >= MAX_ISSUERS && !fetches.contains_key(issuer) {
+                fetches.retain(|_, gate| Arc::strong_count(gate) > 1);
+            }
             fetches.entry(issuer.to_string()).or_default().clone()
         };
         let mut last = gate.lock().await;
@@ -343,16 +351,24 @@ impl ProviderBroker {
             .get("id_token")
             .and_then(Value::as_str)
             .ok_or_else(|| ProviderError::Refused(format!("{} sent no ID token", d.name)))?;
-        let issuer = p.url(d.id_token_issuer.unwrap_or("{auth}"));
         let refused = |e: String| ProviderError::Refused(format!("{}'s ID token: {e}", d.name));
+        let claimed = id_token::claimed_issuer(token);
+        let expected = p
+            .expected_issuer(claimed.as_deref())
+            .ok_or_else(|| refused(format!("issued by {claimed:?}")))?;
         let kid = id_token::kid(token).map_err(refused)?;
-        let keys = self.issuer_keys(d.name, &issuer, kid.as_deref()).await?;
-        let claims = id_token::verify(token, &keys.keys, &issuer).map_err(refused)?;
+        let keys = self
+            .issuer_keys(d.name, &expected.issuer, kid.as_deref())
+            .await?;
+        let claims = id_token::verify(token, &keys.keys, &expected.issuer).map_err(refused)?;
+        if !expected.admits(&claims) {
+            return Err(refused("of another tenant".into()));
+        }
         let ours = p.config.client_ids.first().cloned().unwrap_or_default();
         if !id_token::audiences(&claims).contains(&ours) {
             return Err(refused("not issued to this client".into()));
         }
-        castellan_core::oauth::from_id_token(&claims, &issuer)
+        castellan_core::oauth::from_id_token(&claims, &expected.issuer)
             .ok_or_else(|| refused("no subject".into()))
     }
 
@@ -381,12 +397,21 @@ impl ProviderBroker {
     }
 
     /// An enabled provider that issues ID tokens, by name or by issuer:
-    /// its settings and issuer.
-    pub fn id_token_provider(&self, name: &str, issuer: &str) -> Option<(&Configured, String)> {
+    /// its settings, and the issuer to check `token` against (`None`: the
+    /// token claims an issuer that is none of the provider's tenants).
+    pub fn id_token_provider(
+        &self,
+        name: &str,
+        issuer: &str,
+        token: &str,
+    ) -> Option<(&Configured, Option<ExpectedIssuer>)> {
+        let claimed = id_token::claimed_issuer(token);
         self.providers.values().find_map(|p| {
-            let iss = p.url(p.description.id_token_issuer?);
-            (p.description.name == name || (!issuer.is_empty() && iss == issuer))
-                .then_some((p, iss))
+            p.description.id_token_issuer?;
+            let expected = p.expected_issuer(claimed.as_deref());
+            let by_issuer =
+                !issuer.is_empty() && expected.as_ref().is_some_and(|e| e.issuer == issuer);
+            (p.description.name == name || by_issuer).then_some((p, expected))
         })
     }
 

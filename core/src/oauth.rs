@@ -117,6 +117,27 @@ pub struct Provider {
     pub profile_from_id_token: bool,
     /// Parameters every authorize URL carries.
     pub authorize_params: &'static [(&'static str, &'static str)],
+    /// The last path segments of `{auth}` that name no tenant but let any
+    /// tenant sign in (Azure's `common`): its ID tokens are then checked
+    /// against their own tenant's issuer on the same host.
+    pub multi_tenant: &'static [&'static str],
+}
+
+/// The issuer an ID token is checked against, and for a multi-tenant
+/// endpoint the tenant its `tid` claim must name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpectedIssuer {
+    pub issuer: String,
+    pub tenant: Option<String>,
+}
+
+impl ExpectedIssuer {
+    /// Whether verified claims belong to the tenant (always, for one issuer).
+    pub fn admits(&self, claims: &Map<String, Value>) -> bool {
+        self.tenant
+            .as_deref()
+            .is_none_or(|t| claims.get("tid").and_then(Value::as_str) == Some(t))
+    }
 }
 
 /// What a provider says about its user, mapped as GoTrue maps it.
@@ -200,6 +221,39 @@ impl Provider {
             all.extend(a.split(','));
         }
         all.join(" ")
+    }
+
+    /// The issuer to check an ID token of this provider against. `claimed`
+    /// is the token's own (unverified) `iss`: it decides only for a
+    /// multi-tenant endpoint, and only as a tenant of the configured host.
+    pub fn expected_issuer(
+        &self,
+        configured: Option<&str>,
+        claimed: Option<&str>,
+    ) -> Option<ExpectedIssuer> {
+        let fixed = self.url(self.id_token_issuer?, configured);
+        let base = self.url("{auth}", configured);
+        let host = match base.rsplit_once('/') {
+            Some((host, segment)) if self.multi_tenant.contains(&segment) => host,
+            _ => {
+                return Some(ExpectedIssuer {
+                    issuer: fixed,
+                    tenant: None,
+                });
+            }
+        };
+        let suffix = fixed.strip_prefix(&base)?;
+        let claimed = claimed?;
+        let tenant = claimed
+            .strip_prefix(host)?
+            .strip_prefix('/')?
+            .strip_suffix(suffix)?;
+        let plain = |c: char| c.is_ascii_alphanumeric() || c == '-';
+        (!tenant.is_empty() && tenant.chars().all(plain) && !self.multi_tenant.contains(&tenant))
+            .then(|| ExpectedIssuer {
+                issuer: claimed.to_string(),
+                tenant: Some(tenant.to_string()),
+            })
     }
 
     /// The identity a profile document describes; None when it names no user.
@@ -424,6 +478,7 @@ const BASE: Provider = Provider {
     appsecret_proof: false,
     profile_from_id_token: false,
     authorize_params: &[],
+    multi_tenant: &[],
 };
 
 /// The providers castellan signs in with, by GoTrue's name.
@@ -554,7 +609,9 @@ pub const PROVIDERS: &[Provider] = &[
         authorize_params: &[("response_mode", "form_post")],
         ..BASE
     },
-    // Azure's tenant is its `_URL` (`https://login.microsoftonline.com/<tenant>`).
+    // Azure's tenant is its `_URL` (`https://login.microsoftonline.com/<tenant>`);
+    // `common` (the default), `organizations` and `consumers` let users of
+    // any tenant in, each token checked against its own tenant's issuer.
     Provider {
         name: "azure",
         auth: host("https://login.microsoftonline.com/common", ""),
@@ -562,9 +619,9 @@ pub const PROVIDERS: &[Provider] = &[
         authorize: "{auth}/oauth2/v2.0/authorize",
         token: "{auth}/oauth2/v2.0/token",
         scopes: &["openid"],
-        needs_url: true,
         id_token_issuer: Some("{auth}/v2.0"),
         profile_from_id_token: true,
+        multi_tenant: &["common", "organizations", "consumers"],
         ..BASE
     },
     Provider {
@@ -940,6 +997,49 @@ pub fn provider(name: &str) -> Option<&'static Provider> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn azure_checks_a_multi_tenant_token_against_its_own_tenant() {
+        let p = provider("azure").unwrap();
+        let tenant = "9188040d-6c67-4c5b-b112-36a304b66dad";
+        let own = format!("https://login.microsoftonline.com/{tenant}/v2.0");
+        let e = p.expected_issuer(None, Some(&own)).unwrap();
+        assert_eq!(e.issuer, own);
+        assert!(e.admits(json!({"tid": tenant}).as_object().unwrap()));
+        assert!(!e.admits(json!({"tid": "another"}).as_object().unwrap()));
+        assert!(!e.admits(&Map::new()));
+        // Another host, the multi-tenant names themselves, paths: refused.
+        for claimed in [
+            format!("https://evil.example.com/{tenant}/v2.0"),
+            "https://login.microsoftonline.com/common/v2.0".to_string(),
+            format!("https://login.microsoftonline.com/{tenant}/x/v2.0"),
+            format!("https://login.microsoftonline.com/../{tenant}/v2.0"),
+            "https://login.microsoftonline.com//v2.0".to_string(),
+        ] {
+            assert_eq!(p.expected_issuer(None, Some(&claimed)), None, "{claimed}");
+        }
+        assert_eq!(p.expected_issuer(None, None), None);
+        // A tenant's own URL: its issuer, whatever the token claims.
+        let url = format!("https://login.microsoftonline.com/{tenant}");
+        let e = p.expected_issuer(Some(&url), Some("https://x.example.com/t/v2.0"));
+        assert_eq!(
+            e,
+            Some(ExpectedIssuer {
+                issuer: own.clone(),
+                tenant: None
+            })
+        );
+        // `organizations` on a stand-in host.
+        let e = p.expected_issuer(
+            Some("http://127.0.0.1:9/organizations"),
+            Some("http://127.0.0.1:9/t1/v2.0"),
+        );
+        assert_eq!(e.unwrap().tenant.as_deref(), Some("t1"));
+        // Providers of one issuer ignore the claim.
+        let kc = provider("keycloak").unwrap();
+        let e = kc.expected_issuer(Some("http://127.0.0.1:9/realms/r"), Some("https://evil"));
+        assert_eq!(e.unwrap().issuer, "http://127.0.0.1:9/realms/r");
+    }
 
     #[test]
     fn github_maps_as_gotrue_does() {

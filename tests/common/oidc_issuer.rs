@@ -39,6 +39,8 @@ impl Issuer {
         let jwks = json!({"keys": [issuer.key.public.clone().unwrap()]});
         let reads = issuer.jwks_reads.clone();
         let minter = issuer.clone();
+        let azure_minter = issuer.clone();
+        let tenants = url.clone();
         let app = axum::Router::new()
             .route(
                 "/.well-known/openid-configuration",
@@ -64,6 +66,32 @@ impl Issuer {
                         "email": format!("{code}@privaterelay.appleid.com"), "email_verified": "true"
                     }));
                     axum::Json(json!({"access_token": "apple-at", "token_type": "bearer", "id_token": id_token}))
+                }),
+            );
+        // Azure's multi-tenant endpoint: each tenant is an issuer of its own
+        // (sharing the one key), and the code `user@tenant[@tid]` names the
+        // user, the tenant whose issuer signs, and the `tid` it claims.
+        let app = app
+            .route(
+                "/{tenant}/v2.0/.well-known/openid-configuration",
+                get(move |axum::extract::Path(tenant): axum::extract::Path<String>| async move {
+                    axum::Json(json!({"issuer": format!("{tenants}/{tenant}/v2.0"), "jwks_uri": format!("{tenants}/jwks")}))
+                }),
+            )
+            .route(
+                "/common/oauth2/v2.0/token",
+                axum::routing::post(move |body: String| async move {
+                    let form: std::collections::HashMap<String, String> =
+                        serde_urlencoded::from_str(&body).unwrap_or_default();
+                    let code = form.get("code").cloned().unwrap_or_default();
+                    let parts: Vec<&str> = code.split('@').collect();
+                    let (user, tenant) = (parts[0], parts.get(1).copied().unwrap_or("t"));
+                    let tid = parts.get(2).copied().unwrap_or(tenant);
+                    let id_token = azure_minter.token(json!({
+                        "iss": format!("{}/{tenant}/v2.0", azure_minter.url), "tid": tid,
+                        "sub": user, "aud": "azure-client", "email": format!("{user}@{tenant}.example.com"),
+                    }));
+                    axum::Json(json!({"access_token": "azure-at", "token_type": "bearer", "id_token": id_token}))
                 }),
             );
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });

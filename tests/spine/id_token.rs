@@ -409,6 +409,103 @@ crate::both!(
     }
 );
 
+async fn azure_common_server(
+    backend: Backend,
+    tweak: impl FnOnce(&mut castellan_core::Config),
+) -> (TestServer, Issuer) {
+    let issuer = Issuer::start().await;
+    let url = format!("{}/common", issuer.url);
+    let t = common::spawn(backend, move |c| {
+        let azure = c.external.providers.get_mut("azure").unwrap();
+        azure.enabled = true;
+        azure.client_ids = vec!["azure-client".into()];
+        azure.secret = "azure-secret".into();
+        azure.url = Some(url);
+        tweak(c);
+    })
+    .await;
+    (t, issuer)
+}
+
+// Azure's `common` endpoint signs users of any tenant in: each ID token is
+// checked against its own tenant's issuer (on the configured host) and must
+// claim that tenant in `tid`.
+crate::both!(
+    azure_common_takes_each_tenant_at_its_own_issuer,
+    azure_common_server,
+    |_| {},
+    |t, iss| {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let round_trip = |code: &'static str| {
+            let (t, http) = (&t, &http);
+            async move {
+                let r = common::read(
+                    http.get(t.url("/authorize?provider=azure"))
+                        .send()
+                        .await
+                        .unwrap(),
+                )
+                .await;
+                assert_eq!(r.status, 302, "{}", r.text);
+                let to = r.header("location").unwrap().to_string();
+                let q: std::collections::HashMap<String, String> =
+                    serde_urlencoded::from_str(to.split_once('?').unwrap().1).unwrap();
+                let back = format!("/callback?code={code}&state={}", q["state"]);
+                let r = common::read(http.get(t.url(&back)).send().await.unwrap()).await;
+                assert_eq!(r.status, 302, "{}", r.text);
+                (to, r.header("location").unwrap().to_string())
+            }
+        };
+        let (to, landed) = round_trip("alice@tenant-a").await;
+        assert!(
+            to.starts_with(&format!("{}/common/oauth2/v2.0/authorize?", iss.url)),
+            "{to}"
+        );
+        let fragment: std::collections::HashMap<String, String> =
+            serde_urlencoded::from_str(landed.split_once('#').expect(&landed).1).unwrap();
+        let c = claims(&fragment["access_token"]);
+        assert_eq!(c["email"], "alice@tenant-a.example.com");
+        assert_eq!(
+            c["user_metadata"]["iss"],
+            format!("{}/tenant-a/v2.0", iss.url)
+        );
+
+        // A token of tenant b claiming to be of tenant a.
+        let (_, landed) = round_trip("mallory@tenant-b@tenant-a").await;
+        assert!(landed.contains("error="), "{landed}");
+        assert!(!landed.contains("access_token"), "{landed}");
+        assert_eq!(
+            t.count_by_str(
+                "SELECT count(*) FROM users WHERE email = $1",
+                "mallory@tenant-b.example.com"
+            )
+            .await,
+            0
+        );
+
+        // The id_token grant: another tenant's token signs in; one of a
+        // host that is not Azure's, or lying about its tenant, does not.
+        let token = iss.token(json!({"iss": format!("{}/tenant-c/v2.0", iss.url), "tid": "tenant-c", "aud": "azure-client", "sub": "carol"}));
+        let r = grant(&t, json!({"provider": "azure", "id_token": token})).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(
+            r.body["user"]["identities"][0]["identity_data"]["iss"],
+            format!("{}/tenant-c/v2.0", iss.url)
+        );
+        for token in [
+            iss.token(json!({"iss": "http://127.0.0.2:1/tenant-c/v2.0", "tid": "tenant-c", "aud": "azure-client"})),
+            iss.token(json!({"iss": format!("{}/tenant-c/v2.0", iss.url), "tid": "tenant-d", "aud": "azure-client"})),
+            iss.token(json!({"iss": format!("{}/common/v2.0", iss.url), "tid": "common", "aud": "azure-client"})),
+        ] {
+            let r = grant(&t, json!({"provider": "azure", "id_token": token})).await;
+            assert_oauth_error(&r, "invalid request", "Bad ID token");
+        }
+    }
+);
+
 fn base64_decode(s: &str) -> Vec<u8> {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD

@@ -30,6 +30,17 @@ pub fn kid(token: &str) -> Result<Option<String>, String> {
         .map_err(|e| e.to_string())
 }
 
+/// The token's `iss`, unverified: only to choose whose keys check it.
+pub fn claimed_issuer(token: &str) -> Option<String> {
+    use base64::Engine;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: Map<String, Value> = serde_json::from_slice(&bytes).ok()?;
+    claims.get("iss")?.as_str().map(str::to_string)
+}
+
 /// The token's claims when a key of `keys` signed it, `iss` is `issuer`
 /// and it has not expired.
 pub fn verify(token: &str, keys: &[Key], issuer: &str) -> Result<Map<String, Value>, String> {
