@@ -138,6 +138,9 @@ macro_rules! on {
     };
 }
 
+/// How long a PostgreSQL connection may sit idle before it is pinged again.
+const IDLE_PING: Duration = Duration::from_secs(1);
+
 /// The advisory lock key that serializes migrations ("castella" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6361_7374_656c_6c61;
 
@@ -165,6 +168,20 @@ impl Store {
                 Pool::Pg(
                     PgPoolOptions::new()
                         .max_connections(max_connections)
+                        // sqlx pings every connection as it comes back; one
+                        // idle since is pinged again before use only when it
+                        // sat long enough for the server to have gone away
+                        // (a round trip saved on every statement under load).
+                        .test_before_acquire(false)
+                        .before_acquire(|conn, meta| {
+                            Box::pin(async move {
+                                if meta.idle_for >= IDLE_PING {
+                                    use sqlx::Connection;
+                                    conn.ping().await?;
+                                }
+                                Ok(true)
+                            })
+                        })
                         .acquire_timeout(Duration::from_secs(5))
                         .connect_with(opts)
                         .await?,
@@ -182,8 +199,8 @@ impl Store {
                     SqlitePoolOptions::new()
                         .max_connections(max_connections)
                         // A file has no far end to lose; a connection is
-                        // checked when it comes back (above), not again on
-                        // every acquire (a round trip to its thread each).
+                        // checked when it comes back (sqlx pings it, and
+                        // `discard_if_stuck`), not again on every acquire.
                         .test_before_acquire(false)
                         .acquire_timeout(Duration::from_secs(10))
                         .after_release(|conn, _| Box::pin(discard_if_stuck(conn)))
