@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use castellan_core::models::{AuditAction, Identity, Pkce, User, audit_payload};
 use castellan_core::oauth::ExternalUser;
-use castellan_core::store::{NewOAuthFlow, NewUser, OAuthFlow, Tx};
+use castellan_core::store::{NewOAuthFlow, NewUser, OAuthFlow, TokenType, Tx};
 use castellan_core::{ApiError, ApiResult};
 use castellan_jobs::EmailKind;
 use chrono::{DateTime, Utc};
@@ -33,6 +33,8 @@ pub struct Authorize {
     pub pkce: Option<Pkce>,
     /// Manual linking: the signed-in user the identity joins.
     pub linking_target: Option<Uuid>,
+    /// `invite_token`: the invitation (its link's token hash) the sign-in accepts.
+    pub invite_token: Option<String>,
 }
 
 /// `POST /token?grant_type=id_token`, as the handler parsed it.
@@ -110,6 +112,8 @@ struct Whose<'a> {
     provider: &'a str,
     aud: &'a str,
     linking_target: Option<Uuid>,
+    /// An invitation the sign-in accepts.
+    invite: Option<&'a str>,
     email_optional: bool,
 }
 
@@ -185,6 +189,14 @@ impl External {
     pub async fn authorize(&self, req: Authorize) -> ApiResult<String> {
         let name = req.provider.to_ascii_lowercase();
         let p = self.broker.get(&name).ok_or_else(|| unsupported(&name))?;
+        if let Some(t) = &req.invite_token
+            && self.ctx.store.token_owner(t).await?.is_none()
+        {
+            return Err(ApiError::not_found(
+                "user_not_found",
+                "User identified by token not found",
+            ));
+        }
         let id = Uuid::new_v4();
         let (url, verifier) = self
             .broker
@@ -209,6 +221,7 @@ impl External {
                 .map(|p| (p.challenge.as_str(), p.method.as_str())),
             referrer: &req.redirect_to,
             linking_target: req.linking_target,
+            invite_token: req.invite_token.as_deref(),
             email_optional: p.config.email_optional,
             client_state,
             now,
@@ -347,6 +360,7 @@ impl External {
             provider,
             aud,
             linking_target: flow.linking_target_id,
+            invite: flow.invite_token.as_deref().filter(|t| !t.is_empty()),
             email_optional: flow.email_optional,
         };
         let (mut tx, settled) = self.settle_once_more(&who, &signed.user, now).await?;
@@ -424,9 +438,10 @@ impl External {
         now: DateTime<Utc>,
     ) -> ApiResult<Result<User, Unverified>> {
         let provider = who.provider;
-        let (user, identity, candidate) = match who.linking_target {
-            Some(target) => self.link_to(tx, target, provider, ext, now).await?,
-            None => self.account(tx, provider, ext, who.aud, now).await?,
+        let (user, identity, candidate) = match (who.linking_target, who.invite) {
+            (Some(target), _) => self.link_to(tx, target, provider, ext, now).await?,
+            (None, Some(invite)) => self.accept_invite(tx, invite, provider, ext, now).await?,
+            (None, None) => self.account(tx, provider, ext, who.aud, now).await?,
         };
         if user.is_banned(now) {
             return Err(ApiError::forbidden("user_banned", "User is banned"));
@@ -588,6 +603,55 @@ impl External {
             .ok_or_else(|| ApiError::not_found("user_not_found", "User not found"))?;
         let email = user_email(&user);
         Ok((user, identity, email))
+    }
+
+    /// `invite_token` (GoTrue's `processInvite`): the invited user takes the
+    /// identity when the provider names the invited address; the invitation
+    /// is spent, the account confirmed, and like any unconfirmed account
+    /// claimed by a provider it keeps only that identity.
+    async fn accept_invite(
+        &self,
+        tx: &mut Tx,
+        invite: &str,
+        provider: &str,
+        ext: &ExternalUser,
+        now: DateTime<Utc>,
+    ) -> ApiResult<(User, Identity, Option<String>)> {
+        let not_found = || ApiError::not_found("invite_not_found", "Invite not found");
+        let (user_id, _) = tx
+            .take_token_hash(invite, &[TokenType::ConfirmationToken])
+            .await?
+            .ok_or_else(not_found)?;
+        let user = tx.lock_user(user_id).await?.ok_or_else(not_found)?;
+        let invited = user.email_str().to_lowercase();
+        if !ext.emails.iter().any(|e| e.email.to_lowercase() == invited) {
+            return Err(ApiError::validation(
+                "Invited email does not match emails from external provider",
+            ));
+        }
+        if tx.identity_of(provider, &ext.sub).await?.is_some() {
+            return Err(ApiError::unprocessable(
+                "identity_already_exists",
+                "Identity is already linked to another user",
+            ));
+        }
+        let identity = new_identity(tx, user.id, provider, ext, now).await?;
+        self.claim_unconfirmed(tx, &user, &identity, ext, now)
+            .await?;
+        let mut app = user.app_metadata();
+        app["provider"] = json!(provider);
+        tx.update_metadata(user.id, &Value::Object(ext.data.clone()), &app, now)
+            .await?;
+        tx.sync_app_providers(user.id).await?;
+        let traits = json!({"provider": provider});
+        tx.insert_audit(
+            &audit_payload(&user, AuditAction::InviteAccepted, Some(traits)),
+            now,
+        )
+        .await?;
+        tx.confirm(user.id, "email", now).await?;
+        let user = tx.user_by_id(user.id).await?.ok_or_else(not_found)?;
+        Ok((user, identity, Some(invited)))
     }
 
     /// An unconfirmed account claimed by an external identity keeps only
@@ -766,6 +830,7 @@ impl External {
             provider: name,
             aud,
             linking_target: g.linking_target,
+            invite: None,
             email_optional: p.config.email_optional,
         };
         let (tx, settled) = self.settle_once_more(&who, &ext, now).await?;
@@ -884,6 +949,7 @@ impl External {
             return Err(manual_linking_disabled());
         }
         req.linking_target = Some(user.id);
+        req.invite_token = None;
         self.authorize(req).await
     }
 }

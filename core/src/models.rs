@@ -268,6 +268,7 @@ pub enum AuditAction {
     UserConfirmationRequested,
     UserRecoveryRequested,
     UserInvited,
+    InviteAccepted,
     UserReauthenticateRequested,
     /// castellan's own: `castellan keys add|promote|retire` (traits: `kid`).
     SigningKeyAdded,
@@ -301,6 +302,7 @@ impl AuditAction {
             Self::UserConfirmationRequested => "user_confirmation_requested",
             Self::UserRecoveryRequested => "user_recovery_requested",
             Self::UserInvited => "user_invited",
+            Self::InviteAccepted => "invite_accepted",
             Self::UserReauthenticateRequested => "user_reauthenticate_requested",
             Self::SigningKeyAdded => "signing_key_added",
             Self::SigningKeyPromoted => "signing_key_promoted",
@@ -318,7 +320,7 @@ impl AuditAction {
     }
     pub fn log_type(self) -> &'static str {
         match self {
-            Self::Login | Self::Logout => "account",
+            Self::Login | Self::Logout | Self::InviteAccepted => "account",
             Self::UserSignedUp | Self::UserDeleted | Self::UserInvited => "team",
             Self::UserConfirmationRequested
             | Self::UserRecoveryRequested

@@ -46,6 +46,8 @@ pub struct AuthorizeQuery {
     code_challenge_method: Option<String>,
     /// `/user/identities/authorize`: `true` answers `{"url": …}` instead of a redirect.
     skip_http_redirect: Option<String>,
+    /// An invitation's token hash: the sign-in accepts it.
+    invite_token: Option<String>,
 }
 
 fn found(location: String) -> Response {
@@ -56,7 +58,12 @@ fn found(location: String) -> Response {
 fn passed_on(pairs: &BTreeMap<String, String>) -> Vec<(String, String)> {
     pairs
         .iter()
-        .filter(|(k, _)| !matches!(k.as_str(), "provider" | "scopes" | "skip_http_redirect"))
+        .filter(|(k, _)| {
+            !matches!(
+                k.as_str(),
+                "provider" | "scopes" | "skip_http_redirect" | "invite_token"
+            )
+        })
         .filter(|(k, _)| !RESERVED.contains(&k.to_ascii_lowercase().as_str()))
         .map(|(k, v)| match k.as_str() {
             "workos_provider" => ("provider".to_string(), v.clone()),
@@ -105,6 +112,7 @@ fn authorize_request(
         redirect_to: redirect_target(st, headers, q.redirect_to.as_deref()),
         pkce,
         linking_target: None,
+        invite_token: q.invite_token.filter(|t| !t.is_empty()),
     };
     Ok((req, q.skip_http_redirect.as_deref() == Some("true")))
 }

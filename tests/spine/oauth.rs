@@ -648,3 +648,85 @@ both_oauth!(
         assert_eq!(c["email"], "victim@example.com");
     }
 );
+
+/// An invitation's token hash, as the invite link carries it.
+async fn invite(t: &TestServer, email: &str) -> (String, uuid::Uuid) {
+    let body = json!({"type": "invite", "email": email});
+    let r = t
+        .admin(reqwest::Method::POST, "/admin/generate_link", Some(body))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let id = r.body["id"].as_str().unwrap().parse().unwrap();
+    (r.body["hashed_token"].as_str().unwrap().to_string(), id)
+}
+
+// `invite_token` on `/authorize` (GoTrue's processInvite): the invited
+// user signs in through the provider when it names the invited address;
+// the invitation is spent and the account confirmed.
+both_oauth!(
+    an_invitation_is_accepted_through_the_provider,
+    |_| {},
+    |t, fake| {
+        get(&t, "/authorize?provider=github&invite_token=nope")
+            .await
+            .assert_error(404, "user_not_found");
+
+        let (token, invited) = invite(&t, "guest@example.com").await;
+        // A provider account of another address: refused, the invitation kept.
+        fake.profile(
+            "i1",
+            Profile::github(301, "other", "someone@else.com", true),
+        );
+        let to = round_trip(&t, "i1", &format!("&invite_token={token}")).await;
+        assert_eq!(query(&to)["error_code"], "validation_failed", "{to}");
+        assert_eq!(
+            query(&to)["error_description"],
+            "Invited email does not match emails from external provider"
+        );
+        assert_eq!(
+            count(
+                &t,
+                "SELECT count(*) FROM identities WHERE provider = 'github' AND $1 = $1"
+            )
+            .await,
+            0
+        );
+
+        fake.profile(
+            "i2",
+            Profile::github(302, "guest", "Guest@Example.com", true),
+        );
+        let (state, q) = authorize(&t, &format!("&invite_token={token}")).await;
+        assert!(
+            !q.contains_key("invite_token"),
+            "not passed to the provider"
+        );
+        let r = get(&t, &format!("/callback?code=i2&state={state}")).await;
+        let to = r.header("location").unwrap().to_string();
+        let c = claims(&fragment(&to)["access_token"]);
+        assert_eq!(c["sub"], invited.to_string(), "{to}");
+        assert_eq!(c["app_metadata"]["provider"], "github");
+        let user = t.user(&invited.to_string()).await;
+        assert!(user.email_confirmed_at.is_some());
+        assert_eq!(
+            t.count_by_uuid(
+                "SELECT count(*) FROM identities WHERE user_id = $1 AND provider = 'github'",
+                invited
+            )
+            .await,
+            1
+        );
+        assert!(
+            t.audit_actions(&invited.to_string())
+                .await
+                .contains(&"invite_accepted".to_string())
+        );
+        // Spent: it opens nothing again.
+        get(
+            &t,
+            &format!("/authorize?provider=github&invite_token={token}"),
+        )
+        .await
+        .assert_error(404, "user_not_found");
+    }
+);

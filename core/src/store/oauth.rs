@@ -21,6 +21,8 @@ pub struct OAuthFlow {
     pub code_challenge: Option<String>,
     pub referrer: Option<String>,
     pub linking_target_id: Option<Uuid>,
+    /// An invitation accepted through the provider (the link's token hash).
+    pub invite_token: Option<String>,
     pub email_optional: bool,
     pub oauth_client_state_id: Option<Uuid>,
     pub created_at: Option<DateTime<Utc>>,
@@ -43,6 +45,7 @@ pub struct NewOAuthFlow<'a> {
     pub pkce: Option<(&'a str, &'a str)>,
     pub referrer: &'a str,
     pub linking_target: Option<Uuid>,
+    pub invite_token: Option<&'a str>,
     pub email_optional: bool,
     pub client_state: Option<Uuid>,
     pub now: DateTime<Utc>,
@@ -50,10 +53,10 @@ pub struct NewOAuthFlow<'a> {
 
 macro_rules! flow_cols {
     (pg) => {
-        "id, provider_type, user_id, code_challenge, referrer, linking_target_id, email_optional, oauth_client_state_id, created_at"
+        "id, provider_type, user_id, code_challenge, referrer, linking_target_id, invite_token, email_optional, oauth_client_state_id, created_at"
     };
     (lite) => {
-        "id, provider_type, user_id, code_challenge, referrer, linking_target_id, email_optional, oauth_client_state_id, created_at"
+        "id, provider_type, user_id, code_challenge, referrer, linking_target_id, invite_token, email_optional, oauth_client_state_id, created_at"
     };
 }
 
@@ -64,17 +67,17 @@ impl Tx {
         match &mut self.conn {
             Conn::Pg(t) => sqlx::query(
                 "INSERT INTO flow_state (id, provider_type, code_challenge, code_challenge_method, authentication_method, \
-                 referrer, linking_target_id, email_optional, oauth_client_state_id, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4::auth.code_challenge_method, 'oauth', $5, $6, $7, $8, $9, $9)")
+                 referrer, linking_target_id, email_optional, oauth_client_state_id, created_at, updated_at, invite_token) \
+                 VALUES ($1, $2, $3, $4::auth.code_challenge_method, 'oauth', $5, $6, $7, $8, $9, $9, $10)")
                 .bind(f.id).bind(f.provider).bind(challenge).bind(method).bind(f.referrer)
-                .bind(f.linking_target).bind(f.email_optional).bind(f.client_state).bind(f.now)
+                .bind(f.linking_target).bind(f.email_optional).bind(f.client_state).bind(f.now).bind(f.invite_token)
                 .execute(&mut **t).await.map(drop),
             Conn::Lite(t, _) => sqlx::query(
                 "INSERT INTO flow_state (id, provider_type, code_challenge, code_challenge_method, authentication_method, \
-                 referrer, linking_target_id, email_optional, oauth_client_state_id, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, 'oauth', $5, $6, $7, $8, $9, $9)")
+                 referrer, linking_target_id, email_optional, oauth_client_state_id, created_at, updated_at, invite_token) \
+                 VALUES ($1, $2, $3, $4, 'oauth', $5, $6, $7, $8, $9, $9, $10)")
                 .bind(f.id).bind(f.provider).bind(challenge).bind(method).bind(f.referrer)
-                .bind(f.linking_target).bind(f.email_optional).bind(f.client_state).bind(f.now)
+                .bind(f.linking_target).bind(f.email_optional).bind(f.client_state).bind(f.now).bind(f.invite_token)
                 .execute(&mut **t).await.map(drop),
         }
     }
