@@ -28,8 +28,20 @@ use crate::{api, error, observability};
 pub const BODY_LIMIT: usize = 1024 * 1024;
 
 /// What handlers hold: configuration, services and actors; never the store.
+/// One pointer, so the clone every extractor and middleware makes is one
+/// atomic increment rather than one per service.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+pub struct Services {
     pub config: Arc<Config>,
     pub accounts: Accounts,
     pub links: Links,
@@ -382,7 +394,7 @@ pub async fn start_with(config: Config, workers: bool) -> anyhow::Result<Server>
     })
     .await;
     let accounts = Accounts::new(ctx.clone(), actors.sessions.clone(), actors.otp.clone());
-    let state = AppState {
+    let state = Services {
         config: Arc::new(ctx.config.clone()),
         links: Links::new(accounts.clone(), actors.otp.clone()),
         accounts,
@@ -407,6 +419,7 @@ pub async fn start_with(config: Config, workers: bool) -> anyhow::Result<Server>
         },
         workers: workers.as_ref().map(|w| w.task.abort_handle()),
     };
+    let state = AppState(Arc::new(state));
     let store = ctx.store.clone();
     let listener = tokio::net::TcpListener::bind(addr)
         .await
