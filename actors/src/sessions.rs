@@ -161,7 +161,8 @@ async fn issue(
     };
     let payloads = audit_payloads(&user, audits);
     let mut tx = ctx.store.begin().await?;
-    let identities = tx
+    // The user JSON lists the factors (auth-js reads them for the next level).
+    let (identities, factors) = tx
         .start_session(&store::NewSession {
             id: session_id,
             user_id: user.id,
@@ -171,13 +172,7 @@ async fn issue(
             now,
         })
         .await?;
-    // The user JSON lists the factors (auth-js reads them for the next level).
-    user.factors = tx
-        .user_factors(user.id)
-        .await?
-        .iter()
-        .map(|f| f.row())
-        .collect();
+    user.factors = factors;
     tx.commit().await?;
     user.last_sign_in_at = Some(now);
     user.updated_at = Some(now);

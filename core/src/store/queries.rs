@@ -210,41 +210,6 @@ const ROTATE_LITE: &str = "BEGIN IMMEDIATE; \
      SELECT changes(); \
      COMMIT";
 
-/// A new session on PostgreSQL in one statement (a data-modifying CTE;
-/// foreign keys are checked at its end), answering with the identities.
-const START_SESSION_PG: &str = "WITH session AS (INSERT INTO sessions (id, user_id, created_at, updated_at, aal, ip, user_agent, \
-                                  refresh_token_hmac_key, refresh_token_counter) \
-                                  VALUES ($1, $2, $3, $3, 'aal1'::auth.aal_level, $11::inet, $12, $13::text, $14::bigint)), \
-                 amr AS (INSERT INTO mfa_amr_claims (id, session_id, authentication_method, created_at, updated_at) \
-                         VALUES ($4, $1, $5, $3, $3)), \
-                 refresh AS (INSERT INTO refresh_tokens (instance_id, token, user_id, revoked, created_at, updated_at, parent, session_id) \
-                             SELECT $6, $7, $8, false, $3, $3, NULL, $1 WHERE $7::text IS NOT NULL), \
-                 signed_in AS (UPDATE users SET last_sign_in_at = $3, updated_at = $3 WHERE id = $2), \
-                 audit AS (INSERT INTO audit_log_entries (instance_id, id, payload, created_at, ip_address) \
-                           SELECT $6, gen_random_uuid(), a.payload, $3, $10 FROM jsonb_array_elements($9::jsonb) AS a(payload)) \
-                 SELECT (SELECT coalesce(json_agg(json_build_object('id', i.id, 'provider_id', i.provider_id, \
-                    'user_id', i.user_id, 'identity_data', i.identity_data, 'provider', i.provider, 'last_sign_in_at', i.last_sign_in_at, \
-                    'created_at', i.created_at, 'updated_at', i.updated_at) ORDER BY i.created_at, i.id), '[]'::json) \
-                    FROM identities i WHERE i.user_id = $2) AS identities_json";
-
-/// A new session on SQLite, in one call to SQLite's thread: the session,
-/// its first method, its refresh token, the user's sign-in time, the audit
-/// entries (one per element of the JSON array `$9`), then the identities.
-const START_SESSION_LITE: &str = concat!(
-    "INSERT INTO sessions (id, user_id, created_at, updated_at, aal, ip, user_agent, \
-         refresh_token_hmac_key, refresh_token_counter) VALUES ($1, $2, $3, $3, 'aal1', $11, $12, $13, $14); \
-     INSERT INTO mfa_amr_claims (id, session_id, authentication_method, created_at, updated_at) \
-         VALUES ($4, $1, $5, $3, $3); \
-     INSERT INTO refresh_tokens (instance_id, token, user_id, revoked, created_at, updated_at, parent, session_id) \
-         SELECT $6, $7, $8, false, $3, $3, NULL, $1 WHERE $7 IS NOT NULL; \
-     UPDATE users SET last_sign_in_at = $3, updated_at = $3 WHERE id = $2; \
-     INSERT INTO audit_log_entries (instance_id, id, payload, created_at, ip_address) \
-         SELECT $6, randomblob(16), a.value, $3, $10 FROM json_each($9) AS a; \
-     SELECT ",
-    identity_cols!(),
-    " FROM identities WHERE user_id = $2 ORDER BY created_at, id"
-);
-
 /// A user's factors as a JSON array (GoTrue lists them in the user JSON),
 /// for the user row named `$who`.
 macro_rules! factors_json {
@@ -265,6 +230,49 @@ macro_rules! factors_json {
         )
     };
 }
+
+/// A new session on PostgreSQL in one statement (a data-modifying CTE;
+/// foreign keys are checked at its end), answering with the identities.
+const START_SESSION_PG: &str = concat!(
+    "WITH session AS (INSERT INTO sessions (id, user_id, created_at, updated_at, aal, ip, user_agent, \
+                                  refresh_token_hmac_key, refresh_token_counter) \
+                                  VALUES ($1, $2, $3, $3, 'aal1'::auth.aal_level, $11::inet, $12, $13::text, $14::bigint)), \
+                 amr AS (INSERT INTO mfa_amr_claims (id, session_id, authentication_method, created_at, updated_at) \
+                         VALUES ($4, $1, $5, $3, $3)), \
+                 refresh AS (INSERT INTO refresh_tokens (instance_id, token, user_id, revoked, created_at, updated_at, parent, session_id) \
+                             SELECT $6, $7, $8, false, $3, $3, NULL, $1 WHERE $7::text IS NOT NULL), \
+                 signed_in AS (UPDATE users SET last_sign_in_at = $3, updated_at = $3 WHERE id = $2), \
+                 audit AS (INSERT INTO audit_log_entries (instance_id, id, payload, created_at, ip_address) \
+                           SELECT $6, gen_random_uuid(), a.payload, $3, $10 FROM jsonb_array_elements($9::jsonb) AS a(payload)) \
+                 SELECT (SELECT coalesce(json_agg(json_build_object('id', i.id, 'provider_id', i.provider_id, \
+                    'user_id', i.user_id, 'identity_data', i.identity_data, 'provider', i.provider, 'last_sign_in_at', i.last_sign_in_at, \
+                    'created_at', i.created_at, 'updated_at', i.updated_at) ORDER BY i.created_at, i.id), '[]'::json) \
+                    FROM identities i WHERE i.user_id = u.id) AS identities_json, ",
+    factors_json!(pg, "u"),
+    " FROM users u WHERE u.id = $2"
+);
+
+/// A new session on SQLite, in one call to SQLite's thread: the session,
+/// its first method, its refresh token, the user's sign-in time, the audit
+/// entries (one per element of the JSON array `$9`), then the identities
+/// and factors the answer lists.
+const START_SESSION_LITE: &str = concat!(
+    "INSERT INTO sessions (id, user_id, created_at, updated_at, aal, ip, user_agent, \
+         refresh_token_hmac_key, refresh_token_counter) VALUES ($1, $2, $3, $3, 'aal1', $11, $12, $13, $14); \
+     INSERT INTO mfa_amr_claims (id, session_id, authentication_method, created_at, updated_at) \
+         VALUES ($4, $1, $5, $3, $3); \
+     INSERT INTO refresh_tokens (instance_id, token, user_id, revoked, created_at, updated_at, parent, session_id) \
+         SELECT $6, $7, $8, false, $3, $3, NULL, $1 WHERE $7 IS NOT NULL; \
+     UPDATE users SET last_sign_in_at = $3, updated_at = $3 WHERE id = $2; \
+     INSERT INTO audit_log_entries (instance_id, id, payload, created_at, ip_address) \
+         SELECT $6, randomblob(16), a.value, $3, $10 FROM json_each($9) AS a; \
+     SELECT (SELECT coalesce(json_group_array(json_object('id', lower(hex(i.id)), 'provider_id', i.provider_id, \
+         'user_id', lower(hex(i.user_id)), 'identity_data', json(i.identity_data), 'provider', i.provider, \
+         'last_sign_in_at', i.last_sign_in_at, 'created_at', i.created_at, 'updated_at', i.updated_at)), '[]') \
+         FROM (SELECT * FROM identities WHERE user_id = u.id ORDER BY created_at, id) i) AS identities_json, ",
+    factors_json!(lite, "u"),
+    " FROM users u WHERE u.id = $2"
+);
 
 // The refresh context query and its decoding, shared by the locked read
 // (`Tx::refresh_context`) and the unlocked one (`Store::peek_refresh`).
@@ -707,10 +715,11 @@ impl Tx {
 
     /// Starts a session and returns the user's identities: one statement on
     /// PostgreSQL, one batch on SQLite.
+    /// Starts a session: the user's identities and factors, as its answer lists them.
     pub async fn start_session(
         &mut self,
         s: &NewSession<'_>,
-    ) -> Result<Vec<Identity>, sqlx::Error> {
+    ) -> Result<(Vec<Identity>, Vec<super::FactorRow>), sqlx::Error> {
         self.touch(s.user_id);
         count();
         let client = crate::client::current();
@@ -737,18 +746,26 @@ impl Tx {
                     .bind(counter)
             };
         }
-        match &mut self.conn {
-            Conn::Pg(t) => {
-                let row = bind_all!(sqlx::query(START_SESSION_PG))
-                    .fetch_one(&mut **t)
-                    .await?;
+        macro_rules! decode {
+            ($row:expr) => {{
+                let row = $row;
                 let ids: Json<Vec<Identity>> = row.try_get("identities_json")?;
-                Ok(ids.0)
-            }
+                let factors: Json<Vec<super::FactorRow>> = row.try_get("factors_json")?;
+                Ok((ids.0, factors.0))
+            }};
+        }
+        match &mut self.conn {
+            Conn::Pg(t) => decode!(
+                bind_all!(sqlx::query(START_SESSION_PG))
+                    .fetch_one(&mut **t)
+                    .await?
+            ),
             Conn::Lite(t, _) => {
-                bind_all!(sqlx::query_as(START_SESSION_LITE))
+                // Every statement of the batch runs; only the last answers.
+                let rows = bind_all!(sqlx::query(START_SESSION_LITE))
                     .fetch_all(&mut **t)
-                    .await
+                    .await?;
+                decode!(rows.into_iter().next().ok_or(sqlx::Error::RowNotFound)?)
             }
         }
     }
