@@ -73,8 +73,13 @@ pub struct Store {
     pool: Pool,
     /// SQLite has one writer at a time. Writers queue here, in FIFO order,
     /// instead of spinning in SQLite's busy handler (whose sleeps make the
-    /// tail latency of contended writes explode).
-    writer: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// tail latency of contended writes explode). The turn holds the
+    /// connection single-batch writes use (opened on first use, dropped
+    /// after a failure): one connection whose page cache no other write in
+    /// this process invalidates, and no pool hand-off per write.
+    writer: std::sync::Arc<tokio::sync::Mutex<Option<sqlx::SqliteConnection>>>,
+    /// How to open that connection (SQLite only).
+    lite_options: Option<SqliteConnectOptions>,
     listener: Arc<OnceLock<ChangeListener>>,
 }
 
@@ -85,7 +90,7 @@ impl std::fmt::Debug for Store {
 }
 
 /// The write turn a SQLite transaction holds until it ends.
-pub type WriteTurn = tokio::sync::OwnedMutexGuard<()>;
+pub type WriteTurn = tokio::sync::OwnedMutexGuard<Option<sqlx::SqliteConnection>>;
 
 /// The connection of a transaction. On SQLite it is `BEGIN IMMEDIATE`: the
 /// write lock is taken up front, so two writers queue instead of failing on
@@ -154,6 +159,7 @@ impl Store {
 
     /// Connects without migrating.
     pub async fn connect(url: &DatabaseUrl, max_connections: u32) -> Result<Store, sqlx::Error> {
+        let mut lite_options = None;
         let pool = match url {
             DatabaseUrl::Postgres(u) => {
                 let opts = PgConnectOptions::from_str(u)?.options([("search_path", "auth,public")]);
@@ -195,6 +201,7 @@ impl Store {
                     .synchronous(SqliteSynchronous::Normal)
                     .foreign_keys(true)
                     .busy_timeout(Duration::from_secs(10));
+                lite_options = Some(opts.clone());
                 Pool::Lite(
                     SqlitePoolOptions::new()
                         .max_connections(max_connections)
@@ -212,6 +219,7 @@ impl Store {
         Ok(Store {
             pool,
             writer: Default::default(),
+            lite_options,
             listener: Default::default(),
         })
     }

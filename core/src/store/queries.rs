@@ -108,10 +108,10 @@ macro_rules! guarded_write {
                 let won: i64 = $bind!(sqlx::query_scalar($pg), $args).fetch_one(p).await?;
                 Ok(won == 1)
             }
-            Pool::Lite(p) => {
+            Pool::Lite(_) => {
                 let args = $args;
                 let done = $store
-                    .lite_batch(p, move |conn| {
+                    .lite_batch(move |conn| {
                         Box::pin(async move {
                             $bind!(sqlx::query_scalar::<_, i64>($lite), args)
                                 .fetch_all(conn)
@@ -569,13 +569,13 @@ impl Store {
     /// Runs a SQLite batch that begins and commits its own transaction:
     /// BEGIN, the batch and COMMIT in one call to SQLite's thread, so the
     /// write lock is never held across a wait for this task to be scheduled
-    /// again. A task of its own finishes it (and rolls back a failure) even
-    /// if the request is abandoned, so no connection goes back to the pool
-    /// inside a transaction. Answers the batch's rows (every row is read, so
-    /// every statement, COMMIT too, runs).
+    /// again. It runs on the writer's own connection, in a task of its own
+    /// that finishes it even if the request is abandoned; after a failure
+    /// that connection is closed (which rolls back whatever it left open)
+    /// and the next batch opens another. Answers the batch's rows (every
+    /// row is read, so every statement, COMMIT too, runs).
     async fn lite_batch(
         &self,
-        pool: &sqlx::SqlitePool,
         batch: impl for<'c> FnOnce(
             &'c mut sqlx::SqliteConnection,
         ) -> std::pin::Pin<
@@ -583,13 +583,20 @@ impl Store {
         > + Send
         + 'static,
     ) -> Result<Vec<i64>, sqlx::Error> {
-        let (pool, turn) = (pool.clone(), self.writer.clone());
+        let (opts, turn) = (self.lite_options.clone(), self.writer.clone());
         let write = tokio::spawn(async move {
-            let _turn = turn.lock_owned().await;
-            let mut conn = pool.acquire().await?;
-            let done = batch(&mut conn).await;
-            if done.is_err() {
-                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            use sqlx::{ConnectOptions, Connection};
+            let mut turn = turn.lock_owned().await;
+            let conn = match turn.take() {
+                Some(c) => c,
+                None => opts.ok_or(sqlx::Error::PoolClosed)?.connect().await?,
+            };
+            let conn = turn.insert(conn);
+            let done = batch(conn).await;
+            if done.is_err()
+                && let Some(c) = turn.take()
+            {
+                let _ = c.close().await;
             }
             done
         });
