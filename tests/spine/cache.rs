@@ -102,15 +102,21 @@ async fn metrics(base: &str) -> String {
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn revocations_reach_every_process_on_postgres() {
+/// A fresh PostgreSQL database and two castellan processes serving it.
+async fn two_processes() -> (DatabaseUrl, [(tokio::process::Child, String); 2]) {
     let (db, _) = common::fresh_database(Backend::Postgres).await;
     let DatabaseUrl::Postgres(url) = &db else {
         unreachable!()
     };
     let env = [("GOTRUE_MAILER_AUTOCONFIRM", "true")];
-    let (_ca, a) = common::castellan_process(&["serve"], url, &env).await;
-    let (_cb, b) = common::castellan_process(&["serve"], url, &env).await;
+    let a = common::castellan_process(&["serve"], url, &env).await;
+    let b = common::castellan_process(&["serve"], url, &env).await;
+    (db, [a, b])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocations_reach_every_process_on_postgres() {
+    let (db, [(_ca, a), (_cb, b)]) = two_processes().await;
     let key = service_key();
 
     // Logout.
@@ -244,13 +250,7 @@ async fn counter(base: &str, name: &str) -> f64 {
 /// the user's ban elsewhere are each obeyed by it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cached_refreshes_follow_other_processes_on_postgres() {
-    let (db, _) = common::fresh_database(Backend::Postgres).await;
-    let DatabaseUrl::Postgres(url) = &db else {
-        unreachable!()
-    };
-    let env = [("GOTRUE_MAILER_AUTOCONFIRM", "true")];
-    let (_ca, a) = common::castellan_process(&["serve"], url, &env).await;
-    let (_cb, b) = common::castellan_process(&["serve"], url, &env).await;
+    let (db, [(_ca, a), (_cb, b)]) = two_processes().await;
     let key = service_key();
     let hits = "castellan_refresh_cache_hits_total";
 

@@ -331,22 +331,34 @@ both_oidc!(
     }
 );
 
-async fn apple_server(
+/// A server with `provider` enabled against the issuer stand-in (at
+/// `path` under it), as client `client`.
+async fn issuer_server(
     backend: Backend,
+    provider: &'static str,
+    client: &'static str,
+    path: &'static str,
     tweak: impl FnOnce(&mut castellan_core::Config),
 ) -> (TestServer, Issuer) {
     let issuer = Issuer::start().await;
-    let url = issuer.url.clone();
+    let url = format!("{}{path}", issuer.url);
     let t = common::spawn(backend, move |c| {
-        let apple = c.external.providers.get_mut("apple").unwrap();
-        apple.enabled = true;
-        apple.client_ids = vec!["apple-client".into()];
-        apple.secret = "apple-client-secret-jwt".into();
-        apple.url = Some(url);
+        let p = c.external.providers.get_mut(provider).unwrap();
+        p.enabled = true;
+        p.client_ids = vec![client.into()];
+        p.secret = format!("{provider}-secret");
+        p.url = Some(url);
         tweak(c);
     })
     .await;
     (t, issuer)
+}
+
+async fn apple_server(
+    backend: Backend,
+    tweak: impl FnOnce(&mut castellan_core::Config),
+) -> (TestServer, Issuer) {
+    issuer_server(backend, "apple", "apple-client", "", tweak).await
 }
 
 // Apple: the browser is posted back (form_post), and the user is what the
@@ -413,18 +425,7 @@ async fn azure_common_server(
     backend: Backend,
     tweak: impl FnOnce(&mut castellan_core::Config),
 ) -> (TestServer, Issuer) {
-    let issuer = Issuer::start().await;
-    let url = format!("{}/common", issuer.url);
-    let t = common::spawn(backend, move |c| {
-        let azure = c.external.providers.get_mut("azure").unwrap();
-        azure.enabled = true;
-        azure.client_ids = vec!["azure-client".into()];
-        azure.secret = "azure-secret".into();
-        azure.url = Some(url);
-        tweak(c);
-    })
-    .await;
-    (t, issuer)
+    issuer_server(backend, "azure", "azure-client", "/common", tweak).await
 }
 
 // Azure's `common` endpoint signs users of any tenant in: each ID token is
