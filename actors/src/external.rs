@@ -453,7 +453,8 @@ impl External {
         let confirmed = user.email_confirmed_at.is_some()
             || (user.email_str().is_empty() && user.phone_confirmed_at.is_some());
         if who.linking_target.is_none() && has_email && !confirmed {
-            self.claim_unconfirmed(tx, &user, &identity, ext, now)
+            let app = user.app_metadata();
+            self.claim_unconfirmed(tx, &user, &identity, ext, &app, now)
                 .await?;
             let verified =
                 ext.email().is_some_and(|e| e.verified) || self.ctx.config.mailer_autoconfirm;
@@ -636,13 +637,10 @@ impl External {
             ));
         }
         let identity = new_identity(tx, user.id, provider, ext, now).await?;
-        self.claim_unconfirmed(tx, &user, &identity, ext, now)
-            .await?;
         let mut app = user.app_metadata();
         app["provider"] = json!(provider);
-        tx.update_metadata(user.id, &Value::Object(ext.data.clone()), &app, now)
+        self.claim_unconfirmed(tx, &user, &identity, ext, &app, now)
             .await?;
-        tx.sync_app_providers(user.id).await?;
         let traits = json!({"provider": provider});
         tx.insert_audit(
             &audit_payload(&user, AuditAction::InviteAccepted, Some(traits)),
@@ -656,21 +654,22 @@ impl External {
 
     /// An unconfirmed account claimed by an external identity keeps only
     /// that identity (and, unless it is an email or phone one, no
-    /// password), with that identity's profile as its metadata.
+    /// password), with that identity's profile as its metadata and `app`
+    /// as its app metadata.
     async fn claim_unconfirmed(
         &self,
         tx: &mut Tx,
         user: &User,
         identity: &Identity,
         ext: &ExternalUser,
+        app: &Value,
         now: DateTime<Utc>,
     ) -> ApiResult<()> {
         let keeps_password = matches!(identity.provider.as_str(), "email" | "phone");
         tx.drop_other_identities(user.id, identity.id, !keeps_password)
             .await?;
         let data = Value::Object(ext.data.clone());
-        tx.update_metadata(user.id, &data, &user.app_metadata(), now)
-            .await?;
+        tx.update_metadata(user.id, &data, app, now).await?;
         tx.sync_app_providers(user.id).await?;
         Ok(())
     }

@@ -60,10 +60,7 @@ pub(crate) async fn refresh(
         }
         let issued = encode(&key, &c, to)?;
         if to == current + 1 {
-            let mut kept = c.clone();
-            kept.session.refresh_token_counter = Some(to);
-            kept.session.refreshed_at = Some(now.naive_utc());
-            cache.keep_refresh(since, kept, key).await;
+            cache.keep_refresh(since, rotated(&c, to, now), key).await;
         }
         return grant_for(ctx, c, issued, now);
     }
@@ -96,9 +93,19 @@ async fn from_cache(
         cache.forget_refresh(token.session_id).await;
         return Ok(None);
     }
-    cache.advance_refresh(&e, current + 1, now).await;
+    cache
+        .replace_refresh(&e, rotated(&e.context, current + 1, now))
+        .await;
     let issued = encode(&e.key, &e.context, current + 1)?;
     grant_for(ctx, e.context.clone(), issued, now).map(Some)
+}
+
+/// The context as a rotation to `counter` at `now` leaves it.
+fn rotated(c: &RefreshContext, counter: i64, now: DateTime<Utc>) -> RefreshContext {
+    let mut next = c.clone();
+    next.session.refresh_token_counter = Some(counter);
+    next.session.refreshed_at = Some(now.naive_utc());
+    next
 }
 
 /// Moves the session's counter `from` → `to` (audited), if it still is `from`.

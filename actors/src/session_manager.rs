@@ -201,17 +201,9 @@ impl SessionCache {
         self.refreshes.invalidate(&session).await;
     }
 
-    /// The entry after a rotation it served: the next counter, refreshed
-    /// now; under the stamp it was loaded with.
-    pub async fn advance_refresh(
-        &self,
-        entry: &RefreshEntry,
-        counter: i64,
-        now: chrono::DateTime<chrono::Utc>,
-    ) {
-        let mut context = entry.context.clone();
-        context.session.refresh_token_counter = Some(counter);
-        context.session.refreshed_at = Some(now.naive_utc());
+    /// What a rotation served from `entry` left, under the stamp the entry
+    /// was loaded with.
+    pub async fn replace_refresh(&self, entry: &RefreshEntry, context: RefreshContext) {
         let next = RefreshEntry {
             context,
             key: entry.key.clone(),

@@ -52,11 +52,21 @@ pub struct NewOAuthFlow<'a> {
 }
 
 macro_rules! flow_cols {
-    (pg) => {
+    () => {
         "id, provider_type, user_id, code_challenge, referrer, linking_target_id, invite_token, email_optional, oauth_client_state_id, created_at"
     };
-    (lite) => {
-        "id, provider_type, user_id, code_challenge, referrer, linking_target_id, invite_token, email_optional, oauth_client_state_id, created_at"
+}
+
+/// A new OAuth flow state; `$4` is cast to PostgreSQL's enum there.
+macro_rules! insert_flow_sql {
+    ($method:literal) => {
+        concat!(
+            "INSERT INTO flow_state (id, provider_type, code_challenge, code_challenge_method, authentication_method, \
+             referrer, linking_target_id, email_optional, oauth_client_state_id, created_at, updated_at, invite_token) \
+             VALUES ($1, $2, $3, ",
+            $method,
+            ", 'oauth', $5, $6, $7, $8, $9, $9, $10)"
+        )
     };
 }
 
@@ -64,22 +74,14 @@ impl Tx {
     pub async fn insert_oauth_flow(&mut self, f: &NewOAuthFlow<'_>) -> Result<(), sqlx::Error> {
         count();
         let (challenge, method) = f.pkce.unzip();
-        match &mut self.conn {
-            Conn::Pg(t) => sqlx::query(
-                "INSERT INTO flow_state (id, provider_type, code_challenge, code_challenge_method, authentication_method, \
-                 referrer, linking_target_id, email_optional, oauth_client_state_id, created_at, updated_at, invite_token) \
-                 VALUES ($1, $2, $3, $4::auth.code_challenge_method, 'oauth', $5, $6, $7, $8, $9, $9, $10)")
-                .bind(f.id).bind(f.provider).bind(challenge).bind(method).bind(f.referrer)
-                .bind(f.linking_target).bind(f.email_optional).bind(f.client_state).bind(f.now).bind(f.invite_token)
-                .execute(&mut **t).await.map(drop),
-            Conn::Lite(t, _) => sqlx::query(
-                "INSERT INTO flow_state (id, provider_type, code_challenge, code_challenge_method, authentication_method, \
-                 referrer, linking_target_id, email_optional, oauth_client_state_id, created_at, updated_at, invite_token) \
-                 VALUES ($1, $2, $3, $4, 'oauth', $5, $6, $7, $8, $9, $9, $10)")
-                .bind(f.id).bind(f.provider).bind(challenge).bind(method).bind(f.referrer)
-                .bind(f.linking_target).bind(f.email_optional).bind(f.client_state).bind(f.now).bind(f.invite_token)
-                .execute(&mut **t).await.map(drop),
-        }
+        let sql = match self.conn {
+            Conn::Pg(_) => insert_flow_sql!("$4::auth.code_challenge_method"),
+            Conn::Lite(..) => insert_flow_sql!("$4"),
+        };
+        on!(tx self, c => sqlx::query(sql)
+            .bind(f.id).bind(f.provider).bind(challenge).bind(method).bind(f.referrer)
+            .bind(f.linking_target).bind(f.email_optional).bind(f.client_state).bind(f.now).bind(f.invite_token)
+            .execute(&mut *c).await.map(drop))
     }
 
     /// The OAuth flow state `id`, locked for the rest of the transaction.
@@ -89,7 +91,7 @@ impl Tx {
             Conn::Pg(t) => {
                 sqlx::query_as(concat!(
                     "SELECT ",
-                    flow_cols!(pg),
+                    flow_cols!(),
                     " FROM flow_state WHERE id = $1 AND authentication_method = 'oauth' FOR UPDATE"
                 ))
                 .bind(id)
@@ -99,7 +101,7 @@ impl Tx {
             Conn::Lite(t, _) => {
                 sqlx::query_as(concat!(
                     "SELECT ",
-                    flow_cols!(lite),
+                    flow_cols!(),
                     " FROM flow_state WHERE id = $1 AND authentication_method = 'oauth'"
                 ))
                 .bind(id)
