@@ -407,6 +407,7 @@ pub async fn start_with(config: Config, workers: bool) -> anyhow::Result<Server>
                 std::time::Duration::from_secs(10),
                 actors.oidc_keys.clone(),
                 actors.broker_slot(),
+                ctx.config.clock.clone(),
             )
             .map_err(|e| anyhow::anyhow!(e))?,
             actors.sessions.clone(),

@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use crate::context::Ctx;
 use crate::otp_issuer::{OtpIssuer, SendRequest};
-use crate::provider_broker::{ProviderBroker, ProviderError, SignedIn};
+use crate::provider_broker::{ProviderBroker, ProviderError, Returned, SignedIn};
 use crate::sessions::{Sessions, TokenGrant};
 
 /// `GET /authorize`, as the handler parsed it.
@@ -76,7 +76,10 @@ fn invalid(description: impl Into<String>) -> IdTokenRefusal {
 /// `GET|POST /callback`, as the handler parsed it.
 pub struct Callback {
     pub state: Option<String>,
+    /// OAuth 2.0's `code`, or OAuth 1.0a's `oauth_verifier`.
     pub code: Option<String>,
+    /// OAuth 1.0a's `oauth_token`.
+    pub request_token: Option<String>,
     /// The provider's own `error` and `error_description`.
     pub error: Option<(String, String)>,
 }
@@ -171,6 +174,23 @@ fn provider_failed(e: ProviderError) -> ApiError {
     }
 }
 
+/// `/authorize` could not make the provider's URL: OAuth 1.0a's request token
+/// failed, the provider down or refusing our credentials (a configuration fault).
+fn authorize_failed(e: ProviderError) -> ApiError {
+    match e {
+        ProviderError::Refused(m) => ApiError::new(
+            500,
+            "unexpected_failure",
+            format!("The provider refused a request token: {m}"),
+        ),
+        ProviderError::Unavailable(m) => ApiError::new(
+            503,
+            "unexpected_failure",
+            format!("The provider could not be reached: {m}"),
+        ),
+    }
+}
+
 impl External {
     pub fn new(ctx: Arc<Ctx>, broker: ProviderBroker, sessions: Sessions, otp: OtpIssuer) -> Self {
         Self {
@@ -198,13 +218,14 @@ impl External {
             ));
         }
         let id = Uuid::new_v4();
-        let (url, verifier) = self
+        let (url, kept) = self
             .broker
             .authorize_url(p, &id.to_string(), req.scopes.as_deref(), &req.params)
-            .map_err(provider_failed)?;
+            .await
+            .map_err(authorize_failed)?;
         let now = self.ctx.config.clock.now();
         let mut tx = self.ctx.store.begin().await?;
-        let client_state = match verifier {
+        let client_state = match kept {
             Some(v) => {
                 let cs = Uuid::new_v4();
                 tx.insert_client_state(cs, &name, &v, now).await?;
@@ -324,7 +345,7 @@ impl External {
             .broker
             .get(&flow.provider_type)
             .ok_or_else(|| unsupported(&flow.provider_type))?;
-        let verifier = match flow.oauth_client_state_id {
+        let kept = match flow.oauth_client_state_id {
             Some(cs) => {
                 let mut tx = self.ctx.store.begin().await.map_err(ApiError::from)?;
                 let v = tx.take_client_state(cs).await.map_err(ApiError::from)?;
@@ -337,7 +358,14 @@ impl External {
         };
         let signed = self
             .broker
-            .sign_in(p, &code, verifier)
+            .sign_in(
+                p,
+                Returned {
+                    code,
+                    request_token: c.request_token,
+                },
+                kept,
+            )
             .await
             .map_err(provider_failed)?;
         if signed.user.email().is_none() && !flow.email_optional {

@@ -24,6 +24,7 @@ mod follow;
 pub mod limit_settings;
 pub mod links;
 pub mod mailbox;
+mod oauth1;
 pub mod otp_issuer;
 pub mod provider_broker;
 pub mod rate_limiter;

@@ -12,10 +12,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
+use castellan_core::clock::Clock;
 use castellan_core::config::{ExternalConfig, OAuthProviderConfig};
 use castellan_core::crypto::id_token;
 use castellan_core::crypto::jwk::Key;
-use castellan_core::oauth::{Credentials, ExpectedIssuer, ExternalUser, Provider, provider};
+use castellan_core::oauth::{
+    Credentials, ExpectedIssuer, ExternalUser, Protocol, Provider, provider,
+};
 use oauth2::basic::{
     BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse,
     BasicTokenType,
@@ -32,6 +35,7 @@ use serde_json::{Map, Value};
 use tokio::sync::Semaphore;
 
 use crate::mailbox::Mail;
+use crate::oauth1::{self, TokenPair};
 
 /// Calls to one provider at once; more wait, up to the timeout.
 const IN_FLIGHT: usize = 32;
@@ -179,6 +183,21 @@ impl Configured {
     }
 }
 
+/// What the browser brought back to `/callback`.
+pub struct Returned {
+    /// OAuth 2.0's code, OAuth 1.0a's `oauth_verifier`.
+    pub code: String,
+    /// OAuth 1.0a's `oauth_token`: the request token it answers.
+    pub request_token: Option<String>,
+}
+
+/// What a provider granted: OAuth 2.0's token answer, or OAuth 1.0a's
+/// access token (its requests are signed with it).
+enum Access {
+    Bearer(Box<Tokens>),
+    Signed(TokenPair),
+}
+
 /// What a code exchange gives: the provider's tokens and its user.
 pub struct SignedIn {
     pub access_token: String,
@@ -197,6 +216,8 @@ pub struct ProviderBroker {
     /// tokens arriving together wait for one fetch. Bounded like the ring
     /// (a multi-tenant provider has an issuer per tenant).
     fetches: Arc<std::sync::Mutex<HashMap<String, KeyFetch>>>,
+    /// OAuth 1.0a's timestamps.
+    clock: Clock,
 }
 
 type KeyFetch = Arc<tokio::sync::Mutex<Option<Arc<IssuerKeys>>>>;
@@ -228,6 +249,7 @@ impl ProviderBroker {
         timeout: Duration,
         ring: Arc<KeyRing>,
         actor: Arc<ArcSwapOption<ActorRef<Mail<BrokerMsg>>>>,
+        clock: Clock,
     ) -> Result<Self, String> {
         let mut providers = HashMap::new();
         let mut names: Vec<_> = cfg.providers.iter().filter(|(_, p)| p.enabled).collect();
@@ -271,6 +293,7 @@ impl ProviderBroker {
             ring,
             actor,
             fetches: Arc::default(),
+            clock,
         })
     }
 
@@ -425,9 +448,40 @@ impl ProviderBroker {
     }
 
     /// The provider's authorize URL for `state`, with the scopes, the
-    /// request's other parameters, and our PKCE challenge when the provider
-    /// wants one (its verifier is returned, to be kept for the callback).
-    pub fn authorize_url(
+    /// request's other parameters, and what the callback needs kept: our
+    /// PKCE verifier when the provider wants one, or OAuth 1.0a's request
+    /// token (fetched first).
+    pub async fn authorize_url(
+        &self,
+        p: &Configured,
+        state: &str,
+        scopes: Option<&str>,
+        params: &[(String, String)],
+    ) -> Result<(String, Option<String>), ProviderError> {
+        match p.description.protocol {
+            Protocol::OAuth2 => self.oauth2_authorize_url(p, state, scopes, params),
+            Protocol::OAuth1 { request_token } => {
+                let _permit = self.permit(p).await?;
+                let start = Instant::now();
+                let pair = self.request_token(p, request_token, state).await;
+                record(
+                    p.description.name,
+                    "request_token",
+                    start,
+                    pair.as_ref().map(drop),
+                );
+                let pair = pair?;
+                let mut url = oauth2::url::Url::parse(&p.url(p.description.authorize))
+                    .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+                url.query_pairs_mut()
+                    .append_pair("oauth_token", &pair.token)
+                    .extend_pairs(params);
+                Ok((url.to_string(), Some(pair.keep())))
+            }
+        }
+    }
+
+    fn oauth2_authorize_url(
         &self,
         p: &Configured,
         state: &str,
@@ -458,32 +512,112 @@ impl ProviderBroker {
         Ok((url.to_string(), verifier))
     }
 
-    /// Exchanges a callback's code and reads the user's profile.
+    /// Who signs OAuth 1.0a requests: our client, now.
+    fn signer<'a>(&self, p: &'a Configured) -> oauth1::Signer<'a> {
+        oauth1::Signer {
+            key: p.config.client_ids.first().map_or("", String::as_str),
+            secret: &p.config.secret,
+            unix_time: self.clock.now().timestamp(),
+        }
+    }
+
+    /// OAuth 1.0a's first step: a request token whose callback carries `state`.
+    async fn request_token(
+        &self,
+        p: &Configured,
+        template: &str,
+        state: &str,
+    ) -> Result<TokenPair, ProviderError> {
+        let mut callback = oauth2::url::Url::parse(&p.config.redirect_uri)
+            .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+        callback.query_pairs_mut().append_pair("state", state);
+        let url = p.url(template);
+        let extra = oauth1::Extra {
+            callback: Some(callback.as_str()),
+            ..Default::default()
+        };
+        let authorization = self.signer(p).authorization("POST", &url, &extra);
+        oauth1::post_for_token(&self.http, &url, authorization, true).await
+    }
+
+    /// OAuth 1.0a's exchange: the verifier, for the request token the
+    /// flow kept, which must be the one the browser brought back.
+    async fn access_token(
+        &self,
+        p: &Configured,
+        returned: &Returned,
+        kept: Option<String>,
+    ) -> Result<TokenPair, ProviderError> {
+        let kept = kept.as_deref().and_then(TokenPair::kept);
+        let request = kept
+            .filter(|k| {
+                returned
+                    .request_token
+                    .as_deref()
+                    .is_some_and(|r| oauth1::same_token(k, r))
+            })
+            .ok_or_else(|| ProviderError::Refused("not the request token of this flow".into()))?;
+        let url = p.url(p.description.token);
+        let extra = oauth1::Extra {
+            token: Some(&request),
+            verifier: Some(&returned.code),
+            ..Default::default()
+        };
+        let authorization = self.signer(p).authorization("POST", &url, &extra);
+        oauth1::post_for_token(&self.http, &url, authorization, false).await
+    }
+
+    /// A call slot of the provider's own, waited for at most the timeout.
+    async fn permit<'a>(
+        &self,
+        p: &'a Configured,
+    ) -> Result<tokio::sync::SemaphorePermit<'a>, ProviderError> {
+        let name = p.description.name;
+        tokio::time::timeout(self.timeout, p.gate.acquire())
+            .await
+            .map_err(|_| ProviderError::Unavailable(format!("{name} is busy")))?
+            .map_err(|_| ProviderError::Unavailable(format!("{name} is closed")))
+    }
+
+    /// Exchanges what a callback brought (with what its flow kept) and
+    /// reads the user's profile.
     pub async fn sign_in(
         &self,
         p: &Configured,
-        code: &str,
-        verifier: Option<String>,
+        returned: Returned,
+        kept: Option<String>,
     ) -> Result<SignedIn, ProviderError> {
         let name = p.description.name;
         // Bounded per provider: a provider that hangs fills only its own gate.
-        let _permit = tokio::time::timeout(self.timeout, p.gate.acquire())
-            .await
-            .map_err(|_| ProviderError::Unavailable(format!("{name} is busy")))?
-            .map_err(|_| ProviderError::Unavailable(format!("{name} is closed")))?;
+        let _permit = self.permit(p).await?;
         let start = Instant::now();
-        let tokens = self.exchange(p, code, verifier).await;
-        record(name, "token", start, tokens.as_ref().map(drop));
-        let tokens = tokens?;
+        let access = match p.description.protocol {
+            Protocol::OAuth2 => self
+                .exchange(p, &returned.code, kept)
+                .await
+                .map(|t| Access::Bearer(Box::new(t))),
+            Protocol::OAuth1 { .. } => self
+                .access_token(p, &returned, kept)
+                .await
+                .map(Access::Signed),
+        };
+        record(name, "token", start, access.as_ref().map(drop));
+        let access = access?;
         let start = Instant::now();
-        let user = self.profile(p, &tokens).await;
+        let user = self.profile(p, &access).await;
         record(name, "profile", start, user.as_ref().map(drop));
+        let (access_token, refresh_token) = match access {
+            Access::Bearer(t) => (
+                t.access_token().secret().clone(),
+                t.refresh_token()
+                    .map(|r| r.secret().clone())
+                    .unwrap_or_default(),
+            ),
+            Access::Signed(pair) => (pair.token, String::new()),
+        };
         Ok(SignedIn {
-            access_token: tokens.access_token().secret().clone(),
-            refresh_token: tokens
-                .refresh_token()
-                .map(|t| t.secret().clone())
-                .unwrap_or_default(),
+            access_token,
+            refresh_token,
             user: user?,
         })
     }
@@ -536,33 +670,27 @@ impl ProviderBroker {
     async fn profile(
         &self,
         p: &Configured,
-        tokens: &Tokens,
+        access: &Access,
     ) -> Result<ExternalUser, ProviderError> {
         let d = p.description;
-        if d.profile_from_id_token {
-            return self.id_token_profile(p, tokens).await;
-        }
-        let access = tokens.access_token().secret();
         let mut doc = Map::new();
-        doc.insert(
-            "token".into(),
-            Value::Object(tokens.extra_fields().fields.clone()),
-        );
+        if let Access::Bearer(tokens) = access {
+            if d.profile_from_id_token {
+                return self.id_token_profile(p, tokens).await;
+            }
+            doc.insert(
+                "token".into(),
+                Value::Object(tokens.extra_fields().fields.clone()),
+            );
+        }
         let client_id = p.config.client_ids.first().cloned().unwrap_or_default();
         for f in d.fetch {
-            let mut url = p.url(f.url);
-            if d.appsecret_proof {
-                let proof = castellan_core::crypto::hmac_sha256_hex(
-                    p.config.secret.as_bytes(),
-                    access.as_bytes(),
-                );
-                url.push_str(&format!("&appsecret_proof={proof}"));
-            }
-            let mut req = self
-                .http
-                .get(&url)
-                .bearer_auth(access)
-                .header("user-agent", "castellan");
+            let mut req = match access {
+                Access::Bearer(tokens) => self.bearer_request(p, p.url(f.url), tokens),
+                Access::Signed(pair) => {
+                    oauth1::profile_request(&self.http, &self.signer(p), pair, &p.url(f.url))
+                }
+            };
             for (k, v) in f.headers {
                 req = req.header(*k, v.replace("{client_id}", &client_id));
             }
@@ -572,16 +700,36 @@ impl ProviderBroker {
         d.map(&Value::Object(doc), p.config.url.as_deref())
             .ok_or_else(|| ProviderError::Refused(format!("{} named no user", d.name)))
     }
+
+    /// A profile request with an OAuth 2.0 access token (and Facebook's proof).
+    fn bearer_request(
+        &self,
+        p: &Configured,
+        mut url: String,
+        tokens: &Tokens,
+    ) -> oauth2::reqwest::RequestBuilder {
+        let access = tokens.access_token().secret();
+        if p.description.appsecret_proof {
+            let proof = castellan_core::crypto::hmac_sha256_hex(
+                p.config.secret.as_bytes(),
+                access.as_bytes(),
+            );
+            url.push_str(&format!("&appsecret_proof={proof}"));
+        }
+        self.http
+            .get(&url)
+            .bearer_auth(access)
+            .header("user-agent", "castellan")
+    }
 }
 
-/// A GET's JSON answer: a 5xx, an unreadable answer or no answer is the
-/// provider unavailable; another non-2xx is a refusal. `what` names it.
-async fn json_answer(
+/// A provider's answer: a 5xx or no answer is the provider unavailable;
+/// another non-2xx is a refusal. `what` names it.
+pub(crate) async fn answer(
     req: oauth2::reqwest::RequestBuilder,
     what: &str,
-) -> Result<Value, ProviderError> {
+) -> Result<Vec<u8>, ProviderError> {
     let resp = req
-        .header("accept", "application/json")
         .send()
         .await
         .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
@@ -598,6 +746,15 @@ async fn json_answer(
     if !status.is_success() {
         return Err(ProviderError::Refused(format!("{what} answered {status}")));
     }
+    Ok(bytes.to_vec())
+}
+
+/// A GET's JSON answer; one that cannot be read is the provider unavailable.
+async fn json_answer(
+    req: oauth2::reqwest::RequestBuilder,
+    what: &str,
+) -> Result<Value, ProviderError> {
+    let bytes = answer(req.header("accept", "application/json"), what).await?;
     serde_json::from_slice(&bytes)
         .map_err(|e| ProviderError::Unavailable(format!("{what}'s answer is not JSON: {e}")))
 }

@@ -78,10 +78,23 @@ pub enum Verified {
     With(fn(&Value) -> bool),
 }
 
+/// How a provider grants access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// OAuth 2.0: the browser brings back a code, exchanged at `token`.
+    OAuth2,
+    /// OAuth 1.0a (RFC 5849, Twitter): a request token is fetched here
+    /// (a template) before the browser goes to `authorize` with it; the
+    /// browser brings back a verifier, exchanged with the request token at
+    /// `token`; every request is signed (HMAC-SHA1), the profile's too.
+    OAuth1 { request_token: &'static str },
+}
+
 /// One provider.
 #[derive(Debug)]
 pub struct Provider {
     pub name: &'static str,
+    pub protocol: Protocol,
     pub auth: Host,
     pub api: Host,
     /// Templates over `{auth}` and `{api}`.
@@ -456,6 +469,7 @@ const BEARER: &[(&str, &str)] = &[];
 /// What most providers share; each description says what differs.
 const BASE: Provider = Provider {
     name: "",
+    protocol: Protocol::OAuth2,
     auth: host("", ""),
     api: host("", ""),
     authorize: "",
@@ -956,6 +970,39 @@ pub const PROVIDERS: &[Provider] = &[
         ],
         ..BASE
     },
+    // Twitter's OAuth 1.0a API; `x` is its OAuth 2.0 successor. GoTrue
+    // names the profile endpoint as the issuer.
+    Provider {
+        name: "twitter",
+        protocol: Protocol::OAuth1 {
+            request_token: "{auth}/oauth/request_token",
+        },
+        auth: host("https://api.twitter.com", ""),
+        api: host("https://api.twitter.com", ""),
+        authorize: "{auth}/oauth/authenticate",
+        token: "{auth}/oauth/access_token",
+        user_scopes: false,
+        fetch: &[Fetch {
+            key: "user",
+            url: "{api}/1.1/account/verify_credentials.json?include_entities=false&skip_status=true&include_email=true",
+            headers: BEARER,
+        }],
+        issuer: "{api}/1.1/account/verify_credentials.json",
+        sub: Src::At("/user/id_str"),
+        emails: Emails::One {
+            email: "/user/email",
+            verified: Verified::Always,
+        },
+        claims: &[
+            ("name", Src::At("/user/name")),
+            ("full_name", Src::At("/user/name")),
+            ("preferred_username", Src::At("/user/screen_name")),
+            ("user_name", Src::At("/user/screen_name")),
+            ("picture", Src::At("/user/profile_image_url_https")),
+            ("avatar_url", Src::At("/user/profile_image_url_https")),
+        ],
+        ..BASE
+    },
     Provider {
         name: "x",
         auth: host("https://x.com", ""),
@@ -1092,6 +1139,31 @@ mod tests {
             u.data["iss"],
             "https://graph.facebook.com/me?fields=email,first_name,last_name,name,picture"
         );
+    }
+
+    #[test]
+    fn twitter_maps_as_gotrue_does() {
+        let p = provider("twitter").unwrap();
+        let doc = json!({"user": {"id": 12, "id_str": "12", "screen_name": "jack", "name": "Jack",
+            "profile_image_url_https": "https://pbs/x.jpg", "email": "jack@x.com"}});
+        let u = p.map(&doc, None).unwrap();
+        assert_eq!(u.sub, "12");
+        assert_eq!(u.email().unwrap().email, "jack@x.com");
+        assert!(u.email().unwrap().verified);
+        assert_eq!(
+            u.data["iss"],
+            "https://api.twitter.com/1.1/account/verify_credentials.json"
+        );
+        assert_eq!(u.data["user_name"], "jack");
+        assert_eq!(u.data["preferred_username"], "jack");
+        assert_eq!(u.data["avatar_url"], "https://pbs/x.jpg");
+        assert_eq!(
+            p.url(p.token, Some("http://127.0.0.1:9/")),
+            "http://127.0.0.1:9/oauth/access_token"
+        );
+        assert!(matches!(p.protocol, Protocol::OAuth1 { .. }));
+        // Twitter takes no scopes.
+        assert_eq!(p.scope(Some("repo")), "");
     }
 
     #[test]

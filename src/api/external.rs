@@ -182,6 +182,11 @@ pub struct CallbackParams {
     code: Option<String>,
     error: Option<String>,
     error_description: Option<String>,
+    /// OAuth 1.0a (Twitter): the request token, and its verifier.
+    oauth_token: Option<String>,
+    oauth_verifier: Option<String>,
+    /// OAuth 1.0a: the user declined (Twitter names the request token).
+    denied: Option<String>,
 }
 
 /// The landing URL with the outcome: the session in the fragment, the PKCE
@@ -252,13 +257,21 @@ fn land(outcome: Result<(Landing, String), castellan_actors::external::Refused>)
 }
 
 async fn callback(st: AppState, p: CallbackParams, aud: &str) -> Response {
+    let declined = p.denied.filter(|d| !d.is_empty()).map(|_| {
+        (
+            "access_denied".to_string(),
+            "The user denied the request".to_string(),
+        )
+    });
     let c = Callback {
         state: p.state,
-        code: p.code,
+        code: p.code.or(p.oauth_verifier),
+        request_token: p.oauth_token,
         error: p
             .error
             .filter(|e| !e.is_empty())
-            .map(|e| (e, p.error_description.unwrap_or_default())),
+            .map(|e| (e, p.error_description.unwrap_or_default()))
+            .or(declined),
     };
     land(st.external.callback(c, aud).await)
 }

@@ -11,6 +11,8 @@ mod oidc_issuer;
 mod sms_provider;
 #[path = "../common/smtp_sink.rs"]
 mod smtp_sink;
+#[path = "../common/twitter_provider.rs"]
+mod twitter_provider;
 
 mod admin;
 mod cache;
@@ -38,4 +40,5 @@ mod signup;
 mod sms;
 mod timing;
 mod token;
+mod twitter;
 mod user;

@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::common::{self, Backend, TestServer, claims};
 use crate::oauth_provider::{FakeOAuth, Profile};
 
-const APP: &str = "https://app.example.com/welcome";
+pub(crate) const APP: &str = "https://app.example.com/welcome";
 
 async fn oauth_server(
     backend: Backend,
@@ -40,24 +40,24 @@ macro_rules! both_oauth {
     };
 }
 
-fn no_redirects() -> reqwest::Client {
+pub(crate) fn no_redirects() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap()
 }
 
-async fn get(t: &TestServer, path: &str) -> common::Reply {
+pub(crate) async fn get(t: &TestServer, path: &str) -> common::Reply {
     common::read(no_redirects().get(t.url(path)).send().await.unwrap()).await
 }
 
-fn query(url: &str) -> HashMap<String, String> {
+pub(crate) fn query(url: &str) -> HashMap<String, String> {
     let q = url.split_once('?').map(|(_, q)| q).unwrap_or_default();
     let q = q.split('#').next().unwrap_or_default();
     serde_urlencoded::from_str(q).unwrap()
 }
 
-fn fragment(url: &str) -> HashMap<String, String> {
+pub(crate) fn fragment(url: &str) -> HashMap<String, String> {
     let f = url.split_once('#').map(|(_, f)| f).unwrap_or_default();
     serde_urlencoded::from_str(f).unwrap()
 }
@@ -83,7 +83,7 @@ async fn round_trip(t: &TestServer, code: &str, extra: &str) -> String {
     r.header("location").unwrap().to_string()
 }
 
-async fn count(t: &TestServer, sql: &'static str) -> i64 {
+pub(crate) async fn count(t: &TestServer, sql: &'static str) -> i64 {
     t.count_by_str(sql, "").await
 }
 
@@ -311,7 +311,7 @@ both_oauth!(pkce_gives_a_code_then_the_session, |_| {}, |t, fake| {
 });
 
 /// Where a callback with this query lands, and its error parameters.
-async fn landing(t: &TestServer, q: &str) -> (String, HashMap<String, String>) {
+pub(crate) async fn landing(t: &TestServer, q: &str) -> (String, HashMap<String, String>) {
     let r = get(t, &format!("/callback{q}")).await;
     assert_eq!(r.status, 302, "{}", r.text);
     let to = r.header("location").unwrap().to_string();
