@@ -38,6 +38,10 @@ struct Args {
     /// Concurrent connections.
     #[arg(long, default_value_t = 64)]
     connections: usize,
+    /// Only refresh against the write floor, printed, nothing written: a
+    /// minute's check while working on the refresh path.
+    #[arg(long)]
+    refresh_only: bool,
     /// Users in the large-table runs.
     #[arg(long, default_value_t = 1_000_000)]
     big_users: u64,
@@ -450,6 +454,16 @@ async fn main() -> anyhow::Result<()> {
         castellan_core::config::DatabaseUrl::Postgres(database_url.clone())
     };
     let floor = floor::run(&db_url, args.connections, duration).await?;
+    if args.refresh_only {
+        eprintln!(
+            "refresh / floor: {:.2} ({:.0} / {:.0})",
+            refresh_small.per_second / floor.per_second,
+            refresh_small.per_second,
+            floor.per_second
+        );
+        b.srv.stop().await;
+        return Ok(());
+    }
     eprintln!(
         "{:<28} {:>9.0}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {:>5}",
         "floor: write transaction", floor.per_second, floor.p50_ms, floor.p99_ms, floor.errors
