@@ -33,6 +33,7 @@ pub use opening::explain as explain_open_error;
 mod admin;
 mod changes;
 mod factors;
+mod group;
 mod oauth;
 mod opening;
 mod operator;
@@ -80,7 +81,30 @@ pub struct Store {
     writer: std::sync::Arc<tokio::sync::Mutex<Option<sqlx::SqliteConnection>>>,
     /// How to open that connection (SQLite only).
     lite_options: Option<SqliteConnectOptions>,
+    /// SQLite's refresh writes, batched on that connection (`group`).
+    advances: Arc<group::WriteGroup<queries::AdvanceArgs>>,
     listener: Arc<OnceLock<ChangeListener>>,
+}
+
+/// The writer's connection, opened when the turn holds none.
+async fn writer_connection<'t>(
+    turn: &'t mut Option<sqlx::SqliteConnection>,
+    opts: Option<&SqliteConnectOptions>,
+) -> Result<&'t mut sqlx::SqliteConnection, sqlx::Error> {
+    use sqlx::ConnectOptions;
+    if turn.is_none() {
+        *turn = Some(opts.ok_or(sqlx::Error::PoolClosed)?.connect().await?);
+    }
+    turn.as_mut().ok_or(sqlx::Error::PoolClosed)
+}
+
+/// Closes the writer's connection after a failed write, which rolls back
+/// whatever the write left open; the next write opens another.
+async fn discard_writer(turn: &mut Option<sqlx::SqliteConnection>) {
+    use sqlx::Connection;
+    if let Some(c) = turn.take() {
+        let _ = c.close().await;
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -220,6 +244,7 @@ impl Store {
             pool,
             writer: Default::default(),
             lite_options,
+            advances: Arc::new(queries::advance_group()),
             listener: Default::default(),
         })
     }

@@ -89,14 +89,48 @@ const ADVANCE_PG: &str = "WITH advanced AS (UPDATE sessions SET refresh_token_co
                SELECT $8, $9, $10::jsonb::json, $5, $11 FROM advanced) \
      SELECT count(*) FROM advanced";
 
-/// As `ADVANCE_PG`, as a SQLite batch with its own transaction (see `ROTATE_LITE`).
-const ADVANCE_LITE: &str = "BEGIN IMMEDIATE; \
-     UPDATE sessions SET refresh_token_counter = $3, refreshed_at = $4, updated_at = $5, ip = coalesce($6, ip), \
+/// As `ADVANCE_PG`, as SQLite statements a write batch runs (see
+/// `ROTATE_LITE` for `changes()`, and `group` for the batch).
+const ADVANCE_LITE: &str = "UPDATE sessions SET refresh_token_counter = $3, refreshed_at = $4, updated_at = $5, ip = coalesce($6, ip), \
          user_agent = coalesce($7, user_agent) WHERE id = $1 AND refresh_token_counter = $2; \
      INSERT INTO audit_log_entries (instance_id, id, payload, created_at, ip_address) \
          SELECT $8, $9, $10, $5, $11 WHERE changes() = 1; \
-     SELECT changes(); \
-     COMMIT";
+     SELECT changes()";
+
+/// An advance's values, owned (a SQLite batch runs in a task of its own).
+pub(super) type AdvanceArgs = (
+    Uuid,
+    i64,
+    i64,
+    DateTime<Utc>,
+    Json<Value>,
+    crate::client::Client,
+);
+
+macro_rules! bind_advance {
+    ($q:expr, $a:expr) => {{
+        let (session, from, to, now, audit, client): AdvanceArgs = $a;
+        $q.bind(session)
+            .bind(from)
+            .bind(to)
+            .bind(now.naive_utc())
+            .bind(now)
+            .bind(client.ip.map(|ip| ip.to_string()))
+            .bind(client.user_agent)
+            .bind(INSTANCE_ID)
+            .bind(Uuid::now_v7())
+            .bind(audit)
+            .bind(client.address)
+    }};
+}
+
+/// SQLite's advances, batched (see `group`).
+pub(super) fn advance_group() -> super::group::WriteGroup<AdvanceArgs> {
+    fn bind(q: super::group::Scalar<'_>, a: AdvanceArgs) -> super::group::Scalar<'_> {
+        bind_advance!(q, a)
+    }
+    super::group::WriteGroup::new(ADVANCE_LITE, 11, bind)
+}
 
 /// Runs a guarded write in its two forms, one statement on PostgreSQL and a
 /// self-contained batch on SQLite (see `Store::lite_batch`), both bound by
@@ -537,33 +571,24 @@ impl Store {
     /// refresh moved it first (nothing written). One statement on
     /// PostgreSQL, one self-contained batch on SQLite.
     pub async fn advance_refresh_counter(&self, a: &Advance<'_>) -> Result<bool, sqlx::Error> {
-        let client = crate::client::current();
         count();
-        let args = (
+        let args: AdvanceArgs = (
             a.session_id,
             a.from,
             a.to,
             a.now,
             Json(a.audit.clone()),
-            client,
+            crate::client::current(),
         );
-        macro_rules! bind_all {
-            ($q:expr, $a:expr) => {{
-                let (session, from, to, now, audit, client) = $a;
-                $q.bind(session)
-                    .bind(from)
-                    .bind(to)
-                    .bind(now.naive_utc())
-                    .bind(now)
-                    .bind(client.ip.map(|ip| ip.to_string()))
-                    .bind(client.user_agent)
-                    .bind(INSTANCE_ID)
-                    .bind(Uuid::now_v7())
-                    .bind(audit)
-                    .bind(client.address)
-            }};
-        }
-        guarded_write!(self, ADVANCE_PG, ADVANCE_LITE, bind_all, args)
+        let won = match &self.pool {
+            Pool::Pg(p) => {
+                bind_advance!(sqlx::query_scalar::<_, i64>(ADVANCE_PG), args)
+                    .fetch_one(p)
+                    .await?
+            }
+            Pool::Lite(_) => self.lite_grouped(&self.advances, args).await?,
+        };
+        Ok(won == 1)
     }
 
     /// Runs a SQLite batch that begins and commits its own transaction:
@@ -585,18 +610,11 @@ impl Store {
     ) -> Result<Vec<i64>, sqlx::Error> {
         let (opts, turn) = (self.lite_options.clone(), self.writer.clone());
         let write = tokio::spawn(async move {
-            use sqlx::{ConnectOptions, Connection};
             let mut turn = turn.lock_owned().await;
-            let conn = match turn.take() {
-                Some(c) => c,
-                None => opts.ok_or(sqlx::Error::PoolClosed)?.connect().await?,
-            };
-            let conn = turn.insert(conn);
+            let conn = super::writer_connection(&mut turn, opts.as_ref()).await?;
             let done = batch(conn).await;
-            if done.is_err()
-                && let Some(c) = turn.take()
-            {
-                let _ = c.close().await;
+            if done.is_err() {
+                super::discard_writer(&mut turn).await;
             }
             done
         });
