@@ -2,7 +2,7 @@
 //! turn, then for its task to be scheduled to send the write to SQLite's
 //! thread, then again to pass the turn on. Under load those waits, not
 //! SQLite, bound the write rate. Writes of one shape (a refresh's guarded
-//! counter move) that queue while the writer is busy run together instead:
+//! counter move, a legacy token's rotation) that queue while the writer is busy run together instead:
 //! the first to queue leads, takes the turn, and sends every write queued
 //! by then as one batch, `BEGIN IMMEDIATE`, each write's statements, `COMMIT`,
 //! in one call to SQLite's thread. Each write keeps its own guard and its

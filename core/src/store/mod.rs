@@ -75,14 +75,16 @@ pub struct Store {
     /// SQLite has one writer at a time. Writers queue here, in FIFO order,
     /// instead of spinning in SQLite's busy handler (whose sleeps make the
     /// tail latency of contended writes explode). The turn holds the
-    /// connection single-batch writes use (opened on first use, dropped
+    /// connection the batched writes use (`group`; opened on first use, dropped
     /// after a failure): one connection whose page cache no other write in
     /// this process invalidates, and no pool hand-off per write.
     writer: std::sync::Arc<tokio::sync::Mutex<Option<sqlx::SqliteConnection>>>,
     /// How to open that connection (SQLite only).
     lite_options: Option<SqliteConnectOptions>,
-    /// SQLite's refresh writes, batched on that connection (`group`).
+    /// SQLite's refresh writes (v2 counter moves, legacy rotations),
+    /// batched on that connection (`group`).
     advances: Arc<group::WriteGroup<queries::AdvanceArgs>>,
+    rotations: Arc<group::WriteGroup<queries::RotateArgs>>,
     listener: Arc<OnceLock<ChangeListener>>,
 }
 
@@ -245,6 +247,7 @@ impl Store {
             writer: Default::default(),
             lite_options,
             advances: Arc::new(queries::advance_group()),
+            rotations: Arc::new(queries::rotate_group()),
             listener: Default::default(),
         })
     }

@@ -132,31 +132,21 @@ pub(super) fn advance_group() -> super::group::WriteGroup<AdvanceArgs> {
     super::group::WriteGroup::new(ADVANCE_LITE, 11, bind)
 }
 
-/// Runs a guarded write in its two forms, one statement on PostgreSQL and a
-/// self-contained batch on SQLite (see `Store::lite_batch`), both bound by
-/// `$bind` from the owned `$args`: true when the guarded step ran.
+/// Runs a guarded write in its two forms, one statement on PostgreSQL and
+/// the same steps in a SQLite write batch (`group`), both bound by `$bind`
+/// from the owned `$args`: true when the guarded step ran.
 macro_rules! guarded_write {
-    ($store:expr, $pg:expr, $lite:expr, $bind:ident, $args:expr) => {
-        match &$store.pool {
+    ($store:expr, $pg:expr, $group:expr, $bind:ident, $args:expr) => {{
+        let won = match &$store.pool {
             Pool::Pg(p) => {
-                let won: i64 = $bind!(sqlx::query_scalar($pg), $args).fetch_one(p).await?;
-                Ok(won == 1)
+                $bind!(sqlx::query_scalar::<_, i64>($pg), $args)
+                    .fetch_one(p)
+                    .await?
             }
-            Pool::Lite(_) => {
-                let args = $args;
-                let done = $store
-                    .lite_batch(move |conn| {
-                        Box::pin(async move {
-                            $bind!(sqlx::query_scalar::<_, i64>($lite), args)
-                                .fetch_all(conn)
-                                .await
-                        })
-                    })
-                    .await?;
-                Ok(done.first() == Some(&1))
-            }
-        }
-    };
+            Pool::Lite(_) => $store.lite_grouped($group, $args).await?,
+        };
+        Ok(won == 1)
+    }};
 }
 
 /// A user as an access token sees them: identities, and the session the
@@ -229,20 +219,58 @@ const ROTATE_PG: &str = "WITH revoked AS (UPDATE refresh_tokens SET revoked = tr
 
 /// The same on SQLite, which has no writes in CTEs: each statement runs
 /// only if the one before changed what it should (`changes()`), so a lost
-/// race changes no row at all; its own transaction, begun and committed in
-/// the same call. It answers whether the last step ran (`rows_affected`
-/// cannot tell: SQLite reports BEGIN and COMMIT with the count of the
-/// connection's previous change).
-const ROTATE_LITE: &str = "BEGIN IMMEDIATE; \
-     UPDATE refresh_tokens SET revoked = true, updated_at = $1 WHERE id = $2 AND coalesce(revoked, false) = false; \
+/// race changes no row at all; run in a write batch (`group`). It answers
+/// whether the last step ran (`rows_affected` cannot tell: SQLite reports
+/// a batch with the count of the connection's previous change).
+const ROTATE_LITE: &str = "UPDATE refresh_tokens SET revoked = true, updated_at = $1 WHERE id = $2 AND coalesce(revoked, false) = false; \
      INSERT INTO refresh_tokens (instance_id, token, user_id, revoked, created_at, updated_at, parent, session_id) \
          SELECT $3, $4, $5, false, $1, $1, $6, $7 WHERE changes() = 1; \
      INSERT INTO audit_log_entries (instance_id, id, payload, created_at, ip_address) \
          SELECT $3, $8, $9, $1, $13 WHERE changes() = 1 UNION ALL SELECT $3, $10, $11, $1, $13 WHERE changes() = 1; \
      UPDATE sessions SET refreshed_at = $12, updated_at = $1, ip = coalesce($14, ip), \
          user_agent = coalesce($15, user_agent) WHERE id = $7 AND changes() = 2; \
-     SELECT changes(); \
-     COMMIT";
+     SELECT changes()";
+
+/// A rotation's values, owned (a SQLite batch runs in a task of its own).
+pub(super) type RotateArgs = (
+    DateTime<Utc>,
+    i64,
+    String,
+    String,
+    Option<String>,
+    Uuid,
+    [Json<Value>; 2],
+    crate::client::Client,
+);
+
+macro_rules! bind_rotate {
+    ($q:expr, $a:expr) => {{
+        let (now, revoke, child, user, parent, session, [a0, a1], client): RotateArgs = $a;
+        $q.bind(now)
+            .bind(revoke)
+            .bind(INSTANCE_ID)
+            .bind(child)
+            .bind(user)
+            .bind(parent)
+            .bind(session)
+            .bind(Uuid::now_v7())
+            .bind(a0)
+            .bind(Uuid::now_v7())
+            .bind(a1)
+            .bind(now.naive_utc())
+            .bind(client.address)
+            .bind(client.ip.map(|ip| ip.to_string()))
+            .bind(client.user_agent)
+    }};
+}
+
+/// SQLite's rotations, batched (see `group`).
+pub(super) fn rotate_group() -> super::group::WriteGroup<RotateArgs> {
+    fn bind(q: super::group::Scalar<'_>, a: RotateArgs) -> super::group::Scalar<'_> {
+        bind_rotate!(q, a)
+    }
+    super::group::WriteGroup::new(ROTATE_LITE, 15, bind)
+}
 
 /// A user's factors as a JSON array (GoTrue lists them in the user JSON),
 /// for the user row named `$who`.
@@ -580,52 +608,14 @@ impl Store {
             Json(a.audit.clone()),
             crate::client::current(),
         );
-        let won = match &self.pool {
-            Pool::Pg(p) => {
-                bind_advance!(sqlx::query_scalar::<_, i64>(ADVANCE_PG), args)
-                    .fetch_one(p)
-                    .await?
-            }
-            Pool::Lite(_) => self.lite_grouped(&self.advances, args).await?,
-        };
-        Ok(won == 1)
-    }
-
-    /// Runs a SQLite batch that begins and commits its own transaction:
-    /// BEGIN, the batch and COMMIT in one call to SQLite's thread, so the
-    /// write lock is never held across a wait for this task to be scheduled
-    /// again. It runs on the writer's own connection, in a task of its own
-    /// that finishes it even if the request is abandoned; after a failure
-    /// that connection is closed (which rolls back whatever it left open)
-    /// and the next batch opens another. Answers the batch's rows (every
-    /// row is read, so every statement, COMMIT too, runs).
-    async fn lite_batch(
-        &self,
-        batch: impl for<'c> FnOnce(
-            &'c mut sqlx::SqliteConnection,
-        ) -> std::pin::Pin<
-            Box<dyn std::future::Future<Output = Result<Vec<i64>, sqlx::Error>> + Send + 'c>,
-        > + Send
-        + 'static,
-    ) -> Result<Vec<i64>, sqlx::Error> {
-        let (opts, turn) = (self.lite_options.clone(), self.writer.clone());
-        let write = tokio::spawn(async move {
-            let mut turn = turn.lock_owned().await;
-            let conn = super::writer_connection(&mut turn, opts.as_ref()).await?;
-            let done = batch(conn).await;
-            if done.is_err() {
-                super::discard_writer(&mut turn).await;
-            }
-            done
-        });
-        write.await.map_err(|_| sqlx::Error::WorkerCrashed)?
+        guarded_write!(self, ADVANCE_PG, &self.advances, bind_advance, args)
     }
 
     /// Revokes `r.revoke` and writes its child, the audit entries and the
     /// session's refresh time, all only if the token was still unrevoked:
     /// false when another refresh of it got there first (nothing written).
-    /// One statement on PostgreSQL (its own transaction); one batch with its
-    /// own BEGIN and COMMIT on SQLite.
+    /// One statement on PostgreSQL (its own transaction); on SQLite, in a
+    /// write batch.
     pub async fn rotate_if_current(&self, r: &Rotation<'_>) -> Result<bool, sqlx::Error> {
         let Some(revoke) = r.revoke else {
             return Ok(false);
@@ -633,7 +623,7 @@ impl Store {
         let client = crate::client::current();
         count();
         // Owned, so the SQLite write can run to its end on a task of its own.
-        let args = (
+        let args: RotateArgs = (
             r.now,
             revoke,
             r.child.to_string(),
@@ -643,27 +633,7 @@ impl Store {
             [Json(r.audits[0].clone()), Json(r.audits[1].clone())],
             client,
         );
-        macro_rules! bind_all {
-            ($q:expr, $a:expr) => {{
-                let (now, revoke, child, user, parent, session, [a0, a1], client) = $a;
-                $q.bind(now)
-                    .bind(revoke)
-                    .bind(INSTANCE_ID)
-                    .bind(child)
-                    .bind(user)
-                    .bind(parent)
-                    .bind(session)
-                    .bind(Uuid::now_v7())
-                    .bind(a0)
-                    .bind(Uuid::now_v7())
-                    .bind(a1)
-                    .bind(now.naive_utc())
-                    .bind(client.address)
-                    .bind(client.ip.map(|ip| ip.to_string()))
-                    .bind(client.user_agent)
-            }};
-        }
-        guarded_write!(self, ROTATE_PG, ROTATE_LITE, bind_all, args)
+        guarded_write!(self, ROTATE_PG, &self.rotations, bind_rotate, args)
     }
 
     /// Replaces a password hash only if it is still the one that was verified
