@@ -61,6 +61,17 @@ async fn approve(t: &TestServer, fake: &FakeTwitter, screen_name: &str) -> Strin
     format!("?{q}")
 }
 
+/// The error a callback with these OAuth 1.0a parts lands with.
+async fn answer(
+    t: &TestServer,
+    state: &str,
+    token: &str,
+    verifier: &str,
+) -> HashMap<String, String> {
+    let q = format!("?state={state}&oauth_token={token}&oauth_verifier={verifier}");
+    landing(t, &q).await.1
+}
+
 async fn client_states(t: &TestServer) -> i64 {
     count(
         t,
@@ -144,39 +155,18 @@ both_twitter!(
         };
 
         // B's token and verifier under A's state: refused before Twitter is asked.
-        let (_, e) = landing(
-            &t,
-            &format!(
-                "?state={}&oauth_token={}&oauth_verifier={}",
-                a["state"], b["oauth_token"], b["oauth_verifier"]
-            ),
-        )
-        .await;
+        let e = answer(&t, &a["state"], &b["oauth_token"], &b["oauth_verifier"]).await;
         assert_eq!(
             err(&e),
             ("invalid_request".into(), "bad_oauth_callback".into())
         );
         assert!(!fake.calls().contains(&"access_token".to_string()));
         // A's kept token was taken by that attempt: its own answer is refused now.
-        let (_, e) = landing(
-            &t,
-            &format!(
-                "?state={}&oauth_token={}&oauth_verifier={}",
-                a["state"], a["oauth_token"], a["oauth_verifier"]
-            ),
-        )
-        .await;
+        let e = answer(&t, &a["state"], &a["oauth_token"], &a["oauth_verifier"]).await;
         assert_eq!(e["error_code"], "bad_oauth_state");
 
         // A forged verifier reaches Twitter, which refuses it.
-        let (_, e) = landing(
-            &t,
-            &format!(
-                "?state={}&oauth_token={}&oauth_verifier=forged",
-                b["state"], b["oauth_token"]
-            ),
-        )
-        .await;
+        let e = answer(&t, &b["state"], &b["oauth_token"], "forged").await;
         assert_eq!(e["error_code"], "bad_oauth_callback");
         assert_eq!(
             count(&t, "SELECT count(*) FROM users WHERE $1 = $1").await,
