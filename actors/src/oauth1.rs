@@ -103,17 +103,18 @@ pub fn token_answer(body: &[u8], request_token: bool) -> Result<TokenPair, Provi
     })
 }
 
-/// A token request's answer (a used verifier or bad credentials are refused).
+/// A signed token request's answer (a used verifier or bad credentials
+/// are refused); a request token's must confirm the callback.
 pub async fn post_for_token(
     http: &oauth2::reqwest::Client,
+    signer: &Signer<'_>,
     url: &str,
-    authorization: String,
-    request_token: bool,
+    extra: &Extra<'_>,
 ) -> Result<TokenPair, ProviderError> {
     let req = http
         .post(url)
-        .header("authorization", authorization)
-        .header("user-agent", "castellan");
+        .header("authorization", signer.authorization("POST", url, extra));
+    let request_token = extra.callback.is_some();
     token_answer(&answer(req, "the token endpoint").await?, request_token)
 }
 
@@ -136,7 +137,6 @@ pub fn profile_request(
     };
     http.get(url)
         .header("authorization", signer.authorization("GET", url, &extra))
-        .header("user-agent", "castellan")
 }
 
 #[cfg(test)]

@@ -283,6 +283,7 @@ impl ProviderBroker {
         let http = oauth2::reqwest::ClientBuilder::new()
             // A provider's redirect is never followed (SSRF).
             .redirect(oauth2::reqwest::redirect::Policy::none())
+            .user_agent("castellan")
             .timeout(timeout)
             .build()
             .map_err(|e| e.to_string())?;
@@ -461,24 +462,37 @@ impl ProviderBroker {
         match p.description.protocol {
             Protocol::OAuth2 => self.oauth2_authorize_url(p, state, scopes, params),
             Protocol::OAuth1 { request_token } => {
-                let _permit = self.permit(p).await?;
-                let start = Instant::now();
-                let pair = self.request_token(p, request_token, state).await;
-                record(
-                    p.description.name,
-                    "request_token",
-                    start,
-                    pair.as_ref().map(drop),
-                );
-                let pair = pair?;
-                let mut url = oauth2::url::Url::parse(&p.url(p.description.authorize))
-                    .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
-                url.query_pairs_mut()
-                    .append_pair("oauth_token", &pair.token)
-                    .extend_pairs(params);
-                Ok((url.to_string(), Some(pair.keep())))
+                self.oauth1_authorize_url(p, request_token, state, params)
+                    .await
             }
         }
+    }
+
+    /// OAuth 1.0a: a request token first; the browser goes to `authorize`
+    /// with it, and the flow keeps it (with its secret) for the callback.
+    async fn oauth1_authorize_url(
+        &self,
+        p: &Configured,
+        request_token: &str,
+        state: &str,
+        params: &[(String, String)],
+    ) -> Result<(String, Option<String>), ProviderError> {
+        let _permit = self.permit(p).await?;
+        let start = Instant::now();
+        let pair = self.request_token(p, request_token, state).await;
+        record(
+            p.description.name,
+            "request_token",
+            start,
+            pair.as_ref().map(drop),
+        );
+        let pair = pair?;
+        let mut url = oauth2::url::Url::parse(&p.url(p.description.authorize))
+            .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+        url.query_pairs_mut()
+            .append_pair("oauth_token", &pair.token)
+            .extend_pairs(params);
+        Ok((url.to_string(), Some(pair.keep())))
     }
 
     fn oauth2_authorize_url(
@@ -536,8 +550,7 @@ impl ProviderBroker {
             callback: Some(callback.as_str()),
             ..Default::default()
         };
-        let authorization = self.signer(p).authorization("POST", &url, &extra);
-        oauth1::post_for_token(&self.http, &url, authorization, true).await
+        oauth1::post_for_token(&self.http, &self.signer(p), &url, &extra).await
     }
 
     /// OAuth 1.0a's exchange: the verifier, for the request token the
@@ -563,8 +576,7 @@ impl ProviderBroker {
             verifier: Some(&returned.code),
             ..Default::default()
         };
-        let authorization = self.signer(p).authorization("POST", &url, &extra);
-        oauth1::post_for_token(&self.http, &url, authorization, false).await
+        oauth1::post_for_token(&self.http, &self.signer(p), &url, &extra).await
     }
 
     /// A call slot of the provider's own, waited for at most the timeout.
@@ -716,10 +728,7 @@ impl ProviderBroker {
             );
             url.push_str(&format!("&appsecret_proof={proof}"));
         }
-        self.http
-            .get(&url)
-            .bearer_auth(access)
-            .header("user-agent", "castellan")
+        self.http.get(&url).bearer_auth(access)
     }
 }
 
