@@ -30,7 +30,7 @@ COPY --from=builder /usr/local/bin/castellan /usr/local/bin/castellan
 # A SQLite DATABASE_URL (the default ./castellan.db) lands here.
 WORKDIR /var/lib/castellan
 ENV GOTRUE_API_HOST=0.0.0.0
-# 8081: the API (PORT); 9102: /metrics when CASTELLAN_METRICS_ADDR is set.
+# 8081: the API (PORT); 9102: /metrics on CASTELLAN_METRICS_ADDR (loopback unless set).
 EXPOSE 8081 9102
 USER castellan
 STOPSIGNAL SIGTERM

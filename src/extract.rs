@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use castellan_actors::accounts::Principal;
 use castellan_core::ApiError;
+use castellan_core::config::TrustedProxies;
 use castellan_core::models::{AuditActor, User};
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
@@ -221,9 +222,10 @@ impl FromRequestParts<AppState> for RequestAud {
     type Rejection = HttpError;
 
     async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, HttpError> {
-        Ok(RequestAud(
-            header_aud(&parts.headers).unwrap_or_else(|| st.config.jwt.aud.clone()),
-        ))
+        let aud = header_aud(&parts.headers).unwrap_or_else(|| st.config.jwt.aud.clone());
+        // It is stored with the user (GoTrue's varchar(255)).
+        castellan_core::validate::short_text("X-JWT-AUD", &aud, 255)?;
+        Ok(RequestAud(aud))
     }
 }
 
@@ -236,19 +238,31 @@ pub fn header_aud(headers: &axum::http::HeaderMap) -> Option<String> {
 }
 
 /// Who a rate limit counts: the configured header's first value; else, when
-/// the peer is a local proxy, the right-most public `X-Forwarded-For` entry;
-/// else the peer address. `source` names which (for metrics, never the value).
+/// the peer is a trusted proxy (`CASTELLAN_TRUSTED_PROXIES`), the right-most
+/// `X-Forwarded-For` entry that is not itself a trusted proxy; else the peer
+/// address. `source` names which (for metrics, never the value).
 #[derive(Clone)]
 pub struct ClientKey {
     pub key: String,
     pub source: &'static str,
 }
 
-fn is_local(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_loopback() || v4.is_private() || v4.is_link_local(),
-        IpAddr::V6(v6) => v6.is_loopback() || v6.is_unique_local() || v6.is_unicast_link_local(),
+/// The client behind `peer`: each trusted hop of `X-Forwarded-For`, read
+/// from the right, names the one before it; the first untrusted address (or
+/// the last readable one) is the client. A client cannot spoof past a proxy
+/// that appends what it saw.
+fn forwarded_client(peer: IpAddr, xff: &str, trusted: &TrustedProxies) -> IpAddr {
+    let mut client = peer;
+    for hop in xff.rsplit(',') {
+        if !trusted.contains(client) {
+            break;
+        }
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) => client = ip,
+            Err(_) => break,
+        }
     }
+    client
 }
 
 impl FromRequestParts<AppState> for ClientKey {
@@ -277,16 +291,12 @@ impl FromRequestParts<AppState> for ClientKey {
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip());
         if let Some(peer) = peer
-            && is_local(peer)
             && let Some(xff) = parts
                 .headers
                 .get("x-forwarded-for")
                 .and_then(|v| v.to_str().ok())
-            && let Some(client) = xff
-                .split(',')
-                .rev()
-                .filter_map(|s| s.trim().parse::<IpAddr>().ok())
-                .find(|ip| !is_local(*ip))
+            && let client = forwarded_client(peer, xff, &st.config.trusted_proxies)
+            && client != peer
         {
             return Ok(ClientKey {
                 key: client.to_string(),
@@ -357,7 +367,51 @@ pub async fn with_client(
 
 #[cfg(test)]
 mod tests {
-    use super::escapes_nul;
+    use super::{escapes_nul, forwarded_client};
+
+    fn proxies(list: &str) -> castellan_core::config::TrustedProxies {
+        let vars = [("CASTELLAN_TRUSTED_PROXIES".to_string(), list.to_string())].into();
+        castellan_core::Config::from_vars(&vars)
+            .unwrap()
+            .trusted_proxies
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_from_trusted_proxies_only() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let lo = proxies("127.0.0.0/8,::1");
+        // A trusted proxy names the client.
+        assert_eq!(
+            forwarded_client(ip("127.0.0.1"), "203.0.113.9", &lo),
+            ip("203.0.113.9")
+        );
+        // A private peer that is not configured is the client itself.
+        assert_eq!(
+            forwarded_client(ip("10.1.2.3"), "203.0.113.9", &lo),
+            ip("10.1.2.3")
+        );
+        // Entries a client wrote left of what the proxy appended are ignored.
+        assert_eq!(
+            forwarded_client(ip("127.0.0.1"), "1.1.1.1, 203.0.113.9", &lo),
+            ip("203.0.113.9")
+        );
+        // A chain of trusted proxies is walked to the first untrusted hop.
+        let two = proxies("127.0.0.1,10.0.0.0/8");
+        assert_eq!(
+            forwarded_client(ip("127.0.0.1"), "1.1.1.1, 203.0.113.9, 10.0.0.5", &two),
+            ip("203.0.113.9")
+        );
+        // Garbage stops the walk at the last address known.
+        assert_eq!(
+            forwarded_client(ip("127.0.0.1"), "x, nonsense", &lo),
+            ip("127.0.0.1")
+        );
+        // `none` trusts nobody, loopback included.
+        assert_eq!(
+            forwarded_client(ip("127.0.0.1"), "203.0.113.9", &proxies("none")),
+            ip("127.0.0.1")
+        );
+    }
 
     #[test]
     fn finds_escaped_nuls_only() {

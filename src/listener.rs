@@ -1,21 +1,26 @@
 //! The accept loop. It is axum's, plus what axum's lacks against slow and
-//! stalled clients: a bound on open connections, a deadline for a request's
-//! headers, and a shutdown that waits a grace period and no longer.
+//! stalled clients: a bound on open connections and on each client
+//! address's share of them, a deadline from accept to the first complete
+//! request and for each request's headers, an idle timeout for HTTP/1 and
+//! HTTP/2 alike, and a shutdown that waits a grace period and no longer.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
-use castellan_core::config::Listen;
+use castellan_core::config::{Listen, TrustedProxies};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 /// How long open connections keep serving after the listener closes,
 /// before they are told to close.
@@ -27,15 +32,32 @@ pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: Listen,
+    proxies: TrustedProxies,
     stop: impl Future<Output = ()>,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let shares = Shares::new(limits.max_connections_per_client, proxies);
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let watch = Watch {
+        first_request: limits.header_read_timeout,
+        idle: limits.idle_timeout,
+    };
     let (closing, closing_rx) = watch::channel(());
+    let serve_one = |io, remote| {
+        connection(
+            builder.clone(),
+            app.clone(),
+            io,
+            remote,
+            watch,
+            closing_rx.clone(),
+        )
+    };
     let mut open = JoinSet::new();
     tokio::pin!(stop);
     loop {
@@ -56,9 +78,15 @@ pub async fn serve(
             },
             _ = &mut stop => break,
         };
-        let conn = connection(builder.clone(), app.clone(), io, remote, closing_rx.clone());
+        let Some(share) = shares.take(remote.ip()) else {
+            // Closed at once: one address may not hold every slot.
+            metrics::counter!("castellan_connections_refused_total", "reason" => "per_client")
+                .increment(1);
+            continue;
+        };
+        let conn = serve_one(io, remote);
         open.spawn(async move {
-            let _permit = permit;
+            let _held = (permit, share);
             conn.await
         });
         while open.try_join_next().is_some() {}
@@ -67,13 +95,7 @@ pub async fn serve(
     // Connections the kernel has already completed would be reset when the
     // listener closes: take them and answer them too.
     while let Ok(Ok((io, remote))) = tokio::time::timeout(Duration::ZERO, listener.accept()).await {
-        open.spawn(connection(
-            builder.clone(),
-            app.clone(),
-            io,
-            remote,
-            closing_rx.clone(),
-        ));
+        open.spawn(serve_one(io, remote));
     }
     drop(listener);
     // A request already sent on a fresh connection is read before the
@@ -92,26 +114,168 @@ pub async fn serve(
     }
 }
 
+/// The deadlines a connection's watchdog keeps.
+#[derive(Clone, Copy)]
+struct Watch {
+    /// From accept to the first request's complete headers.
+    first_request: Duration,
+    /// With no request in flight.
+    idle: Duration,
+}
+
+/// What a connection is doing, written by its requests and read by its
+/// watchdog: requests seen, requests in flight, when the last one ended.
+struct Activity {
+    opened: Instant,
+    seen: AtomicU64,
+    in_flight: AtomicUsize,
+    /// Milliseconds after `opened` when the last request ended.
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.seen.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        Busy(self.clone())
+    }
+
+    /// When the connection is due to be closed, if nothing happens first.
+    fn due(&self, watch: Watch) -> Instant {
+        if self.seen.load(Ordering::Relaxed) == 0 {
+            return self.opened + watch.first_request;
+        }
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return Instant::now() + watch.idle;
+        }
+        self.opened + Duration::from_millis(self.last_ms.load(Ordering::Acquire)) + watch.idle
+    }
+}
+
+/// A request in flight; its end restarts the idle clock.
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let ms = self.0.opened.elapsed().as_millis() as u64;
+        self.0.last_ms.store(ms, Ordering::Release);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Open connections per client address, so that one address cannot hold
+/// every slot; trusted proxies speak for many clients and are exempt.
+#[derive(Clone)]
+struct Shares {
+    max: usize,
+    proxies: TrustedProxies,
+    held: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Shares {
+    fn new(max: usize, proxies: TrustedProxies) -> Self {
+        Shares {
+            max,
+            proxies,
+            held: Arc::default(),
+        }
+    }
+
+    /// A share for one more connection from `ip`, or `None` when it holds
+    /// its maximum already.
+    fn take(&self, ip: IpAddr) -> Option<Share> {
+        if self.proxies.contains(ip) {
+            return Some(Share(None));
+        }
+        let mut held = self.held.lock().expect("never poisoned");
+        let n = held.entry(ip).or_default();
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(Share(Some((self.clone(), ip))))
+    }
+}
+
+struct Share(Option<(Shares, IpAddr)>);
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        if let Some((shares, ip)) = self.0.take() {
+            let mut held = shares.held.lock().expect("never poisoned");
+            if let Some(n) = held.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    held.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
 /// One connection, which finishes its request in flight and closes once
-/// `closing` is dropped.
+/// `closing` is dropped, or when it brings no first request in time, or
+/// idles too long.
 async fn connection(
     builder: Builder<TokioExecutor>,
     app: Router,
     io: tokio::net::TcpStream,
     remote: SocketAddr,
+    watch: Watch,
     mut closing: watch::Receiver<()>,
 ) {
-    let service = tower::ServiceExt::map_request(app, move |req: axum::http::Request<_>| {
+    let activity = Arc::new(Activity {
+        opened: Instant::now(),
+        seen: AtomicU64::new(0),
+        in_flight: AtomicUsize::new(0),
+        last_ms: AtomicU64::new(0),
+    });
+    let seen = activity.clone();
+    let service = tower::service_fn(move |req: axum::http::Request<_>| {
+        let busy = seen.begin();
         let mut req = req.map(axum::body::Body::new);
         req.extensions_mut().insert(ConnectInfo(remote));
-        req
+        let app = app.clone();
+        async move {
+            let answer = tower::ServiceExt::oneshot(app, req).await;
+            drop(busy);
+            answer
+        }
     });
     let conn =
         builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
     tokio::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => return,
-        _ = closing.changed() => conn.as_mut().graceful_shutdown(),
+    let idled = loop {
+        let due = activity.due(watch);
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = closing.changed() => break false,
+            _ = tokio::time::sleep_until(due) => {
+                if activity.due(watch) > Instant::now() {
+                    continue;
+                }
+                let reason = if activity.seen.load(Ordering::Relaxed) == 0 {
+                    "no_request"
+                } else {
+                    "idle"
+                };
+                metrics::counter!("castellan_connections_closed_total", "reason" => reason)
+                    .increment(1);
+                if reason == "no_request" {
+                    // Nothing to finish: dropping closes the socket, whatever
+                    // part of a preface or headers it sent.
+                    return;
+                }
+                break true;
+            }
+        }
+    };
+    conn.as_mut().graceful_shutdown();
+    if idled {
+        // A peer that does not take the close is cut off after one more
+        // idle period; at shutdown the grace period does that.
+        let _ = tokio::time::timeout(watch.idle, conn).await;
+    } else {
+        let _ = conn.await;
     }
-    let _ = conn.await;
 }

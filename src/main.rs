@@ -1,6 +1,7 @@
 //! The `castellan` command: `serve` (the default) and `migrate`.
 
 use castellan_core::Config;
+use castellan_core::config::DEFAULT_METRICS_ADDR;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
@@ -197,8 +198,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 handle: castellan::observability::recorder(),
                 store: store.clone(),
             };
-            let metrics = castellan::server::MetricsServer::start(&config, scrape).await?;
-            let mut workers = castellan::server::Workers::spawn(store, config);
+            let metrics = match castellan::server::MetricsServer::start(&config, scrape).await {
+                Ok(m) => m,
+                // The API server on this host holds the default address.
+                Err(e) if config.metrics_addr.as_deref() == Some(DEFAULT_METRICS_ADDR) => {
+                    tracing::warn!(error = %e, "workers serve no /metrics: set CASTELLAN_METRICS_ADDR to give them an address of their own");
+                    None
+                }
+                Err(e) => return Err(e),
+            };
+            let secret = castellan::server::resolve_secret(&config)?;
+            let mut workers = castellan::server::Workers::spawn(store, config, &secret);
             tracing::info!("castellan workers running");
             tokio::select! {
                 _ = shutdown_signal() => workers.stop().await,

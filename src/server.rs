@@ -95,7 +95,8 @@ impl MetricsServer {
         };
         tracing::info!(%addr, "metrics listening");
         let limits = config.listen.clone();
-        let task = tokio::spawn(crate::listener::serve(l, app, limits, stopped));
+        let proxies = config.trusted_proxies.clone();
+        let task = tokio::spawn(crate::listener::serve(l, app, limits, proxies, stopped));
         Ok(Some(MetricsServer { addr, stop, task }))
     }
 
@@ -112,14 +113,16 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// Starts the email workers on the store until `stop` is called.
-    pub fn spawn(store: Store, config: Config) -> Workers {
+    /// Starts the email workers on the store until `stop` is called;
+    /// `secret` (the resolved JWT secret) opens the sealed jobs.
+    pub fn spawn(store: Store, config: Config, secret: &str) -> Workers {
+        let seal = castellan_core::crypto::at_rest::JobSeal::from_secret(secret);
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let signal = async move {
                 let _ = rx.await;
             };
-            if let Err(e) = castellan_jobs::worker::run(store, &config, signal).await {
+            if let Err(e) = castellan_jobs::worker::run(store, &config, seal, signal).await {
                 tracing::error!(error = %e, "job workers stopped");
             }
         });
@@ -371,7 +374,7 @@ pub async fn start_with(config: Config, workers: bool) -> anyhow::Result<Server>
                 config.host, config.port
             )
         })?;
-    let workers = workers.then(|| Workers::spawn(store.clone(), config.clone()));
+    let workers = workers.then(|| Workers::spawn(store.clone(), config.clone(), &secret));
     let ctx = Ctx::load(config, store, &secret)
         .await
         .map_err(anyhow::Error::msg)
@@ -433,6 +436,7 @@ pub async fn start_with(config: Config, workers: bool) -> anyhow::Result<Server>
         listener,
         app,
         limits.clone(),
+        state.config.trusted_proxies.clone(),
         async {
             let _ = rx.await;
         },

@@ -176,7 +176,7 @@ impl Accounts {
             "" => (user.phone_str(), self.ctx.config.sms.otp_exp),
             email => (email, self.ctx.config.mailer.otp_exp),
         };
-        let hash = castellan_core::crypto::token_hash(address, nonce);
+        let hash = self.ctx.token_hash(address, nonce);
         let now = self.ctx.config.clock.now();
         let mut tx = self.ctx.store.begin().await?;
         let stored = tx
@@ -188,6 +188,12 @@ impl Accounts {
             .is_some_and(|t| now <= t + chrono::Duration::from_std(exp).unwrap_or_default());
         let matches = !stored.is_empty()
             && castellan_core::crypto::secure_eq(stored.as_bytes(), hash.as_bytes());
+        if !matches && !stored.is_empty() {
+            // Counted like any code: guessed at too often, the nonce is void.
+            let types = [TokenType::ReauthenticationToken];
+            crate::otp_issuer::wrong_guess(&self.ctx, tx, user.id, &types).await?;
+            return Err(invalid());
+        }
         if !(matches
             && fresh
             && tx

@@ -145,6 +145,11 @@ impl Admin {
         Ok(self.ctx.store.ping().await?)
     }
 
+    /// Whether writes would fail for want of disk (SQLite; `GET /ready`).
+    pub fn disk_full(&self) -> bool {
+        self.ctx.store.disk_full()
+    }
+
     /// Changes rate limits while running (see `limit_settings`).
     pub async fn set_rate_limits(
         &self,

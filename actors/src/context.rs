@@ -18,6 +18,17 @@ pub struct Ctx {
     pub refresh_v2: bool,
     /// The SMS provider (or the log), for the sends a request makes itself.
     pub sms: castellan_jobs::sms::Gateway,
+    /// The key one-time tokens are hashed under (from the secret).
+    pub otp_key: [u8; 32],
+    /// The key queued jobs rest under (from the secret).
+    pub job_seal: castellan_core::crypto::at_rest::JobSeal,
+}
+
+impl Ctx {
+    /// A one-time token's stored hash: see [`castellan_core::crypto::token_hash`].
+    pub fn token_hash(&self, identifier: &str, otp: &str) -> String {
+        castellan_core::crypto::token_hash(&self.otp_key, identifier, otp)
+    }
 }
 
 impl Ctx {
@@ -43,6 +54,8 @@ impl Ctx {
             templates,
             refresh_v2,
             sms,
+            otp_key: castellan_core::crypto::token_hash_key(secret),
+            job_seal: castellan_core::crypto::at_rest::JobSeal::from_secret(secret),
         }))
     }
 }

@@ -128,6 +128,14 @@ impl Factors {
             Some(i) => i,
             None => site_host(&self.ctx.config.site_url),
         };
+        castellan_core::validate::short_text("issuer", &issuer, 255)?;
+        // Made before any transaction: a label too long for a QR code is the
+        // caller's to shorten (a long address escapes to three times its size).
+        let secret = totp::new_secret();
+        let uri = totp::uri(&issuer, account, &secret);
+        let qr_code = totp::qr_svg(&uri).ok_or_else(|| {
+            ApiError::validation("The issuer and email address are too long for a QR code")
+        })?;
         let now = self.ctx.config.clock.now();
         let mut tx = self.ctx.store.begin().await?;
         let expiry = chrono::Duration::from_std(cfg.factor_expiry).unwrap_or_default();
@@ -136,10 +144,6 @@ impl Factors {
         self.may_enroll(&mut tx, &factors, &req.friendly_name, session)
             .await?;
         let id = Uuid::new_v4();
-        let secret = totp::new_secret();
-        let uri = totp::uri(&issuer, account, &secret);
-        let qr_code = totp::qr_svg(&uri)
-            .ok_or_else(|| ApiError::internal("totp enroll", "the URI does not fit a QR code"))?;
         tx.insert_factor(&Factor {
             id,
             user_id: user.id,
@@ -236,6 +240,8 @@ impl Factors {
         name: &str,
         session: Uuid,
     ) -> ApiResult<()> {
+        // Indexed with the user (a long name fails PostgreSQL's index).
+        castellan_core::validate::short_text("friendly_name", name, 255)?;
         let cfg = &self.ctx.config.mfa;
         if factors
             .iter()

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use castellan_core::models::Pkce;
+use castellan_core::models::{Pkce, User};
 use castellan_core::{ApiError, ApiResult, validate};
 use castellan_jobs::EmailKind;
 use serde_json::{Map, Value};
@@ -71,6 +71,7 @@ pub struct Links {
     otp: OtpIssuer,
     recover_timing: Arc<EvenTiming>,
     otp_timing: Arc<EvenTiming>,
+    resend_timing: Arc<EvenTiming>,
 }
 
 impl Links {
@@ -80,6 +81,7 @@ impl Links {
             otp,
             recover_timing: Arc::default(),
             otp_timing: Arc::default(),
+            resend_timing: Arc::default(),
         }
     }
 
@@ -269,7 +271,8 @@ impl Links {
 
     /// `POST /resend`: the signup confirmation, a pending email change's
     /// confirmations, or a phone code again; nothing when there is nothing
-    /// to resend. The SMS provider's message id when it gave one.
+    /// to resend. The answer and its time are the same for a known and an
+    /// unknown recipient (`test-otp` only for a configured test number).
     pub async fn resend(
         &self,
         what: Resend,
@@ -278,24 +281,56 @@ impl Links {
         redirect_to: String,
         pkce: Option<Pkce>,
     ) -> ApiResult<Option<String>> {
-        let cfg = &self.accounts.ctx().config;
+        let to = self.resend_recipient(to)?;
+        let start = Instant::now();
         let store = &self.accounts.ctx().store;
-        let user = match to {
+        let user = match &to {
+            Recipient::Email(e) => store.user_by_email(e, aud).await,
+            Recipient::Phone(p) => store.user_by_phone(p, aud).await,
+        };
+        let resent = match user {
+            Ok(Some(u)) => self.resend_to(what, u, redirect_to, pkce).await,
+            Ok(None) => Ok(Resent::Nothing),
+            Err(e) => Err(e.into()),
+        };
+        let branch = match resent {
+            Ok(Resent::Nothing) => Branch::Unknown,
+            _ => Branch::Known,
+        };
+        self.resend_timing.settle(start, branch).await;
+        resent.map(|r| match r {
+            Resent::Sent(message_id) => message_id,
+            Resent::Nothing => None,
+        })
+    }
+
+    /// The recipient of a resend, validated, if its provider is enabled.
+    fn resend_recipient(&self, to: Recipient) -> ApiResult<Recipient> {
+        Ok(match to {
             Recipient::Email(e) => {
                 self.email_enabled(400)?;
-                store.user_by_email(&validate::email(&e)?, aud).await?
+                Recipient::Email(validate::email(&e)?)
             }
             Recipient::Phone(p) => {
-                if !cfg.external_phone_enabled {
+                if !self.accounts.ctx().config.external_phone_enabled {
                     return Err(ApiError::bad_request(
                         "phone_provider_disabled",
                         "Phone logins are disabled",
                     ));
                 }
-                store.user_by_phone(&validate::phone(&p)?, aud).await?
+                Recipient::Phone(validate::phone(&p)?)
             }
-        };
-        let Some(u) = user else { return Ok(None) };
+        })
+    }
+
+    /// What a known user gets again, if anything is pending.
+    async fn resend_to(
+        &self,
+        what: Resend,
+        u: User,
+        redirect_to: String,
+        pkce: Option<Pkce>,
+    ) -> ApiResult<Resent> {
         let sms = |kind, new_phone| SmsRequest {
             user_id: u.id,
             kind,
@@ -315,16 +350,23 @@ impl Links {
             }
             Resend::Sms if u.phone_confirmed_at.is_none() => {
                 let sent = self.otp.send_sms(sms(SmsKind::Confirmation, None)).await?;
-                return Ok(sent.message_id);
+                return Ok(Resent::Sent(sent.message_id));
             }
             Resend::PhoneChange if u.phone_change.as_deref().is_some_and(|p| !p.is_empty()) => {
                 let change = sms(SmsKind::PhoneChange, u.phone_change.clone());
                 let sent = self.otp.send_sms(change).await?;
-                return Ok(sent.message_id);
+                return Ok(Resent::Sent(sent.message_id));
             }
             // Already confirmed, or no change pending.
-            _ => return Ok(None),
+            _ => return Ok(Resent::Nothing),
         };
-        self.otp.send(send).await.map(|_| None)
+        self.otp.send(send).await?;
+        Ok(Resent::Sent(None))
     }
+}
+
+/// Whether a resend sent anything (for even timing), and the test number's id.
+enum Resent {
+    Nothing,
+    Sent(Option<String>),
 }

@@ -11,7 +11,7 @@ use arc_swap::ArcSwapOption;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use castellan_core::config::SendBudget;
-use castellan_core::crypto::{otp, secure_eq, token_hash};
+use castellan_core::crypto::{otp, secure_eq};
 use castellan_core::models::{AuditAction, AuditActor, Pkce, User, audit_payload};
 use castellan_core::store::{Budget, TokenType};
 use castellan_core::{ApiError, ApiResult};
@@ -341,7 +341,7 @@ async fn send(ctx: &Ctx, budget: SendBudget, req: &SendRequest) -> ApiResult<Vec
     let mut issued = Vec::new();
     for (tt, address) in deliveries {
         let code = otp(ctx.config.mailer.otp_length);
-        let plain = token_hash(&address, &code);
+        let plain = ctx.token_hash(&address, &code);
         let stored = match &req.pkce {
             Some(_) if req.kind != EmailKind::Invite => format!("pkce_{plain}"),
             _ => plain.clone(),
@@ -370,8 +370,13 @@ async fn send(ctx: &Ctx, budget: SendBudget, req: &SendRequest) -> ApiResult<Vec
         };
         if !req.generate_only {
             job.message = Some(ctx.templates.render(&job));
-            castellan_jobs::queue::enqueue_email(&mut tx, &job, ctx.config.mailer.max_attempts)
-                .await?;
+            castellan_jobs::queue::enqueue_email(
+                &mut tx,
+                &job,
+                &ctx.job_seal,
+                ctx.config.mailer.max_attempts,
+            )
+            .await?;
         }
         issued.push(Issued {
             token_type: tt,
@@ -477,7 +482,7 @@ async fn issue_sms(ctx: &Ctx, budget: SendBudget, req: &SmsRequest) -> ApiResult
     if req.kind == SmsKind::PhoneChange {
         tx.set_phone_change(user.id, &phone, now).await?;
     }
-    let hash = token_hash(&phone, &code);
+    let hash = ctx.token_hash(&phone, &code);
     tx.set_one_time_token(user.id, tt, &hash, &phone, now)
         .await?;
     tx.forget_wrong_guesses(user.id, tt).await?;
@@ -512,7 +517,9 @@ async fn deliver_first(ctx: &Ctx, issued: SmsIssued) -> ApiResult<SmsSent> {
         });
     };
     match sms_out::send_first(ctx, &job).await? {
-        FirstTry::Sent(message_id) => Ok(SmsSent { message_id }),
+        // GoTrue answers `{}` whoever the number belongs to: the provider's
+        // id would tell a registered number (sent now) from an unknown one.
+        FirstTry::Sent => Ok(SmsSent::default()),
         FirstTry::Queued => Ok(SmsSent::default()),
         FirstTry::Refused(reason) => {
             let mut tx = ctx.store.begin().await?;
@@ -671,13 +678,13 @@ async fn issue_code(
 /// A wrong code: counted against each token the code could have matched;
 /// a token guessed at too often is void, so the right code no longer works
 /// either. The count is in the database, so it holds across processes.
-async fn wrong_guess(
+pub(crate) async fn wrong_guess(
     ctx: &Ctx,
     mut tx: castellan_core::store::Tx,
     user_id: Uuid,
-    vtype: VerifyType,
+    types: &[TokenType],
 ) -> ApiResult<()> {
-    for &tt in vtype.token_types() {
+    for &tt in types {
         if tx.count_wrong_guess(user_id, tt).await? >= ctx.config.mailer.otp_max_guesses {
             tx.void_token(user_id, tt).await?;
             metrics::counter!("castellan_otp_voided_total", "reason" => "too_many_guesses")
@@ -706,7 +713,7 @@ async fn verify(
             _ => return Err(expired()),
         },
         Presented::Code { address, code } => {
-            let hash = token_hash(address, code);
+            let hash = ctx.token_hash(address, code);
             let mut found = None;
             for &tt in vtype.token_types() {
                 let stored = tx.token_column(user_id, tt).await?.unwrap_or_default();
@@ -721,7 +728,7 @@ async fn verify(
                 }
             }
             let Some(tt) = found else {
-                wrong_guess(ctx, tx, user_id, vtype).await?;
+                wrong_guess(ctx, tx, user_id, vtype.token_types()).await?;
                 return Err(ApiError::forbidden(
                     "otp_expired",
                     "Token has expired or is invalid",
@@ -993,26 +1000,18 @@ impl OtpIssuer {
             }
             // Another user may have asked for the same number: the code's
             // hash says whose change this is (with Twilio Verify, which
-            // approves per number, the pending number must do).
-            Presented::Code { address, code } if vtype == VerifyType::PhoneChange => {
-                if self.ctx.sms.checks_codes() {
-                    let user = self.ctx.store.user_by_phone_change(address, aud).await?;
-                    user.map(|u| u.id)
-                } else {
-                    self.ctx
-                        .store
-                        .token_owner(&token_hash(address, code))
-                        .await?
-                }
+            // approves per number, only one fresh asker may be approved).
+            Presented::Code { address, .. }
+                if vtype == VerifyType::PhoneChange && self.ctx.sms.checks_codes() =>
+            {
+                self.sole_phone_change_asker(address, aud).await?
             }
             // An email change's code may have gone to the new address, which
             // no user holds yet: find the user by the token instead.
-            Presented::Code { address, code } if vtype == VerifyType::EmailChange => {
-                let hash = token_hash(address, code);
-                match self.ctx.store.token_owner(&hash).await? {
-                    Some(id) => Some(id),
-                    None => self.ctx.store.token_owner(&format!("pkce_{hash}")).await?,
-                }
+            Presented::Code { address, code }
+                if matches!(vtype, VerifyType::PhoneChange | VerifyType::EmailChange) =>
+            {
+                self.change_token_owner(vtype, address, code).await?
             }
             Presented::Code { address, .. } => self
                 .ctx
@@ -1034,6 +1033,52 @@ impl OtpIssuer {
         let r = verify(&self.ctx, user_id, vtype, &presented).await;
         Self::record("verify", start, &r);
         r
+    }
+
+    /// Whose change a typed code confirms, found by the code's hash. A code
+    /// that matches none is still a wrong guess, counted against every
+    /// change outstanding to the address, so guessing is bounded here too.
+    async fn change_token_owner(
+        &self,
+        vtype: VerifyType,
+        address: &str,
+        code: &str,
+    ) -> ApiResult<Option<Uuid>> {
+        let hash = self.ctx.token_hash(address, code);
+        let store = &self.ctx.store;
+        if let Some(id) = store.token_owner(&hash).await? {
+            return Ok(Some(id));
+        }
+        if let Some(id) = store.token_owner(&format!("pkce_{hash}")).await? {
+            return Ok(Some(id));
+        }
+        for holder in store.token_holders(address, vtype.token_types()).await? {
+            wrong_guess(&self.ctx, store.begin().await?, holder, vtype.token_types()).await?;
+        }
+        Ok(None)
+    }
+
+    /// Twilio Verify approves a code per number, not per user: the change
+    /// it confirms must be the only fresh one to that number, else a second
+    /// asker (an attacker who asked for the victim's number) could take the
+    /// victim's approval. Several askers: none is confirmed until the
+    /// others' requests expire.
+    async fn sole_phone_change_asker(&self, phone: &str, aud: &str) -> ApiResult<Option<Uuid>> {
+        let now = self.ctx.config.clock.now();
+        let ttl = chrono::Duration::from_std(self.ctx.config.sms.otp_exp).unwrap_or_default();
+        let askers = self.ctx.store.users_by_phone_change(phone, aud).await?;
+        let mut fresh = askers
+            .iter()
+            .filter(|u| u.phone_change_sent_at.is_some_and(|t| now <= t + ttl));
+        Ok(match (fresh.next(), fresh.next()) {
+            (Some(only), None) => Some(only.id),
+            (Some(_), Some(_)) => {
+                metrics::counter!("castellan_otp_refused_total", "reason" => "several_askers")
+                    .increment(1);
+                None
+            }
+            _ => None,
+        })
     }
 
     /// With a provider that checks codes itself, a typed phone code is

@@ -75,24 +75,44 @@ fn stripe(user: Uuid) -> usize {
     ((v as u64) ^ ((v >> 64) as u64)) as usize % STRIPES
 }
 
+/// An entry's weight against the cache's byte budget: what it holds, and at
+/// least an equal share of the budget, so that the entry count is bounded too.
+fn weigh(bytes: usize, floor: u64) -> u32 {
+    (bytes as u64).max(floor).min(u64::from(u32::MAX)) as u32
+}
+
 impl SessionCache {
-    pub fn new(capacity: u64) -> Arc<Self> {
+    /// At most `capacity` entries and `bytes` (estimated) in each of the
+    /// two maps: one user's many sessions with large metadata cannot grow
+    /// memory past the budget, whatever their count.
+    pub fn new(capacity: u64, bytes: u64) -> Arc<Self> {
+        let floor = bytes / capacity.max(1);
         let entries = Cache::builder()
-            .max_capacity(capacity)
+            .max_capacity(bytes)
+            .weigher(move |_k, v: &Arc<Cached>| {
+                let held = v.live.as_ref().map_or(0, |l| l.weight());
+                weigh(held + std::mem::size_of::<Cached>(), floor)
+            })
             .eviction_listener(|_k, _v, cause| {
                 if cause == RemovalCause::Size {
                     metrics::counter!("castellan_session_cache_evictions_total").increment(1);
                 }
             })
             .build();
+        let refreshes = Cache::builder()
+            .max_capacity(bytes)
+            .weigher(move |_k, v: &Arc<RefreshEntry>| {
+                weigh(v.context.weight() + v.key.len(), floor)
+            })
+            .build();
         Arc::new(Self {
             entries,
-            refreshes: Cache::builder().max_capacity(capacity).build(),
+            refreshes,
             generation: AtomicU64::new(0),
             stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
             epoch: AtomicU64::new(0),
             following: AtomicBool::new(false),
-            enabled: capacity > 0,
+            enabled: capacity > 0 && bytes > 0,
         })
     }
 
@@ -243,6 +263,7 @@ impl SessionCache {
     pub fn stats(&self) -> CacheStats {
         CacheStats {
             entries: self.entries.entry_count(),
+            bytes: self.entries.weighted_size() + self.refreshes.weighted_size(),
             following: self.following.load(Ordering::SeqCst),
         }
     }
@@ -251,6 +272,8 @@ impl SessionCache {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheStats {
     pub entries: u64,
+    /// The estimated bytes both maps hold (at least each entry's share).
+    pub bytes: u64,
     /// Whether changes from other processes are being followed (the cache serves).
     pub following: bool,
 }
@@ -349,8 +372,9 @@ impl Actor for SessionManager {
                 st.cache.set_following(false);
             }
             SessionMsg::Tick => {
-                metrics::gauge!("castellan_session_cache_entries")
-                    .set(st.cache.entries.entry_count() as f64);
+                let stats = st.cache.stats();
+                metrics::gauge!("castellan_session_cache_entries").set(stats.entries as f64);
+                metrics::gauge!("castellan_session_cache_bytes").set(stats.bytes as f64);
             }
         }
         record_message(NAME, kind, "ok", start);

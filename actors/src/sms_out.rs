@@ -19,8 +19,8 @@ use crate::context::Ctx;
 
 /// How a request's own attempt went.
 pub enum FirstTry {
-    /// The provider took it (with its message id, when it gave one).
-    Sent(Option<String>),
+    /// The provider took it (its message id is logged, never answered).
+    Sent,
     /// The provider could not be reached in time: the queue has it.
     Queued,
     /// The provider refused it: nothing more will be tried.
@@ -66,7 +66,7 @@ pub async fn spend_budget(tx: &mut Tx, budget: SendBudget, now: DateTime<Utc>) -
 /// one of the two sends it.
 pub async fn hold(ctx: &Ctx, tx: &mut Tx, job: &SmsJob) -> ApiResult<()> {
     let hold = ctx.config.sms.send_timeout + Duration::from_secs(10);
-    queue::enqueue_sms(tx, job, ctx.config.mailer.max_attempts, hold).await
+    queue::enqueue_sms(tx, job, &ctx.job_seal, ctx.config.mailer.max_attempts, hold).await
 }
 
 /// The request's own attempt at a held job (after its transaction committed).
@@ -81,7 +81,8 @@ pub async fn send_first(ctx: &Ctx, job: &SmsJob) -> ApiResult<FirstTry> {
             if !queue::withdraw(&ctx.store, Queue::Sms, job.id).await? {
                 tracing::warn!(job = %job.id, "a worker took the SMS while the request sent it: it may arrive twice");
             }
-            FirstTry::Sent(message_id)
+            tracing::debug!(job = %job.id, message_id = message_id.as_deref().unwrap_or(""), "SMS sent");
+            FirstTry::Sent
         }
         Err(SendError::Refused(reason)) => {
             queue::withdraw(&ctx.store, Queue::Sms, job.id).await?;

@@ -241,7 +241,10 @@ impl Actors {
 
 pub async fn start(ctx: Arc<Ctx>) -> Result<Actors, SpawnErr> {
     let limits = RateLimits::new(ctx.config.rate_limits.clone());
-    let cache = SessionCache::new(ctx.config.session_cache_size);
+    let cache = SessionCache::new(
+        ctx.config.session_cache_size,
+        ctx.config.session_cache_bytes,
+    );
     // Changes committed in this process reach the cache before the response.
     let published = cache.clone();
     ctx.store

@@ -382,6 +382,8 @@ pub struct MailerConfig {
     pub retry_max: Duration,
     /// How often idle workers look for queued jobs.
     pub poll_interval: Duration,
+    /// How long delivered and dead jobs stay in the queue's table.
+    pub job_retention: Duration,
 }
 
 /// Bounds on what clients may hold open, against slow or stalled clients.
@@ -389,8 +391,16 @@ pub struct MailerConfig {
 pub struct Listen {
     /// Connections served at once; more wait in the kernel's backlog.
     pub max_connections: usize,
-    /// A request's headers must arrive within this, or the connection closes.
+    /// A request's headers must arrive within this, or the connection
+    /// closes; a new connection must bring its first complete request
+    /// within it too (HTTP/1 and HTTP/2 alike).
     pub header_read_timeout: Duration,
+    /// A connection with no request in flight for this long is closed
+    /// (HTTP/1 keep-alive and HTTP/2 alike).
+    pub idle_timeout: Duration,
+    /// Connections one client address may hold open at once; trusted
+    /// proxies (`CASTELLAN_TRUSTED_PROXIES`) are exempt.
+    pub max_connections_per_client: usize,
     /// How long a shutdown waits for open connections before closing them.
     pub shutdown_grace: Duration,
 }
@@ -405,8 +415,12 @@ pub struct Config {
     pub max_request_duration: Duration,
     /// What the accept loop allows a client: see `Listen`.
     pub listen: Listen,
-    /// `host:port` serving `/metrics` alone; when set the API port has none.
+    /// `host:port` serving `/metrics` alone (loopback by default); `None`
+    /// (`CASTELLAN_METRICS_ADDR=api`) serves it on the API port instead.
     pub metrics_addr: Option<String>,
+    /// Peers whose `X-Forwarded-For` is believed, and who may hold more
+    /// than one client's share of connections (`CASTELLAN_TRUSTED_PROXIES`).
+    pub trusted_proxies: TrustedProxies,
     pub jwt: JwtConfig,
     pub disable_signup: bool,
     pub mailer_autoconfirm: bool,
@@ -442,6 +456,8 @@ pub struct Config {
     pub expiry_schedule: String,
     /// Live sessions the `SessionManager` keeps in memory.
     pub session_cache_size: u64,
+    /// The estimated bytes each of the session cache's maps may hold.
+    pub session_cache_bytes: u64,
     /// Not a setting: the time source every decision reads (see `Clock`).
     pub clock: crate::Clock,
     /// How often a SQLite server looks for changes other processes made
@@ -592,6 +608,50 @@ impl<'a> Vars<'a> {
                 .collect(),
         }
     }
+}
+
+/// Where `/metrics` is served unless `CASTELLAN_METRICS_ADDR` says otherwise:
+/// loopback, so the public API port reveals no counters.
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9102";
+
+/// Networks whose peers are proxies: their `X-Forwarded-For` names the client.
+#[derive(Debug, Clone)]
+pub struct TrustedProxies(Vec<ipnet::IpNet>);
+
+impl TrustedProxies {
+    /// No peer is a proxy: every connection is its own client.
+    pub fn none() -> Self {
+        TrustedProxies(Vec::new())
+    }
+
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        self.0.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// `CASTELLAN_TRUSTED_PROXIES`: CIDRs or single addresses, loopback by
+/// default; `none` trusts no peer.
+fn trusted_proxies(v: &Vars<'_>) -> Result<TrustedProxies, ConfigError> {
+    let names = ["CASTELLAN_TRUSTED_PROXIES"];
+    let mut nets = Vec::new();
+    for item in v.list(&names, &["127.0.0.0/8", "::1/128"]) {
+        if item == "none" {
+            continue;
+        }
+        let net = item
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| item.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|_| ConfigError {
+                var: names[0].into(),
+                msg: format!("{item:?} is not an address or a CIDR (like 10.0.0.0/8)"),
+            })?;
+        nets.push(net);
+    }
+    Ok(TrustedProxies(nets))
 }
 
 /// `postgres://user:password@host/db` with the password masked; anything
@@ -786,6 +846,7 @@ fn mailer(v: &Vars) -> Result<MailerConfig, ConfigError> {
             &["CASTELLAN_QUEUE_POLL_INTERVAL"],
             Duration::from_millis(500),
         )?,
+        job_retention: v.duration(&["CASTELLAN_QUEUE_RETENTION"], Duration::from_secs(86_400))?,
     })
 }
 
@@ -948,12 +1009,20 @@ impl Config {
                 &["GOTRUE_API_MAX_REQUEST_DURATION"],
                 Duration::from_secs(10),
             )?,
-            metrics_addr: v.opt_string(&["CASTELLAN_METRICS_ADDR"]),
+            metrics_addr: Some(v.string(&["CASTELLAN_METRICS_ADDR"], DEFAULT_METRICS_ADDR))
+                .filter(|a| a != "api"),
+            trusted_proxies: trusted_proxies(v)?,
             listen: Listen {
                 max_connections: v.num(&["CASTELLAN_MAX_CONNECTIONS"], 1024usize)?.max(1),
                 header_read_timeout: v
                     .duration(&["CASTELLAN_HEADER_READ_TIMEOUT"], Duration::from_secs(10))?
                     .max(Duration::from_millis(100)),
+                idle_timeout: v
+                    .duration(&["CASTELLAN_IDLE_TIMEOUT"], Duration::from_secs(60))?
+                    .max(Duration::from_millis(100)),
+                max_connections_per_client: v
+                    .num(&["CASTELLAN_MAX_CONNECTIONS_PER_CLIENT"], 128usize)?
+                    .max(1),
                 shutdown_grace: v
                     .duration(&["CASTELLAN_SHUTDOWN_GRACE"], Duration::from_secs(10))?,
             },
@@ -1067,6 +1136,7 @@ impl Config {
             expiry_schedule: v.string(&["CASTELLAN_EXPIRY_SCHEDULE"], "0 * * * * *"),
             clock: crate::Clock::default(),
             session_cache_size: v.num(&["CASTELLAN_SESSION_CACHE_SIZE"], 10_000u64)?,
+            session_cache_bytes: v.num(&["CASTELLAN_SESSION_CACHE_BYTES"], 64u64 << 20)?,
             cache_poll_interval: v
                 .duration(
                     &["CASTELLAN_CACHE_POLL_INTERVAL"],
@@ -1085,6 +1155,8 @@ impl Config {
         let mut cfg = Self::from_vars(&HashMap::new()).expect("defaults are valid");
         cfg.database_url = database_url;
         cfg.jwt.secret = Some("test-secret-with-at-least-32-characters".into());
+        // Tests read their server's counters on its own port.
+        cfg.metrics_addr = None;
         cfg
     }
 }

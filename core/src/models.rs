@@ -41,6 +41,58 @@ pub struct User {
     pub factors: Vec<crate::store::FactorRow>,
 }
 
+/// About how many bytes a JSON value costs held in memory and rendered
+/// once as text: what a cache that keeps users weighs them by. An estimate
+/// that errs high (every node, key and string, and their text).
+pub fn json_weight(v: &Value) -> usize {
+    const NODE: usize = std::mem::size_of::<Value>();
+    match v {
+        Value::Null | Value::Bool(_) => NODE + 5,
+        Value::Number(_) => NODE + 24,
+        Value::String(s) => NODE + 2 * s.len() + 2,
+        Value::Array(a) => NODE + a.iter().map(|x| json_weight(x) + 1).sum::<usize>(),
+        // An ordered map keeps each key, its hash slot and the entry.
+        Value::Object(m) => {
+            NODE + m
+                .iter()
+                .map(|(k, x)| 48 + 2 * k.len() + 4 + json_weight(x))
+                .sum::<usize>()
+        }
+    }
+}
+
+impl User {
+    /// [`json_weight`] of everything the user holds, for caches.
+    pub fn weight(&self) -> usize {
+        let meta =
+            |m: &Option<sqlx::types::Json<Value>>| m.as_ref().map_or(0, |j| json_weight(&j.0));
+        let strings = [
+            &self.aud,
+            &self.role,
+            &self.email,
+            &self.phone,
+            &self.email_change,
+        ]
+        .iter()
+        .map(|s| s.as_ref().map_or(0, |s| 2 * s.len()))
+        .sum::<usize>();
+        std::mem::size_of::<User>()
+            + meta(&self.raw_app_meta_data)
+            + meta(&self.raw_user_meta_data)
+            + strings
+            + self.factors.len() * 256
+    }
+}
+
+impl Identity {
+    /// [`json_weight`] of the identity, for caches.
+    pub fn weight(&self) -> usize {
+        std::mem::size_of::<Identity>()
+            + 2 * (self.provider_id.len() + self.provider.len())
+            + json_weight(&self.identity_data.0)
+    }
+}
+
 fn object(v: &Option<sqlx::types::Json<Value>>) -> Value {
     match v {
         Some(sqlx::types::Json(v @ Value::Object(_))) => v.clone(),

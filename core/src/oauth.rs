@@ -325,7 +325,7 @@ impl Provider {
                 .collect();
             data.insert("custom_claims".into(), Value::Object(custom));
         }
-        let mut user = ExternalUser { sub, emails, data };
+        let mut user = ExternalUser { sub, emails, data }.cleaned()?;
         // GoTrue overwrites the profile's email with the chosen one.
         let (email, verified) = user
             .email()
@@ -386,16 +386,47 @@ pub fn from_id_token(claims: &Map<String, Value>, issuer: &str) -> Option<Extern
     if let Some(picture) = text(claims.get("picture")) {
         data.insert("avatar_url".into(), json!(picture));
     }
-    let (email, verified) = emails
+    let mut user = ExternalUser { sub, emails, data }.cleaned()?;
+    let (email, verified) = user
+        .emails
         .first()
         .map(|e| (Some(e.email.clone()), e.verified))
         .unwrap_or((None, false));
     if let Some(e) = email {
-        data.insert("email".into(), json!(e));
+        user.data.insert("email".into(), json!(e));
     }
-    data.insert("email_verified".into(), json!(verified));
-    data.insert("phone_verified".into(), json!(false));
-    Some(ExternalUser { sub, emails, data })
+    user.data.insert("email_verified".into(), json!(verified));
+    user.data.insert("phone_verified".into(), json!(false));
+    Some(user)
+}
+
+impl ExternalUser {
+    /// Provider claims are input like any other: a subject the identities
+    /// table can hold (else no user), only addresses our own rules accept
+    /// (the others count as none), and no NUL anywhere (PostgreSQL refuses
+    /// it in text and `jsonb`).
+    fn cleaned(mut self) -> Option<Self> {
+        crate::validate::short_text("sub", &self.sub, 255).ok()?;
+        self.emails
+            .retain(|e| crate::validate::email(&e.email).is_ok());
+        for (_, v) in self.data.iter_mut() {
+            strip_nul(v);
+        }
+        self.data.retain(|k, _| !k.contains('\0'));
+        Some(self)
+    }
+}
+
+fn strip_nul(v: &mut Value) {
+    match v {
+        Value::String(s) if s.contains('\0') => s.retain(|c| c != '\0'),
+        Value::Array(a) => a.iter_mut().for_each(strip_nul),
+        Value::Object(m) => {
+            m.retain(|k, _| !k.contains('\0'));
+            m.values_mut().for_each(strip_nul);
+        }
+        _ => {}
+    }
 }
 
 /// Discord's avatar URL, as GoTrue computes it.
@@ -1043,6 +1074,31 @@ pub fn provider(name: &str) -> Option<&'static Provider> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn provider_claims_are_validated_like_input() {
+        let claims = |v: Value| v.as_object().unwrap().clone();
+        let u = from_id_token(
+            &claims(json!({"sub": "abc", "email": "not an email", "name": "a\u{0}b"})),
+            "https://issuer.example",
+        )
+        .unwrap();
+        assert!(u.emails.is_empty(), "not an address: no email");
+        assert!(u.data.get("email").is_none());
+        assert_eq!(u.data["name"], "ab", "NUL stripped");
+        let long = format!("{}@example.com", "a".repeat(300));
+        let u = from_id_token(&claims(json!({"sub": "abc", "email": long})), "i").unwrap();
+        assert!(u.emails.is_empty(), "too long for the column: no email");
+        let u = from_id_token(
+            &claims(json!({"sub": "abc", "email": "Ok@Example.com"})),
+            "i",
+        );
+        assert_eq!(u.unwrap().emails[0].email, "Ok@Example.com");
+        for sub in ["a\u{0}b".to_string(), "s".repeat(256)] {
+            assert!(from_id_token(&claims(json!({"sub": sub})), "i").is_none());
+        }
+    }
+
     use super::*;
 
     #[test]

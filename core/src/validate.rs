@@ -20,12 +20,14 @@ pub fn email(raw: &str) -> Result<String, ApiError> {
     Ok(e.to_lowercase())
 }
 
-/// The format rules of checkmail.ValidateFormat: a local part of atext and
-/// dots, an `@`, and a domain of dot-separated labels.
+/// The format rules of checkmail.ValidateFormat: a local part of ASCII
+/// atext and dots, an `@`, and a domain of dot-separated ASCII labels.
 fn email_syntax(e: &str) -> Result<(), &'static str> {
     let (local, domain) = e.rsplit_once('@').ok_or("invalid format")?;
-    let atext =
-        |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c) || !c.is_ascii();
+    // ASCII only, as GoTrue's checkmail pattern: otherwise NFC and NFD
+    // spellings, full-width letters or `example。com` would each make an
+    // account that looks like another's.
+    let atext = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c);
     if local.is_empty()
         || local.len() > 64
         || !local.chars().all(atext)
@@ -40,11 +42,80 @@ fn email_syntax(e: &str) -> Result<(), &'static str> {
             && l.len() <= 63
             && !l.starts_with('-')
             && !l.ends_with('-')
-            && l.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || !c.is_ascii())
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
     };
     if domain.is_empty() || !domain.split('.').all(label_ok) {
         return Err("invalid format");
+    }
+    Ok(())
+}
+
+/// The most JSON text a user's `user_metadata` or `app_metadata` may take.
+/// Both ride in every access token and in every cached session, so they
+/// are bounded; this is far above what names, avatars and preferences need.
+pub const MAX_METADATA_BYTES: usize = 16 * 1024;
+
+/// A metadata object as it will be stored (after any merge), within
+/// [`MAX_METADATA_BYTES`] and free of NUL characters (which PostgreSQL's
+/// `jsonb` refuses).
+pub fn metadata(field: &str, v: &serde_json::Value) -> Result<(), ApiError> {
+    let text = serde_json::to_string(v).unwrap_or_default();
+    if text.len() > MAX_METADATA_BYTES {
+        return Err(ApiError::validation(format!(
+            "{field} is too large: at most {MAX_METADATA_BYTES} bytes of JSON"
+        )));
+    }
+    if has_nul(v) {
+        return Err(ApiError::validation(format!(
+            "{field} cannot contain a NUL character"
+        )));
+    }
+    Ok(())
+}
+
+fn has_nul(v: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(has_nul),
+        Value::Object(m) => m.iter().any(|(k, x)| k.contains('\0') || has_nul(x)),
+        _ => false,
+    }
+}
+
+/// Every bounded value of a user row about to be inserted: GoTrue's
+/// `varchar(255)` columns and the metadata, so that no input reaches the
+/// database only to be refused there (a 500 on PostgreSQL, silently kept on
+/// SQLite).
+pub fn new_user(u: &crate::store::NewUser<'_>) -> Result<(), ApiError> {
+    short_text("aud", u.aud, 255)?;
+    short_text("role", u.role, 255)?;
+    short_text("email", u.email.unwrap_or_default(), 255)?;
+    short_text("phone", u.phone.unwrap_or_default(), 255)?;
+    metadata_pair(&u.user_metadata, &u.app_metadata)
+}
+
+/// Both metadata objects of a user, as they will be stored.
+pub fn metadata_pair(
+    user_metadata: &serde_json::Value,
+    app_metadata: &serde_json::Value,
+) -> Result<(), ApiError> {
+    metadata("user_metadata", user_metadata)?;
+    metadata("app_metadata", app_metadata)
+}
+
+/// A short text value bound for a column of at most `max` characters
+/// (GoTrue's `varchar(255)`s): refused before the database would.
+pub fn short_text(field: &str, v: &str, max: usize) -> Result<(), ApiError> {
+    if v.chars().count() > max {
+        return Err(ApiError::validation(format!(
+            "{field} is too long: at most {max} characters"
+        )));
+    }
+    if v.contains('\0') {
+        return Err(ApiError::validation(format!(
+            "{field} cannot contain a NUL character"
+        )));
     }
     Ok(())
 }
@@ -187,12 +258,43 @@ mod tests {
             let e = email(bad).unwrap_err();
             assert_eq!(e.code, "validation_failed", "{bad:?}");
         }
+        // Look-alikes of ascii@example.com: NFD and NFC spellings, full-width
+        // letters, an ideographic full stop. GoTrue refuses them; so do we.
+        for look_alike in [
+            "jose\u{301}@example.com",
+            "jos\u{e9}@example.com",
+            "\u{ff41}lice@example.com",
+            "alice@example\u{3002}com",
+            "alice@ex\u{e4}mple.com",
+        ] {
+            let e = email(look_alike).unwrap_err();
+            assert_eq!(e.code, "validation_failed", "{look_alike:?}");
+        }
         assert!(
             email(&format!("{}@x.io", "a".repeat(251)))
                 .unwrap_err()
                 .message
                 .contains("too long")
         );
+    }
+
+    #[test]
+    fn bounded_values() {
+        assert!(short_text("aud", &"a".repeat(255), 255).is_ok());
+        let e = short_text("aud", &"a".repeat(256), 255).unwrap_err();
+        assert_eq!((e.status, e.code), (400, "validation_failed"));
+        // Characters, as PostgreSQL counts them, not bytes.
+        assert!(short_text("role", &"\u{e9}".repeat(255), 255).is_ok());
+        assert!(short_text("role", "a\0b", 255).is_err());
+        let big = serde_json::json!({"k": "x".repeat(MAX_METADATA_BYTES)});
+        assert_eq!(
+            metadata("user_metadata", &big).unwrap_err().code,
+            "validation_failed"
+        );
+        let fits = serde_json::json!({"k": "x".repeat(MAX_METADATA_BYTES - 16)});
+        assert!(metadata("user_metadata", &fits).is_ok());
+        assert!(metadata("user_metadata", &serde_json::json!({"a": ["\u{0}"]})).is_err());
+        assert!(metadata("user_metadata", &serde_json::json!({"a\u{0}": 1})).is_err());
     }
 
     #[test]

@@ -5,7 +5,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use apalis::prelude::TaskBuilder;
 use apalis::prelude::TaskId;
 use castellan_core::ApiError;
+use castellan_core::crypto::at_rest::JobSeal;
 use castellan_core::store::{Conn, Pool, Store, Tx};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::email::EmailJob;
@@ -86,6 +89,36 @@ fn task_id(id: Uuid) -> ulid::Ulid {
     ulid::Ulid::from_bytes(id.into_bytes())
 }
 
+/// A job as it rests in the queue's table: sealed (see [`JobSeal`]), so no
+/// code, link or message is there in the clear. Jobs queued by versions
+/// before sealing are read as they are.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Queued<J> {
+    Sealed { sealed: String },
+    Plain(J),
+}
+
+impl<J: Serialize + DeserializeOwned> Queued<J> {
+    pub fn seal(job: &J, seal: &JobSeal) -> Result<Self, ApiError> {
+        let bytes = serde_json::to_vec(job).map_err(|e| ApiError::internal("job", e))?;
+        Ok(Queued::Sealed {
+            sealed: seal.seal(&bytes),
+        })
+    }
+
+    /// The job; `Err` when it was sealed under another secret.
+    pub fn open(self, seal: &JobSeal) -> Result<J, String> {
+        match self {
+            Queued::Plain(job) => Ok(job),
+            Queued::Sealed { sealed } => {
+                let bytes = seal.open(&sealed)?;
+                serde_json::from_slice(&bytes).map_err(|e| format!("a sealed job: {e}"))
+            }
+        }
+    }
+}
+
 /// Pushes one job in `tx`, to run no earlier than `hold` from now.
 async fn push(
     tx: &mut Tx,
@@ -120,9 +153,11 @@ async fn push(
 pub async fn enqueue_email(
     tx: &mut Tx,
     job: &EmailJob,
+    seal: &JobSeal,
     max_attempts: usize,
 ) -> Result<(), ApiError> {
-    let bytes = serde_json::to_vec(job).map_err(|e| ApiError::internal("email job", e))?;
+    let bytes = serde_json::to_vec(&Queued::seal(job, seal)?)
+        .map_err(|e| ApiError::internal("email job", e))?;
     push(
         tx,
         Queue::Email,
@@ -142,10 +177,12 @@ pub async fn enqueue_email(
 pub async fn enqueue_sms(
     tx: &mut Tx,
     job: &SmsJob,
+    seal: &JobSeal,
     max_attempts: usize,
     hold: Duration,
 ) -> Result<(), ApiError> {
-    let bytes = serde_json::to_vec(job).map_err(|e| ApiError::internal("sms job", e))?;
+    let bytes = serde_json::to_vec(&Queued::seal(job, seal)?)
+        .map_err(|e| ApiError::internal("sms job", e))?;
     push(tx, Queue::Sms, job.id, bytes, max_attempts, hold).await?;
     metrics::counter!("castellan_queue_enqueued_total", "queue" => "sms", "kind" => job.kind.as_str()).increment(1);
     Ok(())
@@ -173,6 +210,37 @@ pub async fn withdraw(store: &Store, queue: Queue, id: Uuid) -> Result<bool, sql
         }
     };
     Ok(n == 1)
+}
+
+/// Deletes up to `batch` finished jobs (delivered, or dead: failed every
+/// attempt or refused) whose end is older than `retention`, by the
+/// database's own clock; how many. Pending and retrying jobs are kept.
+pub async fn purge_finished(
+    store: &Store,
+    retention: Duration,
+    batch: i64,
+) -> Result<u64, sqlx::Error> {
+    let secs = retention.as_secs() as i64;
+    let names = [Queue::Email.table_name(), Queue::Sms.table_name()];
+    let n = match store.pool() {
+        Pool::Pg(p) => sqlx::query(
+            "DELETE FROM apalis.jobs WHERE id IN (SELECT id FROM apalis.jobs \
+             WHERE job_type IN ($1, $2) AND done_at < now() - make_interval(secs => $3) \
+             AND (status IN ('Done', 'Killed') OR (status = 'Failed' AND attempts >= max_attempts)) \
+             LIMIT $4 FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(names[0]).bind(names[1]).bind(secs as f64).bind(batch)
+        .execute(p).await?.rows_affected(),
+        Pool::Lite(p) => sqlx::query(
+            "DELETE FROM Jobs WHERE rowid IN (SELECT rowid FROM Jobs \
+             WHERE job_type IN ($1, $2) AND done_at < CAST(strftime('%s', 'now') AS INTEGER) - $3 \
+             AND (status IN ('Done', 'Killed') OR (status = 'Failed' AND attempts >= max_attempts)) \
+             LIMIT $4)",
+        )
+        .bind(names[0]).bind(names[1]).bind(secs).bind(batch)
+        .execute(p).await?.rows_affected(),
+    };
+    Ok(n)
 }
 
 /// Lets a held job run now (its sender could not reach the provider).

@@ -10,10 +10,11 @@ use apalis::layers::retry::HasherRng;
 use apalis::layers::retry::backoff::{ExponentialBackoffMaker, MakeBackoff};
 use apalis::prelude::*;
 use castellan_core::config::Config;
+use castellan_core::crypto::at_rest::JobSeal;
 use castellan_core::store::{Pool, Store};
 
 use crate::email::{EmailJob, Mailer};
-use crate::queue::Queue;
+use crate::queue::{Queue, Queued};
 use crate::sms::{Gateway, SendError, SmsJob};
 use crate::templates::Templates;
 
@@ -23,17 +24,38 @@ use crate::templates::Templates;
 const HEARTBEAT: Duration = Duration::from_secs(3);
 
 pub struct EmailDeps {
+    pub seal: JobSeal,
     pub mailer: Mailer,
     pub templates: Templates,
     pub attempts: usize,
     pub clock: castellan_core::Clock,
 }
 
+/// A queued job opened, or `None` (counted dead, logged) when it cannot be:
+/// sealed under another secret, it will never open, so it is not retried.
+fn opened<J: serde::Serialize + serde::de::DeserializeOwned>(
+    job: Queued<J>,
+    seal: &JobSeal,
+    queue: &'static str,
+) -> Option<J> {
+    match job.open(seal) {
+        Ok(job) => Some(job),
+        Err(e) => {
+            metrics::counter!("castellan_queue_dead_total", "queue" => queue).increment(1);
+            tracing::error!(queue, error = %e, "a queued job does not open (was the secret changed?); not retried");
+            None
+        }
+    }
+}
+
 async fn deliver(
-    job: EmailJob,
+    job: Queued<EmailJob>,
     deps: Data<Arc<EmailDeps>>,
     attempt: Attempt,
 ) -> Result<(), BoxDynError> {
+    let Some(job) = opened(job, &deps.seal, "email") else {
+        return Ok(());
+    };
     let start = Instant::now();
     let rendered = match &job.message {
         Some(m) => m.clone(),
@@ -70,6 +92,7 @@ async fn deliver(
 }
 
 pub struct SmsDeps {
+    pub seal: JobSeal,
     pub gateway: Gateway,
     pub attempts: usize,
     pub clock: castellan_core::Clock,
@@ -78,10 +101,13 @@ pub struct SmsDeps {
 /// Delivers one SMS. A refusal is final: the message is counted dead and
 /// logged, not retried (the provider would refuse it again).
 async fn deliver_sms(
-    job: SmsJob,
+    job: Queued<SmsJob>,
     deps: Data<Arc<SmsDeps>>,
     attempt: Attempt,
 ) -> Result<(), BoxDynError> {
+    let Some(job) = opened(job, &deps.seal, "sms") else {
+        return Ok(());
+    };
     let start = Instant::now();
     let result = deps.gateway.send(&job.message()).await;
     metrics::histogram!("castellan_queue_job_duration_seconds", "queue" => "sms")
@@ -137,9 +163,12 @@ async fn sweep(
     store: Data<Store>,
     otp_exp: Data<Duration>,
     clock: Data<castellan_core::Clock>,
+    retention: Data<Retention>,
 ) -> Result<(), BoxDynError> {
     let now = clock.now();
     let swept = store.sweep_expired(now, *otp_exp, 100).await?;
+    let jobs = crate::queue::purge_finished(&store, (*retention).0, 500).await?;
+    metrics::counter!("castellan_expiry_swept_total", "kind" => "jobs").increment(jobs);
     // Change records every server has long since read (SQLite's change log).
     store
         .prune_changes(now - chrono::Duration::minutes(10))
@@ -163,6 +192,10 @@ async fn sweep(
     Ok(())
 }
 
+/// How long finished jobs stay in the queue's table.
+#[derive(Clone, Copy)]
+struct Retention(Duration);
+
 /// How long a stopping worker waits for the deliveries under way.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -170,18 +203,21 @@ pub const STOP_GRACE: Duration = Duration::from_secs(5);
 pub async fn run(
     store: Store,
     config: &Config,
+    seal: JobSeal,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
     let mailer = Mailer::from_config(&config.smtp)?;
     let templates = Templates::load(&config.mailer).await?;
     let attempts = config.mailer.max_attempts.max(1);
     let deps = Arc::new(EmailDeps {
+        seal: seal.clone(),
         mailer,
         templates,
         attempts,
         clock: config.clock.clone(),
     });
     let sms_deps = Arc::new(SmsDeps {
+        seal,
         gateway: Gateway::from_config(&config.sms)?,
         attempts,
         clock: config.clock.clone(),
@@ -205,6 +241,7 @@ pub async fn run(
         .map_err(|e| format!("CASTELLAN_EXPIRY_SCHEDULE: {e}"))?;
     let sweep_store = store.clone();
     let otp_exp = config.mailer.otp_exp;
+    let retention = Retention(config.mailer.job_retention);
     let clock = config.clock.clone();
     let cron_name = format!("castellan-expiry-{}", uuid::Uuid::new_v4().simple());
     let policy = RetryPolicy::retries(attempts - 1).with_backoff(backoff.clone().make_backoff());
@@ -240,6 +277,7 @@ pub async fn run(
                         .data(sweep_store.clone())
                         .data(otp_exp)
                         .data(clock.clone())
+                        .data(retention)
                         .build(sweep)
                 })
                 .run_with_signal(signal)
@@ -266,12 +304,12 @@ pub async fn run(
     }
     let ran = match store.pool() {
         Pool::Pg(p) => monitor!(
-            storage!(pg p, EmailJob, Queue::Email),
-            storage!(pg p, SmsJob, Queue::Sms)
+            storage!(pg p, Queued<EmailJob>, Queue::Email),
+            storage!(pg p, Queued<SmsJob>, Queue::Sms)
         ),
         Pool::Lite(p) => monitor!(
-            storage!(lite p, EmailJob, Queue::Email),
-            storage!(lite p, SmsJob, Queue::Sms)
+            storage!(lite p, Queued<EmailJob>, Queue::Email),
+            storage!(lite p, Queued<SmsJob>, Queue::Sms)
         ),
     };
     for (queue, worker) in held {

@@ -1,5 +1,6 @@
 //! `GET /ready` (a castellan extension; `/health` stays GoTrue's): whether
-//! this process can serve, naming what cannot — the database, an actor the
+//! this process can serve, naming what cannot — the database, the SQLite
+//! file's disk when it is too full to write, an actor the
 //! supervisor is restarting, the job workers when this process runs them.
 
 use std::collections::BTreeMap;
@@ -24,6 +25,8 @@ pub struct Readiness {
     down: Vec<&'static str>,
     /// `up` or `down`.
     database: &'static str,
+    /// `up`, or `down` while the SQLite file's disk is too full to write.
+    storage: &'static str,
     /// Each supervised actor: `up`, or `down` while it restarts.
     actors: BTreeMap<&'static str, &'static str>,
     /// `up`, `down`, or `elsewhere` (run as `castellan worker` processes).
@@ -46,6 +49,7 @@ fn up(ok: bool) -> &'static str {
 pub async fn ready(State(st): State<AppState>) -> Response {
     let ping = tokio::time::timeout(DATABASE_WAIT, st.admin.ping()).await;
     let database = up(matches!(ping, Ok(Ok(()))));
+    let storage = up(!st.admin.disk_full());
     let actors = BTreeMap::from([
         ("rate_limiter", up(st.actors.rate_limiter().is_some())),
         ("session_manager", up(st.actors.session_manager().is_some())),
@@ -57,6 +61,9 @@ pub async fn ready(State(st): State<AppState>) -> Response {
     let mut down: Vec<&'static str> = Vec::new();
     if database == "down" {
         down.push("database");
+    }
+    if storage == "down" {
+        down.push("storage");
     }
     down.extend(
         actors
@@ -75,6 +82,7 @@ pub async fn ready(State(st): State<AppState>) -> Response {
         },
         down,
         database,
+        storage,
         actors,
         workers,
     };

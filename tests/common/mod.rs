@@ -19,6 +19,16 @@ pub enum Backend {
     Postgres,
 }
 
+/// GoTrue's unkeyed link hash, hex SHA-224(identifier + otp): what anyone
+/// who knows the address can compute for each possible code.
+pub fn bare_token_hash(identifier: &str, otp: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha224::digest(format!("{identifier}{otp}").as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// The PostgreSQL server tests create their databases on.
 pub fn pg_admin_url() -> String {
     std::env::var("CASTELLAN_TEST_PG_URL")
@@ -178,6 +188,14 @@ pub async fn read(r: Response) -> Reply {
 impl TestServer {
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
+    }
+
+    /// The hash a one-time token is stored and linked by: keyed with the
+    /// server's secret, which an attacker does not have.
+    pub fn token_hash(&self, identifier: &str, otp: &str) -> String {
+        let secret = castellan::server::resolve_secret(&self.server.state.config).unwrap();
+        let key = castellan_core::crypto::token_hash_key(&secret);
+        castellan_core::crypto::token_hash(&key, identifier, otp)
     }
 
     pub async fn request(
@@ -453,6 +471,8 @@ pub async fn castellan_process_in(
         .env("CASTELLAN_QUEUE_POLL_INTERVAL", "50ms")
         .env("GOTRUE_RATE_LIMIT_TOKEN_REFRESH", "100000")
         .env("GOTRUE_RATE_LIMIT_OTP", "100000")
+        // Processes run side by side: counters on each one's own API port.
+        .env("CASTELLAN_METRICS_ADDR", "api")
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true);
     for (k, v) in env {

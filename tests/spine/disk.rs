@@ -53,7 +53,8 @@ async fn sqlite_recovers_from_a_full_disk() {
     ];
     let (child, base, _) = common::castellan_process_in(&wrapper, &["serve"], &db, &env).await;
     let http = reqwest::Client::new();
-    let padding = "x".repeat(100_000);
+    // Below the metadata bound, large enough that each sign-up needs pages.
+    let padding = "x".repeat(15_000);
     assert_eq!(signup(&http, &base, 0, &padding).await.status, 200);
 
     // Fill what is left of the disk.
@@ -73,6 +74,11 @@ async fn sqlite_recovers_from_a_full_disk() {
         }
     }
     assert!(refused > 0, "a full disk refused no write");
+    // Reads still answer, but the server is not ready to take writes.
+    let ready = read(http.get(format!("{base}/ready")).send().await.unwrap()).await;
+    assert_eq!(ready.status, 503, "{}", ready.text);
+    assert_eq!(ready.body["storage"], "down", "{}", ready.text);
+    assert_eq!(ready.body["database"], "up", "{}", ready.text);
 
     std::fs::remove_file(&ballast).unwrap();
     let freed = Instant::now();
@@ -95,6 +101,9 @@ async fn sqlite_recovers_from_a_full_disk() {
         "writes recovered {:?} after space was freed",
         freed.elapsed()
     );
+    let ready = read(http.get(format!("{base}/ready")).send().await.unwrap()).await;
+    assert_eq!(ready.status, 200, "{}", ready.text);
+    assert_eq!(ready.body["storage"], "up");
     for j in 0..10 {
         let r = signup(&http, &base, 1000 + j, "").await;
         assert_eq!(r.status, 200, "{}", r.text);

@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use uuid::Uuid;
@@ -700,10 +702,7 @@ both_mail!(
         assert_eq!(b["redirect_to"], "https://app.example.com/in");
         let otp = b["email_otp"].as_str().unwrap();
         let hashed = b["hashed_token"].as_str().unwrap();
-        assert_eq!(
-            hashed,
-            castellan_core::crypto::token_hash("gen@example.com", otp)
-        );
+        assert_eq!(hashed, t.token_hash("gen@example.com", otp));
         let link = b["action_link"].as_str().unwrap();
         assert_eq!(
             link,
@@ -791,10 +790,7 @@ both_mail!(
         assert!(link.contains("&type=email_change&"), "{link}");
         assert_eq!(
             ec.body["hashed_token"],
-            castellan_core::crypto::token_hash(
-                "gen2@example.com",
-                ec.body["email_otp"].as_str().unwrap()
-            )
+            t.token_hash("gen2@example.com", ec.body["email_otp"].as_str().unwrap())
         );
         let half = open_link(&t, link).await;
         assert!(
@@ -1275,5 +1271,177 @@ both_mail!(
                 + t.count_by_str(holders, "second@example.com").await,
             1
         );
+    }
+);
+
+/// Six digits that are not `code` (the `i`-th such).
+fn wrong_code(code: &str, i: u32) -> String {
+    format!("{:06}", (code.parse::<u32>().unwrap() + 1 + i) % 1_000_000)
+}
+
+// Issue 24, P3(a): GoTrue's link hash is SHA-224(address + code), which
+// anyone who knows the address can compute for every code and present
+// uncounted. castellan's is keyed: the computed hash is no link, the
+// mailed one still is.
+both_mail!(
+    a_link_hash_cannot_be_computed_from_the_address,
+    |_| {},
+    |t, sink| {
+        confirmed(&t, &sink, "hash@example.com").await;
+        t.clock().advance(std::time::Duration::from_secs(61));
+        let r = t.post("/otp", json!({"email": "hash@example.com"})).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let mail = sink.wait_for("hash@example.com", 2).await;
+        let computed = common::bare_token_hash("hash@example.com", &mail.code());
+        for kind in ["magiclink", "email"] {
+            t.post("/verify", json!({"type": kind, "token_hash": computed}))
+                .await
+                .assert_error(403, "otp_expired");
+        }
+        let forged = format!("http://x/verify?token={computed}&type=magiclink");
+        let r = open_link(&t, &forged).await;
+        let location = r.header("location").unwrap_or_default().to_string();
+        assert!(
+            !fragment(&location).contains_key("access_token"),
+            "{location}"
+        );
+        // The link that was mailed signs in, and carries the server's hash.
+        assert!(
+            mail.link()
+                .contains(&t.token_hash("hash@example.com", &mail.code()))
+        );
+        let r = open_link(&t, &mail.link()).await;
+        let location = r.header("location").unwrap_or_default().to_string();
+        assert!(
+            fragment(&location).contains_key("access_token"),
+            "{location}"
+        );
+    }
+);
+
+// Issue 24, P3(b): a wrong `email_change` code finds no user by its hash;
+// it is still counted against the change outstanding to that address.
+both_mail!(guessing_an_email_change_code_voids_it, |_| {}, |t, sink| {
+    let s = confirmed(&t, &sink, "before@example.com").await;
+    let at = s["access_token"].as_str().unwrap();
+    let body = json!({"email": "after@example.com"});
+    let r = t.request(Method::PUT, "/user", Some(at), Some(body)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let code = sink.wait_for("after@example.com", 1).await.code();
+    let user = t.user_id_by_email("before@example.com").await;
+    for i in 0..5 {
+        let guess = json!({"type": "email_change", "email": "after@example.com", "token": wrong_code(&code, i)});
+        t.post("/verify", guess)
+            .await
+            .assert_error(403, "otp_expired");
+    }
+    let failures = "SELECT CAST(coalesce(max(failures), 0) AS BIGINT) FROM castellan_otp_guesses WHERE user_id = $1";
+    assert_eq!(t.count_by_uuid(failures, user).await, 5);
+    let right = json!({"type": "email_change", "email": "after@example.com", "token": code});
+    t.post("/verify", right)
+        .await
+        .assert_error(403, "otp_expired");
+    let holders = "SELECT count(*) FROM users WHERE email = $1";
+    assert_eq!(t.count_by_str(holders, "after@example.com").await, 0);
+    assert_eq!(t.count_by_str(holders, "before@example.com").await, 1);
+});
+
+// Issue 24, P3(d): wrong reauthentication nonces count like any code; the
+// fifth voids the nonce, so the right one no longer changes the password.
+both_mail!(
+    guessing_a_reauthentication_nonce_voids_it,
+    |c| c.update_password_require_reauthentication = true,
+    |t, sink| {
+        let s = confirmed(&t, &sink, "nonce@example.com").await;
+        let at = s["access_token"].as_str().unwrap().to_string();
+        let sid: Uuid = claims(&at)["session_id"].as_str().unwrap().parse().unwrap();
+        castellan_core::on!(pool t.pool(), p => sqlx::query("UPDATE sessions SET created_at = $2 WHERE id = $1")
+            .bind(sid).bind(chrono::Utc::now() - chrono::Duration::hours(25)).execute(p).await.unwrap().rows_affected());
+        let r = t
+            .request(Method::GET, "/reauthenticate", Some(&at), None)
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let code = sink.wait_for("nonce@example.com", 2).await.code();
+        let put = |nonce: String| {
+            let body = json!({"password": "changed-pw-1", "nonce": nonce});
+            t.request(Method::PUT, "/user", Some(&at), Some(body))
+        };
+        for i in 0..5 {
+            put(wrong_code(&code, i))
+                .await
+                .assert_error(422, "reauthentication_not_valid");
+        }
+        put(code)
+            .await
+            .assert_error(422, "reauthentication_not_valid");
+        assert_eq!(t.login("nonce@example.com", "secret123").await.status, 200);
+        assert_eq!(
+            t.login("nonce@example.com", "changed-pw-1").await.status,
+            400
+        );
+    }
+);
+
+/// Every email job's stored bytes, as text.
+async fn email_job_texts(t: &TestServer) -> Vec<String> {
+    let rows: Vec<Vec<u8>> = match t.pool() {
+        castellan_core::store::Pool::Pg(p) => {
+            sqlx::query_scalar("SELECT job FROM apalis.jobs WHERE job_type = 'castellan_email'")
+                .fetch_all(p)
+                .await
+        }
+        castellan_core::store::Pool::Lite(p) => {
+            sqlx::query_scalar("SELECT job FROM Jobs WHERE job_type = 'castellan_email'")
+                .fetch_all(p)
+                .await
+        }
+    }
+    .unwrap();
+    rows.iter()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .collect()
+}
+
+// Issue 24: a queued email rests sealed; its code and link are not in the
+// queue's table (nor in a backup of it), yet the worker delivers it.
+both_mail!(queued_mail_rests_sealed, |_| {}, |t, sink| {
+    t.signup("sealed@example.com", "secret123").await;
+    let mail = sink.wait_for("sealed@example.com", 1).await;
+    let jobs = email_job_texts(&t).await;
+    assert_eq!(jobs.len(), 1);
+    let hash = mail
+        .link()
+        .split("token=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap()
+        .to_string();
+    for secret in [mail.code(), hash, "sealed@example.com".to_string()] {
+        assert!(!jobs[0].contains(&secret), "{secret} in {}", jobs[0]);
+    }
+    assert!(jobs[0].contains("\"sealed\""), "{}", jobs[0]);
+});
+
+// Issue 24: delivered jobs are deleted once `CASTELLAN_QUEUE_RETENTION`
+// has passed (they were kept for ever).
+both_mail!(
+    delivered_jobs_are_deleted_after_the_retention,
+    |c| {
+        c.expiry_schedule = "* * * * * *".into();
+        c.mailer.job_retention = Duration::ZERO;
+    },
+    |t, sink| {
+        t.signup("kept@example.com", "secret123").await;
+        sink.wait_for("kept@example.com", 1).await;
+        let started = std::time::Instant::now();
+        while t.email_jobs().await > 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "the delivered job is still kept"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 );

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::both;
 
@@ -214,3 +214,176 @@ both!(
         assert!(l.body["access_token"].is_string());
     }
 );
+
+/// The schema a `$ref` names, or the schema itself.
+fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
+    match schema["$ref"].as_str() {
+        Some(r) => r
+            .strip_prefix("#/")
+            .map(|p| p.split('/').fold(doc, |v, k| &v[k]))
+            .unwrap_or(schema),
+        None => schema,
+    }
+}
+
+/// Whether a schema takes strings (`"string"` or `["string", "null"]`).
+fn is_string(schema: &Value) -> bool {
+    match &schema["type"] {
+        Value::String(t) => t == "string",
+        Value::Array(ts) => ts.iter().any(|t| t == "string"),
+        _ => false,
+    }
+}
+
+/// A value of about `n` bytes for a property of this schema: a string, or
+/// for an object (metadata) one long member. `None` for other types.
+fn long_value(schema: &Value, n: usize) -> Option<Value> {
+    if schema["enum"].is_array() {
+        return None;
+    }
+    if is_string(schema) {
+        return Some(json!("a".repeat(n)));
+    }
+    let object = schema["type"] == "object"
+        || schema["type"]
+            .as_array()
+            .is_some_and(|ts| ts.iter().any(|t| t == "object"));
+    object.then(|| json!({ "k": "a".repeat(n) }))
+}
+
+/// Every request of the length phase for one operation: its query string,
+/// headers and body, each with one input at one length.
+/// One request of the length phase: query string, headers, body.
+type LengthCase = (String, Vec<(String, String)>, Option<Value>);
+
+fn length_cases(doc: &Value, op: &Value) -> Vec<LengthCase> {
+    let mut fixed_query = Vec::new();
+    let mut cases = Vec::new();
+    let params = op["parameters"].as_array().cloned().unwrap_or_default();
+    for p in &params {
+        let schema = resolve(doc, &p["schema"]);
+        if p["in"] == "query" && p["required"] == true {
+            let v = schema["enum"][0].as_str().unwrap_or("a").to_string();
+            fixed_query.push((p["name"].as_str().unwrap().to_string(), v));
+        }
+    }
+    let query = |extra: Option<(&str, String)>| {
+        let mut pairs = fixed_query.clone();
+        pairs.extend(extra.map(|(k, v)| (k.to_string(), v)));
+        serde_urlencoded::to_string(pairs).unwrap()
+    };
+    for p in &params {
+        let name = p["name"].as_str().unwrap();
+        let limit = resolve(doc, &p["schema"])["maxLength"]
+            .as_u64()
+            .unwrap_or(255) as usize;
+        for n in [limit, limit + 1, 4_096] {
+            match p["in"].as_str() {
+                Some("header") => {
+                    cases.push((query(None), vec![(name.into(), "a".repeat(n))], None))
+                }
+                Some("query") if p["required"] != true => {
+                    cases.push((query(Some((name, "a".repeat(n)))), vec![], None))
+                }
+                _ => {}
+            }
+        }
+    }
+    let body = resolve(
+        doc,
+        &op["requestBody"]["content"]["application/json"]["schema"],
+    );
+    for (name, prop) in body["properties"].as_object().into_iter().flatten() {
+        let prop = resolve(doc, prop);
+        let limit = prop["maxLength"].as_u64().unwrap_or(255) as usize;
+        for n in [limit, limit + 1, 20_000] {
+            if let Some(v) = long_value(prop, n) {
+                cases.push((query(None), vec![], Some(json!({ name: v }))));
+            }
+        }
+    }
+    cases
+}
+
+// Issue 24: the length phase. Every string input the document describes
+// (body properties, metadata objects, headers, query parameters) at its
+// limit (its `maxLength`, else 255, GoTrue's column size), one past it, and
+// far past it: no answer is a 5xx. The schema fuzzer never sent strings
+// this long, which is how over-long audiences, roles, issuers and claims
+// reached the database as 500s.
+both!(the_length_phase_finds_no_server_error, unlimited, |t| {
+    let session = t
+        .new_session("length@example.com", "length-password-1")
+        .await;
+    let user_token = session["access_token"].as_str().unwrap().to_string();
+    let doc = t
+        .request(Method::GET, "/openapi.json", None, None)
+        .await
+        .body;
+    // Path ids: the user's own (so admin updates reach the checks behind
+    // the lookup), any other id made up.
+    let user_id = crate::common::claims(&user_token)["sub"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let some_id = uuid::Uuid::new_v4().to_string();
+    // Redirects (`/callback`, `/verify`) are answers, not to be followed.
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let mut sent = 0;
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            // Signing out or deleting would end the session the others use.
+            if path == "/logout" || method == "delete" {
+                continue;
+            }
+            let admin = op["tags"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|t| t == "admin"));
+            let token = if admin {
+                t.service_key()
+            } else {
+                user_token.clone()
+            };
+            let url_path: String = path
+                .split('/')
+                .map(|seg| match seg {
+                    "{user_id}" => user_id.as_str(),
+                    s if s.starts_with('{') => some_id.as_str(),
+                    s => s,
+                })
+                .collect::<Vec<_>>()
+                .join("/");
+            for (query, headers, body) in length_cases(&doc, op) {
+                let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+                let mut req = http
+                    .request(method.clone(), t.url(&format!("{url_path}?{query}")))
+                    .bearer_auth(&token);
+                for (k, v) in &headers {
+                    req = req.header(k, v);
+                }
+                if let Some(b) = &body {
+                    req = req.json(b);
+                }
+                let r = crate::common::read(req.send().await.unwrap()).await;
+                assert!(
+                    r.status.as_u16() < 500,
+                    "{method} {path}?{query} {headers:?} {}: {} {}",
+                    body.as_ref()
+                        .map(|b| b.to_string().chars().take(80).collect::<String>())
+                        .unwrap_or_default(),
+                    r.status,
+                    r.text
+                );
+                sent += 1;
+            }
+        }
+    }
+    eprintln!("length phase: {sent} requests, none answered 5xx");
+    assert!(sent > 300, "only {sent} requests");
+    // Still serving.
+    let l = t.login("length@example.com", "length-password-1").await;
+    assert_eq!(l.status, 200, "{}", l.text);
+});

@@ -12,7 +12,7 @@ both!(ready_reports_what_this_process_needs, |_| {}, |t| {
         assert_eq!(r.status, 200, "{}", r.text);
         assert_eq!(
             r.body,
-            json!({"status": "ready", "down": [], "database": "up",
+            json!({"status": "ready", "down": [], "database": "up", "storage": "up",
                    "actors": {"rate_limiter": "up", "session_manager": "up"}, "workers": "up"})
         );
     }

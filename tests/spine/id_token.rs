@@ -539,3 +539,50 @@ both_oidc!(
         assert_eq!(t.count_by_str(ids, "keycloak").await, 8);
     }
 );
+
+// Issue 24, P9: an ID token's claims are input like any other. A NUL in a
+// profile claim, an address too long for its column or not an address at
+// all used to be stored as given (a 500 on PostgreSQL; "not an email" as a
+// user's address on SQLite).
+both_oidc!(
+    provider_claims_are_validated_like_input,
+    |_| {},
+    |t, iss| {
+        let token = |claims: Value| json!({"provider": "keycloak", "id_token": iss.token(claims)});
+        let r = grant(
+            &t,
+            token(json!({"sub": "nul-1", "email": "nul@example.com", "name": "a\u{0}b"})),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.body["user"]["user_metadata"]["name"], "ab", "{}", r.text);
+
+        let long = format!("{}@example.com", "a".repeat(300));
+        for (i, email) in [long.as_str(), "not an email"].into_iter().enumerate() {
+            let r = grant(
+                &t,
+                token(json!({"sub": format!("bad-{i}"), "email": email})),
+            )
+            .await;
+            assert!(r.status.as_u16() < 500, "{email}: {}", r.text);
+            let users = "SELECT count(*) FROM users WHERE email = $1";
+            assert_eq!(t.count_by_str(users, email).await, 0, "{email}");
+            if r.status == 200 {
+                assert!(
+                    r.body["user"]["email"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .is_empty(),
+                    "{}",
+                    r.text
+                );
+            }
+        }
+        for sub in ["a\u{0}b".to_string(), "s".repeat(256)] {
+            let r = grant(&t, token(json!({"sub": sub, "email": "sub@example.com"}))).await;
+            assert_eq!(r.status, 400, "{}", r.text);
+        }
+        let users = "SELECT count(*) FROM users WHERE email = $1";
+        assert_eq!(t.count_by_str(users, "sub@example.com").await, 0);
+    }
+);

@@ -84,3 +84,104 @@ async fn shutdown_waits_for_a_stalled_client_no_longer_than_the_grace() {
         "no longer listening"
     );
 }
+
+/// A connection from `ip`: loopback addresses other than 127.0.0.1 are
+/// other clients to the server.
+async fn connect_from(ip: &str, addr: std::net::SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+/// What silent clients send: nothing, part of the HTTP/2 preface, or all of
+/// it (each used to hold its slot for ever: the header deadline started
+/// only once a connection was known to be HTTP/1).
+const SILENCES: [&[u8]; 3] = [
+    b"",
+    b"PRI * HTTP/2.0\r\n",
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+];
+
+// Issue 24, P1: 2 000 silent sockets from one address hold no more than
+// that address's share of the slots; another client is answered at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_sockets_from_one_client_leave_room_for_others() {
+    let t = common::spawn(Backend::Sqlite, |c| {
+        // Loopback is a trusted proxy by default; here it is plain clients.
+        c.trusted_proxies = castellan_core::config::TrustedProxies::none();
+        c.listen.header_read_timeout = Duration::from_secs(120);
+    })
+    .await;
+    let mut silent = Vec::new();
+    for i in 0..2_000 {
+        let mut s = connect_from("127.0.0.2", t.server.addr).await;
+        // The server may already have closed a connection over the share.
+        let _ = s.write_all(SILENCES[i % 3]).await;
+        silent.push(s);
+    }
+    let started = Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(5), t.http.get(t.url("/health")).send())
+        .await
+        .expect("/health answered while 2 000 silent sockets are open")
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    eprintln!(
+        "/health answered in {:?} beside 2 000 silent sockets",
+        started.elapsed()
+    );
+    let text = t
+        .http
+        .get(t.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let refused = text
+        .lines()
+        .find(|l| l.starts_with("castellan_connections_refused_total{reason=\"per_client\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or_default();
+    let share = t.server.state.config.listen.max_connections_per_client;
+    assert!(refused >= (2_000 - share) as f64, "refused {refused}");
+    drop(silent);
+    t.stop().await;
+}
+
+// Issue 24, P1: a connection must bring its first request within the
+// header deadline, whatever protocol it starts, and one that stops asking
+// is closed after the idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_idle_connections_are_closed() {
+    let t = common::spawn(Backend::Sqlite, |c| {
+        c.listen.header_read_timeout = Duration::from_millis(500);
+        c.listen.idle_timeout = Duration::from_secs(1);
+    })
+    .await;
+    for silence in SILENCES {
+        let mut s = TcpStream::connect(t.server.addr).await.unwrap();
+        s.write_all(silence).await.unwrap();
+        let started = Instant::now();
+        let answer = until_closed(&mut s).await;
+        assert!(
+            !answer.contains(" 200 "),
+            "{:?}: {answer}",
+            String::from_utf8_lossy(silence)
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+    // One request, then nothing: closed once idle, not kept for ever.
+    let mut s = TcpStream::connect(t.server.addr).await.unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: castellan\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let answer = until_closed(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // hyper's header deadline also runs while an HTTP/1 connection waits
+    // for its next request; the idle timeout bounds HTTP/2 the same way.
+    let idled = started.elapsed();
+    assert!(idled < Duration::from_secs(5), "closed after {idled:?}");
+    t.stop().await;
+}

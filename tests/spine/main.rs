@@ -23,6 +23,7 @@ mod disk;
 mod durability;
 mod email;
 mod fuzz;
+mod hardening;
 mod hashing;
 mod http;
 mod id_token;

@@ -137,7 +137,7 @@ both_phone!(
         let stored = column(&t, "15551234567", "confirmation_token").await;
         assert_eq!(
             stored.as_deref(),
-            Some(castellan_core::crypto::token_hash("15551234567", &code).as_str()),
+            Some(t.token_hash("15551234567", &code).as_str()),
             "the code is stored hashed"
         );
 
@@ -188,10 +188,10 @@ both_phone!(
 
 both_phone!(otp_by_phone_signs_up_then_signs_in, |_| {}, |t, fake| {
     // An unknown number is signed up; its code confirms it. The answer is
-    // a known number's: the message id.
+    // a known number's: `{}`, as GoTrue's (the provider's id is not told).
     let r = t.post("/otp", json!({"phone": "447700900123"})).await;
     assert_eq!(r.status, 200, "{}", r.text);
-    assert_eq!(r.body, json!({"message_id": "SM1"}));
+    assert_eq!(r.body, json!({}), "the provider's id is not told");
     let sent = fake.wait_for(1).await;
     let r = verify(&t, "sms", "447700900123", &code(&sent[0])).await;
     assert_eq!(r.status, 200, "{}", r.text);
@@ -207,11 +207,11 @@ both_phone!(otp_by_phone_signs_up_then_signs_in, |_| {}, |t, fake| {
     );
     assert_eq!(fake.received().len(), 1);
 
-    // After it, a confirmed number gets a sign-in code and the message id.
+    // After it, a confirmed number gets a sign-in code, and the same answer.
     t.clock().advance(Duration::from_secs(61));
     let r = t.post("/otp", json!({"phone": "447700900123"})).await;
     assert_eq!(r.status, 200, "{}", r.text);
-    assert_eq!(r.body, json!({"message_id": "SM1"}));
+    assert_eq!(r.body, json!({}), "the provider's id is not told");
     let sent = fake.wait_for(2).await;
     let r = verify(&t, "sms", "447700900123", &code(&sent[1])).await;
     assert_eq!(r.status, 200, "{}", r.text);
@@ -340,7 +340,7 @@ both_phone!(
     |t, fake| {
         let r = t.post("/otp", json!({"phone": "15550006666"})).await;
         assert_eq!(r.status, 200, "{}", r.text);
-        assert_eq!(r.body, json!({"message_id": "SM1"}));
+        assert_eq!(r.body, json!({}), "the provider's id is not told");
         assert_eq!(fake.wait_for(1).await.len(), 1);
         verify(&t, "sms", "15550006666", "424242")
             .await
@@ -451,7 +451,7 @@ both_phone!(resend_sends_the_sms_codes_again, |_| {}, |t, fake| {
         .post("/resend", json!({"type": "sms", "phone": "15550011111"}))
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
-    assert_eq!(r.body, json!({"message_id": "SM1"}));
+    assert_eq!(r.body, json!({}), "the provider's id is not told");
     let sent = fake.wait_for(2).await;
     // Only the newest code works.
     verify(&t, "sms", "15550011111", &code(&sent[0]))
@@ -646,7 +646,7 @@ both_phone!(
         fake.answer(201, json!({"sid": "VE1", "status": "pending"}));
         let r = t.post("/otp", json!({"phone": "15550015555"})).await;
         assert_eq!(r.status, 200, "{}", r.text);
-        assert_eq!(r.body, json!({"message_id": "VE1"}));
+        assert_eq!(r.body, json!({}), "the provider's id is not told");
         let sent = fake.wait_for(1).await;
         assert_eq!(sent[0].path, "/v2/Services/MG1/Verifications");
         let form: Vec<_> = sent[0].form.iter().collect();
@@ -724,7 +724,7 @@ async fn each_provider_signs_in(backend: Backend) {
         fake.answer(200, answer);
         let r = t.post("/otp", json!({"phone": "15550016666"})).await;
         assert_eq!(r.status, 200, "{name}: {}", r.text);
-        assert!(r.body["message_id"].is_string(), "{name}: {}", r.text);
+        assert_eq!(r.body, json!({}), "{name}: {}", r.text);
         let sent = fake.wait_for(1).await;
         let body = &sent[0].form[field];
         let code = body.rsplit(' ').next().unwrap();
@@ -1020,12 +1020,18 @@ both_phone!(a_phone_code_is_never_a_link, |_| {}, |t, fake| {
     let r = t.post("/otp", json!({"phone": "15550031000"})).await;
     assert_eq!(r.status, 200, "{}", r.text);
     let code = code(&fake.wait_for(1).await[0]);
-    let hash = castellan_core::crypto::token_hash("15550031000", &code);
+    // Neither GoTrue's computable hash nor the server's own is a link.
+    let hashes = [
+        common::bare_token_hash("15550031000", &code),
+        t.token_hash("15550031000", &code),
+    ];
     for kind in ["signup", "email", "magiclink", "sms"] {
-        let r = t
-            .post("/verify", json!({"type": kind, "token_hash": hash}))
-            .await;
-        assert!(r.status.is_client_error(), "{kind}: {}", r.text);
+        for hash in &hashes {
+            let r = t
+                .post("/verify", json!({"type": kind, "token_hash": hash}))
+                .await;
+            assert!(r.status.is_client_error(), "{kind}: {}", r.text);
+        }
     }
     let r = verify(&t, "sms", "15550031000", &code).await;
     assert_eq!(r.status, 200, "the typed code still works: {}", r.text);
@@ -1059,5 +1065,91 @@ both_phone!(
         assert_eq!(r.body["user"]["id"], b["user"]["id"]);
         let r = verify(&t, "phone_change", "15550032999", &code_a).await;
         r.assert_error(422, "phone_exists");
+    }
+);
+
+// Issue 24, P3(c): a wrong `phone_change` code finds no user by its hash,
+// and is still counted against the change outstanding to that number.
+both_phone!(guessing_a_phone_change_code_voids_it, |_| {}, |t, fake| {
+    let s = confirmed(&t, &fake, "15550041111").await;
+    let bearer = s["access_token"].as_str().unwrap();
+    let body = json!({"phone": "+15550042222"});
+    let r = t
+        .request(Method::PUT, "/user", Some(bearer), Some(body))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let right = code(&fake.wait_for(2).await[1]);
+    let wrong = |i: u32| format!("{:06}", (right.parse::<u32>().unwrap() + 1 + i) % 1_000_000);
+    for i in 0..5 {
+        verify(&t, "phone_change", "15550042222", &wrong(i))
+            .await
+            .assert_error(403, "otp_expired");
+    }
+    verify(&t, "phone_change", "15550042222", &right)
+        .await
+        .assert_error(403, "otp_expired");
+    assert_eq!(
+        column(&t, "15550041111", "phone_change_token")
+            .await
+            .as_deref(),
+        Some(""),
+        "the guessed-at code is void"
+    );
+    let holders = "SELECT count(*) FROM users WHERE phone = $1";
+    assert_eq!(t.count_by_str(holders, "15550042222").await, 0);
+});
+
+/// A confirmed phone user made by the admin API, signed in: its access token.
+async fn phone_user(t: &TestServer, phone: &str) -> String {
+    let body = json!({"phone": phone, "password": "secret123", "phone_confirm": true});
+    let r = t.admin(Method::POST, "/admin/users", Some(body)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = phone_login(t, phone, "secret123").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.body["access_token"].as_str().unwrap().to_string()
+}
+
+// Issue 24, P4: Twilio Verify approves a code per number. When two users
+// asked to move to one number, the approval confirms neither (it used to
+// confirm whichever row came first, so an attacker who also asked for the
+// victim's number took the victim's approval); a sole asker is confirmed.
+both_phone!(
+    twilio_verify_confirms_only_a_sole_asker,
+    |c| c.sms.provider = "twilio_verify".into(),
+    |t, fake| {
+        let victim = phone_user(&t, "15550051111").await;
+        let attacker = phone_user(&t, "15550052222").await;
+        fake.answer(201, json!({"sid": "VE1", "status": "pending"}));
+        for bearer in [&victim, &attacker] {
+            let body = json!({"phone": "+15550059999"});
+            let r = t
+                .request(Method::PUT, "/user", Some(bearer), Some(body))
+                .await;
+            assert_eq!(r.status, 200, "{}", r.text);
+        }
+        let asked = fake.wait_for(2).await.len();
+        fake.answer(200, json!({"status": "approved", "valid": true}));
+        verify(&t, "phone_change", "15550059999", "123456")
+            .await
+            .assert_error(403, "otp_expired");
+        assert_eq!(fake.received().len(), asked, "Twilio is not asked");
+        let holders = "SELECT count(*) FROM users WHERE phone = $1";
+        assert_eq!(t.count_by_str(holders, "15550059999").await, 0);
+        assert_eq!(t.count_by_str(holders, "15550051111").await, 1);
+
+        // A number only the victim asked for is confirmed to the victim.
+        t.clock().advance(Duration::from_secs(61));
+        fake.answer(201, json!({"sid": "VE2", "status": "pending"}));
+        let body = json!({"phone": "+15550058888"});
+        let r = t
+            .request(Method::PUT, "/user", Some(&victim), Some(body))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        fake.wait_for(asked + 1).await;
+        fake.answer(200, json!({"status": "approved", "valid": true}));
+        let r = verify(&t, "phone_change", "15550058888", "123456").await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(t.count_by_str(holders, "15550058888").await, 1);
+        assert_eq!(t.count_by_str(holders, "15550051111").await, 0);
     }
 );

@@ -113,6 +113,51 @@ impl DbEncryption {
     }
 }
 
+/// The key queued jobs rest under: an email's or SMS's code, link and
+/// rendered message are sealed (AES-256-GCM, a key derived from the server's
+/// secret) in the queue's table, so a reader of the database or a backup
+/// finds no usable code there; the workers, which have the secret, open them.
+#[derive(Clone)]
+pub struct JobSeal(Aes256Gcm);
+
+impl JobSeal {
+    pub fn from_secret(secret: &str) -> Self {
+        let mut key = [0u8; 32];
+        hkdf::Hkdf::<sha2::Sha256>::new(Some(b"castellan"), secret.as_bytes())
+            .expand(b"queued-jobs/v1", &mut key)
+            .expect("32 bytes is a valid HKDF-SHA-256 length");
+        JobSeal(Aes256Gcm::new((&key).into()))
+    }
+
+    /// `plain` sealed: standard base64 of nonce and ciphertext.
+    pub fn seal(&self, plain: &[u8]) -> String {
+        let nonce: [u8; 12] = rand::random();
+        let mut out = nonce.to_vec();
+        out.extend(
+            self.0
+                .encrypt(&Nonce::from(nonce), plain)
+                .expect("AES-GCM encrypts any length this small"),
+        );
+        STANDARD.encode(out)
+    }
+
+    /// What [`Self::seal`] sealed; `Err` when it was sealed under another
+    /// secret or damaged.
+    pub fn open(&self, sealed: &str) -> Result<Vec<u8>, String> {
+        let bytes = STANDARD
+            .decode(sealed)
+            .map_err(|_| "a damaged sealed job".to_string())?;
+        if bytes.len() < 12 {
+            return Err("a damaged sealed job".into());
+        }
+        let (nonce, data) = bytes.split_at(12);
+        let nonce: [u8; 12] = nonce.try_into().expect("12 bytes");
+        self.0
+            .decrypt(&Nonce::from(nonce), data)
+            .map_err(|_| "a job sealed under another secret, or damaged".into())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,6 +166,18 @@ mod tests {
         ids.iter()
             .map(|id| (id.to_string(), rand::random()))
             .collect()
+    }
+
+    #[test]
+    fn sealed_jobs_open_only_under_their_secret() {
+        let seal = JobSeal::from_secret("one");
+        let sealed = seal.seal(b"code 123456");
+        assert!(!sealed.contains("123456"));
+        assert_ne!(sealed, seal.seal(b"code 123456"), "a fresh nonce each time");
+        assert_eq!(seal.open(&sealed).unwrap(), b"code 123456");
+        assert!(JobSeal::from_secret("two").open(&sealed).is_err());
+        assert!(seal.open("not base64!").is_err());
+        assert!(seal.open("AAAA").is_err());
     }
 
     #[test]

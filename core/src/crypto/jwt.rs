@@ -78,6 +78,9 @@ pub struct IncomingClaims {
     /// Expiry (seconds since the epoch), checked against the caller's clock.
     #[serde(default)]
     pub exp: Option<f64>,
+    /// Not before (seconds since the epoch), checked like `exp`.
+    #[serde(default)]
+    pub nbf: Option<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -268,8 +271,8 @@ impl JwtKeys {
         }
     }
 
-    /// Checks signature and (when present) expiry at `now` (seconds), as
-    /// GoTrue does; `aud` and `iss` are not checked here.
+    /// Checks signature and (when present) expiry and not-before at `now`
+    /// (seconds), as GoTrue does; `aud` and `iss` are not checked here.
     pub fn verify(&self, token: &str, now: i64) -> Result<IncomingClaims, ApiError> {
         let refuse = |why: &str| {
             ApiError::forbidden(
@@ -289,6 +292,9 @@ impl JwtKeys {
             .map_err(|e| refuse(reason(e.kind())))?;
         if claims.exp.is_some_and(|exp| exp <= now as f64) {
             return Err(refuse("token has invalid claims: token is expired"));
+        }
+        if claims.nbf.is_some_and(|nbf| nbf > now as f64) {
+            return Err(refuse("token has invalid claims: token is not valid yet"));
         }
         Ok(claims)
     }
@@ -391,6 +397,23 @@ mod tests {
         .unwrap();
         let t = other.sign(&role_claims("x", "a", now, 60, None)).unwrap();
         assert_eq!(k.verify(&t, now).unwrap_err().status, 403);
+    }
+
+    #[test]
+    fn tokens_not_valid_yet_fail() {
+        let now = chrono::Utc::now().timestamp();
+        let key = jsonwebtoken::EncodingKey::from_secret(b"secret");
+        let with_nbf = |nbf: i64| {
+            let claims = serde_json::json!({"sub": "x", "exp": now + 600, "nbf": nbf});
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap()
+        };
+        let k = keys();
+        assert!(k.verify(&with_nbf(now), now).is_ok());
+        let e = k.verify(&with_nbf(now + 30), now).unwrap_err();
+        assert_eq!((e.status, e.code), (403, "bad_jwt"));
+        assert!(e.message.contains("not valid yet"), "{}", e.message);
+        // Judged by the caller's clock.
+        assert!(k.verify(&with_nbf(now + 30), now + 30).is_ok());
     }
 
     #[test]

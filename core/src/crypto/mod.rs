@@ -28,12 +28,33 @@ pub fn otp(len: usize) -> String {
         .collect()
 }
 
-/// GoTrue's one-time-token hash: lowercase hex of SHA-224(identifier + otp),
+/// A one-time token's hash, as stored and as a link carries it: lowercase
+/// hex of HMAC-SHA-224 under the server's `key` of identifier, NUL, otp,
 /// where the identifier is the lower-cased email or the digits-only phone.
-pub fn token_hash(identifier: &str, otp: &str) -> String {
-    use sha2::Digest;
-    let digest = sha2::Sha224::digest(format!("{identifier}{otp}").as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+/// GoTrue's is the bare SHA-224 of identifier and otp, which anyone who knows
+/// the address can compute for each of the 10^6 codes and present as a link,
+/// uncounted; this one is as long (clients treat it as opaque) and cannot be
+/// made without the key.
+pub fn token_hash(key: &[u8], identifier: &str, otp: &str) -> String {
+    use hmac::{KeyInit, Mac};
+    let mut mac = hmac::Hmac::<sha2::Sha224>::new_from_slice(key).expect("any key length");
+    mac.update(identifier.as_bytes());
+    mac.update(&[0]);
+    mac.update(otp.as_bytes());
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The key of [`token_hash`], derived from the server's secret.
+pub fn token_hash_key(secret: &str) -> [u8; 32] {
+    use hmac::{KeyInit, Mac};
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(b"castellan/one-time-token-hash/v1");
+    mac.finalize().into_bytes().into()
 }
 
 /// HMAC-SHA256 of `msg` under `key`, in lowercase hex (Facebook's
@@ -75,11 +96,25 @@ mod tests {
         let o = otp(8);
         assert_eq!(o.len(), 8);
         assert!(o.chars().all(|c| c.is_ascii_digit()));
-        // hex(SHA-224("a@b.co123456")), as GoTrue stores it.
-        let h = token_hash("a@b.co", "123456");
+        let key = token_hash_key("secret");
+        let h = token_hash(&key, "a@b.co", "123456");
+        // As long as GoTrue's, so a link looks the same.
         assert_eq!(h.len(), 56);
-        assert_eq!(h, token_hash("a@b.co", "123456"));
-        assert_ne!(h, token_hash("a@b.co", "123457"));
+        assert_eq!(h, token_hash(&key, "a@b.co", "123456"));
+        assert_ne!(h, token_hash(&key, "a@b.co", "123457"));
+        // Not the bare SHA-224 anyone could compute, and keyed.
+        use sha2::Digest;
+        let bare: String = sha2::Sha224::digest(b"a@b.co123456")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_ne!(h, bare);
+        assert_ne!(h, token_hash(&token_hash_key("other"), "a@b.co", "123456"));
+        // The separator keeps (identifier, otp) pairs apart.
+        assert_ne!(
+            token_hash(&key, "a@b.co1", "23456"),
+            token_hash(&key, "a@b.co", "123456")
+        );
     }
 
     #[test]

@@ -227,11 +227,13 @@ impl Tx {
         user_id: Uuid,
         role: &str,
         now: DateTime<Utc>,
-    ) -> Result<(), sqlx::Error> {
+    ) -> Result<(), crate::ApiError> {
+        crate::validate::short_text("role", role, 255)?;
         self.touch(user_id);
         count();
         on!(tx self, c => sqlx::query("UPDATE users SET role = $2, updated_at = $3 WHERE id = $1")
-            .bind(user_id).bind(role).bind(now).execute(&mut *c).await.map(drop))
+            .bind(user_id).bind(role).bind(now).execute(&mut *c).await.map(drop))?;
+        Ok(())
     }
 
     /// Sets the email or phone column directly (admin edits; no confirmation flow).

@@ -39,7 +39,29 @@ impl KeyState {
     }
 }
 
+/// Free bytes below which the SQLite file's disk counts as full.
+pub const MIN_FREE_DISK: u64 = 256 * 1024;
+
 impl Store {
+    /// Whether the SQLite file's disk is too full to take a write: below
+    /// [`MIN_FREE_DISK`] free (SQLite needs room for WAL frames and pages;
+    /// reads still answer then, so a ping alone would say ready). False on
+    /// PostgreSQL, whose disk is its own server's.
+    pub fn disk_full(&self) -> bool {
+        let Some(opts) = &self.lite_options else {
+            return false;
+        };
+        let file = opts.get_filename();
+        let dir = match file.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => std::path::Path::new("."),
+        };
+        match rustix::fs::statvfs(dir) {
+            Ok(st) => st.f_bavail.saturating_mul(st.f_frsize) < MIN_FREE_DISK,
+            Err(_) => false,
+        }
+    }
+
     /// One round trip: whether the database answers (`GET /ready`).
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
         on!(pool &self.pool, p => sqlx::query("SELECT 1").execute(p).await.map(drop))

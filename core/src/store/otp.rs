@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::queries::count;
-use super::{Conn, Tx};
+use super::{Conn, Pool, Tx};
 use crate::models::User;
 use crate::on;
 
@@ -544,6 +544,40 @@ impl super::Store {
         count();
         on!(pool &self.pool, p => sqlx::query_scalar::<_, Option<DateTime<Utc>>>("SELECT created_at FROM sessions WHERE id = $1")
             .bind(id).fetch_optional(p).await.map(Option::flatten))
+    }
+
+    /// The users holding a one-time token of these types sent to this
+    /// address (a few at most): who a wrong change code counts against.
+    pub async fn token_holders(
+        &self,
+        relates_to: &str,
+        types: &[TokenType],
+    ) -> Result<Vec<Uuid>, sqlx::Error> {
+        count();
+        let names: Vec<&str> = types.iter().map(|t| t.name()).collect();
+        let names = names.join(",");
+        match &self.pool {
+            Pool::Pg(p) => {
+                sqlx::query_scalar(
+                    "SELECT DISTINCT user_id FROM one_time_tokens WHERE relates_to = $1 \
+                AND token_type::text = ANY(string_to_array($2, ',')) LIMIT 8",
+                )
+                .bind(relates_to)
+                .bind(&names)
+                .fetch_all(p)
+                .await
+            }
+            Pool::Lite(p) => {
+                sqlx::query_scalar(
+                    "SELECT DISTINCT user_id FROM one_time_tokens WHERE relates_to = $1 \
+                AND instr(',' || $2 || ',', ',' || token_type || ',') > 0 LIMIT 8",
+                )
+                .bind(relates_to)
+                .bind(&names)
+                .fetch_all(p)
+                .await
+            }
+        }
     }
 
     /// Whose one-time token this hash is (for routing a verification).

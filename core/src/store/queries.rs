@@ -51,6 +51,16 @@ pub struct RefreshContext {
     pub identities: Vec<Identity>,
 }
 
+impl RefreshContext {
+    /// About what the context costs in memory.
+    pub fn weight(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.user.weight()
+            + self.amr.len() * 48
+            + self.identities.iter().map(|i| i.weight()).sum::<usize>()
+    }
+}
+
 #[derive(serde::Deserialize)]
 struct AmrJson {
     method: String,
@@ -161,6 +171,13 @@ pub struct LiveUser {
 }
 
 impl LiveUser {
+    /// About what the entry costs in memory, its rendering included.
+    pub fn weight(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.user.weight()
+            + self.identities.iter().map(|i| i.weight()).sum::<usize>()
+    }
+
     /// The user and identities as GoTrue's JSON (rendered once, then reused).
     pub fn rendered(&self) -> &str {
         self.rendered.get_or_init(|| {
@@ -517,16 +534,18 @@ impl Store {
             .bind(phone).bind(aud).fetch_optional(p).await)
     }
 
-    /// The user whose pending phone change goes to this number.
-    pub async fn user_by_phone_change(
+    /// The users whose pending phone change goes to this number (a few at
+    /// most are read: more than one is refused anyway).
+    pub async fn users_by_phone_change(
         &self,
         phone: &str,
         aud: &str,
-    ) -> Result<Option<User>, sqlx::Error> {
+    ) -> Result<Vec<User>, sqlx::Error> {
         count();
         on!(pool &self.pool, p => sqlx::query_as(concat!("SELECT ", user_cols!(),
-            " FROM users WHERE phone_change = $1 AND phone_change <> '' AND aud = $2 AND is_sso_user = false"))
-            .bind(phone).bind(aud).fetch_optional(p).await)
+            " FROM users WHERE phone_change = $1 AND phone_change <> '' AND phone_change_token <> '' \
+             AND aud = $2 AND is_sso_user = false LIMIT 8"))
+            .bind(phone).bind(aud).fetch_all(p).await)
     }
 
     pub async fn identities_of(&self, user_id: Uuid) -> Result<Vec<Identity>, sqlx::Error> {
@@ -673,7 +692,10 @@ impl Tx {
             .bind(phone).fetch_optional(&mut *c).await)
     }
 
-    pub async fn insert_user(&mut self, u: &NewUser<'_>) -> Result<(), sqlx::Error> {
+    /// Inserts the user; values the columns cannot hold are refused first
+    /// with a 400 (see [`crate::validate::new_user`]).
+    pub async fn insert_user(&mut self, u: &NewUser<'_>) -> Result<(), crate::ApiError> {
+        crate::validate::new_user(u)?;
         count();
         on!(tx self, c => sqlx::query(
             "INSERT INTO users (instance_id, id, aud, role, email, phone, encrypted_password, \
@@ -685,7 +707,8 @@ impl Tx {
             .bind(INSTANCE_ID).bind(u.id).bind(u.aud).bind(u.role).bind(u.email).bind(u.phone)
             .bind(u.encrypted_password).bind(u.email_confirmed_at).bind(u.phone_confirmed_at)
             .bind(Json(&u.app_metadata)).bind(Json(&u.user_metadata)).bind(u.is_anonymous).bind(u.now)
-            .execute(&mut *c).await.map(drop))
+            .execute(&mut *c).await.map(drop))?;
+        Ok(())
     }
 
     pub async fn insert_identity(&mut self, i: &Identity) -> Result<(), sqlx::Error> {
@@ -1019,12 +1042,15 @@ impl Tx {
         user_metadata: &Value,
         app_metadata: &Value,
         now: DateTime<Utc>,
-    ) -> Result<(), sqlx::Error> {
+    ) -> Result<(), crate::ApiError> {
+        // Merged metadata grows with each update: bounded as stored.
+        crate::validate::metadata_pair(user_metadata, app_metadata)?;
         self.touch(user_id);
         count();
         on!(tx self, c => sqlx::query("UPDATE users SET raw_user_meta_data = $2, raw_app_meta_data = $3, updated_at = $4 WHERE id = $1")
             .bind(user_id).bind(Json(user_metadata)).bind(Json(app_metadata)).bind(now)
-            .execute(&mut *c).await.map(drop))
+            .execute(&mut *c).await.map(drop))?;
+        Ok(())
     }
 
     /// Sets a new password and clears every pending one-time token, as a
