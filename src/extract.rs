@@ -273,8 +273,8 @@ impl FromRequestParts<AppState> for ClientKey {
         if let Some(known) = parts.extensions.get::<ClientKey>() {
             return Ok(known.clone());
         }
-        let limits = st.actors.rate_limits.settings();
-        if let Some(name) = &limits.header
+        // Set by the environment only: not one of the settings that change.
+        if let Some(name) = &st.config.rate_limits.header
             && let Some(v) = parts
                 .headers
                 .get(name.as_str())

@@ -97,6 +97,7 @@ pub async fn limit(State(st): State<AppState>, req: Request, next: Next) -> Resp
         .actors
         .rate_limits
         .check(bucket, &client.key, client.source)
+        .await
     {
         return HttpError(e).into_response();
     }

@@ -221,14 +221,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Serve { no_workers } => {
             let mut server = castellan::server::start_with(config, !no_workers).await?;
-            tokio::select! {
+            let ended = tokio::select! {
                 _ = shutdown_signal() => {
                     tracing::info!("shutting down");
-                    server.stop().await;
+                    Ok(())
                 }
-                _ = server.wait() => {}
+                ended = server.wait() => ended,
+            };
+            if let Err(e) = &ended {
+                tracing::error!(error = %e, "stopping: this process can no longer serve as it should");
             }
-            Ok(())
+            server.stop().await;
+            ended
         }
     }
 }

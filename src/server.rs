@@ -151,7 +151,10 @@ impl Server {
         for tx in self.shutdown.drain(..) {
             let _ = tx.send(());
         }
-        let _ = (&mut self.task).await;
+        // `wait` may have seen the listener end already.
+        if !self.task.is_finished() {
+            let _ = (&mut self.task).await;
+        }
         if let Some(m) = self.metrics_server.take() {
             m.stop().await;
         }
@@ -162,9 +165,14 @@ impl Server {
         self.store.close().await;
     }
 
-    /// Resolves when the server stops on its own (e.g. a listener error).
-    pub async fn wait(&mut self) {
-        let _ = (&mut self.task).await;
+    /// Resolves when the server stops on its own: its listener ended, or
+    /// its actor supervisor gave up (`Err`, with why: the process should
+    /// exit non-zero for its orchestrator to restart it).
+    pub async fn wait(&mut self) -> anyhow::Result<()> {
+        tokio::select! {
+            _ = &mut self.task => Ok(()),
+            why = self.state.actors.stopped() => Err(anyhow::anyhow!("the actors stopped: {why}")),
+        }
     }
 }
 
@@ -390,12 +398,10 @@ pub async fn start_with(config: Config, workers: bool) -> anyhow::Result<Server>
         .await
         .context("starting the actors")?;
     // Rate limits changed while running, applied before the first request
-    // and followed from then on.
-    let (limits_tx, limits_rx) = oneshot::channel::<()>();
-    castellan_actors::limit_settings::follow(ctx.clone(), actors.clone(), async {
-        let _ = limits_rx.await;
-    })
-    .await;
+    // (the `RateLimiter` follows them from then on).
+    castellan_actors::limit_settings::apply_stored(&ctx, &actors)
+        .await
+        .context("reading the stored rate limits")?;
     let accounts = Accounts::new(ctx.clone(), actors.sessions.clone(), actors.otp.clone());
     let state = Services {
         config: Arc::new(ctx.config.clone()),
@@ -441,7 +447,7 @@ pub async fn start_with(config: Config, workers: bool) -> anyhow::Result<Server>
             let _ = rx.await;
         },
     ));
-    let shutdown = vec![tx, keys_tx, limits_tx];
+    let shutdown = vec![tx, keys_tx];
     let metrics_server = MetricsServer::start(&state.config, state.metrics.clone()).await?;
     tracing::info!(%addr, "castellan listening");
     Ok(Server {

@@ -382,7 +382,8 @@ impl Factors {
         }
         // Beyond GoTrue: factor codes count against the deployment's SMS
         // budget, so enrolling numbers is no way to send SMS at will.
-        sms_out::spend_budget(tx, self.limits.settings().sms_sent, now).await?;
+        let budget = self.limits.settings().await.sms_sent;
+        sms_out::spend_budget(tx, budget, now).await?;
         // A provider that checks codes itself is sent none of ours.
         let code = match self.ctx.sms.checks_codes() {
             true => random_base32(32),

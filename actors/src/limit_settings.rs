@@ -1,10 +1,9 @@
 //! Rate limits changed while castellan runs (`PUT /admin/rate_limits`,
 //! `castellan limits set`): stored in the database, audited, and applied
-//! by every process sharing it within a second (each polls the few rows).
-//! The environment's values are the defaults until changed.
+//! by every process sharing it within a second (each `RateLimiter` follows
+//! the few rows). The environment's values are the defaults until changed.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use castellan_core::config::RateLimits as Settings;
 use castellan_core::models::{AuditAction, AuditActor, audit_payload};
@@ -15,9 +14,6 @@ use serde_json::{Map, Value, json};
 use crate::context::Ctx;
 use crate::supervisor::Actors;
 
-/// How often a process reads the stored limits.
-const POLL: Duration = Duration::from_millis(500);
-
 /// Each changeable limit and the number it allows per its GoTrue window.
 pub fn current(settings: &Settings) -> BTreeMap<&'static str, u32> {
     Settings::NAMES
@@ -27,7 +23,7 @@ pub fn current(settings: &Settings) -> BTreeMap<&'static str, u32> {
 }
 
 /// The environment's limits with the stored changes applied.
-fn effective(ctx: &Ctx, stored: &[LimitOverride]) -> Settings {
+pub(crate) fn effective(ctx: &Ctx, stored: &[LimitOverride]) -> Settings {
     stored.iter().fold(ctx.config.rate_limits.clone(), |s, o| {
         let events = u32::try_from(o.events).unwrap_or(u32::MAX);
         s.with(&o.name, events).unwrap_or(s)
@@ -87,7 +83,8 @@ pub async fn stored(ctx: &Ctx) -> ApiResult<Settings> {
     Ok(effective(ctx, &ctx.store.rate_limit_overrides().await?))
 }
 
-/// As `store`, and applied in this process at once.
+/// As `store`, and applied in this process at once (the others' actors
+/// read it within a second).
 pub async fn set(
     ctx: &Ctx,
     actors: &Actors,
@@ -95,43 +92,14 @@ pub async fn set(
     changes: &[(String, u32)],
 ) -> ApiResult<BTreeMap<&'static str, u32>> {
     let settings = store(ctx, actor, changes).await?;
-    actors
-        .rate_limits
-        .apply(actors.rate_limiter(), settings.clone())
-        .await;
+    actors.rate_limits.apply(settings.clone()).await;
     Ok(current(&settings))
 }
 
-/// Applies the stored limits now, then follows them until `stop` resolves.
-pub async fn follow(
-    ctx: std::sync::Arc<Ctx>,
-    actors: Actors,
-    stop: impl std::future::Future<Output = ()> + Send + 'static,
-) {
-    let last = std::sync::Arc::new(tokio::sync::Mutex::new(None));
-    crate::follow::every(POLL, stop, move || {
-        let (ctx, actors, last) = (ctx.clone(), actors.clone(), last.clone());
-        async move { sync(&ctx, &actors, &mut *last.lock().await).await }
-    })
-    .await;
-}
-
-async fn sync(ctx: &Ctx, actors: &Actors, last: &mut Option<Vec<LimitOverride>>) {
-    let stored = match ctx.store.rate_limit_overrides().await {
-        Ok(rows) => rows,
-        Err(e) => {
-            tracing::warn!(error = %e, "reading the stored rate limits failed; keeping the current ones");
-            return;
-        }
-    };
-    if last.as_ref() == Some(&stored) {
-        return;
-    }
-    let settings = effective(ctx, &stored);
-    tracing::info!(limits = ?current(&settings), "rate limits in force");
-    actors
-        .rate_limits
-        .apply(actors.rate_limiter(), settings)
-        .await;
-    *last = Some(stored);
+/// Applies the stored limits now (before the first request is served);
+/// the `RateLimiter` follows them from then on.
+pub async fn apply_stored(ctx: &Ctx, actors: &Actors) -> ApiResult<()> {
+    let settings = stored(ctx).await?;
+    actors.rate_limits.apply(settings).await;
+    Ok(())
 }

@@ -924,7 +924,7 @@ impl OtpIssuer {
     /// A handle without the actor (tools): every window is read from the database.
     pub fn standalone(ctx: Arc<Ctx>) -> Self {
         let windows = SendWindows::new(ctx.config.smtp.max_frequency);
-        let limits = RateLimits::new(ctx.config.rate_limits.clone());
+        let limits = RateLimits::standalone(ctx.config.rate_limits.clone());
         Self::new(ctx, windows, Arc::new(ArcSwapOption::empty()), limits)
     }
 
@@ -949,7 +949,7 @@ impl OtpIssuer {
             }
             r?;
         }
-        let budget = self.limits.settings().email_sent;
+        let budget = self.limits.settings().await.email_sent;
         let r = send(&self.ctx, budget, &req).await;
         Self::record("send", start, &r);
         if let (Ok(issued), Some(actor)) = (&r, self.actor.load_full())
@@ -972,7 +972,7 @@ impl OtpIssuer {
     /// by this request, with the queue as its retry.
     pub async fn send_sms(&self, req: SmsRequest) -> ApiResult<SmsSent> {
         let start = Instant::now();
-        let budget = self.limits.settings().sms_sent;
+        let budget = self.limits.settings().await.sms_sent;
         let r = match issue_sms(&self.ctx, budget, &req).await {
             Ok(issued) => deliver_first(&self.ctx, issued).await,
             Err(e) => Err(e),

@@ -1,16 +1,20 @@
-//! The `RateLimiter` actor: owns per-key token buckets (governor) and the
-//! live limit settings. The hot path (`RateLimits::check`) reads the buckets
-//! the actor publishes through an `ArcSwap`, so a check costs no mailbox
-//! round trip; every change of settings goes through the actor.
+//! The `RateLimiter` actor: it alone holds the per-key token buckets
+//! (governor) of every limited route and the limit settings in force.
+//! Requests ask it by message (`Check`); it follows the settings stored in
+//! the database with a task of its own that reads them and tells it
+//! (`SetLimits`), so no message waits on I/O. A change of settings rebuilds
+//! only the buckets whose limit changed: the others keep their counts.
+//! Its state is its own: a restart starts every bucket afresh.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use crate::context::Ctx;
 use crate::mailbox::Mail;
-use arc_swap::ArcSwap;
-use castellan_core::ApiError;
+use arc_swap::ArcSwapOption;
 use castellan_core::config::{RateLimit, RateLimits as Settings};
+use castellan_core::{ApiError, ApiResult};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -108,7 +112,7 @@ impl Bucket {
     }
 }
 
-/// A bucket set built from one version of the settings. `None` = limit 0: refuse all.
+/// One bucket's keys under one limit. `None` = limit 0: refuse all.
 struct Limiter {
     limit: RateLimit,
     buckets: Option<DefaultKeyedRateLimiter<String>>,
@@ -126,12 +130,25 @@ impl Limiter {
         });
         Self { limit, buckets }
     }
+
+    /// Takes a token of `key`, or says how long to wait for one.
+    fn take(&self, key: &str) -> Option<Duration> {
+        match &self.buckets {
+            None => Some(self.limit.per),
+            Some(l) => l
+                .check_key(&key.to_string())
+                .err()
+                .map(|n| n.wait_time_from(DefaultClock::default().now())),
+        }
+    }
 }
 
+/// The actor's state: the settings in force and a limiter per bucket
+/// (indexed like `Bucket::ALL`), and the task following stored settings.
 pub struct Limiters {
-    pub settings: Settings,
-    /// Indexed like `Bucket::ALL`.
+    settings: Settings,
     limiters: Vec<Limiter>,
+    follower: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Limiters {
@@ -140,149 +157,270 @@ impl Limiters {
             .iter()
             .map(|b| Limiter::new(b.setting(&settings)))
             .collect();
-        Self { settings, limiters }
+        Self {
+            settings,
+            limiters,
+            follower: None,
+        }
     }
-    fn get(&self, b: Bucket) -> &Limiter {
-        &self.limiters[b as usize]
+
+    /// New settings: the buckets whose limit changed start afresh, the
+    /// others keep their counts.
+    fn replace(&mut self, settings: Settings) {
+        for (i, b) in Bucket::ALL.iter().enumerate() {
+            let limit = b.setting(&settings);
+            if self.limiters[i].limit != limit {
+                self.limiters[i] = Limiter::new(limit);
+            }
+        }
+        self.settings = settings;
     }
+
     fn sweep(&self) {
-        for l in self.limiters.iter().filter_map(|l| l.buckets.as_ref()) {
-            l.retain_recent();
+        for (b, l) in Bucket::ALL.iter().zip(&self.limiters) {
+            if let Some(keys) = &l.buckets {
+                keys.retain_recent();
+                metrics::gauge!("castellan_rate_limit_keys", "bucket" => b.label())
+                    .set(keys.len() as f64);
+            }
         }
     }
 }
 
-/// What handlers hold: the published buckets.
+impl Drop for Limiters {
+    fn drop(&mut self) {
+        if let Some(f) = self.follower.take() {
+            f.abort();
+        }
+    }
+}
+
+/// What a `Check` answers: allowed, or refused with the limit and the wait.
+pub type Checked = Result<(), (RateLimit, Duration)>;
+
+pub enum RateLimiterMsg {
+    /// Take one token of `key`'s bucket.
+    Check {
+        bucket: Bucket,
+        key: String,
+        reply: RpcReplyPort<Checked>,
+    },
+    /// Replace the settings (only changed buckets start afresh); answered
+    /// when asked by a caller, not when told by the follower.
+    SetLimits(Box<Settings>, Option<RpcReplyPort<()>>),
+    GetLimits(RpcReplyPort<Settings>),
+    /// Drop idle keys so memory stays bounded.
+    Sweep,
+}
+
+impl RateLimiterMsg {
+    fn kind(&self) -> &'static str {
+        match self {
+            RateLimiterMsg::Check { .. } => "check",
+            RateLimiterMsg::SetLimits(..) => "set_limits",
+            RateLimiterMsg::GetLimits(_) => "get_limits",
+            RateLimiterMsg::Sweep => "sweep",
+        }
+    }
+}
+
+/// How long a caller waits for the actor while the supervisor restarts it.
+const RESTART_WAIT: Duration = Duration::from_secs(1);
+
+/// What handlers hold: where the actor is, and the environment's settings
+/// (the answer of a process without the actor: tools).
 #[derive(Clone)]
 pub struct RateLimits {
-    shared: Arc<ArcSwap<Limiters>>,
+    slot: Arc<ArcSwapOption<ActorRef<Mail<RateLimiterMsg>>>>,
+    defaults: Settings,
 }
 
 impl RateLimits {
-    pub fn new(settings: Settings) -> Self {
-        Self {
-            shared: Arc::new(ArcSwap::from_pointee(Limiters::new(settings))),
-        }
+    pub fn new(
+        slot: Arc<ArcSwapOption<ActorRef<Mail<RateLimiterMsg>>>>,
+        defaults: Settings,
+    ) -> Self {
+        Self { slot, defaults }
     }
 
-    pub fn settings(&self) -> Settings {
-        self.shared.load().settings.clone()
+    /// Without an actor (tools): the environment's settings, never a check.
+    pub fn standalone(defaults: Settings) -> Self {
+        Self::new(Arc::new(ArcSwapOption::empty()), defaults)
     }
 
-    /// Replaces the settings; the buckets start afresh when they change
-    /// (equal settings keep the counts).
-    fn replace(&self, settings: Settings) {
-        if self.settings() != settings {
-            self.shared.store(Arc::new(Limiters::new(settings)));
-        }
-    }
-
-    /// Applies `settings` through the `RateLimiter` actor, which owns the
-    /// buckets (directly while it restarts).
-    pub async fn apply(&self, actor: Option<ActorRef<Mail<RateLimiterMsg>>>, settings: Settings) {
-        if let Some(actor) = actor {
-            let s = settings.clone();
-            let sent = actor
-                .call(
-                    |reply| Mail::new(NAME, RateLimiterMsg::SetLimits(Box::new(s), reply)),
-                    None,
-                )
-                .await;
-            if matches!(sent, Ok(ractor::rpc::CallResult::Success(()))) {
-                return;
+    /// The running actor, waiting out a restart (`RESTART_WAIT` at most).
+    async fn actor(&self) -> Option<ActorRef<Mail<RateLimiterMsg>>> {
+        let deadline = Instant::now() + RESTART_WAIT;
+        loop {
+            if let Some(a) = self.slot.load_full() {
+                return Some((*a).clone());
             }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        self.replace(settings);
     }
 
-    /// Takes one token from `key`'s bucket, or answers 429 with `Retry-After`.
-    pub fn check(
+    /// Asks the actor; `None` when it could not answer.
+    async fn ask<T: Send + 'static>(
+        &self,
+        msg: impl FnOnce(RpcReplyPort<T>) -> RateLimiterMsg,
+    ) -> Option<T> {
+        let actor = self.actor().await?;
+        match actor.call(|reply| Mail::new(NAME, msg(reply)), None).await {
+            Ok(ractor::rpc::CallResult::Success(t)) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// The settings in force (the environment's without the actor).
+    pub async fn settings(&self) -> Settings {
+        match self.ask(RateLimiterMsg::GetLimits).await {
+            Some(s) => s,
+            None => self.defaults.clone(),
+        }
+    }
+
+    /// Applies `settings` through the actor; false when it could not.
+    pub async fn apply(&self, settings: Settings) -> bool {
+        let settings = Box::new(settings);
+        self.ask(|reply| RateLimiterMsg::SetLimits(settings, Some(reply)))
+            .await
+            .is_some()
+    }
+
+    /// Takes one token from `key`'s bucket, or answers 429 with
+    /// `Retry-After`; 503 when the actor cannot answer (nothing is let
+    /// through unlimited).
+    pub async fn check(
         &self,
         bucket: Bucket,
         key: &str,
         key_source: &'static str,
-    ) -> Result<(), ApiError> {
-        let all = self.shared.load();
-        let limiter = all.get(bucket);
-        let wait = match &limiter.buckets {
-            None => Some(limiter.limit.per),
-            Some(l) => l
-                .check_key(&key.to_string())
-                .err()
-                .map(|n| n.wait_time_from(DefaultClock::default().now())),
+    ) -> ApiResult<()> {
+        let key = key.to_string();
+        let checked = self
+            .ask(|reply| RateLimiterMsg::Check { bucket, key, reply })
+            .await
+            .ok_or_else(|| ApiError::unavailable("rate limiter", "restarting"))?;
+        let Err((l, wait)) = checked else {
+            return Ok(());
         };
-        match wait {
-            None => Ok(()),
-            Some(wait) => {
-                metrics::counter!("castellan_rate_limit_rejections_total", "bucket" => bucket.label(), "key" => key_source)
-                    .increment(1);
-                let l = limiter.limit;
-                Err(ApiError::too_many_requests(
-                    "over_request_rate_limit",
-                    format!(
-                        "Request rate limit reached: {} allows {} requests per {}s (burst {})",
-                        bucket.variable(),
-                        l.events,
-                        l.per.as_secs(),
-                        l.burst
-                    ),
-                    wait.as_secs_f64().ceil() as u64,
-                ))
-            }
-        }
+        metrics::counter!("castellan_rate_limit_rejections_total", "bucket" => bucket.label(), "key" => key_source)
+            .increment(1);
+        Err(ApiError::too_many_requests(
+            "over_request_rate_limit",
+            format!(
+                "Request rate limit reached: {} allows {} requests per {}s (burst {})",
+                bucket.variable(),
+                l.events,
+                l.per.as_secs(),
+                l.burst
+            ),
+            wait.as_secs_f64().ceil() as u64,
+        ))
     }
 }
 
-pub enum RateLimiterMsg {
-    /// Replace the settings; the buckets start afresh when they change.
-    SetLimits(Box<Settings>, RpcReplyPort<()>),
-    GetLimits(RpcReplyPort<Settings>),
-    /// Drop idle keys so memory stays bounded.
-    Sweep,
+/// How often the follower reads the stored settings.
+const FOLLOW: Duration = Duration::from_millis(500);
+
+/// Reads the stored settings every `FOLLOW` and tells the actor when they
+/// changed (the read is the follower's, never the mailbox's).
+fn follow(ctx: Arc<Ctx>, me: ActorRef<Mail<RateLimiterMsg>>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut last = None;
+        loop {
+            match ctx.store.rate_limit_overrides().await {
+                Ok(stored) if last.as_ref() != Some(&stored) => {
+                    let settings = crate::limit_settings::effective(&ctx, &stored);
+                    let msg = RateLimiterMsg::SetLimits(Box::new(settings), None);
+                    if me.cast(Mail::new(NAME, msg)).is_err() {
+                        return;
+                    }
+                    last = Some(stored);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the stored rate limits failed; keeping the current ones");
+                }
+            }
+            tokio::time::sleep(FOLLOW).await;
+        }
+    })
 }
 
 pub struct RateLimiter;
 
 impl Actor for RateLimiter {
     type Msg = Mail<RateLimiterMsg>;
-    type State = RateLimits;
-    type Arguments = RateLimits;
+    type State = Limiters;
+    type Arguments = Arc<Ctx>;
 
     async fn pre_start(
         &self,
-        myself: ActorRef<Self::Msg>,
-        limits: RateLimits,
-    ) -> Result<RateLimits, ActorProcessingErr> {
-        myself.send_interval(Duration::from_secs(60), || {
+        me: ActorRef<Self::Msg>,
+        ctx: Arc<Ctx>,
+    ) -> Result<Limiters, ActorProcessingErr> {
+        me.send_interval(Duration::from_secs(60), || {
             Mail::new(NAME, RateLimiterMsg::Sweep)
         });
-        Ok(limits)
+        let mut limiters = Limiters::new(ctx.config.rate_limits.clone());
+        limiters.follower = Some(follow(ctx, me));
+        Ok(limiters)
     }
 
     async fn handle(
         &self,
         _me: ActorRef<Self::Msg>,
         msg: Self::Msg,
-        limits: &mut RateLimits,
+        st: &mut Limiters,
     ) -> Result<(), ActorProcessingErr> {
         let msg = msg.open();
-        let kind = match &msg {
-            RateLimiterMsg::SetLimits(..) => "set_limits",
-            RateLimiterMsg::GetLimits(_) => "get_limits",
-            RateLimiterMsg::Sweep => "sweep",
-        };
-        let start = std::time::Instant::now();
+        let kind = msg.kind();
+        let start = Instant::now();
+        let mut outcome = "ok";
         match msg {
+            RateLimiterMsg::Check { bucket, key, reply } => {
+                let limiter = &st.limiters[bucket as usize];
+                let checked = match limiter.take(&key) {
+                    None => Ok(()),
+                    Some(wait) => Err((limiter.limit, wait)),
+                };
+                outcome = if checked.is_ok() {
+                    "allowed"
+                } else {
+                    "refused"
+                };
+                let _ = reply.send(checked);
+            }
             RateLimiterMsg::SetLimits(settings, reply) => {
-                limits.replace(*settings);
-                let _ = reply.send(());
+                if *settings != st.settings {
+                    tracing::info!(limits = ?crate::limit_settings::current(&settings), "rate limits in force");
+                }
+                st.replace(*settings);
+                if let Some(reply) = reply {
+                    let _ = reply.send(());
+                }
             }
             RateLimiterMsg::GetLimits(reply) => {
-                let _ = reply.send(limits.settings());
+                let _ = reply.send(st.settings.clone());
             }
-            RateLimiterMsg::Sweep => limits.shared.load().sweep(),
+            RateLimiterMsg::Sweep => st.sweep(),
         }
-        crate::supervisor::record_message(NAME, kind, "ok", start);
+        crate::supervisor::record_message(NAME, kind, outcome, start);
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _me: ActorRef<Self::Msg>,
+        st: &mut Limiters,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(f) = st.follower.take() {
+            f.abort();
+        }
         Ok(())
     }
 }

@@ -380,4 +380,16 @@ impl Actor for SessionManager {
         record_message(NAME, kind, "ok", start);
         Ok(())
     }
+
+    /// However it stops, nobody follows changes any more: the cache must
+    /// not serve until a successor does (the feed task ends with the state).
+    async fn post_stop(
+        &self,
+        _me: ActorRef<Mail<SessionMsg>>,
+        st: &mut SessionManagerState,
+    ) -> Result<(), ActorProcessingErr> {
+        st.cache.set_following(false);
+        st.feed.abort();
+        Ok(())
+    }
 }

@@ -1,12 +1,21 @@
 //! The root supervisor. It starts every actor linked to itself; when one
-//! fails or is killed it starts a replacement after a short backoff, swaps
-//! it into the handle callers use, and counts the restart. Hot reads never
-//! wait on a child: they read what it publishes, so a restart costs at most
-//! a few reads served from the database.
+//! fails or is killed it starts a replacement after a backoff that doubles
+//! with each recent restart, swaps it into the handle callers use, and
+//! counts the restart. Too many restarts of one actor within the window
+//! (`CASTELLAN_ACTOR_MAX_RESTARTS` in `CASTELLAN_ACTOR_RESTART_WINDOW`), or
+//! a replacement that cannot start, escalate: the supervisor stops, says why,
+//! and the process stops with a non-zero status for its orchestrator to
+//! restart. Hot reads never wait on a child: they read what it publishes,
+//! so a restart costs at most a few reads served from the database.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use castellan_core::config::Supervision;
+use ractor::ActorStatus;
+use tokio::sync::watch;
 
 use arc_swap::ArcSwapOption;
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SpawnErr, SupervisionEvent};
@@ -41,6 +50,13 @@ enum Child {
 }
 
 impl Child {
+    const ALL: [Child; 4] = [
+        Child::SessionManager,
+        Child::OtpIssuer,
+        Child::RateLimiter,
+        Child::ProviderBroker,
+    ];
+
     fn name(self) -> &'static str {
         match self {
             Child::SessionManager => "session_manager",
@@ -62,9 +78,9 @@ pub struct Slots {
 
 pub struct SupervisorArgs {
     ctx: Arc<Ctx>,
+    stopped: Arc<Mutex<Option<String>>>,
     cache: Arc<SessionCache>,
     windows: Arc<SendWindows>,
-    limits: RateLimits,
     ring: Arc<KeyRing>,
     slots: Slots,
 }
@@ -72,7 +88,35 @@ pub struct SupervisorArgs {
 pub struct SupervisorState {
     args: SupervisorArgs,
     children: HashMap<ActorId, Child>,
-    restarts: HashMap<&'static str, u32>,
+    /// Each actor's restarts within the window, oldest first.
+    recent: HashMap<&'static str, VecDeque<Instant>>,
+    policy: Supervision,
+    /// Why the supervisor stopped, for whoever waits on it.
+    stopped: Arc<Mutex<Option<String>>>,
+}
+
+/// What the policy says to a child's stop: restart after a backoff, or
+/// escalate.
+enum Verdict {
+    Restart(Duration),
+    Escalate(usize),
+}
+
+/// Forgets restarts older than the window, then decides on this one.
+fn verdict(recent: &mut VecDeque<Instant>, policy: Supervision, now: Instant) -> Verdict {
+    while recent
+        .front()
+        .is_some_and(|t| now.duration_since(*t) > policy.window)
+    {
+        recent.pop_front();
+    }
+    recent.push_back(now);
+    let n = recent.len();
+    if n > policy.max_restarts as usize {
+        return Verdict::Escalate(n);
+    }
+    let doubled = policy.backoff.saturating_mul(1 << (n - 1).min(16));
+    Verdict::Restart(doubled.min(Duration::from_secs(5)))
 }
 
 pub struct Supervisor;
@@ -99,8 +143,8 @@ impl Supervisor {
                 id
             }
             Child::RateLimiter => {
-                let (r, _) =
-                    Actor::spawn_linked(None, RateLimiter, st.args.limits.clone(), me).await?;
+                let ctx = st.args.ctx.clone();
+                let (r, _) = Actor::spawn_linked(None, RateLimiter, ctx, me).await?;
                 let id = r.get_id();
                 st.args.slots.limiter.store(Some(Arc::new(r)));
                 id
@@ -138,14 +182,39 @@ impl Supervisor {
             Child::RateLimiter => st.args.slots.limiter.store(None),
             Child::ProviderBroker => st.args.slots.broker.store(None),
         }
-        let n = st.restarts.entry(child.name()).or_insert(0);
-        *n += 1;
+        let recent = st.recent.entry(child.name()).or_default();
+        let backoff = match verdict(recent, st.policy, Instant::now()) {
+            Verdict::Restart(backoff) => backoff,
+            Verdict::Escalate(n) => {
+                let why = format!(
+                    "actor {} stopped {n} times within {:?} (last: {why}): the supervisor gives up",
+                    child.name(),
+                    st.policy.window
+                );
+                return Self::escalate(&me, st, why);
+            }
+        };
         metrics::counter!("castellan_actor_restarts_total", "actor" => child.name()).increment(1);
-        tracing::error!(actor = child.name(), reason = %why, restarts = *n, "actor stopped; restarting");
-        // Back off a little on repeated crashes, so a crash loop cannot spin.
-        let backoff = Duration::from_millis(10 * u64::from((*n).min(50)));
+        tracing::error!(actor = child.name(), reason = %why, recent = recent.len(), ?backoff, "actor stopped; restarting");
         tokio::time::sleep(backoff).await;
-        Self::spawn(child, me.get_cell(), st).await?;
+        if let Err(e) = Self::spawn(child, me.get_cell(), st).await {
+            let why = format!("actor {} could not be started again: {e}", child.name());
+            return Self::escalate(&me, st, why);
+        }
+        Ok(())
+    }
+
+    /// Stops the supervisor (and every actor) for `why`: the process is no
+    /// longer what it claims to be, so it stops too (see `Actors::stopped`).
+    fn escalate(
+        me: &ActorRef<()>,
+        st: &mut SupervisorState,
+        why: String,
+    ) -> Result<(), ActorProcessingErr> {
+        tracing::error!(reason = %why, "supervision escalated: stopping; the process exits non-zero for its orchestrator to restart it");
+        metrics::counter!("castellan_actor_escalations_total").increment(1);
+        *st.stopped.lock().expect("never poisoned") = Some(why.clone());
+        me.stop(Some(why));
         Ok(())
     }
 }
@@ -160,15 +229,18 @@ impl Actor for Supervisor {
         me: ActorRef<()>,
         args: SupervisorArgs,
     ) -> Result<SupervisorState, ActorProcessingErr> {
+        let policy = args.ctx.config.supervision;
+        let stopped = args.stopped.clone();
         let mut st = SupervisorState {
             args,
             children: HashMap::new(),
-            restarts: HashMap::new(),
+            recent: HashMap::new(),
+            policy,
+            stopped,
         };
-        Self::spawn(Child::SessionManager, me.get_cell(), &mut st).await?;
-        Self::spawn(Child::OtpIssuer, me.get_cell(), &mut st).await?;
-        Self::spawn(Child::RateLimiter, me.get_cell(), &mut st).await?;
-        Self::spawn(Child::ProviderBroker, me.get_cell(), &mut st).await?;
+        for child in Child::ALL {
+            Self::spawn(child, me.get_cell(), &mut st).await?;
+        }
         Ok(st)
     }
 
@@ -216,12 +288,58 @@ pub struct Actors {
     pub oidc_keys: Arc<KeyRing>,
     slots: Slots,
     root: ActorRef<()>,
+    /// Set once the supervisor has stopped: why, when it gave up.
+    ended: watch::Receiver<Option<String>>,
+    /// Whether a shutdown was asked for (then its end is no failure).
+    asked: Arc<AtomicBool>,
 }
 
 impl Actors {
-    /// The current `RateLimiter` actor (`None` while it restarts).
-    pub fn rate_limiter(&self) -> Option<ActorRef<Mail<RateLimiterMsg>>> {
-        self.slots.limiter.load_full().map(|r| (*r).clone())
+    /// Each supervised actor by name, and whether it is running now (not
+    /// while it restarts, nor after the supervisor gave up).
+    pub fn liveness(&self) -> [(&'static str, bool); 4] {
+        fn running<M>(slot: &ArcSwapOption<ActorRef<M>>) -> bool {
+            slot.load()
+                .as_ref()
+                .is_some_and(|r| r.get_status() == ActorStatus::Running)
+        }
+        let s = &self.slots;
+        [
+            (Child::SessionManager.name(), running(&s.sessions)),
+            (Child::OtpIssuer.name(), running(&s.otp)),
+            (Child::RateLimiter.name(), running(&s.limiter)),
+            (Child::ProviderBroker.name(), running(&s.broker)),
+        ]
+    }
+
+    /// Kills the named actor as a crash would (for tests and drills): the
+    /// supervisor restarts it under its policy. False for an unknown name.
+    pub fn kill(&self, name: &str) -> bool {
+        fn kill<M>(slot: &ArcSwapOption<ActorRef<M>>) -> bool {
+            slot.load().as_ref().map(|r| r.kill()).is_some()
+        }
+        let s = &self.slots;
+        match name {
+            "session_manager" => kill(&s.sessions),
+            "otp_issuer" => kill(&s.otp),
+            "rate_limiter" => kill(&s.limiter),
+            "provider_broker" => kill(&s.broker),
+            _ => false,
+        }
+    }
+
+    /// Resolves with the reason once the supervisor has stopped on its own
+    /// (an escalation); never while it runs.
+    pub async fn stopped(&self) -> String {
+        let mut ended = self.ended.clone();
+        loop {
+            if let Some(why) = ended.borrow_and_update().clone() {
+                return why;
+            }
+            if ended.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
     }
 
     /// Where the current `ProviderBroker` actor is (empty while it restarts).
@@ -235,12 +353,12 @@ impl Actors {
     }
 
     pub async fn shutdown(&self) {
+        self.asked.store(true, Ordering::SeqCst);
         self.root.stop(None);
     }
 }
 
 pub async fn start(ctx: Arc<Ctx>) -> Result<Actors, SpawnErr> {
-    let limits = RateLimits::new(ctx.config.rate_limits.clone());
     let cache = SessionCache::new(
         ctx.config.session_cache_size,
         ctx.config.session_cache_bytes,
@@ -257,15 +375,32 @@ pub async fn start(ctx: Arc<Ctx>) -> Result<Actors, SpawnErr> {
         broker: Arc::new(ArcSwapOption::empty()),
     };
     let ring = Arc::new(KeyRing::default());
+    let limits = RateLimits::new(slots.limiter.clone(), ctx.config.rate_limits.clone());
+    let stopped = Arc::new(Mutex::new(None));
     let args = SupervisorArgs {
         ctx: ctx.clone(),
+        stopped: stopped.clone(),
         cache: cache.clone(),
         windows: windows.clone(),
-        limits: limits.clone(),
         ring: ring.clone(),
         slots: slots.clone(),
     };
-    let (root, _) = Actor::spawn(None, Supervisor, args).await?;
+    let (root, running) = Actor::spawn(None, Supervisor, args).await?;
+    // When the supervisor ends, say why to whoever waits (`Actors::stopped`);
+    // a shutdown asked for says nothing.
+    let (ended_tx, ended) = watch::channel(None);
+    let asked = Arc::new(AtomicBool::new(false));
+    let shutting_down = asked.clone();
+    tokio::spawn(async move {
+        let _ = running.await;
+        let why = stopped.lock().expect("never poisoned").take();
+        if shutting_down.load(Ordering::SeqCst) {
+            // Keep the channel open: `stopped` stays pending.
+            return std::future::pending::<()>().await;
+        }
+        let why = why.unwrap_or_else(|| "the actor supervisor stopped unexpectedly".into());
+        let _ = ended_tx.send(Some(why));
+    });
     Ok(Actors {
         sessions: Sessions::new(ctx.clone(), cache.clone()),
         otp: OtpIssuer::new(ctx, windows, slots.otp.clone(), limits.clone()),
@@ -274,5 +409,42 @@ pub async fn start(ctx: Arc<Ctx>) -> Result<Actors, SpawnErr> {
         oidc_keys: ring,
         slots,
         root,
+        ended,
+        asked,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_back_off_escalate_and_are_forgotten_after_the_window() {
+        let policy = Supervision {
+            backoff: Duration::from_millis(10),
+            max_restarts: 3,
+            window: Duration::from_secs(30),
+        };
+        let t0 = Instant::now();
+        let mut recent = VecDeque::new();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let backoffs: Vec<_> = (0..3)
+            .map(|i| match verdict(&mut recent, policy, at(i)) {
+                Verdict::Restart(b) => b.as_millis(),
+                Verdict::Escalate(_) => panic!("escalated at {i}"),
+            })
+            .collect();
+        assert_eq!(backoffs, [10, 20, 40], "doubling");
+        assert!(matches!(
+            verdict(&mut recent, policy, at(3)),
+            Verdict::Escalate(4)
+        ));
+        // Quiet for the window: the history is forgotten, the backoff short again.
+        let mut recent = VecDeque::from([at(0), at(1)]);
+        assert!(matches!(
+            verdict(&mut recent, policy, at(40)),
+            Verdict::Restart(b) if b == Duration::from_millis(10)
+        ));
+        assert_eq!(recent.len(), 1);
+    }
 }

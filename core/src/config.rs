@@ -465,6 +465,33 @@ pub struct Config {
     pub cache_poll_interval: Duration,
     /// How often a server reads the signing keys kept in the database.
     pub keys_poll_interval: Duration,
+    /// How the root supervisor restarts the actors.
+    pub supervision: Supervision,
+}
+
+/// How the root supervisor answers an actor that stops: it restarts it
+/// after `backoff`, doubled for each earlier restart within `window`; the
+/// `max_restarts`-th restart of one actor within `window` escalates (the
+/// process stops, non-zero, for its orchestrator to restart). An actor
+/// quiet for `window` starts afresh.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Supervision {
+    pub backoff: Duration,
+    pub max_restarts: u32,
+    pub window: Duration,
+}
+
+fn supervision(v: &Vars<'_>) -> Result<Supervision, ConfigError> {
+    Ok(Supervision {
+        backoff: v.duration(
+            &["CASTELLAN_ACTOR_RESTART_BACKOFF"],
+            Duration::from_millis(10),
+        )?,
+        max_restarts: v.num(&["CASTELLAN_ACTOR_MAX_RESTARTS"], 5u32)?.max(1),
+        window: v
+            .duration(&["CASTELLAN_ACTOR_RESTART_WINDOW"], Duration::from_secs(30))?
+            .max(Duration::from_millis(1)),
+    })
 }
 
 /// Reads variables from a map (process environment merged with `.env`), so
@@ -1143,6 +1170,7 @@ impl Config {
                     Duration::from_millis(50),
                 )?
                 .max(Duration::from_millis(5)),
+            supervision: supervision(v)?,
             keys_poll_interval: v
                 .duration(&["CASTELLAN_KEYS_POLL_INTERVAL"], Duration::from_secs(10))?
                 .max(Duration::from_millis(10)),

@@ -50,10 +50,12 @@ pub async fn ready(State(st): State<AppState>) -> Response {
     let ping = tokio::time::timeout(DATABASE_WAIT, st.admin.ping()).await;
     let database = up(matches!(ping, Ok(Ok(()))));
     let storage = up(!st.admin.disk_full());
-    let actors = BTreeMap::from([
-        ("rate_limiter", up(st.actors.rate_limiter().is_some())),
-        ("session_manager", up(st.actors.session_manager().is_some())),
-    ]);
+    let actors: BTreeMap<_, _> = st
+        .actors
+        .liveness()
+        .into_iter()
+        .map(|(name, running)| (name, up(running)))
+        .collect();
     let workers = match &st.workers {
         None => "elsewhere",
         Some(task) => up(!task.is_finished()),

@@ -13,7 +13,8 @@ both!(ready_reports_what_this_process_needs, |_| {}, |t| {
         assert_eq!(
             r.body,
             json!({"status": "ready", "down": [], "database": "up", "storage": "up",
-                   "actors": {"rate_limiter": "up", "session_manager": "up"}, "workers": "up"})
+                   "actors": {"otp_issuer": "up", "provider_broker": "up", "rate_limiter": "up", "session_manager": "up"},
+                   "workers": "up"})
         );
     }
 });

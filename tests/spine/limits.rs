@@ -197,3 +197,50 @@ async fn a_lowered_limit_reaches_every_process() {
     let _ = c.kill().await;
     common::drop_database(&db).await;
 }
+
+/// A counter's value in Prometheus text (0 when absent).
+fn counter(metrics: &str, line_start: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+// Issue 25: a limited route asks the `RateLimiter` by message, one check
+// per request, counted as the actor's work; and a change of one limit
+// leaves the other buckets' counts as they were (it used to rebuild every
+// bucket, so any change forgave every client).
+both!(
+    the_rate_limiter_is_asked_and_keeps_unchanged_counts,
+    |c| {
+        c.rate_limits.verify.events = 2;
+        c.rate_limits.verify.burst = 2;
+    },
+    |t| {
+        let allowed = "castellan_actor_messages_total{actor=\"rate_limiter\",message=\"check\",outcome=\"allowed\"}";
+        let metrics = || async { t.request(Method::GET, "/metrics", None, None).await.text };
+        let before = counter(&metrics().await, allowed);
+        for i in 0..100 {
+            let r = t
+                .post("/recover", json!({"email": format!("n{i}@example.com")}))
+                .await;
+            assert_eq!(r.status, 200, "{}", r.text);
+        }
+        assert!(counter(&metrics().await, allowed) >= before + 100.0);
+
+        let wrong = json!({"type": "signup", "email": "nobody@example.com", "token": "000000"});
+        for _ in 0..2 {
+            t.post("/verify", wrong.clone())
+                .await
+                .assert_error(403, "otp_expired");
+        }
+        let r = t
+            .admin(Method::PUT, "/admin/rate_limits", Some(json!({"otp": 50})))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        t.post("/verify", wrong)
+            .await
+            .assert_error(429, "over_request_rate_limit");
+    }
+);

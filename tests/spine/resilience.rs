@@ -143,3 +143,90 @@ async fn two_processes_refresh_one_session(version: &str) {
     }
     common::drop_database(&db).await;
 }
+
+/// `/ready` until `ok` says yes of it (5 s at most).
+async fn ready_until(t: &common::TestServer, what: &str, ok: impl Fn(&common::Reply) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = t.request(reqwest::Method::GET, "/ready", None, None).await;
+        if ok(&r) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {}", r.text);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// Issue 25: each supervised actor, killed while requests run: the requests
+// are answered, `/ready` names it down until its successor runs (held back
+// here by the restart backoff), and the restart is counted.
+both!(
+    every_actor_killed_is_restarted_and_ready_tells,
+    |c| c.supervision.backoff = Duration::from_millis(600),
+    |t| {
+        let s = t.new_session("kill@example.com", "secret123").await;
+        let access = s["access_token"].as_str().unwrap().to_string();
+        let mut refresh = s["refresh_token"].as_str().unwrap().to_string();
+        let metrics = || async {
+            t.request(reqwest::Method::GET, "/metrics", None, None)
+                .await
+                .text
+        };
+        for name in [
+            "session_manager",
+            "otp_issuer",
+            "rate_limiter",
+            "provider_broker",
+        ] {
+            let before = restarts(&metrics().await, name);
+            assert!(t.server.state.actors.kill(name), "{name}");
+            ready_until(&t, name, |r| {
+                r.status == 503 && r.body["actors"][name] == "down"
+            })
+            .await;
+            // Served meanwhile: a read, a rotation, a limited route with a send.
+            assert_eq!(t.get_user(&access).await.status, 200, "{name}");
+            refresh = t.rotate(&refresh).await;
+            let r = t.post("/otp", json!({"email": "kill@example.com"})).await;
+            assert!(r.status == 200 || r.status == 429, "{name}: {}", r.text);
+            ready_until(&t, name, |r| {
+                r.status == 200 && r.body["actors"][name] == "up"
+            })
+            .await;
+            // Counted (the recorder is the test process's: other tests may add).
+            assert!(restarts(&metrics().await, name) > before, "{name}");
+        }
+    }
+);
+
+// Issue 25: an actor that keeps stopping escalates: after
+// CASTELLAN_ACTOR_MAX_RESTARTS restarts within the window the supervisor
+// gives up, `/ready` says so, and the server's `wait` ends with why (the
+// process then exits non-zero for its orchestrator to restart it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_actor_in_a_crash_loop_stops_the_process() {
+    let mut t = common::spawn(Backend::Sqlite, |c| {
+        c.supervision.max_restarts = 2;
+        c.supervision.window = Duration::from_secs(60);
+    })
+    .await;
+    for round in 0..3 {
+        assert!(t.server.state.actors.kill("rate_limiter"));
+        if round < 2 {
+            ready_until(&t, "restarted", |r| r.status == 200).await;
+        }
+    }
+    let why = tokio::time::timeout(Duration::from_secs(5), t.server.wait())
+        .await
+        .expect("the server ends after the supervisor gives up")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        why.contains("rate_limiter") && why.contains("3 times"),
+        "{why}"
+    );
+    let r = t.request(reqwest::Method::GET, "/ready", None, None).await;
+    assert_eq!(r.status, 503, "{}", r.text);
+    assert_eq!(r.body["actors"]["session_manager"], "down", "{}", r.text);
+    t.stop().await;
+}

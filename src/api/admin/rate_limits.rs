@@ -43,7 +43,9 @@ pub async fn get(
     State(st): State<AppState>,
     _admin: AdminAuth,
 ) -> Json<BTreeMap<&'static str, u32>> {
-    Json(limit_settings::current(&st.actors.rate_limits.settings()))
+    Json(limit_settings::current(
+        &st.actors.rate_limits.settings().await,
+    ))
 }
 
 /// Changes some limits (a partial object); an unknown name or a value that
