@@ -290,12 +290,18 @@ impl FromRequestParts<AppState> for ClientKey {
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip());
+        // Several header lines are one list, in order (a proxy may add its
+        // own line after the client's): the right-most entry is the last hop.
+        let xff = parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .map(|v| v.to_str().unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join(",");
         if let Some(peer) = peer
-            && let Some(xff) = parts
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-            && let client = forwarded_client(peer, xff, &st.config.trusted_proxies)
+            && !xff.is_empty()
+            && let client = forwarded_client(peer, &xff, &st.config.trusted_proxies)
             && client != peer
         {
             return Ok(ClientKey {

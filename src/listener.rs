@@ -187,6 +187,7 @@ impl Shares {
         if self.proxies.contains(ip) {
             return Some(Share(None));
         }
+        let ip = client_of(ip);
         let mut held = self.held.lock().expect("never poisoned");
         let n = held.entry(ip).or_default();
         if *n >= self.max {
@@ -194,6 +195,19 @@ impl Shares {
         }
         *n += 1;
         Some(Share(Some((self.clone(), ip))))
+    }
+}
+
+/// The client an address belongs to: itself for IPv4, its /64 for IPv6
+/// (one host is usually given a whole /64, so counting single addresses
+/// would hand it 2^64 shares).
+fn client_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+        v4 => v4,
     }
 }
 
@@ -277,5 +291,20 @@ async fn connection(
         let _ = tokio::time::timeout(watch.idle, conn).await;
     } else {
         let _ = conn.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::client_of;
+
+    #[test]
+    fn an_ipv6_client_is_its_64() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert_eq!(client_of(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
+        assert_eq!(client_of(ip("2001:db8:1:2:ffff::9")), ip("2001:db8:1:2::"));
+        assert_ne!(client_of(ip("2001:db8:1:3::1")), ip("2001:db8:1:2::"));
+        assert_eq!(client_of(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(client_of(ip("192.0.2.7")), ip("192.0.2.7"));
     }
 }

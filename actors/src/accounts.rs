@@ -179,6 +179,8 @@ impl Accounts {
         let hash = self.ctx.token_hash(address, nonce);
         let now = self.ctx.config.clock.now();
         let mut tx = self.ctx.store.begin().await?;
+        // Guesses one at a time (see the OTP issuer's `verify`).
+        tx.lock_user(user.id).await?.ok_or_else(invalid)?;
         let stored = tx
             .token_column(user.id, TokenType::ReauthenticationToken)
             .await?
@@ -501,7 +503,9 @@ impl Accounts {
                 (
                     self.ctx
                         .store
-                        .user_by_email(&e.trim().to_lowercase(), &g.aud)
+                        // ASCII rules, as addresses are stored: a KELVIN SIGN
+                        // is not a `k`.
+                        .user_by_email(&e.trim().to_ascii_lowercase(), &g.aud)
                         .await?,
                     "email",
                 )

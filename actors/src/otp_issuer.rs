@@ -713,6 +713,10 @@ async fn verify(
             _ => return Err(expired()),
         },
         Presented::Code { address, code } => {
+            // One guess at a time per user: the comparison and the count of
+            // a wrong guess happen under the user's row lock, so concurrent
+            // guesses cannot all read the code before the fifth voids it.
+            tx.lock_user(user_id).await?.ok_or_else(expired)?;
             let hash = ctx.token_hash(address, code);
             let mut found = None;
             for &tt in vtype.token_types() {

@@ -63,6 +63,8 @@ pub async fn start(
         .env("PORT", "0")
         .env("NO_COLOR", "1")
         .env("CASTELLAN_LOG", "info")
+        // The benchmark reads the server's counters on its API port.
+        .env("CASTELLAN_METRICS_ADDR", "api")
         .env("GOTRUE_RATE_LIMIT_TOKEN_REFRESH", huge)
         .env("GOTRUE_RATE_LIMIT_OTP", huge)
         .env("GOTRUE_RATE_LIMIT_VERIFY", huge)

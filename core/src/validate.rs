@@ -17,7 +17,7 @@ pub fn email(raw: &str) -> Result<String, ApiError> {
             "Unable to validate email address: {reason}"
         )));
     }
-    Ok(e.to_lowercase())
+    Ok(e.to_ascii_lowercase())
 }
 
 /// The format rules of checkmail.ValidateFormat: a local part of ASCII

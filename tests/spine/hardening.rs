@@ -230,6 +230,12 @@ both!(look_alike_addresses_are_refused, |_| {}, |t| {
     }
     let users = "SELECT count(*) FROM users WHERE email LIKE $1";
     assert_eq!(t.count_by_str(users, "%@example%").await, 1);
+    // Nor does a look-alike sign in to the account it resembles (a KELVIN
+    // SIGN lower-cased by Unicode rules is a `k`).
+    assert_eq!(t.signup("kay@example.com", "secret123").await.status, 200);
+    t.login("\u{212a}ay@example.com", "secret123")
+        .await
+        .assert_error(400, "invalid_credentials");
 });
 
 // An access token is not accepted before its `nbf`.
@@ -250,18 +256,19 @@ both!(tokens_are_not_accepted_before_nbf, |_| {}, |t| {
     assert_eq!(t.get_user(&valid).await.status, 200);
 });
 
-/// `/verify` with a wrong code from `X-Forwarded-For: xff`: its status.
-async fn verify_from(t: &TestServer, xff: &str) -> u16 {
+/// `/verify` with a wrong code from `X-Forwarded-For` (one header line per
+/// item): its status.
+async fn verify_from_lines(t: &TestServer, lines: &[&str]) -> u16 {
     let body = json!({"type": "signup", "email": "nobody@example.com", "token": "000000"});
-    let r = t
-        .http
-        .post(t.url("/verify"))
-        .header("x-forwarded-for", xff)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    r.status().as_u16()
+    let mut req = t.http.post(t.url("/verify")).json(&body);
+    for line in lines {
+        req = req.header("x-forwarded-for", *line);
+    }
+    req.send().await.unwrap().status().as_u16()
+}
+
+async fn verify_from(t: &TestServer, xff: &str) -> u16 {
+    verify_from_lines(t, &[xff]).await
 }
 
 fn two_verifies(c: &mut castellan_core::Config) {
@@ -281,6 +288,17 @@ both!(
         for i in 0..4 {
             assert_eq!(verify_from(&t, &format!("203.0.113.{i}")).await, 403);
         }
+        // A client's own line before the one its proxy added (HAProxy adds
+        // a line) names nobody: the lines are one list, the last entry the
+        // proxy's, so this is one client.
+        for i in 0..2 {
+            let own = format!("10.1.0.{i}");
+            assert_eq!(verify_from_lines(&t, &[&own, "203.0.113.10"]).await, 403);
+        }
+        assert_eq!(
+            verify_from_lines(&t, &["10.1.0.9", "203.0.113.10"]).await,
+            429
+        );
     }
 );
 
