@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwapOption;
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use castellan_core::config::SendBudget;
 use castellan_core::crypto::{otp, secure_eq};
@@ -836,17 +836,22 @@ pub struct SendWindows {
 }
 
 impl SendWindows {
-    pub fn new(window: std::time::Duration) -> Arc<Self> {
-        Arc::new(Self {
+    fn new(window: std::time::Duration) -> Self {
+        Self {
             sent: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(window.max(std::time::Duration::from_secs(1)))
                 .build(),
-        })
+        }
     }
 
-    fn last(&self, user: Uuid, tt: TokenType) -> Option<DateTime<Utc>> {
-        self.sent.get(&(user, tt))
+    /// Only ever later: a window never moves back.
+    fn sent(&self, user: Uuid, kinds: Vec<TokenType>, at: DateTime<Utc>) {
+        for tt in kinds {
+            if self.sent.get(&(user, tt)).is_none_or(|t| t < at) {
+                self.sent.insert((user, tt), at);
+            }
+        }
     }
 }
 
@@ -857,43 +862,54 @@ pub enum OtpMsg {
         kinds: Vec<TokenType>,
         at: DateTime<Utc>,
     },
+    /// When this user was last sent this kind of token, as far as this
+    /// process has seen.
+    LastSent {
+        user: Uuid,
+        tt: TokenType,
+        reply: RpcReplyPort<Option<DateTime<Utc>>>,
+    },
 }
 
-/// The `OtpIssuer` actor: owns the send windows; issuing and verifying run
-/// in the callers' tasks and read the windows it publishes.
+/// The `OtpIssuer` actor: it alone holds the send windows; issuing and
+/// verifying run in the callers' tasks, which ask it for a window before
+/// opening a transaction and tell it what they sent after commit.
 pub struct OtpIssuerActor;
 
 impl Actor for OtpIssuerActor {
     type Msg = Mail<OtpMsg>;
-    type State = Arc<SendWindows>;
-    type Arguments = Arc<SendWindows>;
+    type State = SendWindows;
+    type Arguments = std::time::Duration;
 
     async fn pre_start(
         &self,
         _me: ActorRef<Mail<OtpMsg>>,
-        windows: Arc<SendWindows>,
-    ) -> Result<Arc<SendWindows>, ActorProcessingErr> {
-        Ok(windows)
+        window: std::time::Duration,
+    ) -> Result<SendWindows, ActorProcessingErr> {
+        Ok(SendWindows::new(window))
     }
 
     async fn handle(
         &self,
         _me: ActorRef<Mail<OtpMsg>>,
         msg: Mail<OtpMsg>,
-        windows: &mut Arc<SendWindows>,
+        windows: &mut SendWindows,
     ) -> Result<(), ActorProcessingErr> {
         let start = Instant::now();
-        match msg.open() {
+        let (kind, outcome) = match msg.open() {
             OtpMsg::Sent { user, kinds, at } => {
-                for tt in kinds {
-                    // Only ever later: a window never moves back.
-                    if windows.last(user, tt).is_none_or(|t| t < at) {
-                        windows.sent.insert((user, tt), at);
-                    }
-                }
+                windows.sent(user, kinds, at);
+                metrics::gauge!("castellan_otp_windows").set(windows.sent.entry_count() as f64);
+                ("sent", "ok")
             }
-        }
-        crate::supervisor::record_message("otp_issuer", "sent", "ok", start);
+            OtpMsg::LastSent { user, tt, reply } => {
+                let last = windows.sent.get(&(user, tt));
+                let outcome = if last.is_some() { "seen" } else { "unseen" };
+                let _ = reply.send(last);
+                ("last_sent", outcome)
+            }
+        };
+        crate::supervisor::record_message("otp_issuer", kind, outcome, start);
         Ok(())
     }
 }
@@ -904,7 +920,6 @@ impl Actor for OtpIssuerActor {
 #[derive(Clone)]
 pub struct OtpIssuer {
     ctx: Arc<Ctx>,
-    windows: Arc<SendWindows>,
     actor: Arc<ArcSwapOption<ActorRef<Mail<OtpMsg>>>>,
     /// The limits in force, for the email budget an operator may change.
     limits: RateLimits,
@@ -913,23 +928,32 @@ pub struct OtpIssuer {
 impl OtpIssuer {
     pub fn new(
         ctx: Arc<Ctx>,
-        windows: Arc<SendWindows>,
         actor: Arc<ArcSwapOption<ActorRef<Mail<OtpMsg>>>>,
         limits: RateLimits,
     ) -> Self {
-        Self {
-            ctx,
-            windows,
-            actor,
-            limits,
+        Self { ctx, actor, limits }
+    }
+
+    /// When the actor saw this user last sent this kind of token; `None`
+    /// without it (restarting, or a tool): the database decides then.
+    async fn last_sent(&self, user: Uuid, tt: TokenType) -> Option<DateTime<Utc>> {
+        let actor = self.actor.load_full()?;
+        let asked = actor
+            .call(
+                |reply| Mail::new("otp_issuer", OtpMsg::LastSent { user, tt, reply }),
+                None,
+            )
+            .await;
+        match asked {
+            Ok(ractor::rpc::CallResult::Success(last)) => last,
+            _ => None,
         }
     }
 
     /// A handle without the actor (tools): every window is read from the database.
     pub fn standalone(ctx: Arc<Ctx>) -> Self {
-        let windows = SendWindows::new(ctx.config.smtp.max_frequency);
         let limits = RateLimits::standalone(ctx.config.rate_limits.clone());
-        Self::new(ctx, windows, Arc::new(ArcSwapOption::empty()), limits)
+        Self::new(ctx, Arc::new(ArcSwapOption::empty()), limits)
     }
 
     fn record<T>(kind: &'static str, start: Instant, r: &ApiResult<T>) {
@@ -944,7 +968,7 @@ impl OtpIssuer {
         let (tt, ..) = kind_facts(req.kind);
         let now = self.ctx.config.clock.now();
         if has_window(&req)
-            && let Some(sent) = self.windows.last(req.user_id, tt)
+            && let Some(sent) = self.last_sent(req.user_id, tt).await
         {
             let r = window_open(&self.ctx, sent, now);
             if r.is_err() {

@@ -22,7 +22,7 @@ use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SpawnErr, 
 
 use crate::context::Ctx;
 use crate::mailbox::Mail;
-use crate::otp_issuer::{OtpIssuer, OtpIssuerActor, OtpMsg, SendWindows};
+use crate::otp_issuer::{OtpIssuer, OtpIssuerActor, OtpMsg};
 use crate::provider_broker::{BrokerMsg, KeyRing, ProviderBrokerActor};
 use crate::rate_limiter::{RateLimiter, RateLimiterMsg, RateLimits};
 use crate::session_manager::{SessionCache, SessionManager, SessionManagerArgs, SessionMsg};
@@ -80,7 +80,6 @@ pub struct SupervisorArgs {
     ctx: Arc<Ctx>,
     stopped: Arc<Mutex<Option<String>>>,
     cache: Arc<SessionCache>,
-    windows: Arc<SendWindows>,
     ring: Arc<KeyRing>,
     slots: Slots,
 }
@@ -136,8 +135,10 @@ impl Supervisor {
                 id
             }
             Child::OtpIssuer => {
-                let windows = st.args.windows.clone();
-                let (r, _) = Actor::spawn_linked(None, OtpIssuerActor, windows, me).await?;
+                // A successor starts with no windows: the database decides
+                // until it has seen sends again.
+                let window = st.args.ctx.config.smtp.max_frequency;
+                let (r, _) = Actor::spawn_linked(None, OtpIssuerActor, window, me).await?;
                 let id = r.get_id();
                 st.args.slots.otp.store(Some(Arc::new(r)));
                 id
@@ -367,7 +368,6 @@ pub async fn start(ctx: Arc<Ctx>) -> Result<Actors, SpawnErr> {
     let published = cache.clone();
     ctx.store
         .on_change(Box::new(move |users| published.invalidate(users)));
-    let windows = SendWindows::new(ctx.config.smtp.max_frequency);
     let slots = Slots {
         sessions: Arc::new(ArcSwapOption::empty()),
         otp: Arc::new(ArcSwapOption::empty()),
@@ -381,7 +381,6 @@ pub async fn start(ctx: Arc<Ctx>) -> Result<Actors, SpawnErr> {
         ctx: ctx.clone(),
         stopped: stopped.clone(),
         cache: cache.clone(),
-        windows: windows.clone(),
         ring: ring.clone(),
         slots: slots.clone(),
     };
@@ -403,7 +402,7 @@ pub async fn start(ctx: Arc<Ctx>) -> Result<Actors, SpawnErr> {
     });
     Ok(Actors {
         sessions: Sessions::new(ctx.clone(), cache.clone()),
-        otp: OtpIssuer::new(ctx, windows, slots.otp.clone(), limits.clone()),
+        otp: OtpIssuer::new(ctx, slots.otp.clone(), limits.clone()),
         rate_limits: limits,
         session_cache: cache,
         oidc_keys: ring,

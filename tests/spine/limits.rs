@@ -244,3 +244,24 @@ both!(
             .assert_error(429, "over_request_rate_limit");
     }
 );
+
+// Issue 25: the send windows live in the `OtpIssuer` actor; a send asks it
+// first (one `last_sent` message per send), and a send inside a window it
+// saw is refused from memory, before any transaction.
+both!(the_otp_issuer_is_asked_for_send_windows, |_| {}, |t| {
+    assert_eq!(
+        t.signup("window@example.com", "secret123").await.status,
+        200
+    );
+    let asked = "castellan_actor_messages_total{actor=\"otp_issuer\",message=\"last_sent\",outcome=\"seen\"}";
+    let refused = "castellan_otp_window_refusals_total{seen=\"memory\"}";
+    let metrics = || async { t.request(Method::GET, "/metrics", None, None).await.text };
+    let before = metrics().await;
+    let r = t.post("/otp", json!({"email": "window@example.com"})).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = t.post("/otp", json!({"email": "window@example.com"})).await;
+    r.assert_error(429, "over_email_send_rate_limit");
+    let after = metrics().await;
+    assert!(counter(&after, asked) > counter(&before, asked));
+    assert!(counter(&after, refused) > counter(&before, refused));
+});
