@@ -7,6 +7,7 @@
 //! 1 000 000 users, with peak RSS and database round trips per operation.
 //! Prints a table and writes `bench/results/latest-<db>.json`.
 
+mod actor;
 mod cache;
 mod floor;
 mod load;
@@ -454,6 +455,10 @@ async fn main() -> anyhow::Result<()> {
         castellan_core::config::DatabaseUrl::Postgres(database_url.clone())
     };
     let floor = floor::run(&db_url, args.connections, duration).await?;
+    let (trip_one, trip_many) = actor::round_trip(64, Duration::from_secs(2)).await?;
+    eprintln!(
+        "actor round trip: {trip_one:.0} ns with one caller, {trip_many:.0} ns a call with 64 callers"
+    );
     if args.refresh_only {
         eprintln!(
             "refresh / floor: {:.2} ({:.0} / {:.0})",
@@ -719,6 +724,7 @@ async fn main() -> anyhow::Result<()> {
         "rss_before_cache_fill_mib": rss_before_fill,
         "cache_sessions": cache_size,
         "floor": floor,
+        "actor_round_trip_ns": {"one_caller": trip_one, "callers_64": trip_many},
         "cache_hit_rates": b.hit_rates.iter().map(|(n, r)| json!({"scenario": n, "hit_rate": r})).collect::<Vec<_>>(),
         "scenarios": b.results.iter().map(|(n, m, q, t)| json!({"name": n, "measured": m, "statements_per_op": q, "transactions_per_op": t})).collect::<Vec<_>>(),
         "targets": targets.iter().map(|(n, v, bound, at_least)| json!({"target": n, "measured": v, "bound": bound, "at_least": at_least,
