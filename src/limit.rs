@@ -93,10 +93,16 @@ pub async fn limit(State(st): State<AppState>, req: Request, next: Next) -> Resp
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
+    // One bucket per client: an IPv6 host's whole /64 (it may pick any
+    // address in it), as its connections are counted.
+    let key = match client.key.parse() {
+        Ok(ip) => crate::listener::client_of(ip).to_string(),
+        Err(_) => client.key.clone(),
+    };
     if let Err(e) = st
         .actors
         .rate_limits
-        .check(bucket, &client.key, client.source)
+        .check(bucket, &key, client.source)
         .await
     {
         return HttpError(e).into_response();

@@ -201,7 +201,7 @@ impl Shares {
 /// The client an address belongs to: itself for IPv4, its /64 for IPv6
 /// (one host is usually given a whole /64, so counting single addresses
 /// would hand it 2^64 shares).
-fn client_of(ip: IpAddr) -> IpAddr {
+pub(crate) fn client_of(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),

@@ -678,6 +678,7 @@ async fn issue_code(
 /// A wrong code: counted against each token the code could have matched;
 /// a token guessed at too often is void, so the right code no longer works
 /// either. The count is in the database, so it holds across processes.
+/// `tx` holds the user's row lock already, so guesses count one by one.
 pub(crate) async fn wrong_guess(
     ctx: &Ctx,
     mut tx: castellan_core::store::Tx,
@@ -1081,7 +1082,11 @@ impl OtpIssuer {
             return Ok(Some(id));
         }
         for holder in store.token_holders(address, vtype.token_types()).await? {
-            wrong_guess(&self.ctx, store.begin().await?, holder, vtype.token_types()).await?;
+            // Under the holder's row lock, as every guess (one lock order:
+            // the user's row, then the count).
+            let mut tx = store.begin().await?;
+            tx.lock_user(holder).await?;
+            wrong_guess(&self.ctx, tx, holder, vtype.token_types()).await?;
         }
         Ok(None)
     }
@@ -1094,10 +1099,12 @@ impl OtpIssuer {
     async fn sole_phone_change_asker(&self, phone: &str, aud: &str) -> ApiResult<Option<Uuid>> {
         let now = self.ctx.config.clock.now();
         let ttl = chrono::Duration::from_std(self.ctx.config.sms.otp_exp).unwrap_or_default();
-        let askers = self.ctx.store.users_by_phone_change(phone, aud).await?;
-        let mut fresh = askers
-            .iter()
-            .filter(|u| u.phone_change_sent_at.is_some_and(|t| now <= t + ttl));
+        let askers = self
+            .ctx
+            .store
+            .users_by_phone_change(phone, aud, now - ttl)
+            .await?;
+        let mut fresh = askers.iter();
         Ok(match (fresh.next(), fresh.next()) {
             (Some(only), None) => Some(only.id),
             (Some(_), Some(_)) => {

@@ -248,29 +248,26 @@ impl RateLimits {
         Self::new(Arc::new(ArcSwapOption::empty()), defaults)
     }
 
-    /// The running actor, waiting out a restart (`RESTART_WAIT` at most).
-    async fn actor(&self) -> Option<ActorRef<Mail<RateLimiterMsg>>> {
+    /// Asks the actor, waiting out a restart (`RESTART_WAIT` at most): a
+    /// dead actor still in the slot, or one that died with the question in
+    /// its mailbox, is asked again once its successor is there. `None` when
+    /// none answered in time.
+    async fn ask<T: Send + 'static>(
+        &self,
+        msg: impl Fn(RpcReplyPort<T>) -> RateLimiterMsg,
+    ) -> Option<T> {
         let deadline = Instant::now() + RESTART_WAIT;
         loop {
-            if let Some(a) = self.slot.load_full() {
-                return Some((*a).clone());
+            if let Some(actor) = self.slot.load_full() {
+                let asked = actor.call(|reply| Mail::new(NAME, msg(reply)), None).await;
+                if let Ok(ractor::rpc::CallResult::Success(t)) = asked {
+                    return Some(t);
+                }
             }
             if Instant::now() >= deadline {
                 return None;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-
-    /// Asks the actor; `None` when it could not answer.
-    async fn ask<T: Send + 'static>(
-        &self,
-        msg: impl FnOnce(RpcReplyPort<T>) -> RateLimiterMsg,
-    ) -> Option<T> {
-        let actor = self.actor().await?;
-        match actor.call(|reply| Mail::new(NAME, msg(reply)), None).await {
-            Ok(ractor::rpc::CallResult::Success(t)) => Some(t),
-            _ => None,
         }
     }
 
@@ -284,8 +281,7 @@ impl RateLimits {
 
     /// Applies `settings` through the actor; false when it could not.
     pub async fn apply(&self, settings: Settings) -> bool {
-        let settings = Box::new(settings);
-        self.ask(|reply| RateLimiterMsg::SetLimits(settings, Some(reply)))
+        self.ask(|reply| RateLimiterMsg::SetLimits(Box::new(settings.clone()), Some(reply)))
             .await
             .is_some()
     }
@@ -299,9 +295,12 @@ impl RateLimits {
         key: &str,
         key_source: &'static str,
     ) -> ApiResult<()> {
-        let key = key.to_string();
         let checked = self
-            .ask(|reply| RateLimiterMsg::Check { bucket, key, reply })
+            .ask(|reply| RateLimiterMsg::Check {
+                bucket,
+                key: key.to_string(),
+                reply,
+            })
             .await
             .ok_or_else(|| ApiError::unavailable("rate limiter", "restarting"))?;
         let Err((l, wait)) = checked else {
@@ -366,7 +365,20 @@ impl Actor for RateLimiter {
         me.send_interval(Duration::from_secs(60), || {
             Mail::new(NAME, RateLimiterMsg::Sweep)
         });
-        let mut limiters = Limiters::new(ctx.config.rate_limits.clone());
+        // A successor starts from the stored settings, not the environment's
+        // (an operator's lowered limit must not lapse with a restart); read
+        // once here, before any message, bounded.
+        let stored = tokio::time::timeout(RESTART_WAIT, ctx.store.rate_limit_overrides()).await;
+        let settings = match stored {
+            Ok(Ok(rows)) => crate::limit_settings::effective(&ctx, &rows),
+            _ => {
+                tracing::warn!(
+                    "the stored rate limits could not be read at start; the environment's apply until the follower reads them"
+                );
+                ctx.config.rate_limits.clone()
+            }
+        };
+        let mut limiters = Limiters::new(settings);
         limiters.follower = Some(follow(ctx, me));
         Ok(limiters)
     }
@@ -410,17 +422,6 @@ impl Actor for RateLimiter {
             RateLimiterMsg::Sweep => st.sweep(),
         }
         crate::supervisor::record_message(NAME, kind, outcome, start);
-        Ok(())
-    }
-
-    async fn post_stop(
-        &self,
-        _me: ActorRef<Self::Msg>,
-        st: &mut Limiters,
-    ) -> Result<(), ActorProcessingErr> {
-        if let Some(f) = st.follower.take() {
-            f.abort();
-        }
         Ok(())
     }
 }

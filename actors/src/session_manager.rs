@@ -310,8 +310,12 @@ pub struct SessionManagerState {
 }
 
 impl Drop for SessionManagerState {
+    /// However the actor stops (killed, failed, stopped; ractor runs no
+    /// `post_stop` after a kill), nobody follows changes any more: the cache
+    /// stands aside until a successor follows again.
     fn drop(&mut self) {
         self.feed.abort();
+        self.cache.set_following(false);
     }
 }
 
@@ -378,18 +382,6 @@ impl Actor for SessionManager {
             }
         }
         record_message(NAME, kind, "ok", start);
-        Ok(())
-    }
-
-    /// However it stops, nobody follows changes any more: the cache must
-    /// not serve until a successor does (the feed task ends with the state).
-    async fn post_stop(
-        &self,
-        _me: ActorRef<Mail<SessionMsg>>,
-        st: &mut SessionManagerState,
-    ) -> Result<(), ActorProcessingErr> {
-        st.cache.set_following(false);
-        st.feed.abort();
         Ok(())
     }
 }

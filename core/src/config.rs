@@ -470,9 +470,9 @@ pub struct Config {
 }
 
 /// How the root supervisor answers an actor that stops: it restarts it
-/// after `backoff`, doubled for each earlier restart within `window`; the
-/// `max_restarts`-th restart of one actor within `window` escalates (the
-/// process stops, non-zero, for its orchestrator to restart). An actor
+/// after `backoff`, doubled for each earlier restart within `window`; a
+/// stop past `max_restarts` restarts of one actor within `window` escalates
+/// (the process stops, non-zero, for its orchestrator to restart). An actor
 /// quiet for `window` starts afresh.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Supervision {

@@ -256,7 +256,47 @@ fn long_value(schema: &Value, n: usize) -> Option<Value> {
 /// One request of the length phase: query string, headers, body.
 type LengthCase = (String, Vec<(String, String)>, Option<Value>);
 
+/// A plausible value for a required property: its first enum value, or by
+/// its type and name (so a request reaches the code behind validation).
+fn plausible(doc: &Value, name: &str, schema: &Value) -> Value {
+    let schema = resolve(doc, schema);
+    if let Some(first) = schema["enum"].get(0) {
+        return first.clone();
+    }
+    if is_string(schema) {
+        return match name {
+            n if n.contains("email") => json!("length-fill@example.com"),
+            n if n.contains("phone") => json!("15550001234"),
+            "password" => json!("length-password-9"),
+            _ => json!("x"),
+        };
+    }
+    match schema["type"].as_str() {
+        Some("boolean") => json!(false),
+        Some("integer" | "number") => json!(1),
+        Some("array") => json!([]),
+        _ => json!({}),
+    }
+}
+
+/// A body with every required property given a plausible value.
+fn base_body(doc: &Value, schema: &Value) -> Value {
+    let required = schema["required"].as_array().cloned().unwrap_or_default();
+    let filled: serde_json::Map<String, Value> = required
+        .iter()
+        .filter_map(|n| n.as_str())
+        .map(|n| (n.to_string(), plausible(doc, n, &schema["properties"][n])))
+        .collect();
+    Value::Object(filled)
+}
+
 fn length_cases(doc: &Value, op: &Value) -> Vec<LengthCase> {
+    let body = resolve(
+        doc,
+        &op["requestBody"]["content"]["application/json"]["schema"],
+    );
+    // Each case changes one input of an otherwise plausible request.
+    let base = op["requestBody"].is_object().then(|| base_body(doc, body));
     let mut fixed_query = Vec::new();
     let mut cases = Vec::new();
     let params = op["parameters"].as_array().cloned().unwrap_or_default();
@@ -279,26 +319,26 @@ fn length_cases(doc: &Value, op: &Value) -> Vec<LengthCase> {
             .unwrap_or(255) as usize;
         for n in [limit, limit + 1, 4_096] {
             match p["in"].as_str() {
-                Some("header") => {
-                    cases.push((query(None), vec![(name.into(), "a".repeat(n))], None))
-                }
+                Some("header") => cases.push((
+                    query(None),
+                    vec![(name.into(), "a".repeat(n))],
+                    base.clone(),
+                )),
                 Some("query") if p["required"] != true => {
-                    cases.push((query(Some((name, "a".repeat(n)))), vec![], None))
+                    cases.push((query(Some((name, "a".repeat(n)))), vec![], base.clone()))
                 }
                 _ => {}
             }
         }
     }
-    let body = resolve(
-        doc,
-        &op["requestBody"]["content"]["application/json"]["schema"],
-    );
     for (name, prop) in body["properties"].as_object().into_iter().flatten() {
         let prop = resolve(doc, prop);
         let limit = prop["maxLength"].as_u64().unwrap_or(255) as usize;
         for n in [limit, limit + 1, 20_000] {
             if let Some(v) = long_value(prop, n) {
-                cases.push((query(None), vec![], Some(json!({ name: v }))));
+                let mut b = base.clone().unwrap_or_else(|| json!({}));
+                b[name] = v;
+                cases.push((query(None), vec![], Some(b)));
             }
         }
     }

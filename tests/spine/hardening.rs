@@ -299,6 +299,11 @@ both!(
             verify_from_lines(&t, &["10.1.0.9", "203.0.113.10"]).await,
             429
         );
+        // An IPv6 host is its /64, whichever of its addresses it uses.
+        for i in 1..=2 {
+            assert_eq!(verify_from(&t, &format!("2001:db8:5:6::{i}")).await, 403);
+        }
+        assert_eq!(verify_from(&t, "2001:db8:5:6:ffff::9").await, 429);
     }
 );
 

@@ -547,7 +547,7 @@ impl super::Store {
     }
 
     /// The users holding a one-time token of these types sent to this
-    /// address (a few at most): who a wrong change code counts against.
+    /// address (64 at most): who a wrong change code counts against.
     pub async fn token_holders(
         &self,
         relates_to: &str,
@@ -560,7 +560,7 @@ impl super::Store {
             Pool::Pg(p) => {
                 sqlx::query_scalar(
                     "SELECT DISTINCT user_id FROM one_time_tokens WHERE relates_to = $1 \
-                AND token_type::text = ANY(string_to_array($2, ',')) LIMIT 8",
+                AND token_type::text = ANY(string_to_array($2, ',')) LIMIT 64",
                 )
                 .bind(relates_to)
                 .bind(&names)
@@ -570,7 +570,7 @@ impl super::Store {
             Pool::Lite(p) => {
                 sqlx::query_scalar(
                     "SELECT DISTINCT user_id FROM one_time_tokens WHERE relates_to = $1 \
-                AND instr(',' || $2 || ',', ',' || token_type || ',') > 0 LIMIT 8",
+                AND instr(',' || $2 || ',', ',' || token_type || ',') > 0 LIMIT 64",
                 )
                 .bind(relates_to)
                 .bind(&names)

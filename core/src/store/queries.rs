@@ -534,18 +534,20 @@ impl Store {
             .bind(phone).bind(aud).fetch_optional(p).await)
     }
 
-    /// The users whose pending phone change goes to this number (a few at
-    /// most are read: more than one is refused anyway).
+    /// The users whose phone change to this number was asked for since
+    /// `since` (two at most are read: more than one is refused anyway;
+    /// stale requests are not read, so they cannot crowd out fresh ones).
     pub async fn users_by_phone_change(
         &self,
         phone: &str,
         aud: &str,
+        since: DateTime<Utc>,
     ) -> Result<Vec<User>, sqlx::Error> {
         count();
         on!(pool &self.pool, p => sqlx::query_as(concat!("SELECT ", user_cols!(),
             " FROM users WHERE phone_change = $1 AND phone_change <> '' AND phone_change_token <> '' \
-             AND aud = $2 AND is_sso_user = false LIMIT 8"))
-            .bind(phone).bind(aud).fetch_all(p).await)
+             AND aud = $2 AND is_sso_user = false AND phone_change_sent_at >= $3 LIMIT 2"))
+            .bind(phone).bind(aud).bind(since).fetch_all(p).await)
     }
 
     pub async fn identities_of(&self, user_id: Uuid) -> Result<Vec<Identity>, sqlx::Error> {
