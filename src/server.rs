@@ -414,7 +414,6 @@ pub async fn start_with(config: Config, workers: bool) -> anyhow::Result<Server>
             castellan_actors::provider_broker::ProviderBroker::new(
                 &ctx.config.external,
                 std::time::Duration::from_secs(10),
-                actors.oidc_keys.clone(),
                 actors.broker_slot(),
                 ctx.config.clock.clone(),
             )

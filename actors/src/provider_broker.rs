@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwapOption;
 use castellan_core::clock::Clock;
 use castellan_core::config::{ExternalConfig, OAuthProviderConfig};
 use castellan_core::crypto::id_token;
@@ -29,7 +29,7 @@ use oauth2::{
     RequestTokenError, Scope, StandardRevocableToken, StandardTokenResponse, TokenResponse,
     TokenUrl,
 };
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::sync::Semaphore;
@@ -56,68 +56,140 @@ pub struct IssuerKeys {
     pub tried: Instant,
 }
 
-/// The keys the broker has fetched, by issuer, published for lock-free reads.
-#[derive(Default)]
-pub struct KeyRing {
-    by_issuer: ArcSwap<HashMap<String, Arc<IssuerKeys>>>,
-}
-
-impl KeyRing {
-    pub fn get(&self, issuer: &str) -> Option<Arc<IssuerKeys>> {
-        self.by_issuer.load().get(issuer).cloned()
-    }
+/// What the actor answers a caller that wants an issuer's keys.
+pub enum Wanted {
+    /// Kept keys that serve the token.
+    Have(Arc<IssuerKeys>),
+    /// Nobody is fetching them: the caller fetches (in its own task) and
+    /// reports with `Keys`; the kept ones, old, if any.
+    Fetch(Option<Arc<IssuerKeys>>),
+    /// Another caller is fetching them: the result comes here.
+    Wait(tokio::sync::oneshot::Receiver<Option<Arc<IssuerKeys>>>),
 }
 
 pub enum BrokerMsg {
-    /// Keys fetched from an issuer (by a caller, outside the actor).
+    /// The keys of `issuer` that may have signed a token with `kid`.
+    Want {
+        issuer: String,
+        kid: Option<String>,
+        reply: RpcReplyPort<Wanted>,
+    },
+    /// What a caller's fetch brought (`None`: it ended without keys, and
+    /// the issuer's kept keys, if any, stay as they were).
     Keys {
         issuer: String,
-        keys: Arc<IssuerKeys>,
+        keys: Option<Arc<IssuerKeys>>,
     },
 }
 
-/// The `ProviderBroker` actor: owns the key ring's changes.
+/// The actor's state: the issuers' keys, and the fetches under way with
+/// the callers waiting on each.
+#[derive(Default)]
+pub struct KeyRing {
+    by_issuer: HashMap<String, Arc<IssuerKeys>>,
+    fetching: HashMap<String, Vec<tokio::sync::oneshot::Sender<Option<Arc<IssuerKeys>>>>>,
+}
+
+impl KeyRing {
+    fn want(&mut self, issuer: String, kid: Option<&str>) -> (Wanted, &'static str) {
+        let kept = self.by_issuer.get(&issuer).cloned();
+        if let Some(k) = kept.as_ref().filter(|k| usable(k, kid)) {
+            return (Wanted::Have(k.clone()), "have");
+        }
+        if let Some(waiting) = self.fetching.get_mut(&issuer) {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            waiting.push(tx);
+            return (Wanted::Wait(rx), "wait");
+        }
+        if self.fetching.len() < MAX_ISSUERS {
+            self.fetching.insert(issuer, Vec::new());
+        }
+        (Wanted::Fetch(kept), "fetch")
+    }
+
+    fn keys(&mut self, issuer: String, keys: Option<Arc<IssuerKeys>>) {
+        let waiting = self.fetching.remove(&issuer).unwrap_or_default();
+        if let Some(keys) = &keys {
+            if self.by_issuer.len() >= MAX_ISSUERS && !self.by_issuer.contains_key(&issuer) {
+                // The longest unrefreshed goes first.
+                if let Some(oldest) = self
+                    .by_issuer
+                    .iter()
+                    .min_by_key(|(_, k)| k.fetched)
+                    .map(|(i, _)| i.clone())
+                {
+                    self.by_issuer.remove(&oldest);
+                }
+            }
+            self.by_issuer.insert(issuer.clone(), keys.clone());
+        }
+        let answer = keys.or_else(|| self.by_issuer.get(&issuer).cloned());
+        for w in waiting {
+            let _ = w.send(answer.clone());
+        }
+    }
+}
+
+/// The `ProviderBroker` actor: it alone holds the OIDC issuers' keys and
+/// knows which fetches are under way, so tokens arriving together wait for
+/// one fetch. The fetch itself runs in a caller's task, never here.
 pub struct ProviderBrokerActor;
 
 impl Actor for ProviderBrokerActor {
     type Msg = Mail<BrokerMsg>;
-    type State = Arc<KeyRing>;
-    type Arguments = Arc<KeyRing>;
+    type State = KeyRing;
+    type Arguments = ();
 
     async fn pre_start(
         &self,
         _me: ActorRef<Mail<BrokerMsg>>,
-        ring: Arc<KeyRing>,
-    ) -> Result<Arc<KeyRing>, ActorProcessingErr> {
-        Ok(ring)
+        _: (),
+    ) -> Result<KeyRing, ActorProcessingErr> {
+        Ok(KeyRing::default())
     }
 
     async fn handle(
         &self,
         _me: ActorRef<Mail<BrokerMsg>>,
         msg: Mail<BrokerMsg>,
-        ring: &mut Arc<KeyRing>,
+        ring: &mut KeyRing,
     ) -> Result<(), ActorProcessingErr> {
         let start = Instant::now();
-        match msg.open() {
-            BrokerMsg::Keys { issuer, keys } => {
-                let mut next = (**ring.by_issuer.load()).clone();
-                if next.len() >= MAX_ISSUERS && !next.contains_key(&issuer) {
-                    // The longest unrefreshed goes first.
-                    if let Some(oldest) = next
-                        .iter()
-                        .min_by_key(|(_, k)| k.fetched)
-                        .map(|(i, _)| i.clone())
-                    {
-                        next.remove(&oldest);
-                    }
-                }
-                next.insert(issuer, keys);
-                ring.by_issuer.store(Arc::new(next));
+        let (kind, outcome) = match msg.open() {
+            BrokerMsg::Want { issuer, kid, reply } => {
+                let (wanted, outcome) = ring.want(issuer, kid.as_deref());
+                let _ = reply.send(wanted);
+                ("want", outcome)
             }
-        }
-        crate::supervisor::record_message("provider_broker", "keys", "ok", start);
+            BrokerMsg::Keys { issuer, keys } => {
+                let outcome = if keys.is_some() { "fetched" } else { "failed" };
+                ring.keys(issuer, keys);
+                metrics::gauge!("castellan_oidc_issuers").set(ring.by_issuer.len() as f64);
+                ("keys", outcome)
+            }
+        };
+        crate::supervisor::record_message("provider_broker", kind, outcome, start);
         Ok(())
+    }
+}
+
+/// Tells the actor how a fetch it handed out ended, even when the caller's
+/// request is dropped mid-fetch (else its waiters would wait in vain).
+struct Report {
+    actor: Option<ActorRef<Mail<BrokerMsg>>>,
+    issuer: String,
+    keys: Option<Arc<IssuerKeys>>,
+}
+
+impl Drop for Report {
+    fn drop(&mut self) {
+        if let Some(actor) = self.actor.take() {
+            let msg = BrokerMsg::Keys {
+                issuer: std::mem::take(&mut self.issuer),
+                keys: self.keys.take(),
+            };
+            let _ = actor.cast(Mail::new("provider_broker", msg));
+        }
     }
 }
 
@@ -210,17 +282,42 @@ pub struct ProviderBroker {
     providers: Arc<HashMap<&'static str, Configured>>,
     http: oauth2::reqwest::Client,
     timeout: Duration,
-    ring: Arc<KeyRing>,
     actor: Arc<ArcSwapOption<ActorRef<Mail<BrokerMsg>>>>,
-    /// One fetch of an issuer's keys at a time, with its last result:
-    /// tokens arriving together wait for one fetch. Bounded like the ring
-    /// (a multi-tenant provider has an issuer per tenant).
-    fetches: Arc<std::sync::Mutex<HashMap<String, KeyFetch>>>,
     /// OAuth 1.0a's timestamps.
     clock: Clock,
 }
 
-type KeyFetch = Arc<tokio::sync::Mutex<Option<Arc<IssuerKeys>>>>;
+/// The keys to keep after a fetch, and the answer: the fetched keys; or
+/// on failure the old ones, still in use, with the failure remembered (so
+/// an issuer that is down is not asked again for every token).
+fn fetched_keys(
+    fetched: Result<Vec<Key>, ProviderError>,
+    cached: Option<Arc<IssuerKeys>>,
+) -> (Arc<IssuerKeys>, Result<Arc<IssuerKeys>, ProviderError>) {
+    let now = Instant::now();
+    match fetched {
+        Ok(keys) => {
+            let keys = Arc::new(IssuerKeys {
+                keys,
+                fetched: now,
+                tried: now,
+            });
+            (keys.clone(), Ok(keys))
+        }
+        Err(e) => {
+            let (keys, fetched) = match &cached {
+                Some(c) => (c.keys.clone(), c.fetched),
+                None => (Vec::new(), now.checked_sub(KEYS_TTL).unwrap_or(now)),
+            };
+            let keys = Arc::new(IssuerKeys {
+                keys,
+                fetched,
+                tried: now,
+            });
+            (keys, cached.ok_or(e))
+        }
+    }
+}
 
 /// Whether kept keys serve a token naming `kid`: fresh and knowing it,
 /// or fetched too recently to ask the issuer again.
@@ -247,7 +344,6 @@ impl ProviderBroker {
     pub fn new(
         cfg: &ExternalConfig,
         timeout: Duration,
-        ring: Arc<KeyRing>,
         actor: Arc<ArcSwapOption<ActorRef<Mail<BrokerMsg>>>>,
         clock: Clock,
     ) -> Result<Self, String> {
@@ -291,73 +387,63 @@ impl ProviderBroker {
             providers: Arc::new(providers),
             http,
             timeout,
-            ring,
             actor,
-            fetches: Arc::default(),
             clock,
         })
     }
 
     /// The verification keys of `issuer` that may have signed a token with
-    /// `kid`: the ring's, fetched again when they are old or lack the kid
-    /// (at most once per `KEYS_FLOOR`); the old ones if a fetch fails.
+    /// `kid`: the actor's, fetched again when they are old or lack the kid
+    /// (at most once per `KEYS_FLOOR`, one fetch for callers arriving
+    /// together); the old ones if a fetch fails.
     pub async fn issuer_keys(
         &self,
         provider: &'static str,
         issuer: &str,
         kid: Option<&str>,
     ) -> Result<Arc<IssuerKeys>, ProviderError> {
-        if let Some(c) = self.ring.get(issuer).filter(|c| usable(c, kid)) {
-            return Ok(c);
-        }
-        let gate = {
-            let mut fetches = self.fetches.lock().unwrap_or_else(|e| e.into_inner());
-            if fetches.len() >= MAX_ISSUERS && !fetches.contains_key(issuer) {
-                fetches.retain(|_, gate| Arc::strong_count(gate) > 1);
-            }
-            fetches.entry(issuer.to_string()).or_default().clone()
+        let actor = self.actor.load_full().map(|a| (*a).clone());
+        let wanted = match &actor {
+            Some(a) => a
+                .call(
+                    |reply| {
+                        let (issuer, kid) = (issuer.to_string(), kid.map(str::to_string));
+                        Mail::new("provider_broker", BrokerMsg::Want { issuer, kid, reply })
+                    },
+                    None,
+                )
+                .await
+                .ok()
+                .and_then(|r| match r {
+                    ractor::rpc::CallResult::Success(w) => Some(w),
+                    _ => None,
+                }),
+            None => None,
         };
-        let mut last = gate.lock().await;
-        // A fetch this one waited for may have brought what it needs.
-        if let Some(c) = last.as_ref().filter(|c| usable(c, kid)) {
-            return Ok(c.clone());
-        }
-        let cached = last.clone().or_else(|| self.ring.get(issuer));
+        let cached = match wanted {
+            Some(Wanted::Have(keys)) => return Ok(keys),
+            Some(Wanted::Wait(rx)) => {
+                return match tokio::time::timeout(self.timeout, rx).await {
+                    Ok(Ok(Some(keys))) => Ok(keys),
+                    _ => Err(ProviderError::Unavailable(format!(
+                        "{issuer}: its keys could not be fetched"
+                    ))),
+                };
+            }
+            Some(Wanted::Fetch(cached)) => cached,
+            // No actor (restarting): fetch, keeping nothing.
+            None => None,
+        };
+        let mut report = Report {
+            actor,
+            issuer: issuer.to_string(),
+            keys: None,
+        };
         let start = Instant::now();
         let fetched = self.fetch_keys(issuer).await;
         record(provider, "keys", start, fetched.as_ref().map(drop));
-        let now = Instant::now();
-        let (keys, answer) = match fetched {
-            Ok(keys) => {
-                let keys = Arc::new(IssuerKeys {
-                    keys,
-                    fetched: now,
-                    tried: now,
-                });
-                (keys.clone(), Ok(keys))
-            }
-            // The old keys stay in use; the failure is remembered.
-            Err(e) => {
-                let (keys, fetched) = match &cached {
-                    Some(c) => (c.keys.clone(), c.fetched),
-                    None => (Vec::new(), now.checked_sub(KEYS_TTL).unwrap_or(now)),
-                };
-                let keys = Arc::new(IssuerKeys {
-                    keys,
-                    fetched,
-                    tried: now,
-                });
-                (keys, cached.ok_or(e))
-            }
-        };
-        *last = Some(keys.clone());
-        if let Some(actor) = self.actor.load_full() {
-            let msg = BrokerMsg::Keys {
-                issuer: issuer.to_string(),
-                keys,
-            };
-            let _ = actor.cast(Mail::new("provider_broker", msg));
-        }
+        let (keys, answer) = fetched_keys(fetched, cached);
+        report.keys = Some(keys);
         answer
     }
 

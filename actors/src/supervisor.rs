@@ -23,7 +23,7 @@ use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SpawnErr, 
 use crate::context::Ctx;
 use crate::mailbox::Mail;
 use crate::otp_issuer::{OtpIssuer, OtpIssuerActor, OtpMsg};
-use crate::provider_broker::{BrokerMsg, KeyRing, ProviderBrokerActor};
+use crate::provider_broker::{BrokerMsg, ProviderBrokerActor};
 use crate::rate_limiter::{RateLimiter, RateLimiterMsg, RateLimits};
 use crate::session_manager::{SessionCache, SessionManager, SessionManagerArgs, SessionMsg};
 use crate::sessions::Sessions;
@@ -80,7 +80,6 @@ pub struct SupervisorArgs {
     ctx: Arc<Ctx>,
     stopped: Arc<Mutex<Option<String>>>,
     cache: Arc<SessionCache>,
-    ring: Arc<KeyRing>,
     slots: Slots,
 }
 
@@ -151,8 +150,8 @@ impl Supervisor {
                 id
             }
             Child::ProviderBroker => {
-                let ring = st.args.ring.clone();
-                let (r, _) = Actor::spawn_linked(None, ProviderBrokerActor, ring, me).await?;
+                // A successor starts with no keys: the first token fetches.
+                let (r, _) = Actor::spawn_linked(None, ProviderBrokerActor, (), me).await?;
                 let id = r.get_id();
                 st.args.slots.broker.store(Some(Arc::new(r)));
                 id
@@ -285,8 +284,6 @@ pub struct Actors {
     pub otp: OtpIssuer,
     pub rate_limits: RateLimits,
     pub session_cache: Arc<SessionCache>,
-    /// The OIDC keys the `ProviderBroker` actor owns.
-    pub oidc_keys: Arc<KeyRing>,
     slots: Slots,
     root: ActorRef<()>,
     /// Set once the supervisor has stopped: why, when it gave up.
@@ -374,14 +371,12 @@ pub async fn start(ctx: Arc<Ctx>) -> Result<Actors, SpawnErr> {
         limiter: Arc::new(ArcSwapOption::empty()),
         broker: Arc::new(ArcSwapOption::empty()),
     };
-    let ring = Arc::new(KeyRing::default());
     let limits = RateLimits::new(slots.limiter.clone(), ctx.config.rate_limits.clone());
     let stopped = Arc::new(Mutex::new(None));
     let args = SupervisorArgs {
         ctx: ctx.clone(),
         stopped: stopped.clone(),
         cache: cache.clone(),
-        ring: ring.clone(),
         slots: slots.clone(),
     };
     let (root, running) = Actor::spawn(None, Supervisor, args).await?;
@@ -405,7 +400,6 @@ pub async fn start(ctx: Arc<Ctx>) -> Result<Actors, SpawnErr> {
         otp: OtpIssuer::new(ctx, slots.otp.clone(), limits.clone()),
         rate_limits: limits,
         session_cache: cache,
-        oidc_keys: ring,
         slots,
         root,
         ended,

@@ -586,3 +586,39 @@ both_oidc!(
         assert_eq!(t.count_by_str(users, "sub@example.com").await, 0);
     }
 );
+
+/// Every `want` the `ProviderBroker` answered, whatever the outcome.
+fn wants(metrics: &str) -> f64 {
+    let prefix = "castellan_actor_messages_total{actor=\"provider_broker\",message=\"want\"";
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+// Issue 25: the issuers' keys live in the `ProviderBroker` actor; each
+// id_token grant asks it (`Want`) before checking the token.
+both_oidc!(
+    each_id_token_grant_asks_the_provider_broker,
+    |_| {},
+    |t, iss| {
+        let metrics = || async {
+            t.request(reqwest::Method::GET, "/metrics", None, None)
+                .await
+                .text
+        };
+        let before = wants(&metrics().await);
+        for _ in 0..5 {
+            let body = json!({"provider": "keycloak", "id_token": iss.token(json!({}))});
+            let r = grant(&t, body).await;
+            assert_eq!(r.status, 200, "{}", r.text);
+        }
+        assert!(wants(&metrics().await) >= before + 5.0);
+        assert_eq!(
+            iss.reads(),
+            1,
+            "the keys were fetched once and kept by the actor"
+        );
+    }
+);
