@@ -292,15 +292,17 @@ impl FromRequestParts<AppState> for ClientKey {
             .map(|c| c.0.ip());
         // Several header lines are one list, in order (a proxy may add its
         // own line after the client's): the right-most entry is the last hop.
-        let xff = parts
-            .headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .map(|v| v.to_str().unwrap_or(""))
-            .collect::<Vec<_>>()
-            .join(",");
+        // Read only for a trusted peer: nobody else's header counts.
         if let Some(peer) = peer
-            && !xff.is_empty()
+            && st.config.trusted_proxies.contains(peer)
+            && parts.headers.contains_key("x-forwarded-for")
+            && let xff = parts
+                .headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .map(|v| v.to_str().unwrap_or(""))
+                .collect::<Vec<_>>()
+                .join(",")
             && let client = forwarded_client(peer, &xff, &st.config.trusted_proxies)
             && client != peer
         {

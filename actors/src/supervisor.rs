@@ -76,6 +76,21 @@ pub struct Slots {
     broker: Arc<ArcSwapOption<ActorRef<Mail<BrokerMsg>>>>,
 }
 
+impl Slots {
+    /// The current actor of a kind, whatever its messages' type.
+    fn cell(&self, child: Child) -> Option<ActorCell> {
+        fn cell<M>(slot: &ArcSwapOption<ActorRef<M>>) -> Option<ActorCell> {
+            slot.load().as_ref().map(|r| r.get_cell())
+        }
+        match child {
+            Child::SessionManager => cell(&self.sessions),
+            Child::OtpIssuer => cell(&self.otp),
+            Child::RateLimiter => cell(&self.limiter),
+            Child::ProviderBroker => cell(&self.broker),
+        }
+    }
+}
+
 pub struct SupervisorArgs {
     ctx: Arc<Ctx>,
     stopped: Arc<Mutex<Option<String>>>,
@@ -296,34 +311,21 @@ impl Actors {
     /// Each supervised actor by name, and whether it is running now (not
     /// while it restarts, nor after the supervisor gave up).
     pub fn liveness(&self) -> [(&'static str, bool); 4] {
-        fn running<M>(slot: &ArcSwapOption<ActorRef<M>>) -> bool {
-            slot.load()
-                .as_ref()
-                .is_some_and(|r| r.get_status() == ActorStatus::Running)
-        }
-        let s = &self.slots;
-        [
-            (Child::SessionManager.name(), running(&s.sessions)),
-            (Child::OtpIssuer.name(), running(&s.otp)),
-            (Child::RateLimiter.name(), running(&s.limiter)),
-            (Child::ProviderBroker.name(), running(&s.broker)),
-        ]
+        Child::ALL.map(|c| {
+            let running = self
+                .slots
+                .cell(c)
+                .is_some_and(|a| a.get_status() == ActorStatus::Running);
+            (c.name(), running)
+        })
     }
 
     /// Kills the named actor as a crash would (for tests and drills): the
     /// supervisor restarts it under its policy. False for an unknown name.
     pub fn kill(&self, name: &str) -> bool {
-        fn kill<M>(slot: &ArcSwapOption<ActorRef<M>>) -> bool {
-            slot.load().as_ref().map(|r| r.kill()).is_some()
-        }
-        let s = &self.slots;
-        match name {
-            "session_manager" => kill(&s.sessions),
-            "otp_issuer" => kill(&s.otp),
-            "rate_limiter" => kill(&s.limiter),
-            "provider_broker" => kill(&s.broker),
-            _ => false,
-        }
+        let child = Child::ALL.into_iter().find(|c| c.name() == name);
+        let cell = child.and_then(|c| self.slots.cell(c));
+        cell.map(|a| a.kill()).is_some()
     }
 
     /// Resolves with the reason once the supervisor has stopped on its own

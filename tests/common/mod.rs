@@ -29,6 +29,16 @@ pub fn bare_token_hash(identifier: &str, otp: &str) -> String {
         .collect()
 }
 
+/// The sum of the series in Prometheus text whose line starts with
+/// `prefix` (a whole series, or a metric and some of its labels); 0 when none.
+pub fn series_sum(metrics: &str, prefix: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// The PostgreSQL server tests create their databases on.
 pub fn pg_admin_url() -> String {
     std::env::var("CASTELLAN_TEST_PG_URL")

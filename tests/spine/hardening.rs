@@ -28,6 +28,11 @@ fn largest_metadata() -> Value {
     v
 }
 
+/// A sign-up body carrying the largest metadata that fits.
+fn heavy_signup(email: &str) -> Value {
+    json!({"email": email, "password": "secret123", "data": largest_metadata()})
+}
+
 async fn metadata_of(t: &TestServer, email: &str) -> Value {
     let id = t.user_id_by_email(email).await;
     t.user(&id.to_string())
@@ -82,12 +87,7 @@ both!(metadata_is_bounded_as_stored, |_| {}, |t| {
         .await
         .assert_error(400, "validation_failed");
     // The largest that fits is taken whole.
-    let r = t
-        .post(
-            "/signup",
-            json!({"email": "fits@example.com", "password": "secret123", "data": largest_metadata()}),
-        )
-        .await;
+    let r = t.post("/signup", heavy_signup("fits@example.com")).await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(
         metadata_of(&t, "fits@example.com").await["a"]
@@ -105,12 +105,7 @@ both!(
     the_session_cache_is_bounded_by_bytes,
     |c| c.session_cache_bytes = 2 << 20,
     |t| {
-        let r = t
-            .post(
-                "/signup",
-                json!({"email": "heavy@example.com", "password": "secret123", "data": largest_metadata()}),
-            )
-            .await;
+        let r = t.post("/signup", heavy_signup("heavy@example.com")).await;
         assert_eq!(r.status, 200, "{}", r.text);
         for _ in 0..40 {
             let login = t.login("heavy@example.com", "secret123").await;
@@ -355,11 +350,7 @@ async fn memory_stays_bounded_under_one_users_many_sessions() {
         let url = format!("{base}{path}");
         async move { common::read(http.post(url).json(&body).send().await.unwrap()).await }
     };
-    let r = post(
-        "/signup",
-        json!({"email": "rss@example.com", "password": "secret123", "data": largest_metadata()}),
-    )
-    .await;
+    let r = post("/signup", heavy_signup("rss@example.com")).await;
     assert_eq!(r.status, 200, "{}", r.text);
     let session = |_| async {
         let r = post(

@@ -588,14 +588,7 @@ both_oidc!(
 );
 
 /// Every `want` the `ProviderBroker` answered, whatever the outcome.
-fn wants(metrics: &str) -> f64 {
-    let prefix = "castellan_actor_messages_total{actor=\"provider_broker\",message=\"want\"";
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
+const WANTS: &str = "castellan_actor_messages_total{actor=\"provider_broker\",message=\"want\"";
 
 // Issue 25: the issuers' keys live in the `ProviderBroker` actor; each
 // id_token grant asks it (`Want`) before checking the token.
@@ -608,13 +601,13 @@ both_oidc!(
                 .await
                 .text
         };
-        let before = wants(&metrics().await);
+        let before = common::series_sum(&metrics().await, WANTS);
         for _ in 0..5 {
             let body = json!({"provider": "keycloak", "id_token": iss.token(json!({}))});
             let r = grant(&t, body).await;
             assert_eq!(r.status, 200, "{}", r.text);
         }
-        assert!(wants(&metrics().await) >= before + 5.0);
+        assert!(common::series_sum(&metrics().await, WANTS) >= before + 5.0);
         assert_eq!(
             iss.reads(),
             1,

@@ -198,15 +198,6 @@ async fn a_lowered_limit_reaches_every_process() {
     common::drop_database(&db).await;
 }
 
-/// A counter's value in Prometheus text (0 when absent).
-fn counter(metrics: &str, line_start: &str) -> f64 {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
-}
-
 // Issue 25: a limited route asks the `RateLimiter` by message, one check
 // per request, counted as the actor's work; and a change of one limit
 // leaves the other buckets' counts as they were (it used to rebuild every
@@ -220,14 +211,14 @@ both!(
     |t| {
         let allowed = "castellan_actor_messages_total{actor=\"rate_limiter\",message=\"check\",outcome=\"allowed\"}";
         let metrics = || async { t.request(Method::GET, "/metrics", None, None).await.text };
-        let before = counter(&metrics().await, allowed);
+        let before = common::series_sum(&metrics().await, allowed);
         for i in 0..100 {
             let r = t
                 .post("/recover", json!({"email": format!("n{i}@example.com")}))
                 .await;
             assert_eq!(r.status, 200, "{}", r.text);
         }
-        assert!(counter(&metrics().await, allowed) >= before + 100.0);
+        assert!(common::series_sum(&metrics().await, allowed) >= before + 100.0);
 
         let wrong = json!({"type": "signup", "email": "nobody@example.com", "token": "000000"});
         for _ in 0..2 {
@@ -262,6 +253,6 @@ both!(the_otp_issuer_is_asked_for_send_windows, |_| {}, |t| {
     let r = t.post("/otp", json!({"email": "window@example.com"})).await;
     r.assert_error(429, "over_email_send_rate_limit");
     let after = metrics().await;
-    assert!(counter(&after, asked) > counter(&before, asked));
-    assert!(counter(&after, refused) > counter(&before, refused));
+    assert!(common::series_sum(&after, asked) > common::series_sum(&before, asked));
+    assert!(common::series_sum(&after, refused) > common::series_sum(&before, refused));
 });

@@ -138,11 +138,10 @@ async fn silent_sockets_from_one_client_leave_room_for_others() {
         .text()
         .await
         .unwrap();
-    let refused = text
-        .lines()
-        .find(|l| l.starts_with("castellan_connections_refused_total{reason=\"per_client\"}"))
-        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .unwrap_or_default();
+    let refused = common::series_sum(
+        &text,
+        "castellan_connections_refused_total{reason=\"per_client\"}",
+    );
     let share = t.server.state.config.listen.max_connections_per_client;
     assert!(refused >= (2_000 - share) as f64, "refused {refused}");
     drop(silent);
