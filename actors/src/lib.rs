@@ -30,6 +30,7 @@ pub mod provider_broker;
 pub mod rate_limiter;
 mod refresh_v2;
 pub mod session_manager;
+mod session_shard;
 pub mod sessions;
 pub mod signing_keys;
 mod sms_out;

@@ -14,7 +14,9 @@ use castellan_core::{ApiError, ApiResult};
 use chrono::{DateTime, Utc};
 
 use crate::context::Ctx;
-use crate::session_manager::SessionCache;
+use std::sync::Arc;
+
+use crate::session_manager::{RefreshEntry, SessionCache};
 use crate::sessions::{TokenGrant, check_usable, end, grant_for, not_found};
 
 /// Reads of a moving counter before giving up (each lost race means
@@ -26,11 +28,14 @@ pub(crate) async fn refresh(
     cache: &SessionCache,
     token: V2Token,
 ) -> ApiResult<TokenGrant> {
-    if let Some(grant) = from_cache(ctx, cache, &token).await? {
+    let looked = cache.refresh_entry(token.session_id).await;
+    let since = looked.generation;
+    if let Some(entry) = looked.entry
+        && let Some(grant) = from_cache(ctx, cache, entry, &token).await?
+    {
         return Ok(grant);
     }
     for _ in 0..ATTEMPTS {
-        let since = cache.generation();
         let now = ctx.config.clock.now();
         let c = ctx
             .store
@@ -60,7 +65,7 @@ pub(crate) async fn refresh(
         }
         let issued = encode(&key, &c, to)?;
         if to == current + 1 {
-            cache.keep_refresh(since, rotated(&c, to, now), key).await;
+            cache.keep_refresh(since, rotated(&c, to, now), key.clone());
         }
         return grant_for(ctx, c, issued, now);
     }
@@ -76,11 +81,9 @@ pub(crate) async fn refresh(
 async fn from_cache(
     ctx: &Ctx,
     cache: &SessionCache,
+    e: Arc<RefreshEntry>,
     token: &V2Token,
 ) -> ApiResult<Option<TokenGrant>> {
-    let Some(e) = cache.refresh_entry(token.session_id).await else {
-        return Ok(None);
-    };
     let now = ctx.config.clock.now();
     let current = e.context.session.refresh_token_counter.unwrap_or(0);
     if token.counter != current
@@ -90,14 +93,13 @@ async fn from_cache(
         return Ok(None);
     }
     if !advance(ctx, &e.context, current, current + 1, now).await? {
-        cache.forget_refresh(token.session_id).await;
+        cache.forget_refresh(token.session_id);
         return Ok(None);
     }
-    cache
-        .replace_refresh(&e, rotated(&e.context, current + 1, now))
-        .await;
     let issued = encode(&e.key, &e.context, current + 1)?;
-    grant_for(ctx, e.context.clone(), issued, now).map(Some)
+    let context = e.context.clone();
+    cache.replace_refresh(e, rotated(&context, current + 1, now));
+    grant_for(ctx, context, issued, now).map(Some)
 }
 
 /// The context as a rotation to `counter` at `now` leaves it.

@@ -479,11 +479,11 @@ pub async fn end(tx: &mut Tx, user: Uuid, scope: SessionScope) -> ApiResult<u64>
 #[derive(Clone)]
 pub struct Sessions {
     ctx: Arc<Ctx>,
-    cache: Arc<SessionCache>,
+    cache: SessionCache,
 }
 
 impl Sessions {
-    pub fn new(ctx: Arc<Ctx>, cache: Arc<SessionCache>) -> Self {
+    pub fn new(ctx: Arc<Ctx>, cache: SessionCache) -> Self {
         Self { ctx, cache }
     }
 

@@ -5,8 +5,8 @@
 //! (`CASTELLAN_ACTOR_MAX_RESTARTS` in `CASTELLAN_ACTOR_RESTART_WINDOW`), or
 //! a replacement that cannot start, escalate: the supervisor stops, says why,
 //! and the process stops with a non-zero status for its orchestrator to
-//! restart. Hot reads never wait on a child: they read what it publishes,
-//! so a restart costs at most a few reads served from the database.
+//! restart. A caller whose actor is restarting does not wait for it: it
+//! reads the database, or is told to retry (see each actor's handle).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -94,7 +94,7 @@ impl Slots {
 pub struct SupervisorArgs {
     ctx: Arc<Ctx>,
     stopped: Arc<Mutex<Option<String>>>,
-    cache: Arc<SessionCache>,
+    cache: SessionCache,
     slots: Slots,
 }
 
@@ -138,10 +138,14 @@ impl Supervisor {
     async fn spawn(child: Child, me: ActorCell, st: &mut SupervisorState) -> Result<(), SpawnErr> {
         let id = match child {
             Child::SessionManager => {
+                let config = &st.args.ctx.config;
                 let args = SessionManagerArgs {
                     cache: st.args.cache.clone(),
                     store: st.args.ctx.store.clone(),
-                    poll: st.args.ctx.config.cache_poll_interval,
+                    poll: config.cache_poll_interval,
+                    shards: config.session_shards,
+                    capacity: config.session_cache_size,
+                    bytes: config.session_cache_bytes,
                 };
                 let (r, _) = Actor::spawn_linked(None, SessionManager, args, me).await?;
                 let id = r.get_id();
@@ -187,12 +191,9 @@ impl Supervisor {
             return Ok(());
         };
         match child {
-            Child::SessionManager => {
-                // Nobody follows changes until the successor does: serve
-                // from the store meanwhile.
-                st.args.cache.set_following(false);
-                st.args.slots.sessions.store(None)
-            }
+            // Its shards went with it: reads go to the store until the
+            // successor's shards follow changes.
+            Child::SessionManager => st.args.slots.sessions.store(None),
             Child::OtpIssuer => st.args.slots.otp.store(None),
             Child::RateLimiter => st.args.slots.limiter.store(None),
             Child::ProviderBroker => st.args.slots.broker.store(None),
@@ -298,7 +299,7 @@ pub struct Actors {
     pub sessions: Sessions,
     pub otp: OtpIssuer,
     pub rate_limits: RateLimits,
-    pub session_cache: Arc<SessionCache>,
+    pub session_cache: SessionCache,
     slots: Slots,
     root: ActorRef<()>,
     /// Set once the supervisor has stopped: why, when it gave up.
@@ -322,9 +323,18 @@ impl Actors {
 
     /// Kills the named actor as a crash would (for tests and drills): the
     /// supervisor restarts it under its policy. False for an unknown name.
+    /// `session_shard` kills one of the session manager's shards.
     pub fn kill(&self, name: &str) -> bool {
-        let child = Child::ALL.into_iter().find(|c| c.name() == name);
-        let cell = child.and_then(|c| self.slots.cell(c));
+        let cell = match name {
+            "session_shard" => self
+                .slots
+                .cell(Child::SessionManager)
+                .and_then(|m| m.get_children().into_iter().next()),
+            _ => Child::ALL
+                .into_iter()
+                .find(|c| c.name() == name)
+                .and_then(|c| self.slots.cell(c)),
+        };
         cell.map(|a| a.kill()).is_some()
     }
 
@@ -359,10 +369,7 @@ impl Actors {
 }
 
 pub async fn start(ctx: Arc<Ctx>) -> Result<Actors, SpawnErr> {
-    let cache = SessionCache::new(
-        ctx.config.session_cache_size,
-        ctx.config.session_cache_bytes,
-    );
+    let cache = SessionCache::new();
     // Changes committed in this process reach the cache before the response.
     let published = cache.clone();
     ctx.store

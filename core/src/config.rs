@@ -458,6 +458,9 @@ pub struct Config {
     pub session_cache_size: u64,
     /// The estimated bytes each of the session cache's maps may hold.
     pub session_cache_bytes: u64,
+    /// How many actors share the session cache, each owning the users
+    /// (and sessions) whose ids hash to it.
+    pub session_shards: usize,
     /// Not a setting: the time source every decision reads (see `Clock`).
     pub clock: crate::Clock,
     /// How often a SQLite server looks for changes other processes made
@@ -901,6 +904,13 @@ pub struct MfaConfig {
     pub phone_max_frequency: Duration,
 }
 
+/// The cores this process may use (2 when that cannot be told).
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+}
+
 fn mfa(v: &Vars) -> Result<MfaConfig, ConfigError> {
     const FLOOR: Duration = Duration::from_secs(300);
     // GoTrue reads the challenge expiry as (float) seconds.
@@ -983,12 +993,7 @@ impl Config {
             memory_kib: v.num(&["CASTELLAN_ARGON2_MEMORY_KIB"], 19456)?,
             iterations: v.num(&["CASTELLAN_ARGON2_ITERATIONS"], 2)?,
             parallelism: v.num(&["CASTELLAN_ARGON2_PARALLELISM"], 1)?,
-            pool_size: v.num(
-                &["CASTELLAN_HASH_POOL_SIZE"],
-                std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(2),
-            )?,
+            pool_size: v.num(&["CASTELLAN_HASH_POOL_SIZE"], cores())?,
             queue: 0,
             max_memory_kib: v.num(&["CASTELLAN_HASH_MAX_MEMORY_KIB"], 65_536)?,
         };
@@ -1164,6 +1169,7 @@ impl Config {
             clock: crate::Clock::default(),
             session_cache_size: v.num(&["CASTELLAN_SESSION_CACHE_SIZE"], 10_000u64)?,
             session_cache_bytes: v.num(&["CASTELLAN_SESSION_CACHE_BYTES"], 64u64 << 20)?,
+            session_shards: v.num(&["CASTELLAN_SESSION_SHARDS"], cores())?.clamp(1, 64),
             cache_poll_interval: v
                 .duration(
                     &["CASTELLAN_CACHE_POLL_INTERVAL"],

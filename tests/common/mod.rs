@@ -122,7 +122,7 @@ pub async fn spawn(backend: Backend, tweak: impl FnOnce(&mut Config)) -> TestSer
     // Tests start once the session cache follows changes (it serves from
     // the database until then), so cache behaviour is deterministic.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !server.state.actors.session_cache.stats().following {
+    while !server.state.actors.session_cache.stats().await.following {
         assert!(
             std::time::Instant::now() < deadline,
             "the session cache never followed"

@@ -24,9 +24,9 @@ both!(a_killed_session_manager_is_restarted, |_| {}, |t| {
             .text
     };
     let actors = &t.server.state.actors;
-    let following = || actors.session_cache.stats().following;
+    let following = || async { actors.session_cache.stats().await.following };
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !following() {
+    while !following().await {
         assert!(
             Instant::now() < deadline,
             "the cache never followed changes"
@@ -45,7 +45,7 @@ both!(a_killed_session_manager_is_restarted, |_| {}, |t| {
 
     // The supervisor starts a successor, which follows changes again.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while restarts(&metrics().await, "session_manager") <= before || !following() {
+    while restarts(&metrics().await, "session_manager") <= before || !following().await {
         assert!(
             Instant::now() < deadline,
             "the session manager never came back"
@@ -230,3 +230,52 @@ async fn an_actor_in_a_crash_loop_stops_the_process() {
     assert_eq!(r.body["actors"]["session_manager"], "down", "{}", r.text);
     t.stop().await;
 }
+
+// Issue 25: the session cache is reached by message only. Every
+// authenticated request asks the shard that owns its user (one lookup
+// each: a miss, then hits), and a shard that dies takes the manager with
+// it: the supervisor restarts them, reads meanwhile go to the store, and
+// the cache serves again once the successor follows changes.
+both!(
+    session_lookups_are_messages_and_a_dead_shard_restarts_the_cache,
+    |_| {},
+    |t| {
+        let s = t.new_session("shard@example.com", "secret123").await;
+        let access = s["access_token"].as_str().unwrap().to_string();
+        let lookups = "castellan_actor_messages_total{actor=\"session_manager\",message=\"lookup\"";
+        let metrics = || async {
+            t.request(reqwest::Method::GET, "/metrics", None, None)
+                .await
+                .text
+        };
+        let actors = &t.server.state.actors;
+        let before = common::series_sum(&metrics().await, lookups);
+        for _ in 0..100 {
+            assert_eq!(t.get_user(&access).await.status, 200);
+        }
+        let after = common::series_sum(&metrics().await, lookups);
+        assert!(after >= before + 100.0, "{before} -> {after}");
+        let stats = actors.session_cache.stats().await;
+        assert!(stats.following && stats.entries >= 1, "{stats:?}");
+
+        let restarted = restarts(&metrics().await, "session_manager");
+        assert!(actors.kill("session_shard"));
+        assert_eq!(t.get_user(&access).await.status, 200);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while restarts(&metrics().await, "session_manager") <= restarted
+            || !actors.session_cache.stats().await.following
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the session cache never came back"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The successor starts empty, and sees a logout at once.
+        let r = t
+            .request(reqwest::Method::POST, "/logout", Some(&access), None)
+            .await;
+        assert_eq!(r.status, 204, "{}", r.text);
+        assert_eq!(t.get_user(&access).await.status, 403);
+    }
+);
