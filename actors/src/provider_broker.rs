@@ -4,8 +4,11 @@
 //! signing keys. Every call runs in the caller's task with a timeout, and
 //! at most `IN_FLIGHT` at once per provider, so a slow or failing provider
 //! holds up neither the others nor any other sign-in; each call is counted
-//! and timed per provider. The actor owns the keys fetched from issuers
-//! (OIDC discovery and JWKS), published for lock-free reads.
+//! and timed per provider. The actor alone holds the keys fetched from
+//! issuers (OIDC discovery and JWKS), the fetches under way, and a circuit
+//! breaker per provider: after `TRIPS` calls in a row find a provider
+//! unavailable, sign-ins with it fail at once for `COOL_OFF`, then one call
+//! tries it again.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,6 +22,7 @@ use castellan_core::crypto::jwk::Key;
 use castellan_core::oauth::{
     Credentials, ExpectedIssuer, ExternalUser, Protocol, Provider, provider,
 };
+use chrono::{DateTime, Utc};
 use oauth2::basic::{
     BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse,
     BasicTokenType,
@@ -46,6 +50,64 @@ const KEYS_TTL: Duration = Duration::from_secs(3600);
 const KEYS_FLOOR: Duration = Duration::from_secs(30);
 /// Issuers whose keys are kept.
 const MAX_ISSUERS: usize = 64;
+/// Calls in a row that find a provider unavailable before its breaker opens.
+const TRIPS: u32 = 5;
+/// How long an open breaker refuses calls before one may try again.
+const COOL_OFF: chrono::Duration = chrono::Duration::seconds(30);
+
+/// One provider's circuit breaker: closed (calls go), open until a time
+/// (calls fail at once), then half open (one call tries the provider; its
+/// outcome closes or opens the breaker again).
+#[derive(Default, Debug)]
+struct Breaker {
+    failures: u32,
+    open_until: Option<DateTime<Utc>>,
+    probing: bool,
+}
+
+/// What the breaker says to a call.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Gate {
+    Go,
+    /// The call that tries a provider after its cool-off.
+    Probe,
+    /// Refused: the provider was unavailable; try again after this long.
+    Open(chrono::Duration),
+}
+
+impl Breaker {
+    fn gate(&mut self, now: DateTime<Utc>) -> Gate {
+        match self.open_until {
+            None => Gate::Go,
+            Some(until) if now < until => Gate::Open(until - now),
+            Some(_) if self.probing => Gate::Open(chrono::Duration::seconds(1)),
+            Some(_) => {
+                self.probing = true;
+                Gate::Probe
+            }
+        }
+    }
+
+    /// How a call ended: `Some(true)` the provider answered (a refusal too),
+    /// `Some(false)` it was unavailable, `None` the call was abandoned.
+    fn outcome(&mut self, answered: Option<bool>, now: DateTime<Utc>) {
+        match answered {
+            Some(true) => *self = Breaker::default(),
+            Some(false) => {
+                self.failures += 1;
+                if self.probing || self.failures >= TRIPS {
+                    self.open_until = Some(now + COOL_OFF);
+                    self.probing = false;
+                }
+            }
+            None => self.probing = false,
+        }
+    }
+
+    fn open(&self) -> bool {
+        self.open_until.is_some()
+    }
+}
 
 /// One issuer's verification keys, when they were fetched, and when a
 /// fetch was last tried (a failed one too, so an issuer that is down is
@@ -80,14 +142,27 @@ pub enum BrokerMsg {
         issuer: String,
         keys: Option<Arc<IssuerKeys>>,
     },
+    /// May a sign-in call this provider now?
+    Gate {
+        provider: &'static str,
+        now: DateTime<Utc>,
+        reply: RpcReplyPort<Gate>,
+    },
+    /// How a call the breaker let through ended (see `Breaker::outcome`).
+    Called {
+        provider: &'static str,
+        answered: Option<bool>,
+        now: DateTime<Utc>,
+    },
 }
 
-/// The actor's state: the issuers' keys, and the fetches under way with
-/// the callers waiting on each.
+/// The actor's state: the issuers' keys, the fetches under way with the
+/// callers waiting on each, and each provider's breaker.
 #[derive(Default)]
 pub struct KeyRing {
     by_issuer: HashMap<String, Arc<IssuerKeys>>,
     fetching: HashMap<String, Vec<tokio::sync::oneshot::Sender<Option<Arc<IssuerKeys>>>>>,
+    breakers: HashMap<&'static str, Breaker>,
 }
 
 impl KeyRing {
@@ -167,6 +242,37 @@ impl Actor for ProviderBrokerActor {
                 metrics::gauge!("castellan_oidc_issuers").set(ring.by_issuer.len() as f64);
                 ("keys", outcome)
             }
+            BrokerMsg::Gate {
+                provider,
+                now,
+                reply,
+            } => {
+                let gate = ring.breakers.entry(provider).or_default().gate(now);
+                let outcome = match gate {
+                    Gate::Go => "go",
+                    Gate::Probe => "probe",
+                    Gate::Open(_) => "open",
+                };
+                let _ = reply.send(gate);
+                ("gate", outcome)
+            }
+            BrokerMsg::Called {
+                provider,
+                answered,
+                now,
+            } => {
+                let breaker = ring.breakers.entry(provider).or_default();
+                breaker.outcome(answered, now);
+                let open = if breaker.open() { 1.0 } else { 0.0 };
+                metrics::gauge!("castellan_oauth_provider_circuit_open", "provider" => provider)
+                    .set(open);
+                let outcome = match answered {
+                    Some(true) => "answered",
+                    Some(false) => "unavailable",
+                    None => "abandoned",
+                };
+                ("called", outcome)
+            }
         };
         crate::supervisor::record_message("provider_broker", kind, outcome, start);
         Ok(())
@@ -187,6 +293,28 @@ impl Drop for Report {
             let msg = BrokerMsg::Keys {
                 issuer: std::mem::take(&mut self.issuer),
                 keys: self.keys.take(),
+            };
+            let _ = actor.cast(Mail::new("provider_broker", msg));
+        }
+    }
+}
+
+/// Tells the breaker how a call it let through ended, even when the
+/// caller's request is dropped mid-call (else a probe would never end).
+struct CallReport {
+    actor: Option<ActorRef<Mail<BrokerMsg>>>,
+    provider: &'static str,
+    answered: Option<bool>,
+    clock: Clock,
+}
+
+impl Drop for CallReport {
+    fn drop(&mut self) {
+        if let Some(actor) = self.actor.take() {
+            let msg = BrokerMsg::Called {
+                provider: self.provider,
+                answered: self.answered,
+                now: self.clock.now(),
             };
             let _ = actor.cast(Mail::new("provider_broker", msg));
         }
@@ -686,8 +814,64 @@ impl ProviderBroker {
         kept: Option<String>,
     ) -> Result<SignedIn, ProviderError> {
         let name = p.description.name;
+        let mut report = self.breaker(name).await?;
         // Bounded per provider: a provider that hangs fills only its own gate.
         let _permit = self.permit(p).await?;
+        let r = self.exchange_and_profile(p, returned, kept).await;
+        report.answered = Some(!matches!(r, Err(ProviderError::Unavailable(_))));
+        r
+    }
+
+    /// What the provider's breaker says: a report to fill in with the
+    /// call's outcome, or the refusal while it is open. With no actor
+    /// (restarting) every call goes, unreported.
+    async fn breaker(&self, provider: &'static str) -> Result<CallReport, ProviderError> {
+        let actor = self.actor.load_full().map(|a| (*a).clone());
+        let now = self.clock.now();
+        let gate = match &actor {
+            Some(a) => a
+                .call(
+                    |reply| {
+                        let msg = BrokerMsg::Gate {
+                            provider,
+                            now,
+                            reply,
+                        };
+                        Mail::new("provider_broker", msg)
+                    },
+                    None,
+                )
+                .await
+                .ok()
+                .and_then(|r| match r {
+                    ractor::rpc::CallResult::Success(g) => Some(g),
+                    _ => None,
+                }),
+            None => None,
+        };
+        if let Some(Gate::Open(wait)) = gate {
+            metrics::counter!("castellan_oauth_provider_calls_total", "provider" => provider, "op" => "token", "outcome" => "circuit_open")
+                .increment(1);
+            return Err(ProviderError::Unavailable(format!(
+                "{provider} is unavailable; not asked again for {}s",
+                wait.num_seconds().max(1)
+            )));
+        }
+        Ok(CallReport {
+            actor: gate.and(actor),
+            provider,
+            answered: None,
+            clock: self.clock.clone(),
+        })
+    }
+
+    async fn exchange_and_profile(
+        &self,
+        p: &Configured,
+        returned: Returned,
+        kept: Option<String>,
+    ) -> Result<SignedIn, ProviderError> {
+        let name = p.description.name;
         let start = Instant::now();
         let access = match p.description.protocol {
             Protocol::OAuth2 => self
@@ -852,4 +1036,42 @@ async fn json_answer(
     let bytes = answer(req.header("accept", "application/json"), what).await?;
     serde_json::from_slice(&bytes)
         .map_err(|e| ProviderError::Unavailable(format!("{what}'s answer is not JSON: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_breaker_opens_after_failures_in_a_row_and_one_probe_closes_it() {
+        let t0 = Utc::now();
+        let mut b = Breaker::default();
+        for _ in 0..TRIPS - 1 {
+            assert_eq!(b.gate(t0), Gate::Go);
+            b.outcome(Some(false), t0);
+        }
+        // An answer (a refusal too) forgives the failures so far.
+        b.outcome(Some(true), t0);
+        for _ in 0..TRIPS {
+            b.outcome(Some(false), t0);
+        }
+        assert_eq!(b.gate(t0), Gate::Open(COOL_OFF));
+        let later = t0 + COOL_OFF;
+        assert_eq!(b.gate(later), Gate::Probe);
+        assert!(
+            matches!(b.gate(later), Gate::Open(_)),
+            "one probe at a time"
+        );
+        // A failed probe opens it again at once.
+        b.outcome(Some(false), later);
+        assert_eq!(b.gate(later), Gate::Open(COOL_OFF));
+        let later = later + COOL_OFF;
+        assert_eq!(b.gate(later), Gate::Probe);
+        // An abandoned probe lets another try.
+        b.outcome(None, later);
+        assert_eq!(b.gate(later), Gate::Probe);
+        b.outcome(Some(true), later);
+        assert_eq!(b.gate(later), Gate::Go);
+        assert!(!b.open());
+    }
 }

@@ -730,3 +730,41 @@ both_oauth!(
         .assert_error(404, "user_not_found");
     }
 );
+
+// Issue 25: the `ProviderBroker` keeps a circuit breaker per provider.
+// Five callbacks in a row that find GitHub down open it: the next sign-in
+// fails at once without calling GitHub; after the cool-off one call tries
+// it again, and its success closes the breaker.
+both_oauth!(
+    a_provider_that_is_down_is_not_asked_until_its_cool_off,
+    |_| {},
+    |t, fake| {
+        let (state, _) = authorize(&t, "").await;
+        fake.failing(Some(503));
+        for _ in 0..5 {
+            let (_, e) = landing(&t, &format!("?state={state}&code=x")).await;
+            assert_eq!(e["error"], "temporarily_unavailable");
+        }
+        let asked = fake.token_requests().len();
+        let open = "castellan_oauth_provider_calls_total{provider=\"github\",op=\"token\",outcome=\"circuit_open\"}";
+        let metrics = || async {
+            t.request(reqwest::Method::GET, "/metrics", None, None)
+                .await
+                .text
+        };
+        let before = common::series_sum(&metrics().await, open);
+        let (_, e) = landing(&t, &format!("?state={state}&code=x")).await;
+        assert_eq!(e["error"], "temporarily_unavailable");
+        assert_eq!(fake.token_requests().len(), asked, "asked while open");
+        assert!(common::series_sum(&metrics().await, open) > before);
+
+        fake.failing(None);
+        fake.profile("back", Profile::github(9, "back", "back@example.com", true));
+        t.clock().advance(Duration::from_secs(31));
+        let (state, _) = authorize(&t, "").await;
+        let r = get(&t, &format!("/callback?code=back&state={state}")).await;
+        let to = r.header("location").unwrap().to_string();
+        assert!(fragment(&to).contains_key("access_token"), "{to}");
+        assert_eq!(fake.token_requests().len(), asked + 1);
+    }
+);
