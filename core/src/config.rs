@@ -491,9 +491,11 @@ fn supervision(v: &Vars<'_>) -> Result<Supervision, ConfigError> {
             Duration::from_millis(10),
         )?,
         max_restarts: v.num(&["CASTELLAN_ACTOR_MAX_RESTARTS"], 5u32)?.max(1),
-        window: v
-            .duration(&["CASTELLAN_ACTOR_RESTART_WINDOW"], Duration::from_secs(30))?
-            .max(Duration::from_millis(1)),
+        window: v.duration_at_least(
+            &["CASTELLAN_ACTOR_RESTART_WINDOW"],
+            Duration::from_secs(30),
+            Duration::from_millis(1),
+        )?,
     })
 }
 
@@ -618,6 +620,16 @@ impl<'a> Vars<'a> {
         self.parse(names, default, "a duration (like 10s, 5m, 24h)", |v| {
             parse_go_duration(v).ok()
         })
+    }
+
+    /// A duration, raised to `floor` when set lower.
+    fn duration_at_least(
+        &self,
+        names: &[&str],
+        default: Duration,
+        floor: Duration,
+    ) -> Result<Duration, ConfigError> {
+        Ok(self.duration(names, default)?.max(floor))
     }
 
     fn opt_duration(&self, names: &[&str]) -> Result<Option<Duration>, ConfigError> {
@@ -904,6 +916,170 @@ pub struct MfaConfig {
     pub phone_max_frequency: Duration,
 }
 
+/// The password hashing pool and argon2id's parameters.
+fn argon2(v: &Vars) -> Result<Argon2Config, ConfigError> {
+    let mut argon2 = Argon2Config {
+        memory_kib: v.num(&["CASTELLAN_ARGON2_MEMORY_KIB"], 19456)?,
+        iterations: v.num(&["CASTELLAN_ARGON2_ITERATIONS"], 2)?,
+        parallelism: v.num(&["CASTELLAN_ARGON2_PARALLELISM"], 1)?,
+        pool_size: v.num(&["CASTELLAN_HASH_POOL_SIZE"], cores())?,
+        queue: 0,
+        max_memory_kib: v.num(&["CASTELLAN_HASH_MAX_MEMORY_KIB"], 65_536)?,
+    };
+    // A couple of seconds of work at the default parameters: a request
+    // queued behind more would mostly wait out its deadline.
+    argon2.max_memory_kib = argon2.max_memory_kib.max(argon2.memory_kib);
+    argon2.queue = v
+        .num(&["CASTELLAN_HASH_QUEUE"], 64 * argon2.pool_size)?
+        .max(1);
+    if argon2.pool_size == 0 {
+        return Err(ConfigError {
+            var: "CASTELLAN_HASH_POOL_SIZE".into(),
+            msg: "must be at least 1".into(),
+        });
+    }
+    if argon2::Params::new(
+        argon2.memory_kib,
+        argon2.iterations,
+        argon2.parallelism,
+        None,
+    )
+    .is_err()
+    {
+        return Err(ConfigError {
+            var: "CASTELLAN_ARGON2_MEMORY_KIB".into(),
+            msg: "argon2 parameters out of range (memory >= 8 x parallelism KiB, iterations >= 1)"
+                .into(),
+        });
+    }
+    Ok(argon2)
+}
+
+/// The listener's bounds on connections.
+fn listen(v: &Vars) -> Result<Listen, ConfigError> {
+    Ok(Listen {
+        max_connections: v.num(&["CASTELLAN_MAX_CONNECTIONS"], 1024usize)?.max(1),
+        header_read_timeout: v.duration_at_least(
+            &["CASTELLAN_HEADER_READ_TIMEOUT"],
+            Duration::from_secs(10),
+            Duration::from_millis(100),
+        )?,
+        idle_timeout: v.duration_at_least(
+            &["CASTELLAN_IDLE_TIMEOUT"],
+            Duration::from_secs(60),
+            Duration::from_millis(100),
+        )?,
+        max_connections_per_client: v
+            .num(&["CASTELLAN_MAX_CONNECTIONS_PER_CLIENT"], 128usize)?
+            .max(1),
+        shutdown_grace: v.duration(&["CASTELLAN_SHUTDOWN_GRACE"], Duration::from_secs(10))?,
+    })
+}
+
+/// The JWT settings.
+fn jwt(v: &Vars) -> Result<JwtConfig, ConfigError> {
+    Ok(JwtConfig {
+        secret: v.opt_string(&["GOTRUE_JWT_SECRET"]),
+        exp: v.num(&["GOTRUE_JWT_EXP"], 3600u64)?,
+        aud: v.string(&["GOTRUE_JWT_AUD"], "authenticated"),
+        default_group_name: v.string(&["GOTRUE_JWT_DEFAULT_GROUP_NAME"], "authenticated"),
+        admin_roles: v.list(
+            &["GOTRUE_JWT_ADMIN_ROLES"],
+            &["service_role", "supabase_admin"],
+        ),
+        admin_group_name: v.string(&["GOTRUE_JWT_ADMIN_GROUP_NAME"], "admin"),
+        issuer: v.opt_string(&["GOTRUE_JWT_ISSUER"]),
+        key_id: v.opt_string(&["GOTRUE_JWT_KEY_ID"]),
+        keys: jwt_keys(v)?,
+        valid_methods: v.list(&["GOTRUE_JWT_VALID_METHODS"], &[]),
+    })
+}
+
+/// The limit table's rates and the send budgets (`otp` read first: it
+/// also sizes the sign-up bucket).
+fn rate_limits(v: &Vars, otp: RateLimit) -> Result<RateLimits, ConfigError> {
+    let five_min = Duration::from_secs(300);
+    Ok(RateLimits {
+        email_sent: send_budget(v, "GOTRUE_RATE_LIMIT_EMAIL_SENT")?,
+        sms_sent: send_budget(v, "GOTRUE_RATE_LIMIT_SMS_SENT")?,
+        token_refresh: rate(
+            v,
+            &["GOTRUE_RATE_LIMIT_TOKEN_REFRESH"],
+            150,
+            five_min,
+            Some(30),
+        )?,
+        // GoTrue sizes the sign-up bucket by the OTP limit; it has no variable of its own.
+        sign_ups: otp,
+        anonymous_users: rate(
+            v,
+            &["GOTRUE_RATE_LIMIT_ANONYMOUS_USERS"],
+            30,
+            Duration::from_secs(3600),
+            None,
+        )?,
+        verify: rate(v, &["GOTRUE_RATE_LIMIT_VERIFY"], 30, five_min, Some(30))?,
+        mfa: rate(
+            v,
+            &["GOTRUE_MFA_RATE_LIMIT_CHALLENGE_AND_VERIFY"],
+            15,
+            Duration::from_secs(60),
+            Some(30),
+        )?,
+        otp,
+        header: v.opt_string(&["GOTRUE_RATE_LIMIT_HEADER"]),
+    })
+}
+
+/// The SMTP server and the per-user send window.
+fn smtp(v: &Vars) -> Result<SmtpConfig, ConfigError> {
+    Ok(SmtpConfig {
+        host: v.opt_string(&["GOTRUE_SMTP_HOST"]),
+        port: v.num(&["GOTRUE_SMTP_PORT"], 587u16)?,
+        user: v.opt_string(&["GOTRUE_SMTP_USER"]),
+        pass: v.opt_string(&["GOTRUE_SMTP_PASS"]),
+        admin_email: v.opt_string(&["GOTRUE_SMTP_ADMIN_EMAIL"]),
+        sender_name: v.opt_string(&["GOTRUE_SMTP_SENDER_NAME"]),
+        max_frequency: match v.duration(&["GOTRUE_SMTP_MAX_FREQUENCY"], Duration::from_secs(60))? {
+            d if d.is_zero() => Duration::from_secs(60),
+            d => d,
+        },
+    })
+}
+
+/// GoTrue's refresh token format: 1 (random strings) or 2 (signed,
+/// stateless); `None` keeps each session's own.
+fn refresh_algorithm(v: &Vars) -> Result<Option<u8>, ConfigError> {
+    v.parse(
+        &["GOTRUE_SECURITY_REFRESH_TOKEN_ALGORITHM_VERSION"],
+        None,
+        "0, 1 or 2",
+        |s| match s.trim() {
+            "0" | "1" => Some(Some(1)),
+            "2" => Some(Some(2)),
+            _ => None,
+        },
+    )
+}
+
+/// The database to use (the embedded SQLite file by default).
+fn database(v: &Vars) -> Result<DatabaseUrl, ConfigError> {
+    let names = ["DATABASE_URL", "GOTRUE_DB_DATABASE_URL"];
+    v.note(&names, "castellan.db");
+    database_url(v.get(&names))
+}
+
+/// The password rules (GoTrue's minimum is never below 6).
+fn password(v: &Vars) -> Result<PasswordConfig, ConfigError> {
+    Ok(PasswordConfig {
+        min_length: v.num(&["GOTRUE_PASSWORD_MIN_LENGTH"], 6usize)?.max(6),
+        required_characters: v
+            .opt_string(&["GOTRUE_PASSWORD_REQUIRED_CHARACTERS"])
+            .map(|s| parse_required_characters(&s))
+            .unwrap_or_default(),
+    })
+}
+
 /// The cores this process may use (2 when that cannot be told).
 fn cores() -> usize {
     std::thread::available_parallelism()
@@ -988,51 +1164,14 @@ impl Config {
 
     fn read(v: &Vars<'_>) -> Result<Self, ConfigError> {
         let five_min = Duration::from_secs(300);
-        let min_length = v.num(&["GOTRUE_PASSWORD_MIN_LENGTH"], 6usize)?.max(6);
-        let mut argon2 = Argon2Config {
-            memory_kib: v.num(&["CASTELLAN_ARGON2_MEMORY_KIB"], 19456)?,
-            iterations: v.num(&["CASTELLAN_ARGON2_ITERATIONS"], 2)?,
-            parallelism: v.num(&["CASTELLAN_ARGON2_PARALLELISM"], 1)?,
-            pool_size: v.num(&["CASTELLAN_HASH_POOL_SIZE"], cores())?,
-            queue: 0,
-            max_memory_kib: v.num(&["CASTELLAN_HASH_MAX_MEMORY_KIB"], 65_536)?,
-        };
-        // A couple of seconds of work at the default parameters: a request
-        // queued behind more would mostly wait out its deadline.
-        argon2.max_memory_kib = argon2.max_memory_kib.max(argon2.memory_kib);
-        argon2.queue = v
-            .num(&["CASTELLAN_HASH_QUEUE"], 64 * argon2.pool_size)?
-            .max(1);
-        if argon2.pool_size == 0 {
-            return Err(ConfigError {
-                var: "CASTELLAN_HASH_POOL_SIZE".into(),
-                msg: "must be at least 1".into(),
-            });
-        }
-        if argon2::Params::new(
-            argon2.memory_kib,
-            argon2.iterations,
-            argon2.parallelism,
-            None,
-        )
-        .is_err()
-        {
-            return Err(ConfigError {
-                var: "CASTELLAN_ARGON2_MEMORY_KIB".into(),
-                msg: "argon2 parameters out of range (memory >= 8 x parallelism KiB, iterations >= 1)".into(),
-            });
-        }
+        let argon2 = argon2(v)?;
         let otp = rate(v, &["GOTRUE_RATE_LIMIT_OTP"], 30, five_min, Some(30))?;
         let api_external_url = v.string(
             &["API_EXTERNAL_URL", "GOTRUE_API_EXTERNAL_URL"],
             "http://localhost:8081",
         );
         let cfg = Config {
-            database_url: {
-                let names = ["DATABASE_URL", "GOTRUE_DB_DATABASE_URL"];
-                v.note(&names, "castellan.db");
-                database_url(v.get(&names))?
-            },
+            database_url: database(v)?,
             host: v.string(&["GOTRUE_API_HOST"], "0.0.0.0"),
             port: v.num(&["PORT", "GOTRUE_API_PORT"], 8081u16)?,
             site_url: v.string(&["GOTRUE_SITE_URL"], "http://localhost:3000"),
@@ -1044,35 +1183,8 @@ impl Config {
             metrics_addr: Some(v.string(&["CASTELLAN_METRICS_ADDR"], DEFAULT_METRICS_ADDR))
                 .filter(|a| a != "api"),
             trusted_proxies: trusted_proxies(v)?,
-            listen: Listen {
-                max_connections: v.num(&["CASTELLAN_MAX_CONNECTIONS"], 1024usize)?.max(1),
-                header_read_timeout: v
-                    .duration(&["CASTELLAN_HEADER_READ_TIMEOUT"], Duration::from_secs(10))?
-                    .max(Duration::from_millis(100)),
-                idle_timeout: v
-                    .duration(&["CASTELLAN_IDLE_TIMEOUT"], Duration::from_secs(60))?
-                    .max(Duration::from_millis(100)),
-                max_connections_per_client: v
-                    .num(&["CASTELLAN_MAX_CONNECTIONS_PER_CLIENT"], 128usize)?
-                    .max(1),
-                shutdown_grace: v
-                    .duration(&["CASTELLAN_SHUTDOWN_GRACE"], Duration::from_secs(10))?,
-            },
-            jwt: JwtConfig {
-                secret: v.opt_string(&["GOTRUE_JWT_SECRET"]),
-                exp: v.num(&["GOTRUE_JWT_EXP"], 3600u64)?,
-                aud: v.string(&["GOTRUE_JWT_AUD"], "authenticated"),
-                default_group_name: v.string(&["GOTRUE_JWT_DEFAULT_GROUP_NAME"], "authenticated"),
-                admin_roles: v.list(
-                    &["GOTRUE_JWT_ADMIN_ROLES"],
-                    &["service_role", "supabase_admin"],
-                ),
-                admin_group_name: v.string(&["GOTRUE_JWT_ADMIN_GROUP_NAME"], "admin"),
-                issuer: v.opt_string(&["GOTRUE_JWT_ISSUER"]),
-                key_id: v.opt_string(&["GOTRUE_JWT_KEY_ID"]),
-                keys: jwt_keys(v)?,
-                valid_methods: v.list(&["GOTRUE_JWT_VALID_METHODS"], &[]),
-            },
+            listen: listen(v)?,
+            jwt: jwt(v)?,
             disable_signup: v.bool(&["GOTRUE_DISABLE_SIGNUP"], false)?,
             mailer_autoconfirm: v.bool(&["GOTRUE_MAILER_AUTOCONFIRM"], false)?,
             sms_autoconfirm: v.bool(&["GOTRUE_SMS_AUTOCONFIRM"], false)?,
@@ -1081,13 +1193,7 @@ impl Config {
             anonymous_users_enabled: v.bool(&["GOTRUE_EXTERNAL_ANONYMOUS_USERS_ENABLED"], false)?,
             sms: sms(v)?,
             external: external(v, &api_external_url)?,
-            password: PasswordConfig {
-                min_length,
-                required_characters: v
-                    .opt_string(&["GOTRUE_PASSWORD_REQUIRED_CHARACTERS"])
-                    .map(|s| parse_required_characters(&s))
-                    .unwrap_or_default(),
-            },
+            password: password(v)?,
             argon2,
             refresh_token_rotation_enabled: v
                 .bool(&["GOTRUE_SECURITY_REFRESH_TOKEN_ROTATION_ENABLED"], true)?,
@@ -1099,87 +1205,36 @@ impl Config {
                 v.num(&["GOTRUE_SECURITY_REFRESH_TOKEN_REUSE_INTERVAL"], 0u64)?,
             ),
             db_encryption: db_encryption(v)?,
-            refresh_token_algorithm_version: v.parse(
-                &["GOTRUE_SECURITY_REFRESH_TOKEN_ALGORITHM_VERSION"],
-                None,
-                "0, 1 or 2",
-                |s| match s.trim() {
-                    "0" | "1" => Some(Some(1)),
-                    "2" => Some(Some(2)),
-                    _ => None,
-                },
-            )?,
+            refresh_token_algorithm_version: refresh_algorithm(v)?,
             sessions_timebox: v.opt_duration(&["GOTRUE_SESSIONS_TIMEBOX"])?,
             sessions_allow_low_aal: v.opt_duration(&["GOTRUE_SESSIONS_ALLOW_LOW_AAL"])?,
             mfa: mfa(v)?,
             sessions_inactivity_timeout: v.opt_duration(&["GOTRUE_SESSIONS_INACTIVITY_TIMEOUT"])?,
-            rate_limits: RateLimits {
-                email_sent: send_budget(v, "GOTRUE_RATE_LIMIT_EMAIL_SENT")?,
-                sms_sent: send_budget(v, "GOTRUE_RATE_LIMIT_SMS_SENT")?,
-                token_refresh: rate(
-                    v,
-                    &["GOTRUE_RATE_LIMIT_TOKEN_REFRESH"],
-                    150,
-                    five_min,
-                    Some(30),
-                )?,
-                // GoTrue sizes the sign-up bucket by the OTP limit; it has no variable of its own.
-                sign_ups: otp,
-                anonymous_users: rate(
-                    v,
-                    &["GOTRUE_RATE_LIMIT_ANONYMOUS_USERS"],
-                    30,
-                    Duration::from_secs(3600),
-                    None,
-                )?,
-                verify: rate(v, &["GOTRUE_RATE_LIMIT_VERIFY"], 30, five_min, Some(30))?,
-                mfa: rate(
-                    v,
-                    &["GOTRUE_MFA_RATE_LIMIT_CHALLENGE_AND_VERIFY"],
-                    15,
-                    Duration::from_secs(60),
-                    Some(30),
-                )?,
-                otp,
-                header: v.opt_string(&["GOTRUE_RATE_LIMIT_HEADER"]),
-            },
-            smtp: SmtpConfig {
-                host: v.opt_string(&["GOTRUE_SMTP_HOST"]),
-                port: v.num(&["GOTRUE_SMTP_PORT"], 587u16)?,
-                user: v.opt_string(&["GOTRUE_SMTP_USER"]),
-                pass: v.opt_string(&["GOTRUE_SMTP_PASS"]),
-                admin_email: v.opt_string(&["GOTRUE_SMTP_ADMIN_EMAIL"]),
-                sender_name: v.opt_string(&["GOTRUE_SMTP_SENDER_NAME"]),
-                max_frequency: match v
-                    .duration(&["GOTRUE_SMTP_MAX_FREQUENCY"], Duration::from_secs(60))?
-                {
-                    d if d.is_zero() => Duration::from_secs(60),
-                    d => d,
-                },
-            },
+            rate_limits: rate_limits(v, otp)?,
+            smtp: smtp(v)?,
             mailer: mailer(v)?,
             uri_allow_list: v.list(&["GOTRUE_URI_ALLOW_LIST"], &[]),
-            flow_state_expiry: v
-                .duration(
-                    &["GOTRUE_EXTERNAL_FLOW_STATE_EXPIRY_DURATION"],
-                    Duration::from_secs(300),
-                )?
-                .max(Duration::from_secs(300)),
+            flow_state_expiry: v.duration_at_least(
+                &["GOTRUE_EXTERNAL_FLOW_STATE_EXPIRY_DURATION"],
+                Duration::from_secs(300),
+                Duration::from_secs(300),
+            )?,
             expiry_schedule: v.string(&["CASTELLAN_EXPIRY_SCHEDULE"], "0 * * * * *"),
             clock: crate::Clock::default(),
             session_cache_size: v.num(&["CASTELLAN_SESSION_CACHE_SIZE"], 10_000u64)?,
             session_cache_bytes: v.num(&["CASTELLAN_SESSION_CACHE_BYTES"], 64u64 << 20)?,
             session_shards: v.num(&["CASTELLAN_SESSION_SHARDS"], cores())?.clamp(1, 64),
-            cache_poll_interval: v
-                .duration(
-                    &["CASTELLAN_CACHE_POLL_INTERVAL"],
-                    Duration::from_millis(50),
-                )?
-                .max(Duration::from_millis(5)),
+            cache_poll_interval: v.duration_at_least(
+                &["CASTELLAN_CACHE_POLL_INTERVAL"],
+                Duration::from_millis(50),
+                Duration::from_millis(5),
+            )?,
             supervision: supervision(v)?,
-            keys_poll_interval: v
-                .duration(&["CASTELLAN_KEYS_POLL_INTERVAL"], Duration::from_secs(10))?
-                .max(Duration::from_millis(10)),
+            keys_poll_interval: v.duration_at_least(
+                &["CASTELLAN_KEYS_POLL_INTERVAL"],
+                Duration::from_secs(10),
+                Duration::from_millis(10),
+            )?,
         };
         Ok(cfg)
     }
