@@ -37,12 +37,7 @@ pub async fn serve(
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let shares = Shares::new(limits.max_connections_per_client, proxies);
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
+    let builder = http_builder(&limits);
     let watch = Watch {
         first_request: limits.header_read_timeout,
         idle: limits.idle_timeout,
@@ -102,9 +97,24 @@ pub async fn serve(
     // connection is told to close (closing an unread socket resets it).
     tokio::time::sleep(SETTLE.min(limits.shutdown_grace)).await;
     drop(closing);
-    let drained = tokio::time::timeout(limits.shutdown_grace, async {
-        while open.join_next().await.is_some() {}
-    });
+    drain(open, limits.shutdown_grace).await;
+}
+
+/// HTTP/1 (with the deadline for a request's headers) and HTTP/2.
+fn http_builder(limits: &Listen) -> Builder<TokioExecutor> {
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    builder
+}
+
+/// Waits for the open connections to finish, for `grace` at most; then
+/// closes those still open.
+async fn drain(mut open: JoinSet<()>, grace: Duration) {
+    let drained = tokio::time::timeout(grace, async { while open.join_next().await.is_some() {} });
     if drained.await.is_err() {
         tracing::warn!(
             still_open = open.len(),

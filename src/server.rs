@@ -10,12 +10,12 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use castellan_actors::accounts::Accounts;
-use castellan_actors::admin::Admin;
-use castellan_actors::links::Links;
-use castellan_actors::{Actors, Ctx};
 use castellan_core::config::DatabaseUrl;
 use castellan_core::{ApiError, Config, Store};
+use castellan_service::accounts::Accounts;
+use castellan_service::admin::Admin;
+use castellan_service::links::Links;
+use castellan_service::{Actors, Ctx};
 use tokio::sync::oneshot;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -46,9 +46,9 @@ pub struct Services {
     pub accounts: Accounts,
     pub links: Links,
     pub admin: Admin,
-    pub factors: castellan_actors::factors::Factors,
+    pub factors: castellan_service::factors::Factors,
     /// External sign-in (OAuth providers).
-    pub external: castellan_actors::external::External,
+    pub external: castellan_service::external::External,
     pub actors: Actors,
     pub metrics: observability::Scrape,
     /// The job workers' task when this process runs them (`GET /ready`).
@@ -374,14 +374,7 @@ pub async fn start_with(config: Config, workers: bool) -> anyhow::Result<Server>
         .await
         .map_err(anyhow::Error::msg)?;
     tracing::info!(backend = store.backend_name(), "database ready");
-    let addr: SocketAddr = format!("{}:{}", config.host, config.port)
-        .parse()
-        .with_context(|| {
-            format!(
-                "invalid configuration: GOTRUE_API_HOST/PORT: {}:{}",
-                config.host, config.port
-            )
-        })?;
+    let addr = listen_addr(&config)?;
     let workers = workers.then(|| Workers::spawn(store.clone(), config.clone(), &secret));
     let ctx = Ctx::load(config, store, &secret)
         .await
@@ -390,44 +383,24 @@ pub async fn start_with(config: Config, workers: bool) -> anyhow::Result<Server>
     // The signing keys kept in the database, installed before the first
     // request and followed from then on.
     let (keys_tx, keys_rx) = oneshot::channel::<()>();
-    castellan_actors::signing_keys::follow(ctx.clone(), async {
+    castellan_service::signing_keys::follow(ctx.clone(), async {
         let _ = keys_rx.await;
     })
     .await;
-    let actors = castellan_actors::start(ctx.clone())
+    let actors = castellan_service::start(ctx.clone())
         .await
         .context("starting the actors")?;
     // Rate limits changed while running, applied before the first request
     // (the `RateLimiter` follows them from then on).
-    castellan_actors::limit_settings::apply_stored(&ctx, &actors)
+    castellan_service::limit_settings::apply_stored(&ctx, &actors)
         .await
         .context("reading the stored rate limits")?;
-    let accounts = Accounts::new(ctx.clone(), actors.sessions.clone(), actors.otp.clone());
-    let state = Services {
-        config: Arc::new(ctx.config.clone()),
-        links: Links::new(accounts.clone(), actors.otp.clone()),
-        accounts,
-        admin: Admin::with_otp(ctx.clone(), actors.otp.clone()),
-        factors: castellan_actors::factors::Factors::new(ctx.clone(), actors.rate_limits.clone()),
-        external: castellan_actors::external::External::new(
-            ctx.clone(),
-            castellan_actors::provider_broker::ProviderBroker::new(
-                &ctx.config.external,
-                std::time::Duration::from_secs(10),
-                actors.broker_slot(),
-                ctx.config.clock.clone(),
-            )
-            .map_err(|e| anyhow::anyhow!(e))?,
-            actors.sessions.clone(),
-            actors.otp.clone(),
-        ),
-        actors,
-        metrics: observability::Scrape {
-            handle: metrics,
-            store: ctx.store.clone(),
-        },
-        workers: workers.as_ref().map(|w| w.task.abort_handle()),
+    let scrape = observability::Scrape {
+        handle: metrics,
+        store: ctx.store.clone(),
     };
+    let abort = workers.as_ref().map(|w| w.task.abort_handle());
+    let state = services(&ctx, actors, scrape, abort)?;
     let state = AppState(Arc::new(state));
     let store = ctx.store.clone();
     let listener = tokio::net::TcpListener::bind(addr)
@@ -459,4 +432,49 @@ pub async fn start_with(config: Config, workers: bool) -> anyhow::Result<Server>
         metrics_server,
         workers,
     })
+}
+
+/// The services handlers call, over the running actors.
+fn services(
+    ctx: &Arc<Ctx>,
+    actors: castellan_service::Actors,
+    metrics: observability::Scrape,
+    workers: Option<tokio::task::AbortHandle>,
+) -> anyhow::Result<Services> {
+    let accounts = Accounts::new(ctx.clone(), actors.sessions.clone(), actors.otp.clone());
+    Ok(Services {
+        config: Arc::new(ctx.config.clone()),
+        links: Links::new(accounts.clone(), actors.otp.clone()),
+        accounts,
+        admin: Admin::with_otp(ctx.clone(), actors.otp.clone()),
+        factors: castellan_service::factors::Factors::new(ctx.clone(), actors.rate_limits.clone()),
+        external: castellan_service::external::External::new(
+            ctx.clone(),
+            castellan_service::providers::ProviderBroker::new(
+                &ctx.config.external,
+                std::time::Duration::from_secs(10),
+                actors.broker_slot(),
+                ctx.config.clock.clone(),
+            )
+            .map_err(|e| anyhow::anyhow!(e))?,
+            actors.sessions.clone(),
+            actors.otp.clone(),
+        ),
+        actors,
+        metrics,
+        workers,
+    })
+}
+
+/// Where to listen (`GOTRUE_API_HOST`, `PORT`).
+fn listen_addr(config: &Config) -> anyhow::Result<SocketAddr> {
+    let addr: SocketAddr = format!("{}:{}", config.host, config.port)
+        .parse()
+        .with_context(|| {
+            format!(
+                "invalid configuration: GOTRUE_API_HOST/PORT: {}:{}",
+                config.host, config.port
+            )
+        })?;
+    Ok(addr)
 }

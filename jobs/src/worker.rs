@@ -199,6 +199,24 @@ struct Retention(Duration);
 /// How long a stopping worker waits for the deliveries under way.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
+/// One queue's apalis storage on either backend.
+macro_rules! storage {
+    (pg $p:expr, $job:ty, $queue:expr) => {
+        apalis_postgres::PostgresStorage::<$job>::new($p).with_config(
+            apalis_postgres::Config::default()
+                .queue($queue.table_name())
+                .heartbeat_interval(HEARTBEAT),
+        )
+    };
+    (lite $p:expr, $job:ty, $queue:expr) => {
+        apalis_sqlite::SqliteStorage::<$job>::new($p).with_config(
+            apalis_sqlite::Config::default()
+                .queue($queue.table_name())
+                .heartbeat_interval(HEARTBEAT),
+        )
+    };
+}
+
 /// Runs the email and SMS workers (and the expiry cron) until `shutdown` resolves.
 pub async fn run(
     store: Store,
@@ -206,32 +224,12 @@ pub async fn run(
     seal: JobSeal,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
-    let mailer = Mailer::from_config(&config.smtp)?;
-    let templates = Templates::load(&config.mailer).await?;
     let attempts = config.mailer.max_attempts.max(1);
-    let deps = Arc::new(EmailDeps {
-        seal: seal.clone(),
-        mailer,
-        templates,
-        attempts,
-        clock: config.clock.clone(),
-    });
-    let sms_deps = Arc::new(SmsDeps {
-        seal,
-        gateway: Gateway::from_config(&config.sms)?,
-        attempts,
-        clock: config.clock.clone(),
-    });
-    let backoff = ExponentialBackoffMaker::new(
-        config.mailer.retry_min,
-        config.mailer.retry_max,
-        0.2,
-        HasherRng::default(),
-    )
-    .map_err(|e| format!("email retry backoff: {e}"))?;
+    let (deps, sms_deps) = deps(config, seal, attempts).await?;
+    let backoff = backoff(config)?;
     // Names must be unique per process: a reused name stalls for 30 s.
-    let name = format!("castellan-email-{}", uuid::Uuid::new_v4().simple());
-    let sms_name = format!("castellan-sms-{}", uuid::Uuid::new_v4().simple());
+    let [name, sms_name, cron_name] = ["email", "sms", "expiry"]
+        .map(|q| format!("castellan-{q}-{}", uuid::Uuid::new_v4().simple()));
     let signal = async move {
         shutdown.await;
         Ok(())
@@ -239,11 +237,8 @@ pub async fn run(
     let poll = config.mailer.poll_interval;
     let schedule = cron::Schedule::from_str(&config.expiry_schedule)
         .map_err(|e| format!("CASTELLAN_EXPIRY_SCHEDULE: {e}"))?;
-    let sweep_store = store.clone();
-    let otp_exp = config.mailer.otp_exp;
-    let retention = Retention(config.mailer.job_retention);
-    let clock = config.clock.clone();
-    let cron_name = format!("castellan-expiry-{}", uuid::Uuid::new_v4().simple());
+    let (sweep_store, otp_exp) = (store.clone(), config.mailer.otp_exp);
+    let (retention, clock) = (Retention(config.mailer.job_retention), config.clock.clone());
     let policy = RetryPolicy::retries(attempts - 1).with_backoff(backoff.clone().make_backoff());
     // The same monitor over either backend (their storage types differ).
     macro_rules! monitor {
@@ -286,22 +281,6 @@ pub async fn run(
         }};
     }
     let held = [(Queue::Email, name.clone()), (Queue::Sms, sms_name.clone())];
-    macro_rules! storage {
-        (pg $p:expr, $job:ty, $queue:expr) => {
-            apalis_postgres::PostgresStorage::<$job>::new($p).with_config(
-                apalis_postgres::Config::default()
-                    .queue($queue.table_name())
-                    .heartbeat_interval(HEARTBEAT),
-            )
-        };
-        (lite $p:expr, $job:ty, $queue:expr) => {
-            apalis_sqlite::SqliteStorage::<$job>::new($p).with_config(
-                apalis_sqlite::Config::default()
-                    .queue($queue.table_name())
-                    .heartbeat_interval(HEARTBEAT),
-            )
-        };
-    }
     let ran = match store.pool() {
         Pool::Pg(p) => monitor!(
             storage!(pg p, Queued<EmailJob>, Queue::Email),
@@ -312,8 +291,15 @@ pub async fn run(
             storage!(lite p, Queued<SmsJob>, Queue::Sms)
         ),
     };
+    put_back(&store, held).await;
+    ran
+}
+
+/// Jobs the stopped workers held (waiting out a retry backoff) go back in
+/// the queue now, not after the heartbeat timeout.
+async fn put_back(store: &Store, held: [(Queue, String); 2]) {
     for (queue, worker) in held {
-        match crate::queue::release(&store, queue, &worker).await {
+        match crate::queue::release(store, queue, &worker).await {
             Ok(0) => {}
             Ok(n) => {
                 tracing::info!(
@@ -327,7 +313,42 @@ pub async fn run(
             }
         }
     }
-    ran
+}
+
+/// The wait between a delivery's attempts: doubling from
+/// `CASTELLAN_EMAIL_RETRY_MIN` to `_MAX`, with jitter.
+fn backoff(config: &Config) -> Result<ExponentialBackoffMaker, String> {
+    ExponentialBackoffMaker::new(
+        config.mailer.retry_min,
+        config.mailer.retry_max,
+        0.2,
+        HasherRng::default(),
+    )
+    .map_err(|e| format!("email retry backoff: {e}"))
+}
+
+/// What the email and SMS workers deliver with.
+async fn deps(
+    config: &Config,
+    seal: JobSeal,
+    attempts: usize,
+) -> Result<(Arc<EmailDeps>, Arc<SmsDeps>), String> {
+    let mailer = Mailer::from_config(&config.smtp)?;
+    let templates = Templates::load(&config.mailer).await?;
+    let deps = Arc::new(EmailDeps {
+        seal: seal.clone(),
+        mailer,
+        templates,
+        attempts,
+        clock: config.clock.clone(),
+    });
+    let sms_deps = Arc::new(SmsDeps {
+        seal,
+        gateway: Gateway::from_config(&config.sms)?,
+        attempts,
+        clock: config.clock.clone(),
+    });
+    Ok((deps, sms_deps))
 }
 
 /// How long a delivery may be retried before it is dead, for the README.
