@@ -6,7 +6,7 @@ WORKDIR /src
 # bench included; migrations/ is embedded by sqlx::migrate! at compile time.
 COPY Cargo.toml Cargo.lock ./
 COPY core core
-COPY actors actors
+COPY service service
 COPY jobs jobs
 COPY bench bench
 COPY src src

@@ -7,10 +7,10 @@ use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
-use castellan_actors::accounts::Principal;
 use castellan_core::ApiError;
 use castellan_core::config::TrustedProxies;
 use castellan_core::models::{AuditActor, User};
+use castellan_service::accounts::Principal;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 

@@ -1,6 +1,6 @@
 //! castellan: an authentication server that speaks the Supabase Auth
 //! (GoTrue) HTTP API. This crate is the HTTP edge: the router, extractors,
-//! error rendering and metrics; decisions live in `castellan-actors`.
+//! error rendering and metrics; decisions live in `castellan-service`.
 
 pub mod api;
 pub mod error;

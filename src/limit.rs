@@ -6,8 +6,8 @@ use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use castellan_actors::rate_limiter::Bucket;
 use castellan_core::ApiError;
+use castellan_service::actors::rate_limiter::Bucket;
 use serde::Deserialize;
 
 use crate::error::HttpError;

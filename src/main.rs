@@ -239,17 +239,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// What an operator's command works with: the store (migrated) and the
 /// services' shared context.
-async fn operator_ctx(config: Config) -> anyhow::Result<std::sync::Arc<castellan_actors::Ctx>> {
+async fn operator_ctx(config: Config) -> anyhow::Result<std::sync::Arc<castellan_service::Ctx>> {
     let secret = castellan::server::resolve_secret(&config)?;
     let store = castellan::server::open_store(&config, 2, true).await?;
-    castellan_actors::Ctx::load(config, store, &secret)
+    castellan_service::Ctx::load(config, store, &secret)
         .await
         .map_err(anyhow::Error::msg)
 }
 
 /// `castellan limits show|set`.
 async fn limits(config: Config, cmd: LimitsCommand) -> anyhow::Result<()> {
-    use castellan_actors::limit_settings;
+    use castellan_service::limit_settings;
     let ctx = operator_ctx(config).await?;
     let settings = match cmd {
         LimitsCommand::Show => limit_settings::stored(&ctx).await,
@@ -295,8 +295,8 @@ impl KeyAlg {
 /// The signing keys kept in the database; every server sharing it picks a
 /// change up within CASTELLAN_KEYS_POLL_INTERVAL.
 async fn keys(config: Config, cmd: KeysCommand) -> anyhow::Result<()> {
-    use castellan_actors::signing_keys;
     use castellan_core::store::KeyState;
+    use castellan_service::signing_keys;
     let ctx = operator_ctx(config).await?;
     let done = match cmd {
         KeysCommand::Generate { .. } => unreachable!("answered before the configuration is read"),
@@ -367,11 +367,11 @@ async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
         } => {
             let store = castellan::server::open_store(&config, 2, true).await?;
             let aud = config.jwt.aud.clone();
-            let ctx = castellan_actors::Ctx::load(config, store, &secret)
+            let ctx = castellan_service::Ctx::load(config, store, &secret)
                 .await
                 .map_err(anyhow::Error::msg)?;
-            let admin = castellan_actors::admin::Admin::new(ctx.clone());
-            let attrs = castellan_actors::admin::UserAttributes {
+            let admin = castellan_service::admin::Admin::new(ctx.clone());
+            let attrs = castellan_service::admin::UserAttributes {
                 email: Some(email),
                 password,
                 email_confirm: confirm,
@@ -389,10 +389,10 @@ async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {
         AdminCommand::SignOut { email } => {
             let store = castellan::server::open_store(&config, 2, true).await?;
             let aud = config.jwt.aud.clone();
-            let ctx = castellan_actors::Ctx::load(config, store, &secret)
+            let ctx = castellan_service::Ctx::load(config, store, &secret)
                 .await
                 .map_err(anyhow::Error::msg)?;
-            let admin = castellan_actors::admin::Admin::new(ctx.clone());
+            let admin = castellan_service::admin::Admin::new(ctx.clone());
             let actor = castellan_core::models::AuditActor::admin("castellan-cli");
             let ended = admin
                 .sign_out(&actor, &email, &aud)

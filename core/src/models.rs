@@ -293,7 +293,7 @@ pub struct Session {
     pub refresh_token_counter: Option<i64>,
 }
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct RefreshToken {
     pub id: i64,
     pub token: Option<String>,

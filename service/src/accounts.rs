@@ -16,7 +16,7 @@ use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use crate::context::Ctx;
-use crate::otp_issuer::{OtpIssuer, SendRequest, SmsRequest};
+use crate::otp::{OtpIssuer, SendRequest, SmsRequest};
 use crate::sessions::{self, Sessions, TokenGrant};
 use castellan_core::models::Pkce;
 use castellan_jobs::EmailKind;
@@ -193,7 +193,7 @@ impl Accounts {
         if !matches && !stored.is_empty() {
             // Counted like any code: guessed at too often, the nonce is void.
             let types = [TokenType::ReauthenticationToken];
-            crate::otp_issuer::wrong_guess(&self.ctx, tx, user.id, &types).await?;
+            crate::otp::wrong_guess(&self.ctx, tx, user.id, &types).await?;
             return Err(invalid());
         }
         if !(matches
@@ -256,17 +256,8 @@ impl Accounts {
                 "invalid flow state, flow state has expired",
             ));
         }
-        let challenge = flow.code_challenge.unwrap_or_default();
-        let computed = match flow.code_challenge_method.as_deref() {
-            Some("plain") => verifier.to_string(),
-            _ => {
-                use base64::Engine;
-                use sha2::Digest;
-                base64::engine::general_purpose::URL_SAFE_NO_PAD
-                    .encode(sha2::Sha256::digest(verifier.as_bytes()))
-            }
-        };
-        if !castellan_core::crypto::secure_eq(computed.as_bytes(), challenge.as_bytes()) {
+        let challenge = flow.code_challenge.as_deref().unwrap_or_default();
+        if !verifier_matches(flow.code_challenge_method.as_deref(), challenge, verifier) {
             return Err(ApiError::bad_request(
                 "bad_code_verifier",
                 "code challenge does not match previously saved code verifier",
@@ -281,15 +272,7 @@ impl Accounts {
         if user.is_banned(now) {
             return Err(ApiError::bad_request("user_banned", "User is banned"));
         }
-        let method: &'static str = match flow.authentication_method.as_str() {
-            "email/signup" => "email/signup",
-            "recovery" => "recovery",
-            "magiclink" => "magiclink",
-            "invite" => "invite",
-            "email_change" => "email_change",
-            "oauth" => "oauth",
-            _ => "otp",
-        };
+        let method = session_method(&flow.authentication_method);
         let provider = flow.provider_type.clone();
         let traits = Some(json!({"provider_type": provider}));
         let grant = self
@@ -484,10 +467,64 @@ impl Accounts {
     /// `grant_type=password`. Every way of being wrong costs one password
     /// verification and answers `invalid_credentials`.
     pub async fn password_grant(&self, g: PasswordGrant) -> ApiResult<(TokenGrant, Vec<String>)> {
+        let (user, provider) = self.signer(&g).await?;
+        let stored = user.as_ref().and_then(|u| u.encrypted_password.clone());
+        let verified = self
+            .ctx
+            .hasher
+            .verify(&g.password, stored.as_deref())
+            .await?;
+        let outcome = |o: &'static str| {
+            metrics::counter!("castellan_signins_total", "method" => "password", "outcome" => o)
+                .increment(1)
+        };
+        let Some(user) = user.filter(|_| verified.ok) else {
+            outcome("invalid_credentials");
+            return Err(ApiError::invalid_credentials());
+        };
+        if user.is_banned(self.ctx.config.clock.now()) {
+            outcome("banned");
+            return Err(ApiError::bad_request("user_banned", "User is banned"));
+        }
+        if provider == "email" && user.email_confirmed_at.is_none() {
+            outcome("not_confirmed");
+            return Err(ApiError::bad_request(
+                "email_not_confirmed",
+                "Email not confirmed",
+            ));
+        }
+        if provider == "phone" && user.phone_confirmed_at.is_none() {
+            outcome("not_confirmed");
+            return Err(ApiError::bad_request(
+                "phone_not_confirmed",
+                "Phone not confirmed",
+            ));
+        }
+        if verified.needs_rehash
+            && let Some(old) = &stored
+        {
+            self.rehash(user.id, old, &g.password).await?;
+        }
+        let weak =
+            validate::password_strength(&self.ctx.config.password, &g.password).unwrap_or_default();
+        let grant = self
+            .sessions
+            .issue(
+                user,
+                "password",
+                vec![(AuditAction::Login, Some(json!({"provider": provider})))],
+            )
+            .await?;
+        Ok((grant, weak))
+    }
+
+    /// The account a password sign-in names (by email or phone, each only
+    /// when enabled) and its provider; `None` when there is none.
+    async fn signer(&self, g: &PasswordGrant) -> ApiResult<(Option<User>, &'static str)> {
         let cfg = &self.ctx.config;
         let email = non_empty(&g.email);
         let phone = non_empty(&g.phone);
-        let (user, provider) = match (email, phone) {
+        Ok(match (email, phone) {
             (Some(_), Some(_)) => {
                 return Err(ApiError::validation(
                     "Only an email address or phone number should be provided on login.",
@@ -526,62 +563,22 @@ impl Accounts {
                 )
             }
             (None, None) => return Err(ApiError::validation("missing email or phone")),
-        };
-        let stored = user.as_ref().and_then(|u| u.encrypted_password.clone());
-        let verified = self
+        })
+    }
+
+    /// A stored hash weaker than today's parameters, replaced by one of the
+    /// password just verified (unless it changed meanwhile).
+    async fn rehash(&self, user_id: Uuid, old: &str, password: &str) -> ApiResult<()> {
+        let new = self.ctx.hasher.hash(password).await?;
+        if self
             .ctx
-            .hasher
-            .verify(&g.password, stored.as_deref())
-            .await?;
-        let outcome = |o: &'static str| {
-            metrics::counter!("castellan_signins_total", "method" => "password", "outcome" => o)
-                .increment(1)
-        };
-        let Some(user) = user.filter(|_| verified.ok) else {
-            outcome("invalid_credentials");
-            return Err(ApiError::invalid_credentials());
-        };
-        if user.is_banned(self.ctx.config.clock.now()) {
-            outcome("banned");
-            return Err(ApiError::bad_request("user_banned", "User is banned"));
-        }
-        if provider == "email" && user.email_confirmed_at.is_none() {
-            outcome("not_confirmed");
-            return Err(ApiError::bad_request(
-                "email_not_confirmed",
-                "Email not confirmed",
-            ));
-        }
-        if provider == "phone" && user.phone_confirmed_at.is_none() {
-            outcome("not_confirmed");
-            return Err(ApiError::bad_request(
-                "phone_not_confirmed",
-                "Phone not confirmed",
-            ));
-        }
-        if verified.needs_rehash
-            && let Some(old) = &stored
+            .store
+            .upgrade_password_hash(user_id, old, &new)
+            .await?
         {
-            let new = self.ctx.hasher.hash(&g.password).await?;
-            if self
-                .ctx
-                .store
-                .upgrade_password_hash(user.id, old, &new)
-                .await?
-            {
-                metrics::counter!("castellan_password_rehash_total").increment(1);
-            }
+            metrics::counter!("castellan_password_rehash_total").increment(1);
         }
-        let weak = validate::password_strength(&cfg.password, &g.password).unwrap_or_default();
-        let grant = self
-            .sessions
-            .issue(
-                user,
-                "password",
-                vec![(AuditAction::Login, Some(json!({"provider": provider})))],
-            )
-            .await?;
-        Ok((grant, weak))
+        Ok(())
     }
 
     /// The admin role a token carries (GoTrue's `requireAdminCredentials`):
@@ -668,6 +665,47 @@ impl Accounts {
         session_id: Option<Uuid>,
         up: UserUpdate,
     ) -> ApiResult<(User, Vec<Identity>)> {
+        let (new_email, new_phone) = self.check_update(&user, &up)?;
+        self.check_unique(&user, new_email.as_deref(), new_phone.as_deref())
+            .await?;
+        let now = self.ctx.config.clock.now();
+        let new_hash = self.new_password_hash(&user, session_id, &up, now).await?;
+        let updated = self
+            .write_update(&user, session_id, new_hash, &up, now)
+            .await?;
+        let updated = match new_email {
+            // The change is confirmed by mail (to both addresses with secure change).
+            Some(new_email) => {
+                let send = SendRequest {
+                    user_id: user.id,
+                    kind: EmailKind::EmailChange,
+                    redirect_to: up.redirect_to.clone(),
+                    pkce: up.pkce.clone(),
+                    actor: None,
+                    generate_only: false,
+                    new_email: Some(new_email),
+                };
+                self.otp.send(send).await?;
+                self.ctx.store.user_by_id(user.id).await?.unwrap_or(updated)
+            }
+            None => updated,
+        };
+        let updated = match new_phone {
+            Some(p) => self.change_phone(&user, p, up.channel.as_deref()).await?,
+            None => updated,
+        };
+        let ids = self.ctx.store.identities_of(user.id).await?;
+        Ok((updated, ids))
+    }
+
+    /// What a user's update asks that is refused outright (bad values, an
+    /// `app_metadata` change by a non-admin, a password for an anonymous
+    /// user); the new email and phone, when they change.
+    fn check_update(
+        &self,
+        user: &User,
+        up: &UserUpdate,
+    ) -> ApiResult<(Option<String>, Option<String>)> {
         let cfg = &self.ctx.config;
         let new_email = match non_empty(&up.email) {
             Some(e) => Some(validate::email(e)?).filter(|e| e != user.email_str()),
@@ -700,7 +738,17 @@ impl Accounts {
                 "Updating password of an anonymous user without an email or phone is not allowed",
             ));
         }
-        if let Some(p) = &new_phone
+        Ok((new_email, new_phone))
+    }
+
+    /// A new email or phone that another user of the audience has.
+    async fn check_unique(
+        &self,
+        user: &User,
+        new_email: Option<&str>,
+        new_phone: Option<&str>,
+    ) -> ApiResult<()> {
+        if let Some(p) = new_phone
             && let Some(other) = self
                 .ctx
                 .store
@@ -713,7 +761,7 @@ impl Accounts {
                 "A user with this phone number has already been registered",
             ));
         }
-        if let Some(e) = &new_email
+        if let Some(e) = new_email
             && let Some(other) = self
                 .ctx
                 .store
@@ -726,10 +774,21 @@ impl Accounts {
                 "A user with this email address has already been registered",
             ));
         }
-        let now = self.ctx.config.clock.now();
+        Ok(())
+    }
+
+    /// A new password's hash, once the session may set it (a nonce, or a
+    /// recent sign-in) and it differs from the current one.
+    async fn new_password_hash(
+        &self,
+        user: &User,
+        session_id: Option<Uuid>,
+        up: &UserUpdate,
+        now: DateTime<Utc>,
+    ) -> ApiResult<Option<String>> {
         if non_empty(&up.password).is_some() {
             match non_empty(&up.nonce) {
-                Some(nonce) => self.consume_nonce(&user, nonce).await?,
+                Some(nonce) => self.consume_nonce(user, nonce).await?,
                 None if self.needs_reauthentication(session_id, now).await? => {
                     return Err(ApiError::bad_request(
                         "reauthentication_needed",
@@ -739,7 +798,7 @@ impl Accounts {
                 None => {}
             }
         }
-        let new_hash = match non_empty(&up.password) {
+        Ok(match non_empty(&up.password) {
             Some(p) => {
                 if user.has_password()
                     && self
@@ -757,7 +816,19 @@ impl Accounts {
                 Some(self.ctx.hasher.hash(p).await?)
             }
             None => None,
-        };
+        })
+    }
+
+    /// The password and metadata written under the user's row lock (the
+    /// password ends the other sessions), audited; the user as it is now.
+    async fn write_update(
+        &self,
+        user: &User,
+        session_id: Option<Uuid>,
+        new_hash: Option<String>,
+        up: &UserUpdate,
+        now: DateTime<Utc>,
+    ) -> ApiResult<User> {
         let mut tx = self.ctx.store.begin().await?;
         // Re-read under the row lock: a merge applies to the latest row, and
         // a concurrent update waits for this one instead of overwriting it.
@@ -796,29 +867,7 @@ impl Accounts {
             .await?
             .ok_or_else(|| ApiError::not_found("user_not_found", "User not found"))?;
         tx.commit().await?;
-        let updated = match new_email {
-            // The change is confirmed by mail (to both addresses with secure change).
-            Some(new_email) => {
-                let send = SendRequest {
-                    user_id: user.id,
-                    kind: EmailKind::EmailChange,
-                    redirect_to: up.redirect_to.clone(),
-                    pkce: up.pkce.clone(),
-                    actor: None,
-                    generate_only: false,
-                    new_email: Some(new_email),
-                };
-                self.otp.send(send).await?;
-                self.ctx.store.user_by_id(user.id).await?.unwrap_or(updated)
-            }
-            None => updated,
-        };
-        let updated = match new_phone {
-            Some(p) => self.change_phone(&user, p, up.channel.as_deref()).await?,
-            None => updated,
-        };
-        let ids = self.ctx.store.identities_of(user.id).await?;
-        Ok((updated, ids))
+        Ok(updated)
     }
 
     /// A phone change: a code to the new number (`phone_change` confirms
@@ -1051,4 +1100,32 @@ fn obfuscate(
         u.email = None;
     }
     u.view(Some(&[]))
+}
+
+/// Whether a PKCE verifier answers the stored challenge (S256 unless the
+/// flow said `plain`), compared in constant time.
+fn verifier_matches(method: Option<&str>, challenge: &str, verifier: &str) -> bool {
+    let computed = match method {
+        Some("plain") => verifier.to_string(),
+        _ => {
+            use base64::Engine;
+            use sha2::Digest;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(sha2::Sha256::digest(verifier.as_bytes()))
+        }
+    };
+    castellan_core::crypto::secure_eq(computed.as_bytes(), challenge.as_bytes())
+}
+
+/// The sign-in method a PKCE flow's session records.
+fn session_method(flow_method: &str) -> &'static str {
+    match flow_method {
+        "email/signup" => "email/signup",
+        "recovery" => "recovery",
+        "magiclink" => "magiclink",
+        "invite" => "invite",
+        "email_change" => "email_change",
+        "oauth" => "oauth",
+        _ => "otp",
+    }
 }

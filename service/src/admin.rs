@@ -18,7 +18,7 @@ use serde_json::{Map, Value, json};
 use sha2::Digest;
 use uuid::Uuid;
 
-use crate::otp_issuer::{Issued, OtpIssuer, SendRequest};
+use crate::otp::{Issued, OtpIssuer, SendRequest};
 
 use castellan_jobs::EmailKind;
 
@@ -153,7 +153,7 @@ impl Admin {
     /// Changes rate limits while running (see `limit_settings`).
     pub async fn set_rate_limits(
         &self,
-        actors: &crate::supervisor::Actors,
+        actors: &crate::actors::supervisor::Actors,
         actor: &AuditActor,
         changes: &[(String, u32)],
     ) -> ApiResult<std::collections::BTreeMap<&'static str, u32>> {
@@ -437,59 +437,9 @@ impl Admin {
         a: UserAttributes,
         request_aud: &str,
     ) -> ApiResult<(User, Vec<Identity>)> {
-        let cfg = &self.ctx.config;
-        let id = match a.id.as_deref() {
-            None | Some("") => Uuid::new_v4(),
-            Some(s) => {
-                let id = Uuid::parse_str(s)
-                    .map_err(|_| ApiError::validation("ID must conform to the uuid v4 format"))?;
-                if id.is_nil() {
-                    return Err(ApiError::validation("ID cannot be a nil uuid"));
-                }
-                id
-            }
-        };
-        let email = a
-            .email
-            .as_deref()
-            .filter(|s| !s.is_empty())
-            .map(validate::email)
-            .transpose()?;
-        let phone = a
-            .phone
-            .as_deref()
-            .filter(|s| !s.is_empty())
-            .map(validate::phone)
-            .transpose()?;
-        if email.is_none() && phone.is_none() {
-            return Err(ApiError::validation(
-                "Cannot create a user without either an email or phone",
-            ));
-        }
-        let password = a.password.as_deref().filter(|s| !s.is_empty());
-        let imported = a.password_hash.as_deref().filter(|s| !s.is_empty());
-        if password.is_some() && imported.is_some() {
-            return Err(ApiError::validation(
-                "Only a password or a password hash should be provided",
-            ));
-        }
-        let hash = match (password, imported) {
-            (_, Some(h)) => {
-                check_imported_hash(self.ctx.hasher.cap(), h)?;
-                h.to_string()
-            }
-            (Some(p), None) => {
-                validate::password_strength(&cfg.password, p)?; // only the 72-byte limit is enforced here
-                self.ctx.hasher.hash(p).await?
-            }
-            // GoTrue gives such accounts a random password nobody knows.
-            (None, None) => {
-                self.ctx
-                    .hasher
-                    .hash(&castellan_core::crypto::random_base32(64))
-                    .await?
-            }
-        };
+        let id = requested_id(a.id.as_deref())?;
+        let (email, phone) = contacts(&a)?;
+        let hash = self.initial_hash(&a).await?;
         let now = self.ctx.config.clock.now();
         let banned = a
             .ban_duration
@@ -497,21 +447,8 @@ impl Admin {
             .map(|b| banned_until(b, now))
             .transpose()?
             .flatten();
-        let providers: Vec<&str> = [
-            email.as_ref().map(|_| "email"),
-            phone.as_ref().map(|_| "phone"),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        let mut app_metadata = json!({"provider": providers[0], "providers": providers});
-        if let Some(m) = &a.app_metadata {
-            merge_metadata(&mut app_metadata, m);
-        }
-        let mut user_metadata = Value::Object(a.user_metadata.clone().unwrap_or_default());
-        if a.email_confirm && email.is_some() {
-            user_metadata["email_verified"] = json!(true);
-        }
+        let (providers, app_metadata, user_metadata) =
+            initial_metadata(&a, email.is_some(), phone.is_some());
         let aud = a
             .aud
             .clone()
@@ -521,7 +458,7 @@ impl Admin {
             .role
             .clone()
             .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| cfg.jwt.default_group_name.trim().to_string());
+            .unwrap_or_else(|| self.ctx.config.jwt.default_group_name.trim().to_string());
 
         let mut tx = self.ctx.store.begin().await?;
         ensure_free(&mut tx, email.as_deref(), phone.as_deref(), id).await?;
@@ -546,24 +483,7 @@ impl Admin {
             now,
         })
         .await?;
-        if let Some(e) = &email {
-            tx.upsert_identity(
-                id,
-                "email",
-                &identity_data(id, "email", e, a.email_confirm),
-                now,
-            )
-            .await?;
-        }
-        if let Some(p) = &phone {
-            tx.upsert_identity(
-                id,
-                "phone",
-                &identity_data(id, "phone", p, a.phone_confirm),
-                now,
-            )
-            .await?;
-        }
+        insert_identities(&mut tx, id, &a, email.as_deref(), phone.as_deref(), now).await?;
         if banned.is_some() {
             tx.set_banned_until(id, banned, now).await?;
         }
@@ -579,6 +499,36 @@ impl Admin {
         Ok((user, ids))
     }
 
+    /// The created user's password hash: an imported hash (checked), the
+    /// given password's, or (GoTrue's way) a random password nobody knows.
+    async fn initial_hash(&self, a: &UserAttributes) -> ApiResult<String> {
+        let cfg = &self.ctx.config;
+        let password = a.password.as_deref().filter(|s| !s.is_empty());
+        let imported = a.password_hash.as_deref().filter(|s| !s.is_empty());
+        if password.is_some() && imported.is_some() {
+            return Err(ApiError::validation(
+                "Only a password or a password hash should be provided",
+            ));
+        }
+        Ok(match (password, imported) {
+            (_, Some(h)) => {
+                check_imported_hash(self.ctx.hasher.cap(), h)?;
+                h.to_string()
+            }
+            (Some(p), None) => {
+                validate::password_strength(&cfg.password, p)?; // only the 72-byte limit is enforced here
+                self.ctx.hasher.hash(p).await?
+            }
+            // GoTrue gives such accounts a random password nobody knows.
+            (None, None) => {
+                self.ctx
+                    .hasher
+                    .hash(&castellan_core::crypto::random_base32(64))
+                    .await?
+            }
+        })
+    }
+
     pub async fn update_user(
         &self,
         actor: &AuditActor,
@@ -586,18 +536,7 @@ impl Admin {
         a: UserAttributes,
     ) -> ApiResult<(User, Vec<Identity>)> {
         let cfg = &self.ctx.config;
-        let email = a
-            .email
-            .as_deref()
-            .filter(|s| !s.is_empty())
-            .map(validate::email)
-            .transpose()?;
-        let phone = a
-            .phone
-            .as_deref()
-            .filter(|s| !s.is_empty())
-            .map(validate::phone)
-            .transpose()?;
+        let (email, phone) = checked_contacts(&a)?;
         let password = a.password.as_deref().filter(|s| !s.is_empty());
         if let Some(p) = password {
             validate::require_strong_password(&cfg.password, p)?;
@@ -619,31 +558,14 @@ impl Admin {
         if let Some(role) = a.role.as_deref().filter(|r| !r.is_empty()) {
             tx.set_role(id, role, now).await?;
         }
-        for (provider, value, confirm) in [
-            ("email", &email, a.email_confirm),
-            ("phone", &phone, a.phone_confirm),
-        ] {
-            if let Some(v) = value {
-                tx.set_contact(id, provider, v, now).await?;
-                tx.upsert_identity(id, provider, &identity_data(id, provider, v, confirm), now)
-                    .await?;
-                if confirm {
-                    tx.clear_anonymous(id).await?;
-                }
-            }
-        }
-        if a.email_confirm
-            && user.email_confirmed_at.is_none()
-            && (email.is_some() || user.email.is_some())
-        {
-            tx.confirm(id, "email", now).await?;
-        }
-        if a.phone_confirm
-            && user.phone_confirmed_at.is_none()
-            && (phone.is_some() || user.phone.is_some())
-        {
-            tx.confirm(id, "phone", now).await?;
-        }
+        write_contacts(
+            &mut tx,
+            &user,
+            &a,
+            (email.as_deref(), phone.as_deref()),
+            now,
+        )
+        .await?;
         if let Some(hash) = &hash {
             // An admin password change ends every session of the user.
             tx.set_password(id, hash, now).await?;
@@ -652,18 +574,7 @@ impl Admin {
         if let Some(b) = banned {
             tx.set_banned_until(id, b, now).await?;
         }
-        if a.user_metadata.is_some() || a.app_metadata.is_some() {
-            // Re-read: `confirm` may have just touched the metadata.
-            let current = self.load(&mut tx, id).await?;
-            let (mut um, mut am) = (current.user_metadata(), current.app_metadata());
-            if let Some(m) = &a.user_metadata {
-                merge_metadata(&mut um, m);
-            }
-            if let Some(m) = &a.app_metadata {
-                merge_metadata(&mut am, m);
-            }
-            tx.update_metadata(id, &um, &am, now).await?;
-        }
+        self.merge_metadata(&mut tx, id, &a, now).await?;
         tx.insert_audit(
             &audit_payload(
                 actor.clone(),
@@ -677,6 +588,29 @@ impl Admin {
         tx.commit().await?;
         let ids = self.ctx.store.identities_of(id).await?;
         Ok((updated, ids))
+    }
+
+    /// An admin's metadata changes merged into the user's, as they are now.
+    async fn merge_metadata(
+        &self,
+        tx: &mut Tx,
+        id: Uuid,
+        a: &UserAttributes,
+        now: DateTime<Utc>,
+    ) -> ApiResult<()> {
+        if a.user_metadata.is_some() || a.app_metadata.is_some() {
+            // Re-read: `confirm` may have just touched the metadata.
+            let current = self.load(tx, id).await?;
+            let (mut um, mut am) = (current.user_metadata(), current.app_metadata());
+            if let Some(m) = &a.user_metadata {
+                merge_metadata(&mut um, m);
+            }
+            if let Some(m) = &a.app_metadata {
+                merge_metadata(&mut am, m);
+            }
+            tx.update_metadata(id, &um, &am, now).await?;
+        }
+        Ok(())
     }
 
     /// Ends every session of the user with this email (an operator's sign-out).
@@ -728,6 +662,135 @@ impl Admin {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// The id an admin asked for, or a new one.
+fn requested_id(asked: Option<&str>) -> ApiResult<Uuid> {
+    Ok(match asked {
+        None | Some("") => Uuid::new_v4(),
+        Some(s) => {
+            let id = Uuid::parse_str(s)
+                .map_err(|_| ApiError::validation("ID must conform to the uuid v4 format"))?;
+            if id.is_nil() {
+                return Err(ApiError::validation("ID cannot be a nil uuid"));
+            }
+            id
+        }
+    })
+}
+
+/// The email and phone an admin gave, checked (either may be absent).
+fn checked_contacts(a: &UserAttributes) -> ApiResult<(Option<String>, Option<String>)> {
+    let checked = |v: &Option<String>, check: fn(&str) -> ApiResult<String>| {
+        v.as_deref()
+            .filter(|s| !s.is_empty())
+            .map(check)
+            .transpose()
+    };
+    Ok((
+        checked(&a.email, validate::email)?,
+        checked(&a.phone, validate::phone)?,
+    ))
+}
+
+/// The created user's email and phone, checked; at least one.
+fn contacts(a: &UserAttributes) -> ApiResult<(Option<String>, Option<String>)> {
+    let (email, phone) = checked_contacts(a)?;
+    if email.is_none() && phone.is_none() {
+        return Err(ApiError::validation(
+            "Cannot create a user without either an email or phone",
+        ));
+    }
+    Ok((email, phone))
+}
+
+/// An admin's new email and phone with their identities, and the
+/// confirmations asked for.
+async fn write_contacts(
+    tx: &mut Tx,
+    user: &User,
+    a: &UserAttributes,
+    (email, phone): (Option<&str>, Option<&str>),
+    now: DateTime<Utc>,
+) -> ApiResult<()> {
+    let id = user.id;
+    for (provider, value, confirm) in [
+        ("email", email, a.email_confirm),
+        ("phone", phone, a.phone_confirm),
+    ] {
+        if let Some(v) = value {
+            tx.set_contact(id, provider, v, now).await?;
+            tx.upsert_identity(id, provider, &identity_data(id, provider, v, confirm), now)
+                .await?;
+            if confirm {
+                tx.clear_anonymous(id).await?;
+            }
+        }
+    }
+    if a.email_confirm
+        && user.email_confirmed_at.is_none()
+        && (email.is_some() || user.email.is_some())
+    {
+        tx.confirm(id, "email", now).await?;
+    }
+    if a.phone_confirm
+        && user.phone_confirmed_at.is_none()
+        && (phone.is_some() || user.phone.is_some())
+    {
+        tx.confirm(id, "phone", now).await?;
+    }
+    Ok(())
+}
+
+/// The created user's providers (email first) and metadata.
+fn initial_metadata(
+    a: &UserAttributes,
+    email: bool,
+    phone: bool,
+) -> (Vec<&'static str>, Value, Value) {
+    let providers: Vec<&str> = [email.then_some("email"), phone.then_some("phone")]
+        .into_iter()
+        .flatten()
+        .collect();
+    let mut app_metadata = json!({"provider": providers[0], "providers": providers});
+    if let Some(m) = &a.app_metadata {
+        merge_metadata(&mut app_metadata, m);
+    }
+    let mut user_metadata = Value::Object(a.user_metadata.clone().unwrap_or_default());
+    if a.email_confirm && email {
+        user_metadata["email_verified"] = json!(true);
+    }
+    (providers, app_metadata, user_metadata)
+}
+
+/// The created user's email and phone identities.
+async fn insert_identities(
+    tx: &mut Tx,
+    id: Uuid,
+    a: &UserAttributes,
+    email: Option<&str>,
+    phone: Option<&str>,
+    now: DateTime<Utc>,
+) -> ApiResult<()> {
+    if let Some(e) = email {
+        tx.upsert_identity(
+            id,
+            "email",
+            &identity_data(id, "email", e, a.email_confirm),
+            now,
+        )
+        .await?;
+    }
+    if let Some(p) = phone {
+        tx.upsert_identity(
+            id,
+            "phone",
+            &identity_data(id, "phone", p, a.phone_confirm),
+            now,
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

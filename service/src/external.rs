@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use castellan_core::models::{AuditAction, Identity, Pkce, User, audit_payload};
-use castellan_core::oauth::ExternalUser;
+use castellan_core::oauth::{ExpectedIssuer, ExternalUser};
 use castellan_core::store::{NewOAuthFlow, NewUser, OAuthFlow, TokenType, Tx};
 use castellan_core::{ApiError, ApiResult};
 use castellan_jobs::EmailKind;
@@ -18,8 +18,8 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::context::Ctx;
-use crate::otp_issuer::{OtpIssuer, SendRequest};
-use crate::provider_broker::{ProviderBroker, ProviderError, Returned, SignedIn};
+use crate::otp::{OtpIssuer, SendRequest};
+use crate::providers::{Configured, ProviderBroker, ProviderError, Returned, SignedIn};
 use crate::sessions::{Sessions, TokenGrant};
 
 /// `GET /authorize`, as the handler parsed it.
@@ -819,6 +819,43 @@ impl External {
             .into());
         };
         let name = p.description.name;
+        let ext = self.verified_id_token(&g, p, expected).await?;
+        let now = self.ctx.config.clock.now();
+        let who = Whose {
+            provider: name,
+            aud,
+            linking_target: g.linking_target,
+            invite: None,
+            email_optional: p.config.email_optional,
+        };
+        let (tx, settled) = self.settle_once_more(&who, &ext, now).await?;
+        let user = match settled {
+            Ok(user) => user,
+            Err(refused) => {
+                tx.commit().await.map_err(ApiError::from)?;
+                return Err(refused.answer(self).await.into());
+            }
+        };
+        tx.commit().await.map_err(ApiError::from)?;
+        metrics::counter!("castellan_oauth_id_tokens_total", "provider" => name, "outcome" => "ok")
+            .increment(1);
+        let traits = Some(json!({"provider": name}));
+        Ok(self
+            .sessions
+            .issue(user, "oauth", vec![(AuditAction::Login, traits)])
+            .await?)
+    }
+
+    /// The identity an ID token proves: signed by its issuer's keys (asked
+    /// of the broker), of an allowed tenant, for one of our client ids,
+    /// with the nonce the client was given.
+    async fn verified_id_token(
+        &self,
+        g: &IdTokenGrant,
+        p: &Configured,
+        expected: Option<ExpectedIssuer>,
+    ) -> Result<ExternalUser, IdTokenRefusal> {
+        let name = p.description.name;
         let bad = |e: String| {
             tracing::info!(provider = name, error = %e, "id token refused");
             metrics::counter!("castellan_oauth_id_tokens_total", "provider" => name, "outcome" => "refused")
@@ -852,30 +889,7 @@ impl External {
         if !p.config.skip_nonce_check {
             check_nonce(&claims, &g.nonce)?;
         }
-        let now = self.ctx.config.clock.now();
-        let who = Whose {
-            provider: name,
-            aud,
-            linking_target: g.linking_target,
-            invite: None,
-            email_optional: p.config.email_optional,
-        };
-        let (tx, settled) = self.settle_once_more(&who, &ext, now).await?;
-        let user = match settled {
-            Ok(user) => user,
-            Err(refused) => {
-                tx.commit().await.map_err(ApiError::from)?;
-                return Err(refused.answer(self).await.into());
-            }
-        };
-        tx.commit().await.map_err(ApiError::from)?;
-        metrics::counter!("castellan_oauth_id_tokens_total", "provider" => name, "outcome" => "ok")
-            .increment(1);
-        let traits = Some(json!({"provider": name}));
-        Ok(self
-            .sessions
-            .issue(user, "oauth", vec![(AuditAction::Login, traits)])
-            .await?)
+        Ok(ext)
     }
 
     /// `DELETE /user/identities/{id}`: GoTrue's rules (the last identity

@@ -10,16 +10,17 @@ use std::sync::Arc;
 
 use castellan_core::crypto::{jwt, otp, random_base32, secure_eq, totp};
 use castellan_core::models::{AuditAction, AuditActor, User, audit_payload};
-use castellan_core::store::{Challenge, Factor, FactorRow, Guard, Tx};
+use castellan_core::store::{Budget, Challenge, Factor, FactorRow, Guard, Tx};
 use castellan_core::{ApiError, ApiResult, validate};
 use castellan_jobs::sms::SmsKind;
 use chrono::{DateTime, Utc};
 use serde_json::json;
 use uuid::Uuid;
 
+use crate::actors::rate_limiter::RateLimits;
 use crate::context::Ctx;
-use crate::rate_limiter::RateLimits;
-use crate::sessions::{TokenGrant, grant_for, not_found, reissue};
+use crate::refresh::reissue;
+use crate::sessions::{TokenGrant, grant_for, not_found};
 use crate::sms_out::{self, FirstTry};
 
 /// What an enrollment answers.
@@ -90,32 +91,29 @@ impl Factors {
     async fn enroll_once(&self, user: &User, session: Uuid, req: Enroll) -> ApiResult<Enrolled> {
         let cfg = &self.ctx.config.mfa;
         match req.factor_type.as_str() {
-            "totp" if !cfg.totp_enroll_enabled => {
-                return Err(ApiError::unprocessable(
-                    "mfa_totp_enroll_not_enabled",
-                    "MFA enroll is disabled for TOTP",
-                ));
-            }
-            "totp" => {}
-            "phone" if !cfg.phone_enroll_enabled => {
-                return Err(ApiError::unprocessable(
-                    "mfa_phone_enroll_not_enabled",
-                    "MFA enroll is disabled for Phone",
-                ));
-            }
-            "phone" => return self.enroll_phone(user, session, req).await,
-            "webauthn" => {
-                return Err(ApiError::unprocessable(
-                    "mfa_webauthn_enroll_not_enabled",
-                    "MFA enroll is disabled for WebAuthn",
-                ));
-            }
-            _ => {
-                return Err(ApiError::validation(
-                    "factor_type needs to be totp, phone, or webauthn",
-                ));
-            }
+            "totp" if !cfg.totp_enroll_enabled => Err(ApiError::unprocessable(
+                "mfa_totp_enroll_not_enabled",
+                "MFA enroll is disabled for TOTP",
+            )),
+            "totp" => self.enroll_totp(user, session, req).await,
+            "phone" if !cfg.phone_enroll_enabled => Err(ApiError::unprocessable(
+                "mfa_phone_enroll_not_enabled",
+                "MFA enroll is disabled for Phone",
+            )),
+            "phone" => self.enroll_phone(user, session, req).await,
+            "webauthn" => Err(ApiError::unprocessable(
+                "mfa_webauthn_enroll_not_enabled",
+                "MFA enroll is disabled for WebAuthn",
+            )),
+            _ => Err(ApiError::validation(
+                "factor_type needs to be totp, phone, or webauthn",
+            )),
         }
+    }
+
+    /// A TOTP factor: a new secret, sealed at rest, and its QR code.
+    async fn enroll_totp(&self, user: &User, session: Uuid, req: Enroll) -> ApiResult<Enrolled> {
+        let cfg = &self.ctx.config.mfa;
         let account = user.email_str();
         if account.is_empty() {
             // GoTrue's TOTP label is the email; a user without one cannot enroll.
@@ -383,7 +381,7 @@ impl Factors {
         // Beyond GoTrue: factor codes count against the deployment's SMS
         // budget, so enrolling numbers is no way to send SMS at will.
         let budget = self.limits.settings().await.sms_sent;
-        sms_out::spend_budget(tx, budget, now).await?;
+        crate::budget::spend(tx, Budget::Sms, budget, now).await?;
         // A provider that checks codes itself is sent none of ours.
         let code = match self.ctx.sms.checks_codes() {
             true => random_base32(32),

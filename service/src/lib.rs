@@ -1,21 +1,34 @@
-//! castellan-actors: the supervision tree, the actors and the services
-//! handlers call.
+//! castellan-service: what handlers call. Two kinds of module, in two places:
 //!
-//! Actors exist because they own state:
-//! - [`session_manager`]: the live-session cache, kept true across processes.
-//! - [`rate_limiter`]: the per-key limits and their live settings.
+//! **Actors** ([`actors`]) exist because they own state; nobody else can
+//! reach it, and callers ask them by message (each actor's file holds its
+//! messages and the handle callers use):
+//! - [`actors::session_manager`] and its shards: the live-session cache,
+//!   kept true across processes.
+//! - [`actors::rate_limiter`]: every bucket of the limit table and the live
+//!   limits.
+//! - [`actors::otp_issuer`]: the send windows this process has seen.
+//! - [`actors::provider_broker`]: issuers' keys, fetches under way, a
+//!   circuit breaker per provider.
+//! - [`actors::supervisor`]: starts them, restarts them, escalates.
 //!
-//! Services hold no state of their own and run in the caller's task, with
-//! the database serializing what must be serialized and the password pool
-//! bounding the CPU:
-//! - [`sessions`]: session start, refresh-token rotation, logout. Every
-//!   session ends through it.
-//! - [`otp_issuer`]: one-time tokens, their emails, their verification.
+//! **Services** (one module per flow family, at the top) hold no state of
+//! their own and run in the caller's task, the database serializing what
+//! must be and the password pool bounding the CPU; they ask the actors:
+//! - [`sessions`]: session start, access tokens, the live check, logout.
+//! - [`refresh`]: the refresh-token grant (legacy and v2) and its rules.
+//! - [`otp`]: one-time tokens, their emails and SMS, their verification.
 //! - [`accounts`]: sign-up, password sign-in, user updates.
-//! - [`admin`]: the admin API.
+//! - [`links`]: what `/recover`, `/otp` and `/resend` send.
+//! - [`factors`]: MFA factors.
+//! - [`providers`] and [`external`]: external sign-in.
+//! - [`admin`], [`limit_settings`], [`signing_keys`]: the operator's.
+#![forbid(unsafe_code)]
 
 pub mod accounts;
+pub mod actors;
 pub mod admin;
+mod budget;
 pub mod context;
 pub mod even_timing;
 pub mod external;
@@ -23,18 +36,13 @@ pub mod factors;
 mod follow;
 pub mod limit_settings;
 pub mod links;
-pub mod mailbox;
 mod oauth1;
-pub mod otp_issuer;
-pub mod provider_broker;
-pub mod rate_limiter;
-mod refresh_v2;
-pub mod session_manager;
-mod session_shard;
+pub mod otp;
+pub mod providers;
+pub mod refresh;
 pub mod sessions;
 pub mod signing_keys;
 mod sms_out;
-pub mod supervisor;
 
+pub use actors::supervisor::{Actors, start};
 pub use context::Ctx;
-pub use supervisor::{Actors, start};

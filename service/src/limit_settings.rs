@@ -11,8 +11,8 @@ use castellan_core::store::LimitOverride;
 use castellan_core::{ApiError, ApiResult};
 use serde_json::{Map, Value, json};
 
+use crate::actors::supervisor::Actors;
 use crate::context::Ctx;
-use crate::supervisor::Actors;
 
 /// Each changeable limit and the number it allows per its GoTrue window.
 pub fn current(settings: &Settings) -> BTreeMap<&'static str, u32> {

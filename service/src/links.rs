@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 
 use crate::accounts::{Accounts, SignupOutcome, SignupRequest};
 use crate::even_timing::{Branch, EvenTiming};
-use crate::otp_issuer::{OtpIssuer, SendRequest, SmsRequest, SmsSent};
+use crate::otp::{OtpIssuer, SendRequest, SmsRequest, SmsSent};
 use castellan_jobs::sms::SmsKind;
 
 /// A request for a magic link or code by email (`/otp`, `/magiclink`).

@@ -9,7 +9,7 @@ use std::num::NonZeroU64;
 use oauth1_request as oauth;
 use serde::{Deserialize, Serialize};
 
-use crate::provider_broker::{ProviderError, answer};
+use crate::providers::{ProviderError, answer};
 
 /// A token and its secret: the request token kept between `/authorize` and
 /// `/callback` (in the flow's client state), or the access token.

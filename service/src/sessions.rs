@@ -1,8 +1,6 @@
-//! Sessions: starting one, rotating its refresh tokens (with reuse
-//! detection), minting access tokens and ending sessions. This is a plain
-//! service, run in the caller's task: the order of one session's refreshes
-//! is kept by the database (the row lock on PostgreSQL, the single writer on
-//! SQLite), not by a mailbox. Every session ends here (`end`), inside the
+//! Sessions: starting one, minting access tokens, the live-session check
+//! (asking the `SessionManager`) and ending sessions. Refreshing is
+//! [`crate::refresh`]'s. Every session ends here (`end`), inside the
 //! transaction that ends it, so the `SessionManager`'s cache hears of it at
 //! commit.
 
@@ -10,15 +8,15 @@ use std::sync::Arc;
 
 use castellan_core::crypto::jwt::{AmrEntry, Claims};
 use castellan_core::crypto::{random_base32, refresh};
-use castellan_core::models::{AuditAction, Identity, RefreshToken, User, audit_payload};
+use castellan_core::models::{AuditAction, Identity, User, audit_payload};
 use castellan_core::store::{self, LiveUser, SessionScope, Tx};
 use castellan_core::{ApiError, ApiResult};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::actors::session_manager::SessionCache;
 use crate::context::Ctx;
-use crate::session_manager::SessionCache;
 
 /// A session's tokens and the user they belong to.
 #[derive(Debug, Clone)]
@@ -198,41 +196,6 @@ pub(crate) fn not_found() -> ApiError {
     )
 }
 
-/// What to do with a presented refresh token, decided under the session lock.
-enum Rotation {
-    /// Revoke it and issue a child.
-    Rotate,
-    /// A retry of a refresh whose answer was lost: hand back the active child.
-    ReturnActive(RefreshToken),
-    /// Reuse within the grace interval: fork a new child of the revoked token.
-    Fork,
-    /// Reuse outside the interval.
-    Reject,
-}
-
-fn decide(
-    ctx: &Ctx,
-    token: &RefreshToken,
-    active: Option<RefreshToken>,
-    now: DateTime<Utc>,
-) -> Rotation {
-    if token.revoked != Some(true) {
-        return Rotation::Rotate;
-    }
-    if let Some(active) = active
-        && active.parent.is_some()
-        && active.parent == token.token
-    {
-        return Rotation::ReturnActive(active);
-    }
-    let interval =
-        chrono::Duration::from_std(ctx.config.refresh_token_reuse_interval).unwrap_or_default();
-    match token.updated_at {
-        Some(t) if now <= t + interval => Rotation::Fork,
-        _ => Rotation::Reject,
-    }
-}
-
 pub(crate) fn check_session_validity(
     ctx: &Ctx,
     s: &castellan_core::models::Session,
@@ -254,41 +217,6 @@ pub(crate) fn check_session_validity(
         }
     }
     Ok(())
-}
-
-/// A refresh. The common case, an unrevoked token, is decided on an
-/// unlocked read and written in one guarded step; when the guard finds the
-/// token already revoked (a concurrent refresh of it won), or it was
-/// revoked to begin with, the decision is taken again under the lock.
-async fn refresh(ctx: &Ctx, cache: &SessionCache, presented: &str) -> ApiResult<TokenGrant> {
-    if let Some(v2) = refresh::parse(presented) {
-        return crate::refresh_v2::refresh(ctx, cache, v2).await;
-    }
-    let now = ctx.config.clock.now();
-    let Some(c) = ctx.store.peek_refresh(presented).await? else {
-        return Err(not_found());
-    };
-    let token = c.token.as_ref().ok_or_else(not_found)?;
-    check_usable(ctx, &c, now)?;
-    // A legacy token moves its session to v2 under the lock.
-    if token.revoked == Some(true) || ctx.refresh_v2 {
-        return refresh_locked(ctx, presented, now).await;
-    }
-    let child = random_base32(12);
-    let [refreshed, revoked] = rotation_audits(&c.user);
-    let rotation = store::Rotation {
-        session_id: c.session.id,
-        user_id: c.user.id,
-        revoke: Some(token.id),
-        child: &child,
-        parent: token.token.as_deref(),
-        audits: [&refreshed, &revoked],
-        now,
-    };
-    if !ctx.store.rotate_if_current(&rotation).await? {
-        return refresh_locked(ctx, presented, now).await;
-    }
-    grant_for(ctx, c, child, now)
 }
 
 /// A banned user or an ended session refreshes nothing.
@@ -323,152 +251,6 @@ pub(crate) fn amr_entries(amr: Vec<(String, DateTime<Utc>)>) -> Vec<AmrEntry> {
         .collect()
 }
 
-/// The decision under the session's lock: the rules for a token presented
-/// again (a lost answer, reuse within the interval, reuse beyond it).
-async fn refresh_locked(ctx: &Ctx, presented: &str, now: DateTime<Utc>) -> ApiResult<TokenGrant> {
-    let mut tx = ctx.store.begin().await?;
-    let Some(c) = tx.refresh_context(presented).await? else {
-        return Err(not_found());
-    };
-    let session_id = c.session.id;
-    let token = c.token.clone().ok_or_else(not_found)?;
-    check_usable(ctx, &c, now)?;
-    let active = if token.revoked == Some(true) {
-        tx.active_refresh_token(session_id).await?
-    } else {
-        None
-    };
-    let issued = match decide(ctx, &token, active, now) {
-        Rotation::ReturnActive(active) => {
-            tx.touch_session(session_id, now).await?;
-            active.token.unwrap_or_default()
-        }
-        Rotation::Reject => {
-            if ctx.config.refresh_token_rotation_enabled {
-                // The revocation is committed even though the request fails;
-                // a session already on v2 tokens ends (as a v2 reuse does).
-                let revoked = match c.session.refresh_token_hmac_key {
-                    Some(_) => end(&mut tx, c.user.id, SessionScope::Only(session_id)).await?,
-                    None => tx.revoke_session_tokens(session_id, now).await?,
-                };
-                tx.commit().await?;
-                metrics::counter!("castellan_refresh_token_reuse_total", "outcome" => "family_revoked").increment(1);
-                tracing::warn!(%session_id, revoked, "refresh token reused; session's tokens revoked");
-            } else {
-                metrics::counter!("castellan_refresh_token_reuse_total", "outcome" => "refused")
-                    .increment(1);
-            }
-            return Err(ApiError::bad_request(
-                "refresh_token_already_used",
-                "Invalid Refresh Token: Already Used",
-            ));
-        }
-        rotation => {
-            let revoke = matches!(rotation, Rotation::Rotate).then_some(token.id);
-            if ctx.refresh_v2 {
-                upgrade_to_v2(ctx, &mut tx, &c, revoke, rotation_audits(&c.user), now).await?
-            } else {
-                record_legacy(&mut tx, &c, revoke, token.token.as_deref(), now).await?
-            }
-        }
-    };
-    tx.commit().await?;
-    grant_for(ctx, c, issued, now)
-}
-
-/// GoTrue's gradual upgrade: a legacy token is spent (revoked, unless it
-/// already was) and answered with a v2 token; the session gets its key
-/// (or keeps the one it has) and the next counter.
-async fn upgrade_to_v2(
-    ctx: &Ctx,
-    tx: &mut Tx,
-    c: &store::RefreshContext,
-    revoke: Option<i64>,
-    audits: [Value; 2],
-    now: DateTime<Utc>,
-) -> ApiResult<String> {
-    let s = &c.session;
-    let (key, stored) = match &s.refresh_token_hmac_key {
-        Some(stored) => (
-            crate::refresh_v2::open_key(ctx, s.id, stored)?,
-            stored.clone(),
-        ),
-        None => {
-            let key = refresh::new_key();
-            let stored = ctx.config.db_encryption.seal(&s.id.to_string(), &key);
-            (key, stored)
-        }
-    };
-    let counter = s.refresh_token_counter.map_or(0, |n| n + 1);
-    if let Some(id) = revoke {
-        tx.revoke_refresh_token(id, now).await?;
-    }
-    tx.set_refresh_v2(s.id, &stored, counter).await?;
-    tx.touch_session(s.id, now).await?;
-    tx.insert_audits(&audits, now).await?;
-    metrics::counter!("castellan_refresh_token_upgrades_total").increment(1);
-    refresh::encode(&key, s.id, counter)
-        .ok_or_else(|| ApiError::internal("refresh v2", "the session's key is not base64url"))
-}
-
-/// A new refresh token for a session whose assurance level rose (an MFA
-/// verification), inside `tx`: a v2 session skips a counter, so the token
-/// held before cannot be refreshed into the new level as "the last one";
-/// a legacy session revokes its active token for a child, as a refresh does.
-pub(crate) async fn reissue(
-    ctx: &Ctx,
-    tx: &mut Tx,
-    c: &store::RefreshContext,
-    now: DateTime<Utc>,
-) -> ApiResult<String> {
-    let s = &c.session;
-    if let Some(stored) = &s.refresh_token_hmac_key {
-        let key = crate::refresh_v2::open_key(ctx, s.id, stored)?;
-        let counter = s.refresh_token_counter.unwrap_or(0) + 2;
-        tx.set_refresh_v2(s.id, stored, counter).await?;
-        return refresh::encode(&key, s.id, counter)
-            .ok_or_else(|| ApiError::internal("refresh v2", "the session's key is not base64url"));
-    }
-    let active = tx.active_refresh_token(s.id).await?;
-    let (revoke, parent) = match &active {
-        Some(t) => (Some(t.id), t.token.as_deref()),
-        None => (None, None),
-    };
-    record_legacy(tx, c, revoke, parent, now).await
-}
-
-/// The audit entries every rotation writes.
-fn rotation_audits(user: &User) -> [Value; 2] {
-    [
-        audit_payload(user, AuditAction::TokenRefreshed, None),
-        audit_payload(user, AuditAction::TokenRevoked, None),
-    ]
-}
-
-/// A legacy rotation inside `tx`: `revoke` revoked and a new child of
-/// `parent` issued, audited; the child.
-async fn record_legacy(
-    tx: &mut Tx,
-    c: &store::RefreshContext,
-    revoke: Option<i64>,
-    parent: Option<&str>,
-    now: DateTime<Utc>,
-) -> ApiResult<String> {
-    let child = random_base32(12);
-    let [refreshed, revoked] = rotation_audits(&c.user);
-    tx.record_rotation(&store::Rotation {
-        session_id: c.session.id,
-        user_id: c.user.id,
-        revoke,
-        child: &child,
-        parent,
-        audits: [&refreshed, &revoked],
-        now,
-    })
-    .await?;
-    Ok(child)
-}
-
 /// Ends the sessions of `user` that `scope` names, inside `tx`: every session
 /// ends here, so the cache hears of it when `tx` commits.
 pub async fn end(tx: &mut Tx, user: Uuid, scope: SessionScope) -> ApiResult<u64> {
@@ -499,18 +281,6 @@ impl Sessions {
         metrics::counter!("castellan_signins_total", "method" => method, "outcome" => "ok")
             .increment(1);
         Ok(grant)
-    }
-
-    /// Rotates a refresh token.
-    pub async fn refresh(&self, token: &str) -> ApiResult<TokenGrant> {
-        // GoTrue's syntax rule for legacy tokens: at least 12 characters.
-        if token.len() < 12 {
-            return Err(ApiError::validation("Refresh token is not valid"));
-        }
-        let r = refresh(&self.ctx, &self.cache, token).await;
-        let outcome = if r.is_ok() { "ok" } else { "refused" };
-        metrics::counter!("castellan_refreshes_total", "outcome" => outcome).increment(1);
-        r
     }
 
     /// `POST /logout`. A token without a session always logs out everywhere.

@@ -7,12 +7,10 @@
 
 use std::time::Duration;
 
-use castellan_core::config::SendBudget;
-use castellan_core::store::{Budget, Tx};
+use castellan_core::store::Tx;
 use castellan_core::{ApiError, ApiResult};
 use castellan_jobs::queue::{self, Queue};
 use castellan_jobs::sms::{SendError, SmsJob, SmsKind};
-use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::context::Ctx;
@@ -44,22 +42,6 @@ pub fn job(
         channel: channel.to_string(),
         queued_at: ctx.config.clock.now(),
     }
-}
-
-/// Draws one message from the deployment's SMS budget in `tx` (429 when spent).
-pub async fn spend_budget(tx: &mut Tx, budget: SendBudget, now: DateTime<Utc>) -> ApiResult<()> {
-    if tx
-        .take_budget(Budget::Sms, budget.events, budget.per, now)
-        .await?
-    {
-        return Ok(());
-    }
-    metrics::counter!("castellan_sms_budget_exhausted_total").increment(1);
-    Err(ApiError::too_many_requests(
-        "over_sms_send_rate_limit",
-        "SMS rate limit exceeded",
-        budget.per.as_secs(),
-    ))
 }
 
 /// Queues `job` in `tx`, held back past the request's own attempt so only

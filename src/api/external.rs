@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use castellan_actors::external::{Authorize, Callback, CallbackError, Landing};
 use castellan_core::redirect::with_params;
 use castellan_core::{ApiError, validate};
+use castellan_service::external::{Authorize, Callback, CallbackError, Landing};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
@@ -191,7 +191,7 @@ pub struct CallbackParams {
 
 /// The landing URL with the outcome: the session in the fragment, the PKCE
 /// code in the query, or the error in both (GoTrue's shape).
-fn land(outcome: Result<(Landing, String), castellan_actors::external::Refused>) -> Response {
+fn land(outcome: Result<(Landing, String), castellan_service::external::Refused>) -> Response {
     match outcome {
         Ok((Landing::Code(code), to)) => found(with_params(&to, &[("code", code)], &[])),
         Ok((
@@ -325,7 +325,7 @@ fn land_error(st: &AppState, e: ApiError) -> Response {
         .redirect_url
         .clone()
         .unwrap_or_else(|| st.config.site_url.clone());
-    land(Err(castellan_actors::external::Refused {
+    land(Err(castellan_service::external::Refused {
         to,
         error: CallbackError::Api(e),
     }))

@@ -4,8 +4,8 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::response::IntoResponse;
-use castellan_actors::factors::{Enroll, EnrolledKind, Verify};
 use castellan_core::ApiError;
+use castellan_service::factors::{Enroll, EnrolledKind, Verify};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;

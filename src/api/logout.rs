@@ -1,8 +1,8 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use castellan_actors::sessions::LogoutScope;
 use castellan_core::ApiError;
+use castellan_service::sessions::LogoutScope;
 use serde::Deserialize;
 use utoipa::IntoParams;
 

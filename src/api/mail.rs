@@ -5,8 +5,8 @@
 use axum::Json;
 use axum::extract::State;
 use axum::response::IntoResponse;
-use castellan_actors::links::{MagicLinkRequest, Recipient, Resend, SmsOtpRequest};
 use castellan_core::{ApiError, validate};
+use castellan_service::links::{MagicLinkRequest, Recipient, Resend, SmsOtpRequest};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;

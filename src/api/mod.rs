@@ -18,8 +18,8 @@ mod well_known;
 
 use axum::Router;
 use axum::http::Method;
-use castellan_actors::rate_limiter::Bucket;
 use castellan_core::models::UserView;
+use castellan_service::actors::rate_limiter::Bucket;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::openapi::OpenApi as Document;
@@ -31,7 +31,7 @@ use utoipa_axum::routes;
 use crate::error::{ErrorBody, WeakPassword};
 use crate::limit::{Pick, RouteLimit};
 use crate::server::AppState;
-use castellan_actors::sessions::TokenGrant;
+use castellan_service::sessions::TokenGrant;
 
 /// Every rate-limited route, in one place (GoTrue declares each limit beside
 /// its route). The `limit` layer looks each request up here by its matched

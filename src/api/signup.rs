@@ -1,9 +1,9 @@
 use axum::Json;
 use axum::extract::State;
 use axum::response::IntoResponse;
-use castellan_actors::accounts::{SignupOutcome, SignupRequest};
 use castellan_core::models::UserView;
 use castellan_core::{ApiError, validate};
+use castellan_service::accounts::{SignupOutcome, SignupRequest};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;

@@ -2,8 +2,8 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use castellan_actors::accounts::PasswordGrant;
 use castellan_core::{ApiError, validate};
+use castellan_service::accounts::PasswordGrant;
 use serde::Deserialize;
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
@@ -137,7 +137,7 @@ pub async fn token(
         _ => {
             let b: RefreshBody = parse_json(&body)?;
             let token = b.refresh_token.unwrap_or_default();
-            let g = st.actors.sessions.refresh(&token).await?;
+            let g = st.actors.refresh.refresh(&token).await?;
             Json(token_response(g, None)).into_response()
         }
     };
@@ -147,7 +147,7 @@ pub async fn token(
 /// `grant_type=id_token`; its token checks answer in OAuth's error shape,
 /// as GoTrue's do.
 async fn id_token_grant(st: &AppState, headers: &HeaderMap, body: &[u8], aud: &str) -> HttpResult {
-    use castellan_actors::external::{IdTokenGrant, IdTokenRefusal};
+    use castellan_service::external::{IdTokenGrant, IdTokenRefusal};
     let b: IdTokenBody = parse_json(body)?;
     let linking_target = match b.link_identity {
         true => match linking_target(st, headers).await {

@@ -5,9 +5,9 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use castellan_actors::otp_issuer::{Presented, Verified, VerifyType};
 use castellan_core::redirect::with_params;
 use castellan_core::{ApiError, validate};
+use castellan_service::otp::{Presented, Verified, VerifyType};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 

@@ -740,6 +740,15 @@ both_oauth!(
     |_| {},
     |t, fake| {
         let (state, _) = authorize(&t, "").await;
+        // A provider's unexplained 4xx (what a bogus, oversized code draws)
+        // is a refusal: however many, it opens nothing.
+        fake.failing(Some(413));
+        for _ in 0..6 {
+            let before = fake.token_requests().len();
+            let (_, e) = landing(&t, &format!("?state={state}&code=x")).await;
+            assert_eq!(e["error_code"], "bad_oauth_callback", "{e:?}");
+            assert!(fake.token_requests().len() > before, "not asked");
+        }
         fake.failing(Some(503));
         for _ in 0..5 {
             let (_, e) = landing(&t, &format!("?state={state}&code=x")).await;

@@ -34,3 +34,20 @@ impl<M> Drop for Mail<M> {
         metrics::gauge!("castellan_actor_mailbox_depth", "actor" => self.actor).decrement(1.0);
     }
 }
+
+/// Asks `actor` (named `name` in metrics) and waits for its answer; `None`
+/// when it stopped before answering (callers then do without it).
+pub async fn ask<M, T>(
+    actor: &ractor::ActorRef<Mail<M>>,
+    name: &'static str,
+    msg: impl FnOnce(ractor::RpcReplyPort<T>) -> M,
+) -> Option<T>
+where
+    M: Send + 'static,
+    T: Send + 'static,
+{
+    match actor.call(|reply| Mail::new(name, msg(reply)), None).await {
+        Ok(ractor::rpc::CallResult::Success(t)) => Some(t),
+        _ => None,
+    }
+}

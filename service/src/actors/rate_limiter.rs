@@ -10,8 +10,8 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::actors::mailbox::Mail;
 use crate::context::Ctx;
-use crate::mailbox::Mail;
 use arc_swap::ArcSwapOption;
 use castellan_core::config::{RateLimit, RateLimits as Settings};
 use castellan_core::{ApiError, ApiResult};
@@ -258,11 +258,10 @@ impl RateLimits {
     ) -> Option<T> {
         let deadline = Instant::now() + RESTART_WAIT;
         loop {
-            if let Some(actor) = self.slot.load_full() {
-                let asked = actor.call(|reply| Mail::new(NAME, msg(reply)), None).await;
-                if let Ok(ractor::rpc::CallResult::Success(t)) = asked {
-                    return Some(t);
-                }
+            if let Some(actor) = self.slot.load_full()
+                && let Some(t) = crate::actors::mailbox::ask(&actor, NAME, &msg).await
+            {
+                return Some(t);
             }
             if Instant::now() >= deadline {
                 return None;
@@ -421,7 +420,7 @@ impl Actor for RateLimiter {
             }
             RateLimiterMsg::Sweep => st.sweep(),
         }
-        crate::supervisor::record_message(NAME, kind, outcome, start);
+        crate::actors::supervisor::record_message(NAME, kind, outcome, start);
         Ok(())
     }
 }

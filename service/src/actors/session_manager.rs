@@ -2,7 +2,7 @@
 //! "is this access token's user and session still good?", kept true across
 //! processes.
 //!
-//! The cache is held by shards ([`crate::session_shard`]), actors the
+//! The cache is held by shards ([`crate::actors::session_shard`]), actors the
 //! manager spawns linked to itself: a user's entries live in the shard its
 //! id hashes to, a session's refresh entry in the shard of the session id.
 //! Callers reach them only by message, through [`SessionCache`]. The manager
@@ -23,19 +23,22 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwapOption;
 use castellan_core::ApiResult;
 use castellan_core::store::{ChangeEvent, LiveUser, RefreshContext, Store};
-use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::mailbox::Mail;
-use crate::session_shard::{
+use crate::actors::mailbox::Mail;
+use crate::actors::session_shard::{
     FillGuard, Looked, NAME, SessionShard, ShardArgs, ShardMsg, ShardStats, shard_of,
 };
-pub use crate::session_shard::{RefreshEntry, RefreshLooked};
-use crate::supervisor::record_message;
+pub use crate::actors::session_shard::{RefreshEntry, RefreshLooked};
+use crate::actors::supervisor::record_message;
 
 type ShardRef = ActorRef<Mail<ShardMsg>>;
+
+/// How long a caller waits on another's read of the same key before
+/// reading for itself.
+const WAIT: Duration = Duration::from_secs(2);
 
 /// How callers reach the shards: cheap to clone. Holds no entry: only
 /// where the current shards are (none while the manager restarts, and then
@@ -45,9 +48,10 @@ pub struct SessionCache {
     shards: Arc<ArcSwapOption<Vec<ShardRef>>>,
 }
 
-/// What both the entries and the refresh entries of all shards hold.
+/// What the shards hold, summed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheStats {
+    /// Live-session entries.
     pub entries: u64,
     /// The estimated bytes the shards hold (at least each entry's share).
     pub bytes: u64,
@@ -59,10 +63,7 @@ async fn ask<T: Send + 'static>(
     shard: &ShardRef,
     msg: impl FnOnce(RpcReplyPort<T>) -> ShardMsg,
 ) -> Option<T> {
-    match shard.call(|reply| Mail::new(NAME, msg(reply)), None).await {
-        Ok(CallResult::Success(t)) => Some(t),
-        _ => None,
-    }
+    crate::actors::mailbox::ask(shard, NAME, msg).await
 }
 
 impl SessionCache {
@@ -106,8 +107,9 @@ impl SessionCache {
         let read = || async { load().await.map(|o| o.map(Arc::new)) };
         match looked {
             Some(Looked::Hit(live)) => Ok(live),
-            Some(Looked::Wait(rx)) => match rx.await {
-                Ok(Some(live)) => Ok(live),
+            // Not for longer than a read of its own could take.
+            Some(Looked::Wait(rx)) => match tokio::time::timeout(WAIT, rx).await {
+                Ok(Ok(Some(live))) => Ok(live),
                 _ => read().await,
             },
             Some(Looked::Load(stamp)) => {
@@ -261,6 +263,16 @@ impl Drop for SessionManagerState {
     }
 }
 
+/// Tells the manager the feed is lost when the task following it ends.
+struct FeedEnded(ActorRef<Mail<SessionMsg>>);
+
+impl Drop for FeedEnded {
+    fn drop(&mut self) {
+        let lost = ChangeEvent::Lost("the change feed stopped".into());
+        let _ = self.0.cast(Mail::new(NAME, SessionMsg::Feed(lost)));
+    }
+}
+
 pub struct SessionManager;
 
 impl Actor for SessionManager {
@@ -291,6 +303,8 @@ impl Actor for SessionManager {
         let (tx, mut rx) = mpsc::channel(256);
         let (store, poll, me2) = (args.store.clone(), args.poll, me.clone());
         let feed = tokio::spawn(async move {
+            // However the feed ends (a panic too), the shards stop serving.
+            let _ended = FeedEnded(me2.clone());
             let follow = store.follow_changes(poll, tx);
             let forward = async move {
                 while let Some(ev) = rx.recv().await {

@@ -1,7 +1,7 @@
 //! One shard of the live-session cache: an actor that alone holds the
 //! entries of the users (and the refresh entries of the sessions) whose key
 //! hashes to it. Callers reach it only by message, through
-//! [`crate::session_manager::SessionCache`]; the `SessionManager` spawns the
+//! [`crate::actors::session_manager::SessionCache`]; the `SessionManager` spawns the
 //! shards, tells them what the change feed sees, and stops with them.
 //!
 //! Nothing here waits on I/O: a miss is answered `Load`, the caller reads
@@ -25,13 +25,22 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::mailbox::Mail;
-use crate::supervisor::record_message;
+use crate::actors::mailbox::Mail;
+use crate::actors::supervisor::record_message;
 
 /// The actor's name in logs and metrics (every shard counts as the manager).
 pub(crate) const NAME: &str = "session_manager";
 
 const STRIPES: usize = 1024;
+
+/// Where each shard's epoch and generation start: apart from every other
+/// shard's in this process, so a stamp or generation one shard handed out
+/// never matches a successor's (a caller may hold one across a restart).
+static STARTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn fresh_start() -> u64 {
+    STARTS.fetch_add(1 << 40, std::sync::atomic::Ordering::Relaxed)
+}
 
 pub(crate) type Key = (Uuid, Option<Uuid>);
 
@@ -73,6 +82,7 @@ pub struct RefreshLooked {
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ShardStats {
+    /// Live-session entries (refresh entries are counted in `bytes` only).
     pub entries: u64,
     pub bytes: u64,
     pub following: bool,
@@ -209,8 +219,9 @@ pub struct Shard {
     index: usize,
     live: Bounded<Key, Live>,
     refreshes: Bounded<Uuid, Arc<RefreshEntry>>,
-    /// Callers waiting on a read under way, by key.
-    loading: HashMap<Key, Vec<oneshot::Sender<Handed>>>,
+    /// Reads under way, by key: the stamp handed out and the callers
+    /// waiting on it.
+    loading: HashMap<Key, (Stamp, Vec<oneshot::Sender<Handed>>)>,
     stripes: Box<[u64]>,
     /// Moved by every invalidation and flush: a refresh entry read before a
     /// move may predate a change to its (then unknown) user.
@@ -231,14 +242,15 @@ pub struct ShardArgs {
 impl Shard {
     pub fn new(a: &ShardArgs) -> Self {
         let floor = a.bytes / a.capacity.max(1);
+        let start = fresh_start();
         Self {
             index: a.index,
             live: Bounded::new(a.bytes, floor),
             refreshes: Bounded::new(a.bytes, floor),
             loading: HashMap::new(),
             stripes: vec![0; STRIPES].into_boxed_slice(),
-            generation: 0,
-            epoch: 0,
+            generation: start,
+            epoch: start,
             following: false,
             enabled: a.capacity > 0 && a.bytes > 0,
         }
@@ -260,17 +272,22 @@ impl Shard {
         if let Some(e) = self.live.get(&key).filter(|e| e.stamp == stamp) {
             return (Looked::Hit(e.live.clone()), "hit");
         }
-        if let Some(waiting) = self.loading.get_mut(&key) {
+        if let Some((_, waiting)) = self.loading.get_mut(&key) {
             let (tx, rx) = oneshot::channel();
             waiting.push(tx);
             return (Looked::Wait(rx), "wait");
         }
-        self.loading.insert(key, Vec::new());
+        self.loading.insert(key, (stamp, Vec::new()));
         (Looked::Load(stamp), "miss")
     }
 
     fn fill(&mut self, key: Key, stamp: Stamp, live: Handed) -> &'static str {
-        let waiting = self.loading.remove(&key).unwrap_or_default();
+        // Only the read this stamp was handed to ends its waiters' wait.
+        let waiting = match self.loading.get(&key) {
+            Some((handed, _)) if *handed == stamp => self.loading.remove(&key).map(|(_, w)| w),
+            _ => None,
+        }
+        .unwrap_or_default();
         // Read before a change to this user (or a flush): neither kept nor
         // handed to waiters, who may have come after the change.
         let fresh = self.serving() && stamp == self.stamp(key.0);
@@ -359,6 +376,12 @@ impl Shard {
         self.epoch += 1;
         self.live.clear();
         self.refreshes.clear();
+        // Reads under way predate the flush: their waiters read for themselves.
+        for (_, (_, waiting)) in self.loading.drain() {
+            for w in waiting {
+                let _ = w.send(None);
+            }
+        }
         self.following = on;
     }
 
@@ -374,7 +397,16 @@ impl Shard {
         match msg {
             ShardMsg::Lookup { key, reply } => {
                 let (looked, outcome) = self.lookup(key);
-                let _ = reply.send(looked);
+                let handed = match &looked {
+                    Looked::Load(stamp) => Some(*stamp),
+                    _ => None,
+                };
+                // A caller gone before the answer holds no read: free the key.
+                if reply.send(looked).is_err()
+                    && let Some(stamp) = handed
+                {
+                    self.fill(key, stamp, None);
+                }
                 let counter = match outcome {
                     "miss" => "castellan_session_cache_misses_total",
                     "bypass" => "castellan_session_cache_bypass_total",
@@ -546,6 +578,41 @@ mod tests {
         // The read failed: nothing kept, the next caller reads again.
         assert_eq!(s.fill(key, stamp, None), "stale");
         assert!(matches!(s.lookup(key).0, Looked::Load(_)));
+    }
+
+    #[test]
+    fn a_flush_releases_the_waiters_and_an_old_fill_ends_no_newer_wait() {
+        let mut s = shard(100, 1 << 20);
+        let key = (Uuid::new_v4(), None);
+        let old = stamp_of(s.lookup(key).0);
+        let mut waiter = match s.lookup(key).0 {
+            Looked::Wait(rx) => rx,
+            _ => panic!("waits"),
+        };
+        s.set_following(true);
+        assert!(matches!(waiter.try_recv(), Ok(None)), "told to read itself");
+        let new = stamp_of(s.lookup(key).0);
+        let mut second = match s.lookup(key).0 {
+            Looked::Wait(rx) => rx,
+            _ => panic!("waits"),
+        };
+        assert_eq!(s.fill(key, old, Some(None)), "stale");
+        assert!(
+            second.try_recv().is_err(),
+            "still waiting on the newer read"
+        );
+        assert_eq!(s.fill(key, new, Some(None)), "kept");
+        assert!(matches!(second.try_recv(), Ok(Some(None))));
+    }
+
+    #[test]
+    fn successors_never_reuse_a_stamp_or_generation() {
+        let mut a = shard(100, 1 << 20);
+        let b = shard(100, 1 << 20);
+        let user = Uuid::new_v4();
+        assert_ne!(a.stamp(user), b.stamp(user));
+        a.invalidate(&[user]);
+        assert_ne!(a.generation, b.generation);
     }
 
     #[test]

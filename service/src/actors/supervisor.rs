@@ -20,12 +20,16 @@ use tokio::sync::watch;
 use arc_swap::ArcSwapOption;
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SpawnErr, SupervisionEvent};
 
+use crate::actors::mailbox::Mail;
+use crate::actors::otp_issuer::{OtpIssuerActor, OtpMsg};
+use crate::actors::provider_broker::{BrokerMsg, ProviderBrokerActor};
+use crate::actors::rate_limiter::{RateLimiter, RateLimiterMsg, RateLimits};
+use crate::actors::session_manager::{
+    SessionCache, SessionManager, SessionManagerArgs, SessionMsg,
+};
 use crate::context::Ctx;
-use crate::mailbox::Mail;
-use crate::otp_issuer::{OtpIssuer, OtpIssuerActor, OtpMsg};
-use crate::provider_broker::{BrokerMsg, ProviderBrokerActor};
-use crate::rate_limiter::{RateLimiter, RateLimiterMsg, RateLimits};
-use crate::session_manager::{SessionCache, SessionManager, SessionManagerArgs, SessionMsg};
+use crate::otp::OtpIssuer;
+use crate::refresh::Refresher;
 use crate::sessions::Sessions;
 
 /// Counts one handled message of an actor, with its outcome and time.
@@ -297,6 +301,7 @@ impl Actor for Supervisor {
 #[derive(Clone)]
 pub struct Actors {
     pub sessions: Sessions,
+    pub refresh: Refresher,
     pub otp: OtpIssuer,
     pub rate_limits: RateLimits,
     pub session_cache: SessionCache,
@@ -406,6 +411,7 @@ pub async fn start(ctx: Arc<Ctx>) -> Result<Actors, SpawnErr> {
     });
     Ok(Actors {
         sessions: Sessions::new(ctx.clone(), cache.clone()),
+        refresh: Refresher::new(ctx.clone(), cache.clone()),
         otp: OtpIssuer::new(ctx, slots.otp.clone(), limits.clone()),
         rate_limits: limits,
         session_cache: cache,

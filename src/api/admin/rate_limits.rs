@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use axum::Json;
 use axum::extract::State;
 use axum::response::IntoResponse;
-use castellan_actors::limit_settings;
+use castellan_service::limit_settings;
 use serde_json::{Map, Value};
 
 use crate::error::{HttpResult, Refusals};
