@@ -72,13 +72,41 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, HttpError> {
     let parsed = serde_json::from_slice(bytes).map_err(|e| {
         HttpError(ApiError::bad_request(
             "bad_json",
-            format!("Could not parse request body as JSON: {e}"),
+            format!(
+                "Could not parse request body as JSON: {}",
+                go_wording(&e, bytes)
+            ),
         ))
     })?;
     if escapes_nul(bytes) {
         return Err(nul_refused().into());
     }
     Ok(parsed)
+}
+
+/// A JSON error in the words Go's `encoding/json` uses, where clients show
+/// GoTrue's: a body cut short, or a character that starts no value. Other
+/// errors (a value of the wrong type) keep serde's words.
+fn go_wording(e: &serde_json::Error, bytes: &[u8]) -> String {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Eof => "unexpected end of JSON input".into(),
+        Category::Syntax => {
+            let offending = bytes
+                .split(|b| *b == b'\n')
+                .nth(e.line().saturating_sub(1))
+                .and_then(|line| line.get(e.column().saturating_sub(1)))
+                .filter(|b| b.is_ascii_graphic());
+            match offending {
+                Some(b) => format!(
+                    "invalid character '{}' looking for beginning of value",
+                    *b as char
+                ),
+                None => e.to_string(),
+            }
+        }
+        _ => e.to_string(),
+    }
 }
 
 /// Parses a query string; malformed is 400 `validation_failed`, and so is a NUL.

@@ -456,7 +456,11 @@ fn config_command(cmd: &ConfigCommand) -> anyhow::Result<()> {
     // A closed pipe (`| head`) is not an error worth a panic.
     let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
     if matches!(cmd, ConfigCommand::Check) {
-        parsed?;
+        let config = parsed?;
+        // What starts but will fail requests, as it does on GoTrue.
+        if let Some(warning) = castellan_jobs::sms::warning(&config) {
+            eprintln!("castellan: warning: {warning}");
+        }
         eprintln!("castellan: the configuration is valid");
     }
     Ok(())

@@ -259,8 +259,11 @@ fn external(v: &Vars, api_external_url: &str) -> Result<ExternalConfig, ConfigEr
 /// (`GOTRUE_SMS_*`). No provider: messages go to the server log.
 #[derive(Debug, Clone)]
 pub struct SmsConfig {
-    /// GoTrue's provider name (`twilio`, `messagebird`, …); empty for the log.
+    /// GoTrue's provider name (`twilio`, `messagebird`, …); empty for none.
     pub provider: String,
+    /// With no provider, SMS go to the server log (`CASTELLAN_SMS_LOG`, for
+    /// development); else a send fails as GoTrue's does.
+    pub log: bool,
     /// The provider's `GOTRUE_SMS_<PROVIDER>_<NAME>` variables, by `<NAME>`.
     pub settings: HashMap<String, String>,
     /// Replaces the provider's API address (`CASTELLAN_SMS_API_URL`).
@@ -329,6 +332,7 @@ fn sms(v: &Vars) -> Result<SmsConfig, ConfigError> {
     let otp_length = v.num(&["GOTRUE_SMS_OTP_LENGTH"], 6usize)?;
     Ok(SmsConfig {
         provider,
+        log: v.bool(&["CASTELLAN_SMS_LOG"], false)?,
         settings,
         api_url: v.opt_string(&["CASTELLAN_SMS_API_URL"]),
         template: v.string(&["GOTRUE_SMS_TEMPLATE"], "Your code is {{ .Code }}"),
@@ -991,7 +995,10 @@ fn jwt(v: &Vars) -> Result<JwtConfig, ConfigError> {
         issuer: v.opt_string(&["GOTRUE_JWT_ISSUER"]),
         key_id: v.opt_string(&["GOTRUE_JWT_KEY_ID"]),
         keys: jwt_keys(v)?,
-        valid_methods: v.list(&["GOTRUE_JWT_VALID_METHODS"], &[]),
+        valid_methods: v.list(
+            &["GOTRUE_JWT_VALID_METHODS", "GOTRUE_JWT_VALIDMETHODS"],
+            &[],
+        ),
     })
 }
 
@@ -1260,6 +1267,18 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Config::from_vars(&map)
+    }
+
+    #[test]
+    fn the_cli_spelling_of_valid_methods_is_read_too() {
+        let c = cfg(&[("GOTRUE_JWT_VALIDMETHODS", "HS256,RS256")]).unwrap();
+        assert_eq!(c.jwt.valid_methods, ["HS256", "RS256"]);
+        let c = cfg(&[
+            ("GOTRUE_JWT_VALID_METHODS", "ES256"),
+            ("GOTRUE_JWT_VALIDMETHODS", "HS256"),
+        ])
+        .unwrap();
+        assert_eq!(c.jwt.valid_methods, ["ES256"]);
     }
 
     #[test]

@@ -93,7 +93,7 @@ impl ApiError {
         .with_detail(context, err)
     }
 
-    fn with_detail(self, context: &str, err: impl fmt::Display) -> Self {
+    pub fn with_detail(self, context: &str, err: impl fmt::Display) -> Self {
         Self {
             detail: Some(format!("{context}: {err}")),
             ..self

@@ -454,20 +454,39 @@ pub fn render(template: &str, code: &str) -> String {
     out
 }
 
-/// Where SMS go: a provider, or the server log when none is configured
-/// (as email goes to the log without an SMTP host).
+/// Where SMS go: a provider, the server log (`CASTELLAN_SMS_LOG`, with no
+/// provider), or nowhere: no provider, an unknown one, or one without its
+/// credentials. Then castellan starts as GoTrue does, says why once, and
+/// fails each send ("Unable to get SMS provider").
 pub enum Gateway {
     Provider(Sender),
     Log,
+    Missing(String),
+}
+
+/// What to tell an operator whose configuration sends no SMS though phone
+/// sign-ins or phone factors are on (at start, and by `config check`).
+pub fn warning(config: &castellan_core::Config) -> Option<String> {
+    let phones = config.external_phone_enabled || config.mfa.phone_enroll_enabled;
+    let gateway = Gateway::from_config(&config.sms);
+    let why = gateway.missing().filter(|_| phones)?;
+    Some(format!(
+        "{why}: SMS sends will fail with \"Unable to get SMS provider\", as GoTrue's do"
+    ))
 }
 
 impl Gateway {
-    pub fn from_config(cfg: &SmsConfig) -> Result<Gateway, String> {
+    pub fn from_config(cfg: &SmsConfig) -> Gateway {
         if cfg.provider.is_empty() {
-            return Ok(Gateway::Log);
+            return match cfg.log {
+                true => Gateway::Log,
+                false => Gateway::Missing(
+                    "GOTRUE_SMS_PROVIDER is not set (CASTELLAN_SMS_LOG=true sends SMS to the server log)".into(),
+                ),
+            };
         }
-        let description = provider(&cfg.provider).ok_or_else(|| {
-            format!(
+        let Some(description) = provider(&cfg.provider) else {
+            return Gateway::Missing(format!(
                 "GOTRUE_SMS_PROVIDER: {:?} is not one of {}",
                 cfg.provider,
                 PROVIDERS
@@ -475,15 +494,23 @@ impl Gateway {
                     .map(|p| p.name)
                     .collect::<Vec<_>>()
                     .join(", ")
-            )
-        })?;
-        Sender::new(
+            ));
+        };
+        let sender = Sender::new(
             description,
             cfg.settings.clone(),
             cfg.api_url.clone(),
             cfg.send_timeout,
-        )
-        .map(Gateway::Provider)
+        );
+        sender.map_or_else(Gateway::Missing, Gateway::Provider)
+    }
+
+    /// Why no SMS can be sent, when none can.
+    pub fn missing(&self) -> Option<&str> {
+        match self {
+            Gateway::Missing(why) => Some(why),
+            _ => None,
+        }
     }
 
     /// Whether the provider checks the codes (so castellan's hash is not the judge).
@@ -495,7 +522,7 @@ impl Gateway {
     pub async fn check_code(&self, phone: &str, code: &str) -> Result<bool, SendError> {
         match self {
             Gateway::Provider(s) => s.check_code(phone, code).await,
-            Gateway::Log => Ok(false),
+            Gateway::Log | Gateway::Missing(_) => Ok(false),
         }
     }
 
@@ -504,6 +531,7 @@ impl Gateway {
         match self {
             Gateway::Provider(s) => s.description.name,
             Gateway::Log => "log",
+            Gateway::Missing(_) => "none",
         }
     }
 
@@ -511,9 +539,10 @@ impl Gateway {
         let r = match self {
             Gateway::Provider(s) => s.send(m).await,
             Gateway::Log => {
-                tracing::info!(target: "castellan::sms", to = %m.phone, channel = %m.channel, body = %m.body, "SMS (no SMS provider configured: delivered to the log)");
+                tracing::info!(target: "castellan::sms", to = %m.phone, channel = %m.channel, body = %m.body, "SMS (CASTELLAN_SMS_LOG: delivered to the log)");
                 Ok(None)
             }
+            Gateway::Missing(why) => Err(SendError::Refused(why.clone())),
         };
         let outcome = match &r {
             Ok(_) => "sent",

@@ -344,7 +344,7 @@ async fn deps(
     });
     let sms_deps = Arc::new(SmsDeps {
         seal,
-        gateway: Gateway::from_config(&config.sms)?,
+        gateway: Gateway::from_config(&config.sms),
         attempts,
         clock: config.clock.clone(),
     });

@@ -18,6 +18,7 @@ use uuid::Uuid;
 use crate::context::Ctx;
 use crate::otp::{OtpIssuer, SendRequest, SmsRequest};
 use crate::sessions::{self, Sessions, TokenGrant};
+use crate::sms_out;
 use castellan_core::models::Pkce;
 use castellan_jobs::EmailKind;
 use castellan_jobs::sms::SmsKind;
@@ -306,6 +307,9 @@ impl Accounts {
     async fn signup_once(&self, req: SignupRequest) -> ApiResult<SignupOutcome> {
         let cfg = &self.ctx.config;
         let (addr, password) = check_signup(cfg, &req)?;
+        if addr.provider == "phone" {
+            sms_out::provider_ready(&self.ctx)?;
+        }
         // Hash before looking the address up, so a taken address answers in
         // the same time as a free one.
         let hash = self.ctx.hasher.hash(password).await?;
@@ -321,6 +325,7 @@ impl Accounts {
             (_, Some(p)) => tx.holder_of_phone(p).await?,
             _ => None,
         };
+        let created = existing.is_none();
         let user = match existing {
             Some(u) => match self
                 .signup_again(tx, u, &req, &addr, autoconfirm, now)
@@ -344,7 +349,27 @@ impl Accounts {
                 .await?;
             return Ok(SignupOutcome::Session(Box::new(grant)));
         }
-        self.unconfirmed(user, &req, addr.provider).await
+        let id = user.id;
+        let outcome = self.unconfirmed(user, &req, addr.provider).await;
+        if created && matches!(&outcome, Err(e) if e.code == "sms_send_failed") {
+            self.forget(id).await;
+        }
+        outcome
+    }
+
+    /// A user this sign-up made whose code the provider refused is taken
+    /// back, as GoTrue's sign-up rolls back when its send fails: the number
+    /// may sign up again (and `/resend` has no one to send to).
+    async fn forget(&self, id: Uuid) {
+        let forgotten = async {
+            let mut tx = self.ctx.store.begin().await?;
+            tx.delete_user(id).await?;
+            tx.commit().await?;
+            Ok::<_, ApiError>(())
+        };
+        if let Err(e) = forgotten.await {
+            tracing::warn!(user_id = %id, error = %e, "a sign-up whose SMS was refused could not be taken back");
+        }
     }
 
     /// A sign-up of an address that already has a user: a confirmed one
@@ -1006,7 +1031,18 @@ async fn insert_signup(
 ) -> ApiResult<User> {
     let provider = addr.provider;
     let id = Uuid::new_v4();
-    let mut user_metadata = Value::Object(req.data.clone());
+    // The identity's data, the sign-up's own keys beside it; GoTrue copies
+    // it into the user's metadata too (confirmation then sets `email_verified`).
+    let mut data = json!({"sub": id.to_string(), "email_verified": false, "phone_verified": false});
+    if let Some(e) = &addr.email {
+        data["email"] = json!(e);
+    }
+    for (k, v) in &req.data {
+        if data.get(k).is_none() {
+            data[k] = v.clone();
+        }
+    }
+    let mut user_metadata = data.clone();
     if autoconfirm && provider == "email" {
         user_metadata["email_verified"] = json!(true);
     }
@@ -1025,15 +1061,6 @@ async fn insert_signup(
         now,
     })
     .await?;
-    let mut data = json!({"sub": id.to_string(), "email_verified": false, "phone_verified": false});
-    if let Some(e) = &addr.email {
-        data["email"] = json!(e);
-    }
-    for (k, v) in &req.data {
-        if data.get(k).is_none() {
-            data[k] = v.clone();
-        }
-    }
     tx.insert_identity(&Identity {
         id: Uuid::new_v4(),
         provider_id: id.to_string(),

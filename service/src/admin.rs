@@ -483,7 +483,7 @@ impl Admin {
             now,
         })
         .await?;
-        insert_identities(&mut tx, id, &a, email.as_deref(), phone.as_deref(), now).await?;
+        insert_identities(&mut tx, id, email.as_deref(), phone.as_deref(), now).await?;
         if banned.is_some() {
             tx.set_banned_until(id, banned, now).await?;
         }
@@ -763,32 +763,23 @@ fn initial_metadata(
     (providers, app_metadata, user_metadata)
 }
 
-/// The created user's email and phone identities.
+/// The created user's email and phone identities, unverified whatever
+/// the confirmation (as GoTrue makes them; the user's `email_verified`
+/// metadata says what was confirmed).
 async fn insert_identities(
     tx: &mut Tx,
     id: Uuid,
-    a: &UserAttributes,
     email: Option<&str>,
     phone: Option<&str>,
     now: DateTime<Utc>,
 ) -> ApiResult<()> {
     if let Some(e) = email {
-        tx.upsert_identity(
-            id,
-            "email",
-            &identity_data(id, "email", e, a.email_confirm),
-            now,
-        )
-        .await?;
+        tx.upsert_identity(id, "email", &identity_data(id, "email", e, false), now)
+            .await?;
     }
     if let Some(p) = phone {
-        tx.upsert_identity(
-            id,
-            "phone",
-            &identity_data(id, "phone", p, a.phone_confirm),
-            now,
-        )
-        .await?;
+        tx.upsert_identity(id, "phone", &identity_data(id, "phone", p, false), now)
+            .await?;
     }
     Ok(())
 }

@@ -380,6 +380,7 @@ impl Factors {
         }
         // Beyond GoTrue: factor codes count against the deployment's SMS
         // budget, so enrolling numbers is no way to send SMS at will.
+        sms_out::provider_ready(&self.ctx)?;
         let budget = self.limits.settings().await.sms_sent;
         crate::budget::spend(tx, Budget::Sms, budget, now).await?;
         // A provider that checks codes itself is sent none of ours.

@@ -221,6 +221,7 @@ impl Links {
             Err(e) => return Err(e),
         };
         let channel = crate::accounts::channel(cfg, req.channel.as_deref())?;
+        crate::sms_out::provider_ready(self.accounts.ctx())?;
         let store = &self.accounts.ctx().store;
         let start = Instant::now();
         let (branch, sent) = match store.user_by_phone(&phone, &req.aud).await? {

@@ -961,6 +961,7 @@ impl OtpIssuer {
     /// Sends a code by SMS: issued and queued in one transaction, then sent
     /// by this request, with the queue as its retry.
     pub async fn send_sms(&self, req: SmsRequest) -> ApiResult<SmsSent> {
+        sms_out::provider_ready(&self.ctx)?;
         let start = Instant::now();
         let budget = self.limits.settings().await.sms_sent;
         let r = match issue_sms(&self.ctx, budget, &req).await {

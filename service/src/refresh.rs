@@ -52,17 +52,31 @@ impl Refresher {
 
     /// Rotates a refresh token.
     pub async fn refresh(&self, token: &str) -> ApiResult<TokenGrant> {
-        // GoTrue's syntax rule for legacy tokens: at least 12 characters.
-        if token.len() < 12 {
-            return Err(ApiError::validation("Refresh token is not valid"));
-        }
-        let r = match refresh::parse(token) {
+        let r = match well_formed(token)? {
             Some(v2) => refresh_v2(&self.ctx, &self.cache, v2).await,
             None => refresh_legacy(&self.ctx, token).await,
         };
         let outcome = if r.is_ok() { "ok" } else { "refused" };
         metrics::counter!("castellan_refreshes_total", "outcome" => outcome).increment(1);
         r
+    }
+}
+
+/// GoTrue's syntax rules: a legacy token is 12 lowercase letters and
+/// digits, anything longer a v2 token that parses (`Some`); else 400
+/// `validation_failed`, before any lookup.
+fn well_formed(token: &str) -> ApiResult<Option<V2Token>> {
+    let legacy = |t: &str| {
+        t.len() == 12
+            && t.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    };
+    if legacy(token) {
+        return Ok(None);
+    }
+    match refresh::parse(token) {
+        Some(v2) if token.len() > 12 => Ok(Some(v2)),
+        _ => Err(ApiError::validation("Refresh token is not valid")),
     }
 }
 
@@ -475,6 +489,21 @@ mod tests {
             parent: parent.map(str::to_string),
             session_id: None,
         }
+    }
+
+    #[test]
+    fn malformed_tokens_are_refused_before_any_lookup() {
+        for bad in [
+            "",
+            "short",
+            "ABCDEFGHIJKL",
+            "abcdefghij-1",
+            "abcdefghijklm",
+            "not-a-real-token-at-all",
+        ] {
+            assert!(well_formed(bad).is_err(), "{bad:?}");
+        }
+        assert!(matches!(well_formed("abcdefghij12"), Ok(None)));
     }
 
     #[test]

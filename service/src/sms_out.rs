@@ -15,6 +15,23 @@ use uuid::Uuid;
 
 use crate::context::Ctx;
 
+/// GoTrue's answer when no SMS can be sent (no provider, an unknown one,
+/// or one without its credentials; the reason was logged at start): a 500
+/// before anything is written, so a sign-up leaves no user behind.
+pub fn provider_ready(ctx: &Ctx) -> ApiResult<()> {
+    match ctx.sms.missing() {
+        None => Ok(()),
+        Some(why) => {
+            metrics::counter!("castellan_sms_total", "provider" => "none", "outcome" => "no_provider")
+                .increment(1);
+            Err(
+                ApiError::new(500, "unexpected_failure", "Unable to get SMS provider")
+                    .with_detail("sms provider", why),
+            )
+        }
+    }
+}
+
 /// How a request's own attempt went.
 pub enum FirstTry {
     /// The provider took it (its message id is logged, never answered).

@@ -226,7 +226,7 @@ pub async fn verify(
             ip: &ip,
         })
         .await?;
-    Ok(Json(token_response(grant, None)).into_response())
+    Ok(Json(token_response(grant)).into_response())
 }
 
 #[utoipa::path(

@@ -154,11 +154,12 @@ pub struct TokenResponse {
     expires_at: i64,
     refresh_token: String,
     user: UserView,
-    /// Why the password is weak, when sign-in checked it (GoTrue's
-    /// `GOTRUE_PASSWORD_REQUIRED_CHARACTERS` and minimum length).
+    /// Why the password is weak (GoTrue's `GOTRUE_PASSWORD_REQUIRED_CHARACTERS`
+    /// and minimum length): present, null when it is not, after a password
+    /// sign-in; absent otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
-    weak_password: Option<Value>,
+    weak_password: Option<Option<Value>>,
     /// An external sign-in's provider tokens (the PKCE exchange of one).
     #[serde(skip_serializing_if = "Option::is_none")]
     provider_token: Option<String>,
@@ -166,7 +167,7 @@ pub struct TokenResponse {
     provider_refresh_token: Option<String>,
 }
 
-pub fn token_response(g: TokenGrant, weak_password: Option<Value>) -> TokenResponse {
+pub fn token_response(g: TokenGrant) -> TokenResponse {
     TokenResponse {
         user: g.user.view(Some(&g.identities)),
         access_token: g.access_token,
@@ -174,7 +175,7 @@ pub fn token_response(g: TokenGrant, weak_password: Option<Value>) -> TokenRespo
         expires_in: g.expires_in,
         expires_at: g.expires_at,
         refresh_token: g.refresh_token,
-        weak_password,
+        weak_password: None,
         provider_token: None,
         provider_refresh_token: None,
     }

@@ -67,7 +67,7 @@ pub async fn signup(
             .into());
         }
         let grant = st.accounts.anonymous(data, &aud).await?;
-        return Ok(Json(token_response(grant, None)).into_response());
+        return Ok(Json(token_response(grant)).into_response());
     }
     let req = SignupRequest {
         email: b.email,
@@ -83,7 +83,13 @@ pub async fn signup(
         aud,
     };
     let answer = match st.accounts.signup(req).await? {
-        SignupOutcome::Session(g) => SignupAnswer::Session(Box::new(token_response(*g, None))),
+        SignupOutcome::Session(g) => {
+            // GoTrue answers with the user it just made, not one read back:
+            // without the computed `confirmed_at` (issue 26).
+            let mut r = token_response(*g);
+            r.user.confirmed_at = None;
+            SignupAnswer::Session(Box::new(r))
+        }
         SignupOutcome::User {
             user, identities, ..
         } => SignupAnswer::User(Box::new(user.view(Some(&identities)))),

@@ -116,7 +116,10 @@ pub async fn token(
             let weak = (!weak.is_empty()).then(|| {
                 json!({"message": validate::weak_password_message(&st.config.password, &weak), "reasons": weak})
             });
-            Json(token_response(g, weak)).into_response()
+            // GoTrue's key is there for every password sign-in: null when fine.
+            let mut r = token_response(g);
+            r.weak_password = Some(weak);
+            Json(r).into_response()
         }
         "pkce" => {
             let b: PkceBody = parse_json(&body)?;
@@ -127,7 +130,7 @@ pub async fn token(
                     b.code_verifier.as_deref().unwrap_or_default(),
                 )
                 .await?;
-            let mut r = token_response(g, None);
+            let mut r = token_response(g);
             if let Some((token, refresh)) = provider {
                 r.provider_token = Some(token);
                 r.provider_refresh_token = Some(refresh).filter(|t| !t.is_empty());
@@ -138,7 +141,7 @@ pub async fn token(
             let b: RefreshBody = parse_json(&body)?;
             let token = b.refresh_token.unwrap_or_default();
             let g = st.actors.refresh.refresh(&token).await?;
-            Json(token_response(g, None)).into_response()
+            Json(token_response(g)).into_response()
         }
     };
     Ok(resp)
@@ -166,7 +169,7 @@ async fn id_token_grant(st: &AppState, headers: &HeaderMap, body: &[u8], aud: &s
     };
     let _ = b.access_token;
     match st.external.id_token(g, aud).await {
-        Ok(grant) => Ok(Json(token_response(grant, None)).into_response()),
+        Ok(grant) => Ok(Json(token_response(grant)).into_response()),
         Err(IdTokenRefusal::Api(e)) => Err(e.into()),
         Err(IdTokenRefusal::OAuth { error, description }) => Ok(oauth_refusal(error, &description)),
     }

@@ -169,6 +169,9 @@ pub async fn verify_json(
 ) -> HttpResult {
     let empty = |s: &Option<String>| s.as_deref().is_none_or(str::is_empty);
     let vtype = b.vtype.as_deref().unwrap_or_default();
+    if vtype.is_empty() {
+        return Err(ApiError::validation("Verify requires a verification type").into());
+    }
     if empty(&b.token) == empty(&b.token_hash) {
         return Err(ApiError::validation("Verify requires either a token or a token hash").into());
     }
@@ -200,7 +203,15 @@ pub async fn verify_json(
         }
     };
     let Some(vt) = VerifyType::parse(vtype) else {
-        return Err(ApiError::validation("Invalid email verification type").into());
+        // GoTrue looks a code's owner up whatever the type, and finds no
+        // token of an unknown one; a token hash's type it checks first.
+        return Err(match presented {
+            Presented::Code { .. } => {
+                ApiError::forbidden("otp_expired", "Token has expired or is invalid")
+            }
+            _ => ApiError::validation("Invalid email verification type"),
+        }
+        .into());
     };
     let v = st.actors.otp.verify(vt, presented, &aud).await?;
     if let Some(message) = v.pending {
@@ -211,6 +222,6 @@ pub async fn verify_json(
         return Ok(Json(VerifyAnswer::Pending(pending)).into_response());
     }
     let g = st.actors.sessions.issue(v.user, "otp", vec![]).await?;
-    let session = VerifyAnswer::Session(Box::new(token_response(g, None)));
+    let session = VerifyAnswer::Session(Box::new(token_response(g)));
     Ok(Json(session).into_response())
 }

@@ -94,6 +94,8 @@ pub fn test_config(db: DatabaseUrl) -> Config {
     cfg.argon2.iterations = 1;
     cfg.mailer_autoconfirm = true;
     cfg.mailer.poll_interval = std::time::Duration::from_millis(50);
+    // SMS to the log unless a test configures a provider.
+    cfg.sms.log = true;
     for l in [
         &mut cfg.rate_limits.token_refresh,
         &mut cfg.rate_limits.sign_ups,
@@ -478,6 +480,7 @@ pub async fn castellan_process_in(
         .env("NO_COLOR", "1")
         .env("CASTELLAN_ARGON2_MEMORY_KIB", "4096")
         .env("CASTELLAN_ARGON2_ITERATIONS", "1")
+        .env("CASTELLAN_SMS_LOG", "true")
         .env("CASTELLAN_QUEUE_POLL_INTERVAL", "50ms")
         .env("GOTRUE_RATE_LIMIT_TOKEN_REFRESH", "100000")
         .env("GOTRUE_RATE_LIMIT_OTP", "100000")

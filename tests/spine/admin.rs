@@ -130,7 +130,15 @@ both!(create_user_as_admin, |_| {}, |t| {
         json!({"full_name": "New Person", "email_verified": true})
     );
     assert!(u["email_confirmed_at"].is_string());
-    assert_eq!(u["identities"][0]["identity_data"]["email_verified"], true);
+    // As GoTrue answers (issue 26): the identity is made unverified (the
+    // metadata says what was confirmed), and the user just made carries
+    // no computed `confirmed_at`; read back, it does.
+    assert_eq!(u["identities"][0]["identity_data"]["email_verified"], false);
+    assert!(u.get("confirmed_at").is_none(), "{u}");
+    let read = t
+        .admin(Method::GET, &format!("/admin/users/{id}"), None)
+        .await;
+    assert!(read.body["confirmed_at"].is_string(), "{}", read.text);
     // Admin create does not apply the strength rules: "x" signs in.
     assert_eq!(t.login("new@example.com", "x").await.status, 200);
     let audit = t
@@ -274,7 +282,12 @@ both!(get_update_and_ban, |_| {}, |t| {
 
     let r = t.admin(Method::PUT, &path, Some(json!({"user_metadata": {"email_verified": null, "k": 1}, "app_metadata": {"plan": "pro"}, "role": "editor"}))).await;
     assert_eq!(r.status, 200, "{}", r.text);
-    assert_eq!(r.body["user_metadata"], json!({"k": 1}));
+    // The sign-up copied the email identity into the metadata (as GoTrue
+    // does); the admin's `null` deleted `email_verified`.
+    assert_eq!(
+        r.body["user_metadata"],
+        json!({"k": 1, "sub": r.body["id"], "email": "ed@example.com", "phone_verified": false})
+    );
     assert_eq!(r.body["app_metadata"]["plan"], "pro");
     assert_eq!(r.body["role"], "editor");
 

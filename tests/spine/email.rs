@@ -164,7 +164,7 @@ both_mail!(signup_confirmation_code, |_| {}, |t, sink| {
         json!({"type": "bogus", "email": "code@example.com", "token": mail.code()}),
     )
     .await
-    .assert_error(400, "validation_failed");
+    .assert_error(403, "otp_expired");
     let r = t.post("/verify", json!({"type": "email", "email": "Code@Example.com", "token": mail.code(), "options": {}})).await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert!(r.body["user"]["email_confirmed_at"].is_string());

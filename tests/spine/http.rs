@@ -116,6 +116,25 @@ both!(error_dialects, |_| {}, |t| {
 both!(bad_bodies_and_paths, |_| {}, |t| {
     let empty = read(t.http.post(t.url("/signup")).send().await.unwrap()).await;
     empty.assert_error(400, "bad_json");
+    // In Go's words, as GoTrue answers (issue 26).
+    assert_eq!(
+        empty.body["msg"],
+        "Could not parse request body as JSON: unexpected end of JSON input"
+    );
+    let not_json = read(
+        t.http
+            .post(t.url("/signup"))
+            .body("hello")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    not_json.assert_error(400, "bad_json");
+    assert_eq!(
+        not_json.body["msg"],
+        "Could not parse request body as JSON: invalid character 'h' looking for beginning of value"
+    );
     let broken = read(
         t.http
             .post(t.url("/signup"))
@@ -126,6 +145,10 @@ both!(bad_bodies_and_paths, |_| {}, |t| {
     )
     .await;
     broken.assert_error(400, "bad_json");
+    assert_eq!(
+        broken.body["msg"],
+        "Could not parse request body as JSON: unexpected end of JSON input"
+    );
     let wrong_type = t
         .post("/signup", json!({"email": 5, "password": "x"}))
         .await;

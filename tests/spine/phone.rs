@@ -259,14 +259,25 @@ both_phone!(
             "Error sending confirmation OTP to provider: The 'To' number is not valid."
         );
         assert_eq!(fake.received().len(), 1);
-        // Nothing left to send, no code that works, no window to wait out.
+        // Nothing left to send, and (as GoTrue's sign-up rolls back, issue
+        // 26) no user the refused code was made for: `/resend` has no one
+        // to send to and answers as for any unknown number.
         assert_eq!(waiting_sms(&t).await, 0);
         assert_eq!(
-            column(&t, "15550002222", "confirmation_token")
-                .await
-                .as_deref(),
-            Some("")
+            t.count_by_str("SELECT count(*) FROM users WHERE phone = $1", "15550002222")
+                .await,
+            0
         );
+        let r = t
+            .post("/resend", json!({"type": "sms", "phone": "15550002222"}))
+            .await;
+        assert_eq!(
+            (r.status.as_u16(), &r.body),
+            (200, &json!({})),
+            "{}",
+            r.text
+        );
+        assert_eq!(fake.received().len(), 1);
         fake.answer(SENT.0, serde_json::from_str(SENT.1).unwrap());
         let r = t.post("/otp", json!({"phone": "15550002222"})).await;
         assert_eq!(r.status, 200, "{}", r.text);
@@ -1153,3 +1164,48 @@ both_phone!(
         assert_eq!(t.count_by_str(holders, "15550051111").await, 0);
     }
 );
+
+// Issue 26: with no SMS provider (and no `CASTELLAN_SMS_LOG`), or a provider
+// enabled without its credentials (what the Supabase CLI hands over when a
+// secret is unset), castellan starts as GoTrue does and answers each send as
+// GoTrue does, 500 "Unable to get SMS provider", writing nothing: no user is
+// left behind by a sign-up.
+both_phone!(
+    a_missing_sms_provider_starts_and_fails_each_send_as_gotrue,
+    |c| {
+        c.sms.log = false;
+        c.sms.provider = String::new();
+    },
+    |t, fake| {
+        refused_for_want_of_a_provider(&t).await;
+        assert!(fake.received().is_empty());
+    }
+);
+
+both_phone!(
+    a_provider_without_its_credentials_starts_and_fails_each_send,
+    |c| c.sms.settings.clear(),
+    |t, fake| {
+        refused_for_want_of_a_provider(&t).await;
+        assert!(fake.received().is_empty());
+    }
+);
+
+async fn refused_for_want_of_a_provider(t: &TestServer) {
+    for (path, body) in [
+        (
+            "/signup",
+            json!({"phone": "15550090001", "password": "secret123"}),
+        ),
+        ("/otp", json!({"phone": "15550090002"})),
+    ] {
+        let r = t.post(path, body).await;
+        assert_eq!(r.status, 500, "{path}: {}", r.text);
+        assert_eq!(r.body["msg"], "Unable to get SMS provider", "{path}");
+    }
+    assert_eq!(
+        t.count_by_str("SELECT count(*) FROM users WHERE $1 = $1", "")
+            .await,
+        0
+    );
+}

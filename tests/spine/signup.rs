@@ -24,10 +24,12 @@ both!(autoconfirmed_signup_returns_a_session, |_| {}, |t| {
         user["app_metadata"],
         json!({"provider": "email", "providers": ["email"]})
     );
+    // GoTrue copies the email identity into the metadata (issue 26).
     assert_eq!(
         user["user_metadata"],
-        json!({"name": "Alice", "email_verified": true})
+        json!({"name": "Alice", "email_verified": true, "sub": user["id"], "email": "alice@example.com", "phone_verified": false})
     );
+    assert!(user.get("confirmed_at").is_none(), "{user}");
     assert_eq!(user["identities"][0]["provider"], "email");
     assert_eq!(
         user["identities"][0]["identity_data"]["email_verified"],
@@ -126,7 +128,10 @@ both!(
             .await;
         again.assert_error(429, "over_email_send_rate_limit");
         let row = t.user(r.body["id"].as_str().unwrap()).await;
-        assert_eq!(row.user_metadata(), json!({}));
+        assert_eq!(
+            row.user_metadata(),
+            json!({"sub": r.body["id"], "email": "bob@example.com", "email_verified": false, "phone_verified": false})
+        );
         assert_eq!(t.login("bob@example.com", "another-pw").await.status, 400);
     }
 );

@@ -16,11 +16,16 @@ both!(password_grant_errors_all_look_alike, |_| {}, |t| {
     }
     let ok = t.login("H@Example.com", "secret123").await;
     assert_eq!(ok.status, 200, "{}", ok.text);
-    assert!(ok.body.get("weak_password").is_none());
+    // GoTrue's key is there, null, for a password that is fine (issue 26);
+    // the refresh grant's answer has none.
+    assert_eq!(ok.body.get("weak_password"), Some(&serde_json::Value::Null));
+    let refreshed = t.refresh(ok.body["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(refreshed.status, 200, "{}", refreshed.text);
+    assert!(refreshed.body.get("weak_password").is_none());
     let uid = ok.body["user"]["id"].as_str().unwrap().to_string();
     assert_eq!(
         t.audit_actions(&uid).await,
-        vec!["user_signedup", "login", "login"]
+        vec!["user_signedup", "login", "login", "token_refreshed"]
     );
     assert_eq!(
         t.count_by_uuid(
@@ -201,9 +206,18 @@ both!(refresh_rotates_and_detects_reuse, legacy, |t| {
     t.refresh("aaaaaaaaaaaa")
         .await
         .assert_error(400, "refresh_token_not_found");
-    t.refresh("short")
-        .await
-        .assert_error(400, "validation_failed");
+    // GoTrue's syntax rules (issue 26): 12 lowercase letters and digits, or a
+    // v2 token that parses; anything else is refused before any lookup.
+    for malformed in [
+        "short",
+        "AAAAAAAAAAAA",
+        "aaaaaaaaaaa-",
+        "not-a-real-token-at-all",
+    ] {
+        let r = t.refresh(malformed).await;
+        r.assert_error(400, "validation_failed");
+        assert_eq!(r.body["msg"], "Refresh token is not valid", "{malformed}");
+    }
     t.post("/token?grant_type=refresh_token", json!({}))
         .await
         .assert_error(400, "validation_failed");
@@ -302,4 +316,31 @@ both!(concurrent_refreshes_of_one_token, legacy, |t| {
         .await,
         2
     );
+});
+
+// Issue 26: GoTrue's answers to a verification without a type, or with one
+// it does not know: a code's owner is looked up whatever the type and no
+// token of it is found (403); a token hash's type is checked first (400).
+both!(verify_type_errors_answer_as_gotrue, |_| {}, |t| {
+    let r = t
+        .post(
+            "/verify",
+            json!({"email": "a@example.com", "token": "123456"}),
+        )
+        .await;
+    r.assert_error(400, "validation_failed");
+    assert_eq!(r.body["msg"], "Verify requires a verification type");
+    let r = t
+        .post(
+            "/verify",
+            json!({"type": "bogus", "email": "a@example.com", "token": "123456"}),
+        )
+        .await;
+    r.assert_error(403, "otp_expired");
+    assert_eq!(r.body["msg"], "Token has expired or is invalid");
+    let r = t
+        .post("/verify", json!({"type": "bogus", "token_hash": "abc"}))
+        .await;
+    r.assert_error(400, "validation_failed");
+    assert_eq!(r.body["msg"], "Invalid email verification type");
 });

@@ -71,13 +71,10 @@ both!(update_user_merges_metadata, |_| {}, |t| {
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(
         r.body["user_metadata"],
-        json!({"a": 1, "c": 3, "email_verified": true})
+        json!({"a": 1, "c": 3, "email_verified": true, "sub": r.body["id"], "email": r.body["email"], "phone_verified": false})
     );
     let row = t.user(s["user"]["id"].as_str().unwrap()).await;
-    assert_eq!(
-        row.user_metadata(),
-        json!({"a": 1, "c": 3, "email_verified": true})
-    );
+    assert_eq!(row.user_metadata(), r.body["user_metadata"]);
     let r = t
         .request(
             Method::PUT,

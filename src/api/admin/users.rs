@@ -157,7 +157,10 @@ pub async fn create(
     JsonBody(b): JsonBody<AttributesBody>,
 ) -> HttpResult {
     let (user, ids) = st.admin.create_user(&admin.actor, b.into(), &aud).await?;
-    Ok(Json(user.view(Some(&ids))).into_response())
+    // GoTrue answers with the user it just made: no computed `confirmed_at`.
+    let mut view = user.view(Some(&ids));
+    view.confirmed_at = None;
+    Ok(Json(view).into_response())
 }
 
 #[utoipa::path(
