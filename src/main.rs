@@ -178,7 +178,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         println!("{}", castellan_core::crypto::jwk::generate(alg.kind()));
         return Ok(());
     }
-    let config = Config::from_process_env()?;
+    let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+    let (settings, config) = Config::settings(&env);
+    let config = config?;
+    // Said once: what GoTrue reads that castellan ignores, and what nobody reads.
+    for warning in castellan_core::unread::Unread::of(&env, &settings).warnings() {
+        tracing::warn!("{warning}");
+    }
     match cli.command.unwrap_or(Command::Serve { no_workers: false }) {
         Command::Migrate => {
             let store = castellan::server::open_store(&config, 2, true).await?;
@@ -457,8 +463,11 @@ fn config_command(cmd: &ConfigCommand) -> anyhow::Result<()> {
     let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
     if matches!(cmd, ConfigCommand::Check) {
         let config = parsed?;
-        // What starts but will fail requests, as it does on GoTrue.
-        if let Some(warning) = castellan_jobs::sms::warning(&config) {
+        // What starts but will fail requests, as it does on GoTrue; what
+        // GoTrue reads that castellan ignores; what nobody reads.
+        let unread = castellan_core::unread::Unread::of(&env, &settings);
+        let sms = castellan_jobs::sms::warning(&config);
+        for warning in sms.into_iter().chain(unread.warnings()) {
             eprintln!("castellan: warning: {warning}");
         }
         eprintln!("castellan: the configuration is valid");

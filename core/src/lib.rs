@@ -14,6 +14,7 @@ pub mod models;
 pub mod oauth;
 pub mod redirect;
 pub mod store;
+pub mod unread;
 pub mod validate;
 
 pub use clock::Clock;

@@ -363,6 +363,28 @@ fn config_example_and_check() {
         assert!(help.contains(says), "--help does not name {says}:\n{help}");
     }
 
+    // Issue 26: what GoTrue reads and castellan ignores, and what nobody
+    // reads (a misspelling), are warned about; the configuration stays valid.
+    let odd = run(
+        &["config", "check"],
+        &[
+            ("GOTRUE_HOOK_SEND_SMS_ENABLED", "true"),
+            ("CASTELLAN_SESION_SHARDS", "2"),
+        ],
+    );
+    let said = String::from_utf8_lossy(&odd.stderr).to_string();
+    assert!(odd.status.success(), "{said}");
+    assert!(
+        said.contains(
+            "read by GoTrue, unused by castellan as configured: GOTRUE_HOOK_SEND_SMS_ENABLED"
+        ),
+        "{said}"
+    );
+    assert!(
+        said.contains("unknown variables (misspelt?), ignored: CASTELLAN_SESION_SHARDS"),
+        "{said}"
+    );
+
     let bad = run(&["config", "check"], &[("GOTRUE_JWT_EXP", "an hour")]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("GOTRUE_JWT_EXP"));
