@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use castellan_core::redirect::with_params;
 use castellan_core::{ApiError, validate};
@@ -51,7 +51,7 @@ pub struct AuthorizeQuery {
 }
 
 fn found(location: String) -> Response {
-    (StatusCode::FOUND, [(header::LOCATION, location)]).into_response()
+    super::redirect(StatusCode::FOUND, location)
 }
 
 /// The request's parameters passed on to the provider, as GoTrue passes them.

@@ -181,6 +181,26 @@ pub fn token_response(g: TokenGrant) -> TokenResponse {
     }
 }
 
+/// A redirect as GoTrue's (Go's `http.Redirect`) is: the status, the
+/// `Location`, and a small HTML body linking to it.
+pub fn redirect(status: axum::http::StatusCode, location: String) -> axum::response::Response {
+    use axum::http::header;
+    use axum::response::IntoResponse;
+    let escaped = location
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&#34;")
+        .replace('\'', "&#39;");
+    let text = status.canonical_reason().unwrap_or("Redirect");
+    let body = format!("<a href=\"{escaped}\">{text}</a>.\n\n");
+    let headers = [
+        (header::LOCATION, location),
+        (header::CONTENT_TYPE, "text/html; charset=utf-8".to_string()),
+    ];
+    (status, headers, body).into_response()
+}
+
 /// GoTrue's `redirect_to` resolution: the `redirect_to` header, else the
 /// `redirect_to` query parameter (`candidate`), else `Referer`, each only
 /// when allowed; else the site URL.

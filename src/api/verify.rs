@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use castellan_core::redirect::with_params;
 use castellan_core::{ApiError, validate};
@@ -28,7 +28,7 @@ pub struct VerifyQuery {
 }
 
 fn see_other(location: String) -> Response {
-    (StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response()
+    super::redirect(StatusCode::SEE_OTHER, location)
 }
 
 /// The `error` GoTrue puts beside `error_code` in redirects.

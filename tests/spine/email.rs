@@ -100,6 +100,21 @@ both_mail!(signup_confirmation_link, |_| {}, |t, sink| {
     assert_eq!(opened.status, 303);
     let location = opened.header("location").unwrap().to_string();
     assert!(location.starts_with("http://localhost:3000#"), "{location}");
+    // Go's redirect, as GoTrue answers (issue 26): a link to the same place.
+    assert_eq!(
+        opened.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    assert!(
+        opened.text.starts_with("<a href=\"http://localhost:3000#"),
+        "{}",
+        opened.text
+    );
+    assert!(
+        opened.text.ends_with("\">See Other</a>.\n\n"),
+        "{}",
+        opened.text
+    );
     let f = fragment(&location);
     assert_eq!(f["type"], "signup");
     assert_eq!(f["token_type"], "bearer");
