@@ -153,10 +153,13 @@ pub struct External {
     otp: OtpIssuer,
 }
 
-fn unsupported(name: &str) -> ApiError {
-    ApiError::validation(format!(
-        "Unsupported provider: Provider {name} could not be found"
-    ))
+/// GoTrue's answer for a provider it cannot use: unknown, or enabled
+/// without what it needs (`why`).
+fn unsupported(name: &str, why: Option<&str>) -> ApiError {
+    ApiError::validation(match why {
+        Some(why) => format!("Unsupported provider: {why}"),
+        None => format!("Unsupported provider: Provider {name} could not be found"),
+    })
 }
 
 fn provider_failed(e: ProviderError) -> ApiError {
@@ -208,7 +211,10 @@ impl External {
     /// `GET /authorize`: the provider's URL, with a flow state as `state`.
     pub async fn authorize(&self, req: Authorize) -> ApiResult<String> {
         let name = req.provider.to_ascii_lowercase();
-        let p = self.broker.get(&name).ok_or_else(|| unsupported(&name))?;
+        let p = self
+            .broker
+            .get(&name)
+            .ok_or_else(|| unsupported(&name, self.broker.unusable(&name)))?;
         if let Some(t) = &req.invite_token
             && self.ctx.store.token_owner(t).await?.is_none()
         {
@@ -341,10 +347,10 @@ impl External {
         let code = c.code.filter(|s| !s.is_empty()).ok_or_else(|| {
             ApiError::bad_request("bad_oauth_callback", "Authorization code missing")
         })?;
-        let p = self
-            .broker
-            .get(&flow.provider_type)
-            .ok_or_else(|| unsupported(&flow.provider_type))?;
+        let p = self.broker.get(&flow.provider_type).ok_or_else(|| {
+            let why = self.broker.unusable(&flow.provider_type);
+            unsupported(&flow.provider_type, why)
+        })?;
         let kept = match flow.oauth_client_state_id {
             Some(cs) => {
                 let mut tx = self.ctx.store.begin().await.map_err(ApiError::from)?;

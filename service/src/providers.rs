@@ -134,11 +134,44 @@ pub struct SignedIn {
 #[derive(Clone)]
 pub struct ProviderBroker {
     providers: Arc<HashMap<&'static str, Configured>>,
+    /// Enabled providers that cannot be used, and why.
+    unusable: Arc<HashMap<String, String>>,
     http: oauth2::reqwest::Client,
     timeout: Duration,
     actor: Arc<ArcSwapOption<ActorRef<Mail<BrokerMsg>>>>,
     /// OAuth 1.0a's timestamps.
     clock: Clock,
+}
+
+/// An enabled provider as castellan will call it; or the variable to look
+/// at and why it cannot be used, in GoTrue's words where GoTrue has them.
+fn configured(name: &str, config: &OAuthProviderConfig) -> Result<Configured, (String, String)> {
+    let var = |k: &str| format!("GOTRUE_EXTERNAL_{}_{k}", name.to_ascii_uppercase());
+    let description = provider(name).ok_or_else(|| {
+        (
+            var("ENABLED"),
+            format!("castellan cannot sign in with {name} yet"),
+        )
+    })?;
+    if config.client_ids.is_empty() {
+        return Err((var("CLIENT_ID"), "missing OAuth client ID".into()));
+    }
+    if config.secret.is_empty() {
+        return Err((var("SECRET"), "missing OAuth secret".into()));
+    }
+    if description.needs_url && config.url.is_none() {
+        let why = format!("unable to find URL for the {name} provider");
+        return Err((var("URL"), why));
+    }
+    let configured = Configured {
+        description,
+        config: config.clone(),
+        gate: Semaphore::new(IN_FLIGHT),
+    };
+    configured
+        .client()
+        .map_err(|e| (var("URL"), e.to_string()))?;
+    Ok(configured)
 }
 
 /// The keys to keep after a fetch, and the answer: the fetched keys; or
@@ -195,33 +228,21 @@ impl ProviderBroker {
         clock: Clock,
     ) -> Result<Self, String> {
         let mut providers = HashMap::new();
+        let mut unusable = HashMap::new();
         let mut names: Vec<_> = cfg.providers.iter().filter(|(_, p)| p.enabled).collect();
         names.sort_by_key(|(n, _)| n.as_str());
         for (name, config) in names {
-            let var = |k: &str| format!("GOTRUE_EXTERNAL_{}_{k}", name.to_ascii_uppercase());
-            let description = provider(name).ok_or_else(|| {
-                format!(
-                    "{}: castellan cannot sign in with {name} yet",
-                    var("ENABLED")
-                )
-            })?;
-            if config.client_ids.is_empty() || config.secret.is_empty() {
-                return Err(format!(
-                    "{name} needs {} and {}",
-                    var("CLIENT_ID"),
-                    var("SECRET")
-                ));
+            match configured(name, config) {
+                Ok(p) => {
+                    providers.insert(p.description.name, p);
+                }
+                // GoTrue starts with such a provider and refuses each
+                // sign-in with it; so does castellan, saying why once.
+                Err((var, why)) => {
+                    tracing::warn!(provider = %name, variable = %var, "{why}: sign-ins with {name} will be refused");
+                    unusable.insert(name.clone(), why);
+                }
             }
-            if description.needs_url && config.url.is_none() {
-                return Err(format!("{name} needs {}", var("URL")));
-            }
-            let configured = Configured {
-                description,
-                config: config.clone(),
-                gate: Semaphore::new(IN_FLIGHT),
-            };
-            configured.client().map_err(|e| format!("{name}: {e}"))?;
-            providers.insert(description.name, configured);
         }
         let http = oauth2::reqwest::ClientBuilder::new()
             // A provider's redirect is never followed (SSRF).
@@ -232,6 +253,7 @@ impl ProviderBroker {
             .map_err(|e| e.to_string())?;
         Ok(Self {
             providers: Arc::new(providers),
+            unusable: Arc::new(unusable),
             http,
             timeout,
             actor,
@@ -367,6 +389,11 @@ impl ProviderBroker {
     /// An enabled provider.
     pub fn get(&self, name: &str) -> Option<&Configured> {
         self.providers.get(name)
+    }
+
+    /// Why an enabled provider cannot be used (GoTrue's words), if so.
+    pub fn unusable(&self, name: &str) -> Option<&str> {
+        self.unusable.get(name).map(String::as_str)
     }
 
     pub fn enabled(&self, name: &str) -> bool {

@@ -777,3 +777,29 @@ both_oauth!(
         assert_eq!(fake.token_requests().len(), asked + 1);
     }
 );
+
+// Issue 26: a provider enabled without its credentials (what the Supabase
+// CLI hands over when a secret is unset) does not stop castellan starting,
+// as it does not stop GoTrue; each sign-in with it is refused in GoTrue's
+// words, and the other providers work.
+crate::both!(
+    a_provider_without_its_credentials_starts_and_refuses_its_sign_ins,
+    |c| {
+        let google = c.external.providers.get_mut("google").unwrap();
+        google.enabled = true;
+        google.client_ids = vec!["g-client".into()];
+        google.secret = String::new();
+        let gitlab = c.external.providers.get_mut("gitlab").unwrap();
+        gitlab.enabled = true;
+    },
+    |t| {
+        for (provider, why) in [
+            ("google", "missing OAuth secret"),
+            ("gitlab", "missing OAuth client ID"),
+        ] {
+            let r = get(&t, &format!("/authorize?provider={provider}")).await;
+            r.assert_error(400, "validation_failed");
+            assert_eq!(r.body["msg"], format!("Unsupported provider: {why}"));
+        }
+    }
+);
