@@ -400,6 +400,12 @@ impl ProviderBroker {
         self.providers.contains_key(name)
     }
 
+    /// Whether the configuration enables it, usable or not (what GoTrue's
+    /// `/settings` reports).
+    pub fn switched_on(&self, name: &str) -> bool {
+        self.enabled(name) || self.unusable.contains_key(name)
+    }
+
     /// The provider's authorize URL for `state`, with the scopes, the
     /// request's other parameters, and what the callback needs kept: our
     /// PKCE verifier when the provider wants one, or OAuth 1.0a's request

@@ -29,11 +29,14 @@ pub async fn settings(State(st): State<AppState>) -> Json<Settings> {
     let mut external = Map::new();
     external.insert("anonymous_users".into(), json!(c.anonymous_users_enabled));
     for p in OAUTH_PROVIDERS {
-        external.insert(p.into(), json!(st.external.broker().enabled(p)));
+        external.insert(p.into(), json!(st.external.broker().switched_on(p)));
     }
     external.insert("email".into(), json!(c.external_email_enabled));
     external.insert("phone".into(), json!(c.external_phone_enabled));
-    external.insert("zoom".into(), json!(st.external.broker().enabled("zoom")));
+    external.insert(
+        "zoom".into(),
+        json!(st.external.broker().switched_on("zoom")),
+    );
     Json(Settings {
         external,
         disable_signup: c.disable_signup,

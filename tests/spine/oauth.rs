@@ -801,5 +801,10 @@ crate::both!(
             r.assert_error(400, "validation_failed");
             assert_eq!(r.body["msg"], format!("Unsupported provider: {why}"));
         }
+        // `/settings` says what the configuration enables, as GoTrue's does.
+        let s = get(&t, "/settings").await;
+        assert_eq!(s.body["external"]["google"], true);
+        assert_eq!(s.body["external"]["gitlab"], true);
+        assert_eq!(s.body["external"]["github"], false);
     }
 );
