@@ -466,7 +466,8 @@ fn config_command(cmd: &ConfigCommand) -> anyhow::Result<()> {
         // What starts but will fail requests, as it does on GoTrue; what
         // GoTrue reads that castellan ignores; what nobody reads.
         let unread = castellan_core::unread::Unread::of(&env, &settings);
-        let sms = castellan_jobs::sms::warning(&config);
+        let gateway = castellan_jobs::sms::Gateway::from_config(&config.sms);
+        let sms = castellan_jobs::sms::warning(&config, &gateway);
         for warning in sms.into_iter().chain(unread.warnings()) {
             eprintln!("castellan: warning: {warning}");
         }

@@ -466,9 +466,8 @@ pub enum Gateway {
 
 /// What to tell an operator whose configuration sends no SMS though phone
 /// sign-ins or phone factors are on (at start, and by `config check`).
-pub fn warning(config: &castellan_core::Config) -> Option<String> {
+pub fn warning(config: &castellan_core::Config, gateway: &Gateway) -> Option<String> {
     let phones = config.external_phone_enabled || config.mfa.phone_enroll_enabled;
-    let gateway = Gateway::from_config(&config.sms);
     let why = gateway.missing().filter(|_| phones)?;
     Some(format!(
         "{why}: SMS sends will fail with \"Unable to get SMS provider\", as GoTrue's do"

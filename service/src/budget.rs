@@ -1,6 +1,7 @@
-//! The deployment's email and SMS budgets (`GOTRUE_RATE_LIMIT_EMAIL_SENT`,
-//! `GOTRUE_RATE_LIMIT_SMS_SENT`): one message drawn per send, in the
-//! transaction that sends it, from a row every process shares.
+//! What bounds sending: the deployment's email and SMS budgets
+//! (`GOTRUE_RATE_LIMIT_EMAIL_SENT`, `GOTRUE_RATE_LIMIT_SMS_SENT`), one
+//! message drawn per send, in the transaction that sends it, from a row
+//! every process shares; and the send window of one recipient.
 
 use castellan_core::config::SendBudget;
 use castellan_core::store::{Budget, Tx};
@@ -35,4 +36,24 @@ pub(crate) async fn spend(
         message,
         budget.per.as_secs(),
     ))
+}
+
+/// 429 `code` while `window` since the `last` send is still open (GoTrue's
+/// words, with the seconds left in `Retry-After`).
+pub(crate) fn window_open(
+    window: std::time::Duration,
+    code: &'static str,
+    last: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> ApiResult<()> {
+    let window = chrono::Duration::from_std(window).unwrap_or_default();
+    let left = (last + window - now).num_seconds();
+    if left > 0 {
+        return Err(ApiError::too_many_requests(
+            code,
+            format!("For security purposes, you can only request this after {left} seconds."),
+            left as u64,
+        ));
+    }
+    Ok(())
 }

@@ -39,7 +39,7 @@ impl Ctx {
         let hasher = PasswordHasher::new(&config.argon2);
         let jwt = JwtKeys::new(&config.jwt, secret)?;
         let sms = castellan_jobs::sms::Gateway::from_config(&config.sms);
-        if let Some(warning) = castellan_jobs::sms::warning(&config) {
+        if let Some(warning) = castellan_jobs::sms::warning(&config, &sms) {
             tracing::warn!("{warning}");
         }
         // GoTrue's variable decides; unset, v2 unless the database is an

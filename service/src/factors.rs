@@ -365,18 +365,8 @@ impl Factors {
         let cfg = &self.ctx.config;
         let channel = crate::accounts::channel(cfg, channel)?;
         if let Some(last) = f.last_challenged_at {
-            let window =
-                chrono::Duration::from_std(cfg.mfa.phone_max_frequency).unwrap_or_default();
-            let left = (last + window - now).num_seconds();
-            if left > 0 {
-                return Err(ApiError::too_many_requests(
-                    "over_sms_send_rate_limit",
-                    format!(
-                        "For security purposes, you can only request this after {left} seconds."
-                    ),
-                    left as u64,
-                ));
-            }
+            let window = cfg.mfa.phone_max_frequency;
+            crate::budget::window_open(window, "over_sms_send_rate_limit", last, now)?;
         }
         // Beyond GoTrue: factor codes count against the deployment's SMS
         // budget, so enrolling numbers is no way to send SMS at will.

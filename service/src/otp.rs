@@ -265,16 +265,8 @@ fn has_window(req: &SendRequest) -> bool {
 
 /// 429 while the window since the last email of this kind is still open.
 fn window_open(ctx: &Ctx, sent: DateTime<Utc>, now: DateTime<Utc>) -> ApiResult<()> {
-    let window = chrono::Duration::from_std(ctx.config.smtp.max_frequency).unwrap_or_default();
-    let left = (sent + window - now).num_seconds();
-    if left > 0 {
-        return Err(ApiError::too_many_requests(
-            "over_email_send_rate_limit",
-            format!("For security purposes, you can only request this after {left} seconds."),
-            left as u64,
-        ));
-    }
-    Ok(())
+    let window = ctx.config.smtp.max_frequency;
+    crate::budget::window_open(window, "over_email_send_rate_limit", sent, now)
 }
 
 async fn send(ctx: &Ctx, budget: SendBudget, req: &SendRequest) -> ApiResult<Vec<Issued>> {
@@ -479,15 +471,8 @@ async fn issue_sms(ctx: &Ctx, budget: SendBudget, req: &SmsRequest) -> ApiResult
     }
     let sent_before = tt.sent_at(&user);
     if let Some(sent) = sent_before {
-        let window = chrono::Duration::from_std(ctx.config.sms.max_frequency).unwrap_or_default();
-        let left = (sent + window - now).num_seconds();
-        if left > 0 {
-            return Err(ApiError::too_many_requests(
-                "over_sms_send_rate_limit",
-                format!("For security purposes, you can only request this after {left} seconds."),
-                left as u64,
-            ));
-        }
+        let window = ctx.config.sms.max_frequency;
+        crate::budget::window_open(window, "over_sms_send_rate_limit", sent, now)?;
     }
     // Test numbers get their fixed code, send nothing and spend no budget.
     let test = ctx.config.sms.test_otp(&phone, now).map(str::to_string);
