@@ -4,9 +4,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use apalis::prelude::TaskBuilder;
 use apalis::prelude::TaskId;
-use castellan_core::ApiError;
 use castellan_core::crypto::at_rest::JobSeal;
 use castellan_core::store::{Conn, Pool, Store, Tx};
+use castellan_core::{ApiError, on};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -61,12 +61,9 @@ pub async fn setup(store: &Store) -> Result<(), String> {
 
 /// How many jobs of a queue wait to run (pending, or failed with attempts left).
 pub async fn pending(store: &Store, queue: Queue) -> Result<i64, sqlx::Error> {
-    match store.pool() {
-        Pool::Pg(p) => sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE job_type = $1 AND (status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts))")
-            .bind(queue.table_name()).fetch_one(p).await,
-        Pool::Lite(p) => sqlx::query_scalar("SELECT count(*) FROM Jobs WHERE job_type = $1 AND (status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts))")
-            .bind(queue.table_name()).fetch_one(p).await,
-    }
+    on!(pool store.pool(), p, d => sqlx::query_scalar(concat!("SELECT count(*) FROM ", d!(jobs),
+        " WHERE job_type = $1 AND (status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts))"))
+        .bind(queue.table_name()).fetch_one(p).await)
 }
 
 /// Puts back the jobs a stopped worker (every run of the worker named
@@ -75,13 +72,10 @@ pub async fn pending(store: &Store, queue: Queue) -> Result<i64, sqlx::Error> {
 /// another worker before anyone delivered them.
 pub async fn release(store: &Store, queue: Queue, worker: &str) -> Result<u64, sqlx::Error> {
     let held = format!("{worker}-%");
-    let r = match store.pool() {
-        Pool::Pg(p) => sqlx::query("UPDATE apalis.jobs SET status = 'Pending', lock_by = NULL, lock_at = NULL, done_at = NULL WHERE job_type = $1 AND status IN ('Running', 'Queued') AND lock_by LIKE $2")
-            .bind(queue.table_name()).bind(&held).execute(p).await?.rows_affected(),
-        Pool::Lite(p) => sqlx::query("UPDATE Jobs SET status = 'Pending', lock_by = NULL, lock_at = NULL, done_at = NULL WHERE job_type = $1 AND status IN ('Running', 'Queued') AND lock_by LIKE $2")
-            .bind(queue.table_name()).bind(&held).execute(p).await?.rows_affected(),
-    };
-    Ok(r)
+    on!(pool store.pool(), p, d => sqlx::query(concat!("UPDATE ", d!(jobs),
+        " SET status = 'Pending', lock_by = NULL, lock_at = NULL, done_at = NULL \
+         WHERE job_type = $1 AND status IN ('Running', 'Queued') AND lock_by LIKE $2"))
+        .bind(queue.table_name()).bind(&held).execute(p).await.map(|r| r.rows_affected()))
 }
 
 /// The queue's id of the job whose own id is `id` (a ULID of the same bits).
@@ -191,24 +185,9 @@ pub async fn enqueue_sms(
 /// Removes a job no worker has taken yet; false when one already has.
 pub async fn withdraw(store: &Store, queue: Queue, id: Uuid) -> Result<bool, sqlx::Error> {
     let id = task_id(id).to_string();
-    let n = match store.pool() {
-        Pool::Pg(p) => sqlx::query(
-            "DELETE FROM apalis.jobs WHERE id = $1 AND job_type = $2 AND status = 'Pending'",
-        )
-        .bind(&id)
-        .bind(queue.table_name())
-        .execute(p)
-        .await?
-        .rows_affected(),
-        Pool::Lite(p) => {
-            sqlx::query("DELETE FROM Jobs WHERE id = $1 AND job_type = $2 AND status = 'Pending'")
-                .bind(&id)
-                .bind(queue.table_name())
-                .execute(p)
-                .await?
-                .rows_affected()
-        }
-    };
+    let n = on!(pool store.pool(), p, d => sqlx::query(concat!("DELETE FROM ", d!(jobs),
+        " WHERE id = $1 AND job_type = $2 AND status = 'Pending'"))
+        .bind(&id).bind(queue.table_name()).execute(p).await.map(|r| r.rows_affected()))?;
     Ok(n == 1)
 }
 
@@ -246,10 +225,7 @@ pub async fn purge_finished(
 /// Lets a held job run now (its sender could not reach the provider).
 pub async fn release_now(store: &Store, queue: Queue, id: Uuid) -> Result<(), sqlx::Error> {
     let id = task_id(id).to_string();
-    match store.pool() {
-        Pool::Pg(p) => sqlx::query("UPDATE apalis.jobs SET run_at = now() WHERE id = $1 AND job_type = $2 AND status = 'Pending'")
-            .bind(&id).bind(queue.table_name()).execute(p).await.map(drop),
-        Pool::Lite(p) => sqlx::query("UPDATE Jobs SET run_at = strftime('%s', 'now') WHERE id = $1 AND job_type = $2 AND status = 'Pending'")
-            .bind(&id).bind(queue.table_name()).execute(p).await.map(drop),
-    }
+    on!(pool store.pool(), p, d => sqlx::query(concat!("UPDATE ", d!(jobs), " SET run_at = ", d!(now),
+        " WHERE id = $1 AND job_type = $2 AND status = 'Pending'"))
+        .bind(&id).bind(queue.table_name()).execute(p).await.map(drop))
 }

@@ -7,7 +7,7 @@ use sqlx::types::Json;
 use uuid::Uuid;
 
 use super::queries::count;
-use super::{Pool, Store, Tx};
+use super::{Store, Tx};
 use crate::models::User;
 use crate::on;
 
@@ -85,15 +85,21 @@ impl Store {
     ) -> Result<(Vec<User>, i64), sqlx::Error> {
         let pattern = filter.map(contains_pattern);
         count();
-        // Four spellings: two dialects of JSON access × two sort orders.
+        // The filter: the address or the full name contains the pattern.
+        macro_rules! matching {
+            ($d:ident) => {
+                concat!(
+                    " FROM users WHERE aud = $1 AND ($2", $d!(cast "text"), " IS NULL OR email ", $d!(ilike),
+                    " $2 ESCAPE '\\' OR ", $d!(json_text "raw_user_meta_data", "full_name"), " ", $d!(ilike),
+                    " $2 ESCAPE '\\')"
+                )
+            };
+        }
         macro_rules! list {
             ($order:literal) => {
-                match &self.pool {
-                    Pool::Pg(p) => sqlx::query_as(concat!("SELECT ", user_cols!(), " FROM users WHERE aud = $1 AND ($2::text IS NULL OR email ILIKE $2 ESCAPE '\\' OR raw_user_meta_data->>'full_name' ILIKE $2 ESCAPE '\\') ORDER BY created_at ", $order, ", id ", $order, " LIMIT $3 OFFSET $4"))
-                        .bind(aud).bind(&pattern).bind(page.limit).bind(page.offset).fetch_all(p).await?,
-                    Pool::Lite(p) => sqlx::query_as(concat!("SELECT ", user_cols!(), " FROM users WHERE aud = $1 AND ($2 IS NULL OR email LIKE $2 ESCAPE '\\' OR json_extract(raw_user_meta_data, '$.full_name') LIKE $2 ESCAPE '\\') ORDER BY created_at ", $order, ", id ", $order, " LIMIT $3 OFFSET $4"))
-                        .bind(aud).bind(&pattern).bind(page.limit).bind(page.offset).fetch_all(p).await?,
-                }
+                on!(pool &self.pool, p, d => sqlx::query_as(concat!("SELECT ", user_cols!(), matching!(d),
+                    " ORDER BY created_at ", $order, ", id ", $order, " LIMIT $3 OFFSET $4"))
+                    .bind(aud).bind(&pattern).bind(page.limit).bind(page.offset).fetch_all(p).await)?
             };
         }
         let users: Vec<User> = if newest_first {
@@ -102,12 +108,8 @@ impl Store {
             list!("ASC")
         };
         count();
-        let total: i64 = match &self.pool {
-            Pool::Pg(p) => sqlx::query_scalar("SELECT count(*) FROM users WHERE aud = $1 AND ($2::text IS NULL OR email ILIKE $2 ESCAPE '\\' OR raw_user_meta_data->>'full_name' ILIKE $2 ESCAPE '\\')")
-                .bind(aud).bind(&pattern).fetch_one(p).await?,
-            Pool::Lite(p) => sqlx::query_scalar("SELECT count(*) FROM users WHERE aud = $1 AND ($2 IS NULL OR email LIKE $2 ESCAPE '\\' OR json_extract(raw_user_meta_data, '$.full_name') LIKE $2 ESCAPE '\\')")
-                .bind(aud).bind(&pattern).fetch_one(p).await?,
-        };
+        let total: i64 = on!(pool &self.pool, p, d => sqlx::query_scalar(concat!("SELECT count(*)", matching!(d)))
+            .bind(aud).bind(&pattern).fetch_one(p).await)?;
         Ok((users, total))
     }
 
@@ -123,76 +125,49 @@ impl Store {
             AuditScope::Type => "type",
         });
         let pattern = search.map(|(_, t)| contains_pattern(t));
-        macro_rules! audit_where {
-            (pg) => {
-                " WHERE ($1::text IS NULL \
-                  OR ($1 = 'author' AND ((payload->>'actor_username') ILIKE $2 ESCAPE '\\' OR (payload->>'actor_name') ILIKE $2 ESCAPE '\\')) \
-                  OR ($1 = 'action' AND (payload->>'action') ILIKE $2 ESCAPE '\\') \
-                  OR ($1 = 'type' AND (payload->>'log_type') ILIKE $2 ESCAPE '\\'))"
+        // `$2` contained in the payload's field `$key`.
+        macro_rules! like {
+            ($d:ident, $key:literal) => {
+                concat!("(", $d!(json_text "payload", $key), ") ", $d!(ilike), " $2 ESCAPE '\\'")
             };
-            (lite) => {
-                " WHERE ($1 IS NULL \
-                  OR ($1 = 'author' AND (json_extract(payload, '$.actor_username') LIKE $2 ESCAPE '\\' OR json_extract(payload, '$.actor_name') LIKE $2 ESCAPE '\\')) \
-                  OR ($1 = 'action' AND json_extract(payload, '$.action') LIKE $2 ESCAPE '\\') \
-                  OR ($1 = 'type' AND json_extract(payload, '$.log_type') LIKE $2 ESCAPE '\\'))"
+        }
+        macro_rules! audit_where {
+            ($d:ident) => {
+                concat!(
+                    " WHERE ($1", $d!(cast "text"), " IS NULL OR ($1 = 'author' AND (",
+                    like!($d, "actor_username"), " OR ", like!($d, "actor_name"), ")) OR ($1 = 'action' AND ",
+                    like!($d, "action"), ") OR ($1 = 'type' AND ", like!($d, "log_type"), "))"
+                )
             };
         }
         count();
         count();
-        Ok(match &self.pool {
-            Pool::Pg(p) => (
-                sqlx::query_as(concat!(
-                    "SELECT id, payload, created_at, ip_address FROM audit_log_entries",
-                    audit_where!(pg),
-                    " ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4"
-                ))
-                .bind(scope)
-                .bind(&pattern)
-                .bind(page.limit)
-                .bind(page.offset)
-                .fetch_all(p)
-                .await?,
-                sqlx::query_scalar(concat!(
-                    "SELECT count(*) FROM audit_log_entries",
-                    audit_where!(pg)
-                ))
+        on!(pool &self.pool, p, d => Ok((
+            sqlx::query_as(concat!(
+                "SELECT id, payload, created_at, ip_address FROM audit_log_entries",
+                audit_where!(d),
+                " ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4"
+            ))
+            .bind(scope)
+            .bind(&pattern)
+            .bind(page.limit)
+            .bind(page.offset)
+            .fetch_all(p)
+            .await?,
+            sqlx::query_scalar(concat!("SELECT count(*) FROM audit_log_entries", audit_where!(d)))
                 .bind(scope)
                 .bind(&pattern)
                 .fetch_one(p)
                 .await?,
-            ),
-            Pool::Lite(p) => (
-                sqlx::query_as(concat!(
-                    "SELECT id, payload, created_at, ip_address FROM audit_log_entries",
-                    audit_where!(lite),
-                    " ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4"
-                ))
-                .bind(scope)
-                .bind(&pattern)
-                .bind(page.limit)
-                .bind(page.offset)
-                .fetch_all(p)
-                .await?,
-                sqlx::query_scalar(concat!(
-                    "SELECT count(*) FROM audit_log_entries",
-                    audit_where!(lite)
-                ))
-                .bind(scope)
-                .bind(&pattern)
-                .fetch_one(p)
-                .await?,
-            ),
-        })
+        )))
     }
 
     pub async fn factors_of(&self, user_id: Uuid) -> Result<Vec<FactorRow>, sqlx::Error> {
         count();
-        match &self.pool {
-            Pool::Pg(p) => sqlx::query_as("SELECT id, created_at, updated_at, status::text AS status, friendly_name, factor_type::text AS factor_type, phone, last_challenged_at FROM mfa_factors WHERE user_id = $1 ORDER BY created_at")
-                .bind(user_id).fetch_all(p).await,
-            Pool::Lite(p) => sqlx::query_as("SELECT id, created_at, updated_at, status, friendly_name, factor_type, phone, last_challenged_at FROM mfa_factors WHERE user_id = $1 ORDER BY created_at")
-                .bind(user_id).fetch_all(p).await,
-        }
+        on!(pool &self.pool, p, d => sqlx::query_as(concat!(
+            "SELECT id, created_at, updated_at, status", d!(cast "text"), " AS status, friendly_name, factor_type",
+            d!(cast "text"), " AS factor_type, phone, last_challenged_at FROM mfa_factors WHERE user_id = $1 ORDER BY created_at"))
+            .bind(user_id).fetch_all(p).await)
     }
 }
 

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::queries::count;
-use super::{Conn, FactorRow, Tx};
+use super::{FactorRow, Tx};
 use crate::on;
 
 /// A factor with its secret (as stored: plain base32 or sealed).
@@ -65,12 +65,14 @@ pub struct Guard {
 }
 
 macro_rules! cols {
-    (pg) => {
-        "id, user_id, friendly_name, factor_type::text AS factor_type, status::text AS status, \
-         created_at, updated_at, secret, phone, last_challenged_at"
-    };
-    (lite) => {
-        "id, user_id, friendly_name, factor_type, status, created_at, updated_at, secret, phone, last_challenged_at"
+    ($d:ident) => {
+        concat!(
+            "id, user_id, friendly_name, factor_type",
+            $d!(cast "text"),
+            " AS factor_type, status",
+            $d!(cast "text"),
+            " AS status, created_at, updated_at, secret, phone, last_challenged_at"
+        )
     };
 }
 
@@ -88,19 +90,9 @@ impl Tx {
     /// Every factor of a user, oldest first.
     pub async fn user_factors(&mut self, user_id: Uuid) -> Result<Vec<Factor>, sqlx::Error> {
         count();
-        let sql = match self.conn {
-            Conn::Pg(_) => concat!(
-                "SELECT ",
-                cols!(pg),
-                " FROM mfa_factors WHERE user_id = $1 ORDER BY created_at, id"
-            ),
-            Conn::Lite(..) => concat!(
-                "SELECT ",
-                cols!(lite),
-                " FROM mfa_factors WHERE user_id = $1 ORDER BY created_at, id"
-            ),
-        };
-        on!(tx self, c => sqlx::query_as(sql).bind(user_id).fetch_all(&mut *c).await)
+        on!(tx self, c, d => sqlx::query_as(concat!("SELECT ", cols!(d),
+            " FROM mfa_factors WHERE user_id = $1 ORDER BY created_at, id"))
+            .bind(user_id).fetch_all(&mut *c).await)
     }
 
     /// One factor of a user, locked for the rest of the transaction.
@@ -110,35 +102,17 @@ impl Tx {
         factor_id: Uuid,
     ) -> Result<Option<Factor>, sqlx::Error> {
         count();
-        let sql = match self.conn {
-            Conn::Pg(_) => concat!(
-                "SELECT ",
-                cols!(pg),
-                " FROM mfa_factors WHERE user_id = $1 AND id = $2 FOR UPDATE"
-            ),
-            Conn::Lite(..) => concat!(
-                "SELECT ",
-                cols!(lite),
-                " FROM mfa_factors WHERE user_id = $1 AND id = $2"
-            ),
-        };
-        on!(tx self, c => sqlx::query_as(sql).bind(user_id).bind(factor_id).fetch_optional(&mut *c).await)
+        on!(tx self, c, d => sqlx::query_as(concat!("SELECT ", cols!(d),
+            " FROM mfa_factors WHERE user_id = $1 AND id = $2", d!(for_update)))
+            .bind(user_id).bind(factor_id).fetch_optional(&mut *c).await)
     }
 
     pub async fn insert_factor(&mut self, f: &Factor) -> Result<(), sqlx::Error> {
         self.touch(f.user_id);
         count();
-        let sql = match self.conn {
-            Conn::Pg(_) => {
-                "INSERT INTO mfa_factors (id, user_id, friendly_name, factor_type, status, created_at, updated_at, secret, phone) \
-                 VALUES ($1, $2, $3, $4::auth.factor_type, $5::auth.factor_status, $6, $6, $7, $8)"
-            }
-            Conn::Lite(..) => {
-                "INSERT INTO mfa_factors (id, user_id, friendly_name, factor_type, status, created_at, updated_at, secret, phone) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8)"
-            }
-        };
-        on!(tx self, c => sqlx::query(sql)
+        on!(tx self, c, d => sqlx::query(concat!(
+            "INSERT INTO mfa_factors (id, user_id, friendly_name, factor_type, status, created_at, updated_at, secret, phone) \
+             VALUES ($1, $2, $3, $4", d!(cast "auth.factor_type"), ", $5", d!(cast "auth.factor_status"), ", $6, $6, $7, $8)"))
             .bind(f.id).bind(f.user_id).bind(&f.friendly_name).bind(&f.factor_type).bind(&f.status)
             .bind(f.created_at).bind(&f.secret).bind(&f.phone)
             .execute(&mut *c).await.map(drop))
@@ -156,15 +130,9 @@ impl Tx {
     ) -> Result<(), sqlx::Error> {
         self.touch(factor.user_id);
         count();
-        let sql = match self.conn {
-            Conn::Pg(_) => {
-                "INSERT INTO mfa_challenges (id, factor_id, created_at, ip_address, otp_code) VALUES ($1, $2, $3, $4::inet, $5)"
-            }
-            Conn::Lite(..) => {
-                "INSERT INTO mfa_challenges (id, factor_id, created_at, ip_address, otp_code) VALUES ($1, $2, $3, $4, $5)"
-            }
-        };
-        on!(tx self, c => sqlx::query(sql).bind(id).bind(factor.id).bind(now).bind(ip).bind(otp_code).execute(&mut *c).await.map(drop))?;
+        on!(tx self, c, d => sqlx::query(concat!(
+            "INSERT INTO mfa_challenges (id, factor_id, created_at, ip_address, otp_code) VALUES ($1, $2, $3, $4",
+            d!(cast "inet"), ", $5)")).bind(id).bind(factor.id).bind(now).bind(ip).bind(otp_code).execute(&mut *c).await.map(drop))?;
         on!(tx self, c => sqlx::query("UPDATE mfa_factors SET last_challenged_at = $2 WHERE id = $1")
             .bind(factor.id).bind(now).execute(&mut *c).await.map(drop))
     }
@@ -186,15 +154,9 @@ impl Tx {
         id: Uuid,
     ) -> Result<Option<Challenge>, sqlx::Error> {
         count();
-        let sql = match self.conn {
-            Conn::Pg(_) => {
-                "SELECT id, factor_id, created_at, verified_at, host(ip_address) AS ip_address, otp_code FROM mfa_challenges WHERE id = $1 AND factor_id = $2 FOR UPDATE"
-            }
-            Conn::Lite(..) => {
-                "SELECT id, factor_id, created_at, verified_at, ip_address, otp_code FROM mfa_challenges WHERE id = $1 AND factor_id = $2"
-            }
-        };
-        on!(tx self, c => sqlx::query_as(sql).bind(id).bind(factor_id).fetch_optional(&mut *c).await)
+        on!(tx self, c, d => sqlx::query_as(concat!(
+            "SELECT id, factor_id, created_at, verified_at, ", d!(pg "host(ip_address) AS "),
+            "ip_address, otp_code FROM mfa_challenges WHERE id = $1 AND factor_id = $2", d!(for_update))).bind(id).bind(factor_id).fetch_optional(&mut *c).await)
     }
 
     pub async fn delete_challenge(&mut self, id: Uuid) -> Result<(), sqlx::Error> {
@@ -228,15 +190,9 @@ impl Tx {
     ) -> Result<u64, sqlx::Error> {
         self.touch(user_id);
         count();
-        let sql = match self.conn {
-            Conn::Pg(_) => {
-                "DELETE FROM mfa_factors WHERE user_id = $1 AND status = 'unverified' AND factor_type = $2::auth.factor_type"
-            }
-            Conn::Lite(..) => {
-                "DELETE FROM mfa_factors WHERE user_id = $1 AND status = 'unverified' AND factor_type = $2"
-            }
-        };
-        on!(tx self, c => sqlx::query(sql).bind(user_id).bind(factor_type).execute(&mut *c).await.map(|r| r.rows_affected()))
+        on!(tx self, c, d => sqlx::query(concat!(
+            "DELETE FROM mfa_factors WHERE user_id = $1 AND status = 'unverified' AND factor_type = $2",
+            d!(cast "auth.factor_type"))).bind(user_id).bind(factor_type).execute(&mut *c).await.map(|r| r.rows_affected()))
     }
 
     /// Deletes a factor; the sessions it raised go back to aal1.
@@ -271,11 +227,8 @@ impl Tx {
     /// The session's assurance level column (`aal1` when never set).
     pub async fn session_aal(&mut self, session_id: Uuid) -> Result<String, sqlx::Error> {
         count();
-        let sql = match self.conn {
-            Conn::Pg(_) => "SELECT aal::text FROM sessions WHERE id = $1",
-            Conn::Lite(..) => "SELECT aal FROM sessions WHERE id = $1",
-        };
-        let aal: Option<Option<String>> = on!(tx self, c => sqlx::query_scalar(sql).bind(session_id).fetch_optional(&mut *c).await)?;
+        let aal: Option<Option<String>> = on!(tx self, c, d => sqlx::query_scalar(concat!(
+            "SELECT aal", d!(cast "text"), " FROM sessions WHERE id = $1")).bind(session_id).fetch_optional(&mut *c).await)?;
         Ok(aal.flatten().unwrap_or_else(|| "aal1".into()))
     }
 
@@ -300,15 +253,9 @@ impl Tx {
         count();
         on!(tx self, c => sqlx::query("INSERT INTO castellan_factor_guard (factor_id) VALUES ($1) ON CONFLICT (factor_id) DO NOTHING")
             .bind(factor_id).execute(&mut *c).await.map(drop))?;
-        let sql = match self.conn {
-            Conn::Pg(_) => {
-                "SELECT last_step, failures::bigint AS failures, locked_until FROM castellan_factor_guard WHERE factor_id = $1 FOR UPDATE"
-            }
-            Conn::Lite(..) => {
-                "SELECT last_step, failures, locked_until FROM castellan_factor_guard WHERE factor_id = $1"
-            }
-        };
-        on!(tx self, c => sqlx::query_as(sql).bind(factor_id).fetch_one(&mut *c).await)
+        on!(tx self, c, d => sqlx::query_as(concat!(
+            "SELECT last_step, failures", d!(cast "bigint"),
+            " AS failures, locked_until FROM castellan_factor_guard WHERE factor_id = $1", d!(for_update))).bind(factor_id).fetch_one(&mut *c).await)
     }
 
     pub async fn set_factor_guard(

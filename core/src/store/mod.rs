@@ -32,6 +32,7 @@ pub use opening::explain as explain_open_error;
 
 mod admin;
 mod changes;
+mod dialect;
 mod factors;
 mod group;
 mod oauth;
@@ -143,6 +144,45 @@ pub struct Tx {
 #[macro_export]
 #[doc(hidden)]
 macro_rules! on {
+    // With `$d`: `$d!(…)` in the body spells a dialect difference (see `dialect`).
+    (tx $tx:expr, $c:ident, $d:ident => $body:expr) => {
+        $crate::on!(@dialect [$] tx $tx, $c, $d, $body)
+    };
+    (pool $pool:expr, $c:ident, $d:ident => $body:expr) => {
+        $crate::on!(@dialect [$] pool $pool, $c, $d, $body)
+    };
+    (@dialect [$dol:tt] tx $tx:expr, $c:ident, $d:ident, $body:expr) => {
+        match &mut $tx.conn {
+            $crate::store::Conn::Pg(t) => {
+                let $c: &mut sqlx::PgConnection = &mut *t;
+                #[allow(unused_macros)]
+                macro_rules! $d { ($dol($dol a:tt)*) => { $crate::pg_sql!($dol($dol a)*) } }
+                $body
+            }
+            $crate::store::Conn::Lite(t, _) => {
+                let $c: &mut sqlx::SqliteConnection = &mut *t;
+                #[allow(unused_macros)]
+                macro_rules! $d { ($dol($dol a:tt)*) => { $crate::lite_sql!($dol($dol a)*) } }
+                $body
+            }
+        }
+    };
+    (@dialect [$dol:tt] pool $pool:expr, $c:ident, $d:ident, $body:expr) => {
+        match $pool {
+            $crate::store::Pool::Pg(p) => {
+                let $c = p;
+                #[allow(unused_macros)]
+                macro_rules! $d { ($dol($dol a:tt)*) => { $crate::pg_sql!($dol($dol a)*) } }
+                $body
+            }
+            $crate::store::Pool::Lite(p) => {
+                let $c = p;
+                #[allow(unused_macros)]
+                macro_rules! $d { ($dol($dol a:tt)*) => { $crate::lite_sql!($dol($dol a)*) } }
+                $body
+            }
+        }
+    };
     (tx $tx:expr, $c:ident => $body:expr) => {
         match &mut $tx.conn {
             $crate::store::Conn::Pg(t) => {

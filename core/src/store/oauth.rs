@@ -7,8 +7,8 @@ use serde_json::Value;
 use sqlx::types::Json;
 use uuid::Uuid;
 
+use super::Tx;
 use super::queries::count;
-use super::{Conn, Tx};
 use crate::models::{Identity, User};
 use crate::on;
 
@@ -57,28 +57,14 @@ macro_rules! flow_cols {
     };
 }
 
-/// A new OAuth flow state; `$4` is cast to PostgreSQL's enum there.
-macro_rules! insert_flow_sql {
-    ($method:literal) => {
-        concat!(
-            "INSERT INTO flow_state (id, provider_type, code_challenge, code_challenge_method, authentication_method, \
-             referrer, linking_target_id, email_optional, oauth_client_state_id, created_at, updated_at, invite_token) \
-             VALUES ($1, $2, $3, ",
-            $method,
-            ", 'oauth', $5, $6, $7, $8, $9, $9, $10)"
-        )
-    };
-}
-
 impl Tx {
     pub async fn insert_oauth_flow(&mut self, f: &NewOAuthFlow<'_>) -> Result<(), sqlx::Error> {
         count();
         let (challenge, method) = f.pkce.unzip();
-        let sql = match self.conn {
-            Conn::Pg(_) => insert_flow_sql!("$4::auth.code_challenge_method"),
-            Conn::Lite(..) => insert_flow_sql!("$4"),
-        };
-        on!(tx self, c => sqlx::query(sql)
+        on!(tx self, c, d => sqlx::query(concat!(
+            "INSERT INTO flow_state (id, provider_type, code_challenge, code_challenge_method, authentication_method, \
+             referrer, linking_target_id, email_optional, oauth_client_state_id, created_at, updated_at, invite_token) \
+             VALUES ($1, $2, $3, $4", d!(cast "auth.code_challenge_method"), ", 'oauth', $5, $6, $7, $8, $9, $9, $10)"))
             .bind(f.id).bind(f.provider).bind(challenge).bind(method).bind(f.referrer)
             .bind(f.linking_target).bind(f.email_optional).bind(f.client_state).bind(f.now).bind(f.invite_token)
             .execute(&mut *c).await.map(drop))
@@ -87,28 +73,9 @@ impl Tx {
     /// The OAuth flow state `id`, locked for the rest of the transaction.
     pub async fn oauth_flow(&mut self, id: Uuid) -> Result<Option<OAuthFlow>, sqlx::Error> {
         count();
-        match &mut self.conn {
-            Conn::Pg(t) => {
-                sqlx::query_as(concat!(
-                    "SELECT ",
-                    flow_cols!(),
-                    " FROM flow_state WHERE id = $1 AND authentication_method = 'oauth' FOR UPDATE"
-                ))
-                .bind(id)
-                .fetch_optional(&mut **t)
-                .await
-            }
-            Conn::Lite(t, _) => {
-                sqlx::query_as(concat!(
-                    "SELECT ",
-                    flow_cols!(),
-                    " FROM flow_state WHERE id = $1 AND authentication_method = 'oauth'"
-                ))
-                .bind(id)
-                .fetch_optional(&mut **t)
-                .await
-            }
-        }
+        on!(tx self, c, d => sqlx::query_as(concat!("SELECT ", flow_cols!(),
+            " FROM flow_state WHERE id = $1 AND authentication_method = 'oauth'", d!(for_update)))
+            .bind(id).fetch_optional(&mut *c).await)
     }
 
     /// Ends a PKCE round trip: the user and the provider's tokens recorded,
@@ -179,14 +146,9 @@ impl Tx {
     ) -> Result<(Vec<Identity>, Vec<User>), sqlx::Error> {
         count();
         // Only identities whose provider verified the address.
-        let ids: Vec<Identity> = match &mut self.conn {
-            Conn::Pg(t) => sqlx::query_as(concat!("SELECT ", identity_cols!(),
-                " FROM identities WHERE email = $1 AND identity_data->>'email_verified' = 'true'"))
-                .bind(email).fetch_all(&mut **t).await?,
-            Conn::Lite(t, _) => sqlx::query_as(concat!("SELECT ", identity_cols!(),
-                " FROM identities WHERE email = $1 AND json_extract(identity_data, '$.email_verified') IN (1, 'true')"))
-                .bind(email).fetch_all(&mut **t).await?,
-        };
+        let ids: Vec<Identity> = on!(tx self, c, d => sqlx::query_as(concat!("SELECT ", identity_cols!(),
+            " FROM identities WHERE email = $1 AND ", d!(json_is_true "identity_data", "email_verified")))
+            .bind(email).fetch_all(&mut *c).await)?;
         count();
         let users: Vec<User> = on!(tx self, c => sqlx::query_as(concat!("SELECT ", user_cols!(),
             " FROM users WHERE lower(email) = $1 AND is_sso_user = false"))

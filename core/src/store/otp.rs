@@ -4,8 +4,8 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use super::Tx;
 use super::queries::count;
-use super::{Conn, Pool, Tx};
 use crate::models::User;
 use crate::on;
 
@@ -120,28 +120,8 @@ impl Tx {
     /// (sends to one user are serialized across processes).
     pub async fn lock_user(&mut self, id: Uuid) -> Result<Option<User>, sqlx::Error> {
         count();
-        match &mut self.conn {
-            Conn::Pg(t) => {
-                sqlx::query_as(concat!(
-                    "SELECT ",
-                    user_cols!(),
-                    " FROM users WHERE id = $1 FOR UPDATE"
-                ))
-                .bind(id)
-                .fetch_optional(&mut **t)
-                .await
-            }
-            Conn::Lite(t, _) => {
-                sqlx::query_as(concat!(
-                    "SELECT ",
-                    user_cols!(),
-                    " FROM users WHERE id = $1"
-                ))
-                .bind(id)
-                .fetch_optional(&mut **t)
-                .await
-            }
-        }
+        on!(tx self, c, d => sqlx::query_as(concat!("SELECT ", user_cols!(), " FROM users WHERE id = $1", d!(for_update)))
+            .bind(id).fetch_optional(&mut *c).await)
     }
 
     /// Stores a token: the users column and its `*_sent_at`, and the
@@ -162,24 +142,14 @@ impl Tx {
             on!(tx self, c => sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(user_id).bind(hash).bind(now).execute(&mut *c).await.map(drop))?;
         });
         count();
-        match &mut self.conn {
-            Conn::Pg(t) => sqlx::query("DELETE FROM one_time_tokens WHERE user_id = $1 AND token_type = $2::auth.one_time_token_type")
-                .bind(user_id).bind(tt.name()).execute(&mut **t).await.map(drop)?,
-            Conn::Lite(t, _) => sqlx::query("DELETE FROM one_time_tokens WHERE user_id = $1 AND token_type = $2")
-                .bind(user_id).bind(tt.name()).execute(&mut **t).await.map(drop)?,
-        }
+        self.delete_token_row(user_id, tt).await?;
         count();
         let naive = now.naive_utc();
-        match &mut self.conn {
-            Conn::Pg(t) => sqlx::query("INSERT INTO one_time_tokens (id, user_id, token_type, token_hash, relates_to, created_at, updated_at) \
-                VALUES ($1, $2, $3::auth.one_time_token_type, $4, $5, $6, $6)")
-                .bind(Uuid::new_v4()).bind(user_id).bind(tt.name()).bind(hash).bind(relates_to).bind(naive)
-                .execute(&mut **t).await.map(drop),
-            Conn::Lite(t, _) => sqlx::query("INSERT INTO one_time_tokens (id, user_id, token_type, token_hash, relates_to, created_at, updated_at) \
-                VALUES ($1, $2, $3, $4, $5, $6, $6)")
-                .bind(Uuid::new_v4()).bind(user_id).bind(tt.name()).bind(hash).bind(relates_to).bind(naive)
-                .execute(&mut **t).await.map(drop),
-        }
+        on!(tx self, c, d => sqlx::query(concat!(
+            "INSERT INTO one_time_tokens (id, user_id, token_type, token_hash, relates_to, created_at, updated_at) \
+             VALUES ($1, $2, $3", d!(cast "auth.one_time_token_type"), ", $4, $5, $6, $6)"))
+            .bind(Uuid::new_v4()).bind(user_id).bind(tt.name()).bind(hash).bind(relates_to).bind(naive)
+            .execute(&mut *c).await.map(drop))
     }
 
     pub async fn set_invited(
@@ -205,14 +175,10 @@ impl Tx {
         count();
         let names: Vec<&str> = types.iter().map(|t| t.name()).collect();
         let names = names.join(",");
-        let found: Option<(Uuid, String)> = match &mut self.conn {
-            Conn::Pg(t) => sqlx::query_as("DELETE FROM one_time_tokens WHERE token_hash = $1 AND token_type::text = ANY(string_to_array($2, ',')) \
-                AND relates_to LIKE '%@%' RETURNING user_id, token_type::text")
-                .bind(hash).bind(&names).fetch_optional(&mut **t).await?,
-            Conn::Lite(t, _) => sqlx::query_as("DELETE FROM one_time_tokens WHERE token_hash = $1 AND instr(',' || $2 || ',', ',' || token_type || ',') > 0 \
-                AND relates_to LIKE '%@%' RETURNING user_id, token_type")
-                .bind(hash).bind(&names).fetch_optional(&mut **t).await?,
-        };
+        let found: Option<(Uuid, String)> = on!(tx self, c, d => sqlx::query_as(concat!(
+            "DELETE FROM one_time_tokens WHERE token_hash = $1 AND ", d!(in_list "token_type", "$2"),
+            " AND relates_to LIKE '%@%' RETURNING user_id, token_type", d!(cast "text")))
+            .bind(hash).bind(&names).fetch_optional(&mut *c).await)?;
         Ok(found.and_then(|(user, tt)| TokenType::from_name(&tt).map(|t| (user, t))))
     }
 
@@ -333,13 +299,15 @@ impl Tx {
     /// Voids the user's outstanding token of this type: column and row.
     pub async fn void_token(&mut self, user_id: Uuid, tt: TokenType) -> Result<(), sqlx::Error> {
         self.clear_token_column(user_id, tt).await?;
+        self.delete_token_row(user_id, tt).await
+    }
+
+    /// The `one_time_tokens` row of this user and type, if any.
+    async fn delete_token_row(&mut self, user_id: Uuid, tt: TokenType) -> Result<(), sqlx::Error> {
         count();
-        match &mut self.conn {
-            Conn::Pg(t) => sqlx::query("DELETE FROM one_time_tokens WHERE user_id = $1 AND token_type = $2::auth.one_time_token_type")
-                .bind(user_id).bind(tt.name()).execute(&mut **t).await.map(drop),
-            Conn::Lite(t, _) => sqlx::query("DELETE FROM one_time_tokens WHERE user_id = $1 AND token_type = $2")
-                .bind(user_id).bind(tt.name()).execute(&mut **t).await.map(drop),
-        }
+        on!(tx self, c, d => sqlx::query(concat!(
+            "DELETE FROM one_time_tokens WHERE user_id = $1 AND token_type = $2", d!(cast "auth.one_time_token_type")))
+            .bind(user_id).bind(tt.name()).execute(&mut *c).await.map(drop))
     }
 
     /// Confirmation side effects clear every pending one-time token of the user.
@@ -360,14 +328,10 @@ impl Tx {
     ) -> Result<(), sqlx::Error> {
         self.touch(user_id);
         count();
-        match &mut self.conn {
-            Conn::Pg(t) => sqlx::query("UPDATE identities SET identity_data = jsonb_set(identity_data, '{email_verified}', 'true'), updated_at = $3 \
-                WHERE user_id = $1 AND lower(identity_data->>'email') = $2")
-                .bind(user_id).bind(email).bind(now).execute(&mut **t).await.map(drop),
-            Conn::Lite(t, _) => sqlx::query("UPDATE identities SET identity_data = json_set(identity_data, '$.email_verified', json('true')), updated_at = $3 \
-                WHERE user_id = $1 AND lower(json_extract(identity_data, '$.email')) = $2")
-                .bind(user_id).bind(email).bind(now).execute(&mut **t).await.map(drop),
-        }
+        on!(tx self, c, d => sqlx::query(concat!(
+            "UPDATE identities SET identity_data = ", d!(json_true "identity_data", "email_verified"),
+            ", updated_at = $3 WHERE user_id = $1 AND lower(", d!(json_text "identity_data", "email"), ") = $2"))
+            .bind(user_id).bind(email).bind(now).execute(&mut *c).await.map(drop))
     }
 
     /// Draws one message from a global budget (a fixed window of `events`
@@ -382,26 +346,9 @@ impl Tx {
         count();
         macro_rules! read {
             ($table:literal) => {
-                match &mut self.conn {
-                    Conn::Pg(t) => {
-                        sqlx::query_as(concat!(
-                            "SELECT window_start, sent::bigint FROM ",
-                            $table,
-                            " WHERE id = 1 FOR UPDATE"
-                        ))
-                        .fetch_one(&mut **t)
-                        .await?
-                    }
-                    Conn::Lite(t, _) => {
-                        sqlx::query_as(concat!(
-                            "SELECT window_start, sent FROM ",
-                            $table,
-                            " WHERE id = 1"
-                        ))
-                        .fetch_one(&mut **t)
-                        .await?
-                    }
-                }
+                on!(tx self, c, d => sqlx::query_as(concat!(
+                    "SELECT window_start, sent", d!(cast "bigint"), " FROM ", $table, " WHERE id = 1", d!(for_update)))
+                    .fetch_one(&mut *c).await)?
             };
         }
         let row: (DateTime<Utc>, i64) = match budget {
@@ -494,16 +441,12 @@ impl Tx {
     ) -> Result<(), sqlx::Error> {
         count();
         let code = Uuid::new_v4().to_string();
-        match &mut self.conn {
-            Conn::Pg(t) => sqlx::query("INSERT INTO flow_state (id, user_id, auth_code, code_challenge_method, code_challenge, provider_type, \
-                authentication_method, created_at, updated_at) VALUES ($1, $2, $3, $4::auth.code_challenge_method, $5, 'email', $6, $7, $7)")
-                .bind(Uuid::new_v4()).bind(user_id).bind(code).bind(challenge_method).bind(challenge).bind(method).bind(now)
-                .execute(&mut **t).await.map(drop),
-            Conn::Lite(t, _) => sqlx::query("INSERT INTO flow_state (id, user_id, auth_code, code_challenge_method, code_challenge, provider_type, \
-                authentication_method, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, 'email', $6, $7, $7)")
-                .bind(Uuid::new_v4()).bind(user_id).bind(code).bind(challenge_method).bind(challenge).bind(method).bind(now)
-                .execute(&mut **t).await.map(drop),
-        }
+        on!(tx self, c, d => sqlx::query(concat!(
+            "INSERT INTO flow_state (id, user_id, auth_code, code_challenge_method, code_challenge, provider_type, \
+             authentication_method, created_at, updated_at) VALUES ($1, $2, $3, $4", d!(cast "auth.code_challenge_method"),
+            ", $5, 'email', $6, $7, $7)"))
+            .bind(Uuid::new_v4()).bind(user_id).bind(code).bind(challenge_method).bind(challenge).bind(method).bind(now)
+            .execute(&mut *c).await.map(drop))
     }
 
     /// Issues the code of the newest flow of (user, method): its `auth_code`.
@@ -526,16 +469,11 @@ impl Tx {
         auth_code: &str,
     ) -> Result<Option<FlowState>, sqlx::Error> {
         count();
-        match &mut self.conn {
-            Conn::Pg(t) => sqlx::query_as("DELETE FROM flow_state WHERE auth_code = $1 RETURNING id, user_id, auth_code, \
-                code_challenge_method::text AS code_challenge_method, code_challenge, authentication_method, created_at, auth_code_issued_at, \
-                provider_type, provider_access_token, provider_refresh_token")
-                .bind(auth_code).fetch_optional(&mut **t).await,
-            Conn::Lite(t, _) => sqlx::query_as("DELETE FROM flow_state WHERE auth_code = $1 RETURNING id, user_id, auth_code, \
-                code_challenge_method, code_challenge, authentication_method, created_at, auth_code_issued_at, \
-                provider_type, provider_access_token, provider_refresh_token")
-                .bind(auth_code).fetch_optional(&mut **t).await,
-        }
+        on!(tx self, c, d => sqlx::query_as(concat!(
+            "DELETE FROM flow_state WHERE auth_code = $1 RETURNING id, user_id, auth_code, code_challenge_method",
+            d!(cast "text"), " AS code_challenge_method, code_challenge, authentication_method, created_at, \
+             auth_code_issued_at, provider_type, provider_access_token, provider_refresh_token"))
+            .bind(auth_code).fetch_optional(&mut *c).await)
     }
 }
 
@@ -556,28 +494,10 @@ impl super::Store {
         count();
         let names: Vec<&str> = types.iter().map(|t| t.name()).collect();
         let names = names.join(",");
-        match &self.pool {
-            Pool::Pg(p) => {
-                sqlx::query_scalar(
-                    "SELECT DISTINCT user_id FROM one_time_tokens WHERE relates_to = $1 \
-                AND token_type::text = ANY(string_to_array($2, ',')) LIMIT 64",
-                )
-                .bind(relates_to)
-                .bind(&names)
-                .fetch_all(p)
-                .await
-            }
-            Pool::Lite(p) => {
-                sqlx::query_scalar(
-                    "SELECT DISTINCT user_id FROM one_time_tokens WHERE relates_to = $1 \
-                AND instr(',' || $2 || ',', ',' || token_type || ',') > 0 LIMIT 64",
-                )
-                .bind(relates_to)
-                .bind(&names)
-                .fetch_all(p)
-                .await
-            }
-        }
+        on!(pool &self.pool, p, d => sqlx::query_scalar(concat!(
+            "SELECT DISTINCT user_id FROM one_time_tokens WHERE relates_to = $1 AND ",
+            d!(in_list "token_type", "$2"), " LIMIT 64"))
+            .bind(relates_to).bind(&names).fetch_all(p).await)
     }
 
     /// Whose one-time token this hash is (for routing a verification).

@@ -289,27 +289,6 @@ pub(super) fn rotate_group() -> super::group::WriteGroup<RotateArgs> {
     super::group::WriteGroup::new(ROTATE_LITE, 15, bind)
 }
 
-/// A user's factors as a JSON array (GoTrue lists them in the user JSON),
-/// for the user row named `$who`.
-macro_rules! factors_json {
-    (pg, $who:literal) => {
-        concat!(
-            "(SELECT coalesce(json_agg(json_build_object('id', f.id, 'created_at', f.created_at, 'updated_at', f.updated_at, \
-              'status', f.status, 'friendly_name', f.friendly_name, 'factor_type', f.factor_type, 'phone', f.phone, \
-              'last_challenged_at', f.last_challenged_at) ORDER BY f.created_at, f.id), '[]'::json) \
-              FROM mfa_factors f WHERE f.user_id = ", $who, ".id) AS factors_json"
-        )
-    };
-    (lite, $who:literal) => {
-        concat!(
-            "(SELECT coalesce(json_group_array(json_object('id', lower(hex(f.id)), 'created_at', f.created_at, \
-              'updated_at', f.updated_at, 'status', f.status, 'friendly_name', f.friendly_name, 'factor_type', f.factor_type, \
-              'phone', f.phone, 'last_challenged_at', f.last_challenged_at)), '[]') \
-              FROM (SELECT * FROM mfa_factors WHERE user_id = ", $who, ".id ORDER BY created_at, id) f) AS factors_json"
-        )
-    };
-}
-
 /// A new session on PostgreSQL in one statement (a data-modifying CTE;
 /// foreign keys are checked at its end), answering with the identities.
 const START_SESSION_PG: &str = concat!(
@@ -323,12 +302,11 @@ const START_SESSION_PG: &str = concat!(
                  signed_in AS (UPDATE users SET last_sign_in_at = $3, updated_at = $3 WHERE id = $2), \
                  audit AS (INSERT INTO audit_log_entries (instance_id, id, payload, created_at, ip_address) \
                            SELECT $6, gen_random_uuid(), a.payload, $3, $10 FROM jsonb_array_elements($9::jsonb) AS a(payload)) \
-                 SELECT (SELECT coalesce(json_agg(json_build_object('id', i.id, 'provider_id', i.provider_id, \
-                    'user_id', i.user_id, 'identity_data', i.identity_data, 'provider', i.provider, 'last_sign_in_at', i.last_sign_in_at, \
-                    'created_at', i.created_at, 'updated_at', i.updated_at) ORDER BY i.created_at, i.id), '[]'::json) \
-                    FROM identities i WHERE i.user_id = u.id) AS identities_json, ",
-    factors_json!(pg, "u"),
-    " FROM users u WHERE u.id = $2"
+                 SELECT ",
+    crate::pg_sql!(identities "u"),
+    " AS identities_json, ",
+    crate::pg_sql!(factors "u"),
+    " AS factors_json FROM users u WHERE u.id = $2"
 );
 
 /// A new session on SQLite, in one call to SQLite's thread: the session,
@@ -345,24 +323,24 @@ const START_SESSION_LITE: &str = concat!(
      UPDATE users SET last_sign_in_at = $3, updated_at = $3 WHERE id = $2; \
      INSERT INTO audit_log_entries (instance_id, id, payload, created_at, ip_address) \
          SELECT $6, randomblob(16), a.value, $3, $10 FROM json_each($9) AS a; \
-     SELECT (SELECT coalesce(json_group_array(json_object('id', lower(hex(i.id)), 'provider_id', i.provider_id, \
-         'user_id', lower(hex(i.user_id)), 'identity_data', json(i.identity_data), 'provider', i.provider, \
-         'last_sign_in_at', i.last_sign_in_at, 'created_at', i.created_at, 'updated_at', i.updated_at)), '[]') \
-         FROM (SELECT * FROM identities WHERE user_id = u.id ORDER BY created_at, id) i) AS identities_json, ",
-    factors_json!(lite, "u"),
-    " FROM users u WHERE u.id = $2"
+     SELECT ",
+    crate::lite_sql!(identities "u"),
+    " AS identities_json, ",
+    crate::lite_sql!(factors "u"),
+    " AS factors_json FROM users u WHERE u.id = $2"
 );
 
 // The refresh context query and its decoding, shared by the locked read
 // (`Tx::refresh_context`) and the unlocked one (`Store::peek_refresh`).
 macro_rules! refresh_sql {
-    ($amr:literal, $identities:literal, $factors:expr, $from:expr) => {
+    ($d:ident, $from:expr) => {
         concat!(
             "SELECT u.*, s.id AS s_id, s.created_at AS s_created_at, s.updated_at AS s_updated_at, s.refreshed_at AS s_refreshed_at, \
              s.not_after AS s_not_after, s.refresh_token_hmac_key AS s_key, s.refresh_token_counter AS s_counter, \
              t.id AS t_id, t.token AS t_token, t.user_id AS t_user_id, t.revoked AS t_revoked, \
              t.created_at AS t_created_at, t.updated_at AS t_updated_at, t.parent AS t_parent, ",
-            $amr, " AS amr_json, ", $identities, " AS identities_json, ", $factors, " ", $from
+            $d!(amr "s"), " AS amr_json, ", $d!(identities "u"), " AS identities_json, ",
+            $d!(factors "u"), " AS factors_json ", $from
         )
     };
 }
@@ -376,34 +354,6 @@ macro_rules! by_token {
 macro_rules! by_session {
     () => {
         "FROM sessions s JOIN users u ON u.id = s.user_id LEFT JOIN refresh_tokens t ON false WHERE s.id = $1"
-    };
-}
-macro_rules! pg_refresh_sql {
-    ($from:expr) => {
-        refresh_sql!(
-            "(SELECT coalesce(json_agg(json_build_object('method', a.authentication_method, 'at', a.updated_at) \
-              ORDER BY a.updated_at DESC), '[]'::json) FROM mfa_amr_claims a WHERE a.session_id = s.id)",
-            "(SELECT coalesce(json_agg(json_build_object('id', i.id, 'provider_id', i.provider_id, \
-              'user_id', i.user_id, 'identity_data', i.identity_data, 'provider', i.provider, 'last_sign_in_at', i.last_sign_in_at, \
-              'created_at', i.created_at, 'updated_at', i.updated_at) ORDER BY i.created_at, i.id), '[]'::json) \
-              FROM identities i WHERE i.user_id = u.id)",
-            factors_json!(pg, "u"),
-            $from
-        )
-    };
-}
-macro_rules! lite_refresh_sql {
-    ($from:expr) => {
-        refresh_sql!(
-            "(SELECT coalesce(json_group_array(json_object('method', a.authentication_method, 'at', a.updated_at)), '[]') \
-              FROM (SELECT * FROM mfa_amr_claims WHERE session_id = s.id ORDER BY updated_at DESC) a)",
-            "(SELECT coalesce(json_group_array(json_object('id', lower(hex(i.id)), 'provider_id', i.provider_id, \
-              'user_id', lower(hex(i.user_id)), 'identity_data', json(i.identity_data), 'provider', i.provider, \
-              'last_sign_in_at', i.last_sign_in_at, 'created_at', i.created_at, 'updated_at', i.updated_at)), '[]') \
-              FROM (SELECT * FROM identities WHERE user_id = u.id ORDER BY created_at, id) i)",
-            factors_json!(lite, "u"),
-            $from
-        )
     };
 }
 macro_rules! decode_refresh {
@@ -462,13 +412,13 @@ impl Store {
     ) -> Result<Option<LiveUser>, sqlx::Error> {
         count();
         macro_rules! q {
-            ($identities:literal, $aal:literal, $factors:expr) => {
+            ($d:ident) => {
                 concat!(
-                    "SELECT ", user_cols!(), ", ", $factors,
-                    ", (SELECT s.id FROM sessions s WHERE s.id = $2 AND s.user_id = users.id) AS s_id, \
+                    "SELECT ", user_cols!(), ", ", $d!(factors "users"),
+                    " AS factors_json, (SELECT s.id FROM sessions s WHERE s.id = $2 AND s.user_id = users.id) AS s_id, \
                      (SELECT s.not_after FROM sessions s WHERE s.id = $2 AND s.user_id = users.id) AS s_not_after, \
-                     (SELECT ", $aal, " FROM sessions s WHERE s.id = $2 AND s.user_id = users.id) AS s_aal, ",
-                    $identities, " AS identities_json FROM users WHERE id = $1"
+                     (SELECT s.aal", $d!(cast "text"), " FROM sessions s WHERE s.id = $2 AND s.user_id = users.id) AS s_aal, ",
+                    $d!(identities "users"), " AS identities_json FROM users WHERE id = $1"
                 )
             };
         }
@@ -499,24 +449,10 @@ impl Store {
                 }
             };
         }
-        match &self.pool {
-            super::Pool::Pg(p) => {
-                let row = sqlx::query(q!("(SELECT coalesce(json_agg(json_build_object('id', i.id, 'provider_id', i.provider_id, \
-                    'user_id', i.user_id, 'identity_data', i.identity_data, 'provider', i.provider, 'last_sign_in_at', i.last_sign_in_at, \
-                    'created_at', i.created_at, 'updated_at', i.updated_at) ORDER BY i.created_at, i.id), '[]'::json) \
-                    FROM identities i WHERE i.user_id = users.id)", "s.aal::text", factors_json!(pg, "users")))
-                    .bind(id).bind(session).fetch_optional(p).await?;
-                decode!(row)
-            }
-            super::Pool::Lite(p) => {
-                let row = sqlx::query(q!("(SELECT coalesce(json_group_array(json_object('id', lower(hex(i.id)), 'provider_id', i.provider_id, \
-                    'user_id', lower(hex(i.user_id)), 'identity_data', json(i.identity_data), 'provider', i.provider, \
-                    'last_sign_in_at', i.last_sign_in_at, 'created_at', i.created_at, 'updated_at', i.updated_at)), '[]') \
-                    FROM (SELECT * FROM identities WHERE user_id = users.id ORDER BY created_at, id) i)", "s.aal", factors_json!(lite, "users")))
-                    .bind(id).bind(session).fetch_optional(p).await?;
-                decode!(row)
-            }
-        }
+        on!(pool &self.pool, p, d => {
+            let row = sqlx::query(q!(d)).bind(id).bind(session).fetch_optional(p).await?;
+            decode!(row)
+        })
     }
 
     /// Password sign-in lookup: by lower-cased email and audience, SSO users excluded.
@@ -560,22 +496,10 @@ impl Store {
     /// it and writes with `rotate_if_current`, whose guard catches a race.
     pub async fn peek_refresh(&self, token: &str) -> Result<Option<RefreshContext>, sqlx::Error> {
         count();
-        match &self.pool {
-            Pool::Pg(p) => {
-                let row = sqlx::query(pg_refresh_sql!(by_token!()))
-                    .bind(token)
-                    .fetch_optional(p)
-                    .await?;
-                decode_refresh!(row)
-            }
-            Pool::Lite(p) => {
-                let row = sqlx::query(lite_refresh_sql!(by_token!()))
-                    .bind(token)
-                    .fetch_optional(p)
-                    .await?;
-                decode_refresh!(row)
-            }
-        }
+        on!(pool &self.pool, p, d => {
+            let row = sqlx::query(refresh_sql!(d, by_token!())).bind(token).fetch_optional(p).await?;
+            decode_refresh!(row)
+        })
     }
 
     /// Whether this is a GoTrue database castellan adopted: GoTrue keeps its
@@ -598,22 +522,10 @@ impl Store {
         session_id: Uuid,
     ) -> Result<Option<RefreshContext>, sqlx::Error> {
         count();
-        match &self.pool {
-            Pool::Pg(p) => {
-                let row = sqlx::query(pg_refresh_sql!(by_session!()))
-                    .bind(session_id)
-                    .fetch_optional(p)
-                    .await?;
-                decode_refresh!(row)
-            }
-            Pool::Lite(p) => {
-                let row = sqlx::query(lite_refresh_sql!(by_session!()))
-                    .bind(session_id)
-                    .fetch_optional(p)
-                    .await?;
-                decode_refresh!(row)
-            }
-        }
+        on!(pool &self.pool, p, d => {
+            let row = sqlx::query(refresh_sql!(d, by_session!())).bind(session_id).fetch_optional(p).await?;
+            decode_refresh!(row)
+        })
     }
 
     /// Moves a session's v2 counter (see [`Advance`]): false when another
@@ -831,22 +743,11 @@ impl Tx {
         token: &str,
     ) -> Result<Option<RefreshContext>, sqlx::Error> {
         count();
-        match &mut self.conn {
-            Conn::Pg(t) => {
-                let row = sqlx::query(pg_refresh_sql!(concat!(by_token!(), " FOR UPDATE OF s, t")))
-                    .bind(token)
-                    .fetch_optional(&mut **t)
-                    .await?;
-                decode_refresh!(row)
-            }
-            Conn::Lite(t, _) => {
-                let row = sqlx::query(lite_refresh_sql!(by_token!()))
-                    .bind(token)
-                    .fetch_optional(&mut **t)
-                    .await?;
-                decode_refresh!(row)
-            }
-        }
+        on!(tx self, c, d => {
+            let row = sqlx::query(refresh_sql!(d, concat!(by_token!(), d!(pg " FOR UPDATE OF s, t"))))
+                .bind(token).fetch_optional(&mut *c).await?;
+            decode_refresh!(row)
+        })
     }
 
     /// A session's refresh context by its id, the session row locked (an
@@ -856,22 +757,11 @@ impl Tx {
         session_id: Uuid,
     ) -> Result<Option<RefreshContext>, sqlx::Error> {
         count();
-        match &mut self.conn {
-            Conn::Pg(t) => {
-                let row = sqlx::query(pg_refresh_sql!(concat!(by_session!(), " FOR UPDATE OF s")))
-                    .bind(session_id)
-                    .fetch_optional(&mut **t)
-                    .await?;
-                decode_refresh!(row)
-            }
-            Conn::Lite(t, _) => {
-                let row = sqlx::query(lite_refresh_sql!(by_session!()))
-                    .bind(session_id)
-                    .fetch_optional(&mut **t)
-                    .await?;
-                decode_refresh!(row)
-            }
-        }
+        on!(tx self, c, d => {
+            let row = sqlx::query(refresh_sql!(d, concat!(by_session!(), d!(pg " FOR UPDATE OF s"))))
+                .bind(session_id).fetch_optional(&mut *c).await?;
+            decode_refresh!(row)
+        })
     }
 
     /// Writes a rotation: one statement on PostgreSQL (a data-modifying CTE),
@@ -1002,15 +892,9 @@ impl Tx {
         let refreshed: NaiveDateTime = now.naive_utc();
         let client = crate::client::current();
         let ip = client.ip.map(|ip| ip.to_string());
-        let sql = match self.conn {
-            Conn::Pg(_) => {
-                "UPDATE sessions SET refreshed_at = $2, updated_at = $3, ip = coalesce($4::inet, ip), user_agent = coalesce($5, user_agent) WHERE id = $1"
-            }
-            Conn::Lite(..) => {
-                "UPDATE sessions SET refreshed_at = $2, updated_at = $3, ip = coalesce($4, ip), user_agent = coalesce($5, user_agent) WHERE id = $1"
-            }
-        };
-        on!(tx self, c => sqlx::query(sql)
+        on!(tx self, c, d => sqlx::query(concat!(
+            "UPDATE sessions SET refreshed_at = $2, updated_at = $3, ip = coalesce($4", d!(cast "inet"),
+            ", ip), user_agent = coalesce($5, user_agent) WHERE id = $1"))
             .bind(id).bind(refreshed).bind(now).bind(&ip).bind(&client.user_agent).execute(&mut *c).await.map(drop))
     }
 

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use super::Store;
 use super::queries::count;
-use super::{Pool, Store};
+use crate::on;
 
 /// What one sweep removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -22,40 +23,19 @@ pub struct Swept {
     pub mfa_factors: u64,
 }
 
-/// One batched delete, spelled for each backend.
+/// One batched delete (rows another process is deleting are skipped on PostgreSQL).
 macro_rules! batch_delete {
     ($pool:expr, $table:literal, $cond:literal, $cutoff:expr, $limit:expr) => {{
         count();
-        match $pool {
-            Pool::Pg(p) => sqlx::query(concat!(
-                "DELETE FROM ",
-                $table,
-                " WHERE id IN (SELECT id FROM ",
-                $table,
-                " WHERE ",
-                $cond,
-                " LIMIT $2 FOR UPDATE SKIP LOCKED)"
-            ))
-            .bind($cutoff)
-            .bind($limit)
-            .execute(p)
-            .await?
-            .rows_affected(),
-            Pool::Lite(p) => sqlx::query(concat!(
-                "DELETE FROM ",
-                $table,
-                " WHERE id IN (SELECT id FROM ",
-                $table,
-                " WHERE ",
-                $cond,
-                " LIMIT $2)"
-            ))
-            .bind($cutoff)
-            .bind($limit)
-            .execute(p)
-            .await?
-            .rows_affected(),
-        }
+        on!(pool $pool, p, d => sqlx::query(concat!(
+            "DELETE FROM ", $table, " WHERE id IN (SELECT id FROM ", $table, " WHERE ", $cond,
+            " LIMIT $2", d!(pg " FOR UPDATE SKIP LOCKED"), ")"
+        ))
+        .bind($cutoff)
+        .bind($limit)
+        .execute(p)
+        .await?
+        .rows_affected())
     }};
 }
 
