@@ -104,7 +104,7 @@ async fn run_client_with(backend: Backend, script: &str, mail: bool, key: Option
         c.uri_allow_list = vec!["http://app.test/**".into()];
         if mail {
             provider.configure_twilio(c);
-            c.sms.max_frequency = std::time::Duration::from_millis(1);
+            c.rate_limits.sms_window = std::time::Duration::from_millis(1);
             c.mfa.phone_enroll_enabled = true;
             c.mfa.phone_verify_enabled = true;
             c.mailer_autoconfirm = false;
@@ -112,7 +112,7 @@ async fn run_client_with(backend: Backend, script: &str, mail: bool, key: Option
             c.smtp.port = port;
             c.rate_limits.email_sent.events = 1000;
             // The scenarios send several mails of a kind to one user in a row.
-            c.smtp.max_frequency = std::time::Duration::from_millis(1);
+            c.rate_limits.email_window = std::time::Duration::from_millis(1);
             c.uri_allow_list = vec!["http://app.test/**".into()];
         }
         if let Some(kind) = key {

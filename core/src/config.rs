@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::duration::parse_go_duration;
+use crate::limits::{self, Counts, Limit};
 
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {var}: {msg}")]
@@ -63,86 +64,7 @@ pub struct Argon2Config {
     pub max_memory_kib: u32,
 }
 
-/// One per-key token bucket: `per` is the refill window of `events` tokens.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RateLimit {
-    pub events: u32,
-    pub per: Duration,
-    pub burst: u32,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct RateLimits {
-    pub token_refresh: RateLimit,
-    pub sign_ups: RateLimit,
-    pub anonymous_users: RateLimit,
-    pub verify: RateLimit,
-    pub otp: RateLimit,
-    /// Factor challenges and verifications (`GOTRUE_MFA_RATE_LIMIT_CHALLENGE_AND_VERIFY`,
-    /// per minute; each of the two routes has its own bucket, as in GoTrue).
-    pub mfa: RateLimit,
-    /// The email budget every process shares through the database.
-    pub email_sent: SendBudget,
-    /// The SMS budget every process shares through the database.
-    pub sms_sent: SendBudget,
-    /// The header whose first value keys the limits; peer address otherwise.
-    pub header: Option<String>,
-}
-
-impl RateLimits {
-    /// The limits an operator may change while castellan runs, named after
-    /// GoTrue's variables without `GOTRUE_RATE_LIMIT_`.
-    pub const NAMES: [&'static str; 6] = [
-        "email_sent",
-        "sms_sent",
-        "token_refresh",
-        "verify",
-        "otp",
-        "anonymous_users",
-    ];
-
-    /// The number a limit allows per its GoTrue window.
-    pub fn events(&self, name: &str) -> Option<u32> {
-        Some(match name {
-            "token_refresh" => self.token_refresh.events,
-            "verify" => self.verify.events,
-            "otp" => self.otp.events,
-            "anonymous_users" => self.anonymous_users.events,
-            "email_sent" => self.email_sent.events,
-            "sms_sent" => self.sms_sent.events,
-            _ => return None,
-        })
-    }
-
-    /// These limits with `name` allowing `events` per its window (its burst
-    /// kept below a smaller fixed burst, as GoTrue's token refresh has);
-    /// `None` for an unknown name.
-    pub fn with(&self, name: &str, events: u32) -> Option<Self> {
-        let mut out = self.clone();
-        let set = |l: &mut RateLimit| {
-            l.burst = match l.burst < l.events {
-                true => l.burst.min(events),
-                false => events,
-            };
-            l.events = events;
-        };
-        match name {
-            "token_refresh" => set(&mut out.token_refresh),
-            "verify" => set(&mut out.verify),
-            // GoTrue's OTP limit also sizes the sign-up buckets.
-            "otp" => {
-                set(&mut out.otp);
-                set(&mut out.sign_ups);
-            }
-            "anonymous_users" => set(&mut out.anonymous_users),
-            // Its window stays the environment's (`N/duration`).
-            "email_sent" => out.email_sent.events = events,
-            "sms_sent" => out.sms_sent.events = events,
-            _ => return None,
-        }
-        Some(out)
-    }
-}
+pub use crate::limits::{Lockout, RateLimit, RateLimits, SendBudget};
 
 /// SMTP delivery (`GOTRUE_SMTP_*`). No host: mail goes to the server log.
 #[derive(Debug, Clone)]
@@ -153,22 +75,6 @@ pub struct SmtpConfig {
     pub pass: Option<String>,
     pub admin_email: Option<String>,
     pub sender_name: Option<String>,
-    /// The per-user window between two emails of a kind.
-    pub max_frequency: Duration,
-}
-
-/// A global sending budget (`GOTRUE_RATE_LIMIT_EMAIL_SENT`, `_SMS_SENT`): `events` per `per`.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct SendBudget {
-    pub events: u32,
-    pub per: Duration,
-}
-
-/// As the variable is written (`30/3600s`), so the settings list shows it so.
-impl std::fmt::Debug for SendBudget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{:?}", self.events, self.per)
-    }
 }
 
 /// The external sign-in providers GoTrue reports in `/settings`, in its
@@ -272,8 +178,6 @@ pub struct SmsConfig {
     pub template: String,
     pub otp_exp: Duration,
     pub otp_length: usize,
-    /// The per-user window between two codes of a kind.
-    pub max_frequency: Duration,
     /// Fixed codes by number (E.164 digits): nothing is sent to these.
     pub test_otps: HashMap<String, String>,
     pub test_otp_valid_until: Option<chrono::DateTime<chrono::Utc>>,
@@ -345,10 +249,6 @@ fn sms(v: &Vars) -> Result<SmsConfig, ConfigError> {
             otp_length
         } else {
             6
-        },
-        max_frequency: match v.duration(&["GOTRUE_SMS_MAX_FREQUENCY"], Duration::from_secs(60))? {
-            d if d.is_zero() => Duration::from_secs(60),
-            d => d,
         },
         test_otps,
         test_otp_valid_until: v.parse(
@@ -830,13 +730,16 @@ fn jwt_keys(v: &Vars) -> Result<Option<String>, ConfigError> {
     Ok(keys)
 }
 
-fn send_budget(vars: &Vars, name: &str) -> Result<SendBudget, ConfigError> {
+fn send_budget(vars: &Vars, limit: &Limit) -> Result<SendBudget, ConfigError> {
+    let Counts::PerDeployment { events, window } = limit.counts else {
+        unreachable!("{} is a budget", limit.variable)
+    };
     let default = SendBudget {
-        events: 30,
-        per: Duration::from_secs(3600),
+        events,
+        per: window,
     };
     vars.parse(
-        &[name],
+        &[limit.variable],
         default,
         "a number or N/duration (like 30/1h)",
         |v| {
@@ -908,16 +811,11 @@ pub struct MfaConfig {
     pub challenge_expiry: Duration,
     /// How long an unverified, never challenged factor lives (at least 300 s).
     pub factor_expiry: Duration,
-    /// Wrong codes in a row before a factor locks, and for how long.
-    pub max_failures: i64,
-    pub lockout: Duration,
     /// Phone factors (`GOTRUE_MFA_PHONE_*`): off unless enabled, as in GoTrue.
     pub phone_enroll_enabled: bool,
     pub phone_verify_enabled: bool,
     pub phone_otp_length: usize,
     pub phone_template: String,
-    /// The window between two challenges of one phone factor.
-    pub phone_max_frequency: Duration,
 }
 
 /// The password hashing pool and argon2id's parameters.
@@ -1002,39 +900,49 @@ fn jwt(v: &Vars) -> Result<JwtConfig, ConfigError> {
     })
 }
 
-/// The limit table's rates and the send budgets (`otp` read first: it
-/// also sizes the sign-up bucket).
+/// Every limit, each read by its declaration in [`limits`] (`otp` read
+/// first: it also sizes the sign-up bucket).
 fn rate_limits(v: &Vars, otp: RateLimit) -> Result<RateLimits, ConfigError> {
-    let five_min = Duration::from_secs(300);
     Ok(RateLimits {
-        email_sent: send_budget(v, "GOTRUE_RATE_LIMIT_EMAIL_SENT")?,
-        sms_sent: send_budget(v, "GOTRUE_RATE_LIMIT_SMS_SENT")?,
-        token_refresh: rate(
-            v,
-            &["GOTRUE_RATE_LIMIT_TOKEN_REFRESH"],
-            150,
-            five_min,
-            Some(30),
-        )?,
-        // GoTrue sizes the sign-up bucket by the OTP limit; it has no variable of its own.
+        email_sent: send_budget(v, &limits::EMAIL_SENT)?,
+        sms_sent: send_budget(v, &limits::SMS_SENT)?,
+        token_refresh: rate(v, &limits::TOKEN_REFRESH)?,
         sign_ups: otp,
-        anonymous_users: rate(
-            v,
-            &["GOTRUE_RATE_LIMIT_ANONYMOUS_USERS"],
-            30,
-            Duration::from_secs(3600),
-            None,
-        )?,
-        verify: rate(v, &["GOTRUE_RATE_LIMIT_VERIFY"], 30, five_min, Some(30))?,
-        mfa: rate(
-            v,
-            &["GOTRUE_MFA_RATE_LIMIT_CHALLENGE_AND_VERIFY"],
-            15,
-            Duration::from_secs(60),
-            Some(30),
-        )?,
+        anonymous_users: rate(v, &limits::ANONYMOUS_USERS)?,
+        verify: rate(v, &limits::VERIFY)?,
+        mfa: rate(v, &limits::MFA)?,
         otp,
+        email_window: send_window(v, &limits::EMAIL_WINDOW)?,
+        sms_window: send_window(v, &limits::SMS_WINDOW)?,
+        mfa_phone_window: send_window(v, &limits::MFA_PHONE_WINDOW)?,
+        mfa_lockout: lockout(v)?,
         header: v.opt_string(&["GOTRUE_RATE_LIMIT_HEADER"]),
+    })
+}
+
+/// A send window; zero means GoTrue's default, as in GoTrue.
+fn send_window(v: &Vars, limit: &Limit) -> Result<Duration, ConfigError> {
+    let Counts::PerRecipient(default) = limit.counts else {
+        unreachable!("{} is a send window", limit.variable)
+    };
+    Ok(match v.duration(&[limit.variable], default)? {
+        d if d.is_zero() => default,
+        d => d,
+    })
+}
+
+/// The factor lockout: at least one wrong code before it locks.
+fn lockout(v: &Vars) -> Result<Lockout, ConfigError> {
+    let (Counts::FailuresPerFactor(failures), Counts::LockPerFactor(lasts)) =
+        (limits::MFA_MAX_FAILURES.counts, limits::MFA_LOCKOUT.counts)
+    else {
+        unreachable!("the lockout's declarations")
+    };
+    Ok(Lockout {
+        failures: v
+            .num(&[limits::MFA_MAX_FAILURES.variable], failures)?
+            .max(1),
+        lasts: v.duration(&[limits::MFA_LOCKOUT.variable], lasts)?,
     })
 }
 
@@ -1047,10 +955,6 @@ fn smtp(v: &Vars) -> Result<SmtpConfig, ConfigError> {
         pass: v.opt_string(&["GOTRUE_SMTP_PASS"]),
         admin_email: v.opt_string(&["GOTRUE_SMTP_ADMIN_EMAIL"]),
         sender_name: v.opt_string(&["GOTRUE_SMTP_SENDER_NAME"]),
-        max_frequency: match v.duration(&["GOTRUE_SMTP_MAX_FREQUENCY"], Duration::from_secs(60))? {
-            d if d.is_zero() => Duration::from_secs(60),
-            d => d,
-        },
     })
 }
 
@@ -1112,8 +1016,6 @@ fn mfa(v: &Vars) -> Result<MfaConfig, ConfigError> {
         factor_expiry: v
             .duration(&["GOTRUE_MFA_FACTOR_EXPIRY_DURATION"], FLOOR)?
             .max(FLOOR),
-        max_failures: v.num(&["CASTELLAN_MFA_MAX_FAILURES"], 5i64)?.max(1),
-        lockout: v.duration(&["CASTELLAN_MFA_LOCKOUT"], Duration::from_secs(300))?,
         phone_enroll_enabled: v.bool(&["GOTRUE_MFA_PHONE_ENROLL_ENABLED"], false)?,
         phone_verify_enabled: v.bool(&["GOTRUE_MFA_PHONE_VERIFY_ENABLED"], false)?,
         phone_otp_length: match v.num(&["GOTRUE_MFA_PHONE_OTP_LENGTH"], 6usize)? {
@@ -1121,32 +1023,18 @@ fn mfa(v: &Vars) -> Result<MfaConfig, ConfigError> {
             _ => 6,
         },
         phone_template: v.string(&["GOTRUE_MFA_PHONE_TEMPLATE"], "Your code is {{ .Code }}"),
-        phone_max_frequency: match v
-            .duration(&["GOTRUE_MFA_PHONE_MAX_FREQUENCY"], Duration::from_secs(60))?
-        {
-            d if d.is_zero() => Duration::from_secs(60),
-            d => d,
-        },
     })
 }
 
-fn rate(
-    vars: &Vars,
-    names: &[&str],
-    default: u32,
-    per: Duration,
-    burst: Option<u32>,
-) -> Result<RateLimit, ConfigError> {
+fn rate(vars: &Vars, limit: &Limit) -> Result<RateLimit, ConfigError> {
+    let Counts::PerClient { events, .. } = limit.counts else {
+        unreachable!("{} is per client", limit.variable)
+    };
     // GoTrue accepts floats here ("150.0"); a fraction of an event is meaningless, so round.
-    let events = vars.parse(names, default as f64, "a number", |v| {
+    let events = vars.parse(&[limit.variable], events as f64, "a number", |v| {
         v.parse::<f64>().ok().filter(|f| *f >= 0.0)
     })?;
-    let events = events.round() as u32;
-    Ok(RateLimit {
-        events,
-        per,
-        burst: burst.unwrap_or(events),
-    })
+    Ok(RateLimit::declared(events.round() as u32, limit))
 }
 
 impl Config {
@@ -1170,9 +1058,8 @@ impl Config {
     }
 
     fn read(v: &Vars<'_>) -> Result<Self, ConfigError> {
-        let five_min = Duration::from_secs(300);
         let argon2 = argon2(v)?;
-        let otp = rate(v, &["GOTRUE_RATE_LIMIT_OTP"], 30, five_min, Some(30))?;
+        let otp = rate(v, &limits::OTP)?;
         let api_external_url = v.string(
             &["API_EXTERNAL_URL", "GOTRUE_API_EXTERNAL_URL"],
             "http://localhost:8081",

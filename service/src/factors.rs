@@ -365,7 +365,7 @@ impl Factors {
         let cfg = &self.ctx.config;
         let channel = crate::accounts::channel(cfg, channel)?;
         if let Some(last) = f.last_challenged_at {
-            let window = cfg.mfa.phone_max_frequency;
+            let window = cfg.rate_limits.mfa_phone_window;
             crate::budget::window_open(window, "over_sms_send_rate_limit", last, now)?;
         }
         // Beyond GoTrue: factor codes count against the deployment's SMS
@@ -538,7 +538,6 @@ impl Factors {
         approved: Option<bool>,
         now: DateTime<Utc>,
     ) -> ApiResult<Result<Option<i64>, ApiError>> {
-        let cfg = &self.ctx.config.mfa;
         let mut guard = tx.factor_guard(f.id).await?;
         if guard.locked_until.is_some_and(|t| now < t) {
             let left = (guard.locked_until.unwrap_or(now) - now)
@@ -580,8 +579,9 @@ impl Factors {
             return Ok(Ok(step));
         }
         guard.failures += 1;
-        if guard.failures >= cfg.max_failures {
-            let lockout = chrono::Duration::from_std(cfg.lockout).unwrap_or_default();
+        let lock = self.ctx.config.rate_limits.mfa_lockout;
+        if guard.failures >= i64::from(lock.failures) {
+            let lockout = chrono::Duration::from_std(lock.lasts).unwrap_or_default();
             guard.locked_until = Some(now + lockout);
             guard.failures = 0;
             record("lockout", "locked");

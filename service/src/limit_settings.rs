@@ -16,9 +16,8 @@ use crate::context::Ctx;
 
 /// Each changeable limit and the number it allows per its GoTrue window.
 pub fn current(settings: &Settings) -> BTreeMap<&'static str, u32> {
-    Settings::NAMES
-        .iter()
-        .map(|n| (*n, settings.events(n).expect("a known name")))
+    Settings::names()
+        .map(|n| (n, settings.events(n).expect("a known name")))
         .collect()
 }
 
@@ -35,10 +34,10 @@ pub(crate) fn effective(ctx: &Ctx, stored: &[LimitOverride]) -> Settings {
 pub fn parse(body: &Map<String, Value>) -> ApiResult<Vec<(String, u32)>> {
     let mut changes = Vec::new();
     for (name, value) in body {
-        if !Settings::NAMES.contains(&name.as_str()) {
+        if !Settings::names().any(|n| n == name) {
             return Err(ApiError::validation(format!(
                 "Unknown rate limit {name:?} (known: {})",
-                Settings::NAMES.join(", ")
+                Settings::names().collect::<Vec<_>>().join(", ")
             )));
         }
         let events = value

@@ -265,7 +265,7 @@ fn has_window(req: &SendRequest) -> bool {
 
 /// 429 while the window since the last email of this kind is still open.
 fn window_open(ctx: &Ctx, sent: DateTime<Utc>, now: DateTime<Utc>) -> ApiResult<()> {
-    let window = ctx.config.smtp.max_frequency;
+    let window = ctx.config.rate_limits.email_window;
     crate::budget::window_open(window, "over_email_send_rate_limit", sent, now)
 }
 
@@ -471,7 +471,7 @@ async fn issue_sms(ctx: &Ctx, budget: SendBudget, req: &SmsRequest) -> ApiResult
     }
     let sent_before = tt.sent_at(&user);
     if let Some(sent) = sent_before {
-        let window = ctx.config.sms.max_frequency;
+        let window = ctx.config.rate_limits.sms_window;
         crate::budget::window_open(window, "over_sms_send_rate_limit", sent, now)?;
     }
     // Test numbers get their fixed code, send nothing and spend no budget.

@@ -489,7 +489,7 @@ both_mail!(
     resend_confirmation,
     // A window no loaded machine outlasts in real time between the first
     // send and the refused resend (4 s did, once, in a full run).
-    |c| c.smtp.max_frequency = std::time::Duration::from_secs(60),
+    |c| c.rate_limits.email_window = std::time::Duration::from_secs(60),
     |t, sink| {
         t.signup("again@example.com", "secret123").await;
         let first = sink.wait_for("again@example.com", 1).await;

@@ -127,7 +127,7 @@ fn unlimited(c: &mut castellan_core::Config) {
         l.burst = 1_000_000;
     }
     c.rate_limits.email_sent.events = 1_000_000;
-    c.smtp.max_frequency = Duration::ZERO;
+    c.rate_limits.email_window = Duration::ZERO;
 }
 
 /// Runs schemathesis with the committed settings and `filter` (its

@@ -300,7 +300,7 @@ both!(factor_rules_as_gotrue_has_them, |_| {}, |t| {
 
 both!(
     wrong_codes_lock_the_factor,
-    |c| c.mfa.max_failures = 3,
+    |c| c.rate_limits.mfa_lockout.failures = 3,
     |t| {
         let s = t.new_session("lock@example.com", "secret123").await;
         let access = s["access_token"].as_str().unwrap();

@@ -86,7 +86,7 @@ async fn compare_bodies(
 
 both!(
     known_and_unknown_addresses_take_the_same_time,
-    |c| c.smtp.max_frequency = Duration::ZERO,
+    |c| c.rate_limits.email_window = Duration::ZERO,
     |t| {
         let s = t.signup("known@example.com", "secret123").await;
         assert_eq!(s.status, 200, "{}", s.text);
@@ -106,7 +106,7 @@ both!(
 both!(
     resend_answers_known_and_unknown_addresses_alike,
     |c| {
-        c.smtp.max_frequency = Duration::ZERO;
+        c.rate_limits.email_window = Duration::ZERO;
         c.rate_limits.email_sent.events = 1_000_000;
         c.mailer_autoconfirm = false;
     },

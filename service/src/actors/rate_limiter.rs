@@ -22,95 +22,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 /// The actor's name in logs and metrics.
 const NAME: &str = "rate_limiter";
 
-/// One bucket per limited route family, as GoTrue keeps one limiter per
-/// route; each is sized by the variable `setting` names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Bucket {
-    TokenRefresh,
-    SignUps,
-    AnonymousUsers,
-    Verify,
-    Otp,
-    MagicLink,
-    Recover,
-    Resend,
-    UserUpdate,
-    MfaChallenge,
-    MfaVerify,
-    /// `/authorize`, `/callback` and `/user/identities/authorize`
-    /// (castellan's own: each stores a flow state or calls a provider).
-    Authorize,
-}
-
-impl Bucket {
-    pub const ALL: [Bucket; 12] = [
-        Bucket::TokenRefresh,
-        Bucket::SignUps,
-        Bucket::AnonymousUsers,
-        Bucket::Verify,
-        Bucket::Otp,
-        Bucket::MagicLink,
-        Bucket::Recover,
-        Bucket::Resend,
-        Bucket::UserUpdate,
-        Bucket::MfaChallenge,
-        Bucket::MfaVerify,
-        Bucket::Authorize,
-    ];
-
-    /// The variable that sizes this bucket.
-    pub fn variable(self) -> &'static str {
-        match self {
-            Bucket::TokenRefresh => "GOTRUE_RATE_LIMIT_TOKEN_REFRESH",
-            Bucket::AnonymousUsers => "GOTRUE_RATE_LIMIT_ANONYMOUS_USERS",
-            Bucket::Verify => "GOTRUE_RATE_LIMIT_VERIFY",
-            Bucket::MfaChallenge | Bucket::MfaVerify => {
-                "GOTRUE_MFA_RATE_LIMIT_CHALLENGE_AND_VERIFY"
-            }
-            Bucket::SignUps
-            | Bucket::Otp
-            | Bucket::MagicLink
-            | Bucket::Recover
-            | Bucket::Resend
-            | Bucket::UserUpdate
-            | Bucket::Authorize => "GOTRUE_RATE_LIMIT_OTP",
-        }
-    }
-
-    /// The metric label (a closed set).
-    pub fn label(self) -> &'static str {
-        match self {
-            Bucket::TokenRefresh => "token_refresh",
-            Bucket::SignUps => "sign_ups",
-            Bucket::AnonymousUsers => "anonymous_users",
-            Bucket::Verify => "verify",
-            Bucket::Otp => "otp",
-            Bucket::MagicLink => "magic_link",
-            Bucket::Recover => "recover",
-            Bucket::Resend => "resend",
-            Bucket::UserUpdate => "user_update",
-            Bucket::MfaChallenge => "mfa_challenge",
-            Bucket::MfaVerify => "mfa_verify",
-            Bucket::Authorize => "authorize",
-        }
-    }
-
-    fn setting(self, s: &Settings) -> RateLimit {
-        match self {
-            Bucket::TokenRefresh => s.token_refresh,
-            Bucket::SignUps => s.sign_ups,
-            Bucket::AnonymousUsers => s.anonymous_users,
-            Bucket::Verify => s.verify,
-            Bucket::MfaChallenge | Bucket::MfaVerify => s.mfa,
-            Bucket::Otp
-            | Bucket::MagicLink
-            | Bucket::Recover
-            | Bucket::Resend
-            | Bucket::UserUpdate
-            | Bucket::Authorize => s.otp,
-        }
-    }
-}
+pub use castellan_core::limits::Bucket;
 
 /// One bucket's keys under one limit. `None` = limit 0: refuse all.
 struct Limiter {
@@ -311,7 +223,7 @@ impl RateLimits {
             "over_request_rate_limit",
             format!(
                 "Request rate limit reached: {} allows {} requests per {}s (burst {})",
-                bucket.variable(),
+                bucket.limit().variable,
                 l.events,
                 l.per.as_secs(),
                 l.burst

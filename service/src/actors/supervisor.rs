@@ -159,7 +159,7 @@ impl Supervisor {
             Child::OtpIssuer => {
                 // A successor starts with no windows: the database decides
                 // until it has seen sends again.
-                let window = st.args.ctx.config.smtp.max_frequency;
+                let window = st.args.ctx.config.rate_limits.email_window;
                 let (r, _) = Actor::spawn_linked(None, OtpIssuerActor, window, me).await?;
                 let id = r.get_id();
                 st.args.slots.otp.store(Some(Arc::new(r)));
