@@ -11,6 +11,7 @@ mod actor;
 mod cache;
 mod floor;
 mod load;
+mod report;
 // The same loopback SMTP server the tests use.
 mod seed;
 mod server;
@@ -371,24 +372,17 @@ impl Bench {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let duration = Duration::from_secs(args.duration);
-    eprintln!("building castellan (release)…");
-    let bin = server::build_release()?;
-
-    let tmp = std::env::temp_dir().join(format!("castellan-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&tmp)?;
-    let pg_db = format!("castellan_bench_{}", std::process::id());
-    let database_url = match args.db.as_str() {
-        "sqlite" => format!("sqlite://{}", tmp.join("bench.db").display()),
+/// A throwaway database for the run: a SQLite file in `tmp`, or a new
+/// PostgreSQL database on `--pg-url`.
+async fn create_database(args: &Args, tmp: &std::path::Path) -> anyhow::Result<String> {
+    match args.db.as_str() {
+        "sqlite" => Ok(format!("sqlite://{}", tmp.join("bench.db").display())),
         "postgres" => {
             use sqlx::Connection;
             let mut c = sqlx::PgConnection::connect(&args.pg_url)
                 .await
                 .context("PostgreSQL for the benchmark")?;
-            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {pg_db}")))
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {}", pg_db())))
                 .execute(&mut c)
                 .await?;
             let base = args
@@ -396,10 +390,156 @@ async fn main() -> anyhow::Result<()> {
                 .rsplit_once('/')
                 .map(|(b, _)| b.to_string())
                 .unwrap_or_default();
-            format!("{base}/{pg_db}")
+            Ok(format!("{base}/{}", pg_db()))
         }
         other => anyhow::bail!("--db must be sqlite or postgres, not {other}"),
-    };
+    }
+}
+
+fn pg_db() -> String {
+    format!("castellan_bench_{}", std::process::id())
+}
+
+async fn drop_database(args: &Args) -> anyhow::Result<()> {
+    if args.db == "postgres" {
+        use sqlx::Connection;
+        let mut c = sqlx::PgConnection::connect(&args.pg_url).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            pg_db()
+        )))
+        .execute(&mut c)
+        .await?;
+    }
+    Ok(())
+}
+
+fn store_url(args: &Args, database_url: &str) -> castellan_core::config::DatabaseUrl {
+    use castellan_core::config::DatabaseUrl;
+    match args.db.as_str() {
+        "sqlite" => DatabaseUrl::Sqlite(database_url.trim_start_matches("sqlite://").to_string()),
+        _ => DatabaseUrl::Postgres(database_url.to_string()),
+    }
+}
+
+impl Bench {
+    async fn health(&mut self) -> Measured {
+        let url = format!("{}/health", self.srv.base);
+        self.measure(
+            "GET /health",
+            |i| async move { client_at(i) },
+            move |c: reqwest::Client| {
+                let url = url.clone();
+                async move {
+                    let ok = matches!(c.get(&url).send().await, Ok(r) if r.status() == 200);
+                    (c, ok)
+                }
+            },
+        )
+        .await
+    }
+
+    async fn signups(&mut self) -> Measured {
+        let url = format!("{}/signup", self.srv.base);
+        self.measure("POST /signup", |i| async move { (client_at(i), i, 0u64) }, move |(c, w, n): (reqwest::Client, usize, u64)| {
+            let url = url.clone();
+            async move {
+                let body = json!({"email": format!("signup-{w}-{n}@example.com"), "password": "bench-signup-pw"});
+                let ok = matches!(c.post(&url).json(&body).send().await, Ok(r) if r.status() == 200);
+                ((c, w, n + 1), ok)
+            }
+        })
+        .await
+    }
+
+    /// Email end to end: POST /otp (a magic link) for each seeded, confirmed
+    /// user once -- no password hashing in the way -- then the time until
+    /// the queue has delivered every accepted one to the loopback SMTP
+    /// server; against lettre alone sending to the same server. Answers
+    /// (lettre alone, delivered) per second.
+    async fn email(&mut self, sink: &smtp_sink::SmtpSink) -> anyhow::Result<(f64, f64)> {
+        let lettre_rate = lettre_alone(sink.port, self.duration).await?;
+        eprintln!("{:<28} {lettre_rate:>9.0}/s", "lettre alone -> SMTP sink");
+        let before = sink.all().len();
+        let url = format!("{}/otp", self.srv.base);
+        let start = Instant::now();
+        let full = self.duration;
+        // Long enough for every seeded user to ask once (more hit the per-user window).
+        self.duration = Duration::from_secs(2);
+        let otps = self
+            .measure(
+                "POST /otp magic link",
+                |i| async move { (client_at(i), i as u64) },
+                move |(c, n): (reqwest::Client, u64)| {
+                    let url = url.clone();
+                    async move {
+                        let body = json!({"email": seed::email(1 + n % SMALL_USERS), "create_user": false});
+                        let ok = matches!(c.post(&url).json(&body).send().await, Ok(r) if r.status() == 200);
+                        ((c, n + 64), ok)
+                    }
+                },
+            )
+            .await;
+        self.duration = full;
+        let expected = before + (otps.requests - otps.errors) as usize;
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while sink.all().len() < expected && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let delivered = sink.all().len() - before;
+        let email_rate = delivered as f64 / start.elapsed().as_secs_f64();
+        eprintln!(
+            "{:<28} {email_rate:>9.0}/s  ({delivered} of {} accepted, end to end)",
+            "emails delivered",
+            expected - before
+        );
+        Ok((lettre_rate, email_rate))
+    }
+
+    /// The session cache at its default size (one live session per user):
+    /// RSS before and after presenting `size` sessions once each.
+    async fn fill_cache(&self, database_url: &str, size: u64) -> anyhow::Result<(f64, f64)> {
+        let tokens = cache::sessions(database_url, server::SECRET, size).await?;
+        let (before, _) = self.srv.rss_mib();
+        let t = Instant::now();
+        let presented = self.present_all(tokens).await;
+        let (full, _) = self.srv.rss_mib();
+        eprintln!(
+            "cache filled with {presented} sessions in {:.1} s: RSS {before:.1} -> {full:.1} MiB",
+            t.elapsed().as_secs_f64()
+        );
+        Ok((before, full))
+    }
+
+    /// Refresh with GoTrue's legacy token rows, last, so nothing else is
+    /// measured beside it: a second server on the same database, told to
+    /// hand them out (the first one, idle, waits).
+    async fn refresh_legacy(
+        &mut self,
+        bin: &std::path::Path,
+        database_url: &str,
+        smtp_port: u16,
+    ) -> anyhow::Result<Measured> {
+        let legacy = [("GOTRUE_SECURITY_REFRESH_TOKEN_ALGORITHM_VERSION", "1")];
+        let legacy_srv = server::start(bin, database_url, smtp_port, &legacy).await?;
+        let v2_srv = std::mem::replace(&mut self.srv, legacy_srv);
+        let m = self
+            .refresh("POST /token refresh, legacy tokens (1k)")
+            .await?;
+        std::mem::replace(&mut self.srv, v2_srv).stop().await;
+        Ok(m)
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let duration = Duration::from_secs(args.duration);
+    eprintln!("building castellan (release)…");
+    let bin = server::build_release()?;
+    let tmp = std::env::temp_dir().join(format!("castellan-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+    let database_url = create_database(&args, &tmp).await?;
 
     eprintln!("measuring the argon2id ceiling…");
     let argon = argon2_limit(duration);
@@ -426,48 +566,28 @@ async fn main() -> anyhow::Result<()> {
         hit_rates: Vec::new(),
     };
 
-    let health_url = format!("{}/health", b.srv.base);
-    let health = b
-        .measure(
-            "GET /health",
-            |i| async move { client_at(i) },
-            move |c: reqwest::Client| {
-                let url = health_url.clone();
-                async move {
-                    let ok = matches!(c.get(&url).send().await, Ok(r) if r.status() == 200);
-                    (c, ok)
-                }
-            },
-        )
-        .await;
-
+    let health = b.health().await;
     b.srv.reset_peak();
     let logins = b.password("POST /token password", 1, SMALL_USERS).await;
     let (_, login_peak_rss) = b.srv.rss_mib();
-
     let user_small = b.get_user("GET /user (1k users)").await?;
     let refresh_small = b.refresh("POST /token refresh (1k)").await?;
-    let db_url = if args.db == "sqlite" {
-        castellan_core::config::DatabaseUrl::Sqlite(
-            database_url.trim_start_matches("sqlite://").to_string(),
-        )
-    } else {
-        castellan_core::config::DatabaseUrl::Postgres(database_url.clone())
-    };
-    let floor = floor::run(&db_url, args.connections, duration).await?;
-    let (trip_one, trip_many) = actor::round_trip(64, Duration::from_secs(2)).await?;
+    let floor = floor::run(&store_url(&args, &database_url), args.connections, duration).await?;
+    let trip = actor::round_trip(64, Duration::from_secs(2)).await?;
     eprintln!(
-        "actor round trip: {trip_one:.0} ns with one caller, {trip_many:.0} ns a call with 64 callers"
+        "actor round trip: {:.0} ns with one caller, {:.0} ns a call with 64 callers",
+        trip.0, trip.1
     );
     if args.refresh_only {
         eprintln!(
-            "refresh / floor: {:.2} ({:.0} / {:.0})",
+            "GET /user / health: {:.2}; refresh / floor: {:.2} ({:.0} / {:.0})",
+            user_small.per_second / health.per_second,
             refresh_small.per_second / floor.per_second,
             refresh_small.per_second,
             floor.per_second
         );
         b.srv.stop().await;
-        return Ok(());
+        return drop_database(&args).await;
     }
     eprintln!(
         "{:<28} {:>9.0}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {:>5}",
@@ -479,60 +599,8 @@ async fn main() -> anyhow::Result<()> {
         3.0,
         1.0,
     ));
-
-    let signup_url = format!("{}/signup", b.srv.base);
-    let signups = b
-        .measure("POST /signup", |i| async move { (client_at(i), i, 0u64) }, move |(c, w, n): (reqwest::Client, usize, u64)| {
-            let url = signup_url.clone();
-            async move {
-                let body = json!({"email": format!("signup-{w}-{n}@example.com"), "password": "bench-signup-pw"});
-                let ok = matches!(c.post(&url).json(&body).send().await, Ok(r) if r.status() == 200);
-                ((c, w, n + 1), ok)
-            }
-        })
-        .await;
-
-    // Email end to end: POST /otp (a magic link) for each seeded, confirmed
-    // user once -- no password hashing in the way -- then the time until the
-    // queue has delivered every accepted one to the loopback SMTP server;
-    // against lettre alone sending to the same server.
-    let lettre_rate = lettre_alone(sink.port, duration).await?;
-    eprintln!("{:<28} {lettre_rate:>9.0}/s", "lettre alone -> SMTP sink");
-    let before = sink.all().len();
-    let otp_url = format!("{}/otp", b.srv.base);
-    let start = Instant::now();
-    let full = b.duration;
-    // Long enough for every seeded user to ask once (more hit the per-user window).
-    b.duration = Duration::from_secs(2);
-    let otps = b
-        .measure(
-            "POST /otp magic link",
-            |i| async move { (client_at(i), i as u64) },
-            move |(c, n): (reqwest::Client, u64)| {
-                let url = otp_url.clone();
-                async move {
-                    let body =
-                        json!({"email": seed::email(1 + n % SMALL_USERS), "create_user": false});
-                    let ok =
-                        matches!(c.post(&url).json(&body).send().await, Ok(r) if r.status() == 200);
-                    ((c, n + 64), ok)
-                }
-            },
-        )
-        .await;
-    b.duration = full;
-    let expected = before + (otps.requests - otps.errors) as usize;
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while sink.all().len() < expected && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let delivered = sink.all().len() - before;
-    let email_rate = delivered as f64 / start.elapsed().as_secs_f64();
-    eprintln!(
-        "{:<28} {email_rate:>9.0}/s  ({delivered} of {} accepted, end to end)",
-        "emails delivered",
-        expected - before
-    );
+    b.signups().await;
+    let (lettre, email) = b.email(&sink).await?;
 
     eprintln!("seeding up to {} users…", args.big_users);
     let t = Instant::now();
@@ -540,211 +608,49 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("seeded in {:.1} s", t.elapsed().as_secs_f64());
     let recover_small = b.recover("POST /recover unknown address (1k)").await;
     let user_big = b.get_user("GET /user (big)").await?;
+    let big = args.big_users - SMALL_USERS;
     let logins_big = b
-        .password(
-            "POST /token password (big)",
-            SMALL_USERS + 1,
-            args.big_users - SMALL_USERS,
-        )
+        .password("POST /token password (big)", SMALL_USERS + 1, big)
         .await;
     let recover_big = b.recover("POST /recover unknown address (big)").await;
     let refresh_big = b.refresh("POST /token refresh (big)").await?;
-    // The session cache at its default size (one live session per user).
-    let cache_size = 10_000.min(args.big_users);
-    let tokens = cache::sessions(&database_url, server::SECRET, cache_size).await?;
-    let (rss_before_fill, _) = b.srv.rss_mib();
-    let t = Instant::now();
-    let presented = b.present_all(tokens).await;
-    let (rss_cache_full, _) = b.srv.rss_mib();
-    eprintln!(
-        "cache filled with {presented} sessions in {:.1} s: RSS {rss_before_fill:.1} -> {rss_cache_full:.1} MiB",
-        t.elapsed().as_secs_f64()
-    );
+    let cache_sessions = 10_000.min(args.big_users);
+    let (rss_before_fill, rss_cache_full) = b.fill_cache(&database_url, cache_sessions).await?;
     let (_, peak_rss) = b.srv.rss_mib();
-    // Refresh with GoTrue's legacy token rows, last, so nothing above is
-    // measured beside it: a second server on the same database, told to
-    // hand them out (the first one, idle, waits).
-    let legacy = [("GOTRUE_SECURITY_REFRESH_TOKEN_ALGORITHM_VERSION", "1")];
-    let legacy_srv = server::start(&bin, &database_url, sink.port, &legacy).await?;
-    let v2_srv = std::mem::replace(&mut b.srv, legacy_srv);
-    let refresh_legacy = b.refresh("POST /token refresh, legacy tokens (1k)").await?;
-    std::mem::replace(&mut b.srv, v2_srv).stop().await;
+    let refresh_legacy = b.refresh_legacy(&bin, &database_url, sink.port).await?;
 
-    let pool = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2) as f64;
-    let rss_budget = 64.0 + pool * 19456.0 / 1024.0;
-    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
-    let targets = vec![
-        (
-            "emails delivered / lettre alone",
-            ratio(email_rate, lettre_rate),
-            0.5,
-            true,
-        ),
-        (
-            "password sign-in / argon2id limit",
-            ratio(logins.per_second, argon),
-            0.9,
-            true,
-        ),
-        (
-            "GET /user / GET /health",
-            ratio(user_small.per_second, health.per_second),
-            0.5,
-            true,
-        ),
-        (
-            "refresh / write-transaction floor",
-            ratio(refresh_small.per_second, floor.per_second),
-            0.7,
-            true,
-        ),
-        (
-            "refresh (legacy tokens) / write-transaction floor",
-            ratio(refresh_legacy.per_second, floor.per_second),
-            0.7,
-            true,
-        ),
-        (
-            "password sign-in statements/op",
-            b.results
-                .iter()
-                .find(|r| r.0 == "POST /token password")
-                .map_or(0.0, |r| r.2),
-            3.0,
-            false,
-        ),
-        (
-            "refresh statements/op",
-            b.results
-                .iter()
-                .find(|r| r.0 == "POST /token refresh (1k)")
-                .map_or(0.0, |r| r.2),
-            3.0,
-            false,
-        ),
-        (
-            "refresh (legacy tokens) statements/op",
-            b.results
-                .iter()
-                .find(|r| r.0 == "POST /token refresh, legacy tokens (1k)")
-                .map_or(0.0, |r| r.2),
-            3.0,
-            false,
-        ),
-        (
-            "GET /user p99 / p50",
-            ratio(user_small.p99_ms, user_small.p50_ms),
-            4.0,
-            false,
-        ),
-        (
-            "refresh p99 / p50",
-            ratio(refresh_small.p99_ms, refresh_small.p50_ms),
-            4.0,
-            false,
-        ),
-        (
-            "GET /user big / 1k",
-            ratio(user_big.per_second, user_small.per_second),
-            0.8,
-            true,
-        ),
-        (
-            "refresh big / 1k",
-            ratio(refresh_big.per_second, refresh_small.per_second),
-            0.8,
-            true,
-        ),
-        (
-            "password sign-in big / 1k",
-            ratio(logins_big.per_second, logins.per_second),
-            0.8,
-            true,
-        ),
-        (
-            "/recover big / 1k",
-            ratio(recover_big.per_second, recover_small.per_second),
-            0.8,
-            true,
-        ),
-        ("idle RSS MiB", idle_rss, 30.0, false),
-        (
-            "peak RSS under sign-in MiB",
-            login_peak_rss,
-            rss_budget,
-            false,
-        ),
-    ];
-    println!(
-        "\ncastellan benchmark: {} connections, {} s per scenario, {} on {} cores",
-        args.connections, args.duration, args.db, pool
-    );
-    println!("| scenario | ops/s | p50 ms | p99 ms | errors | statements/op | transactions/op |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
-    println!("| argon2id verify, in-process, all cores | {argon:.1} | | | | | |");
-    for (name, m, q, t) in &b.results {
-        println!(
-            "| {name} | {:.0} | {:.2} | {:.2} | {} | {q:.2} | {t:.2} |",
-            m.per_second, m.p50_ms, m.p99_ms, m.errors
-        );
-    }
-    println!("\n| target | measured | bound | met |");
-    println!("|---|---:|---:|---|");
-    for (name, v, bound, at_least) in &targets {
-        let met = if *at_least { v >= bound } else { v <= bound };
-        println!(
-            "| {name} | {v:.2} | {} {bound:.2} | {} |",
-            if *at_least { "≥" } else { "≤" },
-            if met { "yes" } else { "**no**" }
-        );
-    }
-    let _ = signups;
-    for (name, rate) in &b.hit_rates {
-        println!("\nhit rate of the {name}: {rate:.4}");
-    }
-    println!(
-        "\npeak RSS over the whole run: {peak_rss:.1} MiB; idle {idle_rss:.1} MiB; with the session cache full ({cache_size} sessions): {rss_cache_full:.1} MiB (before filling {rss_before_fill:.1} MiB)"
-    );
-
-    let report = json!({
-        "db": args.db,
-        "connections": args.connections,
-        "seconds_per_scenario": args.duration,
-        "cores": pool,
-        "big_users": args.big_users,
-        "argon2id_verifications_per_second": argon,
-        "lettre_alone_per_second": lettre_rate,
-        "emails_delivered_per_second": email_rate,
-        "idle_rss_mib": idle_rss,
-        "peak_rss_under_password_load_mib": login_peak_rss,
-        "peak_rss_mib": peak_rss,
-        "rss_cache_full_mib": rss_cache_full,
-        "rss_before_cache_fill_mib": rss_before_fill,
-        "cache_sessions": cache_size,
-        "floor": floor,
-        "actor_round_trip_ns": {"one_caller": trip_one, "callers_64": trip_many},
-        "cache_hit_rates": b.hit_rates.iter().map(|(n, r)| json!({"scenario": n, "hit_rate": r})).collect::<Vec<_>>(),
-        "scenarios": b.results.iter().map(|(n, m, q, t)| json!({"name": n, "measured": m, "statements_per_op": q, "transactions_per_op": t})).collect::<Vec<_>>(),
-        "targets": targets.iter().map(|(n, v, bound, at_least)| json!({"target": n, "measured": v, "bound": bound, "at_least": at_least,
-            "met": if *at_least { v >= bound } else { v <= bound }})).collect::<Vec<_>>(),
-    });
-    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(format!("results/latest-{}.json", args.db));
-    std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
-    println!("wrote {}", out.display());
-
+    let figures = report::Figures {
+        argon,
+        lettre,
+        email,
+        health,
+        logins,
+        logins_big,
+        user_small,
+        user_big,
+        refresh_small,
+        refresh_big,
+        refresh_legacy,
+        recover_small,
+        recover_big,
+        floor,
+        trip,
+        idle_rss,
+        login_peak_rss,
+        peak_rss,
+        rss_before_fill,
+        rss_cache_full,
+        cache_sessions,
+    };
+    let run = report::Run {
+        db: &args.db,
+        connections: args.connections,
+        seconds: args.duration,
+        big_users: args.big_users,
+    };
+    report::write(&run, &figures, &b.results, &b.hit_rates)?;
     b.srv.stop().await;
-    if args.db == "postgres" {
-        use sqlx::Connection;
-        let mut c = sqlx::PgConnection::connect(&args.pg_url).await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {pg_db} WITH (FORCE)"
-        )))
-        .execute(&mut c)
-        .await?;
-    }
+    drop_database(&args).await?;
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
 }
