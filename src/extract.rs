@@ -158,7 +158,8 @@ pub fn bearer(headers: &axum::http::HeaderMap) -> Result<&str, HttpError> {
     let (scheme, token) = value.split_at_checked(7).ok_or_else(missing)?;
     if !scheme.eq_ignore_ascii_case("bearer ")
         || token.is_empty()
-        || token.contains(char::is_whitespace)
+        // `to_str` let only visible ASCII, space and tab through.
+        || token.bytes().any(|b| b == b' ' || b == b'\t')
     {
         return Err(missing());
     }

@@ -30,7 +30,7 @@ pub async fn get_user(auth: AuthLive, headers: HeaderMap) -> HttpResult {
     {
         return Err(ApiError::validation("Token audience doesn't match request audience").into());
     }
-    let body = auth.live.rendered().to_owned();
+    let body = auth.live.rendered();
     Ok((
         [(axum::http::header::CONTENT_TYPE, "application/json")],
         body,

@@ -166,8 +166,9 @@ pub struct LiveUser {
     pub user: User,
     pub identities: Vec<Identity>,
     pub session: Option<LiveSession>,
-    /// The user as `GET /user` renders it, made once per cached entry.
-    rendered: std::sync::OnceLock<String>,
+    /// The user as `GET /user` renders it, made once per cached entry and
+    /// shared by every answer (no copy per request).
+    rendered: std::sync::OnceLock<bytes::Bytes>,
 }
 
 impl LiveUser {
@@ -179,10 +180,14 @@ impl LiveUser {
     }
 
     /// The user and identities as GoTrue's JSON (rendered once, then reused).
-    pub fn rendered(&self) -> &str {
-        self.rendered.get_or_init(|| {
-            serde_json::to_string(&self.user.to_json(&self.identities)).unwrap_or_default()
-        })
+    pub fn rendered(&self) -> bytes::Bytes {
+        self.rendered
+            .get_or_init(|| {
+                serde_json::to_vec(&self.user.to_json(&self.identities))
+                    .unwrap_or_default()
+                    .into()
+            })
+            .clone()
     }
 }
 
