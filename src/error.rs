@@ -128,6 +128,10 @@ impl IntoResponse for HttpError {
     }
 }
 
+/// Marks a refusal in OAuth's shape (`error`, `error_description`).
+#[derive(Clone, Copy)]
+pub struct OAuthShaped;
+
 /// True when the request asks for the 2024-01-01 dialect (any valid date on
 /// or after it; an unparsable value means the legacy dialect).
 fn wants_2024(headers: &HeaderMap) -> bool {
@@ -154,6 +158,11 @@ pub async fn dialect(req: Request, next: Next) -> Response {
     let request_id = request_id(&req);
     let mut resp = next.run(req).await;
     let Some(e) = resp.extensions_mut().remove::<ApiError>() else {
+        // An error in OAuth's shape echoes the version as GoTrue's errors do.
+        if modern && resp.extensions_mut().remove::<OAuthShaped>().is_some() {
+            let v = HeaderValue::from_static(API_VERSION_2024);
+            resp.headers_mut().insert(API_VERSION_HEADER, v);
+        }
         return resp;
     };
     if e.status < 500 && !modern {

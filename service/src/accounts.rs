@@ -699,6 +699,9 @@ impl Accounts {
             .write_update(&user, session_id, new_hash, &up, now)
             .await?;
         let updated = match new_email {
+            Some(new_email) if user.is_anonymous && self.ctx.config.mailer_autoconfirm => {
+                self.otp.change_email_now(user.id, &new_email).await?
+            }
             // The change is confirmed by mail (to both addresses with secure change).
             Some(new_email) => {
                 let send = SendRequest {
@@ -811,16 +814,18 @@ impl Accounts {
         up: &UserUpdate,
         now: DateTime<Utc>,
     ) -> ApiResult<Option<String>> {
-        if non_empty(&up.password).is_some() {
+        // A nonce is read only when reauthentication is required (GoTrue
+        // ignores one sent otherwise).
+        if non_empty(&up.password).is_some() && self.needs_reauthentication(session_id, now).await?
+        {
             match non_empty(&up.nonce) {
                 Some(nonce) => self.consume_nonce(user, nonce).await?,
-                None if self.needs_reauthentication(session_id, now).await? => {
+                None => {
                     return Err(ApiError::bad_request(
                         "reauthentication_needed",
                         "Password update requires reauthentication",
                     ));
                 }
-                None => {}
             }
         }
         Ok(match non_empty(&up.password) {

@@ -99,7 +99,7 @@ fn banned_until(spec: &str, now: DateTime<Utc>) -> ApiResult<Option<DateTime<Utc
         return Ok(None);
     }
     let d = parse_go_duration(spec)
-        .map_err(|e| ApiError::validation(format!("invalid format for ban duration: {e}")))?;
+        .map_err(|e| ApiError::validation(format!("invalid format for ban duration: time: {e}")))?;
     if d.is_zero() {
         return Ok(None);
     }

@@ -47,13 +47,41 @@ pub(crate) fn window_open(
     now: DateTime<Utc>,
 ) -> ApiResult<()> {
     let window = chrono::Duration::from_std(window).unwrap_or_default();
-    let left = (last + window - now).num_seconds();
-    if left > 0 {
+    let left = last + window - now;
+    if left > chrono::Duration::zero() {
+        // GoTrue's words truncate the seconds (so "after 0 seconds" in the
+        // last one); Retry-After rounds up, never telling a client to retry early.
+        let whole = left.num_seconds();
+        let retry = whole + i64::from(left.subsec_nanos() > 0);
         return Err(ApiError::too_many_requests(
             code,
-            format!("For security purposes, you can only request this after {left} seconds."),
-            left as u64,
+            format!("For security purposes, you can only request this after {whole} seconds."),
+            retry.max(1) as u64,
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_holds_to_its_last_instant_in_gotrues_words() {
+        let sent = chrono::DateTime::<Utc>::from_timestamp(1_000, 0).unwrap();
+        let window = std::time::Duration::from_secs(60);
+        let at = |ms: i64| sent + chrono::Duration::milliseconds(ms);
+        let e = window_open(window, "over_email_send_rate_limit", sent, at(59_400)).unwrap_err();
+        assert_eq!(e.status, 429);
+        assert_eq!(e.code, "over_email_send_rate_limit");
+        assert_eq!(
+            e.message,
+            "For security purposes, you can only request this after 0 seconds."
+        );
+        assert_eq!(e.retry_after, Some(1), "never told to retry early");
+        let e = window_open(window, "c", sent, at(1_500)).unwrap_err();
+        assert!(e.message.contains("after 58 seconds"), "{}", e.message);
+        assert_eq!(e.retry_after, Some(59));
+        assert!(window_open(window, "c", sent, at(60_000)).is_ok());
+    }
 }

@@ -100,6 +100,9 @@ pub enum Landing {
 pub struct Refused {
     pub to: String,
     pub error: CallbackError,
+    /// Refused before the flow state was read (missing, invalid, used):
+    /// GoTrue answers these 303 See Other, the others 302.
+    pub before_state: bool,
 }
 
 pub enum CallbackError {
@@ -153,11 +156,13 @@ pub struct External {
     otp: OtpIssuer,
 }
 
-/// GoTrue's answer for a provider it cannot use: unknown, or enabled
-/// without what it needs (`why`).
+/// GoTrue's answer for a provider it cannot use: enabled without what it
+/// needs (`why`), one of its providers left off, or one it does not know.
 fn unsupported(name: &str, why: Option<&str>) -> ApiError {
+    let known = castellan_core::config::OAUTH_PROVIDERS.contains(&name) || name == "x";
     ApiError::validation(match why {
         Some(why) => format!("Unsupported provider: {why}"),
+        None if known => "Unsupported provider: provider is not enabled".into(),
         None => format!("Unsupported provider: Provider {name} could not be found"),
     })
 }
@@ -282,6 +287,7 @@ impl External {
                 return Err(Refused {
                     to: self.landing(None),
                     error: CallbackError::Api(e),
+                    before_state: true,
                 });
             }
         };
@@ -299,7 +305,11 @@ impl External {
         }
         match r {
             Ok(landing) => Ok((landing, to)),
-            Err(error) => Err(Refused { to, error }),
+            Err(error) => Err(Refused {
+                to,
+                error,
+                before_state: false,
+            }),
         }
     }
 

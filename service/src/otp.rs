@@ -277,11 +277,14 @@ async fn send(ctx: &Ctx, budget: SendBudget, req: &SendRequest) -> ApiResult<Vec
         .lock_user(req.user_id)
         .await?
         .ok_or_else(|| ApiError::not_found("user_not_found", "User not found"))?;
-    let to = user
-        .email
-        .clone()
-        .filter(|e| !e.is_empty())
-        .ok_or_else(|| ApiError::validation("The user has no email address"))?;
+    // An email change may come from a user with no address yet (anonymous):
+    // only the new address is written to then.
+    let to = user.email.clone().filter(|e| !e.is_empty());
+    let to = match (to, req.kind) {
+        (Some(to), _) => to,
+        (None, EmailKind::EmailChange) => String::new(),
+        (None, _) => return Err(ApiError::validation("The user has no email address")),
+    };
     // The per-user window (invites and generated links have none).
     if has_window(req)
         && let Some(sent) = tt.sent_at(&user)
@@ -345,7 +348,7 @@ async fn deliveries(
         .ok_or_else(|| ApiError::validation("An email change needs the new address"))?;
     tx.set_email_change(req.user_id, &new_email, now).await?;
     let mut deliveries = vec![(TokenType::EmailChangeTokenNew, new_email)];
-    if ctx.config.mailer.secure_email_change_enabled {
+    if ctx.config.mailer.secure_email_change_enabled && !to.is_empty() {
         deliveries.push((TokenType::EmailChangeTokenCurrent, to.to_string()));
     }
     if !req.generate_only && budget.events > 0 && !ctx.config.mailer_autoconfirm {
@@ -582,19 +585,7 @@ async fn email_change_verified(
     if new_email.is_empty() {
         return Err(expired());
     }
-    tx.apply_email_change(user.id, now).await?;
-    let data = json!({"sub": user.id.to_string(), "email": new_email, "email_verified": true, "phone_verified": false});
-    tx.upsert_identity(user.id, "email", &data, now).await?;
-    tx.clear_one_time_tokens(user.id).await?;
-    tx.insert_audit(
-        &audit_payload(
-            &user,
-            AuditAction::UserModified,
-            Some(json!({"new_email": new_email})),
-        ),
-        now,
-    )
-    .await?;
+    apply_email(&mut tx, &user, &new_email, now).await?;
     let code = if pkce {
         Some(issue_code(&mut tx, user.id, "email_change", now).await?)
     } else {
@@ -610,6 +601,34 @@ async fn email_change_verified(
     })
 }
 
+/// The pending email change takes effect (GoTrue's `ConfirmEmailChange`):
+/// the address, confirmed if it was not (its metadata says so), the email
+/// identity, every outstanding token cleared, audited.
+async fn apply_email(
+    tx: &mut castellan_core::store::Tx,
+    user: &User,
+    new_email: &str,
+    now: chrono::DateTime<Utc>,
+) -> ApiResult<()> {
+    tx.apply_email_change(user.id, now).await?;
+    if user.email_confirmed_at.is_none() {
+        tx.confirm(user.id, "email", now).await?;
+    }
+    let data = json!({"sub": user.id.to_string(), "email": new_email, "email_verified": true, "phone_verified": false});
+    tx.upsert_identity(user.id, "email", &data, now).await?;
+    tx.clear_one_time_tokens(user.id).await?;
+    tx.insert_audit(
+        &audit_payload(
+            user,
+            AuditAction::UserModified,
+            Some(json!({"new_email": new_email})),
+        ),
+        now,
+    )
+    .await?;
+    Ok(())
+}
+
 /// A phone code accepted: the number confirmed (`sms`), or the pending
 /// change moved into place (`phone_change`), as GoTrue's `smsVerify`.
 async fn phone_verified(
@@ -618,7 +637,7 @@ async fn phone_verified(
     vtype: VerifyType,
     now: DateTime<Utc>,
 ) -> ApiResult<Verified> {
-    let phone = match vtype {
+    match vtype {
         VerifyType::PhoneChange => {
             let new_phone = user.phone_change.clone().unwrap_or_default();
             // Another user may have taken the number since it was asked for.
@@ -638,7 +657,10 @@ async fn phone_verified(
             }
             tx.insert_audit(&audit_payload(&user, AuditAction::UserModified, None), now)
                 .await?;
-            new_phone
+            // The phone identity follows the change (a sign-up's is left as
+            // it was made, as GoTrue leaves it).
+            let data = json!({"sub": user.id.to_string(), "phone": new_phone, "email_verified": false, "phone_verified": true});
+            tx.upsert_identity(user.id, "phone", &data, now).await?;
         }
         _ => {
             tx.insert_audit(
@@ -652,11 +674,8 @@ async fn phone_verified(
             .await?;
             tx.confirm(user.id, "phone", now).await?;
             tx.clear_anonymous(user.id).await?;
-            user.phone_str().to_string()
         }
-    };
-    let data = json!({"sub": user.id.to_string(), "phone": phone, "email_verified": false, "phone_verified": true});
-    tx.upsert_identity(user.id, "phone", &data, now).await?;
+    }
     tx.clear_one_time_tokens(user.id).await?;
     let user = tx.user_by_id(user.id).await?.ok_or_else(expired)?;
     tx.commit().await?;
@@ -941,6 +960,20 @@ impl OtpIssuer {
             ));
         }
         r
+    }
+
+    /// An anonymous user's new address, taken at once with mail autoconfirm
+    /// on, as a sign-up would be (GoTrue's rule; others confirm by mail).
+    pub async fn change_email_now(&self, user_id: Uuid, new_email: &str) -> ApiResult<User> {
+        let now = self.ctx.config.clock.now();
+        let gone = || ApiError::not_found("user_not_found", "User not found");
+        let mut tx = self.ctx.store.begin().await?;
+        let user = tx.lock_user(user_id).await?.ok_or_else(gone)?;
+        tx.set_email_change(user_id, new_email, now).await?;
+        apply_email(&mut tx, &user, new_email, now).await?;
+        let user = tx.user_by_id(user_id).await?.ok_or_else(gone)?;
+        tx.commit().await?;
+        Ok(user)
     }
 
     /// Sends a code by SMS: issued and queued in one transaction, then sent

@@ -251,7 +251,11 @@ fn land(outcome: Result<(Landing, String), castellan_service::external::Refused>
             }
             let mut fragment = pairs.clone();
             fragment.push(("sb", String::new()));
-            found(with_params(&refused.to, &pairs, &fragment))
+            let to = with_params(&refused.to, &pairs, &fragment);
+            match refused.before_state {
+                true => super::redirect(StatusCode::SEE_OTHER, to),
+                false => found(to),
+            }
         }
     }
 }
@@ -282,7 +286,10 @@ async fn callback(st: AppState, p: CallbackParams, aud: &str) -> Response {
     path = "/callback",
     tag = "external",
     params(CallbackParams),
-    responses((status = 302, description = "To the app: the session in the fragment, `?code=` for PKCE, or the error", headers(("location" = String))))
+    responses(
+        (status = 302, description = "To the app: the session in the fragment, `?code=` for PKCE, or the error", headers(("location" = String))),
+        (status = 303, description = "To the site, with the error: the state was missing, invalid or used", headers(("location" = String)))
+    )
 )]
 pub async fn callback_get(
     State(st): State<AppState>,
@@ -301,7 +308,10 @@ pub async fn callback_get(
     post,
     path = "/callback",
     tag = "external",
-    responses((status = 302, description = "As `GET /callback`", headers(("location" = String))))
+    responses(
+        (status = 302, description = "As `GET /callback`", headers(("location" = String))),
+        (status = 303, description = "As `GET /callback`", headers(("location" = String)))
+    )
 )]
 pub async fn callback_post(
     State(st): State<AppState>,
@@ -328,6 +338,7 @@ fn land_error(st: &AppState, e: ApiError) -> Response {
     land(Err(castellan_service::external::Refused {
         to,
         error: CallbackError::Api(e),
+        before_state: true,
     }))
 }
 

@@ -211,8 +211,13 @@ pub async fn verify(
 ) -> HttpResult {
     let (user, session) = holder(&auth)?;
     let factor = factor_id(&raw)?;
-    let challenge = Uuid::parse_str(b.challenge_id.as_deref().unwrap_or_default())
-        .map_err(|_| ApiError::bad_request("bad_json", "challenge_id must be an UUID"))?;
+    // Missing is GoTrue's zero UUID (no such challenge, once the factor is
+    // found); malformed is a body that does not parse.
+    let challenge = match b.challenge_id.as_deref().filter(|c| !c.is_empty()) {
+        None => Uuid::nil(),
+        Some(c) => Uuid::parse_str(c)
+            .map_err(|_| ApiError::bad_request("bad_json", "challenge_id must be an UUID"))?,
+    };
     let code = b.code.unwrap_or_default();
     let ip = client_ip();
     let grant = st

@@ -176,11 +176,13 @@ async fn id_token_grant(st: &AppState, headers: &HeaderMap, body: &[u8], aud: &s
 }
 
 fn oauth_refusal(error: &str, description: &str) -> Response {
-    (
+    let mut r = (
         axum::http::StatusCode::BAD_REQUEST,
         Json(json!({"error": error, "error_description": description})),
     )
-        .into_response()
+        .into_response();
+    r.extensions_mut().insert(crate::error::OAuthShaped);
+    r
 }
 
 /// The signed-in user an `id_token` grant links to: GoTrue refuses a

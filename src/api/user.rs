@@ -102,9 +102,14 @@ pub async fn update_user(
         redirect_to,
         channel: b.channel,
     };
+    // GoTrue answers with the user it read at the start, updated in memory:
+    // its computed `confirmed_at` is the one from before the change.
+    let confirmed_before = auth.user.confirmed_at();
     let (user, ids): (_, _) = st
         .accounts
         .update_user(auth.user, auth.session_id, up)
         .await?;
-    Ok(Json(user.view(Some(&ids))).into_response())
+    let mut view = user.view(Some(&ids));
+    view.confirmed_at = confirmed_before;
+    Ok(Json(view).into_response())
 }

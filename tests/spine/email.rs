@@ -824,6 +824,42 @@ both_mail!(
     }
 );
 
+both_mail!(
+    an_anonymous_users_email_is_confirmed_at_the_new_address_only,
+    |c| c.anonymous_users_enabled = true,
+    |t, sink| {
+        let r = t.post("/signup", json!({})).await;
+        let at = r.body["access_token"].as_str().unwrap().to_string();
+        let r = t
+            .request(
+                Method::PUT,
+                "/user",
+                Some(&at),
+                Some(json!({"email": "anon-new@example.com"})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.body["new_email"], "anon-new@example.com");
+        assert_eq!(r.body["is_anonymous"], true, "until it is confirmed");
+        let mail = sink.wait_for("anon-new@example.com", 1).await;
+        let r = t
+            .post(
+                "/verify",
+                json!({"type": "email_change", "email": "anon-new@example.com", "token": mail.code()}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.body["user"]["email"], "anon-new@example.com");
+        assert_eq!(r.body["user"]["is_anonymous"], false);
+        assert_eq!(r.body["user"]["user_metadata"]["email_verified"], true);
+        assert_eq!(
+            sink.all().len(),
+            1,
+            "no mail to a current address it lacked"
+        );
+    }
+);
+
 both_mail!(secure_email_change, |_| {}, |t, sink| {
     let s = confirmed(&t, &sink, "ec@example.com").await;
     let at = s["access_token"].as_str().unwrap().to_string();

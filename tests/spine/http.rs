@@ -111,6 +111,21 @@ both!(error_dialects, |_| {}, |t| {
     .await;
     odd.assert_error(422, "weak_password");
     assert_eq!(odd.body["weak_password"]["reasons"], json!(["length"]));
+
+    // A refusal in OAuth's shape echoes the version too, as GoTrue's errors do.
+    let oauth = read(
+        t.http
+            .post(t.url("/token?grant_type=id_token"))
+            .header("X-Supabase-Api-Version", "2024-01-01")
+            .json(&json!({"id_token": "x"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(oauth.status, 400);
+    assert_eq!(oauth.body["error"], "invalid request");
+    assert_eq!(oauth.header("x-supabase-api-version"), Some("2024-01-01"));
 });
 
 both!(bad_bodies_and_paths, |_| {}, |t| {

@@ -692,6 +692,19 @@ both!(bad_factor_input_is_a_clear_4xx, |_| {}, |t| {
             400,
             "bad_json",
         ),
+        // No challenge named: GoTrue's zero id, asked for after the factor.
+        (
+            format!("/factors/{}/verify", Uuid::new_v4()),
+            json!({"code": "123456"}),
+            404,
+            "mfa_factor_not_found",
+        ),
+        (
+            format!("/factors/{}/verify", f.id),
+            json!({"code": "123456"}),
+            422,
+            "mfa_factor_not_found",
+        ),
         (
             format!("/factors/{}/verify", f.id),
             json!({"challenge_id": ch, "code": "9".repeat(100_000)}),

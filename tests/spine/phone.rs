@@ -169,6 +169,13 @@ both_phone!(
                 .as_deref(),
             Some("")
         );
+        // The sign-up's identity is left as the sign-up made it (GoTrue's
+        // smsVerify confirms the user only); a phone change rewrites it.
+        let ids = r.body["user"]["identities"].as_array().unwrap();
+        assert_eq!(ids.len(), 1, "{}", r.text);
+        assert_eq!(ids[0]["provider"], "phone");
+        assert!(ids[0]["identity_data"].get("phone").is_none(), "{}", r.text);
+        assert_eq!(ids[0]["identity_data"]["phone_verified"], false);
         let id = r.body["user"]["id"].as_str().unwrap().to_string();
         assert!(
             t.audit_actions(&id)
@@ -513,6 +520,14 @@ both_phone!(
     |t, fake| {
         let s = confirmed(&t, &fake, "15550012222").await;
         let bearer = s["access_token"].as_str().unwrap();
+        // Required of a session older than a day (GoTrue's rule).
+        let sid: uuid::Uuid = common::claims(bearer)["session_id"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        castellan_core::on!(pool t.pool(), p => sqlx::query("UPDATE sessions SET created_at = $2 WHERE id = $1")
+            .bind(sid).bind(chrono::Utc::now() - chrono::Duration::hours(25)).execute(p).await.unwrap().rows_affected());
         let r = common::read(
             t.http
                 .get(t.url("/reauthenticate"))

@@ -326,6 +326,48 @@ both!(
     }
 );
 
+both!(
+    an_anonymous_user_takes_an_email_at_once_with_autoconfirm,
+    |c| {
+        c.anonymous_users_enabled = true;
+        c.mailer_autoconfirm = true;
+    },
+    |t| {
+        let r = t.post("/signup", json!({"data": {"k": 1}})).await;
+        let at = r.body["access_token"].as_str().unwrap().to_string();
+        let id = r.body["user"]["id"].as_str().unwrap().to_string();
+        let put = |body| t.request(reqwest::Method::PUT, "/user", Some(&at), Some(body));
+        let up = put(json!({"email": "Anon-Up@example.com"})).await;
+        assert_eq!(up.status, 200, "{}", up.text);
+        assert_eq!(up.body["email"], "anon-up@example.com");
+        assert!(up.body["email_confirmed_at"].is_string(), "{}", up.text);
+        // Computed from the user as it was when the request came (GoTrue's).
+        assert!(up.body.get("confirmed_at").is_none(), "{}", up.text);
+        assert!(up.body.get("new_email").is_none(), "{}", up.text);
+        assert_eq!(up.body["is_anonymous"], false);
+        assert_eq!(
+            up.body["user_metadata"],
+            json!({"k": 1, "email_verified": true})
+        );
+        let ids = up.body["identities"].as_array().unwrap();
+        assert_eq!(ids.len(), 1, "{}", up.text);
+        assert_eq!(ids[0]["provider"], "email");
+        assert_eq!(ids[0]["identity_data"]["email"], "anon-up@example.com");
+        assert_eq!(ids[0]["identity_data"]["email_verified"], true);
+        let row = t.user(&id).await;
+        assert!(!row.is_anonymous && row.email.as_deref() == Some("anon-up@example.com"));
+        assert_eq!(t.email_jobs().await, 0, "nothing to confirm, nothing sent");
+        // With an address, a password may be set, and it signs in.
+        let up = put(json!({"password": "secret123"})).await;
+        assert_eq!(up.status, 200, "{}", up.text);
+        assert!(up.body["confirmed_at"].is_string(), "{}", up.text);
+        assert_eq!(
+            t.login("anon-up@example.com", "secret123").await.status,
+            200
+        );
+    }
+);
+
 both!(anonymous_sign_in_disabled, |_| {}, |t| {
     t.post("/signup", json!({}))
         .await

@@ -303,3 +303,41 @@ both!(concurrent_metadata_updates_are_not_lost, |_| {}, |t| {
         assert_eq!(meta[format!("k{i}")], i, "k{i} lost: {meta}");
     }
 });
+
+both!(
+    a_password_change_ignores_a_nonce_unless_required_and_resets_send_times,
+    |_| {},
+    |t| {
+        let s = t.new_session("pn@example.com", "secret123").await;
+        let at = s["access_token"].as_str().unwrap();
+        let id = s["user"]["id"].as_str().unwrap().to_string();
+        assert_eq!(
+            t.post("/recover", json!({"email": "pn@example.com"}))
+                .await
+                .status,
+            200
+        );
+        assert!(t.user(&id).await.recovery_sent_at.is_some());
+        // Reauthentication is not required here: a nonce sent is not read
+        // (GoTrue's rule), so a wrong one changes nothing.
+        let r = t
+            .request(
+                Method::PUT,
+                "/user",
+                Some(at),
+                Some(json!({"password": "new-secret-789", "nonce": "000000"})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(
+            t.login("pn@example.com", "new-secret-789").await.status,
+            200
+        );
+        // Every token and its send time reset, as GoTrue's UpdatePassword does:
+        // nothing sent before the change still holds a window.
+        let row = t.user(&id).await;
+        assert!(row.recovery_sent_at.is_none(), "{:?}", row.recovery_sent_at);
+        assert!(row.confirmation_sent_at.is_none());
+        assert!(r.body.get("recovery_sent_at").is_none(), "{}", r.text);
+    }
+);

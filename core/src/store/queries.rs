@@ -957,7 +957,8 @@ impl Tx {
         on!(tx self, c => sqlx::query(
             "UPDATE users SET encrypted_password = $2, updated_at = $3, confirmation_token = '', recovery_token = '', \
              email_change_token_new = '', email_change_token_current = '', phone_change_token = '', \
-             reauthentication_token = '' WHERE id = $1")
+             reauthentication_token = '', confirmation_sent_at = NULL, recovery_sent_at = NULL, \
+             email_change_sent_at = NULL, phone_change_sent_at = NULL, reauthentication_sent_at = NULL WHERE id = $1")
             .bind(user_id).bind(hash).bind(now).execute(&mut *c).await.map(drop))?;
         count();
         on!(tx self, c => sqlx::query("DELETE FROM one_time_tokens WHERE user_id = $1")

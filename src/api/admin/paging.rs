@@ -35,8 +35,12 @@ impl Query {
         };
         match v.parse::<i64>() {
             Ok(n) if (1..=max).contains(&n) => Ok(n),
-            _ => Err(ApiError::validation(format!(
+            Ok(_) => Err(ApiError::validation(format!(
                 "Bad Pagination Parameters: {key} must be a whole number from 1 to {max}, got {v:?}"
+            ))),
+            // Not a number: GoTrue's words (Go's parser's).
+            Err(_) => Err(ApiError::validation(format!(
+                "Bad Pagination Parameters: strconv.ParseUint: parsing {v:?}: invalid syntax"
             ))),
         }
     }
