@@ -14,6 +14,8 @@ pub struct Figures {
     pub lettre: f64,
     pub email: f64,
     pub health: Measured,
+    /// `GET /user` over `/health`: the median of the rounds measured.
+    pub user_over_health: f64,
     pub logins: Measured,
     pub logins_big: Measured,
     pub user_small: Measured,
@@ -93,8 +95,8 @@ fn targets(f: &Figures, rows: &[Row]) -> Vec<Target> {
             true,
         ),
         t(
-            "GET /user / GET /health",
-            ratio(user.per_second, f.health.per_second),
+            "GET /user / GET /health (median of the rounds)",
+            f.user_over_health,
             0.7,
             true,
         ),
@@ -243,6 +245,8 @@ pub fn write(
         "rss_cache_full_mib": f.rss_cache_full,
         "rss_before_cache_fill_mib": f.rss_before_fill,
         "cache_sessions": f.cache_sessions,
+        "health": f.health,
+        "user_over_health_median": f.user_over_health,
         "floor": f.floor,
         "actor_round_trip_ns": {"one_caller": f.trip.0, "callers_64": f.trip.1},
         "cache_hit_rates": hit_rates.iter().map(|(n, r)| json!({"scenario": n, "hit_rate": r})).collect::<Vec<_>>(),
