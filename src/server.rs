@@ -447,7 +447,11 @@ fn services(
         links: Links::new(accounts.clone(), actors.otp.clone()),
         accounts,
         admin: Admin::with_otp(ctx.clone(), actors.otp.clone()),
-        factors: castellan_service::factors::Factors::new(ctx.clone(), actors.rate_limits.clone()),
+        factors: castellan_service::factors::Factors::new(
+            ctx.clone(),
+            actors.rate_limits.clone(),
+            actors.otp.budgets(),
+        ),
         external: castellan_service::external::External::new(
             ctx.clone(),
             castellan_service::providers::ProviderBroker::new(

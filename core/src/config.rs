@@ -104,6 +104,12 @@ pub const OAUTH_PROVIDERS: [&str; 22] = [
     "twitter",
 ];
 
+/// Whether GoTrue knows this OAuth provider (its provider switch): the
+/// reported ones, and `x`, `vercel_marketplace` and `zoom`.
+pub fn gotrue_provider(name: &str) -> bool {
+    OAUTH_PROVIDERS.contains(&name) || matches!(name, "x" | "vercel_marketplace" | "zoom")
+}
+
 /// One external provider's settings (`GOTRUE_EXTERNAL_<P>_*`).
 #[derive(Debug, Clone, Default)]
 pub struct OAuthProviderConfig {
@@ -672,7 +678,6 @@ const MAIL_KINDS: [&str; 6] = [
     "reauthentication",
 ];
 
-/// `N` (per hour) or `N/duration`, as GoTrue reads `GOTRUE_RATE_LIMIT_EMAIL_SENT`.
 /// GoTrue's database encryption settings. Every key is 256 bits in
 /// base64url; the encryption key also decrypts (GoTrue wants it listed in
 /// the decryption keys too; castellan adds it).
@@ -730,6 +735,8 @@ fn jwt_keys(v: &Vars) -> Result<Option<String>, ConfigError> {
     Ok(keys)
 }
 
+/// `N` (per the declared window, an hour) or `N/duration`, as GoTrue reads
+/// `GOTRUE_RATE_LIMIT_EMAIL_SENT`.
 fn send_budget(vars: &Vars, limit: &Limit) -> Result<SendBudget, ConfigError> {
     let Counts::PerDeployment { events, window } = limit.counts else {
         unreachable!("{} is a budget", limit.variable)
@@ -745,7 +752,7 @@ fn send_budget(vars: &Vars, limit: &Limit) -> Result<SendBudget, ConfigError> {
         |v| {
             let (n, per) = match v.split_once('/') {
                 Some((n, d)) => (n, parse_go_duration(d).ok()?),
-                None => (v, Duration::from_secs(3600)),
+                None => (v, window),
             };
             let events = n.trim().parse::<f64>().ok().filter(|f| *f >= 0.0)?.round() as u32;
             (!per.is_zero()).then_some(SendBudget { events, per })
@@ -799,8 +806,8 @@ fn mailer(v: &Vars) -> Result<MailerConfig, ConfigError> {
     })
 }
 
-/// Multi-factor authentication (`GOTRUE_MFA_*`), and castellan's lockout
-/// of a factor after repeated wrong codes.
+/// Multi-factor authentication (`GOTRUE_MFA_*`; the phone window and the
+/// lockout are declared with the other limits, in `limits`).
 #[derive(Debug, Clone)]
 pub struct MfaConfig {
     pub totp_enroll_enabled: bool,
@@ -939,14 +946,15 @@ fn lockout(v: &Vars) -> Result<Lockout, ConfigError> {
         unreachable!("the lockout's declarations")
     };
     Ok(Lockout {
+        // Zero or less means one, as before the declaration.
         failures: v
-            .num(&[limits::MFA_MAX_FAILURES.variable], failures)?
-            .max(1),
+            .num(&[limits::MFA_MAX_FAILURES.variable], i64::from(failures))?
+            .clamp(1, i64::from(u32::MAX)) as u32,
         lasts: v.duration(&[limits::MFA_LOCKOUT.variable], lasts)?,
     })
 }
 
-/// The SMTP server and the per-user send window.
+/// The SMTP server (its per-user window is declared in `limits`).
 fn smtp(v: &Vars) -> Result<SmtpConfig, ConfigError> {
     Ok(SmtpConfig {
         host: v.opt_string(&["GOTRUE_SMTP_HOST"]),

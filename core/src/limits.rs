@@ -1,7 +1,9 @@
-//! Every limit castellan enforces, declared once under GoTrue's variable
-//! names (castellan's own, `CASTELLAN_…`, where GoTrue has none): what it
-//! counts, its default, and the name `/admin/rate_limits` changes it by
-//! while castellan runs. The configuration reads each limit from its
+//! Every rate limit, sending budget, send window and the MFA lockout,
+//! declared once under GoTrue's variable names (castellan's own,
+//! `CASTELLAN_…`, where GoTrue has none): what it counts, its default, and
+//! the name `/admin/rate_limits` changes it by while castellan runs. (The
+//! hardening bounds, such as guesses per code and connections per client,
+//! are read with the sections they guard.) The configuration reads each limit from its
 //! declaration here; routes name their bucket (`api::RATE_LIMITS`); the
 //! `RateLimiter` actor holds the buckets, the OTP service the send windows,
 //! the store the deployment's budgets and each factor's guard.
@@ -63,7 +65,7 @@ pub const OTP: Limit = Limit {
         burst: Some(30),
     },
     runtime: Some("otp"),
-    guards: "POST /signup, /otp, /magiclink, /recover, /resend, PUT /user, GET /authorize, /callback",
+    guards: "POST /signup, /otp, /magiclink, /recover, /resend, PUT /user, GET /authorize, GET and POST /callback, GET /user/identities/authorize",
 };
 pub const ANONYMOUS_USERS: Limit = Limit {
     variable: "GOTRUE_RATE_LIMIT_ANONYMOUS_USERS",

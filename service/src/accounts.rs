@@ -695,9 +695,13 @@ impl Accounts {
             .await?;
         let now = self.ctx.config.clock.now();
         let new_hash = self.new_password_hash(&user, session_id, &up, now).await?;
+        let password_changed = new_hash.is_some();
         let updated = self
             .write_update(&user, session_id, new_hash, &up, now)
             .await?;
+        if password_changed {
+            self.otp.forget_windows(user.id);
+        }
         let updated = match new_email {
             Some(new_email) if user.is_anonymous && self.ctx.config.mailer_autoconfirm => {
                 self.otp.change_email_now(user.id, &new_email).await?
@@ -916,8 +920,7 @@ impl Accounts {
             tx.lock_user(user.id).await?.ok_or_else(gone)?;
             tx.set_phone_change(user.id, &phone, now).await?;
             tx.apply_phone_change(user.id, now).await?;
-            let data = json!({"sub": user.id.to_string(), "phone": phone, "email_verified": false, "phone_verified": true});
-            tx.upsert_identity(user.id, "phone", &data, now).await?;
+            crate::otp::phone_identity(&mut tx, user.id, &phone, now).await?;
             tx.insert_audit(&audit_payload(user, AuditAction::UserModified, None), now)
                 .await?;
             let updated = tx.user_by_id(user.id).await?.ok_or_else(gone)?;

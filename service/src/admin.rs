@@ -586,6 +586,9 @@ impl Admin {
         .await?;
         let updated = self.load(&mut tx, id).await?;
         tx.commit().await?;
+        if hash.is_some() {
+            self.otp.forget_windows(id);
+        }
         let ids = self.ctx.store.identities_of(id).await?;
         Ok((updated, ids))
     }

@@ -159,7 +159,7 @@ pub struct External {
 /// GoTrue's answer for a provider it cannot use: enabled without what it
 /// needs (`why`), one of its providers left off, or one it does not know.
 fn unsupported(name: &str, why: Option<&str>) -> ApiError {
-    let known = castellan_core::config::OAUTH_PROVIDERS.contains(&name) || name == "x";
+    let known = castellan_core::config::gotrue_provider(name);
     ApiError::validation(match why {
         Some(why) => format!("Unsupported provider: {why}"),
         None if known => "Unsupported provider: provider is not enabled".into(),

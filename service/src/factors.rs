@@ -18,6 +18,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::actors::rate_limiter::RateLimits;
+use crate::budget::{Budgets, Draws};
 use crate::context::Ctx;
 use crate::refresh::reissue;
 use crate::sessions::{TokenGrant, grant_for, not_found};
@@ -62,6 +63,7 @@ pub struct Factors {
     ctx: Arc<Ctx>,
     /// The limits in force, for the SMS budget a phone challenge draws on.
     limits: RateLimits,
+    budgets: Budgets,
 }
 
 fn factor_not_found() -> ApiError {
@@ -79,8 +81,12 @@ fn counted<T>(op: &'static str, r: ApiResult<T>) -> ApiResult<T> {
 }
 
 impl Factors {
-    pub fn new(ctx: Arc<Ctx>, limits: RateLimits) -> Self {
-        Self { ctx, limits }
+    pub fn new(ctx: Arc<Ctx>, limits: RateLimits, budgets: Budgets) -> Self {
+        Self {
+            ctx,
+            limits,
+            budgets,
+        }
     }
 
     /// `POST /factors`.
@@ -315,8 +321,13 @@ impl Factors {
         let f = self.factor(&mut tx, user.id, factor).await?;
         self.verify_enabled(&f)?;
         let id = Uuid::new_v4();
+        let budget = self.limits.settings().await.sms_sent;
+        let mut draws = Draws::new(&self.budgets, Budget::Sms, budget);
         let sms = match f.factor_type.as_str() {
-            "phone" => Some(self.phone_code(&mut tx, &f, id, channel, now).await?),
+            "phone" => Some(
+                self.phone_code(&mut tx, &mut draws, &f, (id, channel), now)
+                    .await?,
+            ),
             _ => None,
         };
         let sealed = sms.as_ref().map(|(_, sealed)| sealed.as_str());
@@ -328,6 +339,7 @@ impl Factors {
         );
         tx.insert_audits(&[audit], now).await?;
         tx.commit().await?;
+        draws.committed();
         if let Some((job, _)) = sms
             && let FirstTry::Refused(reason) = sms_out::send_first(&self.ctx, &job).await?
         {
@@ -357,9 +369,9 @@ impl Factors {
     async fn phone_code(
         &self,
         tx: &mut Tx,
+        draws: &mut Draws<'_>,
         f: &Factor,
-        challenge: Uuid,
-        channel: Option<&str>,
+        (challenge, channel): (Uuid, Option<&str>),
         now: DateTime<Utc>,
     ) -> ApiResult<(castellan_jobs::sms::SmsJob, String)> {
         let cfg = &self.ctx.config;
@@ -371,8 +383,7 @@ impl Factors {
         // Beyond GoTrue: factor codes count against the deployment's SMS
         // budget, so enrolling numbers is no way to send SMS at will.
         sms_out::provider_ready(&self.ctx)?;
-        let budget = self.limits.settings().await.sms_sent;
-        crate::budget::spend(tx, Budget::Sms, budget, now).await?;
+        draws.spend(tx, now).await?;
         // A provider that checks codes itself is sent none of ours.
         let code = match self.ctx.sms.checks_codes() {
             true => random_base32(32),

@@ -28,7 +28,7 @@
 pub mod accounts;
 pub mod actors;
 pub mod admin;
-mod budget;
+pub mod budget;
 pub mod context;
 pub mod even_timing;
 pub mod external;

@@ -11,7 +11,6 @@ use std::time::Instant;
 use arc_swap::ArcSwapOption;
 use ractor::ActorRef;
 
-use castellan_core::config::SendBudget;
 use castellan_core::crypto::{otp, secure_eq};
 use castellan_core::models::{AuditAction, AuditActor, Pkce, User, audit_payload};
 use castellan_core::store::{Budget, TokenType, Tx};
@@ -25,6 +24,7 @@ use uuid::Uuid;
 use crate::actors::mailbox::Mail;
 use crate::actors::otp_issuer::OtpMsg;
 use crate::actors::rate_limiter::RateLimits;
+use crate::budget::{Budgets, Draws};
 use crate::context::Ctx;
 use crate::sms_out::{self, FirstTry};
 
@@ -269,7 +269,7 @@ fn window_open(ctx: &Ctx, sent: DateTime<Utc>, now: DateTime<Utc>) -> ApiResult<
     crate::budget::window_open(window, "over_email_send_rate_limit", sent, now)
 }
 
-async fn send(ctx: &Ctx, budget: SendBudget, req: &SendRequest) -> ApiResult<Vec<Issued>> {
+async fn send(ctx: &Ctx, draws: &mut Draws<'_>, req: &SendRequest) -> ApiResult<Vec<Issued>> {
     let now = ctx.config.clock.now();
     let (tt, path_key, link_type, flow_method, audit) = kind_facts(req.kind);
     let mut tx = ctx.store.begin().await?;
@@ -291,10 +291,10 @@ async fn send(ctx: &Ctx, budget: SendBudget, req: &SendRequest) -> ApiResult<Vec
     {
         window_open(ctx, sent, now)?;
     }
-    if !req.generate_only && (budget.events == 0 || !ctx.config.mailer_autoconfirm) {
-        crate::budget::spend(&mut tx, Budget::Email, budget, now).await?;
+    if !req.generate_only && (draws.budget.events == 0 || !ctx.config.mailer_autoconfirm) {
+        draws.spend(&mut tx, now).await?;
     }
-    let deliveries = deliveries(ctx, &mut tx, req, (tt, &to), budget, now).await?;
+    let deliveries = deliveries(ctx, &mut tx, req, (tt, &to), draws, now).await?;
     if let (Some(p), true) = (&req.pkce, req.kind != EmailKind::Invite) {
         tx.insert_flow_state(user.id, flow_method, &p.challenge, &p.method, now)
             .await?;
@@ -336,7 +336,7 @@ async fn deliveries(
     tx: &mut Tx,
     req: &SendRequest,
     (tt, to): (TokenType, &str),
-    budget: SendBudget,
+    draws: &mut Draws<'_>,
     now: DateTime<Utc>,
 ) -> ApiResult<Vec<(TokenType, String)>> {
     if req.kind != EmailKind::EmailChange {
@@ -351,8 +351,13 @@ async fn deliveries(
     if ctx.config.mailer.secure_email_change_enabled && !to.is_empty() {
         deliveries.push((TokenType::EmailChangeTokenCurrent, to.to_string()));
     }
-    if !req.generate_only && budget.events > 0 && !ctx.config.mailer_autoconfirm {
-        crate::budget::spend(tx, Budget::Email, budget, now).await?;
+    // The second mail draws a second message.
+    if deliveries.len() == 2
+        && !req.generate_only
+        && draws.budget.events > 0
+        && !ctx.config.mailer_autoconfirm
+    {
+        draws.spend(tx, now).await?;
     }
     Ok(deliveries)
 }
@@ -457,7 +462,7 @@ struct SmsIssued {
 /// Issues an SMS code in one transaction: the user's window and the
 /// global budget checked, the token stored, and the job queued but held
 /// back while the request sends it itself.
-async fn issue_sms(ctx: &Ctx, budget: SendBudget, req: &SmsRequest) -> ApiResult<SmsIssued> {
+async fn issue_sms(ctx: &Ctx, draws: &mut Draws<'_>, req: &SmsRequest) -> ApiResult<SmsIssued> {
     let now = ctx.config.clock.now();
     let (tt, audit) = sms_token(req.kind)?;
     let mut tx = ctx.store.begin().await?;
@@ -482,7 +487,7 @@ async fn issue_sms(ctx: &Ctx, budget: SendBudget, req: &SmsRequest) -> ApiResult
     // Unlike GoTrue, the budget holds with SMS autoconfirm too: every
     // message costs, and a new number's sign-up sends one.
     if test.is_none() {
-        crate::budget::spend(&mut tx, Budget::Sms, budget, now).await?;
+        draws.spend(&mut tx, now).await?;
     }
     // A provider that makes its own codes (Twilio Verify) is sent none of
     // ours; the token stored then only marks one as outstanding, and is
@@ -601,6 +606,19 @@ async fn email_change_verified(
     })
 }
 
+/// A confirmed phone change's identity: made, or rewritten with the number
+/// (GoTrue's phone_change verification).
+pub(crate) async fn phone_identity(
+    tx: &mut castellan_core::store::Tx,
+    user_id: Uuid,
+    phone: &str,
+    now: DateTime<Utc>,
+) -> ApiResult<()> {
+    let data = json!({"sub": user_id.to_string(), "phone": phone, "email_verified": false, "phone_verified": true});
+    tx.upsert_identity(user_id, "phone", &data, now).await?;
+    Ok(())
+}
+
 /// The pending email change takes effect (GoTrue's `ConfirmEmailChange`):
 /// the address, confirmed if it was not (its metadata says so), the email
 /// identity, every outstanding token cleared, audited.
@@ -659,8 +677,7 @@ async fn phone_verified(
                 .await?;
             // The phone identity follows the change (a sign-up's is left as
             // it was made, as GoTrue leaves it).
-            let data = json!({"sub": user.id.to_string(), "phone": new_phone, "email_verified": false, "phone_verified": true});
-            tx.upsert_identity(user.id, "phone", &data, now).await?;
+            phone_identity(&mut tx, user.id, &new_phone, now).await?;
         }
         _ => {
             tx.insert_audit(
@@ -895,6 +912,8 @@ pub struct OtpIssuer {
     actor: Arc<ArcSwapOption<ActorRef<Mail<OtpMsg>>>>,
     /// The limits in force, for the email budget an operator may change.
     limits: RateLimits,
+    /// This process's draws on the email and SMS budgets.
+    budgets: Budgets,
 }
 
 impl OtpIssuer {
@@ -903,7 +922,26 @@ impl OtpIssuer {
         actor: Arc<ArcSwapOption<ActorRef<Mail<OtpMsg>>>>,
         limits: RateLimits,
     ) -> Self {
-        Self { ctx, actor, limits }
+        let budgets = Budgets::new(actor.clone());
+        Self {
+            ctx,
+            actor,
+            limits,
+            budgets,
+        }
+    }
+
+    /// A password change reset the user's send times, as GoTrue's does:
+    /// this process's windows for them go too (after the commit).
+    pub fn forget_windows(&self, user: Uuid) {
+        if let Some(actor) = self.actor.load_full() {
+            let _ = actor.cast(Mail::new("otp_issuer", OtpMsg::Forget { user }));
+        }
+    }
+
+    /// This process's draws on the budgets (for the other senders: phone factors).
+    pub fn budgets(&self) -> Budgets {
+        self.budgets.clone()
     }
 
     /// When the actor saw this user last sent this kind of token; `None`
@@ -944,7 +982,11 @@ impl OtpIssuer {
             r?;
         }
         let budget = self.limits.settings().await.email_sent;
-        let r = send(&self.ctx, budget, &req).await;
+        let mut draws = Draws::new(&self.budgets, Budget::Email, budget);
+        let r = send(&self.ctx, &mut draws, &req).await;
+        if r.is_ok() {
+            draws.committed();
+        }
         Self::record("send", start, &r);
         if let (Ok(issued), Some(actor)) = (&r, self.actor.load_full())
             && has_window(&req)
@@ -982,8 +1024,12 @@ impl OtpIssuer {
         sms_out::provider_ready(&self.ctx)?;
         let start = Instant::now();
         let budget = self.limits.settings().await.sms_sent;
-        let r = match issue_sms(&self.ctx, budget, &req).await {
-            Ok(issued) => deliver_first(&self.ctx, issued).await,
+        let mut draws = Draws::new(&self.budgets, Budget::Sms, budget);
+        let r = match issue_sms(&self.ctx, &mut draws, &req).await {
+            Ok(issued) => {
+                draws.committed();
+                deliver_first(&self.ctx, issued).await
+            }
             Err(e) => Err(e),
         };
         Self::record("send_sms", start, &r);

@@ -249,13 +249,14 @@ fn land(outcome: Result<(Landing, String), castellan_service::external::Refused>
                     }
                 }
             }
+            // GoTrue's state loading answers with the query alone.
+            if refused.before_state {
+                let to = with_params(&refused.to, &pairs, &[]);
+                return super::redirect(StatusCode::SEE_OTHER, to);
+            }
             let mut fragment = pairs.clone();
             fragment.push(("sb", String::new()));
-            let to = with_params(&refused.to, &pairs, &fragment);
-            match refused.before_state {
-                true => super::redirect(StatusCode::SEE_OTHER, to),
-                false => found(to),
-            }
+            found(with_params(&refused.to, &pairs, &fragment))
         }
     }
 }

@@ -213,7 +213,7 @@ pub async fn verify(
     let factor = factor_id(&raw)?;
     // Missing is GoTrue's zero UUID (no such challenge, once the factor is
     // found); malformed is a body that does not parse.
-    let challenge = match b.challenge_id.as_deref().filter(|c| !c.is_empty()) {
+    let challenge = match b.challenge_id.as_deref() {
         None => Uuid::nil(),
         Some(c) => Uuid::parse_str(c)
             .map_err(|_| ApiError::bad_request("bad_json", "challenge_id must be an UUID"))?,

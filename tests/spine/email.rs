@@ -412,6 +412,53 @@ both_mail!(
     }
 );
 
+// Issue 25: a large budget is drawn on the shared row a lease at a time
+// (31 messages for 1 000 an hour), so the row is locked once for many sends;
+// a change of the budget voids the lease, and the row's count still bounds it.
+both_mail!(
+    a_large_email_budget_is_drawn_a_lease_at_a_time,
+    |c| c.rate_limits.email_sent.events = 1000,
+    |t, sink| {
+        let sent = || async {
+            castellan_core::on!(pool t.pool(), p => sqlx::query_scalar::<_, i64>(
+                "SELECT CAST(sent AS BIGINT) FROM castellan_email_budget WHERE id = 1")
+                .fetch_one(p).await.unwrap())
+        };
+        for i in 0..3 {
+            let email = format!("lease{i}@example.com");
+            assert_eq!(t.signup(&email, "secret123").await.status, 200);
+            sink.wait_for(&email, 1).await;
+            assert_eq!(sent().await, 31, "one lease drawn, sent {}", i + 1);
+        }
+        let r = t
+            .admin(
+                Method::PUT,
+                "/admin/rate_limits",
+                Some(json!({"email_sent": 40})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        // 40 leases one message at a time: the row says 32 of 40.
+        assert_eq!(
+            t.signup("lease3@example.com", "secret123").await.status,
+            200
+        );
+        assert_eq!(sent().await, 32, "the old lease is void");
+        let r = t
+            .admin(
+                Method::PUT,
+                "/admin/rate_limits",
+                Some(json!({"email_sent": 32})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        t.signup("lease4@example.com", "secret123")
+            .await
+            .assert_error(429, "over_email_send_rate_limit");
+        assert_eq!(sink.count_to("lease4@example.com"), 0);
+    }
+);
+
 // The budget changed while running (issue 14): lowered to 1 it refuses the
 // second email at once; raised again it sends, without a restart.
 both_mail!(email_budget_changed_while_running, |_| {}, |t, sink| {

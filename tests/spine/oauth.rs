@@ -315,12 +315,17 @@ pub(crate) async fn landing(t: &TestServer, q: &str) -> (String, HashMap<String,
     let r = get(t, &format!("/callback{q}")).await;
     let to = r.header("location").unwrap().to_string();
     let e = query(&to);
-    // A state that cannot be used is answered 303 See Other, as GoTrue
-    // answers its state loading; every other outcome 302.
+    // A state that cannot be used is answered 303 See Other with the error
+    // in the query alone, as GoTrue's state loading answers; the rest 302.
     let unusable_state = e
         .get("error_description")
         .is_some_and(|d| d.starts_with("OAuth state"));
-    assert_eq!(r.status, if unusable_state { 303 } else { 302 }, "{to}");
+    if unusable_state {
+        assert_eq!(r.status, 303, "{to}");
+        assert!(!to.contains('#'), "{to}");
+        return (to, e);
+    }
+    assert_eq!(r.status, 302, "{to}");
     assert_eq!(fragment(&to).get("error_code"), e.get("error_code"), "{to}");
     (to, e)
 }

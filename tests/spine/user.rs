@@ -339,5 +339,13 @@ both!(
         assert!(row.recovery_sent_at.is_none(), "{:?}", row.recovery_sent_at);
         assert!(row.confirmation_sent_at.is_none());
         assert!(r.body.get("recovery_sent_at").is_none(), "{}", r.text);
+        // So a recovery may be asked for again at once (this process forgot
+        // its window too), and then the window holds again.
+        let again = t.post("/recover", json!({"email": "pn@example.com"})).await;
+        assert_eq!(again.status, 200, "{}", again.text);
+        assert!(t.user(&id).await.recovery_sent_at.is_some());
+        t.post("/recover", json!({"email": "pn@example.com"}))
+            .await
+            .assert_error(429, "over_email_send_rate_limit");
     }
 );

@@ -183,29 +183,12 @@ macro_rules! on {
             }
         }
     };
+    // Without `$d`: the same, the body spelling no difference.
     (tx $tx:expr, $c:ident => $body:expr) => {
-        match &mut $tx.conn {
-            $crate::store::Conn::Pg(t) => {
-                let $c: &mut sqlx::PgConnection = &mut *t;
-                $body
-            }
-            $crate::store::Conn::Lite(t, _) => {
-                let $c: &mut sqlx::SqliteConnection = &mut *t;
-                $body
-            }
-        }
+        $crate::on!(tx $tx, $c, _unused_dialect => $body)
     };
     (pool $pool:expr, $c:ident => $body:expr) => {
-        match $pool {
-            $crate::store::Pool::Pg(p) => {
-                let $c = p;
-                $body
-            }
-            $crate::store::Pool::Lite(p) => {
-                let $c = p;
-                $body
-            }
-        }
+        $crate::on!(pool $pool, $c, _unused_dialect => $body)
     };
 }
 

@@ -22,6 +22,15 @@ pub enum TokenType {
 }
 
 impl TokenType {
+    pub const ALL: [TokenType; 6] = [
+        TokenType::ConfirmationToken,
+        TokenType::RecoveryToken,
+        TokenType::EmailChangeTokenNew,
+        TokenType::EmailChangeTokenCurrent,
+        TokenType::ReauthenticationToken,
+        TokenType::PhoneChangeToken,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             TokenType::ConfirmationToken => "confirmation_token",
@@ -302,7 +311,7 @@ impl Tx {
         self.delete_token_row(user_id, tt).await
     }
 
-    /// The `one_time_tokens` row of this user and type, if any.
+    /// Deletes the `one_time_tokens` row of this user and type, if any.
     async fn delete_token_row(&mut self, user_id: Uuid, tt: TokenType) -> Result<(), sqlx::Error> {
         count();
         on!(tx self, c, d => sqlx::query(concat!(
@@ -334,15 +343,17 @@ impl Tx {
             .bind(user_id).bind(email).bind(now).execute(&mut *c).await.map(drop))
     }
 
-    /// Draws one message from a global budget (a fixed window of `events`
-    /// per `per`, shared by every process on this database). False when spent.
+    /// Draws up to `want` messages from a global budget (a fixed window of
+    /// `events` per `per`, shared by every process on this database): how
+    /// many it got (0 when spent) and when the window ends.
     pub async fn take_budget(
         &mut self,
         budget: Budget,
         events: u32,
         per: std::time::Duration,
         now: DateTime<Utc>,
-    ) -> Result<bool, sqlx::Error> {
+        want: u32,
+    ) -> Result<(u32, DateTime<Utc>), sqlx::Error> {
         count();
         macro_rules! read {
             ($table:literal) => {
@@ -361,11 +372,12 @@ impl Tx {
         } else {
             (row.0, row.1)
         };
-        if sent >= i64::from(events) {
-            return Ok(false);
+        let granted = (i64::from(events) - sent).clamp(0, i64::from(want)) as u32;
+        if granted == 0 {
+            return Ok((0, start + per));
         }
         count();
-        let sent = (sent + 1) as i32;
+        let sent = (sent + i64::from(granted)) as i32;
         match budget {
             Budget::Email => {
                 on!(tx self, c => sqlx::query("UPDATE castellan_email_budget SET window_start = $1, sent = $2 WHERE id = 1")
@@ -376,7 +388,7 @@ impl Tx {
                 .bind(start).bind(sent).execute(&mut *c).await.map(drop))?
             }
         }
-        Ok(true)
+        Ok((granted, start + per))
     }
 
     /// Takes back a token whose message the provider refused, as if it had

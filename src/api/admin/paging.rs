@@ -33,14 +33,20 @@ impl Query {
         let Some(v) = self.get(key) else {
             return Ok(default);
         };
-        match v.parse::<i64>() {
-            Ok(n) if (1..=max).contains(&n) => Ok(n),
+        // Not a plain number: GoTrue's words (Go's ParseUint's).
+        let go = |why: &str| {
+            ApiError::validation(format!(
+                "Bad Pagination Parameters: strconv.ParseUint: parsing {v:?}: {why}"
+            ))
+        };
+        if !v.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(go("invalid syntax"));
+        }
+        match v.parse::<u64>() {
+            Err(_) => Err(go("value out of range")),
+            Ok(n) if (1..=max as u64).contains(&n) => Ok(n as i64),
             Ok(_) => Err(ApiError::validation(format!(
                 "Bad Pagination Parameters: {key} must be a whole number from 1 to {max}, got {v:?}"
-            ))),
-            // Not a number: GoTrue's words (Go's parser's).
-            Err(_) => Err(ApiError::validation(format!(
-                "Bad Pagination Parameters: strconv.ParseUint: parsing {v:?}: invalid syntax"
             ))),
         }
     }
