@@ -174,7 +174,7 @@ struct Bench {
     http: reqwest::Client,
     duration: Duration,
     connections: usize,
-    results: Vec<(String, Measured, f64, f64)>,
+    results: Vec<report::Row>,
     hit_rates: Vec<(String, f64)>,
 }
 
@@ -472,6 +472,56 @@ impl Bench {
         .await
     }
 
+    /// The scenarios on the large table (seeded), then the session cache
+    /// filled and refresh on legacy tokens.
+    async fn big(
+        &mut self,
+        args: &Args,
+        database_url: &str,
+        bin: &std::path::Path,
+        smtp_port: u16,
+    ) -> anyhow::Result<report::Big> {
+        let recover_small = self.recover("POST /recover unknown address (1k)").await;
+        let user_big = self.get_user("GET /user (big)").await?;
+        let (first, count) = (SMALL_USERS + 1, args.big_users - SMALL_USERS);
+        let logins_big = self
+            .password("POST /token password (big)", first, count)
+            .await;
+        let recover_big = self.recover("POST /recover unknown address (big)").await;
+        let refresh_big = self.refresh("POST /token refresh (big)").await?;
+        let cache_sessions = 10_000.min(args.big_users);
+        let (rss_before_fill, rss_cache_full) =
+            self.fill_cache(database_url, cache_sessions).await?;
+        let (_, peak_rss) = self.srv.rss_mib();
+        let refresh_legacy = self.refresh_legacy(bin, database_url, smtp_port).await?;
+        Ok(report::Big {
+            recover_small,
+            user_big,
+            logins_big,
+            recover_big,
+            refresh_big,
+            refresh_legacy,
+            cache_sessions,
+            rss_before_fill,
+            rss_cache_full,
+            peak_rss,
+        })
+    }
+
+    /// The write floor's row in the table (three statements, one transaction).
+    fn record_floor(&mut self, floor: &Measured) {
+        eprintln!(
+            "{:<28} {:>9.0}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {:>5}",
+            "floor: write transaction", floor.per_second, floor.p50_ms, floor.p99_ms, floor.errors
+        );
+        self.results.push((
+            "floor: write transaction (locked read, update, insert, commit)".into(),
+            floor.clone(),
+            3.0,
+            1.0,
+        ));
+    }
+
     /// `GET /user` over `/health`: the first pair's ratio and `rounds - 1`
     /// more pairs measured back to back; the median.
     async fn user_over_health(&mut self, first: f64, rounds: usize) -> anyhow::Result<f64> {
@@ -567,6 +617,36 @@ impl Bench {
     }
 }
 
+/// The server started on the database with the small table seeded: the
+/// bench over it, the server's idle RSS, and the seeded password's hash.
+async fn start(
+    args: &Args,
+    bin: &std::path::Path,
+    database_url: &str,
+    smtp_port: u16,
+) -> anyhow::Result<(Bench, f64, String)> {
+    let srv = server::start(bin, database_url, smtp_port, &[]).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (idle_rss, _) = srv.rss_mib();
+    let hash = {
+        use argon2::password_hash::PasswordHasher;
+        argon2::Argon2::default()
+            .hash_password(seed::PASSWORD.as_bytes())
+            .unwrap()
+            .to_string()
+    };
+    seed::users(database_url, &hash, 1, SMALL_USERS).await?;
+    let b = Bench {
+        srv,
+        http: client(),
+        duration: Duration::from_secs(args.duration),
+        connections: args.connections,
+        results: Vec::new(),
+        hit_rates: Vec::new(),
+    };
+    Ok((b, idle_rss, hash))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -582,25 +662,7 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("{:<28} {argon:>9.1}/s", "argon2id verify (all cores)");
 
     let sink = smtp_sink::SmtpSink::start().await;
-    let srv = server::start(&bin, &database_url, sink.port, &[]).await?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let (idle_rss, _) = srv.rss_mib();
-    let hash = {
-        use argon2::password_hash::PasswordHasher;
-        argon2::Argon2::default()
-            .hash_password(seed::PASSWORD.as_bytes())
-            .unwrap()
-            .to_string()
-    };
-    seed::users(&database_url, &hash, 1, SMALL_USERS).await?;
-    let mut b = Bench {
-        srv,
-        http: client(),
-        duration,
-        connections: args.connections,
-        results: Vec::new(),
-        hit_rates: Vec::new(),
-    };
+    let (mut b, idle_rss, hash) = start(&args, &bin, &database_url, sink.port).await?;
 
     let health = b.health("GET /health").await;
     b.srv.reset_peak();
@@ -628,35 +690,12 @@ async fn main() -> anyhow::Result<()> {
         b.srv.stop().await;
         return drop_database(&args).await;
     }
-    eprintln!(
-        "{:<28} {:>9.0}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {:>5}",
-        "floor: write transaction", floor.per_second, floor.p50_ms, floor.p99_ms, floor.errors
-    );
-    b.results.push((
-        "floor: write transaction (locked read, update, insert, commit)".into(),
-        floor.clone(),
-        3.0,
-        1.0,
-    ));
+    b.record_floor(&floor);
     b.signups().await;
     let (lettre, email) = b.email(&sink).await?;
 
-    eprintln!("seeding up to {} users…", args.big_users);
-    let t = Instant::now();
-    seed::users(&database_url, &hash, SMALL_USERS + 1, args.big_users).await?;
-    eprintln!("seeded in {:.1} s", t.elapsed().as_secs_f64());
-    let recover_small = b.recover("POST /recover unknown address (1k)").await;
-    let user_big = b.get_user("GET /user (big)").await?;
-    let big = args.big_users - SMALL_USERS;
-    let logins_big = b
-        .password("POST /token password (big)", SMALL_USERS + 1, big)
-        .await;
-    let recover_big = b.recover("POST /recover unknown address (big)").await;
-    let refresh_big = b.refresh("POST /token refresh (big)").await?;
-    let cache_sessions = 10_000.min(args.big_users);
-    let (rss_before_fill, rss_cache_full) = b.fill_cache(&database_url, cache_sessions).await?;
-    let (_, peak_rss) = b.srv.rss_mib();
-    let refresh_legacy = b.refresh_legacy(&bin, &database_url, sink.port).await?;
+    seed::big(&database_url, &hash, SMALL_USERS + 1, args.big_users).await?;
+    let big = b.big(&args, &database_url, &bin, sink.port).await?;
 
     let figures = report::Figures {
         argon,
@@ -665,22 +704,13 @@ async fn main() -> anyhow::Result<()> {
         health,
         user_over_health,
         logins,
-        logins_big,
         user_small,
-        user_big,
         refresh_small,
-        refresh_big,
-        refresh_legacy,
-        recover_small,
-        recover_big,
         floor,
         trip,
         idle_rss,
         login_peak_rss,
-        peak_rss,
-        rss_before_fill,
-        rss_cache_full,
-        cache_sessions,
+        big,
     };
     let run = report::Run {
         db: &args.db,

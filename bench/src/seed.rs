@@ -85,3 +85,12 @@ pub async fn users(database_url: &str, hash: &str, from: u64, to: u64) -> anyhow
     }
     Ok(())
 }
+
+/// The large table: users `first..=last`, timed.
+pub async fn big(database_url: &str, hash: &str, first: u64, last: u64) -> anyhow::Result<()> {
+    eprintln!("seeding up to {last} users…");
+    let t = std::time::Instant::now();
+    users(database_url, hash, first, last).await?;
+    eprintln!("seeded in {:.1} s", t.elapsed().as_secs_f64());
+    Ok(())
+}
