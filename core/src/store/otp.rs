@@ -43,16 +43,7 @@ impl TokenType {
     }
 
     pub fn from_name(s: &str) -> Option<TokenType> {
-        [
-            TokenType::ConfirmationToken,
-            TokenType::RecoveryToken,
-            TokenType::EmailChangeTokenNew,
-            TokenType::EmailChangeTokenCurrent,
-            TokenType::ReauthenticationToken,
-            TokenType::PhoneChangeToken,
-        ]
-        .into_iter()
-        .find(|t| t.name() == s)
+        Self::ALL.into_iter().find(|t| t.name() == s)
     }
 
     /// When the token of this type was sent, per the user row.
