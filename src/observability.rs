@@ -1,14 +1,16 @@
 //! Prometheus metrics: the global recorder, per-route HTTP metrics and the
 //! `/metrics` endpoint.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::{FromRef, MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use castellan_core::handles::Handles;
 use castellan_core::store::Store;
 
 use crate::server::AppState;
@@ -71,22 +73,42 @@ pub fn method_label(m: &axum::http::Method) -> &'static str {
     }
 }
 
+/// Whether a route template is a liveness or readiness probe.
+pub fn is_probe(route: &str) -> bool {
+    matches!(
+        route.strip_prefix("/auth/v1").unwrap_or(route),
+        "/health" | "/ready"
+    )
+}
+
 /// Counts requests by route template, method and status, and times them.
 /// Every label comes from a closed set (the raw path never becomes one).
 pub async fn http_metrics(req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".into());
     let method = method_label(req.method());
+    let route = req.extensions().get::<MatchedPath>().cloned();
     let resp = next.run(req).await;
-    let status = resp.status().as_u16().to_string();
-    metrics::counter!("castellan_http_requests_total", "route" => route.clone(), "method" => method, "status" => status).increment(1);
-    metrics::histogram!("castellan_http_request_duration_seconds", "route" => route, "method" => method)
-        .record(start.elapsed().as_secs_f64());
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    record(route, method, resp.status().as_u16(), start.elapsed());
     resp
+}
+
+/// The request counters and timers, resolved once per route, method and
+/// status. Bounded: routes are the router's templates (or "unmatched").
+static HTTP_SERIES: Handles<Box<str>, Arc<RouteSeries>> = Handles::new();
+
+type RouteSeries = Handles<(&'static str, u16), (Counter, Histogram)>;
+
+fn record(route: &str, method: &'static str, status: u16, took: Duration) {
+    let series = HTTP_SERIES.get(route, || (route.into(), Arc::default()));
+    let (requests, duration) = series.get(&(method, status), || {
+        let name = route.to_string();
+        let requests = metrics::counter!("castellan_http_requests_total", "route" => name.clone(), "method" => method, "status" => status.to_string());
+        let duration = metrics::histogram!("castellan_http_request_duration_seconds", "route" => name, "method" => method);
+        ((method, status), (requests, duration))
+    });
+    requests.increment(1);
+    duration.record(took.as_secs_f64());
 }
 
 /// The series of events that may not have happened yet, at zero, so a

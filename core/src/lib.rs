@@ -10,6 +10,7 @@ pub mod config;
 pub mod crypto;
 pub mod duration;
 pub mod error;
+pub mod handles;
 pub mod limits;
 pub mod models;
 pub mod oauth;

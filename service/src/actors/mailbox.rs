@@ -5,33 +5,45 @@
 
 use std::time::Instant;
 
+use castellan_core::handles::Handles;
+use metrics::{Gauge, Histogram};
+
+static MAILBOXES: Handles<&'static str, (Gauge, Histogram)> = Handles::new();
+
 pub struct Mail<M> {
     msg: Option<M>,
-    actor: &'static str,
+    depth: Gauge,
+    wait: Histogram,
     posted: Instant,
 }
 
 impl<M> Mail<M> {
     pub fn new(actor: &'static str, msg: M) -> Self {
-        metrics::gauge!("castellan_actor_mailbox_depth", "actor" => actor).increment(1.0);
+        let (depth, wait) = MAILBOXES.get(&actor, || {
+            let depth = metrics::gauge!("castellan_actor_mailbox_depth", "actor" => actor);
+            let wait =
+                metrics::histogram!("castellan_actor_mailbox_wait_seconds", "actor" => actor);
+            (actor, (depth, wait))
+        });
+        depth.increment(1.0);
         Self {
             msg: Some(msg),
-            actor,
+            depth,
+            wait,
             posted: Instant::now(),
         }
     }
 
     /// The message, once its actor takes it; records how long it waited.
     pub fn open(mut self) -> M {
-        metrics::histogram!("castellan_actor_mailbox_wait_seconds", "actor" => self.actor)
-            .record(self.posted.elapsed().as_secs_f64());
+        self.wait.record(self.posted.elapsed().as_secs_f64());
         self.msg.take().expect("a letter is opened once")
     }
 }
 
 impl<M> Drop for Mail<M> {
     fn drop(&mut self) {
-        metrics::gauge!("castellan_actor_mailbox_depth", "actor" => self.actor).decrement(1.0);
+        self.depth.decrement(1.0);
     }
 }
 

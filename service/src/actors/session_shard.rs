@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use castellan_core::handles::count;
 use castellan_core::store::{LiveUser, RefreshContext};
 use hashlink::LruCache;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -412,7 +413,7 @@ impl Shard {
                     "bypass" => "castellan_session_cache_bypass_total",
                     _ => "castellan_session_cache_hits_total",
                 };
-                metrics::counter!(counter).increment(1);
+                count(counter);
                 outcome
             }
             ShardMsg::Fill { key, stamp, live } => self.fill(key, stamp, live),
@@ -420,10 +421,8 @@ impl Shard {
                 let (looked, outcome) = self.refresh_lookup(session);
                 let _ = reply.send(looked);
                 match outcome {
-                    "hit" => metrics::counter!("castellan_refresh_cache_hits_total").increment(1),
-                    "miss" => {
-                        metrics::counter!("castellan_refresh_cache_misses_total").increment(1)
-                    }
+                    "hit" => count("castellan_refresh_cache_hits_total"),
+                    "miss" => count("castellan_refresh_cache_misses_total"),
                     _ => {}
                 }
                 outcome

@@ -27,10 +27,16 @@ use crate::actors::rate_limiter::{RateLimiter, RateLimiterMsg, RateLimits};
 use crate::actors::session_manager::{
     SessionCache, SessionManager, SessionManagerArgs, SessionMsg,
 };
+use castellan_core::handles::Handles;
+
 use crate::context::Ctx;
 use crate::otp::OtpIssuer;
 use crate::refresh::Refresher;
 use crate::sessions::Sessions;
+
+type MessageKey = (&'static str, &'static str, &'static str);
+
+static MESSAGES: Handles<MessageKey, (metrics::Counter, metrics::Histogram)> = Handles::new();
 
 /// Counts one handled message of an actor, with its outcome and time.
 pub fn record_message(
@@ -39,10 +45,14 @@ pub fn record_message(
     outcome: &'static str,
     start: Instant,
 ) {
-    metrics::counter!("castellan_actor_messages_total", "actor" => actor, "message" => message, "outcome" => outcome)
-        .increment(1);
-    metrics::histogram!("castellan_actor_handling_seconds", "actor" => actor, "message" => message)
-        .record(start.elapsed().as_secs_f64());
+    let key = (actor, message, outcome);
+    let (count, took) = MESSAGES.get(&key, || {
+        let count = metrics::counter!("castellan_actor_messages_total", "actor" => actor, "message" => message, "outcome" => outcome);
+        let took = metrics::histogram!("castellan_actor_handling_seconds", "actor" => actor, "message" => message);
+        (key, (count, took))
+    });
+    count.increment(1);
+    took.record(start.elapsed().as_secs_f64());
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
