@@ -6,6 +6,12 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
+// Every request allocates and frees many small buffers on whichever worker
+// thread runs it; under load glibc's malloc and free took a tenth of the
+// server's time (perf), mimalloc's thread-local heaps a fraction of that.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "castellan",
@@ -144,15 +150,24 @@ async fn main() {
         cli.command,
         Some(Command::Admin(_) | Command::Keys(_) | Command::Limits(_))
     );
-    let (writer, terminal) = if admin {
+    let (writer, terminal, log_guard) = if admin {
         (
             BoxMakeWriter::new(std::io::stderr),
             std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            None,
         )
     } else {
+        // Lines are formatted on the request's thread and written by the
+        // appender's own: no request waits on a write to stdout. Not lossy:
+        // when the buffer is full the request waits rather than a line vanish.
+        let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .lossy(false)
+            .thread_name("log-writer")
+            .finish(std::io::stdout());
         (
-            BoxMakeWriter::new(std::io::stdout),
+            BoxMakeWriter::new(writer),
             std::io::IsTerminal::is_terminal(&std::io::stdout()),
+            Some(guard),
         )
     };
     tracing_subscriber::fmt()
@@ -164,7 +179,10 @@ async fn main() {
                 .unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
-    if let Err(e) = run(cli).await {
+    let outcome = run(cli).await;
+    // Written out before the process ends, whichever way it ends.
+    drop(log_guard);
+    if let Err(e) = outcome {
         eprintln!("castellan: {e:#}");
         std::process::exit(1);
     }
