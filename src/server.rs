@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tower_http::trace::{DefaultOnResponse, OnResponse, TraceLayer};
 
 use crate::error::HttpError;
 use crate::{api, error, observability};
@@ -244,7 +244,7 @@ pub fn router(state: AppState) -> Router {
     if state.config.metrics_addr.is_none() {
         router = router.route("/metrics", get(observability::metrics_endpoint));
     }
-    router
+    let router = router
         .fallback(|| async { HttpError(ApiError::not_found("not_found", "Not found")) })
         .method_not_allowed_fallback(|| async {
             HttpError(ApiError::new(
@@ -270,34 +270,50 @@ pub fn router(state: AppState) -> Router {
             ))
             .into_response()
         }))
-        .layer(axum::middleware::from_fn(error::dialect))
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(|req: &axum::extract::Request| {
-                    let id = req
-                        .headers()
-                        .get("x-request-id")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default();
-                    // The route template, never the raw path; the method from
-                    // a closed set: the access log carries no client's text.
-                    let route = req
-                        .extensions()
-                        .get::<axum::extract::MatchedPath>()
-                        .map_or("unmatched", |p| p.as_str());
-                    let method = observability::method_label(req.method());
-                    tracing::info_span!("request", id, method, route)
-                })
-                .on_request(())
-                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO))
-                .on_failure(()),
-        )
+        .layer(axum::middleware::from_fn(error::dialect));
+    with_access_log(router, state.config.log_probes)
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         // Ids are ours: a client's `X-Request-Id` would otherwise reach the log.
         .layer(axum::middleware::map_request(strip_request_id))
         .layer(cors())
         .with_state(state)
+}
+
+/// One line per answered request, in the request's span (its id, method and
+/// route template); probes only when asked for, as GoTrue leaves them out.
+fn with_access_log(router: Router<AppState>, log_probes: bool) -> Router<AppState> {
+    let layer = TraceLayer::new_for_http()
+        .make_span_with(move |req: &axum::extract::Request| {
+            // The route template, never the raw path; the method from a
+            // closed set: the access log carries no client's text.
+            let route = req
+                .extensions()
+                .get::<axum::extract::MatchedPath>()
+                .map_or("unmatched", |p| p.as_str());
+            if !log_probes && observability::is_probe(route) {
+                return tracing::Span::none();
+            }
+            let id = req
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            let method = observability::method_label(req.method());
+            tracing::info_span!("request", id, method, route)
+        })
+        .on_request(())
+        .on_response(
+            |res: &Response, latency: std::time::Duration, span: &tracing::Span| {
+                if !span.is_none() {
+                    DefaultOnResponse::new()
+                        .level(tracing::Level::INFO)
+                        .on_response(res, latency, span);
+                }
+            },
+        )
+        .on_failure(());
+    router.layer(layer)
 }
 
 async fn strip_request_id(mut req: axum::extract::Request) -> axum::extract::Request {

@@ -328,6 +328,9 @@ pub struct Config {
     /// `host:port` serving `/metrics` alone (loopback by default); `None`
     /// (`CASTELLAN_METRICS_ADDR=api`) serves it on the API port instead.
     pub metrics_addr: Option<String>,
+    /// Whether `/health` and `/ready` are in the access log
+    /// (`CASTELLAN_LOG_PROBES`); GoTrue leaves them out, and so do we by default.
+    pub log_probes: bool,
     /// Peers whose `X-Forwarded-For` is believed, and who may hold more
     /// than one client's share of connections (`CASTELLAN_TRUSTED_PROXIES`).
     pub trusted_proxies: TrustedProxies,
@@ -1084,6 +1087,7 @@ impl Config {
             )?,
             metrics_addr: Some(v.string(&["CASTELLAN_METRICS_ADDR"], DEFAULT_METRICS_ADDR))
                 .filter(|a| a != "api"),
+            log_probes: v.bool(&["CASTELLAN_LOG_PROBES"], false)?,
             trusted_proxies: trusted_proxies(v)?,
             listen: listen(v)?,
             jwt: jwt(v)?,

@@ -446,6 +446,58 @@ async fn one_access_log_line_per_request_without_secrets() {
     );
 }
 
+/// Probes stay out of the access log unless `CASTELLAN_LOG_PROBES` asks
+/// for them, as GoTrue leaves `/health` out; other routes are logged the
+/// same either way (issue 27).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_are_logged_only_when_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    for (db, probes, logged) in [("quiet.db", "false", 1), ("probes.db", "true", 5)] {
+        let db = dir.path().join(db).to_string_lossy().into_owned();
+        let env = [("CASTELLAN_LOG_PROBES", probes)];
+        let (_child, base, log) = common::castellan_process_in(&[], &["serve"], &db, &env).await;
+        let before = log.lock().unwrap().len();
+        let http = reqwest::Client::new();
+        for path in [
+            "/health",
+            "/ready",
+            "/auth/v1/health",
+            "/auth/v1/ready",
+            "/settings",
+        ] {
+            let r = http.get(format!("{base}{path}")).send().await.unwrap();
+            assert_eq!(r.status(), 200, "{path}");
+        }
+        let access = || {
+            let lines = log.lock().unwrap()[before..].to_vec();
+            lines
+                .into_iter()
+                .filter(|l| l.contains("finished processing request"))
+                .collect::<Vec<_>>()
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while access().len() < logged && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        // Time for a line that should not be there to arrive.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let lines = access();
+        assert_eq!(
+            lines.len(),
+            logged,
+            "CASTELLAN_LOG_PROBES={probes}: {lines:#?}"
+        );
+        assert!(lines.iter().any(|l| l.contains("route=\"/settings\"")));
+        assert_eq!(
+            lines
+                .iter()
+                .any(|l| l.contains("route=\"/auth/v1/health\"")),
+            probes == "true",
+            "{lines:#?}"
+        );
+    }
+}
+
 /// The generated secret beside the database, and the database itself, are
 /// ignored by git, so a newcomer cannot commit them by accident (issue 15).
 #[test]
