@@ -258,9 +258,23 @@ impl FromRequestParts<AppState> for RequestAud {
     }
 }
 
-pub fn header_aud(headers: &axum::http::HeaderMap) -> Option<String> {
+/// `X-JWT-AUD` as sent, without a default (see [`RequestAud`] for one);
+/// read from the request's headers without copying them.
+pub struct SentAud(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for SentAud {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(SentAud(header_aud(&parts.headers)))
+    }
+}
+
+const X_JWT_AUD: axum::http::HeaderName = axum::http::HeaderName::from_static("x-jwt-aud");
+
+fn header_aud(headers: &axum::http::HeaderMap) -> Option<String> {
     headers
-        .get("x-jwt-aud")
+        .get(X_JWT_AUD)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
         .filter(|s| !s.is_empty())

@@ -1,6 +1,5 @@
 use axum::Json;
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::response::IntoResponse;
 use castellan_core::models::UserView;
 use castellan_core::{ApiError, validate};
@@ -11,7 +10,7 @@ use utoipa::ToSchema;
 
 use crate::api::{AudienceHeader, Empty};
 use crate::error::{HttpResult, Refusals};
-use crate::extract::{AuthLive, AuthUser, JsonBody, RedirectQuery, RedirectTo, header_aud};
+use crate::extract::{AuthLive, AuthUser, JsonBody, RedirectQuery, RedirectTo, SentAud};
 use crate::server::AppState;
 
 /// `GET /user`. The request audience (`X-JWT-AUD`) must match the token's.
@@ -24,8 +23,8 @@ use crate::server::AppState;
     security(("bearer" = [])),
     responses((status = 200, body = UserView), Refusals)
 )]
-pub async fn get_user(auth: AuthLive, headers: HeaderMap) -> HttpResult {
-    if let (Some(req_aud), Some(tok_aud)) = (header_aud(&headers), &auth.token_aud)
+pub async fn get_user(auth: AuthLive, SentAud(sent): SentAud) -> HttpResult {
+    if let (Some(req_aud), Some(tok_aud)) = (sent, &auth.token_aud)
         && &req_aud != tok_aud
     {
         return Err(ApiError::validation("Token audience doesn't match request audience").into());
