@@ -255,13 +255,26 @@ pub struct RateLimit {
 }
 
 impl RateLimit {
-    /// `events` per the declared window, with the declared burst.
+    /// `events` per the declared window, with a burst that follows them:
+    /// the declared burst scaled as `events` is to the declared default, and
+    /// never below the declared burst or `events`, whichever is smaller (so
+    /// token refresh keeps GoTrue's 30 at its default of 150, allows `events`
+    /// at once below 30, and raised to 10^8 no longer refuses the 31st
+    /// request in flight).
     pub fn declared(events: u32, limit: &Limit) -> Self {
         match limit.counts {
-            Counts::PerClient { window, burst, .. } => Self {
+            Counts::PerClient {
+                window,
+                burst,
+                events: default,
+            } => Self {
                 events,
                 per: window,
-                burst: burst.unwrap_or(events),
+                burst: burst.map_or(events, |b| {
+                    let scaled = u64::from(events) * u64::from(b) / u64::from(default.max(1));
+                    let scaled = u32::try_from(scaled).unwrap_or(u32::MAX);
+                    scaled.max(b.min(events)).max(1)
+                }),
             },
             _ => panic!("{} is not a per-client limit", limit.variable),
         }
@@ -348,19 +361,12 @@ impl RateLimits {
         }
     }
 
-    /// These limits with `name` allowing `events` per its window (its burst
-    /// kept below a smaller fixed burst, as GoTrue's token refresh has);
-    /// `None` for an unknown name.
+    /// These limits with `name` allowing `events` per its window, its burst
+    /// following as at start-up; `None` for an unknown name.
     pub fn with(&self, name: &str, events: u32) -> Option<Self> {
         let limit = Self::by_name(name)?;
         let mut out = self.clone();
-        let set = |l: &mut RateLimit| {
-            l.burst = match l.burst < l.events {
-                true => l.burst.min(events),
-                false => events,
-            };
-            l.events = events;
-        };
+        let set = |l: &mut RateLimit| *l = RateLimit::declared(events, limit);
         match limit.variable {
             v if v == TOKEN_REFRESH.variable => set(&mut out.token_refresh),
             v if v == VERIFY.variable => set(&mut out.verify),
@@ -416,6 +422,29 @@ mod tests {
             assert_ne!(changed, base, "{name}");
         }
         assert!(base.with("mfa", 7).is_none());
+    }
+
+    #[test]
+    fn a_burst_follows_its_limit() {
+        let at = |events, limit| RateLimit::declared(events, limit).burst;
+        // The defaults keep GoTrue's bursts.
+        assert_eq!(at(150, &TOKEN_REFRESH), 30);
+        assert_eq!(at(30, &OTP), 30);
+        assert_eq!(at(15, &MFA), 30);
+        assert_eq!(at(30, &ANONYMOUS_USERS), 30);
+        // Raised or lowered, in proportion; never below one.
+        assert_eq!(at(100_000_000, &TOKEN_REFRESH), 20_000_000);
+        assert_eq!(at(3, &TOKEN_REFRESH), 3);
+        assert_eq!(at(3, &MFA), 6);
+        assert_eq!(at(0, &OTP), 1);
+        assert_eq!(at(u32::MAX, &MFA), u32::MAX);
+        // Changed while running, the same way.
+        let base = crate::Config::from_vars(&Default::default())
+            .expect("defaults")
+            .rate_limits;
+        let raised = base.with("token_refresh", 1500).expect("known");
+        assert_eq!(raised.token_refresh.burst, 300);
+        assert_eq!(raised.with("token_refresh", 150), Some(base));
     }
 
     #[test]
