@@ -141,7 +141,7 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().expect("start the tokio runtime");
     let outcome = runtime.block_on(run(cli));
     // Tasks still running may log: they stop before the log's writer does,
-    // which then writes out every line it holds.
+    // which then has a second to write out the lines it holds.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     drop(log_writer);
     if let Err(e) = outcome {

@@ -73,13 +73,10 @@ pub fn method_label(m: &axum::http::Method) -> &'static str {
     }
 }
 
-/// Whether a route template is a liveness or readiness probe.
-pub fn is_probe(route: &str) -> bool {
-    matches!(
-        route.strip_prefix("/auth/v1").unwrap_or(route),
-        "/health" | "/ready"
-    )
-}
+/// Marks a probe's answer (`/health`, `/ready`): the access log leaves it
+/// out unless asked (`CASTELLAN_LOG_PROBES`) or it is a server error.
+#[derive(Clone, Copy)]
+pub struct Probe;
 
 /// Counts requests by route template, method and status, and times them.
 /// Every label comes from a closed set (the raw path never becomes one).

@@ -281,31 +281,32 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// One line per answered request, in the request's span (its id, method and
-/// route template); probes only when asked for, as GoTrue leaves them out.
+/// route template). A probe's answer only when asked for, as GoTrue leaves
+/// its health check out, or when it is a server error.
 fn with_access_log(router: Router<AppState>, log_probes: bool) -> Router<AppState> {
     let layer = TraceLayer::new_for_http()
-        .make_span_with(move |req: &axum::extract::Request| {
+        .make_span_with(|req: &axum::extract::Request| {
+            let id = req
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
             // The route template, never the raw path; the method from a
             // closed set: the access log carries no client's text.
             let route = req
                 .extensions()
                 .get::<axum::extract::MatchedPath>()
                 .map_or("unmatched", |p| p.as_str());
-            if !log_probes && observability::is_probe(route) {
-                return tracing::Span::none();
-            }
-            let id = req
-                .headers()
-                .get("x-request-id")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default();
             let method = observability::method_label(req.method());
             tracing::info_span!("request", id, method, route)
         })
         .on_request(())
         .on_response(
-            |res: &Response, latency: std::time::Duration, span: &tracing::Span| {
-                if !span.is_none() {
+            move |res: &Response, latency: std::time::Duration, span: &tracing::Span| {
+                let quiet_probe = res.extensions().get::<observability::Probe>().is_some()
+                    && !log_probes
+                    && !res.status().is_server_error();
+                if !quiet_probe {
                     DefaultOnResponse::new()
                         .level(tracing::Level::INFO)
                         .on_response(res, latency, span);

@@ -3,6 +3,8 @@
 //! hashes it and searches the registry, which on the request path cost more
 //! than the event it records. Keys must come from closed sets (route
 //! templates, status codes, actor and message names): the map only grows.
+//! A handle made before the process's recorder is installed belongs to the
+//! no-op recorder for good: install it first (`server::start_with` does).
 
 use std::borrow::Borrow;
 use std::collections::HashMap;

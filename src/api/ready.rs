@@ -6,13 +6,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::observability::Probe;
 use crate::server::AppState;
 
 /// How long the database may take to answer before it counts as down.
@@ -89,12 +90,13 @@ pub async fn ready(State(st): State<AppState>) -> Response {
         workers,
     };
     if body.down.is_empty() {
-        return Json(body).into_response();
+        return (Extension(Probe), Json(body)).into_response();
     }
     metrics::counter!("castellan_not_ready_total").increment(1);
     (
         StatusCode::SERVICE_UNAVAILABLE,
         [("retry-after", "1")],
+        Extension(Probe),
         Json(body),
     )
         .into_response()
