@@ -39,18 +39,18 @@ impl<K: Hash + Eq, H: Clone> Handles<K, H> {
     }
 }
 
+impl<K: Hash + Eq, H: Clone> Default for Handles<K, H> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Adds one to the unlabelled counter `name`, its handle resolved once.
 pub fn count(name: &'static str) {
     static COUNTERS: Handles<&'static str, metrics::Counter> = Handles::new();
     COUNTERS
         .get(&name, || (name, metrics::counter!(name)))
         .increment(1);
-}
-
-impl<K: Hash + Eq, H: Clone> Default for Handles<K, H> {
-    fn default() -> Self {
-        Self::new()
-    }
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use castellan_core::config::Supervision;
+use castellan_core::handles::Handles;
 use ractor::ActorStatus;
 use tokio::sync::watch;
 
@@ -27,8 +28,6 @@ use crate::actors::rate_limiter::{RateLimiter, RateLimiterMsg, RateLimits};
 use crate::actors::session_manager::{
     SessionCache, SessionManager, SessionManagerArgs, SessionMsg,
 };
-use castellan_core::handles::Handles;
-
 use crate::context::Ctx;
 use crate::otp::OtpIssuer;
 use crate::refresh::Refresher;
