@@ -283,7 +283,10 @@ pub fn router(state: AppState) -> Router {
 /// One line per answered request, in the request's span (its id, method and
 /// route template). A probe's answer only when asked for, as GoTrue leaves
 /// its health check out, or when it is a server error.
-fn with_access_log(router: Router<AppState>, log_probes: bool) -> Router<AppState> {
+fn with_access_log<S: Clone + Send + Sync + 'static>(
+    router: Router<S>,
+    log_probes: bool,
+) -> Router<S> {
     let layer = TraceLayer::new_for_http()
         .make_span_with(|req: &axum::extract::Request| {
             let id = req
@@ -498,4 +501,82 @@ fn listen_addr(config: &Config) -> anyhow::Result<SocketAddr> {
             )
         })?;
     Ok(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    use axum::{Extension, Router, routing::get};
+
+    use crate::observability::Probe;
+
+    /// The access lines written while three routes are asked once each: a
+    /// probe that is up, a probe that is down, and a plain route.
+    fn access_lines(log_probes: bool) -> Vec<String> {
+        let probe =
+            |status: StatusCode| move || async move { (status, Extension(Probe)).into_response() };
+        let app = super::with_access_log(
+            Router::new()
+                .route("/health", get(probe(StatusCode::OK)))
+                .route("/ready", get(probe(StatusCode::SERVICE_UNAVAILABLE)))
+                .route("/settings", get(|| async { "{}" })),
+            log_probes,
+        );
+        let out = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let sink = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || Sink(sink.clone()))
+            .finish();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        tracing::subscriber::with_default(subscriber, || {
+            runtime.block_on(async {
+                for path in ["/health", "/ready", "/settings"] {
+                    let req = axum::http::Request::get(path).body(axum::body::Body::empty());
+                    tower::ServiceExt::oneshot(app.clone(), req.unwrap())
+                        .await
+                        .unwrap();
+                }
+            })
+        });
+        let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .filter(|l| l.contains("finished processing request"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_probe_is_logged_when_asked_for_or_when_it_fails() {
+        let quiet = access_lines(false);
+        assert_eq!(quiet.len(), 2, "{quiet:#?}");
+        assert!(
+            quiet[0].contains("route=\"/ready\"") && quiet[0].contains("status=503"),
+            "{quiet:#?}"
+        );
+        assert!(quiet[1].contains("route=\"/settings\""), "{quiet:#?}");
+        let all = access_lines(true);
+        assert_eq!(all.len(), 3, "{all:#?}");
+        assert!(
+            all[0].contains("route=\"/health\"") && all[0].contains("status=200"),
+            "{all:#?}"
+        );
+    }
 }
