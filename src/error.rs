@@ -5,9 +5,7 @@
 //! dialect when the request asked for it, and adds `error_id` to 5xx bodies.
 
 use axum::Json;
-use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use castellan_core::ApiError;
 use serde::Serialize;
@@ -134,7 +132,7 @@ pub struct OAuthShaped;
 
 /// True when the request asks for the 2024-01-01 dialect (any valid date on
 /// or after it; an unparsable value means the legacy dialect).
-fn wants_2024(headers: &HeaderMap) -> bool {
+pub(crate) fn wants_2024(headers: &HeaderMap) -> bool {
     headers
         .get(API_VERSION_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -142,21 +140,10 @@ fn wants_2024(headers: &HeaderMap) -> bool {
         .is_some_and(|d| d >= chrono::NaiveDate::from_ymd_opt(2024, 1, 1).expect("valid date"))
 }
 
-/// The id `SetRequestIdLayer` gave this request.
-fn request_id(req: &Request) -> String {
-    req.extensions()
-        .get::<tower_http::request_id::RequestId>()
-        .and_then(|id| id.header_value().to_str().ok())
-        .unwrap_or_default()
-        .to_string()
-}
-
-/// Renders errors in the dialect the request asked for, and logs every 5xx
-/// once, here, with the request id its body carries as `error_id`.
-pub async fn dialect(req: Request, next: Next) -> Response {
-    let modern = wants_2024(req.headers());
-    let request_id = request_id(&req);
-    let mut resp = next.run(req).await;
+/// Renders an error in the dialect the request asked for (`modern`: the
+/// 2024-01-01 one), and logs every 5xx once, here, with the request id its
+/// body carries as `error_id`.
+pub fn in_dialect(mut resp: Response, modern: bool, request_id: &str) -> Response {
     let Some(e) = resp.extensions_mut().remove::<ApiError>() else {
         // An error in OAuth's shape echoes the version as GoTrue's errors do.
         if modern && resp.extensions_mut().remove::<OAuthShaped>().is_some() {

@@ -312,7 +312,7 @@ impl FromRequestParts<AppState> for ClientKey {
     type Rejection = HttpError;
 
     async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, HttpError> {
-        // Worked out once per request, by `with_client`.
+        // Worked out once per request, by `client_of`.
         if let Some(known) = parts.extensions.get::<ClientKey>() {
             return Ok(known.clone());
         }
@@ -395,13 +395,11 @@ impl FromRequestParts<AppState> for RedirectTo {
 /// Serves the request as from its client (the address the rate limits
 /// count, and the user agent), which the store records on audit entries
 /// and sessions.
-pub async fn with_client(
-    axum::extract::State(st): axum::extract::State<AppState>,
-    req: Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
+/// The request's client (address and agent), worked out once: the rate
+/// limits find its key in the request, the audit log the client in the task.
+pub async fn client_of(st: &AppState, req: Request) -> (Request, castellan_core::client::Client) {
     let (mut parts, body) = req.into_parts();
-    let key = ClientKey::from_request_parts(&mut parts, &st).await.ok();
+    let key = ClientKey::from_request_parts(&mut parts, st).await.ok();
     let address = key.as_ref().map(|k| k.key.clone()).unwrap_or_default();
     if let Some(key) = key {
         // The rate limits count the same client without working it out again.
@@ -412,8 +410,7 @@ pub async fn with_client(
         .get(axum::http::header::USER_AGENT)
         .and_then(|v| v.to_str().ok());
     let client = castellan_core::client::Client::new(&address, agent);
-    let req = Request::from_parts(parts, body);
-    castellan_core::client::serving(client, next.run(req)).await
+    (Request::from_parts(parts, body), client)
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! error rendering and metrics; decisions live in `castellan-service`.
 
 pub mod api;
+pub mod edge;
 pub mod error;
 pub mod extract;
 pub mod limit;

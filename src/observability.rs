@@ -2,10 +2,9 @@
 //! `/metrics` endpoint.
 
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use axum::extract::{FromRef, MatchedPath, Request, State};
-use axum::middleware::Next;
+use axum::extract::{FromRef, State};
 use axum::response::{IntoResponse, Response};
 use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -80,23 +79,13 @@ pub struct Probe;
 
 /// Counts requests by route template, method and status, and times them.
 /// Every label comes from a closed set (the raw path never becomes one).
-pub async fn http_metrics(req: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let method = method_label(req.method());
-    let route = req.extensions().get::<MatchedPath>().cloned();
-    let resp = next.run(req).await;
-    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
-    record(route, method, resp.status().as_u16(), start.elapsed());
-    resp
-}
-
 /// The request counters and timers, resolved once per route, method and
 /// status. Bounded: routes are the router's templates (or "unmatched").
 static HTTP_SERIES: Handles<Box<str>, Arc<RouteSeries>> = Handles::new();
 
 type RouteSeries = Handles<(&'static str, u16), (Counter, Histogram)>;
 
-fn record(route: &str, method: &'static str, status: u16, took: Duration) {
+pub(crate) fn record(route: &str, method: &'static str, status: u16, took: Duration) {
     let series = HTTP_SERIES.get(route, || (route.into(), Arc::default()));
     let (requests, duration) = series.get(&(method, status), || {
         let name = route.to_string();

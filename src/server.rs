@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderName, Method, StatusCode};
+use axum::http::{HeaderName, Method};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use castellan_core::config::DatabaseUrl;
@@ -17,13 +17,10 @@ use castellan_service::admin::Admin;
 use castellan_service::links::Links;
 use castellan_service::{Actors, Ctx};
 use tokio::sync::oneshot;
-use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::{DefaultOnResponse, OnResponse, TraceLayer};
 
 use crate::error::HttpError;
-use crate::{api, error, observability};
+use crate::{api, edge, observability};
 
 pub const BODY_LIMIT: usize = 1024 * 1024;
 
@@ -236,7 +233,6 @@ fn write_private(path: &std::path::Path, content: &str) -> std::io::Result<()> {
 }
 
 pub fn router(state: AppState) -> Router {
-    let timeout = state.config.max_request_duration;
     let (api, doc) = api::routes(state.clone());
     let doc = doc.to_json().expect("the OpenAPI document serializes");
     let api = api.route("/openapi.json", get(move || openapi(doc.clone())));
@@ -244,7 +240,16 @@ pub fn router(state: AppState) -> Router {
     if state.config.metrics_addr.is_none() {
         router = router.route("/metrics", get(observability::metrics_endpoint));
     }
-    let router = router
+    let edge = tower::ServiceBuilder::new()
+        .layer(cors())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            edge::edge,
+        ))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT));
+    // One layer holding the whole edge: each `Router::layer` call boxes every
+    // route once more, at an allocation and a clone per request.
+    router
         .fallback(|| async { HttpError(ApiError::not_found("not_found", "Not found")) })
         .method_not_allowed_fallback(|| async {
             HttpError(ApiError::new(
@@ -253,76 +258,8 @@ pub fn router(state: AppState) -> Router {
                 "Method not allowed",
             ))
         })
-        .layer(axum::middleware::from_fn(move |req, next| {
-            request_timeout(timeout, req, next)
-        }))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            crate::extract::with_client,
-        ))
-        .layer(axum::middleware::from_fn(observability::http_metrics))
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(CatchPanicLayer::custom(|_| {
-            metrics::counter!("castellan_panics_total").increment(1);
-            HttpError(ApiError::internal(
-                "handler panic",
-                "a request handler panicked",
-            ))
-            .into_response()
-        }))
-        .layer(axum::middleware::from_fn(error::dialect));
-    with_access_log(router, state.config.log_probes)
-        .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-        // Ids are ours: a client's `X-Request-Id` would otherwise reach the log.
-        .layer(axum::middleware::map_request(strip_request_id))
-        .layer(cors())
+        .layer(edge)
         .with_state(state)
-}
-
-/// One line per answered request, in the request's span (its id, method and
-/// route template). A probe's answer only when asked for, as GoTrue leaves
-/// its health check out, or when it is a server error.
-fn with_access_log<S: Clone + Send + Sync + 'static>(
-    router: Router<S>,
-    log_probes: bool,
-) -> Router<S> {
-    let layer = TraceLayer::new_for_http()
-        .make_span_with(|req: &axum::extract::Request| {
-            let id = req
-                .headers()
-                .get("x-request-id")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default();
-            // The route template, never the raw path; the method from a
-            // closed set: the access log carries no client's text.
-            let route = req
-                .extensions()
-                .get::<axum::extract::MatchedPath>()
-                .map_or("unmatched", |p| p.as_str());
-            let method = observability::method_label(req.method());
-            tracing::info_span!("request", id, method, route)
-        })
-        .on_request(())
-        .on_response(
-            move |res: &Response, latency: std::time::Duration, span: &tracing::Span| {
-                let quiet_probe = res.extensions().get::<observability::Probe>().is_some()
-                    && !log_probes
-                    && !res.status().is_server_error();
-                if !quiet_probe {
-                    DefaultOnResponse::new()
-                        .level(tracing::Level::INFO)
-                        .on_response(res, latency, span);
-                }
-            },
-        )
-        .on_failure(());
-    router.layer(layer)
-}
-
-async fn strip_request_id(mut req: axum::extract::Request) -> axum::extract::Request {
-    req.headers_mut().remove("x-request-id");
-    req
 }
 
 fn cors() -> CorsLayer {
@@ -358,25 +295,6 @@ async fn openapi(doc: String) -> Response {
         doc,
     )
         .into_response()
-}
-
-async fn request_timeout(
-    limit: std::time::Duration,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    if limit.is_zero() {
-        return next.run(req).await;
-    }
-    match tokio::time::timeout(limit, next.run(req)).await {
-        Ok(r) => r,
-        Err(_) => HttpError(ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT.as_u16(),
-            "request_timeout",
-            "Processing this request timed out, please retry after a moment.",
-        ))
-        .into_response(),
-    }
 }
 
 /// Opens the store (migrating it), starts the actors and serves on
@@ -501,82 +419,4 @@ fn listen_addr(config: &Config) -> anyhow::Result<SocketAddr> {
             )
         })?;
     Ok(addr)
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::{Arc, Mutex};
-
-    use axum::http::StatusCode;
-    use axum::response::IntoResponse;
-    use axum::{Extension, Router, routing::get};
-
-    use crate::observability::Probe;
-
-    /// The access lines written while three routes are asked once each: a
-    /// probe that is up, a probe that is down, and a plain route.
-    fn access_lines(log_probes: bool) -> Vec<String> {
-        let probe =
-            |status: StatusCode| move || async move { (status, Extension(Probe)).into_response() };
-        let app = super::with_access_log(
-            Router::new()
-                .route("/health", get(probe(StatusCode::OK)))
-                .route("/ready", get(probe(StatusCode::SERVICE_UNAVAILABLE)))
-                .route("/settings", get(|| async { "{}" })),
-            log_probes,
-        );
-        let out = Arc::new(Mutex::new(Vec::<u8>::new()));
-        let sink = out.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_writer(move || Sink(sink.clone()))
-            .finish();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        tracing::subscriber::with_default(subscriber, || {
-            runtime.block_on(async {
-                for path in ["/health", "/ready", "/settings"] {
-                    let req = axum::http::Request::get(path).body(axum::body::Body::empty());
-                    tower::ServiceExt::oneshot(app.clone(), req.unwrap())
-                        .await
-                        .unwrap();
-                }
-            })
-        });
-        let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
-        text.lines()
-            .filter(|l| l.contains("finished processing request"))
-            .map(str::to_string)
-            .collect()
-    }
-
-    struct Sink(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Sink {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    #[test]
-    fn a_probe_is_logged_when_asked_for_or_when_it_fails() {
-        let quiet = access_lines(false);
-        assert_eq!(quiet.len(), 2, "{quiet:#?}");
-        assert!(
-            quiet[0].contains("route=\"/ready\"") && quiet[0].contains("status=503"),
-            "{quiet:#?}"
-        );
-        assert!(quiet[1].contains("route=\"/settings\""), "{quiet:#?}");
-        let all = access_lines(true);
-        assert_eq!(all.len(), 3, "{all:#?}");
-        assert!(
-            all[0].contains("route=\"/health\"") && all[0].contains("status=200"),
-            "{all:#?}"
-        );
-    }
 }
