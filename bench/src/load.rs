@@ -1,9 +1,12 @@
 //! A closed-loop load generator: N workers, each with its own connection,
 //! each sending the next request as soon as the previous one answered, for a
-//! fixed time. Each worker carries its own state, so stateful flows (a
-//! refresh uses the token the previous refresh returned) chain naturally.
+//! fixed time or until a fixed number of operations is done. Each worker
+//! carries its own state, so stateful flows (a refresh uses the token the
+//! previous refresh returned) chain naturally.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// What one run measured.
@@ -27,23 +30,62 @@ where
     F: Fn(S) -> Fut + Send + Sync + Clone + 'static,
     Fut: Future<Output = (S, bool)> + Send,
 {
+    let deadline = Arc::new(Instant::now() + duration);
+    drive(
+        workers,
+        init,
+        move |s, _| step(s),
+        move || (Instant::now() < *deadline).then_some(0),
+    )
+    .await
+}
+
+/// Runs `step(state, n)` once for each `n` in `0..count`, spread over
+/// `workers` loops: a scenario whose operations each may happen once (a
+/// magic link per user), timed from the first to the last answer.
+pub async fn each<S, I, IF, F, Fut>(workers: usize, count: u64, init: I, step: F) -> Measured
+where
+    S: Send + 'static,
+    I: Fn(usize) -> IF,
+    IF: Future<Output = S>,
+    F: Fn(S, u64) -> Fut + Send + Sync + Clone + 'static,
+    Fut: Future<Output = (S, bool)> + Send,
+{
+    let next = Arc::new(AtomicU64::new(0));
+    drive(workers, init, step, move || {
+        let n = next.fetch_add(1, Ordering::Relaxed);
+        (n < count).then_some(n)
+    })
+    .await
+}
+
+/// The workers' loop: each takes the next operation from `next` until it
+/// says there is none.
+async fn drive<S, I, IF, F, Fut, N>(workers: usize, init: I, step: F, next: N) -> Measured
+where
+    S: Send + 'static,
+    I: Fn(usize) -> IF,
+    IF: Future<Output = S>,
+    F: Fn(S, u64) -> Fut + Send + Sync + Clone + 'static,
+    Fut: Future<Output = (S, bool)> + Send,
+    N: Fn() -> Option<u64> + Send + Sync + Clone + 'static,
+{
     let mut states = Vec::with_capacity(workers);
     for i in 0..workers {
         states.push(init(i).await);
     }
     let start = Instant::now();
-    let deadline = start + duration;
     let mut tasks = Vec::with_capacity(workers);
     for state in states {
-        let step = step.clone();
+        let (step, next) = (step.clone(), next.clone());
         tasks.push(tokio::spawn(async move {
             let mut state = state;
             let mut latencies = Vec::with_capacity(4096);
             let mut errors = 0u64;
-            while Instant::now() < deadline {
+            while let Some(n) = next() {
                 let t = Instant::now();
-                let (next, ok) = step(state).await;
-                state = next;
+                let (after, ok) = step(state, n).await;
+                state = after;
                 latencies.push(t.elapsed().as_micros() as u32);
                 if !ok {
                     errors += 1;
@@ -59,7 +101,10 @@ where
         all.extend(l);
         errors += e;
     }
-    let seconds = start.elapsed().as_secs_f64();
+    summarise(all, errors, start.elapsed().as_secs_f64())
+}
+
+fn summarise(mut all: Vec<u32>, errors: u64, seconds: f64) -> Measured {
     all.sort_unstable();
     let pct = |p: f64| {
         if all.is_empty() {

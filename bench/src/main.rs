@@ -9,7 +9,9 @@
 
 mod actor;
 mod cache;
+mod compare;
 mod floor;
+mod http_scenarios;
 mod load;
 mod report;
 // The same loopback SMTP server the tests use.
@@ -58,6 +60,30 @@ struct Args {
         default_value = "postgres://postgres@127.0.0.1:5432/postgres"
     )]
     pg_url: String,
+    /// Measure only the HTTP scenarios, against this GoTrue-compatible
+    /// server (castellan or GoTrue), through its API; needs `--secret`.
+    #[arg(long, conflicts_with = "compare")]
+    target: Option<String>,
+    /// Start castellan on `--db` and measure it and this other server,
+    /// interleaved scenario by scenario; needs `--secret`.
+    #[arg(long)]
+    compare: Option<String>,
+    /// The other server's JWT secret (HS256): its admin API creates the users.
+    #[arg(long, env = "CASTELLAN_BENCH_SECRET")]
+    secret: Option<String>,
+    /// The other server's process id, to read its memory from `/proc`.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// The other server's name in the report.
+    #[arg(long, default_value = "other")]
+    label: String,
+    /// Users created through the admin API on each server (`--target`, `--compare`).
+    #[arg(long, default_value_t = 600)]
+    users: u64,
+    /// The loopback port of the benchmark's SMTP sink (0: any), so the other
+    /// server's mail can be pointed at it.
+    #[arg(long, default_value_t = 0)]
+    smtp_port: u16,
 }
 
 const SMALL_USERS: u64 = 1000;
@@ -647,9 +673,71 @@ async fn start(
     Ok((b, idle_rss, hash))
 }
 
+/// `--target` or `--compare`: the HTTP scenarios through the servers' APIs.
+async fn side_by_side(args: &Args) -> anyhow::Result<()> {
+    use http_scenarios::{Endpoint, Load};
+    let other = args
+        .target
+        .as_deref()
+        .or(args.compare.as_deref())
+        .unwrap_or_default();
+    let secret = args
+        .secret
+        .as_deref()
+        .context("--secret: the other server's JWT secret")?;
+    let load = Load {
+        connections: args.connections,
+        duration: Duration::from_secs(args.duration),
+        users: args.users,
+        rounds: args.rounds.max(1),
+    };
+    let sink = smtp_sink::SmtpSink::start_on(args.smtp_port).await;
+    eprintln!("SMTP sink on 127.0.0.1:{}", sink.port);
+    let mut endpoints = Vec::new();
+    let mut castellan = None;
+    if args.compare.is_some() {
+        let bin = server::build_release()?;
+        let tmp = std::env::temp_dir().join(format!("castellan-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&tmp)?;
+        let database_url = create_database(args, &tmp).await?;
+        let srv = server::start(&bin, &database_url, sink.port, &[]).await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let label = format!("castellan ({})", args.db);
+        endpoints.push(Endpoint::new(
+            &label,
+            &srv.base,
+            server::SECRET,
+            Some(srv.pid),
+        )?);
+        castellan = Some((srv, tmp));
+    }
+    endpoints.push(Endpoint::new(&args.label, other, secret, args.pid)?);
+    let sides = compare::run(endpoints, &load).await?;
+    let table = compare::markdown(&sides, &load);
+    println!("\n{table}");
+    if let Some((srv, tmp)) = castellan {
+        srv.stop().await;
+        drop_database(args).await?;
+        let _ = std::fs::remove_dir_all(&tmp);
+        let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
+        let name = format!("compare-{}", args.db);
+        std::fs::write(out.join(format!("{name}.md")), &table)?;
+        let report = compare::json(&sides, &load);
+        std::fs::write(
+            out.join(format!("{name}.json")),
+            serde_json::to_string_pretty(&report)?,
+        )?;
+        eprintln!("wrote bench/results/{name}.{{md,json}}");
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.target.is_some() || args.compare.is_some() {
+        return side_by_side(&args).await;
+    }
     let duration = Duration::from_secs(args.duration);
     eprintln!("building castellan (release)…");
     let bin = server::build_release()?;

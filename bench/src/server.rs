@@ -112,25 +112,13 @@ pub async fn start(
 }
 
 impl Server {
-    /// Resident memory now and at its peak, in MiB (`VmRSS`, `VmHWM`).
+    /// Resident memory now and at its peak, in MiB.
     pub fn rss_mib(&self) -> (f64, f64) {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<f64>().ok())
-                .map(|kib| kib / 1024.0)
-                .unwrap_or(0.0)
-        };
-        (field("VmRSS:"), field("VmHWM:"))
+        rss_mib(self.pid)
     }
 
-    /// Resets the peak-RSS mark (writing 5 to clear_refs), so a scenario's peak is its own.
     pub fn reset_peak(&self) {
-        let _ = std::fs::write(format!("/proc/{}/clear_refs", self.pid), "5");
+        reset_peak(self.pid)
     }
 
     /// The value of an unlabelled counter in `/metrics`.
@@ -156,4 +144,25 @@ impl Server {
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;
     }
+}
+
+/// A process's resident memory now and at its peak, in MiB (`VmRSS`, `VmHWM`).
+pub fn rss_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(|kib| kib / 1024.0)
+            .unwrap_or(0.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Resets a process's peak-RSS mark (writing 5 to clear_refs), so a
+/// scenario's peak is its own.
+pub fn reset_peak(pid: u32) {
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
 }

@@ -83,7 +83,12 @@ pub struct SmtpSink {
 
 impl SmtpSink {
     pub async fn start() -> SmtpSink {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(0).await
+    }
+
+    /// On a chosen loopback port (0: any), so another process can be pointed at it.
+    pub async fn start_on(port: u16) -> SmtpSink {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let sink = SmtpSink {
             port,
