@@ -673,6 +673,17 @@ async fn start(
     Ok((b, idle_rss, hash))
 }
 
+/// The checkout's commit, to name what was measured.
+fn commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "?".into())
+}
+
 /// `--target` or `--compare`: the HTTP scenarios through the servers' APIs.
 async fn side_by_side(args: &Args) -> anyhow::Result<()> {
     use http_scenarios::{Endpoint, Load};
@@ -702,7 +713,7 @@ async fn side_by_side(args: &Args) -> anyhow::Result<()> {
         let database_url = create_database(args, &tmp).await?;
         let srv = server::start(&bin, &database_url, sink.port, &[]).await?;
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let label = format!("castellan ({})", args.db);
+        let label = format!("castellan {} ({})", commit(), args.db);
         endpoints.push(Endpoint::new(
             &label,
             &srv.base,
