@@ -157,7 +157,9 @@ fn restart_worker(worker: &WorkerContext, error: &WorkerError) -> bool {
     true
 }
 
-/// The expiry sweep, on its cron schedule: one batch of each kind per tick.
+/// The expiry sweep, on its cron schedule: batches of each kind until none
+/// fills its batch (a backlog drains, a tick at a time, rather than 100 rows a
+/// minute), or the tick's time is spent.
 async fn sweep(
     _tick: apalis_cron::Tick,
     store: Data<Store>,
@@ -166,22 +168,14 @@ async fn sweep(
     retention: Data<Retention>,
 ) -> Result<(), BoxDynError> {
     let now = clock.now();
-    let swept = store.sweep_expired(now, *otp_exp, 100).await?;
+    let swept = sweep_dead_rows(&store, now, *otp_exp).await?;
     let jobs = crate::queue::purge_finished(&store, (*retention).0, 500).await?;
     metrics::counter!("castellan_expiry_swept_total", "kind" => "jobs").increment(jobs);
     // Change records every server has long since read (SQLite's change log).
     store
         .prune_changes(now - chrono::Duration::minutes(10))
         .await?;
-    for (kind, n) in [
-        ("one_time_tokens", swept.one_time_tokens),
-        ("flow_states", swept.flow_states),
-        ("refresh_tokens", swept.refresh_tokens),
-        ("sessions", swept.sessions),
-        ("mfa_challenges", swept.mfa_challenges),
-        ("mfa_factors", swept.mfa_factors),
-        ("oauth_client_states", swept.oauth_client_states),
-    ] {
+    for (kind, n) in swept.kinds() {
         metrics::counter!("castellan_expiry_swept_total", "kind" => kind).increment(n);
     }
     // The same tick samples the queues' backlogs.
@@ -190,6 +184,33 @@ async fn sweep(
         metrics::gauge!("castellan_queue_pending", "queue" => queue.label()).set(pending as f64);
     }
     Ok(())
+}
+
+/// Rows a sweep batch deletes of each kind: small enough that a batch holds
+/// SQLite's writer for milliseconds.
+const SWEEP_BATCH: u64 = 1000;
+
+/// How long one tick keeps sweeping a backlog (ticks are a minute apart by default).
+const SWEEP_BUDGET: Duration = Duration::from_secs(20);
+
+async fn sweep_dead_rows(
+    store: &Store,
+    now: chrono::DateTime<chrono::Utc>,
+    otp_exp: Duration,
+) -> Result<castellan_core::store::Swept, castellan_core::store::DbError> {
+    let started = Instant::now();
+    let mut total = castellan_core::store::Swept::default();
+    loop {
+        let batch = store
+            .sweep_expired(now, otp_exp, SWEEP_BATCH as i64)
+            .await?;
+        total.add(&batch);
+        if !batch.filled(SWEEP_BATCH) || started.elapsed() > SWEEP_BUDGET {
+            return Ok(total);
+        }
+        // Requests' writes take their turn between batches.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// How long finished jobs stay in the queue's table.

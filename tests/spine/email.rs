@@ -703,9 +703,17 @@ both_mail!(
         let first = s["refresh_token"].as_str().unwrap().to_string();
         let live = t.rotate(&first).await;
         let long_ago = chrono::Utc::now() - chrono::Duration::days(3);
+        // A backlog of sessions that ended days ago: more than one batch of
+        // them, gone within the test's deadline only if a tick drains it.
+        let ended = chrono::Utc::now() - chrono::Duration::days(4);
         castellan_core::on!(pool t.pool(), p => {
             sqlx::query("UPDATE one_time_tokens SET created_at = $1").bind(long_ago.naive_utc()).execute(p).await.unwrap();
-            sqlx::query("UPDATE refresh_tokens SET updated_at = $1 WHERE revoked = true").bind(long_ago).execute(p).await.unwrap().rows_affected()
+            sqlx::query("UPDATE refresh_tokens SET updated_at = $1 WHERE revoked = true").bind(long_ago).execute(p).await.unwrap();
+            let mut insert = sqlx::QueryBuilder::new("INSERT INTO sessions (id, user_id, created_at, updated_at, not_after) ");
+            insert.push_values(0..2500, |mut row, _| {
+                row.push_bind(Uuid::new_v4()).push_bind(uid).push_bind(ended).push_bind(ended).push_bind(ended);
+            });
+            insert.build().execute(p).await.unwrap().rows_affected()
         });
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
         loop {
@@ -721,12 +729,15 @@ both_mail!(
                     &first,
                 )
                 .await;
-            if tokens == 0 && revoked == 0 {
+            let sessions = t
+                .count_by_uuid("SELECT count(*) FROM sessions WHERE user_id = $1", uid)
+                .await;
+            if tokens == 0 && revoked == 0 && sessions == 0 {
                 break;
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "the sweep did not run: {tokens} tokens, {revoked} revoked"
+                "the sweep did not run: {tokens} tokens, {revoked} revoked, {sessions} ended sessions"
             );
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }

@@ -23,6 +23,36 @@ pub struct Swept {
     pub mfa_factors: u64,
 }
 
+impl Swept {
+    /// Each kind with its count, as the metrics name them.
+    pub fn kinds(&self) -> [(&'static str, u64); 7] {
+        [
+            ("one_time_tokens", self.one_time_tokens),
+            ("flow_states", self.flow_states),
+            ("refresh_tokens", self.refresh_tokens),
+            ("sessions", self.sessions),
+            ("mfa_challenges", self.mfa_challenges),
+            ("mfa_factors", self.mfa_factors),
+            ("oauth_client_states", self.oauth_client_states),
+        ]
+    }
+
+    /// True when some kind filled its batch: more of it may be waiting.
+    pub fn filled(&self, batch: u64) -> bool {
+        self.kinds().iter().any(|(_, n)| *n >= batch)
+    }
+
+    pub fn add(&mut self, other: &Swept) {
+        self.one_time_tokens += other.one_time_tokens;
+        self.flow_states += other.flow_states;
+        self.oauth_client_states += other.oauth_client_states;
+        self.refresh_tokens += other.refresh_tokens;
+        self.sessions += other.sessions;
+        self.mfa_challenges += other.mfa_challenges;
+        self.mfa_factors += other.mfa_factors;
+    }
+}
+
 /// One batched delete (rows another process is deleting are skipped on PostgreSQL).
 macro_rules! batch_delete {
     ($pool:expr, $table:literal, $cond:literal, $cutoff:expr, $limit:expr) => {{
