@@ -643,6 +643,51 @@ impl Bench {
     }
 }
 
+impl Bench {
+    /// Growth (after the big runs): a live session for every user, then as
+    /// many that ended four days ago, and `GET /user` before and while a
+    /// second server on the same database, sweeping every second, removes them.
+    async fn growth(
+        &mut self,
+        args: &Args,
+        database_url: &str,
+        bin: &std::path::Path,
+        smtp_port: u16,
+    ) -> anyhow::Result<report::Growth> {
+        seed::sessions(database_url, args.big_users, None).await?;
+        let user = self
+            .get_user("GET /user (big, a live session per user)")
+            .await?;
+        let refresh = self
+            .refresh("POST /token refresh (big, a live session per user)")
+            .await?;
+        let four_days_ago = chrono::Utc::now() - chrono::Duration::days(4);
+        let ended = seed::sessions(database_url, args.big_users, Some(four_days_ago)).await?;
+        let user_before_sweep = self.get_user("GET /user, ended sessions waiting").await?;
+        let sweeping = [("CASTELLAN_EXPIRY_SCHEDULE", "* * * * * *")];
+        let sweeper = server::start(bin, database_url, smtp_port, &sweeping).await?;
+        let started = Instant::now();
+        let user_during_sweep = self.get_user("GET /user during the expiry sweep").await?;
+        let mut left = seed::ended_sessions(database_url).await?;
+        while left > 0 && started.elapsed() < Duration::from_secs(600) {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            left = seed::ended_sessions(database_url).await?;
+        }
+        let sweep_seconds = started.elapsed().as_secs_f64();
+        eprintln!("expiry sweep: {ended} ended sessions, {left} left after {sweep_seconds:.1} s");
+        sweeper.stop().await;
+        Ok(report::Growth {
+            user,
+            refresh,
+            ended,
+            user_before_sweep,
+            user_during_sweep,
+            left,
+            sweep_seconds,
+        })
+    }
+}
+
 /// The server started on the database with the small table seeded: the
 /// bench over it, the server's idle RSS, and the seeded password's hash.
 async fn start(
@@ -795,6 +840,7 @@ async fn main() -> anyhow::Result<()> {
 
     seed::big(&database_url, &hash, SMALL_USERS + 1, args.big_users).await?;
     let big = b.big(&args, &database_url, &bin, sink.port).await?;
+    let growth = b.growth(&args, &database_url, &bin, sink.port).await?;
 
     let figures = report::Figures {
         argon,
@@ -810,6 +856,7 @@ async fn main() -> anyhow::Result<()> {
         idle_rss,
         login_peak_rss,
         big,
+        growth,
     };
     let run = report::Run {
         db: &args.db,

@@ -25,6 +25,7 @@ pub struct Figures {
     pub idle_rss: f64,
     pub login_peak_rss: f64,
     pub big: Big,
+    pub growth: Growth,
 }
 
 /// What the large table measured (and the runs after it).
@@ -39,6 +40,19 @@ pub struct Big {
     pub rss_before_fill: f64,
     pub rss_cache_full: f64,
     pub peak_rss: f64,
+}
+
+/// Growth: a live session for every user, then as many that ended days
+/// ago, swept while `GET /user` is measured.
+pub struct Growth {
+    pub user: Measured,
+    pub refresh: Measured,
+    pub ended: u64,
+    pub user_before_sweep: Measured,
+    pub user_during_sweep: Measured,
+    /// Ended sessions still there when the wait ended, and how long it was.
+    pub left: i64,
+    pub sweep_seconds: f64,
 }
 
 /// How the run was made.
@@ -94,6 +108,8 @@ fn targets(f: &Figures, rows: &[Row]) -> Vec<Target> {
         ("refresh big / 1k", ratio(per_s(&f.big.refresh_big), per_s(refresh)), 0.8),
         ("password sign-in big / 1k", ratio(per_s(&f.big.logins_big), per_s(&f.logins)), 0.8),
         ("/recover big / 1k", ratio(per_s(&f.big.recover_big), per_s(&f.big.recover_small)), 0.8),
+        ("GET /user, a live session per user / 1k", ratio(per_s(&f.growth.user), per_s(user)), 0.8),
+        ("refresh, a live session per user / 1k", ratio(per_s(&f.growth.refresh), per_s(refresh)), 0.8),
     ];
     // (name, measured, bound): at most the bound.
     let at_most = [
@@ -104,6 +120,8 @@ fn targets(f: &Figures, rows: &[Row]) -> Vec<Target> {
         ("refresh p99 / p50", ratio(refresh.p99_ms, refresh.p50_ms), 4.0),
         ("idle RSS MiB", f.idle_rss, 30.0),
         ("peak RSS under sign-in MiB", f.login_peak_rss, rss_budget),
+        ("GET /user p99 during the sweep / before it", ratio(f.growth.user_during_sweep.p99_ms, f.growth.user_before_sweep.p99_ms), 2.0),
+        ("ended sessions left after the sweep", f.growth.left as f64, 0.0),
     ];
     let target = |at_least| move |(name, measured, bound)| Target { name, measured, bound, at_least };
     at_least.into_iter().map(target(true)).chain(at_most.into_iter().map(target(false))).collect()
@@ -149,6 +167,10 @@ fn print(run: &Run, f: &Figures, rows: &[Row], targets: &[Target], hit_rates: &[
         println!("\nhit rate of the {name}: {rate:.4}");
     }
     println!(
+        "\nexpiry sweep: {} ended sessions, {} left after {:.1} s",
+        f.growth.ended, f.growth.left, f.growth.sweep_seconds
+    );
+    println!(
         "\npeak RSS over the whole run: {:.1} MiB; idle {:.1} MiB; with the session cache full ({} sessions): {:.1} MiB (before filling {:.1} MiB)",
         f.big.peak_rss,
         f.idle_rss,
@@ -182,6 +204,9 @@ pub fn write(
         "rss_cache_full_mib": f.big.rss_cache_full,
         "rss_before_cache_fill_mib": f.big.rss_before_fill,
         "cache_sessions": f.big.cache_sessions,
+        "ended_sessions_swept": f.growth.ended,
+        "ended_sessions_left": f.growth.left,
+        "sweep_seconds": f.growth.sweep_seconds,
         "health": f.health,
         "user_over_health_median": f.user_over_health,
         "floor": f.floor,

@@ -94,3 +94,68 @@ pub async fn big(database_url: &str, hash: &str, first: u64, last: u64) -> anyho
     eprintln!("seeded in {:.1} s", t.elapsed().as_secs_f64());
     Ok(())
 }
+
+/// A session for each of up to `n` seeded users, written straight into the
+/// database: live (`ended` none), or one whose `not_after` passed at `ended`.
+/// Answers how many were written.
+pub async fn sessions(
+    database_url: &str,
+    n: u64,
+    ended: Option<chrono::DateTime<Utc>>,
+) -> anyhow::Result<u64> {
+    let t = std::time::Instant::now();
+    let written = if database_url.starts_with("postgres") {
+        let mut c = sqlx::PgConnection::connect(database_url).await?;
+        let written = sqlx::query(
+            "INSERT INTO auth.sessions (id, user_id, created_at, updated_at, not_after)
+             SELECT gen_random_uuid(), id, now(), now(), $2 FROM auth.users
+             WHERE email LIKE 'bench%' LIMIT $1",
+        )
+        .bind(n as i64)
+        .bind(ended)
+        .execute(&mut c)
+        .await?
+        .rows_affected();
+        sqlx::query("ANALYZE auth.sessions").execute(&mut c).await?;
+        written
+    } else {
+        let path = database_url.trim_start_matches("sqlite://");
+        let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{path}")).await?;
+        let written = sqlx::query(
+            "INSERT INTO sessions (id, user_id, created_at, updated_at, not_after)
+             SELECT randomblob(16), id, $2, $2, $3 FROM users
+             WHERE email LIKE 'bench%' LIMIT $1",
+        )
+        .bind(n as i64)
+        .bind(Utc::now())
+        .bind(ended)
+        .execute(&mut c)
+        .await?
+        .rows_affected();
+        sqlx::query("ANALYZE").execute(&mut c).await?;
+        written
+    };
+    eprintln!(
+        "seeded {written} {} sessions in {:.1} s",
+        if ended.is_some() { "ended" } else { "live" },
+        t.elapsed().as_secs_f64()
+    );
+    Ok(written)
+}
+
+/// Sessions whose `not_after` has passed.
+pub async fn ended_sessions(database_url: &str) -> anyhow::Result<i64> {
+    Ok(if database_url.starts_with("postgres") {
+        let mut c = sqlx::PgConnection::connect(database_url).await?;
+        sqlx::query_scalar("SELECT count(*) FROM auth.sessions WHERE not_after < now()")
+            .fetch_one(&mut c)
+            .await?
+    } else {
+        let path = database_url.trim_start_matches("sqlite://");
+        let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{path}")).await?;
+        sqlx::query_scalar("SELECT count(*) FROM sessions WHERE not_after < $1")
+            .bind(Utc::now())
+            .fetch_one(&mut c)
+            .await?
+    })
+}
