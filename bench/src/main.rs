@@ -645,8 +645,9 @@ impl Bench {
 
 impl Bench {
     /// Growth (after the big runs): a live session for every user, then as
-    /// many that ended four days ago, and `GET /user` before and while a
-    /// second server on the same database, sweeping every second, removes them.
+    /// many that ended four days ago, swept by the server being measured
+    /// (restarted to sweep every second, as one SQLite server does its own
+    /// sweeping) while refresh and `GET /user` are measured.
     async fn growth(
         &mut self,
         args: &Args,
@@ -663,10 +664,14 @@ impl Bench {
             .await?;
         let four_days_ago = chrono::Utc::now() - chrono::Duration::days(4);
         let ended = seed::sessions(database_url, args.big_users, Some(four_days_ago)).await?;
-        let user_before_sweep = self.get_user("GET /user, ended sessions waiting").await?;
         let sweeping = [("CASTELLAN_EXPIRY_SCHEDULE", "* * * * * *")];
         let sweeper = server::start(bin, database_url, smtp_port, &sweeping).await?;
+        std::mem::replace(&mut self.srv, sweeper).stop().await;
         let started = Instant::now();
+        // Writes first: on SQLite they share the writer with the sweep.
+        let refresh_during_sweep = self
+            .refresh("POST /token refresh during the expiry sweep")
+            .await?;
         let user_during_sweep = self.get_user("GET /user during the expiry sweep").await?;
         let mut left = seed::ended_sessions(database_url).await?;
         while left > 0 && started.elapsed() < Duration::from_secs(600) {
@@ -675,12 +680,11 @@ impl Bench {
         }
         let sweep_seconds = started.elapsed().as_secs_f64();
         eprintln!("expiry sweep: {ended} ended sessions, {left} left after {sweep_seconds:.1} s");
-        sweeper.stop().await;
         Ok(report::Growth {
             user,
             refresh,
             ended,
-            user_before_sweep,
+            refresh_during_sweep,
             user_during_sweep,
             left,
             sweep_seconds,

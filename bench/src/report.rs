@@ -42,13 +42,14 @@ pub struct Big {
     pub peak_rss: f64,
 }
 
-/// Growth: a live session for every user, then as many that ended days
-/// ago, swept while `GET /user` is measured.
+/// Growth: a live session for every user (`user`, `refresh` measured
+/// beside them), then as many that ended days ago, swept while refresh and
+/// `GET /user` are measured again.
 pub struct Growth {
     pub user: Measured,
     pub refresh: Measured,
     pub ended: u64,
-    pub user_before_sweep: Measured,
+    pub refresh_during_sweep: Measured,
     pub user_during_sweep: Measured,
     /// Ended sessions still there when the wait ended, and how long it was.
     pub left: i64,
@@ -120,7 +121,8 @@ fn targets(f: &Figures, rows: &[Row]) -> Vec<Target> {
         ("refresh p99 / p50", ratio(refresh.p99_ms, refresh.p50_ms), 4.0),
         ("idle RSS MiB", f.idle_rss, 30.0),
         ("peak RSS under sign-in MiB", f.login_peak_rss, rss_budget),
-        ("GET /user p99 during the sweep / before it", ratio(f.growth.user_during_sweep.p99_ms, f.growth.user_before_sweep.p99_ms), 2.0),
+        ("GET /user p99 during the sweep / without it", ratio(f.growth.user_during_sweep.p99_ms, f.growth.user.p99_ms), 2.0),
+        ("refresh p99 during the sweep / without it", ratio(f.growth.refresh_during_sweep.p99_ms, f.growth.refresh.p99_ms), 2.0),
         ("ended sessions left after the sweep", f.growth.left as f64, 0.0),
     ];
     let target = |at_least| move |(name, measured, bound)| Target { name, measured, bound, at_least };

@@ -53,19 +53,26 @@ impl Swept {
     }
 }
 
-/// One batched delete (rows another process is deleting are skipped on PostgreSQL).
+/// One batched delete, in a transaction of its own: on SQLite it waits for
+/// the writer's turn like a request's write and holds it for one batch, so
+/// requests' writes take turns with the sweep instead of meeting it in
+/// SQLite's busy handler (rows another process is deleting are skipped on
+/// PostgreSQL).
 macro_rules! batch_delete {
-    ($pool:expr, $table:literal, $cond:literal, $cutoff:expr, $limit:expr) => {{
+    ($store:expr, $table:literal, $cond:literal, $cutoff:expr, $limit:expr) => {{
         count();
-        on!(pool $pool, p, d => sqlx::query(concat!(
+        let mut tx = $store.begin().await?;
+        let n = on!(tx tx, c, d => sqlx::query(concat!(
             "DELETE FROM ", $table, " WHERE id IN (SELECT id FROM ", $table, " WHERE ", $cond,
             " LIMIT $2", d!(pg " FOR UPDATE SKIP LOCKED"), ")"
         ))
         .bind($cutoff)
         .bind($limit)
-        .execute(p)
+        .execute(&mut *c)
         .await?
-        .rows_affected())
+        .rows_affected());
+        tx.commit().await?;
+        n
     }};
 }
 
@@ -84,49 +91,37 @@ impl Store {
         let token_cutoff = (now - chrono::Duration::from_std(otp_exp).unwrap_or(day)).naive_utc();
         Ok(Swept {
             one_time_tokens: batch_delete!(
-                &self.pool,
+                self,
                 "one_time_tokens",
                 "created_at < $1",
                 token_cutoff,
                 batch
             ),
-            flow_states: batch_delete!(
-                &self.pool,
-                "flow_state",
-                "created_at < $1",
-                now - day,
-                batch
-            ),
+            flow_states: batch_delete!(self, "flow_state", "created_at < $1", now - day, batch),
             refresh_tokens: batch_delete!(
-                &self.pool,
+                self,
                 "refresh_tokens",
                 "revoked = true AND updated_at < $1",
                 now - day,
                 batch
             ),
-            sessions: batch_delete!(
-                &self.pool,
-                "sessions",
-                "not_after < $1",
-                now - day * 3,
-                batch
-            ),
+            sessions: batch_delete!(self, "sessions", "not_after < $1", now - day * 3, batch),
             mfa_challenges: batch_delete!(
-                &self.pool,
+                self,
                 "mfa_challenges",
                 "created_at < $1",
                 now - day,
                 batch
             ),
             mfa_factors: batch_delete!(
-                &self.pool,
+                self,
                 "mfa_factors",
                 "status = 'unverified' AND created_at < $1",
                 now - day,
                 batch
             ),
             oauth_client_states: batch_delete!(
-                &self.pool,
+                self,
                 "oauth_client_states",
                 "created_at < $1",
                 now - day,
