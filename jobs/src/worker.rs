@@ -166,9 +166,10 @@ async fn sweep(
     otp_exp: Data<Duration>,
     clock: Data<castellan_core::Clock>,
     retention: Data<Retention>,
+    sweeping: Data<Sweeping>,
 ) -> Result<(), BoxDynError> {
     let now = clock.now();
-    let swept = sweep_dead_rows(&store, now, *otp_exp).await?;
+    let swept = sweep_dead_rows(&store, &sweeping, now, *otp_exp).await?;
     let jobs = crate::queue::purge_finished(&store, (*retention).0, 500).await?;
     metrics::counter!("castellan_expiry_swept_total", "kind" => "jobs").increment(jobs);
     // Change records every server has long since read (SQLite's change log).
@@ -186,31 +187,49 @@ async fn sweep(
     Ok(())
 }
 
-/// Rows a sweep batch deletes of each kind: small enough that a batch holds
-/// SQLite's writer for milliseconds.
-const SWEEP_BATCH: u64 = 1000;
+/// Rows a sweep batch deletes of each kind: few enough that a batch holds
+/// SQLite's writer for tens of milliseconds (a deleted session also takes its
+/// refresh tokens and change records with it).
+const SWEEP_BATCH: u64 = 250;
 
 /// How long one tick keeps sweeping a backlog (ticks are a minute apart by default).
 const SWEEP_BUDGET: Duration = Duration::from_secs(20);
 
+/// One sweep at a time in a worker: a tick that finds one under way leaves
+/// it the work.
+#[derive(Clone, Default)]
+struct Sweeping(Arc<std::sync::atomic::AtomicBool>);
+
 async fn sweep_dead_rows(
     store: &Store,
+    sweeping: &Sweeping,
     now: chrono::DateTime<chrono::Utc>,
     otp_exp: Duration,
 ) -> Result<castellan_core::store::Swept, castellan_core::store::DbError> {
-    let started = Instant::now();
+    use std::sync::atomic::Ordering;
     let mut total = castellan_core::store::Swept::default();
-    loop {
-        let batch = store
-            .sweep_expired(now, otp_exp, SWEEP_BATCH as i64)
-            .await?;
-        total.add(&batch);
-        if !batch.filled(SWEEP_BATCH) || started.elapsed() > SWEEP_BUDGET {
-            return Ok(total);
-        }
-        // Requests' writes take their turn between batches.
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    if sweeping.0.swap(true, Ordering::AcqRel) {
+        return Ok(total);
     }
+    let started = Instant::now();
+    let result = async {
+        loop {
+            let batch_started = Instant::now();
+            let batch = store
+                .sweep_expired(now, otp_exp, SWEEP_BATCH as i64)
+                .await?;
+            total.add(&batch);
+            if !batch.filled(SWEEP_BATCH) || started.elapsed() > SWEEP_BUDGET {
+                return Ok(total);
+            }
+            // At most half the writer's time: requests' writes take their
+            // turns while the sweep rests as long as its batch took.
+            tokio::time::sleep(batch_started.elapsed().max(Duration::from_millis(5))).await;
+        }
+    }
+    .await;
+    sweeping.0.store(false, Ordering::Release);
+    result
 }
 
 /// How long finished jobs stay in the queue's table.
@@ -260,6 +279,7 @@ pub async fn run(
         .map_err(|e| format!("CASTELLAN_EXPIRY_SCHEDULE: {e}"))?;
     let (sweep_store, otp_exp) = (store.clone(), config.mailer.otp_exp);
     let (retention, clock) = (Retention(config.mailer.job_retention), config.clock.clone());
+    let sweeping = Sweeping::default();
     let policy = RetryPolicy::retries(attempts - 1).with_backoff(backoff.clone().make_backoff());
     // The same monitor over either backend (their storage types differ).
     macro_rules! monitor {
@@ -294,6 +314,7 @@ pub async fn run(
                         .data(otp_exp)
                         .data(clock.clone())
                         .data(retention)
+                        .data(sweeping.clone())
                         .build(sweep)
                 })
                 .run_with_signal(signal)
