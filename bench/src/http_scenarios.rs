@@ -131,18 +131,21 @@ impl Endpoint {
         Ok(())
     }
 
-    /// Signs `count` of the users in, from user `first`: their sessions.
-    async fn sessions(&self, first: u64, count: usize) -> anyhow::Result<Vec<Value>> {
+    /// Signs the first `count` users in: each session's `field` (its access
+    /// or refresh token), one per load worker.
+    async fn tokens(&self, field: &str, count: usize) -> anyhow::Result<Vec<String>> {
         let http = client_at(0);
         let mut out = Vec::with_capacity(count);
         for i in 0..count as u64 {
             let r = http
                 .post(format!("{}/token?grant_type=password", self.base))
-                .json(&json!({"email": self.email(first + i), "password": PASSWORD}))
+                .json(&json!({"email": self.email(i), "password": PASSWORD}))
                 .send()
                 .await?;
             anyhow::ensure!(r.status() == 200, "{}: sign-in {}", self.label, r.status());
-            out.push(r.json().await?);
+            let session: Value = r.json().await?;
+            let token = session[field].as_str().unwrap_or_default().to_string();
+            out.push(token);
         }
         Ok(out)
     }
@@ -182,16 +185,13 @@ impl Endpoint {
     }
 
     async fn user(&self, load: &Load) -> anyhow::Result<Measured> {
-        let sessions = self.sessions(0, load.connections).await?;
+        let tokens = self.tokens("access_token", load.connections).await?;
         let url = format!("{}/user", self.base);
         Ok(load::run(
             load.connections,
             load.duration,
             |i| {
-                let token = sessions[i]["access_token"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string();
+                let token = tokens[i].clone();
                 async move { (client_at(i), token) }
             },
             move |(c, token): (reqwest::Client, String)| {
@@ -249,16 +249,13 @@ impl Endpoint {
     /// Each worker refreshes its own session's token, then the token that
     /// answered, and so on.
     async fn refresh(&self, load: &Load) -> anyhow::Result<Measured> {
-        let sessions = self.sessions(0, load.connections).await?;
+        let tokens = self.tokens("refresh_token", load.connections).await?;
         let url = format!("{}/token?grant_type=refresh_token", self.base);
         Ok(load::run(
             load.connections,
             load.duration,
             |i| {
-                let token = sessions[i]["refresh_token"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string();
+                let token = tokens[i].clone();
                 async move { (client_at(i), token) }
             },
             move |(c, token): (reqwest::Client, String)| {
