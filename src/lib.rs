@@ -3,12 +3,14 @@
 //! error rendering and metrics; decisions live in `castellan-service`.
 
 pub mod api;
+pub mod config_example;
 pub mod edge;
 pub mod error;
 pub mod extract;
 pub mod limit;
 pub mod listener;
 pub mod observability;
+pub mod preflight;
 pub mod server;
 
 pub use server::{Server, start};

@@ -56,10 +56,23 @@ enum LimitsCommand {
     Show,
     /// Change limits, e.g. `token_refresh=300 otp=60`; every server sharing
     /// the database applies them within a second.
+    #[command(after_help = limit_names_help())]
     Set {
-        #[arg(required = true)]
+        /// NAME=NUMBER, NAME one of the limits listed below.
+        #[arg(required = true, value_name = "NAME=NUMBER")]
         changes: Vec<String>,
     },
+}
+
+/// The names `castellan limits set` takes, with what each guards.
+fn limit_names_help() -> String {
+    let mut help = String::from("Limits (NAME: what it counts; its variable):\n");
+    for l in castellan_core::limits::ALL {
+        if let Some(name) = l.runtime {
+            help.push_str(&format!("  {name}: {}; {}\n", l.guards, l.variable));
+        }
+    }
+    help
 }
 
 #[derive(Subcommand)]
@@ -125,6 +138,8 @@ enum AdminCommand {
     },
     /// Mint a JWT with the configured signing key, e.g. a `service_role` key.
     Token {
+        /// The token's `role` claim: `service_role` (an admin key: the admin
+        /// API, every user) or `anon` (the public key clients are given).
         #[arg(long, default_value = "service_role")]
         role: String,
         /// Lifetime in seconds.
@@ -204,8 +219,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let env: std::collections::HashMap<String, String> = std::env::vars().collect();
     let (settings, config) = Config::settings(&env);
     let config = config?;
-    // Said once: what GoTrue reads that castellan ignores, and what nobody reads.
-    for warning in castellan_core::unread::Unread::of(&env, &settings).warnings() {
+    // Said once, by every command: what starts but deserves a word.
+    for warning in castellan::preflight::warnings(&config, &env, &settings) {
         tracing::warn!("{warning}");
     }
     match cli.command.unwrap_or(Command::Serve { no_workers: false }) {
@@ -219,6 +234,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Limits(cmd) => limits(config, cmd).await,
         Command::Config(_) => unreachable!("answered before the configuration is read"),
         Command::Worker => {
+            castellan::preflight::refusal(&config, castellan::preflight::Role::Worker)?;
             let store = castellan::server::open_store(&config, 4, true).await?;
             castellan_jobs::queue::setup(&store)
                 .await
@@ -227,6 +243,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 handle: castellan::observability::recorder(),
                 store: store.clone(),
             };
+            castellan::observability::zero_series(&config);
             let metrics = match castellan::server::MetricsServer::start(&config, scrape).await {
                 Ok(m) => m,
                 // The API server on this host holds the default address.
@@ -343,6 +360,11 @@ async fn keys(config: Config, cmd: KeysCommand) -> anyhow::Result<()> {
         KeysCommand::Retire { kid } => signing_keys::set_state(&ctx, &kid, KeyState::Retired).await,
         KeysCommand::List => {
             let rows = ctx.store.signing_keys().await?;
+            if rows.is_empty() {
+                eprintln!(
+                    "no signing keys are stored: tokens are signed with GOTRUE_JWT_SECRET (or GOTRUE_JWT_KEYS); `castellan keys add` stores one"
+                );
+            }
             for r in rows {
                 let jwk = ctx
                     .config
@@ -460,21 +482,19 @@ fn config_command(cmd: &ConfigCommand) -> anyhow::Result<()> {
     let (settings, parsed) = Config::settings(&env);
     let mut out = String::new();
     match cmd {
-        ConfigCommand::Example => {
-            out.push_str("# castellan: every variable it reads, with its default (`castellan config example`).\n");
-            out.push_str("# Uncomment and change what you need.\n");
-            for s in &settings {
-                if s.names.len() > 1 {
-                    let _ = writeln!(out, "# (also read as {})", s.names[1..].join(", "));
-                }
-                let _ = writeln!(out, "# {}={}", s.names[0], s.default);
-            }
-        }
+        ConfigCommand::Example => out = castellan::config_example::example(&settings),
         ConfigCommand::Check => {
+            let secret = parsed
+                .as_ref()
+                .ok()
+                .and_then(castellan::preflight::secret_shown);
             for s in &settings {
                 let shown = match (&s.value, s.is_secret()) {
                     (Some(_), true) => "******** (set)".to_string(),
                     (Some(v), false) => castellan_core::config::mask_url_password(v),
+                    (None, _) if s.names[0] == "GOTRUE_JWT_SECRET" && secret.is_some() => {
+                        secret.clone().unwrap_or_default()
+                    }
                     (None, _) if s.default.is_empty() => "(unset)".to_string(),
                     (None, _) => format!("{} (default)", s.default),
                 };
@@ -485,13 +505,10 @@ fn config_command(cmd: &ConfigCommand) -> anyhow::Result<()> {
     // A closed pipe (`| head`) is not an error worth a panic.
     let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
     if matches!(cmd, ConfigCommand::Check) {
+        // What `serve` would refuse, then what it would warn about.
         let config = parsed?;
-        // What starts but will fail requests, as it does on GoTrue; what
-        // GoTrue reads that castellan ignores; what nobody reads.
-        let unread = castellan_core::unread::Unread::of(&env, &settings);
-        let gateway = castellan_jobs::sms::Gateway::from_config(&config.sms);
-        let sms = castellan_jobs::sms::warning(&config, &gateway);
-        for warning in sms.into_iter().chain(unread.warnings()) {
+        castellan::preflight::refusal(&config, castellan::preflight::Role::Serve)?;
+        for warning in castellan::preflight::warnings(&config, &env, &settings) {
             eprintln!("castellan: warning: {warning}");
         }
         eprintln!("castellan: the configuration is valid");

@@ -1,7 +1,6 @@
 //! Building and running the server: store, actors, router, listener.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -10,7 +9,6 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, Method};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use castellan_core::config::DatabaseUrl;
 use castellan_core::{ApiError, Config, Store};
 use castellan_service::accounts::Accounts;
 use castellan_service::admin::Admin;
@@ -192,27 +190,16 @@ pub async fn open_store(config: &Config, max: u32, migrate: bool) -> anyhow::Res
 /// The JWT secret: configured, or for the embedded SQLite default one that
 /// is generated once and kept beside the database file.
 pub fn resolve_secret(cfg: &Config) -> anyhow::Result<String> {
-    if let Some(s) = &cfg.jwt.secret {
-        // GoTrue accepts any length, and existing deployments' keys must keep
-        // working: warn rather than refuse.
-        if s.len() < 32 {
-            tracing::warn!(
-                bytes = s.len(),
-                "GOTRUE_JWT_SECRET is shorter than 32 bytes: a short HS256 secret can be guessed, and whoever guesses it can mint admin tokens; use 32 or more random bytes"
-            );
-        }
-        return Ok(s.clone());
-    }
-    let DatabaseUrl::Sqlite(db) = &cfg.database_url else {
-        anyhow::bail!(
-            "invalid configuration: GOTRUE_JWT_SECRET: required when DATABASE_URL is PostgreSQL"
-        );
+    // A short one is accepted, as GoTrue does (existing keys must keep
+    // working); `preflight::warnings` says so.
+    let Some(path) = crate::preflight::secret_source(cfg)? else {
+        return Ok(cfg.jwt.secret.clone().unwrap_or_default());
     };
-    let path = PathBuf::from(format!("{db}.jwt-secret"));
     if let Ok(s) = std::fs::read_to_string(&path) {
         let s = s.trim().to_string();
         if !s.is_empty() {
-            tracing::info!(path = %path.display(), "using the JWT secret generated earlier (set GOTRUE_JWT_SECRET to choose one)");
+            // Every command reads it: said only when asked for.
+            tracing::debug!(path = %path.display(), "using the JWT secret generated earlier (set GOTRUE_JWT_SECRET to choose one)");
             return Ok(s);
         }
     }
@@ -306,13 +293,19 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
 /// As `start`; `workers` also runs the job workers in this process.
 pub async fn start_with(config: Config, workers: bool) -> anyhow::Result<Server> {
     let metrics = observability::recorder();
+    observability::zero_series(&config);
+    crate::preflight::refusal(&config, crate::preflight::Role::Serve)?;
+    // The port first: a taken one is said before anything else is done.
+    let addr = crate::preflight::listen_addr(&config)?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr} (GOTRUE_API_HOST/PORT): is another server using the port?")
+    })?;
     let secret = resolve_secret(&config)?;
     let store = open_store(&config, 16, true).await?;
     castellan_jobs::queue::setup(&store)
         .await
         .map_err(anyhow::Error::msg)?;
     tracing::info!(backend = store.backend_name(), "database ready");
-    let addr = listen_addr(&config)?;
     let workers = workers.then(|| Workers::spawn(store.clone(), config.clone(), &secret));
     let ctx = Ctx::load(config, store, &secret)
         .await
@@ -341,9 +334,6 @@ pub async fn start_with(config: Config, workers: bool) -> anyhow::Result<Server>
     let state = services(&ctx, actors, scrape, abort)?;
     let state = AppState(Arc::new(state));
     let store = ctx.store.clone();
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding {addr}"))?;
     let addr = listener.local_addr()?;
     let app = router(state.clone());
     let (tx, rx) = oneshot::channel::<()>();
@@ -406,17 +396,4 @@ fn services(
         metrics,
         workers,
     })
-}
-
-/// Where to listen (`GOTRUE_API_HOST`, `PORT`).
-fn listen_addr(config: &Config) -> anyhow::Result<SocketAddr> {
-    let addr: SocketAddr = format!("{}:{}", config.host, config.port)
-        .parse()
-        .with_context(|| {
-            format!(
-                "invalid configuration: GOTRUE_API_HOST/PORT: {}:{}",
-                config.host, config.port
-            )
-        })?;
-    Ok(addr)
 }

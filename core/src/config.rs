@@ -146,7 +146,7 @@ impl ExternalConfig {
 
 fn external(v: &Vars, api_external_url: &str) -> Result<ExternalConfig, ConfigError> {
     let mut providers = HashMap::new();
-    for name in OAUTH_PROVIDERS.iter().chain(&["x"]) {
+    for name in OAUTH_PROVIDERS.iter().chain(&["x", "zoom"]) {
         let var = |k: &str| format!("GOTRUE_EXTERNAL_{}_{k}", name.to_ascii_uppercase());
         let callback = format!("{}/callback", api_external_url.trim_end_matches('/'));
         let p = OAuthProviderConfig {
@@ -417,6 +417,26 @@ fn supervision(v: &Vars<'_>) -> Result<Supervision, ConfigError> {
 /// Every variable read is also noted with its default, so the list of
 /// settings (`castellan config example|check`) comes from this same code
 /// and cannot drift from it.
+/// A whole-number setting's type, and the range it takes in words.
+trait Whole: std::str::FromStr + std::fmt::Debug {
+    fn range() -> String;
+}
+
+macro_rules! whole {
+    ($($t:ty),*) => {$(
+        impl Whole for $t {
+            fn range() -> String {
+                match (<$t>::MIN as i128, <$t>::MAX as i128) {
+                    (0, max) if max >= u32::MAX as i128 => "of 0 or more".into(),
+                    (min, max) if max >= u32::MAX as i128 => format!("of {min} or more"),
+                    (min, max) => format!("from {min} to {max}"),
+                }
+            }
+        }
+    )*};
+}
+whole!(u16, u32, u64, usize, i64);
+
 struct Vars<'a> {
     map: &'a HashMap<String, String>,
     read: std::cell::RefCell<Vec<Setting>>,
@@ -521,12 +541,18 @@ impl<'a> Vars<'a> {
         })
     }
 
-    fn num<T: std::str::FromStr + std::fmt::Debug>(
-        &self,
-        names: &[&str],
-        default: T,
-    ) -> Result<T, ConfigError> {
-        self.parse(names, default, "a whole number", |v| v.parse().ok())
+    fn num<T: Whole>(&self, names: &[&str], default: T) -> Result<T, ConfigError> {
+        let range = T::range();
+        let parsed = self.parse(names, default, "a whole number", |v| v.parse().ok());
+        // A whole number outside the type's range says so, with the range.
+        parsed.map_err(|mut e| {
+            if let Some((_, v)) = self.get(names)
+                && v.parse::<i128>().is_ok()
+            {
+                e.msg = format!("{v} is out of range: it must be a whole number {range}");
+            }
+            e
+        })
     }
 
     fn duration(&self, names: &[&str], default: Duration) -> Result<Duration, ConfigError> {
@@ -1284,6 +1310,20 @@ mod tests {
     fn bad_values_name_the_variable() {
         let e = cfg(&[("GOTRUE_JWT_EXP", "soon")]).unwrap_err();
         assert_eq!(e.var, "GOTRUE_JWT_EXP");
+        // A number out of range says the range, not "not a whole number".
+        let e = cfg(&[("PORT", "70000")]).unwrap_err();
+        assert_eq!(
+            (e.var.as_str(), e.msg.as_str()),
+            (
+                "PORT",
+                "70000 is out of range: it must be a whole number from 0 to 65535"
+            )
+        );
+        let e = cfg(&[("GOTRUE_JWT_EXP", "-5")]).unwrap_err();
+        assert_eq!(
+            e.msg,
+            "-5 is out of range: it must be a whole number of 0 or more"
+        );
         let e = cfg(&[("GOTRUE_MAILER_AUTOCONFIRM", "yes")]).unwrap_err();
         assert_eq!(e.var, "GOTRUE_MAILER_AUTOCONFIRM");
         let e = cfg(&[("DATABASE_URL", "mysql://x")]).unwrap_err();

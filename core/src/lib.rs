@@ -7,6 +7,7 @@
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod config_doc;
 pub mod crypto;
 pub mod duration;
 pub mod error;

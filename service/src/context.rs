@@ -38,10 +38,8 @@ impl Ctx {
         let templates = Templates::load(&config.mailer).await?;
         let hasher = PasswordHasher::new(&config.argon2);
         let jwt = JwtKeys::new(&config.jwt, secret)?;
+        // Its warning, if any, is said at start by `preflight`.
         let sms = castellan_jobs::sms::Gateway::from_config(&config.sms);
-        if let Some(warning) = castellan_jobs::sms::warning(&config, &sms) {
-            tracing::warn!("{warning}");
-        }
         // GoTrue's variable decides; unset, v2 unless the database is an
         // adopted GoTrue one (whose clients hold legacy tokens and may run
         // GoTrue beside castellan).

@@ -218,6 +218,22 @@ fn record(provider: &'static str, op: &'static str, start: Instant, r: Result<()
         .record(start.elapsed().as_secs_f64());
 }
 
+/// The enabled providers castellan will refuse sign-ins with, each with the
+/// variable to set and why: said at start and by `castellan config check`.
+pub fn unusable(cfg: &ExternalConfig) -> Vec<String> {
+    let mut enabled: Vec<_> = cfg.providers.iter().filter(|(_, p)| p.enabled).collect();
+    enabled.sort_by_key(|(n, _)| n.as_str());
+    enabled
+        .into_iter()
+        .filter_map(|(name, config)| {
+            let (var, why) = configured(name, config).err()?;
+            Some(format!(
+                "{var}: {why}: sign-ins with {name} will be refused"
+            ))
+        })
+        .collect()
+}
+
 impl ProviderBroker {
     /// The enabled providers; one castellan has no description for, or one
     /// without what it needs, is refused at start with the variable to set.
@@ -237,9 +253,9 @@ impl ProviderBroker {
                     providers.insert(p.description.name, p);
                 }
                 // GoTrue starts with such a provider and refuses each
-                // sign-in with it; so does castellan, saying why once.
-                Err((var, why)) => {
-                    tracing::warn!(provider = %name, variable = %var, "{why}: sign-ins with {name} will be refused");
+                // sign-in with it; so does castellan (the start-up
+                // warning is `unusable`'s).
+                Err((_, why)) => {
                     unusable.insert(name.clone(), why);
                 }
             }

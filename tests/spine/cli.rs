@@ -517,3 +517,134 @@ fn the_generated_secret_is_git_ignored() {
         assert!(out.success(), "{path} is not ignored by .gitignore");
     }
 }
+
+/// Runs `castellan ARGS` in `dir` with `env` alone.
+fn run_in(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_castellan"));
+    cmd.args(args).env_clear().current_dir(dir);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `config check` refuses exactly what `serve` refuses, in the same words,
+/// and `serve` refuses it before it creates or migrates anything (issue 33):
+/// one validation serves both.
+#[test]
+fn config_check_refuses_what_serve_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = held.local_addr().unwrap().port().to_string();
+    let secret = ("GOTRUE_JWT_SECRET", "0123456789abcdef0123456789abcdef");
+    type Env<'a> = Vec<(&'a str, &'a str)>;
+    let cases: Vec<(Env, Vec<&str>)> = vec![
+        (
+            vec![("GOTRUE_API_HOST", "no such host!")],
+            vec!["GOTRUE_API_HOST/PORT", "no such host!"],
+        ),
+        (
+            vec![("PORT", "70000")],
+            vec!["PORT", "70000 is out of range", "0 to 65535"],
+        ),
+        (
+            vec![("GOTRUE_JWT_EXP", "-5")],
+            vec!["GOTRUE_JWT_EXP", "-5 is out of range"],
+        ),
+        (
+            vec![("DATABASE_URL", "missing/dir/auth.db")],
+            vec!["DATABASE_URL", "missing/dir", "does not exist"],
+        ),
+        (
+            vec![("CASTELLAN_METRICS_ADDR", "9102")],
+            vec!["CASTELLAN_METRICS_ADDR", "HOST:PORT"],
+        ),
+        (
+            vec![("DATABASE_URL", "postgres://u@127.0.0.1:1/x")],
+            vec![
+                "GOTRUE_JWT_SECRET",
+                "required when DATABASE_URL is PostgreSQL",
+            ],
+        ),
+    ];
+    for (env, says) in cases {
+        let mut env = env;
+        if !env.iter().any(|(k, _)| *k == "DATABASE_URL") {
+            env.push(secret);
+        }
+        // A port in use, never reached: each case is refused before binding.
+        if !env.iter().any(|(k, _)| *k == "PORT") {
+            env.push(("PORT", &taken));
+        }
+        let (ok, check) = run_in(dir.path(), &["config", "check"], &env);
+        assert!(!ok, "{env:?}: config check accepted it: {check}");
+        let (ok, serve) = run_in(dir.path(), &["serve"], &env);
+        assert!(!ok, "{env:?}: serve started");
+        for s in &says {
+            assert!(
+                check.contains(s),
+                "{env:?}: check {check:?} does not say {s:?}"
+            );
+            assert!(
+                serve.contains(s),
+                "{env:?}: serve {serve:?} does not say {s:?}"
+            );
+        }
+        let last = |t: &str| t.lines().last().unwrap_or_default().to_string();
+        assert_eq!(last(&check), last(&serve), "{env:?}: said differently");
+        assert!(
+            std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+            "{env:?}: something was written before the refusal"
+        );
+    }
+    // A port in use is said before the database is made, naming the variable.
+    let (ok, serve) = run_in(dir.path(), &["serve"], &[secret, ("PORT", &taken)]);
+    assert!(!ok);
+    assert!(
+        serve.contains("GOTRUE_API_HOST/PORT") && serve.contains(&taken),
+        "{serve}"
+    );
+    assert!(!dir.path().join("castellan.db").exists(), "migrated first");
+}
+
+/// What GoTrue accepts starts castellan too: a host name to listen on; a
+/// provider enabled without credentials, a short secret and a misspelt
+/// variable are warned about, by `config check` and at start alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_check_warns_as_serve_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("warned.db").to_string_lossy().into_owned();
+    let env = [
+        ("GOTRUE_API_HOST", "localhost"),
+        ("GOTRUE_JWT_SECRET", "12345"),
+        ("GOTRUE_EXTERNAL_GITHUB_ENABLED", "true"),
+        ("GOTRUE_JWT_SECERT", "typo"),
+    ];
+    let mut with_db = env.to_vec();
+    with_db.push(("DATABASE_URL", db.as_str()));
+    let (ok, check) = run_in(dir.path(), &["config", "check"], &with_db);
+    assert!(ok, "{check}");
+    let warned = [
+        "shorter than 32 bytes",
+        "GOTRUE_EXTERNAL_GITHUB_CLIENT_ID: missing OAuth client ID",
+        "GOTRUE_JWT_SECERT",
+    ];
+    for w in warned {
+        assert!(check.contains(w), "check {check:?} does not warn {w:?}");
+    }
+    let (_child, base, log) = common::castellan_process_in(&[], &["serve"], &db, &env).await;
+    assert!(base.contains("127.0.0.1"), "{base}");
+    let health = reqwest::get(format!("{base}/health")).await.unwrap();
+    assert_eq!(health.status(), 200);
+    let lines = log.lock().unwrap().join("\n");
+    for w in warned {
+        assert!(
+            lines.contains(w),
+            "serve's log does not warn {w:?}:\n{lines}"
+        );
+    }
+}

@@ -29,6 +29,7 @@ macro_rules! token_cols {
 }
 
 pub use opening::explain as explain_open_error;
+pub use opening::sqlite_dir_missing;
 
 mod admin;
 mod changes;

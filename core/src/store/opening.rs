@@ -61,17 +61,31 @@ fn explain_pg(at: &str, e: &sqlx::Error) -> String {
     }
 }
 
-fn explain_sqlite(path: &str, e: &sqlx::Error) -> String {
-    let dir = Path::new(path)
+/// The directory a SQLite database file goes in.
+fn sqlite_dir(path: &str) -> &Path {
+    Path::new(path)
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    if !dir.is_dir() {
-        return format!(
+        .unwrap_or(Path::new("."))
+}
+
+/// Why the SQLite database at `path` cannot be created: its directory is
+/// missing. Checked before start-up and again when opening fails.
+pub fn sqlite_dir_missing(path: &str) -> Option<String> {
+    let dir = sqlite_dir(path);
+    (!dir.is_dir()).then(|| {
+        format!(
             "cannot create the SQLite database {path} (DATABASE_URL): the directory {} does not exist; create it or choose another path",
             dir.display()
-        );
+        )
+    })
+}
+
+fn explain_sqlite(path: &str, e: &sqlx::Error) -> String {
+    if let Some(missing) = sqlite_dir_missing(path) {
+        return missing;
     }
+    let dir = sqlite_dir(path);
     let why = match e {
         sqlx::Error::Database(db) => db.message().to_string(),
         other => other.to_string(),
