@@ -86,6 +86,12 @@ static HTTP_SERIES: Handles<Box<str>, Arc<RouteSeries>> = Handles::new();
 type RouteSeries = Handles<(&'static str, u16), (Counter, Histogram)>;
 
 pub(crate) fn record(route: &str, method: &'static str, status: u16, took: Duration) {
+    // One route whichever prefix it was called by (supabase-js calls
+    // `/auth/v1/token`, GoTrue's own clients `/token`): one series a panel.
+    let route = route
+        .strip_prefix("/auth/v1")
+        .filter(|r| r.starts_with('/'))
+        .unwrap_or(route);
     let series = HTTP_SERIES.get(route, || (route.into(), Arc::default()));
     let (requests, duration) = series.get(&(method, status), || {
         let name = route.to_string();
@@ -132,6 +138,84 @@ fn known_series() {
     }
 }
 
+/// The labelled series a new deployment's panels read, at zero, so they
+/// show 0 rather than "No data" before the first event of each kind: every
+/// label value here is one the code counts with.
+pub fn zero_series(config: &castellan_core::Config) {
+    use castellan_jobs::email::EmailKind;
+    use castellan_jobs::sms::SmsKind;
+    for b in castellan_core::limits::Bucket::ALL {
+        for key in ["peer", "forwarded", "header"] {
+            metrics::counter!("castellan_rate_limit_rejections_total", "bucket" => b.label(), "key" => key).increment(0);
+        }
+    }
+    let sms = castellan_jobs::sms::Gateway::from_config(&config.sms).name();
+    for outcome in ["sent", "refused", "unavailable"] {
+        metrics::counter!("castellan_sms_total", "provider" => sms, "outcome" => outcome)
+            .increment(0);
+    }
+    for op in ["enroll", "verify", "unenroll"] {
+        metrics::counter!("castellan_mfa_total", "op" => op, "outcome" => "ok").increment(0);
+    }
+    for op in ["send", "send_sms", "verify"] {
+        for outcome in ["ok", "error"] {
+            metrics::counter!("castellan_otp_total", "op" => op, "outcome" => outcome).increment(0);
+        }
+    }
+    for outcome in ["ok", "refused"] {
+        metrics::counter!("castellan_refreshes_total", "outcome" => outcome).increment(0);
+    }
+    for (provider, confirmed) in [
+        ("email", "true"),
+        ("email", "false"),
+        ("phone", "true"),
+        ("phone", "false"),
+    ] {
+        metrics::counter!("castellan_signups_total", "provider" => provider, "confirmed" => confirmed).increment(0);
+    }
+    metrics::counter!("castellan_signins_total", "method" => "password", "outcome" => "ok")
+        .increment(0);
+    for kind in [
+        EmailKind::Confirmation,
+        EmailKind::MagicLink,
+        EmailKind::Recovery,
+    ] {
+        for name in [
+            "castellan_queue_enqueued_total",
+            "castellan_queue_succeeded_total",
+        ] {
+            metrics::counter!(name, "queue" => "email", "kind" => kind.name()).increment(0);
+        }
+    }
+    for name in [
+        "castellan_queue_enqueued_total",
+        "castellan_queue_succeeded_total",
+    ] {
+        metrics::counter!(name, "queue" => "sms", "kind" => SmsKind::Confirmation.as_str())
+            .increment(0);
+    }
+}
+
+/// The queues' backlogs, counted in the database when scraped (at most once
+/// a second, whoever scrapes): every process reports the same number.
+async fn sample_queues(store: &Store) {
+    static LAST: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+    {
+        let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            return;
+        }
+        *last = Some(std::time::Instant::now());
+    }
+    for queue in castellan_jobs::queue::Queue::ALL {
+        // A database that is down leaves the last sample; `/ready` says why.
+        if let Ok(pending) = castellan_jobs::queue::pending(store, queue).await {
+            metrics::gauge!("castellan_queue_pending", "queue" => queue.label())
+                .set(pending as f64);
+        }
+    }
+}
+
 /// What `/metrics` reads: the recorder, and the store whose pool it samples.
 #[derive(Clone)]
 pub struct Scrape {
@@ -152,6 +236,7 @@ pub async fn metrics_endpoint(State(scrape): State<Scrape>) -> Response {
     metrics::gauge!("castellan_db_pool_connections", "state" => "idle").set(idle as f64);
     metrics::gauge!("castellan_db_pool_connections", "state" => "in_use").set(in_use as f64);
     metrics::gauge!("castellan_db_pool_max_connections").set(f64::from(max));
+    sample_queues(&scrape.store).await;
     (
         [(
             axum::http::header::CONTENT_TYPE,

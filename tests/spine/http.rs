@@ -491,3 +491,46 @@ async fn metrics_on_their_own_address() {
     assert_eq!(other.status(), 404, "only /metrics there");
     t.stop().await;
 }
+
+/// A new deployment's panels read 0, not "No data": the labelled series
+/// the dashboards query exist from the first scrape, and the queues'
+/// backlog is counted when scraped, before any expiry tick. A route called
+/// under `/auth/v1` counts as the route itself (issue 33).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_server_exports_its_series_at_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("fresh.db").to_string_lossy().into_owned();
+    let (_child, base, _log) = crate::common::castellan_process_in(&[], &["serve"], &db, &[]).await;
+    let http = reqwest::Client::new();
+    for path in ["/settings", "/auth/v1/settings", "/auth/v1/settings"] {
+        let r = http.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+    let m = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for zero in [
+        "castellan_queue_pending{queue=\"email\"} 0",
+        "castellan_queue_pending{queue=\"sms\"} 0",
+        "castellan_rate_limit_rejections_total{bucket=\"verify\",key=\"peer\"} 0",
+        "castellan_sms_total{provider=\"log\",outcome=\"sent\"} 0",
+        "castellan_mfa_total{op=\"verify\",outcome=\"ok\"} 0",
+        "castellan_otp_total{op=\"send\",outcome=\"ok\"} 0",
+        "castellan_signups_total{provider=\"email\",confirmed=\"false\"} 0",
+        "castellan_refreshes_total{outcome=\"refused\"} 0",
+        "castellan_queue_enqueued_total{queue=\"email\",kind=\"magic_link\"} 0",
+    ] {
+        assert!(m.lines().any(|l| l == zero), "missing {zero:?}");
+    }
+    assert!(
+        m.lines().any(|l| l
+            == "castellan_http_requests_total{route=\"/settings\",method=\"GET\",status=\"200\"} 3"),
+        "{m}"
+    );
+    assert!(!m.contains("route=\"/auth/v1/"), "a prefixed route label");
+}
