@@ -6,12 +6,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# PostgreSQL: the server the user names, else this checkout's own cluster
+# (never the system's, never another checkout's). Say which.
+if [ -n "${CASTELLAN_TEST_PG_URL:-}" ]; then which="CASTELLAN_TEST_PG_URL"; else which=""; fi
 CASTELLAN_TEST_PG_URL=$(scripts/ensure-postgres.sh)
 export CASTELLAN_TEST_PG_URL
-echo "tests use PostgreSQL at $CASTELLAN_TEST_PG_URL"
+[ -n "$which" ] || which="this checkout's cluster in target/pg, port $(cat target/pg/port)"
+echo "tests use PostgreSQL at $CASTELLAN_TEST_PG_URL ($which)"
 # Prometheus and promtool, for the dashboards and alert rules.
 CASTELLAN_TEST_PROMETHEUS_DIR=$(scripts/ensure-prometheus.sh)
 export CASTELLAN_TEST_PROMETHEUS_DIR
+echo "tests use prometheus and promtool from $CASTELLAN_TEST_PROMETHEUS_DIR"
 
 command -v node >/dev/null 2>&1 || { echo "Node.js is required for tests/e2e (the official client)"; exit 1; }
 (cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error)
