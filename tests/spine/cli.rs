@@ -648,3 +648,52 @@ async fn config_check_warns_as_serve_starts() {
         );
     }
 }
+
+/// The small words a newcomer reads (issue 33): `limits set --help` names
+/// the limits, `admin token --help` says what a role is, `keys list` says
+/// when it has nothing to list, and a command run on a generated secret
+/// does not say so at every call.
+#[test]
+fn the_cli_says_what_a_newcomer_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let help = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_castellan"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let limits = help(&["limits", "set", "--help"]);
+    for name in [
+        "token_refresh",
+        "verify",
+        "email_sent",
+        "GOTRUE_RATE_LIMIT_VERIFY",
+    ] {
+        assert!(limits.contains(name), "{name} missing from:\n{limits}");
+    }
+    let token = help(&["admin", "token", "--help"]);
+    assert!(
+        token.contains("anon") && token.contains("service_role"),
+        "{token}"
+    );
+
+    let db = dir.path().join("cli.db").to_string_lossy().into_owned();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_castellan"))
+            .args(args)
+            .env_clear()
+            .env("DATABASE_URL", &db)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // The first call generates the secret and says so; later ones are quiet.
+    assert!(run(&["admin", "token"]).contains("generated a secret"));
+    let again = run(&["admin", "token"]);
+    assert!(!again.contains("secret"), "{again}");
+    let keys = run(&["keys", "list"]);
+    assert!(keys.contains("no signing keys are stored"), "{keys}");
+}

@@ -52,6 +52,74 @@ fn panel_queries() -> Vec<(String, String)> {
     out
 }
 
+/// Every dashboard works outside compose too: provisioned from files or
+/// imported into an existing Grafana, each queries the Prometheus its
+/// `datasource` variable picks, and no panel or query names a datasource uid
+/// of its own (an uid only the compose Grafana has would leave them empty).
+/// No `__inputs` either: file provisioning does not fill them in.
+#[test]
+fn every_dashboard_queries_the_prometheus_its_variable_picks() {
+    let dir = repo("grafana/dashboards");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 4, "{files:?}");
+    let wanted = json!({"type": "prometheus", "uid": "${datasource}"});
+    for file in files {
+        let name = file.file_name().unwrap().to_string_lossy().to_string();
+        let board: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(board.get("__inputs").is_none(), "{name}: __inputs");
+        let variables: Vec<&Value> = board["templating"]["list"]
+            .as_array()
+            .expect("templating.list")
+            .iter()
+            .filter(|v| v["type"] == "datasource")
+            .collect();
+        assert_eq!(variables.len(), 1, "{name}: one datasource variable");
+        let variable = variables[0];
+        assert_eq!(variable["name"], "datasource", "{name}");
+        assert_eq!(variable["query"], "prometheus", "{name}");
+        assert_eq!(variable["label"], "Prometheus", "{name}");
+        assert_ne!(variable["includeAll"], true, "{name}");
+        assert_ne!(variable["multi"], true, "{name}");
+        for panel in board["panels"].as_array().expect("panels") {
+            assert_eq!(panel["datasource"], wanted, "{name}: {}", panel["title"]);
+            for target in panel["targets"].as_array().expect("targets") {
+                assert_eq!(target["datasource"], wanted, "{name}: {}", panel["title"]);
+            }
+        }
+        // Nor anywhere else (rows, annotations, other variables).
+        let mut named = Vec::new();
+        datasources(&board, &mut named);
+        for ds in named {
+            assert_eq!(ds["uid"], "${datasource}", "{name}: {ds}");
+        }
+    }
+}
+
+/// Every `datasource` object in a dashboard, however deep.
+fn datasources<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
+    match v {
+        Value::Object(map) => {
+            for (key, child) in map {
+                if key.as_str() == "datasource" && child.is_object() {
+                    out.push(child);
+                }
+                datasources(child, out);
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                datasources(item, out);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// The address a process logged after `marker` (e.g. its metrics port).
 async fn logged_addr(log: &ProcessLog, marker: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
