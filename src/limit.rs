@@ -1,5 +1,6 @@
-//! The rate-limit layer: looks the matched route up in `api::RATE_LIMITS`
-//! and takes one token from the client's bucket before the handler runs.
+//! The route guard: looks the matched route up in `api::RATE_LIMITS`,
+//! takes one token from the client's bucket, then checks the CAPTCHA the
+//! route asks for, before the handler runs.
 
 use axum::body::Body;
 use axum::extract::{FromRequestParts, MatchedPath, Request, State};
@@ -23,17 +24,49 @@ pub enum Pick {
     SignUp,
 }
 
+/// Whether a route asks for a CAPTCHA when CAPTCHA protection is on
+/// (GoTrue's `verifyCaptcha`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Captcha {
+    No,
+    Yes,
+    /// `/token`: every grant but those that already prove something (an
+    /// authorization code, a refresh token, an ID token).
+    Grants,
+}
+
 /// One row of the route table.
 #[derive(Debug, Clone)]
 pub struct RouteLimit {
     pub path: &'static str,
     pub method: Method,
     pub pick: Pick,
+    pub captcha: Captcha,
 }
 
 impl RouteLimit {
     pub const fn new(path: &'static str, method: Method, pick: Pick) -> Self {
-        Self { path, method, pick }
+        Self {
+            path,
+            method,
+            pick,
+            captcha: Captcha::No,
+        }
+    }
+
+    /// A route that also asks for a CAPTCHA.
+    pub const fn with_captcha(
+        path: &'static str,
+        method: Method,
+        pick: Pick,
+        captcha: Captcha,
+    ) -> Self {
+        Self {
+            path,
+            method,
+            pick,
+            captcha,
+        }
     }
 }
 
@@ -52,25 +85,27 @@ struct SignUpPeek {
     phone: Option<String>,
 }
 
-/// Reads the body (bounded) to tell an anonymous sign-in from a sign-up;
-/// the handler gets the same bytes back.
-async fn signup_bucket(req: Request) -> Result<(Bucket, Request), HttpError> {
-    let (parts, body) = req.into_parts();
-    let bytes = axum::body::to_bytes(body, BODY_LIMIT).await.map_err(|_| {
-        ApiError::new(
+/// The whole body (bounded), read once by the guard; the handler gets the
+/// same bytes back.
+async fn buffered(body: Body) -> Result<axum::body::Bytes, HttpError> {
+    axum::body::to_bytes(body, BODY_LIMIT).await.map_err(|_| {
+        HttpError(ApiError::new(
             413,
             "request_entity_too_large",
             "Request body too large (max 1048576 bytes)",
-        )
-    })?;
-    let peek: SignUpPeek = serde_json::from_slice(&bytes).unwrap_or_default();
+        ))
+    })
+}
+
+/// An anonymous sign-in (neither email nor phone) or a sign-up.
+fn signup_bucket(body: &[u8]) -> Bucket {
+    let peek: SignUpPeek = serde_json::from_slice(body).unwrap_or_default();
     let empty = |s: &Option<String>| s.as_deref().is_none_or(str::is_empty);
-    let bucket = if empty(&peek.email) && empty(&peek.phone) {
+    if empty(&peek.email) && empty(&peek.phone) {
         Bucket::AnonymousUsers
     } else {
         Bucket::SignUps
-    };
-    Ok((bucket, Request::from_parts(parts, Body::from(bytes))))
+    }
 }
 
 pub async fn limit(State(st): State<AppState>, req: Request, next: Next) -> Response {
@@ -81,17 +116,45 @@ pub async fn limit(State(st): State<AppState>, req: Request, next: Next) -> Resp
     else {
         return next.run(req).await;
     };
-    let (bucket, req) = match row.pick {
-        Pick::Fixed(b) => (b, req),
-        Pick::SignUp => match signup_bucket(req).await {
-            Ok(x) => x,
-            Err(e) => return e.into_response(),
-        },
-    };
+    match guard(&st, row, req).await {
+        Ok(req) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The route's rate limit, then its CAPTCHA: the request to hand on, or
+/// the refusal.
+async fn guard(st: &AppState, row: &RouteLimit, req: Request) -> Result<Request, HttpError> {
     let (mut parts, body) = req.into_parts();
-    let client = match ClientKey::from_request_parts(&mut parts, &st).await {
-        Ok(c) => c,
-        Err(e) => return e.into_response(),
+    let captcha = st.captcha.as_ref().filter(|_| row.captcha != Captcha::No);
+    let needs_body = row.pick == Pick::SignUp || captcha.is_some();
+    let body = match needs_body {
+        true => Some(buffered(body).await?),
+        false => {
+            let client = ClientKey::from_request_parts(&mut parts, st).await?;
+            take_token(st, row.pick, None, &client).await?;
+            return Ok(Request::from_parts(parts, body));
+        }
+    };
+    let bytes = body.unwrap_or_default();
+    let client = ClientKey::from_request_parts(&mut parts, st).await?;
+    take_token(st, row.pick, Some(&bytes), &client).await?;
+    if let Some(captcha) = captcha {
+        check_captcha(st, captcha, row.captcha, &parts, &bytes, &client).await?;
+    }
+    Ok(Request::from_parts(parts, Body::from(bytes)))
+}
+
+/// One token from the client's bucket for this route.
+async fn take_token(
+    st: &AppState,
+    pick: Pick,
+    body: Option<&[u8]>,
+    client: &ClientKey,
+) -> Result<(), HttpError> {
+    let bucket = match pick {
+        Pick::Fixed(b) => b,
+        Pick::SignUp => signup_bucket(body.unwrap_or_default()),
     };
     // One bucket per client: an IPv6 host's whole /64 (it may pick any
     // address in it), as its connections are counted.
@@ -99,15 +162,58 @@ pub async fn limit(State(st): State<AppState>, req: Request, next: Next) -> Resp
         Ok(ip) => crate::listener::client_of(ip).to_string(),
         Err(_) => client.key.clone(),
     };
-    if let Err(e) = st
-        .actors
+    st.actors
         .rate_limits
         .check(bucket, &key, client.source)
         .await
+        .map_err(HttpError)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct CaptchaPeek {
+    gotrue_meta_security: Option<MetaSecurity>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct MetaSecurity {
+    captcha_token: Option<String>,
+}
+
+/// GoTrue's order: an admin's token passes; `/token` grants that prove
+/// something pass; else the body's `gotrue_meta_security.captcha_token` is
+/// checked with the provider.
+async fn check_captcha(
+    st: &AppState,
+    captcha: &castellan_service::captcha::Captcha,
+    rule: Captcha,
+    parts: &axum::http::request::Parts,
+    body: &[u8],
+    client: &ClientKey,
+) -> Result<(), HttpError> {
+    if let Ok(token) = crate::extract::bearer(&parts.headers)
+        && st.accounts.admin_role(token).await.is_ok()
     {
-        return HttpError(e).into_response();
+        return Ok(());
     }
-    next.run(Request::from_parts(parts, body)).await
+    if rule == Captcha::Grants && proven_grant(parts.uri.query().unwrap_or_default()) {
+        return Ok(());
+    }
+    let peek: CaptchaPeek = crate::extract::parse_json(body)?;
+    let token = peek.gotrue_meta_security.and_then(|m| m.captcha_token);
+    captcha
+        .verify(token.as_deref(), &client.key)
+        .await
+        .map_err(HttpError)
+}
+
+/// A `/token` grant that needs no CAPTCHA: it carries proof already.
+fn proven_grant(query: &str) -> bool {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).unwrap_or_default();
+    pairs.iter().any(|(k, v)| {
+        k == "grant_type" && matches!(v.as_str(), "pkce" | "refresh_token" | "id_token")
+    })
 }
 
 #[cfg(test)]

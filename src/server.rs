@@ -48,6 +48,8 @@ pub struct Services {
     pub metrics: observability::Scrape,
     /// The job workers' task when this process runs them (`GET /ready`).
     pub workers: Option<tokio::task::AbortHandle>,
+    /// CAPTCHA checks, when CAPTCHA protection is on.
+    pub captcha: Option<castellan_service::captcha::Captcha>,
 }
 
 /// A running server.
@@ -392,6 +394,13 @@ fn services(
             actors.sessions.clone(),
             actors.otp.clone(),
         ),
+        captcha: ctx
+            .config
+            .captcha
+            .as_ref()
+            .map(castellan_service::captcha::Captcha::new)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!(e))?,
         actors,
         metrics,
         workers,

@@ -7,6 +7,8 @@ mod common;
 mod oauth_provider;
 #[path = "common/oidc_issuer.rs"]
 mod oidc_issuer;
+#[path = "common/security_apis.rs"]
+mod security_apis;
 #[path = "common/sms_provider.rs"]
 mod sms_provider;
 #[path = "common/smtp_sink.rs"]
@@ -385,4 +387,42 @@ async fn readme_examples_run() {
     assert_eq!(t.count_by_str(users, &bob).await, 0, "deleted");
     assert_eq!(t.login(alice, "a-new-secret").await.status, 200);
     t.stop().await;
+}
+
+/// auth-js drives a CAPTCHA-protected sign-up and sign-in through a
+/// stand-in provider, and meets a leaked password refused (issue 32).
+async fn bots(backend: Backend) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e");
+    let captcha = security_apis::FakeCaptcha::start().await;
+    let pwned = security_apis::FakePwned::start(&["Tr0ub4dor&3"]).await;
+    let t = common::spawn(backend, |c| {
+        captcha.configure(c, "hcaptcha");
+        pwned.configure(c, false);
+        c.mailer_autoconfirm = true;
+    })
+    .await;
+    let issue = captcha.url.replace("/siteverify", "/_issue");
+    let out = tokio::process::Command::new("node")
+        .args(["bots.mjs", &t.base, &issue, "Tr0ub4dor&3"])
+        .current_dir(&dir)
+        .output()
+        .await
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("ok root") && stdout.contains("ok prefixed"),
+        "bots.mjs on {backend:?}:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bots_on_sqlite() {
+    bots(Backend::Sqlite).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bots_on_postgres() {
+    bots(Backend::Postgres).await
 }

@@ -49,6 +49,57 @@ pub struct PasswordConfig {
     pub min_length: usize,
     /// Each set must contribute at least one character.
     pub required_characters: Vec<String>,
+    /// Leaked-password protection (`GOTRUE_PASSWORD_HIBP_*`), when enabled.
+    pub hibp: Option<HibpConfig>,
+}
+
+/// Have I Been Pwned's range API: only the first five hex characters of a
+/// password's SHA-1 leave the server.
+#[derive(Debug, Clone)]
+pub struct HibpConfig {
+    /// An error or timeout refuses the password (500) rather than allow it.
+    pub fail_closed: bool,
+    pub user_agent: String,
+    /// The API's address (`CASTELLAN_PASSWORD_HIBP_URL`, for a mirror or tests).
+    pub url: String,
+    /// How long a check may take (GoTrue's fixed 5 s).
+    pub timeout: Duration,
+}
+
+/// Which CAPTCHA service checks the tokens clients send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaptchaProvider {
+    Hcaptcha,
+    Turnstile,
+}
+
+impl CaptchaProvider {
+    pub fn name(self) -> &'static str {
+        match self {
+            CaptchaProvider::Hcaptcha => "hcaptcha",
+            CaptchaProvider::Turnstile => "turnstile",
+        }
+    }
+
+    /// The provider's documented verify endpoint.
+    pub fn verify_url(self) -> &'static str {
+        match self {
+            CaptchaProvider::Hcaptcha => "https://hcaptcha.com/siteverify",
+            CaptchaProvider::Turnstile => {
+                "https://challenges.cloudflare.com/turnstile/v0/siteverify"
+            }
+        }
+    }
+}
+
+/// CAPTCHA protection (`GOTRUE_SECURITY_CAPTCHA_*`), when enabled.
+#[derive(Debug, Clone)]
+pub struct CaptchaConfig {
+    pub provider: CaptchaProvider,
+    pub secret: String,
+    pub timeout: Duration,
+    /// The verify endpoint (`CASTELLAN_CAPTCHA_VERIFY_URL`, for tests).
+    pub verify_url: String,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -317,6 +368,8 @@ pub struct Listen {
 
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// CAPTCHA on sign-up and sign-in, when enabled.
+    pub captcha: Option<CaptchaConfig>,
     pub database_url: DatabaseUrl,
     pub host: String,
     pub port: u16,
@@ -1025,7 +1078,65 @@ fn password(v: &Vars) -> Result<PasswordConfig, ConfigError> {
             .opt_string(&["GOTRUE_PASSWORD_REQUIRED_CHARACTERS"])
             .map(|s| parse_required_characters(&s))
             .unwrap_or_default(),
+        hibp: hibp(v)?,
     })
+}
+
+fn hibp(v: &Vars) -> Result<Option<HibpConfig>, ConfigError> {
+    let enabled = v.bool(&["GOTRUE_PASSWORD_HIBP_ENABLED"], false)?;
+    let hibp = HibpConfig {
+        fail_closed: v.bool(&["GOTRUE_PASSWORD_HIBP_FAIL_CLOSED"], false)?,
+        user_agent: v.string(
+            &["GOTRUE_PASSWORD_HIBP_USER_AGENT"],
+            "https://github.com/supabase/gotrue",
+        ),
+        url: v.string(
+            &["CASTELLAN_PASSWORD_HIBP_URL"],
+            "https://api.pwnedpasswords.com",
+        ),
+        timeout: v.duration(&["CASTELLAN_PASSWORD_HIBP_TIMEOUT"], Duration::from_secs(5))?,
+    };
+    Ok(enabled.then_some(hibp))
+}
+
+/// GoTrue refuses to start with an unknown provider or without a secret.
+fn captcha(v: &Vars) -> Result<Option<CaptchaConfig>, ConfigError> {
+    let enabled = v.bool(&["GOTRUE_SECURITY_CAPTCHA_ENABLED"], false)?;
+    let name = v.string(&["GOTRUE_SECURITY_CAPTCHA_PROVIDER"], "hcaptcha");
+    let secret = v.string(&["GOTRUE_SECURITY_CAPTCHA_SECRET"], "");
+    // Zero is GoTrue's default too.
+    let timeout = Some(v.duration(
+        &["GOTRUE_SECURITY_CAPTCHA_TIMEOUT"],
+        Duration::from_secs(10),
+    )?)
+    .filter(|t| !t.is_zero())
+    .unwrap_or(Duration::from_secs(10));
+    let verify_url = v.opt_string(&["CASTELLAN_CAPTCHA_VERIFY_URL"]);
+    if !enabled {
+        return Ok(None);
+    }
+    let provider = match name.as_str() {
+        "hcaptcha" => CaptchaProvider::Hcaptcha,
+        "turnstile" => CaptchaProvider::Turnstile,
+        other => {
+            return Err(ConfigError {
+                var: "GOTRUE_SECURITY_CAPTCHA_PROVIDER".into(),
+                msg: format!("unsupported captcha provider {other:?}: hcaptcha or turnstile"),
+            });
+        }
+    };
+    if secret.is_empty() {
+        return Err(ConfigError {
+            var: "GOTRUE_SECURITY_CAPTCHA_SECRET".into(),
+            msg: "captcha provider secret is empty".into(),
+        });
+    }
+    Ok(Some(CaptchaConfig {
+        provider,
+        secret,
+        timeout,
+        verify_url: verify_url.unwrap_or_else(|| provider.verify_url().to_string()),
+    }))
 }
 
 /// The cores this process may use (2 when that cannot be told).
@@ -1126,6 +1237,7 @@ impl Config {
             sms: sms(v)?,
             external: external(v, &api_external_url)?,
             password: password(v)?,
+            captcha: captcha(v)?,
             argon2,
             refresh_token_rotation_enabled: v
                 .bool(&["GOTRUE_SECURITY_REFRESH_TOKEN_ROTATION_ENABLED"], true)?,

@@ -62,7 +62,7 @@ pub const GROUPS: &[Group] = &[
     },
     Group {
         title: "Sign-up and passwords",
-        about: "Who may sign up and how, and what a password must be. Password hashing (argon2id) is sized to the machine: more memory is slower to guess and to serve.",
+        about: "Who may sign up and how, what a password must be (and whether it may be one leaked before: Have I Been Pwned, by k-anonymity), CAPTCHA on sign-up and sign-in. Password hashing (argon2id) is sized to the machine: more memory is slower to guess and to serve.",
         matches: |n| {
             matches!(
                 n,
@@ -75,7 +75,14 @@ pub const GROUPS: &[Group] = &[
                     | "GOTRUE_SECURITY_UPDATE_PASSWORD_REQUIRE_REAUTHENTICATION"
             ) || any(
                 n,
-                &["GOTRUE_PASSWORD_", "CASTELLAN_ARGON2_", "CASTELLAN_HASH_"],
+                &[
+                    "GOTRUE_PASSWORD_",
+                    "CASTELLAN_PASSWORD_",
+                    "CASTELLAN_ARGON2_",
+                    "CASTELLAN_HASH_",
+                    "GOTRUE_SECURITY_CAPTCHA_",
+                    "CASTELLAN_CAPTCHA_",
+                ],
             )
         },
     },
@@ -208,5 +215,13 @@ mod tests {
         assert_eq!(title("GOTRUE_EXTERNAL_GITHUB_SECRET"), "OAuth providers");
         assert_eq!(title("GOTRUE_MFA_TOTP_ENROLL_ENABLED"), "Second factors");
         assert_eq!(title("CASTELLAN_LOG"), "Operations");
+        assert_eq!(
+            title("GOTRUE_SECURITY_CAPTCHA_SECRET"),
+            "Sign-up and passwords"
+        );
+        assert_eq!(
+            title("GOTRUE_PASSWORD_HIBP_ENABLED"),
+            "Sign-up and passwords"
+        );
     }
 }

@@ -184,6 +184,12 @@ pub fn weak_password_message(cfg: &PasswordConfig, reasons: &[String]) -> String
                 .join(", ")
         ));
     }
+    if reasons.iter().any(|r| r == "pwned") {
+        parts.push(
+            "Password is known to be weak and easy to guess, please choose a different one."
+                .to_string(),
+        );
+    }
     parts.join(" ")
 }
 
@@ -311,6 +317,7 @@ mod tests {
         let cfg = PasswordConfig {
             min_length: 8,
             required_characters: vec!["0123456789".into(), "ABC".into()],
+            hibp: None,
         };
         assert_eq!(
             password_strength(&cfg, "short").unwrap(),

@@ -306,7 +306,7 @@ impl Accounts {
 
     async fn signup_once(&self, req: SignupRequest) -> ApiResult<SignupOutcome> {
         let cfg = &self.ctx.config;
-        let (addr, password) = check_signup(cfg, &req)?;
+        let (addr, password) = check_signup(&self.ctx, &req).await?;
         if addr.provider == "phone" {
             sms_out::provider_ready(&self.ctx)?;
         }
@@ -530,8 +530,13 @@ impl Accounts {
         {
             self.rehash(user.id, old, &g.password).await?;
         }
-        let weak =
-            validate::password_strength(&self.ctx.config.password, &g.password).unwrap_or_default();
+        // Told, never in the way (GoTrue): a failed check is only logged.
+        let weak = crate::pwned::strength(&self.ctx, &g.password)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e.message, "password strength check on sign-in failed");
+                Vec::new()
+            });
         let grant = self
             .sessions
             .issue(
@@ -691,6 +696,9 @@ impl Accounts {
         up: UserUpdate,
     ) -> ApiResult<(User, Vec<Identity>)> {
         let (new_email, new_phone) = self.check_update(&user, &up)?;
+        if let Some(p) = &up.password {
+            crate::pwned::require_strong(&self.ctx, p).await?;
+        }
         self.check_unique(&user, new_email.as_deref(), new_phone.as_deref())
             .await?;
         let now = self.ctx.config.clock.now();
@@ -747,9 +755,6 @@ impl Accounts {
             Some(p) => Some(validate::phone(p)?).filter(|p| p != user.phone_str()),
             None => None,
         };
-        if let Some(p) = &up.password {
-            validate::require_strong_password(&cfg.password, p)?;
-        }
         if up.app_metadata.is_some() {
             let legacy_admin = user.aud.as_deref() == Some(cfg.jwt.aud.as_str())
                 && user.role.as_deref() == Some(cfg.jwt.admin_group_name.as_str());
@@ -954,10 +959,11 @@ struct SignupAddress {
 
 /// GoTrue's checks of a sign-up, in its order: the address and the
 /// password it gives, or the first refusal.
-fn check_signup<'r>(
-    cfg: &castellan_core::Config,
+async fn check_signup<'r>(
+    ctx: &Ctx,
     req: &'r SignupRequest,
 ) -> ApiResult<(SignupAddress, &'r str)> {
+    let cfg = &ctx.config;
     if cfg.disable_signup {
         return Err(ApiError::unprocessable(
             "signup_disabled",
@@ -970,7 +976,7 @@ fn check_signup<'r>(
     let Some(password) = non_empty(&req.password) else {
         return Err(ApiError::validation("Signup requires a valid password"));
     };
-    validate::require_strong_password(&cfg.password, password)?;
+    crate::pwned::require_strong(ctx, password).await?;
     if email.is_some() && phone.is_some() {
         return Err(ApiError::validation(
             "Only an email address or phone number should be provided on signup.",

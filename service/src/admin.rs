@@ -535,11 +535,10 @@ impl Admin {
         id: Uuid,
         a: UserAttributes,
     ) -> ApiResult<(User, Vec<Identity>)> {
-        let cfg = &self.ctx.config;
         let (email, phone) = checked_contacts(&a)?;
         let password = a.password.as_deref().filter(|s| !s.is_empty());
         if let Some(p) = password {
-            validate::require_strong_password(&cfg.password, p)?;
+            crate::pwned::require_strong(&self.ctx, p).await?;
         }
         let now = self.ctx.config.clock.now();
         let banned = a

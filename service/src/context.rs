@@ -22,6 +22,8 @@ pub struct Ctx {
     pub otp_key: [u8; 32],
     /// The key queued jobs rest under (from the secret).
     pub job_seal: castellan_core::crypto::at_rest::JobSeal,
+    /// Leaked-password lookups, when enabled.
+    pub pwned: Option<crate::pwned::Pwned>,
 }
 
 impl Ctx {
@@ -38,6 +40,12 @@ impl Ctx {
         let templates = Templates::load(&config.mailer).await?;
         let hasher = PasswordHasher::new(&config.argon2);
         let jwt = JwtKeys::new(&config.jwt, secret)?;
+        let pwned = config
+            .password
+            .hibp
+            .as_ref()
+            .map(crate::pwned::Pwned::new)
+            .transpose()?;
         // Its warning, if any, is said at start by `preflight`.
         let sms = castellan_jobs::sms::Gateway::from_config(&config.sms);
         // GoTrue's variable decides; unset, v2 unless the database is an
@@ -57,6 +65,7 @@ impl Ctx {
             sms,
             otp_key: castellan_core::crypto::token_hash_key(secret),
             job_seal: castellan_core::crypto::at_rest::JobSeal::from_secret(secret),
+            pwned,
         }))
     }
 }

@@ -23,12 +23,15 @@
 //! - [`factors`]: MFA factors.
 //! - [`providers`] and [`external`]: external sign-in.
 //! - [`admin`], [`limit_settings`], [`signing_keys`]: the operator's.
+//! - [`captcha`] and [`pwned`]: the CAPTCHA and leaked-password checks,
+//!   each a call to an outside API.
 #![forbid(unsafe_code)]
 
 pub mod accounts;
 pub mod actors;
 pub mod admin;
 pub mod budget;
+pub mod captcha;
 pub mod context;
 pub mod even_timing;
 pub mod external;
@@ -39,6 +42,7 @@ pub mod links;
 mod oauth1;
 pub mod otp;
 pub mod providers;
+pub mod pwned;
 pub mod refresh;
 pub mod sessions;
 pub mod signing_keys;

@@ -29,23 +29,44 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::error::{ErrorBody, WeakPassword};
-use crate::limit::{Pick, RouteLimit};
+use crate::limit::{Captcha, Pick, RouteLimit};
 use crate::server::AppState;
 use castellan_service::sessions::TokenGrant;
 
-/// Every rate-limited route, in one place (GoTrue declares each limit beside
-/// its route). The `limit` layer looks each request up here by its matched
-/// route and method; a test walks this table.
+/// Every guarded route, in one place (GoTrue declares each guard beside
+/// its route): its rate limit, and whether it asks for a CAPTCHA when
+/// CAPTCHA protection is on. The `limit` layer looks each request up here
+/// by its matched route and method; a test walks this table.
 pub const RATE_LIMITS: &[RouteLimit] = &[
     // Anonymous sign-ins (neither email nor phone) have a bucket of their own.
-    RouteLimit::new("/signup", Method::POST, Pick::SignUp),
-    RouteLimit::new("/token", Method::POST, Pick::Fixed(Bucket::TokenRefresh)),
+    RouteLimit::with_captcha("/signup", Method::POST, Pick::SignUp, Captcha::Yes),
+    RouteLimit::with_captcha(
+        "/token",
+        Method::POST,
+        Pick::Fixed(Bucket::TokenRefresh),
+        Captcha::Grants,
+    ),
     RouteLimit::new("/verify", Method::GET, Pick::Fixed(Bucket::Verify)),
     RouteLimit::new("/verify", Method::POST, Pick::Fixed(Bucket::Verify)),
-    RouteLimit::new("/otp", Method::POST, Pick::Fixed(Bucket::Otp)),
-    RouteLimit::new("/magiclink", Method::POST, Pick::Fixed(Bucket::MagicLink)),
-    RouteLimit::new("/recover", Method::POST, Pick::Fixed(Bucket::Recover)),
-    RouteLimit::new("/resend", Method::POST, Pick::Fixed(Bucket::Resend)),
+    RouteLimit::with_captcha("/otp", Method::POST, Pick::Fixed(Bucket::Otp), Captcha::Yes),
+    RouteLimit::with_captcha(
+        "/magiclink",
+        Method::POST,
+        Pick::Fixed(Bucket::MagicLink),
+        Captcha::Yes,
+    ),
+    RouteLimit::with_captcha(
+        "/recover",
+        Method::POST,
+        Pick::Fixed(Bucket::Recover),
+        Captcha::Yes,
+    ),
+    RouteLimit::with_captcha(
+        "/resend",
+        Method::POST,
+        Pick::Fixed(Bucket::Resend),
+        Captcha::Yes,
+    ),
     RouteLimit::new("/user", Method::PUT, Pick::Fixed(Bucket::UserUpdate)),
     RouteLimit::new("/authorize", Method::GET, Pick::Fixed(Bucket::Authorize)),
     RouteLimit::new("/callback", Method::GET, Pick::Fixed(Bucket::Authorize)),

@@ -7,6 +7,8 @@ mod common;
 mod oauth_provider;
 #[path = "../common/oidc_issuer.rs"]
 mod oidc_issuer;
+#[path = "../common/security_apis.rs"]
+mod security_apis;
 #[path = "../common/sms_provider.rs"]
 mod sms_provider;
 #[path = "../common/smtp_sink.rs"]
@@ -15,6 +17,7 @@ mod smtp_sink;
 mod twitter_provider;
 
 mod admin;
+mod bots;
 mod cache;
 mod cli;
 mod dashboards;
