@@ -46,9 +46,13 @@ ACCESS=$(jq -r .access_token <<<"$SESSION")
 REFRESH=$(jq -r .refresh_token <<<"$SESSION")
 
 # Who am I; change my metadata and password.
-echo "user $(call "get the user" "$API/user" -H "authorization: Bearer $ACCESS" | jq -r .email)"
-echo "plan $(call "update the user" -X PUT "$API/user" -H "authorization: Bearer $ACCESS" \
-  -d '{"data":{"plan":"pro"},"password":"a-new-secret"}' | jq -r .user_metadata.plan)"
+# (A value is kept before it is printed: `set -e` stops at a failed
+# assignment, not at a failure inside `echo "$(…)"`.)
+ME=$(call "get the user" "$API/user" -H "authorization: Bearer $ACCESS" | jq -r .email)
+echo "user $ME"
+PLAN=$(call "update the user" -X PUT "$API/user" -H "authorization: Bearer $ACCESS" \
+  -d '{"data":{"plan":"pro"},"password":"a-new-secret"}' | jq -r .user_metadata.plan)
+echo "plan $PLAN"
 
 # A fresh access token from the refresh token (which rotates).
 ACCESS=$(call "refresh" "$API/token?grant_type=refresh_token" \
@@ -60,7 +64,8 @@ call "sign out" -X POST "$API/logout?scope=global" -H "authorization: Bearer $AC
 echo "signed out everywhere"
 
 # The admin API, with the service_role key: list, create, delete.
-echo "admin: listed $(call "list users" "$API/admin/users?per_page=10" "${ADMIN[@]}" | jq '.users | length') users"
+LISTED=$(call "list users" "$API/admin/users?per_page=10" "${ADMIN[@]}" | jq '.users | length')
+echo "admin: listed $LISTED users"
 BOB="bob-$run@example.com"
 BOB_ID=$(call "create a user" "$API/admin/users" "${ADMIN[@]}" \
   -d "{\"email\":\"$BOB\",\"password\":\"secret123\",\"email_confirm\":true}" | jq -r .id)

@@ -1,6 +1,8 @@
 // supabase-js against castellan, unchanged: the client calls `${url}/auth/v1`,
-// which castellan serves as well as `/`. From examples/, after `npm install`:
-//   node supabase-js.mjs http://localhost:8081 "$(castellan admin token --role anon)" "$(castellan admin token)"
+// which castellan serves as well as `/`. From the repository root (where the
+// server keeps its secret: the keys must be minted with it), after
+// `(cd examples && npm install)`:
+//   node examples/supabase-js.mjs http://localhost:8081 "$(castellan admin token --role anon)" "$(castellan admin token)"
 // By default (as GoTrue) a sign-up must confirm its email before signing in;
 // here the third argument, the service_role key, confirms it through the
 // admin API. With GOTRUE_MAILER_AUTOCONFIRM=true it is not needed. An app

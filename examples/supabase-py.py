@@ -1,6 +1,7 @@
 # supabase-py against castellan, unchanged (it calls `url/auth/v1`, which
 # castellan serves). With supabase-py installed (pip install -r
-# examples/requirements.txt, in a virtual environment):
+# examples/requirements.txt, in a virtual environment), from the repository
+# root (where the server keeps its secret: the keys must be minted with it):
 #   python examples/supabase-py.py http://localhost:8081 "$(castellan admin token --role anon)" "$(castellan admin token)"
 # By default (as GoTrue) a sign-up must confirm its email before signing in;
 # here the third argument, the service_role key, confirms it through the

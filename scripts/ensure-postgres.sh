@@ -55,7 +55,7 @@ url() { echo "postgres://postgres@127.0.0.1:$1/postgres"; }
 ours() {
   local d
   d=$(PGCONNECT_TIMEOUT=5 "$bin/psql" -Xw "$(url "$1")" -Atqc 'show data_directory' 2>/dev/null) || return 1
-  [ "$(realpath -m -- "$d")" = "$data" ]
+  [ "$(realpath -m -- "$d")" = "$(realpath -m -- "$data")" ]
 }
 # Nothing listens on 127.0.0.1:$1.
 free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }

@@ -210,7 +210,7 @@ fn logging(cli: &Cli) -> Option<tracing_appender::non_blocking::WorkerGuard> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(Command::Config(cmd)) = &cli.command {
-        return config_command(cmd);
+        return config_command(cmd).await;
     }
     if let Some(Command::Keys(KeysCommand::Generate { alg })) = &cli.command {
         println!("{}", castellan_core::crypto::jwk::generate(alg.kind()));
@@ -234,7 +234,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Limits(cmd) => limits(config, cmd).await,
         Command::Config(_) => unreachable!("answered before the configuration is read"),
         Command::Worker => {
-            castellan::preflight::refusal(&config, castellan::preflight::Role::Worker)?;
+            castellan::preflight::refusal(&config, castellan::preflight::Role::Worker).await?;
             let store = castellan::server::open_store(&config, 4, true).await?;
             castellan_jobs::queue::setup(&store)
                 .await
@@ -473,7 +473,7 @@ async fn shutdown_signal() {
 
 /// `castellan config example|check`: the list of settings is the one the
 /// configuration is read with, so it never drifts from it.
-fn config_command(cmd: &ConfigCommand) -> anyhow::Result<()> {
+async fn config_command(cmd: &ConfigCommand) -> anyhow::Result<()> {
     let env: std::collections::HashMap<String, String> = match cmd {
         ConfigCommand::Example => Default::default(),
         ConfigCommand::Check => std::env::vars().collect(),
@@ -507,7 +507,7 @@ fn config_command(cmd: &ConfigCommand) -> anyhow::Result<()> {
     if matches!(cmd, ConfigCommand::Check) {
         // What `serve` would refuse, then what it would warn about.
         let config = parsed?;
-        castellan::preflight::refusal(&config, castellan::preflight::Role::Serve)?;
+        castellan::preflight::refusal(&config, castellan::preflight::Role::Serve).await?;
         for warning in castellan::preflight::warnings(&config, &env, &settings) {
             eprintln!("castellan: warning: {warning}");
         }

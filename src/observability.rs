@@ -197,23 +197,44 @@ pub fn zero_series(config: &castellan_core::Config) {
 }
 
 /// The queues' backlogs, counted in the database when scraped (at most once
-/// a second, whoever scrapes): every process reports the same number.
+/// a second whoever scrapes, one count at a time): every process reports
+/// the same number. A scrape waits half a second for it at most; a slow or
+/// absent database leaves the last sample, and `/ready` says why.
 async fn sample_queues(store: &Store) {
+    use std::sync::atomic::{AtomicBool, Ordering};
     static LAST: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+    static SAMPLING: AtomicBool = AtomicBool::new(false);
+    /// Frees the one sampling slot however the count ends.
+    struct Done;
+    impl Drop for Done {
+        fn drop(&mut self) {
+            SAMPLING.store(false, Ordering::Release);
+        }
+    }
     {
         let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
         if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
             return;
         }
+        if SAMPLING.swap(true, Ordering::AcqRel) {
+            return;
+        }
         *last = Some(std::time::Instant::now());
     }
-    for queue in castellan_jobs::queue::Queue::ALL {
-        // A database that is down leaves the last sample; `/ready` says why.
-        if let Ok(pending) = castellan_jobs::queue::pending(store, queue).await {
-            metrics::gauge!("castellan_queue_pending", "queue" => queue.label())
-                .set(pending as f64);
-        }
-    }
+    let store = store.clone();
+    let count = tokio::spawn(async move {
+        let _done = Done;
+        let counted = async {
+            for queue in castellan_jobs::queue::Queue::ALL {
+                let pending = castellan_jobs::queue::pending(&store, queue).await?;
+                metrics::gauge!("castellan_queue_pending", "queue" => queue.label())
+                    .set(pending as f64);
+            }
+            Ok::<_, castellan_core::store::DbError>(())
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), counted).await;
+    });
+    let _ = tokio::time::timeout(Duration::from_millis(500), count).await;
 }
 
 /// What `/metrics` reads: the recorder, and the store whose pool it samples.

@@ -19,21 +19,47 @@ pub enum Role {
 }
 
 /// Why this configuration cannot run `role`, as one sentence naming the
-/// variable; nothing is opened, bound or written.
-pub fn refusal(config: &Config, role: Role) -> anyhow::Result<()> {
+/// variable; nothing is created, migrated or written.
+pub async fn refusal(config: &Config, role: Role) -> anyhow::Result<()> {
     if role == Role::Serve {
-        listen_addr(config)?;
+        local("GOTRUE_API_HOST", listen_addr(config)?)?;
     }
     if let Some(at) = &config.metrics_addr {
-        metrics_addr(at)?;
+        local("CASTELLAN_METRICS_ADDR", metrics_addr(at)?)?;
     }
     if let DatabaseUrl::Sqlite(path) = &config.database_url
-        && let Some(missing) = castellan_core::store::sqlite_dir_missing(path)
+        && let Some(why) = castellan_core::store::sqlite_unusable(path)
     {
-        anyhow::bail!(missing);
+        anyhow::bail!(why);
     }
     secret_source(config)?;
+    // The keys and methods, checked with any secret: its source is above.
+    let secret = config.jwt.secret.as_deref().unwrap_or(CHECK_SECRET);
+    castellan_core::crypto::jwt::JwtKeys::new(&config.jwt, secret)
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    if role == Role::Serve {
+        // Messages are rendered where they are queued: by the API.
+        castellan_jobs::templates::Templates::load(&config.mailer)
+            .await
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    }
     Ok(())
+}
+
+/// Stands in for a secret not generated yet, to check the key settings.
+const CHECK_SECRET: &str = "a-secret-that-only-checks-the-key-settings";
+
+/// `addr`'s address is one of this machine's (bound on a free port, at
+/// once let go).
+fn local(var: &str, addr: SocketAddr) -> anyhow::Result<()> {
+    match std::net::TcpListener::bind(SocketAddr::new(addr.ip(), 0)) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => anyhow::bail!(
+            "invalid configuration: {var}: {} is not an address of this machine",
+            addr.ip()
+        ),
+        Err(e) => anyhow::bail!("invalid configuration: {var}: cannot listen on {addr}: {e}"),
+    }
 }
 
 /// What starts but deserves a word: a short secret, variables nobody reads,
@@ -78,7 +104,11 @@ pub fn metrics_addr(at: &str) -> anyhow::Result<SocketAddr> {
 }
 
 fn socket_addr(var: &str, host: &str, port: u16) -> anyhow::Result<SocketAddr> {
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    // An IPv6 literal may come bracketed, as in a URL: a matched pair only.
+    let bare = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(inner) if inner.parse::<std::net::Ipv6Addr>().is_ok() => inner,
+        _ => host,
+    };
     let cannot = |why: String| {
         anyhow::anyhow!("invalid configuration: {var}: cannot listen on {host}:{port}: {why}")
     };
@@ -153,21 +183,27 @@ mod tests {
             metrics_addr("127.0.0.1:9102").unwrap(),
             "127.0.0.1:9102".parse().unwrap()
         );
-        for bad in ["9102", "127.0.0.1:http", "127.0.0.1:70000"] {
+        for bad in [
+            "9102",
+            "127.0.0.1:http",
+            "127.0.0.1:70000",
+            "[127.0.0.1]:9102",
+            "[::1:9102",
+        ] {
             let e = metrics_addr(bad).unwrap_err().to_string();
             assert!(e.contains("CASTELLAN_METRICS_ADDR"), "{bad}: {e}");
         }
     }
 
-    #[test]
-    fn postgres_needs_a_secret_and_sqlite_keeps_one_beside_it() {
+    #[tokio::test]
+    async fn postgres_needs_a_secret_and_sqlite_keeps_one_beside_it() {
         let pg = config(&[("DATABASE_URL", "postgres://u@h/db")]);
-        let e = refusal(&pg, Role::Worker).unwrap_err().to_string();
+        let e = refusal(&pg, Role::Worker).await.unwrap_err().to_string();
         assert!(e.contains("GOTRUE_JWT_SECRET"), "{e}");
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("a.db").to_string_lossy().into_owned();
         let lite = config(&[("DATABASE_URL", db.as_str())]);
-        assert!(refusal(&lite, Role::Serve).is_ok());
+        assert!(refusal(&lite, Role::Serve).await.is_ok());
         assert!(secret_shown(&lite).unwrap().contains("serve generates one"));
         std::fs::write(format!("{db}.jwt-secret"), "x").unwrap();
         assert!(secret_shown(&lite).unwrap().contains("generated earlier"));

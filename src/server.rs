@@ -78,12 +78,26 @@ impl MetricsServer {
         config: &Config,
         scrape: observability::Scrape,
     ) -> anyhow::Result<Option<MetricsServer>> {
+        match Self::bind(config).await? {
+            Some(l) => Self::serve(l, config, scrape).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The address `/metrics` will be served on, bound.
+    pub async fn bind(config: &Config) -> anyhow::Result<Option<tokio::net::TcpListener>> {
         let Some(at) = &config.metrics_addr else {
             return Ok(None);
         };
-        let l = tokio::net::TcpListener::bind(at).await.with_context(|| {
-            format!("invalid configuration: CASTELLAN_METRICS_ADDR: cannot listen on {at}")
-        })?;
+        let addr = crate::preflight::metrics_addr(at)?;
+        bind("CASTELLAN_METRICS_ADDR", addr).await.map(Some)
+    }
+
+    pub fn serve(
+        l: tokio::net::TcpListener,
+        config: &Config,
+        scrape: observability::Scrape,
+    ) -> anyhow::Result<MetricsServer> {
         let addr = l.local_addr()?;
         let app = observability::metrics_router(scrape);
         let (stop, rx) = oneshot::channel::<()>();
@@ -94,13 +108,29 @@ impl MetricsServer {
         let limits = config.listen.clone();
         let proxies = config.trusted_proxies.clone();
         let task = tokio::spawn(crate::listener::serve(l, app, limits, proxies, stopped));
-        Ok(Some(MetricsServer { addr, stop, task }))
+        Ok(MetricsServer { addr, stop, task })
     }
 
     pub async fn stop(self) {
         let _ = self.stop.send(());
         let _ = self.task.await;
     }
+}
+
+/// Binds `addr`, saying which variable names it and why it cannot be had.
+async fn bind(var: &str, addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    use std::io::ErrorKind;
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        let why = match e.kind() {
+            ErrorKind::AddrInUse => "another process is listening there".to_string(),
+            ErrorKind::PermissionDenied => {
+                "not permitted (ports below 1024 need privileges)".to_string()
+            }
+            ErrorKind::AddrNotAvailable => "the address is not one of this machine's".into(),
+            _ => e.to_string(),
+        };
+        anyhow::anyhow!("cannot listen on {addr} ({var}): {why}")
+    })
 }
 
 /// The job workers running beside the API (unless `--no-workers`).
@@ -296,12 +326,11 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
 pub async fn start_with(config: Config, workers: bool) -> anyhow::Result<Server> {
     let metrics = observability::recorder();
     observability::zero_series(&config);
-    crate::preflight::refusal(&config, crate::preflight::Role::Serve)?;
-    // The port first: a taken one is said before anything else is done.
+    crate::preflight::refusal(&config, crate::preflight::Role::Serve).await?;
+    // The ports first: a taken one is said before anything else is done.
     let addr = crate::preflight::listen_addr(&config)?;
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
-        format!("cannot listen on {addr} (GOTRUE_API_HOST/PORT): is another server using the port?")
-    })?;
+    let listener = bind("GOTRUE_API_HOST/PORT", addr).await?;
+    let metrics_listener = MetricsServer::bind(&config).await?;
     let secret = resolve_secret(&config)?;
     let store = open_store(&config, 16, true).await?;
     castellan_jobs::queue::setup(&store)
@@ -312,7 +341,7 @@ pub async fn start_with(config: Config, workers: bool) -> anyhow::Result<Server>
     let ctx = Ctx::load(config, store, &secret)
         .await
         .map_err(anyhow::Error::msg)
-        .context("loading the email templates")?;
+        .context("preparing the services")?;
     // The signing keys kept in the database, installed before the first
     // request and followed from then on.
     let (keys_tx, keys_rx) = oneshot::channel::<()>();
@@ -350,7 +379,9 @@ pub async fn start_with(config: Config, workers: bool) -> anyhow::Result<Server>
         },
     ));
     let shutdown = vec![tx, keys_tx];
-    let metrics_server = MetricsServer::start(&state.config, state.metrics.clone()).await?;
+    let metrics_server = metrics_listener
+        .map(|l| MetricsServer::serve(l, &state.config, state.metrics.clone()))
+        .transpose()?;
     tracing::info!(%addr, "castellan listening");
     Ok(Server {
         addr,

@@ -479,11 +479,7 @@ macro_rules! whole {
     ($($t:ty),*) => {$(
         impl Whole for $t {
             fn range() -> String {
-                match (<$t>::MIN as i128, <$t>::MAX as i128) {
-                    (0, max) if max >= u32::MAX as i128 => "of 0 or more".into(),
-                    (min, max) if max >= u32::MAX as i128 => format!("of {min} or more"),
-                    (min, max) => format!("from {min} to {max}"),
-                }
+                format!("from {} to {}", <$t>::MIN, <$t>::MAX)
             }
         }
     )*};
@@ -1434,7 +1430,7 @@ mod tests {
         let e = cfg(&[("GOTRUE_JWT_EXP", "-5")]).unwrap_err();
         assert_eq!(
             e.msg,
-            "-5 is out of range: it must be a whole number of 0 or more"
+            "-5 is out of range: it must be a whole number from 0 to 18446744073709551615"
         );
         let e = cfg(&[("GOTRUE_MAILER_AUTOCONFIRM", "yes")]).unwrap_err();
         assert_eq!(e.var, "GOTRUE_MAILER_AUTOCONFIRM");

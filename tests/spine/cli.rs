@@ -564,6 +564,32 @@ fn config_check_refuses_what_serve_refuses() {
             vec!["CASTELLAN_METRICS_ADDR", "HOST:PORT"],
         ),
         (
+            vec![("CASTELLAN_METRICS_ADDR", "[127.0.0.1]:9102")],
+            vec!["CASTELLAN_METRICS_ADDR", "[127.0.0.1]"],
+        ),
+        (
+            vec![("GOTRUE_API_HOST", "192.0.2.1")],
+            vec![
+                "GOTRUE_API_HOST",
+                "192.0.2.1 is not an address of this machine",
+            ],
+        ),
+        (
+            vec![("DATABASE_URL", ".")],
+            vec!["DATABASE_URL", "it is not a file"],
+        ),
+        (
+            vec![("GOTRUE_JWT_VALID_METHODS", "FOO")],
+            vec!["GOTRUE_JWT_VALID_METHODS", "FOO"],
+        ),
+        (
+            vec![(
+                "GOTRUE_MAILER_TEMPLATES_CONFIRMATION",
+                "/nonexistent/t.html",
+            )],
+            vec!["/nonexistent/t.html"],
+        ),
+        (
             vec![("DATABASE_URL", "postgres://u@127.0.0.1:1/x")],
             vec![
                 "GOTRUE_JWT_SECRET",

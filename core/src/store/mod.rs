@@ -29,7 +29,7 @@ macro_rules! token_cols {
 }
 
 pub use opening::explain as explain_open_error;
-pub use opening::sqlite_dir_missing;
+pub use opening::{sqlite_dir_missing, sqlite_unusable};
 
 mod admin;
 mod changes;

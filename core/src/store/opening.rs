@@ -81,6 +81,34 @@ pub fn sqlite_dir_missing(path: &str) -> Option<String> {
     })
 }
 
+/// Why a SQLite database cannot be used at `path` before anything is
+/// opened: its directory missing or not writable (SQLite writes its journal
+/// and the generated secret there), or the path naming something that is
+/// not a writable file.
+pub fn sqlite_unusable(path: &str) -> Option<String> {
+    if let Some(missing) = sqlite_dir_missing(path) {
+        return Some(missing);
+    }
+    let writable = |p: &Path| rustix::fs::access(p, rustix::fs::Access::WRITE_OK).is_ok();
+    let dir = sqlite_dir(path);
+    if !writable(dir) {
+        return Some(format!(
+            "cannot use the SQLite database {path} (DATABASE_URL): this user may not write in {}; give it the directory or choose another path",
+            dir.display()
+        ));
+    }
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_file() => Some(format!(
+            "cannot use the SQLite database {path} (DATABASE_URL): it is not a file; name the database file, e.g. {}/castellan.db",
+            path.trim_end_matches('/')
+        )),
+        Ok(_) if !writable(Path::new(path)) => Some(format!(
+            "cannot use the SQLite database {path} (DATABASE_URL): this user may not write it; check its owner and mode"
+        )),
+        _ => None,
+    }
+}
+
 fn explain_sqlite(path: &str, e: &sqlx::Error) -> String {
     if let Some(missing) = sqlite_dir_missing(path) {
         return missing;
