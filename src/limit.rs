@@ -22,6 +22,9 @@ pub enum Pick {
     /// `/signup`: anonymous sign-ins (no email and no phone) count against
     /// their own bucket, every other sign-up against the sign-up bucket.
     SignUp,
+    /// `/token`: Web3 sign-ins against their own bucket (GoTrue's
+    /// `GOTRUE_RATE_LIMIT_WEB3`), every other grant against token refresh.
+    Token,
 }
 
 /// Whether a route asks for a CAPTCHA when CAPTCHA protection is on
@@ -132,13 +135,13 @@ async fn guard(st: &AppState, row: &RouteLimit, req: Request) -> Result<Request,
         true => Some(buffered(body).await?),
         false => {
             let client = ClientKey::from_request_parts(&mut parts, st).await?;
-            take_token(st, row.pick, None, &client).await?;
+            take_token(st, row.pick, None, &parts, &client).await?;
             return Ok(Request::from_parts(parts, body));
         }
     };
     let bytes = body.unwrap_or_default();
     let client = ClientKey::from_request_parts(&mut parts, st).await?;
-    take_token(st, row.pick, Some(&bytes), &client).await?;
+    take_token(st, row.pick, Some(&bytes), &parts, &client).await?;
     if let Some(captcha) = captcha {
         check_captcha(st, captcha, row.captcha, &parts, &bytes, &client).await?;
     }
@@ -150,11 +153,14 @@ async fn take_token(
     st: &AppState,
     pick: Pick,
     body: Option<&[u8]>,
+    parts: &axum::http::request::Parts,
     client: &ClientKey,
 ) -> Result<(), HttpError> {
     let bucket = match pick {
         Pick::Fixed(b) => b,
         Pick::SignUp => signup_bucket(body.unwrap_or_default()),
+        Pick::Token if grant(parts.uri.query()).as_deref() == Some("web3") => Bucket::Web3,
+        Pick::Token => Bucket::TokenRefresh,
     };
     // One bucket per client: an IPv6 host's whole /64 (it may pick any
     // address in it), as its connections are counted.
@@ -208,12 +214,23 @@ async fn check_captcha(
         .map_err(HttpError)
 }
 
+/// A `/token` request's `grant_type` (from the query string, as GoTrue
+/// reads it).
+fn grant(query: Option<&str>) -> Option<String> {
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(query.unwrap_or_default()).unwrap_or_default();
+    pairs
+        .into_iter()
+        .find(|(k, _)| k == "grant_type")
+        .map(|(_, v)| v)
+}
+
 /// A `/token` grant that needs no CAPTCHA: it carries proof already.
 fn proven_grant(query: &str) -> bool {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).unwrap_or_default();
-    pairs.iter().any(|(k, v)| {
-        k == "grant_type" && matches!(v.as_str(), "pkce" | "refresh_token" | "id_token")
-    })
+    matches!(
+        grant(Some(query)).as_deref(),
+        Some("pkce" | "refresh_token" | "id_token")
+    )
 }
 
 #[cfg(test)]

@@ -390,20 +390,25 @@ async fn readme_examples_run() {
 }
 
 /// auth-js drives a CAPTCHA-protected sign-up and sign-in through a
-/// stand-in provider, and meets a leaked password refused (issue 32).
+/// stand-in provider, meets a leaked password refused, and signs wallets
+/// in with Solana and Ethereum (issue 32).
 async fn bots(backend: Backend) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e");
     let captcha = security_apis::FakeCaptcha::start().await;
     let pwned = security_apis::FakePwned::start(&["Tr0ub4dor&3"]).await;
+    let wallets = security_apis::Wallets::new().serve().await;
     let t = common::spawn(backend, |c| {
         captcha.configure(c, "hcaptcha");
         pwned.configure(c, false);
         c.mailer_autoconfirm = true;
+        c.site_url = "http://localhost:3000".into();
+        c.external.web3_solana = Some(std::time::Duration::from_secs(600));
+        c.external.web3_ethereum = Some(std::time::Duration::from_secs(600));
     })
     .await;
     let issue = captcha.url.replace("/siteverify", "/_issue");
     let out = tokio::process::Command::new("node")
-        .args(["bots.mjs", &t.base, &issue, "Tr0ub4dor&3"])
+        .args(["bots.mjs", &t.base, &issue, "Tr0ub4dor&3", &wallets.base])
         .current_dir(&dir)
         .output()
         .await

@@ -186,6 +186,10 @@ pub struct ExternalConfig {
     pub redirect_url: Option<String>,
     /// `GOTRUE_SECURITY_MANUAL_LINKING_ENABLED`.
     pub manual_linking_enabled: bool,
+    /// Web3 sign-in: each chain's longest validity of a signed message
+    /// around its `Issued At`, when that chain is enabled.
+    pub web3_solana: Option<Duration>,
+    pub web3_ethereum: Option<Duration>,
 }
 
 impl ExternalConfig {
@@ -215,7 +219,20 @@ fn external(v: &Vars, api_external_url: &str) -> Result<ExternalConfig, ConfigEr
         providers,
         redirect_url: v.opt_string(&["GOTRUE_EXTERNAL_REDIRECT_URL"]),
         manual_linking_enabled: v.bool(&["GOTRUE_SECURITY_MANUAL_LINKING_ENABLED"], false)?,
+        web3_solana: web3_chain(v, "SOLANA")?,
+        web3_ethereum: web3_chain(v, "ETHEREUM")?,
     })
+}
+
+/// `GOTRUE_EXTERNAL_WEB3_<CHAIN>_ENABLED` and `_MAXIMUM_VALIDITY_DURATION`.
+fn web3_chain(v: &Vars, chain: &str) -> Result<Option<Duration>, ConfigError> {
+    let var = |k: &str| format!("GOTRUE_EXTERNAL_WEB3_{chain}_{k}");
+    let enabled = v.bool(&[var("ENABLED").as_str()], false)?;
+    let validity = v.duration(
+        &[var("MAXIMUM_VALIDITY_DURATION").as_str()],
+        Duration::from_secs(600),
+    )?;
+    Ok(enabled.then_some(validity))
 }
 
 /// SMS (and WhatsApp) codes: the provider and what it needs
@@ -992,6 +1009,7 @@ fn rate_limits(v: &Vars, otp: RateLimit) -> Result<RateLimits, ConfigError> {
         email_sent: send_budget(v, &limits::EMAIL_SENT)?,
         sms_sent: send_budget(v, &limits::SMS_SENT)?,
         token_refresh: rate(v, &limits::TOKEN_REFRESH)?,
+        web3: rate(v, &limits::WEB3)?,
         sign_ups: otp,
         anonymous_users: rate(v, &limits::ANONYMOUS_USERS)?,
         verify: rate(v, &limits::VERIFY)?,

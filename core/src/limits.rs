@@ -147,9 +147,20 @@ pub const MFA_LOCKOUT: Limit = Limit {
     guards: "how long a locked factor stays locked",
 };
 
+pub const WEB3: Limit = Limit {
+    variable: "GOTRUE_RATE_LIMIT_WEB3",
+    counts: Counts::PerClient {
+        events: 30,
+        window: FIVE_MINUTES,
+        burst: Some(30),
+    },
+    runtime: Some("web3"),
+    guards: "POST /token?grant_type=web3",
+};
 /// Every declared limit.
-pub const ALL: [&Limit; 12] = [
+pub const ALL: [&Limit; 13] = [
     &TOKEN_REFRESH,
+    &WEB3,
     &OTP,
     &ANONYMOUS_USERS,
     &VERIFY,
@@ -181,10 +192,13 @@ pub enum Bucket {
     /// `/authorize`, `/callback` and `/user/identities/authorize`
     /// (castellan's own: each stores a flow state or calls a provider).
     Authorize,
+    /// `/token?grant_type=web3`.
+    Web3,
 }
 
 impl Bucket {
-    pub const ALL: [Bucket; 12] = [
+    /// In the enum's order: a bucket's index here is its discriminant.
+    pub const ALL: [Bucket; 13] = [
         Bucket::TokenRefresh,
         Bucket::SignUps,
         Bucket::AnonymousUsers,
@@ -197,12 +211,14 @@ impl Bucket {
         Bucket::MfaChallenge,
         Bucket::MfaVerify,
         Bucket::Authorize,
+        Bucket::Web3,
     ];
 
     /// The limit that sizes this bucket.
     pub fn limit(self) -> &'static Limit {
         match self {
             Bucket::TokenRefresh => &TOKEN_REFRESH,
+            Bucket::Web3 => &WEB3,
             Bucket::AnonymousUsers => &ANONYMOUS_USERS,
             Bucket::Verify => &VERIFY,
             Bucket::MfaChallenge | Bucket::MfaVerify => &MFA,
@@ -231,6 +247,7 @@ impl Bucket {
             Bucket::MfaChallenge => "mfa_challenge",
             Bucket::MfaVerify => "mfa_verify",
             Bucket::Authorize => "authorize",
+            Bucket::Web3 => "web3",
         }
     }
 
@@ -307,6 +324,7 @@ pub struct Lockout {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RateLimits {
     pub token_refresh: RateLimit,
+    pub web3: RateLimit,
     /// Sized by the OTP limit, as in GoTrue (it has no variable of its own).
     pub sign_ups: RateLimit,
     pub anonymous_users: RateLimit,
@@ -332,6 +350,7 @@ impl RateLimits {
     fn per_client(&self, limit: &Limit) -> Option<&RateLimit> {
         Some(match limit.variable {
             v if v == TOKEN_REFRESH.variable => &self.token_refresh,
+            v if v == WEB3.variable => &self.web3,
             v if v == OTP.variable => &self.otp,
             v if v == ANONYMOUS_USERS.variable => &self.anonymous_users,
             v if v == VERIFY.variable => &self.verify,
@@ -369,6 +388,7 @@ impl RateLimits {
         let set = |l: &mut RateLimit| *l = RateLimit::declared(events, limit);
         match limit.variable {
             v if v == TOKEN_REFRESH.variable => set(&mut out.token_refresh),
+            v if v == WEB3.variable => set(&mut out.web3),
             v if v == VERIFY.variable => set(&mut out.verify),
             // GoTrue's OTP limit also sizes the sign-up buckets.
             v if v == OTP.variable => {
@@ -390,6 +410,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_buckets_index_is_its_discriminant() {
+        for (i, b) in Bucket::ALL.iter().enumerate() {
+            assert_eq!(*b as usize, i, "{b:?}");
+        }
+    }
+
+    #[test]
     fn every_bucket_is_sized_by_a_per_client_limit() {
         for b in Bucket::ALL {
             assert!(
@@ -406,6 +433,7 @@ mod tests {
             names,
             [
                 "token_refresh",
+                "web3",
                 "otp",
                 "anonymous_users",
                 "verify",

@@ -114,24 +114,24 @@ pub enum CallbackError {
 
 /// Whose identity a sign-in settles: the provider, the audience, and
 /// the signed-in user it joins when linking.
-struct Whose<'a> {
-    provider: &'a str,
-    aud: &'a str,
-    linking_target: Option<Uuid>,
+pub(crate) struct Whose<'a> {
+    pub(crate) provider: &'a str,
+    pub(crate) aud: &'a str,
+    pub(crate) linking_target: Option<Uuid>,
     /// An invitation the sign-in accepts.
-    invite: Option<&'a str>,
-    email_optional: bool,
+    pub(crate) invite: Option<&'a str>,
+    pub(crate) email_optional: bool,
 }
 
 /// An unverified provider email: the user must confirm it by mail first.
-struct Unverified {
+pub(crate) struct Unverified {
     user: User,
     provider: String,
     email: Option<String>,
 }
 
 impl Unverified {
-    async fn answer(self, external: &External) -> ApiError {
+    pub(crate) async fn answer(self, external: &External) -> ApiError {
         external
             .needs_verification(&self.user, &self.provider, self.email)
             .await
@@ -150,9 +150,9 @@ enum Decision {
 
 #[derive(Clone)]
 pub struct External {
-    ctx: Arc<Ctx>,
+    pub(crate) ctx: Arc<Ctx>,
     broker: ProviderBroker,
-    sessions: Sessions,
+    pub(crate) sessions: Sessions,
     otp: OtpIssuer,
 }
 
@@ -449,7 +449,7 @@ impl External {
     /// `settle` in a transaction of its own, tried once more when it lost a
     /// race (two first sign-ins of one identity or one address at once):
     /// the second attempt sees the winner's user and signs in to it.
-    async fn settle_once_more(
+    pub(crate) async fn settle_once_more(
         &self,
         who: &Whose<'_>,
         ext: &ExternalUser,

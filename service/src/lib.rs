@@ -21,7 +21,7 @@
 //! - [`accounts`]: sign-up, password sign-in, user updates.
 //! - [`links`]: what `/recover`, `/otp` and `/resend` send.
 //! - [`factors`]: MFA factors.
-//! - [`providers`] and [`external`]: external sign-in.
+//! - [`providers`] and [`external`]: external sign-in; [`web3`]: wallets.
 //! - [`admin`], [`limit_settings`], [`signing_keys`]: the operator's.
 //! - [`captcha`] and [`pwned`]: the CAPTCHA and leaked-password checks,
 //!   each a call to an outside API.
@@ -47,6 +47,7 @@ pub mod refresh;
 pub mod sessions;
 pub mod signing_keys;
 mod sms_out;
+pub mod web3;
 
 pub use actors::supervisor::{Actors, start};
 pub use context::Ctx;

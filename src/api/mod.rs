@@ -40,12 +40,7 @@ use castellan_service::sessions::TokenGrant;
 pub const RATE_LIMITS: &[RouteLimit] = &[
     // Anonymous sign-ins (neither email nor phone) have a bucket of their own.
     RouteLimit::with_captcha("/signup", Method::POST, Pick::SignUp, Captcha::Yes),
-    RouteLimit::with_captcha(
-        "/token",
-        Method::POST,
-        Pick::Fixed(Bucket::TokenRefresh),
-        Captcha::Grants,
-    ),
+    RouteLimit::with_captcha("/token", Method::POST, Pick::Token, Captcha::Grants),
     RouteLimit::new("/verify", Method::GET, Pick::Fixed(Bucket::Verify)),
     RouteLimit::new("/verify", Method::POST, Pick::Fixed(Bucket::Verify)),
     RouteLimit::with_captcha("/otp", Method::POST, Pick::Fixed(Bucket::Otp), Captcha::Yes),

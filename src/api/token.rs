@@ -15,7 +15,7 @@ use crate::server::AppState;
 
 #[derive(Deserialize, IntoParams)]
 pub struct GrantQuery {
-    /// `password`, `refresh_token`, `pkce` or `id_token`.
+    /// `password`, `refresh_token`, `pkce`, `id_token` or `web3`.
     #[param(required = true)]
     grant_type: Option<String>,
 }
@@ -70,6 +70,7 @@ enum GrantBody {
     Pkce(PkceBody),
     Refresh(RefreshBody),
     IdToken(IdTokenBody),
+    Web3(Web3Body),
 }
 
 /// `POST /token?grant_type=…`. The grant type comes from the query string;
@@ -91,9 +92,7 @@ pub async fn token(
 ) -> HttpResult {
     let grant = q.grant_type.unwrap_or_default();
     if grant == "web3" {
-        return Err(
-            ApiError::unprocessable("web3_provider_disabled", "Web3 provider is disabled").into(),
-        );
+        return web3_grant(&st, &body, &aud).await;
     }
     if grant == "id_token" {
         return id_token_grant(&st, &headers, &body, &aud).await;
@@ -169,6 +168,33 @@ async fn id_token_grant(st: &AppState, headers: &HeaderMap, body: &[u8], aud: &s
     };
     let _ = b.access_token;
     match st.external.id_token(g, aud).await {
+        Ok(grant) => Ok(Json(token_response(grant)).into_response()),
+        Err(IdTokenRefusal::Api(e)) => Err(e.into()),
+        Err(IdTokenRefusal::OAuth { error, description }) => Ok(oauth_refusal(error, &description)),
+    }
+}
+
+/// A wallet's signed Sign-In With Solana or Ethereum message.
+#[derive(Deserialize, Default, ToSchema)]
+#[serde(default)]
+struct Web3Body {
+    /// `solana` or `ethereum`.
+    chain: Option<String>,
+    /// The message the wallet signed, as it signed it.
+    message: Option<String>,
+    /// Solana: 64 bytes in base64; Ethereum: 65 bytes in hex with `0x`.
+    signature: Option<String>,
+}
+
+async fn web3_grant(st: &AppState, body: &[u8], aud: &str) -> HttpResult {
+    use castellan_service::external::IdTokenRefusal;
+    let b: Web3Body = parse_json(body)?;
+    let g = castellan_service::web3::Web3Grant {
+        chain: b.chain.unwrap_or_default(),
+        message: b.message.unwrap_or_default(),
+        signature: b.signature.unwrap_or_default(),
+    };
+    match st.external.web3(g, aud).await {
         Ok(grant) => Ok(Json(token_response(grant)).into_response()),
         Err(IdTokenRefusal::Api(e)) => Err(e.into()),
         Err(IdTokenRefusal::OAuth { error, description }) => Ok(oauth_refusal(error, &description)),

@@ -185,3 +185,101 @@ async fn range(State(fake): State<FakePwned>, Path(prefix): Path<String>) -> imp
     lines.sort();
     (StatusCode::OK, lines.join("\r\n"))
 }
+
+/// Two wallets, one per chain, made fresh: they sign what they are given,
+/// in each chain's format. Served over HTTP too (`GET /<chain>/address`,
+/// `POST /<chain>/sign` with the message as the body), for a client script
+/// whose wallet interface asks them.
+#[derive(Clone)]
+pub struct Wallets {
+    pub base: String,
+    solana: Arc<ed25519_dalek::SigningKey>,
+    ethereum: Arc<k256::ecdsa::SigningKey>,
+}
+
+impl Wallets {
+    pub fn new() -> Self {
+        Wallets {
+            base: String::new(),
+            solana: Arc::new(ed25519_dalek::SigningKey::from_bytes(&{
+                let mut seed = [0u8; 32];
+                rand_core_06::RngCore::fill_bytes(&mut rand_core_06::OsRng, &mut seed);
+                seed
+            })),
+            ethereum: Arc::new(k256::ecdsa::SigningKey::random(&mut rand_core_06::OsRng)),
+        }
+    }
+
+    pub async fn serve(mut self) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        self.base = format!("http://{}", listener.local_addr().unwrap());
+        let app = axum::Router::new()
+            .route("/{chain}/address", axum::routing::get(wallet_address))
+            .route("/{chain}/sign", axum::routing::post(wallet_sign))
+            .with_state(self.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        self
+    }
+
+    pub fn solana_address(&self) -> String {
+        bs58::encode(self.solana.verifying_key().as_bytes()).into_string()
+    }
+
+    pub fn ethereum_address(&self) -> String {
+        castellan_core::crypto::web3::eth_address(self.ethereum.verifying_key())
+    }
+
+    /// 64 bytes, standard base64.
+    pub fn solana_sign(&self, message: &str) -> String {
+        use base64::Engine;
+        use ed25519_dalek::Signer;
+        let sig = self.solana.sign(message.as_bytes());
+        base64::engine::general_purpose::STANDARD.encode(sig.to_bytes())
+    }
+
+    /// `personal_sign`: 65 bytes r‖s‖v (v 27 or 28), hex with `0x`.
+    pub fn ethereum_sign(&self, message: &str) -> String {
+        let hash = castellan_core::crypto::web3::personal_sign_hash(message);
+        let (sig, id) = self.ethereum.sign_prehash_recoverable(&hash).unwrap();
+        let mut bytes = sig.to_bytes().to_vec();
+        bytes.push(27 + id.to_byte());
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        format!("0x{hex}")
+    }
+}
+
+impl Wallets {
+    /// The chain's wallet address.
+    pub fn address(&self, chain: &str) -> String {
+        match chain {
+            "solana" => self.solana_address(),
+            _ => self.ethereum_address(),
+        }
+    }
+
+    /// The chain's signature of `message`, as its wallets encode it.
+    pub fn sign(&self, chain: &str, message: &str) -> String {
+        match chain {
+            "solana" => self.solana_sign(message),
+            _ => self.ethereum_sign(message),
+        }
+    }
+}
+
+impl Default for Wallets {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+async fn wallet_address(State(w): State<Wallets>, Path(chain): Path<String>) -> String {
+    w.address(&chain)
+}
+
+async fn wallet_sign(
+    State(w): State<Wallets>,
+    Path(chain): Path<String>,
+    message: String,
+) -> String {
+    w.sign(&chain, &message)
+}

@@ -1,19 +1,55 @@
-// CAPTCHA and leaked passwords through the official client:
-//   node bots.mjs <base-url> <captcha-issue-url> <leaked-password>
+// CAPTCHA, leaked passwords and Web3 sign-in through the official client:
+//   node bots.mjs <base-url> <captcha-issue-url> <leaked-password> <wallets-url>
 // The server checks CAPTCHA tokens with a stand-in provider that issues a
 // token per POST to <captcha-issue-url> (a solved challenge), and passwords
-// with a stand-in Have I Been Pwned that lists <leaked-password>.
+// with a stand-in Have I Been Pwned that lists <leaked-password>. Two
+// wallets (Solana, Ethereum) sign at <wallets-url>/<chain>/sign; auth-js
+// writes the messages and asks them through the wallet interfaces.
 import assert from 'node:assert/strict';
 import { runEverywhere } from './harness.mjs';
 import { AuthClient, isAuthApiError, isAuthWeakPasswordError } from '@supabase/auth-js';
 
-const [base, issueUrl, leaked] = process.argv.slice(2);
-if (!leaked) {
-  console.error('usage: node bots.mjs <base-url> <captcha-issue-url> <leaked-password>');
+const [base, issueUrl, leaked, wallets] = process.argv.slice(2);
+if (!wallets) {
+  console.error('usage: node bots.mjs <base-url> <captcha-issue-url> <leaked-password> <wallets-url>');
   process.exit(2);
 }
 
 const solved = async () => (await fetch(issueUrl, { method: 'POST' })).text();
+
+const walletAddress = async (chain) => (await fetch(`${wallets}/${chain}/address`)).text();
+const walletSign = async (chain, message) =>
+  (await fetch(`${wallets}/${chain}/sign`, { method: 'POST', body: message })).text();
+
+// A Solana wallet as dApps see one: a public key and signMessage.
+async function solanaWallet() {
+  const address = await walletAddress('solana');
+  return {
+    publicKey: { toBase58: () => address },
+    signMessage: async (bytes) =>
+      new Uint8Array(Buffer.from(await walletSign('solana', new TextDecoder().decode(bytes)), 'base64')),
+  };
+}
+
+// An EIP-1193 provider: accounts, chain id, personal_sign.
+async function ethereumWallet() {
+  const address = await walletAddress('ethereum');
+  return {
+    request: async ({ method, params }) => {
+      switch (method) {
+        case 'eth_requestAccounts':
+        case 'eth_accounts':
+          return [address];
+        case 'eth_chainId':
+          return '0x1';
+        case 'personal_sign':
+          return walletSign('ethereum', Buffer.from(params[0].slice(2), 'hex').toString('utf8'));
+        default:
+          throw new Error(`unexpected wallet call ${method}`);
+      }
+    },
+  };
+}
 
 async function scenarios(url, tag) {
   const auth = new AuthClient({ url, autoRefreshToken: false, persistSession: false });
@@ -45,6 +81,18 @@ async function scenarios(url, tag) {
   });
   assert.ok(isAuthWeakPasswordError(r.error), `${r.error}`);
   assert.deepEqual(r.error.reasons, ['pwned']);
+
+  // Wallets: auth-js writes the Sign-In With Solana / Ethereum message for
+  // the app's URL, the wallet signs it, castellan signs the wallet in.
+  for (const [chain, wallet] of [['solana', await solanaWallet()], ['ethereum', await ethereumWallet()]]) {
+    const options = { url: 'http://localhost:3000/', captchaToken: await solved() };
+    r = await auth.signInWithWeb3({ chain, wallet, statement: `Sign in (${tag})`, options });
+    assert.equal(r.error, null, `${chain}: ${r.error}`);
+    const identity = r.data.user.identities[0];
+    assert.equal(identity.provider, 'web3');
+    assert.ok(identity.identity_data.sub.startsWith(`web3:${chain}:`), identity.identity_data.sub);
+    assert.equal(r.data.user.app_metadata.provider, 'web3');
+  }
 }
 
 await runEverywhere(base, scenarios);

@@ -46,3 +46,4 @@ mod timing;
 mod token;
 mod twitter;
 mod user;
+mod web3;

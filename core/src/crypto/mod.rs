@@ -7,6 +7,7 @@ pub mod jwt;
 pub mod password;
 pub mod refresh;
 pub mod totp;
+pub mod web3;
 
 use rand::RngExt;
 

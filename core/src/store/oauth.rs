@@ -97,6 +97,19 @@ impl Tx {
             .fetch_optional(&mut *c).await.map(Option::flatten))
     }
 
+    /// Records a signed Web3 message (by its hash) as used until
+    /// `expires_at`; false when it was used before.
+    pub async fn spend_signed_message(
+        &mut self,
+        hash: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<bool, sqlx::Error> {
+        count();
+        on!(tx self, c => sqlx::query(
+            "INSERT INTO castellan_web3_messages (id, expires_at) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING")
+            .bind(hash).bind(expires_at).execute(&mut *c).await.map(|r| r.rows_affected() == 1))
+    }
+
     pub async fn delete_flow_state(&mut self, id: Uuid) -> Result<bool, sqlx::Error> {
         count();
         on!(tx self, c => sqlx::query("DELETE FROM flow_state WHERE id = $1")

@@ -21,11 +21,13 @@ pub struct Swept {
     pub sessions: u64,
     pub mfa_challenges: u64,
     pub mfa_factors: u64,
+    /// Used Web3 messages whose validity has ended.
+    pub web3_messages: u64,
 }
 
 impl Swept {
     /// Each kind with its count, as the metrics name them.
-    pub fn kinds(&self) -> [(&'static str, u64); 7] {
+    pub fn kinds(&self) -> [(&'static str, u64); 8] {
         [
             ("one_time_tokens", self.one_time_tokens),
             ("flow_states", self.flow_states),
@@ -34,6 +36,7 @@ impl Swept {
             ("mfa_challenges", self.mfa_challenges),
             ("mfa_factors", self.mfa_factors),
             ("oauth_client_states", self.oauth_client_states),
+            ("web3_messages", self.web3_messages),
         ]
     }
 
@@ -50,6 +53,7 @@ impl Swept {
         self.sessions += other.sessions;
         self.mfa_challenges += other.mfa_challenges;
         self.mfa_factors += other.mfa_factors;
+        self.web3_messages += other.web3_messages;
     }
 }
 
@@ -125,6 +129,13 @@ impl Store {
                 "oauth_client_states",
                 "created_at < $1",
                 now - day,
+                batch
+            ),
+            web3_messages: batch_delete!(
+                self,
+                "castellan_web3_messages",
+                "expires_at < $1",
+                now,
                 batch
             ),
         })

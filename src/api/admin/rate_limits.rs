@@ -15,8 +15,8 @@ use crate::extract::{AdminAuth, JsonBody};
 use crate::server::AppState;
 
 /// Each limit by GoTrue's variable name without `GOTRUE_RATE_LIMIT_`, and
-/// the number it allows per its window (`token_refresh`, `verify`, `otp`:
-/// per 5 minutes; `anonymous_users`: per hour; `email_sent` and `sms_sent`:
+/// the number it allows per its window (`token_refresh`, `web3`, `verify`,
+/// `otp`: per 5 minutes; `anonymous_users`: per hour; `email_sent` and `sms_sent`:
 /// per the window of `GOTRUE_RATE_LIMIT_EMAIL_SENT` or `_SMS_SENT`, an hour
 /// unless it says otherwise).
 #[derive(utoipa::ToSchema)]
@@ -26,6 +26,7 @@ pub struct RateLimitsView {
     email_sent: u32,
     sms_sent: u32,
     token_refresh: u32,
+    web3: u32,
     verify: u32,
     otp: u32,
     anonymous_users: u32,
