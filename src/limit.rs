@@ -129,19 +129,20 @@ pub async fn limit(State(st): State<AppState>, req: Request, next: Next) -> Resp
 /// the refusal.
 async fn guard(st: &AppState, row: &RouteLimit, req: Request) -> Result<Request, HttpError> {
     let (mut parts, body) = req.into_parts();
-    let captcha = st.captcha.as_ref().filter(|_| row.captcha != Captcha::No);
-    let needs_body = row.pick == Pick::SignUp || captcha.is_some();
-    let body = match needs_body {
-        true => Some(buffered(body).await?),
-        false => {
-            let client = ClientKey::from_request_parts(&mut parts, st).await?;
-            take_token(st, row.pick, None, &parts, &client).await?;
-            return Ok(Request::from_parts(parts, body));
-        }
-    };
-    let bytes = body.unwrap_or_default();
     let client = ClientKey::from_request_parts(&mut parts, st).await?;
-    take_token(st, row.pick, Some(&bytes), &parts, &client).await?;
+    let captcha = st.captcha.as_ref().filter(|_| row.captcha != Captcha::No);
+    // The token is taken before a body is read, unless the bucket depends
+    // on the body: a refused client costs no read.
+    if row.pick != Pick::SignUp {
+        take_token(st, row.pick, None, &parts, &client).await?;
+    }
+    if row.pick != Pick::SignUp && captcha.is_none() {
+        return Ok(Request::from_parts(parts, body));
+    }
+    let bytes = buffered(body).await?;
+    if row.pick == Pick::SignUp {
+        take_token(st, row.pick, Some(&bytes), &parts, &client).await?;
+    }
     if let Some(captcha) = captcha {
         check_captcha(st, captcha, row.captcha, &parts, &bytes, &client).await?;
     }

@@ -224,14 +224,21 @@ fn external(v: &Vars, api_external_url: &str) -> Result<ExternalConfig, ConfigEr
     })
 }
 
+const WEB3_VALIDITY_CAP: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// `GOTRUE_EXTERNAL_WEB3_<CHAIN>_ENABLED` and `_MAXIMUM_VALIDITY_DURATION`.
 fn web3_chain(v: &Vars, chain: &str) -> Result<Option<Duration>, ConfigError> {
     let var = |k: &str| format!("GOTRUE_EXTERNAL_WEB3_{chain}_{k}");
     let enabled = v.bool(&[var("ENABLED").as_str()], false)?;
-    let validity = v.duration(
-        &[var("MAXIMUM_VALIDITY_DURATION").as_str()],
-        Duration::from_secs(600),
-    )?;
+    let name = var("MAXIMUM_VALIDITY_DURATION");
+    let validity = v.duration(&[name.as_str()], Duration::from_secs(600))?;
+    // A used message is kept as long as it could be accepted: bounded.
+    if validity > WEB3_VALIDITY_CAP {
+        return Err(ConfigError {
+            var: name,
+            msg: "a signed message may be valid for 7 days at most (GoTrue's default: 10m)".into(),
+        });
+    }
     Ok(enabled.then_some(validity))
 }
 
@@ -1436,6 +1443,15 @@ mod tests {
     fn bad_values_name_the_variable() {
         let e = cfg(&[("GOTRUE_JWT_EXP", "soon")]).unwrap_err();
         assert_eq!(e.var, "GOTRUE_JWT_EXP");
+        let e = cfg(&[(
+            "GOTRUE_EXTERNAL_WEB3_SOLANA_MAXIMUM_VALIDITY_DURATION",
+            "200h",
+        )])
+        .unwrap_err();
+        assert_eq!(
+            e.var,
+            "GOTRUE_EXTERNAL_WEB3_SOLANA_MAXIMUM_VALIDITY_DURATION"
+        );
         // A number out of range says the range, not "not a whole number".
         let e = cfg(&[("PORT", "70000")]).unwrap_err();
         assert_eq!(

@@ -35,6 +35,9 @@ pub struct SignupRequest {
     /// Where the confirmation link leads (already validated).
     pub redirect_to: String,
     pub aud: String,
+    /// The password is the server's own (a sign-up by `/otp`): no outside
+    /// lookup for it, as GoTrue checks only what a user chose.
+    pub generated_password: bool,
 }
 
 #[derive(Debug)]
@@ -976,7 +979,10 @@ async fn check_signup<'r>(
     let Some(password) = non_empty(&req.password) else {
         return Err(ApiError::validation("Signup requires a valid password"));
     };
-    crate::pwned::require_strong(ctx, password).await?;
+    match req.generated_password {
+        true => validate::require_strong_password(&cfg.password, password)?,
+        false => crate::pwned::require_strong(ctx, password).await?,
+    }
     if email.is_some() && phone.is_some() {
         return Err(ApiError::validation(
             "Only an email address or phone number should be provided on signup.",

@@ -188,6 +188,7 @@ impl Links {
                 let signup = SignupRequest {
                     email: Some(email.to_string()),
                     password: Some(validate::random_password(&cfg.password)),
+                    generated_password: true,
                     data: req.data.clone(),
                     pkce: req.pkce.clone(),
                     redirect_to: req.redirect_to.clone(),
@@ -239,6 +240,7 @@ impl Links {
                 let signup = SignupRequest {
                     phone: Some(phone),
                     password: Some(validate::random_password(&cfg.password)),
+                    generated_password: true,
                     data: req.data.clone(),
                     channel: Some(channel.clone()),
                     aud: req.aud.clone(),

@@ -53,7 +53,12 @@ impl External {
         let now = self.ctx.config.clock.now();
         self.written_for_us(chain, &m)?;
         timely(chain, &m, now, validity)?;
-        let expires = m.issued_at + validity;
+        let Some(expires) = m.issued_at.checked_add_signed(validity) else {
+            return Err(refused(format!(
+                "{} message was issued too long ago",
+                chain.title()
+            )));
+        };
         let outcome = self
             .wallet_sign_in(chain, &m, &g.message, expires, aud)
             .await;
@@ -63,11 +68,18 @@ impl External {
         outcome
     }
 
+    /// GoTrue's answer before it reads the body when no chain is on.
+    pub fn web3_off(&self) -> Option<ApiError> {
+        let ext = &self.ctx.config.external;
+        (ext.web3_solana.is_none() && ext.web3_ethereum.is_none())
+            .then(|| disabled("Web3 provider is disabled"))
+    }
+
     /// The chain asked for, enabled, and its validity window.
     fn chain(&self, name: &str) -> ApiResult<(Chain, chrono::Duration)> {
         let ext = &self.ctx.config.external;
-        if ext.web3_solana.is_none() && ext.web3_ethereum.is_none() {
-            return Err(disabled("Web3 provider is disabled"));
+        if let Some(off) = self.web3_off() {
+            return Err(off);
         }
         let (chain, validity) = match name {
             "solana" => (Chain::Solana, ext.web3_solana),
@@ -192,7 +204,7 @@ fn signature_bytes(chain: Chain, s: &str) -> ApiResult<Vec<u8>> {
         }
         Chain::Ethereum => {
             let hex = s.strip_prefix("0x").unwrap_or(s);
-            let bytes = (hex.len() == 130)
+            let bytes = (hex.len() == 130 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
                 .then(|| {
                     (0..130)
                         .step_by(2)
@@ -227,10 +239,16 @@ fn timely(
     if m.expiration_time.is_some_and(|exp| now > exp) {
         return Err(refused(format!("Signed {c} message is expired")));
     }
-    if now > m.issued_at + validity {
+    if m.issued_at
+        .checked_add_signed(validity)
+        .is_none_or(|end| now > end)
+    {
         return Err(refused(format!("{c} message was issued too long ago")));
     }
-    if now < m.issued_at - validity {
+    if m.issued_at
+        .checked_sub_signed(validity)
+        .is_none_or(|start| now < start)
+    {
         return Err(refused(format!(
             "{c} message was issued too far in the future"
         )));
@@ -240,7 +258,13 @@ fn timely(
 
 /// The wallet as an external identity, as GoTrue records it.
 fn identity(chain: Chain, m: &SignedMessage) -> ExternalUser {
-    let sub = format!("web3:{}:{}", chain.name(), m.address);
+    // One identity per Ethereum account, in the case auth-js writes it
+    // (GoTrue keeps the case as written: other spellings, other users).
+    let address = match chain {
+        Chain::Solana => m.address.clone(),
+        Chain::Ethereum => web3::eip55(&m.address),
+    };
+    let sub = format!("web3:{}:{address}", chain.name());
     let statement = match (&m.statement, chain) {
         (Some(s), _) => Value::String(s.clone()),
         (None, Chain::Solana) => Value::String(String::new()),

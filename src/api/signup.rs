@@ -81,6 +81,7 @@ pub async fn signup(
         )?,
         redirect_to,
         aud,
+        generated_password: false,
     };
     let answer = match st.accounts.signup(req).await? {
         SignupOutcome::Session(g) => {

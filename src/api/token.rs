@@ -188,6 +188,9 @@ struct Web3Body {
 
 async fn web3_grant(st: &AppState, body: &[u8], aud: &str) -> HttpResult {
     use castellan_service::external::IdTokenRefusal;
+    if let Some(off) = st.external.web3_off() {
+        return Err(off.into());
+    }
     let b: Web3Body = parse_json(body)?;
     let g = castellan_service::web3::Web3Grant {
         chain: b.chain.unwrap_or_default(),

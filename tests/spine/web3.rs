@@ -53,7 +53,12 @@ crate::both!(wallets_sign_in_once_per_message, enable, |t| {
         let m = message(&t, chain, &address, domain, 5);
         let r = web3(&t, chain, &m, &sign(&m)).await;
         assert_eq!(r.status, 200, "{chain}: {}", r.text);
-        let sub = format!("web3:{chain}:{address}");
+        // Ethereum accounts are named in EIP-55's case, whatever was written.
+        let named = match chain {
+            "solana" => address.clone(),
+            _ => castellan_core::crypto::web3::eip55(&address),
+        };
+        let sub = format!("web3:{chain}:{named}");
         let user = &r.body["user"];
         assert_eq!(user["app_metadata"]["provider"], "web3");
         assert_eq!(user["identities"][0]["provider"], "web3");
@@ -81,9 +86,22 @@ crate::both!(wallets_sign_in_once_per_message, enable, |t| {
         assert_eq!(r2.status, 200, "{}", r2.text);
         assert_eq!(r2.body["user"]["id"], user["id"]);
         assert_eq!(t.count_by_str(ids, &sub).await, 1);
+        if chain == "ethereum" {
+            // The same account spelt in capitals: the same user.
+            let m3 = message(
+                &t,
+                chain,
+                &named.to_uppercase().replace("0X", "0x"),
+                domain,
+                0,
+            );
+            let r3 = web3(&t, chain, &m3, &sign(&m3)).await;
+            assert_eq!(r3.status, 200, "{}", r3.text);
+            assert_eq!(r3.body["user"]["id"], user["id"]);
+        }
     }
     let used = "SELECT count(*) FROM castellan_web3_messages WHERE id <> $1";
-    assert_eq!(t.count_by_str(used, "").await, 4);
+    assert_eq!(t.count_by_str(used, "").await, 5);
 });
 
 crate::both!(
@@ -143,6 +161,17 @@ crate::both!(web3_is_off_unless_enabled, |_| {}, |t| {
     let r = web3(&t, "solana", "m", "s").await;
     r.assert_error(422, "web3_provider_disabled");
     assert_eq!(r.body["msg"], "Web3 provider is disabled");
+    // Said before the body is read, as GoTrue does.
+    let r = t
+        .http
+        .post(t.url("/token?grant_type=web3"))
+        .body("not json")
+        .send()
+        .await
+        .unwrap();
+    common::read(r)
+        .await
+        .assert_error(422, "web3_provider_disabled");
 });
 
 crate::both!(

@@ -295,6 +295,26 @@ pub fn ethereum_signed(address: &str, message: &str, signature: &[u8]) -> bool {
     eth_address(&key).eq_ignore_ascii_case(address)
 }
 
+/// An Ethereum address in EIP-55's mixed case (what wallets and auth-js
+/// write): one spelling per account, whatever case it was given in.
+pub fn eip55(address: &str) -> String {
+    let lower = address.trim_start_matches("0x").to_ascii_lowercase();
+    let hash = Keccak256::digest(lower.as_bytes());
+    let mixed: String = lower
+        .chars()
+        .enumerate()
+        .map(|(i, c)| {
+            let nibble = (hash[i / 2] >> (if i % 2 == 0 { 4 } else { 0 })) & 0xf;
+            if nibble >= 8 {
+                c.to_ascii_uppercase()
+            } else {
+                c
+            }
+        })
+        .collect();
+    format!("0x{mixed}")
+}
+
 /// EIP-191: Keccak-256 of "\x19Ethereum Signed Message:\n" + length + message.
 pub fn personal_sign_hash(message: &str) -> [u8; 32] {
     let mut h = Keccak256::new();
@@ -372,6 +392,20 @@ mod tests {
             LEDGER,
             &b64(SOLANA_SIG)
         ));
+    }
+
+    #[test]
+    fn eip55_spells_an_address_one_way() {
+        // EIP-55's own examples.
+        for a in [
+            "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed",
+            "0xfB6916095ca1df60bB79Ce92cE3Ea74c37c5d359",
+            "0xdbF03B407c01E7cD3CBea99509d93f8DDDC8C6FB",
+        ] {
+            assert_eq!(eip55(a), a);
+            assert_eq!(eip55(&a.to_lowercase()), a);
+            assert_eq!(eip55(&a.to_uppercase().replace("0X", "0x")), a);
+        }
     }
 
     #[test]
