@@ -40,7 +40,7 @@ impl Captcha {
 
     /// Checks `token` (trimmed; none or blank is refused) for a client at
     /// `remote_ip`. A refusal is 400 `captcha_failed` in GoTrue's words; a
-    /// provider that cannot be asked is a 500, as GoTrue answers it.
+    /// provider that cannot be asked is a 503 in GoTrue's words.
     pub async fn verify(&self, token: Option<&str>, remote_ip: &str) -> ApiResult<()> {
         let token = token.map(str::trim).filter(|t| !t.is_empty());
         let outcome = match token {
@@ -64,14 +64,14 @@ impl Captcha {
             ("response", token),
             ("remoteip", remote_ip),
         ];
+        // GoTrue answers 500; castellan says what it is, a dependency down
+        // for now: 503 with Retry-After, which the clients retry.
         let failed = |e: String| {
             tracing::warn!(provider = self.cfg.provider.name(), error = %e, "captcha verification failed");
-            ApiError::new(
-                500,
-                "unexpected_failure",
-                "captcha verification process failed",
-            )
-            .with_detail("captcha", e)
+            ApiError {
+                message: "captcha verification process failed".into(),
+                ..ApiError::unavailable("captcha", e)
+            }
         };
         let answer = self
             .http

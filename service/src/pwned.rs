@@ -32,7 +32,7 @@ impl Pwned {
     }
 
     /// Whether `password` is known leaked. A lookup that fails allows it
-    /// (false), unless fail-closed is set: then 500, as GoTrue answers.
+    /// (false), unless fail-closed is set: then 503 in GoTrue's words.
     pub async fn leaked(&self, password: &str) -> ApiResult<bool> {
         let hash = hex_upper(&Sha1::digest(password.as_bytes()));
         let (prefix, suffix) = hash.split_at(5);
@@ -45,12 +45,12 @@ impl Pwned {
         metrics::counter!("castellan_password_hibp_total", "outcome" => label).increment(1);
         match outcome {
             Ok(found) => Ok(found),
-            Err(e) if self.cfg.fail_closed => Err(ApiError::new(
-                500,
-                "unexpected_failure",
-                "Unable to perform password strength check with HaveIBeenPwned.org.",
-            )
-            .with_detail("hibp", e)),
+            // GoTrue answers 500; a dependency down for now is a 503 here.
+            Err(e) if self.cfg.fail_closed => Err(ApiError {
+                message: "Unable to perform password strength check with HaveIBeenPwned.org."
+                    .into(),
+                ..ApiError::unavailable("hibp", e)
+            }),
             Err(e) => {
                 tracing::warn!(error = %e, "Have I Been Pwned could not be asked: pwned passwords are being allowed");
                 Ok(false)

@@ -121,14 +121,15 @@ crate::both!(
 );
 
 crate::both!(
-    a_captcha_provider_that_cannot_answer_is_a_500_and_lets_nobody_in,
+    a_captcha_provider_that_cannot_answer_is_a_503_and_lets_nobody_in,
     captcha_server,
     |_| {},
     |t, fake| {
         fake.answer_after(Duration::from_secs(3));
         let body = json!({"email": "slow@example.com", "password": "correct-horse-9"});
         let r = t.post("/signup", with_captcha(body, &fake.issue())).await;
-        r.assert_error(500, "unexpected_failure");
+        r.assert_error(503, "unexpected_failure");
+        assert_eq!(r.header("retry-after"), Some("1"));
         assert_eq!(r.body["msg"], "captcha verification process failed");
         assert_eq!(t.count_by_str(USERS, "slow@example.com").await, 0);
         let m = t.request(Method::GET, "/metrics", None, None).await.text;
@@ -250,7 +251,8 @@ crate::both!(
     |t, fake| {
         fake.answer_status(503);
         let r = t.signup("closed@example.com", "not-in-any-list-7").await;
-        r.assert_error(500, "unexpected_failure");
+        r.assert_error(503, "unexpected_failure");
+        assert_eq!(r.header("retry-after"), Some("1"));
         assert_eq!(
             r.body["msg"],
             "Unable to perform password strength check with HaveIBeenPwned.org."
