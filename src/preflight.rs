@@ -33,6 +33,13 @@ pub async fn refusal(config: &Config, role: Role) -> anyhow::Result<()> {
         anyhow::bail!(why);
     }
     secret_source(config)?;
+    if matches!(config.database_url, DatabaseUrl::Sqlite(_))
+        && config.hooks.pg_functions().next().is_some()
+    {
+        anyhow::bail!(
+            "invalid configuration: GOTRUE_HOOK_CUSTOM_ACCESS_TOKEN_URI: pg-functions:// hooks run inside PostgreSQL, and DATABASE_URL is SQLite: use an https:// hook"
+        );
+    }
     // The keys and methods, checked with any secret: its source is above.
     let secret = config.jwt.secret.as_deref().unwrap_or(CHECK_SECRET);
     castellan_core::crypto::jwt::JwtKeys::new(&config.jwt, secret)

@@ -66,6 +66,126 @@ pub struct HibpConfig {
     pub timeout: Duration,
 }
 
+/// Where a hook is: an HTTP(S) endpoint (signed with Standard Webhooks), or
+/// a PostgreSQL function called in the database.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HookTarget {
+    Http(String),
+    PgFunction { schema: String, function: String },
+}
+
+/// One enabled hook (`GOTRUE_HOOK_<NAME>_*`).
+#[derive(Debug, Clone)]
+pub struct HookConfig {
+    pub target: HookTarget,
+    /// The keys of its `v1,whsec_…` secrets.
+    pub keys: Vec<Vec<u8>>,
+}
+
+/// GoTrue's hooks castellan calls, each when enabled.
+#[derive(Debug, Clone, Default)]
+pub struct Hooks {
+    pub custom_access_token: Option<HookConfig>,
+}
+
+impl Hooks {
+    /// Every enabled hook that is a database function.
+    pub fn pg_functions(&self) -> impl Iterator<Item = &HookConfig> {
+        self.custom_access_token
+            .iter()
+            .filter(|h| matches!(h.target, HookTarget::PgFunction { .. }))
+    }
+}
+
+/// GoTrue's hook names (`GOTRUE_HOOK_<NAME>_…`), each checked at start.
+pub const HOOK_NAMES: [&str; 7] = [
+    "MFA_VERIFICATION_ATTEMPT",
+    "PASSWORD_VERIFICATION_ATTEMPT",
+    "CUSTOM_ACCESS_TOKEN",
+    "SEND_EMAIL",
+    "SEND_SMS",
+    "BEFORE_USER_CREATED",
+    "AFTER_USER_CREATED",
+];
+
+/// Reads every hook's variables, refusing a bad URI or secret even for a
+/// hook that is off (as GoTrue does); the enabled ones castellan calls.
+fn hooks(v: &Vars) -> Result<Hooks, ConfigError> {
+    let mut hooks = Hooks::default();
+    for name in HOOK_NAMES {
+        let var = |k: &str| format!("GOTRUE_HOOK_{name}_{k}");
+        let enabled = v.bool(&[var("ENABLED").as_str()], false)?;
+        let uri = v.opt_string(&[var("URI").as_str()]);
+        let secrets = v.opt_string(&[var("SECRETS").as_str()]).unwrap_or_default();
+        let Some(uri) = uri else { continue };
+        let err = |k: &str, msg: String| ConfigError { var: var(k), msg };
+        let target = hook_target(&uri).map_err(|m| err("URI", m))?;
+        let keys = match target {
+            HookTarget::Http(_) => secrets
+                .split('|')
+                .filter(|s| !s.is_empty())
+                .map(crate::crypto::webhook::key)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|m| err("SECRETS", m))?,
+            HookTarget::PgFunction { .. } => Vec::new(),
+        };
+        match (enabled, name) {
+            (true, "CUSTOM_ACCESS_TOKEN") => {
+                hooks.custom_access_token = Some(HookConfig { target, keys });
+            }
+            // Refused rather than ignored: a hook an operator turned on may
+            // be a gate (which sign-ups are let in, how many attempts).
+            (true, _) => {
+                return Err(err(
+                    "ENABLED",
+                    "castellan does not call this hook yet (only CUSTOM_ACCESS_TOKEN); turn it off"
+                        .into(),
+                ));
+            }
+            (false, _) => {}
+        }
+    }
+    Ok(hooks)
+}
+
+/// `https://…`, `http://` to this machine, or
+/// `pg-functions://<any>/<schema>/<function>`.
+fn hook_target(uri: &str) -> Result<HookTarget, String> {
+    let u = url::Url::parse(uri).map_err(|e| e.to_string())?;
+    let name_ok = |n: &str| {
+        !n.is_empty()
+            && n.len() <= 63
+            && n.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    match u.scheme() {
+        "pg-functions" => {
+            let parts: Vec<&str> = u.path().trim_start_matches('/').split('/').collect();
+            let [schema, function, ..] = parts[..] else {
+                return Err("URI path does not contain enough parts".into());
+            };
+            if !name_ok(schema) {
+                return Err(format!("invalid schema name: {schema}"));
+            }
+            if !name_ok(function) {
+                return Err(format!("invalid table name: {function}"));
+            }
+            Ok(HookTarget::PgFunction {
+                schema: schema.into(),
+                function: function.into(),
+            })
+        }
+        "http" => match u.host_str() {
+            Some("localhost" | "127.0.0.1" | "[::1]" | "host.docker.internal") => {
+                Ok(HookTarget::Http(uri.to_string()))
+            }
+            _ => Err("only localhost, 127.0.0.1, and ::1 are supported with http".into()),
+        },
+        "https" => Ok(HookTarget::Http(uri.to_string())),
+        _ => Err("only postgres hooks and HTTPS functions are supported at the moment".into()),
+    }
+}
+
 /// Which CAPTCHA service checks the tokens clients send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CaptchaProvider {
@@ -392,6 +512,8 @@ pub struct Listen {
 
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The auth hooks castellan calls.
+    pub hooks: Hooks,
     /// CAPTCHA on sign-up and sign-in, when enabled.
     pub captcha: Option<CaptchaConfig>,
     pub database_url: DatabaseUrl,
@@ -1259,6 +1381,7 @@ impl Config {
             external: external(v, &api_external_url)?,
             password: password(v)?,
             captcha: captcha(v)?,
+            hooks: hooks(v)?,
             argon2,
             refresh_token_rotation_enabled: v
                 .bool(&["GOTRUE_SECURITY_REFRESH_TOKEN_ROTATION_ENABLED"], true)?,
@@ -1443,6 +1566,47 @@ mod tests {
     fn bad_values_name_the_variable() {
         let e = cfg(&[("GOTRUE_JWT_EXP", "soon")]).unwrap_err();
         assert_eq!(e.var, "GOTRUE_JWT_EXP");
+        for (uri, says) in [
+            ("http://hooks.example.com/x", "only localhost"),
+            ("ftp://localhost/x", "only postgres hooks"),
+            ("pg-functions://postgres/public", "enough parts"),
+            ("pg-functions://postgres/public/1bad", "invalid table name"),
+        ] {
+            // Checked even for a hook that is off, as GoTrue does.
+            let e = cfg(&[("GOTRUE_HOOK_SEND_EMAIL_URI", uri)]).unwrap_err();
+            assert_eq!(e.var, "GOTRUE_HOOK_SEND_EMAIL_URI");
+            assert!(e.msg.contains(says), "{uri}: {}", e.msg);
+        }
+        let e = cfg(&[
+            ("GOTRUE_HOOK_SEND_EMAIL_ENABLED", "true"),
+            ("GOTRUE_HOOK_SEND_EMAIL_URI", "https://h.example.com"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.var, "GOTRUE_HOOK_SEND_EMAIL_ENABLED");
+        let e = cfg(&[
+            (
+                "GOTRUE_HOOK_CUSTOM_ACCESS_TOKEN_URI",
+                "https://h.example.com",
+            ),
+            ("GOTRUE_HOOK_CUSTOM_ACCESS_TOKEN_SECRETS", "whsec_abc"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.var, "GOTRUE_HOOK_CUSTOM_ACCESS_TOKEN_SECRETS");
+        let c = cfg(&[
+            ("GOTRUE_HOOK_CUSTOM_ACCESS_TOKEN_ENABLED", "true"),
+            (
+                "GOTRUE_HOOK_CUSTOM_ACCESS_TOKEN_URI",
+                "pg-functions://postgres/public/claims",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.hooks.custom_access_token.unwrap().target,
+            HookTarget::PgFunction {
+                schema: "public".into(),
+                function: "claims".into()
+            }
+        );
         let e = cfg(&[(
             "GOTRUE_EXTERNAL_WEB3_SOLANA_MAXIMUM_VALIDITY_DURATION",
             "200h",

@@ -119,6 +119,11 @@ pub const GROUPS: &[Group] = &[
         matches: |n| any(n, &["GOTRUE_EXTERNAL_"]) || n == "GOTRUE_SECURITY_MANUAL_LINKING_ENABLED",
     },
     Group {
+        title: "Hooks",
+        about: "Auth hooks: https:// endpoints signed with Standard Webhooks (secrets v1,whsec_<base64>, several separated by |; http:// only to this machine) or pg-functions://postgres/<schema>/<function> on PostgreSQL. castellan calls the custom access token hook; turning another on stops start-up.",
+        matches: |n| any(n, &["GOTRUE_HOOK_"]),
+    },
+    Group {
         title: "Second factors",
         about: "TOTP and phone factors: whether users may enroll and verify them, and how many.",
         matches: |n| {

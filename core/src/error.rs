@@ -93,6 +93,14 @@ impl ApiError {
         .with_detail(context, err)
     }
 
+    /// The same failure, said to the client in other words.
+    pub fn with_message(self, message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            ..self
+        }
+    }
+
     pub fn with_detail(self, context: &str, err: impl fmt::Display) -> Self {
         Self {
             detail: Some(format!("{context}: {err}")),

@@ -83,7 +83,7 @@ mod tests {
         let env: HashMap<String, String> = [
             ("GOTRUE_JWT_SECRET", "read"),
             ("GOTRUE_JWT_VALIDMETHODS", "HS256"),
-            ("GOTRUE_HOOK_SEND_SMS_ENABLED", "true"),
+            ("GOTRUE_SAML_ENABLED", "true"),
             ("GOTRUE_JWT_SECRTE", "misspelt"),
             ("CASTELLAN_SESION_SHARDS", "2"),
             ("CASTELLAN_LOG", "debug"),
@@ -95,7 +95,7 @@ mod tests {
         .collect();
         let (settings, _) = Config::settings(&env);
         let unread = Unread::of(&env, &settings);
-        assert_eq!(unread.ignored, ["GOTRUE_HOOK_SEND_SMS_ENABLED"]);
+        assert_eq!(unread.ignored, ["GOTRUE_SAML_ENABLED"]);
         assert_eq!(
             unread.unknown,
             ["CASTELLAN_SESION_SHARDS", "GOTRUE_JWT_SECRTE"]

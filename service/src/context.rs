@@ -24,6 +24,8 @@ pub struct Ctx {
     pub job_seal: castellan_core::crypto::at_rest::JobSeal,
     /// Leaked-password lookups, when enabled.
     pub pwned: Option<crate::pwned::Pwned>,
+    /// The transport of the auth hooks.
+    pub hooks: Option<crate::hooks::Hooks>,
 }
 
 impl Ctx {
@@ -66,6 +68,7 @@ impl Ctx {
             otp_key: castellan_core::crypto::token_hash_key(secret),
             job_seal: castellan_core::crypto::at_rest::JobSeal::from_secret(secret),
             pwned,
+            hooks: Some(crate::hooks::Hooks::new()?),
         }))
     }
 }

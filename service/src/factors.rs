@@ -476,7 +476,7 @@ impl Factors {
         tx.commit().await?;
         metrics::counter!("castellan_signins_total", "method" => method, "outcome" => "ok")
             .increment(1);
-        grant_for(&self.ctx, c, token, now)
+        grant_for(&self.ctx, c, token, method, now).await
     }
 
     /// GoTrue's challenge rules: this factor's, from the same address, not

@@ -37,6 +37,7 @@ pub mod even_timing;
 pub mod external;
 pub mod factors;
 mod follow;
+pub mod hooks;
 pub mod limit_settings;
 pub mod links;
 mod oauth1;

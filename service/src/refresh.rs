@@ -181,7 +181,7 @@ async fn refresh_legacy(ctx: &Ctx, presented: &str) -> ApiResult<TokenGrant> {
     if !ctx.store.rotate_if_current(&rotation).await? {
         return refresh_locked(ctx, presented, now).await;
     }
-    grant_for(ctx, c, child, now)
+    grant_for(ctx, c, child, "token_refresh", now).await
 }
 
 /// The decision under the session's lock: the rules for a token presented
@@ -234,7 +234,7 @@ async fn refresh_locked(ctx: &Ctx, presented: &str, now: DateTime<Utc>) -> ApiRe
         }
     };
     tx.commit().await?;
-    grant_for(ctx, c, issued, now)
+    grant_for(ctx, c, issued, "token_refresh", now).await
 }
 
 /// GoTrue's gradual upgrade: a legacy token is spent (revoked, unless it
@@ -372,7 +372,7 @@ async fn refresh_v2(ctx: &Ctx, cache: &SessionCache, token: V2Token) -> ApiResul
         if to == current + 1 {
             cache.keep_refresh(since, rotated(&c, to, now), key.clone());
         }
-        return grant_for(ctx, c, issued, now);
+        return grant_for(ctx, c, issued, "token_refresh", now).await;
     }
     Err(ApiError::unavailable(
         "refresh v2",
@@ -404,7 +404,9 @@ async fn from_cache(
     let issued = encode(&e.key, &e.context, current + 1)?;
     let context = e.context.clone();
     cache.replace_refresh(e, rotated(&context, current + 1, now));
-    grant_for(ctx, context, issued, now).map(Some)
+    grant_for(ctx, context, issued, "token_refresh", now)
+        .await
+        .map(Some)
 }
 
 /// The context as a rotation to `counter` at `now` leaves it.

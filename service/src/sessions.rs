@@ -82,11 +82,13 @@ fn low_aal_deadline(
         .flatten()
 }
 
-/// Tokens for a session read with its context (a refresh, an MFA verification).
-pub(crate) fn grant_for(
+/// Tokens for a session read with its context (a refresh, an MFA
+/// verification); `method` is how they were earned, as hooks are told.
+pub(crate) async fn grant_for(
     ctx: &Ctx,
     c: store::RefreshContext,
     refresh_token: String,
+    method: &str,
     now: DateTime<Utc>,
 ) -> ApiResult<TokenGrant> {
     let created = c.session.created_at;
@@ -96,37 +98,85 @@ pub(crate) fn grant_for(
         c.user,
         c.identities,
         (c.session.id, created),
-        refresh_token,
+        (refresh_token, method),
         amr,
         now,
     )
+    .await
 }
 
-/// Signs the access token; `session` is the session's id and start.
-pub(crate) fn grant(
+/// Signs the access token (its claims through the custom access token hook
+/// when it is on); `session` is the session's id and start.
+pub(crate) async fn grant(
     ctx: &Ctx,
     user: User,
     identities: Vec<Identity>,
     session: (Uuid, Option<DateTime<Utc>>),
-    refresh_token: String,
+    (refresh_token, method): (String, &str),
     amr: Vec<AmrEntry>,
     now: DateTime<Utc>,
 ) -> ApiResult<TokenGrant> {
-    let (session_id, created) = session;
-    let mut claims = claims_for(ctx, &user, session_id, amr, now.timestamp());
+    let minted = mint(ctx, &user, session, amr, method, now).await?;
+    Ok(minted.grant(user, identities, session.0, refresh_token))
+}
+
+/// A signed access token and its times.
+pub(crate) struct Minted {
+    access_token: String,
+    exp: i64,
+    iat: i64,
+}
+
+impl Minted {
+    fn grant(
+        self,
+        user: User,
+        identities: Vec<Identity>,
+        session_id: Uuid,
+        refresh_token: String,
+    ) -> TokenGrant {
+        TokenGrant {
+            access_token: self.access_token,
+            refresh_token,
+            expires_at: self.exp,
+            expires_in: self.exp - self.iat,
+            user,
+            identities,
+            session_id,
+        }
+    }
+}
+
+/// The access token of `user`'s session: its claims, shaped by the custom
+/// access token hook when it is on (a refusal is the answer), signed.
+async fn mint(
+    ctx: &Ctx,
+    user: &User,
+    (session_id, created): (Uuid, Option<DateTime<Utc>>),
+    amr: Vec<AmrEntry>,
+    method: &str,
+    now: DateTime<Utc>,
+) -> ApiResult<Minted> {
+    let mut claims = claims_for(ctx, user, session_id, amr, now.timestamp());
     // A low-level session of a user with a factor lives no longer than allowed.
-    if let Some(deadline) = low_aal_deadline(ctx, &user, &claims.aal, created) {
+    if let Some(deadline) = low_aal_deadline(ctx, user, &claims.aal, created) {
         claims.exp = claims.exp.min(deadline.timestamp().max(claims.iat));
     }
-    let access_token = ctx.jwt.sign(&claims)?;
-    Ok(TokenGrant {
+    let access_token = match &ctx.config.hooks.custom_access_token {
+        None => ctx.jwt.sign(&claims)?,
+        Some(hook) => {
+            let value =
+                serde_json::to_value(&claims).map_err(|e| ApiError::internal("claims", e))?;
+            let custom =
+                crate::hooks::custom_access_token(ctx, hook, user.id, value, method).await?;
+            ctx.jwt.sign(&custom)?
+        }
+    };
+    // As GoTrue: the answer's times are the server's, whatever a hook set.
+    Ok(Minted {
         access_token,
-        refresh_token,
-        expires_at: claims.exp,
-        expires_in: claims.exp - claims.iat,
-        user,
-        identities,
-        session_id,
+        exp: claims.exp,
+        iat: claims.iat,
     })
 }
 
@@ -158,6 +208,13 @@ async fn issue(
         None => store::FirstToken::Legacy(&token),
     };
     let payloads = audit_payloads(&user, audits);
+    // The token first: a hook that refuses it (or is slow) leaves nothing
+    // written and holds no transaction open.
+    let amr = vec![AmrEntry {
+        method: method.into(),
+        timestamp: now.timestamp(),
+    }];
+    let minted = mint(ctx, &user, (session_id, Some(now)), amr, method, now).await?;
     let mut tx = ctx.store.begin().await?;
     // The user JSON lists the factors (auth-js reads them for the next level).
     let (identities, factors) = tx
@@ -174,19 +231,7 @@ async fn issue(
     tx.commit().await?;
     user.last_sign_in_at = Some(now);
     user.updated_at = Some(now);
-    let amr = vec![AmrEntry {
-        method: method.into(),
-        timestamp: now.timestamp(),
-    }];
-    grant(
-        ctx,
-        user,
-        identities,
-        (session_id, Some(now)),
-        token,
-        amr,
-        now,
-    )
+    Ok(minted.grant(user, identities, session_id, token))
 }
 
 pub(crate) fn not_found() -> ApiError {

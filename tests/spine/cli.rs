@@ -368,16 +368,14 @@ fn config_example_and_check() {
     let odd = run(
         &["config", "check"],
         &[
-            ("GOTRUE_HOOK_SEND_SMS_ENABLED", "true"),
+            ("GOTRUE_SAML_ENABLED", "true"),
             ("CASTELLAN_SESION_SHARDS", "2"),
         ],
     );
     let said = String::from_utf8_lossy(&odd.stderr).to_string();
     assert!(odd.status.success(), "{said}");
     assert!(
-        said.contains(
-            "read by GoTrue, unused by castellan as configured: GOTRUE_HOOK_SEND_SMS_ENABLED"
-        ),
+        said.contains("read by GoTrue, unused by castellan as configured: GOTRUE_SAML_ENABLED"),
         "{said}"
     );
     assert!(
@@ -588,6 +586,16 @@ fn config_check_refuses_what_serve_refuses() {
                 "/nonexistent/t.html",
             )],
             vec!["/nonexistent/t.html"],
+        ),
+        (
+            vec![
+                ("GOTRUE_HOOK_CUSTOM_ACCESS_TOKEN_ENABLED", "true"),
+                (
+                    "GOTRUE_HOOK_CUSTOM_ACCESS_TOKEN_URI",
+                    "pg-functions://postgres/public/claims",
+                ),
+            ],
+            vec!["GOTRUE_HOOK_CUSTOM_ACCESS_TOKEN_URI", "PostgreSQL"],
         ),
         (
             vec![("DATABASE_URL", "postgres://u@127.0.0.1:1/x")],

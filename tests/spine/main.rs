@@ -28,6 +28,7 @@ mod email;
 mod fuzz;
 mod hardening;
 mod hashing;
+mod hooks;
 mod http;
 mod id_token;
 mod indexes;

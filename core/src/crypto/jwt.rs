@@ -213,7 +213,7 @@ impl JwtKeys {
         ring.keys[ring.signer].kid.clone()
     }
 
-    pub fn sign(&self, claims: &Claims) -> Result<String, ApiError> {
+    pub fn sign(&self, claims: &impl serde::Serialize) -> Result<String, ApiError> {
         let ring = self.ring.load();
         let key = &ring.keys[ring.signer];
         let mut header = Header::new(key.alg);

@@ -8,6 +8,7 @@ pub mod password;
 pub mod refresh;
 pub mod totp;
 pub mod web3;
+pub mod webhook;
 
 use rand::RngExt;
 

@@ -36,6 +36,7 @@ mod changes;
 mod dialect;
 mod factors;
 mod group;
+mod hooks;
 mod oauth;
 mod opening;
 mod operator;
