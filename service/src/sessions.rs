@@ -208,13 +208,22 @@ async fn issue(
         None => store::FirstToken::Legacy(&token),
     };
     let payloads = audit_payloads(&user, audits);
-    // The token first: a hook that refuses it (or is slow) leaves nothing
-    // written and holds no transaction open.
     let amr = vec![AmrEntry {
         method: method.into(),
         timestamp: now.timestamp(),
     }];
-    let minted = mint(ctx, &user, (session_id, Some(now)), amr, method, now).await?;
+    // With the custom access token hook, the token first: a hook that
+    // refuses it (or is slow) leaves nothing written and holds no
+    // transaction open. Its claims read the user's factors (the aal1
+    // deadline), read here for it.
+    let early = match ctx.config.hooks.custom_access_token.is_some() {
+        true => {
+            user.factors = ctx.store.factors_of(user.id).await?;
+            let at = (session_id, Some(now));
+            Some(mint(ctx, &user, at, amr.clone(), method, now).await?)
+        }
+        false => None,
+    };
     let mut tx = ctx.store.begin().await?;
     // The user JSON lists the factors (auth-js reads them for the next level).
     let (identities, factors) = tx
@@ -231,6 +240,10 @@ async fn issue(
     tx.commit().await?;
     user.last_sign_in_at = Some(now);
     user.updated_at = Some(now);
+    let minted = match early {
+        Some(m) => m,
+        None => mint(ctx, &user, (session_id, Some(now)), amr, method, now).await?,
+    };
     Ok(minted.grant(user, identities, session_id, token))
 }
 
