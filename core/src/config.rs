@@ -86,6 +86,7 @@ pub struct HookConfig {
 #[derive(Debug, Clone, Default)]
 pub struct Hooks {
     pub custom_access_token: Option<HookConfig>,
+    pub password_verification_attempt: Option<HookConfig>,
 }
 
 impl Hooks {
@@ -93,6 +94,7 @@ impl Hooks {
     pub fn pg_functions(&self) -> impl Iterator<Item = &HookConfig> {
         self.custom_access_token
             .iter()
+            .chain(&self.password_verification_attempt)
             .filter(|h| matches!(h.target, HookTarget::PgFunction { .. }))
     }
 }
@@ -133,12 +135,15 @@ fn hooks(v: &Vars) -> Result<Hooks, ConfigError> {
             (true, "CUSTOM_ACCESS_TOKEN") => {
                 hooks.custom_access_token = Some(HookConfig { target, keys });
             }
+            (true, "PASSWORD_VERIFICATION_ATTEMPT") => {
+                hooks.password_verification_attempt = Some(HookConfig { target, keys });
+            }
             // Refused rather than ignored: a hook an operator turned on may
             // be a gate (which sign-ups are let in, how many attempts).
             (true, _) => {
                 return Err(err(
                     "ENABLED",
-                    "castellan does not call this hook yet (only CUSTOM_ACCESS_TOKEN); turn it off"
+                    "castellan does not call this hook yet (only CUSTOM_ACCESS_TOKEN and PASSWORD_VERIFICATION_ATTEMPT); turn it off"
                         .into(),
                 ));
             }

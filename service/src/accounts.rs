@@ -506,6 +506,18 @@ impl Accounts {
             metrics::counter!("castellan_signins_total", "method" => "password", "outcome" => o)
                 .increment(1)
         };
+        // GoTrue tells the hook of every password tried on an account that
+        // has one and is not banned, right or wrong.
+        if let (Some(hook), Some(u), Some(_)) = (
+            &self.ctx.config.hooks.password_verification_attempt,
+            &user,
+            &stored,
+        ) && !u.is_banned(self.ctx.config.clock.now())
+            && let Err(e) = crate::hooks::password_attempt(&self.ctx, hook, u.id, verified.ok).await
+        {
+            outcome("hook_rejected");
+            return Err(e);
+        }
         let Some(user) = user.filter(|_| verified.ok) else {
             outcome("invalid_credentials");
             return Err(ApiError::invalid_credentials());

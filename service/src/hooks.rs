@@ -187,6 +187,49 @@ fn reported_error(answer: Value) -> ApiResult<Value> {
     Err(ApiError::new(status, code, message.to_string()))
 }
 
+/// The password verification attempt hook, told of each password tried
+/// on an account (right or wrong): it may refuse the sign-in, and end every
+/// session of the user.
+pub async fn password_attempt(
+    ctx: &crate::Ctx,
+    hook: &HookConfig,
+    user_id: uuid::Uuid,
+    valid: bool,
+) -> ApiResult<()> {
+    let payload = json!({
+        "metadata": {
+            "uuid": uuid::Uuid::new_v4(),
+            "time": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+            "name": "password-verification",
+        },
+        "user_id": user_id,
+        "valid": valid,
+    });
+    let hooks = ctx
+        .hooks
+        .as_ref()
+        .ok_or_else(|| hook_failed("hooks are not ready"))?;
+    let answer = hooks
+        .call(ctx, "password_verification_attempt", hook, &payload)
+        .await?;
+    if answer["decision"] != "reject" {
+        return Ok(());
+    }
+    if answer["should_logout_user"] == true {
+        let mut tx = ctx.store.begin().await?;
+        crate::sessions::end(&mut tx, user_id, castellan_core::store::SessionScope::All).await?;
+        tx.commit().await?;
+    }
+    let message = answer["message"]
+        .as_str()
+        .filter(|m| !m.is_empty())
+        .unwrap_or("Further password verification attempts will be rejected.");
+    Err(ApiError::bad_request(
+        "invalid_credentials",
+        message.to_string(),
+    ))
+}
+
 /// The claims an access token must keep, and the type each must have.
 const REQUIRED_CLAIMS: [&str; 10] = [
     "aud",

@@ -212,3 +212,85 @@ async fn a_postgres_function_shapes_the_token() {
     assert_eq!(claims["plan"], "pg-password", "{claims}");
     t.stop().await;
 }
+
+/// A password verification attempt hook on loopback: it refuses every
+/// attempt after the second wrong one, and signs the user out everywhere.
+async fn attempts_hook() -> (String, Arc<Mutex<Vec<Value>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://127.0.0.1:{}/attempt",
+        listener.local_addr().unwrap().port()
+    );
+    let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let kept = seen.clone();
+    let app = axum::Router::new().route(
+        "/attempt",
+        axum::routing::post(move |axum::Json(p): axum::Json<Value>| {
+            let kept = kept.clone();
+            async move {
+                let mut seen = kept.lock().unwrap();
+                seen.push(p);
+                let wrong = seen.iter().filter(|p| p["valid"] == false).count();
+                axum::Json(match wrong >= 2 {
+                    true => json!({"decision": "reject", "message": "locked for an hour", "should_logout_user": true}),
+                    false => json!({"decision": "continue"}),
+                })
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, seen)
+}
+
+async fn attempts_server(
+    backend: Backend,
+    tweak: impl FnOnce(&mut castellan_core::Config),
+) -> (TestServer, Arc<Mutex<Vec<Value>>>) {
+    let (url, seen) = attempts_hook().await;
+    let t = common::spawn(backend, move |c| {
+        c.hooks.password_verification_attempt = Some(castellan_core::config::HookConfig {
+            target: castellan_core::config::HookTarget::Http(url),
+            keys: vec![],
+        });
+        c.mailer_autoconfirm = true;
+        tweak(c);
+    })
+    .await;
+    (t, seen)
+}
+
+crate::both!(
+    a_password_attempt_hook_locks_an_account,
+    attempts_server,
+    |_| {},
+    |t, seen| {
+        t.new_session("locked@example.com", "correct-horse-9").await;
+        let user = t.user_id_by_email("locked@example.com").await;
+        assert!(seen.lock().unwrap().is_empty(), "a sign-up is no attempt");
+        let s = t.login("locked@example.com", "correct-horse-9").await.body;
+        assert_eq!(seen.lock().unwrap().len(), 1, "the sign-in told it");
+        assert_eq!(seen.lock().unwrap()[0]["valid"], true);
+        assert_eq!(seen.lock().unwrap()[0]["user_id"], user.to_string());
+        // Two wrong passwords: the second is refused in the hook's words,
+        // and every session of the user ends.
+        t.login("locked@example.com", "wrong-one")
+            .await
+            .assert_error(400, "invalid_credentials");
+        let r = t.login("locked@example.com", "wrong-two").await;
+        r.assert_error(400, "invalid_credentials");
+        assert_eq!(r.body["msg"], "locked for an hour");
+        let sessions = "SELECT count(*) FROM sessions WHERE user_id = $1";
+        assert_eq!(t.count_by_uuid(sessions, user).await, 0);
+        assert_eq!(
+            t.refresh(s["refresh_token"].as_str().unwrap()).await.status,
+            400
+        );
+        // Even the right password is refused while the hook says so.
+        let r = t.login("locked@example.com", "correct-horse-9").await;
+        assert_eq!(r.body["msg"], "locked for an hour", "{}", r.text);
+        // An address with no account is never told to the hook.
+        let before = seen.lock().unwrap().len();
+        t.login("nobody@example.com", "whatever-9").await;
+        assert_eq!(seen.lock().unwrap().len(), before);
+    }
+);
