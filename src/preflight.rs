@@ -34,10 +34,10 @@ pub async fn refusal(config: &Config, role: Role) -> anyhow::Result<()> {
     }
     secret_source(config)?;
     if matches!(config.database_url, DatabaseUrl::Sqlite(_))
-        && config.hooks.pg_functions().next().is_some()
+        && let Some(hook) = config.hooks.pg_functions().next()
     {
         anyhow::bail!(
-            "invalid configuration: GOTRUE_HOOK_CUSTOM_ACCESS_TOKEN_URI: pg-functions:// hooks run inside PostgreSQL, and DATABASE_URL is SQLite: use an https:// hook"
+            "invalid configuration: GOTRUE_HOOK_{hook}_URI: pg-functions:// hooks run inside PostgreSQL, and DATABASE_URL is SQLite: use an https:// hook"
         );
     }
     // The keys and methods, checked with any secret: its source is above.

@@ -90,12 +90,21 @@ pub struct Hooks {
 }
 
 impl Hooks {
-    /// Every enabled hook that is a database function.
-    pub fn pg_functions(&self) -> impl Iterator<Item = &HookConfig> {
-        self.custom_access_token
-            .iter()
-            .chain(&self.password_verification_attempt)
-            .filter(|h| matches!(h.target, HookTarget::PgFunction { .. }))
+    /// Every enabled hook that is a database function, by GoTrue's name.
+    pub fn pg_functions(&self) -> impl Iterator<Item = &'static str> + '_ {
+        [
+            ("CUSTOM_ACCESS_TOKEN", &self.custom_access_token),
+            (
+                "PASSWORD_VERIFICATION_ATTEMPT",
+                &self.password_verification_attempt,
+            ),
+        ]
+        .into_iter()
+        .filter(|(_, h)| {
+            h.as_ref()
+                .is_some_and(|h| matches!(h.target, HookTarget::PgFunction { .. }))
+        })
+        .map(|(n, _)| n)
     }
 }
 
@@ -119,8 +128,14 @@ fn hooks(v: &Vars) -> Result<Hooks, ConfigError> {
         let enabled = v.bool(&[var("ENABLED").as_str()], false)?;
         let uri = v.opt_string(&[var("URI").as_str()]);
         let secrets = v.opt_string(&[var("SECRETS").as_str()]).unwrap_or_default();
-        let Some(uri) = uri else { continue };
         let err = |k: &str, msg: String| ConfigError { var: var(k), msg };
+        let Some(uri) = uri else {
+            // On without a place to call fails open on a gate: refused.
+            if enabled {
+                return Err(err("URI", "the hook is enabled but has no URI".into()));
+            }
+            continue;
+        };
         let target = hook_target(&uri).map_err(|m| err("URI", m))?;
         let keys = match target {
             HookTarget::Http(_) => secrets
@@ -1582,6 +1597,8 @@ mod tests {
             assert_eq!(e.var, "GOTRUE_HOOK_SEND_EMAIL_URI");
             assert!(e.msg.contains(says), "{uri}: {}", e.msg);
         }
+        let e = cfg(&[("GOTRUE_HOOK_PASSWORD_VERIFICATION_ATTEMPT_ENABLED", "true")]).unwrap_err();
+        assert_eq!(e.var, "GOTRUE_HOOK_PASSWORD_VERIFICATION_ATTEMPT_URI");
         let e = cfg(&[
             ("GOTRUE_HOOK_SEND_EMAIL_ENABLED", "true"),
             ("GOTRUE_HOOK_SEND_EMAIL_URI", "https://h.example.com"),

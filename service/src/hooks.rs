@@ -58,6 +58,10 @@ impl Hooks {
                 }),
         };
         let answer = answer.and_then(reported_error);
+        if let Err(e) = &answer {
+            // The hook and what went wrong; never its URI or secrets.
+            tracing::warn!(hook = name, status = e.status, code = e.code, error = %e.message, "hook call failed");
+        }
         let outcome = if answer.is_ok() { "ok" } else { "error" };
         metrics::counter!("castellan_hook_calls_total", "hook" => name, "outcome" => outcome)
             .increment(1);
@@ -155,11 +159,16 @@ async fn read_json(answer: reqwest::Response) -> ApiResult<Value> {
     }
     let body = crate::pwned::read_bounded(answer, ANSWER_LIMIT)
         .await
-        .map_err(|_| {
-            ApiError::unprocessable(
+        .map_err(|e| match e.starts_with("answer longer than") {
+            true => ApiError::unprocessable(
                 "hook_payload_over_size_limit",
                 "Payload size exceeded size limit of 204800 bytes",
-            )
+            ),
+            // Cut off by the budget (a trickling answer) or the connection.
+            false => ApiError::unprocessable(
+                "hook_timeout",
+                "Failed to reach hook within maximum time of 5.000000 seconds",
+            ),
         })?;
     serde_json::from_slice(&body).map_err(|_| hook_failed("Error unmarshaling JSON output."))
 }
@@ -329,6 +338,8 @@ fn schema_problems(c: &Map<String, Value>) -> Vec<String> {
     for k in ["app_metadata", "user_metadata"] {
         kind(k, Value::is_object, "object", &mut out);
     }
+    // Stricter than GoTrue's schema: castellan reads it back as a boolean.
+    kind("is_anonymous", Value::is_boolean, "boolean", &mut out);
     kind(
         "amr",
         |v| {

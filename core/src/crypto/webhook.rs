@@ -12,6 +12,10 @@ pub fn key(secret: &str) -> Result<Vec<u8>, String> {
     let b64 = secret
         .strip_prefix("v1,whsec_")
         .ok_or_else(|| "invalid secret format (expected v1,whsec_<base64>)".to_string())?;
+    // GoTrue's rule: 32 to 88 base64 characters (a key of 24 bytes or more).
+    if !(32..=88).contains(&b64.len()) {
+        return Err("invalid secret format (its key must be 32 to 88 base64 characters)".into());
+    }
     STANDARD
         .decode(b64)
         .map_err(|_| "invalid secret format (its key is not base64)".to_string())
@@ -48,5 +52,7 @@ mod tests {
         assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
         assert!(key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_err());
         assert!(key("v1,whsec_not base64!").is_err());
+        assert!(key("v1,whsec_").is_err(), "an empty key forges nothing");
+        assert!(key("v1,whsec_YQ==").is_err(), "nor a one-byte key");
     }
 }
