@@ -160,7 +160,13 @@ async fn take_token(
     let bucket = match pick {
         Pick::Fixed(b) => b,
         Pick::SignUp => signup_bucket(body.unwrap_or_default()),
-        Pick::Token if grant(parts.uri.query()).as_deref() == Some("web3") => Bucket::Web3,
+        // (The query is parsed only when it may name web3: refreshes go by.)
+        Pick::Token
+            if parts.uri.query().is_some_and(|q| q.contains("web3"))
+                && grant(parts.uri.query()).as_deref() == Some("web3") =>
+        {
+            Bucket::Web3
+        }
         Pick::Token => Bucket::TokenRefresh,
     };
     // One bucket per client: an IPv6 host's whole /64 (it may pick any

@@ -90,6 +90,11 @@ pub struct Hooks {
 }
 
 impl Hooks {
+    /// Whether any hook is on.
+    pub fn any(&self) -> bool {
+        self.custom_access_token.is_some() || self.password_verification_attempt.is_some()
+    }
+
     /// Every enabled hook that is a database function, by GoTrue's name.
     pub fn pg_functions(&self) -> impl Iterator<Item = &'static str> + '_ {
         [

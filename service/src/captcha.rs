@@ -27,11 +27,7 @@ pub struct Captcha {
 
 impl Captcha {
     pub fn new(cfg: &CaptchaConfig) -> Result<Self, String> {
-        let http = reqwest::ClientBuilder::new()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(cfg.timeout)
-            .build()
-            .map_err(|e| e.to_string())?;
+        let http = crate::outside::client(cfg.timeout, None)?;
         Ok(Self {
             cfg: cfg.clone(),
             http,
@@ -80,7 +76,7 @@ impl Captcha {
             .send()
             .await
             .map_err(|e| failed(e.to_string()))?;
-        let body = crate::pwned::read_bounded(answer, ANSWER_LIMIT)
+        let body = crate::outside::read_bounded(answer, ANSWER_LIMIT)
             .await
             .map_err(failed)?;
         let verdict: Verdict = serde_json::from_slice(&body).map_err(|e| failed(e.to_string()))?;

@@ -42,6 +42,7 @@ impl Ctx {
         let templates = Templates::load(&config.mailer).await?;
         let hasher = PasswordHasher::new(&config.argon2);
         let jwt = JwtKeys::new(&config.jwt, secret)?;
+        let config_hooks_on = config.hooks.any();
         let pwned = config
             .password
             .hibp
@@ -68,7 +69,11 @@ impl Ctx {
             otp_key: castellan_core::crypto::token_hash_key(secret),
             job_seal: castellan_core::crypto::at_rest::JobSeal::from_secret(secret),
             pwned,
-            hooks: Some(crate::hooks::Hooks::new()?),
+            // Built only when a hook is on (every CLI command loads a Ctx).
+            hooks: match config_hooks_on {
+                true => Some(crate::hooks::Hooks::new()?),
+                false => None,
+            },
         }))
     }
 }

@@ -25,12 +25,9 @@ pub struct Hooks {
 
 impl Hooks {
     pub fn new() -> Result<Self, String> {
-        let http = reqwest::ClientBuilder::new()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(HTTP_BUDGET)
-            .build()
-            .map_err(|e| e.to_string())?;
-        Ok(Self { http })
+        Ok(Self {
+            http: crate::outside::client(HTTP_BUDGET, None)?,
+        })
     }
 
     /// Calls `hook` (named `name` in metrics) with `payload`: its answer, or
@@ -157,7 +154,7 @@ async fn read_json(answer: reqwest::Response) -> ApiResult<Value> {
             format!("Invalid JSON response. Received content-type: {ct}"),
         ));
     }
-    let body = crate::pwned::read_bounded(answer, ANSWER_LIMIT)
+    let body = crate::outside::read_bounded(answer, ANSWER_LIMIT)
         .await
         .map_err(|e| match e.starts_with("answer longer than") {
             true => ApiError::unprocessable(
@@ -196,6 +193,27 @@ fn reported_error(answer: Value) -> ApiResult<Value> {
     Err(ApiError::new(status, code, message.to_string()))
 }
 
+/// Calls `hook` with `fields` and GoTrue's `metadata` (a fresh id, the
+/// time, the hook's `name` as GoTrue gives it); `metric` names it in metrics.
+async fn invoke(
+    ctx: &crate::Ctx,
+    metric: &'static str,
+    name: &str,
+    hook: &HookConfig,
+    mut fields: Value,
+) -> ApiResult<Value> {
+    fields["metadata"] = json!({
+        "uuid": uuid::Uuid::new_v4(),
+        "time": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+        "name": name,
+    });
+    let hooks = ctx
+        .hooks
+        .as_ref()
+        .ok_or_else(|| hook_failed("hooks are not ready"))?;
+    hooks.call(ctx, metric, hook, &fields).await
+}
+
 /// The password verification attempt hook, told of each password tried
 /// on an account (right or wrong): it may refuse the sign-in, and end every
 /// session of the user.
@@ -205,22 +223,15 @@ pub async fn password_attempt(
     user_id: uuid::Uuid,
     valid: bool,
 ) -> ApiResult<()> {
-    let payload = json!({
-        "metadata": {
-            "uuid": uuid::Uuid::new_v4(),
-            "time": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
-            "name": "password-verification",
-        },
-        "user_id": user_id,
-        "valid": valid,
-    });
-    let hooks = ctx
-        .hooks
-        .as_ref()
-        .ok_or_else(|| hook_failed("hooks are not ready"))?;
-    let answer = hooks
-        .call(ctx, "password_verification_attempt", hook, &payload)
-        .await?;
+    let fields = json!({"user_id": user_id, "valid": valid});
+    let answer = invoke(
+        ctx,
+        "password_verification_attempt",
+        "password-verification",
+        hook,
+        fields,
+    )
+    .await?;
     if answer["decision"] != "reject" {
         return Ok(());
     }
@@ -262,23 +273,15 @@ pub async fn custom_access_token(
     claims: Value,
     method: &str,
 ) -> ApiResult<Map<String, Value>> {
-    let payload = json!({
-        "metadata": {
-            "uuid": uuid::Uuid::new_v4(),
-            "time": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
-            "name": "customize-access-token",
-        },
-        "user_id": user_id,
-        "claims": claims,
-        "authentication_method": method,
-    });
-    let hooks = ctx
-        .hooks
-        .as_ref()
-        .ok_or_else(|| hook_failed("hooks are not ready"))?;
-    let answer = hooks
-        .call(ctx, "custom_access_token", hook, &payload)
-        .await?;
+    let fields = json!({"user_id": user_id, "claims": claims, "authentication_method": method});
+    let answer = invoke(
+        ctx,
+        "custom_access_token",
+        "customize-access-token",
+        hook,
+        fields,
+    )
+    .await?;
     let Some(out) = answer.get("claims") else {
         return Err(hook_failed("output claims field is missing"));
     };

@@ -19,12 +19,7 @@ pub struct Pwned {
 
 impl Pwned {
     pub fn new(cfg: &HibpConfig) -> Result<Self, String> {
-        let http = reqwest::ClientBuilder::new()
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(cfg.user_agent.clone())
-            .timeout(cfg.timeout)
-            .build()
-            .map_err(|e| e.to_string())?;
+        let http = crate::outside::client(cfg.timeout, Some(&cfg.user_agent))?;
         Ok(Self {
             cfg: cfg.clone(),
             http,
@@ -64,7 +59,7 @@ impl Pwned {
         if answer.status() != reqwest::StatusCode::OK {
             return Err(format!("answered {}", answer.status()));
         }
-        let body = read_bounded(answer, ANSWER_LIMIT).await?;
+        let body = crate::outside::read_bounded(answer, ANSWER_LIMIT).await?;
         String::from_utf8(body).map_err(|e| e.to_string())
     }
 }
@@ -106,22 +101,6 @@ fn listed(body: &str, suffix: &str) -> bool {
 
 fn hex_upper(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02X}")).collect()
-}
-
-/// An answer's body, refused past `limit` bytes (the client's timeout
-/// bounds the time).
-pub(crate) async fn read_bounded(
-    mut answer: reqwest::Response,
-    limit: usize,
-) -> Result<Vec<u8>, String> {
-    let mut body = Vec::new();
-    while let Some(chunk) = answer.chunk().await.map_err(|e| e.to_string())? {
-        if body.len() + chunk.len() > limit {
-            return Err(format!("answer longer than {limit} bytes"));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
 }
 
 #[cfg(test)]
