@@ -511,6 +511,13 @@ async fn config_command(cmd: &ConfigCommand) -> anyhow::Result<()> {
         for warning in castellan::preflight::warnings(&config, &env, &settings) {
             eprintln!("castellan: warning: {warning}");
         }
+        for (hook, cfg) in config.hooks.enabled() {
+            let how = match &cfg.target {
+                castellan_core::config::HookTarget::Http(_) => "HTTP, signed",
+                castellan_core::config::HookTarget::PgFunction { .. } => "a PostgreSQL function",
+            };
+            eprintln!("castellan: hook {} is on ({how})", hook.env());
+        }
         eprintln!("castellan: the configuration is valid");
     }
     Ok(())

@@ -175,6 +175,12 @@ pub fn zero_series(config: &castellan_core::Config) {
     }
     metrics::counter!("castellan_signins_total", "method" => "password", "outcome" => "ok")
         .increment(0);
+    for (hook, _) in config.hooks.enabled() {
+        for outcome in ["ok", "refused", "error"] {
+            metrics::counter!("castellan_hook_calls_total", "hook" => hook.label(), "outcome" => outcome)
+                .increment(0);
+        }
+    }
     for kind in [
         EmailKind::Confirmation,
         EmailKind::MagicLink,

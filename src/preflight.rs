@@ -37,7 +37,8 @@ pub async fn refusal(config: &Config, role: Role) -> anyhow::Result<()> {
         && let Some(hook) = config.hooks.pg_functions().next()
     {
         anyhow::bail!(
-            "invalid configuration: GOTRUE_HOOK_{hook}_URI: pg-functions:// hooks run inside PostgreSQL, and DATABASE_URL is SQLite: use an https:// hook"
+            "invalid configuration: GOTRUE_HOOK_{}_URI: pg-functions:// hooks run inside PostgreSQL, and DATABASE_URL is SQLite: use an https:// hook",
+            hook.env()
         );
     }
     // The keys and methods, checked with any secret: its source is above.

@@ -3,6 +3,8 @@
 //! which the README's test command does.
 
 mod common;
+#[path = "common/hook_server.rs"]
+mod hook_server;
 #[path = "common/oauth_provider.rs"]
 mod oauth_provider;
 #[path = "common/oidc_issuer.rs"]
@@ -389,11 +391,29 @@ async fn readme_examples_run() {
     t.stop().await;
 }
 
+/// Runs a script of tests/e2e that drives auth-js at the API's root and
+/// under `/auth/v1` (see harness.mjs), and asserts both passed.
+async fn run_everywhere(script: &str, args: &[&str], backend: Backend) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e");
+    let out = tokio::process::Command::new("node")
+        .arg(script)
+        .args(args)
+        .current_dir(&dir)
+        .output()
+        .await
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("ok root") && stdout.contains("ok prefixed"),
+        "{script} on {backend:?}:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// auth-js drives a CAPTCHA-protected sign-up and sign-in through a
 /// stand-in provider, meets a leaked password refused, and signs wallets
 /// in with Solana and Ethereum (issue 32).
 async fn bots(backend: Backend) {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e");
     let captcha = security_apis::FakeCaptcha::start().await;
     let pwned = security_apis::FakePwned::start(&["Tr0ub4dor&3"]).await;
     let wallets = security_apis::Wallets::new().serve().await;
@@ -407,18 +427,8 @@ async fn bots(backend: Backend) {
     })
     .await;
     let issue = captcha.url.replace("/siteverify", "/_issue");
-    let out = tokio::process::Command::new("node")
-        .args(["bots.mjs", &t.base, &issue, "Tr0ub4dor&3", &wallets.base])
-        .current_dir(&dir)
-        .output()
-        .await
-        .expect("node runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("ok root") && stdout.contains("ok prefixed"),
-        "bots.mjs on {backend:?}:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let args = [t.base.as_str(), &issue, "Tr0ub4dor&3", &wallets.base];
+    run_everywhere("bots.mjs", &args, backend).await;
     t.stop().await;
 }
 
@@ -430,4 +440,45 @@ async fn bots_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bots_on_postgres() {
     bots(Backend::Postgres).await
+}
+
+/// auth-js reads the claims a custom access token hook added, with
+/// getClaims(), after a sign-up, a sign-in and a refresh (issue 28).
+async fn hooks(backend: Backend) {
+    use castellan_core::hooks::Hook;
+    let server = hook_server::HookServer::start().await;
+    server.answer(Hook::CustomAccessToken, |p, _| {
+        let mut claims = p["claims"].clone();
+        claims["tenant_id"] = serde_json::json!("acme");
+        (200, serde_json::json!({ "claims": claims }))
+    });
+    let on = server.clone();
+    let t = common::spawn(backend, move |c| {
+        on.turn_on(c, Hook::CustomAccessToken);
+        c.mailer_autoconfirm = true;
+    })
+    .await;
+    run_everywhere("hooks.mjs", &[t.base.as_str()], backend).await;
+    // Every token auth-js was given went through the hook.
+    let methods: Vec<String> = server
+        .calls(Hook::CustomAccessToken)
+        .iter()
+        .map(|c| c["authentication_method"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        methods.contains(&"token_refresh".to_string()),
+        "{methods:?}"
+    );
+    assert!(methods.contains(&"password".to_string()), "{methods:?}");
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_on_sqlite() {
+    hooks(Backend::Sqlite).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_on_postgres() {
+    hooks(Backend::Postgres).await
 }

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::duration::parse_go_duration;
+use crate::hooks::Hook;
 use crate::limits::{self, Counts, Limit};
 
 #[derive(Debug, thiserror::Error)]
@@ -82,53 +83,47 @@ pub struct HookConfig {
     pub keys: Vec<Vec<u8>>,
 }
 
-/// GoTrue's hooks castellan calls, each when enabled.
+/// GoTrue's hooks, each configured when enabled.
 #[derive(Debug, Clone, Default)]
-pub struct Hooks {
-    pub custom_access_token: Option<HookConfig>,
-    pub password_verification_attempt: Option<HookConfig>,
-}
+pub struct Hooks([Option<HookConfig>; 7]);
 
 impl Hooks {
-    /// Whether any hook is on.
-    pub fn any(&self) -> bool {
-        self.custom_access_token.is_some() || self.password_verification_attempt.is_some()
+    /// `hook`'s configuration when it is on.
+    pub fn get(&self, hook: Hook) -> Option<&HookConfig> {
+        self.0[hook as usize].as_ref()
     }
 
-    /// Every enabled hook that is a database function, by GoTrue's name.
-    pub fn pg_functions(&self) -> impl Iterator<Item = &'static str> + '_ {
-        [
-            ("CUSTOM_ACCESS_TOKEN", &self.custom_access_token),
-            (
-                "PASSWORD_VERIFICATION_ATTEMPT",
-                &self.password_verification_attempt,
-            ),
-        ]
-        .into_iter()
-        .filter(|(_, h)| {
-            h.as_ref()
-                .is_some_and(|h| matches!(h.target, HookTarget::PgFunction { .. }))
-        })
-        .map(|(n, _)| n)
+    /// Turns `hook` on (or off, with `None`).
+    pub fn set(&mut self, hook: Hook, cfg: Option<HookConfig>) {
+        self.0[hook as usize] = cfg;
+    }
+
+    /// The hooks that are on.
+    pub fn enabled(&self) -> impl Iterator<Item = (Hook, &HookConfig)> + '_ {
+        Hook::ALL
+            .into_iter()
+            .filter_map(|h| self.get(h).map(|c| (h, c)))
+    }
+
+    /// Whether any hook is on.
+    pub fn any(&self) -> bool {
+        self.enabled().next().is_some()
+    }
+
+    /// Every enabled hook that is a database function.
+    pub fn pg_functions(&self) -> impl Iterator<Item = Hook> + '_ {
+        self.enabled()
+            .filter(|(_, c)| matches!(c.target, HookTarget::PgFunction { .. }))
+            .map(|(h, _)| h)
     }
 }
 
-/// GoTrue's hook names (`GOTRUE_HOOK_<NAME>_…`), each checked at start.
-pub const HOOK_NAMES: [&str; 7] = [
-    "MFA_VERIFICATION_ATTEMPT",
-    "PASSWORD_VERIFICATION_ATTEMPT",
-    "CUSTOM_ACCESS_TOKEN",
-    "SEND_EMAIL",
-    "SEND_SMS",
-    "BEFORE_USER_CREATED",
-    "AFTER_USER_CREATED",
-];
-
 /// Reads every hook's variables, refusing a bad URI or secret even for a
-/// hook that is off (as GoTrue does); the enabled ones castellan calls.
+/// hook that is off (as GoTrue does).
 fn hooks(v: &Vars) -> Result<Hooks, ConfigError> {
     let mut hooks = Hooks::default();
-    for name in HOOK_NAMES {
+    for hook in Hook::ALL {
+        let name = hook.env();
         let var = |k: &str| format!("GOTRUE_HOOK_{name}_{k}");
         let enabled = v.bool(&[var("ENABLED").as_str()], false)?;
         let uri = v.opt_string(&[var("URI").as_str()]);
@@ -151,23 +146,8 @@ fn hooks(v: &Vars) -> Result<Hooks, ConfigError> {
                 .map_err(|m| err("SECRETS", m))?,
             HookTarget::PgFunction { .. } => Vec::new(),
         };
-        match (enabled, name) {
-            (true, "CUSTOM_ACCESS_TOKEN") => {
-                hooks.custom_access_token = Some(HookConfig { target, keys });
-            }
-            (true, "PASSWORD_VERIFICATION_ATTEMPT") => {
-                hooks.password_verification_attempt = Some(HookConfig { target, keys });
-            }
-            // Refused rather than ignored: a hook an operator turned on may
-            // be a gate (which sign-ups are let in, how many attempts).
-            (true, _) => {
-                return Err(err(
-                    "ENABLED",
-                    "castellan does not call this hook yet (only CUSTOM_ACCESS_TOKEN and PASSWORD_VERIFICATION_ATTEMPT); turn it off"
-                        .into(),
-                ));
-            }
-            (false, _) => {}
+        if enabled {
+            hooks.set(hook, Some(HookConfig { target, keys }));
         }
     }
     Ok(hooks)
@@ -1604,12 +1584,15 @@ mod tests {
         }
         let e = cfg(&[("GOTRUE_HOOK_PASSWORD_VERIFICATION_ATTEMPT_ENABLED", "true")]).unwrap_err();
         assert_eq!(e.var, "GOTRUE_HOOK_PASSWORD_VERIFICATION_ATTEMPT_URI");
-        let e = cfg(&[
+        let c = cfg(&[
             ("GOTRUE_HOOK_SEND_EMAIL_ENABLED", "true"),
             ("GOTRUE_HOOK_SEND_EMAIL_URI", "https://h.example.com"),
         ])
-        .unwrap_err();
-        assert_eq!(e.var, "GOTRUE_HOOK_SEND_EMAIL_ENABLED");
+        .unwrap();
+        assert_eq!(
+            c.hooks.enabled().map(|(h, _)| h).collect::<Vec<_>>(),
+            [Hook::SendEmail]
+        );
         let e = cfg(&[
             (
                 "GOTRUE_HOOK_CUSTOM_ACCESS_TOKEN_URI",
@@ -1628,7 +1611,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            c.hooks.custom_access_token.unwrap().target,
+            c.hooks.get(Hook::CustomAccessToken).unwrap().target,
             HookTarget::PgFunction {
                 schema: "public".into(),
                 function: "claims".into()

@@ -120,7 +120,7 @@ pub const GROUPS: &[Group] = &[
     },
     Group {
         title: "Hooks",
-        about: "Auth hooks: https:// endpoints signed with Standard Webhooks (secrets v1,whsec_<base64>, several separated by |; http:// only to this machine) or pg-functions://postgres/<schema>/<function> on PostgreSQL. castellan calls the custom access token and password verification attempt hooks; turning another on stops start-up.",
+        about: "Auth hooks: https:// endpoints signed with Standard Webhooks (secrets v1,whsec_<base64>, several separated by |; http:// only to this machine) or pg-functions://postgres/<schema>/<function> on PostgreSQL. castellan calls all seven of GoTrue's hooks; the send-email and send-SMS hooks take the place of SMTP and the SMS provider, through the durable queue.",
         matches: |n| any(n, &["GOTRUE_HOOK_"]),
     },
     Group {

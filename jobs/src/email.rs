@@ -64,6 +64,24 @@ pub struct EmailJob {
     /// When it was queued, for the delivery latency (absent in older jobs).
     #[serde(default)]
     pub queued_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// What the send-email hook is given (the user and GoTrue's email
+    /// data), when it was on as the job was queued.
+    #[serde(default)]
+    pub hook: Option<Value>,
+}
+
+impl EmailKind {
+    /// GoTrue's `email_action_type` for the send-email hook.
+    pub fn action_type(self) -> &'static str {
+        match self {
+            EmailKind::Confirmation => "signup",
+            EmailKind::Invite => "invite",
+            EmailKind::MagicLink => "magiclink",
+            EmailKind::Recovery => "recovery",
+            EmailKind::EmailChange => "email_change",
+            EmailKind::Reauthentication => "reauthentication",
+        }
+    }
 }
 
 /// Where mail goes.
@@ -76,6 +94,8 @@ pub enum Mailer {
     /// No SMTP host: the message (with its link and code) goes to the log,
     /// so a newcomer can follow a magic link without a mail server.
     Log,
+    /// The send-email hook delivers instead.
+    Hook(Box<crate::hooked::HookDelivery>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +106,18 @@ pub enum SendError {
     Smtp(#[from] lettre::transport::smtp::Error),
     #[error("message: {0}")]
     Message(#[from] lettre::error::Error),
+    /// The send-email hook refused it in its own words: not retried.
+    #[error("the send-email hook refused the message: {}", .0.message)]
+    Rejected(castellan_core::ApiError),
+    #[error("the send-email hook failed: {0}")]
+    HookDown(String),
+}
+
+impl SendError {
+    /// Whether sending again could succeed.
+    pub fn retryable(&self) -> bool {
+        !matches!(self, SendError::Rejected(_))
+    }
 }
 
 impl Mailer {
@@ -122,6 +154,26 @@ impl Mailer {
         })
     }
 
+    /// The send-email hook in place of SMTP, when it is on.
+    pub fn with_hook(self, hook: Option<crate::hooked::HookDelivery>) -> Mailer {
+        hook.map_or(self, |h| Mailer::Hook(Box::new(h)))
+    }
+
+    /// Delivers a queued job: by the hook, or its rendered message.
+    pub async fn deliver(
+        &self,
+        job: &EmailJob,
+        m: crate::templates::Rendered,
+    ) -> Result<(), SendError> {
+        match self {
+            Mailer::Hook(hook) => hook.deliver(job.hook.as_ref()).await.map_err(|e| match e {
+                crate::hooked::Undelivered::Rejected(e) => SendError::Rejected(e),
+                crate::hooked::Undelivered::Down(e) => SendError::HookDown(e),
+            }),
+            _ => self.send(&job.to, &m.subject, m.html, m.text).await,
+        }
+    }
+
     pub async fn send(
         &self,
         to: &str,
@@ -134,6 +186,9 @@ impl Mailer {
                 tracing::info!(target: "castellan::mail", %to, %subject, body = %text, "email (no SMTP host configured: delivered to the log)");
                 Ok(())
             }
+            Mailer::Hook(_) => Err(SendError::HookDown(
+                "the send-email hook takes queued jobs only".into(),
+            )),
             Mailer::Smtp { transport, from } => {
                 let to: Mailbox = to.parse().map_err(|_| SendError::Address(to.to_string()))?;
                 let msg = Message::builder()

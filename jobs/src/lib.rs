@@ -7,6 +7,7 @@
 //! - [`worker`]: the workers that deliver, with retries and metrics.
 
 pub mod email;
+pub mod hooked;
 pub mod queue;
 pub mod sms;
 pub mod templates;

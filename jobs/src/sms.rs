@@ -193,6 +193,9 @@ pub enum SendError {
     /// The provider is down, slow or answered 5xx: worth retrying.
     #[error("the SMS provider is unavailable: {0}")]
     Unavailable(String),
+    /// The send-SMS hook refused it: its error is the answer.
+    #[error("the send-SMS hook refused the message: {}", .0.message)]
+    Rejected(castellan_core::ApiError),
 }
 
 /// One message to send.
@@ -424,6 +427,10 @@ pub struct SmsJob {
     /// `sms` or `whatsapp`.
     pub channel: String,
     pub queued_at: chrono::DateTime<chrono::Utc>,
+    /// What the send-SMS hook is given (the user and the code), when it
+    /// was on as the job was queued.
+    #[serde(default)]
+    pub hook: Option<Value>,
 }
 
 impl SmsJob {
@@ -460,6 +467,8 @@ pub fn render(template: &str, code: &str) -> String {
 /// fails each send ("Unable to get SMS provider").
 pub enum Gateway {
     Provider(Sender),
+    /// The send-SMS hook delivers instead of a provider.
+    Hook(Box<crate::hooked::HookDelivery>),
     Log,
     Missing(String),
 }
@@ -468,6 +477,13 @@ pub enum Gateway {
 /// sign-ins or phone factors are on (at start, and by `config check`).
 pub fn warning(config: &castellan_core::Config, gateway: &Gateway) -> Option<String> {
     let phones = config.external_phone_enabled || config.mfa.phone_enroll_enabled;
+    if config
+        .hooks
+        .get(castellan_core::hooks::Hook::SendSms)
+        .is_some()
+    {
+        return None;
+    }
     let why = gateway.missing().filter(|_| phones)?;
     Some(format!(
         "{why}: SMS sends will fail with \"Unable to get SMS provider\", as GoTrue's do"
@@ -504,6 +520,11 @@ impl Gateway {
         sender.map_or_else(Gateway::Missing, Gateway::Provider)
     }
 
+    /// The send-SMS hook in place of any provider, when it is on.
+    pub fn with_hook(self, hook: Option<crate::hooked::HookDelivery>) -> Gateway {
+        hook.map_or(self, |h| Gateway::Hook(Box::new(h)))
+    }
+
     /// Why no SMS can be sent, when none can.
     pub fn missing(&self) -> Option<&str> {
         match self {
@@ -521,7 +542,7 @@ impl Gateway {
     pub async fn check_code(&self, phone: &str, code: &str) -> Result<bool, SendError> {
         match self {
             Gateway::Provider(s) => s.check_code(phone, code).await,
-            Gateway::Log | Gateway::Missing(_) => Ok(false),
+            Gateway::Log | Gateway::Missing(_) | Gateway::Hook(_) => Ok(false),
         }
     }
 
@@ -531,26 +552,48 @@ impl Gateway {
             Gateway::Provider(s) => s.description.name,
             Gateway::Log => "log",
             Gateway::Missing(_) => "none",
+            Gateway::Hook(_) => "hook",
         }
+    }
+
+    /// Delivers a queued message: by the hook, or as [`Gateway::send`].
+    pub async fn deliver(&self, job: &SmsJob) -> Result<Option<String>, SendError> {
+        let Gateway::Hook(hook) = self else {
+            return self.send(&job.message()).await;
+        };
+        let r = match hook.deliver(job.hook.as_ref()).await {
+            Ok(()) => Ok(None),
+            Err(crate::hooked::Undelivered::Rejected(e)) => Err(SendError::Rejected(e)),
+            Err(crate::hooked::Undelivered::Down(e)) => Err(SendError::Unavailable(e)),
+        };
+        self.count(&r);
+        r
     }
 
     pub async fn send(&self, m: &Message<'_>) -> Result<Option<String>, SendError> {
         let r = match self {
             Gateway::Provider(s) => s.send(m).await,
+            Gateway::Hook(_) => Err(SendError::Refused(
+                "the send-SMS hook takes queued messages only".into(),
+            )),
             Gateway::Log => {
                 tracing::info!(target: "castellan::sms", to = %m.phone, channel = %m.channel, body = %m.body, "SMS (CASTELLAN_SMS_LOG: delivered to the log)");
                 Ok(None)
             }
             Gateway::Missing(why) => Err(SendError::Refused(why.clone())),
         };
-        let outcome = match &r {
+        self.count(&r);
+        r
+    }
+
+    fn count(&self, r: &Result<Option<String>, SendError>) {
+        let outcome = match r {
             Ok(_) => "sent",
-            Err(SendError::Refused(_)) => "refused",
+            Err(SendError::Refused(_) | SendError::Rejected(_)) => "refused",
             Err(SendError::Unavailable(_)) => "unavailable",
         };
         metrics::counter!("castellan_sms_total", "provider" => self.name(), "outcome" => outcome)
             .increment(1);
-        r
     }
 }
 

@@ -211,6 +211,7 @@ mod tests {
             data: json!({"name": "<Al>", "n": 3}),
             message: None,
             queued_at: None,
+            hook: None,
         }
     }
 

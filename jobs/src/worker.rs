@@ -11,6 +11,7 @@ use apalis::layers::retry::backoff::{ExponentialBackoffMaker, MakeBackoff};
 use apalis::prelude::*;
 use castellan_core::config::Config;
 use castellan_core::crypto::at_rest::JobSeal;
+use castellan_core::hooks::Hook;
 use castellan_core::store::{Pool, Store};
 
 use crate::email::{EmailJob, Mailer};
@@ -61,10 +62,7 @@ async fn deliver(
         Some(m) => m.clone(),
         None => deps.templates.render(&job),
     };
-    let result = deps
-        .mailer
-        .send(&job.to, &rendered.subject, rendered.html, rendered.text)
-        .await;
+    let result = deps.mailer.deliver(&job, rendered).await;
     metrics::histogram!("castellan_queue_job_duration_seconds", "queue" => "email")
         .record(start.elapsed().as_secs_f64());
     match result {
@@ -75,6 +73,11 @@ async fn deliver(
                 metrics::histogram!("castellan_queue_delivery_seconds", "queue" => "email")
                     .record(waited.as_secs_f64());
             }
+            Ok(())
+        }
+        Err(e) if !e.retryable() => {
+            metrics::counter!("castellan_queue_dead_total", "queue" => "email").increment(1);
+            tracing::error!(job = %job.id, error = %e, "email refused; not retried");
             Ok(())
         }
         Err(e) => {
@@ -109,7 +112,7 @@ async fn deliver_sms(
         return Ok(());
     };
     let start = Instant::now();
-    let result = deps.gateway.send(&job.message()).await;
+    let result = deps.gateway.deliver(&job).await;
     metrics::histogram!("castellan_queue_job_duration_seconds", "queue" => "sms")
         .record(start.elapsed().as_secs_f64());
     let provider = deps.gateway.name();
@@ -124,7 +127,8 @@ async fn deliver_sms(
             tracing::info!(job = %job.id, provider, message_id = ?id, "SMS delivered by the queue");
             Ok(())
         }
-        Err(SendError::Refused(e)) => {
+        Err(SendError::Rejected(castellan_core::ApiError { message: e, .. }))
+        | Err(SendError::Refused(e)) => {
             metrics::counter!("castellan_queue_dead_total", "queue" => "sms").increment(1);
             tracing::error!(job = %job.id, provider, error = %e, "SMS refused by the provider; not retried");
             Ok(())
@@ -265,7 +269,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
     let attempts = config.mailer.max_attempts.max(1);
-    let (deps, sms_deps) = deps(config, seal, attempts).await?;
+    let (deps, sms_deps) = deps(&store, config, seal, attempts).await?;
     let backoff = backoff(config)?;
     // Names must be unique per process: a reused name stalls for 30 s.
     let [name, sms_name, cron_name] = ["email", "sms", "expiry"]
@@ -371,11 +375,14 @@ fn backoff(config: &Config) -> Result<ExponentialBackoffMaker, String> {
 
 /// What the email and SMS workers deliver with.
 async fn deps(
+    store: &Store,
     config: &Config,
     seal: JobSeal,
     attempts: usize,
 ) -> Result<(Arc<EmailDeps>, Arc<SmsDeps>), String> {
-    let mailer = Mailer::from_config(&config.smtp)?;
+    let caller = castellan_core::hooks::Caller::new(store.clone())?;
+    let hook = |h| crate::hooked::HookDelivery::of(config, h, &caller);
+    let mailer = Mailer::from_config(&config.smtp)?.with_hook(hook(Hook::SendEmail));
     let templates = Templates::load(&config.mailer).await?;
     let deps = Arc::new(EmailDeps {
         seal: seal.clone(),
@@ -386,7 +393,7 @@ async fn deps(
     });
     let sms_deps = Arc::new(SmsDeps {
         seal,
-        gateway: Gateway::from_config(&config.sms),
+        gateway: Gateway::from_config(&config.sms).with_hook(hook(Hook::SendSms)),
         attempts,
         clock: config.clock.clone(),
     });

@@ -2,6 +2,8 @@
 //! updates, following GoTrue's order of checks. Stateless and parallel per
 //! user; sessions are created and ended through `sessions`.
 
+use crate::hooks;
+use castellan_core::hooks::Hook;
 use std::sync::Arc;
 
 use castellan_core::crypto::jwt::{self, IncomingClaims};
@@ -322,12 +324,24 @@ impl Accounts {
         } else {
             cfg.sms_autoconfirm
         };
+        let new = new_signup(
+            cfg,
+            (&req, &addr),
+            &hash,
+            autoconfirm,
+            (Uuid::new_v4(), now),
+        );
+        if hooks::on(&self.ctx, Hook::BeforeUserCreated) {
+            // Asked outside the transaction, when the address is free now.
+            let mut tx = self.ctx.store.begin().await?;
+            let free = holder(&mut tx, &addr).await?.is_none();
+            tx.commit().await?;
+            if free {
+                hooks::before_user_created(&self.ctx, &new.0).await?;
+            }
+        }
         let mut tx = self.ctx.store.begin().await?;
-        let existing = match (&addr.email, &addr.phone) {
-            (Some(e), _) => tx.holder_of_email(e).await?,
-            (_, Some(p)) => tx.holder_of_phone(p).await?,
-            _ => None,
-        };
+        let existing = holder(&mut tx, &addr).await?;
         let created = existing.is_none();
         let user = match existing {
             Some(u) => match self
@@ -341,21 +355,31 @@ impl Accounts {
                     user
                 }
             },
-            None => insert_signup(&mut tx, cfg, &req, &addr, &hash, autoconfirm, now).await?,
+            None => insert_signup(&mut tx, new, addr.provider, autoconfirm).await?,
         };
         tx.commit().await?;
         metrics::counter!("castellan_signups_total", "provider" => addr.provider, "confirmed" => autoconfirm.to_string()).increment(1);
-        if autoconfirm {
-            let grant = self
+        // Told once the user has its session or its confirmation.
+        let told = (created && hooks::on(&self.ctx, Hook::AfterUserCreated)).then(|| user.clone());
+        let outcome = match autoconfirm {
+            true => self
                 .sessions
                 .issue(user, "password", vec![(AuditAction::Login, None)])
-                .await?;
-            return Ok(SignupOutcome::Session(Box::new(grant)));
-        }
-        let id = user.id;
-        let outcome = self.unconfirmed(user, &req, addr.provider).await;
-        if created && matches!(&outcome, Err(e) if e.code == "sms_send_failed") {
-            self.forget(id).await;
+                .await
+                .map(|grant| SignupOutcome::Session(Box::new(grant))),
+            false => {
+                let id = user.id;
+                let outcome = self.unconfirmed(user, &req, addr.provider).await;
+                // GoTrue's sign-up is one transaction with its SMS: one refused
+                // (by the provider or the send-SMS hook) takes the user back.
+                if created && addr.provider == "phone" && outcome.is_err() {
+                    self.forget(id).await;
+                }
+                outcome
+            }
+        };
+        if let (Some(user), Ok(_)) = (&told, &outcome) {
+            hooks::after_user_created(&self.ctx, user).await?;
         }
         outcome
     }
@@ -467,8 +491,7 @@ impl Accounts {
         }
         let now = self.ctx.config.clock.now();
         let id = Uuid::new_v4();
-        let mut tx = self.ctx.store.begin().await?;
-        tx.insert_user(&NewUser {
+        let new = NewUser {
             id,
             aud,
             role: cfg.jwt.default_group_name.trim(),
@@ -481,13 +504,16 @@ impl Accounts {
             user_metadata: Value::Object(data),
             is_anonymous: true,
             now,
-        })
-        .await?;
+        };
+        hooks::before_user_created(&self.ctx, &new).await?;
+        let mut tx = self.ctx.store.begin().await?;
+        tx.insert_user(&new).await?;
         let user = tx
             .user_by_id(id)
             .await?
             .ok_or_else(|| ApiError::internal("anonymous", "user vanished"))?;
         tx.commit().await?;
+        hooks::after_user_created(&self.ctx, &user).await?;
         metrics::counter!("castellan_signups_total", "provider" => "anonymous", "confirmed" => "true").increment(1);
         self.sessions.issue(user, "anonymous", vec![]).await
     }
@@ -508,12 +534,9 @@ impl Accounts {
         };
         // GoTrue tells the hook of every password tried on an account that
         // has one and is not banned, right or wrong.
-        if let (Some(hook), Some(u), Some(_)) = (
-            &self.ctx.config.hooks.password_verification_attempt,
-            &user,
-            &stored,
-        ) && !u.is_banned(self.ctx.config.clock.now())
-            && let Err(e) = crate::hooks::password_attempt(&self.ctx, hook, u.id, verified.ok).await
+        if let (Some(u), Some(_)) = (&user, &stored)
+            && !u.is_banned(self.ctx.config.clock.now())
+            && let Err(e) = crate::hooks::password_attempt(&self.ctx, u.id, verified.ok).await
         {
             outcome("hook_rejected");
             return Err(e);
@@ -972,6 +995,15 @@ struct SignupAddress {
     phone: Option<String>,
 }
 
+/// The user holding a sign-up's address, if any.
+async fn holder(tx: &mut Tx, addr: &SignupAddress) -> ApiResult<Option<User>> {
+    Ok(match (&addr.email, &addr.phone) {
+        (Some(e), _) => tx.holder_of_email(e).await?,
+        (_, Some(p)) => tx.holder_of_phone(p).await?,
+        _ => None,
+    })
+}
+
 /// GoTrue's checks of a sign-up, in its order: the address and the
 /// password it gives, or the first refusal.
 async fn check_signup<'r>(
@@ -1051,18 +1083,15 @@ fn check_phone_signup(cfg: &castellan_core::Config, req: &SignupRequest) -> ApiR
     Ok(())
 }
 
-/// A new user for a sign-up, with the identity of its address.
-async fn insert_signup(
-    tx: &mut Tx,
-    cfg: &castellan_core::Config,
-    req: &SignupRequest,
-    addr: &SignupAddress,
-    hash: &str,
+/// A sign-up's new user (`id`), and the data of its address's identity.
+fn new_signup<'a>(
+    cfg: &'a castellan_core::Config,
+    (req, addr): (&'a SignupRequest, &'a SignupAddress),
+    hash: &'a str,
     autoconfirm: bool,
-    now: DateTime<Utc>,
-) -> ApiResult<User> {
+    (id, now): (Uuid, DateTime<Utc>),
+) -> (NewUser<'a>, Value) {
     let provider = addr.provider;
-    let id = Uuid::new_v4();
     // The identity's data, the sign-up's own keys beside it; GoTrue copies
     // it into the user's metadata too (confirmation then sets `email_verified`).
     let mut data = json!({"sub": id.to_string(), "email_verified": false, "phone_verified": false});
@@ -1078,7 +1107,7 @@ async fn insert_signup(
     if autoconfirm && provider == "email" {
         user_metadata["email_verified"] = json!(true);
     }
-    tx.insert_user(&NewUser {
+    let user = NewUser {
         id,
         aud: &req.aud,
         role: cfg.jwt.default_group_name.trim(),
@@ -1091,8 +1120,19 @@ async fn insert_signup(
         user_metadata,
         is_anonymous: false,
         now,
-    })
-    .await?;
+    };
+    (user, data)
+}
+
+/// A sign-up's new user inserted, with the identity of its address.
+async fn insert_signup(
+    tx: &mut Tx,
+    (new, data): (NewUser<'_>, Value),
+    provider: &str,
+    autoconfirm: bool,
+) -> ApiResult<User> {
+    let (id, now) = (new.id, new.now);
+    tx.insert_user(&new).await?;
     tx.insert_identity(&Identity {
         id: Uuid::new_v4(),
         provider_id: id.to_string(),

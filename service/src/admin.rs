@@ -275,8 +275,7 @@ impl Admin {
     ) -> ApiResult<User> {
         let now = self.ctx.config.clock.now();
         let id = Uuid::new_v4();
-        let mut tx = self.ctx.store.begin().await?;
-        tx.insert_user(&NewUser {
+        let new = NewUser {
             id,
             aud,
             role: self.ctx.config.jwt.default_group_name.trim(),
@@ -289,12 +288,17 @@ impl Admin {
             user_metadata: Value::Object(data),
             is_anonymous: false,
             now,
-        })
-        .await?;
+        };
+        // GoTrue asks the user-created hooks for invitations and generated
+        // links (not for users an admin creates directly).
+        crate::hooks::before_user_created(&self.ctx, &new).await?;
+        let mut tx = self.ctx.store.begin().await?;
+        tx.insert_user(&new).await?;
         tx.upsert_identity(id, "email", &identity_data(id, "email", email, false), now)
             .await?;
         let user = self.load(&mut tx, id).await?;
         tx.commit().await?;
+        crate::hooks::after_user_created(&self.ctx, &user).await?;
         Ok(user)
     }
 

@@ -27,7 +27,7 @@ pub struct Captcha {
 
 impl Captcha {
     pub fn new(cfg: &CaptchaConfig) -> Result<Self, String> {
-        let http = crate::outside::client(cfg.timeout, None)?;
+        let http = castellan_core::outside::client(cfg.timeout, None)?;
         Ok(Self {
             cfg: cfg.clone(),
             http,
@@ -76,7 +76,7 @@ impl Captcha {
             .send()
             .await
             .map_err(|e| failed(e.to_string()))?;
-        let body = crate::outside::read_bounded(answer, ANSWER_LIMIT)
+        let body = castellan_core::outside::read_bounded(answer, ANSWER_LIMIT)
             .await
             .map_err(failed)?;
         let verdict: Verdict = serde_json::from_slice(&body).map_err(|e| failed(e.to_string()))?;

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use castellan_core::crypto::jwt::JwtKeys;
 use castellan_core::crypto::password::PasswordHasher;
+use castellan_core::hooks::Hook;
 use castellan_core::{Config, Store};
 use castellan_jobs::templates::Templates;
 
@@ -25,7 +26,7 @@ pub struct Ctx {
     /// Leaked-password lookups, when enabled.
     pub pwned: Option<crate::pwned::Pwned>,
     /// The transport of the auth hooks.
-    pub hooks: Option<crate::hooks::Hooks>,
+    pub hooks: Option<castellan_core::hooks::Caller>,
 }
 
 impl Ctx {
@@ -42,7 +43,11 @@ impl Ctx {
         let templates = Templates::load(&config.mailer).await?;
         let hasher = PasswordHasher::new(&config.argon2);
         let jwt = JwtKeys::new(&config.jwt, secret)?;
-        let config_hooks_on = config.hooks.any();
+        // Built only when a hook is on (every CLI command loads a Ctx).
+        let hooks = match config.hooks.any() {
+            true => Some(castellan_core::hooks::Caller::new(store.clone())?),
+            false => None,
+        };
         let pwned = config
             .password
             .hibp
@@ -50,7 +55,11 @@ impl Ctx {
             .map(crate::pwned::Pwned::new)
             .transpose()?;
         // Its warning, if any, is said at start by `preflight`.
-        let sms = castellan_jobs::sms::Gateway::from_config(&config.sms);
+        let sms = castellan_jobs::sms::Gateway::from_config(&config.sms).with_hook(
+            hooks.as_ref().and_then(|caller| {
+                castellan_jobs::hooked::HookDelivery::of(&config, Hook::SendSms, caller)
+            }),
+        );
         // GoTrue's variable decides; unset, v2 unless the database is an
         // adopted GoTrue one (whose clients hold legacy tokens and may run
         // GoTrue beside castellan).
@@ -69,11 +78,7 @@ impl Ctx {
             otp_key: castellan_core::crypto::token_hash_key(secret),
             job_seal: castellan_core::crypto::at_rest::JobSeal::from_secret(secret),
             pwned,
-            // Built only when a hook is on (every CLI command loads a Ctx).
-            hooks: match config_hooks_on {
-                true => Some(crate::hooks::Hooks::new()?),
-                false => None,
-            },
+            hooks,
         }))
     }
 }

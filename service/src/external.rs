@@ -6,6 +6,8 @@
 //! password (GoTrue's defence against pre-account takeover), and an
 //! unverified provider email must be confirmed by mail first.
 
+use crate::hooks;
+use castellan_core::hooks::Hook;
 use std::sync::Arc;
 
 use castellan_core::models::{AuditAction, Identity, Pkce, User, audit_payload};
@@ -121,6 +123,9 @@ pub(crate) struct Whose<'a> {
     /// An invitation the sign-in accepts.
     pub(crate) invite: Option<&'a str>,
     pub(crate) email_optional: bool,
+    /// The id a user made by this sign-in takes (so the hooks asked before
+    /// and after see one user).
+    pub(crate) new_id: Uuid,
 }
 
 /// An unverified provider email: the user must confirm it by mail first.
@@ -406,6 +411,7 @@ impl External {
             linking_target: flow.linking_target_id,
             invite: flow.invite_token.as_deref().filter(|t| !t.is_empty()),
             email_optional: flow.email_optional,
+            new_id: Uuid::new_v4(),
         };
         let (mut tx, settled) = self.settle_once_more(&who, &signed.user, now).await?;
         let user = match settled {
@@ -425,6 +431,7 @@ impl External {
                     ApiError::bad_request("flow_state_already_used", "State has already been used")
                 })?;
             tx.commit().await?;
+            self.after_created(&who, &user).await?;
             return Ok(Landing::Code(code));
         }
         if !tx.delete_flow_state(flow.id).await? {
@@ -434,6 +441,7 @@ impl External {
             ));
         }
         tx.commit().await?;
+        self.after_created(&who, &user).await?;
         let traits = Some(json!({"provider": provider}));
         let grant = self
             .sessions
@@ -455,6 +463,7 @@ impl External {
         ext: &ExternalUser,
         now: DateTime<Utc>,
     ) -> ApiResult<(Tx, Result<User, Unverified>)> {
+        self.before_created(who, ext, now).await?;
         let mut tx = self.ctx.store.begin().await?;
         match self.settle(&mut tx, who, ext, now).await {
             Err(e)
@@ -485,7 +494,7 @@ impl External {
         let (user, identity, candidate) = match (who.linking_target, who.invite) {
             (Some(target), _) => self.link_to(tx, target, provider, ext, now).await?,
             (None, Some(invite)) => self.accept_invite(tx, invite, provider, ext, now).await?,
-            (None, None) => self.account(tx, provider, ext, who.aud, now).await?,
+            (None, None) => self.account(tx, who, ext, now).await?,
         };
         if user.is_banned(now) {
             return Err(ApiError::forbidden("user_banned", "User is banned"));
@@ -529,12 +538,12 @@ impl External {
     async fn account(
         &self,
         tx: &mut Tx,
-        provider: &str,
+        who: &Whose<'_>,
         ext: &ExternalUser,
-        aud: &str,
         now: DateTime<Utc>,
     ) -> ApiResult<(User, Identity, Option<String>)> {
-        let decision = decide(tx, provider, ext, aud).await?;
+        let provider = who.provider;
+        let decision = decide(tx, provider, ext, who.aud).await?;
         let candidate = ext.email().map(|e| e.email.to_lowercase());
         let gone = || ApiError::not_found("user_not_found", "User not found");
         Ok(match decision {
@@ -561,28 +570,10 @@ impl External {
                 (user, identity, candidate)
             }
             Decision::Create(email) => {
-                if self.ctx.config.disable_signup {
-                    return Err(ApiError::unprocessable(
-                        "signup_disabled",
-                        "Signups not allowed for this instance",
-                    ));
-                }
-                let id = Uuid::new_v4();
-                tx.insert_user(&NewUser {
-                    id,
-                    aud,
-                    role: self.ctx.config.jwt.default_group_name.trim(),
-                    email: email.as_deref(),
-                    phone: None,
-                    encrypted_password: None,
-                    email_confirmed_at: None,
-                    phone_confirmed_at: None,
-                    app_metadata: json!({"provider": provider, "providers": [provider]}),
-                    user_metadata: Value::Object(ext.data.clone()),
-                    is_anonymous: false,
-                    now,
-                })
-                .await?;
+                signups_on(&self.ctx)?;
+                let id = who.new_id;
+                tx.insert_user(&self.new_user(who, ext, email.as_deref(), now))
+                    .await?;
                 let identity = new_identity(tx, id, provider, ext, now).await?;
                 metrics::counter!("castellan_signups_total", "provider" => "oauth", "confirmed" => "false")
                     .increment(1);
@@ -590,6 +581,65 @@ impl External {
                 (user, identity, email)
             }
         })
+    }
+
+    /// The user an external identity makes (`who.new_id`).
+    fn new_user<'a>(
+        &'a self,
+        who: &Whose<'a>,
+        ext: &ExternalUser,
+        email: Option<&'a str>,
+        now: DateTime<Utc>,
+    ) -> NewUser<'a> {
+        let provider = who.provider;
+        NewUser {
+            id: who.new_id,
+            aud: who.aud,
+            role: self.ctx.config.jwt.default_group_name.trim(),
+            email,
+            phone: None,
+            encrypted_password: None,
+            email_confirmed_at: None,
+            phone_confirmed_at: None,
+            app_metadata: json!({"provider": provider, "providers": [provider]}),
+            user_metadata: Value::Object(ext.data.clone()),
+            is_anonymous: false,
+            now,
+        }
+    }
+
+    /// The before-user-created hook, asked outside any transaction when
+    /// this sign-in would make a user (decided now; a race that links
+    /// instead leaves the hook asked and no user made, as in GoTrue).
+    async fn before_created(
+        &self,
+        who: &Whose<'_>,
+        ext: &ExternalUser,
+        now: DateTime<Utc>,
+    ) -> ApiResult<()> {
+        if !hooks::on(&self.ctx, Hook::BeforeUserCreated)
+            || who.linking_target.is_some()
+            || who.invite.is_some()
+        {
+            return Ok(());
+        }
+        let mut tx = self.ctx.store.begin().await?;
+        let decision = decide(&mut tx, who.provider, ext, who.aud).await?;
+        tx.commit().await?;
+        let Decision::Create(email) = decision else {
+            return Ok(());
+        };
+        signups_on(&self.ctx)?;
+        let user = self.new_user(who, ext, email.as_deref(), now);
+        hooks::before_user_created(&self.ctx, &user).await
+    }
+
+    /// The after-user-created hook, when this sign-in (committed) made `user`.
+    pub(crate) async fn after_created(&self, who: &Whose<'_>, user: &User) -> ApiResult<()> {
+        match user.id == who.new_id {
+            true => hooks::after_user_created(&self.ctx, user).await,
+            false => Ok(()),
+        }
     }
 
     /// Manual linking (`/user/identities/authorize`): the identity joins the
@@ -843,6 +893,7 @@ impl External {
             linking_target: g.linking_target,
             invite: None,
             email_optional: p.config.email_optional,
+            new_id: Uuid::new_v4(),
         };
         let (tx, settled) = self.settle_once_more(&who, &ext, now).await?;
         let user = match settled {
@@ -853,6 +904,7 @@ impl External {
             }
         };
         tx.commit().await.map_err(ApiError::from)?;
+        self.after_created(&who, &user).await?;
         metrics::counter!("castellan_oauth_id_tokens_total", "provider" => name, "outcome" => "ok")
             .increment(1);
         let traits = Some(json!({"provider": name}));
@@ -1043,6 +1095,17 @@ fn check_nonce(claims: &serde_json::Map<String, Value>, given: &str) -> Result<(
 
 fn manual_linking_disabled() -> ApiError {
     ApiError::not_found("manual_linking_disabled", "Manual linking is disabled")
+}
+
+/// Refused when sign-ups are off.
+fn signups_on(ctx: &Ctx) -> ApiResult<()> {
+    match ctx.config.disable_signup {
+        true => Err(ApiError::unprocessable(
+            "signup_disabled",
+            "Signups not allowed for this instance",
+        )),
+        false => Ok(()),
+    }
 }
 
 /// GoTrue's `DetermineAccountLinking` (one linking domain).

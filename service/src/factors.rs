@@ -6,6 +6,7 @@
 //! sees it. The database orders what must be ordered (the factor's row
 //! and its guard are locked), so no mailbox stands in front of this.
 
+use castellan_core::hooks::Hook;
 use std::sync::Arc;
 
 use castellan_core::crypto::{jwt, otp, random_base32, secure_eq, totp};
@@ -325,7 +326,7 @@ impl Factors {
         let mut draws = Draws::new(&self.budgets, Budget::Sms, budget);
         let sms = match f.factor_type.as_str() {
             "phone" => Some(
-                self.phone_code(&mut tx, &mut draws, &f, (id, channel), now)
+                self.phone_code(&mut tx, &mut draws, (user, &f), (id, channel), now)
                     .await?,
             ),
             _ => None,
@@ -341,14 +342,14 @@ impl Factors {
         tx.commit().await?;
         draws.committed();
         if let Some((job, _)) = sms
-            && let FirstTry::Refused(reason) = sms_out::send_first(&self.ctx, &job).await?
+            && let FirstTry::Refused(refusal) = sms_out::send_first(&self.ctx, &job).await?
         {
             // As if never made: the challenge goes, and with it the window.
             let mut tx = self.ctx.store.begin().await?;
             tx.delete_challenge(id).await?;
             tx.set_last_challenged(f.id, f.last_challenged_at).await?;
             tx.commit().await?;
-            return Err(sms_out::refused("MFA", &reason));
+            return Err(refusal);
         }
         let expiry =
             chrono::Duration::from_std(self.ctx.config.mfa.challenge_expiry).unwrap_or_default();
@@ -370,7 +371,7 @@ impl Factors {
         &self,
         tx: &mut Tx,
         draws: &mut Draws<'_>,
-        f: &Factor,
+        (user, f): (&User, &Factor),
         (challenge, channel): (Uuid, Option<&str>),
         now: DateTime<Utc>,
     ) -> ApiResult<(castellan_jobs::sms::SmsJob, String)> {
@@ -392,7 +393,7 @@ impl Factors {
         let phone = f.phone.as_deref().unwrap_or_default();
         let job = sms_out::job(
             &self.ctx,
-            SmsKind::Mfa,
+            (SmsKind::Mfa, user),
             phone,
             &cfg.mfa.phone_template,
             &code,
@@ -414,20 +415,12 @@ impl Factors {
             return Err(ApiError::validation("Code needs to be non-empty"));
         }
         let approved = self.provider_check(&v).await?;
+        if crate::hooks::on(&self.ctx, Hook::MfaVerificationAttempt) {
+            self.attempt_hook(&v, approved).await?;
+        }
         let now = self.ctx.config.clock.now();
         let mut tx = self.ctx.store.begin().await?;
-        let f = self.factor(&mut tx, v.user.id, v.factor).await?;
-        self.verify_enabled(&f)?;
-        let checked = match self
-            .check_challenge(&mut tx, &f, v.challenge, v.ip, now)
-            .await?
-        {
-            Ok(c) => {
-                self.check_code(&mut tx, &f, &c, v.code, approved, now)
-                    .await?
-            }
-            Err(refused) => Err(refused),
-        };
+        let (f, checked) = self.check(&mut tx, &v, approved, now).await?;
         let step = match checked {
             Ok(step) => step,
             Err(refused) => {
@@ -477,6 +470,45 @@ impl Factors {
         metrics::counter!("castellan_signins_total", "method" => method, "outcome" => "ok")
             .increment(1);
         grant_for(&self.ctx, c, token, method, now).await
+    }
+
+    /// With the MFA verification attempt hook on, the code is checked
+    /// first on its own (a wrong one counted and answered here) and the hook
+    /// told, outside any transaction; it may refuse even a right code. A
+    /// right code is then checked again, and spent, by the verification.
+    async fn attempt_hook(&self, v: &Verify<'_>, approved: Option<bool>) -> ApiResult<()> {
+        let now = self.ctx.config.clock.now();
+        let mut tx = self.ctx.store.begin().await?;
+        let (f, checked) = self.check(&mut tx, v, approved, now).await?;
+        tx.commit().await?;
+        // A refused challenge or a locked-out factor had no code checked:
+        // nothing to tell.
+        if let Err(e) = &checked
+            && e.code != "mfa_verification_failed"
+        {
+            return Err(e.clone());
+        }
+        let factor = (f.id, f.factor_type.as_str());
+        crate::hooks::mfa_attempt(&self.ctx, v.user.id, factor, checked.is_ok()).await?;
+        checked.map(|_| ())
+    }
+
+    /// The factor, and its challenge and code checked in `tx`: the matched
+    /// step, or the refusal (what it changed is in `tx`, to be kept).
+    async fn check(
+        &self,
+        tx: &mut Tx,
+        v: &Verify<'_>,
+        approved: Option<bool>,
+        now: DateTime<Utc>,
+    ) -> ApiResult<(Factor, Result<Option<i64>, ApiError>)> {
+        let f = self.factor(tx, v.user.id, v.factor).await?;
+        self.verify_enabled(&f)?;
+        let checked = match self.check_challenge(tx, &f, v.challenge, v.ip, now).await? {
+            Ok(c) => self.check_code(tx, &f, &c, v.code, approved, now).await?,
+            Err(refused) => Err(refused),
+        };
+        Ok((f, checked))
     }
 
     /// GoTrue's challenge rules: this factor's, from the same address, not

@@ -1,253 +1,144 @@
-//! Auth hooks (GoTrue's `internal/hooks`): castellan hands a hook a JSON
-//! payload and reads its answer, over HTTP signed with Standard Webhooks or
-//! by calling a PostgreSQL function. One transport for every hook; each
-//! hook's payload and rules beside its caller (the custom access token
-//! hook: `custom_access_token`).
+//! The auth hooks a request asks (GoTrue's `internal/api/hooks.go`): each
+//! hook's payload and rules, sent by the one transport in
+//! [`castellan_core::hooks`]. The send-email and send-SMS hooks are asked by
+//! whoever delivers the message (see `sms_out` and the queue's workers).
 
-use std::time::{Duration, Instant};
-
-use castellan_core::config::{HookConfig, HookTarget};
+use castellan_core::hooks::{Hook, failed};
+use castellan_core::models::User;
+use castellan_core::store::{NewUser, SessionScope};
 use castellan_core::{ApiError, ApiResult};
-use oauth2::reqwest;
+use castellan_jobs::EmailJob;
 use serde_json::{Map, Value, json};
+use uuid::Uuid;
 
-/// GoTrue's budget for all of one HTTP call's attempts together.
-const HTTP_BUDGET: Duration = Duration::from_secs(5);
-const ATTEMPTS: usize = 3;
-const BACKOFF: Duration = Duration::from_secs(2);
-/// The most of an answer read (GoTrue's 200 KiB).
-const ANSWER_LIMIT: usize = 200 * 1024;
-
-#[derive(Clone)]
-pub struct Hooks {
-    http: reqwest::Client,
-}
-
-impl Hooks {
-    pub fn new() -> Result<Self, String> {
-        Ok(Self {
-            http: crate::outside::client(HTTP_BUDGET, None)?,
-        })
-    }
-
-    /// Calls `hook` (named `name` in metrics) with `payload`: its answer, or
-    /// the error GoTrue answers for what went wrong (the hook's own error
-    /// object included).
-    pub async fn call(
-        &self,
-        ctx: &crate::Ctx,
-        name: &'static str,
-        hook: &HookConfig,
-        payload: &Value,
-    ) -> ApiResult<Value> {
-        let started = Instant::now();
-        let answer = match &hook.target {
-            HookTarget::Http(url) => self.http_call(url, &hook.keys, payload).await,
-            HookTarget::PgFunction { schema, function } => ctx
-                .store
-                .call_hook_function(schema, function, payload)
-                .await
-                .map(|v| v.unwrap_or(Value::Null))
-                .map_err(|e| {
-                    ApiError::internal("hook", e).with_message(format!(
-                        "Error running hook URI: pg-functions://postgres/{schema}/{function}"
-                    ))
-                }),
-        };
-        let answer = answer.and_then(reported_error);
-        if let Err(e) = &answer {
-            // The hook and what went wrong; never its URI or secrets.
-            tracing::warn!(hook = name, status = e.status, code = e.code, error = %e.message, "hook call failed");
-        }
-        let outcome = if answer.is_ok() { "ok" } else { "error" };
-        metrics::counter!("castellan_hook_calls_total", "hook" => name, "outcome" => outcome)
-            .increment(1);
-        metrics::histogram!("castellan_hook_seconds", "hook" => name)
-            .record(started.elapsed().as_secs_f64());
-        answer
-    }
-
-    /// POST, signed, within GoTrue's 5-second budget for up to 3 attempts.
-    async fn http_call(&self, url: &str, keys: &[Vec<u8>], payload: &Value) -> ApiResult<Value> {
-        let body = serde_json::to_vec(payload).map_err(|e| ApiError::internal("hook", e))?;
-        let deadline = Instant::now() + HTTP_BUDGET;
-        let timeout = || {
-            ApiError::unprocessable(
-                "hook_timeout",
-                "Failed to reach hook within maximum time of 5.000000 seconds",
-            )
-        };
-        for attempt in 1..=ATTEMPTS {
-            let id = uuid::Uuid::new_v4().to_string();
-            let ts = chrono::Utc::now().timestamp();
-            let sent = self
-                .http
-                .post(url)
-                .header("content-type", "application/json")
-                .header("webhook-id", &id)
-                .header("webhook-timestamp", ts.to_string())
-                .header(
-                    "webhook-signature",
-                    castellan_core::crypto::webhook::signature(keys, &id, ts, &body),
-                )
-                .timeout(deadline.saturating_duration_since(Instant::now()))
-                .body(body.clone())
-                .send()
-                .await;
-            let answer = match sent {
-                Ok(a) => a,
-                Err(e) if e.is_timeout() => return Err(timeout()),
-                Err(_) if attempt == ATTEMPTS => {
-                    return Err(ApiError::unprocessable(
-                        "hook_timeout_after_retry",
-                        "Failed to reach hook after maximum retries",
-                    ));
-                }
-                Err(_) => {
-                    if Instant::now() + BACKOFF >= deadline {
-                        return Err(timeout());
-                    }
-                    tokio::time::sleep(BACKOFF).await;
-                    continue;
-                }
-            };
-            let status = answer.status().as_u16();
-            let retry_after = answer.headers().contains_key("retry-after");
-            match status {
-                200 | 202 => return read_json(answer).await,
-                204 => return Ok(Value::Null),
-                429 | 503 if retry_after && attempt < ATTEMPTS => continue,
-                429 | 503 => return Err(hook_failed("Service currently unavailable due to hook")),
-                400 => return Err(hook_failed("Invalid payload sent to hook")),
-                401 => return Err(hook_failed("Hook requires authorization token")),
-                n => {
-                    return Err(hook_failed(&format!(
-                        "Unexpected status code returned from hook: {n}"
-                    )));
-                }
-            }
-        }
-        Err(hook_failed("Service currently unavailable due to hook"))
-    }
-}
-
-fn hook_failed(message: &str) -> ApiError {
-    ApiError::new(500, "unexpected_failure", message.to_string())
-}
-
-/// A 2xx answer's JSON: `application/json`, at most 200 KiB.
-async fn read_json(answer: reqwest::Response) -> ApiResult<Value> {
-    let content_type = answer
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let Some(ct) = content_type else {
-        return Err(ApiError::bad_request(
-            "hook_payload_invalid_content_type",
-            "Invalid Content-Type: Missing Content-Type header",
-        ));
+/// Asks `hook` with `fields` when it is on: its answer, or `None` when off.
+async fn ask(ctx: &crate::Ctx, hook: Hook, fields: Value) -> ApiResult<Option<Value>> {
+    let Some(cfg) = ctx.config.hooks.get(hook) else {
+        return Ok(None);
     };
-    if ct.split(';').next().map(str::trim) != Some("application/json") {
-        return Err(ApiError::bad_request(
-            "hook_payload_invalid_content_type",
-            format!("Invalid JSON response. Received content-type: {ct}"),
-        ));
-    }
-    let body = crate::outside::read_bounded(answer, ANSWER_LIMIT)
-        .await
-        .map_err(|e| match e.starts_with("answer longer than") {
-            true => ApiError::unprocessable(
-                "hook_payload_over_size_limit",
-                "Payload size exceeded size limit of 204800 bytes",
-            ),
-            // Cut off by the budget (a trickling answer) or the connection.
-            false => ApiError::unprocessable(
-                "hook_timeout",
-                "Failed to reach hook within maximum time of 5.000000 seconds",
-            ),
-        })?;
-    serde_json::from_slice(&body).map_err(|_| hook_failed("Error unmarshaling JSON output."))
-}
-
-/// A hook's own refusal, `{"error": {"http_code": N, "message": "…"}}`,
-/// becomes the API's answer (GoTrue's rule: only with a message).
-fn reported_error(answer: Value) -> ApiResult<Value> {
-    let Some(e) = answer.get("error").filter(|e| e.is_object()) else {
-        return Ok(answer);
-    };
-    let message = e["message"].as_str().unwrap_or_default();
-    if message.is_empty() {
-        return Ok(answer);
-    }
-    let status = e["http_code"]
-        .as_u64()
-        .and_then(|c| u16::try_from(c).ok())
-        .filter(|c| (400..600).contains(c))
-        .unwrap_or(500);
-    let code = if status == 500 {
-        "unexpected_failure"
-    } else {
-        "unknown"
-    };
-    Err(ApiError::new(status, code, message.to_string()))
-}
-
-/// Calls `hook` with `fields` and GoTrue's `metadata` (a fresh id, the
-/// time, the hook's `name` as GoTrue gives it); `metric` names it in metrics.
-async fn invoke(
-    ctx: &crate::Ctx,
-    metric: &'static str,
-    name: &str,
-    hook: &HookConfig,
-    mut fields: Value,
-) -> ApiResult<Value> {
-    fields["metadata"] = json!({
-        "uuid": uuid::Uuid::new_v4(),
-        "time": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
-        "name": name,
-    });
-    let hooks = ctx
+    let caller = ctx
         .hooks
         .as_ref()
-        .ok_or_else(|| hook_failed("hooks are not ready"))?;
-    hooks.call(ctx, metric, hook, &fields).await
+        .ok_or_else(|| failed("hooks are not ready"))?;
+    caller.call(hook, cfg, fields).await.map(Some)
+}
+
+/// Ends every session of `user` (a verification hook's lockout).
+async fn log_out(ctx: &crate::Ctx, user: Uuid) -> ApiResult<()> {
+    let mut tx = ctx.store.begin().await?;
+    crate::sessions::end(&mut tx, user, SessionScope::All).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The hook's message, or GoTrue's default for its refusal.
+fn message(answer: &Value, default: &str) -> String {
+    answer["message"]
+        .as_str()
+        .filter(|m| !m.is_empty())
+        .unwrap_or(default)
+        .to_string()
 }
 
 /// The password verification attempt hook, told of each password tried
 /// on an account (right or wrong): it may refuse the sign-in, and end every
 /// session of the user.
-pub async fn password_attempt(
-    ctx: &crate::Ctx,
-    hook: &HookConfig,
-    user_id: uuid::Uuid,
-    valid: bool,
-) -> ApiResult<()> {
-    let fields = json!({"user_id": user_id, "valid": valid});
-    let answer = invoke(
-        ctx,
-        "password_verification_attempt",
-        "password-verification",
-        hook,
-        fields,
-    )
-    .await?;
+pub async fn password_attempt(ctx: &crate::Ctx, user: Uuid, valid: bool) -> ApiResult<()> {
+    let fields = json!({"user_id": user, "valid": valid});
+    let Some(answer) = ask(ctx, Hook::PasswordVerificationAttempt, fields).await? else {
+        return Ok(());
+    };
     if answer["decision"] != "reject" {
         return Ok(());
     }
     if answer["should_logout_user"] == true {
-        let mut tx = ctx.store.begin().await?;
-        crate::sessions::end(&mut tx, user_id, castellan_core::store::SessionScope::All).await?;
-        tx.commit().await?;
+        log_out(ctx, user).await?;
     }
-    let message = answer["message"]
-        .as_str()
-        .filter(|m| !m.is_empty())
-        .unwrap_or("Further password verification attempts will be rejected.");
+    let default = "Further password verification attempts will be rejected.";
     Err(ApiError::bad_request(
         "invalid_credentials",
-        message.to_string(),
+        message(&answer, default),
     ))
+}
+
+/// The MFA verification attempt hook, told of each code checked against a
+/// factor: a refusal ends every session of the user (GoTrue's rule).
+pub async fn mfa_attempt(
+    ctx: &crate::Ctx,
+    user: Uuid,
+    factor: (Uuid, &str),
+    valid: bool,
+) -> ApiResult<()> {
+    let fields =
+        json!({"user_id": user, "factor_id": factor.0, "factor_type": factor.1, "valid": valid});
+    let Some(answer) = ask(ctx, Hook::MfaVerificationAttempt, fields).await? else {
+        return Ok(());
+    };
+    if answer["decision"] != "reject" {
+        return Ok(());
+    }
+    log_out(ctx, user).await?;
+    let default = "Further MFA verification attempts will be rejected.";
+    Err(ApiError::new(
+        403,
+        "mfa_verification_rejected",
+        message(&answer, default),
+    ))
+}
+
+/// The before-user-created hook, shown the user about to be inserted; only
+/// its error object refuses. Asked before the creating transaction opens.
+pub async fn before_user_created(ctx: &crate::Ctx, user: &NewUser<'_>) -> ApiResult<()> {
+    if !on(ctx, Hook::BeforeUserCreated) {
+        return Ok(());
+    }
+    let fields = json!({"user": user.preview().to_json(&[])});
+    ask(ctx, Hook::BeforeUserCreated, fields).await.map(|_| ())
+}
+
+/// The after-user-created hook, shown the committed user: its failure is
+/// the request's answer, though the user stays (as in GoTrue).
+pub async fn after_user_created(ctx: &crate::Ctx, user: &User) -> ApiResult<()> {
+    if ctx.config.hooks.get(Hook::AfterUserCreated).is_none() {
+        return Ok(());
+    }
+    let identities = ctx.store.identities_of(user.id).await?;
+    let fields = json!({"user": user.to_json(&identities)});
+    ask(ctx, Hook::AfterUserCreated, fields).await.map(|_| ())
+}
+
+/// What the send-email hook is given for a send's emails: the user and
+/// GoTrue's `email_data`. An email change with two letters (secure change)
+/// carries both codes in GoTrue's fields: `token` and `token_hash_new` for
+/// the current address, `token_new` and `token_hash` for the new one.
+pub fn send_email_payload(ctx: &crate::Ctx, user: &User, jobs: &[EmailJob]) -> Value {
+    let Some(first) = jobs.first() else {
+        return Value::Null;
+    };
+    let mut data = json!({
+        "token": first.token,
+        "token_hash": first.token_hash,
+        "redirect_to": first.redirect_to,
+        "email_action_type": first.kind.action_type(),
+        "site_url": ctx.config.api_external_url,
+        "token_new": "",
+        "token_hash_new": "",
+        "old_email": "",
+        "old_phone": "",
+        "provider": "",
+        "factor_type": "",
+    });
+    if let [new, current] = jobs {
+        data["token"] = json!(current.token);
+        data["token_hash_new"] = json!(current.token_hash);
+        data["token_new"] = json!(new.token);
+    }
+    json!({"user": user.to_json(&[]), "email_data": data})
+}
+
+/// Whether a hook is on.
+pub fn on(ctx: &crate::Ctx, hook: Hook) -> bool {
+    ctx.config.hooks.get(hook).is_some()
 }
 
 /// The claims an access token must keep, and the type each must have.
@@ -268,29 +159,24 @@ const REQUIRED_CLAIMS: [&str; 10] = [
 /// checked against GoTrue's minimum schema before they are signed.
 pub async fn custom_access_token(
     ctx: &crate::Ctx,
-    hook: &HookConfig,
-    user_id: uuid::Uuid,
+    user_id: Uuid,
     claims: Value,
     method: &str,
 ) -> ApiResult<Map<String, Value>> {
     let fields = json!({"user_id": user_id, "claims": claims, "authentication_method": method});
-    let answer = invoke(
-        ctx,
-        "custom_access_token",
-        "customize-access-token",
-        hook,
-        fields,
-    )
-    .await?;
+    // Off, the hook's answer is empty: GoTrue's "missing claims" error.
+    let answer = ask(ctx, Hook::CustomAccessToken, fields)
+        .await?
+        .unwrap_or_default();
     let Some(out) = answer.get("claims") else {
-        return Err(hook_failed("output claims field is missing"));
+        return Err(failed("output claims field is missing"));
     };
     let Value::Object(out) = out else {
-        return Err(hook_failed("Error unmarshaling JSON output."));
+        return Err(failed("Error unmarshaling JSON output."));
     };
     let problems = schema_problems(out);
     if !problems.is_empty() {
-        return Err(hook_failed(&format!(
+        return Err(failed(&format!(
             "output claims do not conform to the expected schema: \n{}",
             problems
                 .iter()
@@ -375,17 +261,5 @@ mod tests {
                 "exp: Invalid type. Expected: integer"
             ]
         );
-    }
-
-    #[test]
-    fn a_hooks_error_object_becomes_the_answer() {
-        let e = reported_error(json!({"error": {"http_code": 403, "message": "no"}})).unwrap_err();
-        assert_eq!(
-            (e.status, e.code, e.message.as_str()),
-            (403, "unknown", "no")
-        );
-        let e = reported_error(json!({"error": {"message": "down"}})).unwrap_err();
-        assert_eq!((e.status, e.code), (500, "unexpected_failure"));
-        assert!(reported_error(json!({"error": {"message": ""}, "claims": {}})).is_ok());
     }
 }

@@ -42,7 +42,6 @@ pub mod limit_settings;
 pub mod links;
 mod oauth1;
 pub mod otp;
-mod outside;
 pub mod providers;
 pub mod pwned;
 pub mod refresh;

@@ -5,6 +5,7 @@
 //! transaction, or none of them does. Verification consumes a token in one
 //! statement, so a link or code used twice at the same moment works once.
 
+use castellan_core::hooks::Hook;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -308,8 +309,14 @@ async fn send(ctx: &Ctx, draws: &mut Draws<'_>, req: &SendRequest) -> ApiResult<
         now,
     };
     let mut issued = Vec::new();
+    let mut jobs = Vec::new();
     for delivery in deliveries {
-        issued.push(mail_token(ctx, &mut tx, &letter, delivery).await?);
+        let (token, job) = mail_token(ctx, &mut tx, &letter, delivery).await?;
+        issued.push(token);
+        jobs.push(job);
+    }
+    if !req.generate_only {
+        queue_mail(ctx, &mut tx, user.id, jobs).await?;
     }
     if req.kind == EmailKind::Invite {
         tx.set_invited(user.id, now).await?;
@@ -373,14 +380,13 @@ struct Letter<'a> {
     now: DateTime<Utc>,
 }
 
-/// One token stored for `address` and, unless only generated, its email
-/// queued in the same transaction.
+/// One token stored for `address`, and the email that carries it.
 async fn mail_token(
     ctx: &Ctx,
     tx: &mut Tx,
     l: &Letter<'_>,
     (tt, address): (TokenType, String),
-) -> ApiResult<Issued> {
+) -> ApiResult<(Issued, EmailJob)> {
     let code = otp(ctx.config.mailer.otp_length);
     let plain = ctx.token_hash(&address, &code);
     let stored = match &l.req.pkce {
@@ -390,7 +396,7 @@ async fn mail_token(
     tx.set_one_time_token(l.user.id, tt, &stored, &address, l.now)
         .await?;
     tx.forget_wrong_guesses(l.user.id, tt).await?;
-    let mut job = EmailJob {
+    let job = EmailJob {
         id: Uuid::new_v4(),
         kind: l.req.kind,
         to: address.clone(),
@@ -408,23 +414,39 @@ async fn mail_token(
         data: l.user.user_metadata(),
         message: None,
         queued_at: Some(l.now),
+        hook: None,
     };
-    if !l.req.generate_only {
-        job.message = Some(ctx.templates.render(&job));
-        castellan_jobs::queue::enqueue_email(
-            tx,
-            &job,
-            &ctx.job_seal,
-            ctx.config.mailer.max_attempts,
-        )
-        .await?;
-    }
-    Ok(Issued {
+    let issued = Issued {
         token_type: tt,
         otp: job.token.clone(),
         hashed_token: plain,
         action_link: job.confirmation_url.clone(),
-    })
+    };
+    Ok((issued, job))
+}
+
+/// Queues a send's emails in `tx`, each rendered. With the send-email hook
+/// on, one job carries GoTrue's payload for them all instead (an email
+/// change's two codes in one call, as GoTrue makes it).
+async fn queue_mail(ctx: &Ctx, tx: &mut Tx, user: Uuid, mut jobs: Vec<EmailJob>) -> ApiResult<()> {
+    if crate::hooks::on(ctx, Hook::SendEmail) {
+        // As it is now (an email change's new address pending).
+        let user = tx
+            .user_by_id(user)
+            .await?
+            .ok_or_else(|| ApiError::not_found("user_not_found", "User not found"))?;
+        let payload = crate::hooks::send_email_payload(ctx, &user, &jobs);
+        jobs.truncate(1);
+        if let Some(job) = jobs.first_mut() {
+            job.hook = Some(payload);
+        }
+    }
+    for mut job in jobs {
+        job.message = Some(ctx.templates.render(&job));
+        let attempts = ctx.config.mailer.max_attempts;
+        castellan_jobs::queue::enqueue_email(tx, &job, &ctx.job_seal, attempts).await?;
+    }
+    Ok(())
 }
 
 /// The user's token a code is stored as, and its audit; factor codes are
@@ -508,7 +530,14 @@ async fn issue_sms(ctx: &Ctx, draws: &mut Draws<'_>, req: &SmsRequest) -> ApiRes
         Some(_) => None,
         None => {
             let template = &ctx.config.sms.template;
-            let job = sms_out::job(ctx, req.kind, &phone, template, &code, &req.channel);
+            let job = sms_out::job(
+                ctx,
+                (req.kind, &user),
+                &phone,
+                template,
+                &code,
+                &req.channel,
+            );
             sms_out::hold(ctx, &mut tx, &job).await?;
             Some(job)
         }
@@ -539,12 +568,12 @@ async fn deliver_first(ctx: &Ctx, issued: SmsIssued) -> ApiResult<SmsSent> {
         // id would tell a registered number (sent now) from an unknown one.
         FirstTry::Sent => Ok(SmsSent::default()),
         FirstTry::Queued => Ok(SmsSent::default()),
-        FirstTry::Refused(reason) => {
+        FirstTry::Refused(refusal) => {
             let mut tx = ctx.store.begin().await?;
             tx.unsend(issued.user_id, issued.tt, &issued.hash, issued.sent_before)
                 .await?;
             tx.commit().await?;
-            Err(sms_out::refused(job.kind.as_str(), &reason))
+            Err(refusal)
         }
     }
 }

@@ -19,7 +19,7 @@ pub struct Pwned {
 
 impl Pwned {
     pub fn new(cfg: &HibpConfig) -> Result<Self, String> {
-        let http = crate::outside::client(cfg.timeout, Some(&cfg.user_agent))?;
+        let http = castellan_core::outside::client(cfg.timeout, Some(&cfg.user_agent))?;
         Ok(Self {
             cfg: cfg.clone(),
             http,
@@ -59,7 +59,7 @@ impl Pwned {
         if answer.status() != reqwest::StatusCode::OK {
             return Err(format!("answered {}", answer.status()));
         }
-        let body = crate::outside::read_bounded(answer, ANSWER_LIMIT).await?;
+        let body = castellan_core::outside::read_bounded(answer, ANSWER_LIMIT).await?;
         String::from_utf8(body).map_err(|e| e.to_string())
     }
 }

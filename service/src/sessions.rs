@@ -4,6 +4,7 @@
 //! transaction that ends it, so the `SessionManager`'s cache hears of it at
 //! commit.
 
+use castellan_core::hooks::Hook;
 use std::sync::Arc;
 
 use castellan_core::crypto::jwt::{AmrEntry, Claims};
@@ -162,13 +163,12 @@ async fn mint(
     if let Some(deadline) = low_aal_deadline(ctx, user, &claims.aal, created) {
         claims.exp = claims.exp.min(deadline.timestamp().max(claims.iat));
     }
-    let access_token = match &ctx.config.hooks.custom_access_token {
-        None => ctx.jwt.sign(&claims)?,
-        Some(hook) => {
+    let access_token = match crate::hooks::on(ctx, Hook::CustomAccessToken) {
+        false => ctx.jwt.sign(&claims)?,
+        true => {
             let value =
                 serde_json::to_value(&claims).map_err(|e| ApiError::internal("claims", e))?;
-            let custom =
-                crate::hooks::custom_access_token(ctx, hook, user.id, value, method).await?;
+            let custom = crate::hooks::custom_access_token(ctx, user.id, value, method).await?;
             ctx.jwt.sign(&custom)?
         }
     };
@@ -216,7 +216,7 @@ async fn issue(
     // refuses it (or is slow) leaves nothing written and holds no
     // transaction open. Its claims read the user's factors (the aal1
     // deadline), read here for it.
-    let early = match ctx.config.hooks.custom_access_token.is_some() {
+    let early = match crate::hooks::on(ctx, Hook::CustomAccessToken) {
         true => {
             user.factors = ctx.store.factors_of(user.id).await?;
             let at = (session_id, Some(now));

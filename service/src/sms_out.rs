@@ -7,10 +7,13 @@
 
 use std::time::Duration;
 
+use castellan_core::hooks::Hook;
+use castellan_core::models::User;
 use castellan_core::store::Tx;
 use castellan_core::{ApiError, ApiResult};
 use castellan_jobs::queue::{self, Queue};
 use castellan_jobs::sms::{SendError, SmsJob, SmsKind};
+use serde_json::json;
 use uuid::Uuid;
 
 use crate::context::Ctx;
@@ -38,20 +41,25 @@ pub enum FirstTry {
     Sent,
     /// The provider could not be reached in time: the queue has it.
     Queued,
-    /// The provider refused it: nothing more will be tried.
-    Refused(String),
+    /// The provider (or the send-SMS hook) refused it: nothing more will
+    /// be tried; the answer for the request.
+    Refused(ApiError),
 }
 
-/// A message carrying `code`, to `to` by `channel`, from `template`.
+/// A message carrying `code` to `user` at `to` by `channel`, from
+/// `template`; with the send-SMS hook on, what the hook is given too.
 pub fn job(
     ctx: &Ctx,
-    kind: SmsKind,
+    (kind, user): (SmsKind, &User),
     to: &str,
     template: &str,
     code: &str,
     channel: &str,
 ) -> SmsJob {
+    let hook = crate::hooks::on(ctx, Hook::SendSms)
+        .then(|| json!({"user": user.to_json(&[]), "sms": {"otp": code, "phone": to}}));
     SmsJob {
+        hook,
         id: Uuid::new_v4(),
         kind,
         to: to.to_string(),
@@ -71,7 +79,7 @@ pub async fn hold(ctx: &Ctx, tx: &mut Tx, job: &SmsJob) -> ApiResult<()> {
 /// The request's own attempt at a held job (after its transaction committed).
 pub async fn send_first(ctx: &Ctx, job: &SmsJob) -> ApiResult<FirstTry> {
     let timeout = ctx.config.sms.send_timeout;
-    let sent = match tokio::time::timeout(timeout, ctx.sms.send(&job.message())).await {
+    let sent = match tokio::time::timeout(timeout, ctx.sms.deliver(job)).await {
         Ok(r) => r,
         Err(_) => Err(SendError::Unavailable("timed out".into())),
     };
@@ -85,7 +93,11 @@ pub async fn send_first(ctx: &Ctx, job: &SmsJob) -> ApiResult<FirstTry> {
         }
         Err(SendError::Refused(reason)) => {
             queue::withdraw(&ctx.store, Queue::Sms, job.id).await?;
-            FirstTry::Refused(reason)
+            FirstTry::Refused(refused(job.kind, &reason))
+        }
+        Err(SendError::Rejected(e)) => {
+            queue::withdraw(&ctx.store, Queue::Sms, job.id).await?;
+            FirstTry::Refused(e)
         }
         Err(SendError::Unavailable(reason)) => {
             tracing::warn!(job = %job.id, %reason, "SMS provider unavailable; the queue retries");
@@ -96,7 +108,11 @@ pub async fn send_first(ctx: &Ctx, job: &SmsJob) -> ApiResult<FirstTry> {
 }
 
 /// GoTrue's answer to a refused message: 422 `sms_send_failed`.
-pub fn refused(what: &str, reason: &str) -> ApiError {
+fn refused(kind: SmsKind, reason: &str) -> ApiError {
+    let what = match kind {
+        SmsKind::Mfa => "MFA",
+        k => k.as_str(),
+    };
     ApiError::unprocessable(
         "sms_send_failed",
         format!("Error sending {what} OTP to provider: {reason}"),

@@ -148,6 +148,7 @@ impl External {
             linking_target: None,
             invite: None,
             email_optional: true,
+            new_id: uuid::Uuid::new_v4(),
         };
         let (mut tx, settled) = self.settle_once_more(&who, &ext, now).await?;
         let user = match settled {
@@ -166,6 +167,7 @@ impl External {
             )));
         }
         tx.commit().await.map_err(ApiError::from)?;
+        self.after_created(&who, &user).await?;
         let traits = json!({
             "provider": "web3",
             "chain": chain.name(),

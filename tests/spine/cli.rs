@@ -383,6 +383,34 @@ fn config_example_and_check() {
         "{said}"
     );
 
+    // The hooks that are on, and how each is reached; never a secret.
+    let hooked = run(
+        &["config", "check"],
+        &[
+            ("GOTRUE_HOOK_SEND_EMAIL_ENABLED", "true"),
+            (
+                "GOTRUE_HOOK_SEND_EMAIL_URI",
+                "https://hooks.example.com/mail",
+            ),
+            (
+                "GOTRUE_HOOK_SEND_EMAIL_SECRETS",
+                "v1,whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            ),
+        ],
+    );
+    let said = String::from_utf8_lossy(&hooked.stderr).to_string();
+    assert!(hooked.status.success(), "{said}");
+    assert!(
+        said.contains("hook SEND_EMAIL is on (HTTP, signed)"),
+        "{said}"
+    );
+    let shown = String::from_utf8_lossy(&hooked.stdout).to_string();
+    assert!(!shown.contains("MfKQ9r8"), "{shown}");
+    assert!(
+        shown.contains("GOTRUE_HOOK_SEND_EMAIL_SECRETS=******** (set)"),
+        "{shown}"
+    );
+
     let bad = run(&["config", "check"], &[("GOTRUE_JWT_EXP", "an hour")]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("GOTRUE_JWT_EXP"));

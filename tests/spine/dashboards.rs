@@ -390,7 +390,23 @@ async fn every_panel_has_series_in_a_real_prometheus() {
         ("GOTRUE_SECURITY_REFRESH_TOKEN_REUSE_INTERVAL", "0"),
         // Phone codes, delivered to the log (no SMS provider).
         ("GOTRUE_EXTERNAL_PHONE_ENABLED", "true"),
+        // A custom access token hook in the database, for the hook panels.
+        ("GOTRUE_HOOK_CUSTOM_ACCESS_TOKEN_ENABLED", "true"),
+        (
+            "GOTRUE_HOOK_CUSTOM_ACCESS_TOKEN_URI",
+            "pg-functions://postgres/public/same_claims",
+        ),
     ];
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(url)
+        .await
+        .unwrap();
+    sqlx::query(
+        "CREATE FUNCTION public.same_claims(event jsonb) RETURNS jsonb LANGUAGE sql \
+         AS $$ SELECT jsonb_build_object('claims', event->'claims') $$",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
     let (_api, base, api_log) =
         common::castellan_process_in(&[], &["serve", "--no-workers"], url, &env).await;
     let (_worker, _, worker_log) = common::castellan_process_in(&[], &["worker"], url, &env).await;

@@ -1,111 +1,76 @@
-//! Auth hooks (issue 28): the custom access token hook over HTTP, signed
-//! with Standard Webhooks, and as a PostgreSQL function.
+//! Auth hooks (issue 28): all seven of GoTrue's hooks, over HTTP signed
+//! with Standard Webhooks (a stand-in server on loopback checks every
+//! signature) and as PostgreSQL functions.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use axum::http::{HeaderMap, StatusCode};
+use castellan_core::config::{HookConfig, HookTarget};
+use castellan_core::hooks::Hook;
 use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::common::{self, Backend, TestServer};
+use crate::hook_server::HookServer;
 
-/// The hook's secret, as an operator writes it.
-const SECRET: &str = "v1,whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-
-/// What the stand-in does with the claims it is given.
-#[derive(Clone, Copy, PartialEq)]
-enum Mode {
-    AddTenant,
-    Refuse,
-    DropAud,
-}
-
-/// A custom access token hook on loopback: it checks each call's
-/// signature, keeps the payloads, and answers as its mode says.
-#[derive(Clone)]
-struct ClaimsHook {
-    url: String,
-    calls: Arc<Mutex<Vec<Value>>>,
-    mode: Arc<Mutex<Mode>>,
-}
-
-impl ClaimsHook {
-    async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let hook = ClaimsHook {
-            url: format!(
-                "http://127.0.0.1:{}/claims",
-                listener.local_addr().unwrap().port()
-            ),
-            calls: Arc::default(),
-            mode: Arc::new(Mutex::new(Mode::AddTenant)),
-        };
-        let app = axum::Router::new()
-            .route("/claims", axum::routing::post(answer))
-            .with_state(hook.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        hook
-    }
-}
-
-async fn answer(
-    axum::extract::State(hook): axum::extract::State<ClaimsHook>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> (StatusCode, axum::Json<Value>) {
-    let h = |n: &str| {
-        headers
-            .get(n)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-    };
-    let key = castellan_core::crypto::webhook::key(SECRET).unwrap();
-    let ts: i64 = h("webhook-timestamp").parse().unwrap_or_default();
-    let expected = castellan_core::crypto::webhook::signature(&[key], h("webhook-id"), ts, &body);
-    if h("webhook-signature") != expected {
-        return (StatusCode::UNAUTHORIZED, axum::Json(json!({})));
-    }
-    let payload: Value = serde_json::from_slice(&body).unwrap();
-    hook.calls.lock().unwrap().push(payload.clone());
-    let mut claims = payload["claims"].clone();
-    let out = match *hook.mode.lock().unwrap() {
-        Mode::AddTenant => {
-            claims["tenant_id"] = json!("acme");
-            claims["role"] = json!("authenticated");
-            json!({ "claims": claims })
-        }
-        Mode::Refuse => json!({"error": {"http_code": 403, "message": "this tenant is closed"}}),
-        Mode::DropAud => {
-            claims.as_object_mut().unwrap().remove("aud");
-            json!({ "claims": claims })
-        }
-    };
-    (StatusCode::OK, axum::Json(out))
-}
-
-async fn hooked(
+/// A server with `hooks` on, answered by one stand-in.
+async fn hooked_with(
     backend: Backend,
+    hooks: &'static [Hook],
     tweak: impl FnOnce(&mut castellan_core::Config),
-) -> (TestServer, ClaimsHook) {
-    let hook = ClaimsHook::start().await;
-    let url = hook.url.clone();
+) -> (TestServer, HookServer) {
+    let server = HookServer::start().await;
+    let on = server.clone();
     let t = common::spawn(backend, move |c| {
-        c.hooks.custom_access_token = Some(castellan_core::config::HookConfig {
-            target: castellan_core::config::HookTarget::Http(url),
-            keys: vec![castellan_core::crypto::webhook::key(SECRET).unwrap()],
-        });
+        for h in hooks {
+            on.turn_on(c, *h);
+        }
         c.mailer_autoconfirm = true;
+        c.mailer.retry_min = Duration::from_millis(200);
+        c.mailer.retry_max = Duration::from_millis(400);
         tweak(c);
     })
     .await;
-    (t, hook)
+    (t, server)
 }
 
-crate::both!(
+/// The count of users with this email.
+async fn users_with(t: &TestServer, email: &str) -> i64 {
+    t.count_by_str("SELECT count(*) FROM users WHERE email = $1", email)
+        .await
+}
+
+/// A test on both databases with `hooks` on, answered by one stand-in.
+macro_rules! with_hooks {
+    ($name:ident, [$($hook:expr),*], $tweak:expr, |$t:ident, $h:ident| $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            async fn start(
+                backend: Backend,
+                tweak: impl FnOnce(&mut castellan_core::Config),
+            ) -> (TestServer, HookServer) {
+                hooked_with(backend, &[$($hook),*], tweak).await
+            }
+            crate::both!(on, start, $tweak, |$t, $h| $body);
+        }
+    };
+}
+
+/// The custom access token hook's answer: the claims with a tenant, or
+/// what a test says.
+fn add_tenant(p: &Value, _: usize) -> (u16, Value) {
+    let mut claims = p["claims"].clone();
+    claims["tenant_id"] = json!("acme");
+    (200, json!({ "claims": claims }))
+}
+
+with_hooks!(
     the_custom_access_token_hook_shapes_every_token,
-    hooked,
+    [Hook::CustomAccessToken],
     |_| {},
-    |t, hook| {
+    |t, hooks| {
+        hooks.answer(Hook::CustomAccessToken, add_tenant);
         let s = t.new_session("hooked@example.com", "correct-horse-9").await;
         let claims = common::claims(s["access_token"].as_str().unwrap());
         assert_eq!(claims["tenant_id"], "acme", "{claims}");
@@ -116,7 +81,7 @@ crate::both!(
         assert_eq!(r.status, 200, "{}", r.text);
         let claims = common::claims(r.body["access_token"].as_str().unwrap());
         assert_eq!(claims["tenant_id"], "acme");
-        let calls = hook.calls.lock().unwrap().clone();
+        let calls = hooks.calls(Hook::CustomAccessToken);
         let methods: Vec<&str> = calls
             .iter()
             .map(|c| c["authentication_method"].as_str().unwrap())
@@ -129,7 +94,12 @@ crate::both!(
 
         // A hook's refusal is the answer; claims that break the minimum
         // schema are never signed.
-        *hook.mode.lock().unwrap() = Mode::Refuse;
+        hooks.answer(Hook::CustomAccessToken, |_, _| {
+            (
+                200,
+                json!({"error": {"http_code": 403, "message": "this tenant is closed"}}),
+            )
+        });
         let sessions = "SELECT count(*) FROM sessions WHERE user_id = $1";
         let user = t.user_id_by_email("hooked@example.com").await;
         let before = t.count_by_uuid(sessions, user).await;
@@ -139,29 +109,33 @@ crate::both!(
         assert!(r.body.get("access_token").is_none());
         // Refused before anything was written: no session was started.
         assert_eq!(t.count_by_uuid(sessions, user).await, before);
-        *hook.mode.lock().unwrap() = Mode::DropAud;
+        hooks.answer(Hook::CustomAccessToken, |p, _| {
+            let mut claims = p["claims"].clone();
+            claims.as_object_mut().unwrap().remove("aud");
+            (200, json!({ "claims": claims }))
+        });
         let r = t.login("hooked@example.com", "correct-horse-9").await;
         r.assert_error(500, "unexpected_failure");
-        assert!(
-            r.body["msg"]
-                .as_str()
-                .unwrap()
-                .contains("(root): aud is required"),
-            "{}",
-            r.text
-        );
+        let msg = r.body["msg"].as_str().unwrap();
+        assert!(msg.contains("(root): aud is required"), "{}", r.text);
     }
 );
 
-crate::both!(
+with_hooks!(
     a_hook_that_cannot_be_reached_refuses_the_token,
-    hooked,
+    [Hook::CustomAccessToken],
     |c| {
         // Nothing listens on port 9 of loopback.
-        c.hooks.custom_access_token.as_mut().unwrap().target =
-            castellan_core::config::HookTarget::Http("http://127.0.0.1:9/claims".into());
+        let target = HookTarget::Http("http://127.0.0.1:9/claims".into());
+        c.hooks.set(
+            Hook::CustomAccessToken,
+            Some(HookConfig {
+                target,
+                keys: vec![],
+            }),
+        );
     },
-    |t, _hook| {
+    |t, _hooks| {
         t.signup("unreached@example.com", "correct-horse-9").await;
         let r = t.login("unreached@example.com", "correct-horse-9").await;
         assert_eq!(r.status, 422, "{}", r.text);
@@ -172,39 +146,51 @@ crate::both!(
             r.text
         );
         let m = t.request(Method::GET, "/metrics", None, None).await.text;
-        assert!(
-            common::series_sum(
-                &m,
-                "castellan_hook_calls_total{hook=\"custom_access_token\",outcome=\"error\"}"
-            ) >= 1.0
-        );
+        let errors = "castellan_hook_calls_total{hook=\"custom_access_token\",outcome=\"error\"}";
+        assert!(common::series_sum(&m, errors) >= 1.0);
     }
 );
 
-/// On PostgreSQL the hook may be a function in the database.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_postgres_function_shapes_the_token() {
-    let t = common::spawn(Backend::Postgres, |c| {
-        c.hooks.custom_access_token = Some(castellan_core::config::HookConfig {
-            target: castellan_core::config::HookTarget::PgFunction {
+/// On PostgreSQL a hook may be a function in the database.
+async fn pg_hooked(hooks: &[(Hook, &str)], sql: &[&str]) -> TestServer {
+    let hooks: Vec<(Hook, String)> = hooks.iter().map(|(h, f)| (*h, f.to_string())).collect();
+    let t = common::spawn(Backend::Postgres, move |c| {
+        for (hook, function) in hooks {
+            let target = HookTarget::PgFunction {
                 schema: "public".into(),
-                function: "claims_hook".into(),
-            },
-            keys: vec![],
-        });
+                function,
+            };
+            c.hooks.set(
+                hook,
+                Some(HookConfig {
+                    target,
+                    keys: vec![],
+                }),
+            );
+        }
         c.mailer_autoconfirm = true;
     })
     .await;
     let castellan_core::store::Pool::Pg(pool) = t.pool() else {
         panic!("a PostgreSQL server");
     };
-    sqlx::query(
-        "CREATE FUNCTION public.claims_hook(event jsonb) RETURNS jsonb LANGUAGE sql AS $$ \
-         SELECT jsonb_build_object('claims', (event->'claims') || jsonb_build_object('plan', 'pg-' || (event->>'authentication_method'))) $$",
+    for s in sql {
+        sqlx::query(sqlx::AssertSqlSafe(*s))
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+    t
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_function_shapes_the_token() {
+    let t = pg_hooked(
+        &[(Hook::CustomAccessToken, "claims_hook")],
+        &["CREATE FUNCTION public.claims_hook(event jsonb) RETURNS jsonb LANGUAGE sql AS $$ \
+         SELECT jsonb_build_object('claims', (event->'claims') || jsonb_build_object('plan', 'pg-' || (event->>'authentication_method'))) $$"],
     )
-    .execute(pool)
-    .await
-    .unwrap();
+    .await;
     let s = t
         .new_session("pg-hook@example.com", "correct-horse-9")
         .await;
@@ -213,64 +199,64 @@ async fn a_postgres_function_shapes_the_token() {
     t.stop().await;
 }
 
-/// A password verification attempt hook on loopback: it refuses every
-/// attempt after the second wrong one, and signs the user out everywhere.
-async fn attempts_hook() -> (String, Arc<Mutex<Vec<Value>>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!(
-        "http://127.0.0.1:{}/attempt",
-        listener.local_addr().unwrap().port()
-    );
-    let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
-    let kept = seen.clone();
-    let app = axum::Router::new().route(
-        "/attempt",
-        axum::routing::post(move |axum::Json(p): axum::Json<Value>| {
-            let kept = kept.clone();
-            async move {
-                let mut seen = kept.lock().unwrap();
-                seen.push(p);
-                let wrong = seen.iter().filter(|p| p["valid"] == false).count();
-                axum::Json(match wrong >= 2 {
-                    true => json!({"decision": "reject", "message": "locked for an hour", "should_logout_user": true}),
-                    false => json!({"decision": "continue"}),
-                })
-            }
-        }),
-    );
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, seen)
-}
-
-async fn attempts_server(
-    backend: Backend,
-    tweak: impl FnOnce(&mut castellan_core::Config),
-) -> (TestServer, Arc<Mutex<Vec<Value>>>) {
-    let (url, seen) = attempts_hook().await;
-    let t = common::spawn(backend, move |c| {
-        c.hooks.password_verification_attempt = Some(castellan_core::config::HookConfig {
-            target: castellan_core::config::HookTarget::Http(url),
-            keys: vec![],
-        });
-        c.mailer_autoconfirm = true;
-        tweak(c);
-    })
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_function_refuses_a_sign_up() {
+    let t = pg_hooked(
+        &[(Hook::BeforeUserCreated, "gate")],
+        &["CREATE FUNCTION public.gate(event jsonb) RETURNS jsonb LANGUAGE sql AS $$ \
+         SELECT CASE WHEN event->'user'->>'email' LIKE '%@blocked.example' \
+           THEN jsonb_build_object('error', jsonb_build_object('http_code', 403, 'message', 'not from there')) \
+           ELSE '{}'::jsonb END $$"],
+    )
     .await;
-    (t, seen)
+    let r = t.signup("eve@blocked.example", "correct-horse-9").await;
+    assert_eq!(
+        (r.status.as_u16(), r.body["msg"].as_str()),
+        (403, Some("not from there")),
+        "{}",
+        r.text
+    );
+    assert_eq!(users_with(&t, "eve@blocked.example").await, 0);
+    assert_eq!(
+        t.signup("ann@fine.example", "correct-horse-9").await.status,
+        200
+    );
+    assert_eq!(users_with(&t, "ann@fine.example").await, 1);
+    t.stop().await;
 }
 
-crate::both!(
+/// A verification attempt hook that refuses once it has seen two wrong
+/// attempts, and says so in its own words.
+fn two_strikes(logout: bool) -> impl Fn(&Value, usize) -> (u16, Value) + Send + 'static {
+    let wrong = Arc::new(Mutex::new(0));
+    move |p, _| {
+        let mut wrong = wrong.lock().unwrap();
+        *wrong += usize::from(p["valid"] == false);
+        match *wrong >= 2 {
+            true => (
+                200,
+                json!({"decision": "reject", "message": "locked for an hour", "should_logout_user": logout}),
+            ),
+            false => (200, json!({"decision": "continue"})),
+        }
+    }
+}
+
+with_hooks!(
     a_password_attempt_hook_locks_an_account,
-    attempts_server,
+    [Hook::PasswordVerificationAttempt],
     |_| {},
-    |t, seen| {
+    |t, hooks| {
+        hooks.answer(Hook::PasswordVerificationAttempt, two_strikes(true));
         t.new_session("locked@example.com", "correct-horse-9").await;
         let user = t.user_id_by_email("locked@example.com").await;
-        assert!(seen.lock().unwrap().is_empty(), "a sign-up is no attempt");
+        let seen = || hooks.calls(Hook::PasswordVerificationAttempt);
+        assert!(seen().is_empty(), "a sign-up is no attempt");
         let s = t.login("locked@example.com", "correct-horse-9").await.body;
-        assert_eq!(seen.lock().unwrap().len(), 1, "the sign-in told it");
-        assert_eq!(seen.lock().unwrap()[0]["valid"], true);
-        assert_eq!(seen.lock().unwrap()[0]["user_id"], user.to_string());
+        assert_eq!(seen().len(), 1, "the sign-in told it");
+        assert_eq!(seen()[0]["valid"], true);
+        assert_eq!(seen()[0]["user_id"], user.to_string());
+        assert_eq!(seen()[0]["metadata"]["name"], "password-verification");
         // Two wrong passwords: the second is refused in the hook's words,
         // and every session of the user ends.
         t.login("locked@example.com", "wrong-one")
@@ -289,8 +275,225 @@ crate::both!(
         let r = t.login("locked@example.com", "correct-horse-9").await;
         assert_eq!(r.body["msg"], "locked for an hour", "{}", r.text);
         // An address with no account is never told to the hook.
-        let before = seen.lock().unwrap().len();
+        let before = seen().len();
         t.login("nobody@example.com", "whatever-9").await;
-        assert_eq!(seen.lock().unwrap().len(), before);
+        assert_eq!(seen().len(), before);
+    }
+);
+
+with_hooks!(
+    an_mfa_attempt_hook_locks_a_factor,
+    [Hook::MfaVerificationAttempt],
+    |_| {},
+    |t, hooks| {
+        use crate::mfa::{challenge, code, enroll, verify};
+        hooks.answer(Hook::MfaVerificationAttempt, two_strikes(false));
+        let s = t
+            .new_session("mfa-hook@example.com", "correct-horse-9")
+            .await;
+        let access = s["access_token"].as_str().unwrap();
+        let user = t.user_id_by_email("mfa-hook@example.com").await;
+        let f = enroll(&t, access, "app").await;
+        // A right code: told as valid, and the session rises.
+        let c = challenge(&t, access, &f.id).await;
+        let r = verify(&t, access, &f.id, &c, &code(&t, &f.secret, 0)).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let seen = hooks.calls(Hook::MfaVerificationAttempt);
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0]["metadata"]["name"], "mfa-verification");
+        assert_eq!(
+            (
+                &seen[0]["valid"],
+                &seen[0]["factor_type"],
+                &seen[0]["user_id"]
+            ),
+            (&json!(true), &json!("totp"), &json!(user.to_string()))
+        );
+        assert_eq!(seen[0]["factor_id"], f.id.as_str());
+        let access = r.body["access_token"].as_str().unwrap().to_string();
+        // A wrong code is GoTrue's own refusal; the second, the hook's.
+        let c = challenge(&t, &access, &f.id).await;
+        verify(&t, &access, &f.id, &c, "000000")
+            .await
+            .assert_error(422, "mfa_verification_failed");
+        let c = challenge(&t, &access, &f.id).await;
+        let r = verify(&t, &access, &f.id, &c, "000001").await;
+        r.assert_error(403, "mfa_verification_rejected");
+        assert_eq!(r.body["msg"], "locked for an hour");
+        // GoTrue's rule: a refusal ends every session of the user.
+        let sessions = "SELECT count(*) FROM sessions WHERE user_id = $1";
+        assert_eq!(t.count_by_uuid(sessions, user).await, 0);
+        assert_eq!(hooks.calls(Hook::MfaVerificationAttempt).len(), 3);
+    }
+);
+
+with_hooks!(
+    a_before_user_created_hook_refuses_a_domain,
+    [Hook::BeforeUserCreated],
+    |c| c.anonymous_users_enabled = true,
+    |t, hooks| {
+        hooks.answer(Hook::BeforeUserCreated, |p, _| {
+            match p["user"]["email"]
+                .as_str()
+                .unwrap_or("")
+                .ends_with("@blocked.example")
+            {
+                true => (
+                    200,
+                    json!({"error": {"http_code": 403, "message": "not from there"}}),
+                ),
+                false => (204, json!(null)),
+            }
+        });
+        let r = t.signup("eve@blocked.example", "correct-horse-9").await;
+        assert_eq!(r.status, 403, "{}", r.text);
+        assert_eq!(r.body["msg"], "not from there");
+        assert_eq!(users_with(&t, "eve@blocked.example").await, 0);
+        // The hook saw the user about to be made, which then is made with
+        // the same id.
+        let s = t.new_session("ann@fine.example", "correct-horse-9").await;
+        let calls = hooks.calls(Hook::BeforeUserCreated);
+        let last = calls.last().unwrap();
+        assert_eq!(last["metadata"]["name"], "before-user-created");
+        assert_eq!(last["user"]["email"], "ann@fine.example");
+        assert_eq!(last["user"]["id"], s["user"]["id"]);
+        assert!(last["user"].get("encrypted_password").is_none());
+        // A sign-in to an existing user asks nothing; an anonymous sign-up does.
+        let before = hooks.calls(Hook::BeforeUserCreated).len();
+        t.login("ann@fine.example", "correct-horse-9").await;
+        assert_eq!(hooks.calls(Hook::BeforeUserCreated).len(), before);
+        let r = t.post("/signup", json!({})).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let calls = hooks.calls(Hook::BeforeUserCreated);
+        assert_eq!(calls.len(), before + 1);
+        assert_eq!(calls.last().unwrap()["user"]["is_anonymous"], true);
+    }
+);
+
+with_hooks!(
+    the_after_user_created_hook_is_told_and_its_failure_answers,
+    [Hook::AfterUserCreated],
+    |_| {},
+    |t, hooks| {
+        let s = t.new_session("told@example.com", "correct-horse-9").await;
+        let calls = hooks.calls(Hook::AfterUserCreated);
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0]["user"]["id"], s["user"]["id"]);
+        assert_eq!(calls[0]["user"]["identities"][0]["provider"], "email");
+        // A failing hook is the answer; the user, made before, stays.
+        hooks.answer(Hook::AfterUserCreated, |_, _| (500, json!({})));
+        let r = t.signup("kept@example.com", "correct-horse-9").await;
+        r.assert_error(500, "unexpected_failure");
+        assert_eq!(users_with(&t, "kept@example.com").await, 1);
+    }
+);
+
+with_hooks!(
+    the_send_email_hook_delivers_through_the_queue_once,
+    [Hook::SendEmail],
+    |c| c.mailer_autoconfirm = false,
+    |t, hooks| {
+        // Down first: the request is answered, the queue keeps the message.
+        hooks.answer(Hook::SendEmail, |_, n| match n < 2 {
+            true => (503, json!({})),
+            false => (200, json!({})),
+        });
+        let r = t.signup("hooked-mail@example.com", "correct-horse-9").await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let calls = hooks.wait_calls(Hook::SendEmail, 3).await;
+        // Up again: delivered, and never again.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(
+            hooks.calls(Hook::SendEmail).len(),
+            3,
+            "delivered exactly once"
+        );
+        let p = &calls[2];
+        assert_eq!(p["metadata"]["name"], "send-email");
+        assert_eq!(p["user"]["email"], "hooked-mail@example.com");
+        let data = &p["email_data"];
+        assert_eq!(data["email_action_type"], "signup");
+        assert_eq!(data["site_url"], t.server.state.config.api_external_url);
+        // The payload's token hash confirms the address.
+        let r = t
+            .post(
+                "/verify",
+                json!({"type": "signup", "token_hash": data["token_hash"]}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert!(r.body["access_token"].is_string());
+        let m = t.request(Method::GET, "/metrics", None, None).await.text;
+        let ok = "castellan_hook_calls_total{hook=\"send_email\",outcome=\"ok\"}";
+        // (Metrics are one per test process: both databases' runs count.)
+        assert!(common::series_sum(&m, ok) >= 1.0);
+        assert!(common::series_sum(&m, "castellan_queue_retried_total{queue=\"email\"}") >= 2.0);
+        // A refusal in the hook's words is final: counted dead, not retried.
+        hooks.answer(Hook::SendEmail, |_, _| {
+            (
+                200,
+                json!({"error": {"http_code": 400, "message": "no such mailbox"}}),
+            )
+        });
+        let before = hooks.calls(Hook::SendEmail).len();
+        t.post("/recover", json!({"email": "hooked-mail@example.com"}))
+            .await;
+        hooks.wait_calls(Hook::SendEmail, before + 1).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(hooks.calls(Hook::SendEmail).len(), before + 1);
+    }
+);
+
+with_hooks!(
+    the_send_sms_hook_takes_the_providers_place,
+    [Hook::SendSms],
+    |c| {
+        // No SMS provider at all: the hook delivers.
+        c.sms.log = false;
+        c.external_phone_enabled = true;
+    },
+    |t, hooks| {
+        let r = t
+            .post(
+                "/signup",
+                json!({"phone": "15550001111", "password": "correct-horse-9"}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let calls = hooks.calls(Hook::SendSms);
+        assert_eq!(calls.len(), 1, "sent by the request itself");
+        let p = &calls[0];
+        assert_eq!(p["metadata"]["name"], "send-sms");
+        assert_eq!(p["sms"]["phone"], "15550001111");
+        assert_eq!(p["user"]["phone"], "15550001111");
+        let otp = p["sms"]["otp"].as_str().unwrap();
+        let r = t
+            .post(
+                "/verify",
+                json!({"type": "sms", "phone": "15550001111", "token": otp}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        // The hook's refusal is the answer, and the sign-up is taken back.
+        hooks.answer(Hook::SendSms, |_, _| {
+            (
+                200,
+                json!({"error": {"http_code": 400, "message": "that number cannot take SMS"}}),
+            )
+        });
+        let r = t
+            .post(
+                "/signup",
+                json!({"phone": "15550002222", "password": "correct-horse-9"}),
+            )
+            .await;
+        assert_eq!(
+            (r.status.as_u16(), r.body["msg"].as_str()),
+            (400, Some("that number cannot take SMS")),
+            "{}",
+            r.text
+        );
+        let users = "SELECT count(*) FROM users WHERE phone = $1";
+        assert_eq!(t.count_by_str(users, "15550002222").await, 0);
     }
 );

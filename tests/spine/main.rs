@@ -3,6 +3,8 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "../common/hook_server.rs"]
+mod hook_server;
 #[path = "../common/oauth_provider.rs"]
 mod oauth_provider;
 #[path = "../common/oidc_issuer.rs"]

@@ -38,6 +38,41 @@ pub struct NewUser<'a> {
     pub now: DateTime<Utc>,
 }
 
+impl NewUser<'_> {
+    /// The user this will be once inserted (for a hook asked before).
+    pub fn preview(&self) -> crate::models::User {
+        let meta = |v: &Value| Some(sqlx::types::Json(v.clone()));
+        crate::models::User {
+            id: self.id,
+            aud: Some(self.aud.to_string()),
+            role: Some(self.role.to_string()),
+            email: self.email.map(str::to_string),
+            encrypted_password: None,
+            email_confirmed_at: self.email_confirmed_at,
+            invited_at: None,
+            confirmation_sent_at: None,
+            recovery_sent_at: None,
+            email_change: None,
+            email_change_sent_at: None,
+            last_sign_in_at: None,
+            raw_app_meta_data: meta(&self.app_metadata),
+            raw_user_meta_data: meta(&self.user_metadata),
+            created_at: Some(self.now),
+            updated_at: Some(self.now),
+            phone: self.phone.map(str::to_string),
+            phone_confirmed_at: self.phone_confirmed_at,
+            phone_change: None,
+            phone_change_sent_at: None,
+            reauthentication_sent_at: None,
+            banned_until: None,
+            deleted_at: None,
+            is_sso_user: false,
+            is_anonymous: self.is_anonymous,
+            factors: Vec::new(),
+        }
+    }
+}
+
 /// Everything a refresh decides on, read in one statement under the
 /// session's lock: the session, the presented token, the user, the
 /// session's authentication methods and the user's identities.

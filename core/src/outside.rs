@@ -4,13 +4,8 @@
 
 use std::time::Duration;
 
-use oauth2::reqwest;
-
 /// A client for one outside API.
-pub(crate) fn client(
-    timeout: Duration,
-    user_agent: Option<&str>,
-) -> Result<reqwest::Client, String> {
+pub fn client(timeout: Duration, user_agent: Option<&str>) -> Result<reqwest::Client, String> {
     let mut b = reqwest::ClientBuilder::new()
         // A redirect is never followed (SSRF).
         .redirect(reqwest::redirect::Policy::none())
@@ -23,10 +18,7 @@ pub(crate) fn client(
 
 /// An answer's body, refused past `limit` bytes (the client's timeout
 /// bounds the time).
-pub(crate) async fn read_bounded(
-    mut answer: reqwest::Response,
-    limit: usize,
-) -> Result<Vec<u8>, String> {
+pub async fn read_bounded(mut answer: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
     let mut body = Vec::new();
     while let Some(chunk) = answer.chunk().await.map_err(|e| e.to_string())? {
         if body.len() + chunk.len() > limit {
