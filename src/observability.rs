@@ -149,7 +149,10 @@ pub fn zero_series(config: &castellan_core::Config) {
             metrics::counter!("castellan_rate_limit_rejections_total", "bucket" => b.label(), "key" => key).increment(0);
         }
     }
-    let sms = castellan_jobs::sms::Gateway::from_config(&config.sms).name();
+    let sms = match config.hooks.get(castellan_core::hooks::Hook::SendSms) {
+        Some(_) => "hook",
+        None => castellan_jobs::sms::Gateway::from_config(&config.sms).name(),
+    };
     for outcome in ["sent", "refused", "unavailable"] {
         metrics::counter!("castellan_sms_total", "provider" => sms, "outcome" => outcome)
             .increment(0);
