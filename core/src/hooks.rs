@@ -100,7 +100,21 @@ impl Caller {
     /// `metadata` (a fresh id, the time, the hook's name): its answer, or
     /// the error GoTrue answers for what went wrong (the hook's own error
     /// object included). Counted and timed per hook.
-    pub async fn call(&self, hook: Hook, cfg: &HookConfig, mut fields: Value) -> ApiResult<Value> {
+    pub async fn call(&self, hook: Hook, cfg: &HookConfig, fields: Value) -> ApiResult<Value> {
+        let id = uuid::Uuid::new_v4().to_string();
+        self.call_as(hook, cfg, fields, &id).await
+    }
+
+    /// As [`Caller::call`], with the webhook id given: one id for every
+    /// attempt of a message (Standard Webhooks' rule, so a hook can drop a
+    /// message it has seen).
+    pub async fn call_as(
+        &self,
+        hook: Hook,
+        cfg: &HookConfig,
+        mut fields: Value,
+        id: &str,
+    ) -> ApiResult<Value> {
         fields["metadata"] = json!({
             "uuid": uuid::Uuid::new_v4(),
             "time": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
@@ -108,7 +122,7 @@ impl Caller {
         });
         let started = Instant::now();
         let answer = match &cfg.target {
-            HookTarget::Http(url) => self.http_call(url, &cfg.keys, &fields).await,
+            HookTarget::Http(url) => self.http_call(url, (&cfg.keys, id), &fields).await,
             HookTarget::PgFunction { schema, function } => self
                 .store
                 .call_hook_function(schema, function, &fields)
@@ -138,21 +152,25 @@ impl Caller {
     }
 
     /// POST, signed, within GoTrue's 5-second budget for up to 3 attempts.
-    async fn http_call(&self, url: &str, keys: &[Vec<u8>], payload: &Value) -> ApiResult<Value> {
+    async fn http_call(
+        &self,
+        url: &str,
+        (keys, id): (&[Vec<u8>], &str),
+        payload: &Value,
+    ) -> ApiResult<Value> {
         let body = serde_json::to_vec(payload).map_err(|e| ApiError::internal("hook", e))?;
         let deadline = Instant::now() + HTTP_BUDGET;
         for attempt in 1..=ATTEMPTS {
-            let id = uuid::Uuid::new_v4().to_string();
             let ts = chrono::Utc::now().timestamp();
             let sent = self
                 .http
                 .post(url)
                 .header("content-type", "application/json")
-                .header("webhook-id", &id)
+                .header("webhook-id", id)
                 .header("webhook-timestamp", ts.to_string())
                 .header(
                     "webhook-signature",
-                    crate::crypto::webhook::signature(keys, &id, ts, &body),
+                    crate::crypto::webhook::signature(keys, id, ts, &body),
                 )
                 .timeout(deadline.saturating_duration_since(Instant::now()))
                 .body(body.clone())

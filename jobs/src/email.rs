@@ -68,6 +68,10 @@ pub struct EmailJob {
     /// data), when it was on as the job was queued.
     #[serde(default)]
     pub hook: Option<Value>,
+    /// Given to the send-email hook with another letter's call (an email
+    /// change's second address): a worker without the hook sends it.
+    #[serde(default)]
+    pub hook_covered: bool,
 }
 
 impl EmailKind {
@@ -94,8 +98,9 @@ pub enum Mailer {
     /// No SMTP host: the message (with its link and code) goes to the log,
     /// so a newcomer can follow a magic link without a mail server.
     Log,
-    /// The send-email hook delivers instead.
-    Hook(Box<crate::hooked::HookDelivery>),
+    /// The send-email hook delivers instead; the mailer beside it sends
+    /// what was queued while the hook was off.
+    Hook(Box<(crate::hooked::HookDelivery, Mailer)>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -156,7 +161,10 @@ impl Mailer {
 
     /// The send-email hook in place of SMTP, when it is on.
     pub fn with_hook(self, hook: Option<crate::hooked::HookDelivery>) -> Mailer {
-        hook.map_or(self, |h| Mailer::Hook(Box::new(h)))
+        match hook {
+            Some(h) => Mailer::Hook(Box::new((h, self))),
+            None => self,
+        }
     }
 
     /// Delivers a queued job: by the hook, or its rendered message.
@@ -165,12 +173,21 @@ impl Mailer {
         job: &EmailJob,
         m: crate::templates::Rendered,
     ) -> Result<(), SendError> {
-        match self {
-            Mailer::Hook(hook) => hook.deliver(job.hook.as_ref()).await.map_err(|e| match e {
-                crate::hooked::Undelivered::Rejected(e) => SendError::Rejected(e),
-                crate::hooked::Undelivered::Down(e) => SendError::HookDown(e),
-            }),
-            _ => self.send(&job.to, &m.subject, m.html, m.text).await,
+        let Mailer::Hook(hook) = self else {
+            // Without the hook every letter is sent, covered ones too.
+            return self.send(&job.to, &m.subject, m.html, m.text).await;
+        };
+        let (hook, fallback) = &**hook;
+        match (&job.hook, job.hook_covered) {
+            (Some(payload), _) => {
+                let id = job.id.to_string();
+                hook.deliver(payload, &id).await.map_err(|e| match e {
+                    crate::hooked::Undelivered::Rejected(e) => SendError::Rejected(e),
+                    crate::hooked::Undelivered::Down(e) => SendError::HookDown(e),
+                })
+            }
+            (None, true) => Ok(()),
+            (None, false) => fallback.send(&job.to, &m.subject, m.html, m.text).await,
         }
     }
 

@@ -34,21 +34,14 @@ impl HookDelivery {
         })
     }
 
-    /// Hands the hook `payload` (a job's, built when it was queued). A job
-    /// queued while the hook was off has none, and cannot be delivered here.
-    pub async fn deliver(&self, payload: Option<&Value>) -> Result<(), Undelivered> {
-        let Some(payload) = payload else {
-            return Err(Undelivered::Rejected(ApiError::new(
-                500,
-                "unexpected_failure",
-                "queued before the delivery hook was on: no payload for it",
-            )));
-        };
-        match self
+    /// Hands the hook `payload` (a job's, built when it was queued), as
+    /// webhook `id` (the job's: the same on every retry, so a hook can tell
+    /// a message it already took).
+    pub async fn deliver(&self, payload: &Value, id: &str) -> Result<(), Undelivered> {
+        let call = self
             .caller
-            .call(self.hook, &self.cfg, payload.clone())
-            .await
-        {
+            .call_as(self.hook, &self.cfg, payload.clone(), id);
+        match call.await {
             Ok(_) => Ok(()),
             Err(e) if is_refusal(&e) => Err(Undelivered::Rejected(e)),
             Err(e) => Err(Undelivered::Down(format!("{}: {}", e.code, e.message))),

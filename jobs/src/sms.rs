@@ -561,7 +561,12 @@ impl Gateway {
         let Gateway::Hook(hook) = self else {
             return self.send(&job.message()).await;
         };
-        let r = match hook.deliver(job.hook.as_ref()).await {
+        let Some(payload) = &job.hook else {
+            return Err(SendError::Refused(
+                "queued while the send-SMS hook was off; no provider to send it".into(),
+            ));
+        };
+        let r = match hook.deliver(payload, &job.id.to_string()).await {
             Ok(()) => Ok(None),
             Err(crate::hooked::Undelivered::Rejected(e)) => Err(SendError::Rejected(e)),
             Err(crate::hooked::Undelivered::Down(e)) => Err(SendError::Unavailable(e)),

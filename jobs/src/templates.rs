@@ -212,6 +212,7 @@ mod tests {
             message: None,
             queued_at: None,
             hook: None,
+            hook_covered: false,
         }
     }
 

@@ -359,14 +359,20 @@ impl Accounts {
         };
         tx.commit().await?;
         metrics::counter!("castellan_signups_total", "provider" => addr.provider, "confirmed" => autoconfirm.to_string()).increment(1);
-        // Told once the user has its session or its confirmation.
+        // Told before a session starts (a refusal leaves none behind), or
+        // once the confirmation is on its way.
         let told = (created && hooks::on(&self.ctx, Hook::AfterUserCreated)).then(|| user.clone());
         let outcome = match autoconfirm {
-            true => self
-                .sessions
-                .issue(user, "password", vec![(AuditAction::Login, None)])
-                .await
-                .map(|grant| SignupOutcome::Session(Box::new(grant))),
+            true => {
+                if let Some(user) = &told {
+                    hooks::after_user_created(&self.ctx, user).await?;
+                }
+                let grant = self
+                    .sessions
+                    .issue(user, "password", vec![(AuditAction::Login, None)])
+                    .await?;
+                return Ok(SignupOutcome::Session(Box::new(grant)));
+            }
             false => {
                 let id = user.id;
                 let outcome = self.unconfirmed(user, &req, addr.provider).await;

@@ -118,7 +118,11 @@ pub fn send_email_payload(ctx: &crate::Ctx, user: &User, jobs: &[EmailJob]) -> V
     let mut data = json!({
         "token": first.token,
         "token_hash": first.token_hash,
-        "redirect_to": first.redirect_to,
+        // GoTrue's referrer: the site when no redirect was asked for.
+        "redirect_to": match first.redirect_to.is_empty() {
+            true => &ctx.config.site_url,
+            false => &first.redirect_to,
+        },
         "email_action_type": first.kind.action_type(),
         "site_url": ctx.config.api_external_url,
         "token_new": "",

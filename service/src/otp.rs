@@ -415,6 +415,7 @@ async fn mail_token(
         message: None,
         queued_at: Some(l.now),
         hook: None,
+        hook_covered: false,
     };
     let issued = Issued {
         token_type: tt,
@@ -436,9 +437,11 @@ async fn queue_mail(ctx: &Ctx, tx: &mut Tx, user: Uuid, mut jobs: Vec<EmailJob>)
             .await?
             .ok_or_else(|| ApiError::not_found("user_not_found", "User not found"))?;
         let payload = crate::hooks::send_email_payload(ctx, &user, &jobs);
-        jobs.truncate(1);
-        if let Some(job) = jobs.first_mut() {
-            job.hook = Some(payload);
+        for (i, job) in jobs.iter_mut().enumerate() {
+            match i {
+                0 => job.hook = Some(payload.clone()),
+                _ => job.hook_covered = true,
+            }
         }
     }
     for mut job in jobs {

@@ -56,8 +56,14 @@ pub fn job(
     code: &str,
     channel: &str,
 ) -> SmsJob {
-    let hook = crate::hooks::on(ctx, Hook::SendSms)
-        .then(|| json!({"user": user.to_json(&[]), "sms": {"otp": code, "phone": to}}));
+    let hook = crate::hooks::on(ctx, Hook::SendSms).then(|| {
+        let mut sms = json!({"otp": code, "phone": to});
+        // GoTrue tells a factor's code apart so the hook may word it so.
+        if kind == SmsKind::Mfa {
+            sms["sms_type"] = json!("mfa");
+        }
+        json!({"user": user.to_json(&[]), "sms": sms})
+    });
     SmsJob {
         hook,
         id: Uuid::new_v4(),
@@ -78,7 +84,12 @@ pub async fn hold(ctx: &Ctx, tx: &mut Tx, job: &SmsJob) -> ApiResult<()> {
 
 /// The request's own attempt at a held job (after its transaction committed).
 pub async fn send_first(ctx: &Ctx, job: &SmsJob) -> ApiResult<FirstTry> {
-    let timeout = ctx.config.sms.send_timeout;
+    // A hook has its own budget (5 s for every attempt): waited out whole,
+    // so a hook that delivers late is not asked again by the queue.
+    let timeout = match ctx.config.hooks.get(Hook::SendSms) {
+        Some(_) => ctx.config.sms.send_timeout.max(Duration::from_secs(6)),
+        None => ctx.config.sms.send_timeout,
+    };
     let sent = match tokio::time::timeout(timeout, ctx.sms.deliver(job)).await {
         Ok(r) => r,
         Err(_) => Err(SendError::Unavailable("timed out".into())),

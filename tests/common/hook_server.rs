@@ -97,7 +97,9 @@ async fn answer(
     if h("webhook-signature") != expected || h("content-type") != "application/json" {
         return (StatusCode::UNAUTHORIZED, axum::Json(json!({})));
     }
-    let payload: Value = serde_json::from_slice(&body).unwrap();
+    let mut payload: Value = serde_json::from_slice(&body).unwrap();
+    // Kept beside the payload, for tests of retries (not sent by castellan).
+    payload["_webhook_id"] = json!(h("webhook-id"));
     let before = {
         let mut calls = hooks.calls.lock().unwrap();
         let before = calls.iter().filter(|(n, _)| *n == name).count();

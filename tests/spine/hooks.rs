@@ -409,6 +409,9 @@ with_hooks!(
             "delivered exactly once"
         );
         let p = &calls[2];
+        // One message, one webhook id on every retry: a hook can drop a repeat.
+        assert!(calls.iter().all(|c| c["_webhook_id"] == p["_webhook_id"]));
+        assert_ne!(calls[0]["metadata"]["uuid"], p["metadata"]["uuid"]);
         assert_eq!(p["metadata"]["name"], "send-email");
         assert_eq!(p["user"]["email"], "hooked-mail@example.com");
         let data = &p["email_data"];
@@ -495,5 +498,49 @@ with_hooks!(
         );
         let users = "SELECT count(*) FROM users WHERE phone = $1";
         assert_eq!(t.count_by_str(users, "15550002222").await, 0);
+    }
+);
+
+with_hooks!(
+    an_email_change_is_one_send_email_call_with_both_codes,
+    [Hook::SendEmail],
+    // Secure change asks both addresses (not with autoconfirm).
+    |c| c.mailer_autoconfirm = false,
+    |t, hooks| {
+        let user = json!({"email": "old-box@example.com", "password": "correct-horse-9", "email_confirm": true});
+        let r = t.admin(Method::POST, "/admin/users", Some(user)).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let s = t.login("old-box@example.com", "correct-horse-9").await.body;
+        let access = s["access_token"].as_str().unwrap();
+        let r = t
+            .request(
+                Method::PUT,
+                "/user",
+                Some(access),
+                Some(json!({"email": "new-box@example.com"})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let calls = hooks.wait_calls(Hook::SendEmail, 1).await;
+        // The letter to the current address rode along: never a second call.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(hooks.calls(Hook::SendEmail).len(), 1);
+        let data = &calls[0]["email_data"];
+        assert_eq!(data["email_action_type"], "email_change");
+        assert_eq!(calls[0]["user"]["new_email"], "new-box@example.com");
+        assert_eq!(data["redirect_to"], t.server.state.config.site_url);
+        // GoTrue's fields: token_hash confirms the new address, token_hash_new the current one.
+        for hash in [&data["token_hash"], &data["token_hash_new"]] {
+            let r = t
+                .post(
+                    "/verify",
+                    json!({"type": "email_change", "token_hash": hash}),
+                )
+                .await;
+            assert_eq!(r.status, 200, "{}", r.text);
+        }
+        assert_eq!(users_with(&t, "new-box@example.com").await, 1);
+        // The codes too: `token` is the current address's, `token_new` the new one's.
+        assert_ne!(data["token"], data["token_new"]);
     }
 );
