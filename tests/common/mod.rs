@@ -110,6 +110,17 @@ pub fn test_config(db: DatabaseUrl) -> Config {
 }
 
 pub async fn spawn(backend: Backend, tweak: impl FnOnce(&mut Config)) -> TestServer {
+    let (db, dir) = fresh_database(backend).await;
+    spawn_on(backend, (db, dir), tweak).await
+}
+
+/// A server on a database made by [`fresh_database`] (one several servers
+/// may share; the first stopped drops it).
+pub async fn spawn_on(
+    backend: Backend,
+    (db, dir): (DatabaseUrl, Option<tempfile::TempDir>),
+    tweak: impl FnOnce(&mut Config),
+) -> TestServer {
     // CASTELLAN_TEST_LOG=debug (a tracing filter) shows the servers' logs.
     if let Ok(filter) = std::env::var("CASTELLAN_TEST_LOG") {
         let _ = tracing_subscriber::fmt()
@@ -117,7 +128,6 @@ pub async fn spawn(backend: Backend, tweak: impl FnOnce(&mut Config)) -> TestSer
             .with_test_writer()
             .try_init();
     }
-    let (db, dir) = fresh_database(backend).await;
     let mut cfg = test_config(db.clone());
     tweak(&mut cfg);
     let server = castellan::start(cfg).await.expect("server starts");

@@ -256,3 +256,40 @@ both!(the_otp_issuer_is_asked_for_send_windows, |_| {}, |t| {
     assert!(common::series_sum(&after, asked) > common::series_sum(&before, asked));
     assert!(common::series_sum(&after, refused) > common::series_sum(&before, refused));
 });
+
+/// Issue 35: three servers on one PostgreSQL give a client one limit, not
+/// three: wrong `/verify` guesses spread over them are refused past the
+/// configured 30 (one may refill while they run), and the database holds
+/// the client's window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gets_one_limit_across_three_servers() {
+    let db = common::fresh_database(Backend::Postgres).await;
+    let limited = |c: &mut castellan_core::Config| {
+        c.rate_limits.verify.events = 30;
+        c.rate_limits.verify.burst = 30;
+        c.rate_limits.verify.per = std::time::Duration::from_secs(300);
+    };
+    let mut servers = vec![common::spawn_on(Backend::Postgres, db, limited).await];
+    for _ in 0..2 {
+        let shared = (servers[0].db.clone(), None);
+        servers.push(common::spawn_on(Backend::Postgres, shared, limited).await);
+    }
+    let guess = json!({"type": "signup", "email": "nobody@example.com", "token": "123456"});
+    let mut allowed = 0;
+    for i in 0..120 {
+        let r = servers[i % 3].post("/verify", guess.clone()).await;
+        match r.status.as_u16() {
+            429 => {
+                r.assert_error(429, "over_request_rate_limit");
+                assert!(r.header("retry-after").is_some());
+            }
+            _ => allowed += 1,
+        }
+    }
+    assert!((30..=31).contains(&allowed), "{allowed} of 120 let through");
+    let windows = "SELECT count(*) FROM castellan_rate_windows WHERE id LIKE $1";
+    assert_eq!(servers[0].count_by_str(windows, "verify:%").await, 1);
+    for t in servers.into_iter().rev() {
+        t.stop().await;
+    }
+}

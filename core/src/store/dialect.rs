@@ -8,6 +8,7 @@
 //! - `for_update`: ` FOR UPDATE` / nothing (SQLite's immediate transaction
 //!   already holds the write lock);
 //! - `ilike`: `ILIKE` / `LIKE` (SQLite's is case-blind for ASCII already);
+//! - `greatest`, `least`: `GREATEST` / `MAX`, `LEAST` / `MIN` (of values);
 //! - `jobs`: the job queue's table; `now`: the database's clock in the
 //!   queue's format (a timestamp / Unix seconds);
 //! - `pg "…"`: text only PostgreSQL needs (`FOR UPDATE OF s`);
@@ -28,6 +29,12 @@ macro_rules! pg_sql {
     };
     (ilike) => {
         "ILIKE"
+    };
+    (greatest) => {
+        "GREATEST"
+    };
+    (least) => {
+        "LEAST"
     };
     (jobs) => {
         "apalis.jobs"
@@ -92,6 +99,12 @@ macro_rules! lite_sql {
     };
     (ilike) => {
         "LIKE"
+    };
+    (greatest) => {
+        "MAX"
+    };
+    (least) => {
+        "MIN"
     };
     (jobs) => {
         "Jobs"

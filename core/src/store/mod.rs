@@ -42,6 +42,7 @@ mod opening;
 mod operator;
 mod otp;
 mod queries;
+mod rate_windows;
 mod sweep;
 
 use std::str::FromStr;
@@ -63,6 +64,7 @@ pub use oauth::*;
 pub use operator::*;
 pub use otp::*;
 pub use queries::*;
+pub use rate_windows::*;
 pub use sweep::*;
 
 #[derive(Clone, Debug)]

@@ -23,11 +23,13 @@ pub struct Swept {
     pub mfa_factors: u64,
     /// Used Web3 messages whose validity has ended.
     pub web3_messages: u64,
+    /// Shared rate-limit windows that have refilled (a full bucket).
+    pub rate_windows: u64,
 }
 
 impl Swept {
     /// Each kind with its count, as the metrics name them.
-    pub fn kinds(&self) -> [(&'static str, u64); 8] {
+    pub fn kinds(&self) -> [(&'static str, u64); 9] {
         [
             ("one_time_tokens", self.one_time_tokens),
             ("flow_states", self.flow_states),
@@ -37,6 +39,7 @@ impl Swept {
             ("mfa_factors", self.mfa_factors),
             ("oauth_client_states", self.oauth_client_states),
             ("web3_messages", self.web3_messages),
+            ("rate_windows", self.rate_windows),
         ]
     }
 
@@ -54,6 +57,7 @@ impl Swept {
         self.mfa_challenges += other.mfa_challenges;
         self.mfa_factors += other.mfa_factors;
         self.web3_messages += other.web3_messages;
+        self.rate_windows += other.rate_windows;
     }
 }
 
@@ -136,6 +140,13 @@ impl Store {
                 "castellan_web3_messages",
                 "expires_at < $1",
                 now,
+                batch
+            ),
+            rate_windows: batch_delete!(
+                self,
+                "castellan_rate_windows",
+                "tat < $1",
+                now.timestamp_micros(),
                 batch
             ),
         })

@@ -1,11 +1,20 @@
-//! The `RateLimiter` actor: it alone holds the per-key token buckets
-//! (governor) of every limited route and the limit settings in force.
-//! Requests ask it by message (`Check`); it follows the settings stored in
-//! the database with a task of its own that reads them and tells it
-//! (`SetLimits`), so no message waits on I/O. A change of settings rebuilds
-//! only the buckets whose limit changed: the others keep their counts.
-//! Its state is its own: a restart starts every bucket afresh.
+//! The `RateLimiter` actor: it alone holds the per-key buckets of every
+//! limited route and the limit settings in force. Requests ask it by
+//! message (`Check`); it follows the settings stored in the database with a
+//! task of its own that reads them and tells it (`SetLimits`), so no
+//! message waits on I/O. A change of settings rebuilds only the buckets
+//! whose limit changed: the others keep their counts.
+//!
+//! On SQLite (one serving process) a bucket is a governor token bucket in
+//! memory. On PostgreSQL, where several API processes share the database,
+//! a bucket is a window row shared by all (GCRA, see
+//! `castellan_core::store::rate_windows`): the actor holds the requests it
+//! leased from it, a few at a time, and the asking request, not the
+//! mailbox, takes a lease when none is held. Requests unused for a second
+//! are given back by a task of the actor's. So a client gets a limit's
+//! number across every process, never more, at one round trip per lease.
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,35 +33,155 @@ const NAME: &str = "rate_limiter";
 
 pub use castellan_core::limits::Bucket;
 
+/// How long leased requests may sit unused before they are given back.
+const IDLE: Duration = Duration::from_secs(1);
+
+/// The most keys a shared bucket holds leases for; past it, a key with
+/// nothing held makes room (a flood of new clients costs leases, not memory).
+const MAX_HELD: usize = 100_000;
+
+/// A shared bucket's window, as the database counts it (µs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// One request's worth of refill.
+    pub interval: i64,
+    /// How far ahead of now the window may run: the burst.
+    pub cap: i64,
+    /// How many requests a lease asks for.
+    pub lease: i64,
+}
+
+impl Window {
+    fn of(limit: RateLimit) -> Self {
+        let interval = (limit.per / limit.events)
+            .as_micros()
+            .clamp(1, i64::MAX as u128) as i64;
+        let burst = i64::from(limit.burst.max(1));
+        Self {
+            interval,
+            cap: interval.saturating_mul(burst),
+            // A tenth of the burst: a lease held by another process strands
+            // at most that many (until given back, within a second).
+            lease: (burst / 10).clamp(1, 100),
+        }
+    }
+}
+
+/// What a process holds of one key's shared window.
+struct Held {
+    requests: i64,
+    /// Refused by the database until then: asked again only after.
+    refused_until: Option<Instant>,
+    last: Instant,
+}
+
 /// One bucket's keys under one limit. `None` = limit 0: refuse all.
 struct Limiter {
     limit: RateLimit,
-    buckets: Option<DefaultKeyedRateLimiter<String>>,
+    keeper: Option<Keeper>,
+}
+
+enum Keeper {
+    Local(DefaultKeyedRateLimiter<String>),
+    Shared(Window, HashMap<String, Held>),
 }
 
 impl Limiter {
-    fn new(limit: RateLimit) -> Self {
-        let buckets = (limit.events > 0).then(|| {
-            let period = limit.per / limit.events;
-            let burst = NonZeroU32::new(limit.burst.max(1)).expect("max(1)");
-            let quota = Quota::with_period(period.max(Duration::from_nanos(1)))
-                .expect("non-zero period")
-                .allow_burst(burst);
-            DefaultKeyedRateLimiter::keyed(quota)
+    fn new(limit: RateLimit, shared: bool) -> Self {
+        let keeper = (limit.events > 0).then(|| match shared {
+            true => Keeper::Shared(Window::of(limit), HashMap::new()),
+            false => {
+                let period = limit.per / limit.events;
+                let burst = NonZeroU32::new(limit.burst.max(1)).expect("max(1)");
+                let quota = Quota::with_period(period.max(Duration::from_nanos(1)))
+                    .expect("non-zero period")
+                    .allow_burst(burst);
+                Keeper::Local(DefaultKeyedRateLimiter::keyed(quota))
+            }
         });
-        Self { limit, buckets }
+        Self { limit, keeper }
     }
 
-    /// Takes a token of `key`, or says how long to wait for one.
-    fn take(&self, key: &str) -> Option<Duration> {
-        match &self.buckets {
-            None => Some(self.limit.per),
-            Some(l) => l
-                .check_key(&key.to_string())
-                .err()
-                .map(|n| n.wait_time_from(DefaultClock::default().now())),
+    /// Takes a request of `key`'s allowance, or says how long to wait for
+    /// one, or that a lease must be taken first.
+    fn take(&mut self, key: &str) -> Verdict {
+        let now = Instant::now();
+        match &mut self.keeper {
+            None => Verdict::Refused(self.limit.per),
+            Some(Keeper::Local(l)) => match l.check_key(&key.to_string()) {
+                Ok(()) => Verdict::Allowed,
+                Err(n) => Verdict::Refused(n.wait_time_from(DefaultClock::default().now())),
+            },
+            Some(Keeper::Shared(window, held)) => match held.get_mut(key) {
+                Some(h) if h.requests > 0 => {
+                    h.requests -= 1;
+                    h.last = now;
+                    Verdict::Allowed
+                }
+                Some(Held {
+                    refused_until: Some(t),
+                    ..
+                }) if *t > now => Verdict::Refused(*t - now),
+                _ => Verdict::Lease(*window),
+            },
         }
     }
+
+    /// A lease the asking request took: one of `granted` was its own.
+    fn leased(&mut self, key: String, granted: i64, wait: Duration) {
+        let Some(Keeper::Shared(_, held)) = &mut self.keeper else {
+            return;
+        };
+        let now = Instant::now();
+        if held.len() >= MAX_HELD && !held.contains_key(&key) {
+            held.retain(|_, h| h.requests > 0);
+        }
+        let h = held.entry(key).or_insert(Held {
+            requests: 0,
+            refused_until: None,
+            last: now,
+        });
+        h.requests += (granted - 1).max(0);
+        h.refused_until = (granted == 0).then(|| now + wait);
+        h.last = now;
+    }
+
+    /// Leases idle past `IDLE`, taken out to be given back; keys with
+    /// nothing held and nothing refused are forgotten.
+    fn idle(&mut self, out: &mut Vec<(String, i64)>) -> Option<i64> {
+        let Some(Keeper::Shared(window, held)) = &mut self.keeper else {
+            return None;
+        };
+        let now = Instant::now();
+        held.retain(|key, h| {
+            if h.requests > 0 && now - h.last >= IDLE {
+                out.push((key.clone(), h.requests));
+                h.requests = 0;
+            }
+            h.requests > 0 || h.refused_until.is_some_and(|t| t > now)
+        });
+        Some(window.interval)
+    }
+
+    fn keys(&self) -> usize {
+        match &self.keeper {
+            None => 0,
+            Some(Keeper::Local(l)) => {
+                l.retain_recent();
+                l.len()
+            }
+            Some(Keeper::Shared(_, held)) => held.len(),
+        }
+    }
+}
+
+/// What the actor says of a request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Verdict {
+    Allowed,
+    Refused(Duration),
+    /// Nothing held: the request leases from the shared window itself.
+    Lease(Window),
 }
 
 /// The actor's state: the settings in force and a limiter per bucket
@@ -60,19 +189,22 @@ impl Limiter {
 pub struct Limiters {
     settings: Settings,
     limiters: Vec<Limiter>,
-    follower: Option<tokio::task::JoinHandle<()>>,
+    /// Whether buckets are the database's windows (PostgreSQL).
+    shared: bool,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Limiters {
-    fn new(settings: Settings) -> Self {
+    fn new(settings: Settings, shared: bool) -> Self {
         let limiters = Bucket::ALL
             .iter()
-            .map(|b| Limiter::new(b.setting(&settings)))
+            .map(|b| Limiter::new(b.setting(&settings), shared))
             .collect();
         Self {
             settings,
             limiters,
-            follower: None,
+            shared,
+            tasks: Vec::new(),
         }
     }
 
@@ -82,7 +214,7 @@ impl Limiters {
         for (i, b) in Bucket::ALL.iter().enumerate() {
             let limit = b.setting(&settings);
             if self.limiters[i].limit != limit {
-                self.limiters[i] = Limiter::new(limit);
+                self.limiters[i] = Limiter::new(limit, self.shared);
             }
         }
         self.settings = settings;
@@ -90,33 +222,61 @@ impl Limiters {
 
     fn sweep(&self) {
         for (b, l) in Bucket::ALL.iter().zip(&self.limiters) {
-            if let Some(keys) = &l.buckets {
-                keys.retain_recent();
-                metrics::gauge!("castellan_rate_limit_keys", "bucket" => b.label())
-                    .set(keys.len() as f64);
-            }
+            metrics::gauge!("castellan_rate_limit_keys", "bucket" => b.label())
+                .set(l.keys() as f64);
         }
     }
+
+    /// Every lease idle past `IDLE`, to give back: window id, requests,
+    /// interval.
+    fn drain(&mut self) -> Vec<(String, i64, i64)> {
+        let mut out = Vec::new();
+        for (b, l) in Bucket::ALL.iter().zip(self.limiters.iter_mut()) {
+            let mut idle = Vec::new();
+            if let Some(interval) = l.idle(&mut idle) {
+                out.extend(
+                    idle.into_iter()
+                        .map(|(key, n)| (window_id(*b, &key), n, interval)),
+                );
+            }
+        }
+        out
+    }
+}
+
+/// A shared window's row: the bucket and the client's key.
+fn window_id(bucket: Bucket, key: &str) -> String {
+    format!("{}:{key}", bucket.label())
 }
 
 impl Drop for Limiters {
     fn drop(&mut self) {
-        if let Some(f) = self.follower.take() {
-            f.abort();
+        for t in self.tasks.drain(..) {
+            t.abort();
         }
     }
 }
 
-/// What a `Check` answers: allowed, or refused with the limit and the wait.
-pub type Checked = Result<(), (RateLimit, Duration)>;
+/// What a `Check` answers: the verdict, and the limit in force.
+pub type Checked = (Verdict, RateLimit);
 
 pub enum RateLimiterMsg {
-    /// Take one token of `key`'s bucket.
+    /// Take one request of `key`'s bucket.
     Check {
         bucket: Bucket,
         key: String,
         reply: RpcReplyPort<Checked>,
     },
+    /// A request leased `granted` from the shared window (one for itself);
+    /// with none, refused for `wait`.
+    Leased {
+        bucket: Bucket,
+        key: String,
+        granted: i64,
+        wait: Duration,
+    },
+    /// Leases idle past `IDLE`, handed to be given back.
+    Drain(RpcReplyPort<Vec<(String, i64, i64)>>),
     /// Replace the settings (only changed buckets start afresh); answered
     /// when asked by a caller, not when told by the follower.
     SetLimits(Box<Settings>, Option<RpcReplyPort<()>>),
@@ -129,6 +289,8 @@ impl RateLimiterMsg {
     fn kind(&self) -> &'static str {
         match self {
             RateLimiterMsg::Check { .. } => "check",
+            RateLimiterMsg::Leased { .. } => "leased",
+            RateLimiterMsg::Drain(_) => "drain",
             RateLimiterMsg::SetLimits(..) => "set_limits",
             RateLimiterMsg::GetLimits(_) => "get_limits",
             RateLimiterMsg::Sweep => "sweep",
@@ -145,19 +307,26 @@ const RESTART_WAIT: Duration = Duration::from_secs(1);
 pub struct RateLimits {
     slot: Arc<ArcSwapOption<ActorRef<Mail<RateLimiterMsg>>>>,
     defaults: Settings,
+    /// The database leases come from (and the clock they are counted by).
+    ctx: Option<Arc<Ctx>>,
 }
 
 impl RateLimits {
     pub fn new(
         slot: Arc<ArcSwapOption<ActorRef<Mail<RateLimiterMsg>>>>,
         defaults: Settings,
+        ctx: Option<Arc<Ctx>>,
     ) -> Self {
-        Self { slot, defaults }
+        Self {
+            slot,
+            defaults,
+            ctx,
+        }
     }
 
     /// Without an actor (tools): the environment's settings, never a check.
     pub fn standalone(defaults: Settings) -> Self {
-        Self::new(Arc::new(ArcSwapOption::empty()), defaults)
+        Self::new(Arc::new(ArcSwapOption::empty()), defaults, None)
     }
 
     /// Asks the actor, waiting out a restart (`RESTART_WAIT` at most): a
@@ -206,7 +375,7 @@ impl RateLimits {
         key: &str,
         key_source: &'static str,
     ) -> ApiResult<()> {
-        let checked = self
+        let (verdict, l) = self
             .ask(|reply| RateLimiterMsg::Check {
                 bucket,
                 key: key.to_string(),
@@ -214,8 +383,13 @@ impl RateLimits {
             })
             .await
             .ok_or_else(|| ApiError::unavailable("rate limiter", "restarting"))?;
-        let Err((l, wait)) = checked else {
-            return Ok(());
+        let wait = match verdict {
+            Verdict::Allowed => return Ok(()),
+            Verdict::Refused(wait) => wait,
+            Verdict::Lease(window) => match self.lease(bucket, key, window).await? {
+                None => return Ok(()),
+                Some(wait) => wait,
+            },
         };
         metrics::counter!("castellan_rate_limit_rejections_total", "bucket" => bucket.label(), "key" => key_source)
             .increment(1);
@@ -231,6 +405,57 @@ impl RateLimits {
             wait.as_secs_f64().ceil() as u64,
         ))
     }
+}
+
+impl RateLimits {
+    /// Leases from `key`'s shared window for this request and the next
+    /// few, telling the actor what it got: `None` when allowed, else the wait.
+    async fn lease(&self, bucket: Bucket, key: &str, w: Window) -> ApiResult<Option<Duration>> {
+        let ctx = self
+            .ctx
+            .as_ref()
+            .ok_or_else(|| ApiError::unavailable("rate limiter", "no database"))?;
+        let now = ctx.config.clock.now().timestamp_micros();
+        let got = ctx
+            .store
+            .lease_requests(&window_id(bucket, key), now, (w.interval, w.cap), w.lease)
+            .await?;
+        // Empty: the next request's room comes when the window falls back
+        // within the burst.
+        let wait = Duration::from_micros((got.tat - w.cap + w.interval - now).max(0) as u64);
+        let told = RateLimiterMsg::Leased {
+            bucket,
+            key: key.to_string(),
+            granted: got.granted,
+            wait,
+        };
+        if let Some(actor) = self.slot.load_full() {
+            let _ = actor.cast(Mail::new(NAME, told));
+        }
+        Ok((got.granted == 0).then_some(wait))
+    }
+}
+
+/// How often idle leases are given back.
+const GIVE_BACK: Duration = Duration::from_secs(1);
+
+/// Every `GIVE_BACK`, takes the idle leases from the actor and returns
+/// them to their windows (the writes are this task's, never the mailbox's).
+fn give_back(ctx: Arc<Ctx>, me: ActorRef<Mail<RateLimiterMsg>>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(GIVE_BACK).await;
+            let Some(idle) = crate::actors::mailbox::ask(&me, NAME, RateLimiterMsg::Drain).await
+            else {
+                return;
+            };
+            for (id, requests, interval) in idle {
+                if let Err(e) = ctx.store.return_requests(&id, requests, interval).await {
+                    tracing::debug!(error = %e, "giving back unused rate-limit allowance failed; it refills with time");
+                }
+            }
+        }
+    })
 }
 
 /// How often the follower reads the stored settings.
@@ -289,8 +514,12 @@ impl Actor for RateLimiter {
                 ctx.config.rate_limits.clone()
             }
         };
-        let mut limiters = Limiters::new(settings);
-        limiters.follower = Some(follow(ctx, me));
+        let shared = matches!(ctx.store.pool(), castellan_core::store::Pool::Pg(_));
+        let mut limiters = Limiters::new(settings, shared);
+        if shared {
+            limiters.tasks.push(give_back(ctx.clone(), me.clone()));
+        }
+        limiters.tasks.push(follow(ctx, me));
         Ok(limiters)
     }
 
@@ -306,17 +535,23 @@ impl Actor for RateLimiter {
         let mut outcome = "ok";
         match msg {
             RateLimiterMsg::Check { bucket, key, reply } => {
-                let limiter = &st.limiters[bucket as usize];
-                let checked = match limiter.take(&key) {
-                    None => Ok(()),
-                    Some(wait) => Err((limiter.limit, wait)),
+                let limiter = &mut st.limiters[bucket as usize];
+                let verdict = limiter.take(&key);
+                outcome = match verdict {
+                    Verdict::Allowed => "allowed",
+                    Verdict::Refused(_) => "refused",
+                    Verdict::Lease(_) => "lease",
                 };
-                outcome = if checked.is_ok() {
-                    "allowed"
-                } else {
-                    "refused"
-                };
-                let _ = reply.send(checked);
+                let _ = reply.send((verdict, limiter.limit));
+            }
+            RateLimiterMsg::Leased {
+                bucket,
+                key,
+                granted,
+                wait,
+            } => st.limiters[bucket as usize].leased(key, granted, wait),
+            RateLimiterMsg::Drain(reply) => {
+                let _ = reply.send(st.drain());
             }
             RateLimiterMsg::SetLimits(settings, reply) => {
                 if *settings != st.settings {

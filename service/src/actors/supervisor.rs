@@ -394,7 +394,11 @@ pub async fn start(ctx: Arc<Ctx>) -> Result<Actors, SpawnErr> {
         limiter: Arc::new(ArcSwapOption::empty()),
         broker: Arc::new(ArcSwapOption::empty()),
     };
-    let limits = RateLimits::new(slots.limiter.clone(), ctx.config.rate_limits.clone());
+    let limits = RateLimits::new(
+        slots.limiter.clone(),
+        ctx.config.rate_limits.clone(),
+        Some(ctx.clone()),
+    );
     let stopped = Arc::new(Mutex::new(None));
     let args = SupervisorArgs {
         ctx: ctx.clone(),
