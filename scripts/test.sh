@@ -17,6 +17,10 @@ echo "tests use PostgreSQL at $CASTELLAN_TEST_PG_URL ($which)"
 CASTELLAN_TEST_PROMETHEUS_DIR=$(scripts/ensure-prometheus.sh)
 export CASTELLAN_TEST_PROMETHEUS_DIR
 echo "tests use prometheus and promtool from $CASTELLAN_TEST_PROMETHEUS_DIR"
+# nginx, for the deployment test (three API processes behind a proxy).
+CASTELLAN_TEST_NGINX_DIR=$(scripts/ensure-nginx.sh)
+export CASTELLAN_TEST_NGINX_DIR
+echo "tests use nginx from $CASTELLAN_TEST_NGINX_DIR"
 
 command -v node >/dev/null 2>&1 || { echo "Node.js is required for tests/e2e (the official client)"; exit 1; }
 (cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error)

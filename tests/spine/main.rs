@@ -5,6 +5,8 @@
 mod common;
 #[path = "../common/hook_server.rs"]
 mod hook_server;
+#[path = "../common/nginx.rs"]
+mod nginx;
 #[path = "../common/oauth_provider.rs"]
 mod oauth_provider;
 #[path = "../common/oidc_issuer.rs"]
@@ -43,6 +45,7 @@ mod outage;
 mod phone;
 mod refresh_v2;
 mod resilience;
+mod scale_out;
 mod signup;
 mod sms;
 mod timing;
