@@ -15,6 +15,8 @@ pub struct Side {
     pub endpoint: Endpoint,
     version: String,
     runs: BTreeMap<Scenario, Vec<Measured>>,
+    /// Database round trips per request of each run (castellan's counter).
+    queries: BTreeMap<Scenario, Vec<f64>>,
     idle_rss: Option<f64>,
     peak_rss: Option<f64>,
 }
@@ -52,6 +54,7 @@ pub async fn run(endpoints: Vec<Endpoint>, load: &Load) -> anyhow::Result<Vec<Si
             version: endpoint.version().await,
             endpoint,
             runs: BTreeMap::new(),
+            queries: BTreeMap::new(),
             idle_rss,
             peak_rss: None,
         });
@@ -59,7 +62,12 @@ pub async fn run(endpoints: Vec<Endpoint>, load: &Load) -> anyhow::Result<Vec<Si
     for round in 0..load.rounds.max(1) {
         for scenario in Scenario::ALL {
             for side in &mut sides {
+                let before = queries(&side.endpoint).await;
                 let m = side.endpoint.run(scenario, load, round).await?;
+                if let (Some(before), Some(after)) = (before, queries(&side.endpoint).await) {
+                    let per = (after - before) / (m.requests.max(1) as f64);
+                    side.queries.entry(scenario).or_default().push(per);
+                }
                 eprintln!(
                     "round {} {:<40} {:<24} {:>9.0}/s  p50 {:>8.2} ms  p99 {:>8.2} ms  errors {}",
                     round + 1,
@@ -80,6 +88,41 @@ pub async fn run(endpoints: Vec<Endpoint>, load: &Load) -> anyhow::Result<Vec<Si
         side.peak_rss = side.endpoint.rss_mib().map(|(_, peak)| peak);
     }
     Ok(sides)
+}
+
+/// The database round trips of `endpoint`'s castellan processes so far
+/// (none for another server).
+async fn queries(endpoint: &Endpoint) -> Option<f64> {
+    if endpoint.metrics.is_empty() {
+        return None;
+    }
+    let http = reqwest::Client::new();
+    let mut sum = 0.0;
+    for base in &endpoint.metrics {
+        let text = http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        sum += text
+            .lines()
+            .find_map(|l| l.strip_prefix("castellan_db_queries_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+    }
+    Some(sum)
+}
+
+impl Side {
+    /// The median round trips per request of `scenario`, when counted.
+    fn queries_per_request(&self, scenario: Scenario) -> Option<f64> {
+        let mut q = self.queries.get(&scenario)?.clone();
+        q.sort_by(f64::total_cmp);
+        q.get(q.len() / 2).copied()
+    }
 }
 
 /// The report as a Markdown table: each server's medians and, with two,
@@ -103,6 +146,10 @@ pub fn markdown(sides: &[Side], load: &Load) -> String {
     for side in sides {
         out += &format!(" {} ops/s | p50 / p99 ms | errors |", side.endpoint.label);
         rule += "---:|---:|---:|";
+        if !side.endpoint.metrics.is_empty() {
+            out += " queries/request |";
+            rule += "---:|";
+        }
     }
     if let [a, b] = sides {
         out += &format!(" {} ÷ {} |", a.endpoint.label, b.endpoint.label);
@@ -120,6 +167,12 @@ pub fn markdown(sides: &[Side], load: &Load) -> String {
                     )
                 }
                 None => out += " | | |",
+            }
+            if !side.endpoint.metrics.is_empty() {
+                match side.queries_per_request(scenario) {
+                    Some(q) => out += &format!(" {q:.2} |"),
+                    None => out += " |",
+                }
             }
         }
         if let [a, b] = sides {
@@ -145,7 +198,10 @@ pub fn markdown(sides: &[Side], load: &Load) -> String {
         out += &format!(" {} |", mib(side.peak_rss));
     }
     out += "\n";
-    if let [a, b] = sides {
+    // Against another server (not castellan beside castellan).
+    if let [a, b] = sides
+        && b.endpoint.metrics.is_empty()
+    {
         let health = ratio(a.rate(Scenario::Health), b.rate(Scenario::Health));
         out += &format!(
             "\ntarget: `GET /health` ≥ 1.5 × {}'s: {health:.2}, {}\n",
@@ -173,6 +229,7 @@ pub fn json(sides: &[Side], load: &Load) -> serde_json::Value {
                 "name": sc.name(),
                 "rounds": s.runs.get(sc),
                 "median_per_second": s.rate(*sc),
+                "queries_per_request": s.queries_per_request(*sc),
             })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
     })

@@ -3,6 +3,7 @@
 //! secret), so the same code measures castellan and any other
 //! GoTrue-compatible server, GoTrue itself included.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -11,6 +12,9 @@ use crate::load::{self, Measured};
 use crate::seed::PASSWORD;
 use crate::{client_at, ok_body};
 
+/// Endpoints made so far in this run (each tags its users apart).
+static TAGS: AtomicUsize = AtomicUsize::new(0);
+
 /// A server reached over HTTP.
 pub struct Endpoint {
     pub label: String,
@@ -18,6 +22,9 @@ pub struct Endpoint {
     service: String,
     /// Its process, when known: memory is read from `/proc`.
     pub pid: Option<u32>,
+    /// Where its castellan processes serve `/metrics` (none for another
+    /// server): their database round trips are counted per request.
+    pub metrics: Vec<String>,
     /// This run's mark in every address it creates, so a server that keeps
     /// its users can be measured again.
     tag: String,
@@ -80,7 +87,12 @@ impl Endpoint {
             base: base.trim_end_matches('/').to_string(),
             service,
             pid,
-            tag: format!("{}-{now}", std::process::id()),
+            metrics: Vec::new(),
+            tag: format!(
+                "{}-{now}-{}",
+                std::process::id(),
+                TAGS.fetch_add(1, Ordering::Relaxed)
+            ),
         })
     }
 

@@ -15,6 +15,8 @@ mod http_scenarios;
 mod load;
 mod report;
 // The same loopback SMTP server the tests use.
+#[path = "../../tests/common/nginx.rs"]
+mod nginx;
 mod seed;
 mod server;
 #[path = "../../tests/common/smtp_sink.rs"]
@@ -42,6 +44,11 @@ struct Args {
     /// Concurrent connections.
     #[arg(long, default_value_t = 64)]
     connections: usize,
+    /// One castellan process against three on one PostgreSQL, each behind
+    /// nginx (the shipped configuration), with database round trips per
+    /// request: what coordination costs, and what PostgreSQL must serve.
+    #[arg(long)]
+    scale_out: bool,
     /// Only refresh against the write floor, printed, nothing written: a
     /// minute's check while working on the refresh path.
     #[arg(long)]
@@ -763,12 +770,9 @@ async fn side_by_side(args: &Args) -> anyhow::Result<()> {
         let srv = server::start(&bin, &database_url, sink.port, &[]).await?;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let label = format!("castellan {} ({})", commit(), args.db);
-        endpoints.push(Endpoint::new(
-            &label,
-            &srv.base,
-            server::SECRET,
-            Some(srv.pid),
-        )?);
+        let mut ours = Endpoint::new(&label, &srv.base, server::SECRET, Some(srv.pid))?;
+        ours.metrics = vec![srv.base.clone()];
+        endpoints.push(ours);
         castellan = Some((srv, tmp));
     }
     endpoints.push(Endpoint::new(&args.label, other, secret, args.pid)?);
@@ -792,11 +796,80 @@ async fn side_by_side(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--scale-out`: one castellan process against three on one PostgreSQL,
+/// each behind nginx with the shipped configuration, interleaved as
+/// `--compare` runs; with the database round trips per request of each.
+async fn scale_out(args: &Args) -> anyhow::Result<()> {
+    use http_scenarios::{Endpoint, Load};
+    anyhow::ensure!(args.db == "postgres", "--scale-out needs --db postgres");
+    let load = Load {
+        connections: args.connections,
+        duration: Duration::from_secs(args.duration),
+        users: args.users,
+        rounds: args.rounds.max(1),
+    };
+    let sink = smtp_sink::SmtpSink::start_on(args.smtp_port).await;
+    let bin = server::build_release()?;
+    let tmp = std::env::temp_dir().join(format!("castellan-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+    let database_url = create_database(args, &tmp).await?;
+    // The first serves and runs the workers; the others only serve.
+    let mut processes = vec![server::start(&bin, &database_url, sink.port, &[]).await?];
+    for _ in 0..2 {
+        let api = ["serve", "--no-workers"];
+        processes.push(server::start_as(&bin, &api, &database_url, sink.port, &[]).await?);
+    }
+    let port = |s: &server::Server| -> anyhow::Result<u16> {
+        Ok(s.base.rsplit(':').next().unwrap_or_default().parse()?)
+    };
+    let ports = processes
+        .iter()
+        .map(port)
+        .collect::<anyhow::Result<Vec<u16>>>()?;
+    let mut proxies = Vec::new();
+    let mut endpoints = Vec::new();
+    for (label, n) in [("1 process", 1), ("3 processes", 3)] {
+        let dir = tmp.join(format!("nginx-{n}"));
+        std::fs::create_dir_all(&dir)?;
+        let listen = nginx::free_port();
+        proxies.push(nginx::start(&dir, listen, &ports[..n]).await);
+        let mut e = Endpoint::new(
+            label,
+            &format!("http://127.0.0.1:{listen}"),
+            server::SECRET,
+            None,
+        )?;
+        e.metrics = processes[..n].iter().map(|s| s.base.clone()).collect();
+        endpoints.push(e);
+    }
+    let sides = compare::run(endpoints, &load).await?;
+    let table = compare::markdown(&sides, &load);
+    println!("\n{table}");
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
+    std::fs::write(out.join("scale-out-postgres.md"), &table)?;
+    let report = compare::json(&sides, &load);
+    std::fs::write(
+        out.join("scale-out-postgres.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    eprintln!("wrote bench/results/scale-out-postgres.{{md,json}}");
+    drop(proxies);
+    for p in processes {
+        p.stop().await;
+    }
+    drop_database(args).await?;
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.target.is_some() || args.compare.is_some() {
         return side_by_side(&args).await;
+    }
+    if args.scale_out {
+        return scale_out(&args).await;
     }
     let duration = Duration::from_secs(args.duration);
     eprintln!("building castellan (release)…");

@@ -51,9 +51,20 @@ pub async fn start(
     smtp_port: u16,
     extra: &[(&str, &str)],
 ) -> anyhow::Result<Server> {
+    start_as(bin, &["serve"], database_url, smtp_port, extra).await
+}
+
+/// As [`start`], with the command's arguments (`serve --no-workers`).
+pub async fn start_as(
+    bin: &std::path::Path,
+    args: &[&str],
+    database_url: &str,
+    smtp_port: u16,
+    extra: &[(&str, &str)],
+) -> anyhow::Result<Server> {
     let huge = "1000000000";
     let mut child = Command::new(bin)
-        .arg("serve")
+        .args(args)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("DATABASE_URL", database_url)

@@ -9,11 +9,30 @@ use std::time::{Duration, Instant};
 
 /// Where nginx is: `$CASTELLAN_TEST_NGINX_DIR` (scripts/ensure-nginx.sh
 /// prints it; scripts/test.sh sets it).
+/// Unset (the benchmark, a single test run by hand), the script is asked.
 pub fn nginx_dir() -> PathBuf {
-    let dir = std::env::var("CASTELLAN_TEST_NGINX_DIR").unwrap_or_else(|_| {
-        panic!("CASTELLAN_TEST_NGINX_DIR is not set: run the tests through scripts/test.sh, or set it to the directory of nginx (scripts/ensure-nginx.sh prints it)")
-    });
-    PathBuf::from(dir)
+    if let Ok(dir) = std::env::var("CASTELLAN_TEST_NGINX_DIR") {
+        return PathBuf::from(dir);
+    }
+    let script = repo().join("scripts/ensure-nginx.sh");
+    let out = std::process::Command::new(&script)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "no nginx: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// The repository's root (from the root crate or the benchmark's).
+fn repo() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    match here.join("nginx").exists() {
+        true => here.to_path_buf(),
+        false => here.join(".."),
+    }
 }
 
 /// A free loopback port.
@@ -28,12 +47,7 @@ pub fn free_port() -> u16 {
 /// nginx on `listen`, in front of the castellan processes on `ports` (one
 /// to three), its files in `dir`; killed when dropped.
 pub async fn start(dir: &Path, listen: u16, ports: &[u16]) -> tokio::process::Child {
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("nginx/castellan.conf");
-    let shipped = match shipped.exists() {
-        true => shipped,
-        // From the benchmark's crate.
-        false => Path::new(env!("CARGO_MANIFEST_DIR")).join("../nginx/castellan.conf"),
-    };
+    let shipped = repo().join("nginx/castellan.conf");
     let mut conf = std::fs::read_to_string(shipped).unwrap();
     for (i, example) in ["9101", "9102", "9103"].iter().enumerate() {
         let example = format!("    server 127.0.0.1:{example} max_fails=0;\n");
