@@ -9,6 +9,7 @@
 //!   already holds the write lock);
 //! - `ilike`: `ILIKE` / `LIKE` (SQLite's is case-blind for ASCII already);
 //! - `greatest`, `least`: `GREATEST` / `MAX`, `LEAST` / `MIN` (of values);
+//! - `now_micros`: the database's clock, µs since the epoch;
 //! - `jobs`: the job queue's table; `now`: the database's clock in the
 //!   queue's format (a timestamp / Unix seconds);
 //! - `pg "…"`: text only PostgreSQL needs (`FOR UPDATE OF s`);
@@ -32,6 +33,9 @@ macro_rules! pg_sql {
     };
     (greatest) => {
         "GREATEST"
+    };
+    (now_micros) => {
+        "(extract(epoch from clock_timestamp()) * 1000000)::bigint"
     };
     (least) => {
         "LEAST"
@@ -102,6 +106,9 @@ macro_rules! lite_sql {
     };
     (greatest) => {
         "MAX"
+    };
+    (now_micros) => {
+        "CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER)"
     };
     (least) => {
         "MIN"

@@ -33,12 +33,22 @@ const NAME: &str = "rate_limiter";
 
 pub use castellan_core::limits::Bucket;
 
-/// How long leased requests may sit unused before they are given back.
-const IDLE: Duration = Duration::from_secs(1);
+/// How long a lease lasts: what is left of it then is given back, used or
+/// not (a lease kept alive by use would outlast the window's refill).
+const LEASE_LIFE: Duration = Duration::from_secs(1);
 
-/// The most keys a shared bucket holds leases for; past it, a key with
-/// nothing held makes room (a flood of new clients costs leases, not memory).
+/// The most keys a shared bucket holds leases for; past it, all are
+/// dropped at once (stricter, never looser: what was leased is not given
+/// back), so a flood of new client keys costs leases, not memory or time.
 const MAX_HELD: usize = 100_000;
+
+/// Leases taken from the database at once by one process, so a flood of
+/// new keys cannot take every connection of the pool.
+const LEASES_AT_ONCE: usize = 4;
+
+/// How long a lease may wait for the database before the request is
+/// answered 503.
+const LEASE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A shared bucket's window, as the database counts it (µs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,8 +63,10 @@ pub struct Window {
 
 impl Window {
     fn of(limit: RateLimit) -> Self {
+        // Rounded up: a shorter interval would let more through.
         let interval = (limit.per / limit.events)
-            .as_micros()
+            .as_nanos()
+            .div_ceil(1000)
             .clamp(1, i64::MAX as u128) as i64;
         let burst = i64::from(limit.burst.max(1));
         Self {
@@ -72,7 +84,10 @@ struct Held {
     requests: i64,
     /// Refused by the database until then: asked again only after.
     refused_until: Option<Instant>,
-    last: Instant,
+    /// When the requests held were leased, and at what interval (the
+    /// window's then: a settings change may have come since).
+    taken: Instant,
+    interval: i64,
 }
 
 /// One bucket's keys under one limit. `None` = limit 0: refuse all.
@@ -115,7 +130,6 @@ impl Limiter {
             Some(Keeper::Shared(window, held)) => match held.get_mut(key) {
                 Some(h) if h.requests > 0 => {
                     h.requests -= 1;
-                    h.last = now;
                     Verdict::Allowed
                 }
                 Some(Held {
@@ -127,40 +141,45 @@ impl Limiter {
         }
     }
 
-    /// A lease the asking request took: one of `granted` was its own.
-    fn leased(&mut self, key: String, granted: i64, wait: Duration) {
+    /// A lease the asking request took at `interval`: one of `granted`
+    /// was its own.
+    fn leased(&mut self, key: String, (granted, interval): (i64, i64), wait: Duration) {
         let Some(Keeper::Shared(_, held)) = &mut self.keeper else {
             return;
         };
         let now = Instant::now();
         if held.len() >= MAX_HELD && !held.contains_key(&key) {
-            held.retain(|_, h| h.requests > 0);
+            held.clear();
         }
         let h = held.entry(key).or_insert(Held {
             requests: 0,
             refused_until: None,
-            last: now,
+            taken: now,
+            interval,
         });
+        // Requests still held from an earlier lease are given back with it.
+        if h.requests == 0 {
+            (h.taken, h.interval) = (now, interval);
+        }
         h.requests += (granted - 1).max(0);
         h.refused_until = (granted == 0).then(|| now + wait);
-        h.last = now;
     }
 
-    /// Leases idle past `IDLE`, taken out to be given back; keys with
-    /// nothing held and nothing refused are forgotten.
-    fn idle(&mut self, out: &mut Vec<(String, i64)>) -> Option<i64> {
-        let Some(Keeper::Shared(window, held)) = &mut self.keeper else {
-            return None;
+    /// Leases past `LEASE_LIFE`, taken out to be given back (key,
+    /// requests, interval); keys with nothing held and nothing refused are
+    /// forgotten.
+    fn expired(&mut self, out: &mut Vec<(String, i64, i64)>) {
+        let Some(Keeper::Shared(_, held)) = &mut self.keeper else {
+            return;
         };
         let now = Instant::now();
         held.retain(|key, h| {
-            if h.requests > 0 && now - h.last >= IDLE {
-                out.push((key.clone(), h.requests));
+            if h.requests > 0 && now - h.taken >= LEASE_LIFE {
+                out.push((key.clone(), h.requests, h.interval));
                 h.requests = 0;
             }
             h.requests > 0 || h.refused_until.is_some_and(|t| t > now)
         });
-        Some(window.interval)
     }
 
     fn keys(&self) -> usize {
@@ -227,26 +246,35 @@ impl Limiters {
         }
     }
 
-    /// Every lease idle past `IDLE`, to give back: window id, requests,
+    /// Every lease past its life, to give back: window id, requests,
     /// interval.
     fn drain(&mut self) -> Vec<(String, i64, i64)> {
         let mut out = Vec::new();
         for (b, l) in Bucket::ALL.iter().zip(self.limiters.iter_mut()) {
-            let mut idle = Vec::new();
-            if let Some(interval) = l.idle(&mut idle) {
-                out.extend(
-                    idle.into_iter()
-                        .map(|(key, n)| (window_id(*b, &key), n, interval)),
-                );
-            }
+            let mut expired = Vec::new();
+            l.expired(&mut expired);
+            out.extend(
+                expired
+                    .into_iter()
+                    .map(|(key, n, interval)| (window_id(*b, &key), n, interval)),
+            );
         }
         out
     }
 }
 
-/// A shared window's row: the bucket and the client's key.
+/// A shared window's row: the bucket and the client's key (a long key, a
+/// header's value, by its hash: the row stays small).
 fn window_id(bucket: Bucket, key: &str) -> String {
-    format!("{}:{key}", bucket.label())
+    use sha2::Digest;
+    match key.len() <= 64 {
+        true => format!("{}:{key}", bucket.label()),
+        false => {
+            let hash = sha2::Sha256::digest(key.as_bytes());
+            let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+            format!("{}:#{hex}", bucket.label())
+        }
+    }
 }
 
 impl Drop for Limiters {
@@ -267,15 +295,15 @@ pub enum RateLimiterMsg {
         key: String,
         reply: RpcReplyPort<Checked>,
     },
-    /// A request leased `granted` from the shared window (one for itself);
-    /// with none, refused for `wait`.
+    /// A request leased `granted` at `interval` from the shared window
+    /// (one for itself); with none, refused for `wait`.
     Leased {
         bucket: Bucket,
         key: String,
-        granted: i64,
+        granted: (i64, i64),
         wait: Duration,
     },
-    /// Leases idle past `IDLE`, handed to be given back.
+    /// Leases past their life, handed to be given back.
     Drain(RpcReplyPort<Vec<(String, i64, i64)>>),
     /// Replace the settings (only changed buckets start afresh); answered
     /// when asked by a caller, not when told by the follower.
@@ -307,8 +335,9 @@ const RESTART_WAIT: Duration = Duration::from_secs(1);
 pub struct RateLimits {
     slot: Arc<ArcSwapOption<ActorRef<Mail<RateLimiterMsg>>>>,
     defaults: Settings,
-    /// The database leases come from (and the clock they are counted by).
+    /// The database leases come from.
     ctx: Option<Arc<Ctx>>,
+    leasing: Arc<tokio::sync::Semaphore>,
 }
 
 impl RateLimits {
@@ -321,6 +350,7 @@ impl RateLimits {
             slot,
             defaults,
             ctx,
+            leasing: Arc::new(tokio::sync::Semaphore::new(LEASES_AT_ONCE)),
         }
     }
 
@@ -415,18 +445,28 @@ impl RateLimits {
             .ctx
             .as_ref()
             .ok_or_else(|| ApiError::unavailable("rate limiter", "no database"))?;
-        let now = ctx.config.clock.now().timestamp_micros();
-        let got = ctx
-            .store
-            .lease_requests(&window_id(bucket, key), now, (w.interval, w.cap), w.lease)
-            .await?;
+        let unavailable = |e: String| ApiError::unavailable("rate limiter", e);
+        // The database's clock, not this process's: processes agree.
+        let leased = async {
+            let _turn = self.leasing.acquire().await.map_err(|e| e.to_string())?;
+            let id = window_id(bucket, key);
+            let window = (w.interval, w.cap);
+            ctx.store
+                .lease_requests(&id, window, w.lease)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        let got = tokio::time::timeout(LEASE_TIMEOUT, leased)
+            .await
+            .map_err(|_| unavailable("the database did not answer in time".into()))?
+            .map_err(unavailable)?;
         // Empty: the next request's room comes when the window falls back
         // within the burst.
-        let wait = Duration::from_micros((got.tat - w.cap + w.interval - now).max(0) as u64);
+        let wait = Duration::from_micros((got.tat - w.cap + w.interval - got.now).max(0) as u64);
         let told = RateLimiterMsg::Leased {
             bucket,
             key: key.to_string(),
-            granted: got.granted,
+            granted: (got.granted, w.interval),
             wait,
         };
         if let Some(actor) = self.slot.load_full() {
@@ -439,20 +479,22 @@ impl RateLimits {
 /// How often idle leases are given back.
 const GIVE_BACK: Duration = Duration::from_secs(1);
 
-/// Every `GIVE_BACK`, takes the idle leases from the actor and returns
-/// them to their windows (the writes are this task's, never the mailbox's).
+/// Every `GIVE_BACK`, takes the expired leases from the actor and returns
+/// them to their windows in one statement (the write is this task's, never
+/// the mailbox's).
 fn give_back(ctx: Arc<Ctx>, me: ActorRef<Mail<RateLimiterMsg>>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(GIVE_BACK).await;
-            let Some(idle) = crate::actors::mailbox::ask(&me, NAME, RateLimiterMsg::Drain).await
+            let Some(expired) = crate::actors::mailbox::ask(&me, NAME, RateLimiterMsg::Drain).await
             else {
                 return;
             };
-            for (id, requests, interval) in idle {
-                if let Err(e) = ctx.store.return_requests(&id, requests, interval).await {
-                    tracing::debug!(error = %e, "giving back unused rate-limit allowance failed; it refills with time");
-                }
+            if expired.is_empty() {
+                continue;
+            }
+            if let Err(e) = ctx.store.return_requests(&expired).await {
+                tracing::debug!(error = %e, "giving back unused rate-limit allowance failed; it refills with time");
             }
         }
     })
