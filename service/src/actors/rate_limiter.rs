@@ -445,7 +445,8 @@ impl RateLimits {
             .ctx
             .as_ref()
             .ok_or_else(|| ApiError::unavailable("rate limiter", "no database"))?;
-        let unavailable = |e: String| ApiError::unavailable("rate limiter", e);
+        // A lease that fails is the database failing: counted as such.
+        let unavailable = |e: String| ApiError::unavailable("database", e);
         // The database's clock, not this process's: processes agree.
         let leased = async {
             let _turn = self.leasing.acquire().await.map_err(|e| e.to_string())?;
