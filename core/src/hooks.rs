@@ -74,6 +74,17 @@ impl Hook {
     }
 }
 
+/// What GoTrue's `metadata` says of the request being served: the
+/// client's address (`ip_address`, left out outside a request). A payload
+/// built now and sent later (a queued message) carries it.
+pub fn metadata_of_request() -> Value {
+    let client = crate::client::current();
+    match client.address.is_empty() {
+        true => json!({}),
+        false => json!({"ip_address": client.address}),
+    }
+}
+
 /// GoTrue's budget for all of one HTTP call's attempts together.
 const HTTP_BUDGET: Duration = Duration::from_secs(5);
 const ATTEMPTS: usize = 3;
@@ -115,11 +126,16 @@ impl Caller {
         mut fields: Value,
         id: &str,
     ) -> ApiResult<Value> {
-        fields["metadata"] = json!({
-            "uuid": uuid::Uuid::new_v4(),
-            "time": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
-            "name": hook.name(),
-        });
+        // A queued message's metadata already holds its request's address.
+        let mut metadata = match fields.get("metadata") {
+            Some(Value::Object(m)) => Value::Object(m.clone()),
+            _ => metadata_of_request(),
+        };
+        metadata["uuid"] = json!(uuid::Uuid::new_v4());
+        metadata["time"] =
+            json!(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true));
+        metadata["name"] = json!(hook.name());
+        fields["metadata"] = metadata;
         let started = Instant::now();
         let answer = match &cfg.target {
             HookTarget::Http(url) => self.http_call(url, (&cfg.keys, id), &fields).await,

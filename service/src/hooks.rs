@@ -137,7 +137,8 @@ pub fn send_email_payload(ctx: &crate::Ctx, user: &User, jobs: &[EmailJob]) -> V
         data["token_hash_new"] = json!(current.token_hash);
         data["token_new"] = json!(new.token);
     }
-    json!({"user": user.to_json(&[]), "email_data": data})
+    json!({"user": user.to_json(&[]), "email_data": data,
+        "metadata": castellan_core::hooks::metadata_of_request()})
 }
 
 /// Whether a hook is on.

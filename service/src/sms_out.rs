@@ -62,7 +62,8 @@ pub fn job(
         if kind == SmsKind::Mfa {
             sms["sms_type"] = json!("mfa");
         }
-        json!({"user": user.to_json(&[]), "sms": sms})
+        json!({"user": user.to_json(&[]), "sms": sms,
+            "metadata": castellan_core::hooks::metadata_of_request()})
     });
     SmsJob {
         hook,

@@ -355,6 +355,8 @@ with_hooks!(
         let calls = hooks.calls(Hook::BeforeUserCreated);
         let last = calls.last().unwrap();
         assert_eq!(last["metadata"]["name"], "before-user-created");
+        // The client's address, as the limits count it.
+        assert_eq!(last["metadata"]["ip_address"], "127.0.0.1");
         assert_eq!(last["user"]["email"], "ann@fine.example");
         assert_eq!(last["user"]["id"], s["user"]["id"]);
         assert!(last["user"].get("encrypted_password").is_none());
@@ -413,6 +415,8 @@ with_hooks!(
         assert!(calls.iter().all(|c| c["_webhook_id"] == p["_webhook_id"]));
         assert_ne!(calls[0]["metadata"]["uuid"], p["metadata"]["uuid"]);
         assert_eq!(p["metadata"]["name"], "send-email");
+        // Queued by a request: its client's address rides with the message.
+        assert_eq!(p["metadata"]["ip_address"], "127.0.0.1");
         assert_eq!(p["user"]["email"], "hooked-mail@example.com");
         let data = &p["email_data"];
         assert_eq!(data["email_action_type"], "signup");
