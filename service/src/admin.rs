@@ -180,13 +180,17 @@ impl Admin {
         aud: &str,
         redirect_to: String,
     ) -> ApiResult<(User, Vec<Identity>)> {
-        let user = self.invitee(email, data, aud).await?;
+        let (user, created) = self.invitee(email, data, aud).await?;
         self.otp
             .send(SendRequest {
                 actor: Some(actor),
                 ..SendRequest::new(user.id, EmailKind::Invite, redirect_to, None)
             })
             .await?;
+        // Told once the invitation is on its way, as GoTrue tells it.
+        if created {
+            crate::hooks::after_user_created(&self.ctx, &user).await?;
+        }
         self.get_user(user.id).await
     }
 
@@ -298,21 +302,35 @@ impl Admin {
             .await?;
         let user = self.load(&mut tx, id).await?;
         tx.commit().await?;
+        Ok(user)
+    }
+
+    /// A user just made, told to the after-user-created hook.
+    async fn told(&self, user: User) -> ApiResult<User> {
         crate::hooks::after_user_created(&self.ctx, &user).await?;
         Ok(user)
     }
 
     /// The user an invitation goes to: created (without a password) when
     /// new, reused when still unconfirmed; a confirmed address is taken.
-    async fn invitee(&self, email: &str, data: Map<String, Value>, aud: &str) -> ApiResult<User> {
+    /// Whether it was created is said beside it.
+    async fn invitee(
+        &self,
+        email: &str,
+        data: Map<String, Value>,
+        aud: &str,
+    ) -> ApiResult<(User, bool)> {
         let email = validate::email(email)?;
         match self.ctx.store.user_by_email(&email, aud).await? {
             Some(u) if u.email_confirmed_at.is_some() => Err(ApiError::unprocessable(
                 "email_exists",
                 "A user with this email address has already been registered",
             )),
-            Some(u) => Ok(u),
-            None => self.create_unconfirmed(&email, None, data, aud).await,
+            Some(u) => Ok((u, false)),
+            None => Ok((
+                self.create_unconfirmed(&email, None, data, aud).await?,
+                true,
+            )),
         }
     }
 
@@ -351,18 +369,21 @@ impl Admin {
                     .ok_or_else(|| ApiError::validation("Signup requires a valid password"))?;
                 validate::require_strong_password(&cfg.password, password)?;
                 let hash = self.ctx.hasher.hash(password).await?;
+                let user = self.create_unconfirmed(&email, Some(&hash), data, aud);
                 Ok((
-                    self.create_unconfirmed(&email, Some(&hash), data, aud)
-                        .await?,
+                    self.told(user.await?).await?,
                     "signup",
                     EmailKind::Confirmation,
                 ))
             }
-            ("invite", _) => Ok((
-                self.invitee(&email, data, aud).await?,
-                "invite",
-                EmailKind::Invite,
-            )),
+            ("invite", _) => {
+                let (user, created) = self.invitee(&email, data, aud).await?;
+                let user = match created {
+                    true => self.told(user).await?,
+                    false => user,
+                };
+                Ok((user, "invite", EmailKind::Invite))
+            }
             ("magiclink", Some(u)) => Ok((u, "magiclink", EmailKind::MagicLink)),
             // GoTrue turns a magic link for an unknown address into a signup.
             ("magiclink", None) => {
@@ -371,9 +392,9 @@ impl Admin {
                     .hasher
                     .hash(&castellan_core::crypto::random_base32(64))
                     .await?;
+                let user = self.create_unconfirmed(&email, Some(&hash), data, aud);
                 Ok((
-                    self.create_unconfirmed(&email, Some(&hash), data, aud)
-                        .await?,
+                    self.told(user.await?).await?,
                     "signup",
                     EmailKind::Confirmation,
                 ))

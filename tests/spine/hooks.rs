@@ -374,7 +374,7 @@ with_hooks!(
 
 with_hooks!(
     the_after_user_created_hook_is_told_and_its_failure_answers,
-    [Hook::AfterUserCreated],
+    [Hook::AfterUserCreated, Hook::SendEmail],
     |_| {},
     |t, hooks| {
         let s = t.new_session("told@example.com", "correct-horse-9").await;
@@ -387,6 +387,13 @@ with_hooks!(
         let r = t.signup("kept@example.com", "correct-horse-9").await;
         r.assert_error(500, "unexpected_failure");
         assert_eq!(users_with(&t, "kept@example.com").await, 1);
+        // An invitation is told after its mail is queued: the mail goes.
+        let invite = json!({"email": "invited@example.com"});
+        let r = t.admin(Method::POST, "/invite", Some(invite)).await;
+        r.assert_error(500, "unexpected_failure");
+        let mails = hooks.wait_calls(Hook::SendEmail, 1).await;
+        assert_eq!(mails[0]["email_data"]["email_action_type"], "invite");
+        assert_eq!(mails[0]["user"]["email"], "invited@example.com");
     }
 );
 
