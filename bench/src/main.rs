@@ -742,7 +742,7 @@ fn commit() -> String {
 
 /// `--target` or `--compare`: the HTTP scenarios through the servers' APIs.
 async fn side_by_side(args: &Args) -> anyhow::Result<()> {
-    use http_scenarios::{Endpoint, Load};
+    use http_scenarios::Endpoint;
     let other = args
         .target
         .as_deref()
@@ -752,12 +752,7 @@ async fn side_by_side(args: &Args) -> anyhow::Result<()> {
         .secret
         .as_deref()
         .context("--secret: the other server's JWT secret")?;
-    let load = Load {
-        connections: args.connections,
-        duration: Duration::from_secs(args.duration),
-        users: args.users,
-        rounds: args.rounds.max(1),
-    };
+    let load = http_load(args);
     let sink = smtp_sink::SmtpSink::start_on(args.smtp_port).await;
     eprintln!("SMTP sink on 127.0.0.1:{}", sink.port);
     let mut endpoints = Vec::new();
@@ -796,18 +791,23 @@ async fn side_by_side(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `--scale-out`: one castellan process against three on one PostgreSQL,
-/// each behind nginx with the shipped configuration, interleaved as
-/// `--compare` runs; with the database round trips per request of each.
-async fn scale_out(args: &Args) -> anyhow::Result<()> {
-    use http_scenarios::{Endpoint, Load};
-    anyhow::ensure!(args.db == "postgres", "--scale-out needs --db postgres");
-    let load = Load {
+/// How `--compare`, `--target` and `--scale-out` run their scenarios.
+fn http_load(args: &Args) -> http_scenarios::Load {
+    http_scenarios::Load {
         connections: args.connections,
         duration: Duration::from_secs(args.duration),
         users: args.users,
         rounds: args.rounds.max(1),
-    };
+    }
+}
+
+/// `--scale-out`: one castellan process against three on one PostgreSQL,
+/// each behind nginx with the shipped configuration, interleaved as
+/// `--compare` runs; with the database round trips per request of each.
+async fn scale_out(args: &Args) -> anyhow::Result<()> {
+    use http_scenarios::Endpoint;
+    anyhow::ensure!(args.db == "postgres", "--scale-out needs --db postgres");
+    let load = http_load(args);
     let sink = smtp_sink::SmtpSink::start_on(args.smtp_port).await;
     let bin = server::build_release()?;
     let tmp = std::env::temp_dir().join(format!("castellan-bench-{}", std::process::id()));
