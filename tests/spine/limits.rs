@@ -293,3 +293,25 @@ async fn a_client_gets_one_limit_across_three_servers() {
         t.stop().await;
     }
 }
+
+/// A client's burst sent at once on PostgreSQL's shared windows: every
+/// request leases at the same moment, and the limit's whole burst still
+/// gets through (requests that found the window taken by their siblings'
+/// leases take from what the siblings hold).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_sent_at_once_gets_its_whole_allowance() {
+    let t = common::spawn(Backend::Postgres, |c| {
+        c.rate_limits.verify.events = 30;
+        c.rate_limits.verify.burst = 30;
+        c.rate_limits.verify.per = std::time::Duration::from_secs(300);
+    })
+    .await;
+    let guess = json!({"type": "signup", "email": "nobody@example.com", "token": "123456"});
+    let url = t.url("/verify");
+    let replies = common::at_once((0..30).map(|_| t.http.post(&url).json(&guess))).await;
+    let allowed = replies.iter().filter(|r| r.status != 429).count();
+    assert_eq!(allowed, 30, "{allowed} of a burst of 30 let through");
+    let r = t.post("/verify", guess).await;
+    r.assert_error(429, "over_request_rate_limit");
+    t.stop().await;
+}

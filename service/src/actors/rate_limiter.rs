@@ -88,6 +88,55 @@ struct Held {
     /// window's then: a settings change may have come since).
     taken: Instant,
     interval: i64,
+    /// A request is taking a lease for this key since then: the others
+    /// wait for it here rather than each take one (a burst sent at once
+    /// would strand most of its allowance in leases).
+    leasing: Option<Instant>,
+    waiting: Vec<RpcReplyPort<Checked>>,
+}
+
+impl Held {
+    fn new(interval: i64) -> Self {
+        Held {
+            requests: 0,
+            refused_until: None,
+            taken: Instant::now(),
+            interval,
+            leasing: None,
+            waiting: Vec::new(),
+        }
+    }
+
+    /// What this key says to a request now, or `None` while a lease is
+    /// being taken (the request waits for it).
+    fn verdict(&mut self, window: Window, now: Instant) -> Option<Verdict> {
+        if self.requests > 0 {
+            self.requests -= 1;
+            return Some(Verdict::Allowed);
+        }
+        if let Some(t) = self.refused_until.filter(|t| *t > now) {
+            return Some(Verdict::Refused(t - now));
+        }
+        // A lease whose request vanished is not waited for forever.
+        if self.leasing.is_some_and(|t| now - t < LEASE_TIMEOUT * 2) {
+            return None;
+        }
+        self.leasing = Some(now);
+        Some(Verdict::Lease(window))
+    }
+
+    /// Answers the waiting requests from what the key now holds; the first
+    /// that finds nothing takes the next lease, the rest wait on.
+    fn answer_waiting(&mut self, window: Window, limit: RateLimit) {
+        let now = Instant::now();
+        while !self.waiting.is_empty() {
+            let Some(verdict) = self.verdict(window, now) else {
+                return;
+            };
+            let reply = self.waiting.remove(0);
+            let _ = reply.send((verdict, limit));
+        }
+    }
 }
 
 /// One bucket's keys under one limit. `None` = limit 0: refuse all.
@@ -127,42 +176,68 @@ impl Limiter {
                 Ok(()) => Verdict::Allowed,
                 Err(n) => Verdict::Refused(n.wait_time_from(DefaultClock::default().now())),
             },
-            Some(Keeper::Shared(window, held)) => match held.get_mut(key) {
-                Some(h) if h.requests > 0 => {
-                    h.requests -= 1;
-                    Verdict::Allowed
+            Some(Keeper::Shared(window, held)) => {
+                if held.len() >= MAX_HELD && !held.contains_key(key) {
+                    held.retain(|_, h| !h.waiting.is_empty());
                 }
-                Some(Held {
-                    refused_until: Some(t),
-                    ..
-                }) if *t > now => Verdict::Refused(*t - now),
-                _ => Verdict::Lease(*window),
-            },
+                let h = held
+                    .entry(key.to_string())
+                    .or_insert_with(|| Held::new(window.interval));
+                match h.verdict(*window, now) {
+                    Some(v) => v,
+                    None => Verdict::Wait,
+                }
+            }
+        }
+    }
+
+    /// A request told to wait: answered once the lease under way lands.
+    fn park(&mut self, key: &str, reply: RpcReplyPort<Checked>) {
+        let limit = self.limit;
+        match &mut self.keeper {
+            Some(Keeper::Shared(_, held)) if held.contains_key(key) => {
+                held.get_mut(key).expect("present").waiting.push(reply)
+            }
+            // Its key is gone (a settings change): it leases itself.
+            _ => {
+                let window = Window::of(limit);
+                let _ = reply.send((Verdict::Lease(window), limit));
+            }
         }
     }
 
     /// A lease the asking request took at `interval`: one of `granted`
     /// was its own.
     fn leased(&mut self, key: String, (granted, interval): (i64, i64), wait: Duration) {
-        let Some(Keeper::Shared(_, held)) = &mut self.keeper else {
+        let limit = self.limit;
+        let Some(Keeper::Shared(window, held)) = &mut self.keeper else {
             return;
         };
         let now = Instant::now();
         if held.len() >= MAX_HELD && !held.contains_key(&key) {
-            held.clear();
+            held.retain(|_, h| !h.waiting.is_empty());
         }
-        let h = held.entry(key).or_insert(Held {
-            requests: 0,
-            refused_until: None,
-            taken: now,
-            interval,
-        });
+        let h = held.entry(key).or_insert_with(|| Held::new(interval));
         // Requests still held from an earlier lease are given back with it.
         if h.requests == 0 {
             (h.taken, h.interval) = (now, interval);
         }
         h.requests += (granted - 1).max(0);
         h.refused_until = (granted == 0).then(|| now + wait);
+        h.leasing = None;
+        h.answer_waiting(*window, limit);
+    }
+
+    /// A lease that failed (the database, or its request went away): the
+    /// next waiting request tries in its place.
+    fn lease_failed(&mut self, key: &str) {
+        let limit = self.limit;
+        if let Some(Keeper::Shared(window, held)) = &mut self.keeper
+            && let Some(h) = held.get_mut(key)
+        {
+            h.leasing = None;
+            h.answer_waiting(*window, limit);
+        }
     }
 
     /// Leases past `LEASE_LIFE`, taken out to be given back (key,
@@ -178,7 +253,10 @@ impl Limiter {
                 out.push((key.clone(), h.requests, h.interval));
                 h.requests = 0;
             }
-            h.requests > 0 || h.refused_until.is_some_and(|t| t > now)
+            h.requests > 0
+                || h.refused_until.is_some_and(|t| t > now)
+                || h.leasing.is_some_and(|t| now - t < LEASE_TIMEOUT * 2)
+                || !h.waiting.is_empty()
         });
     }
 
@@ -201,6 +279,9 @@ pub enum Verdict {
     Refused(Duration),
     /// Nothing held: the request leases from the shared window itself.
     Lease(Window),
+    /// Another request is taking a lease for this key: never sent, the
+    /// request's question is answered when that lease lands.
+    Wait,
 }
 
 /// The actor's state: the settings in force and a limiter per bucket
@@ -303,6 +384,11 @@ pub enum RateLimiterMsg {
         granted: (i64, i64),
         wait: Duration,
     },
+    /// A lease for `key` failed or was abandoned: its waiters go on.
+    LeaseFailed {
+        bucket: Bucket,
+        key: String,
+    },
     /// Leases past their life, handed to be given back.
     Drain(RpcReplyPort<Vec<(String, i64, i64)>>),
     /// Replace the settings (only changed buckets start afresh); answered
@@ -318,6 +404,7 @@ impl RateLimiterMsg {
         match self {
             RateLimiterMsg::Check { .. } => "check",
             RateLimiterMsg::Leased { .. } => "leased",
+            RateLimiterMsg::LeaseFailed { .. } => "lease_failed",
             RateLimiterMsg::Drain(_) => "drain",
             RateLimiterMsg::SetLimits(..) => "set_limits",
             RateLimiterMsg::GetLimits(_) => "get_limits",
@@ -420,6 +507,7 @@ impl RateLimits {
                 None => return Ok(()),
                 Some(wait) => wait,
             },
+            Verdict::Wait => unreachable!("a waiting request is answered, not told to wait"),
         };
         metrics::counter!("castellan_rate_limit_rejections_total", "bucket" => bucket.label(), "key" => key_source)
             .increment(1);
@@ -445,6 +533,14 @@ impl RateLimits {
             .ctx
             .as_ref()
             .ok_or_else(|| ApiError::unavailable("rate limiter", "no database"))?;
+        // Until the lease lands, the key's other requests wait for it: if
+        // it fails, or this request is dropped, they are told to go on.
+        let mut pending = Pending {
+            slot: &self.slot,
+            bucket,
+            key,
+            landed: false,
+        };
         // A lease that fails is the database failing: counted as such.
         let unavailable = |e: String| ApiError::unavailable("database", e);
         // The database's clock, not this process's: processes agree.
@@ -473,7 +569,32 @@ impl RateLimits {
         if let Some(actor) = self.slot.load_full() {
             let _ = actor.cast(Mail::new(NAME, told));
         }
+        pending.landed = true;
         Ok((got.granted == 0).then_some(wait))
+    }
+}
+
+/// A lease under way for a key; dropped before it landed, it tells the
+/// actor so the requests waiting on it go on.
+struct Pending<'a> {
+    slot: &'a ArcSwapOption<ActorRef<Mail<RateLimiterMsg>>>,
+    bucket: Bucket,
+    key: &'a str,
+    landed: bool,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if self.landed {
+            return;
+        }
+        if let Some(actor) = self.slot.load_full() {
+            let failed = RateLimiterMsg::LeaseFailed {
+                bucket: self.bucket,
+                key: self.key.to_string(),
+            };
+            let _ = actor.cast(Mail::new(NAME, failed));
+        }
     }
 }
 
@@ -584,8 +705,17 @@ impl Actor for RateLimiter {
                     Verdict::Allowed => "allowed",
                     Verdict::Refused(_) => "refused",
                     Verdict::Lease(_) => "lease",
+                    Verdict::Wait => "wait",
                 };
-                let _ = reply.send((verdict, limiter.limit));
+                match verdict {
+                    Verdict::Wait => limiter.park(&key, reply),
+                    v => {
+                        let _ = reply.send((v, limiter.limit));
+                    }
+                }
+            }
+            RateLimiterMsg::LeaseFailed { bucket, key } => {
+                st.limiters[bucket as usize].lease_failed(&key)
             }
             RateLimiterMsg::Leased {
                 bucket,
