@@ -23,16 +23,20 @@ fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
-/// Every panel's expressions, with the dashboard and panel title.
-fn panel_queries() -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let dir = repo("grafana/dashboards");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
+/// The shipped dashboards' files, in name order.
+fn dashboard_files() -> Vec<PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(repo("grafana/dashboards"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
     files.sort();
-    for file in files {
+    files
+}
+
+/// Every panel's expressions, with the dashboard and panel title.
+fn panel_queries() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for file in dashboard_files() {
         let board: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap())
             .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         let name = file.file_name().unwrap().to_string_lossy().to_string();
@@ -59,12 +63,7 @@ fn panel_queries() -> Vec<(String, String)> {
 /// No `__inputs` either: file provisioning does not fill them in.
 #[test]
 fn every_dashboard_queries_the_prometheus_its_variable_picks() {
-    let dir = repo("grafana/dashboards");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
+    let files = dashboard_files();
     assert!(files.len() >= 4, "{files:?}");
     let wanted = json!({"type": "prometheus", "uid": "${datasource}"});
     for file in files {

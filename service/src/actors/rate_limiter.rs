@@ -507,7 +507,9 @@ impl RateLimits {
                 None => return Ok(()),
                 Some(wait) => wait,
             },
-            Verdict::Wait => unreachable!("a waiting request is answered, not told to wait"),
+            // Never sent (a waiting request is answered when its lease
+            // lands); were it, the request is not let through unlimited.
+            Verdict::Wait => return Err(ApiError::unavailable("rate limiter", "waiting")),
         };
         metrics::counter!("castellan_rate_limit_rejections_total", "bucket" => bucket.label(), "key" => key_source)
             .increment(1);
