@@ -237,6 +237,20 @@ impl TestServer {
         read(req.send().await.unwrap()).await
     }
 
+    /// `/metrics` once `done` holds of it, or after five seconds (the caller
+    /// asserts): an actor counts a message after it has replied, so a
+    /// reply's count can lag the response that carried it.
+    pub async fn metrics_until(&self, done: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let text = self.request(Method::GET, "/metrics", None, None).await.text;
+            if done(&text) || std::time::Instant::now() > deadline {
+                return text;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn post(&self, path: &str, body: Value) -> Reply {
         self.request(Method::POST, path, None, Some(body)).await
     }

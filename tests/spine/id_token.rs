@@ -607,7 +607,10 @@ both_oidc!(
             let r = grant(&t, body).await;
             assert_eq!(r.status, 200, "{}", r.text);
         }
-        assert!(common::series_sum(&metrics().await, WANTS) >= before + 5.0);
+        let after = t
+            .metrics_until(|m| common::series_sum(m, WANTS) >= before + 5.0)
+            .await;
+        assert!(common::series_sum(&after, WANTS) >= before + 5.0);
         assert_eq!(
             iss.reads(),
             1,

@@ -253,7 +253,10 @@ both!(
         for _ in 0..100 {
             assert_eq!(t.get_user(&access).await.status, 200);
         }
-        let after = common::series_sum(&metrics().await, lookups);
+        let text = t
+            .metrics_until(|m| common::series_sum(m, lookups) >= before + 100.0)
+            .await;
+        let after = common::series_sum(&text, lookups);
         assert!(after >= before + 100.0, "{before} -> {after}");
         let stats = actors.session_cache.stats().await;
         assert!(stats.following && stats.entries >= 1, "{stats:?}");
