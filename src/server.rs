@@ -42,6 +42,7 @@ pub struct Services {
     pub links: Links,
     pub admin: Admin,
     pub factors: castellan_service::factors::Factors,
+    pub passkeys: castellan_service::passkeys::Passkeys,
     /// External sign-in (OAuth providers).
     pub external: castellan_service::external::External,
     pub actors: Actors,
@@ -413,6 +414,8 @@ fn services(
             actors.rate_limits.clone(),
             actors.otp.budgets(),
         ),
+        passkeys: castellan_service::passkeys::Passkeys::new(ctx.clone(), actors.sessions.clone())
+            .map_err(|e| anyhow::anyhow!(e))?,
         external: castellan_service::external::External::new(
             ctx.clone(),
             castellan_service::providers::ProviderBroker::new(

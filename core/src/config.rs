@@ -563,6 +563,8 @@ pub struct Config {
     /// How long a session below the user's highest possible level lives.
     pub sessions_allow_low_aal: Option<Duration>,
     pub mfa: MfaConfig,
+    /// Passkey sign-in, when enabled, and the relying party it is for.
+    pub passkeys: Option<PasskeyConfig>,
     pub sessions_inactivity_timeout: Option<Duration>,
     pub rate_limits: RateLimits,
     pub smtp: SmtpConfig,
@@ -1144,6 +1146,7 @@ fn rate_limits(v: &Vars, otp: RateLimit) -> Result<RateLimits, ConfigError> {
         sms_sent: send_budget(v, &limits::SMS_SENT)?,
         token_refresh: rate(v, &limits::TOKEN_REFRESH)?,
         web3: rate(v, &limits::WEB3)?,
+        passkey: rate(v, &limits::PASSKEY)?,
         sign_ups: otp,
         anonymous_users: rate(v, &limits::ANONYMOUS_USERS)?,
         verify: rate(v, &limits::VERIFY)?,
@@ -1322,6 +1325,72 @@ fn mfa(v: &Vars) -> Result<MfaConfig, ConfigError> {
     })
 }
 
+/// Passkeys (`GOTRUE_PASSKEY_*`) and the relying party the credentials are
+/// made for (`GOTRUE_WEBAUTHN_*`).
+#[derive(Debug, Clone)]
+pub struct PasskeyConfig {
+    pub max_per_user: usize,
+    /// The domain credentials are scoped to (`example.com`).
+    pub rp_id: String,
+    pub rp_display_name: String,
+    /// The origins a ceremony may come from (`https://app.example.com`).
+    pub rp_origins: Vec<url::Url>,
+    /// How long a ceremony's challenge may be answered.
+    pub challenge_expiry: Duration,
+}
+
+/// Off unless `GOTRUE_PASSKEY_ENABLED`, as in GoTrue; on, the relying party
+/// must be whole (GoTrue only warns, then fails every ceremony with a 500).
+fn passkeys(v: &Vars) -> Result<Option<PasskeyConfig>, ConfigError> {
+    let enabled = v.bool(&["GOTRUE_PASSKEY_ENABLED"], false)?;
+    let max_per_user = v.num(&["GOTRUE_PASSKEY_MAX_PASSKEYS_PER_USER"], 10usize)?;
+    let rp_id = v.string(&["GOTRUE_WEBAUTHN_RP_ID"], "");
+    let rp_display_name = v.string(&["GOTRUE_WEBAUTHN_RP_DISPLAY_NAME"], "");
+    let origins = v.list(&["GOTRUE_WEBAUTHN_RP_ORIGINS"], &[]);
+    let challenge_expiry = v.duration(
+        &["GOTRUE_WEBAUTHN_CHALLENGE_EXPIRY_DURATION"],
+        Duration::from_secs(300),
+    )?;
+    if !enabled {
+        return Ok(None);
+    }
+    let refuse = |var: &str, msg: String| ConfigError {
+        var: var.into(),
+        msg,
+    };
+    if rp_id.is_empty() || rp_display_name.is_empty() || origins.is_empty() {
+        let var = if rp_id.is_empty() {
+            "GOTRUE_WEBAUTHN_RP_ID"
+        } else if rp_display_name.is_empty() {
+            "GOTRUE_WEBAUTHN_RP_DISPLAY_NAME"
+        } else {
+            "GOTRUE_WEBAUTHN_RP_ORIGINS"
+        };
+        return Err(refuse(var, "is required when passkeys are enabled".into()));
+    }
+    let rp_origins = origins
+        .iter()
+        .map(|o| {
+            url::Url::parse(o)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "https" | "http") && u.host_str().is_some())
+                .ok_or_else(|| {
+                    refuse(
+                        "GOTRUE_WEBAUTHN_RP_ORIGINS",
+                        format!("{o:?} is not an http(s) origin"),
+                    )
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(PasskeyConfig {
+        max_per_user,
+        rp_id,
+        rp_display_name,
+        rp_origins,
+        challenge_expiry: challenge_expiry.max(Duration::from_secs(1)),
+    }))
+}
+
 fn rate(vars: &Vars, limit: &Limit) -> Result<RateLimit, ConfigError> {
     let Counts::PerClient { events, .. } = limit.counts else {
         unreachable!("{} is per client", limit.variable)
@@ -1402,6 +1471,7 @@ impl Config {
             sessions_timebox: v.opt_duration(&["GOTRUE_SESSIONS_TIMEBOX"])?,
             sessions_allow_low_aal: v.opt_duration(&["GOTRUE_SESSIONS_ALLOW_LOW_AAL"])?,
             mfa: mfa(v)?,
+            passkeys: passkeys(v)?,
             sessions_inactivity_timeout: v.opt_duration(&["GOTRUE_SESSIONS_INACTIVITY_TIMEOUT"])?,
             rate_limits: rate_limits(v, otp)?,
             smtp: smtp(v)?,

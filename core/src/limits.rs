@@ -157,10 +157,22 @@ pub const WEB3: Limit = Limit {
     runtime: Some("web3"),
     guards: "POST /token?grant_type=web3",
 };
+/// GoTrue's: the options that start a passkey sign-in.
+pub const PASSKEY: Limit = Limit {
+    variable: "GOTRUE_RATE_LIMIT_PASSKEY",
+    counts: Counts::PerClient {
+        events: 30,
+        window: FIVE_MINUTES,
+        burst: Some(30),
+    },
+    runtime: Some("passkey"),
+    guards: "POST /passkeys/authentication/options",
+};
 /// Every declared limit.
-pub const ALL: [&Limit; 13] = [
+pub const ALL: [&Limit; 14] = [
     &TOKEN_REFRESH,
     &WEB3,
+    &PASSKEY,
     &OTP,
     &ANONYMOUS_USERS,
     &VERIFY,
@@ -194,11 +206,13 @@ pub enum Bucket {
     Authorize,
     /// `/token?grant_type=web3`.
     Web3,
+    /// `/passkeys/authentication/options`.
+    Passkey,
 }
 
 impl Bucket {
     /// In the enum's order: a bucket's index here is its discriminant.
-    pub const ALL: [Bucket; 13] = [
+    pub const ALL: [Bucket; 14] = [
         Bucket::TokenRefresh,
         Bucket::SignUps,
         Bucket::AnonymousUsers,
@@ -212,6 +226,7 @@ impl Bucket {
         Bucket::MfaVerify,
         Bucket::Authorize,
         Bucket::Web3,
+        Bucket::Passkey,
     ];
 
     /// The limit that sizes this bucket.
@@ -219,6 +234,7 @@ impl Bucket {
         match self {
             Bucket::TokenRefresh => &TOKEN_REFRESH,
             Bucket::Web3 => &WEB3,
+            Bucket::Passkey => &PASSKEY,
             Bucket::AnonymousUsers => &ANONYMOUS_USERS,
             Bucket::Verify => &VERIFY,
             Bucket::MfaChallenge | Bucket::MfaVerify => &MFA,
@@ -248,6 +264,7 @@ impl Bucket {
             Bucket::MfaVerify => "mfa_verify",
             Bucket::Authorize => "authorize",
             Bucket::Web3 => "web3",
+            Bucket::Passkey => "passkey",
         }
     }
 
@@ -325,6 +342,7 @@ pub struct Lockout {
 pub struct RateLimits {
     pub token_refresh: RateLimit,
     pub web3: RateLimit,
+    pub passkey: RateLimit,
     /// Sized by the OTP limit, as in GoTrue (it has no variable of its own).
     pub sign_ups: RateLimit,
     pub anonymous_users: RateLimit,
@@ -351,6 +369,7 @@ impl RateLimits {
         Some(match limit.variable {
             v if v == TOKEN_REFRESH.variable => &self.token_refresh,
             v if v == WEB3.variable => &self.web3,
+            v if v == PASSKEY.variable => &self.passkey,
             v if v == OTP.variable => &self.otp,
             v if v == ANONYMOUS_USERS.variable => &self.anonymous_users,
             v if v == VERIFY.variable => &self.verify,
@@ -389,6 +408,7 @@ impl RateLimits {
         match limit.variable {
             v if v == TOKEN_REFRESH.variable => set(&mut out.token_refresh),
             v if v == WEB3.variable => set(&mut out.web3),
+            v if v == PASSKEY.variable => set(&mut out.passkey),
             v if v == VERIFY.variable => set(&mut out.verify),
             // GoTrue's OTP limit also sizes the sign-up buckets.
             v if v == OTP.variable => {
@@ -434,6 +454,7 @@ mod tests {
             [
                 "token_refresh",
                 "web3",
+                "passkey",
                 "otp",
                 "anonymous_users",
                 "verify",

@@ -337,6 +337,9 @@ pub enum AuditAction {
     /// An external identity joined an existing user.
     IdentityLinked,
     IdentityUnlinked,
+    PasskeyCreated,
+    PasskeyUpdated,
+    PasskeyDeleted,
 }
 
 impl AuditAction {
@@ -368,6 +371,9 @@ impl AuditAction {
             Self::FactorUpdated => "factor_updated",
             Self::IdentityLinked => "identity_linked",
             Self::IdentityUnlinked => "identity_unlinked",
+            Self::PasskeyCreated => "passkey_created",
+            Self::PasskeyUpdated => "passkey_updated",
+            Self::PasskeyDeleted => "passkey_deleted",
         }
     }
     pub fn log_type(self) -> &'static str {
@@ -388,6 +394,7 @@ impl AuditAction {
             | Self::FactorDeleted
             | Self::FactorUpdated => "factor",
             Self::IdentityLinked | Self::IdentityUnlinked => "user",
+            Self::PasskeyCreated | Self::PasskeyUpdated | Self::PasskeyDeleted => "user",
         }
     }
 }

@@ -42,6 +42,7 @@ pub mod limit_settings;
 pub mod links;
 mod oauth1;
 pub mod otp;
+pub mod passkeys;
 pub mod providers;
 pub mod pwned;
 pub mod refresh;

@@ -8,6 +8,7 @@ mod health;
 mod invite;
 mod logout;
 mod mail;
+pub(crate) mod passkeys;
 mod ready;
 mod settings;
 mod signup;
@@ -71,6 +72,12 @@ pub const RATE_LIMITS: &[RouteLimit] = &[
         Method::GET,
         Pick::Fixed(Bucket::Authorize),
     ),
+    RouteLimit::with_captcha(
+        "/passkeys/authentication/options",
+        Method::POST,
+        Pick::Fixed(Bucket::Passkey),
+        Captcha::Yes,
+    ),
     RouteLimit::new(
         "/factors/{factor_id}/challenge",
         Method::POST,
@@ -98,6 +105,12 @@ pub fn routes(state: AppState) -> (Router<AppState>, Document) {
         .routes(routes!(factors::challenge))
         .routes(routes!(factors::verify))
         .routes(routes!(factors::unenroll))
+        .routes(routes!(passkeys::registration_options))
+        .routes(routes!(passkeys::registration_verify))
+        .routes(routes!(passkeys::authentication_options))
+        .routes(routes!(passkeys::authentication_verify))
+        .routes(routes!(passkeys::list))
+        .routes(routes!(passkeys::rename, passkeys::delete))
         .routes(routes!(verify::verify_link, verify::verify_json))
         .routes(routes!(mail::recover))
         .routes(routes!(mail::otp))

@@ -45,6 +45,6 @@ pub async fn settings(State(st): State<AppState>) -> Json<Settings> {
         sms_provider: c.sms.provider.clone(),
         saml_enabled: false,
         saml_private_key_next_configured: false,
-        passkeys_enabled: false,
+        passkeys_enabled: st.passkeys.enabled(),
     })
 }

@@ -1,6 +1,8 @@
 //! Black-box tests of the spine: the real server over HTTP, on a fresh
 //! SQLite file and a fresh PostgreSQL database per test.
 
+#[path = "../common/authenticator.rs"]
+mod authenticator;
 #[path = "../common/mod.rs"]
 mod common;
 #[path = "../common/hook_server.rs"]
@@ -42,6 +44,7 @@ mod listener;
 mod mfa;
 mod oauth;
 mod outage;
+mod passkeys;
 mod phone;
 mod refresh_v2;
 mod resilience;

@@ -25,11 +25,13 @@ pub struct Swept {
     pub web3_messages: u64,
     /// Shared rate-limit windows that have refilled (a full bucket).
     pub rate_windows: u64,
+    /// Passkey ceremonies' challenges never answered in time.
+    pub webauthn_challenges: u64,
 }
 
 impl Swept {
     /// Each kind with its count, as the metrics name them.
-    pub fn kinds(&self) -> [(&'static str, u64); 9] {
+    pub fn kinds(&self) -> [(&'static str, u64); 10] {
         [
             ("one_time_tokens", self.one_time_tokens),
             ("flow_states", self.flow_states),
@@ -40,6 +42,7 @@ impl Swept {
             ("oauth_client_states", self.oauth_client_states),
             ("web3_messages", self.web3_messages),
             ("rate_windows", self.rate_windows),
+            ("webauthn_challenges", self.webauthn_challenges),
         ]
     }
 
@@ -58,6 +61,7 @@ impl Swept {
         self.mfa_factors += other.mfa_factors;
         self.web3_messages += other.web3_messages;
         self.rate_windows += other.rate_windows;
+        self.webauthn_challenges += other.webauthn_challenges;
     }
 }
 
@@ -149,6 +153,13 @@ impl Store {
                 // A minute's margin for a sweeper whose clock runs ahead of
                 // the database's (the windows' times are the database's).
                 (now - chrono::Duration::minutes(1)).timestamp_micros(),
+                batch
+            ),
+            webauthn_challenges: batch_delete!(
+                self,
+                "webauthn_challenges",
+                "expires_at < $1",
+                now,
                 batch
             ),
         })

@@ -1,8 +1,10 @@
-//! The admin API (`requireAdminCredentials` in GoTrue): users and the audit log.
+//! The admin API (`requireAdminCredentials` in GoTrue): users, their
+//! factors and passkeys, the audit log and the rate limits.
 
 mod audit;
 mod generate_link;
 mod paging;
+mod passkeys;
 mod rate_limits;
 mod users;
 
@@ -17,6 +19,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(users::get, users::update, users::delete))
         .routes(routes!(users::factors))
         .routes(routes!(users::update_factor, users::delete_factor))
+        .routes(routes!(passkeys::list))
+        .routes(routes!(passkeys::delete))
         .routes(routes!(audit::list))
         .routes(routes!(generate_link::generate_link))
         .routes(routes!(rate_limits::get, rate_limits::set))

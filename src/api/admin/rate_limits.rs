@@ -15,7 +15,7 @@ use crate::extract::{AdminAuth, JsonBody};
 use crate::server::AppState;
 
 /// Each limit by GoTrue's variable name without `GOTRUE_RATE_LIMIT_`, and
-/// the number it allows per its window (`token_refresh`, `web3`, `verify`,
+/// the number it allows per its window (`token_refresh`, `web3`, `passkey`, `verify`,
 /// `otp`: per 5 minutes; `anonymous_users`: per hour; `email_sent` and `sms_sent`:
 /// per the window of `GOTRUE_RATE_LIMIT_EMAIL_SENT` or `_SMS_SENT`, an hour
 /// unless it says otherwise).
@@ -27,6 +27,7 @@ pub struct RateLimitsView {
     sms_sent: u32,
     token_refresh: u32,
     web3: u32,
+    passkey: u32,
     verify: u32,
     otp: u32,
     anonymous_users: u32,

@@ -18,7 +18,7 @@ use crate::extract::{AdminAuth, JsonBody, RawBody, RequestAud, parse_json};
 use crate::server::AppState;
 
 /// `{user_id}` must be a UUID: 404 `validation_failed` otherwise, as GoTrue.
-fn user_id(raw: &str) -> Result<Uuid, ApiError> {
+pub(super) fn user_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw)
         .map_err(|_| ApiError::not_found("validation_failed", "user_id must be an UUID"))
 }
@@ -66,7 +66,7 @@ pub struct UserPage {
 #[into_params(parameter_in = Path)]
 pub struct UserPath {
     /// A UUID (anything else is 404).
-    user_id: String,
+    pub(super) user_id: String,
 }
 
 #[utoipa::path(
