@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on SQLite and on PostgreSQL: unit tests, the black-box
 # HTTP tests, the official clients (@supabase/auth-js, supabase-js and
-# supabase-py for the README's examples) and the Grafana dashboards checked
-# against a real Prometheus.
+# supabase-py for the README's examples), passkeys in Chromium, and the
+# Grafana dashboards checked against a real Prometheus.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +21,11 @@ echo "tests use prometheus and promtool from $CASTELLAN_TEST_PROMETHEUS_DIR"
 CASTELLAN_TEST_NGINX_DIR=$(scripts/ensure-nginx.sh)
 export CASTELLAN_TEST_NGINX_DIR
 echo "tests use nginx from $CASTELLAN_TEST_NGINX_DIR"
+
+# Chromium, for the passkey tests in a real browser.
+CASTELLAN_TEST_CHROMIUM=$(scripts/ensure-chromium.sh)
+export CASTELLAN_TEST_CHROMIUM
+echo "tests use Chromium at $CASTELLAN_TEST_CHROMIUM"
 
 command -v node >/dev/null 2>&1 || { echo "Node.js is required for tests/e2e (the official client)"; exit 1; }
 (cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error)

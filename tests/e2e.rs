@@ -482,3 +482,46 @@ async fn hooks_on_sqlite() {
 async fn hooks_on_postgres() {
     hooks(Backend::Postgres).await
 }
+
+/// Passkeys in Chromium with a virtual authenticator: auth-js in a page on
+/// loopback registers one after a sign-up, signs in with it alone, lists
+/// and renames it; a second past the maximum, a challenge answered twice,
+/// a replayed assertion and a deleted passkey are refused (issue 29).
+async fn passkeys(backend: Backend) {
+    // The page's port, chosen before castellan starts: it is the relying
+    // party's origin.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let t = common::spawn(backend, move |c| {
+        c.mailer_autoconfirm = true;
+        c.passkeys = Some(castellan_core::config::PasskeyConfig {
+            max_per_user: 1,
+            rp_id: "localhost".into(),
+            rp_display_name: "castellan e2e".into(),
+            rp_origins: vec![format!("http://localhost:{port}").parse().unwrap()],
+            challenge_expiry: std::time::Duration::from_secs(300),
+        });
+    })
+    .await;
+    let port = port.to_string();
+    let key = t.service_key();
+    run_everywhere("passkeys.mjs", &[t.base.as_str(), &port, &key], backend).await;
+    let created = "SELECT count(*) FROM audit_log_entries WHERE CAST(payload AS TEXT) LIKE $1";
+    assert_eq!(t.count_by_str(created, "%passkey_created%").await, 2);
+    let left = "SELECT count(*) FROM webauthn_credentials WHERE friendly_name <> $1";
+    assert_eq!(t.count_by_str(left, "").await, 0);
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passkeys_on_sqlite() {
+    passkeys(Backend::Sqlite).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passkeys_on_postgres() {
+    passkeys(Backend::Postgres).await
+}

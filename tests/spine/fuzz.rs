@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use crate::both;
 
 /// Every operation the API serves, as the document must list it.
-const OPERATIONS: [(&str, &str); 42] = [
+const OPERATIONS: [(&str, &str); 51] = [
     ("/health", "get"),
     ("/ready", "get"),
     ("/settings", "get"),
@@ -53,6 +53,15 @@ const OPERATIONS: [(&str, &str); 42] = [
     ("/sso/saml/acs", "post"),
     ("/.well-known/jwks.json", "get"),
     ("/.well-known/openid-configuration", "get"),
+    ("/passkeys/registration/options", "post"),
+    ("/passkeys/registration/verify", "post"),
+    ("/passkeys/authentication/options", "post"),
+    ("/passkeys/authentication/verify", "post"),
+    ("/passkeys", "get"),
+    ("/passkeys/{passkey_id}", "patch"),
+    ("/passkeys/{passkey_id}", "delete"),
+    ("/admin/users/{user_id}/passkeys", "get"),
+    ("/admin/users/{user_id}/passkeys/{passkey_id}", "delete"),
 ];
 
 both!(the_openapi_document_lists_every_route, |_| {}, |t| {
@@ -122,12 +131,15 @@ fn unlimited(c: &mut castellan_core::Config) {
         &mut c.rate_limits.anonymous_users,
         &mut c.rate_limits.verify,
         &mut c.rate_limits.mfa,
+        &mut c.rate_limits.passkey,
     ] {
         l.events = 1_000_000;
         l.burst = 1_000_000;
     }
     c.rate_limits.email_sent.events = 1_000_000;
     c.rate_limits.email_window = Duration::ZERO;
+    // Fuzzed on, so their answers are more than the 404 of being off.
+    crate::passkeys::enabled(c);
 }
 
 /// Runs schemathesis with the committed settings and `filter` (its

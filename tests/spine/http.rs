@@ -316,6 +316,7 @@ both!(
         c.rate_limits.verify = two;
         c.rate_limits.otp = two;
         c.rate_limits.mfa = two;
+        c.rate_limits.passkey = two;
     },
     |t| {
         // Redirects (the OAuth routes answer with them) are not followed.

@@ -13,7 +13,7 @@ both!(rate_limits_change_while_running, |_| {}, |t| {
     // The environment's values until changed (the test settings: 100 000).
     assert_eq!(
         r.body,
-        json!({"anonymous_users": 100000, "email_sent": 30, "otp": 100000, "sms_sent": 30, "token_refresh": 100000, "verify": 100000, "web3": 30})
+        json!({"anonymous_users": 100000, "email_sent": 30, "otp": 100000, "passkey": 30, "sms_sent": 30, "token_refresh": 100000, "verify": 100000, "web3": 30})
     );
     let user = t
         .request(Method::GET, "/admin/rate_limits", Some("not-a-jwt"), None)
