@@ -414,8 +414,7 @@ fn services(
             actors.rate_limits.clone(),
             actors.otp.budgets(),
         ),
-        passkeys: castellan_service::passkeys::Passkeys::new(ctx.clone(), actors.sessions.clone())
-            .map_err(|e| anyhow::anyhow!(e))?,
+        passkeys: castellan_service::passkeys::Passkeys::new(ctx.clone(), actors.sessions.clone()),
         external: castellan_service::external::External::new(
             ctx.clone(),
             castellan_service::providers::ProviderBroker::new(

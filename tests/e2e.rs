@@ -497,13 +497,7 @@ async fn passkeys(backend: Backend) {
         .port();
     let t = common::spawn(backend, move |c| {
         c.mailer_autoconfirm = true;
-        c.passkeys = Some(castellan_core::config::PasskeyConfig {
-            max_per_user: 1,
-            rp_id: "localhost".into(),
-            rp_display_name: "castellan e2e".into(),
-            rp_origins: vec![format!("http://localhost:{port}").parse().unwrap()],
-            challenge_expiry: std::time::Duration::from_secs(300),
-        });
+        common::passkeys_on(c, "localhost", &format!("http://localhost:{port}"), 1);
     })
     .await;
     let port = port.to_string();

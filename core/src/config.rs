@@ -563,8 +563,10 @@ pub struct Config {
     /// How long a session below the user's highest possible level lives.
     pub sessions_allow_low_aal: Option<Duration>,
     pub mfa: MfaConfig,
-    /// Passkey sign-in, when enabled, and the relying party it is for.
+    /// Passkey sign-in, when enabled.
     pub passkeys: Option<PasskeyConfig>,
+    /// The relying party of passkeys and WebAuthn factors, when either is on.
+    pub webauthn: Option<WebAuthnConfig>,
     pub sessions_inactivity_timeout: Option<Duration>,
     pub rate_limits: RateLimits,
     pub smtp: SmtpConfig,
@@ -1054,6 +1056,9 @@ pub struct MfaConfig {
     pub phone_verify_enabled: bool,
     pub phone_otp_length: usize,
     pub phone_template: String,
+    /// WebAuthn factors (`GOTRUE_MFA_WEB_AUTHN_*`): off unless enabled, as in GoTrue.
+    pub webauthn_enroll_enabled: bool,
+    pub webauthn_verify_enabled: bool,
 }
 
 /// The password hashing pool and argon2id's parameters.
@@ -1322,14 +1327,15 @@ fn mfa(v: &Vars) -> Result<MfaConfig, ConfigError> {
             _ => 6,
         },
         phone_template: v.string(&["GOTRUE_MFA_PHONE_TEMPLATE"], "Your code is {{ .Code }}"),
+        webauthn_enroll_enabled: v.bool(&["GOTRUE_MFA_WEB_AUTHN_ENROLL_ENABLED"], false)?,
+        webauthn_verify_enabled: v.bool(&["GOTRUE_MFA_WEB_AUTHN_VERIFY_ENABLED"], false)?,
     })
 }
 
-/// Passkeys (`GOTRUE_PASSKEY_*`) and the relying party the credentials are
-/// made for (`GOTRUE_WEBAUTHN_*`).
+/// The WebAuthn relying party (`GOTRUE_WEBAUTHN_*`) passkeys and WebAuthn
+/// second factors are made for.
 #[derive(Debug, Clone)]
-pub struct PasskeyConfig {
-    pub max_per_user: usize,
+pub struct WebAuthnConfig {
     /// The domain credentials are scoped to (`example.com`).
     pub rp_id: String,
     pub rp_display_name: String,
@@ -1339,11 +1345,22 @@ pub struct PasskeyConfig {
     pub challenge_expiry: Duration,
 }
 
-/// Off unless `GOTRUE_PASSKEY_ENABLED`, as in GoTrue; on, the relying party
-/// must be whole (GoTrue only warns, then fails every ceremony with a 500).
+/// Passkey sign-in (`GOTRUE_PASSKEY_*`).
+#[derive(Debug, Clone)]
+pub struct PasskeyConfig {
+    pub max_per_user: usize,
+}
+
+/// Off unless `GOTRUE_PASSKEY_ENABLED`, as in GoTrue.
 fn passkeys(v: &Vars) -> Result<Option<PasskeyConfig>, ConfigError> {
     let enabled = v.bool(&["GOTRUE_PASSKEY_ENABLED"], false)?;
     let max_per_user = v.num(&["GOTRUE_PASSKEY_MAX_PASSKEYS_PER_USER"], 10usize)?;
+    Ok(enabled.then_some(PasskeyConfig { max_per_user }))
+}
+
+/// The relying party, read when passkeys or WebAuthn factors are on; then
+/// it must be whole (GoTrue only warns, then fails every ceremony with a 500).
+fn webauthn(v: &Vars, needed: bool) -> Result<Option<WebAuthnConfig>, ConfigError> {
     let rp_id = v.string(&["GOTRUE_WEBAUTHN_RP_ID"], "");
     let rp_display_name = v.string(&["GOTRUE_WEBAUTHN_RP_DISPLAY_NAME"], "");
     let origins = v.list(&["GOTRUE_WEBAUTHN_RP_ORIGINS"], &[]);
@@ -1351,22 +1368,25 @@ fn passkeys(v: &Vars) -> Result<Option<PasskeyConfig>, ConfigError> {
         &["GOTRUE_WEBAUTHN_CHALLENGE_EXPIRY_DURATION"],
         Duration::from_secs(300),
     )?;
-    if !enabled {
+    if !needed {
         return Ok(None);
     }
     let refuse = |var: &str, msg: String| ConfigError {
         var: var.into(),
         msg,
     };
-    if rp_id.is_empty() || rp_display_name.is_empty() || origins.is_empty() {
-        let var = if rp_id.is_empty() {
-            "GOTRUE_WEBAUTHN_RP_ID"
-        } else if rp_display_name.is_empty() {
-            "GOTRUE_WEBAUTHN_RP_DISPLAY_NAME"
-        } else {
-            "GOTRUE_WEBAUTHN_RP_ORIGINS"
-        };
-        return Err(refuse(var, "is required when passkeys are enabled".into()));
+    let required = "is required when passkeys or WebAuthn factors are enabled";
+    for (var, value) in [
+        ("GOTRUE_WEBAUTHN_RP_ID", rp_id.is_empty()),
+        (
+            "GOTRUE_WEBAUTHN_RP_DISPLAY_NAME",
+            rp_display_name.is_empty(),
+        ),
+        ("GOTRUE_WEBAUTHN_RP_ORIGINS", origins.is_empty()),
+    ] {
+        if value {
+            return Err(refuse(var, required.into()));
+        }
     }
     let rp_origins = origins
         .iter()
@@ -1382,8 +1402,7 @@ fn passkeys(v: &Vars) -> Result<Option<PasskeyConfig>, ConfigError> {
                 })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Some(PasskeyConfig {
-        max_per_user,
+    Ok(Some(WebAuthnConfig {
         rp_id,
         rp_display_name,
         rp_origins,
@@ -1429,6 +1448,11 @@ impl Config {
             &["API_EXTERNAL_URL", "GOTRUE_API_EXTERNAL_URL"],
             "http://localhost:8081",
         );
+        let mfa = mfa(v)?;
+        let passkeys = passkeys(v)?;
+        let needed =
+            passkeys.is_some() || mfa.webauthn_enroll_enabled || mfa.webauthn_verify_enabled;
+        let webauthn = webauthn(v, needed)?;
         let cfg = Config {
             database_url: database(v)?,
             host: v.string(&["GOTRUE_API_HOST"], "0.0.0.0"),
@@ -1470,8 +1494,9 @@ impl Config {
             refresh_token_algorithm_version: refresh_algorithm(v)?,
             sessions_timebox: v.opt_duration(&["GOTRUE_SESSIONS_TIMEBOX"])?,
             sessions_allow_low_aal: v.opt_duration(&["GOTRUE_SESSIONS_ALLOW_LOW_AAL"])?,
-            mfa: mfa(v)?,
-            passkeys: passkeys(v)?,
+            mfa,
+            passkeys,
+            webauthn,
             sessions_inactivity_timeout: v.opt_duration(&["GOTRUE_SESSIONS_INACTIVITY_TIMEOUT"])?,
             rate_limits: rate_limits(v, otp)?,
             smtp: smtp(v)?,
@@ -1523,6 +1548,31 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Config::from_vars(&map)
+    }
+
+    #[test]
+    fn passkeys_and_webauthn_factors_need_a_whole_relying_party() {
+        assert!(cfg(&[]).unwrap().webauthn.is_none());
+        let rp = [
+            ("GOTRUE_WEBAUTHN_RP_ID", "example.com"),
+            ("GOTRUE_WEBAUTHN_RP_DISPLAY_NAME", "Example"),
+            ("GOTRUE_WEBAUTHN_RP_ORIGINS", "https://app.example.com, https://example.com"),
+        ];
+        for on in ["GOTRUE_PASSKEY_ENABLED", "GOTRUE_MFA_WEB_AUTHN_VERIFY_ENABLED"] {
+            let e = cfg(&[(on, "true")]).err().unwrap();
+            assert_eq!(e.var, "GOTRUE_WEBAUTHN_RP_ID", "{on}");
+            let e = cfg(&[(on, "true"), rp[0], rp[1]]).err().unwrap();
+            assert_eq!(e.var, "GOTRUE_WEBAUTHN_RP_ORIGINS", "{on}");
+            let bad = ("GOTRUE_WEBAUTHN_RP_ORIGINS", "app.example.com");
+            let e = cfg(&[(on, "true"), rp[0], rp[1], bad]).err().unwrap();
+            assert_eq!(e.var, "GOTRUE_WEBAUTHN_RP_ORIGINS", "{on}");
+            let c = cfg(&[(on, "true"), rp[0], rp[1], rp[2]]).unwrap();
+            let w = c.webauthn.unwrap();
+            assert_eq!(w.rp_origins.len(), 2);
+            assert_eq!(w.challenge_expiry, Duration::from_secs(300));
+        }
+        let c = cfg(&[("GOTRUE_PASSKEY_ENABLED", "true"), rp[0], rp[1], rp[2]]).unwrap();
+        assert_eq!(c.passkeys.unwrap().max_per_user, 10);
     }
 
     #[test]

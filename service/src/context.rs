@@ -27,6 +27,8 @@ pub struct Ctx {
     pub pwned: Option<crate::pwned::Pwned>,
     /// The transport of the auth hooks.
     pub hooks: Option<castellan_core::hooks::Caller>,
+    /// The WebAuthn relying party, when passkeys or WebAuthn factors are on.
+    pub relying_party: Option<webauthn_rs::Webauthn>,
 }
 
 impl Ctx {
@@ -67,7 +69,14 @@ impl Ctx {
             Some(v) => v == 2,
             None => !store.adopted_gotrue().await.map_err(|e| e.to_string())?,
         };
+        // An ID that is not the origins' domain is refused at start.
+        let relying_party = config
+            .webauthn
+            .as_ref()
+            .map(crate::relying_party::build)
+            .transpose()?;
         Ok(Arc::new(Ctx {
+            relying_party,
             config,
             store,
             hasher,

@@ -46,6 +46,7 @@ pub mod passkeys;
 pub mod providers;
 pub mod pwned;
 pub mod refresh;
+pub mod relying_party;
 pub mod sessions;
 pub mod signing_keys;
 mod sms_out;

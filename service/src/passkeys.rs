@@ -15,12 +15,14 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
+use webauthn_rs::Webauthn;
 use webauthn_rs::prelude::{
     DiscoverableAuthentication, Passkey, PasskeyRegistration, PublicKeyCredential,
-    RegisterPublicKeyCredential, Webauthn, WebauthnBuilder,
+    RegisterPublicKeyCredential,
 };
 
 use crate::context::Ctx;
+use crate::relying_party::AuthenticatorData;
 use crate::sessions::{Sessions, TokenGrant};
 
 /// GoTrue's longest friendly name.
@@ -39,8 +41,6 @@ pub struct Options {
 pub struct Passkeys {
     ctx: Arc<Ctx>,
     sessions: Sessions,
-    /// The relying party, when passkeys are on.
-    rp: Option<Arc<(Webauthn, PasskeyConfig)>>,
 }
 
 fn disabled() -> ApiError {
@@ -65,39 +65,21 @@ fn counted<T>(op: &'static str, r: ApiResult<T>) -> ApiResult<T> {
     r
 }
 
-/// The relying party webauthn-rs checks every ceremony against.
-fn relying_party(cfg: &PasskeyConfig) -> Result<Webauthn, String> {
-    let (first, rest) = cfg.rp_origins.split_first().ok_or("no origins")?;
-    let mut b = WebauthnBuilder::new(&cfg.rp_id, first)
-        .map_err(|e| format!("GOTRUE_WEBAUTHN_RP_ID {:?}: {e}", cfg.rp_id))?
-        .rp_name(&cfg.rp_display_name)
-        .timeout(cfg.challenge_expiry);
-    for o in rest {
-        b = b.append_allowed_origin(o);
-    }
-    b.build()
-        .map_err(|e| format!("the WebAuthn relying party: {e}"))
-}
-
 impl Passkeys {
-    /// Refuses a relying party webauthn-rs would not check against (an ID
-    /// that is not the origins' domain).
-    pub fn new(ctx: Arc<Ctx>, sessions: Sessions) -> Result<Self, String> {
-        let rp = match &ctx.config.passkeys {
-            Some(cfg) => Some(Arc::new((relying_party(cfg)?, cfg.clone()))),
-            None => None,
-        };
-        Ok(Self { ctx, sessions, rp })
+    pub fn new(ctx: Arc<Ctx>, sessions: Sessions) -> Self {
+        Self { ctx, sessions }
     }
 
     /// The relying party, or GoTrue's 404 when passkeys are off.
     pub fn on(&self) -> ApiResult<(&Webauthn, &PasskeyConfig)> {
-        let rp = self.rp.as_deref().ok_or_else(disabled)?;
-        Ok((&rp.0, &rp.1))
+        match (&self.ctx.relying_party, &self.ctx.config.passkeys) {
+            (Some(rp), Some(cfg)) => Ok((rp, cfg)),
+            _ => Err(disabled()),
+        }
     }
 
     pub fn enabled(&self) -> bool {
-        self.rp.is_some()
+        self.on().is_ok()
     }
 
     /// Keeps a ceremony's state until its verification.
@@ -108,9 +90,9 @@ impl Passkeys {
         state: &impl Serialize,
         options: Value,
     ) -> ApiResult<Options> {
-        let (_, cfg) = self.on()?;
+        self.on()?;
         let now = self.ctx.config.clock.now();
-        let expires = now + chrono::Duration::from_std(cfg.challenge_expiry).unwrap_or_default();
+        let expires = now + crate::relying_party::challenge_expiry(&self.ctx);
         let state = serde_json::to_string(state).map_err(|e| ApiError::internal("passkey", e))?;
         let id = Uuid::new_v4();
         let mut tx = self.ctx.store.begin().await?;
@@ -492,87 +474,4 @@ fn display_name(user: &User, name: &str) -> String {
 
 fn to_value(v: &impl Serialize) -> ApiResult<Value> {
     serde_json::to_value(v).map_err(|e| ApiError::internal("passkey", e))
-}
-
-/// What GoTrue's columns keep of a registration's authenticator data
-/// (already verified by webauthn-rs): <https://www.w3.org/TR/webauthn-3/#sctn-authenticator-data>.
-#[derive(Debug, PartialEq)]
-struct AuthenticatorData {
-    sign_count: u32,
-    backup_eligible: bool,
-    backed_up: bool,
-    aaguid: Option<Uuid>,
-    /// The COSE key, byte for byte.
-    public_key: Vec<u8>,
-}
-
-impl AuthenticatorData {
-    fn of_attestation(object: &[u8]) -> Option<Self> {
-        use serde_cbor_2::Value as Cbor;
-        let map: std::collections::BTreeMap<Cbor, Cbor> = serde_cbor_2::from_slice(object).ok()?;
-        let Some(Cbor::Bytes(data)) = map.get(&Cbor::Text("authData".into())) else {
-            return None;
-        };
-        Self::parse(data)
-    }
-
-    /// rpIdHash (32), flags (1), signCount (4), then, with attested
-    /// credential data: AAGUID (16), credential id length (2) and id, and
-    /// the COSE key (one CBOR item).
-    fn parse(data: &[u8]) -> Option<Self> {
-        let flags = *data.get(32)?;
-        let sign_count = u32::from_be_bytes(data.get(33..37)?.try_into().ok()?);
-        if flags & 0x40 == 0 {
-            return None;
-        }
-        let aaguid = Uuid::from_slice(data.get(37..53)?).ok();
-        let id_len = usize::from(u16::from_be_bytes(data.get(53..55)?.try_into().ok()?));
-        let key = data.get(55 + id_len..)?;
-        let mut items =
-            serde_cbor_2::Deserializer::from_slice(key).into_iter::<serde_cbor_2::Value>();
-        items.next()?.ok()?;
-        let public_key = key.get(..items.byte_offset())?.to_vec();
-        Some(Self {
-            sign_count,
-            backup_eligible: flags & 0x08 != 0,
-            backed_up: flags & 0x10 != 0,
-            aaguid: aaguid.filter(|a| !a.is_nil()),
-            public_key,
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn authenticator_data_yields_the_cose_key_byte_for_byte() {
-        let key = serde_cbor_2::to_vec(&serde_cbor_2::Value::Map(
-            [(
-                serde_cbor_2::Value::Integer(1),
-                serde_cbor_2::Value::Integer(2),
-            )]
-            .into(),
-        ))
-        .unwrap();
-        let mut data = vec![0u8; 32];
-        data.push(0x40 | 0x08 | 0x05);
-        data.extend_from_slice(&7u32.to_be_bytes());
-        data.extend_from_slice(&[9u8; 16]);
-        data.extend_from_slice(&3u16.to_be_bytes());
-        data.extend_from_slice(&[1, 2, 3]);
-        data.extend_from_slice(&key);
-        // An extension map may follow the key.
-        data.extend_from_slice(&[0xa0]);
-        let d = AuthenticatorData::parse(&data).unwrap();
-        assert_eq!(d.public_key, key);
-        assert_eq!(d.sign_count, 7);
-        assert!(d.backup_eligible && !d.backed_up);
-        assert_eq!(d.aaguid, Some(Uuid::from_bytes([9; 16])));
-        // Without attested credential data, or cut short: nothing.
-        data[32] = 0x05;
-        assert_eq!(AuthenticatorData::parse(&data), None);
-        assert_eq!(AuthenticatorData::parse(&data[..40]), None);
-    }
 }

@@ -39,6 +39,18 @@ pub fn series_sum(metrics: &str, prefix: &str) -> f64 {
         .sum()
 }
 
+/// The WebAuthn relying party `rp_id` at `origin`, and passkeys on (at
+/// most `max` a user).
+pub fn passkeys_on(c: &mut castellan_core::Config, rp_id: &str, origin: &str, max: usize) {
+    c.webauthn = Some(castellan_core::config::WebAuthnConfig {
+        rp_id: rp_id.into(),
+        rp_display_name: "Castellan Test".into(),
+        rp_origins: vec![origin.parse().unwrap()],
+        challenge_expiry: std::time::Duration::from_secs(300),
+    });
+    c.passkeys = Some(castellan_core::config::PasskeyConfig { max_per_user: max });
+}
+
 /// The PostgreSQL server tests create their databases on.
 pub fn pg_admin_url() -> String {
     std::env::var("CASTELLAN_TEST_PG_URL")

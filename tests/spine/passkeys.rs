@@ -20,13 +20,7 @@ pub const ORIGIN: &str = "https://app.example.com";
 
 /// Passkeys on, for the relying party `example.com` at [`ORIGIN`].
 pub fn enabled(c: &mut castellan_core::Config) {
-    c.passkeys = Some(castellan_core::config::PasskeyConfig {
-        max_per_user: 2,
-        rp_id: "example.com".into(),
-        rp_display_name: "Castellan Test".into(),
-        rp_origins: vec![ORIGIN.parse().unwrap()],
-        challenge_expiry: Duration::from_secs(300),
-    });
+    crate::common::passkeys_on(c, "example.com", ORIGIN, 2);
 }
 
 async fn post(t: &TestServer, path: &str, token: Option<&str>, body: Value) -> Reply {
