@@ -1406,7 +1406,9 @@ fn webauthn(v: &Vars, needed: bool) -> Result<Option<WebAuthnConfig>, ConfigErro
         rp_id,
         rp_display_name,
         rp_origins,
-        challenge_expiry: challenge_expiry.max(Duration::from_secs(1)),
+        // A day at most: the options' timeout is milliseconds in 32 bits.
+        challenge_expiry: challenge_expiry
+            .clamp(Duration::from_secs(1), Duration::from_secs(86_400)),
     }))
 }
 
@@ -1556,9 +1558,15 @@ mod tests {
         let rp = [
             ("GOTRUE_WEBAUTHN_RP_ID", "example.com"),
             ("GOTRUE_WEBAUTHN_RP_DISPLAY_NAME", "Example"),
-            ("GOTRUE_WEBAUTHN_RP_ORIGINS", "https://app.example.com, https://example.com"),
+            (
+                "GOTRUE_WEBAUTHN_RP_ORIGINS",
+                "https://app.example.com, https://example.com",
+            ),
         ];
-        for on in ["GOTRUE_PASSKEY_ENABLED", "GOTRUE_MFA_WEB_AUTHN_VERIFY_ENABLED"] {
+        for on in [
+            "GOTRUE_PASSKEY_ENABLED",
+            "GOTRUE_MFA_WEB_AUTHN_VERIFY_ENABLED",
+        ] {
             let e = cfg(&[(on, "true")]).err().unwrap();
             assert_eq!(e.var, "GOTRUE_WEBAUTHN_RP_ID", "{on}");
             let e = cfg(&[(on, "true"), rp[0], rp[1]]).err().unwrap();

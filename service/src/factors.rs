@@ -1,4 +1,5 @@
-//! Second factors (TOTP, and phone codes by SMS): enrollment, challenges,
+//! Second factors (TOTP, phone codes by SMS, WebAuthn authenticators):
+//! enrollment, challenges,
 //! verification that raises a session to aal2, unenrollment, and the
 //! admin's view of them, with GoTrue's rules and errors. Beyond GoTrue: a code is accepted once per
 //! factor (its time step is remembered), and a factor locks for a while
@@ -25,6 +26,9 @@ use crate::refresh::reissue;
 use crate::sessions::{TokenGrant, grant_for, not_found};
 use crate::sms_out::{self, FirstTry};
 
+mod webauthn;
+pub use webauthn::{Ceremony, WebAuthnAnswer};
+
 /// What an enrollment answers.
 pub struct Enrolled {
     pub id: Uuid,
@@ -41,6 +45,8 @@ pub enum EnrolledKind {
     },
     /// The number as the request gave it (GoTrue's answer).
     Phone { phone: String },
+    /// Registered by its first challenge.
+    WebAuthn,
 }
 
 /// A new factor's request.
@@ -52,11 +58,13 @@ pub struct Enroll {
     pub phone: Option<String>,
 }
 
-/// A challenge made: its id, expiry (unix seconds) and factor type.
+/// A challenge made: its id, expiry (unix seconds) and factor type, and a
+/// WebAuthn factor's ceremony.
 pub struct Challenged {
     pub id: Uuid,
     pub expires_at: i64,
     pub factor_type: &'static str,
+    pub webauthn: Option<Ceremony>,
 }
 
 #[derive(Clone)]
@@ -108,10 +116,11 @@ impl Factors {
                 "MFA enroll is disabled for Phone",
             )),
             "phone" => self.enroll_phone(user, session, req).await,
-            "webauthn" => Err(ApiError::unprocessable(
+            "webauthn" if !cfg.webauthn_enroll_enabled => Err(ApiError::unprocessable(
                 "mfa_webauthn_enroll_not_enabled",
                 "MFA enroll is disabled for WebAuthn",
             )),
+            "webauthn" => self.enroll_webauthn(user, session, req).await,
             _ => Err(ApiError::validation(
                 "factor_type needs to be totp, phone, or webauthn",
             )),
@@ -160,6 +169,7 @@ impl Factors {
             secret: Some(self.ctx.config.db_encryption.seal(&id.to_string(), &secret)),
             phone: None,
             last_challenged_at: None,
+            web_authn_credential: None,
         })
         .await?;
         let audit = audit_payload(
@@ -221,6 +231,7 @@ impl Factors {
             secret: None,
             phone: Some(phone),
             last_challenged_at: None,
+            web_authn_credential: None,
         })
         .await?;
         let audit = audit_payload(
@@ -234,6 +245,51 @@ impl Factors {
             id,
             friendly_name: req.friendly_name,
             kind: EnrolledKind::Phone { phone: given },
+        })
+    }
+
+    /// A WebAuthn factor: nothing is registered until its first challenge
+    /// is answered.
+    async fn enroll_webauthn(
+        &self,
+        user: &User,
+        session: Uuid,
+        req: Enroll,
+    ) -> ApiResult<Enrolled> {
+        let now = self.ctx.config.clock.now();
+        let mut tx = self.ctx.store.begin().await?;
+        let expiry =
+            chrono::Duration::from_std(self.ctx.config.mfa.factor_expiry).unwrap_or_default();
+        tx.purge_stale_factors(now - expiry).await?;
+        let factors = tx.user_factors(user.id).await?;
+        self.may_enroll(&mut tx, &factors, &req.friendly_name, session)
+            .await?;
+        let id = Uuid::new_v4();
+        tx.insert_factor(&Factor {
+            id,
+            user_id: user.id,
+            friendly_name: Some(req.friendly_name.clone()),
+            factor_type: "webauthn".into(),
+            status: "unverified".into(),
+            created_at: now,
+            updated_at: now,
+            secret: None,
+            phone: None,
+            last_challenged_at: None,
+            web_authn_credential: None,
+        })
+        .await?;
+        let audit = audit_payload(
+            user,
+            AuditAction::FactorInProgress,
+            Some(json!({"factor_id": id, "factor_type": "webauthn"})),
+        );
+        tx.insert_audits(&[audit], now).await?;
+        tx.commit().await?;
+        Ok(Enrolled {
+            id,
+            friendly_name: req.friendly_name,
+            kind: EnrolledKind::WebAuthn,
         })
     }
 
@@ -288,6 +344,11 @@ impl Factors {
                 "mfa_phone_verify_not_enabled",
                 "MFA verification is disabled for Phone",
             )),
+            "webauthn" if cfg.webauthn_verify_enabled => Ok(()),
+            "webauthn" => Err(ApiError::unprocessable(
+                "mfa_webauthn_verify_not_enabled",
+                "MFA verification is disabled for WebAuthn",
+            )),
             _ => Err(ApiError::unprocessable(
                 "mfa_totp_verify_not_enabled",
                 "MFA verification is disabled for TOTP",
@@ -331,8 +392,16 @@ impl Factors {
             ),
             _ => None,
         };
+        let (webauthn, state) = match f.factor_type.as_str() {
+            "webauthn" => {
+                let (ceremony, state) = self.webauthn_ceremony(&mut tx, user, &f).await?;
+                (Some(ceremony), Some(state))
+            }
+            _ => (None, None),
+        };
         let sealed = sms.as_ref().map(|(_, sealed)| sealed.as_str());
-        tx.insert_challenge(&f, id, ip, sealed, now).await?;
+        tx.insert_challenge(&f, id, ip, (sealed, state.as_deref()), now)
+            .await?;
         let audit = audit_payload(
             user,
             AuditAction::ChallengeCreated,
@@ -356,11 +425,12 @@ impl Factors {
         Ok(Challenged {
             id,
             expires_at: (now + expiry).timestamp(),
-            factor_type: if f.factor_type == "phone" {
-                "phone"
-            } else {
-                "totp"
+            factor_type: match f.factor_type.as_str() {
+                "phone" => "phone",
+                "webauthn" => "webauthn",
+                _ => "totp",
             },
+            webauthn,
         })
     }
 
@@ -411,6 +481,11 @@ impl Factors {
     }
 
     async fn verify_once(&self, v: Verify<'_>) -> ApiResult<TokenGrant> {
+        // A WebAuthn factor is answered by a ceremony, not a code (the
+        // factor is looked up only when the body says so).
+        if (v.code.is_empty() || v.webauthn.is_some()) && self.is_webauthn(&v).await? {
+            return self.verify_webauthn(&v).await;
+        }
         if v.code.is_empty() {
             return Err(ApiError::validation("Code needs to be non-empty"));
         }
@@ -443,13 +518,68 @@ impl Factors {
             },
         )
         .await?;
-        tx.verified(&f, v.challenge, now).await?;
         // GoTrue's AMR methods: `totp`, `mfa/phone`.
         let method = if f.factor_type == "phone" {
             "mfa/phone"
         } else {
             "totp"
         };
+        self.raise(tx, &v, &f, method, now).await
+    }
+
+    async fn is_webauthn(&self, v: &Verify<'_>) -> ApiResult<bool> {
+        let factors = self.ctx.store.factors_of(v.user.id).await?;
+        Ok(factors
+            .iter()
+            .any(|f| f.id == v.factor && f.factor_type == "webauthn"))
+    }
+
+    /// A WebAuthn factor's verification: the challenge's ceremony answered
+    /// (a challenge is answered once, right or wrong).
+    async fn verify_webauthn(&self, v: &Verify<'_>) -> ApiResult<TokenGrant> {
+        let answer = webauthn::well_formed(v.webauthn)?;
+        let now = self.ctx.config.clock.now();
+        let mut tx = self.ctx.store.begin().await?;
+        let f = self.factor(&mut tx, v.user.id, v.factor).await?;
+        self.verify_enabled(&f)?;
+        let c = match self
+            .check_challenge(&mut tx, &f, v.challenge, v.ip, now)
+            .await?
+        {
+            Ok(c) => c,
+            Err(refused) => {
+                tx.commit().await?;
+                return Err(refused);
+            }
+        };
+        let mut guard = tx.factor_guard(f.id).await?;
+        let accepted = match self.webauthn_answer(&c, answer, &f, guard.last_step) {
+            Ok(a) => a,
+            Err(refused) => {
+                tx.delete_challenge(c.id).await?;
+                tx.commit().await?;
+                return Err(refused);
+            }
+        };
+        guard.last_step = Some(accepted.counter);
+        tx.set_factor_guard(f.id, &guard).await?;
+        tx.set_webauthn_credential(&f, &accepted.credential, accepted.aaguid, now)
+            .await?;
+        self.raise(tx, v, &f, "mfa/webauthn", now).await
+    }
+
+    /// A verification's success: the challenge spent, the factor verified,
+    /// the session aal2 with the method in its `amr` and fresh tokens; the
+    /// user's other aal1 sessions and unverified factors of the type go.
+    async fn raise(
+        &self,
+        mut tx: Tx,
+        v: &Verify<'_>,
+        f: &Factor,
+        method: &'static str,
+        now: DateTime<Utc>,
+    ) -> ApiResult<TokenGrant> {
+        tx.verified(f, v.challenge, now).await?;
         tx.add_amr(v.session, method, now).await?;
         tx.raise_session(v.user.id, v.session, f.id).await?;
         let audit = audit_payload(
@@ -734,6 +864,8 @@ pub struct Verify<'a> {
     pub challenge: Uuid,
     pub code: &'a str,
     pub ip: &'a str,
+    /// A WebAuthn factor's answer.
+    pub webauthn: Option<&'a WebAuthnAnswer>,
 }
 
 /// GoTrue's default issuer: the site URL's host (with its port).

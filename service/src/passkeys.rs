@@ -96,6 +96,9 @@ impl Passkeys {
         let state = serde_json::to_string(state).map_err(|e| ApiError::internal("passkey", e))?;
         let id = Uuid::new_v4();
         let mut tx = self.ctx.store.begin().await?;
+        if let Some(user) = user {
+            tx.drop_webauthn_challenges(user, ceremony).await?;
+        }
         tx.insert_webauthn_challenge(id, user, ceremony, &state, now, expires)
             .await?;
         tx.commit().await?;
@@ -106,30 +109,32 @@ impl Passkeys {
         })
     }
 
-    /// Takes a ceremony's state: once, before it ends.
+    /// Takes a ceremony's state: once, before it ends. It is gone whatever
+    /// follows (committed before it is read).
     async fn take<S: serde::de::DeserializeOwned>(
         &self,
-        tx: &mut Tx,
         id: Uuid,
         ceremony: Ceremony,
         user: Option<Uuid>,
     ) -> ApiResult<S> {
-        let (state, expires): (String, DateTime<Utc>) = tx
-            .take_webauthn_challenge(id, ceremony, user)
-            .await?
-            .ok_or_else(|| {
-                ApiError::bad_request(
-                    "webauthn_challenge_not_found",
-                    "Challenge not found or already used",
-                )
-            })?;
+        let mut tx = self.ctx.store.begin().await?;
+        let taken = tx.take_webauthn_challenge(id, ceremony, user).await?;
+        tx.commit().await?;
+        let (state, expires): (String, DateTime<Utc>) = taken.ok_or_else(|| {
+            ApiError::bad_request(
+                "webauthn_challenge_not_found",
+                "Challenge not found or already used",
+            )
+        })?;
         if self.ctx.config.clock.now() > expires {
             return Err(ApiError::bad_request(
                 "webauthn_challenge_expired",
                 "Challenge has expired",
             ));
         }
-        serde_json::from_str(&state).map_err(|e| ApiError::internal("passkey", e))
+        // A state castellan did not write (GoTrue's, in an adopted
+        // database) is no challenge of ours.
+        serde_json::from_str(&state).map_err(|_| failed("Challenge not usable"))
     }
 
     /// GoTrue's rule: with a verified second factor, only an aal2 session
@@ -180,6 +185,12 @@ impl Passkeys {
         self.may_register(user, session).await?;
         let exclude = self.ctx.store.passkey_credential_ids(user.id).await?;
         let name = user_name(user);
+        // webauthn-rs refuses an empty name (a wallet's user has no address).
+        let name = if name.is_empty() {
+            user.id.to_string()
+        } else {
+            name
+        };
         let (mut ccr, state) = rp
             .start_passkey_registration(user.id, &name, &display_name(user, &name), Some(exclude))
             .map_err(|e| ApiError::internal("passkey", e))?;
@@ -223,19 +234,20 @@ impl Passkeys {
         }
         let mut tx = self.ctx.store.begin().await?;
         self.assured(&mut tx, user, Some(session)).await?;
-        let state: PasskeyRegistration = self
-            .take(&mut tx, challenge, Ceremony::Registration, Some(user.id))
-            .await?;
-        // The challenge is spent whatever follows.
         tx.commit().await?;
+        let state: PasskeyRegistration = self
+            .take(challenge, Ceremony::Registration, Some(user.id))
+            .await?;
         let reg: RegisterPublicKeyCredential = serde_json::from_value(credential)
             .map_err(|_| failed("Invalid credential response"))?;
         let passkey = rp
             .finish_passkey_registration(&reg, &state)
             .map_err(|_| failed("Credential verification failed"))?;
+        crate::relying_party::credential_id_fits(passkey.cred_id())
+            .map_err(|_| failed("Credential verification failed"))?;
         let facts = AuthenticatorData::of_attestation(&reg.response.attestation_object)
             .ok_or_else(|| failed("Invalid credential response"))?;
-        let transports = reg.response.transports.clone().unwrap_or_default();
+        let transports = crate::relying_party::transports(&reg);
         let row = NewPasskey {
             id: Uuid::new_v4(),
             user_id: user.id,
@@ -252,7 +264,8 @@ impl Passkeys {
         };
         let now = self.ctx.config.clock.now();
         let mut tx = self.ctx.store.begin().await?;
-        tx.lock_user(user.id).await?;
+        let gone = || ApiError::not_found("user_not_found", "User not found");
+        tx.lock_user(user.id).await?.ok_or_else(gone)?;
         full(&mut tx, user.id, cfg.max_per_user).await?;
         if !tx.insert_passkey(&row, now).await? {
             return Err(ApiError::unprocessable(
@@ -308,11 +321,8 @@ impl Passkeys {
         credential: Value,
     ) -> ApiResult<TokenGrant> {
         let (rp, _) = self.on()?;
-        let mut tx = self.ctx.store.begin().await?;
-        let state: DiscoverableAuthentication = self
-            .take(&mut tx, challenge, Ceremony::Authentication, None)
-            .await?;
-        tx.commit().await?;
+        let state: DiscoverableAuthentication =
+            self.take(challenge, Ceremony::Authentication, None).await?;
         let assertion: PublicKeyCredential = serde_json::from_value(credential)
             .map_err(|_| failed("Invalid credential response"))?;
         let refused = || failed("Credential verification failed");
@@ -354,8 +364,8 @@ impl Passkeys {
             .await
     }
 
+    /// Listed whether or not passkeys are on (the admin's view, as GoTrue's).
     pub async fn list(&self, user_id: Uuid) -> ApiResult<Vec<PasskeyRow>> {
-        self.on()?;
         Ok(self.ctx.store.passkeys_of(user_id).await?)
     }
 
@@ -364,7 +374,7 @@ impl Passkeys {
         if name.is_empty() {
             return Err(ApiError::validation("friendly_name is required"));
         }
-        if name.chars().count() > MAX_NAME {
+        if name.len() > MAX_NAME {
             return Err(ApiError::validation(
                 "friendly_name must be 120 characters or less",
             ));
@@ -399,7 +409,6 @@ impl Passkeys {
 
     /// An admin's deletion, audited as the admin's.
     pub async fn admin_delete(&self, admin: AuditActor, user_id: Uuid, id: Uuid) -> ApiResult<()> {
-        self.on()?;
         let tx = self.ctx.store.begin().await?;
         let traits = json!({"user_id": user_id, "passkey_id": id});
         self.remove(tx, admin, user_id, id, traits).await
@@ -437,6 +446,11 @@ async fn full(tx: &mut Tx, user: Uuid, max: usize) -> ApiResult<()> {
 
 /// GoTrue's checks after a passkey proved who signs in.
 fn signable(user: &User, now: DateTime<Utc>) -> ApiResult<()> {
+    // A soft-deleted user's passkeys are deleted with them; this is the
+    // second lock on that door.
+    if user.deleted_at.is_some() {
+        return Err(failed("Credential verification failed"));
+    }
     if !user.email_str().is_empty() && user.email_confirmed_at.is_none() {
         return Err(ApiError::forbidden(
             "email_not_confirmed",

@@ -22,6 +22,33 @@ pub fn build(cfg: &WebAuthnConfig) -> Result<Webauthn, String> {
         .map_err(|e| format!("the WebAuthn relying party: {e}"))
 }
 
+/// WebAuthn's longest credential id (webauthn-rs takes up to 4 KiB, which
+/// PostgreSQL's unique index on the column cannot hold).
+pub const MAX_CREDENTIAL_ID: usize = 1023;
+
+pub fn credential_id_fits(id: &[u8]) -> Result<(), ()> {
+    if id.len() > MAX_CREDENTIAL_ID {
+        return Err(());
+    }
+    Ok(())
+}
+
+/// The transports a registration reports, each once, a few at most
+/// (they are hints, and a client could send any number).
+pub fn transports(reg: &webauthn_rs::prelude::RegisterPublicKeyCredential) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for t in reg.response.transports.iter().flatten() {
+        let name = serde_json::to_value(t)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        if !name.is_empty() && !out.contains(&name) && out.len() < 8 {
+            out.push(name);
+        }
+    }
+    out
+}
+
 /// How long a ceremony's challenge may be answered.
 pub fn challenge_expiry(ctx: &Ctx) -> chrono::Duration {
     let expiry = ctx.config.webauthn.as_ref().map(|w| w.challenge_expiry);

@@ -1,11 +1,11 @@
-//! `/factors`: enroll, challenge, verify and unenroll second factors (TOTP
-//! and phone).
+//! `/factors`: enroll, challenge, verify and unenroll second factors (TOTP,
+//! phone and WebAuthn).
 
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::response::IntoResponse;
 use castellan_core::ApiError;
-use castellan_service::factors::{Enroll, EnrolledKind, Verify};
+use castellan_service::factors::{Enroll, EnrolledKind, Verify, WebAuthnAnswer};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -18,7 +18,7 @@ use crate::server::AppState;
 #[derive(Deserialize, Default, ToSchema)]
 #[serde(default)]
 pub struct EnrollBody {
-    /// `totp` or `phone` (`webauthn` is not enabled).
+    /// `totp`, `phone` or `webauthn`.
     factor_type: Option<String>,
     friendly_name: Option<String>,
     /// The name authenticator apps show; the site URL's host by default.
@@ -62,6 +62,32 @@ pub struct ChallengeView {
     factor_type: &'static str,
     /// Unix seconds.
     expires_at: i64,
+    /// A WebAuthn factor's ceremony.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    webauthn: Option<CeremonyView>,
+}
+
+/// What `navigator.credentials` is handed: `create` registers the
+/// factor's authenticator, `request` asks it to sign.
+#[derive(Serialize, ToSchema)]
+pub struct CeremonyView {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    /// `{"publicKey": …}`, WebAuthn's JSON.
+    #[schema(value_type = Object)]
+    credential_options: serde_json::Value,
+}
+
+/// A WebAuthn factor's answer to its challenge.
+#[derive(Deserialize, Serialize, Default, ToSchema)]
+#[serde(default)]
+pub struct WebAuthnBody {
+    /// `create` or `request`, as the challenge said.
+    #[serde(rename = "type")]
+    kind: String,
+    /// The `PublicKeyCredential`, WebAuthn's JSON.
+    #[schema(value_type = Object)]
+    credential_response: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize, Default, ToSchema)]
@@ -69,6 +95,8 @@ pub struct ChallengeView {
 pub struct VerifyBody {
     challenge_id: Option<String>,
     code: Option<String>,
+    /// A WebAuthn factor's answer (no code).
+    webauthn: Option<WebAuthnBody>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -148,6 +176,7 @@ pub async fn enroll(
             None,
         ),
         EnrolledKind::Phone { phone } => ("phone", None, Some(phone)),
+        EnrolledKind::WebAuthn => ("webauthn", None, None),
     };
     Ok(Json(Enrolled {
         id: e.id,
@@ -189,6 +218,10 @@ pub async fn challenge(
         id: c.id,
         factor_type: c.factor_type,
         expires_at: c.expires_at,
+        webauthn: c.webauthn.map(|w| CeremonyView {
+            kind: w.kind,
+            credential_options: w.options,
+        }),
     })
     .into_response())
 }
@@ -220,6 +253,10 @@ pub async fn verify(
     };
     let code = b.code.unwrap_or_default();
     let ip = client_ip();
+    let webauthn = b.webauthn.map(|w| WebAuthnAnswer {
+        kind: w.kind,
+        credential: w.credential_response,
+    });
     let grant = st
         .factors
         .verify(Verify {
@@ -229,6 +266,7 @@ pub async fn verify(
             challenge,
             code: &code,
             ip: &ip,
+            webauthn: webauthn.as_ref(),
         })
         .await?;
     Ok(Json(token_response(grant)).into_response())

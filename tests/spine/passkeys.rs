@@ -535,3 +535,46 @@ both!(
         assert!(r.header("retry-after").is_some());
     }
 );
+
+both!(a_soft_deleted_user_has_no_passkeys_left, enabled, |t| {
+    let (_, user, mut auth) = with_passkey(&t, "gone@example.com").await;
+    let (challenge, options) = sign_in_options(&t).await;
+    let path = format!("/admin/users/{user}");
+    let r = t
+        .admin(
+            Method::DELETE,
+            &path,
+            Some(json!({"should_soft_delete": true})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let uid = Uuid::parse_str(&user).unwrap();
+    let n = "SELECT count(*) FROM webauthn_credentials WHERE user_id = $1";
+    assert_eq!(t.count_by_uuid(n, uid).await, 0);
+    sign_in_with(&t, &challenge, auth.get(&options))
+        .await
+        .assert_error(400, "webauthn_verification_failed");
+});
+
+both!(an_overlong_credential_id_is_refused, enabled, |t| {
+    let s = t.new_session("long@example.com", "secret123").await;
+    let access = s["access_token"].as_str().unwrap();
+    let mut auth = SoftAuthenticator::new(ORIGIN, "example.com");
+    auth.credential_id = vec![7; 2800];
+    register(&t, access, &mut auth)
+        .await
+        .assert_error(400, "webauthn_verification_failed");
+    // Asking again replaces the user's earlier registration challenge.
+    for _ in 0..3 {
+        post(
+            &t,
+            "/passkeys/registration/options",
+            Some(access),
+            json!({}),
+        )
+        .await;
+    }
+    let uid = Uuid::parse_str(s["user"]["id"].as_str().unwrap()).unwrap();
+    let n = "SELECT count(*) FROM webauthn_challenges WHERE user_id = $1";
+    assert_eq!(t.count_by_uuid(n, uid).await, 1);
+});

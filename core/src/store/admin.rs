@@ -264,8 +264,8 @@ impl Tx {
     }
 
     /// Soft delete: identifying fields replaced by the given obfuscated
-    /// values, secrets and metadata cleared, sessions, factors and one-time
-    /// tokens deleted, identities emptied.
+    /// values, secrets and metadata cleared, sessions, factors, passkeys
+    /// and one-time tokens deleted, identities emptied.
     pub async fn soft_delete_user(
         &mut self,
         user_id: Uuid,
@@ -289,6 +289,8 @@ impl Tx {
             "DELETE FROM sessions WHERE user_id = $1",
             "DELETE FROM mfa_factors WHERE user_id = $1",
             "DELETE FROM one_time_tokens WHERE user_id = $1",
+            "DELETE FROM webauthn_credentials WHERE user_id = $1",
+            "DELETE FROM webauthn_challenges WHERE user_id = $1",
         ] {
             count();
             on!(tx self, c => sqlx::query(sql).bind(user_id).execute(&mut *c).await.map(drop))?;

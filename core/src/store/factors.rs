@@ -22,6 +22,8 @@ pub struct Factor {
     pub secret: Option<String>,
     pub phone: Option<String>,
     pub last_challenged_at: Option<DateTime<Utc>>,
+    /// A WebAuthn factor's credential, as the verifier keeps it (JSON).
+    pub web_authn_credential: Option<String>,
 }
 
 impl Factor {
@@ -53,6 +55,8 @@ pub struct Challenge {
     pub ip_address: String,
     /// A phone factor's code (as stored: plain or sealed).
     pub otp_code: Option<String>,
+    /// A WebAuthn factor's ceremony state (JSON).
+    pub web_authn_session_data: Option<String>,
 }
 
 /// castellan's per-factor state: the last step a code was accepted for,
@@ -71,7 +75,9 @@ macro_rules! cols {
             $d!(cast "text"),
             " AS factor_type, status",
             $d!(cast "text"),
-            " AS status, created_at, updated_at, secret, phone, last_challenged_at"
+            " AS status, created_at, updated_at, secret, phone, last_challenged_at, web_authn_credential",
+            $d!(cast "text"),
+            " AS web_authn_credential"
         )
     };
 }
@@ -119,20 +125,22 @@ impl Tx {
     }
 
     /// A new challenge of a factor from `ip` (with the code a phone factor
-    /// was sent), and the factor's last challenge time.
+    /// was sent, or a WebAuthn factor's ceremony state), and the factor's
+    /// last challenge time.
     pub async fn insert_challenge(
         &mut self,
         factor: &Factor,
         id: Uuid,
         ip: &str,
-        otp_code: Option<&str>,
+        (otp_code, session_data): (Option<&str>, Option<&str>),
         now: DateTime<Utc>,
     ) -> Result<(), sqlx::Error> {
         self.touch(factor.user_id);
         count();
         on!(tx self, c, d => sqlx::query(concat!(
-            "INSERT INTO mfa_challenges (id, factor_id, created_at, ip_address, otp_code) VALUES ($1, $2, $3, $4",
-            d!(cast "inet"), ", $5)")).bind(id).bind(factor.id).bind(now).bind(ip).bind(otp_code).execute(&mut *c).await.map(drop))?;
+            "INSERT INTO mfa_challenges (id, factor_id, created_at, ip_address, otp_code, web_authn_session_data) VALUES ($1, $2, $3, $4",
+            d!(cast "inet"), ", $5, $6", d!(cast "jsonb"), ")")).bind(id).bind(factor.id).bind(now).bind(ip).bind(otp_code).bind(session_data)
+            .execute(&mut *c).await.map(drop))?;
         on!(tx self, c => sqlx::query("UPDATE mfa_factors SET last_challenged_at = $2 WHERE id = $1")
             .bind(factor.id).bind(now).execute(&mut *c).await.map(drop))
     }
@@ -156,7 +164,8 @@ impl Tx {
         count();
         on!(tx self, c, d => sqlx::query_as(concat!(
             "SELECT id, factor_id, created_at, verified_at, ", d!(pg "host(ip_address) AS "),
-            "ip_address, otp_code FROM mfa_challenges WHERE id = $1 AND factor_id = $2", d!(for_update))).bind(id).bind(factor_id).fetch_optional(&mut *c).await)
+            "ip_address, otp_code, web_authn_session_data", d!(cast "text"),
+            " AS web_authn_session_data FROM mfa_challenges WHERE id = $1 AND factor_id = $2", d!(for_update))).bind(id).bind(factor_id).fetch_optional(&mut *c).await)
     }
 
     pub async fn delete_challenge(&mut self, id: Uuid) -> Result<(), sqlx::Error> {
@@ -201,6 +210,7 @@ impl Tx {
         count();
         let method = match factor.factor_type.as_str() {
             "phone" => "mfa/phone",
+            "webauthn" => "mfa/webauthn",
             other => other,
         };
         on!(tx self, c => sqlx::query("DELETE FROM mfa_amr_claims WHERE authentication_method = $2 \
@@ -210,6 +220,23 @@ impl Tx {
             .bind(factor.user_id).bind(factor.id).execute(&mut *c).await.map(drop))?;
         on!(tx self, c => sqlx::query("DELETE FROM mfa_factors WHERE id = $1")
             .bind(factor.id).execute(&mut *c).await.map(drop))
+    }
+
+    /// A WebAuthn factor's credential (and its authenticator's AAGUID),
+    /// after its registration or a sign-in that moved its counter.
+    pub async fn set_webauthn_credential(
+        &mut self,
+        factor: &Factor,
+        credential: &str,
+        aaguid: Option<Uuid>,
+        now: DateTime<Utc>,
+    ) -> Result<(), sqlx::Error> {
+        self.touch(factor.user_id);
+        count();
+        on!(tx self, c, d => sqlx::query(concat!(
+            "UPDATE mfa_factors SET web_authn_credential = $2", d!(cast "jsonb"),
+            ", web_authn_aaguid = coalesce($3, web_authn_aaguid), updated_at = $4 WHERE id = $1"))
+            .bind(factor.id).bind(credential).bind(aaguid).bind(now).execute(&mut *c).await.map(drop))
     }
 
     pub async fn rename_factor(

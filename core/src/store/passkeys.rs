@@ -69,11 +69,13 @@ impl Store {
             .bind(user_id).fetch_all(p).await)
     }
 
-    /// The credential ids of a user's passkeys (a registration excludes them).
+    /// The credential ids of a user's passkeys that castellan can sign in
+    /// with (a registration excludes them; one GoTrue made is not, so the
+    /// same authenticator can register again).
     pub async fn passkey_credential_ids(&self, user_id: Uuid) -> Result<Vec<Vec<u8>>, sqlx::Error> {
         count();
         on!(pool &self.pool, p => sqlx::query_scalar(
-            "SELECT credential_id FROM webauthn_credentials WHERE user_id = $1")
+            "SELECT credential_id FROM webauthn_credentials WHERE user_id = $1 AND castellan_passkey IS NOT NULL")
             .bind(user_id).fetch_all(p).await)
     }
 }
@@ -153,6 +155,18 @@ impl Tx {
         count();
         on!(tx self, c => sqlx::query("DELETE FROM webauthn_credentials WHERE user_id = $1 AND id = $2")
             .bind(user_id).bind(id).execute(&mut *c).await.map(|r| r.rows_affected() == 1))
+    }
+
+    /// A user's earlier challenges of a ceremony (a new one replaces them:
+    /// one is all a user answers).
+    pub async fn drop_webauthn_challenges(
+        &mut self,
+        user_id: Uuid,
+        ceremony: Ceremony,
+    ) -> Result<(), sqlx::Error> {
+        count();
+        on!(tx self, c => sqlx::query("DELETE FROM webauthn_challenges WHERE user_id = $1 AND challenge_type = $2")
+            .bind(user_id).bind(ceremony.name()).execute(&mut *c).await.map(drop))
     }
 
     pub async fn insert_webauthn_challenge(

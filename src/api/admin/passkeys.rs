@@ -8,7 +8,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::users::{UserPath, user_id};
-use crate::api::passkeys::{On, PasskeyView, passkey_id, views};
+use crate::api::passkeys::{PasskeyView, passkey_id, views};
 use crate::error::{HttpResult, Refusals};
 use crate::extract::AdminAuth;
 use crate::server::AppState;
@@ -23,7 +23,6 @@ use crate::server::AppState;
     responses((status = 200, body = Vec<PasskeyView>), Refusals)
 )]
 pub async fn list(
-    _: On,
     State(st): State<AppState>,
     _admin: AdminAuth,
     Path(UserPath { user_id: id }): Path<UserPath>,
@@ -53,7 +52,6 @@ pub struct UserPasskeyPath {
     responses((status = 204), Refusals)
 )]
 pub async fn delete(
-    _: On,
     State(st): State<AppState>,
     admin: AdminAuth,
     Path(p): Path<UserPasskeyPath>,
