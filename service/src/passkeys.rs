@@ -243,8 +243,9 @@ impl Passkeys {
         let passkey = rp
             .finish_passkey_registration(&reg, &state)
             .map_err(|_| failed("Credential verification failed"))?;
-        crate::relying_party::credential_id_fits(passkey.cred_id())
-            .map_err(|_| failed("Credential verification failed"))?;
+        if !crate::relying_party::credential_id_fits(passkey.cred_id()) {
+            return Err(failed("Credential verification failed"));
+        }
         let facts = AuthenticatorData::of_attestation(&reg.response.attestation_object)
             .ok_or_else(|| failed("Invalid credential response"))?;
         let transports = crate::relying_party::transports(&reg);

@@ -26,11 +26,8 @@ pub fn build(cfg: &WebAuthnConfig) -> Result<Webauthn, String> {
 /// PostgreSQL's unique index on the column cannot hold).
 pub const MAX_CREDENTIAL_ID: usize = 1023;
 
-pub fn credential_id_fits(id: &[u8]) -> Result<(), ()> {
-    if id.len() > MAX_CREDENTIAL_ID {
-        return Err(());
-    }
-    Ok(())
+pub fn credential_id_fits(id: &[u8]) -> bool {
+    id.len() <= MAX_CREDENTIAL_ID
 }
 
 /// The transports a registration reports, each once, a few at most

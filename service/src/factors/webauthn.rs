@@ -136,7 +136,9 @@ impl Factors {
                 let key = rp
                     .finish_securitykey_registration(&reg, &state)
                     .map_err(|_| failed())?;
-                crate::relying_party::credential_id_fits(key.cred_id()).map_err(|_| failed())?;
+                if !crate::relying_party::credential_id_fits(key.cred_id()) {
+                    return Err(failed());
+                }
                 let facts = AuthenticatorData::of_attestation(&reg.response.attestation_object)
                     .ok_or_else(invalid)?;
                 Ok(Accepted {
