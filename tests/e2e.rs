@@ -486,7 +486,8 @@ async fn hooks_on_postgres() {
 /// Passkeys in Chromium with a virtual authenticator: auth-js in a page on
 /// loopback registers one after a sign-up, signs in with it alone, lists
 /// and renames it; a second past the maximum, a challenge answered twice,
-/// a replayed assertion and a deleted passkey are refused (issue 29).
+/// a replayed assertion and a deleted passkey are refused; a WebAuthn
+/// factor registers and raises a password sign-in to aal2 (issue 29).
 async fn passkeys(backend: Backend) {
     // The page's port, chosen before castellan starts: it is the relying
     // party's origin.
@@ -498,6 +499,8 @@ async fn passkeys(backend: Backend) {
     let t = common::spawn(backend, move |c| {
         c.mailer_autoconfirm = true;
         common::passkeys_on(c, "localhost", &format!("http://localhost:{port}"), 1);
+        c.mfa.webauthn_enroll_enabled = true;
+        c.mfa.webauthn_verify_enabled = true;
     })
     .await;
     let port = port.to_string();
@@ -507,6 +510,9 @@ async fn passkeys(backend: Backend) {
     assert_eq!(t.count_by_str(created, "%passkey_created%").await, 2);
     let left = "SELECT count(*) FROM webauthn_credentials WHERE friendly_name <> $1";
     assert_eq!(t.count_by_str(left, "").await, 0);
+    let factors =
+        "SELECT count(*) FROM mfa_factors WHERE status = 'verified' AND friendly_name = $1";
+    assert_eq!(t.count_by_str(factors, "This browser key").await, 2);
     t.stop().await;
 }
 

@@ -3,6 +3,8 @@
 // transport, resident keys, user verification). A page served here on
 // loopback loads @supabase/auth-js and runs the whole ceremony in the page:
 //   node passkeys.mjs <base-url> <page-port> <service-key>
+// Then a WebAuthn second factor on the same device raises a password
+// sign-in to aal2.
 // castellan's relying party is `localhost` at http://localhost:<page-port>.
 // Chromium comes from $CASTELLAN_TEST_CHROMIUM (scripts/test.sh sets it).
 import assert from 'node:assert/strict';
@@ -160,6 +162,42 @@ async function scenarios(url, tag) {
       return r.error ? String(r.error.name ?? r.error.code) : 'signed in';
     }, url);
     assert.notEqual(wrongOrigin, 'signed in');
+
+    // A WebAuthn second factor on the same device: registered in one
+    // call, then a password sign-in raised to aal2 with it.
+    // (WebAuthn asks the page in focus: the other site's page had it.)
+    await other.close();
+    await tab.bringToFront();
+    // auth-js asks for a security key (cross-platform) as a second factor:
+    // one is plugged in.
+    const key = await cdp.send('WebAuthn.addVirtualAuthenticator', {
+      options: {
+        protocol: 'ctap2',
+        transport: 'usb',
+        hasResidentKey: false,
+        hasUserVerification: true,
+        isUserVerified: true,
+        automaticPresenceSimulation: true,
+      },
+    });
+    const factor = await inPage(tab, async (auth, email) => {
+      const first = await auth.signInWithPassword({ email, password: 'correct-horse-battery-9' });
+      if (first.error) return { step: 'password', error: String(first.error) };
+      const reg = await auth.mfa.webauthn.register({ friendlyName: 'This browser key' });
+      if (reg.error) return { step: 'register', error: `${reg.error.code}: ${reg.error.message}` };
+      await auth.signOut();
+      await auth.signInWithPassword({ email, password: 'correct-horse-battery-9' });
+      const before = await auth.mfa.getAuthenticatorAssuranceLevel();
+      const { data: factors } = await auth.mfa.listFactors();
+      const id = factors.all.find((f) => f.factor_type === 'webauthn')?.id;
+      const raised = await auth.mfa.webauthn.authenticate({ factorId: id });
+      if (raised.error) return { step: 'authenticate', error: `${raised.error.code}: ${raised.error.message}` };
+      const after = await auth.mfa.getAuthenticatorAssuranceLevel();
+      return { registered: reg.data?.access_token ? 'aal2' : 'no session', before: before.data.currentLevel, after: after.data.currentLevel, status: factors.all.find((f) => f.id === id)?.status };
+    }, url, email);
+    assert.deepEqual(factor, { registered: 'aal2', before: 'aal1', after: 'aal2', status: 'verified' });
+    // Unplugged again: a discoverable sign-in then meets one authenticator.
+    await cdp.send('WebAuthn.removeVirtualAuthenticator', { authenticatorId: key.authenticatorId });
 
     // The admin lists and deletes it; it then signs no one in.
     const admin = await inPage(tab, async (_, [url, key, user]) => {

@@ -140,6 +140,8 @@ fn unlimited(c: &mut castellan_core::Config) {
     c.rate_limits.email_window = Duration::ZERO;
     // Fuzzed on, so their answers are more than the 404 of being off.
     crate::passkeys::enabled(c);
+    c.mfa.webauthn_enroll_enabled = true;
+    c.mfa.webauthn_verify_enabled = true;
 }
 
 /// Runs schemathesis with the committed settings and `filter` (its

@@ -56,3 +56,4 @@ mod token;
 mod twitter;
 mod user;
 mod web3;
+mod webauthn_factors;

@@ -89,9 +89,12 @@ impl Factors {
     ) -> ApiResult<(Ceremony, String)> {
         let rp = self.relying_party()?;
         let (ceremony, state) = if f.verified() {
-            let (rcr, state) = rp
+            let (mut rcr, state) = rp
                 .start_securitykey_authentication(&[key_of(f)?])
                 .map_err(internal)?;
+            // Any authenticator may be a second factor (a laptop's, a
+            // phone's), not only a security key: no hint, as GoTrue's.
+            rcr.public_key.hints = None;
             let options = serde_json::to_value(&rcr).map_err(internal)?;
             (("request", options), State::Request(state))
         } else {
@@ -105,9 +108,15 @@ impl Factors {
                 "" => user.phone_str(),
                 email => email,
             };
-            let (ccr, state) = rp
+            let (mut ccr, state) = rp
                 .start_securitykey_registration(user.id, name, name, Some(others), None, None)
                 .map_err(internal)?;
+            ccr.public_key.hints = None;
+            // No credential protection either: browsers refuse a policy of
+            // user verification required beside verification preferred.
+            if let Some(ext) = ccr.public_key.extensions.as_mut() {
+                ext.cred_protect = None;
+            }
             let options = serde_json::to_value(&ccr).map_err(internal)?;
             (("create", options), State::Create(state))
         };
