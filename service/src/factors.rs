@@ -129,7 +129,6 @@ impl Factors {
 
     /// A TOTP factor: a new secret, sealed at rest, and its QR code.
     async fn enroll_totp(&self, user: &User, session: Uuid, req: Enroll) -> ApiResult<Enrolled> {
-        let cfg = &self.ctx.config.mfa;
         let account = user.email_str();
         if account.is_empty() {
             // GoTrue's TOTP label is the email; a user without one cannot enroll.
@@ -150,44 +149,23 @@ impl Factors {
         let qr_code = totp::qr_svg(&uri).ok_or_else(|| {
             ApiError::validation("The issuer and email address are too long for a QR code")
         })?;
-        let now = self.ctx.config.clock.now();
-        let mut tx = self.ctx.store.begin().await?;
-        let expiry = chrono::Duration::from_std(cfg.factor_expiry).unwrap_or_default();
-        tx.purge_stale_factors(now - expiry).await?;
-        let factors = tx.user_factors(user.id).await?;
-        self.may_enroll(&mut tx, &factors, &req.friendly_name, session)
+        let (tx, mut f) = self
+            .begin_enroll(user, session, &req.friendly_name, "totp", None)
             .await?;
-        let id = Uuid::new_v4();
-        tx.insert_factor(&Factor {
-            id,
-            user_id: user.id,
-            friendly_name: Some(req.friendly_name.clone()),
-            factor_type: "totp".into(),
-            status: "unverified".into(),
-            created_at: now,
-            updated_at: now,
-            secret: Some(self.ctx.config.db_encryption.seal(&id.to_string(), &secret)),
-            phone: None,
-            last_challenged_at: None,
-            web_authn_credential: None,
-        })
-        .await?;
-        let audit = audit_payload(
-            user,
-            AuditAction::FactorInProgress,
-            Some(json!({"factor_id": id})),
-        );
-        tx.insert_audits(&[audit], now).await?;
-        tx.commit().await?;
-        Ok(Enrolled {
-            id,
-            friendly_name: req.friendly_name,
-            kind: EnrolledKind::Totp {
-                secret,
-                uri,
-                qr_code,
-            },
-        })
+        let sealed = self
+            .ctx
+            .config
+            .db_encryption
+            .seal(&f.id.to_string(), &secret);
+        f.secret = Some(sealed);
+        self.finish_enroll(tx, user, &f, json!({"factor_id": f.id}))
+            .await?;
+        let kind = EnrolledKind::Totp {
+            secret,
+            uri,
+            qr_code,
+        };
+        Ok(enrolled(f, kind))
     }
 
     /// A phone factor: GoTrue's rules (one verified factor per number; an
@@ -198,54 +176,13 @@ impl Factors {
                 ApiError::validation("Phone number required to enroll Phone factor")
             })?;
         let phone = validate::phone(&given)?;
-        let now = self.ctx.config.clock.now();
-        let mut tx = self.ctx.store.begin().await?;
-        let expiry =
-            chrono::Duration::from_std(self.ctx.config.mfa.factor_expiry).unwrap_or_default();
-        tx.purge_stale_factors(now - expiry).await?;
-        let mut factors = tx.user_factors(user.id).await?;
-        for f in factors
-            .iter()
-            .filter(|f| f.phone.as_deref() == Some(phone.as_str()))
-        {
-            if f.verified() {
-                return Err(ApiError::unprocessable(
-                    "mfa_verified_factor_exists",
-                    "A verified phone factor already exists, unenroll the existing factor to continue",
-                ));
-            }
-            tx.delete_factor(f).await?;
-        }
-        factors.retain(|f| f.phone.as_deref() != Some(phone.as_str()));
-        self.may_enroll(&mut tx, &factors, &req.friendly_name, session)
+        let (tx, mut f) = self
+            .begin_enroll(user, session, &req.friendly_name, "phone", Some(&phone))
             .await?;
-        let id = Uuid::new_v4();
-        tx.insert_factor(&Factor {
-            id,
-            user_id: user.id,
-            friendly_name: Some(req.friendly_name.clone()),
-            factor_type: "phone".into(),
-            status: "unverified".into(),
-            created_at: now,
-            updated_at: now,
-            secret: None,
-            phone: Some(phone),
-            last_challenged_at: None,
-            web_authn_credential: None,
-        })
-        .await?;
-        let audit = audit_payload(
-            user,
-            AuditAction::FactorInProgress,
-            Some(json!({"factor_id": id, "factor_type": "phone"})),
-        );
-        tx.insert_audits(&[audit], now).await?;
-        tx.commit().await?;
-        Ok(Enrolled {
-            id,
-            friendly_name: req.friendly_name,
-            kind: EnrolledKind::Phone { phone: given },
-        })
+        f.phone = Some(phone);
+        let traits = json!({"factor_id": f.id, "factor_type": "phone"});
+        self.finish_enroll(tx, user, &f, traits).await?;
+        Ok(enrolled(f, EnrolledKind::Phone { phone: given }))
     }
 
     /// A WebAuthn factor: nothing is registered until its first challenge
@@ -256,20 +193,49 @@ impl Factors {
         session: Uuid,
         req: Enroll,
     ) -> ApiResult<Enrolled> {
+        let (tx, f) = self
+            .begin_enroll(user, session, &req.friendly_name, "webauthn", None)
+            .await?;
+        let traits = json!({"factor_id": f.id, "factor_type": "webauthn"});
+        self.finish_enroll(tx, user, &f, traits).await?;
+        Ok(enrolled(f, EnrolledKind::WebAuthn))
+    }
+
+    /// An enrollment's transaction, past GoTrue's checks (stale factors
+    /// purged first; for a phone factor, an unverified one of the number
+    /// replaced, a verified one refused), and the new unverified factor.
+    async fn begin_enroll(
+        &self,
+        user: &User,
+        session: Uuid,
+        name: &str,
+        factor_type: &str,
+        phone: Option<&str>,
+    ) -> ApiResult<(Tx, Factor)> {
         let now = self.ctx.config.clock.now();
         let mut tx = self.ctx.store.begin().await?;
         let expiry =
             chrono::Duration::from_std(self.ctx.config.mfa.factor_expiry).unwrap_or_default();
         tx.purge_stale_factors(now - expiry).await?;
-        let factors = tx.user_factors(user.id).await?;
-        self.may_enroll(&mut tx, &factors, &req.friendly_name, session)
-            .await?;
-        let id = Uuid::new_v4();
-        tx.insert_factor(&Factor {
-            id,
+        let mut factors = tx.user_factors(user.id).await?;
+        if let Some(phone) = phone {
+            for f in factors.iter().filter(|f| f.phone.as_deref() == Some(phone)) {
+                if f.verified() {
+                    return Err(ApiError::unprocessable(
+                        "mfa_verified_factor_exists",
+                        "A verified phone factor already exists, unenroll the existing factor to continue",
+                    ));
+                }
+                tx.delete_factor(f).await?;
+            }
+            factors.retain(|f| f.phone.as_deref() != Some(phone));
+        }
+        self.may_enroll(&mut tx, &factors, name, session).await?;
+        let f = Factor {
+            id: Uuid::new_v4(),
             user_id: user.id,
-            friendly_name: Some(req.friendly_name.clone()),
-            factor_type: "webauthn".into(),
+            friendly_name: Some(name.to_string()),
+            factor_type: factor_type.into(),
             status: "unverified".into(),
             created_at: now,
             updated_at: now,
@@ -277,20 +243,22 @@ impl Factors {
             phone: None,
             last_challenged_at: None,
             web_authn_credential: None,
-        })
-        .await?;
-        let audit = audit_payload(
-            user,
-            AuditAction::FactorInProgress,
-            Some(json!({"factor_id": id, "factor_type": "webauthn"})),
-        );
-        tx.insert_audits(&[audit], now).await?;
+        };
+        Ok((tx, f))
+    }
+
+    async fn finish_enroll(
+        &self,
+        mut tx: Tx,
+        user: &User,
+        f: &Factor,
+        traits: serde_json::Value,
+    ) -> ApiResult<()> {
+        tx.insert_factor(f).await?;
+        let audit = audit_payload(user, AuditAction::FactorInProgress, Some(traits));
+        tx.insert_audits(&[audit], f.created_at).await?;
         tx.commit().await?;
-        Ok(Enrolled {
-            id,
-            friendly_name: req.friendly_name,
-            kind: EnrolledKind::WebAuthn,
-        })
+        Ok(())
     }
 
     /// GoTrue's checks before a new factor, in its order.
@@ -866,6 +834,14 @@ pub struct Verify<'a> {
     pub ip: &'a str,
     /// A WebAuthn factor's answer.
     pub webauthn: Option<&'a WebAuthnAnswer>,
+}
+
+fn enrolled(f: Factor, kind: EnrolledKind) -> Enrolled {
+    Enrolled {
+        id: f.id,
+        friendly_name: f.friendly_name.unwrap_or_default(),
+        kind,
+    }
 }
 
 /// GoTrue's default issuer: the site URL's host (with its port).

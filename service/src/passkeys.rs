@@ -160,12 +160,7 @@ impl Passkeys {
     /// Who may register: not an SSO user, aal2 with MFA, under the maximum.
     async fn may_register(&self, user: &User, session: Uuid) -> ApiResult<()> {
         let (_, cfg) = self.on()?;
-        if user.is_sso_user {
-            return Err(ApiError::unprocessable(
-                "validation_failed",
-                "SSO users cannot register passkeys",
-            ));
-        }
+        not_sso(user)?;
         let mut tx = self.ctx.store.begin().await?;
         self.assured(&mut tx, user, Some(session)).await?;
         full(&mut tx, user.id, cfg.max_per_user).await?;
@@ -226,12 +221,7 @@ impl Passkeys {
         credential: Value,
     ) -> ApiResult<PasskeyRow> {
         let (rp, cfg) = self.on()?;
-        if user.is_sso_user {
-            return Err(ApiError::unprocessable(
-                "validation_failed",
-                "SSO users cannot register passkeys",
-            ));
-        }
+        not_sso(user)?;
         let mut tx = self.ctx.store.begin().await?;
         self.assured(&mut tx, user, Some(session)).await?;
         tx.commit().await?;
@@ -432,6 +422,17 @@ impl Passkeys {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// GoTrue's rule: an SSO user's sign-in is their provider's.
+fn not_sso(user: &User) -> ApiResult<()> {
+    if user.is_sso_user {
+        return Err(ApiError::unprocessable(
+            "validation_failed",
+            "SSO users cannot register passkeys",
+        ));
+    }
+    Ok(())
 }
 
 /// GoTrue's limit per user, counted in the transaction that adds one.
