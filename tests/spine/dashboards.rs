@@ -227,6 +227,9 @@ async fn workload(api: &str, admin: &str) {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    // A passkey sign-in started (its options), for the passkey panel.
+    let r = post("/passkeys/authentication/options", json!({})).await.unwrap();
+    assert_eq!(r.status(), 200);
     let login = |password: &'static str| {
         post(
             "/token?grant_type=password",
@@ -389,6 +392,11 @@ async fn every_panel_has_series_in_a_real_prometheus() {
         ("GOTRUE_SECURITY_REFRESH_TOKEN_REUSE_INTERVAL", "0"),
         // Phone codes, delivered to the log (no SMS provider).
         ("GOTRUE_EXTERNAL_PHONE_ENABLED", "true"),
+        // Passkeys on, for the passkey panel.
+        ("GOTRUE_PASSKEY_ENABLED", "true"),
+        ("GOTRUE_WEBAUTHN_RP_ID", "localhost"),
+        ("GOTRUE_WEBAUTHN_RP_DISPLAY_NAME", "castellan"),
+        ("GOTRUE_WEBAUTHN_RP_ORIGINS", "http://localhost:3000"),
         // A custom access token hook in the database, for the hook panels.
         ("GOTRUE_HOOK_CUSTOM_ACCESS_TOKEN_ENABLED", "true"),
         (
