@@ -228,7 +228,9 @@ async fn workload(api: &str, admin: &str) {
         .unwrap();
     assert_eq!(r.status(), 200);
     // A passkey sign-in started (its options), for the passkey panel.
-    let r = post("/passkeys/authentication/options", json!({})).await.unwrap();
+    let r = post("/passkeys/authentication/options", json!({}))
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let login = |password: &'static str| {
         post(
