@@ -413,6 +413,25 @@ pub async fn client_of(st: &AppState, req: Request) -> (Request, castellan_core:
     (Request::from_parts(parts, body), client)
 }
 
+/// A feature a route needs switched on; off, the request is refused
+/// before anything else is read (GoTrue's `require…Enabled` middlewares).
+pub trait Feature {
+    fn on(st: &AppState) -> Result<(), ApiError>;
+}
+
+/// Extracts only when the feature `F` is on.
+pub struct On<F: Feature>(std::marker::PhantomData<F>);
+
+impl<F: Feature> FromRequestParts<AppState> for On<F> {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(_: &mut Parts, st: &AppState) -> Result<Self, HttpError> {
+        F::on(st)
+            .map(|_| On(std::marker::PhantomData))
+            .map_err(HttpError)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::{escapes_nul, forwarded_client};

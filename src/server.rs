@@ -43,6 +43,8 @@ pub struct Services {
     pub admin: Admin,
     pub factors: castellan_service::factors::Factors,
     pub passkeys: castellan_service::passkeys::Passkeys,
+    /// The OAuth server's clients.
+    pub oauth_clients: castellan_service::oauth_clients::OAuthClients,
     /// External sign-in (OAuth providers).
     pub external: castellan_service::external::External,
     pub actors: Actors,
@@ -415,6 +417,7 @@ fn services(
             actors.otp.budgets(),
         ),
         passkeys: castellan_service::passkeys::Passkeys::new(ctx.clone(), actors.sessions.clone()),
+        oauth_clients: castellan_service::oauth_clients::OAuthClients::new(ctx.clone()),
         external: castellan_service::external::External::new(
             ctx.clone(),
             castellan_service::providers::ProviderBroker::new(

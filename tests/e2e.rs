@@ -93,6 +93,12 @@ async fn run_client_with(backend: Backend, script: &str, mail: bool, key: Option
     });
     let t = common::spawn(backend, |c| {
         c.anonymous_users_enabled = true;
+        c.oauth_server = Some(castellan_core::config::OAuthServerConfig {
+            allow_dynamic_registration: false,
+            authorization_path: "/consent".into(),
+            authorization_ttl: std::time::Duration::from_secs(600),
+            default_scope: "email".into(),
+        });
         let kc = c.external.providers.get_mut("keycloak").unwrap();
         kc.enabled = true;
         kc.client_ids = vec!["kc-client".into()];

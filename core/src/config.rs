@@ -567,6 +567,8 @@ pub struct Config {
     pub passkeys: Option<PasskeyConfig>,
     /// The relying party of passkeys and WebAuthn factors, when either is on.
     pub webauthn: Option<WebAuthnConfig>,
+    /// castellan as an OAuth 2.1 authorization server, when enabled.
+    pub oauth_server: Option<OAuthServerConfig>,
     pub sessions_inactivity_timeout: Option<Duration>,
     pub rate_limits: RateLimits,
     pub smtp: SmtpConfig,
@@ -1152,6 +1154,7 @@ fn rate_limits(v: &Vars, otp: RateLimit) -> Result<RateLimits, ConfigError> {
         token_refresh: rate(v, &limits::TOKEN_REFRESH)?,
         web3: rate(v, &limits::WEB3)?,
         passkey: rate(v, &limits::PASSKEY)?,
+        oauth_client_register: rate(v, &limits::OAUTH_CLIENT_REGISTER)?,
         sign_ups: otp,
         anonymous_users: rate(v, &limits::ANONYMOUS_USERS)?,
         verify: rate(v, &limits::VERIFY)?,
@@ -1345,6 +1348,35 @@ pub struct WebAuthnConfig {
     pub challenge_expiry: Duration,
 }
 
+/// castellan as an OAuth 2.1 authorization server (`GOTRUE_OAUTH_SERVER_*`):
+/// third-party apps registered as clients.
+#[derive(Debug, Clone)]
+pub struct OAuthServerConfig {
+    /// `POST /oauth/clients/register` (RFC 7591), open to anyone.
+    pub allow_dynamic_registration: bool,
+    /// The site's consent page, relative to the site URL.
+    pub authorization_path: String,
+    /// How long an authorization waits for consent.
+    pub authorization_ttl: Duration,
+    pub default_scope: String,
+}
+
+/// Off unless `GOTRUE_OAUTH_SERVER_ENABLED`, as in GoTrue.
+fn oauth_server(v: &Vars) -> Result<Option<OAuthServerConfig>, ConfigError> {
+    let enabled = v.bool(&["GOTRUE_OAUTH_SERVER_ENABLED"], false)?;
+    let cfg = OAuthServerConfig {
+        allow_dynamic_registration: v
+            .bool(&["GOTRUE_OAUTH_SERVER_ALLOW_DYNAMIC_REGISTRATION"], false)?,
+        authorization_path: v.string(&["GOTRUE_OAUTH_SERVER_AUTHORIZATION_PATH"], ""),
+        authorization_ttl: v.duration(
+            &["GOTRUE_OAUTH_SERVER_AUTHORIZATION_TTL"],
+            Duration::from_secs(600),
+        )?,
+        default_scope: v.string(&["GOTRUE_OAUTH_SERVER_DEFAULT_SCOPE"], "email"),
+    };
+    Ok(enabled.then_some(cfg))
+}
+
 /// Passkey sign-in (`GOTRUE_PASSKEY_*`).
 #[derive(Debug, Clone)]
 pub struct PasskeyConfig {
@@ -1499,6 +1531,7 @@ impl Config {
             mfa,
             passkeys,
             webauthn,
+            oauth_server: oauth_server(v)?,
             sessions_inactivity_timeout: v.opt_duration(&["GOTRUE_SESSIONS_INACTIVITY_TIMEOUT"])?,
             rate_limits: rate_limits(v, otp)?,
             smtp: smtp(v)?,

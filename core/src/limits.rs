@@ -168,11 +168,23 @@ pub const PASSKEY: Limit = Limit {
     runtime: Some("passkey"),
     guards: "POST /passkeys/authentication/options",
 };
+/// GoTrue's: dynamic registration of OAuth clients, open to anyone.
+pub const OAUTH_CLIENT_REGISTER: Limit = Limit {
+    variable: "GOTRUE_RATE_LIMIT_OAUTH_DYNAMIC_CLIENT_REGISTER",
+    counts: Counts::PerClient {
+        events: 10,
+        window: FIVE_MINUTES,
+        burst: Some(10),
+    },
+    runtime: None,
+    guards: "POST /oauth/clients/register",
+};
 /// Every declared limit.
-pub const ALL: [&Limit; 14] = [
+pub const ALL: [&Limit; 15] = [
     &TOKEN_REFRESH,
     &WEB3,
     &PASSKEY,
+    &OAUTH_CLIENT_REGISTER,
     &OTP,
     &ANONYMOUS_USERS,
     &VERIFY,
@@ -208,11 +220,13 @@ pub enum Bucket {
     Web3,
     /// `/passkeys/authentication/options`.
     Passkey,
+    /// `/oauth/clients/register`.
+    OAuthClientRegister,
 }
 
 impl Bucket {
     /// In the enum's order: a bucket's index here is its discriminant.
-    pub const ALL: [Bucket; 14] = [
+    pub const ALL: [Bucket; 15] = [
         Bucket::TokenRefresh,
         Bucket::SignUps,
         Bucket::AnonymousUsers,
@@ -227,6 +241,7 @@ impl Bucket {
         Bucket::Authorize,
         Bucket::Web3,
         Bucket::Passkey,
+        Bucket::OAuthClientRegister,
     ];
 
     /// The limit that sizes this bucket.
@@ -235,6 +250,7 @@ impl Bucket {
             Bucket::TokenRefresh => &TOKEN_REFRESH,
             Bucket::Web3 => &WEB3,
             Bucket::Passkey => &PASSKEY,
+            Bucket::OAuthClientRegister => &OAUTH_CLIENT_REGISTER,
             Bucket::AnonymousUsers => &ANONYMOUS_USERS,
             Bucket::Verify => &VERIFY,
             Bucket::MfaChallenge | Bucket::MfaVerify => &MFA,
@@ -265,6 +281,7 @@ impl Bucket {
             Bucket::Authorize => "authorize",
             Bucket::Web3 => "web3",
             Bucket::Passkey => "passkey",
+            Bucket::OAuthClientRegister => "oauth_client_register",
         }
     }
 
@@ -343,6 +360,7 @@ pub struct RateLimits {
     pub token_refresh: RateLimit,
     pub web3: RateLimit,
     pub passkey: RateLimit,
+    pub oauth_client_register: RateLimit,
     /// Sized by the OTP limit, as in GoTrue (it has no variable of its own).
     pub sign_ups: RateLimit,
     pub anonymous_users: RateLimit,
@@ -370,6 +388,7 @@ impl RateLimits {
             v if v == TOKEN_REFRESH.variable => &self.token_refresh,
             v if v == WEB3.variable => &self.web3,
             v if v == PASSKEY.variable => &self.passkey,
+            v if v == OAUTH_CLIENT_REGISTER.variable => &self.oauth_client_register,
             v if v == OTP.variable => &self.otp,
             v if v == ANONYMOUS_USERS.variable => &self.anonymous_users,
             v if v == VERIFY.variable => &self.verify,

@@ -41,6 +41,7 @@ pub mod hooks;
 pub mod limit_settings;
 pub mod links;
 mod oauth1;
+pub mod oauth_clients;
 pub mod otp;
 pub mod passkeys;
 pub mod providers;

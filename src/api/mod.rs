@@ -8,6 +8,7 @@ mod health;
 mod invite;
 mod logout;
 mod mail;
+pub(crate) mod oauth_server;
 pub(crate) mod passkeys;
 mod ready;
 mod settings;
@@ -72,6 +73,11 @@ pub const RATE_LIMITS: &[RouteLimit] = &[
         Method::GET,
         Pick::Fixed(Bucket::Authorize),
     ),
+    RouteLimit::new(
+        "/oauth/clients/register",
+        Method::POST,
+        Pick::Fixed(Bucket::OAuthClientRegister),
+    ),
     RouteLimit::with_captcha(
         "/passkeys/authentication/options",
         Method::POST,
@@ -105,6 +111,7 @@ pub fn routes(state: AppState) -> (Router<AppState>, Document) {
         .routes(routes!(factors::challenge))
         .routes(routes!(factors::verify))
         .routes(routes!(factors::unenroll))
+        .routes(routes!(oauth_server::register))
         .routes(routes!(passkeys::registration_options))
         .routes(routes!(passkeys::registration_verify))
         .routes(routes!(passkeys::authentication_options))

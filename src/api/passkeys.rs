@@ -14,24 +14,21 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::api::{TokenResponse, token_response};
-use crate::error::{HttpError, HttpResult, Refusals};
-use crate::extract::{AuthLive, JsonBody, RawBody};
+use crate::error::{HttpResult, Refusals};
+use crate::extract::{AuthLive, Feature, JsonBody, RawBody};
 use crate::server::AppState;
 
 /// Passkeys are on: GoTrue answers 404 `passkey_disabled` on every
 /// `/passkeys` route before anything else when they are not.
-pub struct On;
+pub struct PasskeysOn;
 
-impl axum::extract::FromRequestParts<AppState> for On {
-    type Rejection = HttpError;
-
-    async fn from_request_parts(
-        _: &mut axum::http::request::Parts,
-        st: &AppState,
-    ) -> Result<Self, HttpError> {
-        st.passkeys.on().map(|_| On).map_err(HttpError)
+impl Feature for PasskeysOn {
+    fn on(st: &AppState) -> Result<(), ApiError> {
+        st.passkeys.on().map(drop)
     }
 }
+
+type On = crate::extract::On<PasskeysOn>;
 
 /// A ceremony's options: the challenge to quote back, what to hand
 /// `navigator.credentials.create` or `.get`, and when it ends (Unix seconds).

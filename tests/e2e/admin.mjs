@@ -69,6 +69,27 @@ async function scenarios(url, tag) {
   assert.ok(refused.error instanceof AuthApiError);
   assert.equal(refused.error.code, 'not_admin');
   assert.equal(refused.error.status, 403);
+
+  // The OAuth server's clients, through auth-js's admin.oauth.
+  const made = await admin.oauth.createClient({
+    client_name: `app-${tag}`,
+    redirect_uris: ['https://app.test/callback'],
+  });
+  assert.equal(made.error, null, String(made.error));
+  assert.equal(made.data.client_type, 'confidential');
+  assert.ok(made.data.client_secret);
+  const id = made.data.client_id;
+  const listed = await admin.oauth.listClients({ page: 1, perPage: 50 });
+  assert.equal(listed.error, null, String(listed.error));
+  assert.ok(listed.data.clients.some((c) => c.client_id === id && !c.client_secret));
+  const changed = await admin.oauth.updateClient(id, { client_name: `renamed-${tag}` });
+  assert.equal(changed.data.client_name, `renamed-${tag}`);
+  const again = await admin.oauth.regenerateClientSecret(id);
+  assert.ok(again.data.client_secret && again.data.client_secret !== made.data.client_secret);
+  assert.equal((await admin.oauth.deleteClient(id)).error, null);
+  const missing = await admin.oauth.getClient(id);
+  assert.equal(missing.error.code, 'oauth_client_not_found');
+  assert.equal(missing.error.status, 404);
 }
 
 await runEverywhere(base, scenarios);

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use crate::both;
 
 /// Every operation the API serves, as the document must list it.
-const OPERATIONS: [(&str, &str); 51] = [
+const OPERATIONS: [(&str, &str); 58] = [
     ("/health", "get"),
     ("/ready", "get"),
     ("/settings", "get"),
@@ -62,6 +62,13 @@ const OPERATIONS: [(&str, &str); 51] = [
     ("/passkeys/{passkey_id}", "delete"),
     ("/admin/users/{user_id}/passkeys", "get"),
     ("/admin/users/{user_id}/passkeys/{passkey_id}", "delete"),
+    ("/oauth/clients/register", "post"),
+    ("/admin/oauth/clients", "get"),
+    ("/admin/oauth/clients", "post"),
+    ("/admin/oauth/clients/{client_id}", "get"),
+    ("/admin/oauth/clients/{client_id}", "put"),
+    ("/admin/oauth/clients/{client_id}", "delete"),
+    ("/admin/oauth/clients/{client_id}/regenerate_secret", "post"),
 ];
 
 both!(the_openapi_document_lists_every_route, |_| {}, |t| {
@@ -132,6 +139,7 @@ fn unlimited(c: &mut castellan_core::Config) {
         &mut c.rate_limits.verify,
         &mut c.rate_limits.mfa,
         &mut c.rate_limits.passkey,
+        &mut c.rate_limits.oauth_client_register,
     ] {
         l.events = 1_000_000;
         l.burst = 1_000_000;
@@ -142,6 +150,12 @@ fn unlimited(c: &mut castellan_core::Config) {
     crate::passkeys::enabled(c);
     c.mfa.webauthn_enroll_enabled = true;
     c.mfa.webauthn_verify_enabled = true;
+    c.oauth_server = Some(castellan_core::config::OAuthServerConfig {
+        allow_dynamic_registration: true,
+        authorization_path: "/consent".into(),
+        authorization_ttl: Duration::from_secs(600),
+        default_scope: "email".into(),
+    });
 }
 
 /// Runs schemathesis with the committed settings and `filter` (its

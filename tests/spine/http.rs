@@ -317,6 +317,7 @@ both!(
         c.rate_limits.otp = two;
         c.rate_limits.mfa = two;
         c.rate_limits.passkey = two;
+        c.rate_limits.oauth_client_register = two;
     },
     |t| {
         // Redirects (the OAuth routes answer with them) are not followed.

@@ -22,6 +22,11 @@ pub fn random_base32(n: usize) -> String {
         .collect()
 }
 
+/// `N` bytes from the thread's cryptographically secure generator.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    rand::random()
+}
+
 /// A one-time code of `len` decimal digits, uniform and zero-padded.
 pub fn otp(len: usize) -> String {
     let mut rng = rand::rng();

@@ -1,8 +1,10 @@
 //! The admin API (`requireAdminCredentials` in GoTrue): users, their
-//! factors and passkeys, the audit log and the rate limits.
+//! factors and passkeys, the audit log, the rate limits and the OAuth
+//! server's clients.
 
 mod audit;
 mod generate_link;
+mod oauth_clients;
 mod paging;
 mod passkeys;
 mod rate_limits;
@@ -21,6 +23,13 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(users::update_factor, users::delete_factor))
         .routes(routes!(passkeys::list))
         .routes(routes!(passkeys::delete))
+        .routes(routes!(oauth_clients::list, oauth_clients::create))
+        .routes(routes!(
+            oauth_clients::get,
+            oauth_clients::update,
+            oauth_clients::delete
+        ))
+        .routes(routes!(oauth_clients::regenerate_secret))
         .routes(routes!(audit::list))
         .routes(routes!(generate_link::generate_link))
         .routes(routes!(rate_limits::get, rate_limits::set))
