@@ -8,6 +8,9 @@
 //! Prints a table and writes `bench/results/latest-<db>.json`.
 
 mod actor;
+// The software authenticator the passkey tests use.
+#[path = "../../tests/common/authenticator.rs"]
+mod authenticator;
 mod cache;
 mod compare;
 mod floor;
@@ -288,6 +291,70 @@ impl Bench {
             },
         )
         .await
+    }
+
+    /// Passkey sign-ins: each connection's user registers one passkey (a
+    /// software authenticator), then signs in with it again and again:
+    /// options, an assertion, its verification (two requests an operation).
+    async fn passkeys(&mut self, name: &str) -> anyhow::Result<()> {
+        let base = self.srv.base.clone();
+        let mut devices = Vec::new();
+        for i in 0..self.connections as u64 {
+            let s = login(&self.http, &base, 1 + i % SMALL_USERS).await?;
+            let access = s["access_token"].as_str().context("access token")?;
+            let mut device =
+                authenticator::SoftAuthenticator::new(server::PASSKEY_ORIGIN, server::PASSKEY_RP);
+            let post = |path: &str, body: Value| {
+                self.http
+                    .post(format!("{base}{path}"))
+                    .bearer_auth(access)
+                    .json(&body)
+                    .send()
+            };
+            let o: Value = post("/passkeys/registration/options", json!({}))
+                .await?
+                .json()
+                .await?;
+            let credential = device.create(&o["options"]);
+            let body = json!({"challenge_id": o["challenge_id"], "credential": credential});
+            let r = post("/passkeys/registration/verify", body).await?;
+            anyhow::ensure!(
+                r.status() == 200,
+                "passkey registration: {}",
+                r.text().await?
+            );
+            devices.push(Some(device));
+        }
+        let devices = Arc::new(std::sync::Mutex::new(devices));
+        let (options, verify) = (
+            format!("{base}/passkeys/authentication/options"),
+            format!("{base}/passkeys/authentication/verify"),
+        );
+        self.measure(
+            name,
+            move |i| {
+                let device = devices.lock().unwrap()[i].take();
+                async move { (client_at(i), device.expect("one device a connection")) }
+            },
+            move |(c, mut device)| {
+                let (options, verify) = (options.clone(), verify.clone());
+                async move {
+                    let o = match c.post(&options).json(&json!({})).send().await {
+                        Ok(r) => r.json::<Value>().await.ok(),
+                        Err(_) => None,
+                    };
+                    let Some(o) = o else {
+                        return ((c, device), false);
+                    };
+                    let credential = device.get(&o["options"]);
+                    let body = json!({"challenge_id": o["challenge_id"], "credential": credential});
+                    let ok = matches!(c.post(&verify).json(&body).send().await, Ok(r) if r.status() == 200);
+                    ((c, device), ok)
+                }
+            },
+        )
+        .await;
+        Ok(())
     }
 
     async fn get_user(&mut self, name: &str) -> anyhow::Result<Measured> {
@@ -891,6 +958,7 @@ async fn main() -> anyhow::Result<()> {
     let (_, login_peak_rss) = b.srv.rss_mib();
     let user_small = b.get_user("GET /user (1k users)").await?;
     let refresh_small = b.refresh("POST /token refresh (1k)").await?;
+    b.passkeys("POST /passkeys sign-in (1k)").await?;
     let first = user_small.per_second / health.per_second.max(1.0);
     let user_over_health = b.user_over_health(first, args.rounds.max(1)).await?;
     let floor = floor::run(&store_url(&args, &database_url), args.connections, duration).await?;

@@ -15,6 +15,9 @@ pub struct Server {
 }
 
 pub const SECRET: &str = "benchmark-secret-benchmark-secret-0123";
+/// The relying party passkeys are made for, and the page they are used from.
+pub const PASSKEY_RP: &str = "localhost";
+pub const PASSKEY_ORIGIN: &str = "http://localhost:3000";
 
 /// Builds `castellan` in release mode: a no-op after the README's bench
 /// command, which builds the same two packages in one invocation, so cargo
@@ -81,6 +84,12 @@ pub async fn start_as(
         .env("GOTRUE_RATE_LIMIT_VERIFY", huge)
         .env("GOTRUE_RATE_LIMIT_ANONYMOUS_USERS", huge)
         .env("GOTRUE_RATE_LIMIT_EMAIL_SENT", huge)
+        .env("GOTRUE_RATE_LIMIT_PASSKEY", huge)
+        // Passkeys on, for a relying party the bench's authenticators answer as.
+        .env("GOTRUE_PASSKEY_ENABLED", "true")
+        .env("GOTRUE_WEBAUTHN_RP_ID", PASSKEY_RP)
+        .env("GOTRUE_WEBAUTHN_RP_DISPLAY_NAME", "castellan bench")
+        .env("GOTRUE_WEBAUTHN_RP_ORIGINS", PASSKEY_ORIGIN)
         .env("GOTRUE_SMTP_HOST", "127.0.0.1")
         .env("GOTRUE_SMTP_PORT", smtp_port.to_string())
         .env("GOTRUE_SMTP_ADMIN_EMAIL", "bench@castellan.test")
