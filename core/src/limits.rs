@@ -174,7 +174,7 @@ pub const OAUTH_CLIENT_REGISTER: Limit = Limit {
     counts: Counts::PerClient {
         events: 10,
         window: FIVE_MINUTES,
-        burst: Some(10),
+        burst: Some(30),
     },
     runtime: None,
     guards: "POST /oauth/clients/register",

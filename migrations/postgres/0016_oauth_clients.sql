@@ -24,3 +24,17 @@ CREATE TABLE IF NOT EXISTS auth.oauth_clients (
         CHECK (token_endpoint_auth_method IN ('client_secret_basic', 'client_secret_post', 'none'))
 );
 CREATE INDEX IF NOT EXISTS oauth_clients_deleted_at_idx ON auth.oauth_clients (deleted_at);
+
+-- A table an earlier GoTrue made (an adopted database): brought to the
+-- shape above, as GoTrue's own later migrations do.
+ALTER TABLE auth.oauth_clients ALTER COLUMN client_secret_hash DROP NOT NULL;
+ALTER TABLE auth.oauth_clients ADD COLUMN IF NOT EXISTS client_type auth.oauth_client_type NOT NULL DEFAULT 'confidential';
+ALTER TABLE auth.oauth_clients DROP CONSTRAINT IF EXISTS oauth_clients_client_id_key;
+DROP INDEX IF EXISTS auth.oauth_clients_client_id_idx;
+ALTER TABLE auth.oauth_clients DROP COLUMN IF EXISTS client_id;
+ALTER TABLE auth.oauth_clients ADD COLUMN IF NOT EXISTS token_endpoint_auth_method text
+    CHECK (token_endpoint_auth_method IN ('client_secret_basic', 'client_secret_post', 'none'));
+UPDATE auth.oauth_clients SET token_endpoint_auth_method =
+    CASE WHEN client_type = 'public' THEN 'none' ELSE 'client_secret_basic' END
+    WHERE token_endpoint_auth_method IS NULL;
+ALTER TABLE auth.oauth_clients ALTER COLUMN token_endpoint_auth_method SET NOT NULL;

@@ -78,6 +78,14 @@ fn redirect_uri(uri: &str) -> Result<(), String> {
     if uri.is_empty() {
         return Err("redirect URI cannot be empty".into());
     }
+    if uri.len() > 2048 {
+        return Err("redirect URI cannot exceed 2048 characters".into());
+    }
+    // Checked as stored: the URL parser would quietly drop these, and a
+    // redirect to the stored text could not be sent.
+    if uri.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("whitespace and control characters are not allowed".into());
+    }
     let u = url::Url::parse(uri).map_err(|_| "invalid URL format".to_string())?;
     if u.host_str().is_none_or(str::is_empty) {
         return Err("must have scheme and host".into());
@@ -127,10 +135,18 @@ fn grant_types(types: &[String]) -> ApiResult<()> {
             "grant_types must only contain 'authorization_code' and/or 'refresh_token'",
         ));
     }
+    let mut distinct = types.to_vec();
+    distinct.sort();
+    distinct.dedup();
+    if distinct.len() != types.len() {
+        return Err(invalid("grant_types must not repeat a grant type"));
+    }
     Ok(())
 }
 
-/// A name and two URLs: GoTrue's lengths, URLs that parse.
+/// A name and two URLs: GoTrue's lengths; URLs that parse and are web
+/// pages (beyond GoTrue, which takes any scheme: a consent page shows them,
+/// and `javascript:` there would be a stored script).
 fn descriptive(name: &str, client_uri: &str, logo_uri: &str) -> ApiResult<()> {
     if name.len() > 1024 {
         return Err(invalid("client_name cannot exceed 1024 characters"));
@@ -142,7 +158,10 @@ fn descriptive(name: &str, client_uri: &str, logo_uri: &str) -> ApiResult<()> {
         if value.len() > 2048 {
             return Err(invalid(format!("{field} cannot exceed 2048 characters")));
         }
-        if url::Url::parse(value).is_err() {
+        let web = url::Url::parse(value)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "https" | "http") && u.host_str().is_some());
+        if web.is_none() {
             return Err(invalid(format!("{field} must be a valid URL")));
         }
     }
@@ -238,7 +257,8 @@ impl OAuthClients {
             .ok_or_else(|| ApiError::not_found("feature_disabled", "OAuth server is disabled"))
     }
 
-    /// `POST /oauth/clients/register`: only when the operator allows it.
+    /// `POST /oauth/clients/register`: only when the operator allows it
+    /// (checked before the body is read, as GoTrue does).
     pub fn dynamic_allowed(&self) -> ApiResult<()> {
         if !self.on()?.allow_dynamic_registration {
             return Err(ApiError::forbidden(
@@ -293,6 +313,8 @@ impl OAuthClients {
     }
 
     pub async fn update(&self, id: Uuid, c: Changes) -> ApiResult<OAuthClient> {
+        // GoTrue finds the client before it reads the changes.
+        self.get(id).await?;
         if c.is_empty() {
             return Err(invalid("No fields provided for update"));
         }

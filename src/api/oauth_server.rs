@@ -29,6 +29,16 @@ impl Feature for ServerOn {
 
 pub type On = crate::extract::On<ServerOn>;
 
+/// Dynamic registration is allowed (403 otherwise, after the 404 of the
+/// server being off).
+pub struct DynamicOn;
+
+impl Feature for DynamicOn {
+    fn on(st: &AppState) -> Result<(), ApiError> {
+        st.oauth_clients.dynamic_allowed()
+    }
+}
+
 /// A client as GoTrue shows it; its secret only when just made.
 #[derive(Serialize, ToSchema)]
 pub struct ClientView {
@@ -105,7 +115,13 @@ impl From<RegisterBody> for Registration {
 /// Registers a client and answers 201 with it (GoTrue's shape).
 pub async fn registered(st: &AppState, b: RegisterBody, kind: &'static str) -> HttpResult {
     let (client, secret) = st.oauth_clients.register(b.into(), kind).await?;
-    Ok((StatusCode::CREATED, Json(view(client, secret))).into_response())
+    Ok(with_secret(StatusCode::CREATED, view(client, secret)))
+}
+
+/// An answer that may carry a client's secret: never kept by a cache.
+pub fn with_secret(status: StatusCode, view: ClientView) -> axum::response::Response {
+    let no_store = [(axum::http::header::CACHE_CONTROL, "no-store")];
+    (status, no_store, Json(view)).into_response()
 }
 
 #[utoipa::path(
@@ -117,10 +133,9 @@ pub async fn registered(st: &AppState, b: RegisterBody, kind: &'static str) -> H
     responses((status = 201, body = ClientView), Refusals)
 )]
 pub async fn register(
-    _: On,
+    _: crate::extract::On<DynamicOn>,
     State(st): State<AppState>,
     JsonBody(b): JsonBody<RegisterBody>,
 ) -> HttpResult {
-    st.oauth_clients.dynamic_allowed()?;
     registered(&st, b, "dynamic").await
 }

@@ -48,6 +48,7 @@ both!(
         assert_eq!(r.status, 201, "{}", r.text);
         let id = r.body["client_id"].as_str().unwrap().to_string();
         let secret = r.body["client_secret"].as_str().unwrap().to_string();
+        assert_eq!(r.header("cache-control"), Some("no-store"));
         assert!(secret.len() >= 43, "{secret}");
         assert_eq!(r.body["client_type"], "confidential");
         assert_eq!(r.body["token_endpoint_auth_method"], "client_secret_basic");
@@ -201,6 +202,30 @@ both!(registrations_are_validated_as_gotrue_does, on, |t| {
             json!({"redirect_uris": ["https://a.example.com/cb"], "client_name": "a\u{0}b"}),
             "NUL",
         ),
+        (
+            json!({"redirect_uris": [format!("https://a.example.com/{}", "x".repeat(2100))]}),
+            "cannot exceed 2048",
+        ),
+        (
+            json!({"redirect_uris": [" https://a.example.com/cb"]}),
+            "whitespace",
+        ),
+        (
+            json!({"redirect_uris": ["https://a.example.com/c\nb"]}),
+            "whitespace",
+        ),
+        (
+            json!({"redirect_uris": ["https://a.example.com/cb"], "grant_types": vec!["refresh_token"; 50]}),
+            "must not repeat",
+        ),
+        (
+            json!({"redirect_uris": ["https://a.example.com/cb"], "client_uri": "javascript:alert(1)"}),
+            "client_uri must be a valid URL",
+        ),
+        (
+            json!({"redirect_uris": ["https://a.example.com/cb"], "logo_uri": "data:image/svg+xml,<svg/>"}),
+            "logo_uri must be a valid URL",
+        ),
     ] {
         let r = create(&t, body).await;
         r.assert_error(400, "validation_failed");
@@ -253,6 +278,21 @@ both!(dynamic_registration_is_off_unless_allowed, on, |t| {
     t.post("/oauth/clients/register", body)
         .await
         .assert_error(403, "oauth_dynamic_client_registration_disabled");
+    // Refused before the body is read, as GoTrue does.
+    let r = t
+        .http
+        .post(t.url("/oauth/clients/register"))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // An unknown client is not found before its changes are read.
+    let path = format!("/admin/oauth/clients/{}", Uuid::new_v4());
+    t.admin(Method::PUT, &path, Some(json!({})))
+        .await
+        .assert_error(404, "oauth_client_not_found");
 });
 
 both!(dynamic_registration_is_rate_limited, dynamic, |t| {

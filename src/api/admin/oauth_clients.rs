@@ -12,7 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::paging::{PagingParams, Query};
-use crate::api::oauth_server::{ClientView, On, RegisterBody, registered, view};
+use crate::api::oauth_server::{ClientView, On, RegisterBody, registered, view, with_secret};
 use crate::error::{HttpResult, Refusals};
 use crate::extract::{AdminAuth, JsonBody};
 use crate::server::AppState;
@@ -173,5 +173,5 @@ pub async fn regenerate_secret(
 ) -> HttpResult {
     let id = client_id(&p.client_id)?;
     let (client, secret) = st.oauth_clients.regenerate_secret(id).await?;
-    Ok(Json(view(client, Some(secret))).into_response())
+    Ok(with_secret(StatusCode::OK, view(client, Some(secret))))
 }
