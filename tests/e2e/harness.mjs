@@ -1,7 +1,7 @@
 // Runs a scenario function at <base> and at <base>/auth/v1 (where supabase-js
 // calls the API), printing `ok <tag>` or the failure, then exits non-zero if
-// either failed.
-export async function runEverywhere(base, scenarios) {
+// either failed; `cleanup` (a browser, a server) runs before the exit.
+export async function runEverywhere(base, scenarios, cleanup) {
   let failed = false;
   for (const [url, tag] of [[base, 'root'], [`${base}/auth/v1`, 'prefixed']]) {
     try {
@@ -12,5 +12,6 @@ export async function runEverywhere(base, scenarios) {
       console.error(`FAILED ${tag} (${url}):`, e);
     }
   }
+  if (cleanup) await cleanup();
   process.exit(failed ? 1 : 0);
 }

@@ -11,6 +11,7 @@ import assert from 'node:assert/strict';
 import { readFile, stat } from 'node:fs/promises';
 import http from 'node:http';
 import { chromium } from 'playwright-core';
+import { runEverywhere } from './harness.mjs';
 
 const [base, pagePort, serviceKey] = process.argv.slice(2);
 if (!serviceKey) {
@@ -221,17 +222,8 @@ async function scenarios(url, tag) {
   }
 }
 
-let failed = false;
-for (const [url, tag] of [[base, 'root'], [`${base}/auth/v1`, 'prefixed']]) {
-  try {
-    await scenarios(url, tag);
-    console.log(`ok ${tag} (${url})`);
-  } catch (e) {
-    failed = true;
-    console.error(`FAILED ${tag} (${url}):`, e);
-  }
-}
-await browser.close();
-server.close();
-elsewhere.close();
-process.exit(failed ? 1 : 0);
+await runEverywhere(base, scenarios, async () => {
+  await browser.close();
+  server.close();
+  elsewhere.close();
+});

@@ -138,6 +138,27 @@ both!(null_fields_are_absent_ones, on, |t| {
     assert_eq!(r.body["msg"], "redirect_uris is required");
 });
 
+both!(values_at_their_column_limits_are_kept_whole, on, |t| {
+    // 1024 characters of a 3-byte character: within PostgreSQL's
+    // char_length check and SQLite's length check alike.
+    let name = "名".repeat(341);
+    let uri = format!("https://a.example.com/{}", "x".repeat(2048 - 22));
+    let logo = format!("https://a.example.com/{}", "y".repeat(2048 - 22));
+    let r = create(
+        &t,
+        json!({"redirect_uris": [uri], "client_name": name, "logo_uri": logo}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.body["client_name"], name);
+    assert_eq!(r.body["redirect_uris"][0], uri);
+    let id = r.body["client_id"].as_str().unwrap();
+    let got = t
+        .admin(Method::GET, &format!("/admin/oauth/clients/{id}"), None)
+        .await;
+    assert_eq!(got.body["logo_uri"], logo);
+});
+
 both!(public_clients_have_no_secret, on, |t| {
     let r = create(
         &t,

@@ -323,6 +323,12 @@ both!(
         rename(json!("x".repeat(121)))
             .await
             .assert_error(400, "validation_failed");
+        // At the limit (120 bytes): kept whole.
+        let r = rename(json!("é".repeat(60))).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.body["friendly_name"], "é".repeat(60));
+        let r = rename(json!("Work laptop")).await;
+        assert_eq!(r.status, 200, "{}", r.text);
         rename(json!("a\u{0}b"))
             .await
             .assert_error(400, "validation_failed");
