@@ -109,10 +109,55 @@ pub enum Refusals {
     GatewayTimeout(ErrorBody<'static>),
 }
 
+/// An error as RFC 6749 §5.2 shapes it (the token and revocation endpoints).
+#[derive(Serialize, ToSchema)]
+pub struct OAuthErrorBody<'a> {
+    /// `invalid_request`, `invalid_client`, `invalid_grant`, `unauthorized_client`,
+    /// `unsupported_grant_type`, …
+    error: &'a str,
+    error_description: &'a str,
+}
+
+/// The refusals of the endpoints an OAuth client calls itself: its own
+/// errors in OAuth's shape, the shared middleware's in GoTrue's.
+#[derive(IntoResponses)]
+#[allow(dead_code)] // a description for the OpenAPI document, never built
+pub enum OAuthRefusals {
+    #[response(status = 400, description = "RFC 6749 §5.2")]
+    BadRequest(OAuthErrorBody<'static>),
+    #[response(
+        status = 401,
+        description = "`invalid_client`, with `WWW-Authenticate`"
+    )]
+    Unauthorized(OAuthErrorBody<'static>),
+    #[response(status = 404, description = "The OAuth server is off")]
+    NotFound(ErrorBody<'static>),
+    #[response(status = 413, description = "The body is larger than 1 MiB")]
+    TooLarge(ErrorBody<'static>),
+    #[response(
+        status = 429,
+        description = "A rate limit was reached; see Retry-After"
+    )]
+    TooMany(ErrorBody<'static>),
+    #[response(
+        status = 503,
+        description = "The database is unavailable; see Retry-After"
+    )]
+    Unavailable(ErrorBody<'static>),
+    #[response(
+        status = 504,
+        description = "The request did not finish in time (GOTRUE_API_MAX_REQUEST_DURATION)"
+    )]
+    GatewayTimeout(ErrorBody<'static>),
+}
+
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let e = self.0;
         let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if e.oauth {
+            return oauth_body(status, &e);
+        }
         let mut resp = (status, Json(legacy_body(&e))).into_response();
         let h = resp.headers_mut();
         if let Ok(v) = HeaderValue::from_str(e.code) {
@@ -129,6 +174,26 @@ impl IntoResponse for HttpError {
 /// Marks a refusal in OAuth's shape (`error`, `error_description`).
 #[derive(Clone, Copy)]
 pub struct OAuthShaped;
+
+/// An error as RFC 6749 §5.2 shapes it; a refused client's credentials are
+/// 401 with the scheme to retry with (RFC 6749 §5.2 `invalid_client`).
+fn oauth_body(status: StatusCode, e: &ApiError) -> Response {
+    let body = json!({"error": e.code, "error_description": e.message});
+    let mut r = (status, Json(body)).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        axum::http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    if status == StatusCode::UNAUTHORIZED {
+        h.insert(
+            axum::http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"castellan\""),
+        );
+    }
+    r.extensions_mut().insert(OAuthShaped);
+    r
+}
 
 /// True when the request asks for the 2024-01-01 dialect (any valid date on
 /// or after it; an unparsable value means the legacy dialect).

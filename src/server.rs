@@ -45,6 +45,8 @@ pub struct Services {
     pub passkeys: castellan_service::passkeys::Passkeys,
     /// The OAuth server's clients.
     pub oauth_clients: castellan_service::oauth_clients::OAuthClients,
+    /// The OAuth server's flow, tokens and grants.
+    pub oauth_server: castellan_service::oauth_server::OAuthServer,
     /// External sign-in (OAuth providers).
     pub external: castellan_service::external::External,
     pub actors: Actors,
@@ -418,6 +420,11 @@ fn services(
         ),
         passkeys: castellan_service::passkeys::Passkeys::new(ctx.clone(), actors.sessions.clone()),
         oauth_clients: castellan_service::oauth_clients::OAuthClients::new(ctx.clone()),
+        oauth_server: castellan_service::oauth_server::OAuthServer::new(
+            ctx.clone(),
+            actors.sessions.clone(),
+            actors.refresh.clone(),
+        ),
         external: castellan_service::external::External::new(
             ctx.clone(),
             castellan_service::providers::ProviderBroker::new(

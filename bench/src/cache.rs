@@ -53,6 +53,8 @@ pub async fn sessions(database_url: &str, secret: &str, n: u64) -> anyhow::Resul
                 amr: vec![],
                 session_id: Some(session.to_string()),
                 is_anonymous: false,
+                client_id: None,
+                scope: None,
             })
             .map_err(|e| anyhow::anyhow!("{e}"))
         })

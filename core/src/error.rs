@@ -15,6 +15,9 @@ pub struct ApiError {
     pub retry_after: Option<u64>,
     /// What went wrong inside, for the log line of a 5xx (never sent).
     pub detail: Option<String>,
+    /// Said in OAuth's shape (RFC 6749 §5.2: `error`, `error_description`),
+    /// as an OAuth client expects, instead of GoTrue's.
+    pub oauth: bool,
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
@@ -28,6 +31,14 @@ impl ApiError {
             weak_password: None,
             retry_after: None,
             detail: None,
+            oauth: false,
+        }
+    }
+    /// An OAuth error (`code` is RFC 6749's `error`).
+    pub fn oauth(status: u16, code: &'static str, description: impl Into<String>) -> Self {
+        Self {
+            oauth: true,
+            ..Self::new(status, code, description)
         }
     }
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {

@@ -291,6 +291,10 @@ pub struct Session {
     /// `None` for a session on legacy tokens.
     pub refresh_token_hmac_key: Option<String>,
     pub refresh_token_counter: Option<i64>,
+    /// The OAuth client whose authorization code started the session, and
+    /// the scopes the user granted it (`None` for a first-party session).
+    pub oauth_client_id: Option<Uuid>,
+    pub scopes: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]

@@ -1209,7 +1209,7 @@ fn obfuscate(
 
 /// Whether a PKCE verifier answers the stored challenge (S256 unless the
 /// flow said `plain`), compared in constant time.
-fn verifier_matches(method: Option<&str>, challenge: &str, verifier: &str) -> bool {
+pub(crate) fn verifier_matches(method: Option<&str>, challenge: &str, verifier: &str) -> bool {
     let computed = match method {
         Some("plain") => verifier.to_string(),
         _ => {

@@ -42,6 +42,7 @@ pub mod limit_settings;
 pub mod links;
 mod oauth1;
 pub mod oauth_clients;
+pub mod oauth_server;
 pub mod otp;
 pub mod passkeys;
 pub mod providers;

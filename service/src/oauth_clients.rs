@@ -392,7 +392,10 @@ impl OAuthClients {
         if !tx.delete_oauth_client(id, now).await? {
             return Err(not_found());
         }
+        // A deleted client's tokens stop working with it.
+        let ended = tx.end_oauth_client_grants(id, now).await?;
         tx.commit().await?;
+        tracing::info!(client_id = %id, sessions_ended = ended, "OAuth client deleted");
         metrics::counter!("castellan_oauth_clients_total", "op" => "delete", "type" => "any")
             .increment(1);
         Ok(())

@@ -29,6 +29,7 @@ use castellan_core::store::{self, RefreshContext, SessionScope, Tx};
 use castellan_core::{ApiError, ApiResult};
 use chrono::{DateTime, Duration, Utc};
 use serde_json::Value;
+use uuid::Uuid;
 
 use crate::actors::session_manager::{RefreshEntry, SessionCache};
 use crate::context::Ctx;
@@ -50,15 +51,53 @@ impl Refresher {
         Self { ctx, cache }
     }
 
-    /// Rotates a refresh token.
+    /// Rotates a first-party session's refresh token (`POST /token`).
     pub async fn refresh(&self, token: &str) -> ApiResult<TokenGrant> {
+        self.refresh_for(token, None).await
+    }
+
+    /// Rotates a refresh token presented by `client` (an authenticated OAuth
+    /// client at `/oauth/token`, `None` at `/token`): a session an OAuth
+    /// client's code started is refreshed by that client only, and a
+    /// first-party session by no client.
+    pub async fn refresh_for(&self, token: &str, client: Option<Uuid>) -> ApiResult<TokenGrant> {
         let r = match well_formed(token)? {
-            Some(v2) => refresh_v2(&self.ctx, &self.cache, v2).await,
-            None => refresh_legacy(&self.ctx, token).await,
+            Some(v2) => refresh_v2(&self.ctx, &self.cache, v2, client).await,
+            None => refresh_legacy(&self.ctx, token, client).await,
         };
         let outcome = if r.is_ok() { "ok" } else { "refused" };
         metrics::counter!("castellan_refreshes_total", "outcome" => outcome).increment(1);
         r
+    }
+}
+
+impl Refresher {
+    /// The user, session and OAuth client of a refresh token this server
+    /// issued and has not revoked, without rotating it; `None` for anything
+    /// else (revocation answers every token alike).
+    pub async fn session_of(&self, token: &str) -> ApiResult<Option<(Uuid, Uuid, Option<Uuid>)>> {
+        let c = match well_formed(token) {
+            Err(_) => return Ok(None),
+            Ok(None) => match self.ctx.store.peek_refresh(token).await? {
+                Some(c) if c.token.as_ref().is_some_and(|t| t.revoked != Some(true)) => c,
+                _ => return Ok(None),
+            },
+            Ok(Some(v2)) => {
+                let Some(c) = self.ctx.store.peek_session_refresh(v2.session_id).await? else {
+                    return Ok(None);
+                };
+                let stored = c.session.refresh_token_hmac_key.as_deref();
+                let key = match stored.map(|k| open_key(&self.ctx, c.session.id, k)) {
+                    Some(Ok(key)) => key,
+                    _ => return Ok(None),
+                };
+                if !v2.signed_by(&key) {
+                    return Ok(None);
+                }
+                c
+            }
+        };
+        Ok(Some((c.user.id, c.session.id, c.session.oauth_client_id)))
     }
 }
 
@@ -148,6 +187,19 @@ fn v2_step(
     }
 }
 
+/// GoTrue's rule: an OAuth client's session is refreshed by that client
+/// (authenticated), any other session by no client.
+fn check_client(c: &RefreshContext, client: Option<Uuid>) -> ApiResult<()> {
+    let refuse = |m: &str| Err(ApiError::oauth(400, "invalid_client", m.to_string()));
+    match (c.session.oauth_client_id, client) {
+        (None, None) => Ok(()),
+        (Some(_), None) => refuse("Client authentication required for OAuth session"),
+        (Some(s), Some(c)) if s == c => Ok(()),
+        (Some(_), Some(_)) => refuse("Client does not match the session's OAuth client"),
+        (None, Some(_)) => refuse("Client authentication not allowed for non-OAuth session"),
+    }
+}
+
 fn reuse_interval(ctx: &Ctx) -> Duration {
     Duration::from_std(ctx.config.refresh_token_reuse_interval).unwrap_or_default()
 }
@@ -156,12 +208,13 @@ fn reuse_interval(ctx: &Ctx) -> Duration {
 /// unlocked read and written in one guarded step; when the guard finds the
 /// token already revoked (a concurrent refresh of it won), or it was
 /// revoked to begin with, the decision is taken again under the lock.
-async fn refresh_legacy(ctx: &Ctx, presented: &str) -> ApiResult<TokenGrant> {
+async fn refresh_legacy(ctx: &Ctx, presented: &str, client: Option<Uuid>) -> ApiResult<TokenGrant> {
     let now = ctx.config.clock.now();
     let Some(c) = ctx.store.peek_refresh(presented).await? else {
         return Err(not_found());
     };
     let token = c.token.as_ref().ok_or_else(not_found)?;
+    check_client(&c, client)?;
     check_usable(ctx, &c, now)?;
     // A legacy token moves its session to v2 under the lock.
     if token.revoked == Some(true) || ctx.refresh_v2 {
@@ -327,10 +380,16 @@ async fn record_legacy(
     Ok(child)
 }
 
-async fn refresh_v2(ctx: &Ctx, cache: &SessionCache, token: V2Token) -> ApiResult<TokenGrant> {
+async fn refresh_v2(
+    ctx: &Ctx,
+    cache: &SessionCache,
+    token: V2Token,
+    client: Option<Uuid>,
+) -> ApiResult<TokenGrant> {
     let looked = cache.refresh_entry(token.session_id).await;
     let since = looked.generation;
     if let Some(entry) = looked.entry
+        && check_client(&entry.context, client).is_ok()
         && let Some(grant) = from_cache(ctx, cache, entry, &token).await?
     {
         return Ok(grant);
@@ -348,6 +407,7 @@ async fn refresh_v2(ctx: &Ctx, cache: &SessionCache, token: V2Token) -> ApiResul
         if !token.signed_by(&key) {
             return Err(not_found());
         }
+        check_client(&c, client)?;
         check_usable(ctx, &c, now)?;
         let current = c.session.refresh_token_counter.unwrap_or(0);
         let last = c

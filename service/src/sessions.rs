@@ -65,6 +65,8 @@ pub fn claims_for(
         amr,
         session_id: Some(session_id.to_string()),
         is_anonymous: user.is_anonymous,
+        client_id: None,
+        scope: None,
     }
 }
 
@@ -92,13 +94,18 @@ pub(crate) async fn grant_for(
     method: &str,
     now: DateTime<Utc>,
 ) -> ApiResult<TokenGrant> {
-    let created = c.session.created_at;
+    let session = Minting {
+        id: c.session.id,
+        created: c.session.created_at,
+        client: c.session.oauth_client_id,
+        scope: c.session.scopes,
+    };
     let amr = amr_entries(c.amr);
     grant(
         ctx,
         c.user,
         c.identities,
-        (c.session.id, created),
+        session,
         (refresh_token, method),
         amr,
         now,
@@ -106,19 +113,41 @@ pub(crate) async fn grant_for(
     .await
 }
 
+/// The session a token is minted for: its id and start, and the OAuth
+/// client (and granted scopes) a session its authorization code started
+/// belongs to.
+#[derive(Debug, Clone)]
+pub(crate) struct Minting {
+    pub id: Uuid,
+    pub created: Option<DateTime<Utc>>,
+    pub client: Option<Uuid>,
+    pub scope: Option<String>,
+}
+
+impl Minting {
+    fn first_party(id: Uuid, created: DateTime<Utc>) -> Self {
+        Minting {
+            id,
+            created: Some(created),
+            client: None,
+            scope: None,
+        }
+    }
+}
+
 /// Signs the access token (its claims through the custom access token hook
-/// when it is on); `session` is the session's id and start.
+/// when it is on).
 pub(crate) async fn grant(
     ctx: &Ctx,
     user: User,
     identities: Vec<Identity>,
-    session: (Uuid, Option<DateTime<Utc>>),
+    session: Minting,
     (refresh_token, method): (String, &str),
     amr: Vec<AmrEntry>,
     now: DateTime<Utc>,
 ) -> ApiResult<TokenGrant> {
-    let minted = mint(ctx, &user, session, amr, method, now).await?;
-    Ok(minted.grant(user, identities, session.0, refresh_token))
+    let minted = mint(ctx, &user, &session, amr, method, now).await?;
+    Ok(minted.grant(user, identities, session.id, refresh_token))
 }
 
 /// A signed access token and its times.
@@ -153,14 +182,16 @@ impl Minted {
 async fn mint(
     ctx: &Ctx,
     user: &User,
-    (session_id, created): (Uuid, Option<DateTime<Utc>>),
+    session: &Minting,
     amr: Vec<AmrEntry>,
     method: &str,
     now: DateTime<Utc>,
 ) -> ApiResult<Minted> {
-    let mut claims = claims_for(ctx, user, session_id, amr, now.timestamp());
+    let mut claims = claims_for(ctx, user, session.id, amr, now.timestamp());
+    claims.client_id = session.client.map(|c| c.to_string());
+    claims.scope = session.scope.clone();
     // A low-level session of a user with a factor lives no longer than allowed.
-    if let Some(deadline) = low_aal_deadline(ctx, user, &claims.aal, created) {
+    if let Some(deadline) = low_aal_deadline(ctx, user, &claims.aal, session.created) {
         claims.exp = claims.exp.min(deadline.timestamp().max(claims.iat));
     }
     let access_token = match crate::hooks::on(ctx, Hook::CustomAccessToken) {
@@ -187,14 +218,31 @@ fn audit_payloads(user: &User, audits: &[Audit]) -> Vec<Value> {
         .collect()
 }
 
+/// What binds a new session to an OAuth client: the client, the scopes
+/// granted, and the approved request whose code is being exchanged (claimed
+/// in the session's own transaction, so a code starts one session at most).
+pub struct OAuthBinding<'a> {
+    pub client: Uuid,
+    pub scope: &'a str,
+    pub authorization: Uuid,
+}
+
 async fn issue(
     ctx: &Ctx,
     session_id: Uuid,
     mut user: User,
-    method: &'static str,
+    (method, oauth): (&'static str, Option<&OAuthBinding<'_>>),
     audits: &[Audit],
 ) -> ApiResult<TokenGrant> {
     let now = ctx.config.clock.now();
+    let minting = match oauth {
+        None => Minting::first_party(session_id, now),
+        Some(b) => Minting {
+            client: Some(b.client),
+            scope: Some(b.scope.to_string()),
+            ..Minting::first_party(session_id, now)
+        },
+    };
     // v2: the session's own key signs its tokens (stored sealed when
     // database encryption is on), and no row is written.
     let key = ctx.refresh_v2.then(refresh::new_key);
@@ -219,12 +267,16 @@ async fn issue(
     let early = match crate::hooks::on(ctx, Hook::CustomAccessToken) {
         true => {
             user.factors = ctx.store.factors_of(user.id).await?;
-            let at = (session_id, Some(now));
-            Some(mint(ctx, &user, at, amr.clone(), method, now).await?)
+            Some(mint(ctx, &user, &minting, amr.clone(), method, now).await?)
         }
         false => None,
     };
     let mut tx = ctx.store.begin().await?;
+    if let Some(b) = oauth
+        && !tx.claim_oauth_code(b.authorization, session_id).await?
+    {
+        return Err(crate::oauth_server::code_used());
+    }
     // The user JSON lists the factors (auth-js reads them for the next level).
     let (identities, factors) = tx
         .start_session(&store::NewSession {
@@ -234,6 +286,7 @@ async fn issue(
             refresh: first,
             audits: &payloads,
             now,
+            oauth: oauth.map(|b| (b.client, b.scope)),
         })
         .await?;
     user.factors = factors;
@@ -242,7 +295,7 @@ async fn issue(
     user.updated_at = Some(now);
     let minted = match early {
         Some(m) => m,
-        None => mint(ctx, &user, (session_id, Some(now)), amr, method, now).await?,
+        None => mint(ctx, &user, &minting, amr, method, now).await?,
     };
     Ok(minted.grant(user, identities, session_id, token))
 }
@@ -334,8 +387,29 @@ impl Sessions {
         method: &'static str,
         audits: Vec<Audit>,
     ) -> ApiResult<TokenGrant> {
-        let grant = issue(&self.ctx, Uuid::new_v4(), user, method, &audits).await?;
+        let grant = issue(&self.ctx, Uuid::new_v4(), user, (method, None), &audits).await?;
         // Every successful sign-in, whatever its method, is counted here.
+        metrics::counter!("castellan_signins_total", "method" => method, "outcome" => "ok")
+            .increment(1);
+        Ok(grant)
+    }
+
+    /// Starts the session an OAuth client's authorization code buys.
+    pub async fn issue_oauth(
+        &self,
+        user: User,
+        binding: &OAuthBinding<'_>,
+        audits: Vec<Audit>,
+    ) -> ApiResult<TokenGrant> {
+        let method = "oauth_provider/authorization_code";
+        let grant = issue(
+            &self.ctx,
+            Uuid::new_v4(),
+            user,
+            (method, Some(binding)),
+            &audits,
+        )
+        .await?;
         metrics::counter!("castellan_signins_total", "method" => method, "outcome" => "ok")
             .increment(1);
         Ok(grant)

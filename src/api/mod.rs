@@ -78,6 +78,21 @@ pub const RATE_LIMITS: &[RouteLimit] = &[
         Method::POST,
         Pick::Fixed(Bucket::OAuthClientRegister),
     ),
+    RouteLimit::new(
+        "/oauth/authorize",
+        Method::GET,
+        Pick::Fixed(Bucket::Authorize),
+    ),
+    RouteLimit::new(
+        "/oauth/token",
+        Method::POST,
+        Pick::Fixed(Bucket::TokenRefresh),
+    ),
+    RouteLimit::new(
+        "/oauth/revoke",
+        Method::POST,
+        Pick::Fixed(Bucket::TokenRefresh),
+    ),
     RouteLimit::with_captcha(
         "/passkeys/authentication/options",
         Method::POST,
@@ -112,6 +127,16 @@ pub fn routes(state: AppState) -> (Router<AppState>, Document) {
         .routes(routes!(factors::verify))
         .routes(routes!(factors::unenroll))
         .routes(routes!(oauth_server::register))
+        .routes(routes!(oauth_server::authorize))
+        .routes(routes!(oauth_server::details))
+        .routes(routes!(oauth_server::consent))
+        .routes(routes!(oauth_server::token))
+        .routes(routes!(oauth_server::revoke))
+        .routes(routes!(oauth_server::userinfo, oauth_server::userinfo_post))
+        .routes(routes!(
+            oauth_server::grants_list,
+            oauth_server::grants_revoke
+        ))
         .routes(routes!(passkeys::registration_options))
         .routes(routes!(passkeys::registration_verify))
         .routes(routes!(passkeys::authentication_options))
@@ -134,6 +159,7 @@ pub fn routes(state: AppState) -> (Router<AppState>, Document) {
         .routes(routes!(external::sso_acs))
         .routes(routes!(well_known::jwks))
         .routes(routes!(well_known::openid_configuration))
+        .routes(routes!(well_known::oauth_authorization_server))
         .merge(admin::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state,

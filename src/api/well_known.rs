@@ -11,6 +11,22 @@ use utoipa::ToSchema;
 
 use crate::server::AppState;
 
+/// ID tokens are signed by asymmetric keys only: the ring's, RS256 when
+/// there is none (OpenID Connect's default; `openid` is refused then).
+fn id_token_algorithms(st: &AppState) -> Vec<String> {
+    let algs: Vec<String> = st
+        .accounts
+        .keys()
+        .algorithms()
+        .into_iter()
+        .filter(|a| !a.starts_with("HS"))
+        .collect();
+    match algs.is_empty() {
+        true => vec!["RS256".into()],
+        false => algs,
+    }
+}
+
 /// Caches (and `supabase.auth.getClaims()`) may keep these ten minutes,
 /// which is why a new key is published before it signs.
 const CACHE: (header::HeaderName, &str) = (header::CACHE_CONTROL, "public, max-age=600");
@@ -51,6 +67,14 @@ pub struct OpenIdConfiguration {
     token_endpoint_auth_methods_supported: [&'static str; 3],
     claims_supported: [&'static str; 15],
     code_challenge_methods_supported: [&'static str; 2],
+    /// RFC 7009 (castellan's; GoTrue has none).
+    revocation_endpoint: String,
+    revocation_endpoint_auth_methods_supported: [&'static str; 3],
+    /// RFC 7591, when dynamic registration is allowed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    registration_endpoint: Option<String>,
+    /// RFC 9207: the authorization response names the issuer.
+    authorization_response_iss_parameter_supported: bool,
 }
 
 #[utoipa::path(
@@ -60,9 +84,35 @@ pub struct OpenIdConfiguration {
     responses((status = 200, body = OpenIdConfiguration, headers(("cache-control" = String))))
 )]
 pub async fn openid_configuration(State(st): State<AppState>) -> impl IntoResponse {
+    ([CACHE], Json(discovery(&st)))
+}
+
+/// RFC 8414's metadata: the same document, served when the OAuth server is on.
+#[utoipa::path(
+    get,
+    path = "/.well-known/oauth-authorization-server",
+    tag = "keys",
+    responses(
+        (status = 200, body = OpenIdConfiguration, headers(("cache-control" = String))),
+        (status = 404, description = "The OAuth server is off (`feature_disabled`)")
+    )
+)]
+pub async fn oauth_authorization_server(
+    _: crate::api::oauth_server::On,
+    State(st): State<AppState>,
+) -> impl IntoResponse {
+    ([CACHE], Json(discovery(&st)))
+}
+
+fn discovery(st: &AppState) -> OpenIdConfiguration {
+    let dynamic = st
+        .config
+        .oauth_server
+        .as_ref()
+        .is_some_and(|c| c.allow_dynamic_registration);
     let issuer = st.config.jwt.issuer.clone().unwrap_or_default();
     let base = issuer.trim_end_matches('/').to_string();
-    let doc = OpenIdConfiguration {
+    OpenIdConfiguration {
         authorization_endpoint: format!("{base}/oauth/authorize"),
         token_endpoint: format!("{base}/oauth/token"),
         jwks_uri: format!("{base}/.well-known/jwks.json"),
@@ -73,7 +123,7 @@ pub async fn openid_configuration(State(st): State<AppState>) -> impl IntoRespon
         response_modes_supported: ["query"],
         grant_types_supported: ["authorization_code", "refresh_token"],
         subject_types_supported: ["public"],
-        id_token_signing_alg_values_supported: st.accounts.keys().algorithms(),
+        id_token_signing_alg_values_supported: id_token_algorithms(st),
         token_endpoint_auth_methods_supported: [
             "client_secret_basic",
             "client_secret_post",
@@ -97,6 +147,13 @@ pub async fn openid_configuration(State(st): State<AppState>) -> impl IntoRespon
             "updated_at",
         ],
         code_challenge_methods_supported: ["S256", "plain"],
-    };
-    ([CACHE], Json(doc))
+        revocation_endpoint: format!("{base}/oauth/revoke"),
+        revocation_endpoint_auth_methods_supported: [
+            "client_secret_basic",
+            "client_secret_post",
+            "none",
+        ],
+        registration_endpoint: dynamic.then(|| format!("{base}/oauth/clients/register")),
+        authorization_response_iss_parameter_supported: true,
+    }
 }

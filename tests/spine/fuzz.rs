@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use crate::both;
 
 /// Every operation the API serves, as the document must list it.
-const OPERATIONS: [(&str, &str); 58] = [
+const OPERATIONS: [(&str, &str); 68] = [
     ("/health", "get"),
     ("/ready", "get"),
     ("/settings", "get"),
@@ -69,6 +69,16 @@ const OPERATIONS: [(&str, &str); 58] = [
     ("/admin/oauth/clients/{client_id}", "put"),
     ("/admin/oauth/clients/{client_id}", "delete"),
     ("/admin/oauth/clients/{client_id}/regenerate_secret", "post"),
+    ("/oauth/authorize", "get"),
+    ("/oauth/authorizations/{authorization_id}", "get"),
+    ("/oauth/authorizations/{authorization_id}/consent", "post"),
+    ("/oauth/token", "post"),
+    ("/oauth/revoke", "post"),
+    ("/oauth/userinfo", "get"),
+    ("/oauth/userinfo", "post"),
+    ("/user/oauth/grants", "get"),
+    ("/user/oauth/grants", "delete"),
+    ("/.well-known/oauth-authorization-server", "get"),
 ];
 
 both!(the_openapi_document_lists_every_route, |_| {}, |t| {

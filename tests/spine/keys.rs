@@ -71,7 +71,8 @@ both!(
             assert_eq!(oidc.body["jwks_uri"], "/.well-known/jwks.json");
             assert_eq!(
                 oidc.body["id_token_signing_alg_values_supported"],
-                json!(["ES256", "RS256", "HS256"])
+                json!(["ES256", "RS256"]),
+                "ID tokens are never signed with the secret"
             );
         }
 

@@ -43,6 +43,7 @@ mod limits;
 mod listener;
 mod mfa;
 mod oauth;
+mod oauth_flow;
 mod oauth_server;
 mod outage;
 mod passkeys;

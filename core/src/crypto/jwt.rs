@@ -59,6 +59,12 @@ pub struct Claims {
     pub session_id: Option<String>,
     #[serde(default)]
     pub is_anonymous: bool,
+    /// The OAuth client a session started by its authorization code
+    /// belongs to, and the scopes granted to it (GoTrue's claims).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
 }
 
 /// The part of an incoming token castellan trusts after verification. `aud`
@@ -207,6 +213,12 @@ impl JwtKeys {
         Ok(())
     }
 
+    /// The algorithm new tokens are signed with.
+    pub fn signing_alg(&self) -> Algorithm {
+        let ring = self.ring.load();
+        ring.keys[ring.signer].alg
+    }
+
     /// The kid new tokens carry.
     pub fn signing_kid(&self) -> String {
         let ring = self.ring.load();
@@ -333,6 +345,8 @@ pub fn role_claims(role: &str, aud: &str, now: i64, ttl: i64, issuer: Option<Str
         amr: vec![],
         session_id: None,
         is_anonymous: false,
+        client_id: None,
+        scope: None,
     }
 }
 

@@ -15,10 +15,21 @@ use rand::RngExt;
 /// `n` random characters of the lowercase base32 alphabet `[a-z2-7]`: the
 /// format of GoTrue's (legacy) refresh tokens.
 pub fn random_base32(n: usize) -> String {
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz234567";
+    random_from(b"abcdefghijklmnopqrstuvwxyz234567", n)
+}
+
+/// `n` random letters and digits (GoTrue's `SecureAlphanumeric`).
+pub fn random_alphanumeric(n: usize) -> String {
+    random_from(
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789",
+        n,
+    )
+}
+
+fn random_from(alphabet: &[u8], n: usize) -> String {
     let mut rng = rand::rng();
     (0..n)
-        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .map(|_| alphabet[rng.random_range(0..alphabet.len())] as char)
         .collect()
 }
 

@@ -243,6 +243,9 @@ pub struct NewSession<'a> {
     pub refresh: FirstToken<'a>,
     pub audits: &'a [Value],
     pub now: DateTime<Utc>,
+    /// The OAuth client (and granted scopes) a session started by its
+    /// authorization code belongs to.
+    pub oauth: Option<(Uuid, &'a str)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -259,6 +262,8 @@ pub enum SessionScope {
     /// All but this one.
     AllBut(Uuid),
     All,
+    /// Those an OAuth client's codes started (a revoked grant).
+    OfClient(Uuid),
 }
 
 /// The guarded rotation on PostgreSQL: every write keys off `revoked`, the
@@ -333,8 +338,9 @@ pub(super) fn rotate_group() -> super::group::WriteGroup<RotateArgs> {
 /// foreign keys are checked at its end), answering with the identities.
 const START_SESSION_PG: &str = concat!(
     "WITH session AS (INSERT INTO sessions (id, user_id, created_at, updated_at, aal, ip, user_agent, \
-                                  refresh_token_hmac_key, refresh_token_counter) \
-                                  VALUES ($1, $2, $3, $3, 'aal1'::auth.aal_level, $11::inet, $12, $13::text, $14::bigint)), \
+                                  refresh_token_hmac_key, refresh_token_counter, oauth_client_id, scopes) \
+                                  VALUES ($1, $2, $3, $3, 'aal1'::auth.aal_level, $11::inet, $12, $13::text, $14::bigint, \
+                                          $15::uuid, $16::text)), \
                  amr AS (INSERT INTO mfa_amr_claims (id, session_id, authentication_method, created_at, updated_at) \
                          VALUES ($4, $1, $5, $3, $3)), \
                  refresh AS (INSERT INTO refresh_tokens (instance_id, token, user_id, revoked, created_at, updated_at, parent, session_id) \
@@ -355,7 +361,8 @@ const START_SESSION_PG: &str = concat!(
 /// and factors the answer lists.
 const START_SESSION_LITE: &str = concat!(
     "INSERT INTO sessions (id, user_id, created_at, updated_at, aal, ip, user_agent, \
-         refresh_token_hmac_key, refresh_token_counter) VALUES ($1, $2, $3, $3, 'aal1', $11, $12, $13, $14); \
+         refresh_token_hmac_key, refresh_token_counter, oauth_client_id, scopes) \
+         VALUES ($1, $2, $3, $3, 'aal1', $11, $12, $13, $14, $15, $16); \
      INSERT INTO mfa_amr_claims (id, session_id, authentication_method, created_at, updated_at) \
          VALUES ($4, $1, $5, $3, $3); \
      INSERT INTO refresh_tokens (instance_id, token, user_id, revoked, created_at, updated_at, parent, session_id) \
@@ -377,7 +384,7 @@ macro_rules! refresh_sql {
         concat!(
             "SELECT u.*, s.id AS s_id, s.created_at AS s_created_at, s.updated_at AS s_updated_at, s.refreshed_at AS s_refreshed_at, \
              s.not_after AS s_not_after, s.refresh_token_hmac_key AS s_key, s.refresh_token_counter AS s_counter, \
-             t.id AS t_id, t.token AS t_token, t.user_id AS t_user_id, t.revoked AS t_revoked, \
+             s.oauth_client_id AS s_client, s.scopes AS s_scopes, t.id AS t_id, t.token AS t_token, t.user_id AS t_user_id, t.revoked AS t_revoked, \
              t.created_at AS t_created_at, t.updated_at AS t_updated_at, t.parent AS t_parent, ",
             $d!(amr "s"), " AS amr_json, ", $d!(identities "u"), " AS identities_json, ",
             $d!(factors "u"), " AS factors_json ", $from
@@ -415,6 +422,8 @@ macro_rules! decode_refresh {
                 not_after: r.try_get("s_not_after")?,
                 refresh_token_hmac_key: r.try_get("s_key")?,
                 refresh_token_counter: r.try_get("s_counter")?,
+                oauth_client_id: r.try_get("s_client")?,
+                scopes: r.try_get("s_scopes")?,
             },
             token: match r.try_get::<Option<i64>, _>("t_id")? {
                 None => None,
@@ -716,6 +725,8 @@ impl Tx {
                     .bind(&client.user_agent)
                     .bind(key)
                     .bind(counter)
+                    .bind(s.oauth.map(|(c, _)| c))
+                    .bind(s.oauth.map(|(_, scopes)| scopes))
             };
         }
         macro_rules! decode {
@@ -957,6 +968,10 @@ impl Tx {
             SessionScope::All => {
                 on!(tx self, c => sqlx::query("DELETE FROM sessions WHERE user_id = $1")
                 .bind(user_id).execute(&mut *c).await.map(|r| r.rows_affected())?)
+            }
+            SessionScope::OfClient(client) => {
+                on!(tx self, c => sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND oauth_client_id = $2")
+                .bind(user_id).bind(client).execute(&mut *c).await.map(|r| r.rows_affected())?)
             }
         };
         Ok(r)

@@ -27,11 +27,14 @@ pub struct Swept {
     pub rate_windows: u64,
     /// Passkey ceremonies' challenges never answered in time.
     pub webauthn_challenges: u64,
+    /// OAuth authorization requests a day past their end (kept that long so
+    /// a replayed code is still recognised).
+    pub oauth_authorizations: u64,
 }
 
 impl Swept {
     /// Each kind with its count, as the metrics name them.
-    pub fn kinds(&self) -> [(&'static str, u64); 10] {
+    pub fn kinds(&self) -> [(&'static str, u64); 11] {
         [
             ("one_time_tokens", self.one_time_tokens),
             ("flow_states", self.flow_states),
@@ -43,6 +46,7 @@ impl Swept {
             ("web3_messages", self.web3_messages),
             ("rate_windows", self.rate_windows),
             ("webauthn_challenges", self.webauthn_challenges),
+            ("oauth_authorizations", self.oauth_authorizations),
         ]
     }
 
@@ -62,6 +66,7 @@ impl Swept {
         self.web3_messages += other.web3_messages;
         self.rate_windows += other.rate_windows;
         self.webauthn_challenges += other.webauthn_challenges;
+        self.oauth_authorizations += other.oauth_authorizations;
     }
 }
 
@@ -160,6 +165,13 @@ impl Store {
                 "webauthn_challenges",
                 "expires_at < $1",
                 now,
+                batch
+            ),
+            oauth_authorizations: batch_delete!(
+                self,
+                "oauth_authorizations",
+                "expires_at < $1",
+                now - day,
                 batch
             ),
         })

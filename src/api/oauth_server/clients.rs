@@ -1,5 +1,5 @@
-//! castellan as an OAuth 2.1 server: its clients as GoTrue shows them, and
-//! RFC 7591 dynamic registration (`POST /oauth/clients/register`).
+//! The OAuth server's clients as GoTrue shows them, and RFC 7591 dynamic
+//! registration (`POST /oauth/clients/register`).
 
 use axum::Json;
 use axum::extract::State;
@@ -12,32 +12,10 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use castellan_core::ApiError;
-
+use super::DynamicOn;
 use crate::error::{HttpResult, Refusals};
-use crate::extract::{Feature, JsonBody};
+use crate::extract::JsonBody;
 use crate::server::AppState;
-
-/// The OAuth server is on: GoTrue answers 404 `feature_disabled` otherwise.
-pub struct ServerOn;
-
-impl Feature for ServerOn {
-    fn on(st: &AppState) -> Result<(), ApiError> {
-        st.oauth_clients.on().map(drop)
-    }
-}
-
-pub type On = crate::extract::On<ServerOn>;
-
-/// Dynamic registration is allowed (403 otherwise, after the 404 of the
-/// server being off).
-pub struct DynamicOn;
-
-impl Feature for DynamicOn {
-    fn on(st: &AppState) -> Result<(), ApiError> {
-        st.oauth_clients.dynamic_allowed()
-    }
-}
 
 /// A client as GoTrue shows it; its secret only when just made.
 #[derive(Serialize, ToSchema)]
