@@ -531,3 +531,64 @@ async fn passkeys_on_sqlite() {
 async fn passkeys_on_postgres() {
     passkeys(Backend::Postgres).await
 }
+
+/// castellan as an OpenID provider for libraries nobody here wrote:
+/// `program script <issuer> <service_role key>` against a server whose
+/// issuer is its own `/auth/v1` address (discovery checks it), with an
+/// ES256 key to sign ID tokens.
+async fn run_provider_client(backend: Backend, program: &str, script: &str) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let issuer = format!("http://127.0.0.1:{port}/auth/v1");
+    let t = common::spawn(backend, |c| {
+        c.port = port;
+        c.jwt.issuer = Some(issuer.clone());
+        c.jwt.keys = Some(serde_json::json!([generate(KeyKind::Es256)]).to_string());
+        c.oauth_server = Some(castellan_core::config::OAuthServerConfig {
+            allow_dynamic_registration: false,
+            authorization_path: "/consent".into(),
+            authorization_ttl: std::time::Duration::from_secs(600),
+            default_scope: "email".into(),
+        });
+    })
+    .await;
+    // A path is the test folder's (its virtual environment); a name, the PATH's.
+    let exe = match program.contains('/') {
+        true => dir.join(program),
+        false => std::path::PathBuf::from(program),
+    };
+    let out = tokio::process::Command::new(exe)
+        .arg(script)
+        .arg(&issuer)
+        .arg(t.service_key())
+        .current_dir(&dir)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("{program} runs: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("ok "),
+        "{script} failed on {backend:?}:\n{stdout}\n{stderr}"
+    );
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openid_client_on_sqlite() {
+    run_provider_client(Backend::Sqlite, "node", "oidc.mjs").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openid_client_on_postgres() {
+    run_provider_client(Backend::Postgres, "node", "oidc.mjs").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authlib_on_postgres() {
+    run_provider_client(Backend::Postgres, ".venv/bin/python", "oidc_authlib.py").await
+}
