@@ -130,6 +130,21 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     }
 }
 
+/// Path parameters; one that does not decode (`%FF`, say) is 400
+/// `validation_failed` in JSON, as every other bad input is.
+pub struct PathParams<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for PathParams<T> {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, HttpError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(t)) => Ok(PathParams(t)),
+            Err(e) => Err(ApiError::validation(format!("Invalid path parameter: {e}")).into()),
+        }
+    }
+}
+
 /// Query parameters; a malformed query string is 400 `validation_failed` (JSON).
 pub struct QueryParams<T>(pub T);
 

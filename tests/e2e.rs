@@ -98,6 +98,7 @@ async fn run_client_with(backend: Backend, script: &str, mail: bool, key: Option
             authorization_path: "/consent".into(),
             authorization_ttl: std::time::Duration::from_secs(600),
             default_scope: "email".into(),
+            max_dynamic_clients: 10_000,
         });
         let kc = c.external.providers.get_mut("keycloak").unwrap();
         kc.enabled = true;
@@ -553,6 +554,7 @@ async fn run_provider_client(backend: Backend, program: &str, script: &str) {
             authorization_path: "/consent".into(),
             authorization_ttl: std::time::Duration::from_secs(600),
             default_scope: "email".into(),
+            max_dynamic_clients: 10_000,
         });
     })
     .await;

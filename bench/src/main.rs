@@ -20,6 +20,7 @@ mod report;
 // The same loopback SMTP server the tests use.
 #[path = "../../tests/common/nginx.rs"]
 mod nginx;
+mod oauth_flow;
 mod seed;
 mod server;
 #[path = "../../tests/common/smtp_sink.rs"]
@@ -116,6 +117,11 @@ fn client() -> reqwest::Client {
 /// public address, so each load worker has its own rate-limit bucket like
 /// the distinct users it stands for.
 fn client_at(worker: usize) -> reqwest::Client {
+    worker_client(worker).build().expect("http client")
+}
+
+/// The builder of [`client_at`]'s client.
+fn worker_client(worker: usize) -> reqwest::ClientBuilder {
     let mut headers = reqwest::header::HeaderMap::new();
     let addr = format!("203.0.{}.{}", 113 + worker / 250, 1 + worker % 250);
     headers.insert(
@@ -125,8 +131,6 @@ fn client_at(worker: usize) -> reqwest::Client {
     reqwest::Client::builder()
         .pool_max_idle_per_host(1)
         .default_headers(headers)
-        .build()
-        .expect("http client")
 }
 
 async fn login(http: &reqwest::Client, base: &str, i: u64) -> anyhow::Result<Value> {
@@ -959,6 +963,7 @@ async fn main() -> anyhow::Result<()> {
     let user_small = b.get_user("GET /user (1k users)").await?;
     let refresh_small = b.refresh("POST /token refresh (1k)").await?;
     b.passkeys("POST /passkeys sign-in (1k)").await?;
+    b.oauth_code_flow("OAuth code flow (3 requests)").await?;
     let first = user_small.per_second / health.per_second.max(1.0);
     let user_over_health = b.user_over_health(first, args.rounds.max(1)).await?;
     let floor = floor::run(&store_url(&args, &database_url), args.connections, duration).await?;

@@ -90,6 +90,9 @@ pub async fn start_as(
         .env("GOTRUE_WEBAUTHN_RP_ID", PASSKEY_RP)
         .env("GOTRUE_WEBAUTHN_RP_DISPLAY_NAME", "castellan bench")
         .env("GOTRUE_WEBAUTHN_RP_ORIGINS", PASSKEY_ORIGIN)
+        // The OAuth server on, for the code flow's scenario.
+        .env("GOTRUE_OAUTH_SERVER_ENABLED", "true")
+        .env("GOTRUE_OAUTH_SERVER_AUTHORIZATION_PATH", "/consent")
         .env("GOTRUE_SMTP_HOST", "127.0.0.1")
         .env("GOTRUE_SMTP_PORT", smtp_port.to_string())
         .env("GOTRUE_SMTP_ADMIN_EMAIL", "bench@castellan.test")

@@ -1359,6 +1359,10 @@ pub struct OAuthServerConfig {
     /// How long an authorization waits for consent.
     pub authorization_ttl: Duration,
     pub default_scope: String,
+    /// castellan's: how many dynamically registered clients may exist at
+    /// once (`CASTELLAN_OAUTH_SERVER_MAX_DYNAMIC_CLIENTS`), so open
+    /// registration from many addresses cannot grow the table without end.
+    pub max_dynamic_clients: i64,
 }
 
 /// Off unless `GOTRUE_OAUTH_SERVER_ENABLED`, as in GoTrue.
@@ -1373,6 +1377,7 @@ fn oauth_server(v: &Vars) -> Result<Option<OAuthServerConfig>, ConfigError> {
             Duration::from_secs(600),
         )?,
         default_scope: v.string(&["GOTRUE_OAUTH_SERVER_DEFAULT_SCOPE"], "email"),
+        max_dynamic_clients: v.num(&["CASTELLAN_OAUTH_SERVER_MAX_DYNAMIC_CLIENTS"], 10_000i64)?,
     };
     Ok(enabled.then_some(cfg))
 }

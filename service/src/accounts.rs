@@ -698,6 +698,14 @@ impl Accounts {
                 role: claims.role.unwrap_or_default(),
             });
         }
+        // Every access token has a role; an ID token (signed by the same
+        // keys, for an OAuth client) has none and is no key to the API.
+        if claims.role.as_deref().is_none_or(str::is_empty) {
+            return Err(ApiError::forbidden(
+                "bad_jwt",
+                "invalid claim: missing role claim",
+            ));
+        }
         let user_id = jwt::parse_sub(claims.sub.as_deref())?;
         let session_id = match claims.session_id.as_deref() {
             None | Some("") | Some("00000000-0000-0000-0000-000000000000") => None,

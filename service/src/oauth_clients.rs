@@ -297,6 +297,14 @@ impl OAuthClients {
             updated_at: now,
         };
         let mut tx = self.ctx.store.begin().await?;
+        if registration_type == "dynamic"
+            && tx.dynamic_oauth_clients().await? >= self.on()?.max_dynamic_clients
+        {
+            return Err(ApiError::forbidden(
+                "oauth_dynamic_client_registration_disabled",
+                "Dynamic client registration is full: an admin must delete clients first",
+            ));
+        }
         tx.insert_oauth_client(&client).await?;
         tx.commit().await?;
         metrics::counter!("castellan_oauth_clients_total", "op" => "register", "type" => registration_type)

@@ -192,6 +192,11 @@ impl OAuthServer {
             let to = self.refused(&r.redirect_uri, error, &description, &r.state);
             return Ok(Authorized::Refused(to));
         }
+        if cfg.authorization_path.is_empty() {
+            let m = "oauth authorization path not configured";
+            let to = self.refused(&r.redirect_uri, "server_error", m, &r.state);
+            return Ok(Authorized::Refused(to));
+        }
         let now = self.now();
         let ttl = chrono::Duration::from_std(cfg.authorization_ttl).unwrap_or_default();
         let method = r.code_challenge_method.to_ascii_lowercase();
@@ -300,6 +305,8 @@ impl OAuthServer {
         session: Option<Uuid>,
         authorization_id: &str,
     ) -> ApiResult<Details> {
+        self.first_party(session).await?;
+        well_formed(authorization_id)?;
         let mut tx = self.ctx.store.begin().await?;
         let mut a = self.pending(&mut tx, authorization_id).await?;
         let mut approve = false;
@@ -336,6 +343,8 @@ impl OAuthServer {
         authorization_id: &str,
         approve: bool,
     ) -> ApiResult<String> {
+        self.first_party(session).await?;
+        well_formed(authorization_id)?;
         let mut tx = self.ctx.store.begin().await?;
         let a = self.pending(&mut tx, authorization_id).await.map_err(|e| {
             match e.code == "validation_failed" {
@@ -354,7 +363,7 @@ impl OAuthServer {
                 .await?;
             to
         } else {
-            tx.close_oauth_authorization(a.id, true).await?;
+            tx.deny_oauth_authorization(a.id).await?;
             let state = a.state.as_deref().unwrap_or("");
             self.refused(
                 &a.redirect_uri,
@@ -368,8 +377,22 @@ impl OAuthServer {
         Ok(to)
     }
 
-    /// A request still waiting for its answer, locked; an expired one is
-    /// marked so (committed) and not found.
+    /// Only the user's own sessions answer for them: an OAuth client's
+    /// token (of whatever scope) cannot consent to more, for itself or for
+    /// another client, nor withdraw grants.
+    async fn first_party(&self, session: Option<Uuid>) -> ApiResult<()> {
+        let Some(s) = session else { return Ok(()) };
+        match self.ctx.store.session_grant(s).await? {
+            Some((Some(_), _)) => Err(ApiError::forbidden(
+                "bad_jwt",
+                "an OAuth client's access token cannot be used here",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// A request still waiting for its answer, locked. An expired one is
+    /// not found (its time says so; the sweep removes it a day later).
     async fn pending(
         &self,
         tx: &mut castellan_core::store::Tx,
@@ -378,9 +401,6 @@ impl OAuthServer {
         let a = tx.oauth_authorization_for_update(authorization_id).await?;
         let a = a.ok_or_else(not_found)?;
         if self.now() > a.expires_at {
-            if a.status == "pending" {
-                tx.close_oauth_authorization(a.id, false).await?;
-            }
             return Err(not_found());
         }
         if a.status != "pending" {
@@ -439,7 +459,11 @@ impl OAuthServer {
             return Err(request_error("grant_type is required"));
         }
         if !["authorization_code", "refresh_token"].contains(&r.grant_type.as_str()) {
-            let m = format!("Unsupported grant type: {}", r.grant_type);
+            let named = match r.grant_type.len() <= 64 {
+                true => r.grant_type.as_str(),
+                false => "(too long to repeat)",
+            };
+            let m = format!("Unsupported grant type: {named}");
             return Err(ApiError::oauth(400, "unsupported_grant_type", m));
         }
         if !client.grant_types().contains(&r.grant_type) {
@@ -467,10 +491,16 @@ impl OAuthServer {
             .oauth_authorization_by_code(&secret_hash(&r.code))
             .await?;
         let a = a.ok_or_else(|| grant_error("Invalid authorization code"))?;
+        // Another client's code is not its to replay (nor to end).
+        if a.client_id != client.id {
+            return Err(grant_error(
+                "Authorization code was not issued for this client",
+            ));
+        }
         if let Some(session) = a.castellan_session_id {
             return Err(self.replayed(&a, session).await);
         }
-        let user_id = self.check_exchange(client, &a, &r)?;
+        let user_id = self.check_exchange(&a, &r)?;
         let now = self.now();
         let user = self.ctx.store.user_by_id(user_id).await?;
         let user = user.ok_or_else(|| grant_error("User not found for authorization code"))?;
@@ -484,7 +514,10 @@ impl OAuthServer {
             authorization: a.id,
         };
         let audits = vec![(AuditAction::Login, Some(traits))];
-        let grant = self.sessions.issue_oauth(user, &binding, audits).await?;
+        let grant = match self.sessions.issue_oauth(user, &binding, audits).await {
+            Err(e) if e == code_used() => return Err(self.lost_race(&r.code).await),
+            other => other?,
+        };
         let id_token = match scopes(&a.scope).contains(&"openid") {
             true => Some(self.id_token(&grant, client, &a, now)?),
             false => None,
@@ -496,23 +529,13 @@ impl OAuthServer {
         })
     }
 
-    /// The code's rules, checked before it is spent: its owner.
-    fn check_exchange(
-        &self,
-        client: &OAuthClient,
-        a: &Authorization,
-        r: &TokenRequest,
-    ) -> ApiResult<Uuid> {
+    /// The code's other rules, checked before it is spent: its owner.
+    fn check_exchange(&self, a: &Authorization, r: &TokenRequest) -> ApiResult<Uuid> {
         if a.status != "approved" {
             return Err(grant_error("Invalid authorization code"));
         }
         if self.now() > a.expires_at {
             return Err(grant_error("Authorization code has expired"));
-        }
-        if a.client_id != client.id {
-            return Err(grant_error(
-                "Authorization code was not issued for this client",
-            ));
         }
         if !r.resource.is_empty() && Some(&r.resource) != a.resource.as_ref() {
             return Err(grant_error(
@@ -556,6 +579,20 @@ impl OAuthServer {
         tracing::warn!(client_id = %a.client_id, %session, "OAuth authorization code replayed; its session ended");
         count("code_replay", "session_ended");
         code_used()
+    }
+
+    /// Two exchanges of one code at once: the other one claimed it (and
+    /// has committed: the claim waited for it), so this is a replay too.
+    async fn lost_race(&self, code: &str) -> ApiError {
+        let store = &self.ctx.store;
+        match store.oauth_authorization_by_code(&secret_hash(code)).await {
+            Ok(Some(a)) => match a.castellan_session_id {
+                Some(session) => self.replayed(&a, session).await,
+                None => code_used(),
+            },
+            Ok(None) => code_used(),
+            Err(e) => e.into(),
+        }
     }
 
     async fn refresh(&self, client: &OAuthClient, token: &str) -> ApiResult<Tokens> {
@@ -643,7 +680,13 @@ impl OAuthServer {
 
     /// `DELETE /user/oauth/grants?client_id=`: the consent is revoked and
     /// every session the client holds for the user ends.
-    pub async fn revoke_grant(&self, user: &User, client_id: &str) -> ApiResult<()> {
+    pub async fn revoke_grant(
+        &self,
+        user: &User,
+        session: Option<Uuid>,
+        client_id: &str,
+    ) -> ApiResult<()> {
+        self.first_party(session).await?;
         if client_id.is_empty() {
             return Err(ApiError::validation(
                 "client_id query parameter is required",
@@ -653,6 +696,10 @@ impl OAuthServer {
             .map_err(|_| ApiError::validation("invalid client_id format"))?;
         let now = self.now();
         let mut tx = self.ctx.store.begin().await?;
+        // Codes not yet exchanged go first: an exchange under way holds its
+        // request, so this waits for it and the session it starts is seen below.
+        tx.drop_open_oauth_authorizations(Some(user.id), client)
+            .await?;
         if !tx.revoke_oauth_consent(user.id, client, now).await? {
             return Err(ApiError::not_found(
                 "oauth_consent_not_found",
@@ -841,6 +888,15 @@ fn resource(r: &str) -> Result<(), &'static str> {
         return Err("resource cannot exceed 2048 characters");
     }
     Ok(())
+}
+
+/// An authorization id as castellan makes them (letters and digits);
+/// anything else is not found without a lookup.
+fn well_formed(authorization_id: &str) -> ApiResult<()> {
+    let ok = !authorization_id.is_empty()
+        && authorization_id.len() <= 64
+        && authorization_id.bytes().all(|b| b.is_ascii_alphanumeric());
+    ok.then_some(()).ok_or_else(not_found)
 }
 
 /// Whether an earlier consent's scopes cover every requested one.

@@ -16,7 +16,7 @@ use utoipa::IntoParams;
 
 use crate::api::redirect_target;
 use crate::error::{HttpResult, Refusals};
-use crate::extract::{AuthUser, RawBody, RequestAud, parse_query};
+use crate::extract::{AuthUser, PathParams, RawBody, RequestAud, parse_query};
 use crate::server::AppState;
 use axum::extract::RawQuery;
 
@@ -166,7 +166,7 @@ pub struct IdentityPath {
 pub async fn unlink_identity(
     State(st): State<AppState>,
     auth: AuthUser,
-    axum::extract::Path(IdentityPath { identity_id }): axum::extract::Path<IdentityPath>,
+    PathParams(IdentityPath { identity_id }): PathParams<IdentityPath>,
 ) -> HttpResult {
     let id = uuid::Uuid::parse_str(&identity_id)
         .map_err(|_| ApiError::not_found("validation_failed", "identity_id must be an UUID"))?;

@@ -1,8 +1,9 @@
 //! `/factors`: enroll, challenge, verify and unenroll second factors (TOTP,
 //! phone and WebAuthn).
 
+use crate::extract::PathParams;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::IntoResponse;
 use castellan_core::ApiError;
 use castellan_service::factors::{Enroll, EnrolledKind, Verify, WebAuthnAnswer};
@@ -201,7 +202,7 @@ pub async fn enroll(
 pub async fn challenge(
     State(st): State<AppState>,
     auth: AuthLive,
-    Path(FactorPath { factor_id: raw }): Path<FactorPath>,
+    PathParams(FactorPath { factor_id: raw }): PathParams<FactorPath>,
     RawBody(bytes): RawBody,
 ) -> HttpResult {
     let (user, _) = holder(&auth)?;
@@ -239,7 +240,7 @@ pub async fn challenge(
 pub async fn verify(
     State(st): State<AppState>,
     auth: AuthLive,
-    Path(FactorPath { factor_id: raw }): Path<FactorPath>,
+    PathParams(FactorPath { factor_id: raw }): PathParams<FactorPath>,
     JsonBody(b): JsonBody<VerifyBody>,
 ) -> HttpResult {
     let (user, session) = holder(&auth)?;
@@ -284,7 +285,7 @@ pub async fn verify(
 pub async fn unenroll(
     State(st): State<AppState>,
     auth: AuthLive,
-    Path(FactorPath { factor_id: raw }): Path<FactorPath>,
+    PathParams(FactorPath { factor_id: raw }): PathParams<FactorPath>,
 ) -> HttpResult {
     let (user, session) = holder(&auth)?;
     let id = st.factors.unenroll(user, session, factor_id(&raw)?).await?;

@@ -1,8 +1,9 @@
 //! `/passkeys`: register a passkey while signed in, sign in with one alone,
 //! list, rename and delete them (GoTrue's routes, bodies and error codes).
 
+use crate::extract::PathParams;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use castellan_core::ApiError;
@@ -238,7 +239,7 @@ pub async fn rename(
     _: On,
     State(st): State<AppState>,
     auth: AuthLive,
-    Path(PasskeyPath { passkey_id: raw }): Path<PasskeyPath>,
+    PathParams(PasskeyPath { passkey_id: raw }): PathParams<PasskeyPath>,
     JsonBody(b): JsonBody<RenameBody>,
 ) -> HttpResult {
     let id = passkey_id(&raw)?;
@@ -260,7 +261,7 @@ pub async fn delete(
     _: On,
     State(st): State<AppState>,
     auth: AuthLive,
-    Path(PasskeyPath { passkey_id: raw }): Path<PasskeyPath>,
+    PathParams(PasskeyPath { passkey_id: raw }): PathParams<PasskeyPath>,
 ) -> HttpResult {
     let id = passkey_id(&raw)?;
     st.passkeys

@@ -165,6 +165,7 @@ fn unlimited(c: &mut castellan_core::Config) {
         authorization_path: "/consent".into(),
         authorization_ttl: Duration::from_secs(600),
         default_scope: "email".into(),
+        max_dynamic_clients: 10_000,
     });
 }
 

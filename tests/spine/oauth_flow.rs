@@ -23,6 +23,7 @@ fn on(c: &mut castellan_core::Config) {
         authorization_path: "/oauth/consent".into(),
         authorization_ttl: std::time::Duration::from_secs(600),
         default_scope: "email".into(),
+        max_dynamic_clients: 10_000,
     });
     c.site_url = "https://site.example.com".into();
     c.jwt.issuer = Some(ISSUER.into());
@@ -279,6 +280,14 @@ both!(
             .request(Method::GET, "/oauth/userinfo", Some(&user_token), None)
             .await;
         assert_eq!(mine.body, json!({"sub": at["sub"]}));
+
+        // The ID token is for the client, never a key to the API.
+        t.get_user(id_token).await.assert_error(403, "bad_jwt");
+        // Another client replaying the spent code ends nothing.
+        let stranger = confidential(&t).await;
+        let stolen = exchange(&t, &stranger, &code, &verifier).await;
+        assert_oauth_error(&stolen, 400, "invalid_grant");
+        assert_eq!(t.get_user(&access).await.status, 200);
 
         // The code again: refused, and the session it bought ends.
         let again = exchange(&t, &c, &code, &verifier).await;
@@ -742,3 +751,109 @@ both!(the_flow_is_404_when_the_server_is_off, |_| {}, |t| {
         .await;
     assert!(r.body.get("registration_endpoint").is_none());
 });
+
+both!(
+    two_exchanges_of_one_code_at_once_leave_no_session,
+    on,
+    |t| {
+        let c = confidential(&t).await;
+        t.signup("race@example.com", "password-1").await;
+        let (code, verifier, _) = code_for(&t, &c, "race@example.com", "email").await;
+        let exchange = || {
+            let form = [
+                ("grant_type", "authorization_code"),
+                ("code", code.as_str()),
+                ("redirect_uri", REDIRECT),
+                ("code_verifier", verifier.as_str()),
+            ];
+            t.http
+                .post(t.url("/oauth/token"))
+                .basic_auth(&c.id, c.secret.as_ref())
+                .form(&form)
+        };
+        let replies = crate::common::at_once([exchange(), exchange()]).await;
+        let ok = replies.iter().filter(|r| r.status == 200).count();
+        for r in replies.iter().filter(|r| r.status != 200) {
+            assert_oauth_error(r, 400, "invalid_grant");
+        }
+        assert!(ok <= 1, "one code, one session at most");
+        let client = Uuid::parse_str(&c.id).unwrap();
+        let live = "SELECT count(*) FROM sessions WHERE oauth_client_id = $1";
+        // Either the replay ended the winner's session, or one answer lost
+        // the race before anything was issued; no code buys two.
+        if replies.iter().any(|r| r.status == 400) {
+            assert_eq!(t.count_by_uuid(live, client).await, 0);
+        } else {
+            assert_eq!(t.count_by_uuid(live, client).await, 1);
+        }
+    }
+);
+
+both!(only_the_users_own_sessions_answer_for_them, on, |t| {
+    let c = confidential(&t).await;
+    t.signup("scoped@example.com", "password-1").await;
+    let (code, verifier, user_token) = code_for(&t, &c, "scoped@example.com", "email").await;
+    let r = exchange(&t, &c, &code, &verifier).await;
+    let access = r.body["access_token"].as_str().unwrap().to_string();
+    // The client's token cannot widen its own grant, nor revoke grants.
+    let (_, challenge) = pkce();
+    let id = open_request(&t, &c, "email phone profile", &challenge).await;
+    details(&t, &access, &id).await.assert_error(403, "bad_jwt");
+    approve(&t, &access, &id).await.assert_error(403, "bad_jwt");
+    let path = format!("/user/oauth/grants?client_id={}", c.id);
+    let r = t.request(Method::DELETE, &path, Some(&access), None).await;
+    r.assert_error(403, "bad_jwt");
+    // A code approved but not exchanged dies with the grant.
+    let (code, verifier, _) = code_for(&t, &c, "scoped@example.com", "email").await;
+    let r = t
+        .request(Method::DELETE, &path, Some(&user_token), None)
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    assert_oauth_error(
+        &exchange(&t, &c, &code, &verifier).await,
+        400,
+        "invalid_grant",
+    );
+    // Ids that could never be castellan's are not looked up.
+    let nul = t
+        .request(
+            Method::GET,
+            "/oauth/authorizations/a%00b",
+            Some(&user_token),
+            None,
+        )
+        .await;
+    nul.assert_error(404, "oauth_authorization_not_found");
+    let bad = t
+        .request(
+            Method::GET,
+            "/oauth/authorizations/%FF",
+            Some(&user_token),
+            None,
+        )
+        .await;
+    bad.assert_error(400, "validation_failed");
+});
+
+both!(
+    no_consent_page_is_a_server_error_for_the_client,
+    |c: &mut castellan_core::Config| {
+        on(c);
+        c.oauth_server.as_mut().unwrap().authorization_path = String::new();
+    },
+    |t| {
+        let c = confidential(&t).await;
+        let (_, challenge) = pkce();
+        let p = [
+            ("client_id", c.id.as_str()),
+            ("redirect_uri", REDIRECT),
+            ("state", "s"),
+            ("code_challenge", challenge.as_str()),
+            ("code_challenge_method", "S256"),
+        ];
+        let r = authorize(&t, &p).await;
+        let q = query_of(r.header("location").unwrap());
+        assert_eq!(q["error"], "server_error");
+        assert_eq!(q["state"], "s");
+    }
+);

@@ -15,6 +15,7 @@ fn on(c: &mut castellan_core::Config) {
         authorization_path: "/oauth/consent".into(),
         authorization_ttl: std::time::Duration::from_secs(600),
         default_scope: "email".into(),
+        max_dynamic_clients: 10_000,
     });
 }
 
@@ -337,3 +338,38 @@ both!(the_oauth_server_off_is_404_feature_disabled, |_| {}, |t| {
         .await
         .assert_error(404, "feature_disabled");
 });
+
+both!(
+    dynamic_registrations_are_capped,
+    |c: &mut castellan_core::Config| {
+        dynamic(c);
+        c.oauth_server.as_mut().unwrap().max_dynamic_clients = 2;
+        c.rate_limits.oauth_client_register.events = 100;
+        c.rate_limits.oauth_client_register.burst = 100;
+    },
+    |t| {
+        let body = json!({"redirect_uris": ["https://app.example.com/cb"]});
+        for _ in 0..2 {
+            let r = t.post("/oauth/clients/register", body.clone()).await;
+            assert_eq!(r.status, 201, "{}", r.text);
+        }
+        let r = t.post("/oauth/clients/register", body.clone()).await;
+        r.assert_error(403, "oauth_dynamic_client_registration_disabled");
+        // An admin's registrations are not counted, and a deletion makes room.
+        assert_eq!(create(&t, body.clone()).await.status, 201);
+        let list = t.admin(Method::GET, "/admin/oauth/clients", None).await;
+        let dynamic = list.body["clients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["registration_type"] == "dynamic")
+            .unwrap()["client_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let path = format!("/admin/oauth/clients/{dynamic}");
+        assert_eq!(t.admin(Method::DELETE, &path, None).await.status, 204);
+        let r = t.post("/oauth/clients/register", body).await;
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+);

@@ -80,6 +80,14 @@ impl Store {
 }
 
 impl Tx {
+    /// How many dynamically registered clients exist (not deleted).
+    pub async fn dynamic_oauth_clients(&mut self) -> Result<i64, sqlx::Error> {
+        count();
+        on!(tx self, c => sqlx::query_scalar(
+            "SELECT count(*) FROM oauth_clients WHERE registration_type = 'dynamic' AND deleted_at IS NULL")
+            .fetch_one(&mut *c).await)
+    }
+
     pub async fn insert_oauth_client(&mut self, c: &OAuthClient) -> Result<(), sqlx::Error> {
         count();
         on!(tx self, c_, d => sqlx::query(concat!(

@@ -158,17 +158,11 @@ impl Tx {
             .bind(id).bind(code_hash).bind(auth_time).bind(now).execute(&mut *c).await.map(drop))
     }
 
-    /// Ends a request without a code: `denied` or `expired`.
-    pub async fn close_oauth_authorization(
-        &mut self,
-        id: Uuid,
-        denied: bool,
-    ) -> Result<(), sqlx::Error> {
+    /// Ends a request without a code: the user said no.
+    pub async fn deny_oauth_authorization(&mut self, id: Uuid) -> Result<(), sqlx::Error> {
         count();
-        let status = if denied { "denied" } else { "expired" };
-        on!(tx self, c, d => sqlx::query(concat!("UPDATE oauth_authorizations SET status = $2",
-            d!(cast "auth.oauth_authorization_status"), " WHERE id = $1"))
-            .bind(id).bind(status).execute(&mut *c).await.map(drop))
+        on!(tx self, c => sqlx::query("UPDATE oauth_authorizations SET status = 'denied' WHERE id = $1")
+            .bind(id).execute(&mut *c).await.map(drop))
     }
 
     /// Binds an approved code to the session its exchange starts, if no
@@ -223,14 +217,31 @@ impl Tx {
             .bind(user).bind(client).bind(now).execute(&mut *c).await.map(|r| r.rows_affected() == 1))
     }
 
-    /// A deleted client's grants: every session it started ends (each
-    /// user's cache hears of it at commit), every consent is revoked, and
-    /// its open requests are dropped. How many sessions ended.
+    /// Drops the requests whose codes were not exchanged: the user's for the
+    /// client, or (`None`) everyone's. A request an exchange is claiming is
+    /// locked by it, so this waits for that exchange and leaves its row.
+    pub async fn drop_open_oauth_authorizations(
+        &mut self,
+        user: Option<Uuid>,
+        client: Uuid,
+    ) -> Result<(), sqlx::Error> {
+        count();
+        on!(tx self, c, d => sqlx::query(concat!(
+            "DELETE FROM oauth_authorizations WHERE client_id = $1 AND castellan_session_id IS NULL \
+             AND ($2", d!(cast "uuid"), " IS NULL OR user_id = $2)"))
+            .bind(client).bind(user).execute(&mut *c).await.map(drop))
+    }
+
+    /// A deleted client's grants: its open requests are dropped (first, so
+    /// an exchange under way finishes and its session is seen), every
+    /// session it started ends (each user's cache hears of it at commit),
+    /// every consent is revoked. How many sessions ended.
     pub async fn end_oauth_client_grants(
         &mut self,
         client: Uuid,
         now: DateTime<Utc>,
     ) -> Result<u64, sqlx::Error> {
+        self.drop_open_oauth_authorizations(None, client).await?;
         count();
         let users: Vec<Uuid> = on!(tx self, c => sqlx::query_scalar(
             "DELETE FROM sessions WHERE oauth_client_id = $1 RETURNING user_id")
@@ -242,10 +253,6 @@ impl Tx {
         on!(tx self, c => sqlx::query(
             "UPDATE oauth_consents SET revoked_at = $2 WHERE client_id = $1 AND revoked_at IS NULL")
             .bind(client).bind(now).execute(&mut *c).await.map(drop))?;
-        count();
-        on!(tx self, c => sqlx::query(
-            "DELETE FROM oauth_authorizations WHERE client_id = $1 AND castellan_session_id IS NULL")
-            .bind(client).execute(&mut *c).await.map(drop))?;
         Ok(users.len() as u64)
     }
 }

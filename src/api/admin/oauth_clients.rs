@@ -1,8 +1,9 @@
 //! `/admin/oauth/clients`: the OAuth server's clients, registered, listed
 //! (paged, as `/admin/users`), changed, deleted and given new secrets.
 
+use crate::extract::PathParams;
 use axum::Json;
-use axum::extract::{OriginalUri, Path, State};
+use axum::extract::{OriginalUri, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use castellan_core::ApiError;
@@ -89,7 +90,7 @@ pub async fn get(
     _admin: AdminAuth,
     _: On,
     State(st): State<AppState>,
-    Path(p): Path<ClientPath>,
+    PathParams(p): PathParams<ClientPath>,
 ) -> HttpResult {
     let client = st.oauth_clients.get(client_id(&p.client_id)?).await?;
     Ok(Json(view(client, None)).into_response())
@@ -121,7 +122,7 @@ pub async fn update(
     _admin: AdminAuth,
     _: On,
     State(st): State<AppState>,
-    Path(p): Path<ClientPath>,
+    PathParams(p): PathParams<ClientPath>,
     JsonBody(b): JsonBody<UpdateBody>,
 ) -> HttpResult {
     let id = client_id(&p.client_id)?;
@@ -150,7 +151,7 @@ pub async fn delete(
     _admin: AdminAuth,
     _: On,
     State(st): State<AppState>,
-    Path(p): Path<ClientPath>,
+    PathParams(p): PathParams<ClientPath>,
 ) -> HttpResult {
     st.oauth_clients.delete(client_id(&p.client_id)?).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -169,7 +170,7 @@ pub async fn regenerate_secret(
     _admin: AdminAuth,
     _: On,
     State(st): State<AppState>,
-    Path(p): Path<ClientPath>,
+    PathParams(p): PathParams<ClientPath>,
 ) -> HttpResult {
     let id = client_id(&p.client_id)?;
     let (client, secret) = st.oauth_clients.regenerate_secret(id).await?;

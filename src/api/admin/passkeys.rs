@@ -1,7 +1,8 @@
 //! `/admin/users/{user_id}/passkeys`: a user's passkeys, and deleting one.
 
+use crate::extract::PathParams;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::Deserialize;
@@ -25,7 +26,7 @@ use crate::server::AppState;
 pub async fn list(
     State(st): State<AppState>,
     _admin: AdminAuth,
-    Path(UserPath { user_id: id }): Path<UserPath>,
+    PathParams(UserPath { user_id: id }): PathParams<UserPath>,
 ) -> HttpResult {
     let (user, _) = st.admin.get_user(user_id(&id)?).await?;
     let rows = st.passkeys.list(user.id).await?;
@@ -54,7 +55,7 @@ pub struct UserPasskeyPath {
 pub async fn delete(
     State(st): State<AppState>,
     admin: AdminAuth,
-    Path(p): Path<UserPasskeyPath>,
+    PathParams(p): PathParams<UserPasskeyPath>,
 ) -> HttpResult {
     let (user, _) = st.admin.get_user(user_id(&p.user_id)?).await?;
     let id = passkey_id(&p.passkey_id)?;

@@ -1,6 +1,7 @@
+use crate::extract::PathParams;
 use axum::Json;
 use axum::extract::OriginalUri;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::IntoResponse;
 use castellan_core::ApiError;
 use castellan_core::models::UserView;
@@ -175,7 +176,7 @@ pub async fn create(
 pub async fn get(
     State(st): State<AppState>,
     _admin: AdminAuth,
-    Path(UserPath { user_id: id }): Path<UserPath>,
+    PathParams(UserPath { user_id: id }): PathParams<UserPath>,
 ) -> HttpResult {
     let (user, ids) = st.admin.get_user(user_id(&id)?).await?;
     Ok(Json(user.view(Some(&ids))).into_response())
@@ -194,7 +195,7 @@ pub async fn get(
 pub async fn update(
     State(st): State<AppState>,
     admin: AdminAuth,
-    Path(UserPath { user_id: id }): Path<UserPath>,
+    PathParams(UserPath { user_id: id }): PathParams<UserPath>,
     JsonBody(b): JsonBody<AttributesBody>,
 ) -> HttpResult {
     let id = user_id(&id)?;
@@ -230,7 +231,7 @@ pub struct DeleteBody {
 pub async fn delete(
     State(st): State<AppState>,
     admin: AdminAuth,
-    Path(UserPath { user_id: id }): Path<UserPath>,
+    PathParams(UserPath { user_id: id }): PathParams<UserPath>,
     RawBody(body): RawBody,
 ) -> HttpResult {
     let id = user_id(&id)?;
@@ -258,7 +259,7 @@ pub async fn delete(
 pub async fn factors(
     State(st): State<AppState>,
     _admin: AdminAuth,
-    Path(UserPath { user_id: id }): Path<UserPath>,
+    PathParams(UserPath { user_id: id }): PathParams<UserPath>,
 ) -> HttpResult {
     let rows = st.admin.factors(user_id(&id)?).await?;
     Ok(Json(rows).into_response())
@@ -294,7 +295,7 @@ pub struct FactorUpdate {
 pub async fn update_factor(
     State(st): State<AppState>,
     admin: AdminAuth,
-    Path(p): Path<UserFactorPath>,
+    PathParams(p): PathParams<UserFactorPath>,
     JsonBody(b): JsonBody<FactorUpdate>,
 ) -> HttpResult {
     let (user, factor) = (
@@ -320,7 +321,7 @@ pub async fn update_factor(
 pub async fn delete_factor(
     State(st): State<AppState>,
     admin: AdminAuth,
-    Path(p): Path<UserFactorPath>,
+    PathParams(p): PathParams<UserFactorPath>,
 ) -> HttpResult {
     let (user, factor) = (
         user_id(&p.user_id)?,

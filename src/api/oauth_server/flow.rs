@@ -2,8 +2,9 @@
 //! site's consent page, which reads the request and answers it for the
 //! signed-in user (`/oauth/authorizations/{id}` and `…/consent`).
 
+use crate::extract::PathParams;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use castellan_core::ApiError;
@@ -161,7 +162,7 @@ pub async fn details(
     State(st): State<AppState>,
     headers: HeaderMap,
     auth: AuthUser,
-    Path(AuthorizationPath { authorization_id }): Path<AuthorizationPath>,
+    PathParams(AuthorizationPath { authorization_id }): PathParams<AuthorizationPath>,
 ) -> HttpResult {
     from_allowed_origin(&st, &headers)?;
     let user = &auth.user;
@@ -210,7 +211,7 @@ pub async fn consent(
     State(st): State<AppState>,
     headers: HeaderMap,
     auth: AuthUser,
-    Path(AuthorizationPath { authorization_id }): Path<AuthorizationPath>,
+    PathParams(AuthorizationPath { authorization_id }): PathParams<AuthorizationPath>,
     JsonBody(b): JsonBody<ConsentBody>,
 ) -> Result<Response, crate::error::HttpError> {
     from_allowed_origin(&st, &headers)?;

@@ -70,7 +70,7 @@ pub async fn grants_revoke(
     QueryParams(q): QueryParams<RevokeQuery>,
 ) -> HttpResult {
     st.oauth_server
-        .revoke_grant(&auth.user, &q.client_id)
+        .revoke_grant(&auth.user, auth.session_id, &q.client_id)
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
