@@ -186,6 +186,7 @@ pub struct AuthUser {
     pub user: User,
     pub session_id: Option<Uuid>,
     pub token_aud: Option<String>,
+    pub oauth_client: Option<Uuid>,
 }
 
 /// The live entry behind a user token, shared with the session cache.
@@ -234,10 +235,54 @@ impl FromRequestParts<AppState> for AuthUser {
     async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, HttpError> {
         let a = AuthLive::from_request_parts(parts, st).await?;
         Ok(AuthUser {
+            oauth_client: a.oauth_client(),
             user: a.live.user.clone(),
             session_id: a.session_id,
             token_aud: a.token_aud,
         })
+    }
+}
+
+/// What an authenticated request knows of the session behind its token.
+pub trait Authenticated {
+    /// The OAuth client whose code started the session, if an app's.
+    fn oauth_client(&self) -> Option<Uuid>;
+}
+
+impl Authenticated for AuthLive {
+    fn oauth_client(&self) -> Option<Uuid> {
+        self.live.session.as_ref().and_then(|s| s.oauth_client_id)
+    }
+}
+
+impl Authenticated for AuthUser {
+    fn oauth_client(&self) -> Option<Uuid> {
+        self.oauth_client
+    }
+}
+
+/// A user acting through a session of their own: what managing the account
+/// (password, factors, passkeys, identities, consents and grants) needs. An
+/// app's access token from castellan's OAuth server, whatever its scope, is
+/// refused here (GoTrue lets it do all of that).
+pub struct Own<A>(pub A);
+
+impl<A> FromRequestParts<AppState> for Own<A>
+where
+    A: FromRequestParts<AppState, Rejection = HttpError> + Authenticated + Send,
+{
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, HttpError> {
+        let a = A::from_request_parts(parts, st).await?;
+        match a.oauth_client() {
+            None => Ok(Own(a)),
+            Some(_) => Err(ApiError::forbidden(
+                "bad_jwt",
+                "an OAuth client's access token cannot be used here",
+            )
+            .into()),
+        }
     }
 }
 

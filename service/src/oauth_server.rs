@@ -305,7 +305,6 @@ impl OAuthServer {
         session: Option<Uuid>,
         authorization_id: &str,
     ) -> ApiResult<Details> {
-        self.first_party(session).await?;
         well_formed(authorization_id)?;
         let mut tx = self.ctx.store.begin().await?;
         let mut a = self.pending(&mut tx, authorization_id).await?;
@@ -343,7 +342,6 @@ impl OAuthServer {
         authorization_id: &str,
         approve: bool,
     ) -> ApiResult<String> {
-        self.first_party(session).await?;
         well_formed(authorization_id)?;
         let mut tx = self.ctx.store.begin().await?;
         let a = self.pending(&mut tx, authorization_id).await.map_err(|e| {
@@ -375,20 +373,6 @@ impl OAuthServer {
         tx.commit().await?;
         count("consent", if approve { "approved" } else { "denied" });
         Ok(to)
-    }
-
-    /// Only the user's own sessions answer for them: an OAuth client's
-    /// token (of whatever scope) cannot consent to more, for itself or for
-    /// another client, nor withdraw grants.
-    async fn first_party(&self, session: Option<Uuid>) -> ApiResult<()> {
-        let Some(s) = session else { return Ok(()) };
-        match self.ctx.store.session_grant(s).await? {
-            Some((Some(_), _)) => Err(ApiError::forbidden(
-                "bad_jwt",
-                "an OAuth client's access token cannot be used here",
-            )),
-            _ => Ok(()),
-        }
     }
 
     /// A request still waiting for its answer, locked. An expired one is
@@ -680,13 +664,7 @@ impl OAuthServer {
 
     /// `DELETE /user/oauth/grants?client_id=`: the consent is revoked and
     /// every session the client holds for the user ends.
-    pub async fn revoke_grant(
-        &self,
-        user: &User,
-        session: Option<Uuid>,
-        client_id: &str,
-    ) -> ApiResult<()> {
-        self.first_party(session).await?;
+    pub async fn revoke_grant(&self, user: &User, client_id: &str) -> ApiResult<()> {
         if client_id.is_empty() {
             return Err(ApiError::validation(
                 "client_id query parameter is required",

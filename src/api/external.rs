@@ -16,7 +16,7 @@ use utoipa::IntoParams;
 
 use crate::api::redirect_target;
 use crate::error::{HttpResult, Refusals};
-use crate::extract::{AuthUser, PathParams, RawBody, RequestAud, parse_query};
+use crate::extract::{AuthUser, Own, PathParams, RawBody, RequestAud, parse_query};
 use crate::server::AppState;
 use axum::extract::RawQuery;
 
@@ -133,7 +133,7 @@ fn authorize_request(
 )]
 pub async fn link_identity(
     State(st): State<AppState>,
-    auth: AuthUser,
+    Own(auth): Own<AuthUser>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> HttpResult {
@@ -165,7 +165,7 @@ pub struct IdentityPath {
 )]
 pub async fn unlink_identity(
     State(st): State<AppState>,
-    auth: AuthUser,
+    Own(auth): Own<AuthUser>,
     PathParams(IdentityPath { identity_id }): PathParams<IdentityPath>,
 ) -> HttpResult {
     let id = uuid::Uuid::parse_str(&identity_id)

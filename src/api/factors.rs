@@ -1,7 +1,6 @@
 //! `/factors`: enroll, challenge, verify and unenroll second factors (TOTP,
 //! phone and WebAuthn).
 
-use crate::extract::PathParams;
 use axum::Json;
 use axum::extract::State;
 use axum::response::IntoResponse;
@@ -13,7 +12,7 @@ use uuid::Uuid;
 
 use crate::api::{TokenResponse, token_response};
 use crate::error::{HttpResult, Refusals};
-use crate::extract::{AuthLive, JsonBody, RawBody, parse_json};
+use crate::extract::{AuthLive, JsonBody, Own, PathParams, RawBody, parse_json};
 use crate::server::AppState;
 
 #[derive(Deserialize, Default, ToSchema)]
@@ -151,7 +150,7 @@ fn client_ip() -> String {
 )]
 pub async fn enroll(
     State(st): State<AppState>,
-    auth: AuthLive,
+    Own(auth): Own<AuthLive>,
     JsonBody(b): JsonBody<EnrollBody>,
 ) -> HttpResult {
     let (user, session) = holder(&auth)?;
@@ -201,7 +200,7 @@ pub async fn enroll(
 )]
 pub async fn challenge(
     State(st): State<AppState>,
-    auth: AuthLive,
+    Own(auth): Own<AuthLive>,
     PathParams(FactorPath { factor_id: raw }): PathParams<FactorPath>,
     RawBody(bytes): RawBody,
 ) -> HttpResult {
@@ -239,7 +238,7 @@ pub async fn challenge(
 )]
 pub async fn verify(
     State(st): State<AppState>,
-    auth: AuthLive,
+    Own(auth): Own<AuthLive>,
     PathParams(FactorPath { factor_id: raw }): PathParams<FactorPath>,
     JsonBody(b): JsonBody<VerifyBody>,
 ) -> HttpResult {
@@ -284,7 +283,7 @@ pub async fn verify(
 )]
 pub async fn unenroll(
     State(st): State<AppState>,
-    auth: AuthLive,
+    Own(auth): Own<AuthLive>,
     PathParams(FactorPath { factor_id: raw }): PathParams<FactorPath>,
 ) -> HttpResult {
     let (user, session) = holder(&auth)?;

@@ -1,7 +1,6 @@
 //! `/passkeys`: register a passkey while signed in, sign in with one alone,
 //! list, rename and delete them (GoTrue's routes, bodies and error codes).
 
-use crate::extract::PathParams;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -16,7 +15,7 @@ use uuid::Uuid;
 
 use crate::api::{TokenResponse, token_response};
 use crate::error::{HttpResult, Refusals};
-use crate::extract::{AuthLive, Feature, JsonBody, RawBody};
+use crate::extract::{AuthLive, Feature, JsonBody, Own, PathParams, RawBody};
 use crate::server::AppState;
 
 /// Passkeys are on: GoTrue answers 404 `passkey_disabled` on every
@@ -143,7 +142,7 @@ fn registering(auth: &AuthLive) -> Result<Uuid, ApiError> {
 pub async fn registration_options(
     _: On,
     State(st): State<AppState>,
-    auth: AuthLive,
+    Own(auth): Own<AuthLive>,
     RawBody(_): RawBody,
 ) -> HttpResult {
     let session = registering(&auth)?;
@@ -166,7 +165,7 @@ pub async fn registration_options(
 pub async fn registration_verify(
     _: On,
     State(st): State<AppState>,
-    auth: AuthLive,
+    Own(auth): Own<AuthLive>,
     JsonBody(b): JsonBody<VerifyBody>,
 ) -> HttpResult {
     let session = registering(&auth)?;
@@ -220,7 +219,7 @@ pub async fn authentication_verify(
     security(("bearer" = [])),
     responses((status = 200, body = Vec<PasskeyView>), Refusals)
 )]
-pub async fn list(_: On, State(st): State<AppState>, auth: AuthLive) -> HttpResult {
+pub async fn list(_: On, State(st): State<AppState>, Own(auth): Own<AuthLive>) -> HttpResult {
     let rows = st.passkeys.list(auth.live.user.id).await?;
     Ok(Json(views(rows)).into_response())
 }
@@ -238,7 +237,7 @@ pub async fn list(_: On, State(st): State<AppState>, auth: AuthLive) -> HttpResu
 pub async fn rename(
     _: On,
     State(st): State<AppState>,
-    auth: AuthLive,
+    Own(auth): Own<AuthLive>,
     PathParams(PasskeyPath { passkey_id: raw }): PathParams<PasskeyPath>,
     JsonBody(b): JsonBody<RenameBody>,
 ) -> HttpResult {
@@ -260,7 +259,7 @@ pub async fn rename(
 pub async fn delete(
     _: On,
     State(st): State<AppState>,
-    auth: AuthLive,
+    Own(auth): Own<AuthLive>,
     PathParams(PasskeyPath { passkey_id: raw }): PathParams<PasskeyPath>,
 ) -> HttpResult {
     let id = passkey_id(&raw)?;

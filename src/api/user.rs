@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 
 use crate::api::{AudienceHeader, Empty};
 use crate::error::{HttpResult, Refusals};
-use crate::extract::{AuthLive, AuthUser, JsonBody, RedirectQuery, RedirectTo, SentAud};
+use crate::extract::{AuthLive, AuthUser, JsonBody, Own, RedirectQuery, RedirectTo, SentAud};
 use crate::server::AppState;
 
 /// `GET /user`. The request audience (`X-JWT-AUD`) must match the token's.
@@ -66,7 +66,7 @@ pub struct UpdateBody {
     security(("bearer" = [])),
     responses((status = 200, body = Empty), Refusals)
 )]
-pub async fn reauthenticate(State(st): State<AppState>, auth: AuthUser) -> HttpResult {
+pub async fn reauthenticate(State(st): State<AppState>, Own(auth): Own<AuthUser>) -> HttpResult {
     st.accounts.reauthenticate(&auth.user).await?;
     Ok(Json(Empty {}).into_response())
 }
@@ -83,7 +83,7 @@ pub async fn reauthenticate(State(st): State<AppState>, auth: AuthUser) -> HttpR
 )]
 pub async fn update_user(
     State(st): State<AppState>,
-    auth: AuthUser,
+    Own(auth): Own<AuthUser>,
     RedirectTo(redirect_to): RedirectTo,
     JsonBody(b): JsonBody<UpdateBody>,
 ) -> HttpResult {

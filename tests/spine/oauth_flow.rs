@@ -803,6 +803,27 @@ both!(only_the_users_own_sessions_answer_for_them, on, |t| {
     let path = format!("/user/oauth/grants?client_id={}", c.id);
     let r = t.request(Method::DELETE, &path, Some(&access), None).await;
     r.assert_error(403, "bad_jwt");
+    // Nor manage the account: its password, factors, reauthentication.
+    let new_password = json!({"password": "taken-over-1"});
+    let r = t
+        .request(Method::PUT, "/user", Some(&access), Some(new_password))
+        .await;
+    r.assert_error(403, "bad_jwt");
+    let enroll = json!({"factor_type": "totp"});
+    let r = t
+        .request(Method::POST, "/factors", Some(&access), Some(enroll))
+        .await;
+    r.assert_error(403, "bad_jwt");
+    let r = t
+        .request(Method::GET, "/reauthenticate", Some(&access), None)
+        .await;
+    r.assert_error(403, "bad_jwt");
+    // Reading the user is what the token is for; the password held.
+    assert_eq!(t.get_user(&access).await.status, 200);
+    assert_eq!(
+        t.login("scoped@example.com", "password-1").await.status,
+        200
+    );
     // A code approved but not exchanged dies with the grant.
     let (code, verifier, _) = code_for(&t, &c, "scoped@example.com", "email").await;
     let r = t

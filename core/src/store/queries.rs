@@ -230,6 +230,8 @@ impl LiveUser {
 pub struct LiveSession {
     pub not_after: Option<DateTime<Utc>>,
     pub aal: Option<String>,
+    /// The OAuth client whose code started the session (none: the user's own).
+    pub oauth_client_id: Option<Uuid>,
 }
 
 /// A session to start: its row, first authentication method, first
@@ -466,7 +468,8 @@ impl Store {
                     "SELECT ", user_cols!(), ", ", $d!(factors "users"),
                     " AS factors_json, (SELECT s.id FROM sessions s WHERE s.id = $2 AND s.user_id = users.id) AS s_id, \
                      (SELECT s.not_after FROM sessions s WHERE s.id = $2 AND s.user_id = users.id) AS s_not_after, \
-                     (SELECT s.aal", $d!(cast "text"), " FROM sessions s WHERE s.id = $2 AND s.user_id = users.id) AS s_aal, ",
+                     (SELECT s.aal", $d!(cast "text"), " FROM sessions s WHERE s.id = $2 AND s.user_id = users.id) AS s_aal, \
+                     (SELECT s.oauth_client_id FROM sessions s WHERE s.id = $2 AND s.user_id = users.id) AS s_client, ",
                     $d!(identities "users"), " AS identities_json FROM users WHERE id = $1"
                 )
             };
@@ -486,6 +489,7 @@ impl Store {
                             Some(_) => Some(LiveSession {
                                 not_after: r.try_get("s_not_after")?,
                                 aal: r.try_get("s_aal")?,
+                                oauth_client_id: r.try_get("s_client")?,
                             }),
                         };
                         Ok(Some(LiveUser {

@@ -1,7 +1,6 @@
 //! `/admin/oauth/clients`: the OAuth server's clients, registered, listed
 //! (paged, as `/admin/users`), changed, deleted and given new secrets.
 
-use crate::extract::PathParams;
 use axum::Json;
 use axum::extract::{OriginalUri, State};
 use axum::http::StatusCode;
@@ -15,7 +14,7 @@ use uuid::Uuid;
 use super::paging::{PagingParams, Query};
 use crate::api::oauth_server::{ClientView, On, RegisterBody, registered, view, with_secret};
 use crate::error::{HttpResult, Refusals};
-use crate::extract::{AdminAuth, JsonBody};
+use crate::extract::{AdminAuth, JsonBody, PathParams};
 use crate::server::AppState;
 
 /// The `{client_id}` path parameter.

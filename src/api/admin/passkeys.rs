@@ -1,6 +1,5 @@
 //! `/admin/users/{user_id}/passkeys`: a user's passkeys, and deleting one.
 
-use crate::extract::PathParams;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -11,7 +10,7 @@ use utoipa::IntoParams;
 use super::users::{UserPath, user_id};
 use crate::api::passkeys::{PasskeyView, passkey_id, views};
 use crate::error::{HttpResult, Refusals};
-use crate::extract::AdminAuth;
+use crate::extract::{AdminAuth, PathParams};
 use crate::server::AppState;
 
 #[utoipa::path(

@@ -1,4 +1,3 @@
-use crate::extract::PathParams;
 use axum::Json;
 use axum::extract::OriginalUri;
 use axum::extract::State;
@@ -15,7 +14,7 @@ use uuid::Uuid;
 use super::paging::{PagingParams, Query};
 use crate::api::{AudienceHeader, Empty};
 use crate::error::{HttpResult, Refusals};
-use crate::extract::{AdminAuth, JsonBody, RawBody, RequestAud, parse_json};
+use crate::extract::{AdminAuth, JsonBody, PathParams, RawBody, RequestAud, parse_json};
 use crate::server::AppState;
 
 /// `{user_id}` must be a UUID: 404 `validation_failed` otherwise, as GoTrue.

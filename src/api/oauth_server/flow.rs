@@ -2,7 +2,6 @@
 //! site's consent page, which reads the request and answers it for the
 //! signed-in user (`/oauth/authorizations/{id}` and `…/consent`).
 
-use crate::extract::PathParams;
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -14,7 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::On;
 use crate::error::{HttpResult, Refusals};
-use crate::extract::{AuthUser, JsonBody, QueryParams};
+use crate::extract::{AuthUser, JsonBody, Own, PathParams, QueryParams};
 use crate::server::AppState;
 
 /// RFC 6749 §4.1.1's parameters with PKCE (RFC 7636), `resource` (RFC
@@ -161,7 +160,7 @@ pub async fn details(
     _: On,
     State(st): State<AppState>,
     headers: HeaderMap,
-    auth: AuthUser,
+    Own(auth): Own<AuthUser>,
     PathParams(AuthorizationPath { authorization_id }): PathParams<AuthorizationPath>,
 ) -> HttpResult {
     from_allowed_origin(&st, &headers)?;
@@ -210,7 +209,7 @@ pub async fn consent(
     _: On,
     State(st): State<AppState>,
     headers: HeaderMap,
-    auth: AuthUser,
+    Own(auth): Own<AuthUser>,
     PathParams(AuthorizationPath { authorization_id }): PathParams<AuthorizationPath>,
     JsonBody(b): JsonBody<ConsentBody>,
 ) -> Result<Response, crate::error::HttpError> {

@@ -11,7 +11,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::{ClientDetails, On};
 use crate::error::{HttpResult, Refusals};
-use crate::extract::{AuthUser, QueryParams};
+use crate::extract::{AuthUser, Own, QueryParams};
 use crate::server::AppState;
 
 #[derive(Serialize, ToSchema)]
@@ -29,7 +29,11 @@ pub struct GrantView {
     security(("bearer" = [])),
     responses((status = 200, body = Vec<GrantView>), Refusals)
 )]
-pub async fn grants_list(_: On, State(st): State<AppState>, auth: AuthUser) -> HttpResult {
+pub async fn grants_list(
+    _: On,
+    State(st): State<AppState>,
+    Own(auth): Own<AuthUser>,
+) -> HttpResult {
     let grants = st.oauth_server.grants(&auth.user).await?;
     let views: Vec<GrantView> = grants
         .into_iter()
@@ -66,11 +70,11 @@ pub struct RevokeQuery {
 pub async fn grants_revoke(
     _: On,
     State(st): State<AppState>,
-    auth: AuthUser,
+    Own(auth): Own<AuthUser>,
     QueryParams(q): QueryParams<RevokeQuery>,
 ) -> HttpResult {
     st.oauth_server
-        .revoke_grant(&auth.user, auth.session_id, &q.client_id)
+        .revoke_grant(&auth.user, &q.client_id)
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
