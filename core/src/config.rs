@@ -251,6 +251,10 @@ pub struct SmtpConfig {
     pub pass: Option<String>,
     pub admin_email: Option<String>,
     pub sender_name: Option<String>,
+    /// castellan's: how long one message may take to send
+    /// (`CASTELLAN_SMTP_SEND_TIMEOUT`). lettre bounds only the connect, so
+    /// a server that stops answering would hold a worker for good.
+    pub send_timeout: Duration,
 }
 
 /// The external sign-in providers GoTrue reports in `/settings`, in its
@@ -1204,6 +1208,7 @@ fn smtp(v: &Vars) -> Result<SmtpConfig, ConfigError> {
         pass: v.opt_string(&["GOTRUE_SMTP_PASS"]),
         admin_email: v.opt_string(&["GOTRUE_SMTP_ADMIN_EMAIL"]),
         sender_name: v.opt_string(&["GOTRUE_SMTP_SENDER_NAME"]),
+        send_timeout: v.duration(&["CASTELLAN_SMTP_SEND_TIMEOUT"], Duration::from_secs(60))?,
     })
 }
 

@@ -94,6 +94,7 @@ pub enum Mailer {
     Smtp {
         transport: AsyncSmtpTransport<Tokio1Executor>,
         from: Mailbox,
+        send_timeout: Duration,
     },
     /// No SMTP host: the message (with its link and code) goes to the log,
     /// so a newcomer can follow a magic link without a mail server.
@@ -116,6 +117,9 @@ pub enum SendError {
     Rejected(castellan_core::ApiError),
     #[error("the send-email hook failed: {0}")]
     HookDown(String),
+    /// The SMTP server stopped answering mid-message (retried).
+    #[error("smtp: no answer within {0:?}")]
+    TimedOut(Duration),
 }
 
 impl SendError {
@@ -156,6 +160,7 @@ impl Mailer {
         Ok(Mailer::Smtp {
             transport: builder.build(),
             from,
+            send_timeout: cfg.send_timeout,
         })
     }
 
@@ -206,14 +211,20 @@ impl Mailer {
             Mailer::Hook(_) => Err(SendError::HookDown(
                 "the send-email hook takes queued jobs only".into(),
             )),
-            Mailer::Smtp { transport, from } => {
+            Mailer::Smtp {
+                transport,
+                from,
+                send_timeout,
+            } => {
                 let to: Mailbox = to.parse().map_err(|_| SendError::Address(to.to_string()))?;
                 let msg = Message::builder()
                     .from(from.clone())
                     .to(to)
                     .subject(subject)
                     .multipart(MultiPart::alternative_plain_html(text, html))?;
-                transport.send(msg).await?;
+                tokio::time::timeout(*send_timeout, transport.send(msg))
+                    .await
+                    .map_err(|_| SendError::TimedOut(*send_timeout))??;
                 Ok(())
             }
         }

@@ -79,6 +79,10 @@ pub struct SmtpSink {
     refusing: Arc<Mutex<bool>>,
     /// Recipients refused for good (550).
     rejected: Arc<Mutex<Vec<String>>>,
+    /// While set, the server reads a message and never answers it.
+    stalling: Arc<Mutex<bool>>,
+    /// Messages read and left unanswered.
+    stalled: Arc<Mutex<usize>>,
 }
 
 impl SmtpSink {
@@ -95,6 +99,8 @@ impl SmtpSink {
             mails: Default::default(),
             refusing: Default::default(),
             rejected: Default::default(),
+            stalling: Default::default(),
+            stalled: Default::default(),
         };
         let s = sink.clone();
         tokio::spawn(async move {
@@ -139,6 +145,12 @@ impl SmtpSink {
                                 data.push_str(l.strip_prefix('.').unwrap_or(&l));
                                 data.push_str("\r\n");
                             }
+                            if *s.stalling.lock().unwrap() {
+                                *s.stalled.lock().unwrap() += 1;
+                                // Hold the connection open, answering nothing.
+                                while lines.next_line().await.is_ok_and(|l| l.is_some()) {}
+                                break;
+                            }
                             s.mails.lock().unwrap().push(Mail {
                                 to: std::mem::take(&mut to),
                                 data: decode_qp(&data),
@@ -167,6 +179,16 @@ impl SmtpSink {
 
     pub fn refuse(&self, on: bool) {
         *self.refusing.lock().unwrap() = on;
+    }
+
+    /// While on, a message is read and never answered (a hung server).
+    pub fn stall(&self, on: bool) {
+        *self.stalling.lock().unwrap() = on;
+    }
+
+    /// How many messages were read and left unanswered.
+    pub fn stalled(&self) -> usize {
+        *self.stalled.lock().unwrap()
     }
 
     pub fn all(&self) -> Vec<Mail> {

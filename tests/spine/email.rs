@@ -503,15 +503,11 @@ both_mail!(
             "the request is answered while the mail server is down: {}",
             r.text
         );
-        let metrics = || async { t.request(Method::GET, "/metrics", None, None).await.text };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while !metrics()
-            .await
-            .contains("castellan_queue_retried_total{queue=\"email\"}")
-        {
-            assert!(std::time::Instant::now() < deadline, "no retry was counted");
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+        // The series exists from the start: its value is what says a retry happened.
+        let retried = "castellan_queue_retried_total{queue=\"email\"}";
+        let retries = |m: &str| crate::common::series_sum(m, retried);
+        let text = t.metrics_until(|m| retries(m) >= 1.0).await;
+        assert!(retries(&text) >= 1.0, "no retry was counted");
         assert_eq!(sink.count_to("down@example.com"), 0);
         sink.refuse(false);
         let mail = sink.wait_for("down@example.com", 1).await;
@@ -529,6 +525,38 @@ both_mail!(
             )
             .await;
         assert_eq!(ok.status, 200, "{}", ok.text);
+    }
+);
+
+both_mail!(
+    a_hung_smtp_server_times_out_and_the_mail_is_sent_again,
+    |c| {
+        c.smtp.send_timeout = std::time::Duration::from_millis(500);
+        c.mailer.retry_min = std::time::Duration::from_millis(200);
+        c.mailer.retry_max = std::time::Duration::from_millis(800);
+    },
+    |t, sink| {
+        sink.stall(true);
+        let r = t.signup("hung@example.com", "secret123").await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        // The message reached the server, which never answers it...
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while sink.stalled() == 0 {
+            assert!(std::time::Instant::now() < deadline, "no message was sent");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        // ...so the send is given up on and retried (into the same silence).
+        let retried = "castellan_queue_retried_total{queue=\"email\"}";
+        let retries = |m: &str| crate::common::series_sum(m, retried);
+        let text = t.metrics_until(|m| retries(m) >= 1.0).await;
+        assert!(
+            retries(&text) >= 1.0,
+            "the hung send was not given up:\n{text}"
+        );
+        assert_eq!(sink.count_to("hung@example.com"), 0);
+        sink.stall(false);
+        let mail = sink.wait_for("hung@example.com", 1).await;
+        assert_eq!(mail.subject(), "Confirm your email address");
     }
 );
 
