@@ -94,11 +94,8 @@ async fn run_client_with(backend: Backend, script: &str, mail: bool, key: Option
     let t = common::spawn(backend, |c| {
         c.anonymous_users_enabled = true;
         c.oauth_server = Some(castellan_core::config::OAuthServerConfig {
-            allow_dynamic_registration: false,
             authorization_path: "/consent".into(),
-            authorization_ttl: std::time::Duration::from_secs(600),
-            default_scope: "email".into(),
-            max_dynamic_clients: 10_000,
+            ..Default::default()
         });
         let kc = c.external.providers.get_mut("keycloak").unwrap();
         kc.enabled = true;
@@ -550,11 +547,8 @@ async fn run_provider_client(backend: Backend, program: &str, script: &str) {
         c.jwt.issuer = Some(issuer.clone());
         c.jwt.keys = Some(serde_json::json!([generate(KeyKind::Es256)]).to_string());
         c.oauth_server = Some(castellan_core::config::OAuthServerConfig {
-            allow_dynamic_registration: false,
             authorization_path: "/consent".into(),
-            authorization_ttl: std::time::Duration::from_secs(600),
-            default_scope: "email".into(),
-            max_dynamic_clients: 10_000,
+            ..Default::default()
         });
     })
     .await;

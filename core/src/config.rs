@@ -1370,19 +1370,41 @@ pub struct OAuthServerConfig {
     pub max_dynamic_clients: i64,
 }
 
+/// GoTrue's defaults (no consent page: its path must be configured).
+impl Default for OAuthServerConfig {
+    fn default() -> Self {
+        OAuthServerConfig {
+            allow_dynamic_registration: false,
+            authorization_path: String::new(),
+            authorization_ttl: Duration::from_secs(600),
+            default_scope: "email".into(),
+            max_dynamic_clients: 10_000,
+        }
+    }
+}
+
 /// Off unless `GOTRUE_OAUTH_SERVER_ENABLED`, as in GoTrue.
 fn oauth_server(v: &Vars) -> Result<Option<OAuthServerConfig>, ConfigError> {
     let enabled = v.bool(&["GOTRUE_OAUTH_SERVER_ENABLED"], false)?;
+    let d = OAuthServerConfig::default();
     let cfg = OAuthServerConfig {
-        allow_dynamic_registration: v
-            .bool(&["GOTRUE_OAUTH_SERVER_ALLOW_DYNAMIC_REGISTRATION"], false)?,
-        authorization_path: v.string(&["GOTRUE_OAUTH_SERVER_AUTHORIZATION_PATH"], ""),
+        allow_dynamic_registration: v.bool(
+            &["GOTRUE_OAUTH_SERVER_ALLOW_DYNAMIC_REGISTRATION"],
+            d.allow_dynamic_registration,
+        )?,
+        authorization_path: v.string(
+            &["GOTRUE_OAUTH_SERVER_AUTHORIZATION_PATH"],
+            &d.authorization_path,
+        ),
         authorization_ttl: v.duration(
             &["GOTRUE_OAUTH_SERVER_AUTHORIZATION_TTL"],
-            Duration::from_secs(600),
+            d.authorization_ttl,
         )?,
-        default_scope: v.string(&["GOTRUE_OAUTH_SERVER_DEFAULT_SCOPE"], "email"),
-        max_dynamic_clients: v.num(&["CASTELLAN_OAUTH_SERVER_MAX_DYNAMIC_CLIENTS"], 10_000i64)?,
+        default_scope: v.string(&["GOTRUE_OAUTH_SERVER_DEFAULT_SCOPE"], &d.default_scope),
+        max_dynamic_clients: v.num(
+            &["CASTELLAN_OAUTH_SERVER_MAX_DYNAMIC_CLIENTS"],
+            d.max_dynamic_clients,
+        )?,
     };
     Ok(enabled.then_some(cfg))
 }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use castellan_core::models::{AuditAction, User, audit_payload};
-use castellan_core::store::{Authorization, Grant, OAuthClient, SessionScope};
+use castellan_core::store::{Authorization, Grant, LiveSession, OAuthClient, SessionScope};
 use castellan_core::{ApiError, ApiResult};
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
@@ -590,16 +590,9 @@ impl OAuthServer {
             .refresh_for(token, Some(client.id))
             .await
             .map_err(as_grant_error)?;
-        let scope = self
-            .ctx
-            .store
-            .session_grant(grant.session_id)
-            .await?
-            .and_then(|(_, s)| s)
-            .unwrap_or_default();
         Ok(Tokens {
+            scope: grant.scope.clone().unwrap_or_default(),
             grant,
-            scope,
             id_token: None,
         })
     }
@@ -644,17 +637,18 @@ impl OAuthServer {
 
     /// `GET /oauth/userinfo`: the claims the session's scopes allow (only
     /// `sub` for a first-party session, as GoTrue answers).
-    pub async fn userinfo(&self, user: &User, session: Option<Uuid>) -> ApiResult<Value> {
+    pub fn userinfo(&self, user: &User, session: Option<&LiveSession>) -> Value {
         let mut claims = Map::new();
         claims.insert("sub".into(), json!(user.id.to_string()));
-        let granted = match session {
-            Some(s) => self.ctx.store.session_grant(s).await?,
-            None => None,
-        };
-        if let Some((Some(_), Some(scope))) = granted {
-            scoped_claims(&mut claims, user, &scopes(&scope), true);
+        if let Some(LiveSession {
+            oauth_client_id: Some(_),
+            scopes: Some(scope),
+            ..
+        }) = session
+        {
+            scoped_claims(&mut claims, user, &scopes(scope), true);
         }
-        Ok(Value::Object(claims))
+        Value::Object(claims)
     }
 
     /// `GET /user/oauth/grants`.

@@ -30,6 +30,8 @@ pub struct TokenGrant {
     pub user: User,
     pub identities: Vec<Identity>,
     pub session_id: Uuid,
+    /// The scopes an OAuth client's session was granted (none for the user's own).
+    pub scope: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,7 +149,7 @@ pub(crate) async fn grant(
     now: DateTime<Utc>,
 ) -> ApiResult<TokenGrant> {
     let minted = mint(ctx, &user, &session, amr, method, now).await?;
-    Ok(minted.grant(user, identities, session.id, refresh_token))
+    Ok(minted.grant(user, identities, session, refresh_token))
 }
 
 /// A signed access token and its times.
@@ -162,7 +164,7 @@ impl Minted {
         self,
         user: User,
         identities: Vec<Identity>,
-        session_id: Uuid,
+        session: Minting,
         refresh_token: String,
     ) -> TokenGrant {
         TokenGrant {
@@ -172,7 +174,8 @@ impl Minted {
             expires_in: self.exp - self.iat,
             user,
             identities,
-            session_id,
+            session_id: session.id,
+            scope: session.scope,
         }
     }
 }
@@ -297,7 +300,7 @@ async fn issue(
         Some(m) => m,
         None => mint(ctx, &user, &minting, amr, method, now).await?,
     };
-    Ok(minted.grant(user, identities, session_id, token))
+    Ok(minted.grant(user, identities, minting, token))
 }
 
 pub(crate) fn not_found() -> ApiError {

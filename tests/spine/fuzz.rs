@@ -163,9 +163,7 @@ fn unlimited(c: &mut castellan_core::Config) {
     c.oauth_server = Some(castellan_core::config::OAuthServerConfig {
         allow_dynamic_registration: true,
         authorization_path: "/consent".into(),
-        authorization_ttl: Duration::from_secs(600),
-        default_scope: "email".into(),
-        max_dynamic_clients: 10_000,
+        ..Default::default()
     });
 }
 

@@ -19,11 +19,8 @@ const ISSUER: &str = "http://castellan.test/auth/v1";
 
 fn on(c: &mut castellan_core::Config) {
     c.oauth_server = Some(castellan_core::config::OAuthServerConfig {
-        allow_dynamic_registration: false,
         authorization_path: "/oauth/consent".into(),
-        authorization_ttl: std::time::Duration::from_secs(600),
-        default_scope: "email".into(),
-        max_dynamic_clients: 10_000,
+        ..Default::default()
     });
     c.site_url = "https://site.example.com".into();
     c.jwt.issuer = Some(ISSUER.into());

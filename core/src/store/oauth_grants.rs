@@ -81,17 +81,6 @@ impl Store {
             .bind(user).fetch_all(p).await)
     }
 
-    /// The client and scopes of a session (both `None` for a first-party one).
-    pub async fn session_grant(
-        &self,
-        session: Uuid,
-    ) -> Result<Option<(Option<Uuid>, Option<String>)>, sqlx::Error> {
-        count();
-        on!(pool &self.pool, p => sqlx::query_as(
-            "SELECT oauth_client_id, scopes FROM sessions WHERE id = $1")
-            .bind(session).fetch_optional(p).await)
-    }
-
     /// When a session's user last proved who they are (its latest method).
     pub async fn session_auth_time(
         &self,

@@ -230,8 +230,10 @@ impl LiveUser {
 pub struct LiveSession {
     pub not_after: Option<DateTime<Utc>>,
     pub aal: Option<String>,
-    /// The OAuth client whose code started the session (none: the user's own).
+    /// The OAuth client whose code started the session (none: the user's
+    /// own), and the scopes the user granted it.
     pub oauth_client_id: Option<Uuid>,
+    pub scopes: Option<String>,
 }
 
 /// A session to start: its row, first authentication method, first
@@ -466,11 +468,11 @@ impl Store {
             ($d:ident) => {
                 concat!(
                     "SELECT ", user_cols!(), ", ", $d!(factors "users"),
-                    " AS factors_json, (SELECT s.id FROM sessions s WHERE s.id = $2 AND s.user_id = users.id) AS s_id, \
-                     (SELECT s.not_after FROM sessions s WHERE s.id = $2 AND s.user_id = users.id) AS s_not_after, \
-                     (SELECT s.aal", $d!(cast "text"), " FROM sessions s WHERE s.id = $2 AND s.user_id = users.id) AS s_aal, \
-                     (SELECT s.oauth_client_id FROM sessions s WHERE s.id = $2 AND s.user_id = users.id) AS s_client, ",
-                    $d!(identities "users"), " AS identities_json FROM users WHERE id = $1"
+                    " AS factors_json, s.s_id, s.s_not_after, s.s_aal, s.s_client, s.s_scopes, ",
+                    $d!(identities "users"), " AS identities_json FROM users \
+                     LEFT JOIN (SELECT id AS s_id, not_after AS s_not_after, aal", $d!(cast "text"),
+                    " AS s_aal, oauth_client_id AS s_client, scopes AS s_scopes FROM sessions \
+                     WHERE id = $2 AND user_id = $1) s ON 1 = 1 WHERE id = $1"
                 )
             };
         }
@@ -490,6 +492,7 @@ impl Store {
                                 not_after: r.try_get("s_not_after")?,
                                 aal: r.try_get("s_aal")?,
                                 oauth_client_id: r.try_get("s_client")?,
+                                scopes: r.try_get("s_scopes")?,
                             }),
                         };
                         Ok(Some(LiveUser {

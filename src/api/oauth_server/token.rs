@@ -16,7 +16,7 @@ use utoipa::ToSchema;
 
 use super::On;
 use crate::error::{HttpResult, OAuthRefusals, Refusals};
-use crate::extract::{AuthUser, RawBody};
+use crate::extract::{AuthLive, RawBody};
 use crate::server::AppState;
 
 /// A token or revocation request, as a form (RFC 6749) or JSON (GoTrue).
@@ -186,11 +186,9 @@ pub async fn revoke(
         Refusals
     )
 )]
-pub async fn userinfo(_: On, State(st): State<AppState>, auth: AuthUser) -> HttpResult {
-    let claims: Value = st
-        .oauth_server
-        .userinfo(&auth.user, auth.session_id)
-        .await?;
+pub async fn userinfo(_: On, State(st): State<AppState>, auth: AuthLive) -> HttpResult {
+    let live = &auth.live;
+    let claims: Value = st.oauth_server.userinfo(&live.user, live.session.as_ref());
     Ok(no_store(Json(claims)))
 }
 
@@ -203,6 +201,6 @@ pub async fn userinfo(_: On, State(st): State<AppState>, auth: AuthUser) -> Http
     security(("bearer" = [])),
     responses((status = 200, body = Object), Refusals)
 )]
-pub async fn userinfo_post(on: On, st: State<AppState>, auth: AuthUser) -> HttpResult {
+pub async fn userinfo_post(on: On, st: State<AppState>, auth: AuthLive) -> HttpResult {
     userinfo(on, st, auth).await
 }
