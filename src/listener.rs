@@ -93,8 +93,9 @@ pub async fn serve(
         open.spawn(serve_one(io, remote));
     }
     drop(listener);
-    // A request already sent on a fresh connection is read before the
-    // connection is told to close (closing an unread socket resets it).
+    // A request already in transit on a kept-alive connection is read
+    // before the connection is told to close (closing an unread socket
+    // resets it); a connection yet to bring its first request waits for it.
     tokio::time::sleep(SETTLE.min(limits.shutdown_grace)).await;
     drop(closing);
     drain(open, limits.shutdown_grace).await;
@@ -137,6 +138,8 @@ struct Watch {
 /// watchdog: requests seen, requests in flight, when the last one ended.
 struct Activity {
     opened: Instant,
+    /// Woken when the first request begins.
+    first: tokio::sync::Notify,
     seen: AtomicU64,
     in_flight: AtomicUsize,
     /// Milliseconds after `opened` when the last request ended.
@@ -145,7 +148,9 @@ struct Activity {
 
 impl Activity {
     fn begin(self: &Arc<Self>) -> Busy {
-        self.seen.fetch_add(1, Ordering::Relaxed);
+        if self.seen.fetch_add(1, Ordering::Relaxed) == 0 {
+            self.first.notify_one();
+        }
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         Busy(self.clone())
     }
@@ -238,7 +243,8 @@ impl Drop for Share {
 }
 
 /// One connection, which finishes its request in flight and closes once
-/// `closing` is dropped, or when it brings no first request in time, or
+/// `closing` is dropped (after its first request, if it has brought none
+/// yet, within its deadline), or when it brings no first request in time, or
 /// idles too long.
 async fn connection(
     builder: Builder<TokioExecutor>,
@@ -250,6 +256,7 @@ async fn connection(
 ) {
     let activity = Arc::new(Activity {
         opened: Instant::now(),
+        first: tokio::sync::Notify::new(),
         seen: AtomicU64::new(0),
         in_flight: AtomicUsize::new(0),
         last_ms: AtomicU64::new(0),
@@ -294,6 +301,18 @@ async fn connection(
             }
         }
     };
+    if !idled && activity.seen.load(Ordering::Relaxed) == 0 {
+        // Accepted but not yet read, as when the listener closed with the
+        // connection in its queue: its first request is on the way (a proxy
+        // sends it with the connection, and would not resend a POST that a
+        // close had reset), so it is answered before the connection closes.
+        let deadline = activity.opened + watch.first_request;
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = activity.first.notified() => {}
+            _ = tokio::time::sleep_until(deadline) => return,
+        }
+    }
     conn.as_mut().graceful_shutdown();
     if idled {
         // A peer that does not take the close is cut off after one more

@@ -85,6 +85,37 @@ async fn shutdown_waits_for_a_stalled_client_no_longer_than_the_grace() {
     );
 }
 
+// A connection accepted just before the listener closed (nginx's, say)
+// brings its request a moment later: it is answered, not reset. A proxy
+// never resends a POST whose connection was reset, so resetting it lost a
+// request in a rolling restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_accepted_before_shutdown_has_its_first_request_answered() {
+    let t = common::spawn(Backend::Sqlite, |c| {
+        c.listen.shutdown_grace = Duration::from_secs(5);
+    })
+    .await;
+    let mut early = TcpStream::connect(t.server.addr).await.unwrap();
+    // Served meanwhile, so the silent connection has been accepted.
+    assert_eq!(
+        t.http.get(t.url("/health")).send().await.unwrap().status(),
+        200
+    );
+    let stopping = tokio::spawn(t.stop());
+    // Past the settling time after which connections are told to close.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    early
+        .write_all(b"GET /health HTTP/1.1\r\nHost: castellan\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = until_closed(&mut early).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    tokio::time::timeout(Duration::from_secs(30), stopping)
+        .await
+        .expect("stops once the request is answered")
+        .unwrap();
+}
+
 /// A connection from `ip`: loopback addresses other than 127.0.0.1 are
 /// other clients to the server.
 async fn connect_from(ip: &str, addr: std::net::SocketAddr) -> TcpStream {
