@@ -72,7 +72,7 @@ pub async fn pending(store: &Store, queue: Queue) -> Result<i64, sqlx::Error> {
 /// another worker before anyone delivered them.
 pub async fn release(store: &Store, queue: Queue, worker: &str) -> Result<u64, sqlx::Error> {
     let held = format!("{worker}-%");
-    on!(pool store.pool(), p, d => sqlx::query(concat!("UPDATE ", d!(jobs),
+    on!(write store, p, d => sqlx::query(concat!("UPDATE ", d!(jobs),
         " SET status = 'Pending', lock_by = NULL, lock_at = NULL, done_at = NULL \
          WHERE job_type = $1 AND status IN ('Running', 'Queued') AND lock_by LIKE $2"))
         .bind(queue.table_name()).bind(&held).execute(p).await.map(|r| r.rows_affected()))
@@ -185,7 +185,7 @@ pub async fn enqueue_sms(
 /// Removes a job no worker has taken yet; false when one already has.
 pub async fn withdraw(store: &Store, queue: Queue, id: Uuid) -> Result<bool, sqlx::Error> {
     let id = task_id(id).to_string();
-    let n = on!(pool store.pool(), p, d => sqlx::query(concat!("DELETE FROM ", d!(jobs),
+    let n = on!(write store, p, d => sqlx::query(concat!("DELETE FROM ", d!(jobs),
         " WHERE id = $1 AND job_type = $2 AND status = 'Pending'"))
         .bind(&id).bind(queue.table_name()).execute(p).await.map(|r| r.rows_affected()))?;
     Ok(n == 1)
@@ -210,14 +210,23 @@ pub async fn purge_finished(
         )
         .bind(names[0]).bind(names[1]).bind(secs as f64).bind(batch)
         .execute(p).await?.rows_affected(),
-        Pool::Lite(p) => sqlx::query(
+        Pool::Lite(_) => {
+            // In the writer's turn, as every SQLite write (see `on!(write …)`).
+            let mut tx = store.begin().await?;
+            let Conn::Lite(c, _) = &mut tx.conn else {
+                unreachable!("a SQLite store begins SQLite transactions")
+            };
+            let n = sqlx::query(
             "DELETE FROM Jobs WHERE rowid IN (SELECT rowid FROM Jobs \
              WHERE job_type IN ($1, $2) AND done_at < CAST(strftime('%s', 'now') AS INTEGER) - $3 \
              AND (status IN ('Done', 'Killed') OR (status = 'Failed' AND attempts >= max_attempts)) \
              LIMIT $4)",
         )
         .bind(names[0]).bind(names[1]).bind(secs).bind(batch)
-        .execute(p).await?.rows_affected(),
+        .execute(&mut **c).await?.rows_affected();
+            tx.commit().await?;
+            n
+        }
     };
     Ok(n)
 }
@@ -225,7 +234,7 @@ pub async fn purge_finished(
 /// Lets a held job run now (its sender could not reach the provider).
 pub async fn release_now(store: &Store, queue: Queue, id: Uuid) -> Result<(), sqlx::Error> {
     let id = task_id(id).to_string();
-    on!(pool store.pool(), p, d => sqlx::query(concat!("UPDATE ", d!(jobs), " SET run_at = ", d!(now),
+    on!(write store, p, d => sqlx::query(concat!("UPDATE ", d!(jobs), " SET run_at = ", d!(now),
         " WHERE id = $1 AND job_type = $2 AND status = 'Pending'"))
         .bind(&id).bind(queue.table_name()).execute(p).await.map(drop))
 }

@@ -193,7 +193,45 @@ macro_rules! on {
             }
         }
     };
+    // One write outside a transaction: on PostgreSQL the pool's, on SQLite in
+    // a transaction of its own so it takes the writer's turn (a write to the
+    // pool would wait in SQLite's busy handler, which the turns starve).
+    // `$body` is a `Result<_, sqlx::Error>`, and so is the whole.
+    (write $store:expr, $c:ident, $d:ident => $body:expr) => {
+        $crate::on!(@dialect [$] write $store, $c, $d, $body)
+    };
+    (@dialect [$dol:tt] write $store:expr, $c:ident, $d:ident, $body:expr) => {
+        match $store.pool() {
+            $crate::store::Pool::Pg(p) => {
+                let $c = p;
+                #[allow(unused_macros)]
+                macro_rules! $d { ($dol($dol a:tt)*) => { $crate::pg_sql!($dol($dol a)*) } }
+                $body
+            }
+            $crate::store::Pool::Lite(_) => match $store.begin().await {
+                Err(e) => Err(e),
+                Ok(mut tx) => {
+                    let done = {
+                        let $crate::store::Conn::Lite(t, _) = &mut tx.conn else {
+                            unreachable!("a SQLite store begins SQLite transactions")
+                        };
+                        let $c: &mut sqlx::SqliteConnection = &mut *t;
+                        #[allow(unused_macros)]
+                        macro_rules! $d { ($dol($dol a:tt)*) => { $crate::lite_sql!($dol($dol a)*) } }
+                        $body
+                    };
+                    match done {
+                        Ok(v) => tx.commit().await.map(|()| v),
+                        Err(e) => Err(e),
+                    }
+                }
+            },
+        }
+    };
     // Without `$d`: the same, the body spelling no difference.
+    (write $store:expr, $c:ident => $body:expr) => {
+        $crate::on!(write $store, $c, _unused_dialect => $body)
+    };
     (tx $tx:expr, $c:ident => $body:expr) => {
         $crate::on!(tx $tx, $c, _unused_dialect => $body)
     };

@@ -634,7 +634,7 @@ impl Store {
         new: &str,
     ) -> Result<bool, sqlx::Error> {
         count();
-        on!(pool &self.pool, p => sqlx::query("UPDATE users SET encrypted_password = $3 WHERE id = $1 AND encrypted_password = $2")
+        on!(write self, p => sqlx::query("UPDATE users SET encrypted_password = $3 WHERE id = $1 AND encrypted_password = $2")
             .bind(user_id).bind(old).bind(new).execute(p).await.map(|r| r.rows_affected() == 1))
     }
 }
