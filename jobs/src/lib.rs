@@ -5,9 +5,12 @@
 //! - [`queue`]: enqueueing inside the caller's transaction, so a token and
 //!   the email that carries it commit together or not at all.
 //! - [`worker`]: the workers that deliver, with retries and metrics.
+//! - [`lite_backend`]: the queues on SQLite, their statements in the
+//!   writer's turn.
 
 pub mod email;
 pub mod hooked;
+pub mod lite_backend;
 pub mod queue;
 pub mod sms;
 pub mod templates;

@@ -243,7 +243,8 @@ struct Retention(Duration);
 /// How long a stopping worker waits for the deliveries under way.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
-/// One queue's apalis storage on either backend.
+/// One queue's apalis storage on either backend (on SQLite, in the
+/// writer's turn: see [`crate::lite_backend`]).
 macro_rules! storage {
     (pg $p:expr, $job:ty, $queue:expr) => {
         apalis_postgres::PostgresStorage::<$job>::new($p).with_config(
@@ -252,8 +253,9 @@ macro_rules! storage {
                 .heartbeat_interval(HEARTBEAT),
         )
     };
-    (lite $p:expr, $job:ty, $queue:expr) => {
-        apalis_sqlite::SqliteStorage::<$job>::new($p).with_config(
+    (lite $store:expr, $job:ty, $queue:expr) => {
+        crate::lite_backend::LiteQueue::<$job>::new(
+            $store.clone(),
             apalis_sqlite::Config::default()
                 .queue($queue.table_name())
                 .heartbeat_interval(HEARTBEAT),
@@ -332,9 +334,9 @@ pub async fn run(
             storage!(pg p, Queued<EmailJob>, Queue::Email),
             storage!(pg p, Queued<SmsJob>, Queue::Sms)
         ),
-        Pool::Lite(p) => monitor!(
-            storage!(lite p, Queued<EmailJob>, Queue::Email),
-            storage!(lite p, Queued<SmsJob>, Queue::Sms)
+        Pool::Lite(_) => monitor!(
+            storage!(lite store, Queued<EmailJob>, Queue::Email),
+            storage!(lite store, Queued<SmsJob>, Queue::Sms)
         ),
     };
     put_back(&store, held).await;

@@ -1619,3 +1619,62 @@ both_mail!(guesses_at_once_are_counted_one_by_one, |_| {}, |t, sink| {
     let confirmed = t.user(&user.to_string()).await.email_confirmed_at.is_some();
     assert_eq!(confirmed, accepted == 1);
 });
+
+// SQLite's writers take turns (FIFO) and hand the write lock straight to
+// each other. The queue's own writes (fetch, heartbeat, acknowledgement)
+// used to wait for that lock in SQLite's busy handler, which never found it
+// free under a steady load: the worker failed with "database is locked" and
+// restarted, and no mail went out. They take their turn too now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_goes_out_while_writers_take_every_turn() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (t, sink) = mail_server(Backend::Sqlite, |_| {}).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..8)
+        .map(|_| {
+            let (store, stop) = (t.server.store.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let tx = store.begin().await.unwrap();
+                    // A slow write transaction: the lock is held throughout.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    tx.commit().await.unwrap();
+                }
+            })
+        })
+        .collect();
+    let r = t.post("/otp", json!({"email": "busy@example.com"})).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let deadline = std::time::Instant::now() + Duration::from_secs(25);
+    while sink.count_to("busy@example.com") == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let delivered = sink.count_to("busy@example.com");
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert_eq!(
+        delivered, 1,
+        "the magic link went out while the writers ran"
+    );
+    let metrics = t.metrics_until(|_| true).await;
+    let restarts = common::series_sum(&metrics, "castellan_queue_worker_restarts_total");
+    assert_eq!(restarts, 0.0, "no worker failed on a locked database");
+    let pending = || {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM Jobs WHERE job_type = 'castellan_email' AND status != 'Done'",
+        )
+    };
+    let castellan_core::store::Pool::Lite(p) = t.server.store.pool() else {
+        unreachable!()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut left = pending().fetch_one(p).await.unwrap();
+    while left > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        left = pending().fetch_one(p).await.unwrap();
+    }
+    assert_eq!(left, 0, "the job is acknowledged");
+}
