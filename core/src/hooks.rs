@@ -113,18 +113,21 @@ impl Caller {
     /// object included). Counted and timed per hook.
     pub async fn call(&self, hook: Hook, cfg: &HookConfig, fields: Value) -> ApiResult<Value> {
         let id = uuid::Uuid::new_v4().to_string();
-        self.call_as(hook, cfg, fields, &id).await
+        self.call_as(hook, cfg, fields, &id, None).await
     }
 
     /// As [`Caller::call`], with the webhook id given: one id for every
     /// attempt of a message (Standard Webhooks' rule, so a hook can drop a
-    /// message it has seen).
+    /// message it has seen). A function hook runs inside `tx` when one is
+    /// given; an HTTP hook never waits inside a transaction, and is called
+    /// before or after one.
     pub async fn call_as(
         &self,
         hook: Hook,
         cfg: &HookConfig,
         mut fields: Value,
         id: &str,
+        tx: Option<&mut crate::store::Tx>,
     ) -> ApiResult<Value> {
         // A queued message's metadata already holds its request's address.
         let mut metadata = match fields.get("metadata") {
@@ -139,16 +142,20 @@ impl Caller {
         let started = Instant::now();
         let answer = match &cfg.target {
             HookTarget::Http(url) => self.http_call(url, (&cfg.keys, id), &fields).await,
-            HookTarget::PgFunction { schema, function } => self
-                .store
-                .call_hook_function(schema, function, &fields)
-                .await
-                .map(|v| v.unwrap_or(Value::Null))
-                .map_err(|e| {
-                    ApiError::internal("hook", e).with_message(format!(
-                        "Error running hook URI: pg-functions://postgres/{schema}/{function}"
-                    ))
-                }),
+            HookTarget::PgFunction { schema, function } => match tx {
+                Some(tx) => tx.call_hook_function(schema, function, &fields).await,
+                None => {
+                    self.store
+                        .call_hook_function(schema, function, &fields)
+                        .await
+                }
+            }
+            .map(|v| v.unwrap_or(Value::Null))
+            .map_err(|e| {
+                ApiError::internal("hook", e).with_message(format!(
+                    "Error running hook URI: pg-functions://postgres/{schema}/{function}"
+                ))
+            }),
         };
         let answer = answer.and_then(reported_error);
         let outcome = match &answer {

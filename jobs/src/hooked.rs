@@ -40,7 +40,7 @@ impl HookDelivery {
     pub async fn deliver(&self, payload: &Value, id: &str) -> Result<(), Undelivered> {
         let call = self
             .caller
-            .call_as(self.hook, &self.cfg, payload.clone(), id);
+            .call_as(self.hook, &self.cfg, payload.clone(), id, None);
         match call.await {
             Ok(_) => Ok(()),
             Err(e) if is_refusal(&e) => Err(Undelivered::Rejected(e)),

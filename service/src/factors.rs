@@ -23,7 +23,7 @@ use crate::actors::rate_limiter::RateLimits;
 use crate::budget::{Budgets, Draws};
 use crate::context::Ctx;
 use crate::refresh::reissue;
-use crate::sessions::{TokenGrant, grant_for, not_found};
+use crate::sessions::{TokenGrant, commit_and_grant, not_found};
 use crate::sms_out::{self, FirstTry};
 
 mod webauthn;
@@ -564,10 +564,10 @@ impl Factors {
         let token = reissue(&self.ctx, &mut tx, &c, now).await?;
         tx.drop_unverified_factors(v.user.id, &f.factor_type)
             .await?;
-        tx.commit().await?;
+        let grant = commit_and_grant(&self.ctx, tx, c, token, method, now).await?;
         metrics::counter!("castellan_signins_total", "method" => method, "outcome" => "ok")
             .increment(1);
-        grant_for(&self.ctx, c, token, method, now).await
+        Ok(grant)
     }
 
     /// With the MFA verification attempt hook on, the code is checked

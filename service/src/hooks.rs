@@ -5,7 +5,7 @@
 
 use castellan_core::hooks::{Hook, failed};
 use castellan_core::models::User;
-use castellan_core::store::{NewUser, SessionScope};
+use castellan_core::store::{NewUser, SessionScope, Tx};
 use castellan_core::{ApiError, ApiResult};
 use castellan_jobs::EmailJob;
 use serde_json::{Map, Value, json};
@@ -13,6 +13,16 @@ use uuid::Uuid;
 
 /// Asks `hook` with `fields` when it is on: its answer, or `None` when off.
 async fn ask(ctx: &crate::Ctx, hook: Hook, fields: Value) -> ApiResult<Option<Value>> {
+    ask_in(ctx, None, hook, fields).await
+}
+
+/// As [`ask`], a function hook inside `tx` when one is given.
+async fn ask_in(
+    ctx: &crate::Ctx,
+    tx: Option<&mut Tx>,
+    hook: Hook,
+    fields: Value,
+) -> ApiResult<Option<Value>> {
     let Some(cfg) = ctx.config.hooks.get(hook) else {
         return Ok(None);
     };
@@ -20,7 +30,8 @@ async fn ask(ctx: &crate::Ctx, hook: Hook, fields: Value) -> ApiResult<Option<Va
         .hooks
         .as_ref()
         .ok_or_else(|| failed("hooks are not ready"))?;
-    caller.call(hook, cfg, fields).await.map(Some)
+    let id = Uuid::new_v4().to_string();
+    caller.call_as(hook, cfg, fields, &id, tx).await.map(Some)
 }
 
 /// Ends every session of `user` (a verification hook's lockout).
@@ -146,6 +157,17 @@ pub fn on(ctx: &crate::Ctx, hook: Hook) -> bool {
     ctx.config.hooks.get(hook).is_some()
 }
 
+/// Whether a hook is on and a PostgreSQL function, which GoTrue runs inside
+/// the request's transaction (an HTTP hook castellan calls outside any).
+pub fn in_database(ctx: &crate::Ctx, hook: Hook) -> bool {
+    ctx.config.hooks.get(hook).is_some_and(|c| {
+        matches!(
+            c.target,
+            castellan_core::config::HookTarget::PgFunction { .. }
+        )
+    })
+}
+
 /// The claims an access token must keep, and the type each must have.
 const REQUIRED_CLAIMS: [&str; 10] = [
     "aud",
@@ -164,13 +186,14 @@ const REQUIRED_CLAIMS: [&str; 10] = [
 /// checked against GoTrue's minimum schema before they are signed.
 pub async fn custom_access_token(
     ctx: &crate::Ctx,
+    tx: Option<&mut Tx>,
     user_id: Uuid,
     claims: Value,
     method: &str,
 ) -> ApiResult<Map<String, Value>> {
     let fields = json!({"user_id": user_id, "claims": claims, "authentication_method": method});
     // Off, the hook's answer is empty: GoTrue's "missing claims" error.
-    let answer = ask(ctx, Hook::CustomAccessToken, fields)
+    let answer = ask_in(ctx, tx, Hook::CustomAccessToken, fields)
         .await?
         .unwrap_or_default();
     let Some(out) = answer.get("claims") else {

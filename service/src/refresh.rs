@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use castellan_core::crypto::random_base32;
 use castellan_core::crypto::refresh::{self, V2Token};
+use castellan_core::hooks::Hook;
 use castellan_core::models::{AuditAction, RefreshToken, User, audit_payload};
 use castellan_core::store::{self, RefreshContext, SessionScope, Tx};
 use castellan_core::{ApiError, ApiResult};
@@ -33,7 +34,9 @@ use uuid::Uuid;
 
 use crate::actors::session_manager::{RefreshEntry, SessionCache};
 use crate::context::Ctx;
-use crate::sessions::{TokenGrant, check_usable, end, grant_for, not_found};
+use crate::sessions::{
+    TokenGrant, check_usable, commit_and_grant, end, grant_for, hook_transaction, not_found,
+};
 
 /// Reads of a moving counter before giving up (each lost race means
 /// another refresh of the session succeeded in between).
@@ -216,8 +219,10 @@ async fn refresh_legacy(ctx: &Ctx, presented: &str, client: Option<Uuid>) -> Api
     let token = c.token.as_ref().ok_or_else(not_found)?;
     check_client(&c, client)?;
     check_usable(ctx, &c, now)?;
-    // A legacy token moves its session to v2 under the lock.
-    if token.revoked == Some(true) || ctx.refresh_v2 {
+    // A legacy token moves its session to v2 under the lock; a function
+    // hook shapes the token inside the locked path's transaction.
+    let hooked = crate::hooks::in_database(ctx, Hook::CustomAccessToken);
+    if token.revoked == Some(true) || ctx.refresh_v2 || hooked {
         return refresh_locked(ctx, presented, now).await;
     }
     let child = random_base32(12);
@@ -286,8 +291,7 @@ async fn refresh_locked(ctx: &Ctx, presented: &str, now: DateTime<Utc>) -> ApiRe
             }
         }
     };
-    tx.commit().await?;
-    grant_for(ctx, c, issued, "token_refresh", now).await
+    commit_and_grant(ctx, tx, c, issued, "token_refresh", now).await
 }
 
 /// GoTrue's gradual upgrade: a legacy token is spent (revoked, unless it
@@ -425,14 +429,22 @@ async fn refresh_v2(
                 ));
             }
         };
-        if !advance(ctx, &c, current, to, now).await? {
+        let mut tx = hook_transaction(ctx).await?;
+        if !advance(ctx, tx.as_mut(), &c, current, to, now).await? {
             continue;
         }
         let issued = encode(&key, &c, to)?;
-        if to == current + 1 {
-            cache.keep_refresh(since, rotated(&c, to, now), key.clone());
+        let kept = (to == current + 1).then(|| rotated(&c, to, now));
+        let grant = match tx {
+            Some(tx) => commit_and_grant(ctx, tx, c, issued, "token_refresh", now).await?,
+            None => grant_for(ctx, c, issued, "token_refresh", now).await?,
+        };
+        // Once written: a rotation a hook refused inside its transaction
+        // never happened.
+        if let Some(kept) = kept {
+            cache.keep_refresh(since, kept, key.clone());
         }
-        return grant_for(ctx, c, issued, "token_refresh", now).await;
+        return Ok(grant);
     }
     Err(ApiError::unavailable(
         "refresh v2",
@@ -451,13 +463,18 @@ async fn from_cache(
 ) -> ApiResult<Option<TokenGrant>> {
     let now = ctx.config.clock.now();
     let current = e.context.session.refresh_token_counter.unwrap_or(0);
+    // A function hook shapes the token inside the write's transaction,
+    // which the store's path opens.
+    if crate::hooks::in_database(ctx, Hook::CustomAccessToken) {
+        return Ok(None);
+    }
     if token.counter != current
         || !token.signed_by(&e.key)
         || check_usable(ctx, &e.context, now).is_err()
     {
         return Ok(None);
     }
-    if !advance(ctx, &e.context, current, current + 1, now).await? {
+    if !advance(ctx, None, &e.context, current, current + 1, now).await? {
         cache.forget_refresh(token.session_id);
         return Ok(None);
     }
@@ -480,6 +497,7 @@ fn rotated(c: &RefreshContext, counter: i64, now: DateTime<Utc>) -> RefreshConte
 /// Moves the session's counter `from` → `to` (audited), if it still is `from`.
 async fn advance(
     ctx: &Ctx,
+    tx: Option<&mut Tx>,
     c: &RefreshContext,
     from: i64,
     to: i64,
@@ -493,7 +511,10 @@ async fn advance(
         audit: &audit,
         now,
     };
-    Ok(ctx.store.advance_refresh_counter(&advance).await?)
+    Ok(match tx {
+        Some(tx) => tx.advance_refresh_counter(&advance).await?,
+        None => ctx.store.advance_refresh_counter(&advance).await?,
+    })
 }
 
 fn encode(key: &str, c: &RefreshContext, counter: i64) -> ApiResult<String> {

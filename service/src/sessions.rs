@@ -96,6 +96,48 @@ pub(crate) async fn grant_for(
     method: &str,
     now: DateTime<Utc>,
 ) -> ApiResult<TokenGrant> {
+    grant_for_in(ctx, None, c, refresh_token, method, now).await
+}
+
+/// Commits `tx`, which wrote the session's new state, and mints its tokens:
+/// a custom access token hook that is a PostgreSQL function runs inside the
+/// transaction before it commits (GoTrue's place: it sees what the request
+/// wrote, and its refusal rolls the request back); any other mints after.
+pub(crate) async fn commit_and_grant(
+    ctx: &Ctx,
+    mut tx: Tx,
+    c: store::RefreshContext,
+    refresh_token: String,
+    method: &str,
+    now: DateTime<Utc>,
+) -> ApiResult<TokenGrant> {
+    if !crate::hooks::in_database(ctx, Hook::CustomAccessToken) {
+        tx.commit().await?;
+        return grant_for(ctx, c, refresh_token, method, now).await;
+    }
+    let grant = grant_for_in(ctx, Some(&mut tx), c, refresh_token, method, now).await?;
+    tx.commit().await?;
+    Ok(grant)
+}
+
+/// A transaction for a write whose tokens the custom access token hook
+/// shapes from inside it (see [`commit_and_grant`]); `None` without such a
+/// hook, the write then going its usual way.
+pub(crate) async fn hook_transaction(ctx: &Ctx) -> ApiResult<Option<Tx>> {
+    match crate::hooks::in_database(ctx, Hook::CustomAccessToken) {
+        true => Ok(Some(ctx.store.begin().await?)),
+        false => Ok(None),
+    }
+}
+
+async fn grant_for_in(
+    ctx: &Ctx,
+    tx: Option<&mut Tx>,
+    c: store::RefreshContext,
+    refresh_token: String,
+    method: &str,
+    now: DateTime<Utc>,
+) -> ApiResult<TokenGrant> {
     let session = Minting {
         id: c.session.id,
         created: c.session.created_at,
@@ -103,16 +145,8 @@ pub(crate) async fn grant_for(
         scope: c.session.scopes,
     };
     let amr = amr_entries(c.amr);
-    grant(
-        ctx,
-        c.user,
-        c.identities,
-        session,
-        (refresh_token, method),
-        amr,
-        now,
-    )
-    .await
+    let minted = mint(ctx, tx, &c.user, &session, amr, method, now).await?;
+    Ok(minted.grant(c.user, c.identities, session, refresh_token))
 }
 
 /// The session a token is minted for: its id and start, and the OAuth
@@ -135,21 +169,6 @@ impl Minting {
             scope: None,
         }
     }
-}
-
-/// Signs the access token (its claims through the custom access token hook
-/// when it is on).
-pub(crate) async fn grant(
-    ctx: &Ctx,
-    user: User,
-    identities: Vec<Identity>,
-    session: Minting,
-    (refresh_token, method): (String, &str),
-    amr: Vec<AmrEntry>,
-    now: DateTime<Utc>,
-) -> ApiResult<TokenGrant> {
-    let minted = mint(ctx, &user, &session, amr, method, now).await?;
-    Ok(minted.grant(user, identities, session, refresh_token))
 }
 
 /// A signed access token and its times.
@@ -184,6 +203,7 @@ impl Minted {
 /// access token hook when it is on (a refusal is the answer), signed.
 async fn mint(
     ctx: &Ctx,
+    tx: Option<&mut Tx>,
     user: &User,
     session: &Minting,
     amr: Vec<AmrEntry>,
@@ -202,7 +222,7 @@ async fn mint(
         true => {
             let value =
                 serde_json::to_value(&claims).map_err(|e| ApiError::internal("claims", e))?;
-            let custom = crate::hooks::custom_access_token(ctx, user.id, value, method).await?;
+            let custom = crate::hooks::custom_access_token(ctx, tx, user.id, value, method).await?;
             ctx.jwt.sign(&custom)?
         }
     };
@@ -263,14 +283,16 @@ async fn issue(
         method: method.into(),
         timestamp: now.timestamp(),
     }];
-    // With the custom access token hook, the token first: a hook that
-    // refuses it (or is slow) leaves nothing written and holds no
+    // With the custom access token hook over HTTP, the token first: a hook
+    // that refuses it (or is slow) leaves nothing written and holds no
     // transaction open. Its claims read the user's factors (the aal1
-    // deadline), read here for it.
-    let early = match crate::hooks::on(ctx, Hook::CustomAccessToken) {
+    // deadline), read here for it. A PostgreSQL function hook runs inside
+    // the transaction instead, once the session is written.
+    let in_tx = crate::hooks::in_database(ctx, Hook::CustomAccessToken);
+    let early = match crate::hooks::on(ctx, Hook::CustomAccessToken) && !in_tx {
         true => {
             user.factors = ctx.store.factors_of(user.id).await?;
-            Some(mint(ctx, &user, &minting, amr.clone(), method, now).await?)
+            Some(mint(ctx, None, &user, &minting, amr.clone(), method, now).await?)
         }
         false => None,
     };
@@ -293,12 +315,27 @@ async fn issue(
         })
         .await?;
     user.factors = factors;
+    let inside = match in_tx {
+        true => Some(
+            mint(
+                ctx,
+                Some(&mut tx),
+                &user,
+                &minting,
+                amr.clone(),
+                method,
+                now,
+            )
+            .await?,
+        ),
+        false => None,
+    };
     tx.commit().await?;
     user.last_sign_in_at = Some(now);
     user.updated_at = Some(now);
-    let minted = match early {
+    let minted = match early.or(inside) {
         Some(m) => m,
-        None => mint(ctx, &user, &minting, amr, method, now).await?,
+        None => mint(ctx, None, &user, &minting, amr, method, now).await?,
     };
     Ok(minted.grant(user, identities, minting, token))
 }

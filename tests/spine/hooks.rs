@@ -199,6 +199,102 @@ async fn a_postgres_function_shapes_the_token() {
     t.stop().await;
 }
 
+// GoTrue calls a function hook inside the request's transaction: it sees
+// the session being written (its counter moved, on a refresh), and its
+// refusal rolls the request back, so the refresh token stays good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_function_runs_inside_the_request() {
+    let t = pg_hooked(
+        &[(Hook::CustomAccessToken, "seen_hook")],
+        &[
+            "CREATE TABLE public.hook_switch (refuse boolean NOT NULL)",
+            "INSERT INTO public.hook_switch VALUES (false)",
+            "CREATE FUNCTION public.seen_hook(event jsonb) RETURNS jsonb LANGUAGE sql AS $$ \
+             SELECT CASE WHEN (SELECT refuse FROM public.hook_switch) \
+               THEN jsonb_build_object('error', jsonb_build_object('http_code', 403, 'message', 'not now')) \
+               ELSE jsonb_build_object('claims', (event->'claims') || jsonb_build_object('counter', \
+                 (SELECT refresh_token_counter FROM auth.sessions WHERE id = (event->'claims'->>'session_id')::uuid))) \
+             END $$",
+        ],
+    )
+    .await;
+    let castellan_core::store::Pool::Pg(pool) = t.pool() else {
+        unreachable!()
+    };
+    let refuse = |on: bool| {
+        sqlx::query("UPDATE public.hook_switch SET refuse = $1")
+            .bind(on)
+            .execute(pool)
+    };
+    let counter = |token: &str| {
+        let session = common::claims(token)["session_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        sqlx::query_scalar::<_, Option<i64>>(
+            "SELECT refresh_token_counter FROM auth.sessions WHERE id = $1::uuid",
+        )
+        .bind(session)
+        .fetch_one(pool)
+    };
+    let s = t.new_session("inside@example.com", "correct-horse-9").await;
+    let first = s["access_token"].as_str().unwrap();
+    // The session row exists when the function runs.
+    let at_start = counter(first).await.unwrap();
+    assert!(at_start.is_some(), "v2 sessions count their tokens");
+    assert_eq!(common::claims(first)["counter"].as_i64(), at_start, "{s}");
+    let refresh = |token: &str| {
+        t.post(
+            "/token?grant_type=refresh_token",
+            json!({ "refresh_token": token }),
+        )
+    };
+    let rt = s["refresh_token"].as_str().unwrap();
+    let r = refresh(rt).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let second = r.body["access_token"].as_str().unwrap();
+    let moved = counter(second).await.unwrap();
+    assert_eq!(moved, at_start.map(|c| c + 1));
+    assert_eq!(
+        common::claims(second)["counter"].as_i64(),
+        moved,
+        "seen moved"
+    );
+    // Refused: the rotation is rolled back with the token.
+    refuse(true).await.unwrap();
+    let rt = r.body["refresh_token"].as_str().unwrap();
+    let r2 = refresh(rt).await;
+    assert_eq!(
+        (r2.status.as_u16(), r2.body["msg"].as_str()),
+        (403, Some("not now")),
+        "{}",
+        r2.text
+    );
+    assert_eq!(counter(second).await.unwrap(), moved, "nothing written");
+    let sessions = || {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM auth.sessions s JOIN auth.users u ON u.id = s.user_id \
+             WHERE u.email = 'inside@example.com'",
+        )
+        .fetch_one(pool)
+    };
+    let before = sessions().await.unwrap();
+    let login = json!({"email": "inside@example.com", "password": "correct-horse-9"});
+    let r3 = t.post("/token?grant_type=password", login.clone()).await;
+    assert_eq!(r3.status, 403, "{}", r3.text);
+    assert_eq!(
+        sessions().await.unwrap(),
+        before,
+        "a refused sign-in writes no session"
+    );
+    // Allowed again: the same refresh token is still good.
+    refuse(false).await.unwrap();
+    let r4 = refresh(rt).await;
+    assert_eq!(r4.status, 200, "{}", r4.text);
+    assert_eq!(counter(second).await.unwrap(), moved.map(|c| c + 1));
+    t.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_function_refuses_a_sign_up() {
     let t = pg_hooked(

@@ -142,6 +142,19 @@ const ADVANCE_LITE: &str = "UPDATE sessions SET refresh_token_counter = $3, refr
          SELECT $8, $9, $10, $5, $11 WHERE changes() = 1; \
      SELECT changes()";
 
+impl Advance<'_> {
+    fn args(&self) -> AdvanceArgs {
+        (
+            self.session_id,
+            self.from,
+            self.to,
+            self.now,
+            Json(self.audit.clone()),
+            crate::client::current(),
+        )
+    }
+}
+
 /// An advance's values, owned (a SQLite batch runs in a task of its own).
 pub(super) type AdvanceArgs = (
     Uuid,
@@ -589,15 +602,7 @@ impl Store {
     /// PostgreSQL, one self-contained batch on SQLite.
     pub async fn advance_refresh_counter(&self, a: &Advance<'_>) -> Result<bool, sqlx::Error> {
         count();
-        let args: AdvanceArgs = (
-            a.session_id,
-            a.from,
-            a.to,
-            a.now,
-            Json(a.audit.clone()),
-            crate::client::current(),
-        );
-        guarded_write!(self, ADVANCE_PG, &self.advances, bind_advance, args)
+        guarded_write!(self, ADVANCE_PG, &self.advances, bind_advance, a.args())
     }
 
     /// Revokes `r.revoke` and writes its child, the audit entries and the
@@ -640,6 +645,29 @@ impl Store {
 }
 
 impl Tx {
+    /// As [`Store::advance_refresh_counter`], inside this transaction (where
+    /// the custom access token hook then runs).
+    pub async fn advance_refresh_counter(&mut self, a: &Advance<'_>) -> Result<bool, sqlx::Error> {
+        count();
+        let won = match &mut self.conn {
+            Conn::Pg(c) => {
+                bind_advance!(sqlx::query_scalar::<_, i64>(ADVANCE_PG), a.args())
+                    .fetch_one(&mut **c)
+                    .await?
+            }
+            Conn::Lite(c, _) => {
+                let steps = bind_advance!(sqlx::query_scalar::<_, i64>(ADVANCE_LITE), a.args());
+                steps
+                    .fetch_all(&mut **c)
+                    .await?
+                    .last()
+                    .copied()
+                    .unwrap_or(0)
+            }
+        };
+        Ok(won == 1)
+    }
+
     pub async fn user_by_id(&mut self, id: Uuid) -> Result<Option<User>, sqlx::Error> {
         count();
         on!(tx self, c => sqlx::query_as(concat!("SELECT ", user_cols!(), " FROM users WHERE id = $1"))
