@@ -26,6 +26,10 @@ use tokio::time::Instant;
 /// before they are told to close.
 const SETTLE: Duration = Duration::from_millis(250);
 
+/// How long a connection that has brought no request yet is waited for
+/// once the server stops (within its own first-request deadline).
+const FIRST_AT_STOP: Duration = Duration::from_secs(2);
+
 /// Serves `app` until `stop` resolves, then closes what is still open once
 /// `limits.shutdown_grace` has passed.
 pub async fn serve(
@@ -306,7 +310,9 @@ async fn connection(
         // connection in its queue: its first request is on the way (a proxy
         // sends it with the connection, and would not resend a POST that a
         // close had reset), so it is answered before the connection closes.
-        let deadline = activity.opened + watch.first_request;
+        // A request on its way arrives at once; a socket opened ahead of
+        // need (a browser's preconnect) would hold the shutdown for good.
+        let deadline = (activity.opened + watch.first_request).min(Instant::now() + FIRST_AT_STOP);
         tokio::select! {
             _ = conn.as_mut() => return,
             _ = activity.first.notified() => {}

@@ -116,6 +116,27 @@ async fn a_connection_accepted_before_shutdown_has_its_first_request_answered() 
         .unwrap();
 }
 
+// A socket opened ahead of need (a browser's preconnect) never brings a
+// request: the stop waits for it a moment, not its whole grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_socket_does_not_hold_a_stop_for_its_grace() {
+    let t = common::spawn(Backend::Sqlite, |c| {
+        c.listen.header_read_timeout = Duration::from_secs(120);
+        c.listen.shutdown_grace = Duration::from_secs(60);
+    })
+    .await;
+    let _silent = TcpStream::connect(t.server.addr).await.unwrap();
+    assert_eq!(
+        t.http.get(t.url("/health")).send().await.unwrap().status(),
+        200
+    );
+    let stopped = tokio::time::timeout(Duration::from_secs(30), t.stop()).await;
+    assert!(
+        stopped.is_ok(),
+        "the stop waited out its grace for a silent socket"
+    );
+}
+
 /// A connection from `ip`: loopback addresses other than 127.0.0.1 are
 /// other clients to the server.
 async fn connect_from(ip: &str, addr: std::net::SocketAddr) -> TcpStream {
