@@ -287,7 +287,8 @@ where
 }
 
 /// An admin: a token whose `role` is in `GOTRUE_JWT_ADMIN_ROLES` (GoTrue's
-/// `requireAdminCredentials`). A token naming a session needs that session alive.
+/// `requireAdminCredentials`). A token naming a session needs that session
+/// alive. The token is the bearer's, or the admin console's session.
 pub struct AdminAuth {
     pub actor: AuditActor,
 }
@@ -296,8 +297,12 @@ impl FromRequestParts<AppState> for AdminAuth {
     type Rejection = HttpError;
 
     async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, HttpError> {
-        let token = bearer(&parts.headers)?;
-        let role = st.accounts.admin_role(token).await?;
+        // The console's cookie stands in for a bearer token (when it is on).
+        let token = match bearer(&parts.headers) {
+            Ok(t) => t.to_string(),
+            Err(missing) => crate::api::console::session_token(parts, st)?.ok_or(missing)?,
+        };
+        let role = st.accounts.admin_role(&token).await?;
         Ok(AdminAuth {
             actor: AuditActor::admin(&role),
         })

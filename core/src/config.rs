@@ -539,6 +539,9 @@ pub struct Config {
     /// Whether `/health` and `/ready` are in the access log
     /// (`CASTELLAN_LOG_PROBES`); GoTrue leaves them out, and so do we by default.
     pub log_probes: bool,
+    /// Whether the admin console is served at `/console`
+    /// (`CASTELLAN_CONSOLE_ENABLED`); off, nothing of it is reachable.
+    pub console_enabled: bool,
     /// Peers whose `X-Forwarded-For` is believed, and who may hold more
     /// than one client's share of connections (`CASTELLAN_TRUSTED_PROXIES`).
     pub trusted_proxies: TrustedProxies,
@@ -1532,6 +1535,7 @@ impl Config {
             metrics_addr: Some(v.string(&["CASTELLAN_METRICS_ADDR"], DEFAULT_METRICS_ADDR))
                 .filter(|a| a != "api"),
             log_probes: v.bool(&["CASTELLAN_LOG_PROBES"], false)?,
+            console_enabled: v.bool(&["CASTELLAN_CONSOLE_ENABLED"], false)?,
             trusted_proxies: trusted_proxies(v)?,
             listen: listen(v)?,
             jwt: jwt(v)?,

@@ -30,6 +30,7 @@ pub const GROUPS: &[Group] = &[
                     | "CASTELLAN_METRICS_ADDR"
                     | "CASTELLAN_TRUSTED_PROXIES"
                     | "CASTELLAN_LOG_PROBES"
+                    | "CASTELLAN_CONSOLE_ENABLED"
             ) || any(
                 n,
                 &[

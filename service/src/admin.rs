@@ -10,7 +10,7 @@ use castellan_core::models::{
     AuditAction, AuditActor, Identity, User, audit_payload, merge_metadata,
 };
 use castellan_core::store::{
-    AuditRow, AuditScope, FactorRow, NewUser, Page, SessionScope, TokenType, Tx,
+    AuditRow, AuditScope, FactorRow, NewUser, Page, SessionRow, SessionScope, TokenType, Tx,
 };
 use castellan_core::{ApiError, ApiResult, validate};
 use chrono::{DateTime, Utc};
@@ -649,17 +649,34 @@ impl Admin {
             .user_by_email(&email, aud)
             .await?
             .ok_or_else(|| ApiError::not_found("user_not_found", "User not found"))?;
+        self.end_sessions(actor, user.id, SessionScope::All).await
+    }
+
+    /// A user's sessions, newest first.
+    pub async fn sessions(&self, id: Uuid) -> ApiResult<Vec<SessionRow>> {
+        self.get_user(id).await?;
+        Ok(self.ctx.store.sessions_of(id).await?)
+    }
+
+    /// Ends the user's sessions in `scope`, audited as the admin's logout of
+    /// them: how many ended (every process's cache learns at once).
+    pub async fn end_sessions(
+        &self,
+        actor: &AuditActor,
+        user: Uuid,
+        scope: SessionScope,
+    ) -> ApiResult<u64> {
         let mut tx = self.ctx.store.begin().await?;
+        let traits = match scope {
+            SessionScope::Only(s) => json!({"user_id": user, "session_id": s}),
+            _ => json!({"user_id": user}),
+        };
         tx.insert_audit(
-            &audit_payload(
-                actor.clone(),
-                AuditAction::Logout,
-                Some(json!({"user_id": user.id})),
-            ),
+            &audit_payload(actor.clone(), AuditAction::Logout, Some(traits)),
             self.ctx.config.clock.now(),
         )
         .await?;
-        let ended = crate::sessions::end(&mut tx, user.id, SessionScope::All).await?;
+        let ended = crate::sessions::end(&mut tx, user, scope).await?;
         tx.commit().await?;
         Ok(ended)
     }

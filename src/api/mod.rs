@@ -2,6 +2,7 @@
 //! and under `/auth/v1` (where supabase-js and supabase-py call it).
 
 mod admin;
+pub(crate) mod console;
 mod external;
 pub(crate) mod factors;
 mod health;
@@ -65,6 +66,12 @@ pub const RATE_LIMITS: &[RouteLimit] = &[
         Captcha::Yes,
     ),
     RouteLimit::new("/user", Method::PUT, Pick::Fixed(Bucket::UserUpdate)),
+    // The console's sign-in is a password sign-in: /token's bucket.
+    RouteLimit::new(
+        "/console/session",
+        Method::POST,
+        Pick::Fixed(Bucket::TokenRefresh),
+    ),
     RouteLimit::new("/authorize", Method::GET, Pick::Fixed(Bucket::Authorize)),
     RouteLimit::new("/callback", Method::GET, Pick::Fixed(Bucket::Authorize)),
     RouteLimit::new("/callback", Method::POST, Pick::Fixed(Bucket::Authorize)),
@@ -161,6 +168,7 @@ pub fn routes(state: AppState) -> (Router<AppState>, Document) {
         .routes(routes!(well_known::openid_configuration))
         .routes(routes!(well_known::oauth_authorization_server))
         .merge(admin::routes())
+        .merge(console::routes(&state))
         .route_layer(axum::middleware::from_fn_with_state(
             state,
             crate::limit::limit,

@@ -318,6 +318,8 @@ both!(
         c.rate_limits.mfa = two;
         c.rate_limits.passkey = two;
         c.rate_limits.oauth_client_register = two;
+        // Its sign-in is in the table; off, it is not routed at all.
+        c.console_enabled = true;
     },
     |t| {
         // Redirects (the OAuth routes answer with them) are not followed.

@@ -26,6 +26,7 @@ mod admin;
 mod bots;
 mod cache;
 mod cli;
+mod console;
 mod dashboards;
 mod deploy;
 mod disk;

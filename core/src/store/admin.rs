@@ -46,6 +46,23 @@ pub fn contains_pattern(text: &str) -> String {
     format!("%{escaped}%")
 }
 
+/// One of a user's sessions, as the admin API lists them.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = Session)]
+pub struct SessionRow {
+    pub id: Uuid,
+    pub created_at: Option<DateTime<Utc>>,
+    pub updated_at: Option<DateTime<Utc>>,
+    /// When its refresh token last turned (GoTrue's column, without a zone).
+    pub refreshed_at: Option<chrono::NaiveDateTime>,
+    pub not_after: Option<DateTime<Utc>>,
+    pub aal: Option<String>,
+    pub user_agent: Option<String>,
+    pub ip: Option<String>,
+    /// The OAuth client whose authorization code started it, if any.
+    pub oauth_client_id: Option<Uuid>,
+}
+
 /// One factor row, as the admin API shows it.
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[schema(as = Factor)]
@@ -84,6 +101,8 @@ impl Store {
         page: Page,
     ) -> Result<(Vec<User>, i64), sqlx::Error> {
         let pattern = filter.map(contains_pattern);
+        // An id is matched as its hex digits, dashes or not.
+        let id_pattern = filter.map(|f| contains_pattern(&f.replace('-', "").to_ascii_lowercase()));
         count();
         // The filter: the address or the full name contains the pattern.
         macro_rules! matching {
@@ -91,15 +110,16 @@ impl Store {
                 concat!(
                     " FROM users WHERE aud = $1 AND ($2", $d!(cast "text"), " IS NULL OR email ", $d!(ilike),
                     " $2 ESCAPE '\\' OR ", $d!(json_text "raw_user_meta_data", "full_name"), " ", $d!(ilike),
-                    " $2 ESCAPE '\\')"
+                    " $2 ESCAPE '\\' OR phone ", $d!(ilike), " $2 ESCAPE '\\' OR ", $d!(uuid_hex "id"),
+                    " LIKE $3 ESCAPE '\\')"
                 )
             };
         }
         macro_rules! list {
             ($order:literal) => {
                 on!(pool &self.pool, p, d => sqlx::query_as(concat!("SELECT ", user_cols!(), matching!(d),
-                    " ORDER BY created_at ", $order, ", id ", $order, " LIMIT $3 OFFSET $4"))
-                    .bind(aud).bind(&pattern).bind(page.limit).bind(page.offset).fetch_all(p).await)?
+                    " ORDER BY created_at ", $order, ", id ", $order, " LIMIT $4 OFFSET $5"))
+                    .bind(aud).bind(&pattern).bind(&id_pattern).bind(page.limit).bind(page.offset).fetch_all(p).await)?
             };
         }
         let users: Vec<User> = if newest_first {
@@ -109,8 +129,17 @@ impl Store {
         };
         count();
         let total: i64 = on!(pool &self.pool, p, d => sqlx::query_scalar(concat!("SELECT count(*)", matching!(d)))
-            .bind(aud).bind(&pattern).fetch_one(p).await)?;
+            .bind(aud).bind(&pattern).bind(&id_pattern).fetch_one(p).await)?;
         Ok((users, total))
+    }
+
+    /// A user's sessions, newest first.
+    pub async fn sessions_of(&self, user_id: Uuid) -> Result<Vec<SessionRow>, sqlx::Error> {
+        count();
+        on!(pool &self.pool, p, d => sqlx::query_as(concat!(
+            "SELECT id, created_at, updated_at, refreshed_at, not_after, CAST(aal AS TEXT) AS aal, user_agent, ",
+            d!(pg "host(ip) AS "), "ip, oauth_client_id FROM sessions WHERE user_id = $1 ORDER BY created_at DESC, id"))
+            .bind(user_id).fetch_all(p).await)
     }
 
     /// The audit log, newest first, optionally searched.

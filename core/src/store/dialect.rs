@@ -18,6 +18,8 @@
 //!   `json_is_true` tests that key for JSON true, `json_true` sets it;
 //! - `in_list "col", "$n"`: `col` is one of the comma-separated names bound
 //!   to `$n`;
+//! - `uuid_hex "col"`: a UUID column as 32 lowercase hex digits (SQLite
+//!   keeps UUIDs as 16-byte blobs);
 //! - `identities "owner"`, `factors "owner"`, `amr "session"`: a JSON
 //!   array of the owner's rows, in GoTrue's order.
 
@@ -45,6 +47,9 @@ macro_rules! pg_sql {
     };
     (now) => {
         "now()"
+    };
+    (uuid_hex $col:literal) => {
+        concat!("replace(", $col, "::text, '-', '')")
     };
     (pg $text:literal) => {
         $text
@@ -118,6 +123,9 @@ macro_rules! lite_sql {
     };
     (now) => {
         "strftime('%s', 'now')"
+    };
+    (uuid_hex $col:literal) => {
+        concat!("lower(hex(", $col, "))")
     };
     (pg $text:literal) => {
         ""

@@ -1,5 +1,5 @@
 //! The admin API (`requireAdminCredentials` in GoTrue): users, their
-//! factors and passkeys, the audit log, the rate limits and the OAuth
+//! factors, passkeys and sessions, the audit log, the rate limits and the OAuth
 //! server's clients.
 
 mod audit;
@@ -8,6 +8,7 @@ mod oauth_clients;
 mod paging;
 mod passkeys;
 mod rate_limits;
+mod sessions;
 mod users;
 
 use utoipa_axum::router::OpenApiRouter;
@@ -20,6 +21,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(users::list, users::create))
         .routes(routes!(users::get, users::update, users::delete))
         .routes(routes!(users::factors))
+        .routes(routes!(sessions::list, sessions::end_all))
+        .routes(routes!(sessions::end_one))
         .routes(routes!(users::update_factor, users::delete_factor))
         .routes(routes!(passkeys::list))
         .routes(routes!(passkeys::delete))

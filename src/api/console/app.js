@@ -1,0 +1,267 @@
+// The castellan console: a page of the admin API. Everything it shows is
+// put in the page as text (textContent, never HTML), so no user's data can
+// become markup. The session is an HttpOnly cookie; the CSRF token it
+// derives is held here, in memory only, and sent with every change.
+
+const base = location.pathname.replace(/\/console$/, '');
+const main = document.getElementById('main');
+const status = document.getElementById('status');
+let csrf = null;
+
+/** An element: attributes (on* keys are listeners) and children (text or nodes). */
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k.startsWith('on')) el.addEventListener(k.slice(2), v);
+    else if (v === true) el.setAttribute(k, '');
+    else el.setAttribute(k, String(v));
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+function say(text, error = false) {
+  status.textContent = text;
+  status.classList.toggle('error', error);
+}
+
+/** A call to the admin API (or the console's session) with the cookie. */
+async function api(method, path, body) {
+  const headers = { accept: 'application/json' };
+  if (body !== undefined) headers['content-type'] = 'application/json';
+  if (csrf && method !== 'GET') headers['x-csrf-token'] = csrf;
+  const r = await fetch(base + path, {
+    method,
+    headers,
+    credentials: 'same-origin',
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await r.text();
+  const data = text ? JSON.parse(text) : null;
+  if (r.status === 401) {
+    csrf = null;
+    signInPage();
+  }
+  if (!r.ok) throw new Error((data && (data.msg || data.message)) || `HTTP ${r.status}`);
+  return { data, headers: r.headers };
+}
+
+/** Runs an action and says how it went. */
+async function act(what, fn) {
+  try {
+    await fn();
+    say(what);
+    return true;
+  } catch (e) {
+    say(`${what} failed: ${e.message}`, true);
+    return false;
+  }
+}
+
+function when(t) {
+  return t ? new Date(t).toLocaleString() : '—';
+}
+
+function table(columns, rows) {
+  return h('table', {},
+    h('thead', {}, h('tr', {}, columns.map((c) => h('th', { scope: 'col' }, c)))),
+    h('tbody', {}, rows.map((r) => h('tr', {}, r.map((cell) => h('td', {}, cell))))));
+}
+
+function signInPage() {
+  document.getElementById('nav').hidden = true;
+  const email = h('input', { type: 'email', name: 'email', required: true, autocomplete: 'username' });
+  const password = h('input', { type: 'password', name: 'password', required: true, autocomplete: 'current-password' });
+  const form = h('form', { 'aria-label': 'Sign in' },
+    h('label', {}, 'Email', email),
+    h('label', {}, 'Password', password),
+    h('button', { type: 'submit' }, 'Sign in'));
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const ok = await act('Signed in', async () => {
+      const { data } = await api('POST', '/console/session', { email: email.value, password: password.value });
+      csrf = data.csrf;
+      signedIn(data.user);
+    });
+    if (ok) route();
+  });
+  main.replaceChildren(h('h2', {}, 'Sign in'), form);
+  email.focus();
+}
+
+function signedIn(user) {
+  document.getElementById('nav').hidden = false;
+  document.getElementById('who').textContent = `${user.email || ''} (${user.role})`;
+}
+
+async function usersPage(query) {
+  const filter = query.get('filter') || '';
+  const page = Number(query.get('page') || 1);
+  const search = h('input', { type: 'search', name: 'filter', value: filter });
+  const form = h('form', { role: 'search' },
+    h('label', {}, 'Email, phone, id or name contains', search),
+    h('button', { type: 'submit' }, 'Search'));
+  form.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    location.hash = `#/users?filter=${encodeURIComponent(search.value)}`;
+  });
+  const q = new URLSearchParams({ page, per_page: 25 });
+  if (filter) q.set('filter', filter);
+  const { data, headers } = await api('GET', `/admin/users?${q}`);
+  const total = Number(headers.get('x-total-count') || 0);
+  const rows = data.users.map((u) => [
+    h('a', { href: `#/user/${u.id}` }, u.email || u.phone || u.id),
+    u.phone || '',
+    when(u.created_at),
+    when(u.last_sign_in_at),
+    u.banned_until ? `until ${when(u.banned_until)}` : '',
+  ]);
+  const pager = h('p', {}, `${total} users, page ${page}. `,
+    page > 1 ? h('a', { href: `#/users?filter=${encodeURIComponent(filter)}&page=${page - 1}` }, 'Previous') : null,
+    ' ',
+    page * 25 < total ? h('a', { href: `#/users?filter=${encodeURIComponent(filter)}&page=${page + 1}` }, 'Next') : null);
+  main.replaceChildren(h('h2', {}, 'Users'), form,
+    table(['User', 'Phone', 'Created', 'Last sign-in', 'Banned'], rows), pager);
+}
+
+async function userPage(id) {
+  const { data: u } = await api('GET', `/admin/users/${id}`);
+  const again = () => userPage(id);
+  const duration = h('select', { name: 'ban_duration' },
+    ['1h', '24h', '168h', '876000h'].map((d) => h('option', { value: d }, d)));
+  const ban = h('form', { 'aria-label': 'Ban' },
+    h('label', {}, 'Ban for', duration),
+    h('button', { type: 'submit' }, 'Ban'),
+    h('button', {
+      type: 'button',
+      onclick: async () => { if (await act('Unbanned', () => api('PUT', `/admin/users/${id}`, { ban_duration: 'none' }))) again(); },
+    }, 'Unban'));
+  ban.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    if (await act(`Banned for ${duration.value}`, () => api('PUT', `/admin/users/${id}`, { ban_duration: duration.value }))) again();
+  });
+  const remove = (soft) => async () => {
+    if (!confirm(soft ? 'Soft-delete this user?' : 'Delete this user for good?')) return;
+    if (await act('Deleted', () => api('DELETE', `/admin/users/${id}`, { should_soft_delete: soft }))) location.hash = '#/users';
+  };
+  const recover = async () => {
+    await act('Recovery link sent', () => api('POST', '/recover', { email: u.email }));
+  };
+  const details = h('dl', {},
+    h('dt', {}, 'Id'), h('dd', {}, u.id),
+    h('dt', {}, 'Email'), h('dd', {}, u.email || '—'),
+    h('dt', {}, 'Phone'), h('dd', {}, u.phone || '—'),
+    h('dt', {}, 'Role'), h('dd', {}, u.role || '—'),
+    h('dt', {}, 'Banned until'), h('dd', {}, when(u.banned_until)),
+    h('dt', {}, 'User metadata'), h('dd', {}, h('pre', {}, JSON.stringify(u.user_metadata || {}, null, 2))),
+    h('dt', {}, 'App metadata'), h('dd', {}, h('pre', {}, JSON.stringify(u.app_metadata || {}, null, 2))));
+  main.replaceChildren(
+    h('h2', {}, u.email || u.phone || u.id), details, ban,
+    h('p', {},
+      u.email ? h('button', { type: 'button', onclick: recover }, 'Send a recovery link') : null, ' ',
+      h('button', { type: 'button', class: 'danger', onclick: remove(true) }, 'Soft-delete'), ' ',
+      h('button', { type: 'button', class: 'danger', onclick: remove(false) }, 'Delete')),
+    h('section', { id: 'sessions' }, h('h3', {}, 'Sessions')),
+    h('section', { id: 'factors' }, h('h3', {}, 'Factors')),
+    h('section', { id: 'identities' }, h('h3', {}, 'Identities'),
+      table(['Provider', 'Email', 'Created'], (u.identities || []).map((i) => [i.provider, i.email || '', when(i.created_at)]))));
+  await Promise.all([sessionsOf(id, again), factorsOf(id, again)]);
+}
+
+async function sessionsOf(id, again) {
+  const { data } = await api('GET', `/admin/users/${id}/sessions`);
+  const end = (sid) => async () => {
+    if (await act('Session ended', () => api('DELETE', `/admin/users/${id}/sessions/${sid}`))) again();
+  };
+  const rows = data.map((s) => [s.id, when(s.created_at), s.aal || '', s.ip || '', s.user_agent || '',
+    h('button', { type: 'button', onclick: end(s.id), 'aria-label': `End session ${s.id}` }, 'End')]);
+  document.getElementById('sessions').append(
+    table(['Session', 'Started', 'Level', 'Address', 'Agent', ''], rows),
+    data.length ? h('button', {
+      type: 'button',
+      onclick: async () => { if (await act('All sessions ended', () => api('DELETE', `/admin/users/${id}/sessions`))) again(); },
+    }, 'End all sessions') : h('p', {}, 'No sessions.'));
+}
+
+async function factorsOf(id, again) {
+  const { data } = await api('GET', `/admin/users/${id}/factors`);
+  const drop = (fid) => async () => {
+    if (await act('Factor removed', () => api('DELETE', `/admin/users/${id}/factors/${fid}`))) again();
+  };
+  const rows = data.map((f) => [f.friendly_name || f.id, f.factor_type, f.status, when(f.created_at),
+    h('button', { type: 'button', onclick: drop(f.id), 'aria-label': `Remove factor ${f.id}` }, 'Remove')]);
+  document.getElementById('factors').append(rows.length ? table(['Factor', 'Type', 'Status', 'Created', ''], rows) : h('p', {}, 'No factors.'));
+}
+
+async function auditPage(query) {
+  const scope = h('select', { name: 'scope' }, ['action', 'author', 'type'].map((s) => h('option', { value: s, selected: query.get('scope') === s }, s)));
+  const text = h('input', { type: 'search', name: 'text', value: query.get('text') || '' });
+  const form = h('form', { role: 'search' }, h('label', {}, 'Field', scope), h('label', {}, 'Contains', text), h('button', { type: 'submit' }, 'Filter'));
+  form.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    location.hash = `#/audit?scope=${scope.value}&text=${encodeURIComponent(text.value)}`;
+  });
+  const q = new URLSearchParams({ per_page: 50 });
+  if (query.get('text')) q.set('query', `${query.get('scope') || 'action'}:${query.get('text')}`);
+  const { data } = await api('GET', `/admin/audit?${q}`);
+  const rows = data.map((e) => {
+    const p = e.payload || {};
+    return [when(e.created_at), p.action || '', p.actor_username || p.actor_id || '', e.ip_address || '',
+      h('pre', {}, JSON.stringify(p.traits || {}))];
+  });
+  main.replaceChildren(h('h2', {}, 'Audit log'), form, table(['When', 'Action', 'Actor', 'Address', 'Details'], rows));
+}
+
+async function limitsPage() {
+  const { data } = await api('GET', '/admin/rate_limits');
+  const inputs = Object.entries(data).map(([name, value]) =>
+    h('label', {}, name, h('input', { type: 'number', min: 0, step: 1, name, value })));
+  const form = h('form', { 'aria-label': 'Rate limits' }, inputs, h('button', { type: 'submit' }, 'Save'));
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const changed = {};
+    for (const input of form.querySelectorAll('input')) {
+      if (Number(input.value) !== data[input.name]) changed[input.name] = Number(input.value);
+    }
+    if (await act('Rate limits saved', () => api('PUT', '/admin/rate_limits', changed))) limitsPage();
+  });
+  main.replaceChildren(h('h2', {}, 'Rate limits'),
+    h('p', {}, 'Requests allowed per window, per client; a change holds in every process at once.'), form);
+}
+
+async function route() {
+  if (!csrf) return;
+  const [path, qs] = (location.hash.slice(1) || '/users').split('?');
+  const query = new URLSearchParams(qs || '');
+  const user = path.match(/^\/user\/([0-9a-f-]{36})$/);
+  try {
+    if (user) await userPage(user[1]);
+    else if (path === '/audit') await auditPage(query);
+    else if (path === '/limits') await limitsPage();
+    else await usersPage(query);
+  } catch (e) {
+    if (csrf) say(e.message, true);
+  }
+}
+
+document.getElementById('sign-out').addEventListener('click', async () => {
+  await act('Signed out', () => api('DELETE', '/console/session'));
+  csrf = null;
+  signInPage();
+});
+window.addEventListener('hashchange', route);
+
+(async () => {
+  try {
+    const { data } = await api('GET', '/console/session');
+    csrf = data.csrf;
+    signedIn(data.user);
+    route();
+  } catch {
+    signInPage();
+  }
+})();
