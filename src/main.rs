@@ -344,6 +344,7 @@ async fn keys(config: Config, cmd: KeysCommand) -> anyhow::Result<()> {
     use castellan_core::store::KeyState;
     use castellan_service::signing_keys;
     let ctx = operator_ctx(config).await?;
+    let actor = castellan_core::models::AuditActor::admin("castellan keys");
     let done = match cmd {
         KeysCommand::Generate { .. } => unreachable!("answered before the configuration is read"),
         KeysCommand::Add { alg, jwk_file } => {
@@ -352,43 +353,30 @@ async fn keys(config: Config, cmd: KeysCommand) -> anyhow::Result<()> {
                     .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?,
                 None => castellan_core::crypto::jwk::generate(alg.kind()).to_string(),
             };
-            signing_keys::add(&ctx, &jwk)
+            signing_keys::add(&ctx, &actor, &jwk)
                 .await
                 .map(|kid| println!("{kid}"))
         }
-        KeysCommand::Promote { kid } => signing_keys::set_state(&ctx, &kid, KeyState::Sign).await,
-        KeysCommand::Retire { kid } => signing_keys::set_state(&ctx, &kid, KeyState::Retired).await,
-        KeysCommand::List => {
-            let rows = ctx.store.signing_keys().await?;
-            if rows.is_empty() {
+        KeysCommand::Promote { kid } => {
+            signing_keys::set_state(&ctx, &actor, &kid, KeyState::Sign).await
+        }
+        KeysCommand::Retire { kid } => {
+            signing_keys::set_state(&ctx, &actor, &kid, KeyState::Retired).await
+        }
+        KeysCommand::List => signing_keys::list(&ctx).await.map(|keys| {
+            if keys.is_empty() {
                 eprintln!(
                     "no signing keys are stored: tokens are signed with GOTRUE_JWT_SECRET (or GOTRUE_JWT_KEYS); `castellan keys add` stores one"
                 );
             }
-            for r in rows {
-                let jwk = ctx
-                    .config
-                    .db_encryption
-                    .open(&r.kid, &r.jwk)
-                    .unwrap_or_default();
-                let alg = serde_json::from_str::<serde_json::Value>(&jwk).ok();
-                let alg = alg
-                    .as_ref()
-                    .and_then(|j| j["alg"].as_str())
-                    .unwrap_or("?")
-                    .to_string();
-                println!(
-                    "{}\t{alg}\t{}\t{}",
-                    r.kid,
-                    r.state,
-                    r.created_at.to_rfc3339()
-                );
+            for k in keys {
+                let added = k.created_at.to_rfc3339();
+                println!("{}\t{}\t{}\t{added}", k.kid, k.alg, k.state);
             }
-            Ok(())
-        }
+        }),
     };
     ctx.store.close().await;
-    done.map_err(anyhow::Error::msg)
+    done.map_err(|e| anyhow::Error::msg(e.message))
 }
 
 async fn admin(config: Config, cmd: AdminCommand) -> anyhow::Result<()> {

@@ -332,6 +332,10 @@ pub enum AuditAction {
     SigningKeyRetired,
     /// castellan's own: `PUT /admin/rate_limits` (traits: the changes).
     RateLimitsChanged,
+    /// castellan's own: a dead job sent again, or discarded, by an admin
+    /// (traits: `queue`, `job_id`).
+    JobRetried,
+    JobDiscarded,
     FactorInProgress,
     ChallengeCreated,
     VerificationAttempted,
@@ -367,6 +371,8 @@ impl AuditAction {
             Self::SigningKeyPromoted => "signing_key_promoted",
             Self::SigningKeyRetired => "signing_key_retired",
             Self::RateLimitsChanged => "rate_limits_changed",
+            Self::JobRetried => "job_retried",
+            Self::JobDiscarded => "job_discarded",
             Self::FactorInProgress => "factor_in_progress",
             Self::ChallengeCreated => "challenge_created",
             Self::VerificationAttempted => "verification_attempted",
@@ -391,6 +397,7 @@ impl AuditAction {
             Self::TokenRefreshed | Self::TokenRevoked => "token",
             Self::SigningKeyAdded | Self::SigningKeyPromoted | Self::SigningKeyRetired => "keys",
             Self::RateLimitsChanged => "limits",
+            Self::JobRetried | Self::JobDiscarded => "queue",
             Self::FactorInProgress
             | Self::ChallengeCreated
             | Self::VerificationAttempted

@@ -32,6 +32,11 @@ impl Queue {
         }
     }
 
+    /// The queue named `name` (its metrics label).
+    pub fn from_label(name: &str) -> Option<Queue> {
+        Queue::ALL.into_iter().find(|q| q.label() == name)
+    }
+
     /// The `queue` label of its metrics.
     pub fn label(self) -> &'static str {
         match self {

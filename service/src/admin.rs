@@ -20,7 +20,12 @@ use uuid::Uuid;
 
 use crate::otp::{Issued, OtpIssuer, SendRequest};
 
+use crate::signing_keys::{self, KeyView};
+use castellan_core::crypto::jwk::{self, KeyKind};
+use castellan_core::store::KeyState;
 use castellan_jobs::EmailKind;
+use castellan_jobs::inspect::{self, JobRow, JobState, QueueCounts};
+use castellan_jobs::queue::Queue;
 
 use crate::context::Ctx;
 
@@ -650,6 +655,82 @@ impl Admin {
             .await?
             .ok_or_else(|| ApiError::not_found("user_not_found", "User not found"))?;
         self.end_sessions(actor, user.id, SessionScope::All).await
+    }
+
+    /// The signing keys kept in the database.
+    pub async fn keys(&self) -> ApiResult<Vec<KeyView>> {
+        signing_keys::list(&self.ctx).await
+    }
+
+    /// Stores a new key of `kind`, verify-only (published, not signing yet);
+    /// its kid. This server's key ring takes it at once, the others within
+    /// `CASTELLAN_KEYS_POLL_INTERVAL`.
+    pub async fn add_key(&self, actor: &AuditActor, kind: KeyKind) -> ApiResult<String> {
+        // An RSA key takes a while to make: not on the request's thread.
+        let jwk = tokio::task::spawn_blocking(move || jwk::generate(kind).to_string())
+            .await
+            .map_err(|e| ApiError::internal("key generation", e))?;
+        let kid = signing_keys::add(&self.ctx, actor, &jwk).await?;
+        signing_keys::sync(&self.ctx, &mut None).await;
+        Ok(kid)
+    }
+
+    /// Promotes or retires a stored key (see [`signing_keys::set_state`]).
+    pub async fn set_key_state(
+        &self,
+        actor: &AuditActor,
+        kid: &str,
+        to: KeyState,
+    ) -> ApiResult<()> {
+        signing_keys::set_state(&self.ctx, actor, kid, to).await?;
+        signing_keys::sync(&self.ctx, &mut None).await;
+        Ok(())
+    }
+
+    /// Every queue's jobs by state.
+    pub async fn queues(&self) -> ApiResult<Vec<QueueCounts>> {
+        Ok(inspect::counts(&self.ctx.store).await?)
+    }
+
+    /// Up to 100 jobs of a queue in a state, the most recent first.
+    pub async fn queue_jobs(&self, queue: Queue, state: JobState) -> ApiResult<Vec<JobRow>> {
+        Ok(inspect::jobs(&self.ctx.store, queue, state, 100).await?)
+    }
+
+    /// Sends a dead job again (`retry`) or discards it, audited; 404
+    /// `job_not_found` when the queue has no dead job of that id.
+    pub async fn settle_dead_job(
+        &self,
+        actor: &AuditActor,
+        queue: Queue,
+        id: &str,
+        retry: bool,
+    ) -> ApiResult<()> {
+        let mut tx = self.ctx.store.begin().await?;
+        let (found, action) = match retry {
+            true => (
+                inspect::retry_dead(&mut tx, queue, id).await?,
+                AuditAction::JobRetried,
+            ),
+            false => (
+                inspect::discard_dead(&mut tx, queue, id).await?,
+                AuditAction::JobDiscarded,
+            ),
+        };
+        if !found {
+            return Err(ApiError::not_found(
+                "job_not_found",
+                "No dead job of that id in the queue",
+            ));
+        }
+        let traits = json!({"queue": queue.label(), "job_id": id});
+        tx.insert_audit(
+            &audit_payload(actor.clone(), action, Some(traits)),
+            self.ctx.config.clock.now(),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// A user's sessions, newest first.

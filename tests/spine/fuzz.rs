@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use crate::both;
 
 /// Every operation the API serves, as the document must list it.
-const OPERATIONS: [(&str, &str); 71] = [
+const OPERATIONS: [(&str, &str); 79] = [
     ("/health", "get"),
     ("/ready", "get"),
     ("/settings", "get"),
@@ -36,6 +36,14 @@ const OPERATIONS: [(&str, &str); 71] = [
     ("/admin/users/{user_id}/sessions", "get"),
     ("/admin/users/{user_id}/sessions", "delete"),
     ("/admin/users/{user_id}/sessions/{session_id}", "delete"),
+    ("/admin/queues", "get"),
+    ("/admin/queues/{queue}/jobs", "get"),
+    ("/admin/queues/{queue}/jobs/{job_id}/retry", "post"),
+    ("/admin/queues/{queue}/jobs/{job_id}", "delete"),
+    ("/admin/keys", "get"),
+    ("/admin/keys", "post"),
+    ("/admin/keys/{kid}/promote", "post"),
+    ("/admin/keys/{kid}/retire", "post"),
     ("/admin/users/{user_id}/factors/{factor_id}", "put"),
     ("/admin/users/{user_id}/factors/{factor_id}", "delete"),
     ("/factors", "post"),

@@ -46,6 +46,7 @@ mod mfa;
 mod oauth;
 mod oauth_flow;
 mod oauth_server;
+mod operator_api;
 mod outage;
 mod passkeys;
 mod phone;

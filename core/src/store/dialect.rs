@@ -18,6 +18,8 @@
 //!   `json_is_true` tests that key for JSON true, `json_true` sets it;
 //! - `in_list "col", "$n"`: `col` is one of the comma-separated names bound
 //!   to `$n`;
+//! - `epoch "col"`: a time column as Unix seconds (the queue's tables keep
+//!   `timestamptz` on PostgreSQL, seconds on SQLite);
 //! - `uuid_hex "col"`: a UUID column as 32 lowercase hex digits (SQLite
 //!   keeps UUIDs as 16-byte blobs);
 //! - `identities "owner"`, `factors "owner"`, `amr "session"`: a JSON
@@ -47,6 +49,9 @@ macro_rules! pg_sql {
     };
     (now) => {
         "now()"
+    };
+    (epoch $col:literal) => {
+        concat!("CAST(extract(epoch FROM ", $col, ") AS BIGINT)")
     };
     (uuid_hex $col:literal) => {
         concat!("replace(", $col, "::text, '-', '')")
@@ -123,6 +128,9 @@ macro_rules! lite_sql {
     };
     (now) => {
         "strftime('%s', 'now')"
+    };
+    (epoch $col:literal) => {
+        $col
     };
     (uuid_hex $col:literal) => {
         concat!("lower(hex(", $col, "))")

@@ -1,12 +1,14 @@
 //! The admin API (`requireAdminCredentials` in GoTrue): users, their
-//! factors, passkeys and sessions, the audit log, the rate limits and the OAuth
-//! server's clients.
+//! factors, passkeys and sessions, the audit log, the rate limits, the job
+//! queues, the signing keys and the OAuth server's clients.
 
 mod audit;
 mod generate_link;
+mod keys;
 mod oauth_clients;
 mod paging;
 mod passkeys;
+mod queues;
 mod rate_limits;
 mod sessions;
 mod users;
@@ -36,4 +38,11 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(audit::list))
         .routes(routes!(generate_link::generate_link))
         .routes(routes!(rate_limits::get, rate_limits::set))
+        .routes(routes!(queues::list))
+        .routes(routes!(queues::jobs))
+        .routes(routes!(queues::retry))
+        .routes(routes!(queues::discard))
+        .routes(routes!(keys::list, keys::add))
+        .routes(routes!(keys::promote))
+        .routes(routes!(keys::retire))
 }

@@ -233,6 +233,66 @@ async function limitsPage() {
     h('p', {}, 'Requests allowed per window, per client; a change holds in every process at once.'), form);
 }
 
+async function queuesPage(query) {
+  const { data } = await api('GET', '/admin/queues');
+  const counts = table(['Queue', 'Pending', 'Retrying', 'Dead'], data.map((q) => [
+    q.queue, q.pending, q.retrying,
+    h('a', { href: `#/queues?queue=${q.queue}&state=dead` }, String(q.dead))]));
+  const queue = ['email', 'sms'].includes(query.get('queue')) ? query.get('queue') : 'email';
+  const state = ['pending', 'retrying', 'dead'].includes(query.get('state')) ? query.get('state') : 'dead';
+  const pick = h('p', {}, ['email', 'sms'].flatMap((q) => ['pending', 'retrying', 'dead'].map((st) =>
+    h('a', { href: `#/queues?queue=${q}&state=${st}`, 'aria-current': q === queue && st === state ? 'page' : null }, `${q} ${st}`)))
+    .flatMap((a) => [a, ' ']));
+  const { data: jobs } = await api('GET', `/admin/queues/${queue}/jobs?state=${state}`);
+  const settle = (id, retry) => async () => {
+    const done = retry
+      ? act('Job queued again', () => api('POST', `/admin/queues/${queue}/jobs/${encodeURIComponent(id)}/retry`))
+      : act('Job discarded', () => api('DELETE', `/admin/queues/${queue}/jobs/${encodeURIComponent(id)}`));
+    if (await done) queuesPage(query);
+  };
+  const rows = jobs.map((j) => [j.id, j.status, `${j.attempts} of ${j.max_attempts}`, when(j.run_at * 1000),
+    h('pre', {}, j.last_result || ''),
+    state === 'dead' ? h('span', {},
+      h('button', { type: 'button', onclick: settle(j.id, true), 'aria-label': `Retry job ${j.id}` }, 'Retry'), ' ',
+      h('button', { type: 'button', class: 'danger', onclick: settle(j.id, false), 'aria-label': `Discard job ${j.id}` }, 'Discard')) : '']);
+  main.replaceChildren(h('h2', {}, 'Queues'), counts, pick,
+    h('h3', {}, `${queue}: ${state}`),
+    rows.length ? table(['Job', 'Status', 'Attempts', 'Runs at', 'Last result', ''], rows) : h('p', {}, 'None.'));
+}
+
+async function keysPage() {
+  const { data } = await api('GET', '/admin/keys');
+  const change = (kid, what) => async () => {
+    if (await act(`Key ${what === 'promote' ? 'promoted' : 'retired'}`, () => api('POST', `/admin/keys/${encodeURIComponent(kid)}/${what}`))) keysPage();
+  };
+  const rows = data.map((k) => [k.kid, k.alg, k.state, when(k.created_at),
+    k.state === 'verify' ? h('span', {},
+      h('button', { type: 'button', onclick: change(k.kid, 'promote'), 'aria-label': `Promote key ${k.kid}` }, 'Promote'), ' ',
+      h('button', { type: 'button', class: 'danger', onclick: change(k.kid, 'retire'), 'aria-label': `Retire key ${k.kid}` }, 'Retire')) : '']);
+  const alg = h('select', { name: 'alg' }, ['ES256', 'RS256', 'EdDSA'].map((a) => h('option', { value: a }, a)));
+  const form = h('form', { 'aria-label': 'Add a key' }, h('label', {}, 'Algorithm', alg), h('button', { type: 'submit' }, 'Add a key'));
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    if (await act('Key added (verify only until promoted)', () => api('POST', '/admin/keys', { alg: alg.value }))) keysPage();
+  });
+  main.replaceChildren(h('h2', {}, 'Signing keys'),
+    h('p', {}, 'Keys kept in the database. A new key is published first and signs once promoted; wait for caches of the JWKS before promoting, and for the access-token lifetime before retiring the old one.'),
+    rows.length ? table(['Kid', 'Algorithm', 'State', 'Added', ''], rows) : h('p', {}, 'No stored keys: tokens are signed by the configured secret or keys.'),
+    form);
+}
+
+async function healthPage() {
+  const r = await fetch(`${base}/ready`, { headers: { accept: 'application/json' } });
+  const data = await r.json();
+  const rows = Object.entries(data).flatMap(([k, v]) => {
+    if (Array.isArray(v)) return [[k, v.join(', ') || 'nothing']];
+    if (v && typeof v === 'object') return Object.entries(v).map(([name, state]) => [`${k}: ${name}`, String(state)]);
+    return [[k, String(v)]];
+  });
+  main.replaceChildren(h('h2', {}, 'Health'),
+    h('p', {}, r.ok ? 'Ready.' : 'Not ready.'), table(['Part', 'State'], rows));
+}
+
 async function route() {
   if (!csrf) return;
   const [path, qs] = (location.hash.slice(1) || '/users').split('?');
@@ -242,6 +302,9 @@ async function route() {
     if (user) await userPage(user[1]);
     else if (path === '/audit') await auditPage(query);
     else if (path === '/limits') await limitsPage();
+    else if (path === '/queues') await queuesPage(query);
+    else if (path === '/keys') await keysPage();
+    else if (path === '/health') await healthPage();
     else await usersPage(query);
   } catch (e) {
     if (csrf) say(e.message, true);

@@ -1,0 +1,214 @@
+//! The admin API's operator routes the console added (issue 34): the job
+//! queues (counts, dead jobs listed, sent again or discarded) and the
+//! signing keys kept in the database (listed, added, promoted, retired).
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::common::{self, Backend, TestServer};
+use crate::smtp_sink::SmtpSink;
+
+/// A server whose mail gets one attempt, to a sink on loopback.
+async fn one_attempt(
+    backend: Backend,
+    _: impl FnOnce(&mut castellan_core::Config),
+) -> (TestServer, SmtpSink) {
+    let sink = SmtpSink::start().await;
+    let port = sink.port;
+    let t = common::spawn(backend, move |c| {
+        c.mailer_autoconfirm = false;
+        c.smtp.host = Some("127.0.0.1".into());
+        c.smtp.port = port;
+        c.smtp.admin_email = Some("auth@castellan.test".into());
+        c.mailer.max_attempts = 1;
+        c.rate_limits.email_sent.events = 1000;
+    })
+    .await;
+    (t, sink)
+}
+
+async fn queues(t: &TestServer) -> Value {
+    let r = t.admin(Method::GET, "/admin/queues", None).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.body
+}
+
+/// Waits for the email queue to count `dead` dead jobs.
+async fn dead_jobs(t: &TestServer, dead: i64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while queues(t).await[0]["dead"] != dead {
+        assert!(Instant::now() < deadline, "{}", queues(t).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn audited(t: &TestServer, action: &str) -> i64 {
+    let like = format!("%\"{action}\"%");
+    t.count_by_str(
+        "SELECT count(*) FROM audit_log_entries WHERE CAST(payload AS TEXT) LIKE $1",
+        &like,
+    )
+    .await
+}
+
+crate::both!(
+    a_dead_job_is_listed_sent_again_or_discarded,
+    one_attempt,
+    |_| {},
+    |t, sink| {
+        let q = queues(&t).await;
+        assert_eq!(
+            q[0],
+            json!({"queue": "email", "pending": 0, "retrying": 0, "dead": 0})
+        );
+        assert_eq!(q[1]["queue"], "sms");
+        // The server refuses for now: the one attempt fails, and the job is dead.
+        sink.refuse(true);
+        assert_eq!(
+            t.signup("late@example.com", "correct-horse-9").await.status,
+            200
+        );
+        dead_jobs(&t, 1).await;
+        let r = t.admin(Method::GET, "/admin/queues/email/jobs", None).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let jobs = r.body.as_array().unwrap();
+        assert_eq!(jobs.len(), 1, "{}", r.text);
+        assert_eq!(
+            (jobs[0]["attempts"].clone(), jobs[0]["max_attempts"].clone()),
+            (json!(1), json!(1))
+        );
+        assert!(
+            !r.text.contains("late@example.com"),
+            "a job's contents stay sealed: {}",
+            r.text
+        );
+        let id = jobs[0]["id"].as_str().unwrap().to_string();
+        // Only dead jobs are settled; an unknown queue or state is named.
+        let retry = |id: &str| format!("/admin/queues/email/jobs/{id}/retry");
+        t.admin(Method::POST, &retry("nope"), None)
+            .await
+            .assert_error(404, "job_not_found");
+        t.admin(Method::GET, "/admin/queues/fax/jobs", None)
+            .await
+            .assert_error(404, "queue_not_found");
+        t.admin(Method::GET, "/admin/queues/email/jobs?state=lost", None)
+            .await
+            .assert_error(400, "validation_failed");
+
+        // Sent again once the server is back: delivered, once.
+        sink.refuse(false);
+        let r = t.admin(Method::POST, &retry(&id), None).await;
+        assert_eq!(r.status, 204, "{}", r.text);
+        sink.wait_for("late@example.com", 1).await;
+        dead_jobs(&t, 0).await;
+        t.admin(Method::POST, &retry(&id), None)
+            .await
+            .assert_error(404, "job_not_found");
+        assert_eq!(audited(&t, "job_retried").await, 1);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(sink.count_to("late@example.com"), 1);
+
+        // Another dies and is discarded: its row is gone.
+        sink.refuse(true);
+        assert_eq!(
+            t.signup("gone@example.com", "correct-horse-9").await.status,
+            200
+        );
+        dead_jobs(&t, 1).await;
+        let r = t
+            .admin(Method::GET, "/admin/queues/email/jobs?state=dead", None)
+            .await;
+        let id = r.body[0]["id"].as_str().unwrap().to_string();
+        let path = format!("/admin/queues/email/jobs/{id}");
+        let r = t.admin(Method::DELETE, &path, None).await;
+        assert_eq!(r.status, 204, "{}", r.text);
+        dead_jobs(&t, 0).await;
+        assert_eq!(t.email_jobs().await, 1, "only the delivered job is left");
+        assert_eq!(audited(&t, "job_discarded").await, 1);
+    }
+);
+
+fn kid_of(jwt: &str) -> String {
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header: Value =
+        serde_json::from_slice(&b64.decode(jwt.split('.').next().unwrap()).unwrap()).unwrap();
+    header["kid"].as_str().unwrap_or_default().to_string()
+}
+
+async fn published(t: &TestServer) -> Vec<String> {
+    let r = t
+        .request(Method::GET, "/.well-known/jwks.json", None, None)
+        .await;
+    r.body["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+crate::both!(
+    signing_keys_are_added_promoted_and_retired,
+    |c| c.mailer_autoconfirm = true,
+    |t| {
+        let r = t.admin(Method::GET, "/admin/keys", None).await;
+        assert_eq!(r.body, json!([]), "{}", r.text);
+        t.admin(Method::POST, "/admin/keys", Some(json!({"alg": "HS256"})))
+            .await
+            .assert_error(400, "validation_failed");
+        // Added: published at once by this server, not signing yet.
+        let r = t
+            .admin(Method::POST, "/admin/keys", Some(json!({"alg": "ES256"})))
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        let kid = r.body["kid"].as_str().unwrap().to_string();
+        assert!(published(&t).await.contains(&kid));
+        let r = t.admin(Method::GET, "/admin/keys", None).await;
+        assert_eq!(r.body[0]["kid"], kid.as_str());
+        assert_eq!(
+            (r.body[0]["alg"].clone(), r.body[0]["state"].clone()),
+            (json!("ES256"), json!("verify"))
+        );
+        assert!(!r.text.contains("\"d\""), "no private part: {}", r.text);
+        let s = t.new_session("keys@example.com", "correct-horse-9").await;
+        assert_ne!(kid_of(s["access_token"].as_str().unwrap()), kid);
+
+        // Promoted: new tokens carry it, and they are accepted.
+        let promote = format!("/admin/keys/{kid}/promote");
+        let r = t.admin(Method::POST, &promote, None).await;
+        assert_eq!(r.status, 204, "{}", r.text);
+        let s = t.login("keys@example.com", "correct-horse-9").await;
+        let token = s.body["access_token"].as_str().unwrap();
+        assert_eq!(kid_of(token), kid);
+        assert_eq!(
+            t.request(Method::GET, "/user", Some(token), None)
+                .await
+                .status,
+            200
+        );
+        // The signing key cannot be retired; a second verify key can.
+        t.admin(Method::POST, &format!("/admin/keys/{kid}/retire"), None)
+            .await
+            .assert_error(404, "key_not_found");
+        let r = t
+            .admin(Method::POST, "/admin/keys", Some(json!({"alg": "EdDSA"})))
+            .await;
+        let other = r.body["kid"].as_str().unwrap().to_string();
+        assert!(published(&t).await.contains(&other));
+        let r = t
+            .admin(Method::POST, &format!("/admin/keys/{other}/retire"), None)
+            .await;
+        assert_eq!(r.status, 204, "{}", r.text);
+        assert!(!published(&t).await.contains(&other));
+        let actions = [
+            "signing_key_added",
+            "signing_key_promoted",
+            "signing_key_retired",
+        ];
+        let counts = futures_util::future::join_all(actions.map(|a| audited(&t, a))).await;
+        assert_eq!(counts, vec![2, 1, 1]);
+    }
+);
