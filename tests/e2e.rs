@@ -532,10 +532,42 @@ async fn passkeys_on_postgres() {
 
 /// The admin console in Chromium (issue 34): an admin signs in, finds a
 /// user with hostile metadata, bans and unbans them, ends their session,
-/// lowers a rate limit; a change without the CSRF token is refused.
-/// Screenshots of each page go to target/tmp/console-screens.
+/// lowers a rate limit, sends a dead invitation again, adds and promotes a
+/// signing key and reads the health page; a change without the CSRF token
+/// is refused. Screenshots of each page go to target/tmp/console-screens.
 async fn console(backend: Backend) {
-    let t = common::spawn(backend, |c| c.console_enabled = true).await;
+    let sink = SmtpSink::start().await;
+    let port = sink.port;
+    let t = common::spawn(backend, move |c| {
+        c.console_enabled = true;
+        c.smtp.host = Some("127.0.0.1".into());
+        c.smtp.port = port;
+        c.smtp.admin_email = Some("auth@castellan.test".into());
+        c.mailer.max_attempts = 1;
+    })
+    .await;
+    // One dead invitation for each run of the script (root, prefixed): the
+    // mail server refused their one attempt, and takes mail again now.
+    sink.refuse(true);
+    for tag in ["root", "prefixed"] {
+        let body = serde_json::json!({ "email": format!("dead-{tag}@example.com") });
+        let r = t.admin(reqwest::Method::POST, "/invite", Some(body)).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while t
+        .admin(reqwest::Method::GET, "/admin/queues", None)
+        .await
+        .body[0]["dead"]
+        != 2
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the invitations never died"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    sink.refuse(false);
     let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("target/tmp/console-screens")
         .join(format!("{backend:?}").to_lowercase());
@@ -545,8 +577,14 @@ async fn console(backend: Backend) {
     // Each run's session ending was the admin's, and audited as such.
     let ended = "SELECT count(*) FROM audit_log_entries WHERE CAST(payload AS TEXT) LIKE $1";
     assert!(t.count_by_str(ended, "%\"logout\"%").await >= 2);
+    assert_eq!(t.count_by_str(ended, "%\"job_retried\"%").await, 2);
     let banned = "SELECT count(*) FROM users WHERE email LIKE $1 AND banned_until IS NOT NULL";
     assert_eq!(t.count_by_str(banned, "victim-%").await, 0);
+    // Both invitations went out once each, when sent again.
+    for tag in ["root", "prefixed"] {
+        sink.wait_for(&format!("dead-{tag}@example.com"), 1).await;
+        assert_eq!(sink.count_to(&format!("dead-{tag}@example.com")), 1);
+    }
     t.stop().await;
 }
 

@@ -592,6 +592,33 @@ impl Accounts {
         Ok((grant, weak))
     }
 
+    /// The admin console's sign-in: a password sign-in that only a user
+    /// whose role is an admin role may make. Anyone else is answered as a
+    /// wrong password after the same work (one password verification), so
+    /// the console tells nobody whether a password was right.
+    pub async fn admin_password_grant(&self, g: PasswordGrant) -> ApiResult<TokenGrant> {
+        let (user, _) = self.signer(&g).await?;
+        if !user.as_ref().is_some_and(|u| self.is_admin(u)) {
+            self.ctx.hasher.verify(&g.password, None).await?;
+            return Err(ApiError::invalid_credentials());
+        }
+        Ok(self.password_grant(g).await?.0)
+    }
+
+    /// A token's claims, verified (signature and times).
+    pub fn verified_claims(&self, token: &str) -> ApiResult<IncomingClaims> {
+        let now = self.ctx.config.clock.now().timestamp();
+        self.ctx.jwt.verify(token, now)
+    }
+
+    /// Whether a user's own role (not a token's claim) is an admin role.
+    pub fn is_admin(&self, user: &User) -> bool {
+        let roles = &self.ctx.config.jwt.admin_roles;
+        user.role
+            .as_deref()
+            .is_some_and(|r| roles.iter().any(|a| a == r))
+    }
+
     /// The account a password sign-in names (by email or phone, each only
     /// when enabled) and its provider; `None` when there is none.
     async fn signer(&self, g: &PasswordGrant) -> ApiResult<(Option<User>, &'static str)> {

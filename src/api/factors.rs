@@ -133,7 +133,7 @@ fn holder(auth: &AuthLive) -> Result<(&castellan_core::models::User, Uuid), ApiE
 }
 
 /// The address a challenge is bound to.
-fn client_ip() -> String {
+pub(crate) fn client_ip() -> String {
     castellan_core::client::current()
         .ip
         .map_or_else(|| "0.0.0.0".into(), |ip| ip.to_string())

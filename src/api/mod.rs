@@ -66,11 +66,18 @@ pub const RATE_LIMITS: &[RouteLimit] = &[
         Captcha::Yes,
     ),
     RouteLimit::new("/user", Method::PUT, Pick::Fixed(Bucket::UserUpdate)),
-    // The console's sign-in is a password sign-in: /token's bucket.
-    RouteLimit::new(
+    // The console's sign-in is a password sign-in: /token's bucket, and a
+    // CAPTCHA when protection is on (else it would be a way around it).
+    RouteLimit::with_captcha(
         "/console/session",
         Method::POST,
         Pick::Fixed(Bucket::TokenRefresh),
+        Captcha::Yes,
+    ),
+    RouteLimit::new(
+        "/console/session/mfa",
+        Method::POST,
+        Pick::Fixed(Bucket::MfaVerify),
     ),
     RouteLimit::new("/authorize", Method::GET, Pick::Fixed(Bucket::Authorize)),
     RouteLimit::new("/callback", Method::GET, Pick::Fixed(Bucket::Authorize)),

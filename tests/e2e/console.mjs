@@ -4,8 +4,10 @@
 // An admin signs in (a user who is not one is refused), finds a user whose
 // metadata is hostile markup (shown as text, never run), bans and unbans
 // them, ends their session (their next refresh is refused), lowers a rate
-// limit (the next request is limited); a change without the CSRF token is
-// refused; signing out ends the console's session. Screenshots of each page
+// limit (the next request is limited), sends a dead invitation again, adds
+// and promotes a signing key (new tokens carry it) and reads the health
+// page; a change without the CSRF token is refused; signing out ends the
+// console's session. Screenshots of each page
 // go to <screenshot-dir> (not committed).
 import assert from 'node:assert/strict';
 import { mkdir } from 'node:fs/promises';
@@ -71,9 +73,9 @@ async function scenario(url, tag) {
   await page.goto(`${url}/console`);
   await page.getByRole('heading', { name: 'Sign in' }).waitFor();
   await page.screenshot({ path: `${shots}/${tag}-sign-in.png` });
-  // Not an admin: refused, in the page.
+  // Not an admin: answered as a wrong password, in the page.
   await signIn(`plain-${tag}@example.com`);
-  await page.getByText('User not allowed').waitFor();
+  await status.getByText('Invalid login credentials').waitFor();
   await signIn(`root-${tag}@example.com`);
   await page.getByRole('heading', { name: 'Users' }).waitFor();
   assert.equal(await page.locator('#who').textContent(), `root-${tag}@example.com (supabase_admin)`);
@@ -125,6 +127,37 @@ async function scenario(url, tag) {
   await page.getByLabel(limit.name, { exact: true }).fill(before);
   await page.getByRole('button', { name: 'Save' }).click();
   await status.getByText('Rate limits saved').waitFor();
+
+  // A dead invitation, sent again: the queue has one dead job fewer.
+  await page.getByRole('link', { name: 'Queues' }).click();
+  await page.getByRole('heading', { name: 'email: dead' }).waitFor();
+  const deadBefore = (await admin('GET', '/admin/queues')).body[0].dead;
+  await page.getByRole('button', { name: /^Retry job / }).first().click();
+  await status.getByText('Job queued again').waitFor();
+  assert.equal((await admin('GET', '/admin/queues')).body[0].dead, deadBefore - 1);
+  await page.screenshot({ path: `${shots}/${tag}-queues.png`, fullPage: true });
+
+  // A new signing key: published, then signing once promoted.
+  await page.getByRole('link', { name: 'Signing keys' }).click();
+  await page.getByLabel('Algorithm').selectOption('ES256');
+  await page.getByRole('button', { name: 'Add a key' }).click();
+  await status.getByText('Key added (verify only until promoted)').waitFor();
+  const keys = (await admin('GET', '/admin/keys')).body;
+  const added = keys.find((k) => k.state === 'verify');
+  const jwks = await call('GET', '/.well-known/jwks.json');
+  assert.ok(jwks.body.keys.some((k) => k.kid === added.kid));
+  await page.getByRole('button', { name: `Promote key ${added.kid}` }).click();
+  await status.getByText('Key promoted').waitFor();
+  const fresh = await call('POST', '/token?grant_type=password', { email: victimEmail, password: PASSWORD });
+  const header = JSON.parse(Buffer.from(fresh.body.access_token.split('.')[0], 'base64url'));
+  assert.equal(header.kid, added.kid);
+  await page.screenshot({ path: `${shots}/${tag}-keys.png`, fullPage: true });
+
+  // Health: every part is up.
+  await page.getByRole('link', { name: 'Health' }).click();
+  await page.getByText('Ready.').waitFor();
+  await page.getByRole('cell', { name: 'actors: session_manager' }).waitFor();
+  await page.screenshot({ path: `${shots}/${tag}-health.png`, fullPage: true });
 
   // The cookie alone, without the CSRF token, changes nothing.
   const [cookie] = (await context.cookies()).filter((c) => c.name === 'castellan_console');

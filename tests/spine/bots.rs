@@ -35,7 +35,8 @@ const USERS: &str = "SELECT count(*) FROM users WHERE email = $1";
 crate::both!(
     captcha_guards_sign_up_and_sign_in,
     captcha_server,
-    |_| {},
+    // The console's sign-in is in the table; off, it is not routed at all.
+    |c| c.console_enabled = true,
     |t, fake| {
         let body = json!({"email": "bot@example.com", "password": "correct-horse-9"});
         // No token, a token the provider never issued: refused, nobody made.

@@ -138,11 +138,13 @@ crate::both!(
         t.post("/console/session", wrong)
             .await
             .assert_error(400, "invalid_credentials");
+        // Anyone else's right password is answered as a wrong one: the
+        // console tells nobody whether a password was right.
         let before = sessions_of(&t, "victim@example.com").await;
         let login = json!({"email": "victim@example.com", "password": PASSWORD});
         t.post("/console/session", login)
             .await
-            .assert_error(403, "not_admin");
+            .assert_error(400, "invalid_credentials");
         assert_eq!(sessions_of(&t, "victim@example.com").await, before);
 
         let (cookie, csrf, r) = sign_in(&t, "root@example.com").await;
@@ -272,5 +274,198 @@ crate::both!(
         }
         let r = t.post("/console/session", wrong).await;
         r.assert_error(429, "over_request_rate_limit");
+    }
+);
+
+/// A request carrying the console's cookie with extra headers.
+async fn with_headers(
+    t: &TestServer,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<Value>,
+) -> Reply {
+    let mut req = t.http.request(method, t.url(path));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    read(req.send().await.unwrap()).await
+}
+
+// The review's attacks: another origin (by `Origin`, as browsers without
+// Fetch Metadata send it), a shadowing second cookie, a form posted across
+// sites, a demoted admin, an admin's unused second factor, a proxy.
+crate::both!(
+    the_console_holds_against_other_origins_demotions_and_skipped_factors,
+    |c| c.console_enabled = true,
+    |t| {
+        let admin = admin_user(&t, "guard@example.com").await;
+        let (cookie, csrf, _) = sign_in(&t, "guard@example.com").await;
+        let host = t.base.trim_start_matches("http://").to_string();
+        let own = format!("http://{host}");
+        let ok = with_headers(
+            &t,
+            Method::GET,
+            "/admin/users",
+            &[("cookie", &cookie), ("origin", &own)],
+            None,
+        )
+        .await;
+        assert_eq!(ok.status, 200, "{}", ok.text);
+        for origin in ["http://evil.example", "null"] {
+            let r = with_headers(
+                &t,
+                Method::GET,
+                "/console/session",
+                &[("cookie", &cookie), ("origin", origin)],
+                None,
+            )
+            .await;
+            r.assert_error(403, "console_refused");
+            assert!(!r.text.contains(&csrf));
+        }
+        let twice = format!("{cookie}; castellan_console=other");
+        with_headers(&t, Method::GET, "/admin/users", &[("cookie", &twice)], None)
+            .await
+            .assert_error(403, "console_refused");
+        // A sign-in posted by another site's form, or not as JSON.
+        let login = json!({"email": "guard@example.com", "password": PASSWORD});
+        let r = with_headers(
+            &t,
+            Method::POST,
+            "/console/session",
+            &[("sec-fetch-site", "cross-site")],
+            Some(login.clone()),
+        )
+        .await;
+        r.assert_error(403, "console_refused");
+        let r = t
+            .http
+            .post(t.url("/console/session"))
+            .header("content-type", "text/plain")
+            .body(login.to_string())
+            .send()
+            .await
+            .unwrap();
+        read(r).await.assert_error(403, "console_refused");
+        // Behind a proxy the cookie is Secure, loopback or not.
+        let r = with_headers(
+            &t,
+            Method::POST,
+            "/console/session",
+            &[("x-forwarded-for", "203.0.113.9")],
+            Some(login.clone()),
+        )
+        .await;
+        assert!(
+            r.header("set-cookie").unwrap().contains("; Secure"),
+            "{:?}",
+            r.headers
+        );
+
+        // Demoted: the console's session stops being an admin's at once,
+        // though its token still says otherwise.
+        let demote = json!({"role": "authenticated"});
+        let r = t
+            .admin(Method::PUT, &format!("/admin/users/{admin}"), Some(demote))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        as_console(&t, Method::GET, "/admin/users", &cookie, None, None)
+            .await
+            .assert_error(403, "not_admin");
+        let promote = json!({"role": "supabase_admin"});
+        let path = format!("/admin/users/{admin}");
+        as_console(
+            &t,
+            Method::PUT,
+            &path,
+            &cookie,
+            Some(&csrf),
+            Some(promote.clone()),
+        )
+        .await
+        .assert_error(403, "not_admin");
+        let r = t.admin(Method::PUT, &path, Some(promote)).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+
+        // With a verified factor, the password alone does not open it.
+        let s = t.login("guard@example.com", PASSWORD).await;
+        let access = s.body["access_token"].as_str().unwrap();
+        let f = crate::mfa::enroll(&t, access, "console app").await;
+        let c = crate::mfa::challenge(&t, access, &f.id).await;
+        let r =
+            crate::mfa::verify(&t, access, &f.id, &c, &crate::mfa::code(&t, &f.secret, 0)).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let (cookie, csrf, r) = sign_in(&t, "guard@example.com").await;
+        assert_eq!(r.body["mfa"][0]["id"], f.id.as_str(), "{}", r.text);
+        as_console(&t, Method::GET, "/admin/users", &cookie, None, None)
+            .await
+            .assert_error(403, "insufficient_aal");
+        let wrong = json!({"factor_id": f.id, "code": "000000"});
+        let r = as_console(
+            &t,
+            Method::POST,
+            "/console/session/mfa",
+            &cookie,
+            Some(&csrf),
+            Some(wrong),
+        )
+        .await;
+        assert!(r.status.is_client_error(), "{}", r.text);
+        let right = json!({"factor_id": f.id, "code": crate::mfa::code(&t, &f.secret, 1)});
+        let r = as_console(
+            &t,
+            Method::POST,
+            "/console/session/mfa",
+            &cookie,
+            None,
+            Some(right.clone()),
+        )
+        .await;
+        r.assert_error(403, "console_refused");
+        let r = as_console(
+            &t,
+            Method::POST,
+            "/console/session/mfa",
+            &cookie,
+            Some(&csrf),
+            Some(right),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let raised = r
+            .header("set-cookie")
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string();
+        let raised_csrf = r.body["csrf"].as_str().unwrap().to_string();
+        assert_eq!(
+            common::claims(raised.trim_start_matches("castellan_console="))["aal"],
+            "aal2"
+        );
+        let r = as_console(&t, Method::GET, "/admin/users", &raised, None, None).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+
+        // Signing out of a session already ended still clears the cookie.
+        let end_all = format!("/admin/users/{admin}/sessions");
+        assert_eq!(t.admin(Method::DELETE, &end_all, None).await.status, 200);
+        let me = as_console(&t, Method::GET, "/console/session", &raised, None, None).await;
+        assert_eq!(me.status, 403, "{}", me.text);
+        let out = as_console(
+            &t,
+            Method::DELETE,
+            "/console/session",
+            &raised,
+            Some(&raised_csrf),
+            None,
+        )
+        .await;
+        assert_eq!(out.status, 204, "{}", out.text);
+        assert!(out.header("set-cookie").unwrap().contains("Max-Age=0"));
     }
 );

@@ -81,6 +81,9 @@ pub struct IncomingClaims {
     pub session_id: Option<String>,
     #[serde(default)]
     pub is_anonymous: bool,
+    /// The assurance level the token was minted at (`aal1`, `aal2`).
+    #[serde(default)]
+    pub aal: Option<String>,
     /// Expiry (seconds since the epoch), checked against the caller's clock.
     #[serde(default)]
     pub exp: Option<f64>,

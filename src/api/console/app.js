@@ -82,15 +82,42 @@ function signInPage() {
     h('button', { type: 'submit' }, 'Sign in'));
   form.addEventListener('submit', async (ev) => {
     ev.preventDefault();
+    let pending = null;
     const ok = await act('Signed in', async () => {
       const { data } = await api('POST', '/console/session', { email: email.value, password: password.value });
+      csrf = data.csrf;
+      if (data.mfa.length) pending = data;
+      else signedIn(data.user);
+    });
+    if (ok && pending) secondFactorPage(pending);
+    else if (ok) route();
+  });
+  main.replaceChildren(h('h2', {}, 'Sign in'), form);
+  email.focus();
+}
+
+/** An admin with a verified factor: the code of a TOTP factor opens the console. */
+function secondFactorPage(signed) {
+  const totp = signed.mfa.filter((f) => f.factor_type === 'totp');
+  if (!totp.length) {
+    say('This account\'s second factors are not TOTP apps; the console needs one.', true);
+    return;
+  }
+  const factor = h('select', { name: 'factor' }, totp.map((f) => h('option', { value: f.id }, f.friendly_name || f.id)));
+  const code = h('input', { name: 'code', inputmode: 'numeric', autocomplete: 'one-time-code', required: true });
+  const form = h('form', { 'aria-label': 'Second factor' },
+    h('label', {}, 'Factor', factor), h('label', {}, 'Code', code), h('button', { type: 'submit' }, 'Verify'));
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const ok = await act('Signed in', async () => {
+      const { data } = await api('POST', '/console/session/mfa', { factor_id: factor.value, code: code.value });
       csrf = data.csrf;
       signedIn(data.user);
     });
     if (ok) route();
   });
-  main.replaceChildren(h('h2', {}, 'Sign in'), form);
-  email.focus();
+  main.replaceChildren(h('h2', {}, 'Second factor'), form);
+  code.focus();
 }
 
 function signedIn(user) {

@@ -17,13 +17,18 @@ use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::http::request::Parts;
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use castellan_core::ApiError;
 use castellan_core::crypto::{hmac_sha256_hex, secure_eq};
+use std::sync::Arc;
+
+use castellan_core::store::LiveUser;
 use castellan_service::accounts::{PasswordGrant, Principal};
+use castellan_service::factors::Verify;
 use castellan_service::sessions::LogoutScope;
+use castellan_service::sessions::TokenGrant;
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::error::{HttpError, HttpResult};
@@ -80,6 +85,7 @@ pub fn routes(st: &AppState) -> OpenApiRouter<AppState> {
         .route("/console/app.js", get(script))
         .route("/console/app.css", get(style))
         .route("/console/session", get(who).post(sign_in).delete(sign_out))
+        .route("/console/session/mfa", post(second_factor))
 }
 
 pub async fn page() -> Response {
@@ -100,35 +106,61 @@ fn csrf_of(token: &str) -> String {
     hmac_sha256_hex(b"castellan/console-csrf/v1", token.as_bytes())
 }
 
-fn cookie_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    headers
+/// The console's cookie, when the request carries exactly one (a second
+/// one, set by a sibling site to shadow it, makes the request refused).
+fn cookie_value(headers: &HeaderMap) -> Result<Option<&str>, HttpError> {
+    let mut found = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
-        .filter(|v| !v.is_empty())
+        .filter(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v);
+    match (found.next(), found.next()) {
+        (Some(v), None) if !v.is_empty() => Ok(Some(v)),
+        (None, _) => Ok(None),
+        _ => Err(refused("The console's cookie is ambiguous")),
+    }
 }
 
 fn refused(message: &str) -> HttpError {
     HttpError(ApiError::forbidden("console_refused", message.to_string()))
 }
 
+/// Whether a browser made this request from the console's own origin:
+/// `Sec-Fetch-Site` (when sent) says `same-origin`, and `Origin` (when
+/// sent) names the host the request was sent to. Browsers without Fetch
+/// Metadata still send `Origin` on every cross-origin fetch.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let site = headers.get("sec-fetch-site").map(|v| v.as_bytes());
+    if site.is_some_and(|s| s != b"same-origin") {
+        return false;
+    }
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let host = headers.get(header::HOST).map(|h| h.as_bytes());
+    let origin_host = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://"))
+        .map(|(_, rest)| rest.as_bytes());
+    origin_host.is_some() && origin_host == host
+}
+
 /// The console session a request carries, checked as a browser sends it:
-/// `None` when the console is off or there is no cookie. A request another
-/// site's page made (`Sec-Fetch-Site` other than `same-origin`) is refused,
-/// and a change (any method but GET and HEAD) needs the CSRF token.
+/// `None` when the console is off or there is no cookie. A request from
+/// another origin is refused, and a change (any method but GET and HEAD)
+/// needs the CSRF token.
 pub fn session_token(parts: &Parts, st: &AppState) -> Result<Option<String>, HttpError> {
     if !st.config.console_enabled {
         return Ok(None);
     }
-    let Some(token) = cookie_value(&parts.headers, COOKIE) else {
+    let Some(token) = cookie_value(&parts.headers)? else {
         return Ok(None);
     };
-    let site = parts.headers.get("sec-fetch-site").map(|v| v.as_bytes());
-    if site.is_some_and(|s| s != b"same-origin") {
+    if !same_origin(&parts.headers) {
         return Err(refused("The console's session is for its own pages only"));
     }
     if !matches!(parts.method, Method::GET | Method::HEAD) {
@@ -144,7 +176,31 @@ pub fn session_token(parts: &Parts, st: &AppState) -> Result<Option<String>, Htt
     Ok(Some(token.to_string()))
 }
 
-/// `Set-Cookie` for the session (or, with `None`, its removal).
+/// What a console session must be to act as an admin: the user's own role
+/// (not only the token's claim, which outlives a demotion) is an admin
+/// role, and a user with a verified second factor has used it (`aal2`).
+pub async fn check_admin(st: &AppState, token: &str) -> Result<Arc<LiveUser>, HttpError> {
+    let Principal::User { live, .. } = st.accounts.authenticate(token).await? else {
+        return Err(ApiError::forbidden("not_admin", "User not allowed").into());
+    };
+    if !st.accounts.is_admin(&live.user) {
+        return Err(ApiError::forbidden("not_admin", "User not allowed").into());
+    }
+    let claims = st.accounts.verified_claims(token)?;
+    let has_factor = live.user.factors.iter().any(|f| f.status == "verified");
+    if has_factor && claims.aal.as_deref() != Some("aal2") {
+        return Err(ApiError::forbidden(
+            "insufficient_aal",
+            "Verify your second factor to use the console",
+        )
+        .into());
+    }
+    Ok(live)
+}
+
+/// `Set-Cookie` for the session (or, with `None`, its removal). Secure,
+/// except on a direct loopback request (no proxy in between), where a
+/// browser may use the console over plain HTTP.
 fn cookie(headers: &HeaderMap, token: Option<(&str, i64)>) -> HeaderValue {
     let host = headers
         .get(header::HOST)
@@ -157,7 +213,10 @@ fn cookie(headers: &HeaderMap, token: Option<(&str, i64)>) -> HeaderValue {
             host
         }
     });
-    let loopback = matches!(name, "localhost" | "127.0.0.1" | "[::1]");
+    let proxied = headers.contains_key("x-forwarded-for")
+        || headers.contains_key("x-forwarded-proto")
+        || headers.contains_key(header::FORWARDED);
+    let loopback = matches!(name, "localhost" | "127.0.0.1" | "[::1]") && !proxied;
     let secure = if loopback { "" } else { "; Secure" };
     let (value, age) = token.unwrap_or(("", 0));
     let line =
@@ -171,65 +230,129 @@ struct SignIn {
     password: String,
 }
 
-/// `POST /console/session`: a password sign-in that only an admin keeps.
-/// Anyone else's session is ended at once and the answer is 403.
+#[derive(Deserialize)]
+struct SecondFactor {
+    factor_id: uuid::Uuid,
+    code: String,
+}
+
+/// A page of another origin may not sign anyone in here (a form posted
+/// across sites would otherwise swap the console's session).
+fn from_the_console(headers: &HeaderMap) -> Result<(), HttpError> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !json || !same_origin(headers) {
+        return Err(refused("Sign in from the console's own page"));
+    }
+    Ok(())
+}
+
+/// The answer of a sign-in step: the session's cookie, the CSRF token the
+/// page keeps, who it is, and the factors still to verify (if any).
+fn session_answer(headers: &HeaderMap, grant: &TokenGrant, factors: Vec<Value>) -> Response {
+    let set = cookie(headers, Some((&grant.access_token, grant.expires_in)));
+    let body = json!({
+        "csrf": csrf_of(&grant.access_token),
+        "user": {"id": grant.user.id, "email": grant.user.email, "role": grant.user.role},
+        "expires_at": grant.expires_at,
+        "mfa": factors,
+    });
+    let mut r = Json(body).into_response();
+    r.headers_mut().insert(header::SET_COOKIE, set);
+    guarded(r)
+}
+
+/// `POST /console/session`: a password sign-in that only an admin can make
+/// (anyone else is answered as a wrong password). An admin with a verified
+/// TOTP factor is told to verify it (`mfa`) before the console opens.
 pub async fn sign_in(
     State(st): State<AppState>,
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> HttpResult {
+    from_the_console(&headers)?;
     let b: SignIn = parse_json(&body)?;
-    let (grant, _) = st
+    let grant = st
         .accounts
-        .password_grant(PasswordGrant {
+        .admin_password_grant(PasswordGrant {
             email: Some(b.email),
             phone: None,
             password: b.password,
             aud: st.config.jwt.aud.clone(),
         })
         .await?;
-    let role = grant.user.role.clone().unwrap_or_default();
-    if !st.config.jwt.admin_roles.contains(&role) {
-        st.actors
-            .sessions
-            .logout(&grant.user, Some(grant.session_id), LogoutScope::Local)
-            .await?;
+    let factors = grant
+        .user
+        .factors
+        .iter()
+        .filter(|f| f.status == "verified")
+        .map(
+            |f| json!({"id": f.id, "factor_type": f.factor_type, "friendly_name": f.friendly_name}),
+        )
+        .collect();
+    Ok(session_answer(&headers, &grant, factors))
+}
+
+/// `POST /console/session/mfa`: the code of one of the admin's TOTP
+/// factors, challenged and verified for the console's session, which then
+/// opens (its cookie is replaced by the raised session's).
+pub async fn second_factor(
+    State(st): State<AppState>,
+    parts: Parts,
+    RawBody(body): RawBody,
+) -> HttpResult {
+    from_the_console(&parts.headers)?;
+    let token = signed_in(&parts, &st)?;
+    let b: SecondFactor = parse_json(&body)?;
+    let Principal::User {
+        live,
+        session_id: Some(session),
+        ..
+    } = st.accounts.authenticate(&token).await?
+    else {
         return Err(ApiError::forbidden("not_admin", "User not allowed").into());
-    }
-    let set = cookie(&headers, Some((&grant.access_token, grant.expires_in)));
-    let body = json!({
-        "csrf": csrf_of(&grant.access_token),
-        "user": {"id": grant.user.id, "email": grant.user.email, "role": role},
-        "expires_at": grant.expires_at,
-    });
-    let mut r = Json(body).into_response();
-    r.headers_mut().insert(header::SET_COOKIE, set);
-    Ok(guarded(r))
+    };
+    let ip = crate::api::factors::client_ip();
+    let challenge = st
+        .factors
+        .challenge(&live.user, b.factor_id, &ip, None)
+        .await?;
+    let grant = st
+        .factors
+        .verify(Verify {
+            user: &live.user,
+            session,
+            factor: b.factor_id,
+            challenge: challenge.id,
+            code: &b.code,
+            ip: &ip,
+            webauthn: None,
+        })
+        .await?;
+    Ok(session_answer(&parts.headers, &grant, Vec::new()))
 }
 
 /// `GET /console/session`: who is signed in, and the CSRF token (the page
 /// keeps it in memory only).
 pub async fn who(State(st): State<AppState>, parts: Parts) -> HttpResult {
     let token = signed_in(&parts, &st)?;
-    let role = st.accounts.admin_role(&token).await?;
-    let user = match st.accounts.authenticate(&token).await? {
-        Principal::User { live, .. } => {
-            json!({"id": live.user.id, "email": live.user.email, "role": role})
-        }
-        Principal::Admin { role } => json!({ "role": role }),
-    };
+    let live = check_admin(&st, &token).await?;
+    let user = json!({"id": live.user.id, "email": live.user.email, "role": live.user.role});
     Ok(guarded(
         Json(json!({"csrf": csrf_of(&token), "user": user})).into_response(),
     ))
 }
 
 /// `DELETE /console/session`: ends the console's session (its access token
-/// is refused at once) and removes the cookie.
+/// is refused at once) and removes the cookie, which goes even when its
+/// session had already ended.
 pub async fn sign_out(State(st): State<AppState>, parts: Parts) -> HttpResult {
     let token = signed_in(&parts, &st)?;
-    if let Principal::User {
+    if let Ok(Principal::User {
         live, session_id, ..
-    } = st.accounts.authenticate(&token).await?
+    }) = st.accounts.authenticate(&token).await
     {
         st.actors
             .sessions
