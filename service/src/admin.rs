@@ -10,7 +10,7 @@ use castellan_core::models::{
     AuditAction, AuditActor, Identity, User, audit_payload, merge_metadata,
 };
 use castellan_core::store::{
-    AuditRow, AuditScope, FactorRow, NewUser, Page, SessionRow, SessionScope, TokenType, Tx,
+    AuditFilter, AuditRow, FactorRow, NewUser, Page, SessionRow, SessionScope, TokenType, Tx,
 };
 use castellan_core::{ApiError, ApiResult, validate};
 use chrono::{DateTime, Utc};
@@ -455,10 +455,10 @@ impl Admin {
 
     pub async fn audit(
         &self,
-        search: Option<(AuditScope, &str)>,
+        filter: &AuditFilter<'_>,
         page: Page,
     ) -> ApiResult<(Vec<AuditRow>, i64)> {
-        Ok(self.ctx.store.list_audit(search, page).await?)
+        Ok(self.ctx.store.list_audit(filter, page).await?)
     }
 
     pub async fn create_user(

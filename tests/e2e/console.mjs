@@ -81,6 +81,19 @@ async function scenario(url, tag) {
   assert.equal(await page.locator('#who').textContent(), `root-${tag}@example.com (supabase_admin)`);
   await page.screenshot({ path: `${shots}/${tag}-users.png` });
 
+  // Invite one user and create another from the users page.
+  await page.getByLabel('Invitee\'s email').fill(`invited-${tag}@example.com`);
+  await page.getByRole('button', { name: 'Invite' }).click();
+  await status.getByText('Invitation sent').waitFor();
+  await page.getByLabel('New user\'s email').fill(`made-${tag}@example.com`);
+  await page.getByRole('button', { name: 'Create' }).click();
+  await page.getByRole('heading', { name: `made-${tag}@example.com` }).waitFor();
+  const made = (await admin('GET', `/admin/users?filter=made-${tag}`)).body.users;
+  assert.equal(made.length, 1);
+  assert.ok(made[0].email_confirmed_at);
+  await page.getByRole('link', { name: 'Users' }).click();
+  await page.getByRole('heading', { name: 'Users' }).waitFor();
+
   // Find the victim, open them: the hostile name is text.
   await page.getByLabel('Email, phone, id or name contains').fill(victimEmail);
   await page.getByRole('button', { name: 'Search' }).click();
@@ -91,6 +104,15 @@ async function scenario(url, tag) {
   assert.equal(await page.evaluate(() => window.pwned), undefined, 'no markup from user data ran');
   assert.equal(await page.locator('main img, main script').count(), 0);
   await page.screenshot({ path: `${shots}/${tag}-user.png`, fullPage: true });
+
+  // The user's own audit trail, on their page.
+  await page.locator('#trail').getByRole('cell', { name: 'login', exact: true }).first().waitFor();
+
+  // Metadata edited in place: a key added, the others removed.
+  await page.getByLabel('User metadata (JSON)').fill('{"plan": "pro"}');
+  await page.getByRole('button', { name: 'Save metadata' }).click();
+  await status.getByText('Metadata saved').waitFor();
+  assert.deepEqual((await admin('GET', `/admin/users/${victim.id}`)).body.user_metadata, { plan: 'pro' });
 
   // Ban for a day, then unban: the admin API agrees each time.
   await page.getByLabel('Ban for').selectOption('24h');

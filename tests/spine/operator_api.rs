@@ -212,3 +212,54 @@ crate::both!(
         assert_eq!(counts, vec![2, 1, 1]);
     }
 );
+
+async fn audit(t: &TestServer, q: String) -> Vec<Value> {
+    let r = t
+        .admin(Method::GET, &format!("/admin/audit?{q}"), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.body.as_array().unwrap().clone()
+}
+
+// The audit log narrowed as an operator asks: by the user an entry was
+// made by or about, by address, and by a time window.
+crate::both!(
+    the_audit_log_is_filtered_by_user_address_and_time,
+    |c| {
+        c.mailer_autoconfirm = true;
+        c.rate_limits.header = Some("x-test-client".into());
+    },
+    |t| {
+        let a = t
+            .new_session("trail-a@example.com", "correct-horse-9")
+            .await;
+        let a_id = a["user"]["id"].as_str().unwrap().to_string();
+        t.new_session("trail-b@example.com", "correct-horse-9")
+            .await;
+        let all = audit(&t, String::new()).await;
+        let mine = audit(&t, format!("user={a_id}")).await;
+        assert!(!mine.is_empty() && mine.len() < all.len(), "{mine:?}");
+        assert!(
+            mine.iter().all(|e| e.to_string().contains(&a_id)),
+            "{mine:?}"
+        );
+        // The tests' address is loopback; none is elsewhere.
+        assert_eq!(audit(&t, "ip=127.0.0".into()).await.len(), all.len());
+        assert!(audit(&t, "ip=203.0.113.".into()).await.is_empty());
+        // A window after everything holds nothing; one around now, all.
+        let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+        let earlier = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+        let enc = |s: &str| s.replace('+', "%2B");
+        assert!(audit(&t, format!("since={}", enc(&later))).await.is_empty());
+        let window = audit(&t, format!("since={}&until={}", enc(&earlier), enc(&later))).await;
+        assert_eq!(window.len(), all.len());
+        // With GoTrue's search too.
+        let logins = audit(&t, format!("user={a_id}&query=action:signedup")).await;
+        assert_eq!(logins.len(), 1, "{logins:?}");
+        for bad in ["user=nope", "since=yesterday"] {
+            t.admin(Method::GET, &format!("/admin/audit?{bad}"), None)
+                .await
+                .assert_error(400, "validation_failed");
+        }
+    }
+);

@@ -37,6 +37,17 @@ pub enum AuditScope {
     Type,
 }
 
+/// What the audit log is narrowed to: GoTrue's search, and castellan's own
+/// filters (the user it names, the address, a time window).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AuditFilter<'a> {
+    pub search: Option<(AuditScope, &'a str)>,
+    pub user: Option<Uuid>,
+    pub ip: Option<&'a str>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+}
+
 /// A `LIKE` pattern matching `text` anywhere, with its wildcards escaped.
 pub fn contains_pattern(text: &str) -> String {
     let escaped = text
@@ -142,18 +153,21 @@ impl Store {
             .bind(user_id).fetch_all(p).await)
     }
 
-    /// The audit log, newest first, optionally searched.
+    /// The audit log, newest first, filtered.
     pub async fn list_audit(
         &self,
-        search: Option<(AuditScope, &str)>,
+        filter: &AuditFilter<'_>,
         page: Page,
     ) -> Result<(Vec<AuditRow>, i64), sqlx::Error> {
-        let scope = search.map(|(s, _)| match s {
+        let scope = filter.search.map(|(s, _)| match s {
             AuditScope::Author => "author",
             AuditScope::Action => "action",
             AuditScope::Type => "type",
         });
-        let pattern = search.map(|(_, t)| contains_pattern(t));
+        let pattern = filter.search.map(|(_, t)| contains_pattern(t));
+        // A user's id appears in the entries they made and in those about them.
+        let user = filter.user.map(|u| format!("%{u}%"));
+        let ip = filter.ip.map(contains_pattern);
         // `$2` contained in the payload's field `$key`.
         macro_rules! like {
             ($d:ident, $key:literal) => {
@@ -165,7 +179,11 @@ impl Store {
                 concat!(
                     " WHERE ($1", $d!(cast "text"), " IS NULL OR ($1 = 'author' AND (",
                     like!($d, "actor_username"), " OR ", like!($d, "actor_name"), ")) OR ($1 = 'action' AND ",
-                    like!($d, "action"), ") OR ($1 = 'type' AND ", like!($d, "log_type"), "))"
+                    like!($d, "action"), ") OR ($1 = 'type' AND ", like!($d, "log_type"), "))",
+                    " AND ($3", $d!(cast "text"), " IS NULL OR CAST(payload AS TEXT) LIKE $3)",
+                    " AND ($4", $d!(cast "text"), " IS NULL OR ip_address LIKE $4 ESCAPE '\\')",
+                    " AND ($5", $d!(cast "timestamptz"), " IS NULL OR created_at >= $5)",
+                    " AND ($6", $d!(cast "timestamptz"), " IS NULL OR created_at <= $6)"
                 )
             };
         }
@@ -175,10 +193,14 @@ impl Store {
             sqlx::query_as(concat!(
                 "SELECT id, payload, created_at, ip_address FROM audit_log_entries",
                 audit_where!(d),
-                " ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4"
+                " ORDER BY created_at DESC, id DESC LIMIT $7 OFFSET $8"
             ))
             .bind(scope)
             .bind(&pattern)
+            .bind(&user)
+            .bind(&ip)
+            .bind(filter.since)
+            .bind(filter.until)
             .bind(page.limit)
             .bind(page.offset)
             .fetch_all(p)
@@ -186,6 +208,10 @@ impl Store {
             sqlx::query_scalar(concat!("SELECT count(*) FROM audit_log_entries", audit_where!(d)))
                 .bind(scope)
                 .bind(&pattern)
+                .bind(&user)
+                .bind(&ip)
+                .bind(filter.since)
+                .bind(filter.until)
                 .fetch_one(p)
                 .await?,
         )))

@@ -152,7 +152,39 @@ async function usersPage(query) {
     ' ',
     page * 25 < total ? h('a', { href: `#/users?filter=${encodeURIComponent(filter)}&page=${page + 1}` }, 'Next') : null);
   main.replaceChildren(h('h2', {}, 'Users'), form,
-    table(['User', 'Phone', 'Created', 'Last sign-in', 'Banned'], rows), pager);
+    table(['User', 'Phone', 'Created', 'Last sign-in', 'Banned'], rows), pager,
+    h('section', {}, h('h3', {}, 'Create a user'), createForm()),
+    h('section', {}, h('h3', {}, 'Invite a user'), inviteForm()));
+}
+
+function createForm() {
+  const email = h('input', { type: 'email', name: 'new-email', required: true });
+  const password = h('input', { type: 'password', name: 'new-password', autocomplete: 'new-password' });
+  const confirmed = h('input', { type: 'checkbox', name: 'confirmed', checked: true });
+  const form = h('form', { 'aria-label': 'Create a user' },
+    h('label', {}, 'New user\'s email', email),
+    h('label', {}, 'Password (optional)', password),
+    h('label', {}, 'Email confirmed', confirmed),
+    h('button', { type: 'submit' }, 'Create'));
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const body = { email: email.value, email_confirm: confirmed.checked };
+    if (password.value) body.password = password.value;
+    let made = null;
+    if (await act('User created', async () => { made = (await api('POST', '/admin/users', body)).data; })) location.hash = `#/user/${made.id}`;
+  });
+  return form;
+}
+
+function inviteForm() {
+  const email = h('input', { type: 'email', name: 'invite-email', required: true });
+  const form = h('form', { 'aria-label': 'Invite a user' },
+    h('label', {}, 'Invitee\'s email', email), h('button', { type: 'submit' }, 'Invite'));
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    await act('Invitation sent', () => api('POST', '/invite', { email: email.value }));
+  });
+  return form;
 }
 
 async function userPage(id) {
@@ -192,11 +224,63 @@ async function userPage(id) {
       u.email ? h('button', { type: 'button', onclick: recover }, 'Send a recovery link') : null, ' ',
       h('button', { type: 'button', class: 'danger', onclick: remove(true) }, 'Soft-delete'), ' ',
       h('button', { type: 'button', class: 'danger', onclick: remove(false) }, 'Delete')),
+    h('section', {}, h('h3', {}, 'Metadata'), metadataForm(u, again)),
     h('section', { id: 'sessions' }, h('h3', {}, 'Sessions')),
     h('section', { id: 'factors' }, h('h3', {}, 'Factors')),
+    h('section', { id: 'passkeys' }, h('h3', {}, 'Passkeys')),
+    h('section', { id: 'trail' }, h('h3', {}, 'Audit trail')),
     h('section', { id: 'identities' }, h('h3', {}, 'Identities'),
       table(['Provider', 'Email', 'Created'], (u.identities || []).map((i) => [i.provider, i.email || '', when(i.created_at)]))));
-  await Promise.all([sessionsOf(id, again), factorsOf(id, again)]);
+  await Promise.all([sessionsOf(id, again), factorsOf(id, again), passkeysOf(id, again), trailOf(id)]);
+}
+
+/** The user's and the app's metadata as JSON; a key removed in the editor is removed (merge with null). */
+function metadataForm(u, again) {
+  const editor = (name, value) => h('textarea', { name, rows: 6, cols: 60, spellcheck: false }, JSON.stringify(value || {}, null, 2));
+  const user = editor('user_metadata', u.user_metadata);
+  const app = editor('app_metadata', u.app_metadata);
+  const form = h('form', { 'aria-label': 'Metadata' },
+    h('label', {}, 'User metadata (JSON)', user), h('label', {}, 'App metadata (JSON)', app),
+    h('button', { type: 'submit' }, 'Save metadata'));
+  const changes = (before, text) => {
+    const after = JSON.parse(text);
+    if (!after || typeof after !== 'object' || Array.isArray(after)) throw new Error('metadata must be a JSON object');
+    for (const k of Object.keys(before || {})) if (!(k in after)) after[k] = null;
+    return after;
+  };
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const ok = await act('Metadata saved', () => api('PUT', `/admin/users/${u.id}`, {
+      user_metadata: changes(u.user_metadata, user.value),
+      app_metadata: changes(u.app_metadata, app.value),
+    }));
+    if (ok) again();
+  });
+  return form;
+}
+
+async function passkeysOf(id, again) {
+  const { data } = await api('GET', `/admin/users/${id}/passkeys`);
+  const drop = (pid) => async () => {
+    if (await act('Passkey deleted', () => api('DELETE', `/admin/users/${id}/passkeys/${pid}`))) again();
+  };
+  const rows = data.map((p) => [p.friendly_name || p.id, when(p.created_at), when(p.last_used_at),
+    h('button', { type: 'button', onclick: drop(p.id), 'aria-label': `Delete passkey ${p.id}` }, 'Delete')]);
+  document.getElementById('passkeys').append(rows.length ? table(['Passkey', 'Created', 'Last used', ''], rows) : h('p', {}, 'No passkeys.'));
+}
+
+async function trailOf(id) {
+  const { data } = await api('GET', `/admin/audit?user=${id}&per_page=20`);
+  document.getElementById('trail').append(auditTable(data),
+    h('a', { href: `#/audit?user=${id}` }, 'All of it'));
+}
+
+function auditTable(entries) {
+  return table(['When', 'Action', 'Actor', 'Address', 'Details'], entries.map((e) => {
+    const p = e.payload || {};
+    return [when(e.created_at), p.action || '', p.actor_username || p.actor_id || '', e.ip_address || '',
+      h('pre', {}, JSON.stringify(p.traits || {}))];
+  }));
 }
 
 async function sessionsOf(id, again) {
@@ -227,20 +311,29 @@ async function factorsOf(id, again) {
 async function auditPage(query) {
   const scope = h('select', { name: 'scope' }, ['action', 'author', 'type'].map((s) => h('option', { value: s, selected: query.get('scope') === s }, s)));
   const text = h('input', { type: 'search', name: 'text', value: query.get('text') || '' });
-  const form = h('form', { role: 'search' }, h('label', {}, 'Field', scope), h('label', {}, 'Contains', text), h('button', { type: 'submit' }, 'Filter'));
+  const user = h('input', { name: 'user', value: query.get('user') || '', placeholder: 'a user id' });
+  const ip = h('input', { name: 'ip', value: query.get('ip') || '' });
+  const since = h('input', { type: 'datetime-local', name: 'since', value: query.get('since') || '' });
+  const until = h('input', { type: 'datetime-local', name: 'until', value: query.get('until') || '' });
+  const form = h('form', { role: 'search' },
+    h('label', {}, 'Field', scope), h('label', {}, 'Contains', text), h('label', {}, 'User', user),
+    h('label', {}, 'Address contains', ip), h('label', {}, 'From', since), h('label', {}, 'To', until),
+    h('button', { type: 'submit' }, 'Filter'));
   form.addEventListener('submit', (ev) => {
     ev.preventDefault();
-    location.hash = `#/audit?scope=${scope.value}&text=${encodeURIComponent(text.value)}`;
+    const q = new URLSearchParams();
+    for (const input of [scope, text, user, ip, since, until]) if (input.value) q.set(input.name, input.value);
+    location.hash = `#/audit?${q}`;
   });
   const q = new URLSearchParams({ per_page: 50 });
   if (query.get('text')) q.set('query', `${query.get('scope') || 'action'}:${query.get('text')}`);
+  if (query.get('user')) q.set('user', query.get('user'));
+  if (query.get('ip')) q.set('ip', query.get('ip'));
+  // The page's local times, sent as UTC.
+  if (query.get('since')) q.set('since', new Date(query.get('since')).toISOString());
+  if (query.get('until')) q.set('until', new Date(query.get('until')).toISOString());
   const { data } = await api('GET', `/admin/audit?${q}`);
-  const rows = data.map((e) => {
-    const p = e.payload || {};
-    return [when(e.created_at), p.action || '', p.actor_username || p.actor_id || '', e.ip_address || '',
-      h('pre', {}, JSON.stringify(p.traits || {}))];
-  });
-  main.replaceChildren(h('h2', {}, 'Audit log'), form, table(['When', 'Action', 'Actor', 'Address', 'Details'], rows));
+  main.replaceChildren(h('h2', {}, 'Audit log'), form, auditTable(data));
 }
 
 async function limitsPage() {
