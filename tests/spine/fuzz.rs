@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use crate::both;
 
 /// Every operation the API serves, as the document must list it.
-const OPERATIONS: [(&str, &str); 79] = [
+const OPERATIONS: [(&str, &str); 80] = [
     ("/health", "get"),
     ("/ready", "get"),
     ("/settings", "get"),
@@ -37,6 +37,7 @@ const OPERATIONS: [(&str, &str); 79] = [
     ("/admin/users/{user_id}/sessions", "delete"),
     ("/admin/users/{user_id}/sessions/{session_id}", "delete"),
     ("/admin/queues", "get"),
+    ("/admin/rate_limits/usage", "get"),
     ("/admin/queues/{queue}/jobs", "get"),
     ("/admin/queues/{queue}/jobs/{job_id}/retry", "post"),
     ("/admin/queues/{queue}/jobs/{job_id}", "delete"),

@@ -263,3 +263,33 @@ crate::both!(
         }
     }
 );
+
+// What each bucket holds: the clients this process has seen in it.
+crate::both!(
+    rate_limit_usage_counts_the_clients_each_bucket_holds,
+    |c| c.rate_limits.header = Some("x-test-client".into()),
+    |t| {
+        let usage = || t.admin(Method::GET, "/admin/rate_limits/usage", None);
+        let before = usage().await;
+        assert_eq!(before.status, 200, "{}", before.text);
+        assert_eq!(before.body["verify"], 0, "{}", before.text);
+        for client in ["a", "b", "c"] {
+            let r = t
+                .http
+                .post(t.url("/verify"))
+                .header("x-test-client", client)
+                .json(&json!({"type": "signup", "email": "x@example.com", "token": "000000"}))
+                .send()
+                .await
+                .unwrap();
+            assert_ne!(r.status().as_u16(), 429);
+        }
+        let after = usage().await;
+        assert_eq!(after.body["verify"], 3, "{}", after.text);
+        assert_eq!(after.body["otp"], 0, "{}", after.text);
+        let r = t
+            .request(Method::GET, "/admin/rate_limits/usage", None, None)
+            .await;
+        r.assert_error(401, "no_authorization");
+    }
+);

@@ -320,6 +320,14 @@ impl Limiters {
         self.settings = settings;
     }
 
+    fn usage(&self) -> Vec<(&'static str, usize)> {
+        Bucket::ALL
+            .iter()
+            .zip(&self.limiters)
+            .map(|(b, l)| (b.label(), l.keys()))
+            .collect()
+    }
+
     fn sweep(&self) {
         for (b, l) in Bucket::ALL.iter().zip(&self.limiters) {
             metrics::gauge!("castellan_rate_limit_keys", "bucket" => b.label())
@@ -395,6 +403,8 @@ pub enum RateLimiterMsg {
     /// when asked by a caller, not when told by the follower.
     SetLimits(Box<Settings>, Option<RpcReplyPort<()>>),
     GetLimits(RpcReplyPort<Settings>),
+    /// How many clients each bucket holds in this process, by its label.
+    Usage(RpcReplyPort<Vec<(&'static str, usize)>>),
     /// Drop idle keys so memory stays bounded.
     Sweep,
 }
@@ -408,6 +418,7 @@ impl RateLimiterMsg {
             RateLimiterMsg::Drain(_) => "drain",
             RateLimiterMsg::SetLimits(..) => "set_limits",
             RateLimiterMsg::GetLimits(_) => "get_limits",
+            RateLimiterMsg::Usage(_) => "usage",
             RateLimiterMsg::Sweep => "sweep",
         }
     }
@@ -474,6 +485,13 @@ impl RateLimits {
             Some(s) => s,
             None => self.defaults.clone(),
         }
+    }
+
+    /// How many clients each bucket holds in this process (a client's
+    /// bucket lives until it is full again and swept), by bucket; `None`
+    /// when the actor cannot answer.
+    pub async fn usage(&self) -> Option<Vec<(&'static str, usize)>> {
+        self.ask(RateLimiterMsg::Usage).await
     }
 
     /// Applies `settings` through the actor; false when it could not.
@@ -739,6 +757,9 @@ impl Actor for RateLimiter {
             }
             RateLimiterMsg::GetLimits(reply) => {
                 let _ = reply.send(st.settings.clone());
+            }
+            RateLimiterMsg::Usage(reply) => {
+                let _ = reply.send(st.usage());
             }
             RateLimiterMsg::Sweep => st.sweep(),
         }

@@ -38,6 +38,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(audit::list))
         .routes(routes!(generate_link::generate_link))
         .routes(routes!(rate_limits::get, rate_limits::set))
+        .routes(routes!(rate_limits::usage))
         .routes(routes!(queues::list))
         .routes(routes!(queues::jobs))
         .routes(routes!(queues::retry))

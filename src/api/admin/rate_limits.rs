@@ -73,3 +73,26 @@ pub async fn set(
         .await?;
     Ok(Json(now).into_response())
 }
+
+/// castellan's own: how many clients each bucket holds in the answering
+/// process (by bucket: several buckets may share one limit), a client's
+/// bucket living until it is full again. On PostgreSQL the shared windows
+/// hold the cluster's counts; this is what this process holds of them.
+#[utoipa::path(
+    get,
+    path = "/admin/rate_limits/usage",
+    tag = "admin",
+    operation_id = "admin_rate_limit_usage",
+    security(("bearer" = [])),
+    responses((status = 200, description = "`{\"<bucket>\": clients}`"), Refusals)
+)]
+pub async fn usage(State(st): State<AppState>, _admin: AdminAuth) -> HttpResult {
+    let usage = st
+        .actors
+        .rate_limits
+        .usage()
+        .await
+        .ok_or_else(|| castellan_core::ApiError::unavailable("rate limiter", "restarting"))?;
+    let map: BTreeMap<&str, usize> = usage.into_iter().collect();
+    Ok(Json(map).into_response())
+}

@@ -349,8 +349,12 @@ async function limitsPage() {
     }
     if (await act('Rate limits saved', () => api('PUT', '/admin/rate_limits', changed))) limitsPage();
   });
+  const { data: usage } = await api('GET', '/admin/rate_limits/usage');
   main.replaceChildren(h('h2', {}, 'Rate limits'),
-    h('p', {}, 'Requests allowed per window, per client; a change holds in every process at once.'), form);
+    h('p', {}, 'Requests allowed per window, per client; a change holds in every process at once.'), form,
+    h('h3', {}, 'In use'),
+    h('p', {}, 'Clients each bucket holds in the process that answered (a bucket lives until it is full again).'),
+    table(['Bucket', 'Clients'], Object.entries(usage).map(([bucket, n]) => [bucket, String(n)])));
 }
 
 async function queuesPage(query) {
