@@ -8,7 +8,7 @@ use crate::common::{self, Backend, TestServer, claims, read};
 use crate::smtp_sink::SmtpSink;
 
 /// A server that sends real email to a sink on loopback, confirmation on.
-async fn mail_server(
+pub(crate) async fn mail_server(
     backend: Backend,
     tweak: impl FnOnce(&mut castellan_core::Config),
 ) -> (TestServer, SmtpSink) {

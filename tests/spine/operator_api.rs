@@ -8,7 +8,7 @@ use base64::Engine;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::common::{self, Backend, TestServer};
+use crate::common::{Backend, TestServer};
 use crate::smtp_sink::SmtpSink;
 
 /// A server whose mail gets one attempt, to a sink on loopback.
@@ -16,18 +16,7 @@ async fn one_attempt(
     backend: Backend,
     _: impl FnOnce(&mut castellan_core::Config),
 ) -> (TestServer, SmtpSink) {
-    let sink = SmtpSink::start().await;
-    let port = sink.port;
-    let t = common::spawn(backend, move |c| {
-        c.mailer_autoconfirm = false;
-        c.smtp.host = Some("127.0.0.1".into());
-        c.smtp.port = port;
-        c.smtp.admin_email = Some("auth@castellan.test".into());
-        c.mailer.max_attempts = 1;
-        c.rate_limits.email_sent.events = 1000;
-    })
-    .await;
-    (t, sink)
+    crate::email::mail_server(backend, |c| c.mailer.max_attempts = 1).await
 }
 
 async fn queues(t: &TestServer) -> Value {

@@ -128,9 +128,14 @@ pub async fn retry(
     admin: AdminAuth,
     PathParams(p): PathParams<JobPath>,
 ) -> HttpResult {
+    settle(&st, &admin, &p, true).await
+}
+
+/// A dead job sent again (`retry`) or discarded.
+async fn settle(st: &AppState, admin: &AdminAuth, p: &JobPath, retry: bool) -> HttpResult {
     let queue = queue_named(&p.queue)?;
     st.admin
-        .settle_dead_job(&admin.actor, queue, &p.job_id, true)
+        .settle_dead_job(&admin.actor, queue, &p.job_id, retry)
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -150,9 +155,5 @@ pub async fn discard(
     admin: AdminAuth,
     PathParams(p): PathParams<JobPath>,
 ) -> HttpResult {
-    let queue = queue_named(&p.queue)?;
-    st.admin
-        .settle_dead_job(&admin.actor, queue, &p.job_id, false)
-        .await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    settle(&st, &admin, &p, false).await
 }
