@@ -7,6 +7,18 @@ const base = location.pathname.replace(/\/console$/, '');
 const main = document.getElementById('main');
 const status = document.getElementById('status');
 let csrf = null;
+// Which view is current: a page whose data arrives after the operator has
+// moved on is not shown over the page they moved to.
+let shown = 0;
+
+function show(view, ...nodes) {
+  if (view === shown) main.replaceChildren(...nodes);
+}
+
+/** A section of the current user page, or null once the page is gone. */
+function section(id) {
+  return document.getElementById(id);
+}
 
 /** An element: attributes (on* keys are listeners) and children (text or nodes). */
 function h(tag, attrs = {}, ...children) {
@@ -50,10 +62,13 @@ async function api(method, path, body) {
   return { data, headers: r.headers };
 }
 
-/** Runs an action and says how it went. */
-async function act(what, fn) {
+/** Runs an action, then `after` (the page shown again), and says how it went. */
+async function act(what, fn, after) {
+  const view = shown;
   try {
     await fn();
+    // Shown again only if the operator is still on the page it was for.
+    if (after && view === shown) await after();
     say(what);
     return true;
   } catch (e) {
@@ -92,6 +107,7 @@ function signInPage() {
     if (ok && pending) secondFactorPage(pending);
     else if (ok) route();
   });
+  shown += 1;
   main.replaceChildren(h('h2', {}, 'Sign in'), form);
   email.focus();
 }
@@ -116,6 +132,7 @@ function secondFactorPage(signed) {
     });
     if (ok) route();
   });
+  shown += 1;
   main.replaceChildren(h('h2', {}, 'Second factor'), form);
   code.focus();
 }
@@ -126,6 +143,7 @@ function signedIn(user) {
 }
 
 async function usersPage(query) {
+  const view = shown;
   const filter = query.get('filter') || '';
   const page = Number(query.get('page') || 1);
   const search = h('input', { type: 'search', name: 'filter', value: filter });
@@ -151,7 +169,7 @@ async function usersPage(query) {
     page > 1 ? h('a', { href: `#/users?filter=${encodeURIComponent(filter)}&page=${page - 1}` }, 'Previous') : null,
     ' ',
     page * 25 < total ? h('a', { href: `#/users?filter=${encodeURIComponent(filter)}&page=${page + 1}` }, 'Next') : null);
-  main.replaceChildren(h('h2', {}, 'Users'), form,
+  show(view, h('h2', {}, 'Users'), form,
     table(['User', 'Phone', 'Created', 'Last sign-in', 'Banned'], rows), pager,
     h('section', {}, h('h3', {}, 'Create a user'), createForm()),
     h('section', {}, h('h3', {}, 'Invite a user'), inviteForm()));
@@ -188,6 +206,7 @@ function inviteForm() {
 }
 
 async function userPage(id) {
+  const view = shown;
   const { data: u } = await api('GET', `/admin/users/${id}`);
   const again = () => userPage(id);
   const duration = h('select', { name: 'ban_duration' },
@@ -197,11 +216,11 @@ async function userPage(id) {
     h('button', { type: 'submit' }, 'Ban'),
     h('button', {
       type: 'button',
-      onclick: async () => { if (await act('Unbanned', () => api('PUT', `/admin/users/${id}`, { ban_duration: 'none' }))) again(); },
+      onclick: async () => { await act('Unbanned', () => api('PUT', `/admin/users/${id}`, { ban_duration: 'none' }), again); },
     }, 'Unban'));
   ban.addEventListener('submit', async (ev) => {
     ev.preventDefault();
-    if (await act(`Banned for ${duration.value}`, () => api('PUT', `/admin/users/${id}`, { ban_duration: duration.value }))) again();
+    await act(`Banned for ${duration.value}`, () => api('PUT', `/admin/users/${id}`, { ban_duration: duration.value }), again);
   });
   const remove = (soft) => async () => {
     if (!confirm(soft ? 'Soft-delete this user?' : 'Delete this user for good?')) return;
@@ -218,7 +237,7 @@ async function userPage(id) {
     h('dt', {}, 'Banned until'), h('dd', {}, when(u.banned_until)),
     h('dt', {}, 'User metadata'), h('dd', {}, h('pre', {}, JSON.stringify(u.user_metadata || {}, null, 2))),
     h('dt', {}, 'App metadata'), h('dd', {}, h('pre', {}, JSON.stringify(u.app_metadata || {}, null, 2))));
-  main.replaceChildren(
+  show(view,
     h('h2', {}, u.email || u.phone || u.id), details, ban,
     h('p', {},
       u.email ? h('button', { type: 'button', onclick: recover }, 'Send a recovery link') : null, ' ',
@@ -250,11 +269,10 @@ function metadataForm(u, again) {
   };
   form.addEventListener('submit', async (ev) => {
     ev.preventDefault();
-    const ok = await act('Metadata saved', () => api('PUT', `/admin/users/${u.id}`, {
+    await act('Metadata saved', () => api('PUT', `/admin/users/${u.id}`, {
       user_metadata: changes(u.user_metadata, user.value),
       app_metadata: changes(u.app_metadata, app.value),
-    }));
-    if (ok) again();
+    }), again);
   });
   return form;
 }
@@ -262,16 +280,16 @@ function metadataForm(u, again) {
 async function passkeysOf(id, again) {
   const { data } = await api('GET', `/admin/users/${id}/passkeys`);
   const drop = (pid) => async () => {
-    if (await act('Passkey deleted', () => api('DELETE', `/admin/users/${id}/passkeys/${pid}`))) again();
+    await act('Passkey deleted', () => api('DELETE', `/admin/users/${id}/passkeys/${pid}`), again);
   };
   const rows = data.map((p) => [p.friendly_name || p.id, when(p.created_at), when(p.last_used_at),
     h('button', { type: 'button', onclick: drop(p.id), 'aria-label': `Delete passkey ${p.id}` }, 'Delete')]);
-  document.getElementById('passkeys').append(rows.length ? table(['Passkey', 'Created', 'Last used', ''], rows) : h('p', {}, 'No passkeys.'));
+  section('passkeys')?.append(rows.length ? table(['Passkey', 'Created', 'Last used', ''], rows) : h('p', {}, 'No passkeys.'));
 }
 
 async function trailOf(id) {
   const { data } = await api('GET', `/admin/audit?user=${id}&per_page=20`);
-  document.getElementById('trail').append(auditTable(data),
+  section('trail')?.append(auditTable(data),
     h('a', { href: `#/audit?user=${id}` }, 'All of it'));
 }
 
@@ -286,29 +304,30 @@ function auditTable(entries) {
 async function sessionsOf(id, again) {
   const { data } = await api('GET', `/admin/users/${id}/sessions`);
   const end = (sid) => async () => {
-    if (await act('Session ended', () => api('DELETE', `/admin/users/${id}/sessions/${sid}`))) again();
+    await act('Session ended', () => api('DELETE', `/admin/users/${id}/sessions/${sid}`), again);
   };
   const rows = data.map((s) => [s.id, when(s.created_at), s.aal || '', s.ip || '', s.user_agent || '',
     h('button', { type: 'button', onclick: end(s.id), 'aria-label': `End session ${s.id}` }, 'End')]);
-  document.getElementById('sessions').append(
+  section('sessions')?.append(
     table(['Session', 'Started', 'Level', 'Address', 'Agent', ''], rows),
     data.length ? h('button', {
       type: 'button',
-      onclick: async () => { if (await act('All sessions ended', () => api('DELETE', `/admin/users/${id}/sessions`))) again(); },
+      onclick: async () => { await act('All sessions ended', () => api('DELETE', `/admin/users/${id}/sessions`), again); },
     }, 'End all sessions') : h('p', {}, 'No sessions.'));
 }
 
 async function factorsOf(id, again) {
   const { data } = await api('GET', `/admin/users/${id}/factors`);
   const drop = (fid) => async () => {
-    if (await act('Factor removed', () => api('DELETE', `/admin/users/${id}/factors/${fid}`))) again();
+    await act('Factor removed', () => api('DELETE', `/admin/users/${id}/factors/${fid}`), again);
   };
   const rows = data.map((f) => [f.friendly_name || f.id, f.factor_type, f.status, when(f.created_at),
     h('button', { type: 'button', onclick: drop(f.id), 'aria-label': `Remove factor ${f.id}` }, 'Remove')]);
-  document.getElementById('factors').append(rows.length ? table(['Factor', 'Type', 'Status', 'Created', ''], rows) : h('p', {}, 'No factors.'));
+  section('factors')?.append(rows.length ? table(['Factor', 'Type', 'Status', 'Created', ''], rows) : h('p', {}, 'No factors.'));
 }
 
 async function auditPage(query) {
+  const view = shown;
   const scope = h('select', { name: 'scope' }, ['action', 'author', 'type'].map((s) => h('option', { value: s, selected: query.get('scope') === s }, s)));
   const text = h('input', { type: 'search', name: 'text', value: query.get('text') || '' });
   const user = h('input', { name: 'user', value: query.get('user') || '', placeholder: 'a user id' });
@@ -333,10 +352,11 @@ async function auditPage(query) {
   if (query.get('since')) q.set('since', new Date(query.get('since')).toISOString());
   if (query.get('until')) q.set('until', new Date(query.get('until')).toISOString());
   const { data } = await api('GET', `/admin/audit?${q}`);
-  main.replaceChildren(h('h2', {}, 'Audit log'), form, auditTable(data));
+  show(view, h('h2', {}, 'Audit log'), form, auditTable(data));
 }
 
 async function limitsPage() {
+  const view = shown;
   const { data } = await api('GET', '/admin/rate_limits');
   const inputs = Object.entries(data).map(([name, value]) =>
     h('label', {}, name, h('input', { type: 'number', min: 0, step: 1, name, value })));
@@ -347,10 +367,10 @@ async function limitsPage() {
     for (const input of form.querySelectorAll('input')) {
       if (Number(input.value) !== data[input.name]) changed[input.name] = Number(input.value);
     }
-    if (await act('Rate limits saved', () => api('PUT', '/admin/rate_limits', changed))) limitsPage();
+    await act('Rate limits saved', () => api('PUT', '/admin/rate_limits', changed), limitsPage);
   });
   const { data: usage } = await api('GET', '/admin/rate_limits/usage');
-  main.replaceChildren(h('h2', {}, 'Rate limits'),
+  show(view, h('h2', {}, 'Rate limits'),
     h('p', {}, 'Requests allowed per window, per client; a change holds in every process at once.'), form,
     h('h3', {}, 'In use'),
     h('p', {}, 'Clients each bucket holds in the process that answered (a bucket lives until it is full again).'),
@@ -358,6 +378,7 @@ async function limitsPage() {
 }
 
 async function queuesPage(query) {
+  const view = shown;
   const { data } = await api('GET', '/admin/queues');
   const counts = table(['Queue', 'Pending', 'Retrying', 'Dead'], data.map((q) => [
     q.queue, q.pending, q.retrying,
@@ -369,25 +390,26 @@ async function queuesPage(query) {
     .flatMap((a) => [a, ' ']));
   const { data: jobs } = await api('GET', `/admin/queues/${queue}/jobs?state=${state}`);
   const settle = (id, retry) => async () => {
-    const done = retry
-      ? act('Job queued again', () => api('POST', `/admin/queues/${queue}/jobs/${encodeURIComponent(id)}/retry`))
-      : act('Job discarded', () => api('DELETE', `/admin/queues/${queue}/jobs/${encodeURIComponent(id)}`));
-    if (await done) queuesPage(query);
+    const path = `/admin/queues/${queue}/jobs/${encodeURIComponent(id)}`;
+    const again = () => queuesPage(query);
+    if (retry) await act('Job queued again', () => api('POST', `${path}/retry`), again);
+    else await act('Job discarded', () => api('DELETE', path), again);
   };
   const rows = jobs.map((j) => [j.id, j.status, `${j.attempts} of ${j.max_attempts}`, when(j.run_at * 1000),
     h('pre', {}, j.last_result || ''),
     state === 'dead' ? h('span', {},
       h('button', { type: 'button', onclick: settle(j.id, true), 'aria-label': `Retry job ${j.id}` }, 'Retry'), ' ',
       h('button', { type: 'button', class: 'danger', onclick: settle(j.id, false), 'aria-label': `Discard job ${j.id}` }, 'Discard')) : '']);
-  main.replaceChildren(h('h2', {}, 'Queues'), counts, pick,
+  show(view, h('h2', {}, 'Queues'), counts, pick,
     h('h3', {}, `${queue}: ${state}`),
     rows.length ? table(['Job', 'Status', 'Attempts', 'Runs at', 'Last result', ''], rows) : h('p', {}, 'None.'));
 }
 
 async function keysPage() {
+  const view = shown;
   const { data } = await api('GET', '/admin/keys');
   const change = (kid, what) => async () => {
-    if (await act(`Key ${what === 'promote' ? 'promoted' : 'retired'}`, () => api('POST', `/admin/keys/${encodeURIComponent(kid)}/${what}`))) keysPage();
+    await act(`Key ${what === 'promote' ? 'promoted' : 'retired'}`, () => api('POST', `/admin/keys/${encodeURIComponent(kid)}/${what}`), keysPage);
   };
   const rows = data.map((k) => [k.kid, k.alg, k.state, when(k.created_at),
     k.state === 'verify' ? h('span', {},
@@ -397,15 +419,16 @@ async function keysPage() {
   const form = h('form', { 'aria-label': 'Add a key' }, h('label', {}, 'Algorithm', alg), h('button', { type: 'submit' }, 'Add a key'));
   form.addEventListener('submit', async (ev) => {
     ev.preventDefault();
-    if (await act('Key added (verify only until promoted)', () => api('POST', '/admin/keys', { alg: alg.value }))) keysPage();
+    await act('Key added (verify only until promoted)', () => api('POST', '/admin/keys', { alg: alg.value }), keysPage);
   });
-  main.replaceChildren(h('h2', {}, 'Signing keys'),
+  show(view, h('h2', {}, 'Signing keys'),
     h('p', {}, 'Keys kept in the database. A new key is published first and signs once promoted; wait for caches of the JWKS before promoting, and for the access-token lifetime before retiring the old one.'),
     rows.length ? table(['Kid', 'Algorithm', 'State', 'Added', ''], rows) : h('p', {}, 'No stored keys: tokens are signed by the configured secret or keys.'),
     form);
 }
 
 async function healthPage() {
+  const view = shown;
   const r = await fetch(`${base}/ready`, { headers: { accept: 'application/json' } });
   const data = await r.json();
   const rows = Object.entries(data).flatMap(([k, v]) => {
@@ -413,12 +436,13 @@ async function healthPage() {
     if (v && typeof v === 'object') return Object.entries(v).map(([name, state]) => [`${k}: ${name}`, String(state)]);
     return [[k, String(v)]];
   });
-  main.replaceChildren(h('h2', {}, 'Health'),
+  show(view, h('h2', {}, 'Health'),
     h('p', {}, r.ok ? 'Ready.' : 'Not ready.'), table(['Part', 'State'], rows));
 }
 
 async function route() {
   if (!csrf) return;
+  shown += 1;
   const [path, qs] = (location.hash.slice(1) || '/users').split('?');
   const query = new URLSearchParams(qs || '');
   const user = path.match(/^\/user\/([0-9a-f-]{36})$/);
