@@ -182,6 +182,7 @@ crate::both!(
         let r = as_console(&t, Method::GET, &path, &cookie, None, None).await;
         assert_eq!(r.status, 200, "{}", r.text);
         assert_eq!(r.body["users"][0]["id"], victim_id.as_str());
+        assert_eq!(r.header("cache-control"), Some("no-store"));
         // Not from another site's page, even a sibling's.
         let r = t
             .http

@@ -46,4 +46,15 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(keys::list, keys::add))
         .routes(routes!(keys::promote))
         .routes(routes!(keys::retire))
+        // Who the users are, their sessions and keys: never kept by a cache
+        // (the console reads them with a cookie a shared cache might not key on).
+        .route_layer(axum::middleware::map_response(no_store))
+}
+
+async fn no_store(mut r: axum::response::Response) -> axum::response::Response {
+    r.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    r
 }
