@@ -527,7 +527,16 @@ impl Accounts {
     /// `grant_type=password`. Every way of being wrong costs one password
     /// verification and answers `invalid_credentials`.
     pub async fn password_grant(&self, g: PasswordGrant) -> ApiResult<(TokenGrant, Vec<String>)> {
-        let (user, provider) = self.signer(&g).await?;
+        let found = self.signer(&g).await?;
+        self.grant_password(g, found).await
+    }
+
+    /// A password sign-in of the account found (`None`: there is none).
+    async fn grant_password(
+        &self,
+        g: PasswordGrant,
+        (user, provider): (Option<User>, &'static str),
+    ) -> ApiResult<(TokenGrant, Vec<String>)> {
         let stored = user.as_ref().and_then(|u| u.encrypted_password.clone());
         let verified = self
             .ctx
@@ -594,15 +603,14 @@ impl Accounts {
 
     /// The admin console's sign-in: a password sign-in that only a user
     /// whose role is an admin role may make. Anyone else is answered as a
-    /// wrong password after the same work (one password verification), so
-    /// the console tells nobody whether a password was right.
+    /// wrong password after the same work, so the console tells nobody
+    /// whether a password was right.
     pub async fn admin_password_grant(&self, g: PasswordGrant) -> ApiResult<TokenGrant> {
-        let (user, _) = self.signer(&g).await?;
-        if !user.as_ref().is_some_and(|u| self.is_admin(u)) {
-            self.ctx.hasher.verify(&g.password, None).await?;
-            return Err(ApiError::invalid_credentials());
-        }
-        Ok(self.password_grant(g).await?.0)
+        let (user, provider) = self.signer(&g).await?;
+        // Anyone else is as an address without an account: the same work,
+        // statements and counters as a wrong password.
+        let user = user.filter(|u| self.is_admin(u));
+        Ok(self.grant_password(g, (user, provider)).await?.0)
     }
 
     /// A token's claims, verified (signature and times).
@@ -684,22 +692,41 @@ impl Accounts {
 
     /// The admin role a token carries (GoTrue's `requireAdminCredentials`):
     /// its `role` must be in `GOTRUE_JWT_ADMIN_ROLES`, and a token naming a
-    /// session needs that session alive.
+    /// session needs that session alive. A user's own token (one with a
+    /// `sub`; a role key has none) goes further than GoTrue: the user's
+    /// role now, not the claim minted earlier, must be an admin role (a
+    /// demoted admin's tokens stop at once), and a user with a verified
+    /// second factor must have used it (`aal2`), or a stolen password
+    /// alone would be an admin's.
     pub async fn admin_role(&self, token: &str) -> ApiResult<String> {
         let claims: IncomingClaims = self
             .ctx
             .jwt
             .verify(token, self.ctx.config.clock.now().timestamp())?;
         let role = claims.role.clone().unwrap_or_default();
+        let refused = || ApiError::forbidden("not_admin", "User not allowed");
         if !self.ctx.config.jwt.admin_roles.contains(&role) {
-            return Err(ApiError::forbidden("not_admin", "User not allowed"));
+            return Err(refused());
         }
-        if claims
+        let names_session = claims
             .session_id
             .as_deref()
-            .is_some_and(|s| !s.is_empty() && s != "00000000-0000-0000-0000-000000000000")
-        {
-            self.authenticate(token).await?;
+            .is_some_and(|s| !s.is_empty() && s != "00000000-0000-0000-0000-000000000000");
+        let names_user = claims.sub.as_deref().is_some_and(|s| !s.is_empty());
+        if !(names_session || names_user) {
+            return Ok(role);
+        }
+        if let Principal::User { live, .. } = self.authenticate(token).await? {
+            if !self.is_admin(&live.user) {
+                return Err(refused());
+            }
+            let has_factor = live.user.factors.iter().any(|f| f.status == "verified");
+            if has_factor && claims.aal.as_deref() != Some("aal2") {
+                return Err(ApiError::forbidden(
+                    "insufficient_aal",
+                    "An admin with a second factor must verify it first",
+                ));
+            }
         }
         Ok(role)
     }

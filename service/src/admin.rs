@@ -748,16 +748,20 @@ impl Admin {
         scope: SessionScope,
     ) -> ApiResult<u64> {
         let mut tx = self.ctx.store.begin().await?;
-        let traits = match scope {
-            SessionScope::Only(s) => json!({"user_id": user, "session_id": s}),
-            _ => json!({"user_id": user}),
-        };
-        tx.insert_audit(
-            &audit_payload(actor.clone(), AuditAction::Logout, Some(traits)),
-            self.ctx.config.clock.now(),
-        )
-        .await?;
         let ended = crate::sessions::end(&mut tx, user, scope).await?;
+        // Audited when something ended: a session the user does not have is
+        // a 404, not a logout on record.
+        if ended > 0 {
+            let traits = match scope {
+                SessionScope::Only(s) => json!({"user_id": user, "session_id": s}),
+                _ => json!({"user_id": user}),
+            };
+            tx.insert_audit(
+                &audit_payload(actor.clone(), AuditAction::Logout, Some(traits)),
+                self.ctx.config.clock.now(),
+            )
+            .await?;
+        }
         tx.commit().await?;
         Ok(ended)
     }

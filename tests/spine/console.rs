@@ -238,8 +238,15 @@ crate::both!(
             "{}",
             r.text
         );
+        let logouts = "SELECT count(*) FROM audit_log_entries WHERE CAST(payload AS TEXT) LIKE $1";
+        let before = t.count_by_str(logouts, "%\"logout\"%").await;
         let r = as_console(&t, Method::DELETE, &one, &cookie, Some(&csrf), None).await;
         r.assert_error(404, "session_not_found");
+        assert_eq!(
+            t.count_by_str(logouts, "%\"logout\"%").await,
+            before,
+            "no logout on record"
+        );
         let refresh = t.refresh(victim["refresh_token"].as_str().unwrap()).await;
         assert_eq!(refresh.status, 400, "{}", refresh.text);
         let r = as_console(&t, Method::DELETE, &sessions, &cookie, Some(&csrf), None).await;
@@ -321,7 +328,8 @@ crate::both!(
         )
         .await;
         assert_eq!(ok.status, 200, "{}", ok.text);
-        for origin in ["http://evil.example", "null"] {
+        let other_scheme = format!("https://{host}");
+        for origin in ["http://evil.example", "null", other_scheme.as_str()] {
             let r = with_headers(
                 &t,
                 Method::GET,
@@ -382,6 +390,11 @@ crate::both!(
         as_console(&t, Method::GET, "/admin/users", &cookie, None, None)
             .await
             .assert_error(403, "not_admin");
+        // The same token as a bearer: stopped too (GoTrue trusts the claim).
+        let token = cookie.trim_start_matches("castellan_console=");
+        t.request(Method::GET, "/admin/users", Some(token), None)
+            .await
+            .assert_error(403, "not_admin");
         let promote = json!({"role": "supabase_admin"});
         let path = format!("/admin/users/{admin}");
         as_console(
@@ -405,6 +418,15 @@ crate::both!(
         let r =
             crate::mfa::verify(&t, access, &f.id, &c, &crate::mfa::code(&t, &f.secret, 0)).await;
         assert_eq!(r.status, 200, "{}", r.text);
+        // Nor does an aal1 token of the admin's as a bearer; aal2 does.
+        t.request(Method::GET, "/admin/users", Some(access), None)
+            .await
+            .assert_error(403, "insufficient_aal");
+        let aal2 = r.body["access_token"].as_str().unwrap();
+        let ok = t
+            .request(Method::GET, "/admin/users", Some(aal2), None)
+            .await;
+        assert_eq!(ok.status, 200, "{}", ok.text);
         let (cookie, csrf, r) = sign_in(&t, "guard@example.com").await;
         assert_eq!(r.body["mfa"][0]["id"], f.id.as_str(), "{}", r.text);
         as_console(&t, Method::GET, "/admin/users", &cookie, None, None)

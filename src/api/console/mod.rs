@@ -20,9 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use castellan_core::ApiError;
 use castellan_core::crypto::{hmac_sha256_hex, secure_eq};
-use std::sync::Arc;
 
-use castellan_core::store::LiveUser;
 use castellan_service::accounts::{PasswordGrant, Principal};
 use castellan_service::factors::Verify;
 use castellan_service::sessions::LogoutScope;
@@ -137,16 +135,43 @@ fn same_origin(headers: &HeaderMap) -> bool {
     if site.is_some_and(|s| s != b"same-origin") {
         return false;
     }
-    let Some(origin) = headers.get(header::ORIGIN) else {
-        return true;
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
+        return !headers.contains_key(header::ORIGIN);
     };
-    let host = headers.get(header::HOST).map(|h| h.as_bytes());
-    let origin_host = origin
-        .to_str()
-        .ok()
-        .and_then(|o| o.split_once("://"))
-        .map(|(_, rest)| rest.as_bytes());
-    origin_host.is_some() && origin_host == host
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    // The scheme the browser used: https when a proxy says so, or when the
+    // cookie could only have come over TLS (it is Secure off loopback).
+    let forwarded = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok());
+    let scheme = match forwarded {
+        Some(p) => p.to_ascii_lowercase(),
+        None if loopback(headers) => "http".into(),
+        None => "https".into(),
+    };
+    origin == format!("{scheme}://{host}")
+}
+
+/// A direct request to a loopback name (no proxy in between).
+fn loopback(headers: &HeaderMap) -> bool {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    let name = host.rsplit_once(':').map_or(host, |(h, port)| {
+        if port.bytes().all(|b| b.is_ascii_digit()) {
+            h
+        } else {
+            host
+        }
+    });
+    let proxied = headers.contains_key("x-forwarded-for")
+        || headers.contains_key("x-forwarded-proto")
+        || headers.contains_key(header::FORWARDED);
+    matches!(name, "localhost" | "127.0.0.1" | "[::1]") && !proxied
 }
 
 /// The console session a request carries, checked as a browser sends it:
@@ -176,48 +201,11 @@ pub fn session_token(parts: &Parts, st: &AppState) -> Result<Option<String>, Htt
     Ok(Some(token.to_string()))
 }
 
-/// What a console session must be to act as an admin: the user's own role
-/// (not only the token's claim, which outlives a demotion) is an admin
-/// role, and a user with a verified second factor has used it (`aal2`).
-pub async fn check_admin(st: &AppState, token: &str) -> Result<Arc<LiveUser>, HttpError> {
-    let Principal::User { live, .. } = st.accounts.authenticate(token).await? else {
-        return Err(ApiError::forbidden("not_admin", "User not allowed").into());
-    };
-    if !st.accounts.is_admin(&live.user) {
-        return Err(ApiError::forbidden("not_admin", "User not allowed").into());
-    }
-    let claims = st.accounts.verified_claims(token)?;
-    let has_factor = live.user.factors.iter().any(|f| f.status == "verified");
-    if has_factor && claims.aal.as_deref() != Some("aal2") {
-        return Err(ApiError::forbidden(
-            "insufficient_aal",
-            "Verify your second factor to use the console",
-        )
-        .into());
-    }
-    Ok(live)
-}
-
 /// `Set-Cookie` for the session (or, with `None`, its removal). Secure,
 /// except on a direct loopback request (no proxy in between), where a
 /// browser may use the console over plain HTTP.
 fn cookie(headers: &HeaderMap, token: Option<(&str, i64)>) -> HeaderValue {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or_default();
-    let name = host.rsplit_once(':').map_or(host, |(h, port)| {
-        if port.bytes().all(|b| b.is_ascii_digit()) {
-            h
-        } else {
-            host
-        }
-    });
-    let proxied = headers.contains_key("x-forwarded-for")
-        || headers.contains_key("x-forwarded-proto")
-        || headers.contains_key(header::FORWARDED);
-    let loopback = matches!(name, "localhost" | "127.0.0.1" | "[::1]") && !proxied;
-    let secure = if loopback { "" } else { "; Secure" };
+    let secure = if loopback(headers) { "" } else { "; Secure" };
     let (value, age) = token.unwrap_or(("", 0));
     let line =
         format!("{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={age}{secure}");
@@ -242,7 +230,8 @@ fn from_the_console(headers: &HeaderMap) -> Result<(), HttpError> {
     let json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
     if !json || !same_origin(headers) {
         return Err(refused("Sign in from the console's own page"));
     }
@@ -338,7 +327,10 @@ pub async fn second_factor(
 /// keeps it in memory only).
 pub async fn who(State(st): State<AppState>, parts: Parts) -> HttpResult {
     let token = signed_in(&parts, &st)?;
-    let live = check_admin(&st, &token).await?;
+    st.accounts.admin_role(&token).await?;
+    let Principal::User { live, .. } = st.accounts.authenticate(&token).await? else {
+        return Err(ApiError::forbidden("not_admin", "User not allowed").into());
+    };
     let user = json!({"id": live.user.id, "email": live.user.email, "role": live.user.role});
     Ok(guarded(
         Json(json!({"csrf": csrf_of(&token), "user": user})).into_response(),
