@@ -613,14 +613,8 @@ impl Accounts {
         Ok(self.grant_password(g, (user, provider)).await?.0)
     }
 
-    /// A token's claims, verified (signature and times).
-    pub fn verified_claims(&self, token: &str) -> ApiResult<IncomingClaims> {
-        let now = self.ctx.config.clock.now().timestamp();
-        self.ctx.jwt.verify(token, now)
-    }
-
     /// Whether a user's own role (not a token's claim) is an admin role.
-    pub fn is_admin(&self, user: &User) -> bool {
+    fn is_admin(&self, user: &User) -> bool {
         let roles = &self.ctx.config.jwt.admin_roles;
         user.role
             .as_deref()

@@ -33,13 +33,22 @@ async fn as_console(
     csrf: Option<&str>,
     body: Option<Value>,
 ) -> Reply {
-    let mut req = t
-        .http
-        .request(method, t.url(path))
-        .header("cookie", cookie)
-        .header("sec-fetch-site", "same-origin");
-    if let Some(c) = csrf {
-        req = req.header("x-csrf-token", c);
+    let mut headers = vec![("cookie", cookie), ("sec-fetch-site", "same-origin")];
+    headers.extend(csrf.map(|c| ("x-csrf-token", c)));
+    with_headers(t, method, path, &headers, body).await
+}
+
+/// A request carrying the console's cookie with extra headers.
+async fn with_headers(
+    t: &TestServer,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<Value>,
+) -> Reply {
+    let mut req = t.http.request(method, t.url(path));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
     }
     if let Some(b) = body {
         req = req.json(&b);
@@ -289,24 +298,6 @@ crate::both!(
         r.assert_error(429, "over_request_rate_limit");
     }
 );
-
-/// A request carrying the console's cookie with extra headers.
-async fn with_headers(
-    t: &TestServer,
-    method: Method,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Option<Value>,
-) -> Reply {
-    let mut req = t.http.request(method, t.url(path));
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    read(req.send().await.unwrap()).await
-}
 
 // The review's attacks: another origin (by `Origin`, as browsers without
 // Fetch Metadata send it), a shadowing second cookie, a form posted across
