@@ -733,10 +733,10 @@ impl Admin {
         Ok(())
     }
 
-    /// A user's sessions, newest first.
+    /// A user's newest `SESSIONS_LISTED` sessions, newest first.
     pub async fn sessions(&self, id: Uuid) -> ApiResult<Vec<SessionRow>> {
         self.get_user(id).await?;
-        Ok(self.ctx.store.sessions_of(id).await?)
+        Ok(self.ctx.store.sessions_of(id, SESSIONS_LISTED).await?)
     }
 
     /// Ends the user's sessions in `scope`, audited as the admin's logout of
@@ -792,6 +792,9 @@ impl Admin {
         Ok(())
     }
 }
+
+/// The most sessions of one user an admin is shown at once.
+pub const SESSIONS_LISTED: i64 = 1000;
 
 /// The id an admin asked for, or a new one.
 fn requested_id(asked: Option<&str>) -> ApiResult<Uuid> {

@@ -8,7 +8,7 @@ use base64::Engine;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::common::{Backend, TestServer};
+use crate::common::{self, Backend, TestServer};
 use crate::smtp_sink::SmtpSink;
 
 /// A server whose mail gets one attempt, to a sink on loopback.
@@ -280,5 +280,47 @@ crate::both!(
             .request(Method::GET, "/admin/rate_limits/usage", None, None)
             .await;
         r.assert_error(401, "no_authorization");
+    }
+);
+
+// A user may hold any number of sessions: the admin sees the newest 1 000,
+// the newest first.
+crate::both!(
+    a_user_with_many_sessions_is_listed_newest_first_and_bounded,
+    |c| c.mailer_autoconfirm = true,
+    |t| {
+        let s = t.new_session("many@example.com", "correct-horse-9").await;
+        let id = s["user"]["id"].as_str().unwrap().to_string();
+        let newest = common::claims(s["access_token"].as_str().unwrap())["session_id"].clone();
+        let bulk = match t.pool() {
+            castellan_core::store::Pool::Pg(p) => sqlx::query(
+                "INSERT INTO auth.sessions (id, user_id, created_at, updated_at, aal) \
+                 SELECT gen_random_uuid(), u.id, now() - make_interval(secs => g), now(), 'aal1' \
+                 FROM auth.users u, generate_series(1, 1005) g WHERE u.email = $1",
+            )
+            .bind("many@example.com")
+            .execute(p)
+            .await
+            .unwrap()
+            .rows_affected(),
+            castellan_core::store::Pool::Lite(p) => sqlx::query(
+                "WITH RECURSIVE g(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM g WHERE i < 1005) \
+                 INSERT INTO sessions (id, user_id, aal) \
+                 SELECT randomblob(16), u.id, 'aal1' FROM users u, g WHERE u.email = $1",
+            )
+            .bind("many@example.com")
+            .execute(p)
+            .await
+            .unwrap()
+            .rows_affected(),
+        };
+        assert_eq!(bulk, 1005);
+        let r = t
+            .admin(Method::GET, &format!("/admin/users/{id}/sessions"), None)
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let listed = r.body.as_array().unwrap();
+        assert_eq!(listed.len(), 1000);
+        assert_eq!(listed[0]["id"], newest, "the newest first");
     }
 );

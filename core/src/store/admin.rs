@@ -144,13 +144,19 @@ impl Store {
         Ok((users, total))
     }
 
-    /// A user's sessions, newest first.
-    pub async fn sessions_of(&self, user_id: Uuid) -> Result<Vec<SessionRow>, sqlx::Error> {
+    /// A user's newest `limit` sessions, newest first (a user may hold any
+    /// number).
+    pub async fn sessions_of(
+        &self,
+        user_id: Uuid,
+        limit: i64,
+    ) -> Result<Vec<SessionRow>, sqlx::Error> {
         count();
         on!(pool &self.pool, p, d => sqlx::query_as(concat!(
             "SELECT id, created_at, updated_at, refreshed_at, not_after, CAST(aal AS TEXT) AS aal, user_agent, ",
-            d!(pg "host(ip) AS "), "ip, oauth_client_id FROM sessions WHERE user_id = $1 ORDER BY created_at DESC, id"))
-            .bind(user_id).fetch_all(p).await)
+            d!(pg "host(ip) AS "), "ip, oauth_client_id FROM sessions WHERE user_id = $1 \
+             ORDER BY created_at DESC NULLS LAST, id LIMIT $2"))
+            .bind(user_id).bind(limit).fetch_all(p).await)
     }
 
     /// The audit log, newest first, filtered.

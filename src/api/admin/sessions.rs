@@ -30,6 +30,7 @@ pub struct Ended {
     ended: u64,
 }
 
+/// The user's newest 1 000 sessions, newest first.
 #[utoipa::path(
     get,
     path = "/admin/users/{user_id}/sessions",
